@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything the stack and the tests need on a fresh Debian/Ubuntu machine:
+# a virtual environment with the project and its dev tools, and the mosquitto and influxdb
+# Debian packages when their binaries are missing. Safe to run again: it skips what is done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+need_servers=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_servers+=(mosquitto)
+command -v influxd >/dev/null 2>&1 || need_servers+=(influxdb)
+if [ ${#need_servers[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "bootstrap: installing Debian packages: ${need_servers[*]} mosquitto-clients" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      "${need_servers[@]}" mosquitto-clients >/dev/null
+  else
+    echo "bootstrap: ${need_servers[*]} missing and apt-get is not available." >&2
+    echo "  Install Mosquitto 2.x and InfluxDB (1.x or 2.x) yourself, or run the stack with" >&2
+    echo "  'docker compose up' (see README)." >&2
+    exit 1
+  fi
+fi
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "bootstrap: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating $VENV" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: installing Python packages into $VENV" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
