@@ -27,6 +27,10 @@ MAX_ABS_VALUE: Final = 1e15
 #: InfluxDB stores int64 nanoseconds: 1677-09-21T00:12:43Z .. 2262-04-11T23:47:16Z.
 TS_MIN: Final = datetime(1677, 9, 22, tzinfo=UTC)
 TS_MAX: Final = datetime(2262, 4, 11, tzinfo=UTC)
+#: Value keys that would collide with a stored field, tag or InfluxDB's own ``time`` column.
+RESERVED_VALUE_KEYS: Final = frozenset(
+    {"time", "seq", "status", "charger_id", "gateway_id", "evse_id", "connector_id"}
+)
 
 Status = Literal[
     "Available",
@@ -65,6 +69,14 @@ class Reading(BaseModel):
         if not TS_MIN <= ts <= TS_MAX:
             raise ValueError("ts is outside the range InfluxDB can store (1677-09-22..2262-04-11)")
         return ts.astimezone(UTC)
+
+    @field_validator("values")
+    @classmethod
+    def _no_reserved_keys(cls, values: dict[str, float]) -> dict[str, float]:
+        clash = RESERVED_VALUE_KEYS.intersection(values)
+        if clash:
+            raise ValueError(f"value keys {sorted(clash)} are reserved")
+        return values
 
 
 class ReadingBatch(BaseModel):

@@ -1,0 +1,54 @@
+"""``telemetry-bridge``: the bridge and the processor in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from bridge.runner import run_bridge
+from bridge.settings import BridgeSettings
+from telemetry_common.errors import TelemetryError
+from telemetry_common.logs import configure_logging
+
+
+async def _main(settings: BridgeSettings) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await run_bridge(settings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="telemetry-bridge",
+        description=(
+            "Consume gateway readings from Mosquitto (shared subscription, persistent session), "
+            "validate them, write them to InfluxDB, and acknowledge only what is stored. "
+            "Configured by TELEMETRY_BRIDGE_* environment variables (see README)."
+        ),
+    ).parse_args(argv)
+    try:
+        settings = BridgeSettings()
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            name = "TELEMETRY_BRIDGE_" + "__".join(str(p) for p in err["loc"]).upper()
+            print(f"telemetry-bridge: {name}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(_main(settings))
+    except KeyboardInterrupt:
+        pass
+    except TelemetryError as exc:
+        print(f"telemetry-bridge: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":
+    main()

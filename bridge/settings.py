@@ -1,0 +1,32 @@
+"""Bridge + processor settings: environment variables prefixed ``TELEMETRY_BRIDGE_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from telemetry_common.ids import Id
+from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings
+from telemetry_common.topics import SHARE_GROUP
+
+
+class BridgeSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="TELEMETRY_BRIDGE_")
+
+    mqtt: MqttSettings = MqttSettings(
+        cert_file=Path("pki/telemetry-bridge.crt"), key_file=Path("pki/telemetry-bridge.key")
+    )
+    influx: InfluxSettings = InfluxSettings()
+    #: Fixed per bridge process: the broker keeps this session (and its queue) across restarts.
+    client_id: Id = "telemetry-bridge-1"
+    share_group: Id = SHARE_GROUP
+    #: MQTT 5 Receive Maximum: how many unacknowledged messages the broker may send us. This is
+    #: the bridge's backpressure: when InfluxDB is slow, the broker holds the rest.
+    max_inflight: int = Field(default=1000, ge=1, le=65_535)
+    batch_max_messages: int = Field(default=500, ge=1)
+    batch_max_wait_s: float = Field(default=0.1, gt=0)
+    #: Readings stamped further ahead than this are dead-lettered (a clock fault at the edge).
+    max_future_s: float = Field(default=300.0, ge=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)

@@ -1,0 +1,1 @@
+"""The gateway side: sources -> durable SQLite outbox -> MQTT 5 publisher (delete after PUBACK)."""

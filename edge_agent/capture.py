@@ -1,0 +1,44 @@
+"""A reading as a source captures it: everything but ``seq``, which the outbox assigns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+
+from telemetry_common.schema import Reading, reading_to_dict
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    charger_id: str
+    ts: datetime
+    values: dict[str, float]
+    status: str | None = None
+    evse_id: int = 1
+    connector_id: int = 1
+    transaction_id: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_body(self) -> bytes:
+        """Validate against the shared schema and return the JSON body stored in the outbox.
+
+        The body has no ``seq``: the outbox splices it in when a batch is built.
+        Raises pydantic's ValidationError for a capture the cloud would refuse.
+        """
+        reading = Reading.model_validate(
+            {
+                "charger_id": self.charger_id,
+                "evse_id": self.evse_id,
+                "connector_id": self.connector_id,
+                "seq": 0,
+                "ts": self.ts,
+                "status": self.status,
+                "transaction_id": self.transaction_id,
+                "values": self.values,
+            }
+        )
+        body = reading_to_dict(reading)
+        del body["seq"]
+        return orjson.dumps(body)

@@ -1,0 +1,191 @@
+"""The processor's step over a batch of MQTT messages.
+
+``process(messages)`` returns only when every reading in them is stored in InfluxDB or its
+dead-letter record was acknowledged by the broker; the caller then acknowledges the messages
+(guarantee 1). InfluxDB being unavailable makes it wait and retry (capped backoff), never drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from processor.lineproto import to_line
+from processor.lvc import LastValueCache
+from processor.validate import INFLUX_REJECTED, Rejected, decode_message
+from processor.writer import InfluxWriter, WriteRejectedError, WriteUnavailableError
+from telemetry_common.errors import TopicError
+from telemetry_common.mqtt import (
+    AsyncMqttClient,
+    NotConnectedError,
+    PublishLostError,
+    PublishRejectedError,
+    Received,
+)
+from telemetry_common.schema import Reading, reading_to_dict
+from telemetry_common.topics import Topics
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_GATEWAY = "_invalid"
+
+
+@dataclass(slots=True)
+class Counters:
+    messages: int = 0
+    stored: int = 0
+    dead_lettered: int = 0
+    write_retries: int = 0
+    live_published: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Point:
+    gateway_id: str
+    topic: str
+    index: int
+    reading: Reading
+    line: str
+
+
+@dataclass(slots=True)
+class _Batch:
+    points: list[_Point] = field(default_factory=list)
+    dead: list[tuple[str, str, Rejected]] = field(default_factory=list)  # gateway, topic, record
+
+
+class Processor:
+    def __init__(
+        self,
+        writer: InfluxWriter,
+        mqtt: AsyncMqttClient,
+        topics: Topics,
+        *,
+        max_future: timedelta = timedelta(minutes=5),
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self._writer = writer
+        self._mqtt = mqtt
+        self._topics = topics
+        self._max_future = max_future
+        self._max_backoff_s = max_backoff_s
+        self.lvc = LastValueCache()
+        self.counters = Counters()
+
+    async def process(self, messages: Sequence[Received]) -> None:
+        batch = self._decode(messages)
+        if batch.points:
+            refused = await self._write([p.line for p in batch.points])
+            by_line = {p.line: p for p in batch.points} if refused else {}
+            for line, err in refused:
+                p = by_line[line]
+                raw = orjson.dumps(reading_to_dict(p.reading))
+                batch.dead.append((p.gateway_id, p.topic, Rejected(INFLUX_REJECTED, err, raw)))
+            self.counters.stored += len(batch.points) - len(refused)
+        for gateway_id, topic, record in batch.dead:
+            await self._dead_letter(gateway_id, topic, record)
+        self.counters.dead_lettered += len(batch.dead)
+        self.counters.messages += len(messages)
+        await self._publish_live(batch.points)
+
+    def _decode(self, messages: Sequence[Received]) -> _Batch:
+        out = _Batch()
+        now = datetime.now(UTC)
+        for msg in messages:
+            try:
+                gateway_id = self._topics.gateway_of_readings(msg.topic)
+            except (TopicError, ValueError) as exc:
+                out.dead.append(
+                    (UNKNOWN_GATEWAY, msg.topic, Rejected("bad_topic", str(exc), msg.payload))
+                )
+                continue
+            decoded = decode_message(gateway_id, msg.payload, now=now, max_future=self._max_future)
+            out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
+            out.points.extend(
+                _Point(gateway_id, msg.topic, i, r, to_line(gateway_id, r))
+                for i, r in enumerate(decoded.readings)
+            )
+        return out
+
+    async def _write(self, lines: list[str]) -> list[tuple[str, str]]:
+        """Write ``lines``; return the lines InfluxDB refused for good, each with its reason.
+
+        A refused batch is bisected so that only the offending lines are returned.
+        """
+        delay = 0.2
+        while True:
+            try:
+                await self._writer.write(lines)
+            except WriteRejectedError as exc:
+                if len(lines) == 1:
+                    return [(lines[0], exc.detail)]
+                mid = len(lines) // 2
+                return await self._write(lines[:mid]) + await self._write(lines[mid:])
+            except WriteUnavailableError as exc:
+                self.counters.write_retries += 1
+                log.warning("InfluxDB write failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+                delay = min(delay * 2, self._max_backoff_s)
+            else:
+                return []
+
+    async def _dead_letter(self, gateway_id: str, topic: str, record: Rejected) -> None:
+        payload = orjson.dumps(
+            {
+                "reason": record.reason,
+                "detail": record.detail,
+                "topic": topic,
+                "gateway_id": gateway_id,
+                "index": record.index,
+                "ts": datetime.now(UTC).isoformat(),
+                "payload_b64": base64.b64encode(record.raw).decode(),
+            }
+        )
+        log.warning(
+            "dead-lettered from %s: %s (%s)",
+            gateway_id,
+            record.reason,
+            record.detail[:200],
+            extra={"gateway_id": gateway_id, "reason": record.reason},
+        )
+        await self._publish_until_acked(self._topics.deadletter(gateway_id), payload)
+
+    async def _publish_until_acked(self, topic: str, payload: bytes) -> None:
+        delay = 0.2
+        while True:
+            await self._mqtt.wait_connected()
+            try:
+                await self._mqtt.publish(topic, payload)
+            except (PublishLostError, NotConnectedError) as exc:
+                log.warning("publish to %s not acknowledged (%s); retrying", topic, exc)
+            except PublishRejectedError:
+                log.exception("broker refuses %s: check the bridge's ACL", topic)
+            else:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_backoff_s)
+
+    async def _publish_live(self, points: list[_Point]) -> None:
+        """Offer every stored reading to the cache; publish each charger's newest once."""
+        fresh: dict[str, _Point] = {}
+        for p in points:
+            if self.lvc.offer(p.gateway_id, p.reading):
+                fresh[p.reading.charger_id] = p
+        for charger_id, p in fresh.items():
+            body = reading_to_dict(p.reading)
+            body["gateway_id"] = p.gateway_id
+            try:
+                await self._mqtt.publish(
+                    self._topics.live(charger_id), orjson.dumps(body), retain=True
+                )
+                self.counters.live_published += 1
+            except (PublishLostError, NotConnectedError, PublishRejectedError) as exc:
+                # The reading is stored already; the live feed catches up with the next one.
+                log.warning("live update for %s not published: %s", charger_id, exc)

@@ -1,0 +1,116 @@
+"""Decode and validate one MQTT message into readings to store and records to dead-letter.
+
+Fast path: the whole batch validates at once. Slow path (something is wrong): the envelope is
+checked, then each reading on its own, so one bad reading never costs the good ones beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from telemetry_common.ids import Id
+from telemetry_common.schema import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_READINGS,
+    READING_ADAPTER,
+    Reading,
+    ReadingBatch,
+)
+
+# Machine-readable reasons carried by every dead-letter record.
+PAYLOAD_TOO_LARGE: Final = "payload_too_large"
+INVALID_JSON: Final = "invalid_json"
+INVALID_ENVELOPE: Final = "invalid_envelope"
+GATEWAY_MISMATCH: Final = "gateway_mismatch"
+INVALID_READING: Final = "invalid_reading"
+TS_IN_FUTURE: Final = "ts_in_future"
+INFLUX_REJECTED: Final = "influx_rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str
+    detail: str
+    #: The whole payload, or the one reading's JSON when ``index`` is set.
+    raw: bytes
+    index: int | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    readings: list[Reading] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+    schema_: str = Field(alias="schema", pattern=r"^charger-telemetry/1$")
+    gateway_id: Id
+    readings: list[Any] = Field(min_length=1, max_length=MAX_BATCH_READINGS)
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
+        for e in exc.errors(include_url=False)[:10]
+    )
+
+
+def decode_message(
+    topic_gateway: str, payload: bytes, *, now: datetime, max_future: timedelta
+) -> Decoded:
+    """Readings of ``payload`` (published on ``topic_gateway``'s topic) and what was rejected."""
+    out = Decoded()
+    if len(payload) > MAX_BATCH_BYTES:
+        detail = f"{len(payload)} bytes > {MAX_BATCH_BYTES}"
+        out.rejected.append(Rejected(PAYLOAD_TOO_LARGE, detail, payload))
+        return out
+    gateway_id: str | None
+    try:
+        batch = ReadingBatch.model_validate_json(payload)
+        gateway_id, readings = batch.gateway_id, batch.readings
+    except ValidationError:
+        gateway_id, readings = _slow_path(payload, out)
+        if gateway_id is None:
+            return out
+    if gateway_id != topic_gateway:
+        detail = f"body says {gateway_id!r}, topic says {topic_gateway!r}"
+        out.rejected.append(Rejected(GATEWAY_MISMATCH, detail, payload))
+        out.readings.clear()
+        return out
+    horizon = now + max_future
+    for i, reading in enumerate(readings):
+        if reading.ts > horizon:
+            raw = orjson.dumps(reading.model_dump(mode="json"))
+            detail = f"ts {reading.ts.isoformat()} is more than {max_future} ahead of {now}"
+            out.rejected.append(Rejected(TS_IN_FUTURE, detail, raw, i))
+        else:
+            out.readings.append(reading)
+    return out
+
+
+def _slow_path(payload: bytes, out: Decoded) -> tuple[str | None, list[Reading]]:
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        out.rejected.append(Rejected(INVALID_JSON, str(exc), payload))
+        return None, []
+    try:
+        env = _Envelope.model_validate(obj)
+    except ValidationError as exc:
+        out.rejected.append(Rejected(INVALID_ENVELOPE, _describe(exc), payload))
+        return None, []
+    readings: list[Reading] = []
+    for i, item in enumerate(env.readings):
+        raw = orjson.dumps(item)
+        try:
+            readings.append(READING_ADAPTER.validate_json(raw))
+        except ValidationError as exc:
+            out.rejected.append(Rejected(INVALID_READING, _describe(exc), raw, i))
+    return env.gateway_id, readings

@@ -1,0 +1,278 @@
+"""An asyncio face on paho-mqtt 2.x for MQTT 5 over TLS, shared by the edge agent and the bridge.
+
+paho rather than aiomqtt here, because we need what aiomqtt 2.x does not expose: the reason code
+of each PUBACK (a refused publish must not count as delivered) and manual acknowledgement of
+received messages (the bridge acknowledges only what is stored).
+
+paho's network loop runs in its own thread; every callback is handed to the event loop with
+``call_soon_threadsafe`` and never touches asyncio objects directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from telemetry_common.errors import TelemetryError
+from telemetry_common.settings import MqttSettings
+from telemetry_common.tls import client_context
+
+log = logging.getLogger(__name__)
+
+
+class MqttError(TelemetryError):
+    """Base of the MQTT errors below."""
+
+
+class NotConnectedError(MqttError):
+    def __init__(self, client_id: str) -> None:
+        super().__init__(f"MQTT client {client_id!r} is not connected")
+        self.client_id = client_id
+
+
+class PublishRejectedError(MqttError):
+    """The broker answered a QoS 1 PUBLISH with a failure reason code (a permanent error)."""
+
+    def __init__(self, topic: str, reason_code: int, reason: str) -> None:
+        super().__init__(f"publish to {topic!r} refused by the broker: {reason} ({reason_code})")
+        self.topic = topic
+        self.reason_code = reason_code
+        self.reason = reason
+
+
+class PublishLostError(MqttError):
+    """The connection dropped before the PUBACK arrived; the message may or may not be stored."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"connection lost before PUBACK for {topic!r}")
+        self.topic = topic
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+@dataclass(slots=True)
+class Received:
+    """A received message; ``ack()`` it once its content is safe (manual-ack clients only)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    generation: int
+    retain: bool = False
+    _ack: Callable[[Received], None] | None = field(default=None, repr=False)
+
+    def ack(self) -> None:
+        if self._ack is not None:
+            self._ack(self)
+
+
+class AsyncMqttClient:
+    """MQTT 5 client with TLS, a persistent session, PUBACK-awaiting publish and manual acks.
+
+    Use as ``async with AsyncMqttClient(...) as client``; it connects in the background and
+    reconnects with paho's capped exponential backoff. ``subscriptions`` are (re)made on every
+    connect; received messages go to ``messages`` (bounded by the broker through the MQTT 5
+    Receive Maximum we announce).
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str,
+        subscriptions: tuple[str, ...] = (),
+        manual_ack: bool = False,
+        receive_maximum: int = 100,
+        will: Will | None = None,
+        birth: Will | None = None,
+        clean_start: bool = False,
+    ) -> None:
+        self._settings = settings
+        self.client_id = client_id
+        self._subscriptions = subscriptions
+        self._manual_ack = manual_ack
+        self._receive_maximum = receive_maximum
+        self._will = will
+        self._birth = birth
+        self._clean_start = clean_start
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self._pending: dict[int, tuple[str, asyncio.Future[None]]] = {}
+        self._generation = 0
+        self.messages: asyncio.Queue[Received] = asyncio.Queue()
+        self.last_connect_error: str | None = None
+        self._client = self._build_client()
+
+    def _build_client(self) -> paho.Client:
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=self._manual_ack,
+        )
+        s = self._settings
+        c.tls_set_context(client_context(s.ca_file, s.cert_file, s.key_file))
+        if self._will is not None:
+            c.will_set(self._will.topic, self._will.payload, qos=1, retain=self._will.retain)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        # paho's own window of unacknowledged QoS 1 publishes (packet ids are 16-bit).
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        return c
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> AsyncMqttClient:
+        self._loop = asyncio.get_running_loop()
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._settings.session_expiry_s
+        props.ReceiveMaximum = self._receive_maximum
+        self._client.connect_async(
+            self._settings.host,
+            self._settings.port,
+            keepalive=self._settings.keepalive_s,
+            clean_start=self._clean_start,
+            properties=props,
+        )
+        self._client.loop_start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self._client.disconnect)
+        await asyncio.to_thread(self._client.loop_stop)
+        self._fail_pending()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    # -- publishing ------------------------------------------------------------------------
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish with QoS 1 and return once the broker acknowledged it with success.
+
+        Raises NotConnectedError, PublishRejectedError (permanent) or PublishLostError.
+        """
+        if not self.connected:
+            raise NotConnectedError(self.client_id)
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise NotConnectedError(self.client_id)
+        # The PUBACK callback is delivered through call_soon_threadsafe, so it runs after this
+        # registration even when the broker answers before publish() returns.
+        self._pending[info.mid] = (topic, fut)
+        await fut
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self.last_connect_error = str(reason_code)
+            log.warning("MQTT connect refused: %s", reason_code, extra={"client": self.client_id})
+            return
+        for sub in self._subscriptions:
+            client.subscribe(sub, qos=1)
+        if self._birth is not None:
+            client.publish(self._birth.topic, self._birth.payload, qos=1, retain=self._birth.retain)
+        self._call(self._set_connected, True, flags.session_present)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._call(self._set_connected, False, False)
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._call(self._resolve, mid, reason_code.value, str(reason_code))
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        self._call(self._enqueue, msg.topic, bytes(msg.payload), msg.qos, msg.mid, msg.retain)
+
+    # -- event-loop side -------------------------------------------------------------------
+    def _set_connected(self, up: bool, session_present: bool) -> None:
+        if up:
+            self._generation += 1
+            self.last_connect_error = None
+            log.info(
+                "MQTT connected to %s:%s (session present: %s)",
+                self._settings.host,
+                self._settings.port,
+                session_present,
+                extra={"client": self.client_id},
+            )
+            self._connected.set()
+        elif self._connected.is_set():
+            log.warning("MQTT connection lost; reconnecting", extra={"client": self.client_id})
+            self._connected.clear()
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for topic, fut in pending.values():
+            if not fut.done():
+                fut.set_exception(PublishLostError(topic))
+
+    def _resolve(self, mid: int, code: int, reason: str) -> None:
+        entry = self._pending.pop(mid, None)
+        if entry is None or entry[1].done():
+            return
+        topic, fut = entry
+        if code >= 0x80:
+            fut.set_exception(PublishRejectedError(topic, code, reason))
+        else:
+            fut.set_result(None)
+
+    def _enqueue(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
+        ack = self._ack if self._manual_ack else None
+        self.messages.put_nowait(
+            Received(topic, payload, qos, mid, self._generation, retain, _ack=ack)
+        )
+
+    def _ack(self, msg: Received) -> None:
+        # A packet id is only meaningful on the connection that delivered it: after a reconnect
+        # the broker redelivers the message with a new id, so a stale ack would hit another one.
+        if msg.qos > 0 and msg.generation == self._generation and self.connected:
+            self._client.ack(msg.mid, msg.qos)

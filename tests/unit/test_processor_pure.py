@@ -1,0 +1,116 @@
+"""Pure processor steps: validation to dead-letter records, line protocol, last-value cache."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from processor import validate as v
+from processor.lineproto import to_line, ts_ns
+from processor.lvc import LastValueCache
+from telemetry_common.schema import Reading
+
+NOW = datetime(2026, 5, 1, 12, 0, 5, tzinfo=UTC)
+FUTURE = timedelta(minutes=5)
+
+
+def reading(seq: int, ts: str = "2026-05-01T12:00:00.000Z", **values: float) -> dict[str, object]:
+    return {"charger_id": "CP-1", "seq": seq, "ts": ts, "values": values or {"power_w": 1.0}}
+
+
+def payload(gateway: str, readings: list[object], **extra: object) -> bytes:
+    return orjson.dumps(
+        {"schema": "charger-telemetry/1", "gateway_id": gateway, "readings": readings, **extra}
+    )
+
+
+def decode(gateway: str, raw: bytes) -> v.Decoded:
+    return v.decode_message(gateway, raw, now=NOW, max_future=FUTURE)
+
+
+def test_valid_batch_takes_the_fast_path() -> None:
+    """A valid batch yields every reading and no rejection."""
+    out = decode("gw-1", payload("gw-1", [reading(1), reading(2)]))
+    assert [r.seq for r in out.readings] == [1, 2]
+    assert out.rejected == []
+
+
+def test_bad_reading_is_isolated_from_good_ones() -> None:
+    """One invalid reading is rejected alone, with its index and raw JSON; the others stay."""
+    bad = reading(2, ts="2026-05-01T12:00:00")  # naive
+    out = decode("gw-1", payload("gw-1", [reading(1), bad, reading(3)]))
+    assert [r.seq for r in out.readings] == [1, 3]
+    [rej] = out.rejected
+    assert rej.reason == v.INVALID_READING
+    assert rej.index == 1
+    assert orjson.loads(rej.raw) == bad
+    assert "ts" in rej.detail
+
+
+def test_gateway_mismatch_rejects_the_whole_message() -> None:
+    """A body claiming another gateway than its topic is rejected entirely."""
+    out = decode("gw-1", payload("gw-2", [reading(1)]))
+    assert out.readings == []
+    assert [r.reason for r in out.rejected] == [v.GATEWAY_MISMATCH]
+
+
+def test_envelope_json_and_size_errors() -> None:
+    """Not JSON, a wrong envelope and an oversize payload each get their own reason."""
+    assert decode("gw-1", b"{nope").rejected[0].reason == v.INVALID_JSON
+    assert decode("gw-1", payload("gw-1", [])).rejected[0].reason == v.INVALID_ENVELOPE
+    wrong_schema = orjson.dumps({"schema": "x/9", "gateway_id": "gw-1", "readings": [reading(1)]})
+    assert decode("gw-1", wrong_schema).rejected[0].reason == v.INVALID_ENVELOPE
+    big = b" " * (256 * 1024 + 1)
+    assert decode("gw-1", big).rejected[0].reason == v.PAYLOAD_TOO_LARGE
+
+
+def test_far_future_reading_is_rejected() -> None:
+    """A reading stamped beyond the allowed clock skew is dead-lettered, the rest kept."""
+    out = decode("gw-1", payload("gw-1", [reading(1), reading(2, ts="2026-05-01T13:00:00Z")]))
+    assert [r.seq for r in out.readings] == [1]
+    assert out.rejected[0].reason == v.TS_IN_FUTURE
+    assert out.rejected[0].index == 1
+
+
+def test_line_protocol_matches_schema() -> None:
+    """Tags, float fields, escaped status, integer seq and exact nanoseconds."""
+    r = Reading.model_validate_json(
+        orjson.dumps(
+            {
+                "charger_id": "CP-1",
+                "evse_id": 2,
+                "connector_id": 3,
+                "seq": 7,
+                "ts": "2026-05-01T12:00:00.123456Z",
+                "status": "Charging",
+                "values": {"power_w": 7200, "energy_wh": 1.5},
+            }
+        )
+    )
+    assert to_line("gw-1", r) == (
+        "readings,charger_id=CP-1,connector_id=3,evse_id=2,gateway_id=gw-1 "
+        'power_w=7200.0,energy_wh=1.5,status="Charging",seq=7i 1777636800123456000'
+    )
+
+
+def test_ts_ns_is_exact_before_and_after_epoch() -> None:
+    """Nanoseconds are computed without float rounding, also for pre-1970 times."""
+    late = datetime(2262, 4, 10, 0, 0, 0, 999999, tzinfo=UTC)
+    assert ts_ns(late) == calendar.timegm(late.utctimetuple()) * 10**9 + 999_999_000
+    assert float(ts_ns(late)) != ts_ns(late)  # a float path would have rounded this
+    assert ts_ns(datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == -1000
+
+
+def test_lvc_keeps_the_newest_ts_not_the_last_arrival() -> None:
+    """A late, older reading (or a replay) never replaces the newest one."""
+    lvc = LastValueCache()
+    new = Reading.model_validate_json(orjson.dumps(reading(5, ts="2026-05-01T12:00:10Z")))
+    old = Reading.model_validate_json(orjson.dumps(reading(4, ts="2026-05-01T12:00:05Z")))
+    assert lvc.offer("gw-1", new)
+    assert not lvc.offer("gw-1", old)
+    assert not lvc.offer("gw-1", new)
+    latest = lvc.get("CP-1")
+    assert latest is not None
+    assert latest.reading.seq == 5

@@ -1,0 +1,104 @@
+"""The shared contracts: reading schema, id allow-list and topic builders."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from telemetry_common.errors import InvalidIdError, TopicError
+from telemetry_common.ids import check_id
+from telemetry_common.schema import Reading, decode_batch, encode_batch
+from telemetry_common.topics import Topics
+
+GOOD = {
+    "charger_id": "CP-0042",
+    "evse_id": 1,
+    "connector_id": 1,
+    "seq": 1842,
+    "ts": "2026-05-01T12:00:00.000Z",
+    "status": "Charging",
+    "transaction_id": "1234",
+    "values": {"energy_wh": 12345.6, "power_w": 7200, "current_l1_a": 31.8},
+}
+
+
+def _reading(**over: object) -> bytes:
+    return orjson.dumps({**GOOD, **over})
+
+
+def test_design_example_round_trips() -> None:
+    """The DESIGN.md example validates, and encode_batch produces what decode_batch reads."""
+    r = Reading.model_validate_json(_reading())
+    assert r.values["power_w"] == 7200.0
+    batch = decode_batch(encode_batch("gw-001", [r]))
+    assert batch.gateway_id == "gw-001"
+    assert batch.readings == [r]
+
+
+@pytest.mark.parametrize(
+    ("override", "why"),
+    [
+        ({"ts": "2026-05-01T12:00:00"}, "naive timestamp"),
+        ({"ts": "2300-01-01T00:00:00Z"}, "beyond InfluxDB's range"),
+        ({"values": {"power_w": "7200"}}, "number as string"),
+        ({"values": {"power_w": 1e300}}, "huge number"),
+        ({"values": {"Power": 1.0}}, "bad value key"),
+        ({"values": {"seq": 1.0}}, "reserved value key"),
+        ({"values": {f"k{i}": 1.0 for i in range(65)}}, "too many keys"),
+        ({"charger_id": "CP 42"}, "id outside the allow-list"),
+        ({"charger_id": "x" * 65}, "id too long"),
+        ({"status": "Sleeping"}, "unknown status"),
+        ({"seq": -1}, "negative seq"),
+        ({"seq": 1.5}, "float seq"),
+        ({"extra": 1}, "unknown field"),
+    ],
+)
+def test_invalid_readings_are_refused(override: dict[str, object], why: str) -> None:
+    """Every way a reading can be wrong is refused by the strict schema."""
+    with pytest.raises(ValidationError):
+        Reading.model_validate_json(_reading(**override))
+
+
+def test_nan_is_refused() -> None:
+    """NaN (which JSON encoders emit as a bare token) is not a finite value."""
+    raw = _reading().replace(b"7200", b"NaN")
+    with pytest.raises(ValidationError):
+        Reading.model_validate_json(raw)
+
+
+def test_ts_is_normalised_to_utc() -> None:
+    """A timezone-aware ts in another zone is stored as the same instant in UTC."""
+    r = Reading.model_validate_json(_reading(ts="2026-05-01T14:00:00+02:00"))
+    assert r.ts.utcoffset() is not None
+    assert r.ts.isoformat() == "2026-05-01T12:00:00+00:00"
+
+
+def test_topics_build_and_parse() -> None:
+    """Topic builders follow DESIGN.md and the readings topic parses back to its gateway."""
+    t = Topics()
+    assert t.readings("gw-1") == "chargers/v1/gw-1/readings"
+    assert t.state("gw-1") == "chargers/v1/gw-1/state"
+    assert t.live("CP-1") == "chargers/v1/live/CP-1"
+    assert t.deadletter("gw-1") == "chargers/v1/deadletter/gw-1"
+    assert t.shared_readings() == "$share/processors/chargers/v1/+/readings"
+    assert t.gateway_of_readings("chargers/v1/gw-1/readings") == "gw-1"
+    for bad in ("chargers/v1/a/b/readings", "other/gw-1/readings", "chargers/v1/gw-1/state"):
+        with pytest.raises(TopicError):
+            t.gateway_of_readings(bad)
+
+
+@pytest.mark.parametrize("bad", ["gw/1", "gw+", "gw#", "", "gw 1", "é"])
+def test_ids_with_topic_characters_are_refused(bad: str) -> None:
+    """Ids that could escape a topic level or a query are refused before use."""
+    with pytest.raises(InvalidIdError):
+        check_id("gateway id", bad)
+    with pytest.raises(InvalidIdError):
+        Topics().readings(bad)
+
+
+@pytest.mark.parametrize("root", ["", "a/+/b", "a/#", "/a", "a//b"])
+def test_bad_topic_roots_are_refused(root: str) -> None:
+    """A topic root with wildcards or empty levels is a configuration error."""
+    with pytest.raises(TopicError):
+        Topics(root)
