@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from telemetry_common.schema import Reading
+from telemetry_common.storage import MEASUREMENT
 
-MEASUREMENT: Final = "readings"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 

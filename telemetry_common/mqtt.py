@@ -137,6 +137,7 @@ class AsyncMqttClient:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         return c
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -202,8 +203,8 @@ class AsyncMqttClient:
             self.last_connect_error = str(reason_code)
             log.warning("MQTT connect refused: %s", reason_code, extra={"client": self.client_id})
             return
-        for sub in self._subscriptions:
-            client.subscribe(sub, qos=1)
+        if self._subscriptions:
+            client.subscribe([(sub, 1) for sub in self._subscriptions])
         if self._birth is not None:
             client.publish(self._birth.topic, self._birth.payload, qos=1, retain=self._birth.retain)
         self._call(self._set_connected, True, flags.session_present)
@@ -227,6 +228,20 @@ class AsyncMqttClient:
         properties: Properties | None,
     ) -> None:
         self._call(self._resolve, mid, reason_code.value, str(reason_code))
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        for topic, code in zip(self._subscriptions, reason_codes, strict=False):
+            if code.is_failure:
+                log.error("subscription to %s refused: %s", topic, code)
+            else:
+                log.info("subscribed to %s", topic, extra={"client": self.client_id})
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         self._call(self._enqueue, msg.topic, bytes(msg.payload), msg.qos, msg.mid, msg.retain)

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from telemetry_common.ids import Id
+from telemetry_common.storage import RESERVED_VALUE_KEYS
 
 SCHEMA_ID: Final = "charger-telemetry/1"
 MAX_BATCH_BYTES: Final = 256 * 1024
@@ -27,10 +28,6 @@ MAX_ABS_VALUE: Final = 1e15
 #: InfluxDB stores int64 nanoseconds: 1677-09-21T00:12:43Z .. 2262-04-11T23:47:16Z.
 TS_MIN: Final = datetime(1677, 9, 22, tzinfo=UTC)
 TS_MAX: Final = datetime(2262, 4, 11, tzinfo=UTC)
-#: Value keys that would collide with a stored field, tag or InfluxDB's own ``time`` column.
-RESERVED_VALUE_KEYS: Final = frozenset(
-    {"time", "seq", "status", "charger_id", "gateway_id", "evse_id", "connector_id"}
-)
 
 Status = Literal[
     "Available",

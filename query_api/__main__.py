@@ -1,0 +1,57 @@
+"""``telemetry-api``: the query API under uvicorn, configured from ``TELEMETRY_API_*``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from query_api.app import create_app
+from query_api.settings import ApiSettings
+from telemetry_common.errors import ConfigError
+from telemetry_common.logs import configure_logging
+
+EPILOG = """environment:
+  TELEMETRY_API_KEYS             JSON role -> key, e.g. '{"read":"K1","ingest":"K2","admin":"K3"}'
+                                 (required; the API refuses to start without keys)
+  TELEMETRY_API_HOST, _PORT      where to listen (default 127.0.0.1:8000)
+  TELEMETRY_API_INFLUX__URL      InfluxDB (default http://127.0.0.1:8086); __DATABASE (telemetry),
+                                 __USERNAME/__PASSWORD (1.x) or __TOKEN (2.x/3.x v1-compat)
+  TELEMETRY_API_HISTORY_MAX_RANGE, _HISTORY_MAX_POINTS   caps of history queries
+  TELEMETRY_API_LOG_LEVEL, _LOG_FORMAT (auto|json|text)
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="telemetry-api",
+        description="Serve the charger-telemetry REST API (FastAPI under uvicorn).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", help="override TELEMETRY_API_HOST")
+    parser.add_argument("--port", type=int, help="override TELEMETRY_API_PORT")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    try:
+        settings = ApiSettings(**overrides)
+    except (ConfigError, ValidationError) as exc:
+        print(f"telemetry-api: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure_logging(settings.log_level, settings.log_format)
+    # httpx logs every InfluxDB request at INFO; the access log already records each request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

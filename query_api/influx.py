@@ -1,0 +1,182 @@
+"""An async InfluxQL client over the v1 ``/query`` endpoint (InfluxDB 1.x, and 2.x/3.x v1-compat).
+
+    InfluxError(TelemetryError)   carries the status (None when no answer) and InfluxDB's message
+    ├── InfluxUnavailable         no answer, a timeout, 5xx, or 401/403 (a deployment fault)
+    └── InfluxQueryError          InfluxDB answered and refused the query (4xx, or an error body)
+
+httpx errors are translated at this boundary with ``raise ... from exc``. The client is an async
+context manager with explicit states: unopened -> opened -> closed (not reopenable).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+
+import httpx
+import orjson
+
+from telemetry_common.errors import TelemetryError
+from telemetry_common.settings import InfluxSettings
+
+Epoch = Literal["ns", "u", "ms", "s"]
+
+
+class InfluxError(TelemetryError):
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message if status is None else f"HTTP {status}: {message}")
+        self.message = message
+        self.status = status
+
+
+class InfluxUnavailable(InfluxError):
+    """InfluxDB did not answer usefully: unreachable, timed out, 5xx, or refused our credentials."""
+
+
+class InfluxQueryError(InfluxError):
+    """InfluxDB answered and refused the query."""
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One series of a result: its columns and rows (times as integers in the chosen epoch)."""
+
+    name: str
+    columns: list[str]
+    values: list[list[Any]]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.values]
+
+
+class InfluxQL(Protocol):
+    """What the routes need from InfluxDB; tests inject a fake that records the queries."""
+
+    async def query(self, q: str) -> list[Series]: ...
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class InfluxQLClient:
+    """Runs one read-only InfluxQL statement at a time against ``{url}/query?db=...``.
+
+    Auth: ``Authorization: Token <token>`` when a token is set (2.x/3.x), else HTTP basic auth
+    when a username is set (1.x), else none.
+    """
+
+    def __init__(
+        self,
+        settings: InfluxSettings,
+        *,
+        epoch: Epoch = "ns",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._epoch: Epoch = epoch
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._state = _State.UNOPENED
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(f"cannot open an InfluxQL client that is {self._state.value}")
+        s = self._settings
+        headers = {"Accept": "application/json"}
+        auth: httpx.BasicAuth | None = None
+        if s.token is not None:
+            headers["Authorization"] = f"Token {s.token.get_secret_value()}"
+        elif s.username is not None:
+            password = s.password.get_secret_value() if s.password is not None else ""
+            auth = httpx.BasicAuth(s.username, password)
+        self._http = httpx.AsyncClient(
+            base_url=s.url,
+            headers=headers,
+            auth=auth,
+            timeout=httpx.Timeout(s.timeout_s),
+            transport=self._transport,
+            follow_redirects=False,
+        )
+        self._state = _State.OPENED
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        self._state = _State.CLOSED
+
+    async def query(self, q: str) -> list[Series]:
+        """Run ``q`` (one statement) and return its series; raise :class:`InfluxError`."""
+        if self._state is not _State.OPENED or self._http is None:
+            raise RuntimeError(f"the InfluxQL client is {self._state.value}, not opened")
+        params = {"db": self._settings.database, "epoch": self._epoch, "q": q}
+        try:
+            response = await self._http.get("/query", params=params)
+        except httpx.TimeoutException as exc:
+            raise InfluxUnavailable(f"timed out after {self._settings.timeout_s}s") from exc
+        except httpx.HTTPError as exc:
+            raise InfluxUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return _parse(response)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    return response.headers.get("X-Influxdb-Error") or response.text[:200] or response.reason_phrase
+
+
+def _parse(response: httpx.Response) -> list[Series]:
+    status = response.status_code
+    if status >= 500 or status in (401, 403):
+        raise InfluxUnavailable(_error_message(response), status=status)
+    if status >= 400:
+        raise InfluxQueryError(_error_message(response), status=status)
+    try:
+        body = orjson.loads(response.content)
+        results = body["results"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InfluxQueryError(
+            f"unexpected answer: {response.text[:200]!r}", status=status
+        ) from exc
+    series: list[Series] = []
+    for result in results:
+        if "error" in result:
+            message = str(result["error"])
+            if message.startswith("database not found"):
+                raise InfluxUnavailable(message, status=status)
+            raise InfluxQueryError(message, status=status)
+        for s in result.get("series", ()):
+            series.append(
+                Series(
+                    name=s.get("name", ""),
+                    columns=list(s["columns"]),
+                    values=[list(v) for v in s.get("values", ())],
+                    tags=dict(s.get("tags", {})),
+                )
+            )
+    return series

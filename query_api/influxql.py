@@ -1,0 +1,148 @@
+"""The only place InfluxQL text is built. Pure functions; every input is checked, then quoted.
+
+Identifiers are double-quoted and string literals single-quoted with InfluxQL's own escapes
+(``\\``, the quote, newline), as ``influxql.QuoteIdent``/``QuoteString`` do. Ids are re-checked
+against the allow-list and field names against the value-key rule of the reading schema, so a
+hostile value is refused before it is quoted; quoting is the second line of defence.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal, get_args
+
+from pydantic import TypeAdapter, ValidationError
+
+from telemetry_common.errors import TelemetryError
+from telemetry_common.ids import check_id
+from telemetry_common.schema import TS_MAX, TS_MIN, ValueKey
+from telemetry_common.storage import MEASUREMENT, META_FIELDS, RESERVED_VALUE_KEYS
+
+Aggregate = Literal["mean", "min", "max", "last", "count", "sum"]
+AGGREGATES: Final[tuple[str, ...]] = get_args(Aggregate)
+
+_VALUE_KEY: Final = TypeAdapter(ValueKey)
+_IDENT_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+_STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n"})
+_DURATION_UNITS: Final = (
+    ("w", 604_800_000_000),
+    ("d", 86_400_000_000),
+    ("h", 3_600_000_000),
+    ("m", 60_000_000),
+    ("s", 1_000_000),
+    ("ms", 1_000),
+    ("u", 1),
+)
+
+
+class QueryBuildError(TelemetryError, ValueError):
+    """A query that must not be built (carries the offending parameter and value)."""
+
+    def __init__(self, parameter: str, value: object, problem: str) -> None:
+        super().__init__(f"{parameter}={value!r}: {problem}")
+        self.parameter = parameter
+        self.value = value
+        self.problem = problem
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a double-quoted InfluxQL identifier."""
+    return '"' + name.translate(_IDENT_ESCAPES) + '"'
+
+
+def quote_string(value: str) -> str:
+    """``value`` as a single-quoted InfluxQL string literal."""
+    return "'" + value.translate(_STRING_ESCAPES) + "'"
+
+
+def check_field(name: str) -> str:
+    """Return ``name`` if it is a reading value key (not a tag or meta field), else raise."""
+    try:
+        _VALUE_KEY.validate_python(name, strict=True)
+    except ValidationError as exc:
+        raise QueryBuildError("fields", name, "not a value key (^[a-z][a-z0-9_]{0,62}$)") from exc
+    if name in RESERVED_VALUE_KEYS:
+        raise QueryBuildError("fields", name, "a tag, time or meta field, not a reading value")
+    return name
+
+
+def time_literal(ts: datetime) -> str:
+    """An aware ``ts`` as a quoted RFC 3339 UTC literal (microseconds, ``Z``)."""
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise QueryBuildError("time", ts, "a timezone-aware datetime is required")
+    if not TS_MIN <= ts <= TS_MAX:
+        raise QueryBuildError("time", ts, "outside the range InfluxDB can store")
+    return quote_string(ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+def duration_literal(every: timedelta) -> str:
+    """A positive ``every`` as an InfluxQL duration literal in its largest exact unit."""
+    micros = every // timedelta(microseconds=1)
+    if micros <= 0:
+        raise QueryBuildError("every", every, "must be positive")
+    for unit, size in _DURATION_UNITS:
+        if micros % size == 0:
+            return f"{micros // size}{unit}"
+    raise AssertionError("unreachable: 1 microsecond divides every duration")  # pragma: no cover
+
+
+def _charger_filter(charger_id: str) -> str:
+    return f"{quote_ident('charger_id')} = {quote_string(check_id('charger id', charger_id))}"
+
+
+def latest_query(charger_id: str) -> str:
+    """The newest point of one charger (over all its connectors), with every tag and field."""
+    return (
+        f"SELECT * FROM {quote_ident(MEASUREMENT)} WHERE {_charger_filter(charger_id)} "
+        "ORDER BY time DESC LIMIT 1"
+    )
+
+
+def history_query(
+    charger_id: str,
+    fields: list[str] | None,
+    start: datetime,
+    end: datetime,
+    limit: int,
+    every: timedelta | None = None,
+    agg: Aggregate | None = None,
+) -> str:
+    """Points of one charger in ``[start, end)``, oldest first, at most ``limit`` of them.
+
+    Raw (``every`` is None): ``fields`` (or all fields) with ``seq``, ``status`` and the tags.
+    Downsampled: ``agg`` of each field per ``every`` bucket over all connectors, empty buckets
+    left out; columns are named after the fields (with ``fields=None``, InfluxDB names them
+    ``{agg}_{field}``).
+    """
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise QueryBuildError("limit", limit, "must be a positive integer")
+    if fields is not None:
+        if not fields:
+            raise QueryBuildError("fields", fields, "give at least one field or leave it out")
+        fields = list(dict.fromkeys(check_field(f) for f in fields))
+    where = (
+        f"{_charger_filter(charger_id)} "
+        f"AND time >= {time_literal(start)} AND time < {time_literal(end)}"
+    )
+    if start >= end:
+        raise QueryBuildError("start", start, "must be before end")
+    source = quote_ident(MEASUREMENT)
+    if every is None:
+        if agg is not None:
+            raise QueryBuildError("agg", agg, "needs every")
+        if fields is None:
+            columns = "*"
+        else:
+            names = [*META_FIELDS, *fields, "gateway_id", "evse_id", "connector_id"]
+            columns = ", ".join(quote_ident(n) for n in names)
+        return f"SELECT {columns} FROM {source} WHERE {where} ORDER BY time ASC LIMIT {limit}"
+    if agg not in AGGREGATES:
+        raise QueryBuildError("agg", agg, f"must be one of {', '.join(AGGREGATES)}")
+    if fields is None:
+        columns = f"{agg}(*)"
+    else:
+        columns = ", ".join(f"{agg}({quote_ident(f)}) AS {quote_ident(f)}" for f in fields)
+    return (
+        f"SELECT {columns} FROM {source} WHERE {where} "
+        f"GROUP BY time({duration_literal(every)}) fill(none) ORDER BY time ASC LIMIT {limit}"
+    )

@@ -1,0 +1,14 @@
+"""The InfluxDB schema of DESIGN.md, named once for the writer (processor) and readers (API)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DATABASE: Final = "telemetry"
+MEASUREMENT: Final = "readings"
+#: Bounded ids only: never a tag for transaction or message ids (unbounded cardinality).
+TAG_KEYS: Final = ("charger_id", "gateway_id", "evse_id", "connector_id")
+#: Fields stored beside the reading's values.
+META_FIELDS: Final = ("status", "seq")
+#: Value keys that would collide with a tag, a meta field or InfluxDB's own ``time`` column.
+RESERVED_VALUE_KEYS: Final = frozenset({"time", *TAG_KEYS, *META_FIELDS})

@@ -1,0 +1,338 @@
+"""A development PKI: one EC P-256 CA, the broker's server certificate and client certificates.
+
+Layout of a PKI directory (DESIGN.md, contract)::
+
+    ca.crt ca.key              the CA (never overwritten unless ``force``)
+    server.crt server.key      the broker: SAN localhost + 127.0.0.1 (+ extra hosts), serverAuth
+    {name}.crt {name}.key      a client: CN = name = MQTT username on the broker, clientAuth
+
+Private keys are created with mode 0600 (never widened after the fact). Certificates are 0644.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from telemetry_common.errors import ConfigError, InvalidIdError
+from telemetry_common.ids import check_id
+
+#: The CN of the bridge's client certificate; the broker ACL grants it the cloud-side topics.
+BRIDGE_IDENTITY: Final = "telemetry-bridge"
+#: Names a client certificate may not take: the bridge (its ACL is wider), the file stems of the
+#: CA and the server (issuing them would overwrite those files), and the topic levels the ACL
+#: reserves under the root (a gateway called ``live`` could write ``{root}/live/state``).
+RESERVED_GATEWAY_NAMES: Final = frozenset({BRIDGE_IDENTITY, "ca", "server", "live", "deadletter"})
+
+CA_DAYS: Final = 3650
+LEAF_DAYS: Final = 825
+DEFAULT_SERVER_HOSTS: Final = ("localhost", "127.0.0.1")
+
+
+class ReservedNameError(InvalidIdError):
+    """A gateway id that is allowed in general but reserved here (carries the reason)."""
+
+    def __init__(self, value: str, reason: str) -> None:
+        super().__init__("gateway id", value)
+        self.args = (f"gateway id {value!r} is reserved ({reason})",)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Pki:
+    """Paths of a PKI directory made by :func:`init`."""
+
+    dir: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def ca_key_file(self) -> Path:
+        return self.dir / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.dir / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.dir / "server.key"
+
+    def client_paths(self, name: str) -> tuple[Path, Path]:
+        """``(cert_file, key_file)`` of client ``name`` (which may not exist yet)."""
+        check_id("client name", name)
+        return self.dir / f"{name}.crt", self.dir / f"{name}.key"
+
+
+# --- file helpers ---------------------------------------------------------------------------
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a file that is 0600 from its creation, replacing ``path`` atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _save(
+    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, crt: Path, key_path: Path
+) -> None:
+    # Key first: a certificate on disk always has its key next to it.
+    _write_private(key_path, _key_pem(key))
+    _write_public(crt, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(Path(path).read_bytes())
+
+
+def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    if not pki.ca_file.is_file() or not pki.ca_key_file.is_file():
+        raise ConfigError("pki", f"no CA in {pki.dir} (run `telemetry-stack pki init` first)")
+    key = serialization.load_pem_private_key(pki.ca_key_file.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError("pki", f"{pki.ca_key_file} is not an EC private key")
+    return load_cert(pki.ca_file), key
+
+
+# --- certificate builders -------------------------------------------------------------------
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "charger-telemetry dev"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.UTC)
+    # Backdated a little so a clock that is slightly behind still accepts a fresh certificate.
+    return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(
+        now + dt.timedelta(days=days)
+    )
+
+
+def _make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name("charger-telemetry dev CA")
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+    )
+    return _validity(builder, CA_DAYS).sign(key, hashes.SHA256()), key
+
+
+def _make_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    cn: str,
+    eku: x509.ObjectIdentifier,
+    sans: list[x509.GeneralName],
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return _validity(builder, LEAF_DAYS).sign(ca_key, hashes.SHA256()), key
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _server_sans(extra_hosts: Iterable[str]) -> list[x509.GeneralName]:
+    hosts: list[str] = []
+    for host in (*DEFAULT_SERVER_HOSTS, *extra_hosts):
+        if host and host not in hosts:
+            hosts.append(host)
+    return [_general_name(h) for h in hosts]
+
+
+def _server_is_current(pki: Pki, ca_cert: x509.Certificate, sans: list[x509.GeneralName]) -> bool:
+    """True if server.crt exists, was issued by this CA and covers every requested host."""
+    if not pki.server_cert.is_file() or not pki.server_key.is_file():
+        return False
+    cert = load_cert(pki.server_cert)
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+        have = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return False
+    expires = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    return all(san in have for san in sans) and expires > dt.timedelta(days=1)
+
+
+# --- public operations ----------------------------------------------------------------------
+
+
+def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = False) -> Pki:
+    """Create (or complete) a PKI in ``directory``; idempotent.
+
+    An existing CA is kept unless ``force``; then a new CA is made and every client certificate
+    found in the directory is re-issued under it. The server certificate is (re)issued when it
+    is missing, not from this CA, or does not cover ``extra_hosts``. The bridge's certificate
+    is issued when missing.
+    """
+    pki = Pki(Path(directory))
+    pki.dir.mkdir(parents=True, exist_ok=True)
+    has_ca = pki.ca_file.is_file() and pki.ca_key_file.is_file()
+    if force or not has_ca:
+        ca_cert, ca_key = _make_ca()
+        _save(ca_cert, ca_key, pki.ca_file, pki.ca_key_file)
+    else:
+        ca_cert, ca_key = _load_ca(pki)
+
+    sans = _server_sans(extra_hosts)
+    if force or not _server_is_current(pki, ca_cert, sans):
+        cert, key = _make_leaf(
+            ca_cert, ca_key, "telemetry-broker", ExtendedKeyUsageOID.SERVER_AUTH, sans
+        )
+        _save(cert, key, pki.server_cert, pki.server_key)
+
+    if force:
+        for name in client_names(pki):
+            _issue(pki, name, ca_cert, ca_key)
+    if force or not pki.client_paths(BRIDGE_IDENTITY)[0].is_file():
+        _issue(pki, BRIDGE_IDENTITY, ca_cert, ca_key)
+    return pki
+
+
+def client_names(pki: Pki) -> list[str]:
+    """Names of the client certificates present in the directory (bridge included)."""
+    return sorted(
+        p.stem
+        for p in pki.dir.glob("*.crt")
+        if p.stem not in {"ca", "server"} and p.with_suffix(".key").is_file()
+    )
+
+
+def _issue(
+    pki: Pki, name: str, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+) -> tuple[Path, Path]:
+    crt, key_path = pki.client_paths(name)
+    cert, key = _make_leaf(ca_cert, ca_key, name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    _save(cert, key, crt, key_path)
+    return crt, key_path
+
+
+def issue_client(directory: Path, name: str, *, reissue: bool = False) -> tuple[Path, Path]:
+    """Issue client certificate ``name`` (CN = name) unless it exists; ``(cert, key)`` paths.
+
+    Any allowed id may be used, the bridge identity included; gateways go through
+    :func:`issue_gateway`, which refuses the reserved names.
+    """
+    pki = Pki(Path(directory))
+    check_id("client name", name)
+    if name in {"ca", "server"}:
+        raise ReservedNameError(name, "the CA's and the broker's files")
+    crt, key_path = pki.client_paths(name)
+    if not reissue and crt.is_file() and key_path.is_file():
+        return crt, key_path
+    ca_cert, ca_key = _load_ca(pki)
+    return _issue(pki, name, ca_cert, ca_key)
+
+
+def issue_gateway(directory: Path, name: str, *, reissue: bool = False) -> tuple[Path, Path]:
+    """Issue a gateway's certificate; the gateway id must be allowed and not reserved."""
+    check_id("gateway id", name)
+    if name == BRIDGE_IDENTITY:
+        raise ReservedNameError(name, "the bridge's identity, whose ACL reads every gateway")
+    if name in RESERVED_GATEWAY_NAMES:
+        raise ReservedNameError(name, "a PKI file name or a topic level the ACL reserves")
+    return issue_client(directory, name, reissue=reissue)
