@@ -35,6 +35,9 @@ from telemetry_common.topics import Topics
 log = logging.getLogger(__name__)
 
 UNKNOWN_GATEWAY = "_invalid"
+#: Raw bytes kept in a dead letter: base64 of this stays well under the broker's packet limit
+#: (mosquitto/README.md), so a dead letter about a huge payload can itself be delivered.
+DEADLETTER_MAX_RAW = 192 * 1024
 
 
 @dataclass(slots=True)
@@ -145,7 +148,9 @@ class Processor:
                 "gateway_id": gateway_id,
                 "index": record.index,
                 "ts": datetime.now(UTC).isoformat(),
-                "payload_b64": base64.b64encode(record.raw).decode(),
+                "payload_bytes": len(record.raw),
+                "payload_truncated": len(record.raw) > DEADLETTER_MAX_RAW,
+                "payload_b64": base64.b64encode(record.raw[:DEADLETTER_MAX_RAW]).decode(),
             }
         )
         log.warning(
