@@ -9,12 +9,8 @@ dead-letter topic and the edge outbox.
 
 from __future__ import annotations
 
-import os
 import secrets
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,101 +18,11 @@ import httpx
 import orjson
 import pytest
 
-from telemetry_stack.servers import ManagedProcess, free_port
+from telemetry_common.schema import format_ts
 from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
+from tests.integration.services import BIN, Procs, mqtt_env, start_api, start_bridge, wait_until
 
 pytestmark = pytest.mark.integration
-
-BIN = Path(sys.executable).parent
-
-
-def _ms(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def _mqtt_env(prefix: str, broker: BrokerInfo, identity: str) -> dict[str, str]:
-    cert, key = broker.pki.client(identity)
-    return {
-        f"{prefix}MQTT__HOST": broker.host,
-        f"{prefix}MQTT__PORT": str(broker.tls_port),
-        f"{prefix}MQTT__CA_FILE": str(broker.ca_file),
-        f"{prefix}MQTT__CERT_FILE": str(cert),
-        f"{prefix}MQTT__KEY_FILE": str(key),
-        f"{prefix}TOPIC_ROOT": broker.topic_root,
-        f"{prefix}LOG_FORMAT": "json",
-    }
-
-
-class Procs:
-    """Processes started by one test, all stopped by PID at its end."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[ManagedProcess] = []
-
-    def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> ManagedProcess:
-        proc = ManagedProcess(
-            name, argv, log_file=self.logs / f"{name}.log", env={**os.environ, **env}
-        )
-        proc.start()
-        self.started.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            proc.stop(timeout=10)
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path / "logs")
-    yield p
-    p.stop_all()
-
-
-def start_bridge(procs: Procs, broker: BrokerInfo, db: InfluxTarget) -> ManagedProcess:
-    env = _mqtt_env("TELEMETRY_BRIDGE_", broker, "telemetry-bridge") | {
-        "TELEMETRY_BRIDGE_INFLUX__URL": db.url,
-        "TELEMETRY_BRIDGE_INFLUX__DATABASE": db.database,
-        # A session of its own per test: a leftover session must not steal this test's messages.
-        "TELEMETRY_BRIDGE_CLIENT_ID": f"bridge-{uuid.uuid4().hex[:8]}",
-        "TELEMETRY_BRIDGE_SHARE_GROUP": f"g{uuid.uuid4().hex[:8]}",
-    }
-    bridge = procs.start("bridge", [str(BIN / "telemetry-bridge")], env)
-    # Until the shared subscription exists the broker would drop the gateway's messages.
-    bridge.wait_ready(lambda: "subscribed to" in bridge.log_file.read_text(), timeout=30)
-    return bridge
-
-
-def start_api(procs: Procs, db: InfluxTarget, read_key: str) -> str:
-    port = free_port()
-    env = {
-        "TELEMETRY_API_HOST": "127.0.0.1",
-        "TELEMETRY_API_PORT": str(port),
-        "TELEMETRY_API_INFLUX__URL": db.url,
-        "TELEMETRY_API_INFLUX__DATABASE": db.database,
-        "TELEMETRY_API_KEYS": orjson.dumps({"read": read_key, "ingest": "i" * 32}).decode(),
-        "TELEMETRY_API_LOG_FORMAT": "json",
-    }
-    api = procs.start("api", [str(BIN / "telemetry-api")], env)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    api.wait_ready(healthy, timeout=30)
-    return url
 
 
 def test_reading_travels_from_edge_to_rest_api(
@@ -135,16 +41,16 @@ def test_reading_travels_from_edge_to_rest_api(
     newest = {"energy_wh": 12345.6, "power_w": 7200.0, "voltage_v": 229.5, "soc_pct": 64.0}
     lines = [
         # The newest reading comes first: "latest" must mean newest ts, not last arrival.
-        {"charger_id": charger, "ts": _ms(now), "status": "Charging", "values": newest},
+        {"charger_id": charger, "ts": format_ts(now), "status": "Charging", "values": newest},
         {
             "charger_id": charger,
-            "ts": _ms(now - timedelta(seconds=10)),
+            "ts": format_ts(now - timedelta(seconds=10)),
             "status": "Preparing",
             "values": {"energy_wh": 12000.0, "power_kw": 1.5},
         },
         {
             "charger_id": charger,
-            "ts": _ms(now + timedelta(days=1)),
+            "ts": format_ts(now + timedelta(days=1)),
             "status": "Charging",
             "values": {"energy_wh": 99999.0},
         },
@@ -162,14 +68,14 @@ def test_reading_travels_from_edge_to_rest_api(
     api = start_api(procs, influx_db, read_key)
 
     outbox = tmp_path / "outbox.sqlite3"
-    edge_env = _mqtt_env("TELEMETRY_EDGE_", broker, gateway) | {
+    edge_env = mqtt_env("TELEMETRY_EDGE_", broker, gateway) | {
         "TELEMETRY_EDGE_GATEWAY_ID": gateway,
         "TELEMETRY_EDGE_OUTBOX_PATH": str(outbox),
     }
     edge = procs.start(
         "edge", [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(feed)], edge_env
     )
-    _wait("the edge agent to send everything and exit", lambda: not edge.is_running())
+    wait_until("the edge agent to send everything and exit", lambda: not edge.is_running())
     assert edge.returncode() == 0, edge.log_tail()
 
     headers = {"X-API-Key": read_key}
@@ -183,7 +89,7 @@ def test_reading_travels_from_edge_to_rest_api(
         assert r.status_code == 404, r.text
         return False
 
-    _wait("the reading to reach the API", latest_is_there)
+    wait_until("the reading to reach the API", latest_is_there)
     reading = got.get("reading", got)
     assert isinstance(reading, dict)
     assert reading["values"] == newest
@@ -192,13 +98,16 @@ def test_reading_travels_from_edge_to_rest_api(
     assert reading["gateway_id"] == gateway
     assert reading["seq"] == 1
 
-    _wait("the dead letter", lambda: len(dead) >= 1, timeout=15)
+    wait_until("the dead letter", lambda: len(dead) >= 1, timeout=15)
     assert [d["reason"] for d in dead] == ["ts_in_future"]
     assert dead[0]["index"] == 2
 
     history = httpx.get(
         f"{api}/v1/chargers/{charger}/history",
-        params={"start": _ms(now - timedelta(minutes=1)), "end": _ms(now + timedelta(hours=1))},
+        params={
+            "start": format_ts(now - timedelta(minutes=1)),
+            "end": format_ts(now + timedelta(hours=1)),
+        },
         headers=headers,
         timeout=5,
     )
@@ -211,7 +120,7 @@ def test_reading_travels_from_edge_to_rest_api(
         [str(BIN / "edge-agent"), "outbox", "stats", "--json", "--path", str(outbox)],
         {},
     )
-    _wait("outbox stats", lambda: not stats.is_running(), timeout=15)
+    wait_until("outbox stats", lambda: not stats.is_running(), timeout=15)
     st = orjson.loads(stats.log_file.read_bytes())
     assert st["pending"] == 0
     assert st["last_seq_assigned"] == 3

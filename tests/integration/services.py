@@ -1,0 +1,113 @@
+"""Processes of the pipeline for integration tests: the real console scripts, started with the
+environment contract of README.md and stopped by PID at the end of each test (``procs``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import httpx
+import orjson
+
+from telemetry_stack.servers import ManagedProcess, free_port
+from telemetry_stack.testing import BrokerInfo, InfluxTarget
+
+BIN = Path(sys.executable).parent
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def mqtt_env(prefix: str, broker: BrokerInfo, identity: str) -> dict[str, str]:
+    cert, key = broker.pki.client(identity)
+    return {
+        f"{prefix}MQTT__HOST": broker.host,
+        f"{prefix}MQTT__PORT": str(broker.tls_port),
+        f"{prefix}MQTT__CA_FILE": str(broker.ca_file),
+        f"{prefix}MQTT__CERT_FILE": str(cert),
+        f"{prefix}MQTT__KEY_FILE": str(key),
+        f"{prefix}TOPIC_ROOT": broker.topic_root,
+        f"{prefix}LOG_FORMAT": "json",
+    }
+
+
+class Procs:
+    """Processes started by one test, all stopped by PID at its end."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[ManagedProcess] = []
+
+    def start(self, name: str, argv: list[str], env: Mapping[str, str]) -> ManagedProcess:
+        proc = ManagedProcess(
+            name, argv, log_file=self.logs / f"{name}.log", env={**os.environ, **env}
+        )
+        proc.start()
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop(timeout=10)
+
+
+def start_bridge(
+    procs: Procs,
+    broker: BrokerInfo,
+    db: InfluxTarget,
+    *,
+    name: str = "bridge",
+    client_id: str | None = None,
+    share_group: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> ManagedProcess:
+    """A ``telemetry-bridge`` process, returned once its shared subscription is in place.
+
+    By default each call gets a session and share group of its own, so a session left by another
+    test cannot take this test's messages; pass the same ``client_id`` to resume a session and the
+    same ``share_group`` to split load between bridges.
+    """
+    env = mqtt_env("TELEMETRY_BRIDGE_", broker, "telemetry-bridge") | {
+        "TELEMETRY_BRIDGE_INFLUX__URL": db.url,
+        "TELEMETRY_BRIDGE_INFLUX__DATABASE": db.database,
+        "TELEMETRY_BRIDGE_CLIENT_ID": client_id or f"bridge-{uuid.uuid4().hex[:8]}",
+        "TELEMETRY_BRIDGE_SHARE_GROUP": share_group or f"g{uuid.uuid4().hex[:8]}",
+        **(extra_env or {}),
+    }
+    bridge = procs.start(name, [str(BIN / "telemetry-bridge")], env)
+    # Until the shared subscription exists the broker would drop the gateway's messages.
+    seen = bridge.log_file.read_text().count("subscribed to") if bridge.log_file.exists() else 0
+    bridge.wait_ready(lambda: bridge.log_file.read_text().count("subscribed to") > seen, timeout=30)
+    return bridge
+
+
+def start_api(procs: Procs, db: InfluxTarget, read_key: str) -> str:
+    port = free_port()
+    env = {
+        "TELEMETRY_API_HOST": "127.0.0.1",
+        "TELEMETRY_API_PORT": str(port),
+        "TELEMETRY_API_INFLUX__URL": db.url,
+        "TELEMETRY_API_INFLUX__DATABASE": db.database,
+        "TELEMETRY_API_KEYS": orjson.dumps({"read": read_key, "ingest": "i" * 32}).decode(),
+        "TELEMETRY_API_LOG_FORMAT": "json",
+    }
+    api = procs.start("api", [str(BIN / "telemetry-api")], env)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    api.wait_ready(healthy, timeout=30)
+    return url
