@@ -19,9 +19,22 @@ from telemetry_common.logs import configure_logging
 async def _main(settings: BridgeSettings) -> None:
     task = asyncio.current_task()
     assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        # First signal: finish and acknowledge the batch in hand, then exit. Second signal, or
+        # the shutdown timeout: exit now (unacknowledged messages are redelivered).
+        if stop.is_set():
+            task.cancel()
+            return
+        stop.set()
+        loop.call_later(settings.shutdown_timeout_s, task.cancel)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     with contextlib.suppress(asyncio.CancelledError):
-        await run_bridge(settings)
+        await run_bridge(settings, stop)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bridge import http
 from bridge.settings import BridgeSettings
+from processor.lvc import Bindings, Stamp
+from processor.metrics import Metrics
 from processor.pipeline import Processor
 from processor.writer import Writer
+from telemetry_common.errors import ConfigError
+from telemetry_common.ids import check_id
+from telemetry_common.influx_query import InfluxQLClient, InfluxUnavailable
+from telemetry_common.influxql import newest_per_charger_query
 from telemetry_common.mqtt import AsyncMqttClient, Received
+from telemetry_common.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +49,85 @@ async def next_batch(
     return batch
 
 
-async def run_bridge(settings: BridgeSettings) -> None:
+def load_bindings(path: Path | None) -> Bindings:
+    if path is None:
+        return Bindings()
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError("TELEMETRY_BRIDGE_BINDINGS_FILE", f"{path}: {exc}") from exc
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ConfigError("TELEMETRY_BRIDGE_BINDINGS_FILE", f"{path}: need {{charger: gateway}}")
+    return Bindings({check_id("charger id", c): check_id("gateway id", g) for c, g in raw.items()})
+
+
+async def warm_up(processor: Processor, influx: InfluxSettings, max_backoff_s: float) -> None:
+    """Seed the last-value cache and the bindings from what InfluxDB holds."""
+    delay = 0.5
+    while True:
+        try:
+            async with InfluxQLClient(influx) as client:
+                series = await client.query(newest_per_charger_query())
+            break
+        except InfluxUnavailable as exc:
+            log.warning("warm-up: InfluxDB not available (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+    newest: dict[str, Stamp] = {}
+    for s in series:
+        charger, gateway = s.tags.get("charger_id"), s.tags.get("gateway_id")
+        if not charger or not gateway:
+            continue
+        for row in s.rows():
+            ts = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(row["time"]) // 1000)
+            stamp = Stamp(ts, int(row["seq"]), gateway)
+            held = newest.get(charger)
+            if held is None or (held.ts, held.seq) < (stamp.ts, stamp.seq):
+                newest[charger] = stamp
+    for charger, stamp in newest.items():
+        processor.lvc.seed(charger, stamp)
+        processor.bindings.seed(charger, stamp.gateway_id)
+    processor.metrics.lvc_chargers.set(len(processor.lvc))
+    log.info("warm-up: %d chargers known from InfluxDB", len(newest))
+
+
+def _routes(processor: Processor, client: AsyncMqttClient) -> dict[str, http.Handler]:
+    metrics = processor.metrics
+
+    def ready() -> tuple[bool, dict[str, bool]]:
+        checks = {"mqtt": client.connected, "influxdb": metrics.influx_reachable}
+        return all(checks.values()), checks
+
+    def readyz() -> tuple[int, str, bytes]:
+        ok, checks = ready()
+        return (200 if ok else 503), "application/json", orjson.dumps(checks)
+
+    def status() -> tuple[int, str, bytes]:
+        ok, checks = ready()
+        doc = {
+            "client_id": client.client_id,
+            "ready": ok,
+            "checks": checks,
+            "bindings": len(processor.bindings),
+            "bindings_provisioned": processor.bindings.provisioned,
+            "metrics": metrics.snapshot(),
+        }
+        return 200, "application/json", orjson.dumps(doc)
+
+    return {
+        "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)),
+        "/healthz": lambda: (200, "application/json", b'{"status":"ok"}'),
+        "/readyz": readyz,
+        "/status": status,
+    }
+
+
+async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (the batch in hand is finished and acknowledged first)."""
+    stop = stop if stop is not None else asyncio.Event()
     topics = settings.topics
+    metrics = Metrics()
+    bindings = load_bindings(settings.bindings_file)
     async with (
         Writer(settings.influx) as writer,
         AsyncMqttClient(
@@ -48,13 +138,26 @@ async def run_bridge(settings: BridgeSettings) -> None:
             receive_maximum=settings.max_inflight,
         ) as client,
     ):
+        metrics.set_influx_ok(True)  # Writer.prepare() returned: InfluxDB answered
         processor = Processor(
             writer,
             client,
             topics,
+            metrics=metrics,
+            bindings=bindings,
             max_future=timedelta(seconds=settings.max_future_s),
             max_backoff_s=settings.max_backoff_s,
+            live_interval_s=settings.live_interval_s,
         )
+        await warm_up(processor, settings.influx, settings.max_backoff_s)
+        in_hand: list[Received] = []
+        metrics.mqtt_connected.set_function(lambda: 1.0 if client.connected else 0.0)
+        metrics.unacked.set_function(lambda: float(client.messages.qsize() + len(in_hand)))
+        server = None
+        if settings.http_port:
+            server = await http.serve(
+                settings.http_host, settings.http_port, _routes(processor, client)
+            )
         log.info(
             "bridge %s consuming %s into %s (%s API)",
             settings.client_id,
@@ -62,10 +165,32 @@ async def run_bridge(settings: BridgeSettings) -> None:
             settings.influx.url,
             settings.influx.api,
         )
-        while True:
-            batch = await next_batch(
-                client.messages, settings.batch_max_messages, settings.batch_max_wait_s
-            )
-            await processor.process(batch)
-            for msg in batch:
-                msg.ack()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                live = tg.create_task(processor.live.run(), name="live-feed")
+                stopping = tg.create_task(stop.wait(), name="stop")
+                while not stop.is_set():
+                    taking = tg.create_task(
+                        next_batch(
+                            client.messages, settings.batch_max_messages, settings.batch_max_wait_s
+                        ),
+                        name="take",
+                    )
+                    await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if not taking.done():
+                        # Messages taken but not processed stay unacknowledged: redelivered.
+                        taking.cancel()
+                        break
+                    in_hand = taking.result()
+                    started = time.perf_counter()
+                    await processor.process(in_hand)
+                    for msg in in_hand:
+                        msg.ack()
+                    in_hand = []
+                    metrics.batch_seconds.observe(time.perf_counter() - started)
+                await processor.live.flush()
+                live.cancel()
+        finally:
+            if server is not None:
+                server.close()
+        log.info("bridge stopped: %s", metrics.snapshot())

@@ -30,3 +30,14 @@ class BridgeSettings(ServiceSettings):
     #: Readings stamped further ahead than this are dead-lettered (a clock fault at the edge).
     max_future_s: float = Field(default=300.0, ge=0)
     max_backoff_s: float = Field(default=30.0, gt=0)
+    #: At most one live publish per charger per this many seconds (newer values wait).
+    live_interval_s: float = Field(default=1.0, ge=0)
+    #: JSON object {"charger_id": "gateway_id"}: only these bindings are accepted. Without it a
+    #: charger is bound to the first gateway that sends for it (remembered through InfluxDB).
+    bindings_file: Path | None = None
+    #: /metrics, /healthz, /readyz, /status; port 0 turns them off.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9464, ge=0, le=65535)
+    #: On SIGTERM the batch in hand is finished and acknowledged; after this long, we stop anyway
+    #: (what is unacknowledged is redelivered).
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)

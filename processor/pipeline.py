@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,8 +19,16 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from processor.lineproto import to_line
-from processor.lvc import LastValueCache
-from processor.validate import INFLUX_REJECTED, Rejected, decode_message
+from processor.live import LiveFeed
+from processor.lvc import Bindings, LastValueCache
+from processor.metrics import Metrics
+from processor.validate import (
+    BAD_TOPIC,
+    CHARGER_NOT_BOUND,
+    INFLUX_REJECTED,
+    Rejected,
+    decode_message,
+)
 from processor.writer import InfluxWriter, WriteRejectedError, WriteUnavailableError
 from telemetry_common.errors import TopicError
 from telemetry_common.mqtt import (
@@ -38,15 +47,6 @@ UNKNOWN_GATEWAY = "_invalid"
 #: Raw bytes kept in a dead letter: base64 of this stays well under the broker's packet limit
 #: (mosquitto/README.md), so a dead letter about a huge payload can itself be delivered.
 DEADLETTER_MAX_RAW = 192 * 1024
-
-
-@dataclass(slots=True)
-class Counters:
-    messages: int = 0
-    stored: int = 0
-    dead_lettered: int = 0
-    write_retries: int = 0
-    live_published: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +71,21 @@ class Processor:
         mqtt: AsyncMqttClient,
         topics: Topics,
         *,
+        metrics: Metrics | None = None,
+        bindings: Bindings | None = None,
         max_future: timedelta = timedelta(minutes=5),
         max_backoff_s: float = 30.0,
+        live_interval_s: float = 1.0,
     ) -> None:
         self._writer = writer
         self._mqtt = mqtt
         self._topics = topics
         self._max_future = max_future
         self._max_backoff_s = max_backoff_s
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.bindings = bindings if bindings is not None else Bindings()
         self.lvc = LastValueCache()
-        self.counters = Counters()
+        self.live = LiveFeed(mqtt, topics, self.metrics, live_interval_s)
 
     async def process(self, messages: Sequence[Received]) -> None:
         batch = self._decode(messages)
@@ -91,12 +96,15 @@ class Processor:
                 p = by_line[line]
                 raw = orjson.dumps(reading_to_dict(p.reading))
                 batch.dead.append((p.gateway_id, p.topic, Rejected(INFLUX_REJECTED, err, raw)))
-            self.counters.stored += len(batch.points) - len(refused)
+            self.metrics.stored.inc(len(batch.points) - len(refused))
         for gateway_id, topic, record in batch.dead:
             await self._dead_letter(gateway_id, topic, record)
-        self.counters.dead_lettered += len(batch.dead)
-        self.counters.messages += len(messages)
-        await self._publish_live(batch.points)
+            self.metrics.dead_lettered.labels(record.reason).inc()
+        self.metrics.messages.inc(len(messages))
+        for p in batch.points:
+            if self.lvc.offer(p.gateway_id, p.reading):
+                self.live.offer(p.gateway_id, p.reading)
+        self.metrics.lvc_chargers.set(len(self.lvc))
 
     def _decode(self, messages: Sequence[Received]) -> _Batch:
         out = _Batch()
@@ -105,16 +113,24 @@ class Processor:
             try:
                 gateway_id = self._topics.gateway_of_readings(msg.topic)
             except (TopicError, ValueError) as exc:
-                out.dead.append(
-                    (UNKNOWN_GATEWAY, msg.topic, Rejected("bad_topic", str(exc), msg.payload))
-                )
+                rejected = Rejected(BAD_TOPIC, str(exc), msg.payload)
+                out.dead.append((UNKNOWN_GATEWAY, msg.topic, rejected))
                 continue
             decoded = decode_message(gateway_id, msg.payload, now=now, max_future=self._max_future)
             out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
-            out.points.extend(
-                _Point(gateway_id, msg.topic, i, r, to_line(gateway_id, r))
-                for i, r in enumerate(decoded.readings)
-            )
+            for i, r in enumerate(decoded.readings):
+                bound = self.bindings.claim(gateway_id, r.charger_id)
+                if bound is None:
+                    out.points.append(_Point(gateway_id, msg.topic, i, r, to_line(gateway_id, r)))
+                    continue
+                detail = (
+                    f"charger {r.charger_id!r} is bound to gateway {bound!r}"
+                    if bound
+                    else f"charger {r.charger_id!r} is not provisioned for any gateway"
+                )
+                raw = orjson.dumps(reading_to_dict(r))
+                rejected = Rejected(CHARGER_NOT_BOUND, detail, raw, i)
+                out.dead.append((gateway_id, msg.topic, rejected))
         return out
 
     async def _write(self, lines: list[str]) -> list[tuple[str, str]]:
@@ -124,19 +140,24 @@ class Processor:
         """
         delay = 0.2
         while True:
+            started = time.perf_counter()
             try:
                 await self._writer.write(lines)
             except WriteRejectedError as exc:
+                self.metrics.set_influx_ok(True)
                 if len(lines) == 1:
                     return [(lines[0], exc.detail)]
                 mid = len(lines) // 2
                 return await self._write(lines[:mid]) + await self._write(lines[mid:])
             except WriteUnavailableError as exc:
-                self.counters.write_retries += 1
+                self.metrics.set_influx_ok(False)
+                self.metrics.write_retries.inc()
                 log.warning("InfluxDB write failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
                 delay = min(delay * 2, self._max_backoff_s)
             else:
+                self.metrics.set_influx_ok(True)
+                self.metrics.write_seconds.observe(time.perf_counter() - started)
                 return []
 
     async def _dead_letter(self, gateway_id: str, topic: str, record: Rejected) -> None:
@@ -176,21 +197,3 @@ class Processor:
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_backoff_s)
-
-    async def _publish_live(self, points: list[_Point]) -> None:
-        """Offer every stored reading to the cache; publish each charger's newest once."""
-        fresh: dict[str, _Point] = {}
-        for p in points:
-            if self.lvc.offer(p.gateway_id, p.reading):
-                fresh[p.reading.charger_id] = p
-        for charger_id, p in fresh.items():
-            body = reading_to_dict(p.reading)
-            body["gateway_id"] = p.gateway_id
-            try:
-                await self._mqtt.publish(
-                    self._topics.live(charger_id), orjson.dumps(body), retain=True
-                )
-                self.counters.live_published += 1
-            except (PublishLostError, NotConnectedError, PublishRejectedError) as exc:
-                # The reading is stored already; the live feed catches up with the next one.
-                log.warning("live update for %s not published: %s", charger_id, exc)

@@ -30,6 +30,8 @@ GATEWAY_MISMATCH: Final = "gateway_mismatch"
 INVALID_READING: Final = "invalid_reading"
 TS_IN_FUTURE: Final = "ts_in_future"
 INFLUX_REJECTED: Final = "influx_rejected"
+CHARGER_NOT_BOUND: Final = "charger_not_bound"
+BAD_TOPIC: Final = "bad_topic"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,9 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from query_api import problems
-from query_api.influx import InfluxQL, InfluxQLClient
 from query_api.routes import chargers, health
 from query_api.settings import ApiSettings
+from telemetry_common.influx_query import InfluxQL, InfluxQLClient
 
 DESCRIPTION = """Readings of EV chargers stored in InfluxDB.
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from query_api.influx import InfluxQL
 from query_api.settings import ApiSettings
+from telemetry_common.influx_query import InfluxQL
 
 
 def get_settings(request: Request) -> ApiSettings:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from query_api.influx import InfluxError, InfluxUnavailable
+from telemetry_common.influx_query import InfluxError, InfluxUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from query_api.influxql import Aggregate
+from telemetry_common.influxql import Aggregate
 from telemetry_common.schema import format_ts
 from telemetry_common.storage import META_FIELDS, TAG_KEYS
 

@@ -226,7 +226,7 @@ def up(opts: UpOptions, echo: Callable[[str], None]) -> dict[str, Any]:
         f"gw-{i}": pki_mod.issue_gateway(pki.dir, f"gw-{i}") for i in range(1, opts.gateways + 1)
     }
     bridge_cert, bridge_key = pki.client_paths(pki_mod.BRIDGE_IDENTITY)
-    tls_port, local_port, influx_port, api_port = _distinct_ports(4)
+    tls_port, local_port, influx_port, api_port, bridge_port = _distinct_ports(5)
     influx_url = f"http://127.0.0.1:{influx_port}"
     api_url = f"http://127.0.0.1:{api_port}"
     keys = {role: secrets.token_urlsafe(24) for role in ("read", "ingest", "admin")}
@@ -243,6 +243,7 @@ def up(opts: UpOptions, echo: Callable[[str], None]) -> dict[str, Any]:
         },
         "influx": {"url": influx_url, "database": DATABASE},
         "api": {"url": api_url, "keys": keys},
+        "bridge": {"url": f"http://127.0.0.1:{bridge_port}"},
         "state_dir": str(state_dir),
         "pki_dir": str(pki.dir),
         "services": {},
@@ -299,9 +300,20 @@ def up(opts: UpOptions, echo: Callable[[str], None]) -> dict[str, Any]:
             "TELEMETRY_BRIDGE_INFLUX__DATABASE": DATABASE,
             "TELEMETRY_BRIDGE_INFLUX__API": "v1",
             "TELEMETRY_BRIDGE_CLIENT_ID": "telemetry-bridge-1",
+            "TELEMETRY_BRIDGE_HTTP_PORT": str(bridge_port),
         }
+        bridge_url = f"http://127.0.0.1:{bridge_port}"
         planned: list[tuple[str, ServiceRecord]] = [
-            ("bridge", ServiceRecord(None, [program("telemetry-bridge")], "", bridge_env)),
+            (
+                "bridge",
+                ServiceRecord(
+                    None,
+                    [program("telemetry-bridge")],
+                    "",
+                    bridge_env,
+                    ready={"http": f"{bridge_url}/readyz", "status": 200},
+                ),
+            ),
             (
                 "api",
                 ServiceRecord(

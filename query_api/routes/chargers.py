@@ -6,10 +6,8 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from query_api import influxql
 from query_api.auth import require
 from query_api.deps import Influx, Now, Settings
-from query_api.influxql import Aggregate, QueryBuildError
 from query_api.problems import ProblemError, problem_responses
 from query_api.readings import (
     HistoryPage,
@@ -19,7 +17,9 @@ from query_api.readings import (
     row_to_point,
 )
 from query_api.timespec import TimeSpecError, format_duration, parse_duration, resolve_window
+from telemetry_common import influxql
 from telemetry_common.ids import ID_PATTERN
+from telemetry_common.influxql import Aggregate, QueryBuildError
 from telemetry_common.schema import MAX_VALUE_KEYS, format_ts
 
 router = APIRouter(

@@ -81,6 +81,7 @@ def start_bridge(
         "TELEMETRY_BRIDGE_INFLUX__DATABASE": db.database,
         "TELEMETRY_BRIDGE_CLIENT_ID": client_id or f"bridge-{uuid.uuid4().hex[:8]}",
         "TELEMETRY_BRIDGE_SHARE_GROUP": share_group or f"g{uuid.uuid4().hex[:8]}",
+        "TELEMETRY_BRIDGE_HTTP_PORT": str(free_port()),
         **(extra_env or {}),
     }
     bridge = procs.start(name, [str(BIN / "telemetry-bridge")], env)

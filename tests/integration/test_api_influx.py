@@ -11,11 +11,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from query_api import influxql
 from query_api.app import create_app
-from query_api.influx import InfluxQLClient, InfluxQueryError, InfluxUnavailable
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
+from telemetry_common import influxql
+from telemetry_common.influx_query import InfluxQLClient, InfluxQueryError, InfluxUnavailable
 from telemetry_common.settings import InfluxSettings
 from telemetry_stack.servers import free_port
 from telemetry_stack.testing import InfluxTarget

@@ -18,11 +18,16 @@ from pydantic import SecretStr, ValidationError
 from query_api.__main__ import main
 from query_api.app import create_app
 from query_api.deps import get_now
-from query_api.influx import InfluxQLClient, InfluxQueryError, InfluxUnavailable, Series
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
 from query_api.timespec import TimeSpecError, parse_duration, parse_instant, resolve_window
 from telemetry_common.errors import ConfigError
+from telemetry_common.influx_query import (
+    InfluxQLClient,
+    InfluxQueryError,
+    InfluxUnavailable,
+    Series,
+)
 from telemetry_common.settings import InfluxSettings
 
 READ, INGEST, ADMIN = "read-key-0123456789", "ingest-key-0123456789", "admin-key-0123456789"

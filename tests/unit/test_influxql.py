@@ -1,4 +1,4 @@
-"""query_api.influxql: the only place InfluxQL text is built (pure, no server)."""
+"""telemetry_common.influxql: the only place InfluxQL text is built (pure, no server)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from query_api.influxql import (
+from telemetry_common.errors import InvalidIdError
+from telemetry_common.influxql import (
     AGGREGATES,
     QueryBuildError,
     check_field,
@@ -17,7 +18,6 @@ from query_api.influxql import (
     quote_string,
     time_literal,
 )
-from telemetry_common.errors import InvalidIdError
 
 START = datetime(2026, 5, 1, 11, 0, tzinfo=UTC)
 END = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

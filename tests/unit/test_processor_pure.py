@@ -9,7 +9,7 @@ import orjson
 
 from processor import validate as v
 from processor.lineproto import to_line, ts_ns
-from processor.lvc import LastValueCache
+from processor.lvc import Bindings, LastValueCache, Stamp
 from telemetry_common.schema import Reading
 
 NOW = datetime(2026, 5, 1, 12, 0, 5, tzinfo=UTC)
@@ -113,4 +113,31 @@ def test_lvc_keeps_the_newest_ts_not_the_last_arrival() -> None:
     assert not lvc.offer("gw-1", new)
     latest = lvc.get("CP-1")
     assert latest is not None
-    assert latest.reading.seq == 5
+    assert latest.seq == 5
+
+
+def test_lvc_seed_from_storage_never_goes_backwards() -> None:
+    """A warm-up seed older than what the cache holds is ignored; a newer reading still wins."""
+    lvc = LastValueCache()
+    held = Reading.model_validate_json(orjson.dumps(reading(5, ts="2026-05-01T12:00:10Z")))
+    lvc.offer("gw-1", held)
+    lvc.seed("CP-1", Stamp(datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC), 9, "gw-1"))
+    got = lvc.get("CP-1")
+    assert got is not None
+    assert got.seq == 5
+    older = Reading.model_validate_json(orjson.dumps(reading(4, ts="2026-05-01T12:00:09Z")))
+    assert not lvc.offer("gw-1", older)
+
+
+def test_bindings_first_come_and_provisioned() -> None:
+    """First-come binds a charger to its first gateway; provisioned refuses unlisted chargers."""
+    first = Bindings()
+    assert first.claim("gw-1", "CP-1") is None
+    assert first.claim("gw-2", "CP-1") == "gw-1"
+    first.seed("CP-2", "gw-2")
+    assert first.claim("gw-1", "CP-2") == "gw-2"
+    fixed = Bindings({"CP-1": "gw-1"})
+    assert fixed.claim("gw-1", "CP-1") is None
+    assert fixed.claim("gw-1", "CP-9") == ""
+    fixed.seed("CP-9", "gw-1")
+    assert fixed.claim("gw-1", "CP-9") == ""

@@ -146,3 +146,15 @@ def history_query(
         f"SELECT {columns} FROM {source} WHERE {where} "
         f"GROUP BY time({duration_literal(every)}) fill(none) ORDER BY time ASC LIMIT {limit}"
     )
+
+
+def newest_per_charger_query() -> str:
+    """Per (charger, gateway): the time and ``seq`` of the newest stored point.
+
+    The processor warms its last-value cache and its charger bindings from this at start.
+    """
+    return (
+        f"SELECT last({quote_ident('seq')}) AS {quote_ident('seq')} "
+        f"FROM {quote_ident(MEASUREMENT)} "
+        f"GROUP BY {quote_ident('charger_id')}, {quote_ident('gateway_id')}"
+    )

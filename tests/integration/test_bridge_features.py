@@ -1,0 +1,84 @@
+"""Bridge behaviour on real servers: charger bindings that survive a restart (warmed from
+InfluxDB), Prometheus metrics, readiness, and a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+
+from telemetry_common.schema import format_ts
+from telemetry_stack.servers import ManagedProcess
+from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
+from tests.integration.services import Procs, start_bridge, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _batch(gateway: str, charger: str, seq: int, ts: datetime) -> bytes:
+    reading = {"charger_id": charger, "seq": seq, "ts": format_ts(ts), "values": {"power_w": 1.0}}
+    return orjson.dumps(
+        {"schema": "charger-telemetry/1", "gateway_id": gateway, "readings": [reading]}
+    )
+
+
+def _publish(client: mqtt.Client, topic: str, payload: bytes) -> None:
+    info = client.publish(topic, payload, qos=1)
+    info.wait_for_publish(timeout=10)
+    assert info.is_published()
+
+
+def _stored_seqs(db: InfluxTarget, charger: str) -> list[int]:
+    q = f"SELECT seq FROM readings WHERE charger_id = '{charger}'"
+    r = httpx.get(f"{db.url}/query", params={"db": db.database, "q": q}, timeout=5)
+    series = r.json()["results"][0].get("series", [])
+    return [int(row[1]) for row in series[0]["values"]] if series else []
+
+
+def _http(bridge: ManagedProcess, path: str) -> httpx.Response:
+    assert bridge.env is not None
+    port = bridge.env["TELEMETRY_BRIDGE_HTTP_PORT"]
+    return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+
+
+def test_charger_bound_to_one_gateway_stays_bound_across_restart(
+    broker: BrokerInfo, influx_db: InfluxTarget, mqtt_client: MqttClientFactory, procs: Procs
+) -> None:
+    """gw-a's charger is refused to gw-b with `charger_not_bound` (dead-lettered, not stored),
+    also by a freshly started bridge that learnt the binding from InfluxDB; /metrics counts it,
+    /readyz is 200, and SIGTERM ends the bridge with exit code 0."""
+    tag = uuid.uuid4().hex[:6]
+    gw_a, gw_b, charger = f"gw-a-{tag}", f"gw-b-{tag}", f"cp-{tag}"
+    dead: list[dict[str, object]] = []
+    watcher = mqtt_client(None)
+    watcher.on_message = lambda _c, _u, m: dead.append(orjson.loads(m.payload))
+    watcher.subscribe(broker.topics.deadletter(gw_b), qos=1)
+    a, b = mqtt_client(gw_a), mqtt_client(gw_b)
+    now = datetime.now(UTC)
+
+    bridge = start_bridge(procs, broker, influx_db)
+    _publish(a, broker.topics.readings(gw_a), _batch(gw_a, charger, 1, now))
+    wait_until("gw-a's reading stored", lambda: _stored_seqs(influx_db, charger) == [1])
+    _publish(b, broker.topics.readings(gw_b), _batch(gw_b, charger, 1, now + timedelta(seconds=1)))
+    wait_until("the refusal", lambda: len(dead) == 1, timeout=15)
+    assert dead[0]["reason"] == "charger_not_bound"
+    assert gw_a in str(dead[0]["detail"])
+
+    assert _http(bridge, "/readyz").status_code == 200
+    metrics = _http(bridge, "/metrics").text
+    assert 'telemetry_bridge_deadletters_total{reason="charger_not_bound"} 1.0' in metrics
+    assert "telemetry_bridge_readings_stored_total 1.0" in metrics
+    assert bridge.stop(timeout=20) == 0
+
+    again = start_bridge(procs, broker, influx_db, name="bridge-2")
+    _publish(b, broker.topics.readings(gw_b), _batch(gw_b, charger, 2, now + timedelta(seconds=2)))
+    wait_until("the second refusal", lambda: len(dead) == 2, timeout=15)
+    assert dead[1]["reason"] == "charger_not_bound"
+    assert _stored_seqs(influx_db, charger) == [1]
+    status = orjson.loads(_http(again, "/status").content)
+    assert status["ready"] is True
+    assert status["bindings"] >= 1
