@@ -19,10 +19,13 @@ from processor.pipeline import Processor
 from processor.writer import Writer
 from telemetry_common.errors import ConfigError
 from telemetry_common.ids import check_id
-from telemetry_common.influx_query import InfluxQLClient, InfluxUnavailable
-from telemetry_common.influxql import newest_per_charger_query
+from telemetry_common.influx_query import InfluxQLClient, InfluxUnavailable, Series
+from telemetry_common.influxql import (
+    count_seq_range_query,
+    highest_seq_per_gateway_query,
+    newest_per_charger_query,
+)
 from telemetry_common.mqtt import AsyncMqttClient, Received
-from telemetry_common.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +64,31 @@ def load_bindings(path: Path | None) -> Bindings:
     return Bindings({check_id("charger id", c): check_id("gateway id", g) for c, g in raw.items()})
 
 
-async def warm_up(processor: Processor, influx: InfluxSettings, max_backoff_s: float) -> None:
-    """Seed the last-value cache and the bindings from what InfluxDB holds."""
+def _ns_to_datetime(ns: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+
+
+async def _query_with_retry(client: InfluxQLClient, q: str, max_backoff_s: float) -> list[Series]:
     delay = 0.5
     while True:
         try:
-            async with InfluxQLClient(influx) as client:
-                series = await client.query(newest_per_charger_query())
-            break
+            return await client.query(q)
         except InfluxUnavailable as exc:
-            log.warning("warm-up: InfluxDB not available (%s); retrying in %.1fs", exc, delay)
+            log.warning("InfluxDB not available (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff_s)
+
+
+async def warm_up(processor: Processor, client: InfluxQLClient, max_backoff_s: float) -> None:
+    """Seed the last-value cache, the bindings and gap tracking from what InfluxDB holds."""
+    series = await _query_with_retry(client, newest_per_charger_query(), max_backoff_s)
     newest: dict[str, Stamp] = {}
     for s in series:
         charger, gateway = s.tags.get("charger_id"), s.tags.get("gateway_id")
         if not charger or not gateway:
             continue
         for row in s.rows():
-            ts = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(row["time"]) // 1000)
-            stamp = Stamp(ts, int(row["seq"]), gateway)
+            stamp = Stamp(_ns_to_datetime(int(row["time"])), int(row["seq"]), gateway)
             held = newest.get(charger)
             if held is None or (held.ts, held.seq) < (stamp.ts, stamp.seq):
                 newest[charger] = stamp
@@ -88,7 +96,37 @@ async def warm_up(processor: Processor, influx: InfluxSettings, max_backoff_s: f
         processor.lvc.seed(charger, stamp)
         processor.bindings.seed(charger, stamp.gateway_id)
     processor.metrics.lvc_chargers.set(len(processor.lvc))
-    log.info("warm-up: %d chargers known from InfluxDB", len(newest))
+    highs = await _query_with_retry(client, highest_seq_per_gateway_query(), max_backoff_s)
+    for s in highs:
+        gateway = s.tags.get("gateway_id")
+        for row in s.rows() if gateway else []:
+            processor.gaps.seed(str(gateway), int(row["seq"]), _ns_to_datetime(int(row["time"])))
+    log.info("warm-up: %d chargers, %d gateways known from InfluxDB", len(newest), len(highs))
+
+
+async def check_gaps(processor: Processor, client: InfluxQLClient, grace_s: float) -> None:
+    """Confirm suspected seq gaps against InfluxDB, forever (a task of the bridge)."""
+
+    async def count_stored(gw: str, first: int, last: int, lo: datetime, hi: datetime) -> int:
+        series = await client.query(count_seq_range_query(gw, first, last, lo, hi))
+        return int(series[0].values[0][1]) if series and series[0].values else 0
+
+    reported = 0
+    while True:
+        await asyncio.sleep(min(grace_s, 10.0))
+        try:
+            await processor.gaps.confirm(count_stored, time.monotonic(), grace_s)
+        except InfluxUnavailable as exc:
+            log.warning("gap check postponed: %s", exc)
+            continue
+        missing = processor.gaps.missing()
+        if missing != reported:
+            log.warning(
+                "seq gaps: %d readings missing (in no bridge's store): %s",
+                missing,
+                processor.gaps.report(),
+            )
+            reported = missing
 
 
 def _routes(processor: Processor, client: AsyncMqttClient) -> dict[str, http.Handler]:
@@ -110,6 +148,7 @@ def _routes(processor: Processor, client: AsyncMqttClient) -> dict[str, http.Han
             "checks": checks,
             "bindings": len(processor.bindings),
             "bindings_provisioned": processor.bindings.provisioned,
+            "seq_gaps": processor.gaps.report(),
             "metrics": metrics.snapshot(),
         }
         return 200, "application/json", orjson.dumps(doc)
@@ -130,6 +169,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
     bindings = load_bindings(settings.bindings_file)
     async with (
         Writer(settings.influx) as writer,
+        InfluxQLClient(settings.influx) as influxql,
         AsyncMqttClient(
             settings.mqtt,
             client_id=settings.client_id,
@@ -149,10 +189,14 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             max_backoff_s=settings.max_backoff_s,
             live_interval_s=settings.live_interval_s,
         )
-        await warm_up(processor, settings.influx, settings.max_backoff_s)
+        await warm_up(processor, influxql, settings.max_backoff_s)
         in_hand: list[Received] = []
         metrics.mqtt_connected.set_function(lambda: 1.0 if client.connected else 0.0)
         metrics.unacked.set_function(lambda: float(client.messages.qsize() + len(in_hand)))
+        metrics.seq_missing.set_function(lambda: float(processor.gaps.missing()))
+        metrics.seq_gaps.set_function(
+            lambda: float(sum(len(v) for v in processor.gaps.report().values()))
+        )
         server = None
         if settings.http_port:
             server = await http.serve(
@@ -168,6 +212,9 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 live = tg.create_task(processor.live.run(), name="live-feed")
+                gaps = tg.create_task(
+                    check_gaps(processor, influxql, settings.gap_grace_s), name="gap-check"
+                )
                 stopping = tg.create_task(stop.wait(), name="stop")
                 while not stop.is_set():
                     taking = tg.create_task(
@@ -190,6 +237,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
                     metrics.batch_seconds.observe(time.perf_counter() - started)
                 await processor.live.flush()
                 live.cancel()
+                gaps.cancel()
         finally:
             if server is not None:
                 server.close()

@@ -41,3 +41,6 @@ class BridgeSettings(ServiceSettings):
     #: On SIGTERM the batch in hand is finished and acknowledged; after this long, we stop anyway
     #: (what is unacknowledged is redelivered).
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    #: A suspected seq gap is checked against InfluxDB after this long (other bridges of the
+    #: share group may have stored the readings), and again at this interval while open.
+    gap_grace_s: float = Field(default=30.0, gt=0)

@@ -29,6 +29,10 @@ class Metrics:
         self.mqtt_connected = Gauge(f"{p}mqtt_connected", "1 while connected", registry=r)
         self.influx_reachable = False
         self.influx_ok = Gauge(f"{p}influx_ok", "1 if the last InfluxDB request worked", registry=r)
+        self.seq_missing = Gauge(
+            f"{p}seq_missing", "Readings confirmed missing: a seq gap no bridge stored", registry=r
+        )
+        self.seq_gaps = Gauge(f"{p}seq_gaps_open", "Seq gaps suspected or confirmed", registry=r)
         self.batch_seconds = Histogram(
             f"{p}batch_seconds",
             "From taking a batch to acknowledging it",

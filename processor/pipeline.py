@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from processor.gaps import GapTracker
 from processor.lineproto import to_line
 from processor.live import LiveFeed
 from processor.lvc import Bindings, LastValueCache
@@ -85,6 +86,7 @@ class Processor:
         self.metrics = metrics if metrics is not None else Metrics()
         self.bindings = bindings if bindings is not None else Bindings()
         self.lvc = LastValueCache()
+        self.gaps = GapTracker()
         self.live = LiveFeed(mqtt, topics, self.metrics, live_interval_s)
 
     async def process(self, messages: Sequence[Received]) -> None:
@@ -101,7 +103,9 @@ class Processor:
             await self._dead_letter(gateway_id, topic, record)
             self.metrics.dead_lettered.labels(record.reason).inc()
         self.metrics.messages.inc(len(messages))
+        now = time.monotonic()
         for p in batch.points:
+            self.gaps.observe(p.gateway_id, p.reading.seq, p.reading.ts, now)
             if self.lvc.offer(p.gateway_id, p.reading):
                 self.live.offer(p.gateway_id, p.reading)
         self.metrics.lvc_chargers.set(len(self.lvc))

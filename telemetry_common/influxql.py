@@ -158,3 +158,23 @@ def newest_per_charger_query() -> str:
         f"FROM {quote_ident(MEASUREMENT)} "
         f"GROUP BY {quote_ident('charger_id')}, {quote_ident('gateway_id')}"
     )
+
+
+def highest_seq_per_gateway_query() -> str:
+    """Per gateway: the highest stored ``seq`` and its time (seeds gap tracking at start)."""
+    return (
+        f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')} "
+        f"FROM {quote_ident(MEASUREMENT)} GROUP BY {quote_ident('gateway_id')}"
+    )
+
+
+def count_seq_range_query(
+    gateway_id: str, first: int, last: int, start: datetime, end: datetime
+) -> str:
+    """How many points of ``gateway_id`` with ``first <= seq <= last`` lie in [start, end]."""
+    return (
+        f"SELECT count({quote_ident('seq')}) FROM {quote_ident(MEASUREMENT)} "
+        f"WHERE {quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))} "
+        f"AND {quote_ident('seq')} >= {int(first)} AND {quote_ident('seq')} <= {int(last)} "
+        f"AND time >= {time_literal(start)} AND time <= {time_literal(end)}"
+    )

@@ -82,3 +82,40 @@ def test_charger_bound_to_one_gateway_stays_bound_across_restart(
     status = orjson.loads(_http(again, "/status").content)
     assert status["ready"] is True
     assert status["bindings"] >= 1
+
+
+def test_seq_gap_is_reported_until_the_missing_readings_arrive(
+    broker: BrokerInfo, influx_db: InfluxTarget, mqtt_client: MqttClientFactory, procs: Procs
+) -> None:
+    """seq 1, 2, 5 from one gateway: after the grace period /status and /metrics report 3..4 as
+    missing; seq 3 written to InfluxDB by someone else (another bridge) and seq 4 replayed by the
+    gateway close the gap."""
+    tag = uuid.uuid4().hex[:6]
+    gw, charger = f"gw-{tag}", f"cp-{tag}"
+    client = mqtt_client(gw)
+    bridge = start_bridge(
+        procs, broker, influx_db, extra_env={"TELEMETRY_BRIDGE_GAP_GRACE_S": "0.5"}
+    )
+    now = datetime.now(UTC)
+    for seq in (1, 2, 5):
+        _publish(
+            client,
+            broker.topics.readings(gw),
+            _batch(gw, charger, seq, now + timedelta(seconds=seq)),
+        )
+    wait_until("the readings stored", lambda: len(_stored_seqs(influx_db, charger)) == 3)
+
+    def gaps() -> list[dict[str, object]]:
+        doc = orjson.loads(_http(bridge, "/status").content)
+        return list(doc["seq_gaps"].get(gw, []))
+
+    wait_until("a confirmed gap", lambda: [g["state"] for g in gaps()] == ["confirmed"], 15)
+    assert gaps()[0] == {"first_seq": 3, "last_seq": 4, "missing": 2, "state": "confirmed"}
+    assert "telemetry_bridge_seq_missing 2.0" in _http(bridge, "/metrics").text
+
+    ns = int((now + timedelta(seconds=3)).timestamp()) * 10**9
+    line = f"readings,charger_id={charger},connector_id=0,evse_id=0,gateway_id={gw} seq=3i {ns}"
+    httpx.post(f"{influx_db.url}/write", params={"db": influx_db.database}, content=line)
+    _publish(client, broker.topics.readings(gw), _batch(gw, charger, 4, now + timedelta(seconds=4)))
+    wait_until("the gap to close", lambda: gaps() == [], 15)
+    assert "telemetry_bridge_seq_missing 0.0" in _http(bridge, "/metrics").text

@@ -1,0 +1,63 @@
+"""Seq gap tracking: suspected on a jump, filled by late arrivals, confirmed against storage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from processor.gaps import GapTracker
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def ts(i: int) -> datetime:
+    return T0 + timedelta(seconds=i)
+
+
+def test_jump_opens_a_gap_and_late_arrivals_fill_it() -> None:
+    """1,2,6 suspects 3..5; a late 4 splits it into 3 and 5; replays change nothing."""
+    g = GapTracker()
+    for seq in (1, 2, 6, 2, 6):
+        g.observe("gw", seq, ts(seq), now=0.0)
+    assert [(x["first_seq"], x["last_seq"]) for x in g.report()["gw"]] == [(3, 5)]
+    g.observe("gw", 4, ts(4), now=0.0)
+    assert [(x["first_seq"], x["last_seq"]) for x in g.report()["gw"]] == [(3, 3), (5, 5)]
+    g.observe("gw", 3, ts(3), now=0.0)
+    g.observe("gw", 5, ts(5), now=0.0)
+    assert g.report() == {}
+
+
+def test_seed_catches_a_gap_across_a_restart() -> None:
+    """Seeded with the highest stored seq, the first reading after a restart shows the gap."""
+    g = GapTracker()
+    g.seed("gw", 10, ts(10))
+    g.observe("gw", 13, ts(13), now=0.0)
+    assert g.report()["gw"][0]["first_seq"] == 11
+
+
+async def test_confirm_drops_what_storage_holds_and_counts_the_rest() -> None:
+    """After the grace period, a gap another bridge stored disappears; a real one is counted."""
+    g = GapTracker()
+    for seq in (1, 4, 5, 9):
+        g.observe("gw", seq, ts(seq), now=0.0)
+    stored = {2, 3, 6}  # 2..3 stored by another bridge; of 6..8 only 6
+
+    async def count(gw: str, first: int, last: int, lo: datetime, hi: datetime) -> int:
+        assert lo < ts(first)
+        assert hi > ts(last)
+        return len([s for s in stored if first <= s <= last])
+
+    await g.confirm(count, now=5.0, grace_s=10.0)
+    assert g.missing() == 0  # too early: still suspected
+    await g.confirm(count, now=11.0, grace_s=10.0)
+    [gap] = g.report()["gw"]
+    assert (gap["first_seq"], gap["last_seq"], gap["state"]) == (6, 8, "confirmed")
+    assert g.missing() == 2
+
+
+def test_open_gaps_are_bounded() -> None:
+    """A gateway that skips seq wildly cannot grow the tracker without bound."""
+    g = GapTracker(max_gaps_per_gateway=3)
+    for seq in range(0, 20, 2):
+        g.observe("gw", seq, ts(seq), now=0.0)
+    assert len(g.report()["gw"]) == 3
+    assert g.dropped == 6
