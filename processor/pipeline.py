@@ -93,12 +93,17 @@ class Processor:
         batch = self._decode(messages)
         if batch.points:
             refused = await self._write([p.line for p in batch.points])
-            by_line = {p.line: p for p in batch.points} if refused else {}
-            for line, err in refused:
-                p = by_line[line]
-                raw = orjson.dumps(reading_to_dict(p.reading))
-                batch.dead.append((p.gateway_id, p.topic, Rejected(INFLUX_REJECTED, err, raw)))
-            self.metrics.stored.inc(len(batch.points) - len(refused))
+            if refused:
+                by_line = {p.line: p for p in batch.points}
+                for line, err in refused:
+                    p = by_line[line]
+                    raw = orjson.dumps(reading_to_dict(p.reading))
+                    rejected = Rejected(INFLUX_REJECTED, err, raw, p.index)
+                    batch.dead.append((p.gateway_id, p.topic, rejected))
+                # Only what InfluxDB holds may become the latest value or close a seq gap.
+                gone = {line for line, _ in refused}
+                batch.points = [p for p in batch.points if p.line not in gone]
+            self.metrics.stored.inc(len(batch.points))
         for gateway_id, topic, record in batch.dead:
             await self._dead_letter(gateway_id, topic, record)
             self.metrics.dead_lettered.labels(record.reason).inc()

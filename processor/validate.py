@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import orjson
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from telemetry_common.ids import Id
@@ -97,10 +98,19 @@ def decode_message(
     return out
 
 
+def _loads(payload: bytes) -> Any:
+    """Parse JSON; a number too large for a double (``1e309``) is valid JSON, so it becomes inf
+    here and is refused by the reading's own validation, not by the parser for the whole batch."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return pydantic_core.from_json(payload, allow_inf_nan=False)
+
+
 def _slow_path(payload: bytes, out: Decoded) -> tuple[str | None, list[Reading]]:
     try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
+        obj = _loads(payload)
+    except ValueError as exc:
         out.rejected.append(Rejected(INVALID_JSON, str(exc), payload))
         return None, []
     try:
