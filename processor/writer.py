@@ -140,6 +140,11 @@ class V2Writer:
         await self._client.close()  # type: ignore[no-untyped-call]
 
 
+def make_writer(settings: InfluxSettings) -> InfluxWriter:
+    """The configured back end, not yet prepared (``Writer`` prepares and closes it)."""
+    return V1Writer(settings) if settings.api == "v1" else V2Writer(settings)
+
+
 class Writer:
     """``async with Writer(settings) as w``: the configured back end, prepared and closed."""
 
@@ -148,10 +153,7 @@ class Writer:
         self._impl: InfluxWriter | None = None
 
     async def __aenter__(self) -> InfluxWriter:
-        impl: InfluxWriter = (
-            V1Writer(self._settings) if self._settings.api == "v1" else V2Writer(self._settings)
-        )
-        self._impl = impl
+        impl = self._impl = make_writer(self._settings)
         await impl.prepare()
         return impl
 
