@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import httpx
 import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from telemetry_stack.servers import ManagedProcess, free_port
 from telemetry_stack.testing import BrokerInfo, InfluxTarget
@@ -112,3 +116,31 @@ def start_api(procs: Procs, db: InfluxTarget, read_key: str) -> str:
 
     api.wait_ready(healthy, timeout=30)
     return url
+
+
+class GatewayPublisher:
+    """QoS 1 publishes as one gateway identity; ``publish`` returns after a successful PUBACK
+    and fails the test on a refusal (reason code >= 0x80) or no PUBACK in ``wait_s``."""
+
+    def __init__(self, client: mqtt.Client, topic: str, wait_s: float = 20.0) -> None:
+        self.client = client
+        self.topic = topic
+        self.wait_s = wait_s
+        self._acks: dict[int, int] = {}
+        self._lock = threading.Lock()
+        client.on_publish = self._on_publish
+
+    def _on_publish(
+        self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        with self._lock:
+            self._acks[mid] = rc.value
+
+    def publish(self, payload: bytes) -> None:
+        info = self.client.publish(self.topic, payload, qos=1)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS, mqtt.error_string(info.rc)
+        info.wait_for_publish(self.wait_s)
+        assert info.is_published(), f"no PUBACK within {self.wait_s}s"
+        with self._lock:
+            code = self._acks.pop(info.mid)
+        assert code < 0x80, f"broker refused the publish: reason code {code:#x}"

@@ -31,7 +31,7 @@ from telemetry_common.ids import is_valid_id
 from telemetry_common.schema import MAX_BATCH_BYTES, SCHEMA_ID, format_ts
 from telemetry_stack.broker_config import MAX_PACKET_SIZE
 from telemetry_stack.testing import BrokerInfo, InfluxInfo, InfluxTarget, MqttClientFactory
-from tests.integration.services import Procs, start_bridge, wait_until
+from tests.integration.services import GatewayPublisher, Procs, start_bridge, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,31 +71,6 @@ def reading(charger: str, seq: int, ts: datetime | str, **values: float) -> dict
 
 def batch(gateway: str, readings: list[Any]) -> bytes:
     return orjson.dumps({"schema": SCHEMA_ID, "gateway_id": gateway, "readings": readings})
-
-
-class Publisher:
-    """QoS 1 publishes of a gateway identity; ``publish`` returns after a successful PUBACK."""
-
-    def __init__(self, client: mqtt.Client, topic: str) -> None:
-        self.client = client
-        self.topic = topic
-        self._acks: dict[int, int] = {}
-        self._lock = threading.Lock()
-        client.on_publish = self._on_publish
-
-    def _on_publish(
-        self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        with self._lock:
-            self._acks[mid] = rc.value
-
-    def publish(self, payload: bytes) -> None:
-        info = self.client.publish(self.topic, payload, qos=1)
-        assert info.rc == mqtt.MQTT_ERR_SUCCESS, mqtt.error_string(info.rc)
-        info.wait_for_publish(WAIT_S)
-        with self._lock:
-            code = self._acks.pop(info.mid)
-        assert code < 0x80, f"broker refused the publish: reason code {code:#x}"
 
 
 @dataclass
@@ -177,13 +152,13 @@ def case(
     assert subscribed.wait(10), "no SUBACK"
     now = datetime.now(UTC) - timedelta(minutes=30)
     env = CaseEnv(broker, shared_bridge, gateway, charger, feed, now.replace(microsecond=0))
-    pub = Publisher(mqtt_client(gateway), broker.topics.readings(gateway))
+    pub = GatewayPublisher(mqtt_client(gateway), broker.topics.readings(gateway))
     pub.publish(batch(gateway, [reading(charger, 1, env.at(0))]))
     wait_until("the first live value", lambda: feed.live_seqs() == [1], WAIT_S)
     return env
 
 
-def finish(env: CaseEnv, pub: Publisher, also_stored: list[int]) -> None:
+def finish(env: CaseEnv, pub: GatewayPublisher, also_stored: list[int]) -> None:
     """Publish the next valid message and check what was stored and what went live."""
     time.sleep(0.2)  # room for a wrong live value (published within ~10 ms) to show up
     pub.publish(batch(env.gateway, [reading(env.charger, 10, env.at(3))]))
@@ -350,7 +325,7 @@ def test_bad_message_is_dead_lettered_and_the_next_one_flows(
     message."""
     bad = CASES[name]
     payload = bad.build(case)
-    pub = Publisher(mqtt_client(case.gateway), case.broker.topics.readings(case.gateway))
+    pub = GatewayPublisher(mqtt_client(case.gateway), case.broker.topics.readings(case.gateway))
     pub.publish(payload)
     wait_until("the dead letter", lambda: len(case.feed.dead_letters()) >= 1, WAIT_S)
     finish(case, pub, list(bad.also_stored))
@@ -415,6 +390,6 @@ def test_packet_over_the_broker_limit_is_refused_by_the_broker(
     client.disconnect()
     client.loop_stop()
 
-    pub = Publisher(mqtt_client(case.gateway), case.broker.topics.readings(case.gateway))
+    pub = GatewayPublisher(mqtt_client(case.gateway), case.broker.topics.readings(case.gateway))
     finish(case, pub, [])
     assert case.feed.dead_letters() == []

@@ -26,13 +26,11 @@ import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from telemetry_stack.servers import ManagedProcess, ServerBinaryMissing, free_port, start_influxd
 from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
-from tests.integration.services import Procs, start_bridge, wait_until
+from tests.integration.services import GatewayPublisher, Procs, start_bridge, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -86,32 +84,6 @@ def seq_batch(gateway: str, first_seq: int, n: int, base: datetime) -> bytes:
             for s in range(first_seq, first_seq + n)
         ],
     )
-
-
-class Gateway:
-    """A gateway identity publishing QoS 1 readings; ``publish`` returns after a good PUBACK."""
-
-    def __init__(self, client: mqtt.Client, broker: BrokerInfo, gateway_id: str) -> None:
-        self.client = client
-        self.topic = broker.topics.readings(gateway_id)
-        self._acks: dict[int, int] = {}
-        self._lock = threading.Lock()
-        client.on_publish = self._on_publish
-
-    def _on_publish(
-        self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        with self._lock:
-            self._acks[mid] = rc.value
-
-    def publish(self, payload: bytes) -> None:
-        info = self.client.publish(self.topic, payload, qos=1)
-        assert info.rc == mqtt.MQTT_ERR_SUCCESS, mqtt.error_string(info.rc)
-        info.wait_for_publish(WAIT_S)
-        assert info.is_published(), f"no PUBACK within {WAIT_S}s"
-        with self._lock:
-            code = self._acks.pop(info.mid)
-        assert code < 0x80, f"broker refused the publish: reason code {code:#x}"
 
 
 @dataclass
@@ -251,7 +223,7 @@ def test_influxdb_outage_holds_messages_at_the_broker_and_stores_each_once(
         },
     )
     assert bridge.pid is not None
-    gateway = Gateway(mqtt_client(gw), broker, gw)
+    gateway = GatewayPublisher(mqtt_client(gw), broker.topics.readings(gw), WAIT_S)
     base = base_time()
     per_batch = 1000  # ~170 KB of JSON per message
     seq = 1
@@ -306,7 +278,7 @@ def test_bridge_killed_holding_unacked_messages_gets_them_again(
         share_group=group,
         extra_env=FAST_RETRY | {"TELEMETRY_BRIDGE_HTTP_PORT": str(http_port)},
     )
-    gateway = Gateway(mqtt_client(gw), broker, gw)
+    gateway = GatewayPublisher(mqtt_client(gw), broker.topics.readings(gw), WAIT_S)
     base = base_time()
     per_batch, batches = 100, 30
 
@@ -357,7 +329,7 @@ def test_type_conflict_dead_letters_only_the_offending_lines(
     dead_topic, live_topic = broker.topics.deadletter(gw), broker.topics.live(charger)
     feed = watch(mqtt_client, dead_topic, live_topic)
     start_bridge(procs, broker, influx_db, extra_env=NO_CONFLATION)
-    gateway = Gateway(mqtt_client(gw), broker, gw)
+    gateway = GatewayPublisher(mqtt_client(gw), broker.topics.readings(gw), WAIT_S)
 
     def at(s: int) -> datetime:
         return base + timedelta(seconds=s)
@@ -403,7 +375,7 @@ def test_late_reading_never_replaces_the_live_value_and_replays_store_once(
     charger, marker = f"{gw}-cp001", f"{gw}-cp002"
     base = base_time()
     start_bridge(procs, broker, influx_db, extra_env=NO_CONFLATION)
-    gateway = Gateway(mqtt_client(gw), broker, gw)
+    gateway = GatewayPublisher(mqtt_client(gw), broker.topics.readings(gw), WAIT_S)
 
     gateway.publish(batch(gw, [reading(charger, 1, base + timedelta(seconds=10))]))
     gateway.publish(batch(gw, [reading(charger, 2, base + timedelta(seconds=5))]))
@@ -448,7 +420,7 @@ def test_two_bridges_share_the_load_and_survive_one_being_killed(
     start_bridge(
         procs, broker, influx_db, name="b", client_id=ids[1], share_group=group, extra_env=envs[1]
     )
-    gateway = Gateway(mqtt_client(gw), broker, gw)
+    gateway = GatewayPublisher(mqtt_client(gw), broker.topics.readings(gw), WAIT_S)
     base = base_time()
     per_batch, batches = 50, 120
 

@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +18,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from telemetry_stack.servers import pid_alive
+from tests.integration.services import wait_until
 
 pytestmark = pytest.mark.integration
 
 STACK = str(Path(sys.executable).parent / "telemetry-stack")
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def _pids(state: dict[str, Any]) -> dict[str, int]:
@@ -77,10 +68,12 @@ def test_up_detached_serves_live_readings_and_down_stops_everything(tmp_path: Pa
         read_key = state["api"]["keys"]["read"]
         assert read_key in up.stdout  # the ready-to-paste curl
 
-        _wait("gw-1-cp001 in the API", lambda: _latest(state, "gw-1-cp001", read_key).is_success)
+        wait_until(
+            "gw-1-cp001 in the API", lambda: _latest(state, "gw-1-cp001", read_key).is_success
+        )
         first = _latest(state, "gw-1-cp001", read_key).json()
         assert _latest(state, "gw-1-cp001", None).status_code == 401
-        _wait(
+        wait_until(
             "a newer reading",
             lambda: _latest(state, "gw-1-cp001", read_key).json()["seq"] > first["seq"],
             timeout=30,
@@ -93,7 +86,7 @@ def test_up_detached_serves_live_readings_and_down_stops_everything(tmp_path: Pa
         sub.subscribe("chargers/v1/live/gw-1-cp002", qos=1)
         sub.loop_start()
         try:
-            _wait("the retained live value", lambda: bool(live), timeout=15)
+            wait_until("the retained live value", lambda: bool(live), timeout=15)
         finally:
             sub.loop_stop()
             sub.disconnect()
@@ -134,7 +127,7 @@ def test_ctrl_c_in_the_foreground_stops_every_process(tmp_path: Path) -> None:
                 )
             return path.exists() and "gateway-1" in _pids(orjson.loads(path.read_bytes()))
 
-        _wait("every service to start", all_started, timeout=120)
+        wait_until("every service to start", all_started, timeout=120)
         pids = _pids(orjson.loads(path.read_bytes()))
         assert set(pids) == {"mosquitto", "influxd", "bridge", "api", "gateway-1"}
         assert all(pid_alive(pid) for pid in pids.values())
