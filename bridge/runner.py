@@ -31,15 +31,18 @@ log = logging.getLogger(__name__)
 
 
 async def next_batch(
-    queue: asyncio.Queue[Received], max_messages: int, max_wait_s: float
+    queue: asyncio.Queue[Received], max_messages: int, max_wait_s: float, max_bytes: int
 ) -> list[Received]:
-    """Wait for one message, then take more until ``max_messages`` or ``max_wait_s`` passed."""
+    """Wait for one message, then take more until ``max_messages``, ``max_bytes`` of payload or
+    ``max_wait_s`` passed."""
     batch = [await queue.get()]
+    size = len(batch[0].payload)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_wait_s
-    while len(batch) < max_messages:
+    while len(batch) < max_messages and size < max_bytes:
         if not queue.empty():
             batch.append(queue.get_nowait())
+            size += len(batch[-1].payload)
             continue
         left = deadline - loop.time()
         if left <= 0:
@@ -47,6 +50,7 @@ async def next_batch(
         try:
             async with asyncio.timeout(left):
                 batch.append(await queue.get())
+                size += len(batch[-1].payload)
         except TimeoutError:
             break
     return batch
@@ -188,6 +192,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             max_future=timedelta(seconds=settings.max_future_s),
             max_backoff_s=settings.max_backoff_s,
             live_interval_s=settings.live_interval_s,
+            max_lines_per_write=settings.write_max_lines,
         )
         await warm_up(processor, influxql, settings.max_backoff_s)
         in_hand: list[Received] = []
@@ -219,7 +224,10 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
                 while not stop.is_set():
                     taking = tg.create_task(
                         next_batch(
-                            client.messages, settings.batch_max_messages, settings.batch_max_wait_s
+                            client.messages,
+                            settings.batch_max_messages,
+                            settings.batch_max_wait_s,
+                            settings.batch_max_bytes,
                         ),
                         name="take",
                     )

@@ -24,6 +24,8 @@ from telemetry_common.topics import Topics
 
 log = logging.getLogger(__name__)
 
+_CHUNK = 500
+
 
 class LiveFeed:
     def __init__(
@@ -35,10 +37,12 @@ class LiveFeed:
         self._min_interval_s = min_interval_s
         self._last_sent: dict[str, float] = {}
         self._waiting: dict[str, tuple[str, Reading]] = {}
+        self._new = asyncio.Event()
 
     def offer(self, gateway_id: str, reading: Reading) -> None:
         """Queue ``reading`` (already known to be the charger's newest) for publishing."""
         self._waiting[reading.charger_id] = (gateway_id, reading)
+        self._new.set()
 
     async def flush(self) -> None:
         """Publish every waiting value whose charger's interval has passed."""
@@ -46,24 +50,37 @@ class LiveFeed:
         due = [
             c for c in self._waiting if now - self._last_sent.get(c, -1e9) >= self._min_interval_s
         ]
-        for charger_id in due:
-            gateway_id, reading = self._waiting.pop(charger_id)
-            body = reading_to_dict(reading)
-            body["gateway_id"] = gateway_id
-            try:
-                await self._mqtt.publish(
-                    self._topics.live(charger_id), orjson.dumps(body), retain=True
-                )
-            except (PublishLostError, NotConnectedError, PublishRejectedError) as exc:
-                # The reading is stored already; the feed catches up with the next one.
-                log.warning("live update for %s not published: %s", charger_id, exc)
-                continue
-            self._last_sent[charger_id] = now
-            self._metrics.live_published.inc()
+        # Publishes go out together (paho keeps up to 1000 in flight), a chunk at a time.
+        for i in range(0, len(due), _CHUNK):
+            chunk = due[i : i + _CHUNK]
+            await asyncio.gather(*(self._publish_one(c, now) for c in chunk))
+
+    async def _publish_one(self, charger_id: str, now: float) -> None:
+        waiting = self._waiting.pop(charger_id, None)
+        if waiting is None:  # taken by a concurrent flush (the final one at shutdown)
+            return
+        gateway_id, reading = waiting
+        body = reading_to_dict(reading)
+        body["gateway_id"] = gateway_id
+        try:
+            await self._mqtt.publish(self._topics.live(charger_id), orjson.dumps(body), retain=True)
+        except (PublishLostError, NotConnectedError, PublishRejectedError) as exc:
+            # The reading is stored already; the feed catches up with the next one.
+            log.warning("live update for %s not published: %s", charger_id, exc)
+            return
+        self._last_sent[charger_id] = now
+        self._metrics.live_published.inc()
 
     async def run(self) -> None:
-        """Flush what waits, a few times per interval."""
+        """Publish as soon as something new is stored; values held back by the interval go out
+        when it has passed."""
+        tick = max(0.01, min(self._min_interval_s / 4, 0.25))
         while True:
-            await asyncio.sleep(max(0.01, self._min_interval_s / 4))
+            try:
+                async with asyncio.timeout(tick):
+                    await self._new.wait()
+            except TimeoutError:
+                pass
+            self._new.clear()
             if self._waiting and self._mqtt.connected:
                 await self.flush()

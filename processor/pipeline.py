@@ -77,12 +77,14 @@ class Processor:
         max_future: timedelta = timedelta(minutes=5),
         max_backoff_s: float = 30.0,
         live_interval_s: float = 1.0,
+        max_lines_per_write: int = 5_000,
     ) -> None:
         self._writer = writer
         self._mqtt = mqtt
         self._topics = topics
         self._max_future = max_future
         self._max_backoff_s = max_backoff_s
+        self._max_lines = max_lines_per_write
         self.metrics = metrics if metrics is not None else Metrics()
         self.bindings = bindings if bindings is not None else Bindings()
         self.lvc = LastValueCache()
@@ -92,7 +94,12 @@ class Processor:
     async def process(self, messages: Sequence[Received]) -> None:
         batch = self._decode(messages)
         if batch.points:
-            refused = await self._write([p.line for p in batch.points])
+            lines = [p.line for p in batch.points]
+            refused: list[tuple[str, str]] = []
+            # One request stays far below InfluxDB's body limit (25 MB by default in 1.x); a
+            # write that large is dropped as a connection error and would be retried forever.
+            for i in range(0, len(lines), self._max_lines):
+                refused += await self._write(lines[i : i + self._max_lines])
             if refused:
                 by_line = {p.line: p for p in batch.points}
                 for line, err in refused:

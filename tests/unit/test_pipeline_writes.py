@@ -1,0 +1,68 @@
+"""How the processor talks to its writer (a recording fake: this is pure batching logic)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import orjson
+
+from processor.pipeline import Processor
+from processor.writer import WriteUnavailableError
+from telemetry_common.mqtt import AsyncMqttClient, Received
+from telemetry_common.topics import Topics
+
+
+class RecordingWriter:
+    def __init__(self, fail_first: int = 0) -> None:
+        self.requests: list[int] = []
+        self.fail_first = fail_first
+
+    async def write(self, lines: Sequence[str]) -> None:
+        if self.fail_first:
+            self.fail_first -= 1
+            raise WriteUnavailableError(503, "busy")
+        self.requests.append(len(lines))
+
+    async def prepare(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def message(gateway: str, first_seq: int, n: int) -> Received:
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    readings = [
+        {
+            "charger_id": f"cp-{i % 50}",
+            "seq": first_seq + i,
+            "ts": (t0 + timedelta(milliseconds=i)).isoformat(),
+            "values": {"power_w": float(i)},
+        }
+        for i in range(n)
+    ]
+    payload = orjson.dumps(
+        {"schema": "charger-telemetry/1", "gateway_id": gateway, "readings": readings}
+    )
+    return Received(f"chargers/v1/{gateway}/readings", payload, 1, first_seq, 1)
+
+
+async def test_a_large_backlog_is_written_in_bounded_requests() -> None:
+    """12 messages of 1,000 readings become requests of at most 5,000 lines, all written: a
+    backlog never turns into one request InfluxDB would drop (and the bridge retry forever)."""
+    writer = RecordingWriter()
+    unused_mqtt = cast(AsyncMqttClient, object())  # no dead letters here: MQTT is not touched
+    p = Processor(writer, unused_mqtt, Topics(), max_lines_per_write=5_000)
+    await p.process([message("gw-1", k * 1000 + 1, 1000) for k in range(12)])
+    assert writer.requests == [5000, 5000, 2000]
+    assert len(p.lvc) == 50
+
+
+async def test_unavailable_influx_is_retried_until_it_takes_the_write() -> None:
+    """Transient failures are retried (capped backoff) and the batch is written once it works."""
+    writer = RecordingWriter(fail_first=2)
+    p = Processor(writer, cast(AsyncMqttClient, object()), Topics(), max_backoff_s=0.01)
+    await p.process([message("gw-1", 1, 10)])
+    assert writer.requests == [10]
