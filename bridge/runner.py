@@ -15,7 +15,7 @@ from bridge import http
 from bridge.settings import BridgeSettings
 from processor.lvc import Bindings, Stamp
 from processor.metrics import Metrics
-from processor.pipeline import Processor
+from processor.pipeline import PreparedBatch, Processor
 from processor.writer import Writer
 from telemetry_common.errors import ConfigError
 from telemetry_common.ids import check_id
@@ -214,6 +214,40 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             settings.influx.url,
             settings.influx.api,
         )
+        # Two stages: batch k+1 is decoded while batch k is written. At most one prepared batch
+        # waits, batches are committed (and acknowledged) in the order they were taken.
+        prepared: asyncio.Queue[tuple[list[Received], PreparedBatch] | None] = asyncio.Queue(1)
+
+        async def take_and_prepare() -> None:
+            while not stop.is_set():
+                taking = asyncio.ensure_future(
+                    next_batch(
+                        client.messages,
+                        settings.batch_max_messages,
+                        settings.batch_max_wait_s,
+                        settings.batch_max_bytes,
+                    )
+                )
+                await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not taking.done():
+                    # Messages taken but not prepared stay unacknowledged: redelivered.
+                    taking.cancel()
+                    break
+                msgs = taking.result()
+                in_hand.extend(msgs)
+                await prepared.put((msgs, processor.prepare(msgs)))
+            await prepared.put(None)
+
+        async def commit_and_ack() -> None:
+            while (item := await prepared.get()) is not None:
+                msgs, batch = item
+                started = time.perf_counter()
+                await processor.commit(batch)
+                for msg in msgs:
+                    msg.ack()
+                del in_hand[: len(msgs)]
+                metrics.batch_seconds.observe(time.perf_counter() - started)
+
         try:
             async with asyncio.TaskGroup() as tg:
                 live = tg.create_task(processor.live.run(), name="live-feed")
@@ -221,28 +255,8 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
                     check_gaps(processor, influxql, settings.gap_grace_s), name="gap-check"
                 )
                 stopping = tg.create_task(stop.wait(), name="stop")
-                while not stop.is_set():
-                    taking = tg.create_task(
-                        next_batch(
-                            client.messages,
-                            settings.batch_max_messages,
-                            settings.batch_max_wait_s,
-                            settings.batch_max_bytes,
-                        ),
-                        name="take",
-                    )
-                    await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    if not taking.done():
-                        # Messages taken but not processed stay unacknowledged: redelivered.
-                        taking.cancel()
-                        break
-                    in_hand = taking.result()
-                    started = time.perf_counter()
-                    await processor.process(in_hand)
-                    for msg in in_hand:
-                        msg.ack()
-                    in_hand = []
-                    metrics.batch_seconds.observe(time.perf_counter() - started)
+                tg.create_task(take_and_prepare(), name="prepare")
+                await tg.create_task(commit_and_ack(), name="commit")
                 await processor.live.flush()
                 live.cancel()
                 gaps.cancel()

@@ -4,6 +4,7 @@ tags and field keys need no escaping; the one free-text field, ``status``, is es
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -23,13 +24,22 @@ def _string_field(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=65_536)
+def _series(charger_id: str, connector_id: int, evse_id: int, gateway_id: str) -> str:
+    """Measurement and tags (sorted by key, as InfluxDB stores them), the same for every point
+    of one connector: built once per series, not per reading."""
+    return (
+        f"{MEASUREMENT},charger_id={charger_id},connector_id={connector_id},"
+        f"evse_id={evse_id},gateway_id={gateway_id} "
+    )
+
+
 def to_line(gateway_id: str, r: Reading) -> str:
     """One point; its key (measurement, tags, time) makes a replayed reading overwrite itself."""
-    fields = [f"{k}={float(v)!r}" for k, v in r.values.items()]
-    if r.status is not None:
-        fields.append(f"status={_string_field(r.status)}")
-    fields.append(f"seq={r.seq}i")
+    # Values are floats already (strict schema); repr is the shortest exact form.
+    fields = ",".join([f"{k}={v!r}" for k, v in r.values.items()])
+    status = f",status={_string_field(r.status)}" if r.status is not None else ""
     return (
-        f"{MEASUREMENT},charger_id={r.charger_id},connector_id={r.connector_id},"
-        f"evse_id={r.evse_id},gateway_id={gateway_id} {','.join(fields)} {ts_ns(r.ts)}"
+        f"{_series(r.charger_id, r.connector_id, r.evse_id, gateway_id)}"
+        f"{fields}{status},seq={r.seq}i {ts_ns(r.ts)}"
     )

@@ -60,7 +60,8 @@ class _Point:
 
 
 @dataclass(slots=True)
-class _Batch:
+class PreparedBatch:
+    messages: int = 0
     points: list[_Point] = field(default_factory=list)
     dead: list[tuple[str, str, Rejected]] = field(default_factory=list)  # gateway, topic, record
 
@@ -92,7 +93,20 @@ class Processor:
         self.live = LiveFeed(mqtt, topics, self.metrics, live_interval_s)
 
     async def process(self, messages: Sequence[Received]) -> None:
+        """Decode, store and publish ``messages``; return when all of them may be acknowledged."""
+        await self.commit(self.prepare(messages))
+
+    def prepare(self, messages: Sequence[Received]) -> PreparedBatch:
+        """The CPU half: decode, validate, check bindings and build lines (no I/O).
+
+        Batches must be committed in the order they were prepared.
+        """
         batch = self._decode(messages)
+        batch.messages = len(messages)
+        return batch
+
+    async def commit(self, batch: PreparedBatch) -> None:
+        """The I/O half: write, dead-letter, then update the cache, live feed and gap tracking."""
         if batch.points:
             lines = [p.line for p in batch.points]
             refused: list[tuple[str, str]] = []
@@ -114,7 +128,7 @@ class Processor:
         for gateway_id, topic, record in batch.dead:
             await self._dead_letter(gateway_id, topic, record)
             self.metrics.dead_lettered.labels(record.reason).inc()
-        self.metrics.messages.inc(len(messages))
+        self.metrics.messages.inc(batch.messages)
         now = time.monotonic()
         for p in batch.points:
             self.gaps.observe(p.gateway_id, p.reading.seq, p.reading.ts, now)
@@ -122,8 +136,8 @@ class Processor:
                 self.live.offer(p.gateway_id, p.reading)
         self.metrics.lvc_chargers.set(len(self.lvc))
 
-    def _decode(self, messages: Sequence[Received]) -> _Batch:
-        out = _Batch()
+    def _decode(self, messages: Sequence[Received]) -> PreparedBatch:
+        out = PreparedBatch()
         now = datetime.now(UTC)
         for msg in messages:
             try:

@@ -55,17 +55,11 @@ class Reading(BaseModel):
     evse_id: int = Field(default=0, ge=0, le=255)
     connector_id: int = Field(default=0, ge=0, le=255)
     seq: int = Field(ge=0, le=2**63 - 1)
-    ts: AwareDatetime
+    #: Kept in the zone it was sent in (every consumer converts); range checked natively.
+    ts: Annotated[AwareDatetime, Field(ge=TS_MIN, le=TS_MAX)]
     status: Status | None = None
     transaction_id: Id | None = None
     values: dict[ValueKey, Value] = Field(max_length=MAX_VALUE_KEYS)
-
-    @field_validator("ts")
-    @classmethod
-    def _ts_in_storable_range(cls, ts: datetime) -> datetime:
-        if not TS_MIN <= ts <= TS_MAX:
-            raise ValueError("ts is outside the range InfluxDB can store (1677-09-22..2262-04-11)")
-        return ts.astimezone(UTC)
 
     @field_validator("values")
     @classmethod

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
 from pydantic import ValidationError
 
 from telemetry_common.errors import InvalidIdError, TopicError
 from telemetry_common.ids import check_id
-from telemetry_common.schema import Reading, decode_batch, encode_batch
+from telemetry_common.schema import Reading, decode_batch, encode_batch, format_ts
 from telemetry_common.topics import Topics
 
 GOOD = {
@@ -67,11 +69,11 @@ def test_nan_is_refused() -> None:
         Reading.model_validate_json(raw)
 
 
-def test_ts_is_normalised_to_utc() -> None:
-    """A timezone-aware ts in another zone is stored as the same instant in UTC."""
+def test_ts_in_another_zone_is_the_same_instant() -> None:
+    """A timezone-aware ts in another zone keeps its instant; payloads carry it in UTC."""
     r = Reading.model_validate_json(_reading(ts="2026-05-01T14:00:00+02:00"))
-    assert r.ts.utcoffset() is not None
-    assert r.ts.isoformat() == "2026-05-01T12:00:00+00:00"
+    assert r.ts == datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    assert format_ts(r.ts) == "2026-05-01T12:00:00.000Z"
 
 
 def test_topics_build_and_parse() -> None:
