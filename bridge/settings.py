@@ -28,7 +28,7 @@ class BridgeSettings(ServiceSettings):
     batch_max_messages: int = Field(default=500, ge=1)
     batch_max_wait_s: float = Field(default=0.1, gt=0)
     #: A batch also ends once its payloads add up to this many bytes.
-    batch_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    batch_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     #: Lines per InfluxDB write request (a batch is written in requests of this size).
     write_max_lines: int = Field(default=5_000, ge=1, le=100_000)
     #: Readings stamped further ahead than this are dead-lettered (a clock fault at the edge).
