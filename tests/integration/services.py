@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -144,3 +145,13 @@ class GatewayPublisher:
         with self._lock:
             code = self._acks.pop(info.mid)
         assert code < 0x80, f"broker refused the publish: reason code {code:#x}"
+
+
+def influxql(url: str, database: str, statement: str) -> list[list[Any]]:
+    """The rows of the first series an InfluxQL statement returns (no rows: [])."""
+    r = httpx.get(f"{url}/query", params={"db": database, "q": statement}, timeout=10)
+    r.raise_for_status()
+    result = r.json()["results"][0]
+    assert "error" not in result, result
+    series = result.get("series") or []
+    return list(series[0]["values"]) if series else []

@@ -31,7 +31,7 @@ from telemetry_common.ids import is_valid_id
 from telemetry_common.schema import MAX_BATCH_BYTES, SCHEMA_ID, format_ts
 from telemetry_stack.broker_config import MAX_PACKET_SIZE
 from telemetry_stack.testing import BrokerInfo, InfluxInfo, InfluxTarget, MqttClientFactory
-from tests.integration.services import GatewayPublisher, Procs, start_bridge, wait_until
+from tests.integration.services import GatewayPublisher, Procs, influxql, start_bridge, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +41,6 @@ UNSPECIFIED_ERROR = 0x80
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def influxql(url: str, database: str, statement: str) -> list[list[Any]]:
-    r = httpx.get(f"{url}/query", params={"db": database, "q": statement}, timeout=10)
-    r.raise_for_status()
-    result = r.json()["results"][0]
-    assert "error" not in result, result
-    series = result.get("series") or []
-    return list(series[0]["values"]) if series else []
 
 
 def stored_seqs(db: InfluxTarget, gateway: str) -> list[int]:

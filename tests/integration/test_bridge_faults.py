@@ -30,7 +30,7 @@ import pytest
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from telemetry_stack.servers import ManagedProcess, ServerBinaryMissing, free_port, start_influxd
 from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
-from tests.integration.services import GatewayPublisher, Procs, start_bridge, wait_until
+from tests.integration.services import GatewayPublisher, Procs, influxql, start_bridge, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -112,15 +112,6 @@ def watch(mqtt_client: MqttClientFactory, *topics: str) -> Feed:
     client.subscribe([(t, 1) for t in topics])
     assert subscribed.wait(10), "no SUBACK"
     return feed
-
-
-def influxql(url: str, database: str, statement: str) -> list[list[Any]]:
-    r = httpx.get(f"{url}/query", params={"db": database, "q": statement}, timeout=10)
-    r.raise_for_status()
-    result = r.json()["results"][0]
-    assert "error" not in result, result
-    series = result.get("series") or []
-    return list(series[0]["values"]) if series else []
 
 
 def stored(db: InfluxTarget, gateway: str, where: str = "") -> tuple[int, int]:
