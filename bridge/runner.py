@@ -150,6 +150,7 @@ def _routes(processor: Processor, client: AsyncMqttClient) -> dict[str, http.Han
             "client_id": client.client_id,
             "ready": ok,
             "checks": checks,
+            "mqtt_connect_error": client.last_connect_error,
             "bindings": len(processor.bindings),
             "bindings_provisioned": processor.bindings.provisioned,
             "seq_gaps": processor.gaps.report(),
@@ -199,9 +200,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         metrics.mqtt_connected.set_function(lambda: 1.0 if client.connected else 0.0)
         metrics.unacked.set_function(lambda: float(client.messages.qsize() + len(in_hand)))
         metrics.seq_missing.set_function(lambda: float(processor.gaps.missing()))
-        metrics.seq_gaps.set_function(
-            lambda: float(sum(len(v) for v in processor.gaps.report().values()))
-        )
+        metrics.seq_gaps.set_function(lambda: float(processor.gaps.open_gaps()))
         server = None
         if settings.http_port:
             server = await http.serve(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
@@ -19,7 +19,6 @@ class Capture:
     evse_id: int = 1
     connector_id: int = 1
     transaction_id: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     def to_body(self) -> bytes:
         """Validate against the shared schema and return the JSON body stored in the outbox.

@@ -105,6 +105,10 @@ class GapTracker:
         """Readings confirmed missing (in no bridge's store) across all gateways."""
         return sum(g.confirmed_missing or 0 for gw in self._gateways.values() for g in gw.gaps)
 
+    def open_gaps(self) -> int:
+        """Gaps suspected or confirmed, across all gateways."""
+        return sum(len(gw.gaps) for gw in self._gateways.values())
+
     def report(self) -> dict[str, list[dict[str, object]]]:
         """Per gateway, the open gaps (suspected or confirmed) for the status document."""
         return {

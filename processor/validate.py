@@ -20,7 +20,7 @@ from telemetry_common.schema import (
     MAX_BATCH_READINGS,
     READING_ADAPTER,
     Reading,
-    ReadingBatch,
+    decode_batch,
 )
 
 # Machine-readable reasons carried by every dead-letter record.
@@ -76,7 +76,7 @@ def decode_message(
         return out
     gateway_id: str | None
     try:
-        batch = ReadingBatch.model_validate_json(payload)
+        batch = decode_batch(payload)
         gateway_id, readings = batch.gateway_id, batch.readings
     except ValidationError:
         gateway_id, readings = _slow_path(payload, out)
