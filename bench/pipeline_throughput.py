@@ -547,10 +547,9 @@ def measure_latency(
     stack: Stack, influx: Influx, bridge: ManagedProcess, a: argparse.Namespace, rate: float
 ) -> dict[str, Any]:
     batch = a.latency_batch_size or a.batch_size
-    # The live feed sends a charger at most once per live interval (1 s by default): keep each
-    # charger's readings at least ~3 s apart so that every reading can get its live message.
-    # --latency-chargers overrides this (fewer chargers: fewer live publishes, more conflation).
-    chargers = max(a.latency_chargers or int(rate * 3) + batch, batch)
+    # A fixed fleet (the throughput phase's chargers by default), as in the field: a new charger
+    # per reading would measure InfluxDB creating series, not the pipeline.
+    chargers = max(a.latency_chargers or a.chargers, batch)
     sub = LiveSubscriber(stack.local_port, LATENCY_GATEWAY)
     metrics_before = bridge_metrics(stack)
     poller = StoredPoller(
@@ -685,28 +684,32 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
             f"at {lat['target_readings_per_s']:,.0f} readings/s "
             f"({fig['latency_load']:.0%} of max, B={lat['batch_size']})"
         )
-        for kind, prefix, note in (
+        for kind, prefix, note, targeted in (
             (
                 "publish-to-stored latency",
                 "stored_",
                 f"count(seq) polled every {lat['stored_poll_interval_s'] * 1000:.0f} ms; "
                 f"{lat['stored_latency_readings']:,} of {lat['published']:,} readings",
+                True,
             ),
             (
                 "publish-to-live-message latency",
                 "",
-                f"{lat['live_messages']:,} live messages for {lat['published']:,} readings",
+                f"{lat['live_messages']:,} live messages for {lat['published']:,} readings "
+                f"of {lat['chargers']:,} chargers (conflated and rate-budgeted by design)",
+                False,
             ),
         ):
             p99 = lat[f"{prefix}p99_ms"]
+            verdict = (
+                f"target <= {TARGET_P99_MS:.0f} ms: {_verdict(p99 <= TARGET_P99_MS)}"
+                if targeted
+                else "informational"
+            )
             rows += [
                 (f"{kind} {load} p50", f"{lat[f'{prefix}p50_ms']:.1f} ms", note),
                 ("  p95", f"{lat[f'{prefix}p95_ms']:.1f} ms", ""),
-                (
-                    "  p99",
-                    f"{p99:.1f} ms",
-                    f"target <= {TARGET_P99_MS:.0f} ms: {_verdict(p99 <= TARGET_P99_MS)}",
-                ),
+                ("  p99", f"{p99:.1f} ms", verdict),
             ]
     hwm = rss["peak_mb"]
     rows.append(

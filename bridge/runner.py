@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import http
 from bridge.settings import BridgeSettings
+from processor.lineproto import ns_to_datetime
 from processor.lvc import Bindings, Stamp
 from processor.metrics import Metrics
 from processor.pipeline import PreparedBatch, Processor
@@ -31,10 +33,16 @@ log = logging.getLogger(__name__)
 
 
 async def next_batch(
-    queue: asyncio.Queue[Received], max_messages: int, max_wait_s: float, max_bytes: int
+    queue: asyncio.Queue[Received],
+    max_messages: int,
+    max_wait_s: float,
+    max_bytes: int,
+    writer_idle: asyncio.Event | None = None,
 ) -> list[Received]:
     """Wait for one message, then take more until ``max_messages``, ``max_bytes`` of payload or
-    ``max_wait_s`` passed."""
+    ``max_wait_s`` passed, or, as soon as nothing more is queued, until ``writer_idle`` is set:
+    waiting for more only pays while a write is in progress; an idle writer gets what is there.
+    """
     batch = [await queue.get()]
     size = len(batch[0].payload)
     loop = asyncio.get_running_loop()
@@ -45,14 +53,20 @@ async def next_batch(
             size += len(batch[-1].payload)
             continue
         left = deadline - loop.time()
-        if left <= 0:
+        if left <= 0 or (writer_idle is not None and writer_idle.is_set()):
             break
+        getting = asyncio.ensure_future(queue.get())
+        waits: set[asyncio.Future[Any]] = {getting}
+        if writer_idle is not None:
+            waits.add(asyncio.ensure_future(writer_idle.wait()))
         try:
-            async with asyncio.timeout(left):
-                batch.append(await queue.get())
-                size += len(batch[-1].payload)
-        except TimeoutError:
-            break
+            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if getting.done() and not getting.cancelled():
+            batch.append(getting.result())
+            size += len(batch[-1].payload)
     return batch
 
 
@@ -66,10 +80,6 @@ def load_bindings(path: Path | None) -> Bindings:
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
         raise ConfigError("TELEMETRY_BRIDGE_BINDINGS_FILE", f"{path}: need {{charger: gateway}}")
     return Bindings({check_id("charger id", c): check_id("gateway id", g) for c, g in raw.items()})
-
-
-def _ns_to_datetime(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
 
 
 async def _query_with_retry(client: InfluxQLClient, q: str, max_backoff_s: float) -> list[Series]:
@@ -92,19 +102,19 @@ async def warm_up(processor: Processor, client: InfluxQLClient, max_backoff_s: f
         if not charger or not gateway:
             continue
         for row in s.rows():
-            stamp = Stamp(_ns_to_datetime(int(row["time"])), int(row["seq"]), gateway)
+            stamp = Stamp(int(row["time"]), int(row["seq"]), gateway)
             held = newest.get(charger)
-            if held is None or (held.ts, held.seq) < (stamp.ts, stamp.seq):
+            if held is None or (held.ts_ns, held.seq) < (stamp.ts_ns, stamp.seq):
                 newest[charger] = stamp
     for charger, stamp in newest.items():
-        processor.lvc.seed(charger, stamp)
+        processor.lvc.offer(charger, stamp)
         processor.bindings.seed(charger, stamp.gateway_id)
     processor.metrics.lvc_chargers.set(len(processor.lvc))
     highs = await _query_with_retry(client, highest_seq_per_gateway_query(), max_backoff_s)
     for s in highs:
         gateway = s.tags.get("gateway_id")
         for row in s.rows() if gateway else []:
-            processor.gaps.seed(str(gateway), int(row["seq"]), _ns_to_datetime(int(row["time"])))
+            processor.gaps.seed(str(gateway), int(row["seq"]), ns_to_datetime(int(row["time"])))
     log.info("warm-up: %d chargers, %d gateways known from InfluxDB", len(newest), len(highs))
 
 
@@ -193,7 +203,9 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             max_future=timedelta(seconds=settings.max_future_s),
             max_backoff_s=settings.max_backoff_s,
             live_interval_s=settings.live_interval_s,
+            live_max_rate=settings.live_max_rate,
             max_lines_per_write=settings.write_max_lines,
+            write_concurrency=settings.write_concurrency,
         )
         await warm_up(processor, influxql, settings.max_backoff_s)
         in_hand: list[Received] = []
@@ -201,6 +213,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         metrics.unacked.set_function(lambda: float(client.messages.qsize() + len(in_hand)))
         metrics.seq_missing.set_function(lambda: float(processor.gaps.missing()))
         metrics.seq_gaps.set_function(lambda: float(processor.gaps.open_gaps()))
+        metrics.live_waiting.set_function(lambda: float(processor.live.waiting))
         server = None
         if settings.http_port:
             server = await http.serve(
@@ -213,18 +226,23 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             settings.influx.url,
             settings.influx.api,
         )
-        # Two stages: batch k+1 is decoded while batch k is written. At most one prepared batch
-        # waits, batches are committed (and acknowledged) in the order they were taken.
-        prepared: asyncio.Queue[tuple[list[Received], PreparedBatch] | None] = asyncio.Queue(1)
+        # Two stages: batch k+1 is decoded while batch k is written. At most two batches are
+        # in memory (one being written, one prepared: a third is not taken before the first is
+        # acknowledged); batches are committed and acknowledged in the order they were taken.
+        prepared: asyncio.Queue[tuple[list[Received], PreparedBatch] | None] = asyncio.Queue()
+        room = asyncio.Semaphore(2)
+        writer_idle = asyncio.Event()
 
         async def take_and_prepare() -> None:
             while not stop.is_set():
+                await room.acquire()
                 taking = asyncio.ensure_future(
                     next_batch(
                         client.messages,
                         settings.batch_max_messages,
                         settings.batch_max_wait_s,
                         settings.batch_max_bytes,
+                        writer_idle,
                     )
                 )
                 await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -234,17 +252,24 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
                     break
                 msgs = taking.result()
                 in_hand.extend(msgs)
-                await prepared.put((msgs, processor.prepare(msgs)))
-            await prepared.put(None)
+                prepared.put_nowait((msgs, processor.prepare(msgs)))
+            prepared.put_nowait(None)
 
         async def commit_and_ack() -> None:
-            while (item := await prepared.get()) is not None:
+            while True:
+                if prepared.empty():
+                    writer_idle.set()
+                item = await prepared.get()
+                writer_idle.clear()
+                if item is None:
+                    break
                 msgs, batch = item
                 started = time.perf_counter()
                 await processor.commit(batch)
                 for msg in msgs:
                     msg.ack()
                 del in_hand[: len(msgs)]
+                room.release()
                 metrics.batch_seconds.observe(time.perf_counter() - started)
 
         try:
@@ -256,7 +281,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
                 stopping = tg.create_task(stop.wait(), name="stop")
                 tg.create_task(take_and_prepare(), name="prepare")
                 await tg.create_task(commit_and_ack(), name="commit")
-                await processor.live.flush()
+                await processor.live.flush(budget=False)
                 live.cancel()
                 gaps.cancel()
         finally:

@@ -31,11 +31,16 @@ class BridgeSettings(ServiceSettings):
     batch_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     #: Lines per InfluxDB write request (a batch is written in requests of this size).
     write_max_lines: int = Field(default=5_000, ge=1, le=100_000)
+    #: InfluxDB write requests in flight at once (the requests of one batch go concurrently).
+    write_concurrency: int = Field(default=2, ge=1, le=16)
     #: Readings stamped further ahead than this are dead-lettered (a clock fault at the edge).
     max_future_s: float = Field(default=300.0, ge=0)
     max_backoff_s: float = Field(default=30.0, gt=0)
     #: At most one live publish per charger per this many seconds (newer values wait).
     live_interval_s: float = Field(default=1.0, ge=0)
+    #: At most this many live publishes per second in all (0: no limit); the chargers published
+    #: longest ago go first, so a large fleet refreshes less often instead of costing more.
+    live_max_rate: float = Field(default=500.0, ge=0)
     #: JSON object {"charger_id": "gateway_id"}: only these bindings are accepted. Without it a
     #: charger is bound to the first gateway that sends for it (remembered through InfluxDB).
     bindings_file: Path | None = None

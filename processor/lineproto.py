@@ -20,6 +20,11 @@ def ts_ns(ts: datetime) -> int:
     return (ts - _EPOCH) // _MICROSECOND * 1000
 
 
+def ns_to_datetime(ns: int) -> datetime:
+    """The inverse of :func:`ts_ns` (to the microsecond, datetime's resolution)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
 def _string_field(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -34,12 +39,13 @@ def _series(charger_id: str, connector_id: int, evse_id: int, gateway_id: str) -
     )
 
 
-def to_line(gateway_id: str, r: Reading) -> str:
-    """One point; its key (measurement, tags, time) makes a replayed reading overwrite itself."""
+def to_line(gateway_id: str, r: Reading, ns: int | None = None) -> str:
+    """One point; its key (measurement, tags, time) makes a replayed reading overwrite itself.
+    ``ns`` is ``ts_ns(r.ts)`` when the caller has it already."""
     # Values are floats already (strict schema); repr is the shortest exact form.
     fields = ",".join([f"{k}={v!r}" for k, v in r.values.items()])
     status = f",status={_string_field(r.status)}" if r.status is not None else ""
     return (
         f"{_series(r.charger_id, r.connector_id, r.evse_id, gateway_id)}"
-        f"{fields}{status},seq={r.seq}i {ts_ns(r.ts)}"
+        f"{fields}{status},seq={r.seq}i {ts_ns(r.ts) if ns is None else ns}"
     )

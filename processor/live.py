@@ -2,11 +2,17 @@
 
 Conflated: at most one publish per charger per ``min_interval_s``; a newer reading arriving
 sooner waits (replacing any older one waiting) and goes out when the interval has passed.
+
+Budgeted: at most ``max_rate`` publishes per second in all, so the feed's cost is bounded by the
+budget, not by the size of the fleet. When more chargers are due than the budget allows, those
+published longest ago go first; each charger's value then refreshes less often (the
+``live_waiting`` gauge shows how many wait), never out of order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 
@@ -29,12 +35,22 @@ _CHUNK = 500
 
 class LiveFeed:
     def __init__(
-        self, mqtt: AsyncMqttClient, topics: Topics, metrics: Metrics, min_interval_s: float
+        self,
+        mqtt: AsyncMqttClient,
+        topics: Topics,
+        metrics: Metrics,
+        min_interval_s: float,
+        max_rate: float = 0.0,
     ) -> None:
+        """``max_rate``: publishes per second in all (0: no budget)."""
         self._mqtt = mqtt
         self._topics = topics
         self._metrics = metrics
         self._min_interval_s = min_interval_s
+        self._max_rate = max_rate
+        # Token bucket: at most one second's worth of budget saved up.
+        self._tokens = max_rate
+        self._refilled = time.monotonic()
         self._last_sent: dict[str, float] = {}
         self._waiting: dict[str, tuple[str, Reading]] = {}
         self._new = asyncio.Event()
@@ -44,12 +60,25 @@ class LiveFeed:
         self._waiting[reading.charger_id] = (gateway_id, reading)
         self._new.set()
 
-    async def flush(self) -> None:
-        """Publish every waiting value whose charger's interval has passed."""
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def flush(self, *, budget: bool = True) -> None:
+        """Publish waiting values whose charger's interval has passed, within the rate budget
+        (``budget=False``: all of them, as at shutdown)."""
         now = time.monotonic()
-        due = [
-            c for c in self._waiting if now - self._last_sent.get(c, -1e9) >= self._min_interval_s
-        ]
+        last = self._last_sent
+        due = [c for c in self._waiting if now - last.get(c, -1e9) >= self._min_interval_s]
+        if budget and self._max_rate > 0:
+            self._tokens = min(
+                self._max_rate, self._tokens + (now - self._refilled) * self._max_rate
+            )
+            self._refilled = now
+            allowed = int(self._tokens)
+            if len(due) > allowed:
+                due = heapq.nsmallest(allowed, due, key=lambda c: last.get(c, -1e9))
+            self._tokens -= len(due)
         # Publishes go out together (paho keeps up to 1000 in flight), a chunk at a time.
         for i in range(0, len(due), _CHUNK):
             chunk = due[i : i + _CHUNK]

@@ -8,34 +8,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from telemetry_common.schema import Reading
+from processor.lineproto import ns_to_datetime
 
 
 @dataclass(frozen=True, slots=True)
 class Stamp:
-    """What decides "newer": the reading's own ts, then its seq."""
+    """What decides "newer": the reading's own ts (integer ns, as stored), then its seq."""
 
-    ts: datetime
+    ts_ns: int
     seq: int
     gateway_id: str
+
+    @property
+    def ts(self) -> datetime:
+        return ns_to_datetime(self.ts_ns)
 
 
 class LastValueCache:
     def __init__(self) -> None:
         self._latest: dict[str, Stamp] = {}
 
-    def offer(self, gateway_id: str, reading: Reading) -> bool:
-        """Keep ``reading`` if it is newer than what we hold; a late or replayed one is not."""
-        held = self._latest.get(reading.charger_id)
-        if held is not None and (held.ts, held.seq) >= (reading.ts, reading.seq):
-            return False
-        self._latest[reading.charger_id] = Stamp(reading.ts, reading.seq, gateway_id)
-        return True
-
-    def seed(self, charger_id: str, stamp: Stamp) -> None:
+    def offer(self, charger_id: str, stamp: Stamp) -> bool:
+        """Keep ``stamp`` if it is newer than what we hold (a late or replayed reading is not,
+        nor a warm-up seed older than what arrived meanwhile); True if it was kept."""
         held = self._latest.get(charger_id)
-        if held is None or (held.ts, held.seq) < (stamp.ts, stamp.seq):
-            self._latest[charger_id] = stamp
+        if held is not None and (held.ts_ns, held.seq) >= (stamp.ts_ns, stamp.seq):
+            return False
+        self._latest[charger_id] = stamp
+        return True
 
     def get(self, charger_id: str) -> Stamp | None:
         return self._latest.get(charger_id)

@@ -20,6 +20,9 @@ class Metrics:
             f"{p}write_retries", "InfluxDB writes retried after a transient error", registry=r
         )
         self.live_published = Counter(f"{p}live_published", "Live values published", registry=r)
+        self.live_waiting = Gauge(
+            f"{p}live_waiting", "Chargers whose newest value waits for the live feed", registry=r
+        )
         self.unacked = Gauge(
             f"{p}unacked_messages", "Messages received and not yet acknowledged", registry=r
         )

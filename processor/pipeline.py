@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from processor.gaps import GapTracker
-from processor.lineproto import to_line
+from processor.lineproto import to_line, ts_ns
 from processor.live import LiveFeed
-from processor.lvc import Bindings, LastValueCache
+from processor.lvc import Bindings, LastValueCache, Stamp
 from processor.metrics import Metrics
 from processor.validate import (
     BAD_TOPIC,
@@ -56,6 +56,7 @@ class _Point:
     topic: str
     index: int
     reading: Reading
+    ts_ns: int
     line: str
 
 
@@ -78,7 +79,9 @@ class Processor:
         max_future: timedelta = timedelta(minutes=5),
         max_backoff_s: float = 30.0,
         live_interval_s: float = 1.0,
+        live_max_rate: float = 0.0,
         max_lines_per_write: int = 5_000,
+        write_concurrency: int = 2,
     ) -> None:
         self._writer = writer
         self._mqtt = mqtt
@@ -86,11 +89,12 @@ class Processor:
         self._max_future = max_future
         self._max_backoff_s = max_backoff_s
         self._max_lines = max_lines_per_write
+        self._write_slots = asyncio.Semaphore(write_concurrency)
         self.metrics = metrics if metrics is not None else Metrics()
         self.bindings = bindings if bindings is not None else Bindings()
         self.lvc = LastValueCache()
         self.gaps = GapTracker()
-        self.live = LiveFeed(mqtt, topics, self.metrics, live_interval_s)
+        self.live = LiveFeed(mqtt, topics, self.metrics, live_interval_s, live_max_rate)
 
     async def process(self, messages: Sequence[Received]) -> None:
         """Decode, store and publish ``messages``; return when all of them may be acknowledged."""
@@ -109,11 +113,15 @@ class Processor:
         """The I/O half: write, dead-letter, then update the cache, live feed and gap tracking."""
         if batch.points:
             lines = [p.line for p in batch.points]
-            refused: list[tuple[str, str]] = []
             # One request stays far below InfluxDB's body limit (25 MB by default in 1.x); a
             # write that large is dropped as a connection error and would be retried forever.
-            for i in range(0, len(lines), self._max_lines):
-                refused += await self._write(lines[i : i + self._max_lines])
+            # The requests of a batch are sent concurrently (InfluxDB ingests on several cores).
+            chunks = -(-len(lines) // self._max_lines)
+            size = -(-len(lines) // chunks)
+            results = await asyncio.gather(
+                *(self._write_in_slot(lines[i : i + size]) for i in range(0, len(lines), size))
+            )
+            refused = [item for result in results for item in result]
             if refused:
                 by_line = {p.line: p for p in batch.points}
                 for line, err in refused:
@@ -130,9 +138,16 @@ class Processor:
             self.metrics.dead_lettered.labels(record.reason).inc()
         self.metrics.messages.inc(batch.messages)
         now = time.monotonic()
+        # Only a charger's newest reading of the batch can become its latest value.
+        newest: dict[str, _Point] = {}
         for p in batch.points:
-            self.gaps.observe(p.gateway_id, p.reading.seq, p.reading.ts, now)
-            if self.lvc.offer(p.gateway_id, p.reading):
+            r = p.reading
+            self.gaps.observe(p.gateway_id, r.seq, r.ts, now)
+            held = newest.get(r.charger_id)
+            if held is None or (held.ts_ns, held.reading.seq) < (p.ts_ns, r.seq):
+                newest[r.charger_id] = p
+        for charger_id, p in newest.items():
+            if self.lvc.offer(charger_id, Stamp(p.ts_ns, p.reading.seq, p.gateway_id)):
                 self.live.offer(p.gateway_id, p.reading)
         self.metrics.lvc_chargers.set(len(self.lvc))
 
@@ -151,7 +166,9 @@ class Processor:
             for i, r in enumerate(decoded.readings):
                 bound = self.bindings.claim(gateway_id, r.charger_id)
                 if bound is None:
-                    out.points.append(_Point(gateway_id, msg.topic, i, r, to_line(gateway_id, r)))
+                    ns = ts_ns(r.ts)
+                    line = to_line(gateway_id, r, ns)
+                    out.points.append(_Point(gateway_id, msg.topic, i, r, ns, line))
                     continue
                 detail = (
                     f"charger {r.charger_id!r} is bound to gateway {bound!r}"
@@ -162,6 +179,10 @@ class Processor:
                 rejected = Rejected(CHARGER_NOT_BOUND, detail, raw, i)
                 out.dead.append((gateway_id, msg.topic, rejected))
         return out
+
+    async def _write_in_slot(self, lines: list[str]) -> list[tuple[str, str]]:
+        async with self._write_slots:
+            return await self._write(lines)
 
     async def _write(self, lines: list[str]) -> list[tuple[str, str]]:
         """Write ``lines``; return the lines InfluxDB refused for good, each with its reason.

@@ -50,13 +50,14 @@ def message(gateway: str, first_seq: int, n: int) -> Received:
 
 
 async def test_a_large_backlog_is_written_in_bounded_requests() -> None:
-    """12 messages of 1,000 readings become requests of at most 5,000 lines, all written: a
-    backlog never turns into one request InfluxDB would drop (and the bridge retry forever)."""
+    """12 messages of 1,000 readings become requests of at most 5,000 lines (evenly split), all
+    written: a backlog never turns into one request InfluxDB would drop (and the bridge retry
+    forever)."""
     writer = RecordingWriter()
     unused_mqtt = cast(AsyncMqttClient, object())  # no dead letters here: MQTT is not touched
     p = Processor(writer, unused_mqtt, Topics(), max_lines_per_write=5_000)
     await p.process([message("gw-1", k * 1000 + 1, 1000) for k in range(12)])
-    assert writer.requests == [5000, 5000, 2000]
+    assert writer.requests == [4000, 4000, 4000]
     assert len(p.lvc) == 50
 
 

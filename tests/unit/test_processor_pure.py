@@ -103,14 +103,19 @@ def test_ts_ns_is_exact_before_and_after_epoch() -> None:
     assert ts_ns(datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == -1000
 
 
+def stamp(body: dict[str, object]) -> Stamp:
+    r = Reading.model_validate_json(orjson.dumps(body))
+    return Stamp(ts_ns(r.ts), r.seq, "gw-1")
+
+
 def test_lvc_keeps_the_newest_ts_not_the_last_arrival() -> None:
     """A late, older reading (or a replay) never replaces the newest one."""
     lvc = LastValueCache()
-    new = Reading.model_validate_json(orjson.dumps(reading(5, ts="2026-05-01T12:00:10Z")))
-    old = Reading.model_validate_json(orjson.dumps(reading(4, ts="2026-05-01T12:00:05Z")))
-    assert lvc.offer("gw-1", new)
-    assert not lvc.offer("gw-1", old)
-    assert not lvc.offer("gw-1", new)
+    new = stamp(reading(5, ts="2026-05-01T12:00:10Z"))
+    old = stamp(reading(4, ts="2026-05-01T12:00:05Z"))
+    assert lvc.offer("CP-1", new)
+    assert not lvc.offer("CP-1", old)
+    assert not lvc.offer("CP-1", new)
     latest = lvc.get("CP-1")
     assert latest is not None
     assert latest.seq == 5
@@ -119,14 +124,13 @@ def test_lvc_keeps_the_newest_ts_not_the_last_arrival() -> None:
 def test_lvc_seed_from_storage_never_goes_backwards() -> None:
     """A warm-up seed older than what the cache holds is ignored; a newer reading still wins."""
     lvc = LastValueCache()
-    held = Reading.model_validate_json(orjson.dumps(reading(5, ts="2026-05-01T12:00:10Z")))
-    lvc.offer("gw-1", held)
-    lvc.seed("CP-1", Stamp(datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC), 9, "gw-1"))
+    lvc.offer("CP-1", stamp(reading(5, ts="2026-05-01T12:00:10Z")))
+    assert not lvc.offer("CP-1", Stamp(ts_ns(datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)), 9, "gw"))
     got = lvc.get("CP-1")
     assert got is not None
     assert got.seq == 5
-    older = Reading.model_validate_json(orjson.dumps(reading(4, ts="2026-05-01T12:00:09Z")))
-    assert not lvc.offer("gw-1", older)
+    assert got.ts == datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC)
+    assert not lvc.offer("CP-1", stamp(reading(4, ts="2026-05-01T12:00:09Z")))
 
 
 def test_bindings_first_come_and_provisioned() -> None:
