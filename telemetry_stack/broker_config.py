@@ -15,7 +15,7 @@ from typing import Final
 
 from telemetry_common.errors import ConfigError
 from telemetry_common.topics import Topics
-from telemetry_stack.pki import BRIDGE_IDENTITY
+from telemetry_stack.pki import API_IDENTITY, BRIDGE_IDENTITY, OPERATOR_IDENTITY
 
 TEMPLATE_DIR: Final = Path(__file__).resolve().parent.parent / "mosquitto"
 
@@ -25,6 +25,9 @@ MAX_QUEUED_MESSAGES: Final = 100_000
 MAX_QUEUED_BYTES: Final = 256 * 1024 * 1024
 #: Unacknowledged QoS 1 messages per client; the bridge's Receive Maximum must not exceed it.
 MAX_INFLIGHT_MESSAGES: Final = 1_000
+#: Unacknowledged QoS 1 bytes per client: what bounds the bridge's memory when messages are big
+#: (1000 messages of 256 KiB would be 256 MiB), while small messages still get the full window.
+MAX_INFLIGHT_BYTES: Final = 16 * 1024 * 1024
 #: Whole MQTT packet: a 256 KiB ReadingBatch, or a dead letter carrying one in base64, fits.
 MAX_PACKET_SIZE: Final = 512 * 1024
 PERSISTENT_CLIENT_EXPIRATION: Final = "7d"
@@ -98,6 +101,7 @@ def render_conf(
         max_queued_messages=MAX_QUEUED_MESSAGES,
         max_queued_bytes=MAX_QUEUED_BYTES,
         max_inflight_messages=MAX_INFLIGHT_MESSAGES,
+        max_inflight_bytes=MAX_INFLIGHT_BYTES,
         max_packet_size=MAX_PACKET_SIZE,
         persistent_client_expiration=PERSISTENT_CLIENT_EXPIRATION,
         tls_port=tls_port,
@@ -113,7 +117,10 @@ def render_acl(topic_root: str, *, template_dir: Path = TEMPLATE_DIR) -> str:
     """The text of the ACL file for ``topic_root`` (validated as a topic root)."""
     root = Topics(topic_root).root
     return _template("acl.tmpl", template_dir).substitute(
-        root=root, bridge_identity=BRIDGE_IDENTITY
+        root=root,
+        bridge_identity=BRIDGE_IDENTITY,
+        operator_identity=OPERATOR_IDENTITY,
+        api_identity=API_IDENTITY,
     )
 
 

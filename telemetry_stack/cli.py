@@ -90,6 +90,17 @@ def pki_gateway(
     typer.echo(f"{cert}\n{key}")
 
 
+@pki_app.command("operator")
+def pki_operator(directory: PkiDir = Path(".stack/pki")) -> None:
+    """Issue the operator's certificate (CN telemetry-operator): it may send commands to every
+    gateway on {root}/+/cmd/# and read their answers (kept if it exists)."""
+    try:
+        cert, key = pki_mod.issue_client(directory, pki_mod.OPERATOR_IDENTITY)
+    except (TelemetryError, ValueError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{cert}\n{key}")
+
+
 # --- broker-config ----------------------------------------------------------------------------
 
 

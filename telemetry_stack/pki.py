@@ -31,10 +31,18 @@ from telemetry_common.ids import check_id
 
 #: The CN of the bridge's client certificate; the broker ACL grants it the cloud-side topics.
 BRIDGE_IDENTITY: Final = "telemetry-bridge"
+#: The CN of the query API's certificate: reads the live feed and gateway states, publishes
+#: HTTP-ingested readings (see mosquitto/acl.tmpl).
+API_IDENTITY: Final = "telemetry-api"
+#: The CN allowed to send commands to gateways (``{root}/+/cmd/#``) and read their answers
+#: (``{root}/+/reply/#``); ``telemetry-stack pki operator`` issues it.
+OPERATOR_IDENTITY: Final = "telemetry-operator"
 #: Names a client certificate may not take: the bridge (its ACL is wider), the file stems of the
 #: CA and the server (issuing them would overwrite those files), and the topic levels the ACL
 #: reserves under the root (a gateway called ``live`` could write ``{root}/live/state``).
-RESERVED_GATEWAY_NAMES: Final = frozenset({BRIDGE_IDENTITY, "ca", "server", "live", "deadletter"})
+RESERVED_GATEWAY_NAMES: Final = frozenset(
+    {BRIDGE_IDENTITY, API_IDENTITY, OPERATOR_IDENTITY, "ca", "server", "live", "deadletter"}
+)
 
 CA_DAYS: Final = 3650
 LEAF_DAYS: Final = 825
@@ -263,8 +271,8 @@ def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = Fals
 
     An existing CA is kept unless ``force``; then a new CA is made and every client certificate
     found in the directory is re-issued under it. The server certificate is (re)issued when it
-    is missing, not from this CA, or does not cover ``extra_hosts``. The bridge's certificate
-    is issued when missing.
+    is missing, not from this CA, or does not cover ``extra_hosts``. The bridge's and the API's
+    certificates are issued when missing.
     """
     pki = Pki(Path(directory))
     pki.dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +295,8 @@ def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = Fals
             _issue(pki, name, ca_cert, ca_key)
     if force or not pki.client_paths(BRIDGE_IDENTITY)[0].is_file():
         _issue(pki, BRIDGE_IDENTITY, ca_cert, ca_key)
+    if force or not pki.client_paths(API_IDENTITY)[0].is_file():
+        _issue(pki, API_IDENTITY, ca_cert, ca_key)
     return pki
 
 

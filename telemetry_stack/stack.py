@@ -226,6 +226,7 @@ def up(opts: UpOptions, echo: Callable[[str], None]) -> dict[str, Any]:
         f"gw-{i}": pki_mod.issue_gateway(pki.dir, f"gw-{i}") for i in range(1, opts.gateways + 1)
     }
     bridge_cert, bridge_key = pki.client_paths(pki_mod.BRIDGE_IDENTITY)
+    api_cert, api_key = pki.client_paths(pki_mod.API_IDENTITY)
     tls_port, local_port, influx_port, api_port, bridge_port = _distinct_ports(5)
     influx_url = f"http://127.0.0.1:{influx_port}"
     api_url = f"http://127.0.0.1:{api_port}"
@@ -327,6 +328,12 @@ def up(opts: UpOptions, echo: Callable[[str], None]) -> dict[str, Any]:
                         "TELEMETRY_API_INFLUX__DATABASE": DATABASE,
                         "TELEMETRY_API_KEYS": json.dumps(keys),
                         "TELEMETRY_API_TOPIC_ROOT": opts.topic_root,
+                        # The live mirror and HTTP ingest (certificate CN telemetry-api).
+                        **{f"TELEMETRY_API_{k}": v for k, v in mqtt_env.items()},
+                        "TELEMETRY_API_MQTT__CERT_FILE": str(api_cert),
+                        "TELEMETRY_API_MQTT__KEY_FILE": str(api_key),
+                        "TELEMETRY_API_INGEST_SEQ_FILE": str(state_dir / "api" / "ingest-seq.json"),
+                        "TELEMETRY_API_BRIDGE_URLS": json.dumps([bridge_url]),
                     },
                     ready={"http": f"{api_url}/healthz", "status": 200},
                 ),

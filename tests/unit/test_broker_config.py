@@ -72,6 +72,7 @@ def test_global_security_and_bounds_are_explicit(tmp_path: Path) -> None:
     assert int(settings["max_queued_messages"][0]) == 100_000
     assert int(settings["max_queued_bytes"][0]) > 0
     assert int(settings["max_inflight_messages"][0]) > 20
+    assert 0 < int(settings["max_inflight_bytes"][0]) <= 64 * 1024 * 1024
     assert int(settings["max_packet_size"][0]) >= 256 * 1024 + 1024
     assert settings["persistent_client_expiration"] == ["7d"]
     assert "message_size_limit" not in settings
@@ -94,11 +95,19 @@ def test_acl_for_a_custom_topic_root(tmp_path: Path) -> None:
         "pattern write fleet/test-7/%u/readings",
         "pattern readwrite fleet/test-7/%u/state",
         "pattern read fleet/test-7/%u/cmd/#",
+        "pattern write fleet/test-7/%u/reply/#",
         "user telemetry-bridge",
         "topic read fleet/test-7/+/readings",
         "topic read fleet/test-7/+/state",
         "topic readwrite fleet/test-7/live/#",
         "topic write fleet/test-7/deadletter/#",
+        "user telemetry-operator",
+        "topic write fleet/test-7/+/cmd/#",
+        "topic read fleet/test-7/+/reply/#",
+        "user telemetry-api",
+        "topic read fleet/test-7/live/#",
+        "topic read fleet/test-7/+/state",
+        "topic write fleet/test-7/+/readings",
     ]
     assert "chargers/v1" not in acl
 

@@ -137,15 +137,38 @@ def test_force_replaces_the_ca_and_reissues_clients(made: pki.Pki) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["telemetry-bridge", "ca", "server", "live", "deadletter", "", "a/b", "+", "#", "x" * 65],
+    [
+        "telemetry-bridge",
+        "telemetry-api",
+        "telemetry-operator",
+        "ca",
+        "server",
+        "live",
+        "deadletter",
+        "",
+        "a/b",
+        "+",
+        "#",
+        "x" * 65,
+    ],
 )
 def test_bad_or_reserved_gateway_names_are_refused(made: pki.Pki, name: str) -> None:
-    """Gateway names outside the id allow-list, or reserved (bridge, CA/server files, feed
-    topic levels), are refused and nothing is written."""
+    """Gateway names outside the id allow-list, or reserved (the bridge, API and operator
+    identities, CA/server files, feed topic levels), are refused and nothing is written."""
     before = sorted(p.name for p in made.dir.iterdir())
     with pytest.raises(InvalidIdError):
         pki.issue_gateway(made.dir, name)
     assert sorted(p.name for p in made.dir.iterdir()) == before
+
+
+def test_init_issues_the_api_identity(made: pki.Pki) -> None:
+    """``pki init`` issues the API's certificate (CN telemetry-api) under the CA, as it does the
+    bridge's: the API's live mirror and HTTP ingest need it."""
+    crt, key = made.client_paths(pki.API_IDENTITY)
+    assert key.is_file()
+    _cert(crt).verify_directly_issued_by(_cert(made.ca_file))
+    cn = _cert(crt).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert [a.value for a in cn] == ["telemetry-api"]
 
 
 def test_issuing_without_a_ca_explains_what_to_do(tmp_path: Path) -> None:
