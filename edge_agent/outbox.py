@@ -1,69 +1,68 @@
-"""The durable outbox: SQLite in WAL mode with ``synchronous=FULL``.
+"""The durable, bounded outbox: SQLite in WAL mode with ``synchronous=FULL``.
 
 Durability: ``append`` returns after the transaction is committed and fsynced, so a reading the
-agent accepted survives power loss. Rows leave only through ``delete`` (after the broker's PUBACK)
-or ``park`` (a permanent refusal, kept for the operator). ``seq`` is SQLite's AUTOINCREMENT key:
-monotonic per gateway and never reused, across restarts and purges.
+agent accepted survives power loss (recovery on open: :mod:`edge_agent.store`). Rows leave only
+through ``delete`` (after the broker's PUBACK), ``park`` (a permanent refusal, kept for the
+operator), the budget policy (:mod:`edge_agent.budget`, counted by reason) or ``purge`` (the
+operator). ``seq`` is SQLite's AUTOINCREMENT key: monotonic per gateway and never reused, across
+restarts and purges.
+
+Disk full (SQLITE_FULL, also ENOSPC): ``append`` never raises for it. It frees room by the
+budget rule (reasons ``disk_full_*``), holds the outbox at the size it had for a minute (then
+tries to grow again) and retries once; if the disk is still full the captures are refused and
+counted (``disk_full_refused``). The sources are never blocked.
+
+Pending rows and bytes are kept in a ``totals`` row updated in the same transactions, so stats and
+budget checks never scan the table, and a second process (the operator CLI) sees the same.
 
 The class is synchronous and thread-safe; the agent calls it through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Final
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    captured_at REAL NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS parked (
-    seq INTEGER PRIMARY KEY,
-    captured_at REAL NOT NULL,
-    body BLOB NOT NULL,
-    parked_at REAL NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
+from edge_agent.budget import Budget, count_drop, drop_oldest, is_energy, trim_parked
+from edge_agent.records import OutboxRow, OutboxStats
+from edge_agent.store import open_outbox
+
+__all__ = ["Outbox", "OutboxRow", "OutboxStats"]
+
+log = logging.getLogger(__name__)
+
+#: How long a disk-full episode caps the outbox at the size it had then.
+DISK_FULL_HOLD_S: Final = 60.0
+_IN_CHUNK: Final = 500
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    seq: int
-    body: bytes
-
-    def reading_json(self) -> bytes:
-        """The reading as sent: the stored body with ``seq`` spliced in first."""
-        return b'{"seq":%d,%s' % (self.seq, self.body[1:])
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    pending: int
-    pending_bytes: int
-    parked: int
-    oldest_seq: int | None
-    newest_seq: int | None
-    oldest_age_s: float | None
-    last_seq_assigned: int
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
 
 
 class Outbox:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, budget: Budget | None = None, *, max_file_bytes: int | None = None
+    ) -> None:
+        """``max_file_bytes``: a hard cap on the database file (SQLite's ``max_page_count``);
+        reaching it behaves exactly like a full disk."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.budget = budget or Budget()
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db, self.recovered = open_outbox(self.path)
+        if max_file_bytes is not None:
+            (page,) = self._db.execute("PRAGMA page_size").fetchone()
+            self._db.execute(f"PRAGMA max_page_count={max(8, max_file_bytes // int(page))}")
+        self._disk_cap: tuple[int, float] | None = None  # (bytes, since monotonic)
+        self._unsaved: dict[str, int] = {}  # drops counted while the disk refused writes
 
     def __enter__(self) -> Outbox:
         return self
@@ -77,79 +76,215 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    def append(self, bodies: Iterable[bytes]) -> list[int]:
-        """Store captures durably and return the ``seq`` each was given."""
-        now = time.time()
-        seqs: list[int] = []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for body in bodies:
-                    cur = self._db.execute(
-                        "INSERT INTO outbox (captured_at, body) VALUES (?, ?)", (now, body)
-                    )
-                    assert cur.lastrowid is not None
-                    seqs.append(cur.lastrowid)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return seqs
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (the caller holds the lock); rolled back on any error."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # SQLite may have rolled back already (e.g. SQLITE_FULL)
+                db.execute("ROLLBACK")
+            raise
 
-    def oldest(self, limit: int, max_bytes: int) -> list[OutboxRow]:
-        """The oldest rows, at most ``limit`` of them and about ``max_bytes`` of JSON."""
+    # -- writing ---------------------------------------------------------------------------
+    def append(self, bodies: Iterable[bytes]) -> list[int]:
+        """Store captures durably and return the ``seq`` each was given ([] if the disk refused
+        them). The budget policy may drop older readings, or these, in the same transaction."""
+        now = time.time()
+        rows = [(now, body, 1 if is_energy(body) else 0) for body in bodies]
+        if not rows:
+            return []
+        size = sum(len(r[1]) for r in rows)
+        with self._lock:
+            try:
+                return self._append(rows, size)
+            except sqlite3.OperationalError as exc:
+                if not _is_full(exc):
+                    raise
+                log.error("outbox: disk full (%s); dropping old readings to make room", exc)
+            try:
+                self._make_room(size)
+                return self._append(rows, size)
+            except sqlite3.OperationalError as exc:
+                if not _is_full(exc):
+                    raise
+                self._unsaved["disk_full_refused"] = self._unsaved.get(
+                    "disk_full_refused", 0
+                ) + len(rows)
+                log.error("outbox: disk still full; %d new readings refused", len(rows))
+                return []
+
+    def _append(self, rows: list[tuple[float, bytes, int]], size: int) -> list[int]:
+        with self._tx() as db:
+            first = self._last_seq() + 1
+            db.executemany("INSERT INTO outbox (captured_at, body, energy) VALUES (?, ?, ?)", rows)
+            last = self._last_seq()
+            if last - first + 1 != len(rows):
+                raise RuntimeError(f"outbox: seq {first}..{last} for {len(rows)} rows")
+            db.execute(
+                "UPDATE totals SET rows = rows + ?, bytes = bytes + ? WHERE id = 1",
+                (len(rows), size),
+            )
+            self._enforce(db)
+            for reason, n in self._unsaved.items():
+                count_drop(db, reason, n)
+        self._unsaved.clear()
+        return list(range(first, last + 1))
+
+    def _enforce(self, db: sqlite3.Connection) -> None:
+        rows, size = db.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
+        max_bytes, cause = self.budget.max_bytes, "budget"
+        cap = self._current_disk_cap()
+        if cap is not None and cap < max_bytes:
+            max_bytes, cause = cap, "disk_full"
+        if rows > self.budget.max_rows or size > max_bytes:
+            drop_oldest(db, rows - self.budget.max_rows, size - max_bytes, cause)
+
+    def _current_disk_cap(self) -> int | None:
+        if self._disk_cap is None:
+            return None
+        cap, since = self._disk_cap
+        if time.monotonic() - since > DISK_FULL_HOLD_S:
+            self._disk_cap = None  # space may have been freed: try to grow again
+            return None
+        return cap
+
+    def _make_room(self, size: int) -> None:
+        try:  # a checkpoint moves the WAL into the file so its pages can be reused
+            self._db.execute("PRAGMA wal_checkpoint(RESTART)")
+        except sqlite3.Error as exc:
+            log.warning("outbox: checkpoint failed while the disk is full: %s", exc)
+        with self._tx() as db:
+            (held,) = db.execute("SELECT bytes FROM totals WHERE id = 1").fetchone()
+            # Room for this batch and half again (B-tree pages are not full): from then on the
+            # budget rule frees, after each insert, the pages the next insert will reuse.
+            _, freed = drop_oldest(db, 0, size + size // 2 + 16384, "disk_full")
+        self._disk_cap = (max(0, int(held) - freed), time.monotonic())
+
+    def delete(self, seqs: Iterable[int]) -> int:
+        """Remove rows the broker acknowledged; returns how many were still there."""
+        with self._lock, self._tx() as db:
+            n, size = self._remove(db, list(seqs))
+            db.execute(
+                "UPDATE totals SET rows = rows - ?, bytes = bytes - ? WHERE id = 1", (n, size)
+            )
+        return n
+
+    def _remove(self, db: sqlite3.Connection, seqs: Sequence[int]) -> tuple[int, int]:
+        n = size = 0
+        for i in range(0, len(seqs), _IN_CHUNK):
+            chunk = seqs[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"DELETE FROM outbox WHERE seq IN ({marks}) RETURNING length(body)"
+            for (length,) in db.execute(sql, chunk).fetchall():
+                n += 1
+                size += length
+        return n, size
+
+    def park(self, seqs: Iterable[int], reason: str) -> int:
+        """Move rows the broker refused for good out of the way, keeping them for the operator
+        (at most ``budget.max_parked_rows``; the oldest parked go first, counted)."""
+        seqs = list(seqs)
+        now = time.time()
+        with self._lock, self._tx() as db:
+            for i in range(0, len(seqs), _IN_CHUNK):
+                chunk = seqs[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    "INSERT OR REPLACE INTO parked SELECT seq, captured_at, body, ?, ? "
+                    f"FROM outbox WHERE seq IN ({marks})",
+                    (now, reason, *chunk),
+                )
+            n, size = self._remove(db, seqs)
+            db.execute(
+                "UPDATE totals SET rows = rows - ?, bytes = bytes - ? WHERE id = 1", (n, size)
+            )
+            trim_parked(db, self.budget.max_parked_rows)
+        return n
+
+    def purge(self) -> int:
+        """Delete every pending row (an operator's decision, counted as ``purged``)."""
+        with self._lock, self._tx() as db:
+            n = db.execute("DELETE FROM outbox").rowcount
+            db.execute("UPDATE totals SET rows = 0, bytes = 0 WHERE id = 1")
+            count_drop(db, "purged", n)
+        return n
+
+    # -- reading ---------------------------------------------------------------------------
+    def _last_seq(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return int(row[0]) if row else 0
+
+    def last_seq(self) -> int:
+        """The last seq handed out (0 if none)."""
+        with self._lock:
+            return self._last_seq()
+
+    def pending(self) -> int:
+        with self._lock:
+            (rows,) = self._db.execute("SELECT rows FROM totals WHERE id = 1").fetchone()
+        return int(rows)
+
+    def batch_after(
+        self, after: int, upto: int | None, limit: int, max_bytes: int
+    ) -> list[OutboxRow]:
+        """Rows with ``after < seq (<= upto)``, oldest first, at most ``limit`` of them and
+        about ``max_bytes`` of JSON (at least one row)."""
         rows: list[OutboxRow] = []
         size = 0
+        sql = (
+            "SELECT seq, body, captured_at FROM outbox WHERE seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?"
+        )
         with self._lock:
-            cur = self._db.execute("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?", (limit,))
-            for seq, body in cur:
+            cur = self._db.execute(sql, (after, upto if upto is not None else 2**63 - 1, limit))
+            for seq, body, at in cur:
                 size += len(body) + 32  # the spliced seq and the comma
                 if rows and size > max_bytes:
                     break
-                rows.append(OutboxRow(seq, bytes(body)))
+                rows.append(OutboxRow(seq, bytes(body), at))
+            cur.close()
         return rows
 
-    def delete(self, seqs: Iterable[int]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
-            self._db.execute("COMMIT")
-
-    def park(self, seqs: Iterable[int], reason: str) -> None:
-        """Move rows the broker refused for good out of the way, keeping them for the operator."""
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            for s in seqs:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO parked SELECT seq, captured_at, body, ?, ? "
-                    "FROM outbox WHERE seq = ?",
-                    (now, reason, s),
-                )
-                self._db.execute("DELETE FROM outbox WHERE seq = ?", (s,))
-            self._db.execute("COMMIT")
-
-    def purge(self) -> int:
-        """Delete every pending row (an operator's decision); returns how many."""
-        with self._lock:
-            cur = self._db.execute("DELETE FROM outbox")
-            return cur.rowcount
+    def oldest(self, limit: int, max_bytes: int) -> list[OutboxRow]:
+        """The oldest rows, at most ``limit`` of them and about ``max_bytes`` of JSON."""
+        return self.batch_after(0, None, limit, max_bytes)
 
     def stats(self) -> OutboxStats:
         with self._lock:
-            pending, size, lo, hi, oldest_at = self._db.execute(
-                "SELECT count(*), coalesce(sum(length(body)), 0), min(seq), max(seq), "
-                "min(captured_at) FROM outbox"
-            ).fetchone()
-            (parked,) = self._db.execute("SELECT count(*) FROM parked").fetchone()
-            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
-            last = row.fetchone()
+            db = self._db
+            pending, size = db.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
+            lo, hi = db.execute("SELECT min(seq), max(seq) FROM outbox").fetchone()
+            first = db.execute("SELECT captured_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            (parked,) = db.execute("SELECT count(*) FROM parked").fetchone()
+            dropped = dict(db.execute("SELECT reason, n FROM dropped ORDER BY reason").fetchall())
+            for reason, n in self._unsaved.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+            last = self._last_seq()
+            disk_full = self._current_disk_cap() is not None
+        files = (self.path, Path(f"{self.path}-wal"))
         return OutboxStats(
-            pending=pending,
-            pending_bytes=size,
-            parked=parked,
+            pending=int(pending),
+            pending_bytes=int(size),
+            parked=int(parked),
             oldest_seq=lo,
             newest_seq=hi,
-            oldest_age_s=None if oldest_at is None else max(0.0, time.time() - oldest_at),
-            last_seq_assigned=last[0] if last else 0,
+            oldest_age_s=None if first is None else max(0.0, time.time() - first[0]),
+            last_seq_assigned=last,
+            dropped=dropped,
+            max_rows=self.budget.max_rows,
+            max_bytes=self.budget.max_bytes,
+            file_bytes=sum(os.stat(f).st_size for f in files if f.exists()),
+            disk_full=disk_full,
         )
+
+    def parked_rows(self, limit: int) -> list[tuple[int, str, bytes]]:
+        """The oldest parked rows as (seq, reason, body)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, reason, body FROM parked ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [(int(s), str(r), bytes(b)) for s, r, b in rows]

@@ -9,6 +9,7 @@ Sessions are minutes long (not hours) so a demo shows every state quickly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -117,8 +118,28 @@ class Simulator:
             c.capacity_wh = self._rng.choice((40_000.0, 60_000.0, 77_000.0, 100_000.0))
 
 
-async def run_simulator(sim: Simulator, interval_s: float) -> AsyncIterator[list[Capture]]:
+class Pace:
+    """The sampling interval, changeable while the simulator runs (the ``set-interval``
+    command); a change takes effect at once, not after the current sleep."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._changed = asyncio.Event()
+
+    def set(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._changed.set()
+
+    async def sleep(self) -> None:
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.interval_s):
+                await self._changed.wait()
+
+
+async def run_simulator(sim: Simulator, interval_s: float | Pace) -> AsyncIterator[list[Capture]]:
     """Yield a sample per charger every ``interval_s`` seconds of wall-clock time."""
+    pace = interval_s if isinstance(interval_s, Pace) else Pace(interval_s)
     while True:
-        yield sim.sample(datetime.now(UTC), interval_s)
-        await asyncio.sleep(interval_s)
+        yield sim.sample(datetime.now(UTC), pace.interval_s)
+        await pace.sleep()

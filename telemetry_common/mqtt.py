@@ -4,14 +4,19 @@ paho rather than aiomqtt here, because we need what aiomqtt 2.x does not expose:
 of each PUBACK (a refused publish must not count as delivered) and manual acknowledgement of
 received messages (the bridge acknowledges only what is stored).
 
-paho's network loop runs in its own thread; every callback is handed to the event loop with
-``call_soon_threadsafe`` and never touches asyncio objects directly.
+paho's network loop runs in its own thread; every callback is handed to the event loop and
+never touches asyncio objects directly. Callbacks are queued and the loop is woken once per
+burst, not once per callback: under load a wake-up per PUBACK costs a syscall each and makes
+the two threads fight over the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +32,9 @@ from telemetry_common.settings import MqttSettings
 from telemetry_common.tls import client_context
 
 log = logging.getLogger(__name__)
+
+#: MQTT 5 PUBACK reason code: accepted, but no subscription matched.
+_NO_MATCHING_SUBSCRIBERS = 0x10
 
 
 class MqttError(TelemetryError):
@@ -47,6 +55,16 @@ class PublishRejectedError(MqttError):
         self.topic = topic
         self.reason_code = reason_code
         self.reason = reason
+
+
+class NoSubscribersError(MqttError):
+    """The broker took the message but no subscription matched it (PUBACK 0x10): nobody will
+    receive it. For readings this means "not delivered": the bridge is not subscribed (yet), as
+    after a broker restart, which does not restore shared subscriptions of offline sessions."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"no subscriber matched {topic!r} (PUBACK 0x10): not delivered")
+        self.topic = topic
 
 
 class PublishLostError(MqttError):
@@ -75,6 +93,9 @@ class Received:
     generation: int
     retain: bool = False
     _ack: Callable[[Received], None] | None = field(default=None, repr=False)
+    #: MQTT 5 request/response: where the sender wants the answer, and what to echo with it.
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
 
     def ack(self) -> None:
         if self._ack is not None:
@@ -101,6 +122,8 @@ class AsyncMqttClient:
         will: Will | None = None,
         birth: Will | None = None,
         clean_start: bool = False,
+        reconnect_jitter: bool = False,
+        reconnect_max_s: float = 30.0,
     ) -> None:
         self._settings = settings
         self.client_id = client_id
@@ -110,10 +133,19 @@ class AsyncMqttClient:
         self._will = will
         self._birth = birth
         self._clean_start = clean_start
+        #: With jitter, each reconnect waits uniform(d/2, d), d = min(max, 2^attempt) seconds,
+        #: so a fleet of gateways does not reconnect in lockstep after a broker restart.
+        self._reconnect_jitter = reconnect_jitter
+        self._reconnect_max_s = reconnect_max_s
+        self._attempt = 0
+        #: Successful connections so far (the first one included), for metrics.
+        self.connects = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
-        self._pending: dict[int, tuple[str, asyncio.Future[None]]] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[None], bool]] = {}
         self._generation = 0
+        self._inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._wake_scheduled = False
         self.messages: asyncio.Queue[Received] = asyncio.Queue()
         self.last_connect_error: str | None = None
         self._client = self._build_client()
@@ -138,7 +170,18 @@ class AsyncMqttClient:
         c.on_publish = self._on_publish
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_connect_fail = self._on_connect_fail
         return c
+
+    def _schedule_reconnect(self) -> None:
+        """Network thread: set paho's next reconnect delay (capped exponential with jitter)."""
+        if not self._reconnect_jitter:
+            return
+        ceiling = min(self._reconnect_max_s, 2.0**self._attempt)
+        self._attempt = min(self._attempt + 1, 32)
+        delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+        # paho waits min_delay first after a reset; floats work although it annotates int.
+        self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> AsyncMqttClient:
@@ -169,27 +212,60 @@ class AsyncMqttClient:
         await self._connected.wait()
 
     # -- publishing ------------------------------------------------------------------------
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+        require_subscribers: bool = False,
+    ) -> None:
         """Publish with QoS 1 and return once the broker acknowledged it with success.
 
-        Raises NotConnectedError, PublishRejectedError (permanent) or PublishLostError.
+        ``correlation_data`` is sent as the MQTT 5 Correlation Data (answers to requests).
+        Raises NotConnectedError, PublishRejectedError (permanent) or PublishLostError; with
+        ``require_subscribers``, NoSubscribersError when no subscription matched.
         """
         if not self.connected:
             raise NotConnectedError(self.client_id)
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        props: Properties | None = None
+        if correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation_data
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise NotConnectedError(self.client_id)
         # The PUBACK callback is delivered through call_soon_threadsafe, so it runs after this
         # registration even when the broker answers before publish() returns.
-        self._pending[info.mid] = (topic, fut)
+        self._pending[info.mid] = (topic, fut, require_subscribers)
         await fut
 
     # -- paho callbacks (network thread) ---------------------------------------------------
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
+        """Run ``fn(*args)`` on the event loop, in order (called from paho's thread)."""
+        self._inbox.append((fn, args))
+        if self._wake_scheduled:
+            return  # the pending _run_inbox takes this one too
+        self._wake_scheduled = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # RuntimeError: the loop closed in between; nobody is left to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._run_inbox)
+
+    def _run_inbox(self) -> None:
+        # Clear the flag before taking: a callback queued from now on schedules another run.
+        self._wake_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            fn, args = inbox.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("MQTT callback %s failed", getattr(fn, "__name__", fn))
 
     def _on_connect(
         self,
@@ -203,6 +279,9 @@ class AsyncMqttClient:
             self.last_connect_error = str(reason_code)
             log.warning("MQTT connect refused: %s", reason_code, extra={"client": self.client_id})
             return
+        self._attempt = 0
+        if self._reconnect_jitter:
+            client.reconnect_delay_set(min_delay=1, max_delay=int(self._reconnect_max_s))
         if self._subscriptions:
             client.subscribe([(sub, 1) for sub in self._subscriptions])
         if self._birth is not None:
@@ -217,7 +296,11 @@ class AsyncMqttClient:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._schedule_reconnect()
         self._call(self._set_connected, False, False)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        self._schedule_reconnect()
 
     def _on_publish(
         self,
@@ -244,12 +327,25 @@ class AsyncMqttClient:
                 log.info("subscribed to %s", topic, extra={"client": self.client_id})
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        self._call(self._enqueue, msg.topic, bytes(msg.payload), msg.qos, msg.mid, msg.retain)
+        props = getattr(msg, "properties", None)
+        response = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        self._call(
+            self._enqueue,
+            msg.topic,
+            bytes(msg.payload),
+            msg.qos,
+            msg.mid,
+            msg.retain,
+            response,
+            None if correlation is None else bytes(correlation),
+        )
 
     # -- event-loop side -------------------------------------------------------------------
     def _set_connected(self, up: bool, session_present: bool) -> None:
         if up:
             self._generation += 1
+            self.connects += 1
             self.last_connect_error = None
             log.info(
                 "MQTT connected to %s:%s (session present: %s)",
@@ -266,7 +362,7 @@ class AsyncMqttClient:
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
-        for topic, fut in pending.values():
+        for topic, fut, _ in pending.values():
             if not fut.done():
                 fut.set_exception(PublishLostError(topic))
 
@@ -274,16 +370,37 @@ class AsyncMqttClient:
         entry = self._pending.pop(mid, None)
         if entry is None or entry[1].done():
             return
-        topic, fut = entry
+        topic, fut, require_subscribers = entry
         if code >= 0x80:
             fut.set_exception(PublishRejectedError(topic, code, reason))
+        elif code == _NO_MATCHING_SUBSCRIBERS and require_subscribers:
+            fut.set_exception(NoSubscribersError(topic))
         else:
             fut.set_result(None)
 
-    def _enqueue(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
+    def _enqueue(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        mid: int,
+        retain: bool,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> None:
         ack = self._ack if self._manual_ack else None
         self.messages.put_nowait(
-            Received(topic, payload, qos, mid, self._generation, retain, _ack=ack)
+            Received(
+                topic,
+                payload,
+                qos,
+                mid,
+                self._generation,
+                retain,
+                _ack=ack,
+                response_topic=response_topic,
+                correlation_data=correlation_data,
+            )
         )
 
     def _ack(self, msg: Received) -> None:

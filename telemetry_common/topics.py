@@ -31,6 +31,37 @@ class Topics:
     def cmd(self, gateway_id: str, name: str) -> str:
         return f"{self.root}/{check_id('gateway id', gateway_id)}/cmd/{check_id('command', name)}"
 
+    def cmd_all(self, gateway_id: str) -> str:
+        """The filter a gateway subscribes to for its commands: ``{root}/{gateway}/cmd/+``."""
+        return f"{self.root}/{check_id('gateway id', gateway_id)}/cmd/+"
+
+    def command_name(self, gateway_id: str, topic: str) -> str:
+        """The ``{name}`` of ``{root}/{gateway}/cmd/{name}``; TopicError otherwise."""
+        prefix = f"{self.root}/{check_id('gateway id', gateway_id)}/cmd/"
+        if not topic.startswith(prefix):
+            raise TopicError(topic, f"{prefix}{{name}}")
+        return check_id("command", topic[len(prefix) :])
+
+    def reply(self, gateway_id: str, name: str) -> str:
+        """A response topic for commands to ``gateway_id``: ``{root}/{gateway}/reply/{name}``
+        (the requester names it in the MQTT 5 Response Topic; the ACL lets the gateway write
+        only under its own ``reply/``)."""
+        return f"{self.reply_prefix(gateway_id)}{check_id('reply name', name)}"
+
+    def reply_prefix(self, gateway_id: str) -> str:
+        return f"{self.root}/{check_id('gateway id', gateway_id)}/reply/"
+
+    def is_reply_topic(self, gateway_id: str, topic: str) -> bool:
+        """True if ``topic`` is a concrete topic under the gateway's own ``reply/``."""
+        prefix = self.reply_prefix(gateway_id)
+        rest = topic[len(prefix) :]
+        return (
+            topic.startswith(prefix)
+            and bool(rest)
+            and not any(c in topic for c in "+#\0")
+            and "" not in rest.split("/")
+        )
+
     def live(self, charger_id: str) -> str:
         return f"{self.root}/live/{check_id('charger id', charger_id)}"
 

@@ -1,0 +1,267 @@
+"""Edge outbox benchmark: durable append rate, publish/drain rate over TLS, drain RSS.
+
+``.venv/bin/python -m bench.edge_outbox [--chargers 100] [--seconds 3600] [--keep]``
+
+In a temporary directory, with a dev PKI and its own Mosquitto (TLS, project configuration) on
+free loopback ports:
+
+1. **append**: simulates ``--chargers`` chargers at 1 Hz for ``--seconds`` (default 100 x 3600 =
+   360,000 readings) and appends them to a fresh outbox in transactions of ``--tx`` readings
+   (default 1,000; each commit fsynced, ``synchronous=FULL``). Only ``Outbox.append`` is timed
+   (bodies are built per tick, outside the clock). Also times one-tick transactions (100
+   readings, what the live agent does at 1 Hz) on a second outbox.
+2. **drain**: runs ``edge-agent outbox drain --json`` (the real console script, its own
+   process) on that backlog: MQTT 5 over TLS with the gateway's certificate, QoS 1, each batch
+   deleted after its PUBACK. A persistent QoS 1 subscriber (the bridge's identity) checks every
+   reading arrives. Reports drain wall time (process start to exit, so it includes start-up and
+   the integrity check of the outbox), the drain's own publish rate, and the drain process's
+   peak RSS (VmHWM).
+3. **flatness**: the same drain on a backlog 10x smaller; peak RSS should not differ much.
+
+A script, not a test; every process it starts is stopped by PID on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.outbox import Outbox
+from edge_agent.simulator import Simulator
+from telemetry_common.tls import client_context
+from telemetry_common.topics import Topics
+from telemetry_stack import pki as pki_mod
+from telemetry_stack.servers import free_port, start_mosquitto
+
+BIN: Final = Path(sys.executable).parent
+GATEWAY: Final = "bench-edge"
+ROOT: Final = "chargers/v1"
+TARGET_APPEND: Final = 50_000.0
+TARGET_DRAIN_S: Final = 30.0
+TARGET_RSS_MB: Final = 80.0
+
+
+def fill(path: Path, chargers: int, seconds: int, tx: int) -> tuple[int, float]:
+    """Append ``chargers x seconds`` simulated readings in transactions of ``tx``; returns
+    (readings, seconds spent inside append)."""
+    sim = Simulator(GATEWAY, chargers, seed=1)
+    t0 = datetime.now(UTC) - timedelta(seconds=seconds + 60)
+    spent = 0.0
+    n = 0
+    pending: list[bytes] = []
+    with Outbox(path) as box:
+        for s in range(seconds):
+            pending += [c.to_body() for c in sim.sample(t0 + timedelta(seconds=s), 1.0)]
+            if len(pending) >= tx or s == seconds - 1:
+                start = time.perf_counter()
+                box.append(pending)
+                spent += time.perf_counter() - start
+                n += len(pending)
+                pending = []
+    return n, spent
+
+
+class Counter:
+    """QoS 1 subscriber (persistent session) counting readings that reach the broker."""
+
+    def __init__(self, pki: pki_mod.Pki, port: int) -> None:
+        self.readings = 0
+        self._lock = threading.Lock()
+        cert, key = pki.client_paths(pki_mod.BRIDGE_IDENTITY)
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="bench-counter", protocol=paho.MQTTv5
+        )
+        c.tls_set_context(client_context(pki.ca_file, cert, key))
+        c.on_message = self._on_message
+        c.connect("127.0.0.1", port)
+        c.subscribe(Topics(ROOT).readings(GATEWAY), qos=1)
+        c.loop_start()
+        self.client = c
+
+    def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        n = len(orjson.loads(msg.payload)["readings"])
+        with self._lock:
+            self.readings += n
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def vm_hwm_kb(pid: int) -> int | None:
+    try:
+        for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if row.startswith("VmHWM:"):
+                return int(row.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def drain(env: dict[str, str], counter: Counter, expected: int, timeout: float) -> dict[str, Any]:
+    """Run ``edge-agent outbox drain --json``; wall time, its result, peak RSS, arrivals."""
+    before = counter.readings
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(BIN / "edge-agent"), "outbox", "drain", "--json", "--timeout", str(timeout)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    peak = 0
+    try:
+        while proc.poll() is None:
+            peak = max(peak, vm_hwm_kb(proc.pid) or 0)
+            time.sleep(0.02)
+        wall = time.perf_counter() - start
+        out = proc.stdout.read() if proc.stdout else b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    result: dict[str, Any] = orjson.loads(out.splitlines()[-1]) if out.strip() else {}
+    deadline = time.monotonic() + 30
+    while counter.readings - before < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {
+        "wall_s": wall,
+        "result": result,
+        "peak_rss_mb": peak / 1024,
+        "arrived": counter.readings - before,
+        "exit": proc.returncode,
+    }
+
+
+def run(a: argparse.Namespace, work: Path) -> dict[str, Any]:
+    pki = pki_mod.init(work / "pki")
+    cert, key = pki_mod.issue_gateway(pki.dir, GATEWAY)
+    tls_port, local_port = free_port(), free_port()
+    while local_port == tls_port:
+        local_port = free_port()
+    mosq = start_mosquitto(work / "mosquitto", pki, tls_port, local_port, ROOT)
+    counter: Counter | None = None
+    try:
+        counter = Counter(pki, tls_port)
+        fig: dict[str, Any] = {}
+        big = work / "big.sqlite3"
+        n, spent = fill(big, a.chargers, a.seconds, a.tx)
+        fig["append"] = {"readings": n, "seconds": spent, "rate": n / spent, "tx": a.tx}
+        small_tx = work / "tick.sqlite3"
+        m, spent_tick = fill(small_tx, a.chargers, min(a.seconds, 600), a.chargers)
+        fig["append_tick"] = {"readings": m, "rate": m / spent_tick, "tx": a.chargers}
+        small_tx.unlink()
+        env = {
+            "TELEMETRY_EDGE_GATEWAY_ID": GATEWAY,
+            "TELEMETRY_EDGE_TOPIC_ROOT": ROOT,
+            "TELEMETRY_EDGE_MQTT__HOST": "127.0.0.1",
+            "TELEMETRY_EDGE_MQTT__PORT": str(tls_port),
+            "TELEMETRY_EDGE_MQTT__CA_FILE": str(pki.ca_file),
+            "TELEMETRY_EDGE_MQTT__CERT_FILE": str(cert),
+            "TELEMETRY_EDGE_MQTT__KEY_FILE": str(key),
+            "TELEMETRY_EDGE_LOG_FORMAT": "json",
+            "TELEMETRY_EDGE_LOG_LEVEL": "WARNING",
+            "TELEMETRY_EDGE_BATCH_MAX_READINGS": str(a.batch),
+            "TELEMETRY_EDGE_MAX_INFLIGHT_BATCHES": str(a.inflight),
+        }
+        fig["file_mb"] = big.stat().st_size / 2**20
+        fig["drain"] = drain(env | {"TELEMETRY_EDGE_OUTBOX_PATH": str(big)}, counter, n, 300)
+        small = work / "small.sqlite3"
+        k, _ = fill(small, a.chargers, a.seconds // 10, a.tx)
+        fig["drain_small"] = drain(
+            env | {"TELEMETRY_EDGE_OUTBOX_PATH": str(small)}, counter, k, 300
+        )
+        fig["drain_small"]["readings"] = k
+        return fig
+    finally:
+        if counter is not None:
+            counter.close()
+        mosq.stop()
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def report(fig: dict[str, Any]) -> None:
+    ap, tick, dr, sm = fig["append"], fig["append_tick"], fig["drain"], fig["drain_small"]
+    res = dr["result"]
+    rate = res.get("rate", 0.0)
+    rows = [
+        (
+            f"append, {ap['tx']}-reading transactions",
+            f"{ap['rate']:,.0f} readings/s ({ap['readings']:,} in {ap['seconds']:.2f} s)",
+            f">= {TARGET_APPEND:,.0f}: {verdict(ap['rate'] >= TARGET_APPEND)}",
+        ),
+        (f"append, {tick['tx']}-reading transactions", f"{tick['rate']:,.0f} readings/s", "-"),
+        ("outbox file", f"{fig['file_mb']:.0f} MiB for {ap['readings']:,} readings", "-"),
+        (
+            "publish rate (drain, TLS, QoS 1)",
+            f"{rate:,.0f} readings/s ({res.get('published', 0):,} published)",
+            "-",
+        ),
+        (
+            f"drain {ap['readings']:,} backlog",
+            f"{dr['wall_s']:.1f} s wall (publishing {res.get('seconds', 0):.1f} s)",
+            f"<= {TARGET_DRAIN_S:.0f} s: {verdict(dr['wall_s'] <= TARGET_DRAIN_S)}",
+        ),
+        (
+            "arrived at a subscriber",
+            f"{dr['arrived']:,} of {ap['readings']:,}; left in outbox {res.get('pending')}",
+            verdict(dr["arrived"] >= ap["readings"] and res.get("pending") == 0),
+        ),
+        (
+            "drain peak RSS",
+            f"{dr['peak_rss_mb']:.1f} MB",
+            f"<= {TARGET_RSS_MB:.0f} MB: {verdict(dr['peak_rss_mb'] <= TARGET_RSS_MB)}",
+        ),
+        (
+            f"drain peak RSS, {sm['readings']:,} backlog",
+            f"{sm['peak_rss_mb']:.1f} MB ({sm['wall_s']:.1f} s)",
+            f"flat: {verdict(abs(dr['peak_rss_mb'] - sm['peak_rss_mb']) <= 5)}",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:<52}  {target}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--chargers", type=int, default=100)
+    p.add_argument("--seconds", type=int, default=3600, help="simulated seconds at 1 Hz")
+    p.add_argument("--tx", type=int, default=1000, help="readings per append transaction")
+    p.add_argument("--batch", type=int, default=1000, help="readings per MQTT message")
+    p.add_argument("--inflight", type=int, default=4, help="batches awaiting PUBACK")
+    p.add_argument("--json", type=Path, help="write the figures as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    a = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    try:
+        fig = run(a, work)
+        report(fig)
+        if a.json:
+            a.json.write_bytes(orjson.dumps(fig, option=orjson.OPT_INDENT_2))
+    finally:
+        if a.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The outbox's budget policy: which readings go when the outbox is full.
+
+Rule (applied inside the transaction that made the outbox too big, so it is atomic with it):
+while the pending rows exceed ``max_rows`` or their bytes exceed ``max_bytes``, delete the
+**oldest non-energy reading** (no ``energy_wh``); when none is left, delete the **oldest energy
+reading**. New captures count like stored ones, so with only energy readings stored a new
+non-energy capture is the first to go (it is refused in effect), and energy readings go last,
+oldest first: the energy register is cumulative, so the newest reading kept still carries the
+billed total. Every deletion is counted by reason in the ``dropped`` table.
+
+A disk-full error (SQLITE_FULL, which SQLite also reports for ENOSPC) applies the same rule
+under the ``disk_full_*`` reasons; see :mod:`edge_agent.outbox`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Final
+
+#: Every reason a reading can leave the outbox without a PUBACK.
+REASONS: Final = (
+    "budget_non_energy",
+    "budget_energy",
+    "disk_full_non_energy",
+    "disk_full_energy",
+    "disk_full_refused",
+    "parked_overflow",
+    "purged",
+)
+ENERGY_KEY: Final = b'"energy_wh":'
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    max_rows: int = 2_000_000
+    max_bytes: int = 512 * 1024 * 1024
+    max_parked_rows: int = 100_000
+
+
+def is_energy(body: bytes) -> bool:
+    """True if a stored body carries ``energy_wh`` (ids cannot contain quotes, so only a value
+    key can match)."""
+    return ENERGY_KEY in body
+
+
+def count_drop(db: sqlite3.Connection, reason: str, n: int) -> None:
+    if n > 0:
+        db.execute(
+            "INSERT INTO dropped (reason, n) VALUES (?, ?) "
+            "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
+            (reason, n),
+        )
+
+
+def drop_oldest(
+    db: sqlite3.Connection, rows_excess: int, bytes_excess: int, cause: str
+) -> tuple[int, int]:
+    """Delete the oldest non-energy rows, then the oldest energy rows, until at least
+    ``rows_excess`` rows and ``bytes_excess`` bytes are gone (or nothing is left).
+
+    Counts them as ``{cause}_non_energy`` / ``{cause}_energy``, keeps ``totals`` right and
+    returns (rows, bytes) deleted. Runs in the caller's transaction. Reads row sizes through a
+    cursor, so memory does not depend on how much is deleted.
+    """
+    gone_rows = gone_bytes = 0
+    for energy, label in ((0, "non_energy"), (1, "energy")):
+        if gone_rows >= rows_excess and gone_bytes >= bytes_excess:
+            break
+        n = size = 0
+        last: int | None = None
+        # energy = 0 uses the partial index; energy = 1 is reached only once no non-energy row
+        # is left, so the rowid scan meets energy rows at once.
+        cur = db.execute(
+            "SELECT seq, length(body) FROM outbox WHERE energy = ? ORDER BY seq", (energy,)
+        )
+        for seq, length in cur:
+            n += 1
+            size += length
+            last = seq
+            if gone_rows + n >= rows_excess and gone_bytes + size >= bytes_excess:
+                break
+        cur.close()
+        if last is None:
+            continue
+        db.execute("DELETE FROM outbox WHERE energy = ? AND seq <= ?", (energy, last))
+        count_drop(db, f"{cause}_{label}", n)
+        gone_rows += n
+        gone_bytes += size
+    if gone_rows:
+        db.execute(
+            "UPDATE totals SET rows = rows - ?, bytes = bytes - ? WHERE id = 1",
+            (gone_rows, gone_bytes),
+        )
+    return gone_rows, gone_bytes
+
+
+def trim_parked(db: sqlite3.Connection, max_parked_rows: int) -> int:
+    """Keep at most ``max_parked_rows`` parked rows (drop the oldest); returns how many went."""
+    (parked,) = db.execute("SELECT count(*) FROM parked").fetchone()
+    excess = int(parked) - max_parked_rows
+    if excess <= 0:
+        return 0
+    db.execute(
+        "DELETE FROM parked WHERE seq IN (SELECT seq FROM parked ORDER BY seq LIMIT ?)", (excess,)
+    )
+    count_drop(db, "parked_overflow", excess)
+    return excess

@@ -1,0 +1,90 @@
+"""Prometheus metrics of the agent, collected at scrape time from the outbox and the counters.
+
+Served by prometheus-client's own HTTP server thread on ``METRICS_HOST:METRICS_PORT``
+(loopback by default; off when the port is 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edge_agent.budget import REASONS
+from edge_agent.outbox import Outbox
+from edge_agent.publisher import Counters
+
+P = "telemetry_edge_"
+
+
+class _Connection(Protocol):
+    connects: int
+
+    @property
+    def connected(self) -> bool: ...
+
+
+class AgentCollector(Collector):
+    def __init__(self, outbox: Outbox, counters: Counters, client: _Connection) -> None:
+        self._outbox = outbox
+        self._counters = counters
+        self._client = client
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        st = self._outbox.stats()
+        c = self._counters
+        yield GaugeMetricFamily(f"{P}outbox_depth", "Readings waiting in the outbox", st.pending)
+        yield GaugeMetricFamily(
+            f"{P}outbox_bytes", "Bytes of the readings waiting", st.pending_bytes
+        )
+        yield GaugeMetricFamily(
+            f"{P}outbox_oldest_age_seconds",
+            "Age of the oldest unsent reading (0 when empty)",
+            st.oldest_age_s or 0.0,
+        )
+        yield GaugeMetricFamily(f"{P}outbox_file_bytes", "Outbox file + WAL size", st.file_bytes)
+        yield GaugeMetricFamily(
+            f"{P}outbox_parked", "Readings parked after a refusal (kept)", st.parked
+        )
+        yield GaugeMetricFamily(
+            f"{P}outbox_disk_full", "1 while a disk-full episode caps the outbox", st.disk_full
+        )
+        dropped = CounterMetricFamily(
+            f"{P}outbox_dropped",
+            "Readings dropped without a PUBACK, by reason (kept across restarts)",
+            labels=["reason"],
+        )
+        for reason in REASONS:
+            dropped.add_metric([reason], st.dropped.get(reason, 0))
+        yield dropped
+        for name, text, value in (
+            ("captured", "Readings stored in the outbox by this process", c.captured),
+            ("published", "Readings acknowledged by the broker (PUBACK)", c.published),
+            ("batches", "Batches acknowledged by the broker", c.batches),
+            ("parked", "Readings parked by this process", c.parked),
+            ("publish_retries", "Batches not acknowledged (sent again later)", c.retries),
+            ("commands", "Commands executed", c.commands),
+            ("commands_refused", "Commands refused (response topic not ours)", c.commands_refused),
+            ("reconnects", "MQTT reconnections after the first connect", self._reconnects()),
+        ):
+            yield CounterMetricFamily(f"{P}{name}", text, value)
+        yield GaugeMetricFamily(f"{P}mqtt_connected", "1 while connected", self._client.connected)
+
+    def _reconnects(self) -> int:
+        return max(0, self._client.connects - 1)
+
+
+def registry_for(outbox: Outbox, counters: Counters, client: _Connection) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(outbox, counters, client))
+    return registry
+
+
+def serve(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+    """Start the metrics HTTP server (a daemon thread); returns it (``.shutdown()`` stops it)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

@@ -1,0 +1,239 @@
+"""The publisher: batches leave the outbox only after the broker's PUBACK.
+
+A *session* runs while the MQTT connection is up. At its start every pending row is backlog
+(drained oldest first at ``drain_rate``); rows captured later are live (never paced). The two
+lanes take turns (:class:`edge_agent.pacing.Lanes`), up to ``max_inflight_batches`` batches
+await their PUBACK at once, and the backlog may use all but one slot, so a live batch never
+waits for a backlog PUBACK. Outcomes per batch:
+
+- PUBACK success: the rows are deleted.
+- PUBACK with a failure reason code (not authorized, ...): permanent; the rows are parked and
+  counted, and publishing goes on with the next batch.
+- connection lost or no PUBACK in ``publish_timeout_s``: the rows stay; the session ends and the
+  next one starts again from the oldest pending row (a replay is harmless), after a capped
+  exponential backoff with jitter if the connection is still up.
+- PUBACK 0x10 "no matching subscribers": the broker took the batch but nobody will receive it
+  (no bridge is subscribed, as right after a broker restart, which does not restore the
+  bridges' shared subscription): treated like a lost PUBACK, the rows stay and are sent again.
+
+Memory: a batch at a time per slot; nothing is proportional to the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from edge_agent.outbox import Outbox, OutboxRow
+from edge_agent.pacing import Backoff, Lane, Lanes, TokenBucket
+from edge_agent.settings import EdgeSettings
+from telemetry_common.mqtt import (
+    AsyncMqttClient,
+    NoSubscribersError,
+    NotConnectedError,
+    PublishLostError,
+    PublishRejectedError,
+)
+from telemetry_common.schema import SCHEMA_ID
+
+log = logging.getLogger(__name__)
+
+#: Upper bound on one idle wait, so a missed wake-up costs at most this.
+IDLE_WAIT_S: Final = 1.0
+#: Room for the envelope around the readings.
+ENVELOPE_BYTES: Final = 256
+
+
+def build_payload(gateway_id: str, rows: list[OutboxRow]) -> bytes:
+    """The ReadingBatch JSON for ``rows`` (bodies are stored already validated)."""
+    head = b'{"schema":"%s","gateway_id":"%s","readings":[' % (
+        SCHEMA_ID.encode(),
+        gateway_id.encode(),
+    )
+    return head + b",".join(r.reading_json() for r in rows) + b"]}"
+
+
+@dataclass(slots=True)
+class Counters:
+    """What this process did (the outbox's own counters survive restarts; these do not)."""
+
+    captured: int = 0
+    published: int = 0
+    batches: int = 0
+    parked: int = 0
+    retries: int = 0
+    live_batches: int = 0
+    backlog_batches: int = 0
+    commands: int = 0
+    commands_refused: int = 0
+
+
+class Publisher:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        outbox: Outbox,
+        client: AsyncMqttClient,
+        counters: Counters,
+        *,
+        drain_rate: float | None = None,
+    ) -> None:
+        self._s = settings
+        self._outbox = outbox
+        self._client = client
+        self.counters = counters
+        self._topic = settings.topics.readings(settings.gateway_id)
+        rate = settings.drain_rate if drain_rate is None else drain_rate
+        self.bucket = TokenBucket(rate, settings.batch_max_readings)
+        self.lanes = Lanes()
+        self._wake = asyncio.Event()
+        self._failed = False
+        self._flush = False
+        self._backlog_inflight = 0
+        self._linger_left = 0.0
+
+    def notify(self) -> None:
+        """New rows are in the outbox."""
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Send the current backlog without pacing (the ``flush`` command)."""
+        self._flush = True
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Publish until cancelled or, once ``stop`` is set, until the outbox is empty."""
+        backoff = Backoff(0.5, self._s.reconnect_max_s)
+        while True:
+            await self._client.wait_connected()
+            if await self._session(stop):
+                return
+            if self._failed and self._client.connected:
+                await asyncio.sleep(backoff.next())
+            elif not self._failed:
+                backoff.reset()
+
+    async def _session(self, stop: asyncio.Event | None) -> bool:
+        """One connection's worth of publishing; True once ``stop`` is set and all is sent."""
+        last = await asyncio.to_thread(self._outbox.last_seq)
+        pending = await asyncio.to_thread(self._outbox.pending)
+        # Less than a batch waiting is no backlog: it all goes as live (and lingers with what
+        # is being captured right now, rather than being split at the connect).
+        self.lanes.reset(last if pending >= self._s.batch_max_readings else 0)
+        self._failed = False
+        self._backlog_inflight = 0
+        window = self._s.max_inflight_batches
+        backlog_slots = max(1, window - 1)
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._failed and self._client.connected:
+                self._wake.clear()
+                if len(inflight) < window:
+                    picked = await self._pick(self._backlog_inflight < backlog_slots)
+                    if picked is not None:
+                        task = asyncio.create_task(self._send(*picked))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                        continue
+                    if not inflight and stop is not None and stop.is_set() and await self._empty():
+                        return True
+                await self._idle(inflight)
+        finally:
+            if inflight:  # each is bounded by publish_timeout_s
+                await asyncio.wait(inflight)
+        return False
+
+    async def _empty(self) -> bool:
+        return await asyncio.to_thread(self._outbox.pending) == 0
+
+    async def _idle(self, inflight: set[asyncio.Task[None]]) -> None:
+        timeout = IDLE_WAIT_S
+        if self._linger_left > 0:
+            timeout = min(timeout, self._linger_left)
+        if not self.lanes.backlog_done and not self._flush:
+            timeout = min(timeout, max(0.01, self.bucket.wait_s()))
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait(
+                {wake, *inflight}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            wake.cancel()
+
+    async def _pick(self, backlog_ok: bool) -> tuple[Lane, list[OutboxRow]] | None:
+        s, lanes = self._s, self.lanes
+        max_bytes = s.batch_max_bytes - ENVELOPE_BYTES
+        self._linger_left = 0.0
+        for lane in lanes.order():
+            if lane == "live":
+                fetch = self._outbox.batch_after
+                limit = s.batch_max_readings
+                rows = await asyncio.to_thread(fetch, lanes.live_after, None, limit, max_bytes)
+                if rows and len(rows) < limit and s.linger_s > 0:
+                    young = s.linger_s - (time.time() - rows[0].captured_at)
+                    if young > 0:  # let readings captured together travel together
+                        self._linger_left = young
+                        continue
+            else:
+                if not backlog_ok or lanes.backlog_done:
+                    continue
+                n = s.batch_max_readings if self._flush else self.bucket.available()
+                if n == 0:
+                    continue
+                rows = await asyncio.to_thread(
+                    self._outbox.batch_after, lanes.backlog_after, lanes.floor, n, max_bytes
+                )
+                if not rows:
+                    lanes.backlog_done = True
+                    self._flush = False
+                    continue
+                if not self._flush:
+                    self.bucket.take(len(rows))
+            if rows:
+                lanes.sent(lane, rows[-1].seq)
+                return lane, rows
+        return None
+
+    async def _send(self, lane: Lane, rows: list[OutboxRow]) -> None:
+        seqs = [r.seq for r in rows]
+        if lane == "backlog":
+            self._backlog_inflight += 1
+        try:
+            async with asyncio.timeout(self._s.publish_timeout_s):
+                await self._client.publish(
+                    self._topic,
+                    build_payload(self._s.gateway_id, rows),
+                    require_subscribers=True,
+                )
+        except PublishRejectedError as exc:
+            # Permanent: retrying cannot help, deleting would lose data. Park and count.
+            await asyncio.to_thread(self._outbox.park, seqs, exc.reason)
+            self.counters.parked += len(seqs)
+            log.error(
+                "broker refused a batch of %d readings (%s); parked seq %d..%d",
+                len(seqs),
+                exc.reason,
+                seqs[0],
+                seqs[-1],
+            )
+            return
+        except (PublishLostError, NotConnectedError, NoSubscribersError, TimeoutError) as exc:
+            self.counters.retries += 1
+            self._failed = True
+            self._wake.set()
+            log.warning("batch of %d not acknowledged (%s); it stays in the outbox", len(seqs), exc)
+            return
+        finally:
+            if lane == "backlog":
+                self._backlog_inflight -= 1
+        await asyncio.to_thread(self._outbox.delete, seqs)
+        c = self.counters
+        c.published += len(seqs)
+        c.batches += 1
+        if lane == "live":
+            c.live_batches += 1
+        else:
+            c.backlog_batches += 1

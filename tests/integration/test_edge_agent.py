@@ -1,0 +1,517 @@
+"""The edge agent as a process against a real Mosquitto (issue 3): a broker outage, repeated
+SIGKILLs, the outbox budget, not-authorized PUBACKs, commands over MQTT 5 and its metrics.
+
+The agent is the real ``edge-agent`` console script. What reaches the broker is read by a
+persistent-session subscriber with the bridge's identity; the outbox by ``edge-agent outbox``.
+Tests that stop the broker start one of their own (``own_broker``) on fixed ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.outbox import Outbox, OutboxRow
+from telemetry_common.schema import format_ts
+from telemetry_common.tls import client_context
+from telemetry_stack.servers import ManagedProcess, free_port, start_mosquitto
+from telemetry_stack.testing import BrokerInfo, MqttClientFactory, TestPki
+from tests.integration.services import BIN, Procs, mqtt_env, wait_until
+
+pytestmark = pytest.mark.integration
+
+BRIDGE = "telemetry-bridge"
+OPERATOR = "telemetry-operator"
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+class OwnBroker:
+    """A Mosquitto of this test only, restartable on the same ports and state."""
+
+    def __init__(self, pki: TestPki, state: Path) -> None:
+        self.pki = pki
+        self.state = state
+        self.info = BrokerInfo(free_port(), free_port(), pki.ca_file, pki)
+        self.proc: ManagedProcess | None = None
+
+    def start(self) -> None:
+        self.proc = start_mosquitto(
+            self.state, self.pki.pki, self.info.tls_port, self.info.local_port, "chargers/v1"
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+
+@pytest.fixture
+def own_broker(pki: TestPki, tmp_path: Path) -> Iterator[OwnBroker]:
+    b = OwnBroker(pki, tmp_path / "mosquitto")
+    b.start()
+    yield b
+    b.stop()
+
+
+class Collector:
+    """A persistent-session MQTT 5 subscriber (bridge identity) keeping every reading by seq."""
+
+    def __init__(self, broker: BrokerInfo, topic: str) -> None:
+        self.readings: dict[int, dict[str, Any]] = {}
+        self.arrived: dict[int, float] = {}  # seq -> wall-clock time of its first arrival
+        self.messages = 0
+        self._lock = threading.Lock()
+        self._up = threading.Event()
+        cert, key = broker.pki.client(BRIDGE)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"collector-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        c.tls_set_context(client_context(broker.ca_file, cert, key))
+        c.reconnect_delay_set(1, 2)
+        c.on_connect = lambda cl, _u, _f, rc, _p: self._on_connect(cl, rc, topic)
+        c.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        c.connect_async(broker.host, broker.tls_port, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+        if not self._up.wait(10):
+            raise TimeoutError("collector did not connect")
+
+    def _on_connect(self, client: mqtt.Client, rc: ReasonCode, topic: str) -> None:
+        if not rc.is_failure:
+            client.subscribe(topic, qos=1)
+            self._up.set()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        batch = orjson.loads(msg.payload)
+        now = time.time()
+        with self._lock:
+            self.messages += 1
+            for r in batch["readings"]:
+                self.readings[r["seq"]] = r
+                self.arrived.setdefault(r["seq"], now)
+
+    def seqs(self) -> set[int]:
+        with self._lock:
+            return set(self.readings)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def line(gateway: str, i: int, base: datetime, *, energy: bool = True) -> dict[str, Any]:
+    values: dict[str, float] = {"power_w": 100.0 + i % 97, "voltage_v": 230.0 + i % 3}
+    if energy:
+        values["energy_wh"] = 10_000.0 + i
+    return {
+        "charger_id": f"{gateway}-cp{i % 7:03d}",
+        "evse_id": 1,
+        "connector_id": 1,
+        "ts": format_ts(base + timedelta(milliseconds=i)),
+        "status": "Charging",
+        "values": values,
+    }
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(x) + b"\n" for x in lines)
+
+
+def edge_env(broker: BrokerInfo, gateway: str, outbox: Path, **extra: str) -> dict[str, str]:
+    env = mqtt_env("TELEMETRY_EDGE_", broker, gateway) | {
+        "TELEMETRY_EDGE_GATEWAY_ID": gateway,
+        "TELEMETRY_EDGE_OUTBOX_PATH": str(outbox),
+        "TELEMETRY_EDGE_RECONNECT_MAX_S": "2",
+        "TELEMETRY_EDGE_PUBLISH_TIMEOUT_S": "10",
+    }
+    return env | {f"TELEMETRY_EDGE_{k}": v for k, v in extra.items()}
+
+
+def outbox_cli(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    out = subprocess.run(
+        [str(BIN / "edge-agent"), "outbox", *args, "--json"],
+        capture_output=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+    result: dict[str, Any] = orjson.loads(out.stdout.splitlines()[-1])
+    return result
+
+
+def open_fifo_writer(path: Path, timeout: float = 20.0) -> int:
+    """The write end of a FIFO, once the agent opened the read end (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+
+
+def metrics(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: dict[str, float] = {}
+    for row in text.splitlines():
+        if row and not row.startswith("#"):
+            name, value = row.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def stopped(proc: ManagedProcess) -> Callable[[], bool]:
+    return lambda: not proc.is_running()
+
+
+def logged(proc: ManagedProcess, text: str) -> Callable[[], bool]:
+    return lambda: proc.log_file.exists() and text in proc.log_file.read_text()
+
+
+def peek_pending(outbox: Path) -> dict[int, bytes]:
+    """The pending rows as a reader sees them while the agent runs (a WAL snapshot)."""
+    with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT seq, body FROM outbox").fetchall()
+    return {seq: OutboxRow(seq, bytes(body)).reading_json() for seq, body in rows}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_broker_outage_every_reading_arrives_exactly_as_produced(
+    own_broker: OwnBroker, procs: Procs, tmp_path: Path
+) -> None:
+    """The broker is stopped while the agent captures 5,000 readings, then started again: all
+    7,000 readings arrive with seq 1..7000 and exactly the produced values, the outbox ends
+    empty, and the metrics showed the backlog while the broker was down."""
+    gateway = unique("gw-out")
+    broker = own_broker.info
+    collector = Collector(broker, broker.topics.readings(gateway))
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    produced = [line(gateway, i, base) for i in range(7000)]
+    fifo = tmp_path / "feed.fifo"
+    os.mkfifo(fifo)
+    outbox = tmp_path / "outbox.sqlite3"
+    port = free_port()
+    env = edge_env(broker, gateway, outbox, METRICS_PORT=str(port))
+    edge = procs.start(
+        "edge", [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(fifo)], env
+    )
+    fd = open_fifo_writer(fifo)
+    try:
+        os.write(fd, jsonl(produced[:1000]))
+        wait_until("the first 1000 readings", lambda: len(collector.seqs()) == 1000)
+        own_broker.stop()
+        for start in range(1000, 6000, 500):
+            os.write(fd, jsonl(produced[start : start + 500]))
+            time.sleep(0.05)
+        wait_until("6000 captures", lambda: metrics(port)["telemetry_edge_captured_total"] == 6000)
+        seen = metrics(port)
+        assert seen["telemetry_edge_outbox_depth"] >= 5000
+        assert seen["telemetry_edge_mqtt_connected"] == 0
+        assert seen["telemetry_edge_outbox_oldest_age_seconds"] > 0
+        own_broker.start()
+        os.write(fd, jsonl(produced[6000:]))
+    finally:
+        os.close(fd)
+    wait_until("every reading", lambda: len(collector.seqs()) == 7000, timeout=60)
+    wait_until("the agent to exit", lambda: not edge.is_running())
+    assert edge.returncode() == 0, edge.log_tail()
+    collector.close()
+    assert collector.seqs() == set(range(1, 7001))
+    for seq, reading in collector.readings.items():
+        assert reading == {"seq": seq, **produced[seq - 1]}
+    st = outbox_cli("stats", "--path", str(outbox))
+    assert (st["pending"], st["parked"], st["dropped"]) == (0, 0, {})
+
+
+def test_sigkill_at_random_points_loses_no_accepted_reading(
+    broker: BrokerInfo, procs: Procs, tmp_path: Path
+) -> None:
+    """The agent (simulator, ~2500 readings/s) is SIGKILLed 6 times at random moments while it
+    publishes and restarted each time; then `outbox drain` sends the rest. Every seq the
+    outbox ever assigned arrives, and each reading seen pending in the outbox (sampled while
+    the agent ran and after each kill) arrives unchanged."""
+    gateway = unique("gw-kill")
+    collector = Collector(broker, broker.topics.readings(gateway))
+    outbox = tmp_path / "outbox.sqlite3"
+    env = edge_env(
+        broker, gateway, outbox, SIM__CHARGERS="50", SIM__INTERVAL_S="0.02", SIM__SEED="3"
+    )
+    rng = random.Random(7)
+    pending_at_kill: dict[int, bytes] = {}
+    argv = [str(BIN / "edge-agent"), "run", "--source", "sim"]
+    for round_ in range(6):
+        edge = procs.start(f"edge-{round_}", argv, env)
+        edge.wait_ready(logged(edge, "MQTT connected"), 20)
+        deadline = time.monotonic() + rng.uniform(0.3, 2.0)
+        while time.monotonic() < deadline:  # what is pending now was accepted: keep it
+            pending_at_kill.update(peek_pending(outbox))
+            time.sleep(0.05)
+        assert edge.pid is not None
+        os.kill(edge.pid, signal.SIGKILL)
+        wait_until("the agent to die", stopped(edge), timeout=10)
+        pending_at_kill.update(peek_pending(outbox))
+    result = outbox_cli("drain", "--timeout", "60", env=env)
+    assert result["pending"] == 0
+    with Outbox(outbox) as box:
+        st = box.stats()
+    assert st.pending == 0
+    assert st.dropped == {}
+    every = set(range(1, st.last_seq_assigned + 1))
+    wait_until("every accepted reading", lambda: every <= collector.seqs(), timeout=60)
+    collector.close()
+    assert len(every) > 1000
+    assert pending_at_kill
+    for seq, body in pending_at_kill.items():
+        assert collector.readings[seq] == orjson.loads(body)
+
+
+def test_budget_keeps_energy_readings_and_counts_what_it_dropped(
+    own_broker: OwnBroker, procs: Procs, tmp_path: Path
+) -> None:
+    """With the broker down and OUTBOX__MAX_ROWS=100, 400 readings (1 in 4 with energy_wh)
+    are captured: exactly the documented set is kept (every energy reading, then the newest
+    non-energy ones), the drop counters say how many went by which rule, and once the broker
+    is back exactly that set arrives."""
+    gateway = unique("gw-budget")
+    broker = own_broker.info
+    collector = Collector(broker, broker.topics.readings(gateway))
+    own_broker.stop()
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    produced = [line(gateway, i, base, energy=i % 4 == 0) for i in range(400)]
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(jsonl(produced))
+    outbox = tmp_path / "outbox.sqlite3"
+    env = edge_env(broker, gateway, outbox, OUTBOX__MAX_ROWS="100")
+    edge = procs.start(
+        "edge", [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(feed)], env
+    )
+    wait_until("400 captures", lambda: outbox.exists() and _last_seq(outbox) == 400)
+    # Policy: 100 energy readings fill the budget exactly, so every non-energy reading goes.
+    energy_seqs = {i + 1 for i in range(400) if i % 4 == 0}
+    st = outbox_cli("stats", "--path", str(outbox))
+    assert st["pending"] == 100
+    assert st["dropped"] == {"budget_non_energy": 300}
+    own_broker.start()
+    wait_until("the agent to send and exit", lambda: not edge.is_running(), timeout=60)
+    assert edge.returncode() == 0, edge.log_tail()
+    wait_until("the kept readings", lambda: collector.seqs() == energy_seqs)
+    time.sleep(0.5)  # nothing else arrives
+    collector.close()
+    assert collector.seqs() == energy_seqs
+    for seq in energy_seqs:
+        assert collector.readings[seq] == {"seq": seq, **produced[seq - 1]}
+
+
+def _last_seq(outbox: Path) -> int:
+    with contextlib.closing(Outbox(outbox)) as box:
+        return box.last_seq()
+
+
+def test_not_authorized_batches_are_parked_and_publishing_goes_on(
+    broker: BrokerInfo, procs: Procs, tmp_path: Path
+) -> None:
+    """A misconfigured topic root makes the broker refuse every batch (PUBACK 0x87): each of
+    its batches (at least 4) is parked and counted, the agent neither stops at the first nor
+    retries, and finishes; run again with the right root, new readings go through while the
+    parked ones stay parked for the operator."""
+    gateway = unique("gw-acl")
+    collector = Collector(broker, broker.topics.readings(gateway))
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    first = tmp_path / "first.jsonl"
+    first.write_bytes(jsonl([line(gateway, i, base) for i in range(350)]))
+    outbox = tmp_path / "outbox.sqlite3"
+    wrong = edge_env(broker, gateway, outbox, TOPIC_ROOT="fleet/wrong", BATCH_MAX_READINGS="100")
+    run = [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file"]
+    edge = procs.start("edge-wrong", [*run, str(first)], wrong)
+    wait_until("the misconfigured agent to finish", lambda: not edge.is_running())
+    assert edge.returncode() == 0, edge.log_tail()
+    assert edge.log_file.read_text().count("parked seq") >= 4
+    st = outbox_cli("stats", "--path", str(outbox))
+    assert (st["pending"], st["parked"], st["dropped"]) == (0, 350, {})
+    parked = subprocess.run(
+        [str(BIN / "edge-agent"), "outbox", "peek", "--parked", "-n", "1", "--json"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "TELEMETRY_EDGE_OUTBOX_PATH": str(outbox)},
+    )
+    assert orjson.loads(parked.stdout)["reason"] == "Not authorized"
+
+    second = tmp_path / "second.jsonl"
+    second.write_bytes(jsonl([line(gateway, i, base) for i in range(350, 400)]))
+    right = edge_env(broker, gateway, outbox, BATCH_MAX_READINGS="100")
+    edge = procs.start("edge-right", [*run, str(second)], right)
+    wait_until("the fixed agent to finish", lambda: not edge.is_running())
+    assert edge.returncode() == 0, edge.log_tail()
+    wait_until("the new readings", lambda: collector.seqs() == set(range(351, 401)))
+    collector.close()
+    st = outbox_cli("stats", "--path", str(outbox))
+    assert (st["pending"], st["parked"]) == (0, 350)
+
+
+def test_commands_round_trip_over_mqtt5_with_correlation_data(
+    broker: BrokerInfo, procs: Procs, tmp_path: Path, mqtt_client: MqttClientFactory
+) -> None:
+    """The operator identity sends ping, set-interval, outbox-stats, flush and an unknown
+    command with a Response Topic under the gateway's reply/ and Correlation Data; each answer
+    arrives there with the same correlation data. A command naming another gateway's reply
+    topic is refused (not executed, not answered, counted)."""
+    gateway = unique("gw-cmd")
+    outbox = tmp_path / "outbox.sqlite3"
+    port = free_port()
+    # Someone must consume the readings: a batch no subscription matches is not delivered.
+    consumer = mqtt_client("telemetry-bridge")
+    consumer.subscribe(broker.topics.readings(gateway), qos=1)
+    env = edge_env(broker, gateway, outbox, METRICS_PORT=str(port), SIM__INTERVAL_S="5")
+    edge = procs.start("edge", [str(BIN / "edge-agent"), "run", "--source", "sim"], env)
+    edge.wait_ready(logged(edge, "subscribed to"), 20)
+
+    answers: dict[bytes, dict[str, Any]] = {}
+    elsewhere: list[str] = []
+    done = threading.Condition()
+    cert, key = broker.pki.client(OPERATOR)
+    op = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("op"), protocol=mqtt.MQTTv5)
+    op.tls_set_context(client_context(broker.ca_file, cert, key))
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        correlation = getattr(msg.properties, "CorrelationData", b"")
+        with done:
+            if msg.topic == reply_topic:
+                answers[bytes(correlation)] = orjson.loads(msg.payload)
+            else:
+                elsewhere.append(msg.topic)
+            done.notify_all()
+
+    reply_topic = broker.topics.reply(gateway, "op-1")
+    op.on_message = on_message
+    op.connect(broker.host, broker.tls_port)
+    op.loop_start()
+    try:
+        op.subscribe(f"{broker.topic_root}/+/reply/#", qos=1)
+        time.sleep(0.5)
+
+        def ask(name: str, payload: dict[str, Any], corr: bytes, reply: str = reply_topic) -> None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = reply
+            props.CorrelationData = corr
+            info = op.publish(
+                broker.topics.cmd(gateway, name), orjson.dumps(payload), qos=1, properties=props
+            )
+            info.wait_for_publish(10)
+
+        ask("ping", {}, b"c-ping")
+        ask("set-interval", {"interval_s": 0.05}, b"c-int")
+        ask("reboot", {}, b"c-unknown")
+        ask("ping", {}, b"c-bad", reply=broker.topics.reply(f"{gateway}x", "op-1"))
+        with done:
+            assert done.wait_for(lambda: len(answers) >= 3, timeout=15), answers
+        # set-interval took effect: 2 chargers every 50 ms instead of every 5 s.
+        wait_until("faster capture", lambda: metrics(port)["telemetry_edge_captured_total"] > 40)
+        ask("outbox-stats", {}, b"c-stats")
+        ask("flush", {"timeout_s": 5}, b"c-flush")
+        with done:
+            assert done.wait_for(lambda: len(answers) >= 5, timeout=15), answers
+    finally:
+        op.disconnect()
+        op.loop_stop()
+    assert answers[b"c-ping"]["ok"]
+    assert answers[b"c-ping"]["gateway_id"] == gateway
+    assert answers[b"c-int"] == {
+        "ok": True,
+        "command": "set-interval",
+        "interval_s": 0.05,
+        "previous_s": 5.0,
+    }
+    assert answers[b"c-unknown"]["error"] == "unknown_command"
+    assert answers[b"c-stats"]["stats"]["last_seq_assigned"] > 40
+    assert answers[b"c-flush"]["ok"]
+    assert b"c-bad" not in answers
+    assert elsewhere == []
+    m = metrics(port)
+    assert m["telemetry_edge_commands_refused_total"] == 1
+    assert m["telemetry_edge_commands_total"] == 5
+    assert m["telemetry_edge_published_total"] > 40
+    assert m['telemetry_edge_outbox_dropped_total{reason="budget_energy"}'] == 0
+
+
+def test_backlog_drains_oldest_first_at_its_rate_while_live_readings_flow(
+    broker: BrokerInfo, procs: Procs, tmp_path: Path
+) -> None:
+    """A 30,000-reading backlog drains at DRAIN_RATE=6000/s, oldest first, while the simulator
+    keeps capturing 100 readings/s: no live reading waits more than a couple of seconds (it
+    would wait for the whole backlog without the alternation), and the backlog takes at least
+    the time its rate allows."""
+    gateway = unique("gw-drain")
+    collector = Collector(broker, broker.topics.readings(gateway))
+    outbox = tmp_path / "outbox.sqlite3"
+    old = datetime.now(UTC) - timedelta(hours=1)
+    body = line(gateway, 0, old)
+    with Outbox(outbox) as box:
+        for chunk in range(30):
+            box.append(
+                [
+                    orjson.dumps({**body, "ts": format_ts(old + timedelta(milliseconds=i))})
+                    for i in range(chunk * 1000, chunk * 1000 + 1000)
+                ]
+            )
+    env = edge_env(
+        broker,
+        gateway,
+        outbox,
+        DRAIN_RATE="6000",
+        SIM__CHARGERS="10",
+        SIM__INTERVAL_S="0.1",
+    )
+    procs.start("edge", [str(BIN / "edge-agent"), "run", "--source", "sim"], env)
+    backlog = set(range(1, 30_001))
+    wait_until("the backlog", lambda: backlog <= collector.seqs(), timeout=60)
+    collector.close()
+    arrived = collector.arrived
+    order = sorted(backlog, key=lambda q: (arrived[q], q))
+    assert order == sorted(backlog)  # oldest first
+    start, end = arrived[1], arrived[30_000]
+    assert end - start >= 29_000 / 6000 * 0.8  # paced (first burst may go at once)
+    live = {
+        seq: arrived[seq] - datetime.fromisoformat(r["ts"]).timestamp()
+        for seq, r in collector.readings.items()
+        if seq > 30_000 and start <= arrived[seq] <= end
+    }
+    assert len(live) >= 200  # live readings did arrive during the drain
+    assert max(live.values()) < 2.0, sorted(live.values())[-5:]
