@@ -1,13 +1,26 @@
-"""The REST API of charger-telemetry: FastAPI over InfluxQL (``telemetry-api``).
+"""The REST API of charger-telemetry: FastAPI over InfluxQL and MQTT (``telemetry-api``).
 
 settings.py   ApiSettings (env prefix TELEMETRY_API_)
-influxql.py   the only place InfluxQL text is built (quoting, allow-lists)
-influx.py     async InfluxQL client over the v1 ``/query`` endpoint
-auth.py       ``X-API-Key`` roles: read, ingest, admin
+auth.py       ``X-API-Key`` roles: read, ingest, admin; ingest keys bound to gateways
 problems.py   every error as ``application/problem+json``
-readings.py   response models and InfluxDB rows -> readings (pure)
-timespec.py   ``start``/``end``/``every`` parameters (RFC 3339, ``-1h``) (pure)
+deps.py       typed access to app.state (settings, InfluxQL client, mirror, broker, clocks)
+broker.py     the MQTT session: feeds the mirror, publishes ingested batches
+mirror.py     in-memory mirror of the live feed and gateway states (pure)
+snapshot.py   a charger's newest reading from a live message or an InfluxDB row (pure)
+latest.py     when memory is enough for ``latest``, else InfluxDB (newest wins)
+state.py      online / stale / offline (pure)
+index.py      the charger index behind the charger list
+readings.py   response models, InfluxDB rows -> points (pure)
+timespec.py   ``start``/``end``/``every`` parameters (pure)
+params.py     parameters shared by routes (charger id, fields, windows)
+cursor.py     opaque paging cursors (pure)
+ingest.py     HTTP ingest bodies -> validated readings -> MQTT payloads (pure)
+seqs.py       seq numbering of HTTP-ingested readings per gateway
+metrics.py    Prometheus registry and the request timing middleware
 routes/       one module per group of endpoints
 app.py        ``create_app(settings)``
 __main__.py   ``main()``: uvicorn
+
+InfluxQL text is built only in ``telemetry_common/influxql.py``; the async InfluxQL client is
+``telemetry_common/influx_query.py``. See docs/query-api.md.
 """

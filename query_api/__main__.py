@@ -21,6 +21,13 @@ EPILOG = """environment:
   TELEMETRY_API_INFLUX__URL      InfluxDB (default http://127.0.0.1:8086); __DATABASE (telemetry),
                                  __USERNAME/__PASSWORD (1.x) or __TOKEN (2.x/3.x v1-compat)
   TELEMETRY_API_HISTORY_MAX_RANGE, _HISTORY_MAX_POINTS   caps of history queries
+  TELEMETRY_API_MQTT__HOST, __PORT, __CA_FILE, __CERT_FILE, __KEY_FILE
+                                 the broker (certificate CN telemetry-api): live mirror for
+                                 latest, HTTP ingest; unset: latest from InfluxDB, ingest 503
+  TELEMETRY_API_INGEST_GATEWAY   gateway id of the ingest/admin keys (default http-ingest);
+                                 _INGEST_KEYS JSON {"gateway": "key"}; _INGEST_SEQ_FILE
+  TELEMETRY_API_BRIDGE_URLS      JSON list of bridge URLs for /v1/pipeline/status
+  more (state thresholds, caps, mirror): docs/query-api.md
   TELEMETRY_API_LOG_LEVEL, _LOG_FORMAT (auto|json|text)
 """
 

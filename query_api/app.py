@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -9,14 +10,23 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from query_api import problems
-from query_api.routes import chargers, health
+from query_api.broker import BrokerLink, Publisher
+from query_api.index import ChargerIndex
+from query_api.metrics import ApiMetrics, TimingMiddleware
+from query_api.mirror import LiveMirror
+from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats
+from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL, InfluxQLClient
 
-DESCRIPTION = """Readings of EV chargers stored in InfluxDB.
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Readings of EV chargers stored in InfluxDB, and HTTP ingest into the pipeline.
 
 Every `/v1` endpoint needs an `X-API-Key` of the role it names (an `admin` key may do all).
 Every error is `application/problem+json` (RFC 9457) with `type`, `title`, `status`, `detail`.
+`latest` is served from the API's mirror of the live feed when that is provably current, else
+from InfluxDB; see docs/query-api.md.
 """
 
 
@@ -27,19 +37,32 @@ def _version() -> str:
         return "0+unknown"
 
 
-def create_app(settings: ApiSettings, *, influx: InfluxQL | None = None) -> FastAPI:
+def create_app(
+    settings: ApiSettings,
+    *,
+    influx: InfluxQL | None = None,
+    broker: Publisher | None = None,
+) -> FastAPI:
     """The API for ``settings``. Without ``influx``, the lifespan opens an :class:`InfluxQLClient`
-    on ``settings.influx`` and closes it at shutdown; a given ``influx`` is used as it is."""
+    on ``settings.influx``; without ``broker`` and with ``settings.mqtt``, it opens a
+    :class:`BrokerLink` that feeds ``app.state.mirror``. Given ones are used as they are."""
+    mirror = LiveMirror(settings.topics, max_chargers=settings.mirror_max_chargers)
+    metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if influx is None:
                 app.state.influx = await stack.enter_async_context(InfluxQLClient(settings.influx))
+            app.state.seqs = SeqAllocator(app.state.influx, settings.ingest_seq_file)
+            if broker is None and settings.mqtt is not None:
+                app.state.broker = await stack.enter_async_context(BrokerLink(settings, mirror))
+                log.info("live mirror: connecting to %s:%s", settings.mqtt.host, settings.mqtt.port)
             try:
                 yield
             finally:
                 app.state.influx = influx
+                app.state.broker = broker
 
     app = FastAPI(
         title="charger-telemetry API",
@@ -49,10 +72,23 @@ def create_app(settings: ApiSettings, *, influx: InfluxQL | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.influx = influx
+    app.state.broker = broker
+    app.state.mirror = mirror
+    app.state.metrics = metrics
+    app.state.charger_index = ChargerIndex(settings.chargers_cache_s)
+    app.state.seqs = SeqAllocator(influx, settings.ingest_seq_file) if influx is not None else None
     app.state.api_keys = {
         role: key.get_secret_value().encode() for role, key in settings.keys.items()
     }
+    app.state.ingest_keys = {
+        gw: key.get_secret_value().encode() for gw, key in settings.ingest_keys.items()
+    }
+    metrics.mirror_chargers.set_function(lambda: float(len(mirror)))
+    metrics.broker_connected.set_function(
+        lambda: 1.0 if app.state.broker is not None and app.state.broker.connected else 0.0
+    )
     problems.install(app)
-    app.include_router(health.router)
-    app.include_router(chargers.router)
+    app.add_middleware(TimingMiddleware, metrics=metrics)
+    for module in (health, chargers, history, stats, fleet, ingest, pipeline):
+        app.include_router(module.router)
     return app

@@ -1,33 +1,63 @@
-"""Typed access to what ``create_app`` put on ``app.state`` (settings, the InfluxQL client)."""
+"""Typed access to what ``create_app`` put on ``app.state`` (settings, clients, the mirror).
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread,
+which cost more than the whole ``latest`` answer from memory.
+"""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from query_api.broker import Publisher
+from query_api.mirror import LiveMirror
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL
 
 
-def get_settings(request: Request) -> ApiSettings:
+async def get_settings(request: Request) -> ApiSettings:
     settings: ApiSettings = request.app.state.settings
     return settings
 
 
-def get_influx(request: Request) -> InfluxQL:
+def influx_of(request: Request) -> InfluxQL:
     influx: InfluxQL | None = request.app.state.influx
     if influx is None:
         raise RuntimeError("the InfluxQL client is not open: run the app with its lifespan")
     return influx
 
 
-def get_now() -> datetime:
+async def get_influx(request: Request) -> InfluxQL:
+    return influx_of(request)
+
+
+async def get_mirror(request: Request) -> LiveMirror:
+    mirror: LiveMirror = request.app.state.mirror
+    return mirror
+
+
+async def get_broker(request: Request) -> Publisher | None:
+    """The broker session, or None when the API runs without one (TELEMETRY_API_MQTT unset)."""
+    broker: Publisher | None = request.app.state.broker
+    return broker
+
+
+async def get_now() -> datetime:
     """The moment of the request (a dependency, so tests can pin it)."""
     return datetime.now(UTC)
 
 
+async def get_mono() -> float:
+    """A monotonic clock reading (a dependency, so tests can move time)."""
+    return time.monotonic()
+
+
 Settings = Annotated[ApiSettings, Depends(get_settings)]
 Influx = Annotated[InfluxQL, Depends(get_influx)]
+Mirror = Annotated[LiveMirror, Depends(get_mirror)]
+Broker = Annotated[Publisher | None, Depends(get_broker)]
 Now = Annotated[datetime, Depends(get_now)]
+Mono = Annotated[float, Depends(get_mono)]

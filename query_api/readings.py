@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from query_api.state import ChargerState
 from telemetry_common.influxql import Aggregate
 from telemetry_common.schema import format_ts
 from telemetry_common.storage import META_FIELDS, TAG_KEYS
@@ -28,7 +29,11 @@ _READING_EXAMPLE: Final[dict[str, Any]] = {
 class LatestReading(BaseModel):
     """A charger's newest stored reading, shaped like a DESIGN.md reading, plus its age."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{**_READING_EXAMPLE, "age_s": 4.2}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{**_READING_EXAMPLE, "age_s": 4.2, "state": "online", "source": "mirror"}]
+        }
+    )
 
     charger_id: str
     gateway_id: str | None
@@ -39,6 +44,12 @@ class LatestReading(BaseModel):
     status: str | None
     values: dict[str, float]
     age_s: float = Field(description="seconds from ts to the moment of the answer")
+    state: ChargerState = Field(
+        description="online / stale / offline, from age_s and the gateway's birth/last will"
+    )
+    source: Literal["mirror", "influxdb"] = Field(
+        description="mirror: the API's copy of the live feed; influxdb: read from the store"
+    )
 
 
 class HistoryPoint(BaseModel):
@@ -88,6 +99,11 @@ class HistoryPage(BaseModel):
     agg: Aggregate | None = None
     limit: int
     truncated: bool = Field(description="true when limit points were returned: more may follow")
+    next_cursor: str | None = Field(
+        default=None,
+        description="pass as `cursor` (with the same parameters) for the next page; "
+        "absent on the last page",
+    )
     points: list[HistoryPoint]
 
 
@@ -95,7 +111,7 @@ def from_epoch_ns(ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
-def _int_tag(value: Any) -> int | None:
+def tag_int(value: Any) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -110,25 +126,9 @@ def _seq(value: Any) -> int | None:
     return int(value) if _is_number(value) else None
 
 
-def _values(row: dict[str, Any]) -> dict[str, float]:
+def row_values(row: dict[str, Any]) -> dict[str, float]:
     skip = {"time", *TAG_KEYS, *META_FIELDS}
     return {k: float(v) for k, v in row.items() if k not in skip and _is_number(v)}
-
-
-def row_to_latest(charger_id: str, row: dict[str, Any], now: datetime) -> LatestReading:
-    ts = from_epoch_ns(int(row["time"]))
-    status = row.get("status")
-    return LatestReading(
-        charger_id=charger_id,
-        gateway_id=row.get("gateway_id"),
-        evse_id=_int_tag(row.get("evse_id")) or 0,
-        connector_id=_int_tag(row.get("connector_id")) or 0,
-        seq=_seq(row.get("seq")),
-        ts=format_ts(ts),
-        status=status if isinstance(status, str) else None,
-        values=_values(row),
-        age_s=round((now - ts).total_seconds(), 3),
-    )
 
 
 def row_to_point(row: dict[str, Any]) -> HistoryPoint:
@@ -136,11 +136,11 @@ def row_to_point(row: dict[str, Any]) -> HistoryPoint:
     return HistoryPoint(
         ts=format_ts(from_epoch_ns(int(row["time"]))),
         gateway_id=row.get("gateway_id"),
-        evse_id=_int_tag(row.get("evse_id")),
-        connector_id=_int_tag(row.get("connector_id")),
+        evse_id=tag_int(row.get("evse_id")),
+        connector_id=tag_int(row.get("connector_id")),
         seq=_seq(row.get("seq")),
         status=status if isinstance(status, str) else None,
-        values=_values(row),
+        values=row_values(row),
     )
 
 

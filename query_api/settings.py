@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from telemetry_common.errors import ConfigError
-from telemetry_common.settings import InfluxSettings, ServiceSettings
+from telemetry_common.ids import Id
+from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings
 
 Role = Literal["read", "ingest", "admin"]
 ROLES: tuple[Role, ...] = ("read", "ingest", "admin")
 
 KEYS_ENV = "TELEMETRY_API_KEYS"
+#: Gateway ids an ingest key may not be bound to: topic levels and identities the ACL reserves.
+RESERVED_INGEST_GATEWAYS = frozenset(
+    {"live", "deadletter", "telemetry-bridge", "telemetry-api", "ca", "server"}
+)
 
 
 class ApiSettings(ServiceSettings):
@@ -40,6 +46,44 @@ class ApiSettings(ServiceSettings):
     history_default_limit: int | None = Field(default=None, ge=1)
     #: Smallest ``every`` of a downsampled history query.
     history_min_every: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
+    #: Longest and default window of ``/stats``.
+    stats_max_range: timedelta = Field(default=timedelta(days=31), gt=timedelta(0))
+    stats_default_range: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
+
+    #: The broker (TLS, client certificate CN ``telemetry-api``). Unset: no live mirror (latest
+    #: from InfluxDB only) and ``POST /v1/telemetry`` answers 503.
+    mqtt: MqttSettings | None = None
+    #: MQTT client id; unset: ``telemetry-api-<random>`` (a clean session per process).
+    mqtt_client_id: Id | None = None
+    #: The bridge's TELEMETRY_BRIDGE_LIVE_INTERVAL_S plus a margin: a live value younger than
+    #: this may have a newer reading waiting in the bridge's conflation, so InfluxDB is asked too.
+    live_settle_s: float = Field(default=2.0, ge=0)
+    #: A mirrored value InfluxDB confirmed is served from memory this long, then checked again.
+    latest_trust_s: float = Field(default=60.0, ge=0)
+    #: Most chargers the mirror holds (beyond it, latest is read from InfluxDB).
+    mirror_max_chargers: int = Field(default=1_000_000, ge=1)
+    #: A charger whose newest reading is older than this is ``stale``; older still, ``offline``.
+    state_stale_after_s: float = Field(default=300.0, gt=0)
+    state_offline_after_s: float = Field(default=3600.0, gt=0)
+    #: How long the charger index (newest point per charger, from InfluxDB) is reused.
+    chargers_cache_s: float = Field(default=10.0, ge=0)
+    chargers_max_page: int = Field(default=1000, ge=1, le=100_000)
+
+    #: The gateway identity under which readings sent with the ``ingest`` role key are published
+    #: (``{root}/{gateway}/readings``). Dedicate it to HTTP ingest: the API numbers its ``seq``.
+    ingest_gateway: Id = "http-ingest"
+    #: More ingest keys, each bound to its own gateway: JSON ``{"gateway_id": "key"}``.
+    ingest_keys: dict[Id, SecretStr] = Field(default_factory=dict)
+    #: Where the last ``seq`` used per ingest gateway is kept across restarts (JSON). Unset: the
+    #: next seq is derived from InfluxDB at the first ingest after a start.
+    ingest_seq_file: Path | None = None
+    #: Readings stamped further ahead than this are refused (the bridge would dead-letter them).
+    ingest_max_future_s: float = Field(default=300.0, ge=0)
+    #: How long a publish may wait for the broker's PUBACK.
+    ingest_publish_timeout_s: float = Field(default=10.0, gt=0)
+    #: Bridges whose ``/status`` is served merged on ``/v1/pipeline/status`` (JSON list).
+    bridge_urls: list[AnyHttpUrl] = Field(default_factory=list)
+    bridge_timeout_s: float = Field(default=2.0, gt=0)
 
     @field_validator("keys")
     @classmethod
@@ -51,6 +95,15 @@ class ApiSettings(ServiceSettings):
         values = [k.get_secret_value() for k in keys.values()]
         if len(set(values)) != len(values):
             raise ValueError("two roles share one key; give each role its own key")
+        return keys
+
+    @field_validator("ingest_keys")
+    @classmethod
+    def _usable_ingest_keys(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for gateway, key in keys.items():
+            value = key.get_secret_value()
+            if not value or any(c.isspace() for c in value):
+                raise ValueError(f"the ingest key of {gateway} is empty or contains white space")
         return keys
 
     @model_validator(mode="after")
@@ -74,6 +127,20 @@ class ApiSettings(ServiceSettings):
             raise ConfigError(
                 "TELEMETRY_API_HISTORY_DEFAULT_RANGE", "exceeds TELEMETRY_API_HISTORY_MAX_RANGE"
             )
+        if self.stats_default_range > self.stats_max_range:
+            raise ConfigError(
+                "TELEMETRY_API_STATS_DEFAULT_RANGE", "exceeds TELEMETRY_API_STATS_MAX_RANGE"
+            )
+        if self.state_stale_after_s >= self.state_offline_after_s:
+            raise ConfigError(
+                "TELEMETRY_API_STATE_STALE_AFTER_S", "must be below STATE_OFFLINE_AFTER_S"
+            )
+        all_keys = [k.get_secret_value() for k in (*self.keys.values(), *self.ingest_keys.values())]
+        if len(set(all_keys)) != len(all_keys):
+            raise ConfigError("TELEMETRY_API_INGEST_KEYS", "every key must be distinct")
+        for gateway in (self.ingest_gateway, *self.ingest_keys):
+            if gateway in RESERVED_INGEST_GATEWAYS:
+                raise ConfigError("TELEMETRY_API_INGEST_GATEWAY", f"{gateway!r} is reserved")
         return self
 
     @property

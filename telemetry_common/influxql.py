@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from telemetry_common.errors import TelemetryError
 from telemetry_common.ids import check_id
-from telemetry_common.schema import TS_MAX, TS_MIN, ValueKey
+from telemetry_common.schema import TS_MAX, TS_MIN, Status, ValueKey
 from telemetry_common.storage import MEASUREMENT, META_FIELDS, RESERVED_VALUE_KEYS
 
 Aggregate = Literal["mean", "min", "max", "last", "count", "sum"]
@@ -178,3 +178,61 @@ def count_seq_range_query(
         f"AND {quote_ident('seq')} >= {int(first)} AND {quote_ident('seq')} <= {int(last)} "
         f"AND time >= {time_literal(start)} AND time <= {time_literal(end)}"
     )
+
+
+# --- query API: statistics, fleet counts, ingest seq, readiness ------------------------------
+
+#: The statistics of ``stats_query``, in column order; each column is ``{stat}_{field}``.
+STATS: Final = ("count", "mean", "median", "stddev", "min", "max")
+
+
+def _window(start: datetime, end: datetime) -> str:
+    if start >= end:
+        raise QueryBuildError("start", start, "must be before end")
+    return f"time >= {time_literal(start)} AND time < {time_literal(end)}"
+
+
+def stats_query(charger_id: str, fields: list[str] | None, start: datetime, end: datetime) -> str:
+    """count, mean, median, stddev (sample), min and max of each field of one charger over
+    ``[start, end)`` in one row; columns ``{stat}_{field}`` (with ``fields=None`` every field,
+    ``seq`` and ``status`` included: the caller drops them)."""
+    if fields is None:
+        columns = ", ".join(f"{stat}(*)" for stat in STATS)
+    else:
+        if not fields:
+            raise QueryBuildError("fields", fields, "give at least one field or leave it out")
+        names = list(dict.fromkeys(check_field(f) for f in fields))
+        columns = ", ".join(
+            f"{stat}({quote_ident(f)}) AS {quote_ident(f'{stat}_{f}')}"
+            for f in names
+            for stat in STATS
+        )
+    return (
+        f"SELECT {columns} FROM {quote_ident(MEASUREMENT)} "
+        f"WHERE {_charger_filter(charger_id)} AND {_window(start, end)}"
+    )
+
+
+def count_readings_query(start: datetime, end: datetime, status: str | None = None) -> str:
+    """How many readings (of every charger) lie in ``[start, end)``, optionally only those with
+    ``status`` (one of the OCPP statuses of the schema)."""
+    where = _window(start, end)
+    if status is not None:
+        if status not in get_args(Status):
+            raise QueryBuildError("status", status, "not an OCPP connector status")
+        where += f" AND {quote_ident('status')} = {quote_string(status)}"
+    return f"SELECT count({quote_ident('seq')}) FROM {quote_ident(MEASUREMENT)} WHERE {where}"
+
+
+def gateway_highest_seq_query(gateway_id: str) -> str:
+    """The highest stored ``seq`` of one gateway (the API numbers HTTP-ingested readings on)."""
+    return (
+        f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')} "
+        f"FROM {quote_ident(MEASUREMENT)} "
+        f"WHERE {quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))}"
+    )
+
+
+def ping_query() -> str:
+    """A cheap statement that needs the database and read access (readiness)."""
+    return "SHOW MEASUREMENTS LIMIT 1"

@@ -1,26 +1,24 @@
-"""``/v1/chargers/{charger_id}/...``: latest reading and history, for keys of role ``read``."""
+"""``/v1/chargers``: the charger list and each charger's latest reading (role ``read``)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
+from query_api import cursor
 from query_api.auth import require
-from query_api.deps import Influx, Now, Settings
+from query_api.deps import Influx, Mirror, Mono, Now, Settings, influx_of
+from query_api.index import ChargerIndex
+from query_api.latest import get_latest, latest_body
+from query_api.params import ChargerId
 from query_api.problems import ProblemError, problem_responses
-from query_api.readings import (
-    HistoryPage,
-    LatestReading,
-    row_to_bucket,
-    row_to_latest,
-    row_to_point,
-)
-from query_api.timespec import TimeSpecError, format_duration, parse_duration, resolve_window
-from telemetry_common import influxql
+from query_api.readings import LatestReading
+from query_api.state import ChargerState, charger_state
 from telemetry_common.ids import ID_PATTERN
-from telemetry_common.influxql import Aggregate, QueryBuildError
-from telemetry_common.schema import MAX_VALUE_KEYS, format_ts
+from telemetry_common.schema import format_ts
 
 router = APIRouter(
     prefix="/v1/chargers",
@@ -29,117 +27,138 @@ router = APIRouter(
     responses=problem_responses(401, 403, 422, 502, 503),
 )
 
-ChargerId = Annotated[
-    str,
-    Path(
-        pattern=ID_PATTERN,
-        description="charger id, ^[A-Za-z0-9._-]{1,64}$",
-        examples=["gw-1-cp001"],
-    ),
-]
-_FIELDS_DOC: Final = "value keys, comma-separated or repeated (default: every field)"
+
+class ChargerSummary(BaseModel):
+    charger_id: str
+    gateway_id: str | None
+    last_seen: str = Field(description="ts of the charger's newest reading")
+    age_s: float
+    state: ChargerState
+
+
+class ChargerPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "charger_id": "gw-1-cp001",
+                            "gateway_id": "gw-1",
+                            "last_seen": "2026-05-01T12:00:00.000Z",
+                            "age_s": 4.2,
+                            "state": "online",
+                        }
+                    ],
+                    "next_cursor": None,
+                }
+            ]
+        }
+    )
+
+    items: list[ChargerSummary]
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` (same filters) for the next page"
+    )
+
+
+def _live(request: Request) -> bool:
+    broker = request.app.state.broker
+    return broker is not None and bool(broker.connected)
+
+
+@router.get("", summary="Chargers with last seen, gateway and state; paginated by id")
+async def list_chargers(
+    request: Request,
+    influx: Influx,
+    mirror: Mirror,
+    settings: Settings,
+    now: Now,
+    mono: Mono,
+    gateway: Annotated[
+        str | None, Query(pattern=ID_PATTERN, description="only this gateway's chargers")
+    ] = None,
+    state: Annotated[ChargerState | None, Query(description="only chargers in this state")] = None,
+    limit: Annotated[int, Query(ge=1, description="chargers per page (capped)")] = 100,
+    cursor_: Annotated[
+        str | None, Query(alias="cursor", description="next_cursor of the previous page")
+    ] = None,
+) -> ChargerPage:
+    if limit > settings.chargers_max_page:
+        raise ProblemError(
+            422, "limit-too-large", f"limit={limit} exceeds the maximum of "
+            f"{settings.chargers_max_page} chargers per page",
+        )  # fmt: skip
+    query = cursor.fingerprint("chargers", gateway, state)
+    after = ""
+    if cursor_ is not None:
+        try:
+            after = str(cursor.decode(cursor_, "chargers", query)["a"])
+        except (cursor.CursorError, KeyError) as exc:
+            raise ProblemError(422, "invalid-cursor", str(exc)) from exc
+    index: ChargerIndex = request.app.state.charger_index
+    items: list[ChargerSummary] = []
+    more = False
+    for seen in await index.chargers(influx, mirror, mono):
+        if seen.charger_id <= after or (gateway is not None and seen.gateway_id != gateway):
+            continue
+        age_s = round((now - seen.last_seen).total_seconds(), 3)
+        st = charger_state(
+            age_s,
+            mirror.gateway_state(seen.gateway_id),
+            stale_after_s=settings.state_stale_after_s,
+            offline_after_s=settings.state_offline_after_s,
+        )
+        if state is not None and st != state:
+            continue
+        if len(items) == limit:
+            more = True
+            break
+        items.append(
+            ChargerSummary(
+                charger_id=seen.charger_id,
+                gateway_id=seen.gateway_id,
+                last_seen=format_ts(seen.last_seen),
+                age_s=age_s,
+                state=st,
+            )
+        )
+    next_cursor = cursor.encode("chargers", query, {"a": items[-1].charger_id}) if more else None
+    return ChargerPage(items=items, next_cursor=next_cursor)
+
+
+async def latest_of(
+    request: Request, charger_id: str, *, influx: Influx, settings: Settings, now: Now, mono: Mono
+) -> dict[str, Any]:
+    """The charger's latest reading as the API answers it, a LatestReading document (404
+    problem if none is stored)."""
+    mirror = request.app.state.mirror
+    found = await get_latest(
+        charger_id, mirror=mirror, influx=influx, live=_live(request), settings=settings, mono=mono
+    )
+    if found is None:
+        raise ProblemError(404, "not-found", f"no reading stored for charger {charger_id!r}")
+    snapshot, source = found
+    return latest_body(
+        snapshot,
+        source,
+        now=now,
+        gateway_state=mirror.gateway_state(snapshot.gateway_id),
+        settings=settings,
+    )
 
 
 @router.get(
     "/{charger_id}/latest",
-    summary="The charger's newest reading and its age",
+    summary="The charger's newest reading, its age and state",
+    response_model=LatestReading,
     responses=problem_responses(404),
 )
-async def latest(charger_id: ChargerId, influx: Influx, now: Now) -> LatestReading:
-    series = await influx.query(influxql.latest_query(charger_id))
-    rows = [row for s in series for row in s.rows()]
-    if not rows:
-        raise ProblemError(404, "not-found", f"no reading stored for charger {charger_id!r}")
-    return row_to_latest(charger_id, rows[0], now)
-
-
-def _split_fields(fields: list[str] | None) -> list[str] | None:
-    if fields is None:
-        return None
-    names = [name.strip() for item in fields for name in item.split(",") if name.strip()]
-    if not names:
-        return None
-    if len(names) > MAX_VALUE_KEYS:
-        raise ProblemError(422, "invalid-fields", f"at most {MAX_VALUE_KEYS} fields")
-    for name in names:
-        try:
-            influxql.check_field(name)
-        except QueryBuildError as exc:
-            raise ProblemError(422, "invalid-fields", str(exc)) from exc
-    return list(dict.fromkeys(names))
-
-
-@router.get(
-    "/{charger_id}/history",
-    summary="Raw or downsampled points in a time range, oldest first",
-    response_model_exclude_none=True,
-)
-async def history(
-    charger_id: ChargerId,
-    influx: Influx,
-    settings: Settings,
-    now: Now,
-    start: Annotated[
-        str | None, Query(description="RFC 3339, `now` or relative (`-1h`); default end - 1h")
-    ] = None,
-    end: Annotated[
-        str | None, Query(description="RFC 3339, `now` or relative; default now")
-    ] = None,
-    fields: Annotated[list[str] | None, Query(description=_FIELDS_DOC)] = None,
-    limit: Annotated[int | None, Query(ge=1, description="most points (capped)")] = None,
-    every: Annotated[
-        str | None, Query(description="bucket width for downsampling (`30s`, `5m`, `1h`)")
-    ] = None,
-    agg: Annotated[
-        Aggregate | None, Query(description="aggregate per bucket (needs every)")
-    ] = None,
-) -> HistoryPage:
-    if limit is None:
-        limit = settings.default_limit
-    elif limit > settings.history_max_points:
-        raise ProblemError(
-            422,
-            "limit-too-large",
-            f"limit={limit} exceeds the maximum of {settings.history_max_points} points per page",
-        )
-    names = _split_fields(fields)
-    try:
-        window = resolve_window(
-            start,
-            end,
-            now=now,
-            default_range=settings.history_default_range,
-            max_range=settings.history_max_range,
-        )
-        step = parse_duration(every) if every is not None else None
-    except TimeSpecError as exc:
-        raise ProblemError(422, "invalid-time", str(exc)) from exc
-    if step is None and agg is not None:
-        raise ProblemError(422, "invalid-aggregate", "agg needs every (e.g. every=5m&agg=mean)")
-    if step is not None:
-        if step < settings.history_min_every:
-            raise ProblemError(
-                422,
-                "invalid-time",
-                f"every={every} is below the minimum {format_duration(settings.history_min_every)}",
-            )
-        agg = agg or "mean"
-    query = influxql.history_query(
-        charger_id, names, window.start, window.end, limit, every=step, agg=agg
+async def latest(request: Request, charger_id: ChargerId, now: Now, mono: Mono) -> Response:
+    # The hot path: few dependencies (each costs FastAPI tens of microseconds), and the document
+    # is built as a dict and serialised once with orjson (the response model documents it).
+    state = request.app.state
+    body = await latest_of(
+        request, charger_id, influx=influx_of(request), settings=state.settings, now=now, mono=mono
     )
-    rows = [row for s in await influx.query(query) for row in s.rows()]
-    if agg is None:
-        points = [row_to_point(row) for row in rows]
-    else:
-        points = [row_to_bucket(row, agg, wildcard=names is None) for row in rows]
-    return HistoryPage(
-        charger_id=charger_id,
-        start=format_ts(window.start),
-        end=format_ts(window.end),
-        fields=names,
-        every=every,
-        agg=agg,
-        limit=limit,
-        truncated=len(points) >= limit,
-        points=points,
-    )
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -96,17 +96,32 @@ def start_bridge(
     return bridge
 
 
-def start_api(procs: Procs, db: InfluxTarget, read_key: str) -> str:
+def start_api(
+    procs: Procs,
+    db: InfluxTarget,
+    read_key: str,
+    *,
+    broker: BrokerInfo | None = None,
+    keys: Mapping[str, str] | None = None,
+    name: str = "api",
+    extra_env: Mapping[str, str] | None = None,
+) -> str:
+    """A ``telemetry-api`` process; its URL once /healthz answers. With ``broker``, the API
+    connects to it as ``telemetry-api`` (live mirror, HTTP ingest); ``keys`` adds roles."""
     port = free_port()
     env = {
         "TELEMETRY_API_HOST": "127.0.0.1",
         "TELEMETRY_API_PORT": str(port),
         "TELEMETRY_API_INFLUX__URL": db.url,
         "TELEMETRY_API_INFLUX__DATABASE": db.database,
-        "TELEMETRY_API_KEYS": orjson.dumps({"read": read_key, "ingest": "i" * 32}).decode(),
+        "TELEMETRY_API_KEYS": orjson.dumps(
+            {"read": read_key, "ingest": "i" * 32, **(keys or {})}
+        ).decode(),
         "TELEMETRY_API_LOG_FORMAT": "json",
+        **(mqtt_env("TELEMETRY_API_", broker, "telemetry-api") if broker is not None else {}),
+        **(extra_env or {}),
     }
-    api = procs.start("api", [str(BIN / "telemetry-api")], env)
+    api = procs.start(name, [str(BIN / "telemetry-api")], env)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

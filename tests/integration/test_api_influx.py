@@ -118,6 +118,8 @@ async def test_latest_returns_the_stored_reading_exactly(
         "ts": "2026-05-01T12:00:00.123Z",
         "status": "Charging",
         "values": values,
+        "state": "offline",  # T0 is far in the past
+        "source": "influxdb",  # no broker: no mirror
     }
     expected_age = (datetime.now(UTC) - T0).total_seconds()
     assert abs(age - expected_age) < 30

@@ -175,6 +175,8 @@ async def test_latest_shapes_the_row_as_a_reading(
         "status": "Charging",
         "values": {"energy_wh": 12345.0, "power_w": 7200.0},
         "age_s": 9.877,
+        "state": "online",
+        "source": "influxdb",
     }
     assert fake.queries == [
         'SELECT * FROM "readings" WHERE "charger_id" = \'gw-1-cp001\' ORDER BY time DESC LIMIT 1'

@@ -11,11 +11,15 @@ from telemetry_common.influxql import (
     AGGREGATES,
     QueryBuildError,
     check_field,
+    count_readings_query,
     duration_literal,
+    gateway_highest_seq_query,
     history_query,
     latest_query,
+    ping_query,
     quote_ident,
     quote_string,
+    stats_query,
     time_literal,
 )
 
@@ -269,3 +273,59 @@ def test_generated_queries_are_single_statements() -> None:
     for q in queries:
         assert ";" not in q
         assert "\n" not in q
+
+
+# --- builders of the query API: stats, fleet counts, ingest seq, readiness -------------------
+
+
+def test_stats_query_names_each_statistic_per_field() -> None:
+    """One row: {stat}_{field} for each of count, mean, median, stddev, min, max."""
+    q = stats_query("gw-1-cp001", ["power_w", "power_w"], START, END)
+    assert q == (
+        'SELECT count("power_w") AS "count_power_w", mean("power_w") AS "mean_power_w", '
+        'median("power_w") AS "median_power_w", stddev("power_w") AS "stddev_power_w", '
+        'min("power_w") AS "min_power_w", max("power_w") AS "max_power_w" '
+        f'FROM "readings" WHERE {WHERE}'
+    )
+    assert stats_query("gw-1-cp001", None, START, END).startswith(
+        "SELECT count(*), mean(*), median(*), stddev(*), min(*), max(*) FROM"
+    )
+
+
+@pytest.mark.parametrize("field", ["seq", "status", "time", "Power", 'p" FROM x', ""])
+def test_stats_query_refuses_non_value_fields(field: str) -> None:
+    """Meta fields, tags and anything outside the value-key rule are refused."""
+    with pytest.raises(QueryBuildError):
+        stats_query("gw-1-cp001", [field], START, END)
+
+
+@pytest.mark.parametrize("charger", HOSTILE)
+def test_stats_query_refuses_hostile_ids(charger: str) -> None:
+    """Ids outside the allow-list never reach the text."""
+    with pytest.raises(InvalidIdError):
+        stats_query(charger, None, START, END)
+
+
+def test_count_readings_query_by_status_and_window() -> None:
+    """A status filter is a quoted literal of the OCPP list; others are refused; empty windows
+    are refused."""
+    assert count_readings_query(START, END, "Charging") == (
+        'SELECT count("seq") FROM "readings" WHERE time >= \'2026-05-01T11:00:00.000000Z\' '
+        "AND time < '2026-05-01T12:00:00.000000Z' AND \"status\" = 'Charging'"
+    )
+    assert '"status"' not in count_readings_query(START, END)
+    for bad in ("charging", "x' OR '1'='1", ""):
+        with pytest.raises(QueryBuildError):
+            count_readings_query(START, END, bad)
+    with pytest.raises(QueryBuildError):
+        count_readings_query(END, START)
+
+
+def test_gateway_highest_seq_and_ping() -> None:
+    """The ingest seq query filters one allowed gateway; readiness is a read-only SHOW."""
+    assert gateway_highest_seq_query("http-1") == (
+        'SELECT max("seq") AS "seq" FROM "readings" WHERE "gateway_id" = \'http-1\''
+    )
+    with pytest.raises(InvalidIdError):
+        gateway_highest_seq_query("gw' OR 1=1")
+    assert ping_query().startswith("SHOW ")

@@ -1,0 +1,91 @@
+"""The API's MQTT session: feeds the live mirror, publishes HTTP-ingested batches (QoS 1).
+
+One MQTT 5 connection over TLS with the API's certificate (CN ``telemetry-api``, whose ACL lets
+it read ``{root}/live/#`` and ``{root}/+/state`` and write ``{root}/+/readings``), a clean session
+(retained values are sent again on every subscribe, so nothing is lost by starting fresh), and
+paho's reconnect loop. While the broker is unreachable the API keeps serving: ``latest`` reads
+InfluxDB, ingest answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Protocol
+
+from query_api.mirror import LiveMirror
+from query_api.settings import ApiSettings
+from telemetry_common.mqtt import AsyncMqttClient, NotConnectedError, PublishLostError
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """What ingest needs from the broker (tests pass a fake)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def publish(self, topic: str, payload: bytes) -> None: ...
+
+
+class BrokerLink:
+    """``async with BrokerLink(settings, mirror)``: connects in the background and keeps the
+    mirror fed until the block ends."""
+
+    def __init__(self, settings: ApiSettings, mirror: LiveMirror) -> None:
+        if settings.mqtt is None:
+            raise ValueError("BrokerLink needs settings.mqtt")
+        topics = settings.topics
+        self._mirror = mirror
+        self._timeout_s = settings.ingest_publish_timeout_s
+        self._client = AsyncMqttClient(
+            # A clean session that ends with the connection: nothing queues for a gone API.
+            settings.mqtt.model_copy(update={"session_expiry_s": 0}),
+            client_id=settings.mqtt_client_id or f"telemetry-api-{secrets.token_hex(4)}",
+            subscriptions=(f"{topics.root}/live/+", f"{topics.root}/+/state"),
+            receive_maximum=1000,
+            clean_start=True,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    @property
+    def last_error(self) -> str | None:
+        return self._client.last_connect_error
+
+    async def __aenter__(self) -> BrokerLink:
+        await self._client.__aenter__()
+        self._task = asyncio.create_task(self._feed(), name="live-mirror")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._client.__aexit__(*exc)
+
+    async def _feed(self) -> None:
+        queue = self._client.messages
+        while True:
+            msg = await queue.get()
+            try:
+                self._mirror.apply(msg.topic, msg.payload, time.monotonic())
+            except Exception:  # one bad message must not stop the mirror
+                log.exception("live message on %s not applied", msg.topic)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1, returns after a successful PUBACK; NotConnectedError, PublishRejectedError,
+        or PublishLostError (also when no PUBACK came within the timeout)."""
+        if not self._client.connected:
+            raise NotConnectedError(self._client.client_id)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.publish(topic, payload)
+        except TimeoutError as exc:
+            raise PublishLostError(topic) from exc

@@ -1,0 +1,73 @@
+"""Prometheus metrics of the API (a registry per app) and the middleware that times requests.
+
+``telemetry_api_request_seconds{method, route, status}``: ``route`` is the route's template
+(``/v1/chargers/{charger_id}/latest``), never the raw path, so ids do not become label values;
+requests that match no route are counted under ``unmatched``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram(
+            "telemetry_api_request_seconds",
+            "Time to answer a request, by route template and status",
+            ["method", "route", "status"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.ingested = Counter(
+            "telemetry_api_ingested_readings",
+            "Readings accepted over HTTP and published (PUBACK received)",
+            registry=self.registry,
+        )
+        self.mirror_chargers = Gauge(
+            "telemetry_api_mirror_chargers",
+            "Chargers held in the live mirror",
+            registry=self.registry,
+        )
+        self.broker_connected = Gauge(
+            "telemetry_api_broker_connected",
+            "1 while the API's MQTT session is up",
+            registry=self.registry,
+        )
+
+
+class TimingMiddleware:
+    """Pure ASGI middleware (no per-request task or body copy): observes each HTTP request."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )

@@ -1,0 +1,114 @@
+"""The API's in-memory mirror of the last-value cache, fed by the retained live topics (pure).
+
+The bridge publishes each charger's newest stored reading, retained, on ``{root}/live/{charger}``,
+and each gateway announces ``online``/``offline`` (birth and last will) retained on
+``{root}/{gateway}/state``; :class:`~query_api.broker.BrokerLink` subscribes to both and hands
+every message to :meth:`LiveMirror.apply`.
+
+Each entry remembers when its value arrived and when InfluxDB last confirmed that nothing newer
+is stored (``checked``): ``/latest`` decides from these whether memory is enough (see
+:func:`query_api.latest.get_latest`). A value never replaces a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from query_api.snapshot import Snapshot, from_live
+from telemetry_common.ids import is_valid_id
+from telemetry_common.topics import Topics
+
+log = logging.getLogger(__name__)
+
+NEVER: Final = float("-inf")
+
+
+@dataclass(slots=True)
+class Entry:
+    snapshot: Snapshot
+    #: monotonic time the value arrived (live message or InfluxDB answer)
+    received: float
+    #: monotonic time InfluxDB last confirmed nothing newer is stored (NEVER: not yet)
+    checked: float = NEVER
+
+
+class LiveMirror:
+    def __init__(self, topics: Topics, *, max_chargers: int = 1_000_000) -> None:
+        self._live_prefix = f"{topics.root}/live/"
+        self._root = f"{topics.root}/"
+        self._max = max_chargers
+        self._entries: dict[str, Entry] = {}
+        self._gateways: dict[str, str] = {}
+        self.refused = 0
+        self.full = 0
+
+    # -- feeding -----------------------------------------------------------------------------
+    def apply(self, topic: str, payload: bytes, now: float) -> bool:
+        """Take one message of ``{root}/live/+`` or ``{root}/+/state``; False if it is ignored."""
+        if topic.startswith(self._live_prefix):
+            return self._apply_live(topic[len(self._live_prefix) :], payload, now)
+        if topic.startswith(self._root) and topic.endswith("/state"):
+            return self._apply_state(topic[len(self._root) : -len("/state")], payload)
+        self.refused += 1
+        return False
+
+    def _apply_live(self, charger_id: str, payload: bytes, now: float) -> bool:
+        if not is_valid_id(charger_id):
+            self.refused += 1
+            return False
+        if not payload:  # a cleared retained topic
+            return self._entries.pop(charger_id, None) is not None
+        snapshot = from_live(payload)
+        if snapshot is None or snapshot.charger_id != charger_id:
+            self.refused += 1
+            log.warning("ignoring an invalid live message for %s", charger_id)
+            return False
+        return self.offer(snapshot, now)
+
+    def _apply_state(self, gateway_id: str, payload: bytes) -> bool:
+        if not is_valid_id(gateway_id):
+            self.refused += 1
+            return False
+        if not payload:
+            return self._gateways.pop(gateway_id, None) is not None
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            doc = None
+        state = doc.get("state") if isinstance(doc, dict) else None
+        if state not in ("online", "offline"):
+            self.refused += 1
+            return False
+        self._gateways[gateway_id] = state
+        return True
+
+    def offer(self, snapshot: Snapshot, now: float, *, checked: bool = False) -> bool:
+        """Keep ``snapshot`` unless a newer (or the same) value is held; ``checked``: it comes
+        from InfluxDB, so the store holds nothing newer as of ``now``."""
+        held = self._entries.get(snapshot.charger_id)
+        if held is not None and held.snapshot.order >= snapshot.order:
+            if checked:
+                held.checked = now
+            return False
+        if held is None and len(self._entries) >= self._max:
+            self.full += 1
+            return False
+        self._entries[snapshot.charger_id] = Entry(snapshot, now, now if checked else NEVER)
+        return True
+
+    # -- reading -----------------------------------------------------------------------------
+    def get(self, charger_id: str) -> Entry | None:
+        return self._entries.get(charger_id)
+
+    def gateway_state(self, gateway_id: str | None) -> str | None:
+        return self._gateways.get(gateway_id) if gateway_id is not None else None
+
+    def snapshots(self) -> list[Snapshot]:
+        return [e.snapshot for e in self._entries.values()]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,68 @@
+"""Parameters shared by several routes: the charger id path parameter, ``fields`` and windows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Final
+
+from fastapi import Path, Query
+
+from query_api.problems import ProblemError
+from query_api.timespec import TimeSpecError, Window, resolve_window
+from telemetry_common import influxql
+from telemetry_common.ids import ID_PATTERN
+from telemetry_common.influxql import QueryBuildError
+from telemetry_common.schema import MAX_VALUE_KEYS
+
+ChargerId = Annotated[
+    str,
+    Path(
+        pattern=ID_PATTERN,
+        description="charger id, ^[A-Za-z0-9._-]{1,64}$",
+        examples=["gw-1-cp001"],
+    ),
+]
+FIELDS_DOC: Final = "value keys, comma-separated or repeated (default: every field)"
+Fields = Annotated[list[str] | None, Query(description=FIELDS_DOC, examples=["power_w,soc_pct"])]
+Start = Annotated[
+    str | None,
+    Query(
+        description="RFC 3339 (`2026-05-01T12:00:00Z`), `now` or relative (`-1h`)",
+        examples=["-1h"],
+    ),
+]
+End = Annotated[
+    str | None, Query(description="RFC 3339, `now` or relative; default now", examples=["now"])
+]
+
+
+def split_fields(fields: list[str] | None) -> list[str] | None:
+    """The field names of ``fields`` (deduplicated, checked); None for every field."""
+    if fields is None:
+        return None
+    names = [name.strip() for item in fields for name in item.split(",") if name.strip()]
+    if not names:
+        return None
+    if len(names) > MAX_VALUE_KEYS:
+        raise ProblemError(422, "invalid-fields", f"at most {MAX_VALUE_KEYS} fields")
+    for name in names:
+        try:
+            influxql.check_field(name)
+        except QueryBuildError as exc:
+            raise ProblemError(422, "invalid-fields", str(exc)) from exc
+    return list(dict.fromkeys(names))
+
+
+def window(
+    start: str | None,
+    end: str | None,
+    *,
+    now: datetime,
+    default_range: timedelta,
+    max_range: timedelta,
+) -> Window:
+    """:func:`resolve_window` with its errors as 422 problems."""
+    try:
+        return resolve_window(start, end, now=now, default_range=default_range, max_range=max_range)
+    except TimeSpecError as exc:
+        raise ProblemError(422, "invalid-time", str(exc)) from exc

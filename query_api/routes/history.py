@@ -1,0 +1,165 @@
+"""``/v1/chargers/{id}/history``: raw or downsampled points, time-cursor paging (role ``read``).
+
+Paging: a page that is full carries ``next_cursor``. It pins the window (``end`` included, so a
+relative ``end`` such as ``now`` does not move between pages) and where the next page starts:
+for raw points the last returned time plus the series (gateway, evse, connector) already
+returned at that time, so points sharing a timestamp are neither repeated nor skipped; for
+buckets the start of the next bucket.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from query_api import cursor
+from query_api.auth import require
+from query_api.deps import Influx, Now, Settings
+from query_api.params import ChargerId, End, Fields, Start, split_fields, window
+from query_api.problems import ProblemError, problem_responses
+from query_api.readings import HistoryPage, from_epoch_ns, row_to_bucket, row_to_point
+from query_api.timespec import TimeSpecError, Window, format_duration, parse_duration
+from telemetry_common import influxql
+from telemetry_common.influxql import Aggregate
+from telemetry_common.schema import TS_MAX, TS_MIN, format_ts
+
+router = APIRouter(
+    prefix="/v1/chargers",
+    tags=["chargers"],
+    dependencies=[Depends(require("read"))],
+    responses=problem_responses(401, 403, 422, 502, 503),
+)
+
+_EPOCH_NS_MIN = int((TS_MIN - from_epoch_ns(0)).total_seconds()) * 10**9
+_EPOCH_NS_MAX = int((TS_MAX - from_epoch_ns(0)).total_seconds()) * 10**9
+
+
+def _ns(ts: datetime) -> int:
+    delta = ts - from_epoch_ns(0)
+    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+
+
+def _series_key(row: dict[str, Any]) -> str:
+    return f"{row.get('gateway_id')}|{row.get('evse_id')}|{row.get('connector_id')}"
+
+
+def _resume(text: str, query: str) -> tuple[Window, datetime, set[str]]:
+    """(window of the next page, the original start, series already returned at its start)."""
+    try:
+        body = cursor.decode(text, "history", query)
+        t, first, end, skip = body["t"], body["o"], body["e"], body.get("s", [])
+        ints = all(
+            isinstance(v, int) and _EPOCH_NS_MIN <= v <= _EPOCH_NS_MAX for v in (t, first, end)
+        )
+        if not ints or not first <= t < end or not isinstance(skip, list) or len(skip) > 1000:
+            raise cursor.CursorError("the cursor is damaged")  # noqa: TRY301
+    except (cursor.CursorError, KeyError) as exc:
+        raise ProblemError(422, "invalid-cursor", str(exc)) from exc
+    return (
+        Window(from_epoch_ns(t), from_epoch_ns(end)),
+        from_epoch_ns(first),
+        {str(s) for s in skip},
+    )
+
+
+@router.get(
+    "/{charger_id}/history",
+    summary="Raw or downsampled points in a time range, oldest first, paged by time",
+    response_model_exclude_none=True,
+)
+async def history(
+    charger_id: ChargerId,
+    influx: Influx,
+    settings: Settings,
+    now: Now,
+    start: Start = None,
+    end: End = None,
+    fields: Fields = None,
+    limit: Annotated[int | None, Query(ge=1, description="most points per page (capped)")] = None,
+    every: Annotated[
+        str | None,
+        Query(description="bucket width for downsampling (`30s`, `5m`, `1h`)", examples=["5m"]),
+    ] = None,
+    agg: Annotated[
+        Aggregate | None, Query(description="aggregate per bucket (needs every; default mean)")
+    ] = None,
+    cursor_: Annotated[
+        str | None,
+        Query(alias="cursor", description="next_cursor of the previous page (same parameters)"),
+    ] = None,
+) -> HistoryPage:
+    if limit is None:
+        limit = settings.default_limit
+    elif limit > settings.history_max_points:
+        raise ProblemError(
+            422,
+            "limit-too-large",
+            f"limit={limit} exceeds the maximum of {settings.history_max_points} points per page",
+        )
+    names = split_fields(fields)
+    try:
+        step = parse_duration(every) if every is not None else None
+    except TimeSpecError as exc:
+        raise ProblemError(422, "invalid-time", str(exc)) from exc
+    if step is None and agg is not None:
+        raise ProblemError(422, "invalid-aggregate", "agg needs every (e.g. every=5m&agg=mean)")
+    if step is not None:
+        if step < settings.history_min_every:
+            raise ProblemError(
+                422,
+                "invalid-time",
+                f"every={every} is below the minimum {format_duration(settings.history_min_every)}",
+            )
+        agg = agg or "mean"
+    query = cursor.fingerprint("history", charger_id, names, every, agg)
+    skip: set[str] = set()
+    if cursor_ is not None:
+        win, first, skip = _resume(cursor_, query)
+    else:
+        win = window(
+            start,
+            end,
+            now=now,
+            default_range=settings.history_default_range,
+            max_range=settings.history_max_range,
+        )
+        first = win.start
+    q = influxql.history_query(
+        charger_id, names, win.start, win.end, limit + len(skip), every=step, agg=agg
+    )
+    rows = [row for s in await influx.query(q) for row in s.rows()]
+    next_cursor: str | None = None
+    body = {"o": _ns(first), "e": _ns(win.end)}
+    if agg is None:
+        t0 = _ns(win.start)
+        kept = [r for r in rows if not (int(r["time"]) == t0 and _series_key(r) in skip)]
+        page = kept[:limit]
+        more = len(kept) > limit or len(rows) == limit + len(skip)
+        if more and page:
+            t = int(page[-1]["time"])
+            at_t = {_series_key(r) for r in page if int(r["time"]) == t}
+            at_t |= skip if t == t0 else set()
+            next_cursor = cursor.encode("history", query, {**body, "t": t, "s": sorted(at_t)})
+        points = [row_to_point(row) for row in page]
+    else:
+        assert step is not None
+        more = len(rows) >= limit
+        if more:
+            t = _ns(from_epoch_ns(int(rows[-1]["time"])) + step)
+            if t < body["e"]:
+                next_cursor = cursor.encode("history", query, {**body, "t": t})
+        points = [row_to_bucket(row, agg, wildcard=names is None) for row in rows]
+    return HistoryPage(
+        charger_id=charger_id,
+        start=format_ts(first),
+        end=format_ts(win.end),
+        fields=names,
+        every=every,
+        agg=agg,
+        limit=limit,
+        truncated=more,
+        next_cursor=next_cursor,
+        points=points,
+    )

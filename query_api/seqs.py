@@ -1,0 +1,98 @@
+"""``seq`` numbers of HTTP-ingested readings: unique, increasing and dense per gateway.
+
+DESIGN.md wants each gateway's ``seq`` unique and increasing, and the bridge reports jumps as
+gaps, so the API numbers the readings of each ingest gateway itself (the client's ``seq``, if
+any, is replaced):
+
+- The first ingest for a gateway after a start continues from the highest of: the seq InfluxDB
+  holds for that gateway, and the last one recorded in ``TELEMETRY_API_INGEST_SEQ_FILE``. The
+  file covers readings the broker accepted but the bridge has not stored yet.
+- Requests of one gateway are numbered one at a time (a lock per gateway held across the
+  publish), so seqs reach the broker in order.
+- A reservation is written to the file before publishing. If the broker certainly did not take
+  the readings (not connected, or refused), it is released and the numbers are used again; if
+  the connection dropped before the PUBACK, the numbers stay used (the readings may be stored),
+  and the bridge may report them as a gap when they were not.
+- One API process per ingest gateway: two processes numbering one gateway would collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from pathlib import Path
+
+import orjson
+
+from telemetry_common import influxql
+from telemetry_common.errors import ConfigError
+from telemetry_common.influx_query import InfluxQL
+
+
+class SeqAllocator:
+    def __init__(self, influx: InfluxQL, state_file: Path | None) -> None:
+        self._influx = influx
+        self._file = state_file
+        self._next: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._recorded: dict[str, int] = self._load()
+
+    def lock(self, gateway_id: str) -> asyncio.Lock:
+        """Hold it from :meth:`reserve` until the publish is settled."""
+        return self._locks.setdefault(gateway_id, asyncio.Lock())
+
+    async def reserve(self, gateway_id: str, count: int) -> int:
+        """The first of ``count`` new seqs (raises InfluxError if the start cannot be known)."""
+        if gateway_id not in self._next:
+            self._next[gateway_id] = await self._start(gateway_id)
+        first = self._next[gateway_id]
+        self._next[gateway_id] = first + count
+        await self._record(gateway_id, first + count - 1)
+        return first
+
+    async def release(self, gateway_id: str, first: int) -> None:
+        """``first`` and every seq after it were not sent: they will be used again."""
+        if self._next.get(gateway_id, first) > first:
+            self._next[gateway_id] = first
+            await self._record(gateway_id, first - 1)
+
+    async def _start(self, gateway_id: str) -> int:
+        series = await self._influx.query(influxql.gateway_highest_seq_query(gateway_id))
+        stored = max((int(r["seq"]) for s in series for r in s.rows() if r.get("seq") is not None),
+                     default=0)  # fmt: skip
+        return max(stored, self._recorded.get(gateway_id, 0)) + 1
+
+    def _load(self) -> dict[str, int]:
+        if self._file is None or not self._file.is_file():
+            return {}
+        raw = orjson.loads(self._file.read_bytes())
+        if not isinstance(raw, dict):
+            raise ConfigError("TELEMETRY_API_INGEST_SEQ_FILE", f"{self._file}: not a JSON object")
+        return {str(k): int(v) for k, v in raw.items()}
+
+    async def _record(self, gateway_id: str, last: int) -> None:
+        self._recorded[gateway_id] = last
+        if self._file is not None:
+            await asyncio.to_thread(_write_durably, self._file, orjson.dumps(self._recorded))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with ``data`` on disk (fsync of the file and the folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

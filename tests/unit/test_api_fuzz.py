@@ -1,0 +1,56 @@
+"""A bounded property run of the OpenAPI document (schemathesis): generated requests to every
+endpoint, with an admin key, never get a 5xx and every error is a problem document.
+
+InfluxDB and the broker are fakes here (empty store, accepting broker): the run is about the
+HTTP layer's validation of whatever a client may send.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from query_api.app import create_app
+from query_api.settings import ApiSettings
+from telemetry_common.influx_query import Series
+
+# Test dependencies (dev extra): skipped with the reason when they are not installed.
+schemathesis = pytest.importorskip("schemathesis")
+hypothesis = pytest.importorskip("hypothesis")
+
+ADMIN = "admin-key-0123456789"
+
+
+class EmptyInflux:
+    async def query(self, q: str) -> list[Series]:
+        return []
+
+
+class AcceptingBroker:
+    connected = True
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        return None
+
+
+app = create_app(
+    ApiSettings(keys={"admin": SecretStr(ADMIN)}), influx=EmptyInflux(), broker=AcceptingBroker()
+)
+schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+@schema.parametrize()  # type: ignore[untyped-decorator]  # importorskip gives Any
+@hypothesis.settings(  # type: ignore[untyped-decorator]  # imported through importorskip
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(hypothesis.HealthCheck),
+)
+def test_no_request_gets_a_server_error(case: Any) -> None:
+    """Whatever the parameters, the answer is below 500; errors are problem+json."""
+    response = case.call(headers={"X-API-Key": ADMIN})
+    assert response.status_code < 500, (case.method, case.path, response.text)
+    if response.status_code >= 400:
+        assert response.headers["content-type"][0].startswith("application/problem+json")

@@ -1,0 +1,411 @@
+"""Pure parts of query_api: the live mirror, the latest decision, cursors, charger state, ingest
+parsing and numbering, content negotiation and HTML escaping, gap merging, stats rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from query_api import cursor
+from query_api.auth import identify
+from query_api.ingest import numbered, parse_body, payloads
+from query_api.latest import get_latest
+from query_api.mirror import LiveMirror
+from query_api.routes.fleet import FleetDaily, render_html, wants_html
+from query_api.routes.pipeline import BridgeStatus, merge_gaps
+from query_api.routes.stats import stats_from_row
+from query_api.seqs import SeqAllocator
+from query_api.settings import ApiSettings, Role
+from query_api.state import charger_state
+from telemetry_common.errors import ConfigError
+from telemetry_common.influx_query import Series
+from telemetry_common.schema import MAX_BATCH_BYTES, Reading
+from telemetry_common.topics import Topics
+
+T = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+NS = 1_777_636_800_000_000_000  # T in ns
+TOPICS = Topics()
+COLUMNS = ["time", "charger_id", "connector_id", "evse_id", "gateway_id", "power_w", "seq"]
+
+
+class FakeInflux:
+    def __init__(self, *answers: list[Series]) -> None:
+        self.answers = list(answers)
+        self.queries: list[str] = []
+
+    async def query(self, q: str) -> list[Series]:
+        self.queries.append(q)
+        return self.answers.pop(0) if self.answers else []
+
+
+def _live(charger: str, ts: datetime, seq: int, power: float = 1.0, gw: str = "gw-1") -> bytes:
+    return orjson.dumps(
+        {
+            "charger_id": charger,
+            "gateway_id": gw,
+            "evse_id": 1,
+            "connector_id": 1,
+            "seq": seq,
+            "ts": ts.isoformat(),
+            "values": {"power_w": power},
+        }
+    )
+
+
+def _row(ns: int, seq: int, power: float) -> Series:
+    return Series("readings", COLUMNS, [[ns, "cp1", "1", "1", "gw-1", power, seq]])
+
+
+def _settings(**kw: Any) -> ApiSettings:
+    return ApiSettings(keys={"read": SecretStr("r" * 20)}, **kw)
+
+
+# --- mirror ---------------------------------------------------------------------------------
+
+
+def test_mirror_keeps_the_newest_value_per_charger() -> None:
+    """A live message older than the held one (ts, then seq) does not replace it."""
+    m = LiveMirror(TOPICS)
+    assert m.apply("chargers/v1/live/cp1", _live("cp1", T, 5, 5.0), 1.0)
+    assert not m.apply("chargers/v1/live/cp1", _live("cp1", T - timedelta(seconds=1), 9), 2.0)
+    assert not m.apply("chargers/v1/live/cp1", _live("cp1", T, 4), 2.0)
+    entry = m.get("cp1")
+    assert entry is not None
+    assert (entry.snapshot.seq, entry.snapshot.values, entry.received) == (5, {"power_w": 5.0}, 1.0)
+    assert m.apply("chargers/v1/live/cp1", _live("cp1", T + timedelta(seconds=1), 6), 3.0)
+    assert m.get("cp1") is not None
+    assert len(m) == 1
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload"),
+    [
+        ("chargers/v1/live/cp1", b"not json"),
+        ("chargers/v1/live/cp1", _live("cp2", T, 1)),  # another charger's value
+        ("chargers/v1/live/bad'id", _live("bad'id", T, 1)),
+        ("chargers/v1/live/cp1", orjson.dumps({"charger_id": "cp1", "values": {}})),
+        ("other/live/cp1", _live("cp1", T, 1)),
+        ("chargers/v1/gw-1/state", b'{"state": "sleeping"}'),
+    ],
+)
+def test_mirror_refuses_invalid_messages(topic: str, payload: bytes) -> None:
+    """Invalid payloads, mismatched ids and foreign topics are counted and ignored."""
+    m = LiveMirror(TOPICS)
+    assert not m.apply(topic, payload, 0.0)
+    assert len(m) == 0
+    assert m.refused == 1
+    assert m.gateway_state("gw-1") is None
+
+
+def test_mirror_follows_gateway_state_and_cleared_topics() -> None:
+    """Birth/will set the gateway's state; an empty retained payload clears the entry."""
+    m = LiveMirror(TOPICS)
+    m.apply("chargers/v1/gw-1/state", b'{"state": "offline", "ts": "2026-05-01T12:00:00Z"}', 0)
+    assert m.gateway_state("gw-1") == "offline"
+    m.apply("chargers/v1/gw-1/state", b'{"state": "online"}', 0)
+    assert m.gateway_state("gw-1") == "online"
+    m.apply("chargers/v1/live/cp1", _live("cp1", T, 1), 0)
+    assert m.apply("chargers/v1/live/cp1", b"", 0)
+    assert m.get("cp1") is None
+
+
+def test_mirror_is_bounded() -> None:
+    """Beyond max_chargers new chargers are not held (counted), known ones still update."""
+    m = LiveMirror(TOPICS, max_chargers=1)
+    m.apply("chargers/v1/live/cp1", _live("cp1", T, 1), 0)
+    assert not m.apply("chargers/v1/live/cp2", _live("cp2", T, 1), 0)
+    assert m.full == 1
+    assert m.apply("chargers/v1/live/cp1", _live("cp1", T + timedelta(seconds=1), 2), 0)
+
+
+# --- the latest decision --------------------------------------------------------------------
+
+
+async def test_latest_asks_influx_while_the_live_value_is_young_and_serves_the_newer() -> None:
+    """Within live_settle_s the store is asked; a newer stored reading wins over the mirror."""
+    m = LiveMirror(TOPICS)
+    m.apply("chargers/v1/live/cp1", _live("cp1", T, 1), 100.0)
+    influx = FakeInflux([_row(NS + 10**9, 2, 2.0)])
+    found = await get_latest(
+        "cp1", mirror=m, influx=influx, live=True, settings=_settings(), mono=100.5
+    )
+    assert found is not None
+    assert (found[0].seq, found[1]) == (2, "influxdb")
+    assert len(influx.queries) == 1
+    entry = m.get("cp1")
+    assert entry is not None
+    assert entry.snapshot.seq == 2  # kept in the mirror
+
+
+async def test_latest_serves_memory_once_settled_and_checked_then_checks_again() -> None:
+    """After one check past the settle time memory answers until latest_trust_s has passed."""
+    settings = _settings(live_settle_s=2.0, latest_trust_s=30.0)
+    m = LiveMirror(TOPICS)
+    m.apply("chargers/v1/live/cp1", _live("cp1", T, 1), 100.0)
+    influx = FakeInflux([_row(NS, 1, 1.0)], [_row(NS, 1, 1.0)])
+    args: dict[str, Any] = {"mirror": m, "influx": influx, "live": True, "settings": settings}
+    assert (await get_latest("cp1", mono=103.0, **args) or (None, ""))[1] == "mirror"
+    assert len(influx.queries) == 1  # first settled request: checked
+    for mono in (104.0, 120.0, 133.0):
+        assert (await get_latest("cp1", mono=mono, **args) or (None, ""))[1] == "mirror"
+    assert len(influx.queries) == 1
+    await get_latest("cp1", mono=133.5, **args)
+    assert len(influx.queries) == 2  # trust expired
+
+
+async def test_latest_without_a_broker_session_always_reads_influx() -> None:
+    """live=False (broker down): the mirror is not trusted; InfluxDB is asked every time."""
+    m = LiveMirror(TOPICS)
+    m.apply("chargers/v1/live/cp1", _live("cp1", T, 1), 0.0)
+    influx = FakeInflux()
+    for mono in (100.0, 200.0):
+        found = await get_latest(
+            "cp1", mirror=m, influx=influx, live=False, settings=_settings(), mono=mono
+        )
+        assert found is not None
+        assert found[1] == "mirror"  # InfluxDB had nothing newer
+    assert len(influx.queries) == 2
+
+
+async def test_latest_unknown_everywhere_is_none() -> None:
+    """No mirror entry and no stored row: None (the route answers 404)."""
+    found = await get_latest(
+        "cp1", mirror=LiveMirror(TOPICS), influx=FakeInflux(), live=True, settings=_settings(),
+        mono=0.0,
+    )  # fmt: skip
+    assert found is None
+
+
+# --- state, cursors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age", "gateway", "state"),
+    [
+        (0.0, None, "online"),
+        (300.0, "online", "online"),
+        (300.1, "online", "stale"),
+        (3600.0, None, "stale"),
+        (3600.1, None, "offline"),
+        (1.0, "offline", "offline"),
+    ],
+)
+def test_charger_state_thresholds(age: float, gateway: str | None, state: str) -> None:
+    """online up to stale_after_s, stale up to offline_after_s; a gateway will is offline."""
+    assert charger_state(age, gateway, stale_after_s=300, offline_after_s=3600) == state
+
+
+def test_cursor_round_trip_and_refusals() -> None:
+    """A cursor decodes for its own kind and query only; garbage is a CursorError."""
+    q = cursor.fingerprint("history", "cp1", ["power_w"], None, None)
+    text = cursor.encode("history", q, {"t": 5})
+    assert cursor.decode(text, "history", q)["t"] == 5
+    with pytest.raises(cursor.CursorError):
+        cursor.decode(text, "chargers", q)
+    with pytest.raises(cursor.CursorError):
+        cursor.decode(text, "history", cursor.fingerprint("history", "cp2", None, None, None))
+    for bad in ("", "!!!", "e30", "x" * 5000):
+        with pytest.raises(cursor.CursorError):
+            cursor.decode(bad, "history", q)
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+
+def _parse(body: object, now: datetime = T) -> Any:
+    return parse_body(orjson.dumps(body), "http-1", now=now, max_future=timedelta(minutes=5))
+
+
+def test_ingest_accepts_the_three_shapes_and_arrays() -> None:
+    """Batch, single reading, simple shape and an array of both become schema readings."""
+    reading = {"charger_id": "cp1", "ts": "2026-05-01T11:59:00Z", "values": {"power_w": 1}}
+    simple = {"chargerId": "cp2", "timestamp": "2026-05-01T11:59:00Z",
+              "payload": {"power_w": 2.5, "status": "Charging"}}  # fmt: skip
+    assert len(_parse({"readings": [reading, reading], "gateway_id": "http-1"}).readings) == 2
+    assert _parse(reading).readings[0].values == {"power_w": 1.0}
+    got = _parse(simple).readings[0]
+    assert (got.charger_id, got.status, got.values) == ("cp2", "Charging", {"power_w": 2.5})
+    assert [r.charger_id for r in _parse([reading, simple]).readings] == ["cp1", "cp2"]
+    assert _parse([reading]).errors == []
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ({"readings": [], "gateway_id": "other"}, "gateway_mismatch"),
+        ({"readings": [], "schema": "v0"}, "invalid_schema"),
+        ({"readings": "x"}, "invalid_envelope"),
+        ([], "empty"),
+        (5, "invalid_body"),
+        ([{"charger_id": "cp1", "ts": "2026-05-01T13:00:00Z", "values": {}}], "ts_in_future"),
+        ([{"charger_id": "cp1", "ts": "2026-05-01T12:00:00", "values": {}}], "timezone_aware"),
+        (
+            [{"charger_id": "a b", "ts": "2026-05-01T12:00:00Z", "values": {}}],
+            "string_pattern_mismatch",
+        ),
+        ([{"charger_id": "c", "ts": "2026-05-01T12:00:00Z", "values": {"seq": 1}}], "value_error"),
+        ([{"chargerId": "c", "timestamp": "x", "payload": 3}], "invalid_reading"),
+        ([{"chargerId": "c", "timestamp": "x", "payload": {}, "more": 1}], "invalid_reading"),
+    ],
+)
+def test_ingest_errors_name_the_reading_and_the_problem(body: object, kind: str) -> None:
+    """Each invalid body or reading yields an error of a machine-readable type; nothing passes."""
+    parsed = _parse(body)
+    assert parsed.readings == [] or parsed.errors
+    assert kind in {e["type"] for e in parsed.errors}
+
+
+def test_ingest_collects_every_invalid_reading_with_its_index() -> None:
+    """All errors are reported at once, each with the index of its reading."""
+    ok = {"charger_id": "cp1", "ts": "2026-05-01T12:00:00Z", "values": {"power_w": 1}}
+    bad = {"charger_id": "cp1", "ts": "2026-05-01T12:00:00Z", "values": {"Power": 1}}
+    parsed = _parse([ok, bad, ok, "x"])
+    assert sorted({e["index"] for e in parsed.errors}) == [1, 3]
+    assert len(parsed.readings) == 2
+
+
+def test_ingest_refuses_more_than_a_batch() -> None:
+    """More than 5,000 readings: one error, no per-reading validation."""
+    one = {"charger_id": "cp1", "ts": "2026-05-01T12:00:00Z", "values": {}}
+    parsed = _parse([one] * 5001)
+    assert [e["type"] for e in parsed.errors] == ["too_many_readings"]
+
+
+def test_numbering_and_payload_split() -> None:
+    """Readings get consecutive seqs; payloads stay under 256 KiB, in order, none lost."""
+    values = {f"v{i:02d}_w": float(i) for i in range(60)}
+    base = Reading.model_validate_json(
+        orjson.dumps(
+            {"charger_id": "cp1", "seq": 0, "ts": "2026-05-01T12:00:00Z", "values": values}
+        )
+    )
+    readings = numbered([base] * 400, 41)
+    assert [r.seq for r in readings[:3]] == [41, 42, 43]
+    parts = payloads("http-1", readings)
+    assert len(parts) > 1
+    assert all(len(p) <= MAX_BATCH_BYTES for _, p in parts)
+    assert [r.seq for chunk, _ in parts for r in chunk] == list(range(41, 441))
+
+
+async def test_seq_allocator_continues_from_influx_and_the_file(tmp_path: Path) -> None:
+    """The first seq follows the higher of InfluxDB's and the file's; a release is reused; the
+    file survives a new allocator."""
+    state = tmp_path / "seq.json"
+    stored = Series("readings", ["time", "seq"], [[0, 7]])
+    seqs = SeqAllocator(FakeInflux([stored]), state)
+    async with seqs.lock("gw"):
+        assert await seqs.reserve("gw", 3) == 8
+        assert await seqs.reserve("gw", 2) == 11
+        await seqs.release("gw", 11)
+        assert await seqs.reserve("gw", 1) == 11
+    assert orjson.loads(state.read_bytes()) == {"gw": 11}
+    again = SeqAllocator(FakeInflux([stored]), state)
+    assert await again.reserve("gw", 1) == 12
+    fresh = SeqAllocator(FakeInflux(), None)
+    assert await fresh.reserve("other", 1) == 1
+
+
+def test_seq_file_must_be_an_object(tmp_path: Path) -> None:
+    """A damaged seq file stops the API at start with the setting's name."""
+    state = tmp_path / "seq.json"
+    state.write_text("[1]")
+    with pytest.raises(ConfigError, match="INGEST_SEQ_FILE"):
+        SeqAllocator(FakeInflux(), state)
+
+
+# --- auth, settings -------------------------------------------------------------------------
+
+
+def test_identify_binds_ingest_keys_to_gateways() -> None:
+    """Role keys and per-gateway ingest keys are told apart; admin ingests as the default."""
+    keys: dict[Role, bytes] = {"read": b"rk", "admin": b"ak"}
+    extra = {"site-a": b"ka"}
+    assert identify("rk", keys, extra, "http-ingest") == identify("rk", keys, {}, "x")
+    read = identify("rk", keys, extra, "http-ingest")
+    assert read is not None
+    assert (read.role, read.gateway_id) == ("read", None)
+    admin = identify("ak", keys, extra, "http-ingest")
+    assert admin is not None
+    assert admin.gateway_id == "http-ingest"
+    site = identify("ka", keys, extra, "http-ingest")
+    assert site is not None
+    assert (site.role, site.gateway_id) == ("ingest", "site-a")
+    assert identify("kb", keys, extra, "http-ingest") is None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"ingest_gateway": "live"},
+        {"ingest_keys": {"telemetry-bridge": SecretStr("k" * 20)}},
+        {"ingest_keys": {"gw": SecretStr("r" * 20)}},  # the read key again
+        {"state_stale_after_s": 600, "state_offline_after_s": 60},
+        {"stats_default_range": timedelta(days=40)},
+    ],
+)
+def test_settings_refuse_unsafe_ingest_and_state_settings(overrides: dict[str, Any]) -> None:
+    """Reserved gateway ids, shared keys and inverted thresholds are refused at start."""
+    with pytest.raises(ConfigError):
+        _settings(**overrides)
+
+
+# --- fleet HTML, gaps, stats ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "html"),
+    [
+        (None, False),
+        ("*/*", False),
+        ("application/json", False),
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),
+        ("application/json, text/html;q=0.5", False),
+        ("text/html;q=0.9, application/json;q=0.8", True),
+        ("text/html;q=0", False),
+    ],
+)
+def test_content_negotiation(accept: str | None, html: bool) -> None:
+    """HTML only when the client prefers it to JSON (browsers), JSON for */* and APIs."""
+    assert wants_html(accept) is html
+
+
+def test_html_escapes_every_value() -> None:
+    """Markup in a value is escaped, never rendered."""
+    page = render_html(FleetDaily(date="<script>", total=3, by_status={"<b>x</b>": 2}, no_status=1))
+    assert "<script>" not in page
+    assert "&lt;script&gt;" in page
+    assert "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "<td>2</td>" in page
+
+
+def test_gap_merge_prefers_confirmed_and_lists_bridges() -> None:
+    """Gaps from several bridges are merged per gateway and range; confirmed beats suspected."""
+    a = BridgeStatus(url="a", reachable=True, status={"seq_gaps": {"gw": [
+        {"first_seq": 4, "last_seq": 9, "missing": None, "state": "suspected"}]}})  # fmt: skip
+    b = BridgeStatus(url="b", reachable=True, status={"seq_gaps": {"gw": [
+        {"first_seq": 4, "last_seq": 9, "missing": 2, "state": "confirmed"},
+        {"first_seq": 1, "last_seq": 1, "missing": None, "state": "suspected"},
+        {"bad": 1}]}})  # fmt: skip
+    down = BridgeStatus(url="c", reachable=False, error="refused")
+    merged = merge_gaps([a, b, down])
+    assert [(g.first_seq, g.state, g.missing, g.bridges) for g in merged["gw"]] == [
+        (1, "suspected", None, ["b"]),
+        (4, "confirmed", 2, ["a", "b"]),
+    ]
+
+
+def test_stats_row_drops_meta_fields_and_fills_absent_fields() -> None:
+    """Wildcard columns lose seq/status; a requested field without values has count 0."""
+    row = {"time": 0, "count_power_w": 3, "mean_power_w": 2.0, "median_power_w": 2.0,
+           "stddev_power_w": 1.0, "min_power_w": 1.0, "max_power_w": 3.0, "count_seq": 3,
+           "count_status": 3, "mean_seq": 2.0}  # fmt: skip
+    assert set(stats_from_row(row, None)) == {"power_w"}
+    got = stats_from_row(row, ["power_w", "soc_pct"])
+    assert got["power_w"].max == 3.0
+    assert got["soc_pct"].count == 0
+    assert got["soc_pct"].mean is None

@@ -1,0 +1,341 @@
+"""The new endpoints as an app (create_app + a fake InfluxQL client + a fake broker): charger
+list, latest from the mirror, history cursors, stats, fleet daily, ingest, readiness, metrics,
+OpenAPI. InfluxDB and Mosquitto themselves are exercised in tests/integration/test_api_*.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from query_api.app import create_app
+from query_api.deps import get_mono, get_now
+from query_api.problems import MEDIA_TYPE
+from query_api.settings import ApiSettings
+from telemetry_common.influx_query import InfluxUnavailable, Series
+from telemetry_common.mqtt import NotConnectedError, PublishLostError
+from telemetry_common.settings import MqttSettings
+
+READ, INGEST, ADMIN, SITE = (
+    "read-key-0123456789",
+    "ingest-key-012345",
+    "admin-key-0123456",
+    "s" * 20,
+)
+NOW = datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC)
+NS = 1_777_636_800_000_000_000  # 2026-05-01T12:00:00Z
+MONO = 1000.0
+
+
+class FakeInflux:
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+        self.answers: list[list[Series] | Exception] = []
+
+    async def query(self, q: str) -> list[Series]:
+        self.queries.append(q)
+        answer = self.answers.pop(0) if self.answers else []
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class FakeBroker:
+    def __init__(self) -> None:
+        self.connected = True
+        self.published: list[tuple[str, bytes]] = []
+        self.fail: Exception | None = None
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.published.append((topic, payload))
+
+
+@pytest.fixture
+def fake() -> FakeInflux:
+    return FakeInflux()
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    return FakeBroker()
+
+
+@pytest.fixture
+async def app(fake: FakeInflux, broker: FakeBroker) -> AsyncIterator[FastAPI]:
+    settings = ApiSettings(
+        keys={"read": SecretStr(READ), "ingest": SecretStr(INGEST), "admin": SecretStr(ADMIN)},
+        ingest_keys={"site-a": SecretStr(SITE)},
+        mqtt=MqttSettings(),
+        history_max_points=500,
+    )
+    app = create_app(settings, influx=fake, broker=broker)
+    app.dependency_overrides[get_now] = lambda: NOW
+    app.dependency_overrides[get_mono] = lambda: MONO
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://api.test", headers={"X-API-Key": READ}
+    ) as c:
+        yield c
+
+
+def _live(charger: str, gw: str, sec: int, seq: int) -> bytes:
+    return orjson.dumps(
+        {
+            "charger_id": charger,
+            "gateway_id": gw,
+            "seq": seq,
+            "ts": f"2026-05-01T12:00:{sec:02d}Z",
+            "values": {"power_w": 1.0},
+        }
+    )
+
+
+def _problem(resp: httpx.Response, status: int) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == MEDIA_TYPE
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+# --- latest and the charger list ------------------------------------------------------------
+
+
+async def test_latest_from_the_mirror_carries_state_and_skips_influx(
+    app: FastAPI, client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """A settled, checked mirror value is served without a query; the gateway's will makes the
+    charger offline."""
+    app.state.mirror.apply("chargers/v1/live/cp1", _live("cp1", "gw-1", 0, 7), MONO - 10)
+    app.state.mirror.get("cp1").checked = MONO - 1
+    body = (await client.get("/v1/chargers/cp1/latest")).json()
+    assert (body["source"], body["seq"], body["age_s"], body["state"]) == (
+        "mirror",
+        7,
+        10.0,
+        "online",
+    )
+    assert fake.queries == []
+    app.state.mirror.apply("chargers/v1/gw-1/state", b'{"state": "offline"}', MONO)
+    assert (await client.get("/v1/chargers/cp1/latest")).json()["state"] == "offline"
+    compat = (await client.get("/telemetry/cp1")).json()
+    assert compat == {"chargerId": "cp1", "timestamp": "2026-05-01T12:00:00.000Z",
+                      "payload": {"power_w": 1.0}}  # fmt: skip
+
+
+async def test_charger_list_pages_and_filters(
+    app: FastAPI, client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """Chargers from InfluxDB and the mirror, sorted by id, paged by cursor, filtered by gateway
+    and state; the index query runs once within the cache time."""
+    old = [[NS - 7200 * 10**9, 1]]
+    series = [
+        Series("readings", ["time", "seq"], old, {"charger_id": c, "gateway_id": g})
+        for c, g in (("cp1", "gw-1"), ("cp2", "gw-2"), ("cp3", "gw-1"))
+    ]
+    fake.answers.append(series)
+    app.state.mirror.apply("chargers/v1/live/cp3", _live("cp3", "gw-1", 5, 2), MONO)
+    app.state.mirror.apply("chargers/v1/live/cp4", _live("cp4", "gw-1", 5, 2), MONO)
+    first = (await client.get("/v1/chargers", params={"limit": 2})).json()
+    assert [c["charger_id"] for c in first["items"]] == ["cp1", "cp2"]
+    assert first["items"][0]["state"] == "offline"
+    rest = (
+        await client.get("/v1/chargers", params={"limit": 2, "cursor": first["next_cursor"]})
+    ).json()
+    assert [(c["charger_id"], c["state"]) for c in rest["items"]] == [
+        ("cp3", "online"),
+        ("cp4", "online"),
+    ]
+    assert rest["next_cursor"] is None
+    gw1 = (await client.get("/v1/chargers", params={"gateway": "gw-1", "state": "online"})).json()
+    assert [c["charger_id"] for c in gw1["items"]] == ["cp3", "cp4"]
+    assert len(fake.queries) == 1
+    bad = await client.get(
+        "/v1/chargers", params={"gateway": "gw-1", "cursor": first["next_cursor"]}
+    )
+    _problem(bad, 422)
+
+
+# --- history cursor, stats, fleet -----------------------------------------------------------
+
+RAW = ["time", "connector_id", "evse_id", "gateway_id", "power_w", "seq", "status"]
+
+
+async def test_history_cursor_skips_series_already_returned_at_the_boundary(
+    client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """The next page starts at the last time of the page and leaves out the series already
+    returned at that time; its window is pinned to the first request's end."""
+    rows = [[NS, "1", "1", "gw", 1.0, 1, None], [NS + 10**9, "1", "1", "gw", 2.0, 2, None]]
+    fake.answers.append([Series("readings", RAW, rows)])
+    params: dict[str, str | int] = {"start": "2026-05-01T11:00:00Z", "end": "now", "limit": 2}
+    page = (await client.get("/v1/chargers/cp1/history", params=params)).json()
+    assert page["truncated"] is True
+    same_time = [
+        [NS + 10**9, "1", "1", "gw", 2.0, 2, None],
+        [NS + 10**9, "1", "2", "gw", 3.0, 3, None],
+    ]
+    fake.answers.append([Series("readings", RAW, same_time)])
+    nxt = (
+        await client.get(
+            "/v1/chargers/cp1/history", params={**params, "cursor": page["next_cursor"]}
+        )
+    ).json()
+    assert [p["seq"] for p in nxt["points"]] == [3]
+    assert "next_cursor" not in nxt
+    assert (
+        "time >= '2026-05-01T12:00:01.000000Z' AND time < '2026-05-01T12:00:10.000000Z'"
+        in fake.queries[1]
+    )
+    assert fake.queries[1].endswith("LIMIT 3")  # limit + the one series to skip
+    assert nxt["start"] == "2026-05-01T11:00:00.000Z"
+
+
+async def test_stats_query_and_answer(client: httpx.AsyncClient, fake: FakeInflux) -> None:
+    """Named fields become one aggregate query; the answer is per field."""
+    cols = ["time"] + [f"{s}_power_w" for s in ("count", "mean", "median", "stddev", "min", "max")]
+    fake.answers.append([Series("readings", cols, [[0, 4, 2.5, 2.5, 1.29, 1.0, 4.0]])])
+    body = (await client.get("/v1/chargers/cp1/stats", params={"fields": "power_w"})).json()
+    assert body["fields"]["power_w"] == {"count": 4, "mean": 2.5, "median": 2.5, "stddev": 1.29,
+                                         "min": 1.0, "max": 4.0}  # fmt: skip
+    assert 'median("power_w") AS "median_power_w"' in fake.queries[0]
+    assert "time >= '2026-04-30T12:00:10.000000Z'" in fake.queries[0]  # default: last 24 h
+    _problem(await client.get("/v1/chargers/cp1/stats", params={"start": "-32d"}), 422)
+
+
+async def test_fleet_daily_json_and_html(client: httpx.AsyncClient, fake: FakeInflux) -> None:
+    """One count query in total and one per status; JSON by default, HTML for browsers."""
+
+    def count(n: int) -> list[Series]:
+        return [Series("readings", ["time", "count"], [[0, n]])]
+
+    fake.answers += [count(10), count(1), count(0), count(6), *[[] for _ in range(7)]]
+    body = (await client.get("/v1/fleet/daily", params={"date": "2026-04-30"})).json()
+    assert body == {"date": "2026-04-30", "total": 10, "by_status": {"Available": 1, "Charging": 6},
+                    "no_status": 3}  # fmt: skip
+    assert len(fake.queries) == 11
+    assert all(
+        "time >= '2026-04-30T00:00:00.000000Z' AND time < '2026-05-01T00" in q for q in fake.queries
+    )
+    page = await client.get("/v1/fleet/daily", headers={"Accept": "text/html"})
+    assert page.headers["content-type"].startswith("text/html")
+    assert "2026-05-01" in page.text  # default: today (UTC)
+    _problem(await client.get("/v1/fleet/daily", params={"date": "2026-13-01"}), 422)
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+READING = {"charger_id": "cp1", "ts": "2026-05-01T12:00:00Z", "values": {"power_w": 1.0}}
+
+
+async def _post(client: httpx.AsyncClient, body: object, key: str = INGEST) -> httpx.Response:
+    return await client.post("/v1/telemetry", json=body, headers={"X-API-Key": key})
+
+
+async def test_ingest_publishes_numbered_batches_under_the_key_gateway(
+    client: httpx.AsyncClient, fake: FakeInflux, broker: FakeBroker
+) -> None:
+    """202 after publishing; seqs continue from InfluxDB's highest for that gateway; each key
+    publishes as its own gateway."""
+    fake.answers.append([Series("readings", ["time", "seq"], [[0, 41]])])
+    resp = await _post(client, [READING, READING])
+    assert resp.status_code == 202, resp.text
+    assert (resp.json()["first_seq"], resp.json()["last_seq"]) == (42, 43)
+    topic, payload = broker.published[0]
+    assert topic == "chargers/v1/http-ingest/readings"
+    batch = orjson.loads(payload)
+    assert batch["gateway_id"] == "http-ingest"
+    assert [r["seq"] for r in batch["readings"]] == [42, 43]
+    assert "\"gateway_id\" = 'http-ingest'" in fake.queries[0]
+    site = await _post(client, READING, SITE)
+    assert site.json()["gateway_id"] == "site-a"
+    assert broker.published[1][0] == "chargers/v1/site-a/readings"
+    assert (await _post(client, READING)).json()["first_seq"] == 44
+
+
+@pytest.mark.parametrize(
+    ("failure", "next_seq"), [(NotConnectedError("api"), 1), (PublishLostError("t"), 2)]
+)
+async def test_ingest_failures_are_503_and_release_seqs_not_sent(
+    client: httpx.AsyncClient, broker: FakeBroker, failure: Exception, next_seq: int
+) -> None:
+    """A publish that certainly failed gives its seqs back; a lost one (maybe stored) keeps
+    them used; both are 503 problems."""
+    broker.fail = failure
+    _problem(await _post(client, READING), 503)
+    broker.fail = None
+    assert (await _post(client, READING)).json()["first_seq"] == next_seq
+
+
+async def test_ingest_without_broker_body_limits_and_roles(
+    client: httpx.AsyncClient, broker: FakeBroker
+) -> None:
+    """Broker down: 503; a body over 256 KiB: 413; invalid JSON: 422; a read key: 403."""
+    broker.connected = False
+    _problem(await _post(client, READING), 503)
+    broker.connected = True
+    big = await client.post(
+        "/v1/telemetry", content=b" " * (256 * 1024 + 1), headers={"X-API-Key": INGEST}
+    )
+    _problem(big, 413)
+    bad = await client.post("/v1/telemetry", content=b"{", headers={"X-API-Key": INGEST})
+    assert _problem(bad, 422)["errors"][0]["type"] == "invalid_json"
+    _problem(await _post(client, READING, READ), 403)
+    assert broker.published == []
+
+
+# --- readiness, metrics, OpenAPI ------------------------------------------------------------
+
+
+async def test_readyz_names_what_is_down(
+    client: httpx.AsyncClient, fake: FakeInflux, broker: FakeBroker
+) -> None:
+    """200 with both up; 503 naming InfluxDB or the broker when one is down."""
+    assert (await client.get("/readyz")).status_code == 200
+    fake.answers.append(InfluxUnavailable("down"))
+    broker.connected = False
+    resp = await client.get("/readyz", headers={"X-API-Key": ""})
+    assert resp.status_code == 503
+    assert resp.json()["checks"]["influxdb"]["ok"] is False
+    assert resp.json()["checks"]["broker"]["ok"] is False
+
+
+async def test_metrics_label_route_templates_only(client: httpx.AsyncClient) -> None:
+    """The latency histogram is labelled by route template and status, never the raw path."""
+    await client.get("/v1/chargers/secret-id/latest")
+    await client.get("/nothing/here")
+    text = (await client.get("/metrics")).text
+    assert 'route="/v1/chargers/{charger_id}/latest",status="404"' in text
+    assert 'route="unmatched"' in text
+    assert "secret-id" not in text
+    assert "telemetry_api_mirror_chargers" in text
+
+
+async def test_openapi_lists_every_endpoint_with_examples(client: httpx.AsyncClient) -> None:
+    """Each endpoint of the contract is in the OpenAPI document, with examples."""
+    spec = (await client.get("/openapi.json")).json()
+    paths = ["/v1/chargers", "/v1/fleet/daily", "/v1/telemetry", "/telemetry/{charger_id}",
+             "/healthz", "/readyz", "/metrics", "/v1/pipeline/status",
+             "/v1/gateways/{gateway_id}/gaps"]  # fmt: skip
+    paths += [f"/v1/chargers/{{charger_id}}/{p}" for p in ("latest", "history", "stats")]
+    for path in paths:
+        assert path in spec["paths"], path
+    body = spec["paths"]["/v1/telemetry"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(body["examples"]) == {"batch", "single", "simple"}
+    schemas = spec["components"]["schemas"]
+    for model in ("LatestReading", "HistoryPage", "Stats", "ChargerPage", "FleetDaily"):
+        assert schemas[model]["examples"], model
