@@ -4,7 +4,7 @@ Servers are the installed binaries (`make bootstrap` installs them), started onc
 free loopback ports through ``telemetry_stack.servers`` (the code `telemetry-stack up` uses) and
 stopped by PID at the end. A missing binary skips the tests that need it, with the reason.
 
-With ``TELEMETRY_TEST_DOCKER=1`` the broker runs in the ``eclipse-mosquitto:2`` image through
+With ``TELEMETRY_TEST_DOCKER=1`` the broker runs in the ``eclipse-mosquitto:2.0.22`` image through
 testcontainers instead (host networking, so its listeners are loopback ones on the host).
 """
 
@@ -69,7 +69,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 
 
 def _docker_broker(pki: TestPki, state: Path, tls_port: int, local_port: int) -> Iterator[None]:
-    """Mosquitto in ``eclipse-mosquitto:2`` (TELEMETRY_TEST_DOCKER=1). No Docker engine exists
+    """Mosquitto in ``eclipse-mosquitto:2.0.22`` (TELEMETRY_TEST_DOCKER=1). No Docker engine exists
     on the machines this was written on, so this path has not been run; keep it small."""
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.docker_client import DockerClient
@@ -90,7 +90,7 @@ def _docker_broker(pki: TestPki, state: Path, tls_port: int, local_port: int) ->
         run_as_user="root",  # the image would drop to 'mosquitto', who cannot read 0600 keys
     )
     container = (
-        DockerContainer("eclipse-mosquitto:2")
+        DockerContainer("eclipse-mosquitto:2.0.22")
         .with_kwargs(network_mode="host")
         .with_volume_mapping(str(state), str(state), "rw")
         .with_volume_mapping(str(pki.dir), str(pki.dir), "ro")
@@ -101,7 +101,7 @@ def _docker_broker(pki: TestPki, state: Path, tls_port: int, local_port: int) ->
         deadline = time.monotonic() + 60
         while not (port_open("127.0.0.1", tls_port) and port_open("127.0.0.1", local_port)):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"eclipse-mosquitto:2 not ready: {container.get_logs()}")
+                raise TimeoutError(f"eclipse-mosquitto:2.0.22 not ready: {container.get_logs()}")
             time.sleep(0.2)
         yield
     finally:

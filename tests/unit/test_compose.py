@@ -1,14 +1,18 @@
-"""The container stack's wiring: docker-compose.yml, docker/Dockerfile and what they mount.
+"""The container stack's wiring: docker-compose.yml, docker/, .env.example and grafana/.
 
 No container runs here (the test machine may have no Docker engine). These tests read the files
 and pin what a `docker compose up` relies on: the services and their start order, pinned images,
-healthchecks, what is published, and environment variables that the services' settings classes
-really read (a misspelt ``__`` name would be silently ignored by pydantic-settings).
+healthchecks, what is published, environment variables that the services' settings classes
+really read (a misspelt ``__`` name would be silently ignored by pydantic-settings), the refusal
+of placeholder secrets outside the dev profile, and dashboards that name only provisioned
+datasources and metrics the services export. tests/integration/test_dashboards.py runs the
+dashboards' InfluxQL against a real InfluxDB.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shutil
@@ -16,23 +20,60 @@ import subprocess
 import tomllib
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
 from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings
+from telemetry_common.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
+PREFLIGHT = ROOT / "docker" / "preflight.sh"
+GEN_ENV = ROOT / "docker" / "gen-env.sh"
+ENV_EXAMPLE = ROOT / ".env.example"
+PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
+DASHBOARD_DIR = ROOT / "grafana" / "dashboards"
+PROVISIONING = ROOT / "grafana" / "provisioning"
 
-APP_SERVICES = {"pki-init", "bridge", "api", "gateway-1"}
-LONG_RUNNING = {"mosquitto", "influxdb", "bridge", "api", "gateway-1", "grafana"}
+GATEWAYS = {"gateway-1": "gw-1", "gateway-2": "gw-2"}
+ONE_SHOT = {"preflight", "pki-init"}
+APP_SERVICES = {*ONE_SHOT, "bridge", "api", *GATEWAYS}
+LONG_RUNNING = {
+    "mosquitto",
+    "influxdb",
+    "bridge",
+    "api",
+    *GATEWAYS,
+    "live-feed",
+    "prometheus",
+    "grafana",
+}
+#: Every variable that holds a secret; each must pass docker/preflight.sh outside dev.
+SECRETS = {
+    "INFLUXDB_ADMIN_PASSWORD",
+    "INFLUXDB_TOKEN",
+    "GRAFANA_ADMIN_PASSWORD",
+    "TELEMETRY_READ_KEY",
+    "TELEMETRY_INGEST_KEY",
+    "TELEMETRY_ADMIN_KEY",
+}
+INFLUX_UID = "charger-telemetry-influxdb"
+PROMETHEUS_UID = "charger-telemetry-prometheus"
 
+_EDGE_CONTRACT: dict[str, type[BaseModel] | None] = {
+    "gateway_id": None,
+    "outbox_path": None,
+    "topic_root": None,
+    "mqtt": MqttSettings,
+}
 #: service -> (env prefix, module of its settings class, contract: top-level names -> group).
 SERVICE_SETTINGS: dict[str, tuple[str, str, dict[str, type[BaseModel] | None]]] = {
     "bridge": (
@@ -43,20 +84,24 @@ SERVICE_SETTINGS: dict[str, tuple[str, str, dict[str, type[BaseModel] | None]]] 
     "api": (
         "TELEMETRY_API_",
         "query_api.settings",
-        {"host": None, "port": None, "topic_root": None, "keys": None, "influx": InfluxSettings},
+        {
+            "host": None,
+            "port": None,
+            "topic_root": None,
+            "keys": None,
+            "influx": InfluxSettings,
+            "mqtt": MqttSettings,
+        },
     ),
-    "gateway-1": (
-        "TELEMETRY_EDGE_",
-        "edge_agent.settings",
-        {"gateway_id": None, "outbox_path": None, "topic_root": None, "mqtt": MqttSettings},
-    ),
+    **{name: ("TELEMETRY_EDGE_", "edge_agent.settings", _EDGE_CONTRACT) for name in GATEWAYS},
 }
 #: Nested groups the contract names but telemetry_common does not define (edge_agent does).
-CONTRACT_ONLY_GROUPS = {("gateway-1", "sim"): {"chargers", "interval_s"}}
+CONTRACT_ONLY_GROUPS = {(name, "sim"): {"chargers", "interval_s"} for name in GATEWAYS}
 
 _VARIABLE = re.compile(
     r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>:?-)?(?P<default>[^}]*)\}"
 )
+_PLACEHOLDER = "change-me"
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +118,18 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return svcs
 
 
-def _interpolate(value: str) -> str:
-    """Compose's interpolation with no variable set: every ``${VAR:-default}`` -> default."""
-    return _VARIABLE.sub(lambda m: m["default"], value).replace("$$", "$")
+def _interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's interpolation: ``${VAR:-default}`` -> ``env[VAR]`` if set and non-empty, else
+    the default (with no ``env``: every variable unset, as without a .env file)."""
+    given = env or {}
+    return _VARIABLE.sub(lambda m: given.get(m["name"]) or m["default"], value).replace("$$", "$")
 
 
-def _environment(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment", {})
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {k: _interpolate(str(v)) for k, v in env.items()}
+def _environment(service: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:
+    raw = service.get("environment", {})
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {k: _interpolate(str(v), env) for k, v in raw.items()}
 
 
 def _published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
@@ -92,12 +139,16 @@ def _published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
         if isinstance(port, dict):
             out.append((port.get("host_ip", ""), int(port["published"]), int(port["target"])))
             continue
-        parts = str(port).split("/")[0].split(":")
+        parts = _interpolate(str(port)).split("/")[0].split(":")
         if len(parts) == 1:
             raise AssertionError(f"{port!r} publishes a random host port; name it")
         host_ip = parts[0] if len(parts) == 3 else ""
         out.append((host_ip, int(parts[-2]), int(parts[-1])))
     return out
+
+
+def _depends(service: dict[str, Any]) -> dict[str, str]:
+    return {dep: cond["condition"] for dep, cond in service.get("depends_on", {}).items()}
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -131,17 +182,99 @@ def _settings_class(module_name: str, prefix: str) -> type[ServiceSettings] | No
     raise AssertionError(f"{module_name} has no ServiceSettings subclass with prefix {prefix}")
 
 
+def _env_file(text: str) -> dict[str, str]:
+    """The ``NAME=value`` lines of a .env file (comments and blank lines skipped)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f"not NAME=value: {line!r}"
+            out[name] = value
+    return out
+
+
+def _sh() -> str:
+    sh = shutil.which("sh")
+    assert sh is not None, "no POSIX shell on PATH"
+    return sh
+
+
+def _preflight(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """docker/preflight.sh run with exactly ``env`` (plus PATH), as the container runs it."""
+    return subprocess.run(
+        [_sh(), str(PREFLIGHT)],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def _gen_env() -> dict[str, str]:
+    """The variables of a .env written by docker/gen-env.sh."""
+    out = subprocess.run(
+        [_sh(), str(GEN_ENV)], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return _env_file(out)
+
+
+def _exported(registry: CollectorRegistry) -> set[str]:
+    """Every series name a registry exposes, labelled or not, with prometheus_client's
+    suffixes (counter ``_total``, histogram ``_bucket``/``_count``/``_sum``)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    names = set()
+    for family in registry.collect():
+        names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    return names
+
+
+def _edge_metrics(tmp_path: Path) -> set[str]:
+    """The series names the edge agent's collector exposes (for an empty outbox)."""
+    from edge_agent.metrics import registry_for
+    from edge_agent.outbox import Outbox
+    from edge_agent.publisher import Counters
+
+    client = types.SimpleNamespace(connects=1, connected=True)
+    with Outbox(tmp_path / "outbox.sqlite3") as box:
+        return _exported(registry_for(box, Counters(), client))
+
+
+def _dashboards() -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in sorted(DASHBOARD_DIR.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert isinstance(data, dict)
+        out[path.name] = data
+    return out
+
+
+def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows
+
+
+# --- services, images, start order ------------------------------------------------------------
+
+
 def test_expected_services(services: dict[str, dict[str, Any]]) -> None:
-    """The stack is exactly the one-shot PKI step plus the six long-running services."""
+    """The stack is the two one-shot steps (preflight, pki-init) plus the long-running servers,
+    the bridge, the API, two simulated gateways, the live-feed subscriber and Prometheus."""
     assert set(services) == APP_SERVICES | LONG_RUNNING
 
 
 def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
-    """Third-party images are pinned to the stated versions; the Python services share one
-    image built from docker/Dockerfile at the repository root."""
-    assert services["mosquitto"]["image"] == "eclipse-mosquitto:2"
+    """Third-party images are pinned: Mosquitto to a 2.0.x patch release (the `2` tag moved on
+    to 2.1), InfluxDB to 2.7, Grafana and Prometheus to a full version; the Python services
+    share one image built from docker/Dockerfile at the repository root."""
+    for name in ("mosquitto", "live-feed"):
+        assert re.fullmatch(r"eclipse-mosquitto:2\.0\.\d+", services[name]["image"]), name
+    assert services["mosquitto"]["image"] == services["live-feed"]["image"]
     assert services["influxdb"]["image"] == "influxdb:2.7"
-    assert re.fullmatch(r"grafana/grafana:11\.\d+\.\d+", services["grafana"]["image"])
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", services["grafana"]["image"])
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", services["prometheus"]["image"])
     images = {services[name]["image"] for name in APP_SERVICES}
     assert len(images) == 1
     for name in APP_SERVICES:
@@ -149,11 +282,14 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
         assert build["context"] == "."
         assert build["dockerfile"] == "docker/Dockerfile"
         assert (ROOT / build["context"] / build["dockerfile"]).is_file()
+    for name, service in services.items():
+        assert "image" in service, name
+        assert not service["image"].endswith(":latest"), name
 
 
 def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
     """Every long-running service has an enabled healthcheck with a command and a retry
-    budget; the one-shot pki-init is never restarted."""
+    budget, and restarts; the one-shot steps are never restarted and have no healthcheck."""
     for name in LONG_RUNNING:
         check = services[name].get("healthcheck")
         assert check, f"{name} has no healthcheck"
@@ -161,40 +297,81 @@ def test_long_running_services_have_healthchecks(services: dict[str, dict[str, A
         assert check["test"][0] in {"CMD", "CMD-SHELL"}, name
         assert len(check["test"]) > 1, name
         assert int(check["retries"]) >= 3, name
-    assert services["pki-init"]["restart"] == "no"
-    assert "healthcheck" not in services["pki-init"]
+        assert services[name]["restart"] == "unless-stopped", name
+    for name in ONE_SHOT:
+        assert services[name]["restart"] == "no", name
+        assert "healthcheck" not in services[name], name
 
 
 def test_start_order(services: dict[str, dict[str, Any]]) -> None:
-    """Services wait for what they use: healthy servers, and a finished pki-init for everyone
-    who reads certificates or the broker config."""
+    """Services wait for what they use: healthy servers, and finished one-shot steps for
+    everyone who reads certificates or the broker config."""
     done, healthy = "service_completed_successfully", "service_healthy"
+    gateway = {"pki-init": done, "mosquitto": healthy}
     expected = {
-        "pki-init": {},
+        "preflight": {},
+        "pki-init": {"preflight": done},
         "mosquitto": {"pki-init": done},
-        "influxdb": {},
+        "influxdb": {"preflight": done},
         "bridge": {"pki-init": done, "mosquitto": healthy, "influxdb": healthy},
-        "api": {"influxdb": healthy},
-        "gateway-1": {"pki-init": done, "mosquitto": healthy},
-        "grafana": {"influxdb": healthy},
+        "api": {"pki-init": done, "mosquitto": healthy, "influxdb": healthy},
+        **dict.fromkeys(GATEWAYS, gateway),
+        "live-feed": {"mosquitto": healthy},
+        "prometheus": {"preflight": done},
+        "grafana": {"influxdb": healthy, "prometheus": healthy},
     }
+    assert set(expected) == set(services)
     for name, deps in expected.items():
-        got = {dep: cond["condition"] for dep, cond in services[name].get("depends_on", {}).items()}
-        assert got == deps, name
+        assert _depends(services[name]) == deps, name
+
+
+def test_depends_on_conditions_match_the_dependency(services: dict[str, dict[str, Any]]) -> None:
+    """`service_completed_successfully` only on one-shot steps and `service_healthy` only on
+    services with a healthcheck (either mismatch would block `up` forever or never wait)."""
+    for name, service in services.items():
+        for dep, condition in _depends(service).items():
+            if condition == "service_completed_successfully":
+                assert dep in ONE_SHOT, f"{name} waits for {dep} to exit"
+            else:
+                assert condition == "service_healthy", f"{name} -> {dep}: {condition}"
+                assert "healthcheck" in services[dep], f"{name} waits for {dep}'s health"
+
+
+def test_preflight_gates_every_service(services: dict[str, dict[str, Any]]) -> None:
+    """Nothing starts before preflight accepted the secrets: every service reaches it through
+    its depends_on chain."""
+
+    def reaches(name: str, seen: frozenset[str] = frozenset()) -> bool:
+        deps = _depends(services[name])
+        assert name not in seen, f"depends_on cycle through {name}"
+        return "preflight" in deps or any(reaches(d, seen | {name}) for d in deps)
+
+    for name in services:
+        if name != "preflight":
+            assert reaches(name), f"{name} can start before preflight"
 
 
 def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
-    """MQTT over TLS (8883) and the API (8000) are reachable from outside; the plaintext
-    listener (1883) is published by no service; InfluxDB and Grafana only on loopback."""
+    """Only MQTT over TLS (8883) is reachable from outside by default; the API, InfluxDB,
+    Grafana and Prometheus are published on loopback only, and the plaintext listener (1883)
+    by no service."""
     assert ("", 8883, 8883) in _published(services["mosquitto"])
-    assert ("", 8000, 8000) in _published(services["api"])
+    expected = {
+        "api": ("127.0.0.1", 8000, 8000),
+        "influxdb": ("127.0.0.1", 8086, 8086),
+        "grafana": ("127.0.0.1", 3000, 3000),
+        "prometheus": ("127.0.0.1", 9090, 9090),
+    }
+    for name, port in expected.items():
+        assert _published(services[name]) == [port], name
     for name, service in services.items():
         for host_ip, published, target in _published(service):
             assert 1883 not in (published, target), f"{name} publishes the plaintext listener"
-            if name in {"influxdb", "grafana"}:
-                assert host_ip == "127.0.0.1", name
-            else:
-                assert (name, published) in {("mosquitto", 8883), ("api", 8000)}
+            if (name, published) != ("mosquitto", 8883):
+                assert host_ip == "127.0.0.1", f"{name}:{published} is published beyond loopback"
+
+
+# --- environment contract ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("service_name", sorted(SERVICE_SETTINGS))
@@ -258,33 +435,45 @@ def test_env_values_are_accepted(
 
 
 def test_certificates_match_identities(services: dict[str, dict[str, Any]]) -> None:
-    """The bridge presents the telemetry-bridge certificate and the gateway the certificate
-    named after its id (CN = MQTT username, which the broker ACL fences); pki-init issues the
-    gateway's and hands both keys to the services' user."""
-    from telemetry_stack.pki import BRIDGE_IDENTITY
+    """The bridge and the API present their own certificates and each gateway the certificate
+    named after its id (CN = MQTT username, which the broker ACL fences); pki-init issues every
+    gateway's certificate and hands all client keys to the services' user."""
+    from telemetry_stack.pki import API_IDENTITY, BRIDGE_IDENTITY
 
-    bridge = _environment(services["bridge"])
-    gateway = _environment(services["gateway-1"])
-    gw_id = gateway["TELEMETRY_EDGE_GATEWAY_ID"]
-    for env, prefix, identity in (
-        (bridge, "TELEMETRY_BRIDGE_MQTT__", BRIDGE_IDENTITY),
-        (gateway, "TELEMETRY_EDGE_MQTT__", gw_id),
-    ):
+    identities = {
+        "bridge": ("TELEMETRY_BRIDGE_MQTT__", BRIDGE_IDENTITY),
+        "api": ("TELEMETRY_API_MQTT__", API_IDENTITY),
+    }
+    for name, gw_id in GATEWAYS.items():
+        assert _environment(services[name])["TELEMETRY_EDGE_GATEWAY_ID"] == gw_id
+        identities[name] = ("TELEMETRY_EDGE_MQTT__", gw_id)
+    script = "\n".join(services["pki-init"]["command"])
+    issued = re.search(r"for gw in ([^;]+); do", script)
+    handed = re.search(r"for name in ([^;]+); do", script)
+    assert issued is not None
+    assert handed is not None
+    assert 'telemetry-stack pki gateway "$${gw}" --dir /pki' in script
+    assert set(issued[1].split()) == set(GATEWAYS.values())
+    # pki init issues the bridge's and the API's certificates; the gateways' are issued above.
+    assert set(handed[1].split()) == {BRIDGE_IDENTITY, API_IDENTITY, *GATEWAYS.values()}
+    assert "--host mosquitto" in script  # the broker certificate names the host clients dial
+    for name, (prefix, identity) in identities.items():
+        env = _environment(services[name])
         assert env[prefix + "HOST"] == "mosquitto"
         assert env[prefix + "PORT"] == "8883"
         assert env[prefix + "CA_FILE"] == "/pki/ca.crt"
         assert env[prefix + "CERT_FILE"] == f"/pki/{identity}.crt"
         assert env[prefix + "KEY_FILE"] == f"/pki/{identity}.key"
-    script = "\n".join(services["pki-init"]["command"])
-    assert f"pki gateway {gw_id} --dir /pki" in script
-    assert "--host mosquitto" in script  # the broker certificate names the host clients dial
-    for name in ("bridge", "gateway-1", "mosquitto"):
         assert "pki:/pki:ro" in services[name]["volumes"], name
+    assert "pki:/pki:ro" in services["mosquitto"]["volumes"]
     assert "pki:/pki" in services["pki-init"]["volumes"]
+    outboxes = {v for name in GATEWAYS for v in services[name]["volumes"] if "outbox" in v}
+    assert len(outboxes) == len(GATEWAYS), "each gateway needs an outbox volume of its own"
 
 
 def test_one_topic_root(services: dict[str, dict[str, Any]]) -> None:
-    """The broker ACL (rendered by pki-init) and every service use the same topic root."""
+    """The broker ACL (rendered by pki-init), every service and the live-feed subscriber use
+    the same topic root."""
     script = "\n".join(services["pki-init"]["command"])
     roots = set(re.findall(r"--topic-root (\S+)", script))
     for name in SERVICE_SETTINGS:
@@ -303,10 +492,177 @@ def test_every_variable_has_a_default() -> None:
     assert not re.search(r"(?<!\$)\$(?![{$])", text), "a bare $VAR or unescaped $"
 
 
-def test_influxdb_init_and_grafana_datasource(services: dict[str, dict[str, Any]]) -> None:
+def test_env_example_lists_every_variable() -> None:
+    """.env.example documents every variable the compose file reads (the image name aside),
+    uses each, and docker/gen-env.sh writes exactly the same names."""
+    used = {m["name"] for m in _VARIABLE.finditer(COMPOSE_FILE.read_text(encoding="utf-8"))}
+    example = _env_file(ENV_EXAMPLE.read_text(encoding="utf-8"))
+    assert set(example) == used - {"TELEMETRY_IMAGE"}
+    assert set(_gen_env()) == set(example)
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def _compose_secret_values(services: dict[str, dict[str, Any]]) -> dict[str, set[str]]:
+    """For each secret variable, the defaults the compose file gives it, wherever it is used."""
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    out: dict[str, set[str]] = {}
+    for match in _VARIABLE.finditer(text):
+        out.setdefault(match["name"], set()).add(match["default"])
+    return {name: out.get(name, set()) for name in SECRETS}
+
+
+def test_every_secret_default_is_a_placeholder(services: dict[str, dict[str, Any]]) -> None:
+    """Each secret has one default wherever it is used, the default is marked as a placeholder,
+    and preflight receives every secret with that same default (so what it checks is what the
+    services get)."""
+    defaults = _compose_secret_values(services)
+    checked = _environment(services["preflight"])
+    for name, values in defaults.items():
+        assert len(values) == 1, f"{name} has several defaults: {values}"
+        (value,) = values
+        assert _PLACEHOLDER in value, name
+        assert checked[name] == value, name
+    assert set(checked) == SECRETS | {"TELEMETRY_PROFILE"}
+    script = services["preflight"]["command"]
+    assert script[-1] in {v.split(":")[1] for v in services["preflight"]["volumes"]}
+    assert f"./docker/{PREFLIGHT.name}:{script[-1]}:ro" in services["preflight"]["volumes"]
+
+
+def test_no_placeholder_secret_outside_dev(services: dict[str, dict[str, Any]]) -> None:
+    """preflight lets the compose defaults through in the dev profile (the default), refuses
+    them in any other profile, naming every placeholder variable but never printing a value."""
+    dev = _environment(services["preflight"])
+    assert dev["TELEMETRY_PROFILE"] == "dev"
+    accepted = _preflight(dev)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "placeholder" in accepted.stdout
+
+    refused = _preflight({**dev, "TELEMETRY_PROFILE": "production"})
+    assert refused.returncode == 1
+    for name in SECRETS:
+        assert name in refused.stderr, name
+        assert dev[name] not in refused.stderr + refused.stdout, f"{name}'s value was printed"
+
+
+def test_env_example_is_refused_until_edited(services: dict[str, dict[str, Any]]) -> None:
+    """Copying .env.example unchanged does not start a production stack: its profile is not
+    dev and its secrets are placeholders."""
+    example = _env_file(ENV_EXAMPLE.read_text(encoding="utf-8"))
+    assert example["TELEMETRY_PROFILE"] != "dev"
+    env = _environment(services["preflight"], example)
+    refused = _preflight(env)
+    assert refused.returncode == 1
+    assert all(name in refused.stderr for name in SECRETS)
+
+
+def test_generated_env_starts_a_production_stack(services: dict[str, dict[str, Any]]) -> None:
+    """docker/gen-env.sh writes a production .env whose secrets preflight accepts, different
+    on every run and from each other."""
+    runs = [_gen_env(), _gen_env()]
+    for generated in runs:
+        assert generated["TELEMETRY_PROFILE"] == "production"
+        values = [generated[name] for name in SECRETS]
+        assert len(set(values)) == len(values)
+        assert all(re.fullmatch(r"[A-Za-z0-9]{32}", v) for v in values)
+        accepted = _preflight(_environment(services["preflight"], generated))
+        assert accepted.returncode == 0, accepted.stderr
+    assert all(runs[0][name] != runs[1][name] for name in SECRETS)
+
+
+#: Real-looking secrets, all distinct: preflight accepts them in the production profile.
+GOOD_SECRETS = {name: f"{name.lower().replace('_', '-')}-0123456789" for name in SECRETS}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("TELEMETRY_ADMIN_KEY", GOOD_SECRETS["TELEMETRY_INGEST_KEY"], "must differ"),
+        ("INFLUXDB_TOKEN", "short-token", "INFLUXDB_TOKEN"),
+        ("GRAFANA_ADMIN_PASSWORD", "a-real-looking-CHANGE-ME-one", "GRAFANA_ADMIN_PASSWORD"),
+        ("TELEMETRY_READ_KEY", "", "TELEMETRY_READ_KEY"),
+    ],
+)
+def test_preflight_refusals(variable: str, value: str, reason: str) -> None:
+    """Outside dev, a key shared by two roles, a short secret, a 'change-me' in any case or an
+    empty secret each stop the stack, with the reason."""
+    production = {**GOOD_SECRETS, "TELEMETRY_PROFILE": "production"}
+    assert _preflight(production).returncode == 0
+    refused = _preflight({**production, variable: value})
+    assert refused.returncode == 1
+    assert reason in refused.stderr
+
+
+# --- live feed, Prometheus, InfluxDB init, Grafana ----------------------------------------------
+
+
+def test_live_feed_reads_the_loopback_listener(services: dict[str, dict[str, Any]]) -> None:
+    """live-feed subscribes on the broker's loopback plaintext listener (it shares the broker's
+    network namespace, so nothing is published) to the live and dead-letter topics, which the
+    rendered ACL lets anonymous clients read; it runs as the broker's unprivileged user."""
+    from telemetry_stack.broker_config import render_acl
+
+    feed = services["live-feed"]
+    assert feed["network_mode"] == "service:mosquitto"
+    assert "ports" not in feed
+    assert feed["user"] == "1883:1883"
+    topics = Topics("chargers/v1")
+    live = topics.live("x").rsplit("/", 1)[0] + "/#"
+    dead = topics.deadletter("x").rsplit("/", 1)[0] + "/#"
+    command = feed["command"]
+    assert command[0] == "mosquitto_sub"
+    port = command[command.index("-p") + 1]
+    assert command[command.index("-h") + 1] == "127.0.0.1"
+    subscribed = {command[i + 1] for i, arg in enumerate(command) if arg == "-t"}
+    assert subscribed == {live, dead}
+    assert f"--local-port {port}" in "\n".join(services["pki-init"]["command"])
+    acl = render_acl("chargers/v1")
+    anonymous = acl.split("\npattern ", 1)[0]
+    assert f"topic read {live}" in anonymous
+    assert f"topic read {dead}" in anonymous
+
+
+def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) -> None:
+    """Prometheus scrapes the bridge, the API and every gateway on the ports their settings
+    serve metrics on (bound beyond loopback inside the compose network, never published), and
+    labels each gateway's series with its gateway id."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]}
+    assert set(jobs) == {"telemetry-bridge", "telemetry-api", "telemetry-edge"}
+
+    def targets(job: str) -> set[str]:
+        return {t for sc in jobs[job] for t in sc["targets"]}
+
+    bridge = _environment(services["bridge"])
+    api = _environment(services["api"])
+    assert bridge["TELEMETRY_BRIDGE_HTTP_HOST"] == "0.0.0.0"
+    assert targets("telemetry-bridge") == {f"bridge:{bridge['TELEMETRY_BRIDGE_HTTP_PORT']}"}
+    assert targets("telemetry-api") == {f"api:{api['TELEMETRY_API_PORT']}"}
+    edge = {}
+    for sc in jobs["telemetry-edge"]:
+        (target,) = sc["targets"]
+        edge[target] = sc["labels"]["gateway"]
+    want = {}
+    for name, gw_id in GATEWAYS.items():
+        env = _environment(services[name])
+        assert env["TELEMETRY_EDGE_METRICS_HOST"] == "0.0.0.0"
+        want[f"{name}:{env['TELEMETRY_EDGE_METRICS_PORT']}"] = gw_id
+        assert "ports" not in services[name]
+    assert edge == want
+    assert "ports" not in services["bridge"]
+    assert (
+        f"./docker/prometheus/{PROMETHEUS_CONFIG.name}:/etc/prometheus/prometheus.yml:ro"
+        in (services["prometheus"]["volumes"])
+    )
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+
+
+def test_influxdb_init_and_grafana_datasources(services: dict[str, dict[str, Any]]) -> None:
     """InfluxDB maps the InfluxQL database `telemetry` onto its `telemetry` bucket with an
-    executable init script, and Grafana's provisioned datasource queries that database with
-    InfluxQL and the same token."""
+    executable init script; Grafana's InfluxDB datasource queries that database with InfluxQL
+    and the same token in an `Authorization: Token` header, and its Prometheus datasource
+    reaches the prometheus service; both have the fixed uids the dashboards use."""
     influx = _environment(services["influxdb"])
     assert influx["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
     assert influx["DOCKER_INFLUXDB_INIT_BUCKET"] == "telemetry"
@@ -318,19 +674,101 @@ def test_influxdb_init_and_grafana_datasource(services: dict[str, dict[str, Any]
     assert os.access(script, os.X_OK), "the image runs only executable init scripts"
     assert "influx v1 dbrp create" in script.read_text(encoding="utf-8")
 
-    ds_file = ROOT / "grafana" / "provisioning" / "datasources" / "influxdb.yml"
-    (ds,) = yaml.safe_load(ds_file.read_text(encoding="utf-8"))["datasources"]
+    ds_dir = PROVISIONING / "datasources"
+    (ds,) = yaml.safe_load((ds_dir / "influxdb.yml").read_text(encoding="utf-8"))["datasources"]
+    assert ds["uid"] == INFLUX_UID
     assert ds["type"] == "influxdb"
     assert ds["url"] == "http://influxdb:8086"
     assert ds["jsonData"]["dbName"] == "telemetry"
-    assert ds["jsonData"].get("version", "InfluxQL") == "InfluxQL"
+    assert ds["jsonData"]["version"] == "InfluxQL"
     assert ds["jsonData"]["httpHeaderName1"] == "Authorization"
     assert ds["secureJsonData"]["httpHeaderValue1"] == "Token ${INFLUXDB_TOKEN}"
     token = _environment(services["grafana"])["INFLUXDB_TOKEN"]
     assert token == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
     assert token == _environment(services["bridge"])["TELEMETRY_BRIDGE_INFLUX__TOKEN"]
     assert token == _environment(services["api"])["TELEMETRY_API_INFLUX__TOKEN"]
+
+    (prom,) = yaml.safe_load((ds_dir / "prometheus.yml").read_text(encoding="utf-8"))["datasources"]
+    assert prom["uid"] == PROMETHEUS_UID
+    assert prom["type"] == "prometheus"
+    assert prom["url"] == "http://prometheus:9090"
     assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in services["grafana"]["volumes"]
+
+
+def test_dashboards_are_provisioned(services: dict[str, dict[str, Any]]) -> None:
+    """The provider loads the folder compose mounts the dashboards into; the three dashboards
+    are there with distinct uids, and Grafana's home dashboard is one of them."""
+    (provider,) = yaml.safe_load(
+        (PROVISIONING / "dashboards" / "charger-telemetry.yml").read_text(encoding="utf-8")
+    )["providers"]
+    path = provider["options"]["path"]
+    assert f"./grafana/dashboards:{path}:ro" in services["grafana"]["volumes"]
+    dashboards = _dashboards()
+    assert set(dashboards) == {"fleet-overview.json", "charger-detail.json", "pipeline-health.json"}
+    uids = [d["uid"] for d in dashboards.values()]
+    assert len(set(uids)) == len(uids)
+    home = _environment(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(path + "/")
+    assert home.removeprefix(path + "/") in dashboards
+
+
+def test_dashboards_use_only_the_provisioned_datasources() -> None:
+    """Every panel, query and template variable of every dashboard names a provisioned
+    datasource by its fixed uid (a dashboard that relied on 'the default datasource' or a uid
+    from someone's Grafana would show 'datasource not found')."""
+    provisioned = {INFLUX_UID: "influxdb", PROMETHEUS_UID: "prometheus"}
+    for name, dashboard in _dashboards().items():
+        variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+        sources = [(f"variable {v['name']}", v["datasource"]) for v in variables]
+        for panel in _panels(dashboard):
+            if panel["type"] == "row":
+                continue
+            sources.append((f"panel {panel['title']!r}", panel["datasource"]))
+            assert panel["targets"], f"{name}: {panel['title']} has no query"
+            sources += [
+                (f"{panel['title']!r} {t['refId']}", t["datasource"]) for t in panel["targets"]
+            ]
+        for where, ds in sources:
+            assert isinstance(ds, dict), f"{name}: {where} names no datasource uid"
+            assert ds.get("uid") in provisioned, f"{name}: {where} uses {ds}"
+            assert ds.get("type") == provisioned[ds["uid"]], f"{name}: {where}"
+
+
+def test_dashboard_prometheus_queries_name_exported_metrics(tmp_path: Path) -> None:
+    """Every metric a Prometheus panel queries is one the bridge, the edge agent (or the API)
+    exports, with
+    prometheus_client's suffixes (_total, _bucket): renaming a metric breaks this test, not a
+    dashboard in production."""
+    from processor.metrics import Metrics
+
+    exported = _exported(Metrics().registry) | _edge_metrics(tmp_path)
+    try:
+        from query_api.metrics import ApiMetrics
+    except ModuleNotFoundError:
+        pass
+    else:
+        exported |= _exported(ApiMetrics().registry)
+    exported |= {"up"}  # Prometheus's own per-target series
+    found = 0
+    for name, dashboard in _dashboards().items():
+        for panel in _panels(dashboard):
+            for target in panel.get("targets", []):
+                if target["datasource"]["uid"] != PROMETHEUS_UID:
+                    continue
+                expr = re.sub(r"\[[^]]*\]|\{[^}]*\}|\"[^\"]*\"", "", target["expr"])
+                names = {
+                    n
+                    for n in re.findall(r"\b([a-z_][a-z0-9_]*)\b(?!\s*\()", expr)
+                    if n.startswith("telemetry_") or n == "up"
+                }
+                assert names, f"{name}: {panel['title']}: no metric in {target['expr']!r}"
+                for metric in names:
+                    assert metric in exported, f"{name}: {panel['title']}: {metric} not exported"
+                found += 1
+    assert found >= 5
+
+
+# --- image ------------------------------------------------------------------------------------
 
 
 def test_image_holds_every_package_and_the_broker_templates() -> None:
