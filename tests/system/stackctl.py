@@ -1,0 +1,169 @@
+"""Drive a whole local stack the way an operator does (``telemetry-stack up/restart/down``) and
+account for every reading: what the edge accepted, what InfluxDB stored, what is still held.
+
+The oracle: a gateway's outbox gives each accepted reading the next ``seq`` (SQLite
+AUTOINCREMENT, dense from 1, persisted), so the readings it accepted are seq 1..high, where high
+is the outbox's ``sqlite_sequence``. A reading is *lost* if it is neither stored in InfluxDB nor
+still held by the outbox (unsent or parked) nor dropped by the documented budget policy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from telemetry_stack.servers import pid_alive
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Account:
+    """One gateway's readings, counted as the issue asks."""
+
+    gateway: str
+    accepted: int
+    stored: int
+    stored_points: int
+    held: int
+    dropped: int
+    lost: list[int]
+
+    @property
+    def duplicates(self) -> int:
+        """Points stored more than once (a replay must overwrite itself, not add a point)."""
+        return self.stored_points - self.stored
+
+    def line(self) -> str:
+        return (
+            f"{self.gateway}: accepted {self.accepted}, stored {self.stored}, "
+            f"duplicates {self.duplicates}, still held {self.held}, dropped by policy "
+            f"{self.dropped}, lost {len(self.lost)}"
+        )
+
+
+class SystemStack:
+    def __init__(self, state_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.dir = state_dir
+        self.env = {**os.environ, **(env or {})}
+        self.state: dict[str, Any] = {}
+
+    # -- lifecycle, through the CLI ----------------------------------------------------------
+    def _cli(self, *args: str, timeout: float = 120) -> str:
+        argv = [str(BIN / "telemetry-stack"), *args, "--state-dir", str(self.dir)]
+        done = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+        return done.stdout
+
+    def up(self, gateways: int, chargers: int, interval_s: float = 0.2) -> None:
+        self._cli(
+            "up", "--detach", "--gateways", str(gateways), "--chargers", str(chargers),
+            "--interval", str(interval_s),
+        )  # fmt: skip
+        self.reload()
+
+    def reload(self) -> None:
+        self.state = json.loads((self.dir / "stack.json").read_text())
+
+    def down(self) -> None:
+        if (self.dir / "stack.json").exists():
+            self._cli("down")
+
+    def restart(self, service: str) -> None:
+        self._cli("restart", service)
+        self.reload()
+
+    def pid(self, service: str) -> int:
+        self.reload()
+        pid = self.state["services"][service]["pid"]
+        assert pid, f"{service} is not running"
+        return int(pid)
+
+    def kill(self, service: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send ``sig`` to the service and wait (bounded) until it is gone."""
+        pid = self.pid(service)
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 30
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(pid), f"{service} (pid {pid}) did not exit after {sig.name}"
+
+    def stop(self, service: str) -> None:
+        self.kill(service, signal.SIGTERM)
+
+    # -- reading the state -------------------------------------------------------------------
+    def influx(self, q: str) -> list[dict[str, Any]]:
+        url = self.state["influx"]["url"]
+        db = self.state["influx"]["database"]
+        r = httpx.get(f"{url}/query", params={"db": db, "q": q, "epoch": "ns"}, timeout=30)
+        r.raise_for_status()
+        return list(r.json()["results"][0].get("series", []))
+
+    def stored_seqs(self, gateway: str) -> tuple[set[int], int]:
+        """Distinct seqs stored for ``gateway`` and the number of points holding them."""
+        series = self.influx(f"SELECT seq FROM readings WHERE gateway_id = '{gateway}'")
+        seqs = [int(row[1]) for s in series for row in s["values"]]
+        return set(seqs), len(seqs)
+
+    def outbox(self, gateway: str) -> Path:
+        return self.dir / "edge" / f"{gateway}.sqlite3"
+
+    def held_seqs(self, gateway: str) -> tuple[int, set[int], int]:
+        """(highest seq ever assigned, seqs still held (unsent or parked), dropped by policy)."""
+        db = sqlite3.connect(f"file:{self.outbox(gateway)}?mode=ro", uri=True, timeout=10)
+        try:
+            high_row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
+            high = int((high_row.fetchone() or (0,))[0])
+            held = {int(r[0]) for r in db.execute("SELECT seq FROM outbox")}
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if "parked" in tables:
+                cols = [r[1] for r in db.execute("PRAGMA table_info(parked)")]
+                if "seq" in cols:
+                    held |= {int(r[0]) for r in db.execute("SELECT seq FROM parked")}
+            dropped = 0
+            if "dropped" in tables:
+                dropped = int(db.execute("SELECT COALESCE(SUM(n), 0) FROM dropped").fetchone()[0])
+        finally:
+            db.close()
+        return high, held, dropped
+
+    def account(self, gateway: str) -> Account:
+        high, held, dropped = self.held_seqs(gateway)
+        stored, points = self.stored_seqs(gateway)
+        missing = sorted(set(range(1, high + 1)) - stored - held)
+        # Readings dropped by the budget policy are accounted by count, not by seq.
+        lost = missing[dropped:] if dropped else missing
+        return Account(gateway, high, len(stored), points, len(held), dropped, lost)
+
+    def wait_delivered(self, gateways: list[str], timeout: float) -> list[Account]:
+        """Poll until every accepted reading is stored or held (bounded); the last accounts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            accounts = [self.account(gw) for gw in gateways]
+            if all(not a.lost for a in accounts) or time.monotonic() > deadline:
+                return accounts
+            time.sleep(0.5)
+
+    def bridge_status(self) -> dict[str, Any]:
+        r = httpx.get(f"{self.state['bridge']['url']}/status", timeout=10)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def api_get(self, path: str) -> httpx.Response:
+        api = self.state["api"]
+        return httpx.get(
+            f"{api['url']}{path}", headers={"X-API-Key": api["keys"]["read"]}, timeout=10
+        )
