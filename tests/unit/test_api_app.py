@@ -29,6 +29,7 @@ from telemetry_common.influx_query import (
     Series,
 )
 from telemetry_common.settings import InfluxSettings
+from tests.unit.fakes import FakeInflux
 
 READ, INGEST, ADMIN = "read-key-0123456789", "ingest-key-0123456789", "admin-key-0123456789"
 NOW = datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC)
@@ -45,21 +46,6 @@ COLUMNS = [
     "soc_pct",
     "status",
 ]
-
-
-class FakeInflux:
-    """Records each query; answers with the queued results (or raises the queued error)."""
-
-    def __init__(self) -> None:
-        self.queries: list[str] = []
-        self.answers: list[list[Series] | Exception] = []
-
-    async def query(self, q: str) -> list[Series]:
-        self.queries.append(q)
-        answer = self.answers.pop(0) if self.answers else []
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 def _settings(**overrides: Any) -> ApiSettings:

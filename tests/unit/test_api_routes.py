@@ -22,6 +22,7 @@ from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxUnavailable, Series
 from telemetry_common.mqtt import NotConnectedError, PublishLostError
 from telemetry_common.settings import MqttSettings
+from tests.unit.fakes import FakeInflux
 
 READ, INGEST, ADMIN, SITE = (
     "read-key-0123456789",
@@ -32,19 +33,6 @@ READ, INGEST, ADMIN, SITE = (
 NOW = datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC)
 NS = 1_777_636_800_000_000_000  # 2026-05-01T12:00:00Z
 MONO = 1000.0
-
-
-class FakeInflux:
-    def __init__(self) -> None:
-        self.queries: list[str] = []
-        self.answers: list[list[Series] | Exception] = []
-
-    async def query(self, q: str) -> list[Series]:
-        self.queries.append(q)
-        answer = self.answers.pop(0) if self.answers else []
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 class FakeBroker:

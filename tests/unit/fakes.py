@@ -1,0 +1,20 @@
+"""Fakes shared by the unit tests (pure logic only; integration tests use real servers)."""
+
+from __future__ import annotations
+
+from telemetry_common.influx_query import Series
+
+
+class FakeInflux:
+    """Records each query; answers with the queued results (or raises the queued error)."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+        self.answers: list[list[Series] | Exception] = []
+
+    async def query(self, q: str) -> list[Series]:
+        self.queries.append(q)
+        answer = self.answers.pop(0) if self.answers else []
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
