@@ -20,6 +20,7 @@ from edge_agent.agent import EdgeAgent, mqtt_client
 from edge_agent.capture import Capture
 from edge_agent.jsonl import read_jsonl
 from edge_agent.lock import OutboxBusyError, exclusive
+from edge_agent.ocpp import ocpp_source
 from edge_agent.outbox import Outbox
 from edge_agent.outbox_cli import load_settings, outbox_app
 from edge_agent.settings import EdgeSettings
@@ -35,6 +36,7 @@ app.add_typer(outbox_app, name="outbox")
 
 class SourceName(StrEnum):
     sim = "sim"
+    ocpp = "ocpp"
     jsonl = "jsonl"
 
 
@@ -45,7 +47,11 @@ def run(
         Path | None, typer.Option(help="jsonl: read this file instead of stdin.")
     ] = None,
 ) -> None:
-    """Run the agent until SIGTERM / Ctrl-C (or, for a finite jsonl input, until all is sent)."""
+    """Run the agent until SIGTERM / Ctrl-C (or, for a finite jsonl input, until all is sent).
+
+    Sources: ``sim`` (simulated chargers), ``ocpp`` (a local OCPP 1.6J central system on
+    TELEMETRY_EDGE_OCPP__HOST:__PORT; chargers connect to ws://HOST:PORT/.../<charger_id>),
+    ``jsonl`` (one reading per line from --file or stdin)."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
@@ -70,6 +76,8 @@ async def _run(settings: EdgeSettings, source: SourceName, file: Path | None) ->
             sim = Simulator(settings.gateway_id, settings.sim.chargers, seed=settings.sim.seed)
             pace = Pace(settings.sim.interval_s)
             captures = run_simulator(sim, pace)
+        elif source is SourceName.ocpp:
+            captures = ocpp_source(settings.ocpp)
         else:
             stream = stack.enter_context(file.open("rb")) if file else sys.stdin.buffer
             captures = read_jsonl(stream)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from edge_agent.budget import Budget
+from edge_agent.ocpp.settings import OcppSettings
 from telemetry_common.ids import Id
 from telemetry_common.schema import MAX_BATCH_BYTES, MAX_BATCH_READINGS
 from telemetry_common.settings import MqttSettings, ServiceSettings
@@ -43,6 +44,8 @@ class EdgeSettings(ServiceSettings):
     outbox: OutboxSettings = OutboxSettings()
     mqtt: MqttSettings = MqttSettings()
     sim: SimSettings = SimSettings()
+    #: The ``ocpp`` source's central-system endpoint (TELEMETRY_EDGE_OCPP__HOST/__PORT/...).
+    ocpp: OcppSettings = OcppSettings()
     batch_max_readings: int = Field(default=1_000, ge=1, le=MAX_BATCH_READINGS)
     batch_max_bytes: int = Field(default=MAX_BATCH_BYTES, ge=4096, le=MAX_BATCH_BYTES)
     #: How long to wait for a PUBACK before treating the batch as not delivered (it stays

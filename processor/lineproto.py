@@ -42,10 +42,13 @@ def _series(charger_id: str, connector_id: int, evse_id: int, gateway_id: str) -
 def to_line(gateway_id: str, r: Reading, ns: int | None = None) -> str:
     """One point; its key (measurement, tags, time) makes a replayed reading overwrite itself.
     ``ns`` is ``ts_ns(r.ts)`` when the caller has it already."""
-    # Values are floats already (strict schema); repr is the shortest exact form.
-    fields = ",".join([f"{k}={v!r}" for k, v in r.values.items()])
-    status = f",status={_string_field(r.status)}" if r.status is not None else ""
+    # Values are floats already (strict schema); repr is the shortest exact form. ``seq`` is
+    # always there, so a reading without values (a status change) is still a valid point.
+    fields = [f"{k}={v!r}" for k, v in r.values.items()]
+    if r.status is not None:
+        fields.append(f"status={_string_field(r.status)}")
+    fields.append(f"seq={r.seq}i")
     return (
         f"{_series(r.charger_id, r.connector_id, r.evse_id, gateway_id)}"
-        f"{fields}{status},seq={r.seq}i {ts_ns(r.ts) if ns is None else ns}"
+        f"{','.join(fields)} {ts_ns(r.ts) if ns is None else ns}"
     )

@@ -103,6 +103,19 @@ def test_ts_ns_is_exact_before_and_after_epoch() -> None:
     assert ts_ns(datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == -1000
 
 
+def test_a_reading_without_values_is_still_a_valid_line() -> None:
+    """The schema allows ``values == {}`` (a status change): the line has its status and seq
+    fields and no stray comma."""
+    r = Reading.model_validate_json(
+        orjson.dumps({"charger_id": "CP-1", "seq": 3, "ts": "2026-05-01T12:00:00Z",
+                      "status": "Faulted", "values": {}})
+    )  # fmt: skip
+    assert to_line("gw-1", r) == (
+        "readings,charger_id=CP-1,connector_id=0,evse_id=0,gateway_id=gw-1 "
+        'status="Faulted",seq=3i 1777636800000000000'
+    )
+
+
 def stamp(body: dict[str, object]) -> Stamp:
     r = Reading.model_validate_json(orjson.dumps(body))
     return Stamp(ts_ns(r.ts), r.seq, "gw-1")

@@ -1,0 +1,19 @@
+"""The ``ocpp`` source: a local OCPP 1.6J central system whose chargers' MeterValues and
+StatusNotifications become captures (see docs/ocpp.md).
+
+    settings.py      OcppSettings (host, port, TLS, limits; TELEMETRY_EDGE_OCPP__*)
+    server.py        CentralSystem (WebSocket endpoint, handshake, ack-after-store), ocpp_source
+    session.py       one charger's connection: the requests it sends and their answers
+    frames.py        OCPP-J framing and the CALLERROR for a malformed frame
+    models.py        MeterValues / StopTransaction payloads, OCPP 1.6 error codes
+    translate.py     requests -> Captures (status, transactions, checks)
+    mapping.py       sampled values -> value keys and units (pure)
+    sanity.py        energy-register checks (flags, never corrections)
+    transactions.py  transaction ids unique across restarts
+    lib.py           the typed face of the untyped ``ocpp`` library
+"""
+
+from edge_agent.ocpp.server import CentralSystem, ocpp_source
+from edge_agent.ocpp.settings import OcppSettings
+
+__all__ = ["CentralSystem", "OcppSettings", "ocpp_source"]

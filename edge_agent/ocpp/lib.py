@@ -1,0 +1,122 @@
+"""The typed face of the ``ocpp`` library (PyPI ``ocpp`` 2.1.x), which ships no type hints.
+
+mypy (strict) reads the declarations below; at run time the names are the library's own. Only
+what this package and its tests use is declared; a signature here mirrors the library's, so a
+library upgrade that changes one is caught by the tests, not by mypy. This keeps every other
+module free of ``# type: ignore`` and needs no ``ignore_missing_imports`` override.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+__all__ = [
+    "Call",
+    "CallError",
+    "ChargePoint",
+    "FormationViolationError",
+    "InternalError",
+    "NotImplementedError",
+    "OCPPError",
+    "OccurenceConstraintViolationError",
+    "PropertyConstraintViolationError",
+    "ProtocolError",
+    "TypeConstraintViolationError",
+    "call",
+    "call_result",
+    "datatypes",
+    "on",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+
+    class OCPPError(Exception):
+        code: str
+        description: str
+        details: dict[str, Any]
+
+        def __init__(
+            self, description: str | None = None, details: dict[str, Any] | None = None
+        ) -> None: ...
+
+    class NotImplementedError(OCPPError): ...  # shadows the builtin, as in the library
+
+    class ProtocolError(OCPPError): ...
+
+    class InternalError(OCPPError): ...
+
+    class FormationViolationError(OCPPError): ...
+
+    class PropertyConstraintViolationError(OCPPError): ...
+
+    class OccurenceConstraintViolationError(OCPPError): ...
+
+    class TypeConstraintViolationError(OCPPError): ...
+
+    class Call:
+        unique_id: str
+        action: str
+        payload: dict[str, Any]
+
+        def __init__(self, unique_id: str, action: str, payload: dict[str, Any]) -> None: ...
+
+    class CallError:
+        def __init__(
+            self,
+            unique_id: str,
+            error_code: str,
+            error_description: str,
+            error_details: dict[str, Any] | None = None,
+        ) -> None: ...
+
+        def to_json(self) -> str: ...
+
+    class ChargePoint:
+        """``ocpp.v16.ChargePoint``: the 1.6 end of a connection, either side."""
+
+        id: str
+        logger: Any
+
+        def __init__(
+            self, id: str, connection: Any, response_timeout: int = 30, logger: Any = ...
+        ) -> None: ...
+
+        async def start(self) -> None: ...
+
+        async def route_message(self, raw_msg: str | bytes) -> None: ...
+
+        async def _handle_call(self, msg: Call) -> Any: ...
+
+        async def _send(self, message: str) -> None: ...
+
+        async def call(
+            self,
+            payload: Any,
+            suppress: bool = True,
+            unique_id: str | None = None,
+            skip_schema_validation: bool = False,
+        ) -> Any: ...
+
+    def on(action: str, *, skip_schema_validation: bool = False) -> Callable[[F], F]: ...
+
+    #: ``ocpp.v16.call`` / ``call_result`` / ``datatypes``: dataclasses per action.
+    call: Any
+    call_result: Any
+    datatypes: Any
+else:
+    from ocpp.exceptions import (
+        FormationViolationError,
+        InternalError,
+        NotImplementedError,
+        OccurenceConstraintViolationError,
+        OCPPError,
+        PropertyConstraintViolationError,
+        ProtocolError,
+        TypeConstraintViolationError,
+    )
+    from ocpp.messages import Call, CallError
+    from ocpp.routing import on
+    from ocpp.v16 import ChargePoint, call, call_result, datatypes

@@ -1,0 +1,192 @@
+"""The OCPP 1.6J central system the site's chargers connect to, as an edge-agent source.
+
+``ocpp_source(settings)`` has the shape of every source (``AsyncIterator[list[Capture]]``) and
+serves until cancelled. A batch is yielded; when the consumer asks for the next one it has stored
+this one (the agent appends to its outbox before it iterates again), and only then are the
+chargers' requests that produced it answered. Requests wait in a bounded queue
+(``max_pending``): a stalled agent makes chargers wait for their answers, it never drops data.
+
+Handshake: WebSocket subprotocol ``ocpp1.6`` (required); the charger id is the last segment of the
+URL path, allow-listed (``^[A-Za-z0-9._-]{1,64}$``), else HTTP 404; beyond ``max_chargers``
+connections, HTTP 503. A second connection with the same id replaces the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import TracebackType
+from urllib.parse import unquote, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from edge_agent.capture import Capture
+from edge_agent.ocpp.lib import InternalError
+from edge_agent.ocpp.session import ChargerSession, Counters, Shared
+from edge_agent.ocpp.settings import OcppSettings
+from edge_agent.ocpp.transactions import TransactionStore
+from edge_agent.ocpp.translate import Translator
+from telemetry_common.ids import is_valid_id
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = Subprotocol("ocpp1.6")
+
+
+def charger_id_from_path(path: str) -> str | None:
+    """The last path segment, percent-decoded, if it is an allowed id."""
+    last = urlsplit(path).path.rsplit("/", 1)[-1]
+    charger_id = unquote(last)
+    return charger_id if is_valid_id(charger_id) else None
+
+
+class StoreAborted(InternalError):
+    """The source stopped before the agent stored these readings: the charger must resend."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    captures: list[Capture]
+    stored: asyncio.Future[None]
+
+
+class CentralSystem:
+    """``async with CentralSystem(settings) as cs:`` listens; ``cs.captures()`` is the source."""
+
+    def __init__(self, settings: OcppSettings, *, translator: Translator | None = None) -> None:
+        self.settings = settings
+        self.counters = Counters()
+        self.translator = translator or Translator()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(settings.max_pending)
+        self._handed: list[_Pending] = []
+        self._sessions: dict[str, ServerConnection] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._server: Server | None = None
+        self._closing = False
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not listening"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aenter__(self) -> CentralSystem:
+        s = self.settings
+        transactions = await asyncio.to_thread(TransactionStore, s.state_path)
+        self._shared = Shared(s, self.translator, transactions, self.counters, self._emit)
+        self._server = await serve(
+            self._handle,
+            s.host,
+            s.port,
+            subprotocols=[SUBPROTOCOL],
+            process_request=self._check_request,
+            ssl=s.ssl_context(),
+            max_size=s.max_message_bytes,
+            close_timeout=2,
+        )
+        scheme = "wss" if s.cert_file else "ws"
+        log.info("ocpp 1.6J central system on %s://%s:%d/<charger_id>", scheme, s.host, self.port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        unanswered = self._handed + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        for pending in unanswered:  # not stored: their chargers get a CALLERROR and resend
+            if not pending.stored.done():
+                pending.stored.set_exception(StoreAborted())
+        if self._server is not None:
+            self._server.close()  # the failed requests are answered before the sockets close
+            try:
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                for task in self._tasks:
+                    task.cancel()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        await self._server.wait_closed()
+        log.info("ocpp central system closed: %s", self.counters)
+
+    async def captures(self) -> AsyncGenerator[list[Capture], None]:
+        """Batches of captures, as chargers send them; runs until the caller stops."""
+        while True:
+            items = [await self._queue.get()]
+            count = len(items[0].captures)
+            while count < self.settings.max_batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+                count += len(items[-1].captures)
+            self._handed = items
+            yield [c for pending in items for c in pending.captures]
+            # Resumed: the consumer has stored the batch, so the chargers may have their answers.
+            self._handed = []
+            for pending in items:
+                if not pending.stored.done():
+                    pending.stored.set_result(None)
+
+    async def _emit(self, captures: list[Capture]) -> None:
+        if not captures:
+            return
+        if self._closing:
+            raise StoreAborted()
+        pending = _Pending(captures, asyncio.get_running_loop().create_future())
+        await self._queue.put(pending)
+        if self._closing:  # queued after the source stopped: nobody will store it
+            raise StoreAborted()
+        await pending.stored
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        charger_id = charger_id_from_path(request.path)
+        if charger_id is None:
+            self.counters.refused += 1
+            log.warning(
+                "ocpp: refused %r: the last path segment is not an allowed id", request.path
+            )
+            return connection.respond(HTTPStatus.NOT_FOUND, "unknown charger path\n")
+        if self._closing or (
+            len(self._sessions) >= self.settings.max_chargers and charger_id not in self._sessions
+        ):
+            self.counters.refused += 1
+            log.warning("ocpp: refused %s: at max_chargers or closing", charger_id)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "no room for a charger\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        charger_id = charger_id_from_path(ws.request.path)
+        assert charger_id is not None  # checked at the handshake
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        old = self._sessions.get(charger_id)
+        self._sessions[charger_id] = ws
+        self.counters.connections += 1
+        try:
+            if old is not None:
+                log.info("ocpp %s: a new connection replaces the old one", charger_id)
+                await old.close(reason="replaced by a newer connection")
+            log.info("ocpp %s connected from %s", charger_id, ws.remote_address)
+            await ChargerSession(charger_id, ws, self._shared).start()
+        except ConnectionClosed as exc:
+            log.info("ocpp %s disconnected (%s)", charger_id, exc)
+        finally:
+            self._tasks.discard(task)
+            if self._sessions.get(charger_id) is ws:
+                del self._sessions[charger_id]
+
+
+async def ocpp_source(settings: OcppSettings) -> AsyncGenerator[list[Capture], None]:
+    """The ``ocpp`` source of ``edge-agent run``: serve chargers until cancelled."""
+    async with CentralSystem(settings) as cs, contextlib.aclosing(cs.captures()) as batches:
+        async for batch in batches:
+            yield batch

@@ -1,0 +1,72 @@
+"""Settings of the OCPP source: ``TELEMETRY_EDGE_OCPP__*`` once nested into ``EdgeSettings``."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+
+from telemetry_common.errors import ConfigError
+from telemetry_common.schema import MAX_BATCH_READINGS
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OcppSettings(BaseModel):
+    """The local OCPP 1.6J central system that the site's chargers connect to.
+
+    Chargers use ``ws://HOST:PORT/<anything>/<charger_id>``. Off loopback the endpoint needs TLS
+    (``CERT_FILE``/``KEY_FILE``: ``wss://``) or the explicit ``ALLOW_PLAINTEXT=true`` (OCPP
+    security profile 0, for site networks that are already isolated).
+    """
+
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (tests); real chargers need a fixed one.
+    port: int = Field(default=9000, ge=0, le=65535)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    allow_plaintext: bool = False
+    #: The Heartbeat interval handed to chargers in the BootNotification answer.
+    heartbeat_interval_s: int = Field(default=300, ge=10, le=86_400)
+    #: Where allocated transaction ids and open transactions are kept across restarts.
+    state_path: Path = Path("edge-ocpp-state.json")
+    #: Simultaneous charger connections; more are refused at the handshake (HTTP 503).
+    max_chargers: int = Field(default=100, ge=1, le=10_000)
+    #: Largest OCPP frame accepted (a bigger one closes that charger's connection, code 1009).
+    max_message_bytes: int = Field(default=1024 * 1024, ge=4096, le=16 * 1024 * 1024)
+    #: Captures handed to the agent at once.
+    max_batch: int = Field(default=500, ge=1, le=MAX_BATCH_READINGS)
+    #: OCPP requests waiting for the outbox; beyond it chargers wait for their answer.
+    max_pending: int = Field(default=1_000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> OcppSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("ocpp: set both cert_file and key_file, or neither")
+        if self.cert_file is None and not self.allow_plaintext and not is_loopback(self.host):
+            raise ValueError(
+                f"ocpp: host {self.host!r} is not loopback: set cert_file/key_file (wss://) "
+                "or allow_plaintext=true"
+            )
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server context for ``wss://`` (TLS 1.2+), or None for plain ``ws://``."""
+        if self.cert_file is None or self.key_file is None:
+            return None
+        for name, path in (("ocpp.cert_file", self.cert_file), ("ocpp.key_file", self.key_file)):
+            if not path.is_file():
+                raise ConfigError(name, f"{path} does not exist")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return ctx

@@ -1,0 +1,121 @@
+"""OCPP through the whole pipeline: a charger simulated with the ``ocpp`` library's own
+ChargePoint talks OCPP 1.6J to ``edge-agent run --source ocpp``; its meter values land in
+InfluxDB through Mosquitto and the real bridge, and ``latest`` shows the last one."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
+
+from edge_agent.ocpp.lib import ChargePoint, call
+from telemetry_stack.servers import free_port, port_open
+from telemetry_stack.testing import BrokerInfo, InfluxTarget
+from tests.integration.services import (
+    BIN,
+    Procs,
+    influxql,
+    mqtt_env,
+    start_api,
+    start_bridge,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+READ_KEY = "r" * 32
+
+
+def sv(value: str, measurand: str, unit: str, **more: str) -> dict[str, str]:
+    return {"value": value, "measurand": measurand, "unit": unit, **more}
+
+
+async def charging_session(port: int, charger_id: str, t0: datetime) -> None:
+    def at(s: int) -> str:
+        return (t0 + timedelta(seconds=s)).isoformat().replace("+00:00", "Z")
+
+    url = f"ws://127.0.0.1:{port}/ocpp/{charger_id}"
+    async with connect(url, subprotocols=[Subprotocol("ocpp1.6")]) as ws:
+        cp = ChargePoint(charger_id, ws, response_timeout=20)
+        task = asyncio.create_task(cp.start())
+        try:
+            await cp.call(call.BootNotification(charge_point_model="M", charge_point_vendor="V"))
+            await cp.call(call.StatusNotification(1, "NoError", "Preparing", timestamp=at(0)))
+            start = await cp.call(call.StartTransaction(1, "TAG", 1_000, at(1)))
+            tid = start.transaction_id
+            await cp.call(call.StatusNotification(1, "NoError", "Charging", timestamp=at(2)))
+            wh = [
+                sv("1500", "Energy.Active.Import.Register", "Wh"),
+                sv("11000", "Power.Active.Import", "W"),
+                sv("16.5", "Current.Import", "A", phase="L1"),
+            ]
+            await cp.call(call.MeterValues(1, [{"timestamp": at(3), "sampledValue": wh}], tid))
+            kwh = [
+                sv("2.25", "Energy.Active.Import.Register", "kWh"),
+                sv("7.5", "Power.Active.Import", "kW"),
+            ]
+            await cp.call(call.MeterValues(1, [{"timestamp": at(4), "sampledValue": kwh}], tid))
+            await cp.call(call.StopTransaction(2_400, at(5), tid))
+            await cp.call(call.StatusNotification(1, "NoError", "Finishing", timestamp=at(6)))
+        finally:
+            task.cancel()
+
+
+async def test_ocpp_meter_values_reach_influxdb_and_latest(
+    broker: BrokerInfo, influx_db: InfluxTarget, procs: Procs, tmp_path: Path
+) -> None:
+    """Wh and kWh meter values, per-phase current and status changes sent in OCPP 1.6J are
+    stored with the right keys, units, timestamps and statuses; latest is the last one."""
+    gateway = f"gw-ocpp-{uuid.uuid4().hex[:6]}"
+    charger = f"CP-{uuid.uuid4().hex[:6]}"
+    start_bridge(procs, broker, influx_db)
+    api = start_api(procs, influx_db, READ_KEY, broker=broker)
+    port = free_port()
+    env = mqtt_env("TELEMETRY_EDGE_", broker, gateway) | {
+        "TELEMETRY_EDGE_GATEWAY_ID": gateway,
+        "TELEMETRY_EDGE_OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
+        "TELEMETRY_EDGE_TOPIC_ROOT": broker.topic_root,
+        "TELEMETRY_EDGE_OCPP__PORT": str(port),
+        "TELEMETRY_EDGE_OCPP__STATE_PATH": str(tmp_path / "ocpp-state.json"),
+    }
+    edge = procs.start("edge-ocpp", [str(BIN / "edge-agent"), "run", "--source", "ocpp"], env)
+    edge.wait_ready(lambda: port_open("127.0.0.1", port), timeout=30)
+
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    async with asyncio.timeout(60):
+        await charging_session(port, charger, t0)
+
+    q = f"SELECT * FROM readings WHERE charger_id = '{charger}'"
+
+    def stored() -> int:
+        return len(influxql(influx_db.url, influx_db.database, q))
+
+    await asyncio.to_thread(wait_until, "7 OCPP readings stored", lambda: stored() >= 7, 60)
+    rows = influxql(
+        influx_db.url,
+        influx_db.database,
+        "SELECT energy_wh, power_w, current_l1_a, status FROM readings "
+        f"WHERE charger_id = '{charger}'",
+    )
+    by_second = {
+        int((datetime.fromisoformat(r[0].replace("Z", "+00:00")) - t0).total_seconds()): r[1:]
+        for r in rows
+    }
+    assert by_second[3] == [1500.0, 11000.0, 16.5, "Charging"]
+    assert by_second[4] == [2250.0, 7500.0, None, "Charging"]  # kWh -> Wh, kW -> W
+    assert by_second[0][3] == "Preparing"
+    assert by_second[6][3] == "Finishing"
+
+    def latest_is_last() -> bool:
+        r = httpx.get(
+            f"{api}/v1/chargers/{charger}/latest", headers={"X-API-Key": READ_KEY}, timeout=5
+        )
+        return r.status_code == 200 and r.json()["status"] == "Finishing"
+
+    await asyncio.to_thread(wait_until, "latest shows the last reading", latest_is_last, 30)
