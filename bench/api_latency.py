@@ -65,8 +65,10 @@ from bench.pipeline_throughput import (
     Stack,
     cpu_seconds,
     percentile,
+    print_table,
     running_stack,
     start_bridge,
+    verdict,
 )
 from processor.lineproto import to_line
 from query_api.settings import ApiSettings
@@ -880,10 +882,6 @@ def _answered(answers: dict[str, int]) -> int:
     return max(1, sum(answers.values()))
 
 
-def _verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
 def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> None:
     la = fig["loadavg_start"]
     rows: list[tuple[str, str, str]] = [
@@ -950,7 +948,7 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
         )
         p99_target = TARGET_LATEST_P99_MS if kind == "latest" else TARGET_HISTORY_P99_MS
         rps_note = (
-            f"target >= {TARGET_LATEST_RPS:,.0f}: {_verdict(ph['req_per_s'] >= TARGET_LATEST_RPS)}"
+            f"target >= {TARGET_LATEST_RPS:,.0f}: {verdict(ph['req_per_s'] >= TARGET_LATEST_RPS)}"
             if kind == "latest"
             else ""
         )
@@ -963,7 +961,7 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
                 "  p99",
                 f"{ph['p99_ms']:.2f} ms",
                 f"target <= {p99_target:.0f} ms: "
-                + _verdict(ph["p99_ms"] <= p99_target and ph["errors"] == 0),
+                + verdict(ph["p99_ms"] <= p99_target and ph["errors"] == 0),
             ),
             ("  p99.9 / max", f"{ph['p999_ms']:.1f} / {ph['max_ms']:.1f} ms", ""),
             (
@@ -1001,14 +999,7 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
                 )
             )
     rows.append(("API resident memory at the end", f"{fig['api_rss_mb']:.0f} MB", "VmRSS"))
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    out("")
-    out(f"{'figure':<{w0}}  {'measured':>{w1}}  note")
-    out(f"{'-' * w0}  {'-' * w1}  ----")
-    for name, value, note in rows:
-        out(f"{name:<{w0}}  {value:>{w1}}  {note}")
-    out("")
+    print_table(rows, out)
 
 
 # --- main ------------------------------------------------------------------------------------

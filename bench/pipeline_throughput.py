@@ -634,8 +634,20 @@ def measure_latency(
 # --- report ----------------------------------------------------------------------------------
 
 
-def _verdict(ok: bool) -> str:
+def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
+
+
+def print_table(rows: list[tuple[str, str, str]], out: Callable[[str], None] = print) -> None:
+    """Rows of (figure, measured, note) as an aligned table."""
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    out("")
+    out(f"{'figure':<{w0}}  {'measured':>{w1}}  note")
+    out(f"{'-' * w0}  {'-' * w1}  ----")
+    for name, value, note in rows:
+        out(f"{name:<{w0}}  {value:>{w1}}  {note}")
+    out("")
 
 
 def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> None:
@@ -658,7 +670,7 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
             (
                 "ratio pipeline / raw",
                 f"{ratio:.1%}",
-                f"target >= {TARGET_RATIO:.0%}: {_verdict(ratio >= TARGET_RATIO)}",
+                f"target >= {TARGET_RATIO:.0%}: {verdict(ratio >= TARGET_RATIO)}",
             )
         )
     else:
@@ -675,7 +687,7 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
             "missing (N - distinct seq stored)",
             f"{pipe['missing']:,}",
             f"count {pipe['stored']:,}, distinct seq {pipe['distinct_seq']:,}: "
-            + _verdict(pipe["complete"])
+            + verdict(pipe["complete"])
             + ("" if pipe["complete"] else " (stalled or timed out: see bridge metrics)"),
         )
     )
@@ -701,15 +713,15 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
             ),
         ):
             p99 = lat[f"{prefix}p99_ms"]
-            verdict = (
-                f"target <= {TARGET_P99_MS:.0f} ms: {_verdict(p99 <= TARGET_P99_MS)}"
+            p99_note = (
+                f"target <= {TARGET_P99_MS:.0f} ms: {verdict(p99 <= TARGET_P99_MS)}"
                 if targeted
                 else "informational"
             )
             rows += [
                 (f"{kind} {load} p50", f"{lat[f'{prefix}p50_ms']:.1f} ms", note),
                 ("  p95", f"{lat[f'{prefix}p95_ms']:.1f} ms", ""),
-                ("  p99", f"{p99:.1f} ms", verdict),
+                ("  p99", f"{p99:.1f} ms", p99_note),
             ]
     hwm = rss["peak_mb"]
     rows.append(
@@ -717,7 +729,7 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
             "bridge peak RSS (VmHWM, after full load)",
             f"{hwm:.1f} MB" if hwm is not None else "n/a",
             f"target <= {TARGET_RSS_MB:.0f} MB: "
-            + _verdict(hwm is not None and hwm <= TARGET_RSS_MB)
+            + verdict(hwm is not None and hwm <= TARGET_RSS_MB)
             + (f"; {rss['idle_mb']:.1f} MB idle" if rss["idle_mb"] is not None else ""),
         )
     )
@@ -739,14 +751,7 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
             rows.append(
                 (f"CPU of {name} during the throughput phase", f"{pct:.0f}%", "of one core")
             )
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    out("")
-    out(f"{'figure':<{w0}}  {'measured':>{w1}}  note")
-    out(f"{'-' * w0}  {'-' * w1}  ----")
-    for name, value, note in rows:
-        out(f"{name:<{w0}}  {value:>{w1}}  {note}")
-    out("")
+    print_table(rows, out)
 
 
 # --- main ------------------------------------------------------------------------------------
