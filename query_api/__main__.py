@@ -28,7 +28,7 @@ EPILOG = """environment:
                                  _INGEST_KEYS JSON {"gateway": "key"}; _INGEST_SEQ_FILE
   TELEMETRY_API_BRIDGE_URLS      JSON list of bridge URLs for /v1/pipeline/status
   more (state thresholds, caps, mirror): docs/query-api.md
-  TELEMETRY_API_LOG_LEVEL, _LOG_FORMAT (auto|json|text)
+  TELEMETRY_API_LOG_LEVEL, _LOG_FORMAT (auto|json|text), _ACCESS_LOG (default false)
 """
 
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"telemetry-api: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
-    # httpx logs every InfluxDB request at INFO; the access log already records each request.
+    # httpx logs every InfluxDB request at INFO; /metrics (and the access log) count requests.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     uvicorn.run(
         create_app(settings),
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_config=None,
         server_header=False,
+        access_log=settings.access_log,
     )
 
 

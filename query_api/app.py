@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -11,9 +13,10 @@ from fastapi import FastAPI
 
 from query_api import problems
 from query_api.broker import BrokerLink, Publisher
-from query_api.index import ChargerIndex
+from query_api.index import ChargerIndex, confirm_forever
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.mirror import LiveMirror
+from query_api.pagecache import PageCache
 from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings
@@ -37,6 +40,12 @@ def _version() -> str:
         return "0+unknown"
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(
     settings: ApiSettings,
     *,
@@ -58,6 +67,20 @@ def create_app(
             if broker is None and settings.mqtt is not None:
                 app.state.broker = await stack.enter_async_context(BrokerLink(settings, mirror))
                 log.info("live mirror: connecting to %s:%s", settings.mqtt.host, settings.mqtt.port)
+            if app.state.broker is not None and settings.latest_sweep_s > 0:
+                sweeping = asyncio.create_task(
+                    confirm_forever(
+                        app.state.charger_index,
+                        mirror,
+                        app.state.influx,
+                        settle_s=settings.live_settle_s,
+                        every_s=settings.latest_sweep_s,
+                        live=lambda: bool(app.state.broker.connected),
+                        metrics=metrics,
+                    ),
+                    name="mirror-sweep",
+                )
+                stack.push_async_callback(_cancel, sweeping)
             try:
                 yield
             finally:
@@ -76,6 +99,7 @@ def create_app(
     app.state.mirror = mirror
     app.state.metrics = metrics
     app.state.charger_index = ChargerIndex(settings.chargers_cache_s)
+    app.state.history_cache = PageCache(settings.history_cache_s, settings.history_cache_max_bytes)
     app.state.seqs = SeqAllocator(influx, settings.ingest_seq_file) if influx is not None else None
     app.state.api_keys = {
         role: key.get_secret_value().encode() for role, key in settings.keys.items()
@@ -84,6 +108,7 @@ def create_app(
         gw: key.get_secret_value().encode() for gw, key in settings.ingest_keys.items()
     }
     metrics.mirror_chargers.set_function(lambda: float(len(mirror)))
+    metrics.watch_history_cache(app.state.history_cache)
     metrics.broker_connected.set_function(
         lambda: 1.0 if app.state.broker is not None and app.state.broker.connected else 0.0
     )

@@ -7,11 +7,15 @@ requests that match no route are counted under ``unmatched``.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from query_api.pagecache import PageCache
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -36,11 +40,38 @@ class ApiMetrics:
             "Chargers held in the live mirror",
             registry=self.registry,
         )
+        self.sweeps = Counter(
+            "telemetry_api_mirror_sweeps",
+            "Bulk confirmations of the live mirror against InfluxDB, by outcome (ok, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.sweep_seconds = Gauge(
+            "telemetry_api_mirror_sweep_seconds",
+            "Duration of the last successful mirror sweep",
+            registry=self.registry,
+        )
         self.broker_connected = Gauge(
             "telemetry_api_broker_connected",
             "1 while the API's MQTT session is up",
             registry=self.registry,
         )
+
+    def watch_history_cache(self, cache: PageCache) -> None:
+        """Gauges read from ``cache`` at scrape time (hits and misses count since the start)."""
+        readers: dict[str, tuple[str, Callable[[], int]]] = {
+            "pages": ("Downsampled history pages cached", lambda: len(cache)),
+            "bytes": ("Bytes of cached history pages", lambda: cache.size_bytes),
+            "hits": ("History requests answered from the cache, since start", lambda: cache.hits),
+            "misses": ("History requests that queried InfluxDB, since start", lambda: cache.misses),
+        }
+        for name, (doc, read) in readers.items():
+            gauge = Gauge(f"telemetry_api_history_cache_{name}", doc, registry=self.registry)
+            gauge.set_function(functools.partial(_as_float, read))
+
+
+def _as_float(read: Callable[[], int]) -> float:
+    return float(read())
 
 
 class TimingMiddleware:

@@ -107,6 +107,10 @@ class LiveMirror:
     def gateway_state(self, gateway_id: str | None) -> str | None:
         return self._gateways.get(gateway_id) if gateway_id is not None else None
 
+    def settled(self, before: float) -> list[tuple[str, Entry]]:
+        """Entries whose value arrived before the monotonic time ``before``."""
+        return [(c, e) for c, e in self._entries.items() if e.received < before]
+
     def snapshots(self) -> list[Snapshot]:
         return [e.snapshot for e in self._entries.values()]
 

@@ -131,22 +131,31 @@ def row_values(row: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if k not in skip and _is_number(v)}
 
 
-def row_to_point(row: dict[str, Any]) -> HistoryPoint:
+def row_to_point(row: dict[str, Any]) -> dict[str, Any]:
+    """A raw row as a :class:`HistoryPoint` document (a plain dict: no model on the hot path;
+    absent tags and fields are left out, as ``response_model_exclude_none`` would)."""
+    point: dict[str, Any] = {"ts": format_ts(from_epoch_ns(int(row["time"])))}
+    gateway_id = row.get("gateway_id")
+    if gateway_id is not None:
+        point["gateway_id"] = gateway_id
+    for key in ("evse_id", "connector_id"):
+        value = tag_int(row.get(key))
+        if value is not None:
+            point[key] = value
+    seq = _seq(row.get("seq"))
+    if seq is not None:
+        point["seq"] = seq
     status = row.get("status")
-    return HistoryPoint(
-        ts=format_ts(from_epoch_ns(int(row["time"]))),
-        gateway_id=row.get("gateway_id"),
-        evse_id=tag_int(row.get("evse_id")),
-        connector_id=tag_int(row.get("connector_id")),
-        seq=_seq(row.get("seq")),
-        status=status if isinstance(status, str) else None,
-        values=row_values(row),
-    )
+    if isinstance(status, str):
+        point["status"] = status
+    point["values"] = row_values(row)
+    return point
 
 
-def row_to_bucket(row: dict[str, Any], agg: Aggregate, *, wildcard: bool) -> HistoryPoint:
-    """A downsampled row. With ``wildcard`` (``{agg}(*)``), InfluxDB named the columns
-    ``{agg}_{field}``: they lose the prefix; otherwise they are already named after the fields."""
+def row_to_bucket(row: dict[str, Any], agg: Aggregate, *, wildcard: bool) -> dict[str, Any]:
+    """A downsampled row as a :class:`HistoryPoint` document. With ``wildcard`` (``{agg}(*)``),
+    InfluxDB named the columns ``{agg}_{field}``: they lose the prefix; otherwise they are
+    already named after the fields."""
     prefix = f"{agg}_" if wildcard else ""
     values: dict[str, float] = {}
     for key, value in row.items():
@@ -155,4 +164,4 @@ def row_to_bucket(row: dict[str, Any], agg: Aggregate, *, wildcard: bool) -> His
         name = key.removeprefix(prefix)
         if name not in META_FIELDS:
             values[name] = float(value)
-    return HistoryPoint(ts=format_ts(from_epoch_ns(int(row["time"]))), values=values)
+    return {"ts": format_ts(from_epoch_ns(int(row["time"]))), "values": values}

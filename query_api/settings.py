@@ -32,6 +32,10 @@ class ApiSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    #: uvicorn's per-request access log. Off by default: at thousands of requests per second
+    #: it costs more CPU than a ``latest`` answer; ``/metrics`` counts every request by route,
+    #: status and latency.
+    access_log: bool = False
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     #: role -> key, from JSON: ``{"read": "K1", "ingest": "K2", "admin": "K3"}``.
     keys: dict[Role, SecretStr] = Field(default_factory=dict)
@@ -44,6 +48,10 @@ class ApiSettings(ServiceSettings):
     history_max_points: int = Field(default=10_000, ge=1, le=1_000_000)
     #: ``limit`` when the request gives none; unset: 1,000 or history_max_points if lower.
     history_default_limit: int | None = Field(default=None, ge=1)
+    #: How long a downsampled history page is reused (0: never); a page lags InfluxDB by at
+    #: most this much. Bounded by ``history_cache_max_bytes`` in all.
+    history_cache_s: float = Field(default=5.0, ge=0)
+    history_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     #: Smallest ``every`` of a downsampled history query.
     history_min_every: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
     #: Longest and default window of ``/stats``.
@@ -60,6 +68,10 @@ class ApiSettings(ServiceSettings):
     live_settle_s: float = Field(default=2.0, ge=0)
     #: A mirrored value InfluxDB confirmed is served from memory this long, then checked again.
     latest_trust_s: float = Field(default=60.0, ge=0)
+    #: Every this often one InfluxDB query confirms the whole mirror (0: never; then each
+    #: charger is confirmed by its own query once per ``latest_trust_s``). Keep it well under
+    #: ``latest_trust_s``.
+    latest_sweep_s: float = Field(default=10.0, ge=0)
     #: Most chargers the mirror holds (beyond it, latest is read from InfluxDB).
     mirror_max_chargers: int = Field(default=1_000_000, ge=1)
     #: A charger whose newest reading is older than this is ``stale``; older still, ``offline``.

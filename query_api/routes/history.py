@@ -9,19 +9,23 @@ buckets the start of the next bucket.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from query_api import cursor
 from query_api.auth import require
-from query_api.deps import Influx, Now, Settings
+from query_api.deps import Influx, Mono, Now, Settings
+from query_api.pagecache import PageCache
 from query_api.params import ChargerId, End, Fields, Start, split_fields, window
 from query_api.problems import ProblemError, problem_responses
 from query_api.readings import HistoryPage, from_epoch_ns, row_to_bucket, row_to_point
 from query_api.timespec import TimeSpecError, Window, format_duration, parse_duration
 from telemetry_common import influxql
+from telemetry_common.influx_query import InfluxQL
 from telemetry_common.influxql import Aggregate
 from telemetry_common.schema import TS_MAX, TS_MIN, format_ts
 
@@ -64,23 +68,47 @@ def _resume(text: str, query: str) -> tuple[Window, datetime, set[str]]:
     )
 
 
+def _aligned(win: Window, step: timedelta, start: str | None, end: str | None) -> Window:
+    """A relative (or omitted) edge of a downsampled window moved onto the bucket grid (epoch
+    aligned, as InfluxDB's ``GROUP BY time``): start down, end up. The page then holds whole
+    buckets, and every request within one bucket width asks the same question (cacheable)."""
+    width = _ns(from_epoch_ns(0) + step)
+    lo, hi = _ns(win.start), _ns(win.end)
+    if start is None or not _absolute(start):
+        lo -= lo % width
+    if end is None or not _absolute(end):
+        hi += -hi % width
+    return Window(from_epoch_ns(lo), from_epoch_ns(min(hi, _EPOCH_NS_MAX)))
+
+
+def _absolute(text: str) -> bool:
+    return text != "now" and not text.startswith("-")
+
+
 @router.get(
     "/{charger_id}/history",
     summary="Raw or downsampled points in a time range, oldest first, paged by time",
+    response_model=HistoryPage,
     response_model_exclude_none=True,
 )
 async def history(
+    request: Request,
     charger_id: ChargerId,
     influx: Influx,
     settings: Settings,
     now: Now,
+    mono: Mono,
     start: Start = None,
     end: End = None,
     fields: Fields = None,
     limit: Annotated[int | None, Query(ge=1, description="most points per page (capped)")] = None,
     every: Annotated[
         str | None,
-        Query(description="bucket width for downsampling (`30s`, `5m`, `1h`)", examples=["5m"]),
+        Query(
+            description="bucket width for downsampling (`30s`, `5m`, `1h`); a relative `start` "
+            "or `end` is then rounded out to whole buckets",
+            examples=["5m"],
+        ),
     ] = None,
     agg: Annotated[
         Aggregate | None, Query(description="aggregate per bucket (needs every; default mean)")
@@ -89,7 +117,7 @@ async def history(
         str | None,
         Query(alias="cursor", description="next_cursor of the previous page (same parameters)"),
     ] = None,
-) -> HistoryPage:
+) -> Response:
     if limit is None:
         limit = settings.default_limit
     elif limit > settings.history_max_points:
@@ -125,41 +153,71 @@ async def history(
             default_range=settings.history_default_range,
             max_range=settings.history_max_range,
         )
+        if step is not None:
+            win = _aligned(win, step, start, end)
         first = win.start
-    q = influxql.history_query(
-        charger_id, names, win.start, win.end, limit + len(skip), every=step, agg=agg
-    )
-    rows = [row for s in await influx.query(q) for row in s.rows()]
-    next_cursor: str | None = None
-    body = {"o": _ns(first), "e": _ns(win.end)}
-    if agg is None:
-        t0 = _ns(win.start)
-        kept = [r for r in rows if not (int(r["time"]) == t0 and _series_key(r) in skip)]
-        page = kept[:limit]
-        more = len(kept) > limit or len(rows) == limit + len(skip)
-        if more and page:
-            t = int(page[-1]["time"])
-            at_t = {_series_key(r) for r in page if int(r["time"]) == t}
-            at_t |= skip if t == t0 else set()
-            next_cursor = cursor.encode("history", query, {**body, "t": t, "s": sorted(at_t)})
-        points = [row_to_point(row) for row in page]
+    page = _Page(charger_id, names, every, step, agg, limit, query, win, first, skip)
+    cache: PageCache = request.app.state.history_cache
+    if step is None or cursor_ is not None or not cache.enabled:
+        body = await page.render(influx)
     else:
-        assert step is not None
-        more = len(rows) >= limit
-        if more:
-            t = _ns(from_epoch_ns(int(rows[-1]["time"])) + step)
-            if t < body["e"]:
-                next_cursor = cursor.encode("history", query, {**body, "t": t})
-        points = [row_to_bucket(row, agg, wildcard=names is None) for row in rows]
-    return HistoryPage(
-        charger_id=charger_id,
-        start=format_ts(first),
-        end=format_ts(win.end),
-        fields=names,
-        every=every,
-        agg=agg,
-        limit=limit,
-        truncated=more,
-        next_cursor=next_cursor,
-        points=points,
-    )
+        key = (charger_id, tuple(names or ()), names is None, _ns(win.start), _ns(win.end))
+        body = await cache.get((*key, every, agg, limit), mono, lambda: page.render(influx))
+    return Response(body, media_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    charger_id: str
+    names: list[str] | None
+    every: str | None
+    step: timedelta | None
+    agg: Aggregate | None
+    limit: int
+    query: str
+    win: Window
+    first: datetime
+    skip: set[str]
+
+    async def render(self, influx: InfluxQL) -> bytes:
+        """The :class:`HistoryPage` document as JSON (built as dicts: a page of models cost
+        three times as much)."""
+        names, win, limit, skip, step = self.names, self.win, self.limit, self.skip, self.step
+        q = influxql.history_query(
+            self.charger_id, names, win.start, win.end, limit + len(skip), every=step, agg=self.agg
+        )
+        rows = [row for s in await influx.query(q) for row in s.rows()]
+        next_cursor: str | None = None
+        body = {"o": _ns(self.first), "e": _ns(win.end)}
+        if self.agg is None:
+            t0 = _ns(win.start)
+            kept = [r for r in rows if not (int(r["time"]) == t0 and _series_key(r) in skip)]
+            page = kept[:limit]
+            more = len(kept) > limit or len(rows) == limit + len(skip)
+            if more and page:
+                t = int(page[-1]["time"])
+                at_t = {_series_key(r) for r in page if int(r["time"]) == t}
+                at_t |= skip if t == t0 else set()
+                cur = {**body, "t": t, "s": sorted(at_t)}
+                next_cursor = cursor.encode("history", self.query, cur)
+            points = [row_to_point(row) for row in page]
+        else:
+            assert step is not None
+            more = len(rows) >= limit
+            if more:
+                t = _ns(from_epoch_ns(int(rows[-1]["time"])) + step)
+                if t < body["e"]:
+                    next_cursor = cursor.encode("history", self.query, {**body, "t": t})
+            points = [row_to_bucket(row, self.agg, wildcard=names is None) for row in rows]
+        doc: dict[str, Any] = {
+            "charger_id": self.charger_id,
+            "start": format_ts(self.first),
+            "end": format_ts(win.end),
+        }
+        optional = {"fields": names, "every": self.every, "agg": self.agg}
+        doc.update((k, v) for k, v in optional.items() if v is not None)
+        doc.update(limit=limit, truncated=more)
+        if next_cursor is not None:
+            doc["next_cursor"] = next_cursor
+        doc["points"] = points
+        return orjson.dumps(doc)

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from query_api import cursor
 from query_api.auth import identify
+from query_api.index import ChargerIndex, confirm_mirror
 from query_api.ingest import numbered, parse_body, payloads
 from query_api.latest import get_latest
 from query_api.mirror import LiveMirror
@@ -179,6 +180,64 @@ async def test_latest_unknown_everywhere_is_none() -> None:
         mono=0.0,
     )  # fmt: skip
     assert found is None
+
+
+def _newest(*rows: tuple[str, int, int]) -> list[Series]:
+    """The answer of newest_per_charger_query: one series per (charger, gateway)."""
+    return [
+        Series("readings", ["time", "seq"], [[ns, seq]], {"charger_id": c, "gateway_id": "gw-1"})
+        for c, ns, seq in rows
+    ]
+
+
+async def test_sweep_confirms_settled_values_in_one_query_and_memory_then_answers() -> None:
+    """One sweep confirms every settled mirror value InfluxDB holds nothing newer for (same or
+    older, or nothing at all); afterwards latest answers those from memory without a query."""
+    settings = _settings(live_settle_s=2.0, latest_trust_s=30.0)
+    m = LiveMirror(TOPICS)
+    for c in ("cp1", "cp2", "cp3"):
+        m.apply(f"chargers/v1/live/{c}", _live(c, T, 5), 100.0)
+    influx = FakeInflux(_newest(("cp1", NS, 5), ("cp2", NS - 10**9, 4)))
+    confirmed, behind = await confirm_mirror(
+        ChargerIndex(10.0), m, influx, settle_s=2.0, mono=103.0
+    )
+    assert (confirmed, behind) == (3, 0)  # cp3: nothing stored, so nothing newer either
+    assert len(influx.queries) == 1
+    for c in ("cp1", "cp2", "cp3"):
+        found = await get_latest(
+            c, mirror=m, influx=influx, live=True, settings=settings, mono=120.0
+        )
+        assert found is not None
+        assert found[1] == "mirror"
+    assert len(influx.queries) == 1
+
+
+async def test_sweep_leaves_values_behind_influx_and_young_values_unconfirmed() -> None:
+    """A value InfluxDB holds a newer reading for (later ts, or same ts and higher seq) and a
+    value younger than the settle time stay unconfirmed: their next latest asks InfluxDB."""
+    m = LiveMirror(TOPICS)
+    m.apply("chargers/v1/live/cp1", _live("cp1", T, 5), 100.0)
+    m.apply("chargers/v1/live/cp2", _live("cp2", T, 5), 100.0)
+    m.apply("chargers/v1/live/cp3", _live("cp3", T, 5), 102.5)  # arrived 0.5 s before the sweep
+    influx = FakeInflux(_newest(("cp1", NS + 10**6, 6), ("cp2", NS, 6), ("cp3", NS, 5)))
+    confirmed, behind = await confirm_mirror(
+        ChargerIndex(10.0), m, influx, settle_s=2.0, mono=103.0
+    )
+    assert (confirmed, behind) == (0, 2)
+    for c in ("cp1", "cp2", "cp3"):
+        entry = m.get(c)
+        assert entry is not None
+        assert entry.checked == float("-inf"), c
+
+
+async def test_sweep_with_nothing_settled_asks_nothing() -> None:
+    """An empty or entirely young mirror costs InfluxDB no query."""
+    m = LiveMirror(TOPICS)
+    influx = FakeInflux()
+    assert await confirm_mirror(ChargerIndex(10.0), m, influx, settle_s=2.0, mono=0.0) == (0, 0)
+    m.apply("chargers/v1/live/cp1", _live("cp1", T, 5), 100.0)
+    assert await confirm_mirror(ChargerIndex(10.0), m, influx, settle_s=2.0, mono=101.0) == (0, 0)
+    assert influx.queries == []
 
 
 # --- state, cursors -------------------------------------------------------------------------

@@ -64,6 +64,7 @@ async def app(fake: FakeInflux, broker: FakeBroker) -> AsyncIterator[FastAPI]:
         ingest_keys={"site-a": SecretStr(SITE)},
         mqtt=MqttSettings(),
         history_max_points=500,
+        latest_sweep_s=0,  # sweeps have tests of their own (test_api_parts.py)
     )
     app = create_app(settings, influx=fake, broker=broker)
     app.dependency_overrides[get_now] = lambda: NOW
@@ -191,6 +192,51 @@ async def test_history_cursor_skips_series_already_returned_at_the_boundary(
     )
     assert fake.queries[1].endswith("LIMIT 3")  # limit + the one series to skip
     assert nxt["start"] == "2026-05-01T11:00:00.000Z"
+
+
+BUCKETS = ["time", "mean_power_w"]
+
+
+async def test_downsampled_history_with_a_relative_window_is_aligned_and_cached(
+    app: FastAPI, client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """every=5m with start=-1h: the window is rounded out to whole 5-minute buckets, and the
+    same question within HISTORY_CACHE_S is answered from the cache (one InfluxDB query); after
+    that the page is built again."""
+    fake.answers.append([Series("readings", BUCKETS, [[NS, 1.5]])])
+    fake.answers.append([Series("readings", BUCKETS, [[NS, 2.5]])])
+    params = {"start": "-1h", "every": "5m"}
+    first = (await client.get("/v1/chargers/cp1/history", params=params)).json()
+    again = (await client.get("/v1/chargers/cp1/history", params=params)).json()
+    assert first == again
+    assert len(fake.queries) == 1
+    # NOW is 12:00:10: the hour before it, rounded out to the 5-minute grid.
+    assert (first["start"], first["end"]) == (
+        "2026-05-01T11:00:00.000Z",
+        "2026-05-01T12:05:00.000Z",
+    )
+    assert (
+        "time >= '2026-05-01T11:00:00.000000Z' AND time < '2026-05-01T12:05:00.000000Z'"
+        in (fake.queries[0])
+    )
+    assert first["points"] == [{"ts": "2026-05-01T12:00:00.000Z", "values": {"power_w": 1.5}}]
+    app.dependency_overrides[get_mono] = lambda: MONO + 5.0  # HISTORY_CACHE_S (5 s) later
+    later = (await client.get("/v1/chargers/cp1/history", params=params)).json()
+    assert len(fake.queries) == 2
+    assert later["points"][0]["values"] == {"power_w": 2.5}
+
+
+async def test_absolute_and_raw_history_windows_are_not_moved(
+    client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """An absolute start/end is kept to the microsecond even with every; raw history (no
+    every) is never cached: each request asks InfluxDB."""
+    params = {"start": "2026-05-01T11:01:30Z", "end": "2026-05-01T11:58:00Z", "every": "5m"}
+    page = (await client.get("/v1/chargers/cp1/history", params=params)).json()
+    assert (page["start"], page["end"]) == ("2026-05-01T11:01:30.000Z", "2026-05-01T11:58:00.000Z")
+    for _ in range(2):
+        await client.get("/v1/chargers/cp1/history", params={"start": "-1h"})
+    assert len(fake.queries) == 3
 
 
 async def test_stats_query_and_answer(client: httpx.AsyncClient, fake: FakeInflux) -> None:

@@ -1,0 +1,73 @@
+"""Rendered downsampled history pages, kept for a few seconds (``HISTORY_CACHE_S``).
+
+A chart asks for the same "last 24 h as 5-minute means" again and again; InfluxDB 1.x computes
+each such answer from ~1,440 points per field, which bounds a whole server at a few dozen
+answers per second. The cache holds the JSON bytes of each page for ``ttl_s`` (so a page lags
+InfluxDB by at most that much), bounded in total bytes (least recently used evicted first), and
+concurrent requests for a page being built wait for that one query instead of sending their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+
+
+class PageCache:
+    def __init__(self, ttl_s: float, max_bytes: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self._pages: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._building: dict[Hashable, asyncio.Future[bytes]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_s > 0 and self.max_bytes > 0
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    async def get(self, key: Hashable, mono: float, build: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The page of ``key``: cached if younger than ``ttl_s`` at ``mono``, else ``build()``,
+        once, in a task of its own: whoever asks meanwhile waits for it, and a client that goes
+        away does not cancel it for the others. A failed build is not cached; its error reaches
+        every request that waited for it."""
+        held = self._pages.get(key)
+        if held is not None and mono - held[0] < self.ttl_s:
+            self._pages.move_to_end(key)
+            self.hits += 1
+            return held[1]
+        task = self._building.get(key)
+        if task is None:
+            self.misses += 1
+            task = asyncio.ensure_future(build())
+            self._building[key] = task
+            task.add_done_callback(lambda t: self._built(key, mono, t))
+        else:
+            self.hits += 1
+        return await asyncio.shield(task)
+
+    def _built(self, key: Hashable, mono: float, task: asyncio.Future[bytes]) -> None:
+        self._building.pop(key, None)
+        if not task.cancelled() and task.exception() is None:
+            self._put(key, mono, task.result())
+
+    def _put(self, key: Hashable, mono: float, page: bytes) -> None:
+        if len(page) > self.max_bytes:
+            return
+        old = self._pages.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1])
+        self._pages[key] = (mono, page)
+        self._bytes += len(page)
+        while self._bytes > self.max_bytes:
+            _, (_, evicted) = self._pages.popitem(last=False)
+            self._bytes -= len(evicted)

@@ -1,0 +1,98 @@
+"""query_api.pagecache: reuse within the TTL, one build for concurrent requests, failures not
+cached, a byte bound with least-recently-used eviction."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from query_api.pagecache import PageCache
+
+
+class Builder:
+    def __init__(self, page: bytes = b"page", fail: Exception | None = None) -> None:
+        self.calls = 0
+        self.page = page
+        self.fail = fail
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> bytes:
+        self.calls += 1
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return self.page
+
+
+async def test_concurrent_requests_share_one_build_and_the_ttl_bounds_reuse() -> None:
+    """Ten requests for a page being built cause one build; within ttl_s the page is reused,
+    at ttl_s it is built again."""
+    cache = PageCache(ttl_s=5.0, max_bytes=1000)
+    build = Builder()
+    waiting = [asyncio.ensure_future(cache.get("k", 100.0, build)) for _ in range(10)]
+    await asyncio.sleep(0)
+    build.release.set()
+    assert await asyncio.gather(*waiting) == [b"page"] * 10
+    assert build.calls == 1
+    assert await cache.get("k", 104.9, build) == b"page"
+    assert build.calls == 1
+    await cache.get("k", 105.0, build)
+    assert build.calls == 2
+    assert (cache.hits, cache.misses) == (10, 2)
+
+
+async def test_a_failed_build_reaches_every_waiter_and_is_not_cached() -> None:
+    """The error of the one build is raised to each waiting request; the next request builds
+    again."""
+    cache = PageCache(ttl_s=5.0, max_bytes=1000)
+    build = Builder(fail=RuntimeError("influx down"))
+    waiting = [asyncio.ensure_future(cache.get("k", 0.0, build)) for _ in range(3)]
+    await asyncio.sleep(0)
+    build.release.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    build.fail = None
+    assert await cache.get("k", 0.1, build) == b"page"
+    assert build.calls == 2
+    assert len(cache) == 1
+
+
+async def test_a_client_going_away_does_not_cancel_the_build_for_the_others() -> None:
+    """Cancelling the request that started a build leaves the build running for the rest."""
+    cache = PageCache(ttl_s=5.0, max_bytes=1000)
+    build = Builder()
+    first = asyncio.ensure_future(cache.get("k", 0.0, build))
+    second = asyncio.ensure_future(cache.get("k", 0.0, build))
+    await asyncio.sleep(0)
+    first.cancel()
+    build.release.set()
+    assert await second == b"page"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert build.calls == 1
+
+
+async def test_the_byte_bound_evicts_the_least_recently_used_page() -> None:
+    """Pages beyond max_bytes push out the least recently used; a page larger than the whole
+    bound is served but not kept."""
+    cache = PageCache(ttl_s=60.0, max_bytes=10)
+    for key in ("a", "b"):
+        build = Builder(page=b"x" * 4)
+        build.release.set()
+        await cache.get(key, 0.0, build)
+    hit = Builder()
+    await cache.get("a", 1.0, hit)  # a is now the most recently used
+    third = Builder(page=b"y" * 4)
+    third.release.set()
+    await cache.get("c", 1.0, third)
+    assert len(cache) == 2
+    assert cache.size_bytes == 8
+    again = Builder(page=b"z")
+    again.release.set()
+    await cache.get("b", 2.0, again)
+    assert again.calls == 1  # b was evicted
+    huge = Builder(page=b"h" * 11)
+    huge.release.set()
+    assert await cache.get("h", 2.0, huge) == b"h" * 11
+    assert cache.size_bytes <= 10
