@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from query_api.mirror import LiveMirror
+from query_api.mirror import Entry, LiveMirror
 from query_api.settings import ApiSettings
 from query_api.snapshot import Snapshot, from_row, newest
 from query_api.state import charger_state
@@ -30,6 +30,15 @@ from telemetry_common.influx_query import InfluxQL
 from telemetry_common.schema import format_ts
 
 Source = Literal["mirror", "influxdb"]
+
+
+def trusted(entry: Entry, settings: ApiSettings, mono: float) -> bool:
+    """Whether the mirrored value alone may answer (with the broker session up): it settled,
+    and InfluxDB confirmed it less than ``latest_trust_s`` ago."""
+    return (
+        mono - entry.received > settings.live_settle_s
+        and mono - entry.checked <= settings.latest_trust_s
+    )
 
 
 async def get_latest(
@@ -43,9 +52,9 @@ async def get_latest(
 ) -> tuple[Snapshot, Source] | None:
     """The charger's newest reading and where it came from; None if none is stored."""
     entry = mirror.get(charger_id)
-    settled = entry is None or mono - entry.received > settings.live_settle_s
-    if entry is not None and live and settled and mono - entry.checked <= settings.latest_trust_s:
+    if entry is not None and live and trusted(entry, settings, mono):
         return entry.snapshot, "mirror"
+    settled = entry is None or mono - entry.received > settings.live_settle_s
     series = await influx.query(influxql.latest_query(charger_id))
     rows = [row for s in series for row in s.rows()]
     stored = from_row(charger_id, rows[0]) if rows else None

@@ -2,9 +2,11 @@
 
 A chart asks for the same "last 24 h as 5-minute means" again and again; InfluxDB 1.x computes
 each such answer from ~1,440 points per field, which bounds a whole server at a few dozen
-answers per second. The cache holds the JSON bytes of each page for ``ttl_s`` (so a page lags
-InfluxDB by at most that much), bounded in total bytes (least recently used evicted first), and
-concurrent requests for a page being built wait for that one query instead of sending their own.
+answers per second. The cache holds the JSON bytes of each page, bounded in total bytes (least
+recently used evicted first). A page is fresh for ``ttl_s``; after that it is rebuilt in the
+background while the old one is still served, up to ``STALE_FACTOR * ttl_s`` (so a page lags
+InfluxDB by at most ``ttl_s`` plus one rebuild, and never more than that bound). Concurrent
+requests for a page being built wait for that one query instead of sending their own.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Final
+
+#: A page up to this many times ``ttl_s`` old is served while its rebuild runs.
+STALE_FACTOR: Final = 3.0
 
 
 class PageCache:
@@ -23,6 +29,7 @@ class PageCache:
         self._building: dict[Hashable, asyncio.Future[bytes]] = {}
         self.hits = 0
         self.misses = 0
+        self.stale = 0
 
     @property
     def enabled(self) -> bool:
@@ -36,12 +43,21 @@ class PageCache:
         return self._bytes
 
     async def get(self, key: Hashable, mono: float, build: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The page of ``key``: cached if younger than ``ttl_s`` at ``mono``, else ``build()``,
-        once, in a task of its own: whoever asks meanwhile waits for it, and a client that goes
-        away does not cancel it for the others. A failed build is not cached; its error reaches
-        every request that waited for it."""
+        """The page of ``key``.
+
+        - younger than ``ttl_s`` at ``mono``: the cached page;
+        - older, but younger than ``STALE_FACTOR * ttl_s``: the cached page, while one rebuild
+          runs in the background (so pages that expire together do not send a burst of
+          queries that every viewer waits for);
+        - otherwise ``build()`` and wait for it.
+
+        A build runs once per key, in a task of its own: whoever asks meanwhile waits for it,
+        and a client that goes away does not cancel it for the others. A failed build is not
+        cached; its error reaches every request that waited for it.
+        """
         held = self._pages.get(key)
-        if held is not None and mono - held[0] < self.ttl_s:
+        age = mono - held[0] if held is not None else float("inf")
+        if held is not None and age < self.ttl_s:
             self._pages.move_to_end(key)
             self.hits += 1
             return held[1]
@@ -53,6 +69,9 @@ class PageCache:
             task.add_done_callback(lambda t: self._built(key, mono, t))
         else:
             self.hits += 1
+        if held is not None and age < STALE_FACTOR * self.ttl_s:
+            self.stale += 1
+            return held[1]
         return await asyncio.shield(task)
 
     def _built(self, key: Hashable, mono: float, task: asyncio.Future[bytes]) -> None:

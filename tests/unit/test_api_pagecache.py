@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from query_api.pagecache import PageCache
+from query_api.pagecache import STALE_FACTOR, PageCache
 
 
 class Builder:
@@ -26,8 +26,8 @@ class Builder:
 
 
 async def test_concurrent_requests_share_one_build_and_the_ttl_bounds_reuse() -> None:
-    """Ten requests for a page being built cause one build; within ttl_s the page is reused,
-    at ttl_s it is built again."""
+    """Ten requests for a page being built cause one build; within ttl_s the page is reused;
+    from ttl_s the old page is served while one rebuild runs, then the new page."""
     cache = PageCache(ttl_s=5.0, max_bytes=1000)
     build = Builder()
     waiting = [asyncio.ensure_future(cache.get("k", 100.0, build)) for _ in range(10)]
@@ -37,9 +37,29 @@ async def test_concurrent_requests_share_one_build_and_the_ttl_bounds_reuse() ->
     assert build.calls == 1
     assert await cache.get("k", 104.9, build) == b"page"
     assert build.calls == 1
-    await cache.get("k", 105.0, build)
-    assert build.calls == 2
-    assert (cache.hits, cache.misses) == (10, 2)
+    rebuild = Builder(page=b"new")
+    assert await cache.get("k", 105.0, rebuild) == b"page"  # stale, rebuilding
+    assert await cache.get("k", 105.1, rebuild) == b"page"  # still rebuilding: no second build
+    rebuild.release.set()
+    for _ in range(5):  # the build task finishes, then its done callback stores the page
+        await asyncio.sleep(0)
+    assert await cache.get("k", 105.2, rebuild) == b"new"
+    assert rebuild.calls == 1
+    assert (cache.misses, cache.stale) == (2, 2)
+
+
+async def test_a_page_past_the_stale_bound_is_waited_for() -> None:
+    """A page older than STALE_FACTOR * ttl_s is not served: the request waits for the build."""
+    cache = PageCache(ttl_s=5.0, max_bytes=1000)
+    first = Builder(page=b"old")
+    first.release.set()
+    await cache.get("k", 0.0, first)
+    late = Builder(page=b"new")
+    pending = asyncio.ensure_future(cache.get("k", STALE_FACTOR * 5.0, late))
+    await asyncio.sleep(0)
+    assert not pending.done()
+    late.release.set()
+    assert await pending == b"new"
 
 
 async def test_a_failed_build_reaches_every_waiter_and_is_not_cached() -> None:

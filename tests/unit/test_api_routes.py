@@ -202,7 +202,7 @@ async def test_downsampled_history_with_a_relative_window_is_aligned_and_cached(
 ) -> None:
     """every=5m with start=-1h: the window is rounded out to whole 5-minute buckets, and the
     same question within HISTORY_CACHE_S is answered from the cache (one InfluxDB query); after
-    that the page is built again."""
+    that the old page is served once more while the new one is built."""
     fake.answers.append([Series("readings", BUCKETS, [[NS, 1.5]])])
     fake.answers.append([Series("readings", BUCKETS, [[NS, 2.5]])])
     params = {"start": "-1h", "every": "5m"}
@@ -221,6 +221,8 @@ async def test_downsampled_history_with_a_relative_window_is_aligned_and_cached(
     )
     assert first["points"] == [{"ts": "2026-05-01T12:00:00.000Z", "values": {"power_w": 1.5}}]
     app.dependency_overrides[get_mono] = lambda: MONO + 5.0  # HISTORY_CACHE_S (5 s) later
+    stale = (await client.get("/v1/chargers/cp1/history", params=params)).json()
+    assert stale["points"][0]["values"] == {"power_w": 1.5}  # served while it is rebuilt
     later = (await client.get("/v1/chargers/cp1/history", params=params)).json()
     assert len(fake.queries) == 2
     assert later["points"][0]["values"] == {"power_w": 2.5}

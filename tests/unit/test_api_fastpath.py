@@ -1,0 +1,112 @@
+"""query_api.fastpath: the plain-ASGI answer of ``latest`` from memory is the FastAPI route's
+answer, and everything it does not serve (bad or missing key, other roles, unknown or untrusted
+charger, malformed id) reaches the route unchanged."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from query_api.app import create_app
+from query_api.deps import get_now
+from query_api.problems import MEDIA_TYPE
+from query_api.settings import ApiSettings
+from telemetry_common.settings import MqttSettings
+from tests.unit.fakes import FakeInflux
+
+READ, INGEST = "read-key-0123456789", "ingest-key-012345"
+
+
+class FakeBroker:
+    connected = True
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        raise AssertionError("not used")
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[FastAPI]:
+    settings = ApiSettings(
+        keys={"read": SecretStr(READ), "ingest": SecretStr(INGEST)},
+        mqtt=MqttSettings(),
+        latest_sweep_s=0,
+    )
+    app = create_app(settings, influx=FakeInflux(), broker=FakeBroker())
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+def _trust(app: FastAPI, charger: str, ts: str = "2026-05-01T12:00:00Z") -> None:
+    payload = orjson.dumps(
+        {"charger_id": charger, "gateway_id": "gw-1", "evse_id": 1, "connector_id": 1, "seq": 9,
+         "ts": ts, "status": "Charging", "values": {"power_w": 7.5}}
+    )  # fmt: skip
+    mono = time.monotonic()
+    app.state.mirror.apply(f"chargers/v1/live/{charger}", payload, mono - 10)
+    app.state.mirror.get(charger).checked = mono - 1
+
+
+async def _get(app: FastAPI, path: str, key: str | None = READ) -> httpx.Response:
+    headers = {"X-API-Key": key} if key is not None else {}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+        return await c.get(path, headers=headers)
+
+
+async def test_fast_answer_equals_the_routes_answer(app: FastAPI) -> None:
+    """The same document, status and content type from the fast path and from the route (forced
+    by a dependency override, which turns the fast path off); the request is timed under the
+    route's template either way."""
+    _trust(app, "cp1")
+    fast = await _get(app, "/v1/chargers/cp1/latest")
+    app.dependency_overrides[get_now] = lambda: datetime.now(UTC)
+    slow = await _get(app, "/v1/chargers/cp1/latest")
+    assert fast.status_code == slow.status_code == 200
+    assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+    f, s = fast.json(), slow.json()
+    assert abs(f.pop("age_s") - s.pop("age_s")) < 5
+    assert f == s
+    assert f["source"] == "mirror"
+    assert f["values"] == {"power_w": 7.5}
+    metrics = (await _get(app, "/metrics", key=None)).text
+    label = 'route="/v1/chargers/{charger_id}/latest",status="200"'
+    line = next(x for x in metrics.splitlines() if "_count{" in x and label in x)
+    assert line.endswith(" 2.0")
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "status"),
+    [
+        ("/v1/chargers/cp1/latest", None, 401),
+        ("/v1/chargers/cp1/latest", "wrong-key-0123456789", 401),
+        ("/v1/chargers/cp1/latest", INGEST, 403),
+        ("/v1/chargers/unknown/latest", READ, 404),
+        ("/v1/chargers/cp1%27%20OR%201=1/latest", READ, 422),
+    ],
+)
+async def test_everything_else_reaches_the_route(
+    app: FastAPI, path: str, key: str | None, status: int
+) -> None:
+    """Missing, wrong or other-role keys, an unknown charger and a hostile id get the route's
+    problem documents."""
+    _trust(app, "cp1")
+    resp = await _get(app, path, key)
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == MEDIA_TYPE
+
+
+async def test_an_untrusted_value_is_left_to_the_route(app: FastAPI) -> None:
+    """A mirrored value not yet confirmed by InfluxDB is not served by the fast path: the route
+    asks InfluxDB (here: nothing stored) and answers from the newer of the two."""
+    _trust(app, "cp1")
+    app.state.mirror.get("cp1").checked = float("-inf")
+    resp = await _get(app, "/v1/chargers/cp1/latest")
+    assert resp.status_code == 200
+    assert len(app.state.influx.queries) == 1
