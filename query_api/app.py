@@ -18,7 +18,7 @@ from query_api.index import ChargerIndex, confirm_forever
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.mirror import LiveMirror
 from query_api.pagecache import PageCache
-from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats
+from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats, ui
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL, InfluxQLClient
@@ -117,6 +117,6 @@ def create_app(
     # Starlette wraps in reverse order: the fast path runs inside the timing middleware.
     app.add_middleware(LatestFastPath, api=app)
     app.add_middleware(TimingMiddleware, metrics=metrics)
-    for module in (health, chargers, history, stats, fleet, ingest, pipeline):
+    for module in (health, chargers, history, stats, fleet, ingest, pipeline, ui):
         app.include_router(module.router)
     return app

@@ -27,6 +27,22 @@ if [ ${#need_servers[@]} -gt 0 ]; then
   fi
 fi
 
+# Headless Chromium for the fleet page's browser test (tests/integration/test_fleet_page.py);
+# without it that test is skipped with the reason.
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "bootstrap: installing Debian package: chromium" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      chromium >/dev/null
+  else
+    echo "bootstrap: chromium missing and apt-get is not available: the browser test of" >&2
+    echo "  the fleet page will be skipped (install Chromium to run it)." >&2
+  fi
+fi
+
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "bootstrap: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
   exit 1
