@@ -252,7 +252,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
                     break
                 msgs = taking.result()
                 in_hand.extend(msgs)
-                prepared.put_nowait((msgs, processor.prepare(msgs)))
+                prepared.put_nowait((msgs, await processor.prepare_async(msgs)))
             prepared.put_nowait(None)
 
         async def commit_and_ack() -> None:

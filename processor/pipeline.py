@@ -109,6 +109,27 @@ class Processor:
         batch.messages = len(messages)
         return batch
 
+    async def prepare_async(
+        self, messages: Sequence[Received], *, slice_bytes: int = 64 * 1024
+    ) -> PreparedBatch:
+        """:meth:`prepare`, handing the event loop back after every ``slice_bytes`` of payload:
+        a write's answer, acknowledgements and live publishes are then handled within a few
+        milliseconds instead of after the whole batch (up to ~100 ms at 2 MiB)."""
+        out = PreparedBatch(messages=len(messages))
+        start = 0
+        while start < len(messages):
+            end, size = start, 0
+            while end < len(messages) and (end == start or size < slice_bytes):
+                size += len(messages[end].payload)
+                end += 1
+            part = self._decode(messages[start:end])
+            out.points.extend(part.points)
+            out.dead.extend(part.dead)
+            start = end
+            if start < len(messages):
+                await asyncio.sleep(0)
+        return out
+
     async def commit(self, batch: PreparedBatch) -> None:
         """The I/O half: write, dead-letter, then update the cache, live feed and gap tracking."""
         if batch.points:

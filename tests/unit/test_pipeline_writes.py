@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -67,3 +68,34 @@ async def test_unavailable_influx_is_retried_until_it_takes_the_write() -> None:
     p = Processor(writer, cast(AsyncMqttClient, object()), Topics(), max_backoff_s=0.01)
     await p.process([message("gw-1", 1, 10)])
     assert writer.requests == [10]
+
+
+async def test_prepare_async_hands_the_loop_back_and_prepares_the_same_batch() -> None:
+    """prepare_async yields to the event loop between slices of payload (a write's answer is
+    not held up by the whole batch) and yields the same points, in the same order, as
+    prepare; a bad message in a slice is dead-lettered either way."""
+    msgs = [message("gw-1", k * 100 + 1, 100) for k in range(6)]
+    bad = Received("chargers/v1/gw-1/readings", b"{not json", 1, 999, 1)
+    msgs.insert(3, bad)
+    unused_mqtt = cast(AsyncMqttClient, object())
+    ticks = 0
+
+    async def count_ticks() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.ensure_future(count_ticks())
+    await asyncio.sleep(0)
+    ticks = 0
+    fast = await Processor(writer := RecordingWriter(), unused_mqtt, Topics()).prepare_async(
+        msgs, slice_bytes=1
+    )
+    ticker.cancel()
+    plain = Processor(writer, unused_mqtt, Topics()).prepare(msgs)
+    assert ticks == len(msgs) - 1  # slices of one message: the loop ran between each two
+    assert [p.line for p in fast.points] == [p.line for p in plain.points]
+    assert len(fast.points) == 600
+    assert fast.messages == plain.messages == 7
+    assert [d[2].reason for d in fast.dead] == [d[2].reason for d in plain.dead] == ["invalid_json"]
