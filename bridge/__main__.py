@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 
@@ -14,6 +15,8 @@ from bridge.runner import run_bridge
 from bridge.settings import BridgeSettings
 from telemetry_common.errors import TelemetryError
 from telemetry_common.logs import configure_logging
+
+GC_THRESHOLD = 50_000
 
 
 async def _main(settings: BridgeSettings) -> None:
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"telemetry-bridge: {name}: {err['msg']}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
+    # A batch allocates hundreds of thousands of short-lived, acyclic objects (freed by
+    # reference counting); the default threshold (700) ran a collection every few readings and
+    # cost ~20% of the processor's CPU. Cycles are still collected, just less often.
+    gc.set_threshold(GC_THRESHOLD, 20, 100)
     try:
         asyncio.run(_main(settings))
     except KeyboardInterrupt:

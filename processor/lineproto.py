@@ -8,6 +8,8 @@ import functools
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+import orjson
+
 from telemetry_common.schema import Reading
 from telemetry_common.storage import MEASUREMENT
 
@@ -39,16 +41,23 @@ def _series(charger_id: str, connector_id: int, evse_id: int, gateway_id: str) -
     )
 
 
+def _value_fields(values: dict[str, float]) -> str:
+    """``k=v,k=v`` from orjson's rendering of the dict: value keys are ``[a-z0-9_]`` (no quote,
+    colon or comma to confuse), floats are written shortest-exact (``7200.0``, ``1e-7``; a
+    float field either way), and one Rust call beats a ``repr`` per value 3-4x."""
+    return orjson.dumps(values)[1:-1].decode().replace('"', "").replace(":", "=")
+
+
 def to_line(gateway_id: str, r: Reading, ns: int | None = None) -> str:
     """One point; its key (measurement, tags, time) makes a replayed reading overwrite itself.
     ``ns`` is ``ts_ns(r.ts)`` when the caller has it already."""
-    # Values are floats already (strict schema); repr is the shortest exact form. ``seq`` is
-    # always there, so a reading without values (a status change) is still a valid point.
-    fields = [f"{k}={v!r}" for k, v in r.values.items()]
+    # ``seq`` is always there, so a reading without values (a status change) is still a valid
+    # point.
+    fields = _value_fields(r.values)
     if r.status is not None:
-        fields.append(f"status={_string_field(r.status)}")
-    fields.append(f"seq={r.seq}i")
+        fields += ("," if fields else "") + f"status={_string_field(r.status)}"
+    fields += ("," if fields else "") + f"seq={r.seq}i"
     return (
         f"{_series(r.charger_id, r.connector_id, r.evse_id, gateway_id)}"
-        f"{','.join(fields)} {ts_ns(r.ts) if ns is None else ns}"
+        f"{fields} {ts_ns(r.ts) if ns is None else ns}"
     )

@@ -9,11 +9,13 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from processor.lineproto import to_line
 from processor.writer import (
     InfluxWriter,
     Writer,
@@ -21,6 +23,7 @@ from processor.writer import (
     WriteUnavailableError,
     make_writer,
 )
+from telemetry_common.schema import Reading
 from telemetry_common.settings import InfluxSettings
 from telemetry_stack.servers import free_port
 from telemetry_stack.testing import InfluxInfo
@@ -96,6 +99,15 @@ def _count(backend: Backend, charger: str) -> int:
     return int(series[0]["values"][0][1]) if series else 0
 
 
+def _stored_x(backend: Backend, charger: str) -> list[float]:
+    s = backend.settings
+    q = f"SELECT x_w FROM readings WHERE charger_id = '{charger}'"
+    r = httpx.get(
+        f"{s.url}/query", params={"db": s.database, "q": q}, headers=backend.query_headers
+    )
+    return [row[1] for row in r.json()["results"][0]["series"][0]["values"]]
+
+
 def _line(charger: str, seq: int, power: str = "1.5") -> str:
     return (
         f"readings,charger_id={charger},connector_id=1,evse_id=1,gateway_id=gw-c "
@@ -143,3 +155,19 @@ async def test_unreachable_server_is_unavailable(backend: Backend) -> None:
             await w.write([_line("cp-x", 1)])
     finally:
         await w.aclose()
+
+
+async def test_every_float_the_line_builder_writes_is_stored_exactly(
+    writer: InfluxWriter, backend: Backend
+) -> None:
+    """processor.lineproto writes floats as orjson renders them (``1e-7``, ``5e-324``,
+    ``-0.0``, 16 digits): the server parses each form and stores the same double."""
+    values = [1e-7, 5e-324, 2.5e-310, -0.0, 1e15, -1e15, 0.1, 123456789.123, 7200.0, 1 / 3]
+    charger = f"cp-{uuid.uuid4().hex[:6]}"
+    base = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    readings = [
+        Reading(charger_id=charger, seq=i, ts=base + timedelta(seconds=i), values={"x_w": v})
+        for i, v in enumerate(values, start=1)
+    ]
+    await writer.write([to_line("gw-c", r) for r in readings])
+    assert _stored_x(backend, charger) == values

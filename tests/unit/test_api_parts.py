@@ -307,7 +307,7 @@ def test_ingest_accepts_the_three_shapes_and_arrays() -> None:
             [{"charger_id": "a b", "ts": "2026-05-01T12:00:00Z", "values": {}}],
             "string_pattern_mismatch",
         ),
-        ([{"charger_id": "c", "ts": "2026-05-01T12:00:00Z", "values": {"seq": 1}}], "value_error"),
+        ([{"charger_id": "c", "ts": "2026-05-01T12:00:00Z", "values": {"seq": 1}}], "value_key"),
         ([{"chargerId": "c", "timestamp": "x", "payload": 3}], "invalid_reading"),
         ([{"chargerId": "c", "timestamp": "x", "payload": {}, "more": 1}], "invalid_reading"),
     ],

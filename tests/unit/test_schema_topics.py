@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+import string
 from datetime import UTC, datetime
 
 import orjson
@@ -10,7 +13,15 @@ from pydantic import ValidationError
 
 from telemetry_common.errors import InvalidIdError, TopicError
 from telemetry_common.ids import check_id
-from telemetry_common.schema import Reading, decode_batch, encode_batch, format_ts
+from telemetry_common.schema import (
+    VALUE_KEY_PATTERN,
+    VALUE_KEY_SHAPE,
+    Reading,
+    decode_batch,
+    encode_batch,
+    format_ts,
+)
+from telemetry_common.storage import RESERVED_VALUE_KEYS
 from telemetry_common.topics import Topics
 
 GOOD = {
@@ -104,3 +115,33 @@ def test_bad_topic_roots_are_refused(root: str) -> None:
     """A topic root with wildcards or empty levels is a configuration error."""
     with pytest.raises(TopicError):
         Topics(root)
+
+
+def test_value_key_pattern_is_the_shape_minus_the_reserved_keys() -> None:
+    """The generated value-key pattern (checked inside pydantic-core) accepts exactly the keys
+    of the documented shape that are not reserved: every reserved key, its prefixes and
+    extensions, and 20,000 random keys agree with the plain definition."""
+    rng = random.Random(7)
+    alphabet = string.ascii_lowercase + string.digits + "_"
+    candidates = set(RESERVED_VALUE_KEYS) | {"", "a", "t" * 63, "t" * 64, "Seq", "1a", "_x"}
+    for word in RESERVED_VALUE_KEYS:
+        candidates |= {word[:i] for i in range(1, len(word))}
+        candidates |= {word + c for c in ("s", "_", "0")} | {"x" + word}
+    for _ in range(20_000):
+        first = rng.choice(string.ascii_lowercase + "0_A")
+        candidates.add(first + "".join(rng.choices(alphabet, k=rng.randint(0, 66))))
+    shape = re.compile(VALUE_KEY_SHAPE)
+    generated = re.compile(VALUE_KEY_PATTERN)
+    for key in candidates:
+        expected = bool(shape.match(key)) and key not in RESERVED_VALUE_KEYS
+        assert bool(generated.match(key)) == expected, key
+
+
+def test_a_reserved_value_key_is_refused_with_a_readable_reason() -> None:
+    """The error names the rule and the reserved keys, not the generated pattern."""
+    with pytest.raises(ValidationError) as info:
+        Reading.model_validate_json(_reading(values={"seq": 1.0}))
+    message = info.value.errors()[0]["msg"]
+    assert "is none of" in message
+    assert "seq" in message
+    assert "(?:" not in message
