@@ -14,7 +14,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import http
-from bridge.settings import BridgeSettings
+from bridge.settings import DEFAULT_CLIENT_ID, BridgeSettings
 from processor.lineproto import ns_to_datetime
 from processor.lvc import Bindings, Stamp
 from processor.metrics import Metrics
@@ -29,6 +29,7 @@ from telemetry_common.influxql import (
     newest_per_charger_query,
 )
 from telemetry_common.mqtt import AsyncMqttClient, Received
+from telemetry_common.topics import SHARE_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,13 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         if settings.http_port:
             server = await http.serve(
                 settings.http_host, settings.http_port, _routes(processor, client)
+            )
+        if settings.share_group == SHARE_GROUP or settings.client_id == DEFAULT_CLIENT_ID:
+            log.warning(
+                "TELEMETRY_BRIDGE_SHARE_GROUP or _CLIENT_ID is the documented default: a gateway "
+                "certificate that joins the group or takes over the session makes the broker "
+                "drop readings it already acknowledged. Set both to unguessable values "
+                "(`telemetry-stack up` and docker/gen-env.sh do; mosquitto/README.md)."
             )
         log.info(
             "bridge %s consuming %s into %s (%s API)",

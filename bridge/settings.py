@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -10,6 +11,8 @@ from pydantic_settings import SettingsConfigDict
 from telemetry_common.ids import Id
 from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings
 from telemetry_common.topics import SHARE_GROUP
+
+DEFAULT_CLIENT_ID: Final = "telemetry-bridge-1"
 
 
 class BridgeSettings(ServiceSettings):
@@ -20,7 +23,9 @@ class BridgeSettings(ServiceSettings):
     )
     influx: InfluxSettings = InfluxSettings()
     #: Fixed per bridge process: the broker keeps this session (and its queue) across restarts.
-    client_id: Id = "telemetry-bridge-1"
+    #: Make it and the share group unguessable in a deployment (the bridge warns otherwise):
+    #: the broker cannot stop a gateway certificate from using either (mosquitto/README.md).
+    client_id: Id = DEFAULT_CLIENT_ID
     share_group: Id = SHARE_GROUP
     #: MQTT 5 Receive Maximum: how many unacknowledged messages the broker may send us. This is
     #: the bridge's backpressure: when InfluxDB is slow, the broker holds the rest.

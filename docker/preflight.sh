@@ -8,7 +8,7 @@
 #   TELEMETRY_PROFILE      dev (the default: placeholders allowed, with a warning) or anything
 #                          else, e.g. production (every secret must be real)
 #   INFLUXDB_ADMIN_PASSWORD INFLUXDB_TOKEN GRAFANA_ADMIN_PASSWORD
-#   TELEMETRY_READ_KEY TELEMETRY_INGEST_KEY TELEMETRY_ADMIN_KEY
+#   TELEMETRY_READ_KEY TELEMETRY_INGEST_KEY TELEMETRY_ADMIN_KEY TELEMETRY_BRIDGE_SECRET
 #
 # A secret is a placeholder when it is empty, contains "change-me" (the marker of every default
 # in docker-compose.yml and .env.example) or is shorter than 16 characters. The API keys must
@@ -20,7 +20,7 @@ set -eu
 
 profile="${TELEMETRY_PROFILE:-dev}"
 min_length=16
-secrets="INFLUXDB_ADMIN_PASSWORD INFLUXDB_TOKEN GRAFANA_ADMIN_PASSWORD TELEMETRY_READ_KEY TELEMETRY_INGEST_KEY TELEMETRY_ADMIN_KEY"
+secrets="INFLUXDB_ADMIN_PASSWORD INFLUXDB_TOKEN GRAFANA_ADMIN_PASSWORD TELEMETRY_READ_KEY TELEMETRY_INGEST_KEY TELEMETRY_ADMIN_KEY TELEMETRY_BRIDGE_SECRET"
 
 placeholders=""
 for name in $secrets; do

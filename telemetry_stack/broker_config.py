@@ -15,7 +15,7 @@ from typing import Final
 
 from telemetry_common.errors import ConfigError
 from telemetry_common.topics import Topics
-from telemetry_stack.pki import API_IDENTITY, BRIDGE_IDENTITY, OPERATOR_IDENTITY
+from telemetry_stack.pki import API_IDENTITY, BRIDGE_IDENTITY, OPERATOR_IDENTITY, Pki
 
 TEMPLATE_DIR: Final = Path(__file__).resolve().parent.parent / "mosquitto"
 
@@ -73,8 +73,12 @@ def render_conf(
     bind_host: str = "127.0.0.1",
     run_as_user: str | None = None,
     template_dir: Path = TEMPLATE_DIR,
+    crlfile: Path | str | None = None,
 ) -> str:
-    """The text of mosquitto.conf. Paths are written as given (they may be container paths)."""
+    """The text of mosquitto.conf. Paths are written as given (they may be container paths).
+
+    ``crlfile``: the CA's revocation list (``pki.crl_file``); the file must exist when Mosquitto
+    starts, which ``pki.init`` guarantees."""
     for setting, port in (("tls_port", tls_port), ("local_port", local_port)):
         if not 1 <= port <= 65535:
             raise ConfigError(setting, f"{port} is not a TCP port")
@@ -93,6 +97,10 @@ def render_conf(
             "# 0600 private keys, so it is the user that owns them.\n"
             f"user {run_as_user}"
         )
+    if crlfile is None:
+        crl_directive = "# crlfile: not set (no revocation list)"
+    else:
+        crl_directive = f"crlfile {_path_value('crlfile', crlfile)}"
     return _template("mosquitto.conf.tmpl", template_dir).substitute(
         password_file=_path_value("password_file", password_file),
         acl_file=_path_value("acl_file", acl_file),
@@ -109,6 +117,7 @@ def render_conf(
         cafile=_path_value("cafile", cafile),
         certfile=_path_value("certfile", certfile),
         keyfile=_path_value("keyfile", keyfile),
+        crl_directive=crl_directive,
         local_port=local_port,
     )
 
@@ -150,6 +159,7 @@ def render(
         cafile=pki / "ca.crt",
         certfile=pki / "server.crt",
         keyfile=pki / "server.key",
+        crlfile=Pki(pki).crl_file,
         acl_file=seen / "acl",
         password_file=seen / "passwd",
         persistence_location=persistence_dir,

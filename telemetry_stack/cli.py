@@ -82,7 +82,7 @@ def pki_gateway(
     name: Annotated[str, typer.Argument(help="The gateway id (= certificate CN = MQTT user).")],
     directory: PkiDir = Path(".stack/pki"),
 ) -> None:
-    """Issue a gateway's client certificate (kept if it exists)."""
+    """Issue a gateway's client certificate (kept if it exists and is not revoked)."""
     try:
         cert, key = pki_mod.issue_gateway(directory, name)
     except (TelemetryError, ValueError) as exc:
@@ -99,6 +99,26 @@ def pki_operator(directory: PkiDir = Path(".stack/pki")) -> None:
     except (TelemetryError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(f"{cert}\n{key}")
+
+
+@pki_app.command("revoke")
+def pki_revoke(
+    name: Annotated[str, typer.Argument(help="The client (gateway) whose certificate to revoke.")],
+    directory: PkiDir = Path(".stack/pki"),
+) -> None:
+    """Revoke a client certificate: add it to the CA's CRL (crl.pem). The broker rereads the CRL
+    on SIGHUP for new connections; `telemetry-stack restart mosquitto` also drops a connection the
+    revoked client already has. `pki gateway NAME` then issues it a new certificate."""
+    try:
+        done = pki_mod.revoke(directory, name)
+    except (TelemetryError, ValueError) as exc:
+        raise _fail(exc) from exc
+    verb = "was already revoked" if done.already else "revoked"
+    typer.echo(
+        f"{name} {verb} (serial {done.serial:#x}) in {done.crl_file}\n"
+        "restart the broker to apply it and drop the client's open connection: "
+        "telemetry-stack restart mosquitto"
+    )
 
 
 # --- broker-config ----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 Layout of a PKI directory (DESIGN.md, contract)::
 
     ca.crt ca.key              the CA (never overwritten unless ``force``)
+    crl.pem                    the CA's certificate revocation list, always present (empty at
+                               first); the broker's TLS listener names it (``crlfile``)
     server.crt server.key      the broker: SAN localhost + 127.0.0.1 (+ extra hosts), serverAuth
     {name}.crt {name}.key      a client: CN = name = MQTT username on the broker, clientAuth
 
@@ -47,6 +49,9 @@ RESERVED_GATEWAY_NAMES: Final = frozenset(
 CA_DAYS: Final = 3650
 LEAF_DAYS: Final = 825
 DEFAULT_SERVER_HOSTS: Final = ("localhost", "127.0.0.1")
+#: The CRL is re-signed by ``init`` when its nextUpdate is closer than this: an expired CRL makes
+#: OpenSSL refuse every client certificate, so it must never be allowed to lapse.
+CRL_REFRESH: Final = dt.timedelta(days=30)
 
 
 class ReservedNameError(InvalidIdError):
@@ -71,6 +76,10 @@ class Pki:
     @property
     def ca_key_file(self) -> Path:
         return self.dir / "ca.key"
+
+    @property
+    def crl_file(self) -> Path:
+        return self.dir / "crl.pem"
 
     @property
     def server_cert(self) -> Path:
@@ -263,6 +272,128 @@ def _server_is_current(pki: Pki, ca_cert: x509.Certificate, sans: list[x509.Gene
     return all(san in have for san in sans) and expires > dt.timedelta(days=1)
 
 
+# --- revocation list ------------------------------------------------------------------------
+
+
+def _make_crl(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    revoked: Iterable[x509.RevokedCertificate],
+    number: int,
+) -> x509.CertificateRevocationList:
+    """A CRL signed by the CA; its nextUpdate is the CA's own expiry (a lapsed CRL would lock
+    every client out, and nothing here re-signs it on a schedule)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(max(ca_cert.not_valid_after_utc, now + dt.timedelta(days=1)))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+    )
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0
+
+
+def load_crl(pki: Pki, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
+    """The CRL on disk if it is readable and signed by ``ca_cert``, else None."""
+    if not pki.crl_file.is_file():
+        return None
+    try:
+        crl = x509.load_pem_x509_crl(pki.crl_file.read_bytes())
+        public_key = ca_cert.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            return None
+        if crl.issuer != ca_cert.subject or not crl.is_signature_valid(public_key):
+            return None
+    except ValueError:
+        return None
+    return crl
+
+
+def _write_crl(pki: Pki, crl: x509.CertificateRevocationList) -> None:
+    _write_public(pki.crl_file, crl.public_bytes(serialization.Encoding.PEM))
+
+
+def _ensure_crl(
+    pki: Pki, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, *, fresh: bool
+) -> None:
+    """Make sure crl.pem exists, is this CA's and does not lapse soon (entries are kept)."""
+    crl = None if fresh else load_crl(pki, ca_cert)
+    if crl is None:
+        _write_crl(pki, _make_crl(ca_cert, ca_key, [], 1))
+        return
+    next_update = crl.next_update_utc
+    if next_update is None or next_update - dt.datetime.now(dt.UTC) < CRL_REFRESH:
+        _write_crl(pki, _make_crl(ca_cert, ca_key, list(crl), _crl_number(crl) + 1))
+
+
+def is_revoked(pki: Pki, cert_file: Path) -> bool:
+    """True if the certificate in ``cert_file`` is listed in the PKI's CRL."""
+    if not pki.ca_file.is_file() or not pki.crl_file.is_file():
+        return False
+    crl = load_crl(pki, load_cert(pki.ca_file))
+    serial = load_cert(cert_file).serial_number
+    return crl is not None and crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """What :func:`revoke` did."""
+
+    name: str
+    serial: int
+    crl_file: Path
+    already: bool
+
+
+def revoke(directory: Path, name: str) -> Revoked:
+    """Add client certificate ``name`` (its current ``{name}.crt``) to the CA's CRL.
+
+    The certificate files stay where they are (``issue_gateway``/``issue_client`` replace a
+    revoked certificate with a new one). Mosquitto rereads crl.pem on SIGHUP for new
+    connections; a restart also drops the revoked client's open connection.
+    """
+    pki = Pki(Path(directory))
+    check_id("client name", name)
+    if name in {"ca", "server"}:
+        raise ReservedNameError(name, "the CA's and the broker's files")
+    crt, _key = pki.client_paths(name)
+    if not crt.is_file():
+        raise ConfigError("pki", f"no certificate {crt} to revoke")
+    ca_cert, ca_key = _load_ca(pki)
+    cert = load_cert(crt)
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ConfigError("pki", f"{crt} was not issued by the CA in {pki.dir}") from exc
+    crl = load_crl(pki, ca_cert)
+    entries = list(crl) if crl is not None else []
+    if crl is not None and crl.get_revoked_certificate_by_serial_number(cert.serial_number):
+        return Revoked(name, cert.serial_number, pki.crl_file, already=True)
+    entries.append(
+        x509.RevokedCertificateBuilder()
+        .serial_number(cert.serial_number)
+        .revocation_date(dt.datetime.now(dt.UTC))
+        .build()
+    )
+    number = _crl_number(crl) + 1 if crl is not None else 1
+    _write_crl(pki, _make_crl(ca_cert, ca_key, entries, number))
+    return Revoked(name, cert.serial_number, pki.crl_file, already=False)
+
+
 # --- public operations ----------------------------------------------------------------------
 
 
@@ -272,7 +403,9 @@ def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = Fals
     An existing CA is kept unless ``force``; then a new CA is made and every client certificate
     found in the directory is re-issued under it. The server certificate is (re)issued when it
     is missing, not from this CA, or does not cover ``extra_hosts``. The bridge's and the API's
-    certificates are issued when missing.
+    certificates are issued when missing or revoked. crl.pem is created when missing (a PKI
+    made before revocation existed gets an empty one), made afresh with a new CA, and
+    re-signed when it would lapse within :data:`CRL_REFRESH`.
     """
     pki = Pki(Path(directory))
     pki.dir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +415,7 @@ def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = Fals
         _save(ca_cert, ca_key, pki.ca_file, pki.ca_key_file)
     else:
         ca_cert, ca_key = _load_ca(pki)
+    _ensure_crl(pki, ca_cert, ca_key, fresh=force or not has_ca)
 
     sans = _server_sans(extra_hosts)
     if force or not _server_is_current(pki, ca_cert, sans):
@@ -293,10 +427,10 @@ def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = Fals
     if force:
         for name in client_names(pki):
             _issue(pki, name, ca_cert, ca_key)
-    if force or not pki.client_paths(BRIDGE_IDENTITY)[0].is_file():
-        _issue(pki, BRIDGE_IDENTITY, ca_cert, ca_key)
-    if force or not pki.client_paths(API_IDENTITY)[0].is_file():
-        _issue(pki, API_IDENTITY, ca_cert, ca_key)
+    for service in (BRIDGE_IDENTITY, API_IDENTITY):
+        crt = pki.client_paths(service)[0]
+        if force or not crt.is_file() or is_revoked(pki, crt):
+            _issue(pki, service, ca_cert, ca_key)
     return pki
 
 
@@ -319,7 +453,8 @@ def _issue(
 
 
 def issue_client(directory: Path, name: str, *, reissue: bool = False) -> tuple[Path, Path]:
-    """Issue client certificate ``name`` (CN = name) unless it exists; ``(cert, key)`` paths.
+    """Issue client certificate ``name`` (CN = name) unless it exists and is not revoked;
+    ``(cert, key)`` paths.
 
     Any allowed id may be used, the bridge identity included; gateways go through
     :func:`issue_gateway`, which refuses the reserved names.
@@ -329,7 +464,7 @@ def issue_client(directory: Path, name: str, *, reissue: bool = False) -> tuple[
     if name in {"ca", "server"}:
         raise ReservedNameError(name, "the CA's and the broker's files")
     crt, key_path = pki.client_paths(name)
-    if not reissue and crt.is_file() and key_path.is_file():
+    if not reissue and crt.is_file() and key_path.is_file() and not is_revoked(pki, crt):
         return crt, key_path
     ca_cert, ca_key = _load_ca(pki)
     return _issue(pki, name, ca_cert, ca_key)

@@ -26,6 +26,7 @@ from telemetry_common.errors import ConfigError, TelemetryError
 from telemetry_common.topics import DEFAULT_ROOT
 from telemetry_stack import pki as pki_mod
 from telemetry_stack import servers
+from telemetry_stack.bridge_session import bridge_names
 
 STATE_FILE: Final = "stack.json"
 DATABASE: Final = "telemetry"
@@ -292,6 +293,7 @@ def up(opts: UpOptions, echo: Callable[[str], None]) -> dict[str, Any]:
             "MQTT__PORT": str(tls_port),
             "MQTT__CA_FILE": str(pki.ca_file),
         }
+        bridge_client_id, share_group = bridge_names(state_dir)
         bridge_env = {
             "TELEMETRY_BRIDGE_TOPIC_ROOT": opts.topic_root,
             **{f"TELEMETRY_BRIDGE_{k}": v for k, v in mqtt_env.items()},
@@ -300,7 +302,8 @@ def up(opts: UpOptions, echo: Callable[[str], None]) -> dict[str, Any]:
             "TELEMETRY_BRIDGE_INFLUX__URL": influx_url,
             "TELEMETRY_BRIDGE_INFLUX__DATABASE": DATABASE,
             "TELEMETRY_BRIDGE_INFLUX__API": "v1",
-            "TELEMETRY_BRIDGE_CLIENT_ID": "telemetry-bridge-1",
+            "TELEMETRY_BRIDGE_CLIENT_ID": bridge_client_id,
+            "TELEMETRY_BRIDGE_SHARE_GROUP": share_group,
             "TELEMETRY_BRIDGE_HTTP_PORT": str(bridge_port),
         }
         bridge_url = f"http://127.0.0.1:{bridge_port}"

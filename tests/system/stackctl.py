@@ -9,6 +9,7 @@ still held by the outbox (unsent or parked) nor dropped by the documented budget
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 
 from telemetry_stack.servers import pid_alive
+from telemetry_stack.stack import load_state, save_state
 
 BIN = Path(sys.executable).parent
 
@@ -167,3 +169,105 @@ class SystemStack:
         return httpx.get(
             f"{api['url']}{path}", headers={"X-API-Key": api["keys"]["read"]}, timeout=10
         )
+
+    # -- reconfiguring and adding services (through stack.json, as `restart` reads it) --------
+    def set_env(self, service: str, env: dict[str, str]) -> None:
+        """Put ``env`` on top of a service's recorded environment in stack.json; it applies from
+        the service's next ``restart``."""
+        state = load_state(self.dir)
+        state["services"][service]["env"].update(env)
+        save_state(self.dir, state)
+        self.reload()
+
+    def add_service(
+        self, name: str, like: str, env: dict[str, str], ready: dict[str, Any] | None = None
+    ) -> None:
+        """Record a copy of service ``like`` as ``name`` (``env`` on top, its own log file and
+        readiness check) and start it with ``telemetry-stack restart NAME``. It is recorded
+        last, so ``down`` stops it first, by its pid, with the rest."""
+        state = load_state(self.dir)
+        record = dict(state["services"][like])
+        record.update(
+            pid=None,
+            env={**record["env"], **env},
+            log_file=str(self.dir / "logs" / f"{name}.log"),
+            ready=ready if ready is not None else record["ready"],
+        )
+        state["services"][name] = record
+        save_state(self.dir, state)
+        self.restart(name)
+
+    def http_json(self, url: str) -> dict[str, Any]:
+        r = httpx.get(url, timeout=10)
+        r.raise_for_status()
+        return dict(r.json())
+
+    # -- extra gateways (edge agents this test starts itself) ---------------------------------
+    def agent_env(self, gateway: str, port: int, **extra: str) -> dict[str, str]:
+        """The environment of an edge agent for ``gateway`` (its certificate is issued here)
+        whose MQTT connection goes to ``port`` (a FaultProxy, or the broker itself), its
+        outbox where :meth:`account` looks; ``extra`` are more TELEMETRY_EDGE_* settings
+        (without the prefix), e.g. ``OUTBOX__MAX_ROWS="300"``."""
+        pki_dir = Path(self.state["pki_dir"])
+        subprocess.run(
+            [str(BIN / "telemetry-stack"), "pki", "gateway", gateway, "--dir", str(pki_dir)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        mqtt = self.state["mqtt"]
+        base = {
+            "GATEWAY_ID": gateway,
+            "OUTBOX_PATH": str(self.outbox(gateway)),
+            "MQTT__HOST": "127.0.0.1",
+            "MQTT__PORT": str(port),
+            "MQTT__CA_FILE": mqtt["ca_file"],
+            "MQTT__CERT_FILE": str(pki_dir / f"{gateway}.crt"),
+            "MQTT__KEY_FILE": str(pki_dir / f"{gateway}.key"),
+            "MQTT__KEEPALIVE_S": "5",
+            "RECONNECT_MAX_S": "2",
+            "TOPIC_ROOT": self.state["topic_root"],
+        }
+        return {**os.environ, **{f"TELEMETRY_EDGE_{k}": v for k, v in {**base, **extra}.items()}}
+
+    def start_agent(
+        self, env: dict[str, str], log: Path, *args: str, stdin: int | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``edge-agent run ARGS`` with ``env`` (see :meth:`agent_env`), output to ``log``; the
+        caller stops it with :func:`stop_process`."""
+        (self.dir / "edge").mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [str(BIN / "edge-agent"), "run", *args],
+                env=env,
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM a process this test started, SIGKILL it after ``timeout``; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    return int(proc.returncode)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A Prometheus text page as ``{"name{labels}": value}`` (labels as written)."""
+    r = httpx.get(url, timeout=10)
+    r.raise_for_status()
+    out: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

@@ -127,3 +127,29 @@ def test_unusable_settings_are_refused(tmp_path: Path, overrides: dict[str, obje
     """Bad ports, clashing ports and values that would inject directives raise ConfigError."""
     with pytest.raises(ConfigError):
         _render(tmp_path, **overrides)
+
+
+def test_tls_listener_checks_client_certificates_against_the_crl(tmp_path: Path) -> None:
+    """The TLS listener names the PKI's crl.pem (``crlfile``, so a revoked gateway is refused);
+    the plaintext loopback listener, which takes no certificates, does not."""
+    conf = _render(tmp_path).conf_file.read_text()
+    (tls_head, tls_body), (_local_head, local_body) = _listeners(conf)
+    assert tls_head[1] == "8883"
+    assert ["crlfile", "/pki/crl.pem"] in tls_body
+    assert not any(d[0] == "crlfile" for d in local_body)
+
+
+def test_render_conf_without_a_crl_names_none(tmp_path: Path) -> None:
+    """render_conf called without ``crlfile`` (its callers before revocation existed) writes no
+    ``crlfile`` directive, so Mosquitto does not look for a file that may not exist."""
+    conf = broker_config.render_conf(
+        cafile="/pki/ca.crt",
+        certfile="/pki/server.crt",
+        keyfile="/pki/server.key",
+        acl_file="/c/acl",
+        password_file="/c/passwd",
+        persistence_location="/data",
+        tls_port=8883,
+        local_port=1883,
+    )
+    assert not any(d[0] == "crlfile" for d in _directives(conf))

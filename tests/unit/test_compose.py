@@ -64,6 +64,7 @@ SECRETS = {
     "TELEMETRY_READ_KEY",
     "TELEMETRY_INGEST_KEY",
     "TELEMETRY_ADMIN_KEY",
+    "TELEMETRY_BRIDGE_SECRET",
 }
 INFLUX_UID = "charger-telemetry-influxdb"
 PROMETHEUS_UID = "charger-telemetry-prometheus"

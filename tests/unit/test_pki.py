@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
+import ssl
 import stat
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -175,3 +179,180 @@ def test_issuing_without_a_ca_explains_what_to_do(tmp_path: Path) -> None:
     """Issuing a client certificate in an empty directory says to run `pki init`."""
     with pytest.raises(ConfigError, match="pki init"):
         pki.issue_gateway(tmp_path, "gw-1")
+
+
+# --- revocation -----------------------------------------------------------------------------
+
+
+def _crl(made: pki.Pki) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl(made.crl_file.read_bytes())
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def _handshake(made: pki.Pki, client: tuple[Path, Path]) -> str:
+    """An in-memory TLS handshake with a server that, like Mosquitto with ``crlfile``, requires
+    a client certificate and checks it against ca.crt and crl.pem: 'ok' or OpenSSL's reason."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(made.server_cert, made.server_key)
+    server.load_verify_locations(made.ca_file)
+    server.load_verify_locations(made.crl_file)
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    server.maximum_version = ssl.TLSVersion.TLSv1_2  # the verdict comes inside the handshake
+    ctx = ssl.create_default_context(cafile=made.ca_file)
+    ctx.load_cert_chain(*client)
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for end, out, peer_in in ((c, c_out, s_in), (s, s_out, c_in)):
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLCertVerificationError as exc:
+                return f"verify failed: {exc.verify_message}"
+            except ssl.SSLError as exc:
+                return str(exc.reason)
+            peer_in.write(out.read())
+    return "ok" if c.version() and s.version() else "incomplete"
+
+
+def test_init_writes_an_empty_crl_that_lasts_as_long_as_the_ca(made: pki.Pki) -> None:
+    """crl.pem exists from `pki init` on: empty, signed by the CA, readable by the broker (0644),
+    next update at the CA's expiry (a lapsed CRL would lock every client out)."""
+    crl = _crl(made)
+    ca = _cert(made.ca_file)
+    assert len(crl) == 0
+    assert crl.issuer == ca.subject
+    public_key = ca.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert crl.is_signature_valid(public_key)
+    assert crl.next_update_utc == ca.not_valid_after_utc
+    assert stat.S_IMODE(made.crl_file.stat().st_mode) == 0o644
+    assert _handshake(made, pki.issue_gateway(made.dir, "gw-1")) == "ok"
+
+
+def test_init_adds_a_crl_to_a_pki_made_before_revocation_existed(made: pki.Pki) -> None:
+    """A PKI without crl.pem (made by an older version) gets one from init; the CA is kept."""
+    ca_before = made.ca_file.read_bytes()
+    made.crl_file.unlink()
+    pki.init(made.dir)
+    assert made.ca_file.read_bytes() == ca_before
+    assert len(_crl(made)) == 0
+
+
+def test_revoke_lists_the_certificate_and_openssl_refuses_it(made: pki.Pki) -> None:
+    """`revoke` adds the certificate's serial to crl.pem (earlier entries kept, CRL number up):
+    an OpenSSL server with CRL checking then refuses it and still accepts the others."""
+    gw1, gw2, gw3 = (pki.issue_gateway(made.dir, f"gw-{i}") for i in (1, 2, 3))
+    number = _crl_number(_crl(made))
+    first = pki.revoke(made.dir, "gw-1")
+    second = pki.revoke(made.dir, "gw-2")
+    crl = _crl(made)
+    assert {r.serial_number for r in crl} == {
+        _cert(gw1[0]).serial_number,
+        _cert(gw2[0]).serial_number,
+    }
+    assert (first.serial, first.already, second.crl_file) == (
+        _cert(gw1[0]).serial_number,
+        False,
+        made.crl_file,
+    )
+    assert _crl_number(crl) == number + 2
+    assert pki.is_revoked(made, gw1[0])
+    assert not pki.is_revoked(made, gw3[0])
+    assert _handshake(made, gw1) == "verify failed: certificate revoked"
+    assert _handshake(made, gw3) == "ok"
+
+
+def test_revoking_twice_changes_nothing(made: pki.Pki) -> None:
+    """A second `revoke` of the same certificate says so and leaves crl.pem as it is."""
+    pki.issue_gateway(made.dir, "gw-1")
+    pki.revoke(made.dir, "gw-1")
+    before = made.crl_file.read_bytes()
+    again = pki.revoke(made.dir, "gw-1")
+    assert again.already
+    assert made.crl_file.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("gw-none", ConfigError),
+        ("ca", InvalidIdError),
+        ("server", InvalidIdError),
+        ("a/b", InvalidIdError),
+    ],
+)
+def test_revoke_refuses_unknown_and_reserved_names(
+    made: pki.Pki, name: str, error: type[Exception]
+) -> None:
+    """No certificate of that name, the CA's or broker's files, or a name outside the id rules:
+    refused, crl.pem untouched."""
+    before = made.crl_file.read_bytes()
+    with pytest.raises(error):
+        pki.revoke(made.dir, name)
+    assert made.crl_file.read_bytes() == before
+
+
+def test_a_revoked_gateway_gets_a_fresh_certificate_when_issued_again(made: pki.Pki) -> None:
+    """`pki gateway NAME` keeps a valid certificate but replaces a revoked one (new key, new
+    serial, not revoked); `init` does the same for the bridge's certificate."""
+    crt, _key = pki.issue_gateway(made.dir, "gw-1")
+    old_serial = _cert(crt).serial_number
+    pki.revoke(made.dir, "gw-1")
+    pki.issue_gateway(made.dir, "gw-1")
+    assert _cert(crt).serial_number != old_serial
+    assert not pki.is_revoked(made, crt)
+
+    bridge = made.client_paths(pki.BRIDGE_IDENTITY)[0]
+    bridge_serial = _cert(bridge).serial_number
+    pki.revoke(made.dir, pki.BRIDGE_IDENTITY)
+    pki.init(made.dir)
+    assert _cert(bridge).serial_number != bridge_serial
+    assert not pki.is_revoked(made, bridge)
+
+
+def test_force_starts_an_empty_crl_under_the_new_ca(made: pki.Pki) -> None:
+    """A new CA (`init --force`) gets a new, empty CRL it signed (the old one would fail
+    verification in the broker and lock everyone out)."""
+    pki.issue_gateway(made.dir, "gw-1")
+    pki.revoke(made.dir, "gw-1")
+    pki.init(made.dir, force=True)
+    crl = _crl(made)
+    public_key = _cert(made.ca_file).public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert len(crl) == 0
+    assert crl.is_signature_valid(public_key)
+
+
+def test_a_crl_close_to_lapsing_is_resigned_with_its_entries(made: pki.Pki) -> None:
+    """init re-signs a CRL whose next update is within CRL_REFRESH, keeping its entries."""
+    pki.issue_gateway(made.dir, "gw-1")
+    pki.revoke(made.dir, "gw-1")
+    entries = list(_crl(made))
+    ca_key = serialization.load_pem_private_key(made.ca_key_file.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(_cert(made.ca_file).subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=2))
+        .add_extension(x509.CRLNumber(7), critical=False)
+    )
+    for entry in entries:
+        builder = builder.add_revoked_certificate(entry)
+    made.crl_file.write_bytes(
+        builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    )
+    pki.init(made.dir)
+    crl = _crl(made)
+    assert crl.next_update_utc is not None
+    assert crl.next_update_utc - now > pki.CRL_REFRESH
+    assert [r.serial_number for r in crl] == [r.serial_number for r in entries]
+    assert _crl_number(crl) == 8

@@ -1,0 +1,1090 @@
+"""Security checks against the whole stack started by ``telemetry-stack up`` (DESIGN.md
+guarantee 6): who may connect, what a gateway may do once connected, and what the REST API
+refuses. Each check prints what it tried and what the stack did (``pytest -s``).
+
+One stack serves the module. The checks before the revocation test do not disturb it; the
+revocation test restarts the broker; the last two tests attack the bridge and may cost readings,
+so they run last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from bridge.settings import DEFAULT_CLIENT_ID
+from telemetry_common.schema import SCHEMA_ID, format_ts
+from telemetry_common.topics import SHARE_GROUP, Topics
+from telemetry_stack import pki as pki_mod
+from telemetry_stack.bridge_session import FILE_NAME
+from tests.system.stackctl import BIN, SystemStack
+
+pytestmark = pytest.mark.system
+
+WAIT_S = 10.0
+NOT_AUTHORIZED = 135
+#: A gateway the tests issue a certificate for; the stack does not run it.
+ATTACKER = "gw-sec-a"
+#: A gateway the stack runs: its readings flow during every check.
+VICTIM = "gw-2"
+GATEWAYS = ["gw-1", "gw-2"]
+#: The bridge confirms gaps against InfluxDB after 2 s instead of 30 (as in test_faults.py).
+GAP_GRACE_S = 2
+
+
+# --- the stack ------------------------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``telemetry-stack ARGS`` (the operator's commands), never raising on failure."""
+    return subprocess.run(
+        [str(BIN / "telemetry-stack"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemStack]:
+    """The whole stack, started from a state directory made before revocation existed: its PKI
+    has no crl.pem (``up`` must create one, since the broker configuration names it)."""
+    state = tmp_path_factory.mktemp("security") / "stack"
+    made = cli("pki", "init", "--dir", str(state / "pki"))
+    assert made.returncode == 0, made.stderr
+    (state / "pki" / "crl.pem").unlink()
+    s = SystemStack(state, {"TELEMETRY_BRIDGE_GAP_GRACE_S": str(GAP_GRACE_S)})
+    try:
+        s.up(gateways=len(GATEWAYS), chargers=3, interval_s=0.2)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        s.down()
+        if "not installed" in str(exc) or "missing" in str(exc):
+            pytest.skip(f"the stack cannot start here: {exc}")
+        raise
+    try:
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="module")
+def pki_dir(stack: SystemStack) -> Path:
+    return Path(stack.state["pki_dir"])
+
+
+@pytest.fixture(scope="module")
+def topics(stack: SystemStack) -> Topics:
+    return Topics(stack.state["topic_root"])
+
+
+@pytest.fixture(scope="module")
+def attacker(pki_dir: Path) -> tuple[Path, Path]:
+    """A valid gateway certificate (CN gw-sec-a) issued by the operator's command."""
+    done = cli("pki", "gateway", ATTACKER, "--dir", str(pki_dir))
+    assert done.returncode == 0, done.stderr
+    return pki_dir / f"{ATTACKER}.crt", pki_dir / f"{ATTACKER}.key"
+
+
+def gateway_cert(stack: SystemStack, gateway: str) -> tuple[Path, Path]:
+    gw = stack.state["gateways"][gateway]
+    return Path(gw["cert_file"]), Path(gw["key_file"])
+
+
+def count(stack: SystemStack, where: str) -> int:
+    series = stack.influx(f"SELECT count(seq) FROM readings WHERE {where}")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def wait_until(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.3)
+    return check()
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+def sign_with_stack_ca(
+    pki_dir: Path, out: Path, cn: str, not_before: dt.datetime, not_after: dt.datetime
+) -> tuple[Path, Path]:
+    """A client certificate signed directly with the stack's CA key (bypassing the PKI's name
+    rules), valid from ``not_before`` to ``not_after``."""
+    ca_cert = pki_mod.load_cert(pki_dir / "ca.crt")
+    ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / uuid.uuid4().hex[:8]
+    crt, key_file = stem.with_suffix(".crt"), stem.with_suffix(".key")
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return crt, key_file
+
+
+# --- raw TLS + MQTT CONNECT -----------------------------------------------------------------
+
+
+def tls_context(
+    stack: SystemStack,
+    cert: tuple[Path, Path] | None,
+    *,
+    max_version: ssl.TLSVersion | None = None,
+) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=stack.state["mqtt"]["ca_file"])
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    return ctx
+
+
+def connect_packet(client_id: str) -> bytes:
+    """An MQTT 5 CONNECT with clean start, keepalive 60 s and no properties."""
+    cid = client_id.encode()
+    body = b"\x00\x04MQTT\x05\x02\x00\x3c\x00" + len(cid).to_bytes(2, "big") + cid
+    assert len(body) < 128
+    return b"\x10" + bytes([len(body)]) + body
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How far a connection attempt got: ``stage`` is ``handshake`` (the TLS handshake failed),
+    ``tls`` (refused by TLS after the client's handshake completed: TLS 1.3 verifies the client
+    certificate then), ``mqtt`` (the broker answered or closed at the MQTT level)."""
+
+    stage: str
+    detail: str
+    connack: int | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.connack == 0
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.detail}"
+
+
+def mqtt_connect(port: int, ctx: ssl.SSLContext | None, client_id: str = "sec-probe") -> Outcome:
+    """Open TCP (and TLS if ``ctx``), send CONNECT, and report what came back."""
+    with contextlib.ExitStack() as closing:
+        sock = closing.enter_context(socket.create_connection(("127.0.0.1", port), WAIT_S))
+        version, stage = "plaintext", "mqtt"
+        if ctx is not None:
+            try:
+                sock = closing.enter_context(ctx.wrap_socket(sock, server_hostname="localhost"))
+            except ssl.SSLError as exc:
+                return Outcome("handshake", f"TLS handshake refused: {exc.reason or exc}")
+            except OSError as exc:
+                return Outcome("handshake", f"TLS handshake aborted: {exc!r}")
+            assert isinstance(sock, ssl.SSLSocket)
+            version, stage = str(sock.version()), "tls"
+        try:
+            sock.sendall(connect_packet(client_id))
+            data = sock.recv(64)
+        except ssl.SSLError as exc:
+            return Outcome(stage, f"{version} then refused: {exc.reason or exc}")
+        except OSError as exc:
+            return Outcome(stage, f"{version} then {exc!r}")
+    if not data:
+        return Outcome(stage, f"{version}, connection closed")
+    if data[0] == 0x20 and len(data) >= 4:
+        return Outcome("mqtt", f"{version}, CONNACK reason {data[3]:#04x}", connack=data[3])
+    return Outcome("mqtt", f"{version}, unexpected bytes {data[:8].hex()}")
+
+
+# --- a paho client that records what it sees ------------------------------------------------
+
+
+@dataclass
+class Session:
+    """One MQTT 5 client over TLS; records CONNACK, PUBACK and SUBACK codes and messages."""
+
+    client: mqtt.Client
+    connack: str | None = None
+    disconnected: str | None = None
+    pubacks: dict[int, int] = field(default_factory=dict)
+    subacks: dict[int, list[int]] = field(default_factory=dict)
+    messages: list[mqtt.MQTTMessage] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def _on_connect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
+    ) -> None:
+        with self.changed:
+            self.connack = str(rc)
+            self.changed.notify_all()
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
+    ) -> None:
+        with self.changed:
+            self.disconnected = str(rc)
+            self.changed.notify_all()
+
+    def _on_publish(
+        self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: object
+    ) -> None:
+        with self.changed:
+            self.pubacks[mid] = rc.value
+            self.changed.notify_all()
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: object, mid: int, rcs: list[ReasonCode], _p: object
+    ) -> None:
+        with self.changed:
+            self.subacks[mid] = [rc.value for rc in rcs]
+            self.changed.notify_all()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self.changed:
+            self.messages.append(msg)
+            self.changed.notify_all()
+
+    @property
+    def connected(self) -> bool:
+        return self.connack == "Success" and self.disconnected is None
+
+    def publish(self, topic: str, payload: bytes) -> int | str:
+        """Publish at QoS 1: the PUBACK reason code, or what happened instead."""
+        info = self.client.publish(topic, payload, qos=1)
+        with self.changed:
+            self.changed.wait_for(
+                lambda: info.mid in self.pubacks or self.disconnected is not None, WAIT_S
+            )
+            if info.mid in self.pubacks:
+                return self.pubacks[info.mid]
+        return f"no PUBACK (disconnected: {self.disconnected})"
+
+    def subscribe(self, topic: str) -> list[int] | str:
+        """Subscribe at QoS 1: the SUBACK reason codes, or what happened instead."""
+        _rc, mid = self.client.subscribe(topic, qos=1)
+        with self.changed:
+            self.changed.wait_for(
+                lambda: mid in self.subacks or self.disconnected is not None, WAIT_S
+            )
+            if mid is not None and mid in self.subacks:
+                return self.subacks[mid]
+        return f"no SUBACK (disconnected: {self.disconnected})"
+
+    def topics_seen(self) -> list[str]:
+        with self.changed:
+            return [m.topic for m in self.messages]
+
+
+class OpenSession(Protocol):
+    """The ``sessions`` fixture."""
+
+    def __call__(
+        self,
+        cert: tuple[Path, Path] | None,
+        client_id: str | None = None,
+        *,
+        clean_start: bool = True,
+        session_expiry: int = 0,
+    ) -> Session: ...
+
+
+@pytest.fixture
+def sessions(stack: SystemStack) -> Iterator[OpenSession]:
+    """Factory of MQTT 5 sessions on the stack's TLS listener (or, with ``cert=None``, anonymous
+    on its loopback plaintext listener); all are closed at teardown."""
+    made: list[Session] = []
+
+    def open_session(
+        cert: tuple[Path, Path] | None,
+        client_id: str | None = None,
+        *,
+        clean_start: bool = True,
+        session_expiry: int = 0,
+    ) -> Session:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"sec-{uuid.uuid4().hex[:10]}",
+            protocol=mqtt.MQTTv5,
+        )
+        s = Session(client)
+        client.on_connect = s._on_connect
+        client.on_disconnect = s._on_disconnect
+        client.on_publish = s._on_publish
+        client.on_subscribe = s._on_subscribe
+        client.on_message = s._on_message
+        port = stack.state["mqtt"]["local_port"]
+        if cert is not None:
+            client.tls_set_context(tls_context(stack, cert))
+            port = stack.state["mqtt"]["tls_port"]
+        props = None
+        if session_expiry:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = session_expiry
+        made.append(s)
+        client.connect("127.0.0.1", port, keepalive=30, clean_start=clean_start, properties=props)
+        client.loop_start()
+        with s.changed:
+            s.changed.wait_for(lambda: s.connack is not None or s.disconnected is not None, WAIT_S)
+        return s
+
+    try:
+        yield open_session
+    finally:
+        for s in made:
+            s.client.disconnect()
+            s.client.loop_stop()
+
+
+_seq = iter(range(1, 1_000_000))
+
+
+def batch(gateway_id: str, charger_id: str, *, seq: int | None = None) -> bytes:
+    """A valid ReadingBatch with one reading of ``charger_id``, stamped now."""
+    reading = {
+        "charger_id": charger_id,
+        "evse_id": 1,
+        "connector_id": 1,
+        "seq": next(_seq) if seq is None else seq,
+        "ts": format_ts(dt.datetime.now(dt.UTC)),
+        "status": "Charging",
+        "values": {"power_w": 7200.0, "energy_wh": 1000.0},
+    }
+    return orjson.dumps({"schema": SCHEMA_ID, "gateway_id": gateway_id, "readings": [reading]})
+
+
+def broker_log(stack: SystemStack) -> Path:
+    return Path(stack.state["services"]["mosquitto"]["log_file"])
+
+
+# === 1. who may connect =====================================================================
+
+
+def test_a_state_dir_from_before_revocation_gets_a_crl_and_the_broker_names_it(
+    stack: SystemStack, pki_dir: Path
+) -> None:
+    """``up`` on a state dir whose PKI has no crl.pem (made before revocation existed) creates
+    an empty CRL signed by the CA, and the TLS listener's ``crlfile`` names it."""
+    crl = x509.load_pem_x509_crl((pki_dir / "crl.pem").read_bytes())
+    conf = (stack.dir / "mosquitto" / "mosquitto.conf").read_text()
+    print(f"crl.pem: {len(list(crl))} entries, next update {crl.next_update_utc}")
+    print(f"crlfile line: {[ln for ln in conf.splitlines() if ln.startswith('crlfile')]}")
+    assert len(list(crl)) == 0
+    assert f"crlfile {pki_dir / 'crl.pem'}" in conf.splitlines()
+
+
+@pytest.mark.parametrize("tls_max", [None, ssl.TLSVersion.TLSv1_2], ids=["tls1.3", "tls1.2"])
+@pytest.mark.parametrize("case", ["no certificate", "another CA", "expired"])
+def test_tls_listener_refuses_clients_without_a_valid_certificate(
+    stack: SystemStack, tmp_path: Path, pki_dir: Path, case: str, tls_max: ssl.TLSVersion | None
+) -> None:
+    """No client certificate, one from another CA (CN of a real gateway), or one signed by our CA
+    whose notAfter has passed: refused by TLS, never a CONNACK. With TLS 1.2 the handshake itself
+    fails; with TLS 1.3 the broker checks the certificate after the client's handshake and its
+    alert arrives before any MQTT byte. A valid gateway certificate is the control."""
+    now = dt.datetime.now(dt.UTC)
+    cert: tuple[Path, Path] | None = None
+    if case == "another CA":
+        pki_mod.init(tmp_path / "other")
+        cert = pki_mod.issue_gateway(tmp_path / "other", "gw-1")
+    elif case == "expired":
+        cert = sign_with_stack_ca(
+            pki_dir, tmp_path, "gw-1", now - dt.timedelta(days=10), now - dt.timedelta(days=1)
+        )
+    port = stack.state["mqtt"]["tls_port"]
+    control = mqtt_connect(
+        port, tls_context(stack, gateway_cert(stack, "gw-1"), max_version=tls_max)
+    )
+    outcome = mqtt_connect(port, tls_context(stack, cert, max_version=tls_max))
+    print(f"[{case}, max {tls_max}] valid gw-1 certificate -> {control}; {case} -> {outcome}")
+    assert control.accepted
+    assert outcome.connack is None
+    assert outcome.stage in {"handshake", "tls"}
+    if tls_max == ssl.TLSVersion.TLSv1_2:
+        assert outcome.stage == "handshake"
+
+
+def _old_tls(version: ssl.TLSVersion, ctx: ssl.SSLContext) -> ssl.SSLContext:
+    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated in Python's ssl: on purpose here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = version
+        ctx.maximum_version = version
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+def local_openssl_cannot_speak(version: ssl.TLSVersion, pki_dir: Path) -> str | None:
+    """None if this machine's OpenSSL completes a loopback handshake at exactly ``version``;
+    otherwise why not (then the broker's refusal would prove nothing)."""
+    server_ctx = _old_tls(version, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    server_ctx.load_cert_chain(str(pki_dir / "server.crt"), str(pki_dir / "server.key"))
+    client_ctx = _old_tls(version, ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(WAIT_S)
+
+        def serve() -> None:
+            try:
+                conn, _ = listener.accept()
+                with conn, server_ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except OSError:  # the client's side reports why
+                pass
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        try:
+            with (
+                socket.create_connection(listener.getsockname(), timeout=WAIT_S) as raw,
+                client_ctx.wrap_socket(raw) as tls,
+            ):
+                got = tls.version()
+        except (ssl.SSLError, OSError) as exc:
+            return f"the local OpenSSL cannot complete a {version.name} handshake: {exc!r}"
+        finally:
+            t.join(WAIT_S)
+    want = {"TLSv1_1": "TLSv1.1", "TLSv1": "TLSv1"}[version.name]
+    return None if got == want else f"a {version.name} loopback handshake negotiated {got}"
+
+
+@pytest.mark.parametrize("version", ["TLSv1_1", "TLSv1"])
+def test_tls_listener_refuses_tls_1_1_and_1_0(
+    stack: SystemStack, pki_dir: Path, version: str
+) -> None:
+    """A client that offers only TLS 1.1 (or 1.0), with a valid gateway certificate, is refused at
+    the handshake (``tls_version tlsv1.2``). Skipped when the local OpenSSL cannot speak that
+    version at all (checked with a loopback handshake at SECLEVEL=0)."""
+    tls_version = ssl.TLSVersion[version]
+    reason = local_openssl_cannot_speak(tls_version, pki_dir)
+    if reason is not None:
+        pytest.skip(reason)
+    ctx = _old_tls(tls_version, tls_context(stack, gateway_cert(stack, "gw-1")))
+    outcome = mqtt_connect(stack.state["mqtt"]["tls_port"], ctx)
+    print(f"local OpenSSL speaks {version} (loopback control); broker -> {outcome}")
+    assert outcome.stage == "handshake"
+    assert outcome.connack is None
+
+
+# === 2. no plaintext listener beyond loopback ==============================================
+
+
+def conf_listeners(conf: str) -> list[tuple[int, str, bool]]:
+    """(port, bind address, has certfile) per ``listener`` of a rendered mosquitto.conf."""
+    out: list[tuple[int, str, bool]] = []
+    for line in conf.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "listener":
+            out.append((int(words[1]), words[2] if len(words) > 2 else "", False))
+        elif words[0] == "certfile" and out:
+            out[-1] = (out[-1][0], out[-1][1], True)
+    return out
+
+
+def _proc_addr(hex_addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    raw = bytes.fromhex(hex_addr)
+    if len(raw) == 4:
+        return ipaddress.IPv4Address(raw[::-1])
+    return ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
+
+
+def listening_sockets(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state owned by process ``pid``
+    (its socket inodes in /proc/PID/fd matched against /proc/PID/net/tcp and tcp6)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    found = set()
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and int(cols[9]) in inodes:  # 0A = TCP_LISTEN
+                addr, port = cols[1].split(":")
+                found.add((str(_proc_addr(addr)), int(port, 16)))
+    return found
+
+
+def test_no_plaintext_listener_beyond_loopback(stack: SystemStack) -> None:
+    """The broker's listening sockets are exactly its configured listeners; every one without a
+    certificate is bound to loopback; a plaintext MQTT CONNECT to the TLS port gets no CONNACK
+    (while the same CONNECT on the loopback listener does: the control)."""
+    conf = (stack.dir / "mosquitto" / "mosquitto.conf").read_text()
+    listeners = conf_listeners(conf)
+    sockets = listening_sockets(stack.pid("mosquitto"))
+    print(f"configured listeners (port, bind, TLS): {listeners}")
+    print(f"broker pid {stack.pid('mosquitto')} listens on: {sorted(sockets)}")
+    assert {port for port, _, _ in listeners} == {port for _, port in sockets}
+    tls_ports = {port for port, _, tls in listeners if tls}
+    assert tls_ports == {stack.state["mqtt"]["tls_port"]}
+    for port, bind, tls in listeners:
+        if not tls:
+            assert ipaddress.ip_address(bind).is_loopback, (port, bind)
+    for addr, port in sockets:
+        assert port in tls_ports or ipaddress.ip_address(addr).is_loopback, (addr, port)
+
+    tls_port = stack.state["mqtt"]["tls_port"]
+    plain_on_tls = mqtt_connect(tls_port, None)
+    plain_on_local = mqtt_connect(stack.state["mqtt"]["local_port"], None)
+    print(f"plaintext CONNECT to TLS port {tls_port} -> {plain_on_tls}")
+    print(f"plaintext CONNECT to loopback port -> {plain_on_local}")
+    assert plain_on_tls.connack is None
+    assert plain_on_local.accepted
+
+
+# === 3. a gateway is fenced to its own topics and chargers ==================================
+
+
+def test_gateway_cannot_publish_to_another_gateways_readings(
+    stack: SystemStack, topics: Topics, attacker: tuple[Path, Path], sessions: OpenSession
+) -> None:
+    """A gateway publishing a valid batch (claiming to be gw-2) on gw-2's readings topic gets
+    PUBACK 135 and nothing of it is stored; its own reading, published next, is stored (the
+    control that the pipeline was live)."""
+    forged, own = f"sec-{uuid.uuid4().hex[:8]}", f"sec-{uuid.uuid4().hex[:8]}"
+    a = sessions(attacker)
+    assert a.connected, a.connack
+    rc_forged = a.publish(topics.readings(VICTIM), batch(VICTIM, forged))
+    rc_own = a.publish(topics.readings(ATTACKER), batch(ATTACKER, own))
+    print(f"{ATTACKER} -> {topics.readings(VICTIM)}: PUBACK {rc_forged}; own topic: {rc_own}")
+    assert rc_forged == NOT_AUTHORIZED
+    assert isinstance(rc_own, int)
+    assert rc_own < 0x80
+    assert wait_until(lambda: count(stack, f"charger_id = '{own}'") == 1, 20)
+    stored = count(stack, f"charger_id = '{forged}'")
+    print(f"stored: own reading 1, forged reading {stored}")
+    assert stored == 0
+
+
+def test_gateway_subscribed_to_everything_receives_nothing_of_others(
+    stack: SystemStack, topics: Topics, attacker: tuple[Path, Path], sessions: OpenSession
+) -> None:
+    """A gateway subscribing to ``chargers/#`` and ``chargers/v1/+/readings`` is granted the
+    SUBACK (Mosquitto filters each message against the ACL at delivery) but receives nothing of
+    gw-2's readings while they are being stored, nor anything outside its own topics."""
+    a = sessions(attacker)
+    everything = topics.root.split("/")[0] + "/#"
+    sub_all = a.subscribe(everything)
+    sub_readings = a.subscribe(topics.all_readings())
+    before = count(stack, f"gateway_id = '{VICTIM}'")
+    time.sleep(3)
+    after = count(stack, f"gateway_id = '{VICTIM}'")
+    seen = a.topics_seen()
+    foreign = [t for t in seen if not t.startswith(f"{topics.root}/{ATTACKER}/")]
+    print(f"SUBACK {everything}: {sub_all}; {topics.all_readings()}: {sub_readings}")
+    print(f"{VICTIM} stored {after - before} readings meanwhile; {ATTACKER} received {seen}")
+    assert after > before, "the control: gw-2's readings flowed during the window"
+    assert foreign == []
+
+
+def test_claiming_a_charger_bound_to_another_gateway_is_dead_lettered(
+    stack: SystemStack, topics: Topics, attacker: tuple[Path, Path], sessions: OpenSession
+) -> None:
+    """A gateway sending, on its own topic, a reading for a charger bound to gw-2: the broker
+    accepts it (its own topic), the bridge dead-letters it as ``charger_not_bound``, and nothing
+    of it is stored."""
+    series = stack.influx(
+        f"SELECT last(seq) FROM readings WHERE gateway_id = '{VICTIM}' GROUP BY charger_id"
+    )
+    assert series, f"{VICTIM} has stored nothing yet"
+    charger = str(series[0]["tags"]["charger_id"])
+    watcher = sessions(None)  # anonymous, loopback listener: may read the dead-letter feed
+    assert watcher.subscribe(topics.deadletter(ATTACKER)) == [1]
+    a = sessions(attacker)
+    rc = a.publish(topics.readings(ATTACKER), batch(ATTACKER, charger))
+    with watcher.changed:
+        watcher.changed.wait_for(lambda: bool(watcher.messages), 20)
+        letters = [orjson.loads(m.payload) for m in watcher.messages]
+    reasons = [letter["reason"] for letter in letters]
+    stored = count(stack, f"charger_id = '{charger}' AND gateway_id = '{ATTACKER}'")
+    print(
+        f"{ATTACKER} claims {charger} (bound to {VICTIM}): PUBACK {rc}; dead letters "
+        f"{reasons}; stored under {ATTACKER}: {stored}"
+    )
+    assert isinstance(rc, int)
+    assert rc < 0x80
+    assert reasons == ["charger_not_bound"]
+    assert stored == 0
+
+
+# === 4. usernames and client ids with + # / =================================================
+
+
+@pytest.mark.parametrize("name", ["a+b", "a#b", "a/b", "+", "#"])
+def test_pki_refuses_gateway_names_with_wildcards_or_slashes(pki_dir: Path, name: str) -> None:
+    """``telemetry-stack pki gateway NAME`` refuses a name with ``+``, ``#`` or ``/`` with a
+    clear error and writes nothing (the certificate CN becomes the MQTT username)."""
+    before = sorted(p.name for p in pki_dir.iterdir())
+    done = cli("pki", "gateway", name, "--dir", str(pki_dir))
+    print(f"pki gateway {name!r} -> exit {done.returncode}: {done.stderr.strip()}")
+    assert done.returncode == 2
+    assert f"invalid gateway id {name!r}" in done.stderr
+    assert sorted(p.name for p in pki_dir.iterdir()) == before
+
+
+@pytest.mark.parametrize("cn", ["a+b", "#", "+"])
+def test_broker_denies_everything_to_a_certificate_cn_with_a_wildcard(
+    stack: SystemStack,
+    topics: Topics,
+    pki_dir: Path,
+    tmp_path: Path,
+    sessions: OpenSession,
+    cn: str,
+) -> None:
+    """A certificate our CA signed for CN ``a+b``/``#``/``+`` (bypassing the PKI's check): the
+    broker accepts the CONNECT, then its ACL denies every topic to a username with a wildcard
+    (Mosquitto logs "dangerous username"): every publish gets PUBACK 135 and its subscription to
+    everything delivers nothing while gw-2's readings flow."""
+    now = dt.datetime.now(dt.UTC)
+    cert = sign_with_stack_ca(
+        pki_dir, tmp_path, cn, now - dt.timedelta(minutes=5), now + dt.timedelta(hours=1)
+    )
+    s = sessions(cert)
+    tried = {
+        t: s.publish(t, batch(VICTIM, "sec-wild"))
+        for t in (
+            topics.readings(VICTIM),
+            topics.state(VICTIM),
+            topics.readings("gw-1"),
+            topics.live("sec-wild"),
+            topics.deadletter(VICTIM),
+        )
+    }
+    sub = s.subscribe(topics.root.split("/")[0] + "/#")
+    time.sleep(2)
+    log_says = f'ACL denying access to client with dangerous username "{cn}"' in (
+        broker_log(stack).read_text(errors="replace")
+    )
+    print(
+        f"CN {cn!r}: CONNACK {s.connack}; PUBACKs {tried}; SUBACK {sub}; received "
+        f"{s.topics_seen()}; broker log 'dangerous username': {log_says}"
+    )
+    assert all(rc == NOT_AUTHORIZED for rc in tried.values())
+    assert s.topics_seen() == []
+    assert log_says
+
+
+def test_certificate_cn_with_a_slash_cannot_reach_another_gateways_topics(
+    stack: SystemStack, topics: Topics, pki_dir: Path, tmp_path: Path, sessions: OpenSession
+) -> None:
+    """A certificate our CA signed for CN ``gw-2/reply/x`` (the PKI refuses such a name) is
+    accepted, and Mosquitto substitutes it into the ACL patterns as several levels; still none
+    of gw-2's real topics (readings, state, a reply topic) is writable: PUBACK 135."""
+    now = dt.datetime.now(dt.UTC)
+    cn = f"{VICTIM}/reply/x"
+    cert = sign_with_stack_ca(
+        pki_dir, tmp_path, cn, now - dt.timedelta(minutes=5), now + dt.timedelta(hours=1)
+    )
+    s = sessions(cert)
+    real = {
+        t: s.publish(t, batch(VICTIM, "sec-slash"))
+        for t in (topics.readings(VICTIM), topics.state(VICTIM), topics.reply(VICTIM, "op1"))
+    }
+    # What the pattern substitution does give it (documented in mosquitto/README.md):
+    deeper = f"{topics.root}/{cn}/reply/y"
+    rc_deeper = s.publish(deeper, b"{}")
+    print(f"CN {cn!r}: CONNACK {s.connack}; gw-2's topics -> {real}; {deeper} -> {rc_deeper}")
+    assert s.connack == "Success"
+    assert all(rc == NOT_AUTHORIZED for rc in real.values())
+
+
+@pytest.mark.parametrize("client_id", [f"{ATTACKER}/x", f"{ATTACKER}+", "#", "+"])
+def test_client_ids_with_wildcards_or_slashes(
+    stack: SystemStack,
+    topics: Topics,
+    attacker: tuple[Path, Path],
+    sessions: OpenSession,
+    client_id: str,
+) -> None:
+    """Mosquitto accepts any client id at CONNECT. The ACL uses the username (%u, the
+    certificate CN), not the client id, so a ``/`` changes nothing (own topic allowed, gw-2's
+    refused); a ``+`` or ``#`` in the client id makes the ACL deny everything (PUBACK 135)."""
+    s = sessions(attacker, client_id)
+    own = s.publish(topics.readings(ATTACKER), batch(ATTACKER, f"sec-{uuid.uuid4().hex[:8]}"))
+    other = s.publish(topics.readings(VICTIM), batch(VICTIM, "sec-cid"))
+    print(
+        f"client id {client_id!r}: CONNACK {s.connack}; own readings -> {own}; "
+        f"{VICTIM}'s -> {other}"
+    )
+    assert s.connack == "Success"
+    assert other == NOT_AUTHORIZED
+    if "+" in client_id or "#" in client_id:
+        assert own == NOT_AUTHORIZED
+    else:
+        assert isinstance(own, int)
+        assert own < 0x80
+
+
+# === 5. the REST API ========================================================================
+
+
+def problem(r: httpx.Response) -> str:
+    body = r.json()
+    return (
+        f"{r.status_code} {r.headers.get('content-type')} {body.get('type')}: {body.get('detail')}"
+    )
+
+
+def test_rest_refuses_missing_wrong_and_other_role_keys(stack: SystemStack) -> None:
+    """No X-API-Key or an unknown one: 401; the read key on ``POST /v1/telemetry``: 403; each as
+    application/problem+json with the status in the body."""
+    keys = stack.state["api"]["keys"]
+    body = orjson.loads(batch("http-ingest", "sec-rest"))
+    with httpx.Client(base_url=stack.state["api"]["url"], timeout=10) as api:
+        cases = [
+            ("no key", api.build_request("GET", "/v1/chargers"), 401),
+            ("wrong key", api.build_request("GET", "/v1/chargers", headers=key("x" * 32)), 401),
+            ("no key, ingest", api.build_request("POST", "/v1/telemetry", json=body), 401),
+            (
+                "read key, ingest",
+                api.build_request("POST", "/v1/telemetry", json=body, headers=key(keys["read"])),
+                403,
+            ),
+        ]
+        for name, request, want in cases:
+            r = api.send(request)
+            print(f"{name} -> {problem(r)}")
+            assert r.status_code == want, name
+            assert r.headers["content-type"].startswith("application/problem+json"), name
+            assert r.json()["status"] == want
+
+
+def key(value: str) -> dict[str, str]:
+    return {"X-API-Key": value}
+
+
+def db_snapshot(stack: SystemStack, until: str) -> dict[str, Any]:
+    """Databases, measurements and the number of readings stored up to ``until``."""
+
+    def show(q: str) -> list[Any]:
+        url = f"{stack.state['influx']['url']}/query"
+        r = httpx.get(url, params={"db": "telemetry", "q": q}, timeout=10)
+        r.raise_for_status()
+        return [row for s in r.json()["results"][0].get("series", []) for row in s["values"]]
+
+    return {
+        "databases": show("SHOW DATABASES"),
+        "measurements": show("SHOW MEASUREMENTS"),
+        "readings up to T0": count(stack, f"time <= '{until}'"),
+    }
+
+
+HOSTILE_IDS = ["x' OR 1=1", "a;DROP", '"', "a" * 65]
+HOSTILE_PARAMS: list[dict[str, str]] = [
+    {"limit": str(10**9)},
+    {"start": "-100y"},
+    {"every": "NaN"},
+    {"fields": "power_w;DROP MEASUREMENT readings"},
+    {"agg": "mean) FROM readings; DROP DATABASE telemetry --"},
+    {"cursor": "x' OR 1=1"},
+    {"start": "now", "end": "-100y"},
+]
+
+
+def hostile_requests(api: httpx.Client, read: str, ingest: str) -> list[httpx.Request]:
+    charger = "gw-1-cp001"
+    out = [
+        api.build_request("GET", f"/v1/chargers/{cid}/{ep}", headers=key(read))
+        for cid in HOSTILE_IDS
+        for ep in ("latest", "history", "stats")
+    ]
+    out += [
+        api.build_request("GET", f"/v1/chargers/{charger}/history", params=p, headers=key(read))
+        for p in HOSTILE_PARAMS
+    ]
+    out.append(
+        api.build_request("GET", "/v1/chargers", params={"gateway": "x' OR 1=1"}, headers=key(read))
+    )
+    out.append(
+        api.build_request(
+            "GET", "/v1/fleet/daily", params={"date": "2026-01-01' OR 1=1"}, headers=key(read)
+        )
+    )
+    reading = {
+        "charger_id": "sec-rest",
+        "ts": format_ts(dt.datetime.now(dt.UTC)),
+        "values": {"power_w": 1.0},
+    }
+    bodies: list[dict[str, Any]] = [
+        {**reading, "charger_id": "x' OR 1=1"},
+        {**reading, "values": {'power_w",x=1 DROP': 1.0}},
+        {**reading, "bogus": 1},  # an unknown field
+        {**reading, "values": {"power_w": "NaN"}},
+    ]
+    out += [api.build_request("POST", "/v1/telemetry", json=b, headers=key(ingest)) for b in bodies]
+    return out
+
+
+def test_rest_refuses_hostile_ids_and_parameters_and_the_database_is_intact(
+    stack: SystemStack,
+) -> None:
+    """Hostile charger ids in the path, hostile query parameters, a hostile gateway filter or
+    date, and hostile or unknown fields in an ingest body: each is 422 problem+json. Afterwards
+    the databases, the measurements and the readings stored up to T0 are what they were."""
+    keys = stack.state["api"]["keys"]
+    # Readings are stored within a second of their ts in normal flow: those up to T0 are all in.
+    t0 = format_ts(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5))
+    before = db_snapshot(stack, t0)
+    failures = []
+    with httpx.Client(base_url=stack.state["api"]["url"], timeout=10) as api:
+        for request in hostile_requests(api, keys["read"], keys["ingest"]):
+            r = api.send(request)
+            what = f"{request.method} {request.url.raw_path.decode()}"
+            if request.content:
+                what += f" {request.content.decode()}"
+            print(f"{what} -> {problem(r) if r.status_code >= 400 else r.status_code}")
+            if r.status_code != 422 or "problem+json" not in r.headers["content-type"]:
+                failures.append((what, r.status_code))
+        unknown = api.get(
+            "/v1/chargers/gw-1-cp001/history", params={"bogus": "1"}, headers=key(keys["read"])
+        )
+    print(f"(observation) an unknown query parameter is ignored: {unknown.status_code}")
+    after = db_snapshot(stack, t0)
+    print(f"before: {before}\nafter:  {after}")
+    assert failures == []
+    assert before["readings up to T0"] > 0, "the control: readings were stored before T0"
+    assert after == before
+
+
+# === 1 (continued). revocation: restarts the broker =========================================
+
+
+def test_revoked_gateway_is_refused_after_a_reload_while_the_others_connect(
+    stack: SystemStack, pki_dir: Path, sessions: OpenSession
+) -> None:
+    """``pki revoke`` adds a gateway's certificate to crl.pem. Until the broker rereads it the
+    certificate still connects; after SIGHUP (Mosquitto 2.0 rereads ``crlfile`` on reload) a new
+    connection with it is refused while gw-1's is accepted; a session opened before the reload
+    survives it, and ``telemetry-stack restart mosquitto`` ends it for good. The stack's gateways
+    go on delivering; ``pki gateway`` then issues the revoked gateway a fresh certificate."""
+    name = "gw-sec-revoked"
+    assert cli("pki", "gateway", name, "--dir", str(pki_dir)).returncode == 0
+    cert = (pki_dir / f"{name}.crt", pki_dir / f"{name}.key")
+    port = stack.state["mqtt"]["tls_port"]
+    gw1 = gateway_cert(stack, "gw-1")
+
+    def attempt(c: tuple[Path, Path], tls_max: ssl.TLSVersion | None = None) -> Outcome:
+        return mqtt_connect(
+            port, tls_context(stack, c, max_version=tls_max), f"sec-{uuid.uuid4().hex[:6]}"
+        )
+
+    assert attempt(cert).accepted
+    held = sessions(cert)  # a session opened before the revocation
+    assert held.connected
+    revoked = cli("pki", "revoke", name, "--dir", str(pki_dir))
+    print(f"pki revoke {name} -> exit {revoked.returncode}: {revoked.stdout.strip()}")
+    assert revoked.returncode == 0
+    print(f"before any reload: {name} -> {attempt(cert)}")
+
+    os.kill(stack.pid("mosquitto"), signal.SIGHUP)
+    time.sleep(1)
+    after_hup, control = attempt(cert), attempt(gw1)
+    print(
+        f"after SIGHUP: {name} -> {after_hup}; gw-1 -> {control}; "
+        f"session opened before: connected={held.connected}"
+    )
+    assert after_hup.connack is None
+    assert after_hup.stage in {"handshake", "tls"}
+    assert control.accepted
+
+    stored_before = {gw: count(stack, f"gateway_id = '{gw}'") for gw in GATEWAYS}
+    stack.restart("mosquitto")
+    outcomes = {
+        f"{name} (TLS 1.3)": attempt(cert),
+        f"{name} (TLS 1.2)": attempt(cert, ssl.TLSVersion.TLSv1_2),
+        "gw-1": attempt(gw1),
+        "gw-2": attempt(gateway_cert(stack, "gw-2")),
+    }
+    with held.changed:
+        held.changed.wait_for(lambda: held.disconnected is not None, WAIT_S)
+    reconnected = wait_until(lambda: held.connected, 3)
+    print(
+        f"after restart: {outcomes}; session opened before: disconnected "
+        f"({held.disconnected}), back: {reconnected}"
+    )
+    assert outcomes[f"{name} (TLS 1.2)"].stage == "handshake"
+    assert outcomes[f"{name} (TLS 1.3)"].connack is None
+    assert outcomes["gw-1"].accepted
+    assert outcomes["gw-2"].accepted
+    assert held.disconnected is not None
+    assert not reconnected
+    assert wait_until(
+        lambda: all(count(stack, f"gateway_id = '{gw}'") > stored_before[gw] for gw in GATEWAYS), 30
+    ), "the stack's gateways deliver again after the broker restart"
+
+    again = cli("pki", "gateway", name, "--dir", str(pki_dir))
+    fresh = attempt(cert)
+    print(f"pki gateway {name} after revocation -> exit {again.returncode}; new cert -> {fresh}")
+    assert again.returncode == 0
+    assert fresh.accepted
+
+
+# === the bridges' share group and session: a gateway cannot reach them =====================
+# Mosquitto's ACL file cannot refuse a SUBSCRIBE or tie a client id to a certificate, so a
+# gateway that knew the bridges' share group or client id could make the broker drop readings it
+# already acknowledged (it hands the gateway its turn, then refuses delivery). The names carry a
+# random part only the operator holds (telemetry_stack/bridge_session.py); these tests attack with
+# what a gateway can know: the documented defaults.
+
+
+@dataclass
+class Window:
+    """The seqs each stack gateway accepted during an attack, and later what became of them."""
+
+    first: dict[str, int]
+    last: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, stack: SystemStack) -> Window:
+        return cls({gw: stack.held_seqs(gw)[0] + 1 for gw in GATEWAYS})
+
+    def close(self, stack: SystemStack) -> None:
+        self.last = {gw: stack.held_seqs(gw)[0] for gw in GATEWAYS}
+
+    def lost(self, stack: SystemStack) -> dict[str, list[int]]:
+        out = {}
+        for gw in GATEWAYS:
+            stored, _ = stack.stored_seqs(gw)
+            _, held, _ = stack.held_seqs(gw)
+            window = set(range(self.first[gw], self.last[gw] + 1))
+            out[gw] = sorted(window - stored - held)
+        return out
+
+    def reported(self, stack: SystemStack) -> dict[str, int]:
+        """Readings the bridge reports as confirmed missing in gaps within the window."""
+        gaps = stack.bridge_status()["seq_gaps"]
+        return {
+            gw: sum(
+                int(g["missing"] or 0)
+                for g in gaps.get(gw, [])
+                if g["first_seq"] <= self.last[gw] and g["last_seq"] >= self.first[gw]
+            )
+            for gw in GATEWAYS
+        }
+
+    def settle(self, stack: SystemStack, timeout: float = 20) -> dict[str, list[int]]:
+        """Wait (bounded) for the window's readings to be stored; print and return the lost
+        ones, with what the bridge's gap report says about them."""
+        wait_until(lambda: not any(self.lost(stack).values()), timeout)
+        lost = self.lost(stack)
+        want = {gw: len(seqs) for gw, seqs in lost.items()}
+        wait_until(lambda: self.reported(stack) == want, GAP_GRACE_S + 10)
+        reported = self.reported(stack)
+        for gw in GATEWAYS:
+            n = self.last[gw] - self.first[gw] + 1
+            print(
+                f"{gw}: accepted {n} during the attack, lost {len(lost[gw])} "
+                f"(bridge reports {reported[gw]} confirmed missing): {lost[gw][:12]}"
+            )
+        return lost
+
+
+def test_the_bridges_names_are_not_the_documented_defaults(stack: SystemStack) -> None:
+    """The running bridge's client id and share group each carry at least 128 random bits."""
+    env = stack.state["services"]["bridge"]["env"]
+    client_id, group = env["TELEMETRY_BRIDGE_CLIENT_ID"], env["TELEMETRY_BRIDGE_SHARE_GROUP"]
+    token = (stack.dir / FILE_NAME).read_text().strip()
+    print(f"bridge client id and share group end in a {len(token) * 4}-bit token")
+    assert client_id not in (DEFAULT_CLIENT_ID, "telemetry-bridge")
+    assert group != SHARE_GROUP
+    assert len(token) >= 32
+    assert client_id.endswith(token)
+    assert group.endswith(token)
+
+
+def test_gateway_joining_the_default_share_group_costs_no_reading(
+    stack: SystemStack, topics: Topics, attacker: tuple[Path, Path], sessions: OpenSession
+) -> None:
+    """A gateway subscribing to ``$share/processors/{root}/+/readings`` (the documented default
+    group) forms a group of its own: every reading accepted meanwhile is stored."""
+    window = Window.open(stack)
+    a = sessions(attacker)
+    sub = a.subscribe(topics.shared_readings(SHARE_GROUP))
+    time.sleep(4)
+    a.client.disconnect()
+    window.close(stack)
+    print(
+        f"{ATTACKER} SUBACK {topics.shared_readings(SHARE_GROUP)}: {sub}; "
+        f"received {len(a.topics_seen())} messages"
+    )
+    lost = window.settle(stack)
+    assert not any(lost.values())
+    assert a.topics_seen() == []
+
+
+@pytest.mark.parametrize("client_id", [DEFAULT_CLIENT_ID, "telemetry-bridge", "telemetry-api"])
+def test_gateway_using_a_default_service_client_id_costs_no_reading(
+    stack: SystemStack, attacker: tuple[Path, Path], sessions: OpenSession, client_id: str
+) -> None:
+    """A gateway connecting with a documented default client id (and a persistent session)
+    takes over nothing of the bridge's: every reading accepted meanwhile is stored."""
+    log = broker_log(stack)
+    offset = log.stat().st_size
+    window = Window.open(stack)
+    a = sessions(attacker, client_id, clean_start=False, session_expiry=3600)
+    time.sleep(3)
+    a.client.disconnect()
+    window.close(stack)
+    with log.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    bridge_id = stack.state["services"]["bridge"]["env"]["TELEMETRY_BRIDGE_CLIENT_ID"]
+    kicks = text.count(f"Client {bridge_id} already connected")
+    print(f"{ATTACKER} as client id {client_id!r}: CONNACK {a.connack}; bridge kicked {kicks}x")
+    lost = window.settle(stack)
+    assert kicks == 0
+    assert not any(lost.values())
