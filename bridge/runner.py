@@ -280,9 +280,11 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
                 del in_hand[: len(msgs)]
                 room.release()
                 metrics.batch_seconds.observe(time.perf_counter() - started)
-                # The batch is garbage now: collect the young generations here, once, rather
-                # than every few hundred allocations mid-batch (see bridge/__main__.py). Cyclic
-                # garbage of a write (its request body among it) is freed batch by batch.
+                # Collect the young generations here, once per batch, rather than every few
+                # hundred allocations mid-batch (bridge/__main__.py): httpx leaves each request
+                # in a reference cycle that holds its body (~1 MB), so without this the bodies
+                # of many batches wait for a full collection (peak RSS +40 MB measured; +15 MB
+                # when collecting every 4 batches).
                 gc.collect(1)
 
         try:
