@@ -496,6 +496,26 @@ async def _touch_all(url: str, ids: list[str], concurrency: int) -> Counter[str]
     return seen
 
 
+async def _first_requests(url: str, paths: list[str], concurrency: int) -> list[float]:
+    """GET each path once with ``concurrency`` clients at once; each request's latency in ms
+    (a 200 is required: the cold start of a cache is measured, not its errors)."""
+    latencies: list[float] = []
+    todo = iter(paths)
+    limits = httpx.Limits(max_connections=concurrency)
+    headers = {"X-API-Key": READ_KEY}
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as client:
+
+        async def worker() -> None:
+            for path in todo:
+                t = time.perf_counter()
+                r = await client.get(path, timeout=60)
+                latencies.append((time.perf_counter() - t) * 1000)
+                r.raise_for_status()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
 def check_answers(url: str, latest_id: str, history_id: str, history_points: int) -> None:
     """One request of each kind before measuring: a benchmark of error answers is worthless."""
     headers = {"X-API-Key": READ_KEY}
@@ -848,6 +868,23 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 fig["latest"]["phase_s"] = time.monotonic() - t_latest
                 if a.history_chargers:
                     hc = a.history_clients or a.clients
+                    # The first request of each chart builds its page (HISTORY_CACHE_S): measured
+                    # on its own, all H at once with hc clients (an API restart under full load),
+                    # then the steady state the phase measures.
+                    log(f"cold history: each of {a.history_chargers} charts once, {hc} clients ...")
+                    paths = [
+                        f"/v1/chargers/{cid}/history?{HISTORY_QUERY}"
+                        for cid in ids[: a.history_chargers]
+                    ]
+                    t_cold = time.monotonic()
+                    cold = asyncio.run(asyncio.wait_for(_first_requests(url, paths, hc), a.timeout))
+                    fig["history_cold"] = {
+                        "requests": len(cold),
+                        "clients": hc,
+                        "seconds": time.monotonic() - t_cold,
+                        "p50_ms": statistics.median(cold),
+                        "max_ms": max(cold),
+                    }
                     log(f"measuring history: {hc} clients, {a.duration:g}s ...")
                     fig["history"] = measure(
                         stack,
@@ -937,6 +974,17 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
                     f"{pct:.0f}% of one core during the touch",
                 )
             )
+    cold = fig.get("history_cold")
+    if cold is not None:
+        rows.append(
+            (
+                f"history cold start: each of {cold['requests']} charts once, "
+                f"{cold['clients']} clients",
+                f"{cold['seconds']:.1f} s",
+                f"p50 {cold['p50_ms']:.0f} ms, max {cold['max_ms']:.0f} ms: every page built "
+                "from InfluxDB (then cached for HISTORY_CACHE_S)",
+            )
+        )
     for kind in ("latest", "history"):
         ph = fig.get(kind)
         if ph is None:

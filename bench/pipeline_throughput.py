@@ -180,7 +180,7 @@ class Stack:
 @contextmanager
 def running_stack(work: Path) -> Iterator[Stack]:
     pki = pki_mod.init(work / "pki")
-    for gateway in (*round_gateways(MAX_ROUNDS), LATENCY_GATEWAY):
+    for gateway in (GATEWAY, *round_gateways(MAX_ROUNDS), LATENCY_GATEWAY):
         pki_mod.issue_gateway(pki.dir, gateway)
     stack = Stack(work, pki)
     try:

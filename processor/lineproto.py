@@ -27,7 +27,9 @@ def ns_to_datetime(ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
+@functools.lru_cache(maxsize=64)
 def _string_field(value: str) -> str:
+    """A string field value, quoted and escaped (status values are a small fixed set: cached)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from query_api import problems
 from query_api.broker import BrokerLink, Publisher
-from query_api.fastpath import LatestFastPath
+from query_api.fastpath import ReadFastPath
 from query_api.index import ChargerIndex, confirm_forever
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.mirror import LiveMirror
@@ -115,7 +115,7 @@ def create_app(
     )
     problems.install(app)
     # Starlette wraps in reverse order: the fast path runs inside the timing middleware.
-    app.add_middleware(LatestFastPath, api=app)
+    app.add_middleware(ReadFastPath, api=app)
     app.add_middleware(TimingMiddleware, metrics=metrics)
     for module in (health, chargers, history, stats, fleet, ingest, pipeline, ui):
         app.include_router(module.router)

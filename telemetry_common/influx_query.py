@@ -10,10 +10,11 @@ context manager with explicit states: unopened -> opened -> closed (not reopenab
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Final, Literal, Protocol, Self
 
 import httpx
 import orjson
@@ -22,6 +23,8 @@ from telemetry_common.errors import TelemetryError
 from telemetry_common.settings import InfluxSettings
 
 Epoch = Literal["ns", "u", "ms", "s"]
+#: Answers larger than this are parsed in a worker thread (see InfluxQLClient.query).
+OFFLOAD_PARSE_BYTES: Final = 256 * 1024
 
 
 class InfluxError(TelemetryError):
@@ -135,6 +138,11 @@ class InfluxQLClient:
             raise InfluxUnavailable(f"timed out after {self._settings.timeout_s}s") from exc
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if len(response.content) > OFFLOAD_PARSE_BYTES:
+            # A big answer (say, the newest point of 10,000 chargers) takes tens of
+            # milliseconds to parse: in a worker thread, the event loop keeps serving meanwhile
+            # (it gets the GIL back every switch interval, 5 ms).
+            return await asyncio.to_thread(_parse, response)
         return _parse(response)
 
 

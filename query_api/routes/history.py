@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from query_api import cursor
 from query_api.auth import require
 from query_api.deps import Influx, Mono, Now, Settings
-from query_api.pagecache import PageCache
+from query_api.pagecache import PAGE_BUILT, PageCache
 from query_api.params import ChargerId, End, Fields, Start, split_fields, window
 from query_api.problems import ProblemError, problem_responses
 from query_api.readings import HistoryPage, from_epoch_ns, row_to_bucket, row_to_point
@@ -162,7 +162,9 @@ async def history(
         body = await page.render(influx)
     else:
         key = (charger_id, tuple(names or ()), names is None, _ns(win.start), _ns(win.end))
-        body = await cache.get((*key, every, agg, limit), mono, lambda: page.render(influx))
+        body, built = await cache.get((*key, every, agg, limit), mono, lambda: page.render(influx))
+        # When the page was built: query_api.fastpath replays this answer only while it is fresh.
+        request.scope[PAGE_BUILT] = built
     return Response(body, media_type="application/json")
 
 

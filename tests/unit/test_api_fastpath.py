@@ -1,9 +1,11 @@
 """query_api.fastpath: the plain-ASGI answer of ``latest`` from memory is the FastAPI route's
-answer, and everything it does not serve (bad or missing key, other roles, unknown or untrusted
-charger, malformed id) reaches the route unchanged."""
+answer, a fresh downsampled history answer is replayed, and everything it does not serve (bad
+or missing key, other roles, unknown or untrusted charger, malformed id, raw or paged history)
+reaches the route unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ from query_api.app import create_app
 from query_api.deps import get_now
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
+from telemetry_common.influx_query import Series
 from telemetry_common.settings import MqttSettings
 from tests.unit.fakes import FakeInflux
 
@@ -110,3 +113,43 @@ async def test_an_untrusted_value_is_left_to_the_route(app: FastAPI) -> None:
     resp = await _get(app, "/v1/chargers/cp1/latest")
     assert resp.status_code == 200
     assert len(app.state.influx.queries) == 1
+
+
+BUCKETS = ["time", "mean_power_w"]
+NS = 1_777_636_800_000_000_000
+
+
+async def test_a_downsampled_history_answer_is_replayed_while_its_page_is_fresh(
+    app: FastAPI,
+) -> None:
+    """The same downsampled request again is answered with the route's bytes without reaching
+    the route (its page cache sees one request); a wrong key still gets 401; once the page is
+    older than HISTORY_CACHE_S the route answers again."""
+    app.state.settings.history_cache_s = 0.3
+    app.state.influx.answers.append([Series("readings", BUCKETS, [[NS, 1.5]])])
+    path = "/v1/chargers/cp1/history?start=-1h&every=5m"
+    first = await _get(app, path)
+    again = await _get(app, path)
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content
+    assert again.headers["content-type"] == "application/json"
+    cache = app.state.history_cache
+    assert (cache.misses, cache.hits) == (1, 0)  # the replay never reached the route
+    refused = await _get(app, path, key="wrong-key-0123456789")
+    assert refused.status_code == 401
+    await asyncio.sleep(0.35)
+    await _get(app, path)
+    assert cache.hits + cache.misses == 2  # expired: the route answered
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["start=-1h", "start=-1h&every=5m&cursor=abc", "start=-1h&every=0s"],
+)
+async def test_raw_paged_or_refused_history_is_never_replayed(app: FastAPI, query: str) -> None:
+    """Raw points, cursor pages and refused requests reach the route every time."""
+    path = f"/v1/chargers/cp1/history?{query}"
+    statuses = [(await _get(app, path)).status_code for _ in range(2)]
+    assert statuses[0] == statuses[1]
+    if statuses[0] == 200:
+        assert len(app.state.influx.queries) == 2

@@ -10,6 +10,12 @@ import pytest
 from query_api.pagecache import STALE_FACTOR, PageCache
 
 
+async def page(cache: PageCache, key: str, mono: float, build: Builder) -> bytes:
+    """The page only (PageCache.get also returns when its build started)."""
+    body, _ = await cache.get(key, mono, build)
+    return body
+
+
 class Builder:
     def __init__(self, page: bytes = b"page", fail: Exception | None = None) -> None:
         self.calls = 0
@@ -30,20 +36,20 @@ async def test_concurrent_requests_share_one_build_and_the_ttl_bounds_reuse() ->
     from ttl_s the old page is served while one rebuild runs, then the new page."""
     cache = PageCache(ttl_s=5.0, max_bytes=1000)
     build = Builder()
-    waiting = [asyncio.ensure_future(cache.get("k", 100.0, build)) for _ in range(10)]
+    waiting = [asyncio.ensure_future(page(cache, "k", 100.0, build)) for _ in range(10)]
     await asyncio.sleep(0)
     build.release.set()
     assert await asyncio.gather(*waiting) == [b"page"] * 10
     assert build.calls == 1
-    assert await cache.get("k", 104.9, build) == b"page"
+    assert await cache.get("k", 104.9, build) == (b"page", 100.0)  # and when it was built
     assert build.calls == 1
     rebuild = Builder(page=b"new")
-    assert await cache.get("k", 105.0, rebuild) == b"page"  # stale, rebuilding
-    assert await cache.get("k", 105.1, rebuild) == b"page"  # still rebuilding: no second build
+    assert await page(cache, "k", 105.0, rebuild) == b"page"  # stale, rebuilding
+    assert await page(cache, "k", 105.1, rebuild) == b"page"  # still rebuilding: no second build
     rebuild.release.set()
     for _ in range(5):  # the build task finishes, then its done callback stores the page
         await asyncio.sleep(0)
-    assert await cache.get("k", 105.2, rebuild) == b"new"
+    assert await page(cache, "k", 105.2, rebuild) == b"new"
     assert rebuild.calls == 1
     assert (cache.misses, cache.stale) == (2, 2)
 
@@ -53,9 +59,9 @@ async def test_a_page_past_the_stale_bound_is_waited_for() -> None:
     cache = PageCache(ttl_s=5.0, max_bytes=1000)
     first = Builder(page=b"old")
     first.release.set()
-    await cache.get("k", 0.0, first)
+    await page(cache, "k", 0.0, first)
     late = Builder(page=b"new")
-    pending = asyncio.ensure_future(cache.get("k", STALE_FACTOR * 5.0, late))
+    pending = asyncio.ensure_future(page(cache, "k", STALE_FACTOR * 5.0, late))
     await asyncio.sleep(0)
     assert not pending.done()
     late.release.set()
@@ -67,13 +73,13 @@ async def test_a_failed_build_reaches_every_waiter_and_is_not_cached() -> None:
     again."""
     cache = PageCache(ttl_s=5.0, max_bytes=1000)
     build = Builder(fail=RuntimeError("influx down"))
-    waiting = [asyncio.ensure_future(cache.get("k", 0.0, build)) for _ in range(3)]
+    waiting = [asyncio.ensure_future(page(cache, "k", 0.0, build)) for _ in range(3)]
     await asyncio.sleep(0)
     build.release.set()
     results = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     build.fail = None
-    assert await cache.get("k", 0.1, build) == b"page"
+    assert await page(cache, "k", 0.1, build) == b"page"
     assert build.calls == 2
     assert len(cache) == 1
 
@@ -82,8 +88,8 @@ async def test_a_client_going_away_does_not_cancel_the_build_for_the_others() ->
     """Cancelling the request that started a build leaves the build running for the rest."""
     cache = PageCache(ttl_s=5.0, max_bytes=1000)
     build = Builder()
-    first = asyncio.ensure_future(cache.get("k", 0.0, build))
-    second = asyncio.ensure_future(cache.get("k", 0.0, build))
+    first = asyncio.ensure_future(page(cache, "k", 0.0, build))
+    second = asyncio.ensure_future(page(cache, "k", 0.0, build))
     await asyncio.sleep(0)
     first.cancel()
     build.release.set()
@@ -100,19 +106,19 @@ async def test_the_byte_bound_evicts_the_least_recently_used_page() -> None:
     for key in ("a", "b"):
         build = Builder(page=b"x" * 4)
         build.release.set()
-        await cache.get(key, 0.0, build)
+        await page(cache, key, 0.0, build)
     hit = Builder()
-    await cache.get("a", 1.0, hit)  # a is now the most recently used
+    await page(cache, "a", 1.0, hit)  # a is now the most recently used
     third = Builder(page=b"y" * 4)
     third.release.set()
-    await cache.get("c", 1.0, third)
+    await page(cache, "c", 1.0, third)
     assert len(cache) == 2
     assert cache.size_bytes == 8
     again = Builder(page=b"z")
     again.release.set()
-    await cache.get("b", 2.0, again)
+    await page(cache, "b", 2.0, again)
     assert again.calls == 1  # b was evicted
     huge = Builder(page=b"h" * 11)
     huge.release.set()
-    assert await cache.get("h", 2.0, huge) == b"h" * 11
+    assert await page(cache, "h", 2.0, huge) == b"h" * 11
     assert cache.size_bytes <= 10
