@@ -36,8 +36,13 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from telemetry_common.schema import Reading, encode_batch, format_ts
-from telemetry_stack.servers import ProcessNotReady
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
+from telemetry_stack.servers import (
+    ProcessNotReady,
+    ServerBinaryMissing,
+    free_port,
+    start_mosquitto,
+)
+from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
 from tests.integration.services import (
     GatewayPublisher,
     Procs,
@@ -295,6 +300,27 @@ def _series(charger: str, last: datetime, n: int, step_s: float) -> list[dict[st
 def _stored(db: InfluxTarget, total: int) -> bool:
     rows = influxql(db.url, db.database, "SELECT count(seq) FROM readings")
     return bool(rows) and int(rows[0][1]) >= total
+
+
+@pytest.fixture
+def broker(pki: TestPki, tmp_path: Path) -> Iterator[BrokerInfo]:
+    """A Mosquitto of this test's own (it overrides the session broker, for ``mqtt_client``
+    too): the page lists every charger whose retained live value the API sees, and the session
+    broker holds those of every other test."""
+    tls_port, local_port = free_port(), free_port()
+    while local_port == tls_port:
+        local_port = free_port()
+    info = BrokerInfo(tls_port=tls_port, local_port=local_port, ca_file=pki.ca_file, pki=pki)
+    try:
+        proc = start_mosquitto(
+            tmp_path / "mosquitto", pki.pki, tls_port, local_port, info.topic_root
+        )
+    except ServerBinaryMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        yield info
+    finally:
+        proc.stop()
 
 
 @pytest.fixture
