@@ -61,6 +61,12 @@ class AgentCollector(Collector):
         for reason in REASONS:
             dropped.add_metric([reason], st.dropped.get(reason, 0))
         yield dropped
+        yield GaugeMetricFamily(
+            f"{P}outbox_dropped_in_flight",
+            "Readings the budget dropped while their batch awaits its PUBACK "
+            "(counted as dropped only if it fails)",
+            st.dropped_in_flight,
+        )
         for name, text, value in (
             ("captured", "Readings stored in the outbox by this process", c.captured),
             ("published", "Readings acknowledged by the broker (PUBACK)", c.published),

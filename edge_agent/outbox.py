@@ -7,6 +7,11 @@ operator), the budget policy (:mod:`edge_agent.budget`, counted by reason) or ``
 operator). ``seq`` is SQLite's AUTOINCREMENT key: monotonic per gateway and never reused, across
 restarts and purges.
 
+Batches in flight: the publisher ``claim``s a batch before sending it and ends the claim with
+``delete``, ``park`` or ``release``; a row the budget drops while claimed is counted only if
+its batch is not acknowledged (:mod:`edge_agent.drops`), so a delivered reading is never
+counted as dropped.
+
 Disk full (SQLITE_FULL, also ENOSPC): ``append`` never raises for it. It frees room by the
 budget rule (reasons ``disk_full_*``), holds the outbox at the size it had for a minute (then
 tries to grow again) and retries once; if the disk is still full the captures are refused and
@@ -31,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from edge_agent import drops
 from edge_agent.budget import Budget, count_drop, drop_oldest, is_energy, trim_parked
 from edge_agent.records import OutboxRow, OutboxStats
 from edge_agent.store import open_outbox
@@ -63,6 +69,7 @@ class Outbox:
             self._db.execute(f"PRAGMA max_page_count={max(8, max_file_bytes // int(page))}")
         self._disk_cap: tuple[int, float] | None = None  # (bytes, since monotonic)
         self._unsaved: dict[str, int] = {}  # drops counted while the disk refused writes
+        self._in_flight: set[int] = set()  # seqs of the batches awaiting their PUBACK
 
     def __enter__(self) -> Outbox:
         return self
@@ -141,7 +148,14 @@ class Outbox:
         if cap is not None and cap < max_bytes:
             max_bytes, cause = cap, "disk_full"
         if rows > self.budget.max_rows or size > max_bytes:
-            drop_oldest(db, rows - self.budget.max_rows, size - max_bytes, cause)
+            drop_oldest(
+                db,
+                rows - self.budget.max_rows,
+                size - max_bytes,
+                cause,
+                in_flight=self._in_flight,
+                max_runs=self.budget.max_dropped_runs,
+            )
 
     def _current_disk_cap(self) -> int | None:
         if self._disk_cap is None:
@@ -161,16 +175,77 @@ class Outbox:
             (held,) = db.execute("SELECT bytes FROM totals WHERE id = 1").fetchone()
             # Room for this batch and half again (B-tree pages are not full): from then on the
             # budget rule frees, after each insert, the pages the next insert will reuse.
-            _, freed = drop_oldest(db, 0, size + size // 2 + 16384, "disk_full")
+            _, freed = drop_oldest(
+                db,
+                0,
+                size + size // 2 + 16384,
+                "disk_full",
+                in_flight=self._in_flight,
+                max_runs=self.budget.max_dropped_runs,
+            )
         self._disk_cap = (max(0, int(held) - freed), time.monotonic())
 
-    def delete(self, seqs: Iterable[int]) -> int:
-        """Remove rows the broker acknowledged; returns how many were still there."""
+    # -- batches in flight ------------------------------------------------------------------
+    def claim(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+        """Mark a batch as in flight (sent, awaiting its PUBACK) and return its rows that are
+        still pending (the budget may have dropped some since they were read; those were
+        counted, so they must not be sent) and not in flight already. Every claimed batch ends
+        with :meth:`delete` (PUBACK), :meth:`park` (refused) or :meth:`release` (no PUBACK)."""
+        if not rows:
+            return []
+        with self._lock:
+            present = {
+                int(seq)
+                for (seq,) in self._db.execute(
+                    "SELECT seq FROM outbox WHERE seq >= ? AND seq <= ?",
+                    (rows[0].seq, rows[-1].seq),
+                )
+            }
+            kept = [r for r in rows if r.seq in present and r.seq not in self._in_flight]
+            self._in_flight.update(r.seq for r in kept)
+        return kept
+
+    def release(self, seqs: Iterable[int]) -> int:
+        """The batch got no PUBACK (connection lost, timeout): its pending rows stay to be sent
+        again; those the budget dropped while it was in flight are counted now. Returns how
+        many were counted."""
+        seqs = list(seqs)
+        with self._lock, self._done(seqs), self._tx() as db:
+            return drops.resolve(db, seqs, delivered=False, max_runs=self.budget.max_dropped_runs)
+
+    @contextmanager
+    def _done(self, seqs: list[int]) -> Iterator[None]:
+        """The batch ``seqs`` is no longer in flight once this exits (the caller holds the
+        lock, so the budget never sees it half done)."""
+        try:
+            yield
+        finally:
+            self._in_flight.difference_update(seqs)
+
+    def settle_in_flight(self) -> int:
+        """Count the rows an earlier process saw dropped while in flight: their PUBACK can no
+        longer arrive. The publisher calls this when it starts; returns how many."""
         with self._lock, self._tx() as db:
-            n, size = self._remove(db, list(seqs))
+            n = drops.settle_in_flight(db, self._in_flight, self.budget.max_dropped_runs)
+        if n:
+            log.warning(
+                "outbox: %d readings dropped by the budget while in flight when the agent "
+                "stopped; counted as dropped (they may have been delivered)",
+                n,
+            )
+        return n
+
+    def delete(self, seqs: Iterable[int]) -> int:
+        """Remove rows the broker acknowledged (rows the budget dropped while they were in
+        flight were delivered after all: they are not counted); returns how many were still
+        there."""
+        seqs = list(seqs)
+        with self._lock, self._done(seqs), self._tx() as db:
+            n, size = self._remove(db, seqs)
             db.execute(
                 "UPDATE totals SET rows = rows - ?, bytes = bytes - ? WHERE id = 1", (n, size)
             )
+            drops.resolve(db, seqs, delivered=True, max_runs=self.budget.max_dropped_runs)
         return n
 
     def _remove(self, db: sqlite3.Connection, seqs: Sequence[int]) -> tuple[int, int]:
@@ -189,7 +264,7 @@ class Outbox:
         (at most ``budget.max_parked_rows``; the oldest parked go first, counted)."""
         seqs = list(seqs)
         now = time.time()
-        with self._lock, self._tx() as db:
+        with self._lock, self._done(seqs), self._tx() as db:
             for i in range(0, len(seqs), _IN_CHUNK):
                 chunk = seqs[i : i + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -202,12 +277,23 @@ class Outbox:
             db.execute(
                 "UPDATE totals SET rows = rows - ?, bytes = bytes - ? WHERE id = 1", (n, size)
             )
-            trim_parked(db, self.budget.max_parked_rows)
+            # Rows the budget dropped while this batch was in flight were not delivered.
+            runs = self.budget.max_dropped_runs
+            drops.resolve(db, seqs, delivered=False, max_runs=runs)
+            trim_parked(db, self.budget.max_parked_rows, runs)
         return n
 
     def purge(self) -> int:
-        """Delete every pending row (an operator's decision, counted as ``purged``)."""
+        """Delete every pending row (an operator's decision, counted as ``purged`` and
+        listed). Run it with the agent stopped: a batch the agent has in flight is counted
+        although its PUBACK may still come."""
         with self._lock, self._tx() as db:
+            recorder = drops.SeqRecorder(db, self.budget.max_dropped_runs)
+            cur = db.execute("SELECT seq FROM outbox ORDER BY seq")
+            for (seq,) in cur:
+                recorder.add(int(seq))
+            cur.close()
+            recorder.flush()
             n = db.execute("DELETE FROM outbox").rowcount
             db.execute("UPDATE totals SET rows = 0, bytes = 0 WHERE id = 1")
             count_drop(db, "purged", n)
@@ -263,6 +349,9 @@ class Outbox:
             dropped = dict(db.execute("SELECT reason, n FROM dropped ORDER BY reason").fetchall())
             for reason, n in self._unsaved.items():
                 dropped[reason] = dropped.get(reason, 0) + n
+            (in_flight,) = db.execute("SELECT count(*) FROM dropped_in_flight").fetchone()
+            runs, unlisted = db.execute("SELECT runs, unlisted FROM totals WHERE id = 1").fetchone()
+            newest = drops.listed_runs(db, 1)
             last = self._last_seq()
             disk_full = self._current_disk_cap() is not None
         files = (self.path, Path(f"{self.path}-wal"))
@@ -275,11 +364,20 @@ class Outbox:
             oldest_age_s=None if first is None else max(0.0, time.time() - first[0]),
             last_seq_assigned=last,
             dropped=dropped,
+            dropped_in_flight=int(in_flight),
+            dropped_runs=int(runs),
+            dropped_unlisted=int(unlisted),
+            newest_dropped=newest[0] if newest else None,
             max_rows=self.budget.max_rows,
             max_bytes=self.budget.max_bytes,
             file_bytes=sum(os.stat(f).st_size for f in files if f.exists()),
             disk_full=disk_full,
         )
+
+    def dropped_runs(self, limit: int) -> list[tuple[int, int]]:
+        """The newest ``limit`` runs ``(first_seq, last_seq)`` of dropped seqs, newest first."""
+        with self._lock:
+            return drops.listed_runs(self._db, limit)
 
     def parked_rows(self, limit: int) -> list[tuple[int, str, bytes]]:
         """The oldest parked rows as (seq, reason, body)."""

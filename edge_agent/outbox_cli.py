@@ -83,14 +83,32 @@ def _age(s: float | None) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
+def _run(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}..{last}"
+
+
+def _dropped_seqs(st: OutboxStats) -> str:
+    if st.newest_dropped is None and not st.dropped_unlisted:
+        return "none"
+    parts = []
+    if st.newest_dropped is not None:
+        parts.append(f"{st.dropped_runs} runs, newest {_run(*st.newest_dropped)}")
+    if st.dropped_unlisted:
+        parts.append(f"{st.dropped_unlisted} older readings not listed")
+    return "; ".join(parts) + " (outbox dropped)"
+
+
 def render_stats(st: OutboxStats) -> str:
     dropped = ", ".join(f"{k} {v}" for k, v in st.dropped.items() if v) or "none"
+    if st.dropped_in_flight:
+        dropped += f" (+{st.dropped_in_flight} in flight: counted if their batch fails)"
     rows = [
         ("pending", f"{st.pending} of {st.max_rows} ({_size(st.pending_bytes)} of "),
         ("oldest unsent", _age(st.oldest_age_s)),
         ("seq", f"{st.oldest_seq}..{st.newest_seq} (last assigned {st.last_seq_assigned})"),
         ("parked", str(st.parked)),
         ("dropped", dropped),
+        ("dropped seqs", _dropped_seqs(st)),
         ("file", _size(st.file_bytes) + (" (DISK FULL: capped)" if st.disk_full else "")),
     ]
     rows[0] = ("pending", rows[0][1] + f"{_size(st.max_bytes)})")
@@ -126,6 +144,24 @@ def peek(
         for row in box.oldest(n, 1 << 30):
             line = row.reading_json().decode() if json else f"{row.seq:>10}  {row.body.decode()}"
             typer.echo(line)
+
+
+@outbox_app.command()
+def dropped(
+    path: OutboxPath = DEFAULT_PATH,
+    n: Annotated[int, typer.Option("-n", min=1, help="How many runs, newest first.")] = 20,
+    json: JsonFlag = False,
+) -> None:
+    """Which seqs were dropped without a PUBACK (budget, disk full, parked overflow, purge), as
+    runs of consecutive seqs, newest first; --json: JSON lines {"first_seq", "last_seq"}."""
+    with _open(path) as box:
+        runs = box.dropped_runs(n)
+        st = box.stats()
+    for first, last in runs:
+        doc = {"first_seq": first, "last_seq": last}
+        typer.echo(orjson.dumps(doc).decode() if json else _run(first, last))
+    if not json and st.dropped_unlisted:
+        typer.echo(f"({st.dropped_unlisted} older dropped readings are no longer listed)")
 
 
 @outbox_app.command()

@@ -12,6 +12,11 @@ waits for a backlog PUBACK. Outcomes per batch:
 - connection lost or no PUBACK in ``publish_timeout_s``: the rows stay; the session ends and the
   next one starts again from the oldest pending row (a replay is harmless), after a capped
   exponential backoff with jitter if the connection is still up.
+
+A batch is *claimed* (:meth:`edge_agent.outbox.Outbox.claim`) before it is sent, and every
+outcome above ends the claim, so the outbox knows which rows are in flight: if its budget drops
+one of them meanwhile, the drop is counted only when the batch is not acknowledged
+(:mod:`edge_agent.drops`).
 - PUBACK 0x10 "no matching subscribers": the broker took the batch but nobody will receive it
   (no bridge is subscribed, as right after a broker restart, which does not restore the
   bridges' shared subscription): treated like a lost PUBACK, the rows stay and are sent again.
@@ -107,6 +112,8 @@ class Publisher:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Publish until cancelled or, once ``stop`` is set, until the outbox is empty."""
         backoff = Backoff(0.5, self._s.reconnect_max_s)
+        # Rows an earlier process saw dropped while in flight will never get their PUBACK now.
+        await asyncio.to_thread(self._outbox.settle_in_flight)
         while True:
             await self._client.wait_connected()
             if await self._session(stop):
@@ -134,9 +141,10 @@ class Publisher:
                 if len(inflight) < window:
                     picked = await self._pick(self._backlog_inflight < backlog_slots)
                     if picked is not None:
-                        task = asyncio.create_task(self._send(*picked))
-                        inflight.add(task)
-                        task.add_done_callback(inflight.discard)
+                        if picked[1]:  # empty: the budget dropped the whole batch meanwhile
+                            task = asyncio.create_task(self._send(*picked))
+                            inflight.add(task)
+                            task.add_done_callback(inflight.discard)
                         continue
                     if not inflight and stop is not None and stop.is_set() and await self._empty():
                         return True
@@ -194,10 +202,11 @@ class Publisher:
                     self.bucket.take(len(rows))
             if rows:
                 lanes.sent(lane, rows[-1].seq)
-                return lane, rows
+                return lane, await asyncio.to_thread(self._outbox.claim, rows)
         return None
 
     async def _send(self, lane: Lane, rows: list[OutboxRow]) -> None:
+        """Publish a claimed batch and end the claim with its outcome."""
         seqs = [r.seq for r in rows]
         if lane == "backlog":
             self._backlog_inflight += 1
@@ -210,11 +219,11 @@ class Publisher:
                 )
         except PublishRejectedError as exc:
             # Permanent: retrying cannot help, deleting would lose data. Park and count.
-            await asyncio.to_thread(self._outbox.park, seqs, exc.reason)
-            self.counters.parked += len(seqs)
+            parked = await asyncio.to_thread(self._outbox.park, seqs, exc.reason)
+            self.counters.parked += parked
             log.error(
                 "broker refused a batch of %d readings (%s); parked seq %d..%d",
-                len(seqs),
+                parked,
                 exc.reason,
                 seqs[0],
                 seqs[-1],
@@ -225,7 +234,13 @@ class Publisher:
             self._failed = True
             self._wake.set()
             log.warning("batch of %d not acknowledged (%s); it stays in the outbox", len(seqs), exc)
+            await asyncio.to_thread(self._outbox.release, seqs)
             return
+        except BaseException:
+            # Cancelled (shutting down) or an unexpected error: the PUBACK will not be seen.
+            # End the claim here (blocking briefly is fine then; the loop may be closing).
+            self._outbox.release(seqs)
+            raise
         finally:
             if lane == "backlog":
                 self._backlog_inflight -= 1

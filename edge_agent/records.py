@@ -26,6 +26,12 @@ class OutboxStats:
     oldest_age_s: float | None
     last_seq_assigned: int
     dropped: dict[str, int] = field(default_factory=dict)
+    #: Dropped by the budget while their batch awaits its PUBACK: counted only if it fails.
+    dropped_in_flight: int = 0
+    #: Runs of dropped seqs listed (``outbox dropped``), and dropped readings no longer listed.
+    dropped_runs: int = 0
+    dropped_unlisted: int = 0
+    newest_dropped: tuple[int, int] | None = None
     max_rows: int = 0
     max_bytes: int = 0
     file_bytes: int = 0

@@ -38,9 +38,16 @@ CREATE TABLE IF NOT EXISTS parked (
 CREATE TABLE IF NOT EXISTS totals (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     rows INTEGER NOT NULL,
-    bytes INTEGER NOT NULL
+    bytes INTEGER NOT NULL,
+    runs INTEGER NOT NULL DEFAULT 0,
+    unlisted INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dropped (reason TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dropped_seqs (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dropped_in_flight (seq INTEGER PRIMARY KEY, reason TEXT NOT NULL);
 """
 #: When seq cannot be read from a damaged file, continue this far above the highest seq seen,
 #: so no seq the old file may have handed out is given again.
@@ -71,11 +78,19 @@ def connect(path: Path) -> sqlite3.Connection:
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring an outbox written by an older agent up to the current schema."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    totals = {row[1] for row in db.execute("PRAGMA table_info(totals)")}
     db.execute("BEGIN IMMEDIATE")
     try:
         if "energy" not in columns:
             db.execute("ALTER TABLE outbox ADD COLUMN energy INTEGER NOT NULL DEFAULT 0")
             db.execute("UPDATE outbox SET energy = 1 WHERE instr(body, '\"energy_wh\":') > 0")
+        if "runs" not in totals:  # dropped_seqs is new: what was dropped before is unlisted
+            db.execute("ALTER TABLE totals ADD COLUMN runs INTEGER NOT NULL DEFAULT 0")
+            db.execute("ALTER TABLE totals ADD COLUMN unlisted INTEGER NOT NULL DEFAULT 0")
+            db.execute(
+                "UPDATE totals SET unlisted = (SELECT coalesce(sum(n), 0) FROM dropped "
+                "WHERE reason != 'disk_full_refused')"
+            )
         db.execute(
             "INSERT OR IGNORE INTO totals (id, rows, bytes) "
             "SELECT 1, count(*), coalesce(sum(length(body)), 0) FROM outbox"

@@ -4,7 +4,9 @@ account for every reading: what the edge accepted, what InfluxDB stored, what is
 The oracle: a gateway's outbox gives each accepted reading the next ``seq`` (SQLite
 AUTOINCREMENT, dense from 1, persisted), so the readings it accepted are seq 1..high, where high
 is the outbox's ``sqlite_sequence``. A reading is *lost* if it is neither stored in InfluxDB nor
-still held by the outbox (unsent or parked) nor dropped by the documented budget policy.
+still held by the outbox (unsent or parked) nor dropped by the documented budget policy. Dropped
+readings are compared by seq (the outbox lists them: ``dropped_seqs``), not by count, so a drop
+counted although the reading was stored cannot hide a real loss of the same size.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,8 @@ class Account:
     held: int
     dropped: int
     lost: list[int]
+    #: Seqs the outbox lists as dropped although InfluxDB stores them (an over-count).
+    overcounted: list[int] = field(default_factory=list)
 
     @property
     def duplicates(self) -> int:
@@ -47,10 +51,12 @@ class Account:
         return self.stored_points - self.stored
 
     def line(self) -> str:
+        over = len(self.overcounted)
         return (
             f"{self.gateway}: accepted {self.accepted}, stored {self.stored}, "
             f"duplicates {self.duplicates}, still held {self.held}, dropped by policy "
             f"{self.dropped}, lost {len(self.lost)}"
+            + (f", counted as dropped but stored {over}" if over else "")
         )
 
 
@@ -124,13 +130,16 @@ class SystemStack:
         return self.dir / "edge" / f"{gateway}.sqlite3"
 
     def held_seqs(self, gateway: str) -> tuple[int, set[int], int]:
-        """(highest seq ever assigned, seqs still held (unsent or parked), dropped by policy)."""
+        """(highest seq ever assigned, seqs still held (unsent or parked), dropped by policy).
+        An outbox the agent is still creating holds nothing yet."""
         db = sqlite3.connect(f"file:{self.outbox(gateway)}?mode=ro", uri=True, timeout=10)
         try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if not {"sqlite_sequence", "outbox"} <= tables:
+                return 0, set(), 0
             high_row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
             high = int((high_row.fetchone() or (0,))[0])
             held = {int(r[0]) for r in db.execute("SELECT seq FROM outbox")}
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
             if "parked" in tables:
                 cols = [r[1] for r in db.execute("PRAGMA table_info(parked)")]
                 if "seq" in cols:
@@ -142,13 +151,42 @@ class SystemStack:
             db.close()
         return high, held, dropped
 
+    def dropped_seqs(self, gateway: str) -> tuple[set[int], set[int], int]:
+        """(seqs the outbox lists as dropped, seqs the budget dropped while their batch awaits
+        its PUBACK (delivered or counted later), dropped readings no longer listed: the oldest
+        beyond the outbox's limit, or all of an outbox too old to list them)."""
+        db = sqlite3.connect(f"file:{self.outbox(gateway)}?mode=ro", uri=True, timeout=10)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if "dropped_seqs" not in tables:
+                n = 0
+                if "dropped" in tables:
+                    sql = "SELECT coalesce(sum(n), 0) FROM dropped WHERE reason != ?"
+                    n = int(db.execute(sql, ("disk_full_refused",)).fetchone()[0])
+                return set(), set(), n
+            listed = {
+                s
+                for first, last in db.execute("SELECT first_seq, last_seq FROM dropped_seqs")
+                for s in range(int(first), int(last) + 1)
+            }
+            in_flight: set[int] = set()
+            if "dropped_in_flight" in tables:
+                in_flight = {int(r[0]) for r in db.execute("SELECT seq FROM dropped_in_flight")}
+            row = db.execute("SELECT unlisted FROM totals").fetchone()
+            unlisted = int(row[0]) if row else 0  # no row yet: the agent is creating it
+        finally:
+            db.close()
+        return listed, in_flight, unlisted
+
     def account(self, gateway: str) -> Account:
         high, held, dropped = self.held_seqs(gateway)
         stored, points = self.stored_seqs(gateway)
-        missing = sorted(set(range(1, high + 1)) - stored - held)
-        # Readings dropped by the budget policy are accounted by count, not by seq.
-        lost = missing[dropped:] if dropped else missing
-        return Account(gateway, high, len(stored), points, len(held), dropped, lost)
+        listed, in_flight, unlisted = self.dropped_seqs(gateway)
+        lost = sorted(set(range(1, high + 1)) - stored - held - listed - in_flight)
+        # Drops the outbox no longer lists (the oldest) are accounted by count.
+        lost = lost[unlisted:]
+        overcounted = sorted(listed & stored)
+        return Account(gateway, high, len(stored), points, len(held), dropped, lost, overcounted)
 
     def wait_delivered(self, gateways: list[str], timeout: float) -> list[Account]:
         """Poll until every accepted reading is stored or held (bounded); the last accounts."""
