@@ -23,6 +23,8 @@ from telemetry_common.errors import TelemetryError
 from telemetry_common.settings import InfluxSettings
 
 Epoch = Literal["ns", "u", "ms", "s"]
+#: Points per document of a chunked answer (InfluxDB also starts a new document per series).
+CHUNK_POINTS: Final = 1000
 #: Answers larger than this are parsed in a worker thread (see InfluxQLClient.query).
 OFFLOAD_PARSE_BYTES: Final = 256 * 1024
 
@@ -59,6 +61,8 @@ class InfluxQL(Protocol):
     """What the routes need from InfluxDB; tests inject a fake that records the queries."""
 
     async def query(self, q: str) -> list[Series]: ...
+
+    async def query_chunked(self, q: str) -> list[Series]: ...
 
 
 class _State(enum.Enum):
@@ -145,6 +149,46 @@ class InfluxQLClient:
             return await asyncio.to_thread(_parse, response)
         return _parse(response)
 
+    async def query_chunked(self, q: str, *, yield_every: int = 200) -> list[Series]:
+        """:meth:`query` for answers of many series: InfluxDB streams them (``chunked=true``,
+        one JSON document per series) and each is parsed as it comes, handing the event loop
+        back every ``yield_every`` documents. One ``orjson.loads`` of the newest point of 10,000
+        chargers (1.4 MB) held the loop for ~70 ms, during which no request was answered."""
+        if self._state is not _State.OPENED or self._http is None:
+            raise RuntimeError(f"the InfluxQL client is {self._state.value}, not opened")
+        params = {
+            "db": self._settings.database,
+            "epoch": self._epoch,
+            "q": q,
+            "chunked": "true",
+            "chunk_size": str(CHUNK_POINTS),
+        }
+        series: list[Series] = []
+        try:
+            async with self._http.stream("GET", "/query", params=params) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    return _parse(response)  # raises the error it carries
+                documents = 0
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        results = orjson.loads(line)["results"]
+                    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                        raise InfluxQueryError(
+                            f"unexpected answer: {line[:200]!r}", status=response.status_code
+                        ) from exc
+                    series.extend(_series_of(results, response.status_code))
+                    documents += 1
+                    if documents % yield_every == 0:
+                        await asyncio.sleep(0)
+        except httpx.TimeoutException as exc:
+            raise InfluxUnavailable(f"timed out after {self._settings.timeout_s}s") from exc
+        except httpx.HTTPError as exc:
+            raise InfluxUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return series
+
 
 def _error_message(response: httpx.Response) -> str:
     try:
@@ -171,6 +215,11 @@ def _parse(response: httpx.Response) -> list[Series]:
         raise InfluxQueryError(
             f"unexpected answer: {response.text[:200]!r}", status=status
         ) from exc
+    return _series_of(results, status)
+
+
+def _series_of(results: Any, status: int) -> list[Series]:
+    """The series of an answer's ``results`` (an error in one of them raised as ours)."""
     series: list[Series] = []
     for result in results:
         if "error" in result:

@@ -295,6 +295,33 @@ async def test_client_translates_influx_errors(influx_db: InfluxTarget) -> None:
             await client.query(influxql.latest_query("gw-1-cp001"))
 
 
+async def test_chunked_query_gives_the_same_series_and_errors(
+    influx_db: InfluxTarget, write: Write
+) -> None:
+    """query_chunked (InfluxDB streams one document per series) returns exactly what query
+    returns for 1,200 series, and translates InfluxDB's errors the same way."""
+    await write(
+        "\n".join(
+            _line(f"gw-1-cp{i:04d}", T0 + timedelta(seconds=i % 7), i, {"power_w": float(i)})
+            for i in range(1200)
+        )
+    )
+    settings = InfluxSettings(url=influx_db.url, database=influx_db.database)
+    async with InfluxQLClient(settings) as client:
+        q = influxql.newest_per_charger_query()
+        whole = await client.query(q)
+        streamed = await client.query_chunked(q)
+        assert len(whole) == 1200
+        assert streamed == whole
+        with pytest.raises(InfluxQueryError) as bad:
+            await client.query_chunked("SELEC nothing")
+        assert bad.value.status == 400
+    missing = InfluxSettings(url=influx_db.url, database="no_such_db_here")
+    async with InfluxQLClient(missing) as client:
+        with pytest.raises(InfluxUnavailable, match="database not found"):
+            await client.query_chunked(q)
+
+
 async def test_client_states(influx_db: InfluxTarget) -> None:
     """A client answers only while opened and cannot be reopened."""
     client = InfluxQLClient(InfluxSettings(url=influx_db.url, database=influx_db.database))

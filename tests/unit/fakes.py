@@ -12,6 +12,9 @@ class FakeInflux:
         self.queries: list[str] = []
         self.answers: list[list[Series] | Exception] = []
 
+    async def query_chunked(self, q: str) -> list[Series]:
+        return await self.query(q)
+
     async def query(self, q: str) -> list[Series]:
         self.queries.append(q)
         answer = self.answers.pop(0) if self.answers else []

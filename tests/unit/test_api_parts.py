@@ -39,6 +39,9 @@ class FakeInflux:
         self.answers = list(answers)
         self.queries: list[str] = []
 
+    async def query_chunked(self, q: str) -> list[Series]:
+        return await self.query(q)
+
     async def query(self, q: str) -> list[Series]:
         self.queries.append(q)
         return self.answers.pop(0) if self.answers else []
