@@ -5,10 +5,7 @@ they are also in the assertion messages)."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.system.faultproxy import FaultProxy
-from tests.system.stackctl import BIN, Account, SystemStack
+from tests.system.stackctl import Account, SystemStack, stop_process
 
 pytestmark = pytest.mark.system
 
@@ -27,18 +24,8 @@ ENV = {"TELEMETRY_BRIDGE_GAP_GRACE_S": "2"}
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[SystemStack]:
-    s = SystemStack(tmp_path / "stack", ENV)
-    try:
-        s.up(gateways=len(GATEWAYS), chargers=5, interval_s=0.05)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        s.down()
-        if "not installed" in str(exc) or "missing" in str(exc):
-            pytest.skip(f"the stack cannot start here: {exc}")
-        raise
-    try:
+    with SystemStack(tmp_path / "stack", ENV).running(len(GATEWAYS), 5, 0.05) as s:
         yield s
-    finally:
-        s.down()
 
 
 def settle(stack: SystemStack, services: list[str]) -> list[Account]:
@@ -159,37 +146,6 @@ def test_broker_sigkill_loss_is_exactly_what_the_gap_report_says(stack: SystemSt
     assert confirmed == lost
 
 
-def start_agent(stack: SystemStack, gateway: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """An edge agent for ``gateway`` whose MQTT connection goes to ``port`` (the proxy)."""
-    pki_dir = Path(stack.state["gateways"]["gw-1"]["cert_file"]).parent
-    subprocess.run(
-        [str(BIN / "telemetry-stack"), "pki", "gateway", gateway, "--dir", str(pki_dir)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    mqtt = stack.state["mqtt"]
-    env = {
-        **os.environ,
-        "TELEMETRY_EDGE_GATEWAY_ID": gateway,
-        "TELEMETRY_EDGE_OUTBOX_PATH": str(stack.outbox(gateway)),
-        "TELEMETRY_EDGE_MQTT__HOST": "127.0.0.1",
-        "TELEMETRY_EDGE_MQTT__PORT": str(port),
-        "TELEMETRY_EDGE_MQTT__CA_FILE": mqtt["ca_file"],
-        "TELEMETRY_EDGE_MQTT__CERT_FILE": str(pki_dir / f"{gateway}.crt"),
-        "TELEMETRY_EDGE_MQTT__KEY_FILE": str(pki_dir / f"{gateway}.key"),
-        "TELEMETRY_EDGE_MQTT__KEEPALIVE_S": "5",
-        "TELEMETRY_EDGE_SIM__CHARGERS": "5",
-        "TELEMETRY_EDGE_SIM__INTERVAL_S": "0.05",
-        "TELEMETRY_EDGE_RECONNECT_MAX_S": "2",
-        "TELEMETRY_EDGE_TOPIC_ROOT": stack.state["topic_root"],
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [str(BIN / "edge-agent"), "run", "--source", "sim"], env=env, stdout=out, stderr=out
-        )
-
-
 def test_gateway_link_blackholed_then_reset_loses_nothing(
     stack: SystemStack, tmp_path: Path
 ) -> None:
@@ -198,7 +154,8 @@ def test_gateway_link_blackholed_then_reset_loses_nothing(
     every accepted reading arrives once."""
     gw = "gw-link"
     with FaultProxy("127.0.0.1", int(stack.state["mqtt"]["tls_port"])) as proxy:
-        agent = start_agent(stack, gw, proxy.port, tmp_path / "gw-link.log")
+        env = stack.agent_env(gw, proxy.port, SIM__CHARGERS="5", SIM__INTERVAL_S="0.05")
+        agent = stack.start_agent(env, tmp_path / "gw-link.log", "--source", "sim")
         try:
             time.sleep(3)
             proxy.set(blackhole=True)
@@ -209,12 +166,7 @@ def test_gateway_link_blackholed_then_reset_loses_nothing(
             proxy.reset_all()
             time.sleep(3)
         finally:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(30)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait(10)
+            stop_process(agent)
         assert proxy.state.connections >= 3, "the agent did not reconnect through the proxy"
     a = stack.wait_delivered([gw], timeout=90)[0]
     print(a.line())

@@ -39,18 +39,10 @@ def running_stack(
     tmp_path: Path, *, interval_s: float = 0.05, env: dict[str, str] | None = None
 ) -> Iterator[SystemStack]:
     """``telemetry-stack up`` with two simulated gateways of 5 chargers; ``down`` at the end."""
-    s = SystemStack(tmp_path / "stack", {**ENV, **(env or {})})
-    try:
-        s.up(gateways=len(GATEWAYS), chargers=5, interval_s=interval_s)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        s.down()
-        if "not installed" in str(exc) or "missing" in str(exc):
-            pytest.skip(f"the stack cannot start here: {exc}")
-        raise
-    try:
+    with SystemStack(tmp_path / "stack", {**ENV, **(env or {})}).running(
+        len(GATEWAYS), 5, interval_s
+    ) as s:
         yield s
-    finally:
-        s.down()
 
 
 def settle(stack: SystemStack, gateways: list[str], services: list[str]) -> list[Account]:

@@ -81,18 +81,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemStack]:
     made = cli("pki", "init", "--dir", str(state / "pki"))
     assert made.returncode == 0, made.stderr
     (state / "pki" / "crl.pem").unlink()
-    s = SystemStack(state, {"TELEMETRY_BRIDGE_GAP_GRACE_S": str(GAP_GRACE_S)})
-    try:
-        s.up(gateways=len(GATEWAYS), chargers=3, interval_s=0.2)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        s.down()
-        if "not installed" in str(exc) or "missing" in str(exc):
-            pytest.skip(f"the stack cannot start here: {exc}")
-        raise
-    try:
+    env = {"TELEMETRY_BRIDGE_GAP_GRACE_S": str(GAP_GRACE_S)}
+    with SystemStack(state, env).running(len(GATEWAYS), 3, 0.2) as s:
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture(scope="module")
