@@ -111,7 +111,12 @@ def _docker_broker(pki: TestPki, state: Path, tls_port: int, local_port: int) ->
 @pytest.fixture(scope="session")
 def broker(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
     """A running Mosquitto: TLS listener (client certificates) + loopback plaintext listener."""
-    state = tmp_path_factory.mktemp("mosquitto")
+    yield from run_broker(pki, tmp_path_factory.mktemp("mosquitto"))
+
+
+def run_broker(pki: TestPki, state: Path) -> Iterator[BrokerInfo]:
+    """A Mosquitto with its state in ``state`` while the generator is suspended (the body of
+    the session ``broker`` fixture; a test that needs a broker of its own yields from it)."""
     tls_port, local_port = _distinct_ports(2)
     info = BrokerInfo(tls_port=tls_port, local_port=local_port, ca_file=pki.ca_file, pki=pki)
     if os.environ.get("TELEMETRY_TEST_DOCKER") == "1":

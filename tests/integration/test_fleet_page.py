@@ -36,13 +36,9 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from telemetry_common.schema import Reading, encode_batch, format_ts
-from telemetry_stack.servers import (
-    ProcessNotReady,
-    ServerBinaryMissing,
-    free_port,
-    start_mosquitto,
-)
+from telemetry_stack.servers import ProcessNotReady
 from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
+from tests.conftest import run_broker
 from tests.integration.services import (
     GatewayPublisher,
     Procs,
@@ -307,20 +303,7 @@ def broker(pki: TestPki, tmp_path: Path) -> Iterator[BrokerInfo]:
     """A Mosquitto of this test's own (it overrides the session broker, for ``mqtt_client``
     too): the page lists every charger whose retained live value the API sees, and the session
     broker holds those of every other test."""
-    tls_port, local_port = free_port(), free_port()
-    while local_port == tls_port:
-        local_port = free_port()
-    info = BrokerInfo(tls_port=tls_port, local_port=local_port, ca_file=pki.ca_file, pki=pki)
-    try:
-        proc = start_mosquitto(
-            tmp_path / "mosquitto", pki.pki, tls_port, local_port, info.topic_root
-        )
-    except ServerBinaryMissing as exc:
-        pytest.skip(str(exc))
-    try:
-        yield info
-    finally:
-        proc.stop()
+    yield from run_broker(pki, tmp_path / "mosquitto")
 
 
 @pytest.fixture
