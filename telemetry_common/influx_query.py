@@ -11,7 +11,9 @@ context manager with explicit states: unopened -> opened -> closed (not reopenab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self
@@ -133,19 +135,13 @@ class InfluxQLClient:
 
     async def query(self, q: str) -> list[Series]:
         """Run ``q`` (one statement) and return its series; raise :class:`InfluxError`."""
-        if self._state is not _State.OPENED or self._http is None:
-            raise RuntimeError(f"the InfluxQL client is {self._state.value}, not opened")
-        params = {"db": self._settings.database, "epoch": self._epoch, "q": q}
-        try:
-            response = await self._http.get("/query", params=params)
-        except httpx.TimeoutException as exc:
-            raise InfluxUnavailable(f"timed out after {self._settings.timeout_s}s") from exc
-        except httpx.HTTPError as exc:
-            raise InfluxUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        http = self._opened()
+        with self._translated():
+            response = await http.get("/query", params=self._params(q))
         if len(response.content) > OFFLOAD_PARSE_BYTES:
-            # A big answer (say, the newest point of 10,000 chargers) takes tens of
-            # milliseconds to parse: in a worker thread, the event loop keeps serving meanwhile
-            # (it gets the GIL back every switch interval, 5 ms).
+            # A big answer (say, a page of 10,000 raw points) takes tens of milliseconds to
+            # parse: in a worker thread, the event loop keeps serving meanwhile (it gets the
+            # GIL back every switch interval, 5 ms).
             return await asyncio.to_thread(_parse, response)
         return _parse(response)
 
@@ -154,18 +150,11 @@ class InfluxQLClient:
         one JSON document per series) and each is parsed as it comes, handing the event loop
         back every ``yield_every`` documents. One ``orjson.loads`` of the newest point of 10,000
         chargers (1.4 MB) held the loop for ~70 ms, during which no request was answered."""
-        if self._state is not _State.OPENED or self._http is None:
-            raise RuntimeError(f"the InfluxQL client is {self._state.value}, not opened")
-        params = {
-            "db": self._settings.database,
-            "epoch": self._epoch,
-            "q": q,
-            "chunked": "true",
-            "chunk_size": str(CHUNK_POINTS),
-        }
+        http = self._opened()
+        params = self._params(q, chunked="true", chunk_size=str(CHUNK_POINTS))
         series: list[Series] = []
-        try:
-            async with self._http.stream("GET", "/query", params=params) as response:
+        with self._translated():
+            async with http.stream("GET", "/query", params=params) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     return _parse(response)  # raises the error it carries
@@ -183,11 +172,25 @@ class InfluxQLClient:
                     documents += 1
                     if documents % yield_every == 0:
                         await asyncio.sleep(0)
+        return series
+
+    def _opened(self) -> httpx.AsyncClient:
+        if self._state is not _State.OPENED or self._http is None:
+            raise RuntimeError(f"the InfluxQL client is {self._state.value}, not opened")
+        return self._http
+
+    def _params(self, q: str, **extra: str) -> dict[str, str]:
+        return {"db": self._settings.database, "epoch": self._epoch, "q": q, **extra}
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """httpx's transport errors as :class:`InfluxUnavailable`."""
+        try:
+            yield
         except httpx.TimeoutException as exc:
             raise InfluxUnavailable(f"timed out after {self._settings.timeout_s}s") from exc
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        return series
 
 
 def _error_message(response: httpx.Response) -> str:
