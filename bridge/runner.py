@@ -8,12 +8,12 @@ import logging
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import http
+from bridge.flow import BatchFlow, next_batch
 from bridge.settings import DEFAULT_CLIENT_ID, BridgeSettings
 from processor.lineproto import ns_to_datetime
 from processor.lvc import Bindings, Stamp
@@ -32,44 +32,6 @@ from telemetry_common.mqtt import AsyncMqttClient, Received
 from telemetry_common.topics import SHARE_GROUP
 
 log = logging.getLogger(__name__)
-
-
-async def next_batch(
-    queue: asyncio.Queue[Received],
-    max_messages: int,
-    max_wait_s: float,
-    max_bytes: int,
-    writer_idle: asyncio.Event | None = None,
-) -> list[Received]:
-    """Wait for one message, then take more until ``max_messages``, ``max_bytes`` of payload or
-    ``max_wait_s`` passed, or, as soon as nothing more is queued, until ``writer_idle`` is set:
-    waiting for more only pays while a write is in progress; an idle writer gets what is there.
-    """
-    batch = [await queue.get()]
-    size = len(batch[0].payload)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + max_wait_s
-    while len(batch) < max_messages and size < max_bytes:
-        if not queue.empty():
-            batch.append(queue.get_nowait())
-            size += len(batch[-1].payload)
-            continue
-        left = deadline - loop.time()
-        if left <= 0 or (writer_idle is not None and writer_idle.is_set()):
-            break
-        getting = asyncio.ensure_future(queue.get())
-        waits: set[asyncio.Future[Any]] = {getting}
-        if writer_idle is not None:
-            waits.add(asyncio.ensure_future(writer_idle.wait()))
-        try:
-            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        if getting.done() and not getting.cancelled():
-            batch.append(getting.result())
-            size += len(batch[-1].payload)
-    return batch
 
 
 def load_bindings(path: Path | None) -> Bindings:
@@ -210,9 +172,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             write_concurrency=settings.write_concurrency,
         )
         await warm_up(processor, influxql, settings.max_backoff_s)
-        in_hand: list[Received] = []
         metrics.mqtt_connected.set_function(lambda: 1.0 if client.connected else 0.0)
-        metrics.unacked.set_function(lambda: float(client.messages.qsize() + len(in_hand)))
         metrics.seq_missing.set_function(lambda: float(processor.gaps.missing()))
         metrics.seq_gaps.set_function(lambda: float(processor.gaps.open_gaps()))
         metrics.live_waiting.set_function(lambda: float(processor.live.waiting))
@@ -235,57 +195,30 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             settings.influx.url,
             settings.influx.api,
         )
-        # Two stages: batch k+1 is decoded while batch k is written. At most two batches are
-        # in memory (one being written, one prepared: a third is not taken before the first is
-        # acknowledged); batches are committed and acknowledged in the order they were taken.
-        prepared: asyncio.Queue[tuple[list[Received], PreparedBatch] | None] = asyncio.Queue()
-        room = asyncio.Semaphore(2)
-        writer_idle = asyncio.Event()
+        flow: BatchFlow[list[Received], PreparedBatch] = BatchFlow(settings.pipeline_depth)
+        metrics.unacked.set_function(lambda: float(client.messages.qsize() + flow.in_hand))
 
-        async def take_and_prepare() -> None:
-            while not stop.is_set():
-                await room.acquire()
-                taking = asyncio.ensure_future(
-                    next_batch(
-                        client.messages,
-                        settings.batch_max_messages,
-                        settings.batch_max_wait_s,
-                        settings.batch_max_bytes,
-                        writer_idle,
-                    )
-                )
-                await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not taking.done():
-                    # Messages taken but not prepared stay unacknowledged: redelivered.
-                    taking.cancel()
-                    break
-                msgs = taking.result()
-                in_hand.extend(msgs)
-                prepared.put_nowait((msgs, await processor.prepare_async(msgs)))
-            prepared.put_nowait(None)
+        async def take() -> list[Received]:
+            return await next_batch(
+                client.messages,
+                settings.batch_max_messages,
+                settings.batch_max_wait_s,
+                settings.batch_max_bytes,
+                flow.idle,
+            )
 
-        async def commit_and_ack() -> None:
-            while True:
-                if prepared.empty():
-                    writer_idle.set()
-                item = await prepared.get()
-                writer_idle.clear()
-                if item is None:
-                    break
-                msgs, batch = item
-                started = time.perf_counter()
-                await processor.commit(batch)
-                for msg in msgs:
-                    msg.ack()
-                del in_hand[: len(msgs)]
-                room.release()
-                metrics.batch_seconds.observe(time.perf_counter() - started)
-                # Collect the young generations here, once per batch, rather than every few
-                # hundred allocations mid-batch (bridge/__main__.py): httpx leaves each request
-                # in a reference cycle that holds its body (~1 MB), so without this the bodies
-                # of many batches wait for a full collection (peak RSS +40 MB measured; +15 MB
-                # when collecting every 4 batches).
-                gc.collect(1)
+        async def commit_and_ack(msgs: list[Received], batch: PreparedBatch) -> None:
+            started = time.perf_counter()
+            await processor.commit(batch)
+            for msg in msgs:
+                msg.ack()
+            metrics.batch_seconds.observe(time.perf_counter() - started)
+            # Collect the young generations here, once per batch, rather than every few
+            # hundred allocations mid-batch (bridge/__main__.py): httpx leaves each request
+            # in a reference cycle that holds its body (~1 MB), so without this the bodies
+            # of many batches wait for a full collection (peak RSS +40 MB measured; +15 MB
+            # when collecting every 4 batches).
+            gc.collect(1)
 
         try:
             async with asyncio.TaskGroup() as tg:
@@ -293,9 +226,9 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
                 gaps = tg.create_task(
                     check_gaps(processor, influxql, settings.gap_grace_s), name="gap-check"
                 )
-                stopping = tg.create_task(stop.wait(), name="stop")
-                tg.create_task(take_and_prepare(), name="prepare")
-                await tg.create_task(commit_and_ack(), name="commit")
+                await tg.create_task(
+                    flow.run(take, processor.prepare_async, commit_and_ack, stop), name="flow"
+                )
                 await processor.live.flush(budget=False)
                 live.cancel()
                 gaps.cancel()

@@ -34,6 +34,10 @@ class BridgeSettings(ServiceSettings):
     batch_max_wait_s: float = Field(default=0.1, gt=0)
     #: A batch also ends once its payloads add up to this many bytes.
     batch_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    #: Batches in hand at once (taken, being prepared or being written): while earlier ones are
+    #: written, the next is prepared. Memory grows with it (a batch is ~10 MB decoded at
+    #: BATCH_MAX_BYTES); 1 takes the next batch only once the last one is acknowledged.
+    pipeline_depth: int = Field(default=3, ge=1, le=16)
     #: Lines per InfluxDB write request (a batch is written in requests of this size).
     write_max_lines: int = Field(default=5_000, ge=1, le=100_000)
     #: InfluxDB write requests in flight at once (the requests of one batch go concurrently).

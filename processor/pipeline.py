@@ -103,7 +103,7 @@ class Processor:
     def prepare(self, messages: Sequence[Received]) -> PreparedBatch:
         """The CPU half: decode, validate, check bindings and build lines (no I/O).
 
-        Batches must be committed in the order they were prepared.
+        Prepared batches may be committed in any order, and concurrently.
         """
         batch = self._decode(messages)
         batch.messages = len(messages)

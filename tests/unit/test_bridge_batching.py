@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 from typing import cast
 
-from bridge.runner import next_batch
+from bridge.flow import next_batch
 from processor.live import LiveFeed
 from processor.metrics import Metrics
 from telemetry_common.mqtt import AsyncMqttClient, Received

@@ -1,0 +1,135 @@
+"""The bridge's batch flow: depth bound, overlapping commits, stop and failure (pure asyncio
+logic: batches are lists of ints, commits are controlled by events)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridge.flow import BatchFlow
+
+
+class Source:
+    """Hands out batches ``[k]`` for k = 1, 2, ... up to ``limit``, then waits forever."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.taken: list[int] = []
+        self.limit = limit
+
+    async def take(self) -> list[int]:
+        if len(self.taken) >= self.limit:
+            await asyncio.Event().wait()
+        self.taken.append(len(self.taken) + 1)
+        return [self.taken[-1]]
+
+
+async def prepared(msgs: list[int]) -> str:
+    return f"batch-{msgs[0]}"
+
+
+async def settle(rounds: int = 20) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def test_at_most_depth_batches_are_in_hand_while_commits_hang() -> None:
+    """With every commit stuck (InfluxDB down), the flow takes ``depth`` batches and no more:
+    the rest stays with the broker."""
+    source, release = Source(), asyncio.Event()
+    started: list[str] = []
+
+    async def commit(msgs: list[int], batch: str) -> None:
+        started.append(batch)
+        await release.wait()
+
+    flow: BatchFlow[list[int], str] = BatchFlow(3)
+    stop = asyncio.Event()
+    run = asyncio.create_task(flow.run(source.take, prepared, commit, stop))
+    await settle()
+    assert source.taken == [1, 2, 3]
+    assert started == ["batch-1", "batch-2", "batch-3"]
+    assert flow.in_hand == 3
+    assert not flow.idle.is_set()
+    release.set()
+    await settle()
+    assert len(source.taken) > 3  # room again once commits finished
+    stop.set()
+    await asyncio.wait_for(run, 5)
+
+
+async def test_a_later_batch_is_acknowledged_while_an_earlier_one_is_still_written() -> None:
+    """Commits overlap and finish in any order: batch 2 is done (acknowledged) while batch 1
+    still waits, and its slot is reused at once."""
+    source = Source(limit=3)
+    gates = {f"batch-{k}": asyncio.Event() for k in (1, 2, 3)}
+    done: list[str] = []
+
+    async def commit(msgs: list[int], batch: str) -> None:
+        await gates[batch].wait()
+        done.append(batch)
+
+    flow: BatchFlow[list[int], str] = BatchFlow(2)
+    stop = asyncio.Event()
+    run = asyncio.create_task(flow.run(source.take, prepared, commit, stop))
+    await settle()
+    assert source.taken == [1, 2]
+    gates["batch-2"].set()
+    await settle()
+    assert done == ["batch-2"]
+    assert source.taken == [1, 2, 3]  # batch 2's slot went to batch 3
+    gates["batch-3"].set()
+    gates["batch-1"].set()
+    await settle()
+    assert sorted(done) == ["batch-1", "batch-2", "batch-3"]
+    assert flow.idle.is_set()
+    assert flow.in_hand == 0
+    stop.set()
+    await asyncio.wait_for(run, 5)
+
+
+async def test_stop_commits_what_was_prepared_and_leaves_what_is_being_taken() -> None:
+    """On stop, batches already prepared are still committed before run() returns; the flow
+    does not take another one."""
+    source, release = Source(limit=2), asyncio.Event()
+    done: list[str] = []
+
+    async def commit(msgs: list[int], batch: str) -> None:
+        await release.wait()
+        done.append(batch)
+
+    flow: BatchFlow[list[int], str] = BatchFlow(4)
+    stop = asyncio.Event()
+    run = asyncio.create_task(flow.run(source.take, prepared, commit, stop))
+    await settle()
+    assert source.taken == [1, 2]  # the third take() is waiting for messages
+    stop.set()
+    await settle()
+    assert not run.done()  # still committing
+    release.set()
+    await asyncio.wait_for(run, 5)
+    assert sorted(done) == ["batch-1", "batch-2"]
+    assert source.taken == [1, 2]
+
+
+async def test_a_failing_commit_ends_the_flow_with_its_error() -> None:
+    """An unexpected error in a commit is not swallowed: run() ends with it and the other
+    commits in progress are cancelled (their messages stay unacknowledged)."""
+    source = Source(limit=2)
+    never = asyncio.Event()
+
+    async def commit(msgs: list[int], batch: str) -> None:
+        if batch == "batch-2":
+            raise RuntimeError("boom")
+        await never.wait()
+
+    flow: BatchFlow[list[int], str] = BatchFlow(3)
+    with pytest.raises(ExceptionGroup) as caught:
+        await asyncio.wait_for(flow.run(source.take, prepared, commit, asyncio.Event()), 5)
+    assert [str(e) for e in caught.value.exceptions] == ["boom"]
+
+
+def test_depth_below_one_is_refused() -> None:
+    """A depth of 0 would never take a batch: it is a configuration error."""
+    with pytest.raises(ValueError, match="depth"):
+        BatchFlow(0)
