@@ -15,7 +15,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge import http
 from bridge.flow import BatchFlow, next_batch
 from bridge.settings import DEFAULT_CLIENT_ID, BridgeSettings
-from processor.lineproto import ns_to_datetime
 from processor.lvc import Bindings, Stamp
 from processor.metrics import Metrics
 from processor.pipeline import PreparedBatch, Processor
@@ -78,7 +77,7 @@ async def warm_up(processor: Processor, client: InfluxQLClient, max_backoff_s: f
     for s in highs:
         gateway = s.tags.get("gateway_id")
         for row in s.rows() if gateway else []:
-            processor.gaps.seed(str(gateway), int(row["seq"]), ns_to_datetime(int(row["time"])))
+            processor.gaps.seed(str(gateway), int(row["seq"]), int(row["time"]))
     log.info("warm-up: %d chargers, %d gateways known from InfluxDB", len(newest), len(highs))
 
 

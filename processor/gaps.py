@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from processor.lineproto import ns_to_datetime
+
 
 @dataclass(slots=True)
 class Gap:
@@ -34,7 +36,8 @@ class Gap:
 @dataclass(slots=True)
 class _Gateway:
     high: int
-    high_ts: datetime
+    #: ts of the reading with seq ``high``, integer nanoseconds (as the processor has it).
+    high_ts_ns: int
     gaps: list[Gap] = field(default_factory=list)
 
 
@@ -48,22 +51,24 @@ class GapTracker:
         self._max = max_gaps_per_gateway
         self.dropped = 0
 
-    def seed(self, gateway_id: str, high: int, high_ts: datetime) -> None:
+    def seed(self, gateway_id: str, high: int, high_ts_ns: int) -> None:
         """Start from the highest seq InfluxDB holds, so a gap across a restart is seen."""
-        self._gateways.setdefault(gateway_id, _Gateway(high, high_ts))
+        self._gateways.setdefault(gateway_id, _Gateway(high, high_ts_ns))
 
-    def observe(self, gateway_id: str, seq: int, ts: datetime, now: float) -> None:
+    def observe(self, gateway_id: str, seq: int, ts_ns: int, now: float) -> None:
+        """A stored reading of ``gateway_id`` (``ts_ns``: its ts in integer nanoseconds)."""
         gw = self._gateways.get(gateway_id)
         if gw is None:
-            self._gateways[gateway_id] = _Gateway(seq, ts)
+            self._gateways[gateway_id] = _Gateway(seq, ts_ns)
             return
         if seq > gw.high + 1:
-            gw.gaps.append(Gap(gateway_id, gw.high + 1, seq - 1, gw.high_ts, ts, now))
+            lo, hi = ns_to_datetime(gw.high_ts_ns), ns_to_datetime(ts_ns)
+            gw.gaps.append(Gap(gateway_id, gw.high + 1, seq - 1, lo, hi, now))
             if len(gw.gaps) > self._max:
                 gw.gaps.pop(0)
                 self.dropped += 1
         if seq > gw.high:
-            gw.high, gw.high_ts = seq, ts
+            gw.high, gw.high_ts_ns = seq, ts_ns
         elif gw.gaps:
             self._fill(gw, seq)
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from processor.gaps import GapTracker
-from processor.lineproto import to_line, ts_ns
+from processor.lineproto import to_line
 from processor.live import LiveFeed
 from processor.lvc import Bindings, LastValueCache, Stamp
 from processor.metrics import Metrics
@@ -29,6 +29,7 @@ from processor.validate import (
     INFLUX_REJECTED,
     Rejected,
     decode_message,
+    reading_raw,
 )
 from processor.writer import InfluxWriter, WriteRejectedError, WriteUnavailableError
 from telemetry_common.errors import TopicError
@@ -39,7 +40,7 @@ from telemetry_common.mqtt import (
     PublishRejectedError,
     Received,
 )
-from telemetry_common.schema import Reading, reading_to_dict
+from telemetry_common.schema import READING_ADAPTER, Reading, reading_to_dict
 from telemetry_common.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -50,20 +51,20 @@ UNKNOWN_GATEWAY = "_invalid"
 DEADLETTER_MAX_RAW = 192 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class _Point:
-    gateway_id: str
-    topic: str
-    index: int
-    reading: Reading
-    ts_ns: int
-    line: str
-
-
 @dataclass(slots=True)
 class PreparedBatch:
+    """A batch ready to commit, kept small while it waits: the readings are dropped once their
+    lines are built, except each charger's newest (it may become the latest value)."""
+
     messages: int = 0
-    points: list[_Point] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    #: Per line: (gateway_id, charger_id, seq, ts_ns, message number, position in the
+    #: message's readings).
+    keys: list[tuple[str, str, int, int, int, int]] = field(default_factory=list)
+    #: Per charger, its newest reading of the batch: (ts_ns, seq, gateway_id, reading, line).
+    newest: dict[str, tuple[int, int, str, Reading, int]] = field(default_factory=dict)
+    #: (topic, payload) per message: a line InfluxDB refuses is dead-lettered with its reading.
+    sources: list[tuple[str, bytes]] = field(default_factory=list)
     dead: list[tuple[str, str, Rejected]] = field(default_factory=list)  # gateway, topic, record
 
 
@@ -105,8 +106,8 @@ class Processor:
 
         Prepared batches may be committed in any order, and concurrently.
         """
-        batch = self._decode(messages)
-        batch.messages = len(messages)
+        batch = PreparedBatch(messages=len(messages))
+        self._decode(messages, batch)
         return batch
 
     async def prepare_async(
@@ -122,9 +123,7 @@ class Processor:
             while end < len(messages) and (end == start or size < slice_bytes):
                 size += len(messages[end].payload)
                 end += 1
-            part = self._decode(messages[start:end])
-            out.points.extend(part.points)
-            out.dead.extend(part.dead)
+            self._decode(messages[start:end], out)
             start = end
             if start < len(messages):
                 await asyncio.sleep(0)
@@ -132,8 +131,9 @@ class Processor:
 
     async def commit(self, batch: PreparedBatch) -> None:
         """The I/O half: write, dead-letter, then update the cache, live feed and gap tracking."""
-        if batch.points:
-            lines = [p.line for p in batch.points]
+        lines = batch.lines
+        refused_at: set[int] = set()
+        if lines:
             # One request stays far below InfluxDB's body limit (25 MB by default in 1.x); a
             # write that large is dropped as a connection error and would be retried forever.
             # The requests of a batch are sent concurrently (InfluxDB ingests on several cores).
@@ -142,40 +142,63 @@ class Processor:
             results = await asyncio.gather(
                 *(self._write_in_slot(lines[i : i + size]) for i in range(0, len(lines), size))
             )
-            refused = [item for result in results for item in result]
+            refused = {line: err for result in results for line, err in result}
             if refused:
-                by_line = {p.line: p for p in batch.points}
-                for line, err in refused:
-                    p = by_line[line]
-                    raw = orjson.dumps(reading_to_dict(p.reading))
-                    rejected = Rejected(INFLUX_REJECTED, err, raw, p.index)
-                    batch.dead.append((p.gateway_id, p.topic, rejected))
                 # Only what InfluxDB holds may become the latest value or close a seq gap.
-                gone = {line for line, _ in refused}
-                batch.points = [p for p in batch.points if p.line not in gone]
-            self.metrics.stored.inc(len(batch.points))
+                refused_at = {k for k, line in enumerate(lines) if line in refused}
+                for k in sorted(refused_at):
+                    gateway_id, _, _, _, msg_no, index = batch.keys[k]
+                    topic, payload = batch.sources[msg_no]
+                    rejected = Rejected(
+                        INFLUX_REJECTED, refused[lines[k]], reading_raw(payload, index), index
+                    )
+                    batch.dead.append((gateway_id, topic, rejected))
+            self.metrics.stored.inc(len(lines) - len(refused_at))
         for gateway_id, topic, record in batch.dead:
             await self._dead_letter(gateway_id, topic, record)
             self.metrics.dead_lettered.labels(record.reason).inc()
         self.metrics.messages.inc(batch.messages)
         now = time.monotonic()
-        # Only a charger's newest reading of the batch can become its latest value.
-        newest: dict[str, _Point] = {}
-        for p in batch.points:
-            r = p.reading
-            self.gaps.observe(p.gateway_id, r.seq, r.ts, now)
-            held = newest.get(r.charger_id)
-            if held is None or (held.ts_ns, held.reading.seq) < (p.ts_ns, r.seq):
-                newest[r.charger_id] = p
-        for charger_id, p in newest.items():
-            if self.lvc.offer(charger_id, Stamp(p.ts_ns, p.reading.seq, p.gateway_id)):
-                self.live.offer(p.gateway_id, p.reading)
+        observe = self.gaps.observe
+        for k, (gateway_id, _, seq, ns, _, _) in enumerate(batch.keys):
+            if not refused_at or k not in refused_at:
+                observe(gateway_id, seq, ns, now)
+        newest = batch.newest
+        if refused_at:
+            newest = self._newest_stored(batch, refused_at)
+        for charger_id, (ns, seq, gateway_id, reading, _) in newest.items():
+            if self.lvc.offer(charger_id, Stamp(ns, seq, gateway_id)):
+                self.live.offer(gateway_id, reading)
         self.metrics.lvc_chargers.set(len(self.lvc))
 
-    def _decode(self, messages: Sequence[Received]) -> PreparedBatch:
-        out = PreparedBatch()
+    @staticmethod
+    def _newest_stored(
+        batch: PreparedBatch, refused_at: set[int]
+    ) -> dict[str, tuple[int, int, str, Reading, int]]:
+        """Each charger's newest reading of the batch among those InfluxDB stored (only what it
+        holds may become the latest value). Rare: InfluxDB refused some lines. A charger whose
+        newest line was refused gets its newest stored one, decoded again from its message."""
+        newest = {c: v for c, v in batch.newest.items() if v[4] not in refused_at}
+        lost = batch.newest.keys() - newest.keys()
+        best: dict[str, tuple[int, int, int]] = {}  # charger -> (ns, seq, line)
+        for k, (_, charger_id, seq, ns, _, _) in enumerate(batch.keys):
+            if charger_id in lost and k not in refused_at:
+                held = best.get(charger_id)
+                if held is None or held[:2] < (ns, seq):
+                    best[charger_id] = (ns, seq, k)
+        for charger_id, (_, _, k) in best.items():
+            gateway_id, _, seq, ns, msg_no, index = batch.keys[k]
+            raw = reading_raw(batch.sources[msg_no][1], index)
+            newest[charger_id] = (ns, seq, gateway_id, READING_ADAPTER.validate_json(raw), k)
+        return newest
+
+    def _decode(self, messages: Sequence[Received], out: PreparedBatch) -> None:
+        """Decode ``messages`` into ``out`` (the hot loop: one pass, no per-point objects)."""
         now = datetime.now(UTC)
+        lines, keys, newest, claim = out.lines, out.keys, out.newest, self.bindings.claim
         for msg in messages:
+            msg_no = len(out.sources)
+            out.sources.append((msg.topic, msg.payload))
             try:
                 gateway_id = self._topics.gateway_of_readings(msg.topic)
             except (TopicError, ValueError) as exc:
@@ -184,22 +207,25 @@ class Processor:
                 continue
             decoded = decode_message(gateway_id, msg.payload, now=now, max_future=self._max_future)
             out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
-            for i, r in enumerate(decoded.readings):
-                bound = self.bindings.claim(gateway_id, r.charger_id)
+            for i, ns, r in decoded.readings:
+                charger_id = r.charger_id
+                bound = claim(gateway_id, charger_id)
                 if bound is None:
-                    ns = ts_ns(r.ts)
-                    line = to_line(gateway_id, r, ns)
-                    out.points.append(_Point(gateway_id, msg.topic, i, r, ns, line))
+                    seq = r.seq
+                    held = newest.get(charger_id)
+                    if held is None or (held[0], held[1]) < (ns, seq):
+                        newest[charger_id] = (ns, seq, gateway_id, r, len(lines))
+                    keys.append((gateway_id, charger_id, seq, ns, msg_no, i))
+                    lines.append(to_line(gateway_id, r, ns))
                     continue
                 detail = (
-                    f"charger {r.charger_id!r} is bound to gateway {bound!r}"
+                    f"charger {charger_id!r} is bound to gateway {bound!r}"
                     if bound
-                    else f"charger {r.charger_id!r} is not provisioned for any gateway"
+                    else f"charger {charger_id!r} is not provisioned for any gateway"
                 )
                 raw = orjson.dumps(reading_to_dict(r))
                 rejected = Rejected(CHARGER_NOT_BOUND, detail, raw, i)
                 out.dead.append((gateway_id, msg.topic, rejected))
-        return out
 
     async def _write_in_slot(self, lines: list[str]) -> list[tuple[str, str]]:
         async with self._write_slots:

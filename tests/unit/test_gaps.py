@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from processor.gaps import GapTracker
+from processor.lineproto import ts_ns
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
-def ts(i: int) -> datetime:
-    return T0 + timedelta(seconds=i)
+def ts(i: int) -> int:
+    return ts_ns(T0 + timedelta(seconds=i))
 
 
 def test_jump_opens_a_gap_and_late_arrivals_fill_it() -> None:
@@ -42,8 +43,8 @@ async def test_confirm_drops_what_storage_holds_and_counts_the_rest() -> None:
     stored = {2, 3, 6}  # 2..3 stored by another bridge; of 6..8 only 6
 
     async def count(gw: str, first: int, last: int, lo: datetime, hi: datetime) -> int:
-        assert lo < ts(first)
-        assert hi > ts(last)
+        assert lo < T0 + timedelta(seconds=first)
+        assert hi > T0 + timedelta(seconds=last)
         return len([s for s in stored if first <= s <= last])
 
     await g.confirm(count, now=5.0, grace_s=10.0)

@@ -95,7 +95,9 @@ async def test_prepare_async_hands_the_loop_back_and_prepares_the_same_batch() -
     ticker.cancel()
     plain = Processor(writer, unused_mqtt, Topics()).prepare(msgs)
     assert ticks == len(msgs) - 1  # slices of one message: the loop ran between each two
-    assert [p.line for p in fast.points] == [p.line for p in plain.points]
-    assert len(fast.points) == 600
+    assert fast.lines == plain.lines
+    assert fast.keys == plain.keys
+    assert len(fast.lines) == 600
+    assert fast.newest.keys() == plain.newest.keys()
     assert fast.messages == plain.messages == 7
     assert [d[2].reason for d in fast.dead] == [d[2].reason for d in plain.dead] == ["invalid_json"]

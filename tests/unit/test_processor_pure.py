@@ -33,7 +33,8 @@ def decode(gateway: str, raw: bytes) -> v.Decoded:
 def test_valid_batch_takes_the_fast_path() -> None:
     """A valid batch yields every reading and no rejection."""
     out = decode("gw-1", payload("gw-1", [reading(1), reading(2)]))
-    assert [r.seq for r in out.readings] == [1, 2]
+    assert [r.seq for _, _, r in out.readings] == [1, 2]
+    assert [(i, ns) for i, ns, r in out.readings] == [(i, ts_ns(r.ts)) for i, _, r in out.readings]
     assert out.rejected == []
 
 
@@ -41,7 +42,8 @@ def test_bad_reading_is_isolated_from_good_ones() -> None:
     """One invalid reading is rejected alone, with its index and raw JSON; the others stay."""
     bad = reading(2, ts="2026-05-01T12:00:00")  # naive
     out = decode("gw-1", payload("gw-1", [reading(1), bad, reading(3)]))
-    assert [r.seq for r in out.readings] == [1, 3]
+    assert [r.seq for _, _, r in out.readings] == [1, 3]
+    assert [i for i, _, _ in out.readings] == [0, 2]  # positions in the payload, not the list
     [rej] = out.rejected
     assert rej.reason == v.INVALID_READING
     assert rej.index == 1
@@ -69,7 +71,7 @@ def test_envelope_json_and_size_errors() -> None:
 def test_far_future_reading_is_rejected() -> None:
     """A reading stamped beyond the allowed clock skew is dead-lettered, the rest kept."""
     out = decode("gw-1", payload("gw-1", [reading(1), reading(2, ts="2026-05-01T13:00:00Z")]))
-    assert [r.seq for r in out.readings] == [1]
+    assert [r.seq for _, _, r in out.readings] == [1]
     assert out.rejected[0].reason == v.TS_IN_FUTURE
     assert out.rejected[0].index == 1
 
