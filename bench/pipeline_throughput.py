@@ -208,8 +208,11 @@ def running_stack(work: Path) -> Iterator[Stack]:
         stack.stop_all()
 
 
-def measure_raw_ingest(influx: Influx, points: int, chargers: int) -> dict[str, Any]:
-    """Points/s of 5,000-line writes from one keep-alive client; bodies are built beforehand."""
+def measure_raw_ingest(
+    influx: Influx, points: int, chargers: int, clients: int = 1
+) -> dict[str, Any]:
+    """Points/s of 5,000-line writes from ``clients`` keep-alive clients at once (each sends
+    every ``clients``-th body, in its own thread); bodies are built beforehand."""
     influx.query(f'CREATE DATABASE "{RAW_DATABASE}"')
     t0_ns = (time.time_ns() // 1_000_000 - 3_600_000) * 1_000_000
     bodies: list[bytes] = []
@@ -227,15 +230,33 @@ def measure_raw_ingest(influx: Influx, points: int, chargers: int) -> dict[str, 
         bodies.append("\n".join(lines).encode())
     # One small warm-up write creates the shard before the clock starts.
     influx.write(RAW_DATABASE, bodies[0][: bodies[0].index(b"\n")])
+    writers = [influx] + [Influx(influx.url) for _ in range(clients - 1)]
+    errors: list[BaseException] = []
+
+    def send(k: int) -> None:
+        try:
+            for body in bodies[k::clients]:
+                writers[k].write(RAW_DATABASE, body)
+        except BaseException as exc:  # reported below, after every thread ended
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(clients)]
     start_t = time.perf_counter()
-    for body in bodies:
-        influx.write(RAW_DATABASE, body)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     elapsed = time.perf_counter() - start_t
+    for w in writers[1:]:
+        w.close()
+    if errors:
+        raise errors[0]
     stored = influx.scalar("SELECT count(seq) FROM readings", RAW_DATABASE)
     influx.query(f'DROP DATABASE "{RAW_DATABASE}"')
     return {
         "points": points,
         "batch_lines": RAW_BATCH,
+        "clients": clients,
         "seconds": elapsed,
         "points_per_s": points / elapsed,
         "stored": stored,
@@ -706,6 +727,8 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
     lat = fig.get("latency")
     rss = fig["bridge_rss"]
     ratio = fig["ratio"]
+    raw2 = fig.get("raw_ingest_2_clients")
+    ratio2 = fig.get("ratio_2_clients")
     rows: list[tuple[str, str, str]] = [
         (
             "raw InfluxDB ingest (5,000-line batches, 1 client)",
@@ -713,6 +736,14 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
             "",
         )
     ]
+    if raw2 is not None:
+        rows.append(
+            (
+                "raw InfluxDB ingest (5,000-line batches, 2 clients)",
+                f"{raw2['points_per_s']:,.0f} points/s",
+                "InfluxDB on both cores: the server's limit",
+            )
+        )
     title = f"pipeline end to end ({pipe['readings']:,} readings, B={pipe['batch_size']})"
     if pipe["readings_per_s"] is not None:
         rows.append((title, f"{pipe['readings_per_s']:,.0f} readings/s", ""))
@@ -723,6 +754,14 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
                 f"target >= {TARGET_RATIO:.0%}: {verdict(ratio >= TARGET_RATIO)}",
             )
         )
+        if ratio2 is not None:
+            rows.append(
+                (
+                    "ratio pipeline / raw with 2 clients",
+                    f"{ratio2:.1%}",
+                    f"target >= {TARGET_RATIO:.0%}: {verdict(ratio2 >= TARGET_RATIO)}",
+                )
+            )
     else:
         rows.append(
             (
@@ -734,15 +773,19 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
         rows.append(("ratio pipeline / raw", "n/a", f"target >= {TARGET_RATIO:.0%}: MISSED"))
     rounds = fig.get("rounds", [])
     if len(rounds) > 1:
-        rows[-1] = (f"ratio pipeline / raw, median of {len(rounds)} rounds", *rows[-1][1:])
+        for k, row in enumerate(rows):
+            if row[0].startswith("ratio pipeline / raw"):
+                rows[k] = (f"{row[0]}, median of {len(rounds)} rounds", *row[1:])
         for k, r in enumerate(rounds, start=1):
             rate = r["pipeline_readings_per_s"]
+            r2 = r.get("ratio_2_clients")
             rows.append(
                 (
-                    f"  round {k}: raw / pipeline",
-                    "n/a" if r["ratio"] is None else f"{r['ratio']:.1%}",
-                    f"{r['raw_points_per_s']:,.0f} points/s / "
-                    + ("incomplete" if rate is None else f"{rate:,.0f} readings/s"),
+                    f"  round {k}: pipeline / raw (1 client, 2 clients)",
+                    "n/a" if r["ratio"] is None else f"{r['ratio']:.1%}, {r2 or 0:.1%}",
+                    ("incomplete" if rate is None else f"{rate:,.0f} readings/s")
+                    + f" / {r['raw_points_per_s']:,.0f}, "
+                    + f"{r.get('raw_2_clients_points_per_s') or 0:,.0f} points/s",
                 )
             )
     rows.append(
@@ -894,12 +937,22 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 for k, gateway in enumerate(round_gateways(a.rounds), start=1):
                     print(f"bench: round {k}/{a.rounds}: raw InfluxDB ingest ...", file=sys.stderr)
                     raw = measure_raw_ingest(influx, a.raw_points, a.chargers)
+                    raw2 = measure_raw_ingest(influx, a.raw_points, a.chargers, clients=2)
                     print(f"bench: round {k}/{a.rounds}: pipeline, {a.readings:,} readings ...",
                           file=sys.stderr)  # fmt: skip
                     pipe = measure_pipeline(stack, influx, bridge, a, gateway)
                     rate = pipe["readings_per_s"]
                     ratio = None if rate is None else rate / raw["points_per_s"]
-                    rounds.append({"raw_ingest": raw, "pipeline": pipe, "ratio": ratio})
+                    ratio2 = None if rate is None else rate / raw2["points_per_s"]
+                    rounds.append(
+                        {
+                            "raw_ingest": raw,
+                            "raw_ingest_2_clients": raw2,
+                            "pipeline": pipe,
+                            "ratio": ratio,
+                            "ratio_2_clients": ratio2,
+                        }
+                    )
                 hwm_kb = proc_status_kb(bridge.pid, "VmHWM")
                 # The round with the median ratio stands for the run (an incomplete round, with
                 # no ratio, counts as the lowest); every round is reported.
@@ -908,15 +961,22 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 )
                 median = ordered[len(ordered) // 2]
                 raw, pipe = median["raw_ingest"], median["pipeline"]
+                ratios2 = sorted(
+                    -1.0 if r["ratio_2_clients"] is None else r["ratio_2_clients"] for r in rounds
+                )
                 fig: dict[str, Any] = {
                     "raw_ingest": raw,
+                    "raw_ingest_2_clients": median["raw_ingest_2_clients"],
                     "pipeline": pipe,
                     "ratio": median["ratio"],
+                    "ratio_2_clients": max(ratios2[len(ratios2) // 2], 0.0) or None,
                     "rounds": [
                         {
                             "raw_points_per_s": r["raw_ingest"]["points_per_s"],
+                            "raw_2_clients_points_per_s": r["raw_ingest_2_clients"]["points_per_s"],
                             "pipeline_readings_per_s": r["pipeline"]["readings_per_s"],
                             "ratio": r["ratio"],
+                            "ratio_2_clients": r["ratio_2_clients"],
                             "complete": r["pipeline"]["complete"],
                         }
                         for r in rounds
