@@ -213,7 +213,7 @@ class Processor:
                 if bound is None:
                     seq = r.seq
                     held = newest.get(charger_id)
-                    if held is None or (held[0], held[1]) < (ns, seq):
+                    if held is None or held[0] < ns or (held[0] == ns and held[1] < seq):
                         newest[charger_id] = (ns, seq, gateway_id, r, len(lines))
                     keys.append((gateway_id, charger_id, seq, ns, msg_no, i))
                     lines.append(to_line(gateway_id, r, ns))
