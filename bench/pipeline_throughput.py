@@ -5,7 +5,8 @@
 Starts its own Mosquitto (TLS, project configuration) and InfluxDB 1.x on free loopback ports in
 a temporary directory with a dev PKI, then measures, in one run:
 
-1. raw line-protocol ingest of that InfluxDB (5,000-line batches, one client), points/s;
+1. raw line-protocol ingest of that InfluxDB (5,000-line batches, one client, then two clients
+   at once), points/s;
 2. sustained pipeline throughput: one ``telemetry-bridge`` process, one publisher process
    (``bench.publisher``) sending N readings as fast as the pipeline takes them; readings/s from
    the first publish until InfluxDB holds all N, and the loss (count and distinct seq);
