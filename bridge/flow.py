@@ -76,10 +76,6 @@ class BatchFlow(Generic[M, B]):
         self.idle = asyncio.Event()
         self.idle.set()
 
-    @property
-    def committing(self) -> int:
-        return len(self._committing)
-
     async def run(
         self,
         take: Callable[[], Awaitable[M]],
