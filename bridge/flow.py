@@ -69,7 +69,7 @@ class BatchFlow(Generic[M, B]):
         if depth < 1:
             raise ValueError("depth must be at least 1")
         self._room = asyncio.Semaphore(depth)
-        self._committing: set[asyncio.Task[None]] = set()
+        self._committing = 0
         #: Messages taken and not yet committed (for the unacknowledged-messages gauge).
         self.in_hand = 0
         #: Set while no commit is in progress: an idle writer should not wait for more.
@@ -103,10 +103,9 @@ class BatchFlow(Generic[M, B]):
                 msgs = taking.result()
                 self.in_hand += len(msgs)
                 prepared = await prepare(msgs)
-                task = tg.create_task(self._commit(commit, msgs, prepared))
-                self._committing.add(task)
+                self._committing += 1
                 self.idle.clear()
-                task.add_done_callback(self._done)
+                tg.create_task(self._commit(commit, msgs, prepared))
             stopping.cancel()
 
     async def _commit(
@@ -116,9 +115,7 @@ class BatchFlow(Generic[M, B]):
             await commit(msgs, prepared)
         finally:
             self.in_hand -= len(msgs)
+            self._committing -= 1
+            if not self._committing:
+                self.idle.set()
             self._room.release()
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._committing.discard(task)
-        if not self._committing:
-            self.idle.set()
