@@ -209,6 +209,17 @@ def running_stack(work: Path) -> Iterator[Stack]:
         stack.stop_all()
 
 
+def median_index(ratios: list[float | None]) -> int:
+    """Index of the median of ``ratios``; an incomplete round (None) counts as the lowest."""
+
+    def key(k: int) -> float:
+        ratio = ratios[k]
+        return -1.0 if ratio is None else ratio
+
+    order = sorted(range(len(ratios)), key=key)
+    return order[len(order) // 2]
+
+
 def measure_raw_ingest(
     influx: Influx, points: int, chargers: int, clients: int = 1
 ) -> dict[str, Any]:
@@ -955,22 +966,16 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         }
                     )
                 hwm_kb = proc_status_kb(bridge.pid, "VmHWM")
-                # The round with the median ratio stands for the run (an incomplete round, with
-                # no ratio, counts as the lowest); every round is reported.
-                ordered = sorted(
-                    rounds, key=lambda r: -1.0 if r["ratio"] is None else float(r["ratio"])
-                )
-                median = ordered[len(ordered) // 2]
+                # The round with the median ratio stands for the run; every round is reported.
+                median = rounds[median_index([r["ratio"] for r in rounds])]
                 raw, pipe = median["raw_ingest"], median["pipeline"]
-                ratios2 = sorted(
-                    -1.0 if r["ratio_2_clients"] is None else r["ratio_2_clients"] for r in rounds
-                )
+                ratios2 = [r["ratio_2_clients"] for r in rounds]
                 fig: dict[str, Any] = {
                     "raw_ingest": raw,
                     "raw_ingest_2_clients": median["raw_ingest_2_clients"],
                     "pipeline": pipe,
                     "ratio": median["ratio"],
-                    "ratio_2_clients": max(ratios2[len(ratios2) // 2], 0.0) or None,
+                    "ratio_2_clients": ratios2[median_index(ratios2)],
                     "rounds": [
                         {
                             "raw_points_per_s": r["raw_ingest"]["points_per_s"],
