@@ -55,6 +55,22 @@ class GapTracker:
         """Start from the highest seq InfluxDB holds, so a gap across a restart is seen."""
         self._gateways.setdefault(gateway_id, _Gateway(high, high_ts_ns))
 
+    def observe_all(self, gateway_id: str, seqs: list[int], nss: list[int], now: float) -> None:
+        """:meth:`observe` each (seq, ts_ns) in turn; the usual case, the gateway's next seqs
+        in order, is one list comparison."""
+        if not seqs:
+            return
+        gw = self._gateways.get(gateway_id)
+        start = seqs[0] if gw is None else gw.high + 1
+        if seqs == list(range(start, start + len(seqs))):
+            if gw is None:
+                self._gateways[gateway_id] = _Gateway(seqs[-1], nss[-1])
+            else:
+                gw.high, gw.high_ts_ns = seqs[-1], nss[-1]
+            return
+        for seq, ns in zip(seqs, nss, strict=True):
+            self.observe(gateway_id, seq, ns, now)
+
     def observe(self, gateway_id: str, seq: int, ts_ns: int, now: float) -> None:
         """A stored reading of ``gateway_id`` (``ts_ns``: its ts in integer nanoseconds)."""
         gw = self._gateways.get(gateway_id)

@@ -25,7 +25,7 @@ from telemetry_common.mqtt import (
     PublishLostError,
     PublishRejectedError,
 )
-from telemetry_common.schema import Reading, reading_to_dict
+from telemetry_common.schema import ReadingRow, row_to_dict
 from telemetry_common.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,12 @@ class LiveFeed:
         self._tokens = max_rate
         self._refilled = time.monotonic()
         self._last_sent: dict[str, float] = {}
-        self._waiting: dict[str, tuple[str, Reading]] = {}
+        self._waiting: dict[str, tuple[str, ReadingRow]] = {}
         self._new = asyncio.Event()
 
-    def offer(self, gateway_id: str, reading: Reading) -> None:
+    def offer(self, gateway_id: str, reading: ReadingRow) -> None:
         """Queue ``reading`` (already known to be the charger's newest) for publishing."""
-        self._waiting[reading.charger_id] = (gateway_id, reading)
+        self._waiting[reading["charger_id"]] = (gateway_id, reading)
         self._new.set()
 
     @property
@@ -68,12 +68,11 @@ class LiveFeed:
         """Publish waiting values whose charger's interval has passed, within the rate budget
         (``budget=False``: all of them, as at shutdown)."""
         now = time.monotonic()
+        rate = self._max_rate
         last = self._last_sent
         due = [c for c in self._waiting if now - last.get(c, -1e9) >= self._min_interval_s]
-        if budget and self._max_rate > 0:
-            self._tokens = min(
-                self._max_rate, self._tokens + (now - self._refilled) * self._max_rate
-            )
+        if budget and rate > 0:
+            self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
             self._refilled = now
             allowed = int(self._tokens)
             if len(due) > allowed:
@@ -89,7 +88,7 @@ class LiveFeed:
         if waiting is None:  # taken by a concurrent flush (the final one at shutdown)
             return
         gateway_id, reading = waiting
-        body = reading_to_dict(reading)
+        body = row_to_dict(reading)
         body["gateway_id"] = gateway_id
         try:
             await self._mqtt.publish(self._topics.live(charger_id), orjson.dumps(body), retain=True)

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import logging
+import operator
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import count, islice, repeat
 
 import orjson
 
 from processor.gaps import GapTracker
-from processor.lineproto import to_line
+from processor.lineproto import to_lines, value_fields_from_json
 from processor.live import LiveFeed
 from processor.lvc import Bindings, LastValueCache, Stamp
 from processor.metrics import Metrics
@@ -40,7 +43,7 @@ from telemetry_common.mqtt import (
     PublishRejectedError,
     Received,
 )
-from telemetry_common.schema import READING_ADAPTER, Reading, reading_to_dict
+from telemetry_common.schema import READING_ROW_VALIDATOR, ReadingRow
 from telemetry_common.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -52,20 +55,39 @@ DEADLETTER_MAX_RAW = 192 * 1024
 
 
 @dataclass(slots=True)
+class Segment:
+    """The lines of one message, ``lines[first : first + len(seqs)]`` of its batch."""
+
+    msg_no: int
+    gateway_id: str
+    first: int
+    #: Per line: the reading's position in the message's ``readings``, charger, seq and ts_ns.
+    positions: list[int]
+    chargers: list[str]
+    seqs: list[int]
+    nss: list[int]
+
+
+@dataclass(slots=True)
 class PreparedBatch:
     """A batch ready to commit, kept small while it waits: the readings are dropped once their
     lines are built, except each charger's newest (it may become the latest value)."""
 
     messages: int = 0
     lines: list[str] = field(default_factory=list)
-    #: Per line: (gateway_id, charger_id, seq, ts_ns, message number, position in the
-    #: message's readings).
-    keys: list[tuple[str, str, int, int, int, int]] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
     #: Per charger, its newest reading of the batch: (ts_ns, seq, gateway_id, reading, line).
-    newest: dict[str, tuple[int, int, str, Reading, int]] = field(default_factory=dict)
+    newest: dict[str, tuple[int, int, str, ReadingRow, int]] = field(default_factory=dict)
     #: (topic, payload) per message: a line InfluxDB refuses is dead-lettered with its reading.
     sources: list[tuple[str, bytes]] = field(default_factory=list)
     dead: list[tuple[str, str, Rejected]] = field(default_factory=list)  # gateway, topic, record
+    #: Per gateway, the highest ts_ns and the highest seq among its readings so far.
+    frontier: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def line_source(self, k: int) -> tuple[Segment, int]:
+        """The segment of line ``k`` and the line's index in it."""
+        seg = self.segments[bisect.bisect_right(self.segments, k, key=lambda s: s.first) - 1]
+        return seg, k - seg.first
 
 
 class Processor:
@@ -147,55 +169,60 @@ class Processor:
                 # Only what InfluxDB holds may become the latest value or close a seq gap.
                 refused_at = {k for k, line in enumerate(lines) if line in refused}
                 for k in sorted(refused_at):
-                    gateway_id, _, _, _, msg_no, index = batch.keys[k]
-                    topic, payload = batch.sources[msg_no]
-                    rejected = Rejected(
-                        INFLUX_REJECTED, refused[lines[k]], reading_raw(payload, index), index
-                    )
-                    batch.dead.append((gateway_id, topic, rejected))
+                    seg, j = batch.line_source(k)
+                    index = seg.positions[j]
+                    raw = reading_raw(batch.sources[seg.msg_no][1], index)
+                    rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index)
+                    batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
             self.metrics.stored.inc(len(lines) - len(refused_at))
         for gateway_id, topic, record in batch.dead:
             await self._dead_letter(gateway_id, topic, record)
             self.metrics.dead_lettered.labels(record.reason).inc()
         self.metrics.messages.inc(batch.messages)
         now = time.monotonic()
-        observe = self.gaps.observe
-        for k, (gateway_id, _, seq, ns, _, _) in enumerate(batch.keys):
-            if not refused_at or k not in refused_at:
-                observe(gateway_id, seq, ns, now)
+        for seg in batch.segments:
+            seqs, nss = seg.seqs, seg.nss
+            if refused_at:
+                stored = [j for j in range(len(seqs)) if seg.first + j not in refused_at]
+                seqs, nss = [seqs[j] for j in stored], [nss[j] for j in stored]
+            self.gaps.observe_all(seg.gateway_id, seqs, nss, now)
         newest = batch.newest
         if refused_at:
             newest = self._newest_stored(batch, refused_at)
-        for charger_id, (ns, seq, gateway_id, reading, _) in newest.items():
+        for charger_id, (ns, seq, gateway_id, row, _) in newest.items():
             if self.lvc.offer(charger_id, Stamp(ns, seq, gateway_id)):
-                self.live.offer(gateway_id, reading)
+                self.live.offer(gateway_id, row)
         self.metrics.lvc_chargers.set(len(self.lvc))
 
     @staticmethod
     def _newest_stored(
         batch: PreparedBatch, refused_at: set[int]
-    ) -> dict[str, tuple[int, int, str, Reading, int]]:
+    ) -> dict[str, tuple[int, int, str, ReadingRow, int]]:
         """Each charger's newest reading of the batch among those InfluxDB stored (only what it
         holds may become the latest value). Rare: InfluxDB refused some lines. A charger whose
         newest line was refused gets its newest stored one, decoded again from its message."""
         newest = {c: v for c, v in batch.newest.items() if v[4] not in refused_at}
         lost = batch.newest.keys() - newest.keys()
         best: dict[str, tuple[int, int, int]] = {}  # charger -> (ns, seq, line)
-        for k, (_, charger_id, seq, ns, _, _) in enumerate(batch.keys):
-            if charger_id in lost and k not in refused_at:
-                held = best.get(charger_id)
-                if held is None or held[:2] < (ns, seq):
-                    best[charger_id] = (ns, seq, k)
-        for charger_id, (_, _, k) in best.items():
-            gateway_id, _, seq, ns, msg_no, index = batch.keys[k]
-            raw = reading_raw(batch.sources[msg_no][1], index)
-            newest[charger_id] = (ns, seq, gateway_id, READING_ADAPTER.validate_json(raw), k)
+        for seg in batch.segments:
+            keys = zip(seg.chargers, seg.seqs, seg.nss, strict=True)
+            for k, (charger_id, seq, ns) in enumerate(keys, seg.first):
+                if charger_id in lost and k not in refused_at:
+                    held = best.get(charger_id)
+                    if held is None or held[:2] < (ns, seq):
+                        best[charger_id] = (ns, seq, k)
+        for charger_id, (ns, seq, k) in best.items():
+            seg, j = batch.line_source(k)
+            raw = reading_raw(batch.sources[seg.msg_no][1], seg.positions[j])
+            row = READING_ROW_VALIDATOR.validate_json(raw)
+            newest[charger_id] = (ns, seq, seg.gateway_id, row, k)
         return newest
 
     def _decode(self, messages: Sequence[Received], out: PreparedBatch) -> None:
-        """Decode ``messages`` into ``out`` (the hot loop: one pass, no per-point objects)."""
+        """Decode ``messages`` into ``out`` (the hot loop: whole messages at a time, one pass
+        per reading for the newest per charger, no per-point objects)."""
         now = datetime.now(UTC)
-        lines, keys, newest, claim = out.lines, out.keys, out.newest, self.bindings.claim
+        lines = out.lines
         for msg in messages:
             msg_no = len(out.sources)
             out.sources.append((msg.topic, msg.payload))
@@ -207,25 +234,87 @@ class Processor:
                 continue
             decoded = decode_message(gateway_id, msg.payload, now=now, max_future=self._max_future)
             out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
-            for i, ns, r in decoded.readings:
-                charger_id = r.charger_id
-                bound = claim(gateway_id, charger_id)
-                if bound is None:
-                    seq = r.seq
-                    held = newest.get(charger_id)
-                    if held is None or held[0] < ns or (held[0] == ns and held[1] < seq):
-                        newest[charger_id] = (ns, seq, gateway_id, r, len(lines))
-                    keys.append((gateway_id, charger_id, seq, ns, msg_no, i))
-                    lines.append(to_line(gateway_id, r, ns))
+            if not decoded.rows:
+                continue
+            chargers = [r["charger_id"] for r in decoded.rows]
+            refused = self._unbound(gateway_id, chargers)
+            if refused:
+                items = orjson.loads(msg.payload)["readings"]
+                for k, charger_id in enumerate(chargers):
+                    if charger_id in refused:
+                        i = decoded.positions[k]
+                        rejected = Rejected(
+                            CHARGER_NOT_BOUND, refused[charger_id], orjson.dumps(items[i]), i
+                        )
+                        out.dead.append((gateway_id, msg.topic, rejected))
+                decoded.keep([k for k, c in enumerate(chargers) if c not in refused])
+                if not decoded.rows:
                     continue
-                detail = (
+                chargers = [r["charger_id"] for r in decoded.rows]
+            rows, nss = decoded.rows, decoded.nss
+            seqs = [r["seq"] for r in rows]
+            first = len(lines)
+            whole = not decoded.rejected and not refused  # rows are all of the payload's
+            fields = value_fields_from_json(msg.payload, rows) if whole else None
+            lines += to_lines(gateway_id, rows, nss, fields)
+            out.segments.append(
+                Segment(msg_no, gateway_id, first, decoded.positions, chargers, seqs, nss)
+            )
+            self._offer_newest(out, gateway_id, first, chargers, seqs, nss, rows)
+
+    @staticmethod
+    def _offer_newest(
+        out: PreparedBatch,
+        gateway_id: str,
+        first: int,
+        chargers: list[str],
+        seqs: list[int],
+        nss: list[int],
+        rows: list[ReadingRow],
+    ) -> None:
+        """Keep each charger's newest (ts, seq) reading of the batch in ``out.newest``.
+
+        Usually a gateway sends in order: ts never falls and seq rises within a message, and
+        each message starts after the gateway's readings seen so far in the batch. Then the
+        last reading of a charger is its newest and one dict update (in C) does it; otherwise
+        each reading is compared. A charger's readings all come from the gateway it is bound to.
+        """
+        newest = out.newest
+        since = out.frontier.get(gateway_id)
+        if (
+            (since is None or (nss[0], seqs[0]) > since)
+            and all(map(operator.le, nss, islice(nss, 1, None)))
+            and all(map(operator.lt, seqs, islice(seqs, 1, None)))
+        ):
+            keys = zip(nss, seqs, repeat(gateway_id), rows, count(first))
+            newest.update(zip(chargers, keys, strict=True))
+            out.frontier[gateway_id] = (nss[-1], seqs[-1])
+            return
+        get = newest.get
+        for k, (charger_id, seq, ns, row) in enumerate(
+            zip(chargers, seqs, nss, rows, strict=True), first
+        ):
+            held = get(charger_id)
+            if held is None or held[0] < ns or (held[0] == ns and held[1] < seq):
+                newest[charger_id] = (ns, seq, gateway_id, row, k)
+        hi_ns, hi_seq = max(nss), max(seqs)
+        if since is not None:
+            hi_ns, hi_seq = max(hi_ns, since[0]), max(hi_seq, since[1])
+        out.frontier[gateway_id] = (hi_ns, hi_seq)
+
+    def _unbound(self, gateway_id: str, chargers: list[str]) -> dict[str, str]:
+        """The chargers ``gateway_id`` may not send for, each with the reason (first-come
+        bindings are made here, once per charger of a message)."""
+        refused = {}
+        for charger_id in set(chargers):
+            bound = self.bindings.claim(gateway_id, charger_id)
+            if bound is not None:
+                refused[charger_id] = (
                     f"charger {charger_id!r} is bound to gateway {bound!r}"
                     if bound
                     else f"charger {charger_id!r} is not provisioned for any gateway"
                 )
-                raw = orjson.dumps(reading_to_dict(r))
-                rejected = Rejected(CHARGER_NOT_BOUND, detail, raw, i)
-                out.dead.append((gateway_id, msg.topic, rejected))
+        return refused
 
     async def _write_in_slot(self, lines: list[str]) -> list[tuple[str, str]]:
         async with self._write_slots:

@@ -6,7 +6,6 @@ checked, then each reading on its own, so one bad reading never costs the good o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -15,14 +14,14 @@ import orjson
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from processor.lineproto import ts_ns
+from processor.lineproto import ts_ns, ts_ns_all
 from telemetry_common.ids import Id
 from telemetry_common.schema import (
     MAX_BATCH_BYTES,
     MAX_BATCH_READINGS,
-    READING_ADAPTER,
-    Reading,
-    decode_batch,
+    READING_ROW_VALIDATOR,
+    ROWS_VALIDATOR,
+    ReadingRow,
 )
 
 # Machine-readable reasons carried by every dead-letter record.
@@ -48,9 +47,20 @@ class Rejected:
 
 @dataclass(slots=True)
 class Decoded:
-    #: (position in the payload's ``readings``, ts in integer nanoseconds, the reading)
-    readings: list[tuple[int, int, Reading]] = field(default_factory=list)
+    """A message's accepted readings (in payload order) and what was rejected."""
+
+    rows: list[ReadingRow] = field(default_factory=list)
+    #: Each row's ts in integer nanoseconds.
+    nss: list[int] = field(default_factory=list)
+    #: Each row's position in the payload's ``readings``.
+    positions: list[int] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+
+    def keep(self, kept: list[int]) -> None:
+        """Keep only the rows at these indexes (after some were rejected)."""
+        self.rows = [self.rows[k] for k in kept]
+        self.nss = [self.nss[k] for k in kept]
+        self.positions = [self.positions[k] for k in kept]
 
 
 class _Envelope(BaseModel):
@@ -78,30 +88,31 @@ def decode_message(
         out.rejected.append(Rejected(PAYLOAD_TOO_LARGE, detail, payload))
         return out
     gateway_id: str | None
-    readings: Iterable[tuple[int, Reading]]
     try:
-        batch = decode_batch(payload)
-        gateway_id, readings = batch.gateway_id, enumerate(batch.readings)
+        batch = ROWS_VALIDATOR.validate_json(payload)
+        gateway_id, out.rows = batch["gateway_id"], batch["readings"]
+        out.positions = list(range(len(out.rows)))
     except ValidationError:
-        gateway_id, readings = _slow_path(payload, out)
+        gateway_id = _slow_path(payload, out)
         if gateway_id is None:
             return out
     if gateway_id != topic_gateway:
         detail = f"body says {gateway_id!r}, topic says {topic_gateway!r}"
         out.rejected.append(Rejected(GATEWAY_MISMATCH, detail, payload))
+        out.keep([])
         return out
     # Compared as integers: the nanoseconds are needed for the line anyway, and comparing
     # aware datetimes costs two utcoffset() calls per reading.
+    out.nss = nss = ts_ns_all(out.rows)
     horizon = ts_ns(now + max_future)
-    accepted = out.readings
-    for i, reading in readings:
-        ns = ts_ns(reading.ts)
-        if ns > horizon:
-            raw = orjson.dumps(reading.model_dump(mode="json"))
-            detail = f"ts {reading.ts.isoformat()} is more than {max_future} ahead of {now}"
-            out.rejected.append(Rejected(TS_IN_FUTURE, detail, raw, i))
-        else:
-            accepted.append((i, ns, reading))
+    if nss and max(nss) > horizon:
+        items = _loads(payload)["readings"]
+        for k, ns in enumerate(nss):
+            if ns > horizon:
+                ts, i = out.rows[k]["ts"], out.positions[k]
+                detail = f"ts {ts.isoformat()} is more than {max_future} ahead of {now}"
+                out.rejected.append(Rejected(TS_IN_FUTURE, detail, orjson.dumps(items[i]), i))
+        out.keep([k for k, ns in enumerate(nss) if ns <= horizon])
     return out
 
 
@@ -119,22 +130,24 @@ def reading_raw(payload: bytes, index: int) -> bytes:
     return orjson.dumps(_loads(payload)["readings"][index])
 
 
-def _slow_path(payload: bytes, out: Decoded) -> tuple[str | None, list[tuple[int, Reading]]]:
+def _slow_path(payload: bytes, out: Decoded) -> str | None:
+    """Check the envelope, then each reading on its own; the gateway id if the envelope holds."""
     try:
         obj = _loads(payload)
     except ValueError as exc:
         out.rejected.append(Rejected(INVALID_JSON, str(exc), payload))
-        return None, []
+        return None
     try:
         env = _Envelope.model_validate(obj)
     except ValidationError as exc:
         out.rejected.append(Rejected(INVALID_ENVELOPE, _describe(exc), payload))
-        return None, []
-    readings: list[tuple[int, Reading]] = []
+        return None
     for i, item in enumerate(env.readings):
         raw = orjson.dumps(item)
         try:
-            readings.append((i, READING_ADAPTER.validate_json(raw)))
+            out.rows.append(READING_ROW_VALIDATOR.validate_json(raw))
         except ValidationError as exc:
             out.rejected.append(Rejected(INVALID_READING, _describe(exc), raw, i))
-    return env.gateway_id, readings
+        else:
+            out.positions.append(i)
+    return env.gateway_id

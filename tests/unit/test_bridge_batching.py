@@ -11,7 +11,7 @@ from bridge.flow import next_batch
 from processor.live import LiveFeed
 from processor.metrics import Metrics
 from telemetry_common.mqtt import AsyncMqttClient, Received
-from telemetry_common.schema import Reading
+from telemetry_common.schema import Reading, ReadingRow
 from telemetry_common.topics import Topics
 
 
@@ -75,8 +75,8 @@ class FakeMqtt:
         self.topics.append(topic)
 
 
-def reading(charger: str, seq: int) -> Reading:
-    return Reading(charger_id=charger, seq=seq, ts=datetime.now(UTC), values={"power_w": 1.0})
+def reading(charger: str, seq: int) -> ReadingRow:
+    return dict(Reading(charger_id=charger, seq=seq, ts=datetime.now(UTC), values={"power_w": 1.0}))
 
 
 async def test_live_feed_stays_within_its_rate_budget_oldest_first() -> None:
@@ -99,3 +99,4 @@ async def test_live_feed_stays_within_its_rate_budget_oldest_first() -> None:
     await live.flush(budget=False)
     assert live.waiting == 0
     assert "chargers/v1/live/cp-first" in mqtt.topics
+

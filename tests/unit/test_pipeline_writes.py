@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import orjson
 
+from processor.lineproto import ts_ns
+from processor.lvc import Bindings
 from processor.pipeline import Processor
 from processor.writer import WriteUnavailableError
 from telemetry_common.mqtt import AsyncMqttClient, Received
@@ -96,8 +99,86 @@ async def test_prepare_async_hands_the_loop_back_and_prepares_the_same_batch() -
     plain = Processor(writer, unused_mqtt, Topics()).prepare(msgs)
     assert ticks == len(msgs) - 1  # slices of one message: the loop ran between each two
     assert fast.lines == plain.lines
-    assert fast.keys == plain.keys
+    assert fast.segments == plain.segments
     assert len(fast.lines) == 600
     assert fast.newest.keys() == plain.newest.keys()
     assert fast.messages == plain.messages == 7
     assert [d[2].reason for d in fast.dead] == [d[2].reason for d in plain.dead] == ["invalid_json"]
+
+
+def test_refused_chargers_are_dead_lettered_at_their_positions_and_the_rest_kept() -> None:
+    """With provisioned bindings, readings for a charger of another gateway or of none are
+    dead-lettered (``charger_not_bound``, with the reading as it was sent and its position in
+    its payload); a message refused whole adds no line; the other readings become lines, and
+    each charger's newest reading is its latest."""
+    bindings = Bindings({"cp-0": "gw-1", "cp-1": "gw-1", "cp-2": "gw-2"})
+    p = Processor(RecordingWriter(), cast(AsyncMqttClient, object()), Topics(), bindings=bindings)
+    mixed = message("gw-1", 1, 6)  # chargers cp-0 .. cp-5: cp-2 is gw-2's, cp-3..5 nobody's
+    refused_whole = message("gw-2", 100, 2)  # cp-0 and cp-1: both gw-1's
+    again = message("gw-1", 50, 1)  # cp-0 again, stamped later
+    batch = p.prepare([mixed, refused_whole, again])
+    sent = orjson.loads(mixed.payload)["readings"]
+    dead = [(gw, rej.reason, rej.index, orjson.loads(rej.raw)) for gw, _, rej in batch.dead]
+    assert dead == [
+        ("gw-1", "charger_not_bound", i, sent[i]) for i in (2, 3, 4, 5)
+    ] + [("gw-2", "charger_not_bound", i, orjson.loads(refused_whole.payload)["readings"][i])
+         for i in (0, 1)]  # fmt: skip
+    assert len(batch.lines) == 3
+    assert [(s.msg_no, s.first, s.positions, s.seqs) for s in batch.segments] == [
+        (0, 0, [0, 1], [1, 2]),
+        (2, 2, [0], [50]),
+    ]
+    assert {c: v[1] for c, v in batch.newest.items()} == {"cp-0": 50, "cp-1": 2}
+
+
+def test_the_newest_reading_of_a_charger_wins_whatever_the_arrival_order() -> None:
+    """Across messages, a charger's newest reading is the highest ts, then the highest seq (a
+    replay of the same ts with a higher seq wins; an older one arriving later does not)."""
+    t = datetime(2026, 5, 1, 12, tzinfo=UTC)
+
+    def one(seq: int, at: datetime) -> Received:
+        body = {"charger_id": "cp-1", "seq": seq, "ts": at.isoformat(), "values": {}}
+        payload = orjson.dumps(
+            {"schema": "charger-telemetry/1", "gateway_id": "gw-1", "readings": [body]}
+        )
+        return Received("chargers/v1/gw-1/readings", payload, 1, seq, 1)
+
+    p = Processor(RecordingWriter(), cast(AsyncMqttClient, object()), Topics())
+    second = timedelta(seconds=1)
+    batch = p.prepare([one(5, t + second), one(4, t), one(6, t + second), one(3, t + 2 * second)])
+    ns, seq, gateway, row, line = batch.newest["cp-1"]
+    assert (seq, gateway, line, row["seq"]) == (3, "gw-1", 3, 3)
+    assert ns == ts_ns(t + 2 * second)
+
+
+def test_the_newest_per_charger_matches_a_plain_maximum_for_any_order() -> None:
+    """Messages in order, shuffled, with repeated ts and replays: each charger's newest is the
+    reading with the highest (ts, seq) of the batch, the same as a plain maximum over all."""
+    rng = random.Random(7)
+    t = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    for trial in range(40):
+        sent: list[tuple[str, int, datetime]] = []
+        msgs = []
+        for m in range(6):
+            body = []
+            for i in range(rng.randint(1, 8)):
+                seq = m * 10 + i if trial % 2 else rng.randint(0, 60)
+                at = t + timedelta(seconds=seq // 3 if trial % 3 else rng.randint(0, 20))
+                charger = f"cp-{rng.randint(0, 3)}"
+                sent.append((charger, seq, at))
+                body.append({"charger_id": charger, "seq": seq, "ts": at.isoformat(), "values": {}})
+            payload = orjson.dumps(
+                {"schema": "charger-telemetry/1", "gateway_id": "gw-1", "readings": body}
+            )
+            msgs.append(Received("chargers/v1/gw-1/readings", payload, 1, m, 1))
+        if trial % 4 == 3:
+            rng.shuffle(msgs)
+        p = Processor(RecordingWriter(), cast(AsyncMqttClient, object()), Topics())
+        batch = p.prepare(msgs)
+        expected: dict[str, tuple[int, int]] = {}
+        for charger, seq, at in sent:
+            expected[charger] = max(expected.get(charger, (ts_ns(at), seq)), (ts_ns(at), seq))
+        assert {c: (v[0], v[1]) for c, v in batch.newest.items()} == expected
+        for _, seq, _, row, line in batch.newest.values():
+            assert row["seq"] == seq
+            assert batch.lines[line].endswith(f"seq={seq}i {ts_ns(row['ts'])}")

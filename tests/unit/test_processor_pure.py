@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from processor import validate as v
-from processor.lineproto import to_line, ts_ns
+from processor.lineproto import to_line, ts_ns, value_fields_from_json
 from processor.lvc import Bindings, LastValueCache, Stamp
-from telemetry_common.schema import Reading
+from telemetry_common.schema import ROWS_VALIDATOR, Reading
 
 NOW = datetime(2026, 5, 1, 12, 0, 5, tzinfo=UTC)
 FUTURE = timedelta(minutes=5)
@@ -33,8 +33,9 @@ def decode(gateway: str, raw: bytes) -> v.Decoded:
 def test_valid_batch_takes_the_fast_path() -> None:
     """A valid batch yields every reading and no rejection."""
     out = decode("gw-1", payload("gw-1", [reading(1), reading(2)]))
-    assert [r.seq for _, _, r in out.readings] == [1, 2]
-    assert [(i, ns) for i, ns, r in out.readings] == [(i, ts_ns(r.ts)) for i, _, r in out.readings]
+    assert [r["seq"] for r in out.rows] == [1, 2]
+    assert out.nss == [ts_ns(r["ts"]) for r in out.rows]
+    assert out.positions == [0, 1]
     assert out.rejected == []
 
 
@@ -42,8 +43,8 @@ def test_bad_reading_is_isolated_from_good_ones() -> None:
     """One invalid reading is rejected alone, with its index and raw JSON; the others stay."""
     bad = reading(2, ts="2026-05-01T12:00:00")  # naive
     out = decode("gw-1", payload("gw-1", [reading(1), bad, reading(3)]))
-    assert [r.seq for _, _, r in out.readings] == [1, 3]
-    assert [i for i, _, _ in out.readings] == [0, 2]  # positions in the payload, not the list
+    assert [r["seq"] for r in out.rows] == [1, 3]
+    assert out.positions == [0, 2]  # positions in the payload, not the list
     [rej] = out.rejected
     assert rej.reason == v.INVALID_READING
     assert rej.index == 1
@@ -54,7 +55,7 @@ def test_bad_reading_is_isolated_from_good_ones() -> None:
 def test_gateway_mismatch_rejects_the_whole_message() -> None:
     """A body claiming another gateway than its topic is rejected entirely."""
     out = decode("gw-1", payload("gw-2", [reading(1)]))
-    assert out.readings == []
+    assert (out.rows, out.nss, out.positions) == ([], [], [])
     assert [r.reason for r in out.rejected] == [v.GATEWAY_MISMATCH]
 
 
@@ -71,9 +72,11 @@ def test_envelope_json_and_size_errors() -> None:
 def test_far_future_reading_is_rejected() -> None:
     """A reading stamped beyond the allowed clock skew is dead-lettered, the rest kept."""
     out = decode("gw-1", payload("gw-1", [reading(1), reading(2, ts="2026-05-01T13:00:00Z")]))
-    assert [r.seq for _, _, r in out.readings] == [1]
+    assert [r["seq"] for r in out.rows] == [1]
+    assert (out.nss, out.positions) == ([ts_ns(out.rows[0]["ts"])], [0])
     assert out.rejected[0].reason == v.TS_IN_FUTURE
     assert out.rejected[0].index == 1
+    assert orjson.loads(out.rejected[0].raw)["ts"] == "2026-05-01T13:00:00Z"  # as it was sent
 
 
 def test_line_protocol_matches_schema() -> None:
@@ -160,3 +163,26 @@ def test_bindings_first_come_and_provisioned() -> None:
     assert fixed.claim("gw-1", "CP-9") == ""
     fixed.seed("CP-9", "gw-1")
     assert fixed.claim("gw-1", "CP-9") == ""
+
+
+def test_value_fields_from_json_are_the_validated_values() -> None:
+    """Taken from the payload's text, the fields hold the same numbers the rows hold (whatever
+    the JSON spacing and number forms); an escape sequence or a duplicate key, where the text
+    could differ from what was validated, gives None (the rows are rendered instead)."""
+    text = (
+        b'{"schema":"charger-telemetry/1","gateway_id":"gw-1","readings":['
+        b'{"charger_id":"CP-1","seq":1,"ts":"2026-05-01T12:00:00Z","values":'
+        b'{ "power_w" : 7200 ,\n "energy_wh":1.5e3,"soc_pct":-0.25}},'
+        b'{"values":{},"charger_id":"CP-1","seq":2,"ts":"2026-05-01T12:00:01Z"}]}'
+    )
+    rows = ROWS_VALIDATOR.validate_json(text)["readings"]
+    fields = value_fields_from_json(text, rows)
+    assert fields == ["power_w=7200,energy_wh=1.5e3,soc_pct=-0.25", ""]
+    parsed = [dict(kv.split("=") for kv in f.split(",") if kv) for f in fields]
+    assert [{k: float(x) for k, x in p.items()} for p in parsed] == [r["values"] for r in rows]
+    escaped = text.replace(b'"power_w"', b'"\\u0070ower_w"')
+    assert (
+        value_fields_from_json(escaped, ROWS_VALIDATOR.validate_json(escaped)["readings"]) is None
+    )
+    twice = text.replace(b'"soc_pct"', b'"power_w"')
+    assert value_fields_from_json(twice, ROWS_VALIDATOR.validate_json(twice)["readings"]) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import string
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -14,12 +15,15 @@ from pydantic import ValidationError
 from telemetry_common.errors import InvalidIdError, TopicError
 from telemetry_common.ids import check_id
 from telemetry_common.schema import (
+    READING_ROW_VALIDATOR,
+    ROWS_VALIDATOR,
     VALUE_KEY_PATTERN,
     VALUE_KEY_SHAPE,
     Reading,
     decode_batch,
     encode_batch,
     format_ts,
+    row_to_dict,
 )
 from telemetry_common.storage import RESERVED_VALUE_KEYS
 from telemetry_common.topics import Topics
@@ -68,9 +72,69 @@ def test_design_example_round_trips() -> None:
     ],
 )
 def test_invalid_readings_are_refused(override: dict[str, object], why: str) -> None:
-    """Every way a reading can be wrong is refused by the strict schema."""
-    with pytest.raises(ValidationError):
+    """Every way a reading can be wrong is refused by the strict schema, and by the row
+    validators derived from it (the processor's hot path) with the same errors."""
+    with pytest.raises(ValidationError) as model:
         Reading.model_validate_json(_reading(**override))
+    with pytest.raises(ValidationError) as row:
+        READING_ROW_VALIDATOR.validate_json(_reading(**override))
+    with pytest.raises(ValidationError) as rows:
+        ROWS_VALIDATOR.validate_json(_batch([orjson.loads(_reading()), {**GOOD, **override}]))
+    expected = _errors(model.value)
+    assert _errors(row.value) == expected
+    assert _errors(rows.value) == [(("readings", 1, *loc), t, m) for loc, t, m in expected]
+
+
+def _batch(items: Sequence[object], **over: object) -> bytes:
+    return orjson.dumps(
+        {"schema": "charger-telemetry/1", "gateway_id": "gw-1", "readings": items, **over}
+    )
+
+
+def _errors(exc: ValidationError) -> list[tuple[tuple[object, ...], str, str]]:
+    return [(tuple(e["loc"]), e["type"], e["msg"]) for e in exc.errors(include_url=False)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"readings": []},
+        {"readings": [GOOD] * 5_001},
+        {"schema": "charger-telemetry/2"},
+        {"gateway_id": "gw 1"},
+        {"extra": True},
+    ],
+    ids=["empty", "too_many", "schema", "gateway_id", "extra"],
+)
+def test_row_validator_refuses_bad_envelopes_as_the_model_does(
+    body: dict[str, object],
+) -> None:
+    """The batch row validator is the model's rules without the instances: same verdict, same
+    errors."""
+    raw = _batch([GOOD], **body)
+    with pytest.raises(ValidationError) as model:
+        decode_batch(raw)
+    with pytest.raises(ValidationError) as rows:
+        ROWS_VALIDATOR.validate_json(raw)
+    assert _errors(rows.value) == _errors(model.value)
+
+
+def test_row_validator_yields_what_the_model_holds() -> None:
+    """Valid readings (defaults left out, another zone, no status) become rows equal to the
+    model's fields, defaults filled in; ``row_to_dict`` renders them as ``reading_to_dict``."""
+    variants = [
+        GOOD,
+        {k: v for k, v in GOOD.items() if k not in ("evse_id", "connector_id", "status")},
+        {**GOOD, "ts": "2026-05-01T14:00:00.5+02:00", "transaction_id": None, "values": {}},
+    ]
+    raw = _batch(variants)
+    model = decode_batch(raw)
+    batch = ROWS_VALIDATOR.validate_json(raw)
+    assert batch["gateway_id"] == model.gateway_id
+    assert batch["readings"] == [dict(r) for r in model.readings]
+    assert [row_to_dict(r) for r in batch["readings"]] == [
+        orjson.loads(encode_batch("gw-1", [r]))["readings"][0] for r in model.readings
+    ]
 
 
 def test_nan_is_refused() -> None:
