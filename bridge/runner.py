@@ -167,6 +167,9 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             max_backoff_s=settings.max_backoff_s,
             live_interval_s=settings.live_interval_s,
             live_max_rate=settings.live_max_rate,
+            live_busy_rate=settings.live_busy_rate,
+            # Behind: messages wait beyond the batches in hand (full load or a backlog).
+            busy=lambda: not client.messages.empty(),
             max_lines_per_write=settings.write_max_lines,
             write_concurrency=settings.write_concurrency,
         )

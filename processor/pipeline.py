@@ -14,7 +14,7 @@ import logging
 import operator
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import count, islice, repeat
@@ -103,6 +103,8 @@ class Processor:
         max_backoff_s: float = 30.0,
         live_interval_s: float = 1.0,
         live_max_rate: float = 0.0,
+        live_busy_rate: float = 0.0,
+        busy: Callable[[], bool] | None = None,
         max_lines_per_write: int = 5_000,
         write_concurrency: int = 2,
     ) -> None:
@@ -117,7 +119,15 @@ class Processor:
         self.bindings = bindings if bindings is not None else Bindings()
         self.lvc = LastValueCache()
         self.gaps = GapTracker()
-        self.live = LiveFeed(mqtt, topics, self.metrics, live_interval_s, live_max_rate)
+        self.live = LiveFeed(
+            mqtt,
+            topics,
+            self.metrics,
+            live_interval_s,
+            live_max_rate,
+            busy_rate=live_busy_rate,
+            busy=busy,
+        )
 
     async def process(self, messages: Sequence[Received]) -> None:
         """Decode, store and publish ``messages``; return when all of them may be acknowledged."""

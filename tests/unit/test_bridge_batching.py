@@ -100,3 +100,38 @@ async def test_live_feed_stays_within_its_rate_budget_oldest_first() -> None:
     assert live.waiting == 0
     assert "chargers/v1/live/cp-first" in mqtt.topics
 
+
+async def test_live_feed_yields_to_ingestion_while_it_is_behind() -> None:
+    """While busy() says messages wait, the budget is busy_rate (0: nothing is published);
+    the values wait, none is lost, and they go out at the full rate once ingestion caught up."""
+    mqtt = FakeMqtt()
+    behind = True
+    live = LiveFeed(
+        cast(AsyncMqttClient, mqtt), Topics(), Metrics(), 0.0, 100, busy_rate=0, busy=lambda: behind
+    )
+    for i in range(30):
+        live.offer("gw-1", reading(f"cp-{i:02d}", 1))
+    await asyncio.sleep(0.2)  # 20 tokens' worth of time at the full rate
+    await live.flush()
+    assert mqtt.topics == []
+    assert live.waiting == 30
+    behind = False
+    await asyncio.sleep(0.1)
+    await live.flush()  # the busy time saved no budget: only what accrued since
+    assert 5 <= len(mqtt.topics) <= 20
+    await live.flush(budget=False)
+    assert live.waiting == 0
+    assert len(mqtt.topics) == 30
+
+
+async def test_live_feed_budget_while_busy_is_the_smaller_rate() -> None:
+    """busy_rate caps the budget while behind (and max_rate still caps it when smaller)."""
+    mqtt = FakeMqtt()
+    live = LiveFeed(
+        cast(AsyncMqttClient, mqtt), Topics(), Metrics(), 0.0, 1000, busy_rate=10, busy=lambda: True
+    )
+    for i in range(100):
+        live.offer("gw-1", reading(f"cp-{i:02d}", 1))
+    await asyncio.sleep(0.3)
+    await live.flush()
+    assert 1 <= len(mqtt.topics) <= 10  # at most one second's worth of the busy rate
