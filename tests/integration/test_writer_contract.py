@@ -5,7 +5,9 @@ InfluxDB 2.7 in a container when ``TELEMETRY_TEST_DOCKER=1`` and a Docker engine
 
 from __future__ import annotations
 
+import gc
 import os
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -171,3 +173,24 @@ async def test_every_float_the_line_builder_writes_is_stored_exactly(
     ]
     await writer.write([to_line("gw-c", r) for r in readings])
     assert _stored_x(backend, charger) == values
+
+
+async def test_v1_write_keeps_no_body_alive(influxd: InfluxInfo) -> None:
+    """After a 2 MB v1 write returns, its body is freed by reference counting alone (httpx's
+    per-request reference cycle does not hold it), so the bridge needs no forced collection
+    per batch to keep its memory flat."""
+    settings = InfluxSettings(url=influxd.url, api="v1", database=f"c_{uuid.uuid4().hex[:8]}")
+    async with Writer(settings) as w:
+        lines = [_line(f"cp-{i % 50}", i, "1.25") for i in range(1, 20_001)]
+        await w.write(lines[:10])  # the connection and its buffers exist before measuring
+        gc.collect()
+        gc.disable()
+        try:
+            tracemalloc.start()
+            await w.write(lines)
+            held, _ = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        finally:
+            gc.enable()
+    assert sum(len(line) + 1 for line in lines) > 2_000_000
+    assert held < 500_000, f"{held} bytes still held after the write returned"
