@@ -32,6 +32,7 @@ from processor.validate import (
     INFLUX_REJECTED,
     Rejected,
     decode_message,
+    raw_readings,
     reading_raw,
 )
 from processor.writer import InfluxWriter, WriteRejectedError, WriteUnavailableError
@@ -249,7 +250,7 @@ class Processor:
             chargers = [r["charger_id"] for r in decoded.rows]
             refused = self._unbound(gateway_id, chargers)
             if refused:
-                items = orjson.loads(msg.payload)["readings"]
+                items = raw_readings(msg.payload)
                 for k, charger_id in enumerate(chargers):
                     if charger_id in refused:
                         i = decoded.positions[k]

@@ -106,7 +106,7 @@ def decode_message(
     out.nss = nss = ts_ns_all(out.rows)
     horizon = ts_ns(now + max_future)
     if nss and max(nss) > horizon:
-        items = _loads(payload)["readings"]
+        items = raw_readings(payload)
         for k, ns in enumerate(nss):
             if ns > horizon:
                 ts, i = out.rows[k]["ts"], out.positions[k]
@@ -125,9 +125,16 @@ def _loads(payload: bytes) -> Any:
         return pydantic_core.from_json(payload, allow_inf_nan=False)
 
 
+def raw_readings(payload: bytes) -> list[Any]:
+    """The ``readings`` of a payload that decoded, as parsed JSON (for dead letters about
+    some of them: each is dumped again as it was sent)."""
+    readings: list[Any] = _loads(payload)["readings"]
+    return readings
+
+
 def reading_raw(payload: bytes, index: int) -> bytes:
     """The JSON of reading ``index`` of a payload that decoded (for a dead letter about it)."""
-    return orjson.dumps(_loads(payload)["readings"][index])
+    return orjson.dumps(raw_readings(payload)[index])
 
 
 def _slow_path(payload: bytes, out: Decoded) -> str | None:

@@ -182,3 +182,28 @@ def test_the_newest_per_charger_matches_a_plain_maximum_for_any_order() -> None:
         for _, seq, _, row, line in batch.newest.values():
             assert row["seq"] == seq
             assert batch.lines[line].endswith(f"seq={seq}i {ts_ns(row['ts'])}")
+
+
+def test_a_refused_charger_beside_a_number_too_large_for_a_double() -> None:
+    """A payload with ``1e309`` (valid JSON, not a double) in one reading and a reading for a
+    charger of another gateway: each is dead-lettered with its own reason and position, and
+    the good reading beside them becomes a line."""
+    p = Processor(RecordingWriter(), cast(AsyncMqttClient, object()), Topics())
+    assert p.bindings.claim("gw-2", "cp-other") is None
+    t = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    body = [
+        {"charger_id": "cp-1", "seq": 1, "ts": t, "values": {"power_w": 1.5}},
+        {"charger_id": "cp-1", "seq": 2, "ts": t, "values": {"power_w": 2.5}},
+        {"charger_id": "cp-other", "seq": 3, "ts": t, "values": {}},
+    ]
+    payload = orjson.dumps(
+        {"schema": "charger-telemetry/1", "gateway_id": "gw-1", "readings": body}
+    ).replace(b"1.5", b"1e309")
+    batch = p.prepare([Received("chargers/v1/gw-1/readings", payload, 1, 1, 1)])
+    assert [(r.reason, r.index) for _, _, r in batch.dead] == [
+        ("invalid_reading", 0),
+        ("charger_not_bound", 2),
+    ]
+    assert orjson.loads(batch.dead[1][2].raw) == body[2]
+    assert len(batch.lines) == 1
+    assert batch.lines[0].endswith(f"seq=2i {ts_ns(datetime.fromisoformat(t))}")
