@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from processor.lineproto import to_line
+from processor.lineproto import to_line, to_lines, ts_ns_all, value_fields_from_json
 from processor.writer import (
     InfluxWriter,
     Writer,
@@ -25,7 +25,7 @@ from processor.writer import (
     WriteUnavailableError,
     make_writer,
 )
-from telemetry_common.schema import Reading
+from telemetry_common.schema import ROWS_VALIDATOR, Reading
 from telemetry_common.settings import InfluxSettings
 from telemetry_stack.servers import free_port
 from telemetry_stack.testing import InfluxInfo
@@ -173,6 +173,35 @@ async def test_every_float_the_line_builder_writes_is_stored_exactly(
     ]
     await writer.write([to_line("gw-c", r) for r in readings])
     assert _stored_x(backend, charger) == values
+
+
+#: JSON number forms a gateway may send, as the text they are written to InfluxDB in when the
+#: value fields are taken from the payload (lineproto.value_fields_from_json).
+JSON_NUMBERS = [
+    "7200", "1E5", "1e+5", "1.5e-3", "-0", "-0.0", "0.1", "123.456E-2", "1e15", "-1e15",
+    "5e-324", "0.30000000000000004", "12345678901234.5678", "2.5e-310",
+]  # fmt: skip
+
+
+async def test_value_fields_from_the_payload_text_are_stored_as_validated(
+    writer: InfluxWriter, backend: Backend
+) -> None:
+    """Every JSON number form, written as it was sent (no float rendered again), is parsed by
+    the server into the same double the schema validated: nothing a gateway may send makes
+    InfluxDB refuse a valid reading or store another value."""
+    charger = f"cp-{uuid.uuid4().hex[:6]}"
+    base = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    text = ",".join(
+        f'{{"charger_id":"{charger}","seq":{i},"ts":"{(base + timedelta(seconds=i)).isoformat()}",'
+        f'"values":{{"x_w": {number} }}}}'
+        for i, number in enumerate(JSON_NUMBERS, start=1)
+    )
+    payload = f'{{"schema":"charger-telemetry/1","gateway_id":"gw-c","readings":[{text}]}}'
+    rows = ROWS_VALIDATOR.validate_json(payload)["readings"]
+    fields = value_fields_from_json(payload.encode(), rows)
+    assert fields == [f"x_w={n}" for n in JSON_NUMBERS]  # the text itself, not a rendering
+    await writer.write(to_lines("gw-c", rows, ts_ns_all(rows), fields))
+    assert _stored_x(backend, charger) == [r["values"]["x_w"] for r in rows]
 
 
 async def test_v1_write_keeps_no_body_alive(influxd: InfluxInfo) -> None:
