@@ -38,6 +38,12 @@ class _Gateway:
     high: int
     #: ts of the reading with seq ``high``, integer nanoseconds (as the processor has it).
     high_ts_ns: int
+    #: The lowest seq seen since tracking began without a seed from storage (None when seeded:
+    #: what lies below the seed is history). Batches are committed concurrently and finish in
+    #: any order, so a new gateway's first observed seq need not be its lowest; a lower one
+    #: arriving later opens the gap between them.
+    low: int | None = None
+    low_ts_ns: int = 0
     gaps: list[Gap] = field(default_factory=list)
 
 
@@ -64,7 +70,7 @@ class GapTracker:
         start = seqs[0] if gw is None else gw.high + 1
         if seqs == list(range(start, start + len(seqs))):
             if gw is None:
-                self._gateways[gateway_id] = _Gateway(seqs[-1], nss[-1])
+                self._gateways[gateway_id] = _Gateway(seqs[-1], nss[-1], seqs[0], nss[0])
             else:
                 gw.high, gw.high_ts_ns = seqs[-1], nss[-1]
             return
@@ -75,18 +81,28 @@ class GapTracker:
         """A stored reading of ``gateway_id`` (``ts_ns``: its ts in integer nanoseconds)."""
         gw = self._gateways.get(gateway_id)
         if gw is None:
-            self._gateways[gateway_id] = _Gateway(seq, ts_ns)
+            self._gateways[gateway_id] = _Gateway(seq, ts_ns, seq, ts_ns)
+            return
+        if gw.low is not None and seq < gw.low:
+            if seq < gw.low - 1:
+                self._open(gw, gateway_id, seq + 1, gw.low - 1, ts_ns, gw.low_ts_ns, now)
+            gw.low, gw.low_ts_ns = seq, ts_ns
             return
         if seq > gw.high + 1:
-            lo, hi = ns_to_datetime(gw.high_ts_ns), ns_to_datetime(ts_ns)
-            gw.gaps.append(Gap(gateway_id, gw.high + 1, seq - 1, lo, hi, now))
-            if len(gw.gaps) > self._max:
-                gw.gaps.pop(0)
-                self.dropped += 1
+            self._open(gw, gateway_id, gw.high + 1, seq - 1, gw.high_ts_ns, ts_ns, now)
         if seq > gw.high:
             gw.high, gw.high_ts_ns = seq, ts_ns
         elif gw.gaps:
             self._fill(gw, seq)
+
+    def _open(
+        self, gw: _Gateway, gateway_id: str, first: int, last: int, lo: int, hi: int, now: float
+    ) -> None:
+        """Suspect seq ``first..last`` (captured between ts ``lo`` and ``hi``, in ns)."""
+        gw.gaps.append(Gap(gateway_id, first, last, ns_to_datetime(lo), ns_to_datetime(hi), now))
+        if len(gw.gaps) > self._max:
+            gw.gaps.pop(0)
+            self.dropped += 1
 
     @staticmethod
     def _fill(gw: _Gateway, seq: int) -> None:

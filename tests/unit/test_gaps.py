@@ -78,3 +78,22 @@ def test_observe_all_is_observe_in_turn() -> None:
         assert many._gateways["gw"].high == one._gateways["gw"].high
         assert many._gateways["gw"].high_ts_ns == one._gateways["gw"].high_ts_ns
     assert one.report()["gw"]  # the runs did open gaps (the comparison was not trivial)
+
+
+def test_a_new_gateways_readings_may_be_observed_out_of_order() -> None:
+    """Batches are committed concurrently and finish in any order: a new gateway seen first at
+    seq 5, then 1 and 2, has 3..4 suspected, as in order; a seeded gateway does not suspect
+    what lies below its seed (history), and adjacent seqs open nothing."""
+    g = GapTracker()
+    for seq in (5, 1, 2):
+        g.observe("gw", seq, ts(seq), now=0.0)
+    assert [(x["first_seq"], x["last_seq"]) for x in g.report()["gw"]] == [(3, 4)]
+    g.observe_all("gw", [3, 4], [ts(3), ts(4)], now=0.0)
+    assert g.report() == {}
+    g.observe_all("gw2", [10, 11], [ts(10), ts(11)], now=0.0)
+    g.observe("gw2", 9, ts(9), now=0.0)
+    g.observe("gw2", 7, ts(7), now=0.0)
+    assert [(x["first_seq"], x["last_seq"]) for x in g.report()["gw2"]] == [(8, 8)]
+    g.seed("old", 100, ts(100))
+    g.observe("old", 50, ts(50), now=0.0)
+    assert "old" not in g.report()
