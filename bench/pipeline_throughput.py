@@ -209,6 +209,12 @@ def running_stack(work: Path) -> Iterator[Stack]:
         stack.stop_all()
 
 
+def _per_reading(pipe: dict[str, Any], name: str) -> float | None:
+    """A process's CPU in the pipeline phase, in microseconds per reading."""
+    cpu = pipe["cpu_seconds"].get(name)
+    return None if cpu is None else 1e6 * cpu / pipe["readings"]
+
+
 def median_index(ratios: list[float | None]) -> int:
     """Index of the median of ``ratios``; an incomplete round (None) counts as the lowest."""
 
@@ -221,10 +227,11 @@ def median_index(ratios: list[float | None]) -> int:
 
 
 def measure_raw_ingest(
-    influx: Influx, points: int, chargers: int, clients: int = 1
+    influx: Influx, points: int, chargers: int, clients: int = 1, server_pid: int | None = None
 ) -> dict[str, Any]:
     """Points/s of 5,000-line writes from ``clients`` keep-alive clients at once (each sends
-    every ``clients``-th body, in its own thread); bodies are built beforehand."""
+    every ``clients``-th body, in its own thread); bodies are built beforehand. With
+    ``server_pid``, also InfluxDB's CPU per point meanwhile."""
     influx.query(f'CREATE DATABASE "{RAW_DATABASE}"')
     t0_ns = (time.time_ns() // 1_000_000 - 3_600_000) * 1_000_000
     bodies: list[bytes] = []
@@ -253,12 +260,14 @@ def measure_raw_ingest(
             errors.append(exc)
 
     threads = [threading.Thread(target=send, args=(k,)) for k in range(clients)]
+    cpu0 = cpu_seconds(server_pid)
     start_t = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start_t
+    cpu1 = cpu_seconds(server_pid)
     for w in writers[1:]:
         w.close()
     if errors:
@@ -272,6 +281,9 @@ def measure_raw_ingest(
         "seconds": elapsed,
         "points_per_s": points / elapsed,
         "stored": stored,
+        "influxd_us_per_point": (
+            None if cpu0 is None or cpu1 is None else 1e6 * (cpu1 - cpu0) / points
+        ),
     }
 
 
@@ -800,6 +812,18 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
                     + f"{r.get('raw_2_clients_points_per_s') or 0:,.0f} points/s",
                 )
             )
+        costs = [r.get("influxd_us_per_point") for r in rounds]
+        if all(c is not None and None not in c for c in costs):
+            rows.append(
+                (
+                    "  influxd CPU per point (raw 1 client, 2 clients, pipeline)",
+                    "",
+                    "; ".join(
+                        f"round {k}: " + ", ".join(f"{x:.1f}" for x in c) + " us"
+                        for k, c in enumerate(costs, start=1)
+                    ),
+                )
+            )
     rows.append(
         (
             "missing (N - distinct seq stored)",
@@ -948,8 +972,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 rounds: list[dict[str, Any]] = []
                 for k, gateway in enumerate(round_gateways(a.rounds), start=1):
                     print(f"bench: round {k}/{a.rounds}: raw InfluxDB ingest ...", file=sys.stderr)
-                    raw = measure_raw_ingest(influx, a.raw_points, a.chargers)
-                    raw2 = measure_raw_ingest(influx, a.raw_points, a.chargers, clients=2)
+                    server = next(p.pid for p in stack.procs if p.name == "influxd")
+                    raw = measure_raw_ingest(influx, a.raw_points, a.chargers, 1, server)
+                    raw2 = measure_raw_ingest(influx, a.raw_points, a.chargers, 2, server)
                     print(f"bench: round {k}/{a.rounds}: pipeline, {a.readings:,} readings ...",
                           file=sys.stderr)  # fmt: skip
                     pipe = measure_pipeline(stack, influx, bridge, a, gateway)
@@ -984,6 +1009,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                             "ratio": r["ratio"],
                             "ratio_2_clients": r["ratio_2_clients"],
                             "complete": r["pipeline"]["complete"],
+                            # InfluxDB's own CPU per point: raw 1 client, 2 clients, pipeline.
+                            "influxd_us_per_point": [
+                                r["raw_ingest"]["influxd_us_per_point"],
+                                r["raw_ingest_2_clients"]["influxd_us_per_point"],
+                                _per_reading(r["pipeline"], "influxd"),
+                            ],
                         }
                         for r in rounds
                     ],
