@@ -65,14 +65,18 @@ class BatchFlow(Generic[M, B]):
     something to commit, ``commit(msgs, prepared)`` stores it and acknowledges ``msgs``.
     """
 
-    def __init__(self, depth: int) -> None:
-        if depth < 1:
-            raise ValueError("depth must be at least 1")
+    def __init__(self, depth: int, writers: int = 1) -> None:
+        """``writers``: commits that can make progress at once (the writer's concurrency)."""
+        if depth < 1 or writers < 1:
+            raise ValueError("depth and writers must be at least 1")
         self._room = asyncio.Semaphore(depth)
+        self._writers = writers
         self._committing = 0
         #: Messages taken and not yet committed (for the unacknowledged-messages gauge).
         self.in_hand = 0
-        #: Set while no commit is in progress: an idle writer should not wait for more.
+        #: Set while fewer than ``writers`` commits are in progress: with a writer free, the
+        #: next batch should not wait for more messages (waiting only pays while every writer
+        #: is busy, and at full load batches fill up anyway).
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -104,7 +108,8 @@ class BatchFlow(Generic[M, B]):
                 self.in_hand += len(msgs)
                 prepared = await prepare(msgs)
                 self._committing += 1
-                self.idle.clear()
+                if self._committing >= self._writers:
+                    self.idle.clear()
                 tg.create_task(self._commit(commit, msgs, prepared))
             stopping.cancel()
 
@@ -116,6 +121,6 @@ class BatchFlow(Generic[M, B]):
         finally:
             self.in_hand -= len(msgs)
             self._committing -= 1
-            if not self._committing:
+            if self._committing < self._writers:
                 self.idle.set()
             self._room.release()

@@ -196,7 +196,9 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             settings.influx.url,
             settings.influx.api,
         )
-        flow: BatchFlow[list[Received], PreparedBatch] = BatchFlow(settings.pipeline_depth)
+        flow: BatchFlow[list[Received], PreparedBatch] = BatchFlow(
+            settings.pipeline_depth, writers=settings.write_concurrency
+        )
         metrics.unacked.set_function(lambda: float(client.messages.qsize() + flow.in_hand))
 
         async def take() -> list[Received]:

@@ -133,3 +133,31 @@ def test_depth_below_one_is_refused() -> None:
     """A depth of 0 would never take a batch: it is a configuration error."""
     with pytest.raises(ValueError, match="depth"):
         BatchFlow(0)
+
+
+async def test_idle_means_a_writer_is_free() -> None:
+    """With two writers, ``idle`` stays set while one commit is in progress (the next batch
+    need not wait for more messages) and clears only when both are busy; it is set again as
+    soon as one of them finishes."""
+    source = Source(limit=2)
+    gates = {"batch-1": asyncio.Event(), "batch-2": asyncio.Event()}
+    flow: BatchFlow[list[int], str] = BatchFlow(3, writers=2)
+    seen: list[bool] = []
+
+    async def commit(msgs: list[int], batch: str) -> None:
+        seen.append(flow.idle.is_set())
+        await gates[batch].wait()
+
+    stop = asyncio.Event()
+    run = asyncio.create_task(flow.run(source.take, prepared, commit, stop))
+    await settle()
+    assert seen == [True, False]  # after the first commit started: one writer still free
+    assert not flow.idle.is_set()
+    gates["batch-2"].set()
+    await settle()
+    assert flow.idle.is_set()
+    gates["batch-1"].set()
+    stop.set()
+    await asyncio.wait_for(run, 5)
+    with pytest.raises(ValueError, match="at least 1"):
+        BatchFlow(1, writers=0)
