@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import count, islice, repeat
+from typing import Any
 
 import orjson
 
@@ -33,7 +34,6 @@ from processor.validate import (
     Rejected,
     decode_message,
     raw_readings,
-    reading_raw,
 )
 from processor.writer import InfluxWriter, WriteRejectedError, WriteUnavailableError
 from telemetry_common.errors import TopicError
@@ -84,11 +84,18 @@ class PreparedBatch:
     dead: list[tuple[str, str, Rejected]] = field(default_factory=list)  # gateway, topic, record
     #: Per gateway, the highest ts_ns and the highest seq among its readings so far.
     frontier: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Message number -> its readings as parsed JSON, filled only when some are looked up.
+    parsed: dict[int, list[Any]] = field(default_factory=dict)
 
-    def line_source(self, k: int) -> tuple[Segment, int]:
-        """The segment of line ``k`` and the line's index in it."""
+    def sent(self, k: int) -> tuple[Segment, int, bytes]:
+        """Line ``k``'s segment, its reading's position in the message, and that reading as it
+        was sent (for a dead letter or a second decoding; each message is parsed once)."""
         seg = self.segments[bisect.bisect_right(self.segments, k, key=lambda s: s.first) - 1]
-        return seg, k - seg.first
+        items = self.parsed.get(seg.msg_no)
+        if items is None:
+            items = self.parsed[seg.msg_no] = raw_readings(self.sources[seg.msg_no][1])
+        index = seg.positions[k - seg.first]
+        return seg, index, orjson.dumps(items[index])
 
 
 class Processor:
@@ -106,7 +113,7 @@ class Processor:
         live_max_rate: float = 0.0,
         live_busy_rate: float = 0.0,
         busy: Callable[[], bool] | None = None,
-        max_lines_per_write: int = 5_000,
+        max_lines_per_write: int = 10_000,
         write_concurrency: int = 2,
     ) -> None:
         self._writer = writer
@@ -180,9 +187,7 @@ class Processor:
                 # Only what InfluxDB holds may become the latest value or close a seq gap.
                 refused_at = {k for k, line in enumerate(lines) if line in refused}
                 for k in sorted(refused_at):
-                    seg, j = batch.line_source(k)
-                    index = seg.positions[j]
-                    raw = reading_raw(batch.sources[seg.msg_no][1], index)
+                    seg, index, raw = batch.sent(k)
                     rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index)
                     batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
             self.metrics.stored.inc(len(lines) - len(refused_at))
@@ -223,15 +228,14 @@ class Processor:
                     if held is None or held[:2] < (ns, seq):
                         best[charger_id] = (ns, seq, k)
         for charger_id, (ns, seq, k) in best.items():
-            seg, j = batch.line_source(k)
-            raw = reading_raw(batch.sources[seg.msg_no][1], seg.positions[j])
+            seg, _, raw = batch.sent(k)
             row = READING_ROW_VALIDATOR.validate_json(raw)
             newest[charger_id] = (ns, seq, seg.gateway_id, row, k)
         return newest
 
     def _decode(self, messages: Sequence[Received], out: PreparedBatch) -> None:
-        """Decode ``messages`` into ``out`` (the hot loop: whole messages at a time, one pass
-        per reading for the newest per charger, no per-point objects)."""
+        """Decode ``messages`` into ``out`` (the hot loop: whole messages at a time, no
+        per-point objects)."""
         now = datetime.now(UTC)
         lines = out.lines
         for msg in messages:

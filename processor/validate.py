@@ -132,11 +132,6 @@ def raw_readings(payload: bytes) -> list[Any]:
     return readings
 
 
-def reading_raw(payload: bytes, index: int) -> bytes:
-    """The JSON of reading ``index`` of a payload that decoded (for a dead letter about it)."""
-    return orjson.dumps(raw_readings(payload)[index])
-
-
 def _slow_path(payload: bytes, out: Decoded) -> str | None:
     """Check the envelope, then each reading on its own; the gateway id if the envelope holds."""
     try:

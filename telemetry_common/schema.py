@@ -193,6 +193,7 @@ def row_to_dict(row: ReadingRow) -> dict[str, object]:
 
 
 def reading_to_dict(reading: Reading) -> dict[str, object]:
+    """:func:`row_to_dict` of a :class:`Reading`."""
     return row_to_dict(reading.model_dump())
 
 
