@@ -6,6 +6,8 @@ built in each service's ``__main__`` and passed in; nothing is read at import ti
 
 from __future__ import annotations
 
+import json
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -69,3 +71,52 @@ class ServiceSettings(BaseSettings):
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_root)
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def env_for(settings: type[BaseSettings], **values: object) -> dict[str, str]:
+    """The environment variables that give ``settings`` these ``values``, their names derived
+    from the model (prefix, field name, ``__`` for a nested group), so no other place types them:
+
+    >>> env_for(BridgeSettings, client_id="b-1", mqtt={"port": 8883})
+    {'TELEMETRY_BRIDGE_CLIENT_ID': 'b-1', 'TELEMETRY_BRIDGE_MQTT__PORT': '8883'}
+
+    A name the model does not have raises ``KeyError`` (a typo never passes silently). A dict
+    given for a field that is itself a model is spelled as nested variables; any other dict or
+    list is JSON.
+    """
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    delimiter = str(settings.model_config.get("env_nested_delimiter") or "__")
+    out: dict[str, str] = {}
+
+    def walk(model: type[BaseModel], name: str, items: dict[str, object]) -> None:
+        for key, value in items.items():
+            field = model.model_fields.get(key)
+            if field is None:
+                raise KeyError(f"{model.__name__} has no setting {key!r}")
+            sub = _model_of(field.annotation)
+            if sub is not None and isinstance(value, dict):
+                walk(sub, f"{name}{key.upper()}{delimiter}", value)
+            elif value is not None:
+                out[f"{name}{key.upper()}"] = _env_value(value)
+
+    walk(settings, prefix, values)
+    return out
+
+
+def _model_of(annotation: object) -> type[BaseModel] | None:
+    """The BaseModel in ``annotation`` (``M`` or ``M | None``), if any."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, BaseModel):
+            return c
+    return None
