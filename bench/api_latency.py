@@ -70,7 +70,7 @@ from bench.pipeline_throughput import (
     start_bridge,
     verdict,
 )
-from processor.lineproto import to_line
+from processor.lineproto import to_lines
 from query_api.settings import ApiSettings
 from telemetry_common.schema import SCHEMA_ID, Reading, format_ts
 from telemetry_common.tls import client_context
@@ -256,7 +256,7 @@ def history_line_check(series: str) -> None:
     )
     ns = 1_777_593_600_000_000_000
     ours = f"{series}energy_wh=120.0,power_w=7000.0,{_TAIL}7i {ns}"
-    theirs = to_line(GATEWAY, reading, ns)
+    theirs = to_lines(GATEWAY, [dict(reading)], [ns])[0]
     if ours != theirs:
         raise RuntimeError(f"history line differs from processor.lineproto:\n{ours}\n{theirs}")
 

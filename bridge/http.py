@@ -1,4 +1,4 @@
-"""A minimal HTTP/1.1 server for the bridge's operational endpoints (GET only, no body).
+"""The bridge's operational endpoints on a minimal HTTP/1.1 server (GET only, no body).
 
 The bridge has no API of its own, so a web framework would be all weight: this serves
 ``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` on the asyncio loop it already runs.
@@ -10,6 +10,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from processor.core import Processor
+from telemetry_common.mqtt import AsyncMqttClient
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +57,36 @@ async def serve(host: str, port: int, routes: Mapping[str, Handler]) -> asyncio.
         "bridge HTTP endpoints on http://%s:%d (/metrics /healthz /readyz /status)", host, port
     )
     return server
+
+
+def ops_routes(processor: Processor, client: AsyncMqttClient) -> dict[str, Handler]:
+    """``/metrics``, ``/healthz``, ``/readyz`` (ready: connected to the broker and InfluxDB's
+    last answer was good) and ``/status`` (JSON: readiness, the processor's state, metrics)."""
+    metrics = processor.metrics
+
+    def ready() -> tuple[bool, dict[str, bool]]:
+        checks = {"mqtt": client.connected, "influxdb": metrics.influx_reachable}
+        return all(checks.values()), checks
+
+    def readyz() -> tuple[int, str, bytes]:
+        ok, checks = ready()
+        return (200 if ok else 503), "application/json", orjson.dumps(checks)
+
+    def status() -> tuple[int, str, bytes]:
+        ok, checks = ready()
+        doc = {
+            "client_id": client.client_id,
+            "ready": ok,
+            "checks": checks,
+            "mqtt_connect_error": client.last_connect_error,
+            **processor.state.status(),
+            "metrics": metrics.snapshot(),
+        }
+        return 200, "application/json", orjson.dumps(doc)
+
+    return {
+        "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry)),
+        "/healthz": lambda: (200, "application/json", b'{"status":"ok"}'),
+        "/readyz": readyz,
+        "/status": status,
+    }

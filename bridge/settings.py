@@ -1,4 +1,6 @@
-"""Bridge + processor settings: environment variables prefixed ``TELEMETRY_BRIDGE_``."""
+"""``telemetry-bridge`` settings: environment variables prefixed ``TELEMETRY_BRIDGE_``: the
+intake's own (broker session, flow, operations endpoints) and the processor's
+(:class:`processor.settings.ProcessorSettings`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Final
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from processor.settings import ProcessorSettings
 from telemetry_common.ids import Id
 from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings
 from telemetry_common.topics import SHARE_GROUP
@@ -15,7 +18,7 @@ from telemetry_common.topics import SHARE_GROUP
 DEFAULT_CLIENT_ID: Final = "telemetry-bridge-1"
 
 
-class BridgeSettings(ServiceSettings):
+class BridgeSettings(ServiceSettings, ProcessorSettings):
     model_config = SettingsConfigDict(env_prefix="TELEMETRY_BRIDGE_")
 
     mqtt: MqttSettings = MqttSettings(
@@ -38,32 +41,9 @@ class BridgeSettings(ServiceSettings):
     #: written, the next is prepared. Memory grows with it (a batch is ~10 MB decoded at
     #: BATCH_MAX_BYTES); 1 takes the next batch only once the last one is acknowledged.
     pipeline_depth: int = Field(default=3, ge=1, le=16)
-    #: Lines per InfluxDB write request (a batch is written in requests of this size); the
-    #: default takes a whole batch (BATCH_MAX_BYTES of ~280-byte readings) in one request:
-    #: fewer, larger writes cost InfluxDB less per point.
-    write_max_lines: int = Field(default=10_000, ge=1, le=100_000)
-    #: InfluxDB write requests in flight at once (the requests of one batch go concurrently).
-    write_concurrency: int = Field(default=2, ge=1, le=16)
-    #: Readings stamped further ahead than this are dead-lettered (a clock fault at the edge).
-    max_future_s: float = Field(default=300.0, ge=0)
-    max_backoff_s: float = Field(default=30.0, gt=0)
-    #: At most one live publish per charger per this many seconds (newer values wait).
-    live_interval_s: float = Field(default=1.0, ge=0)
-    #: At most this many live publishes per second in all (0: no limit); the chargers published
-    #: longest ago go first, so a large fleet refreshes less often instead of costing more.
-    live_max_rate: float = Field(default=500.0, ge=0)
-    #: ... and at most this many while ingestion is behind (messages wait beyond the batches in
-    #: hand; 0: none then): a live publish costs ~250 us of CPU that storing needs more.
-    live_busy_rate: float = Field(default=50.0, ge=0)
-    #: JSON object {"charger_id": "gateway_id"}: only these bindings are accepted. Without it a
-    #: charger is bound to the first gateway that sends for it (remembered through InfluxDB).
-    bindings_file: Path | None = None
     #: /metrics, /healthz, /readyz, /status; port 0 turns them off.
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9464, ge=0, le=65535)
     #: On SIGTERM the batch in hand is finished and acknowledged; after this long, we stop anyway
     #: (what is unacknowledged is redelivered).
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
-    #: A suspected seq gap is checked against InfluxDB after this long (other bridges of the
-    #: share group may have stored the readings), and again at this interval while open.
-    gap_grace_s: float = Field(default=30.0, gt=0)

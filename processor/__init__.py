@@ -1,5 +1,15 @@
-"""The processor: validate -> dead-letter | batch -> InfluxDB; last-value cache; live feed.
+"""The processor: the steps a batch of messages goes through, its outputs and its state.
 
-Pure steps (``validate``, ``lineproto``, ``lvc``) are tested without servers; I/O lives in
-``writer`` (InfluxDB) and ``pipeline`` (which also publishes dead letters and live values).
+Shaped like Telegraf's processors -> outputs, fed by the bridge's MQTT intake:
+
+- steps: :mod:`.validate` (decode and validate one message), :mod:`.prepare` (a batch's CPU
+  half: bindings, line protocol, each charger's newest reading), :mod:`.core` (the
+  :class:`~processor.core.Processor`: prepare, then commit to the outputs and the state);
+- :mod:`.outputs`: InfluxDB (retry and bisection beside the v1/v2 writers), dead letters, the
+  live feed;
+- :mod:`.state`: the last-value cache, the bindings and gap tracking, with their warm-up from
+  InfluxDB;
+- :mod:`.lineproto` (pure), :mod:`.metrics`, :mod:`.settings`.
+
+Pure steps are tested without servers; I/O lives in ``outputs`` and ``state.storage``.
 """

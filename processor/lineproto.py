@@ -1,4 +1,4 @@
-"""Readings -> InfluxDB line protocol (DESIGN.md schema), built by hand: 3-4x faster than
+"""Readings -> InfluxDB line protocol (docs/design.md schema), built by hand: 3-4x faster than
 ``influxdb_client.Point`` (PERFORMANCE.md). Ids and value keys are allow-listed by the schema, so
 tags and field keys need no escaping, and ``status`` is one of a fixed set of plain words."""
 
@@ -13,7 +13,7 @@ from typing import Final, get_args
 
 import orjson
 
-from telemetry_common.schema import Reading, ReadingRow, Status
+from telemetry_common.schema import ReadingRow, Status
 from telemetry_common.storage import MEASUREMENT
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -108,8 +108,3 @@ def to_lines(
         f"{vf}{',' if vf else ''}{status[r['status']]}seq={r['seq']}i {ns}"
         for r, vf, ns in zip(rows, value_fields, nss, strict=True)
     ]
-
-
-def to_line(gateway_id: str, r: Reading, ns: int | None = None) -> str:
-    """One point for a :class:`Reading` (``ns``: ``ts_ns(r.ts)`` when the caller has it)."""
-    return to_lines(gateway_id, [dict(r)], [ts_ns(r.ts) if ns is None else ns])[0]

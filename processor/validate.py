@@ -35,6 +35,9 @@ INFLUX_REJECTED: Final = "influx_rejected"
 CHARGER_NOT_BOUND: Final = "charger_not_bound"
 BAD_TOPIC: Final = "bad_topic"
 
+#: The gateway named in a dead letter whose topic names none.
+UNKNOWN_GATEWAY: Final = "_invalid"
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:

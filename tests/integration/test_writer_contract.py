@@ -17,8 +17,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from processor.lineproto import to_line, to_lines, ts_ns_all, value_fields_from_json
-from processor.writer import (
+from processor.lineproto import to_lines, ts_ns, ts_ns_all, value_fields_from_json
+from processor.outputs.writers import (
     InfluxWriter,
     Writer,
     WriteRejectedError,
@@ -171,7 +171,9 @@ async def test_every_float_the_line_builder_writes_is_stored_exactly(
         Reading(charger_id=charger, seq=i, ts=base + timedelta(seconds=i), values={"x_w": v})
         for i, v in enumerate(values, start=1)
     ]
-    await writer.write([to_line("gw-c", r) for r in readings])
+    await writer.write(
+        to_lines("gw-c", [dict(r) for r in readings], [ts_ns(r.ts) for r in readings])
+    )
     assert _stored_x(backend, charger) == values
 
 

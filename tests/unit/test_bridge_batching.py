@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import cast
 
 from bridge.flow import next_batch
-from processor.live import LiveFeed
 from processor.metrics import Metrics
+from processor.outputs.live import LiveFeed
 from telemetry_common.mqtt import AsyncMqttClient, Received
 from telemetry_common.schema import Reading, ReadingRow
 from telemetry_common.topics import Topics
@@ -83,7 +83,8 @@ async def test_live_feed_stays_within_its_rate_budget_oldest_first() -> None:
     """With 50 chargers due and a budget of 10/s, one flush publishes 10; the chargers that were
     never published go before one published a moment ago; nothing is lost, only deferred."""
     mqtt = FakeMqtt()
-    live = LiveFeed(cast(AsyncMqttClient, mqtt), Topics(), Metrics(), 0.0, max_rate=10)
+    metrics = Metrics()
+    live = LiveFeed(cast(AsyncMqttClient, mqtt), Topics(), metrics, 0.0, max_rate=10)
     live.offer("gw-1", reading("cp-first", 1))
     await live.flush()
     assert mqtt.topics == ["chargers/v1/live/cp-first"]
@@ -96,6 +97,7 @@ async def test_live_feed_stays_within_its_rate_budget_oldest_first() -> None:
     assert len(mqtt.topics) == 10
     assert "chargers/v1/live/cp-first" not in mqtt.topics
     assert live.waiting == 40
+    assert metrics.snapshot()["telemetry_bridge_live_waiting"] == 40  # the gauge an operator sees
     await live.flush(budget=False)
     assert live.waiting == 0
     assert "chargers/v1/live/cp-first" in mqtt.topics

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from processor.gaps import GapTracker
 from processor.lineproto import ts_ns
+from processor.state.gaps import GapTracker
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 

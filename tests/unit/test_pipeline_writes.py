@@ -1,4 +1,5 @@
-"""How the processor talks to its writer (a recording fake: this is pure batching logic)."""
+"""The processor's steps against a recording writer (pure batching logic): how a batch is
+prepared, written in bounded requests and retried."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from typing import cast
 
 import orjson
 
+from processor.core import Processor
 from processor.lineproto import ts_ns
-from processor.lvc import Bindings
-from processor.pipeline import Processor
-from processor.writer import WriteUnavailableError
+from processor.metrics import Metrics
+from processor.outputs.deadletters import DeadLetters
+from processor.outputs.influx import InfluxOutput
+from processor.outputs.live import LiveFeed
+from processor.outputs.writers import WriteUnavailableError
+from processor.prepare import Preparer
+from processor.state import State
+from processor.state.bindings import Bindings
 from telemetry_common.mqtt import AsyncMqttClient, Received
 from telemetry_common.topics import Topics
 
@@ -34,6 +41,27 @@ class RecordingWriter:
 
     async def aclose(self) -> None:
         return None
+
+
+def make_processor(
+    writer: RecordingWriter,
+    bindings: Bindings | None = None,
+    *,
+    max_lines: int = 10_000,
+    max_backoff_s: float = 30.0,
+) -> Processor:
+    """A processor on ``writer``; MQTT is never touched (no dead letters, no live flush)."""
+    unused_mqtt = cast(AsyncMqttClient, object())
+    state = State(bindings=bindings or Bindings())
+    metrics = Metrics()
+    return Processor(
+        state,
+        Preparer(state.bindings, Topics()),
+        InfluxOutput(writer, metrics, max_lines=max_lines, max_backoff_s=max_backoff_s),
+        DeadLetters(unused_mqtt, Topics(), metrics),
+        LiveFeed(unused_mqtt, Topics(), metrics, 1.0),
+        metrics,
+    )
 
 
 def message(gateway: str, first_seq: int, n: int) -> Received:
@@ -58,29 +86,27 @@ async def test_a_large_backlog_is_written_in_bounded_requests() -> None:
     written: a backlog never turns into one request InfluxDB would drop (and the bridge retry
     forever)."""
     writer = RecordingWriter()
-    unused_mqtt = cast(AsyncMqttClient, object())  # no dead letters here: MQTT is not touched
-    p = Processor(writer, unused_mqtt, Topics(), max_lines_per_write=5_000)
-    await p.process([message("gw-1", k * 1000 + 1, 1000) for k in range(12)])
+    p = make_processor(writer, max_lines=5_000)
+    await p.commit(await p.prepare([message("gw-1", k * 1000 + 1, 1000) for k in range(12)]))
     assert writer.requests == [4000, 4000, 4000]
-    assert len(p.lvc) == 50
+    assert len(p.state.lvc) == 50
 
 
 async def test_unavailable_influx_is_retried_until_it_takes_the_write() -> None:
     """Transient failures are retried (capped backoff) and the batch is written once it works."""
     writer = RecordingWriter(fail_first=2)
-    p = Processor(writer, cast(AsyncMqttClient, object()), Topics(), max_backoff_s=0.01)
-    await p.process([message("gw-1", 1, 10)])
+    p = make_processor(writer, max_backoff_s=0.01)
+    await p.commit(await p.prepare([message("gw-1", 1, 10)]))
     assert writer.requests == [10]
 
 
-async def test_prepare_async_hands_the_loop_back_and_prepares_the_same_batch() -> None:
-    """prepare_async yields to the event loop between slices of payload (a write's answer is
-    not held up by the whole batch) and yields the same points, in the same order, as
-    prepare; a bad message in a slice is dead-lettered either way."""
+async def test_prepare_hands_the_loop_back_and_prepares_the_same_batch() -> None:
+    """prepare yields to the event loop between slices of payload (a write's answer is not
+    held up by the whole batch) and yields the same points, in the same order, whatever the
+    slice size; a bad message in a slice is dead-lettered either way."""
     msgs = [message("gw-1", k * 100 + 1, 100) for k in range(6)]
     bad = Received("chargers/v1/gw-1/readings", b"{not json", 1, 999, 1)
     msgs.insert(3, bad)
-    unused_mqtt = cast(AsyncMqttClient, object())
     ticks = 0
 
     async def count_ticks() -> None:
@@ -92,11 +118,10 @@ async def test_prepare_async_hands_the_loop_back_and_prepares_the_same_batch() -
     ticker = asyncio.ensure_future(count_ticks())
     await asyncio.sleep(0)
     ticks = 0
-    fast = await Processor(writer := RecordingWriter(), unused_mqtt, Topics()).prepare_async(
-        msgs, slice_bytes=1
-    )
+    preparer = make_processor(RecordingWriter()).preparer
+    fast = await preparer.prepare(msgs, slice_bytes=1)
     ticker.cancel()
-    plain = Processor(writer, unused_mqtt, Topics()).prepare(msgs)
+    plain = await preparer.prepare(msgs, slice_bytes=1 << 30)
     assert ticks == len(msgs) - 1  # slices of one message: the loop ran between each two
     assert fast.lines == plain.lines
     assert fast.segments == plain.segments
@@ -106,17 +131,17 @@ async def test_prepare_async_hands_the_loop_back_and_prepares_the_same_batch() -
     assert [d[2].reason for d in fast.dead] == [d[2].reason for d in plain.dead] == ["invalid_json"]
 
 
-def test_refused_chargers_are_dead_lettered_at_their_positions_and_the_rest_kept() -> None:
+async def test_refused_chargers_are_dead_lettered_at_their_positions_and_the_rest_kept() -> None:
     """With provisioned bindings, readings for a charger of another gateway or of none are
     dead-lettered (``charger_not_bound``, with the reading as it was sent and its position in
     its payload); a message refused whole adds no line; the other readings become lines, and
     each charger's newest reading is its latest."""
     bindings = Bindings({"cp-0": "gw-1", "cp-1": "gw-1", "cp-2": "gw-2"})
-    p = Processor(RecordingWriter(), cast(AsyncMqttClient, object()), Topics(), bindings=bindings)
+    p = make_processor(RecordingWriter(), bindings)
     mixed = message("gw-1", 1, 6)  # chargers cp-0 .. cp-5: cp-2 is gw-2's, cp-3..5 nobody's
     refused_whole = message("gw-2", 100, 2)  # cp-0 and cp-1: both gw-1's
     again = message("gw-1", 50, 1)  # cp-0 again, stamped later
-    batch = p.prepare([mixed, refused_whole, again])
+    batch = await p.prepare([mixed, refused_whole, again])
     sent = orjson.loads(mixed.payload)["readings"]
     dead = [(gw, rej.reason, rej.index, orjson.loads(rej.raw)) for gw, _, rej in batch.dead]
     assert dead == [
@@ -131,7 +156,7 @@ def test_refused_chargers_are_dead_lettered_at_their_positions_and_the_rest_kept
     assert {c: v[1] for c, v in batch.newest.items()} == {"cp-0": 50, "cp-1": 2}
 
 
-def test_the_newest_reading_of_a_charger_wins_whatever_the_arrival_order() -> None:
+async def test_the_newest_reading_of_a_charger_wins_whatever_the_arrival_order() -> None:
     """Across messages, a charger's newest reading is the highest ts, then the highest seq (a
     replay of the same ts with a higher seq wins; an older one arriving later does not)."""
     t = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -143,15 +168,17 @@ def test_the_newest_reading_of_a_charger_wins_whatever_the_arrival_order() -> No
         )
         return Received("chargers/v1/gw-1/readings", payload, 1, seq, 1)
 
-    p = Processor(RecordingWriter(), cast(AsyncMqttClient, object()), Topics())
+    p = make_processor(RecordingWriter())
     second = timedelta(seconds=1)
-    batch = p.prepare([one(5, t + second), one(4, t), one(6, t + second), one(3, t + 2 * second)])
+    batch = await p.prepare(
+        [one(5, t + second), one(4, t), one(6, t + second), one(3, t + 2 * second)]
+    )
     ns, seq, gateway, row, line = batch.newest["cp-1"]
     assert (seq, gateway, line, row["seq"]) == (3, "gw-1", 3, 3)
     assert ns == ts_ns(t + 2 * second)
 
 
-def test_the_newest_per_charger_matches_a_plain_maximum_for_any_order() -> None:
+async def test_the_newest_per_charger_matches_a_plain_maximum_for_any_order() -> None:
     """Messages in order, shuffled, with repeated ts and replays: each charger's newest is the
     reading with the highest (ts, seq) of the batch, the same as a plain maximum over all."""
     rng = random.Random(7)
@@ -173,8 +200,8 @@ def test_the_newest_per_charger_matches_a_plain_maximum_for_any_order() -> None:
             msgs.append(Received("chargers/v1/gw-1/readings", payload, 1, m, 1))
         if trial % 4 == 3:
             rng.shuffle(msgs)
-        p = Processor(RecordingWriter(), cast(AsyncMqttClient, object()), Topics())
-        batch = p.prepare(msgs)
+        p = make_processor(RecordingWriter())
+        batch = await p.prepare(msgs)
         expected: dict[str, tuple[int, int]] = {}
         for charger, seq, at in sent:
             expected[charger] = max(expected.get(charger, (ts_ns(at), seq)), (ts_ns(at), seq))
@@ -184,12 +211,12 @@ def test_the_newest_per_charger_matches_a_plain_maximum_for_any_order() -> None:
             assert batch.lines[line].endswith(f"seq={seq}i {ts_ns(row['ts'])}")
 
 
-def test_a_refused_charger_beside_a_number_too_large_for_a_double() -> None:
+async def test_a_refused_charger_beside_a_number_too_large_for_a_double() -> None:
     """A payload with ``1e309`` (valid JSON, not a double) in one reading and a reading for a
     charger of another gateway: each is dead-lettered with its own reason and position, and
     the good reading beside them becomes a line."""
-    p = Processor(RecordingWriter(), cast(AsyncMqttClient, object()), Topics())
-    assert p.bindings.claim("gw-2", "cp-other") is None
+    p = make_processor(RecordingWriter())
+    assert p.state.bindings.claim("gw-2", "cp-other") is None
     t = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     body = [
         {"charger_id": "cp-1", "seq": 1, "ts": t, "values": {"power_w": 1.5}},
@@ -199,7 +226,7 @@ def test_a_refused_charger_beside_a_number_too_large_for_a_double() -> None:
     payload = orjson.dumps(
         {"schema": "charger-telemetry/1", "gateway_id": "gw-1", "readings": body}
     ).replace(b"1.5", b"1e309")
-    batch = p.prepare([Received("chargers/v1/gw-1/readings", payload, 1, 1, 1)])
+    batch = await p.prepare([Received("chargers/v1/gw-1/readings", payload, 1, 1, 1)])
     assert [(r.reason, r.index) for _, _, r in batch.dead] == [
         ("invalid_reading", 0),
         ("charger_not_bound", 2),

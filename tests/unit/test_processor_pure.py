@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from processor import validate as v
-from processor.lineproto import to_line, ts_ns, value_fields_from_json
-from processor.lvc import Bindings, LastValueCache, Stamp
+from processor.lineproto import to_lines, ts_ns, value_fields_from_json
+from processor.state.bindings import Bindings
+from processor.state.lvc import LastValueCache, Stamp
 from telemetry_common.schema import ROWS_VALIDATOR, Reading
 
 NOW = datetime(2026, 5, 1, 12, 0, 5, tzinfo=UTC)
@@ -94,7 +95,7 @@ def test_line_protocol_matches_schema() -> None:
             }
         )
     )
-    assert to_line("gw-1", r) == (
+    assert to_lines("gw-1", [dict(r)], [ts_ns(r.ts)])[0] == (
         "readings,charger_id=CP-1,connector_id=3,evse_id=2,gateway_id=gw-1 "
         'power_w=7200.0,energy_wh=1.5,status="Charging",seq=7i 1777636800123456000'
     )
@@ -115,7 +116,7 @@ def test_a_reading_without_values_is_still_a_valid_line() -> None:
         orjson.dumps({"charger_id": "CP-1", "seq": 3, "ts": "2026-05-01T12:00:00Z",
                       "status": "Faulted", "values": {}})
     )  # fmt: skip
-    assert to_line("gw-1", r) == (
+    assert to_lines("gw-1", [dict(r)], [ts_ns(r.ts)])[0] == (
         "readings,charger_id=CP-1,connector_id=0,evse_id=0,gateway_id=gw-1 "
         'status="Faulted",seq=3i 1777636800000000000'
     )
@@ -134,9 +135,9 @@ def test_lvc_keeps_the_newest_ts_not_the_last_arrival() -> None:
     assert lvc.offer("CP-1", new)
     assert not lvc.offer("CP-1", old)
     assert not lvc.offer("CP-1", new)
-    latest = lvc.get("CP-1")
-    assert latest is not None
-    assert latest.seq == 5
+    # What it holds is seq 5 at 12:00:10: the next seq at that ts is newer, a lower one is not.
+    assert not lvc.offer("CP-1", Stamp(new.ts_ns, 4, "gw-1"))
+    assert lvc.offer("CP-1", Stamp(new.ts_ns, 6, "gw-1"))
 
 
 def test_lvc_seed_from_storage_never_goes_backwards() -> None:
@@ -144,10 +145,9 @@ def test_lvc_seed_from_storage_never_goes_backwards() -> None:
     lvc = LastValueCache()
     lvc.offer("CP-1", stamp(reading(5, ts="2026-05-01T12:00:10Z")))
     assert not lvc.offer("CP-1", Stamp(ts_ns(datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)), 9, "gw"))
-    got = lvc.get("CP-1")
-    assert got is not None
-    assert got.seq == 5
-    assert got.ts == datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC)
+    held = ts_ns(datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC))
+    assert not lvc.offer("CP-1", Stamp(held, 5, "gw-1"))  # still the one it held
+    assert lvc.offer("CP-1", Stamp(held, 6, "gw-1"))
     assert not lvc.offer("CP-1", stamp(reading(4, ts="2026-05-01T12:00:09Z")))
 
 

@@ -69,6 +69,7 @@ class LiveFeed:
         self._last_sent: dict[str, float] = {}
         self._waiting: dict[str, tuple[str, ReadingRow]] = {}
         self._new = asyncio.Event()
+        metrics.live_waiting.set_function(lambda: float(self.waiting))
 
     def offer(self, gateway_id: str, reading: ReadingRow) -> None:
         """Queue ``reading`` (already known to be the charger's newest) for publishing."""

@@ -1,0 +1,163 @@
+"""The processor: a batch is prepared (CPU: :mod:`processor.prepare`), then committed to the
+outputs (I/O: :mod:`processor.outputs`), and the state is updated with what was stored.
+
+``commit(batch)`` returns only when every reading of the batch is stored in InfluxDB or its
+dead-letter record was acknowledged by the broker; the intake then acknowledges the messages
+(guarantee 1). InfluxDB being unavailable makes it wait and retry (capped backoff), never drop.
+Only what InfluxDB holds may become a charger's latest value or close a seq gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+from processor.metrics import Metrics
+from processor.outputs.deadletters import DeadLetters
+from processor.outputs.influx import InfluxOutput
+from processor.outputs.live import LiveFeed
+from processor.outputs.writers import InfluxWriter
+from processor.prepare import Message, PreparedBatch, Preparer
+from processor.settings import ProcessorSettings
+from processor.state import State
+from processor.state.bindings import load_bindings
+from processor.state.lvc import Stamp
+from processor.state.storage import confirm_gaps_forever, warm_up
+from processor.validate import INFLUX_REJECTED, Rejected
+from telemetry_common.influx_query import InfluxQL
+from telemetry_common.mqtt import AsyncMqttClient
+from telemetry_common.schema import READING_ROW_VALIDATOR, ReadingRow
+from telemetry_common.topics import Topics
+
+
+class Processor:
+    """Built once from its collaborators (:meth:`build` wires them from the settings)."""
+
+    def __init__(
+        self,
+        state: State,
+        preparer: Preparer,
+        influx: InfluxOutput,
+        deadletters: DeadLetters,
+        live: LiveFeed,
+        metrics: Metrics,
+    ) -> None:
+        self.state = state
+        self.preparer = preparer
+        self.influx = influx
+        self.deadletters = deadletters
+        self.live = live
+        self.metrics = metrics
+        state.watch(metrics)
+
+    @classmethod
+    def build(
+        cls,
+        settings: ProcessorSettings,
+        topics: Topics,
+        *,
+        writer: InfluxWriter,
+        mqtt: AsyncMqttClient,
+        metrics: Metrics,
+        busy: Callable[[], bool] | None = None,
+    ) -> Processor:
+        """The processor of ``settings``: outputs to ``writer`` and ``mqtt`` (dead letters, live
+        feed); ``busy()`` says ingestion is behind (the live feed then yields)."""
+        state = State(bindings=load_bindings(settings.bindings_file))
+        return cls(
+            state,
+            Preparer(state.bindings, topics, timedelta(seconds=settings.max_future_s)),
+            InfluxOutput(
+                writer,
+                metrics,
+                max_lines=settings.write_max_lines,
+                concurrency=settings.write_concurrency,
+                max_backoff_s=settings.max_backoff_s,
+            ),
+            DeadLetters(mqtt, topics, metrics, settings.max_backoff_s),
+            LiveFeed(
+                mqtt,
+                topics,
+                metrics,
+                settings.live_interval_s,
+                settings.live_max_rate,
+                busy_rate=settings.live_busy_rate,
+                busy=busy,
+            ),
+            metrics,
+        )
+
+    async def warm_up(self, storage: InfluxQL, max_backoff_s: float) -> None:
+        """Seed the state from what InfluxDB holds (before the first batch)."""
+        await warm_up(self.state, storage, max_backoff_s)
+
+    async def run(self, storage: InfluxQL, gap_grace_s: float) -> None:
+        """The processor's own tasks, until cancelled: the live feed and gap confirmation."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.live.run(), name="live-feed")
+            tg.create_task(confirm_gaps_forever(self.state, storage, gap_grace_s), name="gaps")
+
+    async def flush(self) -> None:
+        """Publish every value waiting for the live feed, beyond its budget (at shutdown)."""
+        await self.live.flush(budget=False)
+
+    async def prepare(self, messages: Sequence[Message]) -> PreparedBatch:
+        """The CPU half (see :meth:`Preparer.prepare`)."""
+        return await self.preparer.prepare(messages)
+
+    async def commit(self, batch: PreparedBatch) -> None:
+        """The I/O half: write, dead-letter, then update the cache, live feed and gap tracking."""
+        lines = batch.lines
+        refused_at: set[int] = set()
+        refused = await self.influx.write(lines)
+        if refused:
+            # Only what InfluxDB holds may become the latest value or close a seq gap.
+            refused_at = {k for k, line in enumerate(lines) if line in refused}
+            for k in sorted(refused_at):
+                seg, index, raw = batch.sent(k)
+                rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index)
+                batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
+        self.metrics.stored.inc(len(lines) - len(refused_at))
+        for gateway_id, topic, record in batch.dead:
+            await self.deadletters.publish(gateway_id, topic, record)
+        self.metrics.messages.inc(batch.messages)
+        now = time.monotonic()
+        gaps = self.state.gaps
+        for seg in batch.segments:
+            seqs, nss = seg.seqs, seg.nss
+            if refused_at:
+                stored = [j for j in range(len(seqs)) if seg.first + j not in refused_at]
+                seqs, nss = [seqs[j] for j in stored], [nss[j] for j in stored]
+            gaps.observe_all(seg.gateway_id, seqs, nss, now)
+        newest = batch.newest
+        if refused_at:
+            newest = self._newest_stored(batch, refused_at)
+        lvc = self.state.lvc
+        for charger_id, (ns, seq, gateway_id, row, _) in newest.items():
+            if lvc.offer(charger_id, Stamp(ns, seq, gateway_id)):
+                self.live.offer(gateway_id, row)
+
+    @staticmethod
+    def _newest_stored(
+        batch: PreparedBatch, refused_at: set[int]
+    ) -> dict[str, tuple[int, int, str, ReadingRow, int]]:
+        """Each charger's newest reading of the batch among those InfluxDB stored (only what it
+        holds may become the latest value). Rare: InfluxDB refused some lines. A charger whose
+        newest line was refused gets its newest stored one, decoded again from its message."""
+        newest = {c: v for c, v in batch.newest.items() if v[4] not in refused_at}
+        lost = batch.newest.keys() - newest.keys()
+        best: dict[str, tuple[int, int, int]] = {}  # charger -> (ns, seq, line)
+        for seg in batch.segments:
+            keys = zip(seg.chargers, seg.seqs, seg.nss, strict=True)
+            for k, (charger_id, seq, ns) in enumerate(keys, seg.first):
+                if charger_id in lost and k not in refused_at:
+                    held = best.get(charger_id)
+                    if held is None or held[:2] < (ns, seq):
+                        best[charger_id] = (ns, seq, k)
+        for charger_id, (ns, seq, k) in best.items():
+            seg, _, raw = batch.sent(k)
+            row = READING_ROW_VALIDATOR.validate_json(raw)
+            newest[charger_id] = (ns, seq, seg.gateway_id, row, k)
+        return newest

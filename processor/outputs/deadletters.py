@@ -1,0 +1,84 @@
+"""The dead-letter output: what cannot be stored is published on ``{root}/deadletter/{gateway}``
+with a machine-readable reason, and the batch waits until the broker acknowledged it
+(guarantee 4: bad input never stalls the pipeline, and is never dropped in silence)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from datetime import UTC, datetime
+from typing import Final
+
+import orjson
+
+from processor.metrics import Metrics
+from processor.validate import Rejected
+from telemetry_common.mqtt import (
+    AsyncMqttClient,
+    NotConnectedError,
+    PublishLostError,
+    PublishRejectedError,
+)
+from telemetry_common.topics import Topics
+
+log = logging.getLogger(__name__)
+
+#: Raw bytes kept in a dead letter: base64 of this stays well under the broker's packet limit
+#: (mosquitto/README.md), so a dead letter about a huge payload can itself be delivered.
+DEADLETTER_MAX_RAW: Final = 192 * 1024
+
+
+def deadletter_record(gateway_id: str, topic: str, record: Rejected, now: datetime) -> bytes:
+    """The dead-letter document (docs/design.md) for ``record``, received on ``topic``."""
+    return orjson.dumps(
+        {
+            "reason": record.reason,
+            "detail": record.detail,
+            "topic": topic,
+            "gateway_id": gateway_id,
+            "index": record.index,
+            "ts": now.isoformat(),
+            "payload_bytes": len(record.raw),
+            "payload_truncated": len(record.raw) > DEADLETTER_MAX_RAW,
+            "payload_b64": base64.b64encode(record.raw[:DEADLETTER_MAX_RAW]).decode(),
+        }
+    )
+
+
+class DeadLetters:
+    def __init__(
+        self, mqtt: AsyncMqttClient, topics: Topics, metrics: Metrics, max_backoff_s: float = 30.0
+    ) -> None:
+        self._mqtt = mqtt
+        self._topics = topics
+        self._metrics = metrics
+        self._max_backoff_s = max_backoff_s
+
+    async def publish(self, gateway_id: str, topic: str, record: Rejected) -> None:
+        """Publish one dead letter; return once the broker acknowledged it."""
+        payload = deadletter_record(gateway_id, topic, record, datetime.now(UTC))
+        log.warning(
+            "dead-lettered from %s: %s (%s)",
+            gateway_id,
+            record.reason,
+            record.detail[:200],
+            extra={"gateway_id": gateway_id, "reason": record.reason},
+        )
+        await self._publish_until_acked(self._topics.deadletter(gateway_id), payload)
+        self._metrics.dead_lettered.labels(record.reason).inc()
+
+    async def _publish_until_acked(self, topic: str, payload: bytes) -> None:
+        delay = 0.2
+        while True:
+            await self._mqtt.wait_connected()
+            try:
+                await self._mqtt.publish(topic, payload)
+            except (PublishLostError, NotConnectedError) as exc:
+                log.warning("publish to %s not acknowledged (%s); retrying", topic, exc)
+            except PublishRejectedError:
+                log.exception("broker refuses %s: check the bridge's ACL", topic)
+            else:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_backoff_s)

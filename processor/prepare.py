@@ -1,0 +1,213 @@
+"""The processor's CPU half: a batch of messages decoded, validated, checked against the
+bindings and turned into line protocol, with no I/O (the commit does the I/O).
+
+The hot loop works on whole messages: no per-point objects are kept, only the lines, small
+per-line keys and each charger's newest reading (it may become the latest value).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import count, islice, repeat
+from typing import Any, Protocol
+
+import orjson
+
+from processor.lineproto import to_lines, value_fields_from_json
+from processor.state.bindings import Bindings
+from processor.validate import (
+    BAD_TOPIC,
+    CHARGER_NOT_BOUND,
+    UNKNOWN_GATEWAY,
+    Rejected,
+    decode_message,
+    raw_readings,
+)
+from telemetry_common.errors import TopicError
+from telemetry_common.schema import ReadingRow
+from telemetry_common.topics import Topics
+
+
+class Message(Protocol):
+    """What the processor needs of a message the intake received."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+
+@dataclass(slots=True)
+class Segment:
+    """The lines of one message, ``lines[first : first + len(seqs)]`` of its batch."""
+
+    msg_no: int
+    gateway_id: str
+    first: int
+    #: Per line: the reading's position in the message's ``readings``, charger, seq and ts_ns.
+    positions: list[int]
+    chargers: list[str]
+    seqs: list[int]
+    nss: list[int]
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch ready to commit, kept small while it waits: the readings are dropped once their
+    lines are built, except each charger's newest (it may become the latest value)."""
+
+    messages: int = 0
+    lines: list[str] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    #: Per charger, its newest reading of the batch: (ts_ns, seq, gateway_id, reading, line).
+    newest: dict[str, tuple[int, int, str, ReadingRow, int]] = field(default_factory=dict)
+    #: (topic, payload) per message: a line InfluxDB refuses is dead-lettered with its reading.
+    sources: list[tuple[str, bytes]] = field(default_factory=list)
+    dead: list[tuple[str, str, Rejected]] = field(default_factory=list)  # gateway, topic, record
+    #: Per gateway, the highest ts_ns and the highest seq among its readings so far.
+    frontier: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Message number -> its readings as parsed JSON, filled only when some are looked up.
+    parsed: dict[int, list[Any]] = field(default_factory=dict)
+
+    def sent(self, k: int) -> tuple[Segment, int, bytes]:
+        """Line ``k``'s segment, its reading's position in the message, and that reading as it
+        was sent (for a dead letter or a second decoding; each message is parsed once)."""
+        seg = self.segments[bisect.bisect_right(self.segments, k, key=lambda s: s.first) - 1]
+        items = self.parsed.get(seg.msg_no)
+        if items is None:
+            items = self.parsed[seg.msg_no] = raw_readings(self.sources[seg.msg_no][1])
+        index = seg.positions[k - seg.first]
+        return seg, index, orjson.dumps(items[index])
+
+
+class Preparer:
+    def __init__(
+        self, bindings: Bindings, topics: Topics, max_future: timedelta = timedelta(minutes=5)
+    ) -> None:
+        self._bindings = bindings
+        self._topics = topics
+        self._max_future = max_future
+
+    async def prepare(
+        self, messages: Sequence[Message], *, slice_bytes: int = 64 * 1024
+    ) -> PreparedBatch:
+        """Decode ``messages`` into a batch to commit, handing the event loop back after every
+        ``slice_bytes`` of payload: a write's answer, acknowledgements and live publishes are
+        then handled within a few milliseconds instead of after the whole batch (up to ~100 ms
+        at 2 MiB). Prepared batches may be committed in any order, and concurrently."""
+        out = PreparedBatch(messages=len(messages))
+        start = 0
+        while start < len(messages):
+            end, size = start, 0
+            while end < len(messages) and (end == start or size < slice_bytes):
+                size += len(messages[end].payload)
+                end += 1
+            self._decode(messages[start:end], out)
+            start = end
+            if start < len(messages):
+                await asyncio.sleep(0)
+        return out
+
+    def _decode(self, messages: Sequence[Message], out: PreparedBatch) -> None:
+        """Decode ``messages`` into ``out`` (the hot loop: whole messages at a time, no
+        per-point objects)."""
+        now = datetime.now(UTC)
+        lines = out.lines
+        for msg in messages:
+            msg_no = len(out.sources)
+            out.sources.append((msg.topic, msg.payload))
+            try:
+                gateway_id = self._topics.gateway_of_readings(msg.topic)
+            except (TopicError, ValueError) as exc:
+                rejected = Rejected(BAD_TOPIC, str(exc), msg.payload)
+                out.dead.append((UNKNOWN_GATEWAY, msg.topic, rejected))
+                continue
+            decoded = decode_message(gateway_id, msg.payload, now=now, max_future=self._max_future)
+            out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
+            if not decoded.rows:
+                continue
+            chargers = [r["charger_id"] for r in decoded.rows]
+            refused = self._unbound(gateway_id, chargers)
+            if refused:
+                items = raw_readings(msg.payload)
+                for k, charger_id in enumerate(chargers):
+                    if charger_id in refused:
+                        i = decoded.positions[k]
+                        rejected = Rejected(
+                            CHARGER_NOT_BOUND, refused[charger_id], orjson.dumps(items[i]), i
+                        )
+                        out.dead.append((gateway_id, msg.topic, rejected))
+                decoded.keep([k for k, c in enumerate(chargers) if c not in refused])
+                if not decoded.rows:
+                    continue
+                chargers = [r["charger_id"] for r in decoded.rows]
+            rows, nss = decoded.rows, decoded.nss
+            seqs = [r["seq"] for r in rows]
+            first = len(lines)
+            whole = not decoded.rejected and not refused  # rows are all of the payload's
+            fields = value_fields_from_json(msg.payload, rows) if whole else None
+            lines += to_lines(gateway_id, rows, nss, fields)
+            out.segments.append(
+                Segment(msg_no, gateway_id, first, decoded.positions, chargers, seqs, nss)
+            )
+            self._offer_newest(out, gateway_id, first, chargers, seqs, nss, rows)
+
+    @staticmethod
+    def _offer_newest(
+        out: PreparedBatch,
+        gateway_id: str,
+        first: int,
+        chargers: list[str],
+        seqs: list[int],
+        nss: list[int],
+        rows: list[ReadingRow],
+    ) -> None:
+        """Keep each charger's newest (ts, seq) reading of the batch in ``out.newest``.
+
+        Usually a gateway sends in order: ts never falls and seq rises within a message, and
+        each message starts after the gateway's readings seen so far in the batch. Then the
+        last reading of a charger is its newest and one dict update (in C) does it; otherwise
+        each reading is compared. A charger's readings all come from the gateway it is bound to.
+        """
+        newest = out.newest
+        since = out.frontier.get(gateway_id)
+        if (
+            (since is None or (nss[0], seqs[0]) > since)
+            and all(map(operator.le, nss, islice(nss, 1, None)))
+            and all(map(operator.lt, seqs, islice(seqs, 1, None)))
+        ):
+            keys = zip(nss, seqs, repeat(gateway_id), rows, count(first))
+            newest.update(zip(chargers, keys, strict=True))
+            out.frontier[gateway_id] = (nss[-1], seqs[-1])
+            return
+        get = newest.get
+        for k, (charger_id, seq, ns, row) in enumerate(
+            zip(chargers, seqs, nss, rows, strict=True), first
+        ):
+            held = get(charger_id)
+            if held is None or held[0] < ns or (held[0] == ns and held[1] < seq):
+                newest[charger_id] = (ns, seq, gateway_id, row, k)
+        hi_ns, hi_seq = max(nss), max(seqs)
+        if since is not None:
+            hi_ns, hi_seq = max(hi_ns, since[0]), max(hi_seq, since[1])
+        out.frontier[gateway_id] = (hi_ns, hi_seq)
+
+    def _unbound(self, gateway_id: str, chargers: list[str]) -> dict[str, str]:
+        """The chargers ``gateway_id`` may not send for, each with the reason (first-come
+        bindings are made here, once per charger of a message)."""
+        refused = {}
+        for charger_id in set(chargers):
+            bound = self._bindings.claim(gateway_id, charger_id)
+            if bound is not None:
+                refused[charger_id] = (
+                    f"charger {charger_id!r} is bound to gateway {bound!r}"
+                    if bound
+                    else f"charger {charger_id!r} is not provisioned for any gateway"
+                )
+        return refused

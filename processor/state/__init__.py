@@ -1,0 +1,38 @@
+"""The processor's state: what must never go backwards and must survive restarts.
+
+- :mod:`.lvc`: the last-value cache (each charger's newest stored reading);
+- :mod:`.bindings`: which gateway may send for a charger;
+- :mod:`.gaps`: each gateway's seq gaps, suspected and confirmed;
+- :mod:`.storage`: their I/O against InfluxDB (warm-up at start, gap confirmation): what is
+  stored is the record, so none of this state is lost with the process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from processor.metrics import Metrics
+from processor.state.bindings import Bindings
+from processor.state.gaps import GapTracker
+from processor.state.lvc import LastValueCache
+
+
+@dataclass(slots=True)
+class State:
+    bindings: Bindings = field(default_factory=Bindings)
+    lvc: LastValueCache = field(default_factory=LastValueCache)
+    gaps: GapTracker = field(default_factory=GapTracker)
+
+    def status(self) -> dict[str, object]:
+        """The state's part of the bridge's ``/status`` document."""
+        return {
+            "bindings": len(self.bindings),
+            "bindings_provisioned": self.bindings.provisioned,
+            "seq_gaps": self.gaps.report(),
+        }
+
+    def watch(self, metrics: Metrics) -> None:
+        """Expose the state's sizes as gauges (read when scraped)."""
+        metrics.lvc_chargers.set_function(lambda: float(len(self.lvc)))
+        metrics.seq_missing.set_function(lambda: float(self.gaps.missing()))
+        metrics.seq_gaps.set_function(lambda: float(self.gaps.open_gaps()))
