@@ -1,4 +1,4 @@
-"""Readings -> InfluxDB line protocol (DESIGN.md schema), built by hand: 3-4x faster than
+"""Readings -> InfluxDB line protocol (docs/design.md schema), built by hand: 3-4x faster than
 ``influxdb_client.Point`` (PERFORMANCE.md). Ids and value keys are allow-listed by the schema, so
 tags and field keys need no escaping, and ``status`` is one of a fixed set of plain words."""
 
