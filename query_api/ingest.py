@@ -2,7 +2,7 @@
 
 Accepted bodies (JSON):
 
-- a ReadingBatch of DESIGN.md: ``{"schema"?, "gateway_id"?, "readings": [...]}`` (a given
+- a ReadingBatch of docs/design.md: ``{"schema"?, "gateway_id"?, "readings": [...]}`` (a given
   ``gateway_id`` must be the caller's);
 - a single reading of that schema: ``{"charger_id", "ts", "values", ...}``;
 - the simple shape of the older serverless API: ``{"chargerId", "timestamp", "payload"}``, whose

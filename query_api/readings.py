@@ -27,7 +27,7 @@ _READING_EXAMPLE: Final[dict[str, Any]] = {
 
 
 class LatestReading(BaseModel):
-    """A charger's newest stored reading, shaped like a DESIGN.md reading, plus its age."""
+    """A charger's newest stored reading, shaped like a docs/design.md reading, plus its age."""
 
     model_config = ConfigDict(
         json_schema_extra={

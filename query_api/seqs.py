@@ -1,6 +1,6 @@
 """``seq`` numbers of HTTP-ingested readings: unique, increasing and dense per gateway.
 
-DESIGN.md wants each gateway's ``seq`` unique and increasing, and the bridge reports jumps as
+docs/design.md wants each gateway's ``seq`` unique and increasing, and the bridge reports jumps as
 gaps, so the API numbers the readings of each ingest gateway itself (the client's ``seq``, if
 any, is replaced):
 

@@ -1,4 +1,4 @@
-"""The id allow-list (DESIGN.md, guarantee 6), applied before an id reaches a topic or a query."""
+"""The id allow-list (docs/design.md, guarantee 6), checked before it reaches a topic or a query."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ReadingBatch payload (DESIGN.md), strict: what the edge sends and the processor accepts."""
+"""The ReadingBatch payload (docs/design.md), strict: what the edge sends, the processor accepts."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def format_ts(ts: datetime) -> str:
 
 
 def row_to_dict(row: ReadingRow) -> dict[str, object]:
-    """A reading's JSON form (DESIGN.md): fields that are None left out, ts in UTC."""
+    """A reading's JSON form (docs/design.md): fields that are None left out, ts in UTC."""
     out = {k: v for k, v in row.items() if v is not None}
     out["ts"] = format_ts(row["ts"])
     return out
@@ -198,7 +198,7 @@ def reading_to_dict(reading: Reading) -> dict[str, object]:
 
 
 def encode_batch(gateway_id: str, readings: list[Reading]) -> bytes:
-    """Serialise a batch as the UTF-8 JSON payload of DESIGN.md."""
+    """Serialise a batch as the UTF-8 JSON payload of docs/design.md."""
     return orjson.dumps(
         {
             "schema": SCHEMA_ID,

@@ -1,4 +1,4 @@
-"""The InfluxDB schema of DESIGN.md, named once for the writer (processor) and readers (API)."""
+"""The InfluxDB schema of docs/design.md, named once for the processor (writer) and the API."""
 
 from __future__ import annotations
 

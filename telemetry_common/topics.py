@@ -1,4 +1,4 @@
-"""Topic builders and parsers for the MQTT topics of DESIGN.md, spelled here only."""
+"""Topic builders and parsers for the MQTT topics of docs/design.md, spelled here only."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A development PKI: one EC P-256 CA, the broker's server certificate and client certificates.
 
-Layout of a PKI directory (DESIGN.md, contract)::
+Layout of a PKI directory (docs/design.md, contract)::
 
     ca.crt ca.key              the CA (never overwritten unless ``force``)
     crl.pem                    the CA's certificate revocation list, always present (empty at

@@ -1,4 +1,4 @@
-"""OCPP 1.6 sampled values -> our value keys (DESIGN.md): pure functions, no state.
+"""OCPP 1.6 sampled values -> our value keys (docs/design.md): pure functions, no state.
 
 A key is ``stem[_phase][_location]_unit``: ``Current.Import`` on ``L2`` in ``A`` is
 ``current_l2_a``. kWh and kW are converted by :func:`edge_agent.jsonl.normalise_units` (the same

@@ -32,7 +32,7 @@ router = APIRouter(tags=["ingest"])
 
 _EXAMPLES: dict[str, Any] = {
     "batch": {
-        "summary": "A ReadingBatch (DESIGN.md); seq is assigned by the API",
+        "summary": "A ReadingBatch (docs/design.md); seq is assigned by the API",
         "value": {
             "schema": "charger-telemetry/1",
             "readings": [

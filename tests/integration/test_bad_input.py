@@ -1,4 +1,4 @@
-"""Bad input never stalls the pipeline (DESIGN.md guarantee 4), against one real
+"""Bad input never stalls the pipeline (docs/design.md guarantee 4), against one real
 ``telemetry-bridge`` process for the whole module, the real Mosquitto and InfluxDB 1.x.
 
 Each case has a gateway and charger of its own and runs the same script: a valid reading

@@ -1,4 +1,4 @@
-"""Faults around the bridge, on real servers and the real ``telemetry-bridge`` process (DESIGN.md
+"""Faults around the bridge, on real servers and the ``telemetry-bridge`` process (docs/design.md
 guarantees 1-4): InfluxDB stopped mid-stream, the bridge SIGKILLed while it holds unacknowledged
 messages, InfluxDB refusing some lines of a batch, late and replayed readings, two bridges
 sharing the load with one of them killed.

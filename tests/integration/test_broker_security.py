@@ -1,4 +1,4 @@
-"""The broker's fences (DESIGN.md guarantee 6), tried against the real Mosquitto with its real
+"""The broker's fences (docs/design.md guarantee 6), tried against the real Mosquitto with its real
 configuration: certificates are required, each gateway writes only its own topics, the bridge
 reads every gateway through a shared subscription, anonymous loopback clients only read feeds."""
 

@@ -47,7 +47,7 @@ def _stop_leftovers(state_dir: Path) -> None:
 
 
 def test_up_detached_serves_live_readings_and_down_stops_everything(tmp_path: Path) -> None:
-    """`up --detach` writes stack.json as DESIGN.md describes; the read key returns a simulated
+    """`up --detach` writes stack.json as docs/design.md describes; the read key returns a simulated
     charger's latest reading (401 without it); the retained live topic is readable on the local
     listener; `status --json` lists the services; `down` leaves no process running."""
     state_dir = tmp_path / "stack"

@@ -1,4 +1,4 @@
-"""Security checks against the whole stack started by ``telemetry-stack up`` (DESIGN.md
+"""Security checks against the whole stack started by ``telemetry-stack up`` (docs/design.md
 guarantee 6): who may connect, what a gateway may do once connected, and what the REST API
 refuses. Each check prints what it tried and what the stack did (``pytest -s``).
 

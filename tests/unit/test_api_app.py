@@ -146,7 +146,7 @@ async def test_authentication_comes_before_validation(
 async def test_latest_shapes_the_row_as_a_reading(
     client: httpx.AsyncClient, fake: FakeInflux
 ) -> None:
-    """The newest row becomes a DESIGN.md reading (ints, floats, RFC 3339 ms Z) plus age_s."""
+    """The newest row becomes a docs/design.md reading (ints, floats, RFC 3339 ms Z) plus age_s."""
     row = [TS_NS, "gw-1-cp001", "2", 12345, "1", "gw-1", 7200, 42, None, "Charging"]
     fake.answers.append([Series(name="readings", columns=COLUMNS, values=[row])])
     resp = await client.get("/v1/chargers/gw-1-cp001/latest", headers={"X-API-Key": READ})

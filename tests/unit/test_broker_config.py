@@ -1,4 +1,4 @@
-"""The rendered Mosquitto configuration: secure listeners, explicit bounds, the DESIGN.md ACL."""
+"""The rendered Mosquitto configuration: secure listeners, bounds, the docs/design.md ACL."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_run_as_user_is_written_when_given(tmp_path: Path) -> None:
 
 
 def test_acl_for_a_custom_topic_root(tmp_path: Path) -> None:
-    """The ACL of DESIGN.md is rendered for the configured root, bridge rules under its user."""
+    """The docs/design.md ACL is rendered for the configured root, bridge rules under its user."""
     acl = _render(tmp_path, topic_root="fleet/test-7").acl_file.read_text()
     lines = [line for line in acl.splitlines() if line and not line.startswith("#")]
     assert lines == [

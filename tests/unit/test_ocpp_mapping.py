@@ -59,7 +59,7 @@ def mv(seconds: int, *samples: SampledValue) -> MeterValue:
     ],
 )
 def test_value_keys(sample: SampledValue, key: str) -> None:
-    """Measurand, phase, location and unit give the DESIGN.md key; anything unknown is
+    """Measurand, phase, location and unit give the docs/design.md key; anything unknown is
     sanitised into a valid key instead of being dropped."""
     got, _ = value_key(sample)
     assert got == key

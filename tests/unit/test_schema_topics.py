@@ -45,7 +45,7 @@ def _reading(**over: object) -> bytes:
 
 
 def test_design_example_round_trips() -> None:
-    """The DESIGN.md example validates, and encode_batch produces what decode_batch reads."""
+    """The docs/design.md example validates, and encode_batch produces what decode_batch reads."""
     r = Reading.model_validate_json(_reading())
     assert r.values["power_w"] == 7200.0
     batch = decode_batch(encode_batch("gw-001", [r]))
@@ -152,7 +152,7 @@ def test_ts_in_another_zone_is_the_same_instant() -> None:
 
 
 def test_topics_build_and_parse() -> None:
-    """Topic builders follow DESIGN.md and the readings topic parses back to its gateway."""
+    """Topic builders follow docs/design.md and the readings topic parses back to its gateway."""
     t = Topics()
     assert t.readings("gw-1") == "chargers/v1/gw-1/readings"
     assert t.state("gw-1") == "chargers/v1/gw-1/state"
