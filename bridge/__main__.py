@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         description=(
             "Consume gateway readings from Mosquitto (shared subscription, persistent session), "
             "validate them, write them to InfluxDB, and acknowledge only what is stored. "
-            "Configured by TELEMETRY_BRIDGE_* environment variables (see README)."
+            "Configured by TELEMETRY_BRIDGE_* environment variables (docs/settings.md)."
         ),
     ).parse_args(argv)
     try:

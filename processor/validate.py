@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 import pydantic_core
@@ -21,6 +21,7 @@ from telemetry_common.schema import (
     MAX_BATCH_READINGS,
     READING_ROW_VALIDATOR,
     ROWS_VALIDATOR,
+    SCHEMA_ID,
     ReadingRow,
 )
 
@@ -69,7 +70,7 @@ class Decoded:
 class _Envelope(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
 
-    schema_: str = Field(alias="schema", pattern=r"^charger-telemetry/1$")
+    schema_: Literal["charger-telemetry/1"] = Field(alias="schema", default=SCHEMA_ID)
     gateway_id: Id
     readings: list[Any] = Field(min_length=1, max_length=MAX_BATCH_READINGS)
 

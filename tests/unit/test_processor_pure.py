@@ -53,6 +53,19 @@ def test_bad_reading_is_isolated_from_good_ones() -> None:
     assert "ts" in rej.detail
 
 
+def test_a_batch_without_schema_keeps_its_good_readings_beside_a_bad_one() -> None:
+    """``schema`` may be left out (the contract's default): a batch without it that holds one
+    invalid reading loses only that reading, as a batch with it does (was: the whole message
+    dead-lettered as invalid_envelope, its valid readings with it)."""
+    bad = reading(2, ts="2026-05-01T12:00:00")  # naive
+    body = orjson.dumps({"gateway_id": "gw-1", "readings": [reading(1), bad, reading(3)]})
+    out = decode("gw-1", body)
+    assert [r["seq"] for r in out.rows] == [1, 3]
+    assert [(r.reason, r.index) for r in out.rejected] == [(v.INVALID_READING, 1)]
+    wrong = orjson.dumps({"schema": "charger-telemetry/2", "gateway_id": "gw-1", "readings": [bad]})
+    assert [r.reason for r in decode("gw-1", wrong).rejected] == [v.INVALID_ENVELOPE]
+
+
 def test_gateway_mismatch_rejects_the_whole_message() -> None:
     """A body claiming another gateway than its topic is rejected entirely."""
     out = decode("gw-1", payload("gw-2", [reading(1)]))
