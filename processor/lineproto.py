@@ -1,6 +1,7 @@
 """Readings -> InfluxDB line protocol (docs/design.md schema), built by hand: 3-4x faster than
-``influxdb_client.Point`` (4.4 vs 15.9 us per line, measured). Ids and value keys are allow-listed by the schema, so
-tags and field keys need no escaping, and ``status`` is one of a fixed set of plain words."""
+``influxdb_client.Point`` (4.4 vs 15.9 us per line, measured). Ids and value keys are
+allow-listed by the schema, so tags and field keys need no escaping, and ``status`` is one of a
+fixed set of plain words."""
 
 from __future__ import annotations
 

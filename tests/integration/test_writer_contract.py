@@ -1,7 +1,7 @@
-"""The contract every InfluxDB writer back end keeps (processor/outputs/writers.py), run against real
-servers: v1 ``/write`` against InfluxDB 1.x always; v2 through influxdb-client against
-InfluxDB 2.7 in a container when ``TELEMETRY_TEST_DOCKER=1`` and a Docker engine is reachable
-(otherwise that half is skipped with the reason)."""
+"""The contract every InfluxDB writer back end keeps (processor/outputs/writers.py), run
+against real servers: v1 ``/write`` against InfluxDB 1.x always; v2 through influxdb-client
+against InfluxDB 2.7 in a container when ``TELEMETRY_TEST_DOCKER=1`` and a Docker engine is
+reachable (otherwise that half is skipped with the reason)."""
 
 from __future__ import annotations
 
