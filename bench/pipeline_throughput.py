@@ -58,9 +58,9 @@ GATEWAY: Final = "bench-gw"
 MAX_ROUNDS: Final = 9
 
 
-def round_gateways(rounds: int) -> list[str]:
-    """One gateway per round (its own chargers and seq range, so rounds never overlap)."""
-    return [f"{GATEWAY}-{k}" for k in range(1, rounds + 1)]
+def round_gateway(k: int) -> str:
+    """The gateway of round ``k`` (its own chargers and seq range, so rounds never overlap)."""
+    return f"{GATEWAY}-{k}"
 
 
 LATENCY_GATEWAY: Final = "bench-lat"
@@ -722,7 +722,7 @@ def measure_round(
     raw = measure_raw_ingest(influx, a.raw_points, a.chargers, 1, server)
     raw2 = measure_raw_ingest(influx, a.raw_points, a.chargers, 2, server)
     cli.log(f"round {k}/{a.rounds}: pipeline, {a.readings:,} readings ...")
-    pipe = measure_pipeline(stack, influx, bridge, a, round_gateways(k)[-1])
+    pipe = measure_pipeline(stack, influx, bridge, a, round_gateway(k))
     rate = pipe["readings_per_s"]
     return {
         "raw_ingest": raw,
@@ -756,7 +756,7 @@ def _mb(kb: int | None) -> float | None:
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
-    gateways = (GATEWAY, *round_gateways(MAX_ROUNDS), LATENCY_GATEWAY)
+    gateways = (GATEWAY, *map(round_gateway, range(1, MAX_ROUNDS + 1)), LATENCY_GATEWAY)
     with cli.workdir("bench-pipeline-", a.keep) as work, running_stack(work, gateways) as stack:
         influx = Influx(stack.influx_url)
         try:
