@@ -29,82 +29,61 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import json
 import os
 import queue
-import random
-import resource
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 import httpx
-import orjson
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
-from bench.pipeline_throughput import (
-    BIN,
-    DATABASE,
-    GATEWAY,
-    REPO,
-    TOPIC_ROOT,
-    Influx,
-    Stack,
-    cpu_seconds,
-    percentile,
-    print_table,
-    running_stack,
-    start_bridge,
-    verdict,
+from bench.harness import cli
+from bench.harness.cli import log
+from bench.harness.http_load import (
+    WRK_INSTALL,
+    Load,
+    Target,
+    loadgen_main,
+    run_python,
+    run_wrk,
+    wrk_binary,
 )
-from processor.lineproto import to_lines
+from bench.harness.influx import Influx
+from bench.harness.mqtt import Connection
+from bench.harness.procstat import CpuMeter, proc_status_kb, wait_quiet
+from bench.harness.readings import LINE_TAIL, batch_payload, check_line, reading, series
+from bench.harness.report import Row, print_table, verdict
+from bench.harness.stack import (
+    DATABASE,
+    TOPIC_ROOT,
+    Stack,
+    running_stack,
+    start_api,
+    start_bridge,
+    wait_for,
+)
+from bridge.settings import BridgeSettings
 from query_api.settings import ApiSettings
-from telemetry_common.schema import SCHEMA_ID, Reading, format_ts
-from telemetry_common.tls import client_context
+from telemetry_common.schema import format_ts
+from telemetry_common.settings import env_for
 from telemetry_common.topics import Topics
-from telemetry_stack import pki as pki_mod
-from telemetry_stack.servers import ManagedProcess, free_port
 
+GATEWAY: Final = "bench-gw"
 READ_KEY: Final = "bench-read-" + "r" * 24
 INGEST_KEY: Final = "bench-ingest-" + "i" * 24
 CHARGER_PREFIX: Final = f"{GATEWAY}-cp"
 LINES_PER_WRITE: Final = 5_000
 MQTT_BATCH: Final = 500
 HISTORY_QUERY: Final = "start=-24h&every=5m&agg=mean"
-WRK_INSTALL: Final = "apt-get install wrk"
 
 TARGET_LATEST_RPS: Final = 3_000.0
 TARGET_LATEST_P99_MS: Final = 20.0
 TARGET_HISTORY_P99_MS: Final = 100.0
-
-#: Values of every reading (the fields of the schema; energy and power vary per point).
-VALUES: Final = {
-    "energy_wh": 0.0,
-    "power_w": 7200.0,
-    "current_a": 31.8,
-    "voltage_v": 229.5,
-    "soc_pct": 64.0,
-    "temperature_c": 41.5,
-    "frequency_hz": 50.0,
-    "current_l1_a": 31.8,
-}
-
-
-def log(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
 def charger_ids(n: int) -> tuple[list[str], int]:
@@ -113,107 +92,23 @@ def charger_ids(n: int) -> tuple[list[str], int]:
     return [f"{CHARGER_PREFIX}{i:0{width}d}" for i in range(n)], width
 
 
-def deadline_in(seconds: float) -> float:
-    return time.monotonic() + seconds
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.2) -> None:
-    end = deadline_in(timeout)
-    while not check():
-        if time.monotonic() > end:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores from /proc/stat (every process on the machine)."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = parts[3] + parts[4]  # idle + iowait
-    total = sum(parts[:8])
-    return total - idle, total
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class CpuMeter:
-    """CPU seconds of named processes, of reaped children (the load generator) and of the whole
-    machine between ``start`` and ``stop``, as percent of one core."""
-
-    def __init__(self, procs: dict[str, ManagedProcess]) -> None:
-        self.procs = procs
-
-    def start(self) -> None:
-        self._t = time.monotonic()
-        self._cpu = {n: cpu_seconds(p.pid) for n, p in self.procs.items()}
-        self._children = children_cpu()
-        self._machine = machine_busy()
-
-    def stop(self, loadgen: str) -> dict[str, float | None]:
-        span = time.monotonic() - self._t
-        out: dict[str, float | None] = {}
-        for name, proc in self.procs.items():
-            before, after = self._cpu[name], cpu_seconds(proc.pid)
-            out[name] = None if before is None or after is None else 100 * (after - before) / span
-        out[loadgen] = 100 * (children_cpu() - self._children) / span
-        busy, total = machine_busy()
-        d_busy, d_total = busy - self._machine[0], total - self._machine[1]
-        cores = os.cpu_count() or 1
-        out["machine (all processes)"] = 100 * cores * d_busy / d_total if d_total else None
-        return out
-
-
 # --- the API ---------------------------------------------------------------------------------
 
 
-def start_api(stack: Stack, extra_env: dict[str, str]) -> tuple[ManagedProcess, str]:
-    """The real ``telemetry-api`` with the broker configured (live mirror); once /readyz is 200."""
-    cert, key = stack.pki.client_paths(pki_mod.API_IDENTITY)
-    port = free_port()
-    env = {
-        **os.environ,
-        "TELEMETRY_API_HOST": "127.0.0.1",
-        "TELEMETRY_API_PORT": str(port),
-        "TELEMETRY_API_INFLUX__URL": stack.influx_url,
-        "TELEMETRY_API_INFLUX__DATABASE": DATABASE,
-        "TELEMETRY_API_KEYS": orjson.dumps({"read": READ_KEY, "ingest": INGEST_KEY}).decode(),
-        "TELEMETRY_API_MQTT__HOST": "127.0.0.1",
-        "TELEMETRY_API_MQTT__PORT": str(stack.tls_port),
-        "TELEMETRY_API_MQTT__CA_FILE": str(stack.pki.ca_file),
-        "TELEMETRY_API_MQTT__CERT_FILE": str(cert),
-        "TELEMETRY_API_MQTT__KEY_FILE": str(key),
-        "TELEMETRY_API_TOPIC_ROOT": TOPIC_ROOT,
-        "TELEMETRY_API_LOG_FORMAT": "json",
-        **extra_env,
-    }
-    api = ManagedProcess(
-        "api", [str(BIN / "telemetry-api")], log_file=stack.work / "api.log", env=env, cwd=REPO
-    )
-    stack.start(api)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    api.wait_ready(ready, timeout=60)
-    return api, url
+def api_setting(api_env: dict[str, str], name: str) -> float:
+    """A setting of the API as ``--api-env`` gives it, else its default."""
+    default = ApiSettings.model_fields[name].default
+    return float(api_env.get(cli.env_name(ApiSettings, **{name: default}), default))
 
 
 def settle_s(api_env: dict[str, str]) -> float:
     """The API's LIVE_SETTLE_S (its default unless ``--api-env`` sets it)."""
-    default = ApiSettings.model_fields["live_settle_s"].default
-    return float(api_env.get("TELEMETRY_API_LIVE_SETTLE_S", default))
+    return api_setting(api_env, "live_settle_s")
 
 
 def trust_s(api_env: dict[str, str]) -> float:
     """The API's LATEST_TRUST_S: how long a value InfluxDB confirmed is served from memory."""
-    default = ApiSettings.model_fields["latest_trust_s"].default
-    return float(api_env.get("TELEMETRY_API_LATEST_TRUST_S", default))
+    return api_setting(api_env, "latest_trust_s")
 
 
 def mirror_size(url: str) -> int:
@@ -224,51 +119,7 @@ def mirror_size(url: str) -> int:
     return 0
 
 
-def influx_queries(influx: Influx) -> int:
-    """InfluxDB's count of /query requests since it started (``SHOW STATS``, httpd module)."""
-    r = influx.http.get("/query", params={"q": "SHOW STATS FOR 'httpd'"})
-    r.raise_for_status()
-    total = 0
-    for result in r.json()["results"]:
-        for s in result.get("series", ()):
-            cols = s["columns"]
-            if "queryReq" in cols:
-                total += sum(int(row[cols.index("queryReq")]) for row in s["values"])
-    return total
-
-
 # --- data ------------------------------------------------------------------------------------
-
-
-def history_line_check(series: str) -> None:
-    """Fail early if the fast builder below ever drifts from the processor's line protocol."""
-    values = dict(VALUES, energy_wh=120.0, power_w=7000.0)
-    reading = Reading.model_validate(
-        {
-            "charger_id": f"{CHARGER_PREFIX}0",
-            "evse_id": 1,
-            "connector_id": 1,
-            "seq": 7,
-            "ts": datetime(2026, 5, 1, tzinfo=UTC),
-            "status": "Charging",
-            "values": values,
-        }
-    )
-    ns = 1_777_593_600_000_000_000
-    ours = f"{series}energy_wh=120.0,power_w=7000.0,{_TAIL}7i {ns}"
-    theirs = to_lines(GATEWAY, [dict(reading)], [ns])[0]
-    if ours != theirs:
-        raise RuntimeError(f"history line differs from processor.lineproto:\n{ours}\n{theirs}")
-
-
-_TAIL: Final = (
-    "current_a=31.8,voltage_v=229.5,soc_pct=64.0,temperature_c=41.5,frequency_hz=50.0,"
-    'current_l1_a=31.8,status="Charging",seq='
-)
-
-
-def _series(charger_id: str) -> str:
-    return f"readings,charger_id={charger_id},connector_id=1,evse_id=1,gateway_id={GATEWAY} "
 
 
 def load_history(
@@ -276,7 +127,7 @@ def load_history(
 ) -> dict[str, Any]:
     """``days`` of 1-minute points for each of ``ids``, ending before ``end``, written to InfluxDB
     as line protocol in 5,000-line requests: one thread builds, ``writers`` threads send."""
-    history_line_check(_series(f"{CHARGER_PREFIX}0"))
+    check_line(GATEWAY, f"{CHARGER_PREFIX}0")
     minutes = days * 1440
     t_end = int(end.replace(second=0, microsecond=0).timestamp()) - 60
     t_first = t_end - (minutes - 1) * 60
@@ -284,7 +135,7 @@ def load_history(
     bodies: queue.Queue[bytes | None] = queue.Queue(maxsize=2 * writers)
     errors: list[BaseException] = []
     stop = threading.Event()
-    hard_end = deadline_in(timeout)
+    hard_end = time.monotonic() + timeout
 
     def put(item: bytes | None) -> None:
         while not stop.is_set():
@@ -301,10 +152,10 @@ def load_history(
             seq = 1
             lines: list[str] = []
             for cid in ids:
-                series = _series(cid)
+                head = series(GATEWAY, cid)
                 for m in range(minutes):
                     lines.append(
-                        f"{series}energy_wh={m * 120}.0,power_w={powers[m % 37]},{_TAIL}{seq}i "
+                        f"{head}energy_wh={m * 120}.0,power_w={powers[m % 37]},{LINE_TAIL}{seq}i "
                         f"{(t_first + m * 60) * 1_000_000_000}"
                     )
                     seq += 1
@@ -372,92 +223,30 @@ def load_history(
     }
 
 
-class Publisher:
-    """One gateway's MQTT 5 session over TLS (QoS 1); ``publish_all`` waits for every PUBACK."""
-
-    def __init__(self, stack: Stack) -> None:
-        cert, key = stack.pki.client_paths(GATEWAY)
-        self.acked = 0
-        self.refused = 0
-        self._connected = threading.Event()
-        self._lock = threading.Lock()
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=GATEWAY, protocol=paho.MQTTv5
-        )
-        self.client.tls_set_context(client_context(stack.pki.ca_file, cert, key))
-        self.client.max_inflight_messages_set(100)
-        self.client.on_connect = self._on_connect
-        self.client.on_publish = self._on_publish
-        self.client.connect("127.0.0.1", stack.tls_port, keepalive=60, clean_start=True)
-        self.client.loop_start()
-        if not self._connected.wait(20):
-            self.close()
-            raise RuntimeError("the gateway could not connect to the broker")
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: object,
-        flags: paho.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if not reason_code.is_failure:
-            self._connected.set()
-
-    def _on_publish(
-        self,
-        client: paho.Client,
-        userdata: object,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        with self._lock:
-            self.acked += 1
-            self.refused += int(reason_code.is_failure)
-
-    def publish_all(self, topic: str, payloads: list[bytes], timeout: float) -> None:
-        for payload in payloads:
-            info = self.client.publish(topic, payload, qos=1)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise RuntimeError(f"publish failed: {paho.error_string(info.rc)}")
-        wait_for("PUBACKs of the load", lambda: self.acked >= len(payloads), timeout, 0.02)
-        if self.refused:
-            raise RuntimeError(f"the broker refused {self.refused} publishes")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def load_latest(stack: Stack, influx: Influx, ids: list[str], seq0: int, timeout: float) -> float:
     """One reading per charger, now, through the pipeline; returns seconds until all stored."""
     ts = format_ts(datetime.now(UTC))
     payloads: list[bytes] = []
     for start in range(0, len(ids), MQTT_BATCH):
+        batch = ids[start : start + MQTT_BATCH]
         readings = [
-            {
-                "charger_id": cid,
-                "evse_id": 1,
-                "connector_id": 1,
-                "seq": seq0 + start + k,
-                "ts": ts,
-                "status": "Charging",
-                "values": dict(VALUES, energy_wh=float(start + k)),
-            }
-            for k, cid in enumerate(ids[start : start + MQTT_BATCH])
+            reading(cid, seq0 + start + k, ts, float(start + k)) for k, cid in enumerate(batch)
         ]
-        payloads.append(
-            orjson.dumps({"schema": SCHEMA_ID, "gateway_id": GATEWAY, "readings": readings})
-        )
+        payloads.append(batch_payload(GATEWAY, readings))
     q = f"SELECT count(seq) FROM readings WHERE gateway_id = '{GATEWAY}' AND time >= '{ts}'"
+    topic = Topics(TOPIC_ROOT).readings(GATEWAY)
     t0 = time.perf_counter()
-    pub = Publisher(stack)
+    # One gateway's MQTT 5 session over TLS, QoS 1, at most 100 publishes unacknowledged.
+    pub = Connection(GATEWAY, stack.tls_port, identity=stack.identity(GATEWAY), window=100)
     try:
-        pub.publish_all(Topics(TOPIC_ROOT).readings(GATEWAY), payloads, timeout)
+        deadline = time.monotonic() + timeout
+        for payload in payloads:
+            pub.publish(topic, payload, deadline)
+        pub.wait_acked(len(payloads), deadline)
     finally:
         pub.close()
+    if pub.acks.refused:
+        raise RuntimeError(f"the broker refused {pub.acks.refused} publishes")
     wait_for(
         f"InfluxDB to hold the {len(ids):,} readings",
         lambda: influx.scalar(q, DATABASE) >= len(ids),
@@ -466,40 +255,12 @@ def load_latest(stack: Stack, influx: Influx, ids: list[str], seq0: int, timeout
     return time.perf_counter() - t0
 
 
-def wait_quiet(proc: ManagedProcess, below_pct: float, timeout: float) -> float:
-    """Wait (at most ``timeout``) until ``proc`` uses less than ``below_pct`` of a core over 2 s
-    (InfluxDB compacting after the load would disturb the measurement); seconds waited."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        before = cpu_seconds(proc.pid)
-        time.sleep(2.0)
-        after = cpu_seconds(proc.pid)
-        if before is None or after is None or 100 * (after - before) / 2.0 < below_pct:
-            break
-    return time.monotonic() - t0
-
-
-async def _touch_all(url: str, ids: list[str], concurrency: int) -> Counter[str]:
-    """GET latest of every id once; counts by answer source (or HTTP status)."""
-    seen: Counter[str] = Counter()
-    todo = iter(ids)
-    limits = httpx.Limits(max_connections=concurrency)
-    headers = {"X-API-Key": READ_KEY}
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as client:
-
-        async def worker() -> None:
-            for cid in todo:
-                r = await client.get(f"/v1/chargers/{cid}/latest", timeout=30)
-                seen[r.json()["source"] if r.status_code == 200 else str(r.status_code)] += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return seen
-
-
-async def _first_requests(url: str, paths: list[str], concurrency: int) -> list[float]:
-    """GET each path once with ``concurrency`` clients at once; each request's latency in ms
-    (a 200 is required: the cold start of a cache is measured, not its errors)."""
-    latencies: list[float] = []
+async def _get_each(
+    url: str, paths: list[str], concurrency: int, request_timeout: float
+) -> list[tuple[httpx.Response, float]]:
+    """GET each path once with ``concurrency`` clients at once; each answer with its latency
+    in ms."""
+    answers: list[tuple[httpx.Response, float]] = []
     todo = iter(paths)
     limits = httpx.Limits(max_connections=concurrency)
     headers = {"X-API-Key": READ_KEY}
@@ -508,12 +269,29 @@ async def _first_requests(url: str, paths: list[str], concurrency: int) -> list[
         async def worker() -> None:
             for path in todo:
                 t = time.perf_counter()
-                r = await client.get(path, timeout=60)
-                latencies.append((time.perf_counter() - t) * 1000)
-                r.raise_for_status()
+                r = await client.get(path, timeout=request_timeout)
+                answers.append((r, (time.perf_counter() - t) * 1000))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+    return answers
+
+
+async def _touch_all(url: str, ids: list[str], concurrency: int) -> Counter[str]:
+    """GET latest of every id once; counts by answer source (or HTTP status)."""
+    paths = [f"/v1/chargers/{cid}/latest" for cid in ids]
+    answers = await _get_each(url, paths, concurrency, 30)
+    return Counter(
+        r.json()["source"] if r.status_code == 200 else str(r.status_code) for r, _ in answers
+    )
+
+
+async def _first_requests(url: str, paths: list[str], concurrency: int) -> list[float]:
+    """GET each path once with ``concurrency`` clients at once; each request's latency in ms
+    (a 200 is required: the cold start of a cache is measured, not its errors)."""
+    answers = await _get_each(url, paths, concurrency, 60)
+    for r, _ in answers:
+        r.raise_for_status()
+    return [ms for _, ms in answers]
 
 
 def check_answers(url: str, latest_id: str, history_id: str, history_points: int) -> None:
@@ -534,209 +312,6 @@ def check_answers(url: str, latest_id: str, history_id: str, history_points: int
         raise RuntimeError(f"history returned {points} buckets, expected about 288")
 
 
-# --- load generators -------------------------------------------------------------------------
-
-_WRK_SCRIPT: Final = """\
--- written by bench/api_latency.py: random charger ids, percentiles as JSON in done()
-local n, width, prefix, suffix, out = %(n)d, %(width)d, "%(prefix)s", "%(suffix)s", "%(out)s"
-wrk.headers["X-API-Key"] = "%(key)s"
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-function init(args)
-  math.randomseed(os.time() * 1000 + tid * 7919)
-end
-function request()
-  local path = string.format("/v1/chargers/%%s%%0" .. width .. "d/%%s", prefix,
-                             math.random(0, n - 1), suffix)
-  return wrk.format("GET", path)
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  local f = io.open(out, "w")
-  f:write(string.format(
-    '{"requests":%%d,"duration_us":%%d,"bytes":%%d,"errors":{"connect":%%d,"read":%%d,' ..
-    '"write":%%d,"status":%%d,"timeout":%%d},"latency_us":{"p50":%%d,"p90":%%d,"p99":%%d,' ..
-    '"p999":%%d,"max":%%d,"mean":%%f}}',
-    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
-    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency:percentile(99.9), latency.max, latency.mean))
-  f:close()
-end
-"""
-
-
-def wrk_binary() -> str | None:
-    return shutil.which("wrk")
-
-
-def run_wrk(
-    stack: Stack,
-    name: str,
-    url: str,
-    target: tuple[int, int, str],
-    clients: int,
-    a: argparse.Namespace,
-) -> dict[str, Any]:
-    """``wrk`` with ``clients`` connections on random ids of ``target`` (count, width, suffix)."""
-    n, width, suffix = target
-    out = stack.work / f"{name}.json"
-    script = stack.work / f"{name}.lua"
-    script.write_text(
-        _WRK_SCRIPT
-        % {
-            "n": n,
-            "width": width,
-            "prefix": CHARGER_PREFIX,
-            "suffix": suffix,
-            "out": str(out),
-            "key": READ_KEY,
-        },
-        encoding="utf-8",
-    )
-    binary = wrk_binary()
-    assert binary is not None
-    argv = [
-        binary,
-        f"-t{min(a.wrk_threads, clients)}",
-        f"-c{clients}",
-        f"-d{max(1, round(a.duration))}s",
-        f"--timeout={a.request_timeout:g}s",
-        "-s",
-        str(script),
-        url,
-    ]
-    finish(stack, ManagedProcess(name, argv, log_file=stack.work / f"{name}.log"), a)
-    raw = json.loads(out.read_text())
-    lat = raw["latency_us"]
-    errors = sum(raw["errors"].values())
-    seconds = raw["duration_us"] / 1e6
-    return {
-        "requests": raw["requests"],
-        "seconds": seconds,
-        "req_per_s": raw["requests"] / seconds,
-        "errors": errors,
-        "error_detail": raw["errors"],
-        "p50_ms": lat["p50"] / 1000,
-        "p90_ms": lat["p90"] / 1000,
-        "p99_ms": lat["p99"] / 1000,
-        "p999_ms": lat["p999"] / 1000,
-        "max_ms": lat["max"] / 1000,
-        "mean_ms": lat["mean"] / 1000,
-    }
-
-
-def run_python_loadgen(
-    stack: Stack,
-    name: str,
-    url: str,
-    target: tuple[int, int, str],
-    clients: int,
-    a: argparse.Namespace,
-) -> dict[str, Any]:
-    """The Python generator (aiohttp, uvloop) in its own process, same contract as run_wrk."""
-    n, width, suffix = target
-    out = stack.work / f"{name}.json"
-    config = {
-        "url": url,
-        "n": n,
-        "width": width,
-        "prefix": CHARGER_PREFIX,
-        "suffix": suffix,
-        "key": READ_KEY,
-        "clients": clients,
-        "duration": a.duration,
-        "timeout": a.request_timeout,
-        "out": str(out),
-    }
-    cfg = stack.work / f"{name}.config.json"
-    cfg.write_text(json.dumps(config), encoding="utf-8")
-    argv = [sys.executable, "-m", "bench.api_latency", "--loadgen", str(cfg)]
-    finish(stack, ManagedProcess(name, argv, log_file=stack.work / f"{name}.log", cwd=REPO), a)
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
-
-
-def finish(stack: Stack, proc: ManagedProcess, a: argparse.Namespace) -> None:
-    """Run the load generator to its end, at most its duration plus a grace period."""
-    stack.start(proc)
-    limit = a.duration + a.request_timeout + 30
-    end = deadline_in(limit)
-    while proc.is_running():
-        if time.monotonic() > end:
-            proc.stop(timeout=5)
-            raise RuntimeError(f"{proc.name} still running after {limit:.0f}s: stopped")
-        time.sleep(0.05)
-    if proc.returncode() != 0:
-        raise RuntimeError(f"{proc.name} failed ({proc.returncode()}):\n{proc.log_tail()}")
-
-
-# The Python generator, run as ``python -m bench.api_latency --loadgen CONFIG`` in its own process.
-
-
-async def _loadgen(cfg: dict[str, Any]) -> dict[str, Any]:
-    import aiohttp
-
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    n, width, prefix, suffix = cfg["n"], cfg["width"], cfg["prefix"], cfg["suffix"]
-    paths = [f"/v1/chargers/{prefix}{i:0{width}d}/{suffix}" for i in range(n)]
-    connector = aiohttp.TCPConnector(limit=cfg["clients"], force_close=False)
-    timeout = aiohttp.ClientTimeout(total=cfg["timeout"])
-    headers = {"X-API-Key": cfg["key"]}
-    rng = random.Random()  # noqa: S311 (picks charger ids, not secrets)
-    async with aiohttp.ClientSession(
-        base_url=cfg["url"], connector=connector, timeout=timeout, headers=headers
-    ) as session:
-
-        async def client(end: float) -> None:
-            while time.perf_counter() < end:
-                path = paths[rng.randrange(n)]
-                t0 = time.perf_counter()
-                try:
-                    async with session.get(path) as r:
-                        await r.read()
-                        code = str(r.status)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    code = type(exc).__name__
-                latencies.append(time.perf_counter() - t0)
-                statuses[code] += 1
-
-        t_start = time.perf_counter()
-        await asyncio.gather(*(client(t_start + cfg["duration"]) for _ in range(cfg["clients"])))
-        seconds = time.perf_counter() - t_start
-    ms = sorted(x * 1000 for x in latencies)
-    ok = statuses.get("200", 0)
-    return {
-        "requests": len(ms),
-        "seconds": seconds,
-        "req_per_s": len(ms) / seconds,
-        "errors": len(ms) - ok,
-        "error_detail": {k: v for k, v in statuses.items() if k != "200"},
-        "p50_ms": percentile(ms, 50),
-        "p90_ms": percentile(ms, 90),
-        "p99_ms": percentile(ms, 99),
-        "p999_ms": percentile(ms, 99.9),
-        "max_ms": ms[-1] if ms else float("nan"),
-        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
-    }
-
-
-def loadgen_main(config: Path) -> None:
-    cfg = json.loads(config.read_text())
-    try:
-        import uvloop
-
-        result = uvloop.run(_loadgen(cfg))
-        result["event_loop"] = "uvloop"
-    except ImportError:
-        result = asyncio.run(_loadgen(cfg))
-        result["event_loop"] = "asyncio"
-    Path(cfg["out"]).write_text(json.dumps(result), encoding="utf-8")
-
-
 # --- phases ----------------------------------------------------------------------------------
 
 
@@ -751,19 +326,17 @@ def measure(
     a: argparse.Namespace,
 ) -> dict[str, Any]:
     """One measured phase: the load generator's figures, InfluxDB queries, CPU, load average."""
-    watched = {
-        p.name: p for p in stack.procs if p.name in {"api", "influxd", "mosquitto", "bridge"}
-    }
-    meter = CpuMeter(watched)
+    n, width, suffix = target
+    where = Target(url, CHARGER_PREFIX, n, width, suffix, READ_KEY)
+    load = Load(clients, a.duration, a.request_timeout, a.wrk_threads)
+    meter = CpuMeter(stack.named("mosquitto", "influxd", "bridge", "api"))
     load_before = os.getloadavg()
-    queries_before = influx_queries(influx)
+    queries_before = influx.queries_served()
     meter.start()
-    if generator == "wrk":
-        fig = run_wrk(stack, name, url, target, clients, a)
-    else:
-        fig = run_python_loadgen(stack, name, url, target, clients, a)
+    run_load = run_wrk if generator == "wrk" else run_python
+    fig = run_load(stack, name, where, load)
     cpu = meter.stop(f"load generator ({generator})")
-    fig["influx_queries"] = influx_queries(influx) - queries_before - 1
+    fig["influx_queries"] = influx.queries_served() - queries_before - 1
     fig["cpu_percent_of_one_core"] = cpu
     fig["loadavg_before"] = load_before
     fig["loadavg_after"] = os.getloadavg()
@@ -776,17 +349,93 @@ def measure(
     return fig
 
 
-def run(a: argparse.Namespace) -> dict[str, Any]:
-    generator = a.generator
-    if generator == "auto":
-        generator = "wrk" if wrk_binary() else "python"
-        if generator == "python":
+def pick_generator(choice: str) -> str:
+    """``wrk`` or ``python``: ``auto`` takes wrk when it is installed."""
+    if choice == "auto":
+        choice = "wrk" if wrk_binary() else "python"
+        if choice == "python":
             log(f"wrk not found ({WRK_INSTALL}): using the Python generator (aiohttp, uvloop)")
-    elif generator == "wrk" and wrk_binary() is None:
+    elif choice == "wrk" and wrk_binary() is None:
         raise SystemExit(f"bench: --generator wrk, but wrk is not installed ({WRK_INSTALL})")
+    return choice
+
+
+def load_data(
+    stack: Stack, influx: Influx, a: argparse.Namespace, ids: list[str], fig: dict[str, Any]
+) -> None:
+    """The bridge, the history straight to InfluxDB, the latest values through MQTT; then until
+    InfluxDB's compactions are quiet."""
+    influx.query(f'CREATE DATABASE "{DATABASE}"')
+    live_rate = env_for(BridgeSettings, live_max_rate=f"{a.live_max_rate:g}")
+    start_bridge(stack, live_rate | a.bridge_env)
+    seq0 = 1
+    if a.history_chargers:
+        log(
+            f"history: {a.history_chargers} chargers x {a.days} d of 1-minute points, "
+            "line protocol straight to InfluxDB (much faster than through MQTT) ..."
+        )
+        fig["history_load"] = load_history(
+            influx, ids[: a.history_chargers], a.days, datetime.now(UTC), a.writers, a.timeout
+        )
+        seq0 = fig["history_load"]["seq_next"]
+        log(f"  {fig['history_load']['points_per_s']:,.0f} points/s")
+    log(f"latest: {a.chargers:,} readings through MQTT -> bridge -> InfluxDB ...")
+    fig["latest_load_s"] = load_latest(stack, influx, ids, seq0, a.timeout)
+    fig["influx_quiet_wait_s"] = wait_quiet(stack.proc("influxd").pid, 10.0, a.timeout)
+
+
+def start_api_mirrored(stack: Stack, a: argparse.Namespace, fig: dict[str, Any]) -> str:
+    """The API, once its mirror holds every charger; its URL."""
+    _, url = start_api(stack, {"read": READ_KEY, "ingest": INGEST_KEY}, a.api_env)
+    t0 = time.monotonic()
+    wait_for(
+        f"the API's mirror to hold {a.chargers:,} chargers",
+        lambda: mirror_size(url) >= a.chargers,
+        a.timeout,
+        0.5,
+    )
+    fig["mirror_fill_s"] = time.monotonic() - t0
+    fig["mirror_chargers"] = mirror_size(url)
+    return url
+
+
+def touch_latest(stack: Stack, url: str, ids: list[str], a: argparse.Namespace) -> dict[str, Any]:
+    """Every charger's latest once (InfluxDB confirms the mirror), with the CPU it cost."""
+    # A mirrored value younger than LIVE_SETTLE_S is checked against InfluxDB on every request
+    # and not marked confirmed: touch the chargers once it settled.
+    time.sleep(settle_s(a.api_env) + 0.5)
+    log("touching every charger's latest once (InfluxDB confirms the mirror) ...")
+    meter = CpuMeter(stack.named("influxd", "api"))
+    meter.start()
+    t0 = time.monotonic()
+    touched = asyncio.run(asyncio.wait_for(_touch_all(url, ids, 16), a.timeout))
+    return {
+        "seconds": time.monotonic() - t0,
+        "answers": dict(touched),
+        "cpu_percent_of_one_core": meter.stop("bench (touch client)"),
+    }
+
+
+def cold_history(url: str, ids: list[str], clients: int, timeout: float) -> dict[str, Any]:
+    """The first request of each chart builds its page (HISTORY_CACHE_S): all of them at once
+    with ``clients`` clients (an API restart under full load)."""
+    log(f"cold history: each of {len(ids)} charts once, {clients} clients ...")
+    paths = [f"/v1/chargers/{cid}/history?{HISTORY_QUERY}" for cid in ids]
+    t0 = time.monotonic()
+    cold = asyncio.run(asyncio.wait_for(_first_requests(url, paths, clients), timeout))
+    return {
+        "requests": len(cold),
+        "clients": clients,
+        "seconds": time.monotonic() - t0,
+        "p50_ms": statistics.median(cold),
+        "max_ms": max(cold),
+    }
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    generator = pick_generator(a.generator)
     ids, width = charger_ids(a.chargers)
-    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    log(f"working directory {work}; load average {os.getloadavg()}")
+    log(f"load average {os.getloadavg()}")
     fig: dict[str, Any] = {
         "cores": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
@@ -795,121 +444,43 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "duration_s": a.duration,
         "uvloop": importlib.util.find_spec("uvloop") is not None,
         "httptools": importlib.util.find_spec("httptools") is not None,
-        "api_env": dict(item.split("=", 1) for item in a.api_env),
+        "api_env": a.api_env,
         "history_query": HISTORY_QUERY,
-        "latest_trust_s": trust_s(dict(item.split("=", 1) for item in a.api_env)),
+        "latest_trust_s": trust_s(a.api_env),
         "targets": {
             "latest_req_per_s": TARGET_LATEST_RPS,
             "latest_p99_ms": TARGET_LATEST_P99_MS,
             "history_p99_ms": TARGET_HISTORY_P99_MS,
         },
     }
-    try:
-        with running_stack(work) as stack:
-            influx = Influx(stack.influx_url)
-            try:
-                influx.query(f'CREATE DATABASE "{DATABASE}"')
-                bridge_env = {
-                    "TELEMETRY_BRIDGE_LIVE_MAX_RATE": f"{a.live_max_rate:g}",
-                    **dict(item.split("=", 1) for item in a.bridge_env),
-                }
-                start_bridge(stack, bridge_env, None)
-                seq0 = 1
-                if a.history_chargers:
-                    log(
-                        f"history: {a.history_chargers} chargers x {a.days} d of 1-minute points, "
-                        "line protocol straight to InfluxDB (much faster than through MQTT) ..."
-                    )
-                    fig["history_load"] = load_history(
-                        influx,
-                        ids[: a.history_chargers],
-                        a.days,
-                        datetime.now(UTC),
-                        a.writers,
-                        a.timeout,
-                    )
-                    seq0 = fig["history_load"]["seq_next"]
-                    log(f"  {fig['history_load']['points_per_s']:,.0f} points/s")
-                log(f"latest: {a.chargers:,} readings through MQTT -> bridge -> InfluxDB ...")
-                fig["latest_load_s"] = load_latest(stack, influx, ids, seq0, a.timeout)
-                influxd = next(p for p in stack.procs if p.name == "influxd")
-                fig["influx_quiet_wait_s"] = wait_quiet(influxd, 10.0, a.timeout)
-                api, url = start_api(stack, fig["api_env"])
-                t0 = time.monotonic()
-                wait_for(
-                    f"the API's mirror to hold {a.chargers:,} chargers",
-                    lambda: mirror_size(url) >= a.chargers,
-                    a.timeout,
-                    0.5,
-                )
-                fig["mirror_fill_s"] = time.monotonic() - t0
-                fig["mirror_chargers"] = mirror_size(url)
-                # A mirrored value younger than LIVE_SETTLE_S is checked against InfluxDB on
-                # every request and not marked confirmed: touch the chargers once it settled.
-                time.sleep(settle_s(fig["api_env"]) + 0.5)
-                log("touching every charger's latest once (InfluxDB confirms the mirror) ...")
-                meter = CpuMeter({p.name: p for p in stack.procs if p.name in {"api", "influxd"}})
-                meter.start()
-                t0 = time.monotonic()
-                touched = asyncio.run(asyncio.wait_for(_touch_all(url, ids, 16), a.timeout))
-                fig["touch_all"] = {
-                    "seconds": time.monotonic() - t0,
-                    "answers": dict(touched),
-                    "cpu_percent_of_one_core": meter.stop("bench (touch client)"),
-                }
-                check_answers(url, ids[-1], ids[0], a.history_chargers)
-                log(f"measuring latest: {a.clients} clients, {a.duration:g}s, {generator} ...")
-                t_latest = time.monotonic()
-                fig["latest"] = measure(
-                    stack, influx, "latest", url, (a.chargers, width, "latest"), a.clients,
-                    generator, a,
+    with cli.workdir("bench-api-", a.keep) as work, running_stack(work, [GATEWAY]) as stack:
+        influx = Influx(stack.influx_url)
+        try:
+            load_data(stack, influx, a, ids, fig)
+            url = start_api_mirrored(stack, a, fig)
+            t_touch = time.monotonic()
+            fig["touch_all"] = touch_latest(stack, url, ids, a)
+            check_answers(url, ids[-1], ids[0], a.history_chargers)
+            log(f"measuring latest: {a.clients} clients, {a.duration:g}s, {generator} ...")
+            t_latest = time.monotonic()
+            fig["latest"] = measure(
+                stack, influx, "latest", url, (a.chargers, width, "latest"), a.clients,
+                generator, a,
+            )  # fmt: skip
+            fig["latest"]["since_touch_start_s"] = time.monotonic() - t_touch
+            fig["latest"]["phase_s"] = time.monotonic() - t_latest
+            if a.history_chargers:
+                hc = a.history_clients or a.clients
+                fig["history_cold"] = cold_history(url, ids[: a.history_chargers], hc, a.timeout)
+                log(f"measuring history: {hc} clients, {a.duration:g}s ...")
+                fig["history"] = measure(
+                    stack, influx, "history", url,
+                    (a.history_chargers, width, f"history?{HISTORY_QUERY}"), hc, generator, a,
                 )  # fmt: skip
-                fig["latest"]["since_touch_start_s"] = time.monotonic() - t0
-                fig["latest"]["phase_s"] = time.monotonic() - t_latest
-                if a.history_chargers:
-                    hc = a.history_clients or a.clients
-                    # The first request of each chart builds its page (HISTORY_CACHE_S): measured
-                    # on its own, all H at once with hc clients (an API restart under full load),
-                    # then the steady state the phase measures.
-                    log(f"cold history: each of {a.history_chargers} charts once, {hc} clients ...")
-                    paths = [
-                        f"/v1/chargers/{cid}/history?{HISTORY_QUERY}"
-                        for cid in ids[: a.history_chargers]
-                    ]
-                    t_cold = time.monotonic()
-                    cold = asyncio.run(asyncio.wait_for(_first_requests(url, paths, hc), a.timeout))
-                    fig["history_cold"] = {
-                        "requests": len(cold),
-                        "clients": hc,
-                        "seconds": time.monotonic() - t_cold,
-                        "p50_ms": statistics.median(cold),
-                        "max_ms": max(cold),
-                    }
-                    log(f"measuring history: {hc} clients, {a.duration:g}s ...")
-                    fig["history"] = measure(
-                        stack,
-                        influx,
-                        "history",
-                        url,
-                        (a.history_chargers, width, f"history?{HISTORY_QUERY}"),
-                        hc,
-                        generator,
-                        a,
-                    )
-                api_rss = Path(f"/proc/{api.pid}/status").read_text()
-                fig["api_rss_mb"] = next(
-                    int(line.split()[1]) / 1024
-                    for line in api_rss.splitlines()
-                    if line.startswith("VmRSS:")
-                )
-                return fig
-            finally:
-                influx.close()
-    finally:
-        if a.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+            fig["api_rss_mb"] = (proc_status_kb(stack.proc("api").pid or 0, "VmRSS") or 0) / 1024
+            return fig
+        finally:
+            influx.close()
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -921,7 +492,7 @@ def _answered(answers: dict[str, int]) -> int:
 
 def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> None:
     la = fig["loadavg_start"]
-    rows: list[tuple[str, str, str]] = [
+    rows: list[Row] = [
         ("cores (os.cpu_count())", str(fig["cores"]), "shared with other work"),
         ("load average at start (1/5/15 min)", f"{la[0]:.2f} {la[1]:.2f} {la[2]:.2f}", ""),
         (
@@ -1054,9 +625,9 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.api_latency",
-        description="Latency and throughput of the query API's latest and history endpoints "
+    p = cli.parser(
+        "bench.api_latency",
+        "Latency and throughput of the query API's latest and history endpoints "
         "under concurrent clients. Starts and stops its own servers on loopback.",
     )
     p.add_argument("--chargers", type=int, default=10_000, help="chargers with a latest value")
@@ -1078,26 +649,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (each one a core)")
     p.add_argument("--request-timeout", type=float, default=10.0, help="per request, seconds")
     p.add_argument("--writers", type=int, default=2, help="concurrent history write requests")
+    live_rate = cli.env_name(BridgeSettings, live_max_rate=0)
     p.add_argument(
         "--live-max-rate",
         type=float,
         default=5_000.0,
-        help="TELEMETRY_BRIDGE_LIVE_MAX_RATE while loading (default 500/s would take 20 s "
+        help=f"{live_rate} while loading (default 500/s would take 20 s "
         "for 10,000 chargers; 0: no budget)",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="bound on each load/wait phase")
-    p.add_argument(
-        "--api-env", action="append", default=[], metavar="KEY=VALUE", help="extra API setting"
-    )
-    p.add_argument(
-        "--bridge-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra bridge setting",
-    )
-    p.add_argument("--json", type=Path, help="write the figures as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    cli.add_env_option(p, "--api-env", "API", ApiSettings, log_level="WARNING")
+    cli.add_env_option(p, "--bridge-env", "bridge", BridgeSettings, batch_max_messages=20)
+    cli.add_output_options(p)
     p.add_argument("--loadgen", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.loadgen is not None:
@@ -1114,35 +677,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ):
         p.error("--days >= 2 (the history query spans 24 h); --clients, --duration, --writers "
                 "and --wrk-threads positive")  # fmt: skip
-    for prefix, items in (("TELEMETRY_API_", a.api_env), ("TELEMETRY_BRIDGE_", a.bridge_env)):
-        for item in items:
-            if "=" not in item or not item.startswith(prefix):
-                p.error(f"{item!r}: expected {prefix}NAME=VALUE")
+    a.api_env = cli.parse_env(p, "--api-env", a.api_env, ApiSettings)
+    a.bridge_env = cli.parse_env(p, "--bridge-env", a.bridge_env, BridgeSettings)
     return a
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
-    if a.loadgen is not None:
+    if a.loadgen is not None:  # the Python load generator's process, as before the harness
         loadgen_main(a.loadgen)
         return
-    # Ctrl-C and SIGTERM unwind through every ``finally`` that stops a process (explicitly
-    # installed: a shell starting us in the background would have SIGINT ignored).
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        fig = run(a)
-    except KeyboardInterrupt:
-        print("bench: interrupted; every process was stopped", file=sys.stderr)
-        raise SystemExit(130) from None
-    print_report(fig)
-    if a.json is not None:
-        a.json.write_text(json.dumps(fig, indent=2) + "\n", encoding="utf-8")
-        log(f"figures written to {a.json}")
+    cli.run_and_report(a, run, print_report)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -37,18 +34,19 @@ from typing import Any, Final
 
 import orjson
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.harness import cli
+from bench.harness.mqtt import Connection
+from bench.harness.procstat import proc_status_kb
+from bench.harness.report import Row, print_table, verdict
+from bench.harness.stack import BIN, BRIDGE_IDENTITY, TOPIC_ROOT, Stack, running_stack
 from edge_agent.outbox import Outbox
+from edge_agent.settings import EdgeSettings
 from edge_agent.simulator import Simulator
-from telemetry_common.tls import client_context
+from telemetry_common.settings import env_for
 from telemetry_common.topics import Topics
-from telemetry_stack import pki as pki_mod
-from telemetry_stack.servers import free_port, start_mosquitto
 
-BIN: Final = Path(sys.executable).parent
 GATEWAY: Final = "bench-edge"
-ROOT: Final = "chargers/v1"
 TARGET_APPEND: Final = 50_000.0
 TARGET_DRAIN_S: Final = 30.0
 TARGET_RSS_MB: Final = 80.0
@@ -75,40 +73,25 @@ def fill(path: Path, chargers: int, seconds: int, tx: int) -> tuple[int, float]:
 
 
 class Counter:
-    """QoS 1 subscriber (persistent session) counting readings that reach the broker."""
+    """Readings that reach the broker, counted by a QoS 1 subscriber with the bridge's identity."""
 
-    def __init__(self, pki: pki_mod.Pki, port: int) -> None:
+    def __init__(self) -> None:
         self.readings = 0
         self._lock = threading.Lock()
-        cert, key = pki.client_paths(pki_mod.BRIDGE_IDENTITY)
-        c = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id="bench-counter", protocol=paho.MQTTv5
+
+    def subscribe(self, stack: Stack) -> Connection:
+        return Connection(
+            "bench-counter",
+            stack.tls_port,
+            identity=stack.identity(BRIDGE_IDENTITY),
+            subscribe=(Topics(TOPIC_ROOT).readings(GATEWAY), 1),
+            on_message=self._on_message,
         )
-        c.tls_set_context(client_context(pki.ca_file, cert, key))
-        c.on_message = self._on_message
-        c.connect("127.0.0.1", port)
-        c.subscribe(Topics(ROOT).readings(GATEWAY), qos=1)
-        c.loop_start()
-        self.client = c
 
     def _on_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         n = len(orjson.loads(msg.payload)["readings"])
         with self._lock:
             self.readings += n
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def vm_hwm_kb(pid: int) -> int | None:
-    try:
-        for row in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if row.startswith("VmHWM:"):
-                return int(row.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def drain(env: dict[str, str], counter: Counter, expected: int, timeout: float) -> dict[str, Any]:
@@ -124,7 +107,7 @@ def drain(env: dict[str, str], counter: Counter, expected: int, timeout: float) 
     peak = 0
     try:
         while proc.poll() is None:
-            peak = max(peak, vm_hwm_kb(proc.pid) or 0)
+            peak = max(peak, proc_status_kb(proc.pid, "VmHWM") or 0)
             time.sleep(0.02)
         wall = time.perf_counter() - start
         out = proc.stdout.read() if proc.stdout else b""
@@ -147,61 +130,57 @@ def drain(env: dict[str, str], counter: Counter, expected: int, timeout: float) 
     }
 
 
-def run(a: argparse.Namespace, work: Path) -> dict[str, Any]:
-    pki = pki_mod.init(work / "pki")
-    cert, key = pki_mod.issue_gateway(pki.dir, GATEWAY)
-    tls_port, local_port = free_port(), free_port()
-    while local_port == tls_port:
-        local_port = free_port()
-    mosq = start_mosquitto(work / "mosquitto", pki, tls_port, local_port, ROOT)
-    counter: Counter | None = None
-    try:
-        counter = Counter(pki, tls_port)
-        fig: dict[str, Any] = {}
-        big = work / "big.sqlite3"
-        n, spent = fill(big, a.chargers, a.seconds, a.tx)
-        fig["append"] = {"readings": n, "seconds": spent, "rate": n / spent, "tx": a.tx}
-        small_tx = work / "tick.sqlite3"
-        m, spent_tick = fill(small_tx, a.chargers, min(a.seconds, 600), a.chargers)
-        fig["append_tick"] = {"readings": m, "rate": m / spent_tick, "tx": a.chargers}
-        small_tx.unlink()
-        env = {
-            "TELEMETRY_EDGE_GATEWAY_ID": GATEWAY,
-            "TELEMETRY_EDGE_TOPIC_ROOT": ROOT,
-            "TELEMETRY_EDGE_MQTT__HOST": "127.0.0.1",
-            "TELEMETRY_EDGE_MQTT__PORT": str(tls_port),
-            "TELEMETRY_EDGE_MQTT__CA_FILE": str(pki.ca_file),
-            "TELEMETRY_EDGE_MQTT__CERT_FILE": str(cert),
-            "TELEMETRY_EDGE_MQTT__KEY_FILE": str(key),
-            "TELEMETRY_EDGE_LOG_FORMAT": "json",
-            "TELEMETRY_EDGE_LOG_LEVEL": "WARNING",
-            "TELEMETRY_EDGE_BATCH_MAX_READINGS": str(a.batch),
-            "TELEMETRY_EDGE_MAX_INFLIGHT_BATCHES": str(a.inflight),
-        }
-        fig["file_mb"] = big.stat().st_size / 2**20
-        fig["drain"] = drain(env | {"TELEMETRY_EDGE_OUTBOX_PATH": str(big)}, counter, n, 300)
-        small = work / "small.sqlite3"
-        k, _ = fill(small, a.chargers, a.seconds // 10, a.tx)
-        fig["drain_small"] = drain(
-            env | {"TELEMETRY_EDGE_OUTBOX_PATH": str(small)}, counter, k, 300
-        )
-        fig["drain_small"]["readings"] = k
-        return fig
-    finally:
-        if counter is not None:
-            counter.close()
-        mosq.stop()
+def drain_env(stack: Stack, a: argparse.Namespace) -> dict[str, str]:
+    """The environment of ``edge-agent outbox drain`` as gateway GATEWAY (outbox path aside)."""
+    return env_for(
+        EdgeSettings,
+        gateway_id=GATEWAY,
+        topic_root=TOPIC_ROOT,
+        mqtt=stack.mqtt_settings(GATEWAY),
+        log_format="json",
+        log_level="WARNING",
+        batch_max_readings=a.batch,
+        max_inflight_batches=a.inflight,
+    )
 
 
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
+def outbox_env(path: Path) -> dict[str, str]:
+    return env_for(EdgeSettings, outbox_path=path)
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    with (
+        cli.workdir("bench-edge-", a.keep) as work,
+        running_stack(work, [GATEWAY], influxd=False) as stack,
+    ):
+        counter = Counter()
+        sub = counter.subscribe(stack)
+        try:
+            fig: dict[str, Any] = {}
+            big = work / "big.sqlite3"
+            n, spent = fill(big, a.chargers, a.seconds, a.tx)
+            fig["append"] = {"readings": n, "seconds": spent, "rate": n / spent, "tx": a.tx}
+            small_tx = work / "tick.sqlite3"
+            m, spent_tick = fill(small_tx, a.chargers, min(a.seconds, 600), a.chargers)
+            fig["append_tick"] = {"readings": m, "rate": m / spent_tick, "tx": a.chargers}
+            small_tx.unlink()
+            env = drain_env(stack, a)
+            fig["file_mb"] = big.stat().st_size / 2**20
+            fig["drain"] = drain(env | outbox_env(big), counter, n, 300)
+            small = work / "small.sqlite3"
+            k, _ = fill(small, a.chargers, a.seconds // 10, a.tx)
+            fig["drain_small"] = drain(env | outbox_env(small), counter, k, 300)
+            fig["drain_small"]["readings"] = k
+            return fig
+        finally:
+            sub.close()
 
 
 def report(fig: dict[str, Any]) -> None:
     ap, tick, dr, sm = fig["append"], fig["append_tick"], fig["drain"], fig["drain_small"]
     res = dr["result"]
     rate = res.get("rate", 0.0)
-    rows = [
+    rows: list[Row] = [
         (
             f"append, {ap['tx']}-reading transactions",
             f"{ap['rate']:,.0f} readings/s ({ap['readings']:,} in {ap['seconds']:.2f} s)",
@@ -235,32 +214,18 @@ def report(fig: dict[str, Any]) -> None:
             f"flat: {verdict(abs(dr['peak_rss_mb'] - sm['peak_rss_mb']) <= 5)}",
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:<52}  {target}")
+    print_table(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser("bench.edge_outbox", __doc__.split("\n\n")[0])
     p.add_argument("--chargers", type=int, default=100)
     p.add_argument("--seconds", type=int, default=3600, help="simulated seconds at 1 Hz")
     p.add_argument("--tx", type=int, default=1000, help="readings per append transaction")
     p.add_argument("--batch", type=int, default=1000, help="readings per MQTT message")
     p.add_argument("--inflight", type=int, default=4, help="batches awaiting PUBACK")
-    p.add_argument("--json", type=Path, help="write the figures as JSON")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    a = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
-    try:
-        fig = run(a, work)
-        report(fig)
-        if a.json:
-            a.json.write_bytes(orjson.dumps(fig, option=orjson.OPT_INDENT_2))
-    finally:
-        if a.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    cli.add_output_options(p)
+    cli.run_and_report(p.parse_args(argv), run, report)
 
 
 if __name__ == "__main__":

@@ -22,191 +22,55 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
 import orjson
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
-from telemetry_stack import pki as pki_mod
-from telemetry_stack.servers import ManagedProcess, free_port, start_influxd, start_mosquitto
+from bench.harness import cli
+from bench.harness.influx import Influx
+from bench.harness.mqtt import Connection
+from bench.harness.procstat import cpu_seconds, cpu_snapshot, proc_status_kb
+from bench.harness.readings import line
+from bench.harness.report import Row, percentile, print_table, verdict
+from bench.harness.stack import (
+    DATABASE,
+    TOPIC_ROOT,
+    ManagedProcess,
+    Stack,
+    running_stack,
+    start_bridge,
+    wait_exit,
+)
+from bridge.settings import BridgeSettings
 
-REPO: Final = Path(__file__).resolve().parent.parent
-BIN: Final = Path(sys.executable).parent
-TOPIC_ROOT: Final = "chargers/v1"
-DATABASE: Final = "telemetry"
 RAW_DATABASE: Final = "bench_raw"
 RAW_BATCH: Final = 5_000
 GATEWAY: Final = "bench-gw"
 MAX_ROUNDS: Final = 9
 
 
-def round_gateways(rounds: int) -> list[str]:
-    """One gateway per round (its own chargers and seq range, so rounds never overlap)."""
-    return [f"{GATEWAY}-{k}" for k in range(1, rounds + 1)]
+def round_gateway(k: int) -> str:
+    """The gateway of round ``k`` (its own chargers and seq range, so rounds never overlap)."""
+    return f"{GATEWAY}-{k}"
 
 
 LATENCY_GATEWAY: Final = "bench-lat"
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 TARGET_RATIO: Final = 0.50
 TARGET_P99_MS: Final = 250.0
 TARGET_RSS_MB: Final = 150.0
 
 
-# --- small helpers ---------------------------------------------------------------------------
-
-
-def unique_ports(n: int) -> list[int]:
-    ports: list[int] = []
-    for _ in range(100):
-        if len(ports) == n:
-            break
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    if len(ports) != n:
-        raise RuntimeError("could not find free loopback ports")
-    return ports
-
-
-def proc_status_kb(pid: int, key: str) -> int | None:
-    """A ``kB`` figure from /proc/PID/status (VmHWM, VmRSS), or None if unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of ``pid`` (all its threads), or None if unreadable."""
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    # After the command: state(0) ... utime is field 14 of stat, i.e. index 11 here.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
-class Influx:
-    """Just enough of the InfluxDB 1.x HTTP API for the benchmark."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.http = httpx.Client(base_url=url, timeout=30.0)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def query(self, q: str, db: str | None = None) -> list[list[Any]]:
-        params = {"q": q} if db is None else {"q": q, "db": db}
-        r = self.http.post("/query", data=params)
-        r.raise_for_status()
-        body = r.json()
-        result = body["results"][0]
-        if "error" in result:
-            raise RuntimeError(f"InfluxQL error for {q!r}: {result['error']}")
-        series = result.get("series")
-        if not series:
-            return []
-        rows: list[list[Any]] = series[0]["values"]
-        return rows
-
-    def scalar(self, q: str, db: str) -> int:
-        rows = self.query(q, db)
-        return int(rows[0][1]) if rows else 0
-
-    def write(self, db: str, body: bytes) -> None:
-        r = self.http.post("/write", params={"db": db, "precision": "ns"}, content=body)
-        if r.status_code != 204:
-            raise RuntimeError(f"write refused ({r.status_code}): {r.text[:300]}")
-
-
 # --- the run ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    work: Path
-    pki: pki_mod.Pki
-    tls_port: int = 0
-    local_port: int = 0
-    influx_url: str = ""
-    bridge_http_port: int = 0
-    procs: list[ManagedProcess] = field(default_factory=list)
-    #: One keep-alive client for the bridge's status: a new httpx client per poll (every
-    #: 20 ms) builds an SSL context each time and cost a quarter of a core, taken from the
-    #: processes being measured.
-    _status_http: httpx.Client | None = None
-
-    def status_http(self) -> httpx.Client:
-        if self._status_http is None:
-            self._status_http = httpx.Client(timeout=5.0)
-        return self._status_http
-
-    def start(self, proc: ManagedProcess) -> ManagedProcess:
-        self.procs.append(proc)
-        proc.start()
-        return proc
-
-    def stop_all(self) -> None:
-        if self._status_http is not None:
-            self._status_http.close()
-        for proc in reversed(self.procs):
-            try:
-                proc.stop(timeout=10)
-            except Exception as exc:  # keep stopping the others
-                print(f"bench: stopping {proc.name} failed: {exc}", file=sys.stderr)
-
-
-@contextmanager
-def running_stack(work: Path) -> Iterator[Stack]:
-    pki = pki_mod.init(work / "pki")
-    for gateway in (GATEWAY, *round_gateways(MAX_ROUNDS), LATENCY_GATEWAY):
-        pki_mod.issue_gateway(pki.dir, gateway)
-    stack = Stack(work, pki)
-    try:
-        stack.tls_port, stack.local_port, http_port = unique_ports(3)
-        mosq = start_mosquitto(
-            work / "mosquitto", pki, stack.tls_port, stack.local_port, TOPIC_ROOT
-        )
-        stack.procs.append(mosq)
-        influxd = start_influxd(work / "influxd", http_port)
-        stack.procs.append(influxd)
-        stack.influx_url = f"http://127.0.0.1:{http_port}"
-        yield stack
-    finally:
-        stack.stop_all()
 
 
 def _per_reading(pipe: dict[str, Any], name: str) -> float | None:
@@ -238,14 +102,9 @@ def measure_raw_ingest(
     for start in range(0, points, RAW_BATCH):
         lines = []
         for i in range(start, min(points, start + RAW_BATCH)):
-            c = i % chargers
-            lines.append(
-                f"readings,charger_id={GATEWAY}-cp{c:03d},connector_id=1,evse_id=1,"
-                f"gateway_id={GATEWAY} energy_wh={float(i)!r},power_w=7200.0,current_a=31.8,"
-                "voltage_v=229.5,soc_pct=64.0,temperature_c=41.5,frequency_hz=50.0,"
-                f'current_l1_a=31.8,status="Charging",seq={i + 1}i '
-                f"{t0_ns + (i // chargers) * 1_000_000}"
-            )
+            ns = t0_ns + (i // chargers) * 1_000_000
+            cid = f"{GATEWAY}-cp{i % chargers:03d}"
+            lines.append(line(GATEWAY, cid, repr(float(i)), "7200.0", i + 1, ns))
         bodies.append("\n".join(lines).encode())
     # One small warm-up write creates the shard before the clock starts.
     influx.write(RAW_DATABASE, bodies[0][: bodies[0].index(b"\n")])
@@ -287,38 +146,9 @@ def measure_raw_ingest(
     }
 
 
-def start_bridge(stack: Stack, extra_env: dict[str, str], profile: Path | None) -> ManagedProcess:
-    cert, key = stack.pki.client_paths(pki_mod.BRIDGE_IDENTITY)
-    stack.bridge_http_port = free_port()
-    env = {
-        **os.environ,
-        "TELEMETRY_BRIDGE_HTTP_PORT": str(stack.bridge_http_port),
-        "TELEMETRY_BRIDGE_MQTT__HOST": "127.0.0.1",
-        "TELEMETRY_BRIDGE_MQTT__PORT": str(stack.tls_port),
-        "TELEMETRY_BRIDGE_MQTT__CA_FILE": str(stack.pki.ca_file),
-        "TELEMETRY_BRIDGE_MQTT__CERT_FILE": str(cert),
-        "TELEMETRY_BRIDGE_MQTT__KEY_FILE": str(key),
-        "TELEMETRY_BRIDGE_TOPIC_ROOT": TOPIC_ROOT,
-        "TELEMETRY_BRIDGE_LOG_FORMAT": "json",
-        "TELEMETRY_BRIDGE_INFLUX__URL": stack.influx_url,
-        "TELEMETRY_BRIDGE_INFLUX__DATABASE": DATABASE,
-        "TELEMETRY_BRIDGE_CLIENT_ID": f"bench-bridge-{uuid.uuid4().hex[:8]}",
-        "TELEMETRY_BRIDGE_SHARE_GROUP": f"g{uuid.uuid4().hex[:8]}",
-        **extra_env,
-    }
-    if profile is None:
-        argv = [str(BIN / "telemetry-bridge")]
-    else:
-        # SIGTERM cancels the bridge's main task, so cProfile gets to write its file.
-        argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "bridge"]
-    bridge = ManagedProcess("bridge", argv, log_file=stack.work / "bridge.log", env=env, cwd=REPO)
-    stack.start(bridge)
-    bridge.wait_ready(lambda: "subscribed to" in bridge.log_file.read_text(), timeout=30)
-    return bridge
-
-
 def start_publisher(stack: Stack, name: str, gateway: str, args: list[str]) -> ManagedProcess:
-    cert, key = stack.pki.client_paths(gateway)
+    """``bench.publisher`` in its own process, as ``gateway``; its summary goes to NAME.json."""
+    ident = stack.identity(gateway)
     argv = [
         sys.executable,
         "-m",
@@ -326,11 +156,11 @@ def start_publisher(stack: Stack, name: str, gateway: str, args: list[str]) -> M
         "--port",
         str(stack.tls_port),
         "--ca",
-        str(stack.pki.ca_file),
+        str(ident.ca_file),
         "--cert",
-        str(cert),
+        str(ident.cert_file),
         "--key",
-        str(key),
+        str(ident.key_file),
         "--gateway",
         gateway,
         "--topic-root",
@@ -339,18 +169,11 @@ def start_publisher(stack: Stack, name: str, gateway: str, args: list[str]) -> M
         str(stack.work / f"{name}.json"),
         *args,
     ]
-    proc = ManagedProcess(name, argv, log_file=stack.work / f"{name}.log", cwd=REPO)
-    return stack.start(proc)
+    return stack.start(name, argv)
 
 
 def finish_publisher(stack: Stack, proc: ManagedProcess, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while proc.is_running():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.name} still running after {timeout:.0f}s")
-        time.sleep(0.05)
-    if proc.returncode() != 0:
-        raise RuntimeError(f"{proc.name} failed ({proc.returncode()}):\n{proc.log_tail()}")
+    wait_exit(proc, timeout)
     result: dict[str, Any] = json.loads((stack.work / f"{proc.name}.json").read_text())
     return result
 
@@ -405,7 +228,7 @@ def wait_bridge_stored(
     polls = 0
     last, moved = -1.0, time.monotonic()
     while time.monotonic() < deadline:
-        stored = bridge_metrics(stack).get(STORED_KEY, before) - before
+        stored = stack.bridge_metrics().get(STORED_KEY, before) - before
         polls += 1
         if stored >= expected:
             return time.time(), polls
@@ -417,16 +240,6 @@ def wait_bridge_stored(
             raise RuntimeError(f"the bridge exited ({alive.returncode()}):\n{alive.log_tail()}")
         time.sleep(0.02)
     return time.time(), polls
-
-
-def bridge_metrics(stack: Stack) -> dict[str, float]:
-    """The bridge's own counters (its /status document), or {} when it does not answer."""
-    try:
-        r = stack.status_http().get(f"http://127.0.0.1:{stack.bridge_http_port}/status")
-        metrics: dict[str, float] = r.json().get("metrics", {})
-    except (httpx.HTTPError, ValueError):
-        return {}
-    return metrics
 
 
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -443,16 +256,12 @@ def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
     return out
 
 
-def cpu_snapshot(procs: dict[str, ManagedProcess]) -> dict[str, float | None]:
-    return {name: cpu_seconds(p.pid) for name, p in procs.items()}
-
-
 def measure_pipeline(
     stack: Stack, influx: Influx, bridge: ManagedProcess, a: argparse.Namespace, gateway: str
 ) -> dict[str, Any]:
-    servers = {p.name: p for p in stack.procs if p.name in {"mosquitto", "influxd", "bridge"}}
+    servers = stack.named("mosquitto", "influxd", "bridge")
     cpu_before = cpu_snapshot(servers)
-    metrics_before = bridge_metrics(stack)
+    metrics_before = stack.bridge_metrics()
     t_wall0 = time.time()
     pub = start_publisher(
         stack,
@@ -475,7 +284,7 @@ def measure_pipeline(
         stack, metrics_before.get(STORED_KEY, 0.0), a.readings, a.timeout, bridge, a.stall
     )
     cpu_after = cpu_snapshot(servers)
-    metrics_after = bridge_metrics(stack)
+    metrics_after = stack.bridge_metrics()
     t_wall1 = time.time()
     published = finish_publisher(stack, pub, a.timeout)
     # What InfluxDB holds is counted once, after the clock stopped (nothing is trusted blindly).
@@ -520,50 +329,24 @@ def measure_pipeline(
     }
 
 
-class LiveSubscriber:
-    """Anonymous MQTT 5 client on the loopback listener, timing live messages of one gateway."""
+class LiveTimes:
+    """Times the live messages of one gateway, received by an anonymous MQTT 5 client on the
+    loopback listener (``subscribe``)."""
 
-    def __init__(self, port: int, gateway: str) -> None:
+    def __init__(self, gateway: str) -> None:
         self.gateway = gateway
         self.latencies_ms: list[float] = []
         self.seqs: set[int] = set()
         self.retained = 0
-        self._subscribed = threading.Event()
         self._lock = threading.Lock()
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"bench-live-{uuid.uuid4().hex[:8]}",
-            protocol=paho.MQTTv5,
+
+    def subscribe(self, port: int) -> Connection:
+        return Connection(
+            f"bench-live-{uuid.uuid4().hex[:8]}",
+            port,
+            subscribe=(f"{TOPIC_ROOT}/live/#", 0),
+            on_message=self._on_message,
         )
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port, keepalive=60, clean_start=True)
-        self.client.loop_start()
-        if not self._subscribed.wait(timeout=20):
-            self.close()
-            raise RuntimeError("live subscriber did not get its SUBACK")
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: object,
-        flags: paho.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if not reason_code.is_failure:
-            client.subscribe(f"{TOPIC_ROOT}/live/#", qos=0)
-
-    def _on_subscribe(
-        self,
-        client: paho.Client,
-        userdata: object,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         now = time.time()
@@ -577,10 +360,6 @@ class LiveSubscriber:
         with self._lock:
             self.latencies_ms.append((now - ts) * 1000.0)
             self.seqs.add(int(body["seq"]))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 class StoredPoller:
@@ -645,8 +424,9 @@ def measure_latency(
     # A fixed fleet (the throughput phase's chargers by default), as in the field: a new charger
     # per reading would measure InfluxDB creating series, not the pipeline.
     chargers = max(a.latency_chargers or a.chargers, batch)
-    sub = LiveSubscriber(stack.local_port, LATENCY_GATEWAY)
-    metrics_before = bridge_metrics(stack)
+    live = LiveTimes(LATENCY_GATEWAY)
+    sub = live.subscribe(stack.local_port)
+    metrics_before = stack.bridge_metrics()
     poller = StoredPoller(
         stack.influx_url,
         LATENCY_GATEWAY,
@@ -688,16 +468,16 @@ def measure_latency(
         # stop coming for 2 s, or all arrived, at most --timeout.
         settle_deadline = time.monotonic() + a.timeout
         seen, quiet_since = -1, time.monotonic()
-        while time.monotonic() < settle_deadline and len(sub.seqs) < published["readings"]:
-            if len(sub.seqs) != seen:
-                seen, quiet_since = len(sub.seqs), time.monotonic()
+        while time.monotonic() < settle_deadline and len(live.seqs) < published["readings"]:
+            if len(live.seqs) != seen:
+                seen, quiet_since = len(live.seqs), time.monotonic()
             elif time.monotonic() - quiet_since > 2.0:
                 break
             time.sleep(0.1)
     finally:
         sub.close()
-    metrics_after = bridge_metrics(stack)
-    lat = sorted(sub.latencies_ms)
+    metrics_after = stack.bridge_metrics()
+    lat = sorted(live.latencies_ms)
     stored_lat = sorted(poller.latencies_ms(published["sent"], published["seq_first"]))
     return {
         "target_readings_per_s": rate,
@@ -726,23 +506,7 @@ def measure_latency(
     }
 
 
-# --- report ----------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
-def print_table(rows: list[tuple[str, str, str]], out: Callable[[str], None] = print) -> None:
-    """Rows of (figure, measured, note) as an aligned table."""
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    out("")
-    out(f"{'figure':<{w0}}  {'measured':>{w1}}  note")
-    out(f"{'-' * w0}  {'-' * w1}  ----")
-    for name, value, note in rows:
-        out(f"{name:<{w0}}  {value:>{w1}}  {note}")
-    out("")
+# --- report ---------------------------------------------------------------------------------
 
 
 def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> None:
@@ -753,7 +517,7 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
     ratio = fig["ratio"]
     raw2 = fig.get("raw_ingest_2_clients")
     ratio2 = fig.get("ratio_2_clients")
-    rows: list[tuple[str, str, str]] = [
+    rows: list[Row] = [
         (
             "raw InfluxDB ingest (5,000-line batches, 1 client)",
             f"{raw['points_per_s']:,.0f} points/s",
@@ -900,9 +664,9 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.pipeline_throughput",
-        description="Raw InfluxDB ingest vs. the telemetry pipeline, latency at partial load, "
+    p = cli.parser(
+        "bench.pipeline_throughput",
+        "Raw InfluxDB ingest vs. the telemetry pipeline, latency at partial load, "
         "bridge memory. Starts and stops its own servers on loopback.",
     )
     p.add_argument(
@@ -933,16 +697,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=300.0, help="bound on each phase, seconds")
     p.add_argument("--stall", type=float, default=30.0, help="give up when no progress, seconds")
-    p.add_argument(
-        "--bridge-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for the bridge (e.g. TELEMETRY_BRIDGE_BATCH_MAX_MESSAGES=20)",
-    )
+    cli.add_env_option(p, "--bridge-env", "bridge", BridgeSettings, batch_max_messages=20)
     p.add_argument("--profile-bridge", type=Path, help="run the bridge under cProfile, stats here")
-    p.add_argument("--json", type=Path, help="write the figures as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    cli.add_output_options(p)
     a = p.parse_args(argv)
     if a.readings < 1 or a.batch_size < 1 or a.chargers < 1 or a.raw_points < 1:
         p.error("--readings, --batch-size, --chargers and --raw-points must be positive")
@@ -952,121 +709,102 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--window must be within 1..10000 (MQTT packet ids are 16-bit)")
     if a.batch_size > 5_000:
         p.error("--batch-size is at most 5,000 readings (ReadingBatch limit)")
-    for item in a.bridge_env:
-        if "=" not in item or not item.startswith("TELEMETRY_BRIDGE_"):
-            p.error(f"--bridge-env {item!r}: expected TELEMETRY_BRIDGE_NAME=VALUE")
+    a.bridge_env = cli.parse_env(p, "--bridge-env", a.bridge_env, BridgeSettings)
     return a
 
 
+def measure_round(
+    stack: Stack, influx: Influx, bridge: ManagedProcess, a: argparse.Namespace, k: int
+) -> dict[str, Any]:
+    """Raw ingest (1 client, 2 clients), then the pipeline with gateway ``k``."""
+    cli.log(f"round {k}/{a.rounds}: raw InfluxDB ingest ...")
+    server = stack.proc("influxd").pid
+    raw = measure_raw_ingest(influx, a.raw_points, a.chargers, 1, server)
+    raw2 = measure_raw_ingest(influx, a.raw_points, a.chargers, 2, server)
+    cli.log(f"round {k}/{a.rounds}: pipeline, {a.readings:,} readings ...")
+    pipe = measure_pipeline(stack, influx, bridge, a, round_gateway(k))
+    rate = pipe["readings_per_s"]
+    return {
+        "raw_ingest": raw,
+        "raw_ingest_2_clients": raw2,
+        "pipeline": pipe,
+        "ratio": None if rate is None else rate / raw["points_per_s"],
+        "ratio_2_clients": None if rate is None else rate / raw2["points_per_s"],
+    }
+
+
+def round_figures(r: dict[str, Any]) -> dict[str, Any]:
+    """What the table lists of one round."""
+    return {
+        "raw_points_per_s": r["raw_ingest"]["points_per_s"],
+        "raw_2_clients_points_per_s": r["raw_ingest_2_clients"]["points_per_s"],
+        "pipeline_readings_per_s": r["pipeline"]["readings_per_s"],
+        "ratio": r["ratio"],
+        "ratio_2_clients": r["ratio_2_clients"],
+        "complete": r["pipeline"]["complete"],
+        # InfluxDB's own CPU per point: raw 1 client, 2 clients, pipeline.
+        "influxd_us_per_point": [
+            r["raw_ingest"]["influxd_us_per_point"],
+            r["raw_ingest_2_clients"]["influxd_us_per_point"],
+            _per_reading(r["pipeline"], "influxd"),
+        ],
+    }
+
+
+def _mb(kb: int | None) -> float | None:
+    return None if kb is None else kb / 1024
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    print(f"bench: working directory {work}", file=sys.stderr)
-    extra_env = dict(item.split("=", 1) for item in a.bridge_env)
-    try:
-        with running_stack(work) as stack:
-            influx = Influx(stack.influx_url)
-            try:
-                bridge = start_bridge(stack, extra_env, a.profile_bridge)
-                assert bridge.pid is not None
-                idle_kb = proc_status_kb(bridge.pid, "VmRSS")
-                rounds: list[dict[str, Any]] = []
-                for k, gateway in enumerate(round_gateways(a.rounds), start=1):
-                    print(f"bench: round {k}/{a.rounds}: raw InfluxDB ingest ...", file=sys.stderr)
-                    server = next(p.pid for p in stack.procs if p.name == "influxd")
-                    raw = measure_raw_ingest(influx, a.raw_points, a.chargers, 1, server)
-                    raw2 = measure_raw_ingest(influx, a.raw_points, a.chargers, 2, server)
-                    print(f"bench: round {k}/{a.rounds}: pipeline, {a.readings:,} readings ...",
-                          file=sys.stderr)  # fmt: skip
-                    pipe = measure_pipeline(stack, influx, bridge, a, gateway)
-                    rate = pipe["readings_per_s"]
-                    ratio = None if rate is None else rate / raw["points_per_s"]
-                    ratio2 = None if rate is None else rate / raw2["points_per_s"]
-                    rounds.append(
-                        {
-                            "raw_ingest": raw,
-                            "raw_ingest_2_clients": raw2,
-                            "pipeline": pipe,
-                            "ratio": ratio,
-                            "ratio_2_clients": ratio2,
-                        }
-                    )
-                hwm_kb = proc_status_kb(bridge.pid, "VmHWM")
-                # The round with the median ratio stands for the run; every round is reported.
-                median = rounds[median_index([r["ratio"] for r in rounds])]
-                raw, pipe = median["raw_ingest"], median["pipeline"]
-                ratios2 = [r["ratio_2_clients"] for r in rounds]
-                fig: dict[str, Any] = {
-                    "raw_ingest": raw,
-                    "raw_ingest_2_clients": median["raw_ingest_2_clients"],
-                    "pipeline": pipe,
-                    "ratio": median["ratio"],
-                    "ratio_2_clients": ratios2[median_index(ratios2)],
-                    "rounds": [
-                        {
-                            "raw_points_per_s": r["raw_ingest"]["points_per_s"],
-                            "raw_2_clients_points_per_s": r["raw_ingest_2_clients"]["points_per_s"],
-                            "pipeline_readings_per_s": r["pipeline"]["readings_per_s"],
-                            "ratio": r["ratio"],
-                            "ratio_2_clients": r["ratio_2_clients"],
-                            "complete": r["pipeline"]["complete"],
-                            # InfluxDB's own CPU per point: raw 1 client, 2 clients, pipeline.
-                            "influxd_us_per_point": [
-                                r["raw_ingest"]["influxd_us_per_point"],
-                                r["raw_ingest_2_clients"]["influxd_us_per_point"],
-                                _per_reading(r["pipeline"], "influxd"),
-                            ],
-                        }
-                        for r in rounds
-                    ],
-                    "latency_load": a.latency_load,
-                    "bridge_rss": {
-                        "peak_mb": None if hwm_kb is None else hwm_kb / 1024,
-                        "idle_mb": None if idle_kb is None else idle_kb / 1024,
-                    },
-                    "bridge_env": extra_env,
-                    "targets": {
-                        "ratio": TARGET_RATIO,
-                        "p99_ms": TARGET_P99_MS,
-                        "bridge_rss_mb": TARGET_RSS_MB,
-                    },
-                }
-                if not all(r["pipeline"]["complete"] for r in rounds):
-                    print(
-                        "bench: a throughput round did not complete; no latency phase "
-                        "(its load would be a fraction of a stalled rate)",
-                        file=sys.stderr,
-                    )
-                elif not a.no_latency:
-                    rate = a.latency_load * float(pipe["readings_per_s"])
-                    print(f"bench: latency at {rate:,.0f} readings/s ...", file=sys.stderr)
-                    fig["latency"] = measure_latency(stack, influx, bridge, a, rate)
-                    hwm_after = proc_status_kb(bridge.pid, "VmHWM")
-                    fig["bridge_rss"]["peak_mb_after_latency"] = (
-                        None if hwm_after is None else hwm_after / 1024
-                    )
-                # Stopped here (not only in the finally) so a profile is written before we read it.
-                bridge.stop(timeout=20)
-                return fig
-            finally:
-                influx.close()
-    finally:
-        if a.keep:
-            print(f"bench: kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    gateways = (GATEWAY, *map(round_gateway, range(1, MAX_ROUNDS + 1)), LATENCY_GATEWAY)
+    with cli.workdir("bench-pipeline-", a.keep) as work, running_stack(work, gateways) as stack:
+        influx = Influx(stack.influx_url)
+        try:
+            bridge = start_bridge(stack, a.bridge_env, a.profile_bridge)
+            assert bridge.pid is not None
+            idle_kb = proc_status_kb(bridge.pid, "VmRSS")
+            rounds = [measure_round(stack, influx, bridge, a, k) for k in range(1, a.rounds + 1)]
+            hwm_kb = proc_status_kb(bridge.pid, "VmHWM")
+            # The round with the median ratio stands for the run; every round is reported.
+            median = rounds[median_index([r["ratio"] for r in rounds])]
+            ratios2 = [r["ratio_2_clients"] for r in rounds]
+            fig: dict[str, Any] = {
+                "raw_ingest": median["raw_ingest"],
+                "raw_ingest_2_clients": median["raw_ingest_2_clients"],
+                "pipeline": median["pipeline"],
+                "ratio": median["ratio"],
+                "ratio_2_clients": ratios2[median_index(ratios2)],
+                "rounds": [round_figures(r) for r in rounds],
+                "latency_load": a.latency_load,
+                "bridge_rss": {"peak_mb": _mb(hwm_kb), "idle_mb": _mb(idle_kb)},
+                "bridge_env": a.bridge_env,
+                "targets": {
+                    "ratio": TARGET_RATIO,
+                    "p99_ms": TARGET_P99_MS,
+                    "bridge_rss_mb": TARGET_RSS_MB,
+                },
+            }
+            if not all(r["pipeline"]["complete"] for r in rounds):
+                cli.log(
+                    "a throughput round did not complete; no latency phase "
+                    "(its load would be a fraction of a stalled rate)"
+                )
+            elif not a.no_latency:
+                rate = a.latency_load * float(median["pipeline"]["readings_per_s"])
+                cli.log(f"latency at {rate:,.0f} readings/s ...")
+                fig["latency"] = measure_latency(stack, influx, bridge, a, rate)
+                fig["bridge_rss"]["peak_mb_after_latency"] = _mb(
+                    proc_status_kb(bridge.pid, "VmHWM")
+                )
+            # Stopped here (not only in the finally) so a profile is written before we read it.
+            bridge.stop(timeout=20)
+            return fig
+        finally:
+            influx.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    a = parse_args(argv)
-    try:
-        fig = run(a)
-    except KeyboardInterrupt:
-        print("bench: interrupted; every process was stopped", file=sys.stderr)
-        raise SystemExit(130) from None
-    print_report(fig)
-    if a.json is not None:
-        a.json.write_text(json.dumps(fig, indent=2) + "\n", encoding="utf-8")
-        print(f"bench: figures written to {a.json}", file=sys.stderr)
+    cli.run_and_report(parse_args(argv), run, print_report)
 
 
 if __name__ == "__main__":

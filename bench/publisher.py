@@ -1,7 +1,7 @@
 """Benchmark publisher, run in its own process by ``bench.pipeline_throughput``.
 
-One gateway (paho-mqtt, MQTT 5 over TLS with the gateway's certificate) publishing ReadingBatch
-payloads at QoS 1 with a bounded window of unacknowledged publishes:
+One gateway (MQTT 5 over TLS with the gateway's certificate) publishing ReadingBatch payloads at
+QoS 1 with a bounded window of unacknowledged publishes:
 
 - ``--rate 0``: ``--readings`` readings as fast as the broker acknowledges them. Reading ``i``
   belongs to charger ``i % chargers`` and is stamped ``t0 + (i // chargers)`` milliseconds, so
@@ -18,138 +18,30 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
-from telemetry_common.schema import SCHEMA_ID, format_ts
-from telemetry_common.tls import client_context
-from telemetry_common.topics import Topics
-
-VALUES_TEMPLATE: dict[str, float] = {
-    "energy_wh": 12345.6,
-    "power_w": 7200.0,
-    "current_a": 31.8,
-    "voltage_v": 229.5,
-    "soc_pct": 64.0,
-    "temperature_c": 41.5,
-    "frequency_hz": 50.0,
-    "current_l1_a": 31.8,
-}
+from bench.harness.mqtt import Connection, Identity
+from bench.harness.readings import batch_payload, reading
+from telemetry_common.schema import format_ts
+from telemetry_common.topics import DEFAULT_ROOT, Topics
 
 
-class Window:
-    """At most ``size`` unacknowledged publishes; counts PUBACKs and refusals."""
-
-    def __init__(self, size: int) -> None:
-        self._sem = threading.BoundedSemaphore(size)
-        self._lock = threading.Lock()
-        self.acked = 0
-        self.refused = 0
-        self.last_ack = 0.0
-        self.connected = threading.Event()
-        self.lost = threading.Event()
-
-    def on_connect(
-        self,
-        client: paho.Client,
-        userdata: object,
-        flags: paho.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            print(f"publisher: connect refused: {reason_code}", file=sys.stderr)
-            self.lost.set()
-        else:
-            self.connected.set()
-
-    def on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: object,
-        flags: paho.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if self.connected.is_set():
-            print(f"publisher: disconnected: {reason_code}", file=sys.stderr)
-        self.lost.set()
-
-    def on_publish(
-        self,
-        client: paho.Client,
-        userdata: object,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        with self._lock:
-            self.acked += 1
-            if reason_code.is_failure:
-                self.refused += 1
-            self.last_ack = time.time()
-        self._sem.release()
-
-    def acquire(self, deadline: float) -> None:
-        while not self._sem.acquire(timeout=0.5):
-            if self.lost.is_set():
-                raise SystemExit("publisher: connection lost")
-            if time.monotonic() > deadline:
-                raise SystemExit("publisher: timed out waiting for PUBACKs")
-
-
-def _reading(gateway_id: str, charger: int, seq: int, ts: str, energy: float) -> dict[str, object]:
-    values = dict(VALUES_TEMPLATE)
-    values["energy_wh"] = energy
-    return {
-        "charger_id": f"{gateway_id}-cp{charger:03d}",
-        "evse_id": 1,
-        "connector_id": 1,
-        "seq": seq,
-        "ts": ts,
-        "status": "Charging",
-        "values": values,
-    }
-
-
-def _payload(gateway_id: str, readings: list[dict[str, object]]) -> bytes:
-    return orjson.dumps({"schema": SCHEMA_ID, "gateway_id": gateway_id, "readings": readings})
-
-
-def _connect(args: argparse.Namespace, window: Window) -> paho.Client:
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=args.gateway,
-        protocol=paho.MQTTv5,
-    )
-    client.tls_set_context(client_context(Path(args.ca), Path(args.cert), Path(args.key)))
-    # paho's own window equals ours, so nothing waits in paho's internal queue.
-    client.max_inflight_messages_set(args.window)
-    client.on_connect = window.on_connect
-    client.on_disconnect = window.on_disconnect
-    client.on_publish = window.on_publish
-    client.connect(args.host, args.port, keepalive=60, clean_start=True)
-    client.loop_start()
-    if not window.connected.wait(timeout=20) or window.lost.is_set():
-        client.loop_stop()
-        raise SystemExit("publisher: could not connect to the broker")
-    return client
+def charger_id(gateway: str, charger: int) -> str:
+    return f"{gateway}-cp{charger:03d}"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     topic = Topics(args.topic_root).readings(args.gateway)
-    window = Window(args.window)
-    client = _connect(args, window)
+    conn = Connection(
+        args.gateway,
+        args.port,
+        identity=Identity(Path(args.ca), Path(args.cert), Path(args.key)),
+        host=args.host,
+        window=args.window,
+    )
     deadline = time.monotonic() + args.timeout
     sent_msgs = 0
     sent_readings = 0
@@ -171,16 +63,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 readings = []
                 for i in range(start, start + n):
                     ts = format_ts(t0 + timedelta(milliseconds=i // args.chargers))
-                    readings.append(_reading(args.gateway, i % args.chargers, seq, ts, float(i)))
+                    cid = charger_id(args.gateway, i % args.chargers)
+                    readings.append(reading(cid, seq, ts, float(i)))
                     seq += 1
-                payloads.append((n, _payload(args.gateway, readings)))
+                payloads.append((n, batch_payload(args.gateway, readings)))
             build_cpu_s = time.process_time()
             t_first = time.time()
             for n, payload in payloads:
-                window.acquire(deadline)
-                info = client.publish(topic, payload, qos=1)
-                if info.rc != paho.MQTT_ERR_SUCCESS:
-                    raise SystemExit(f"publisher: publish failed with rc {info.rc}")
+                conn.publish(topic, payload, deadline)
                 sent_msgs += 1
                 sent_readings += n
         else:
@@ -197,38 +87,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ts = format_ts(datetime.now(UTC))
                 readings = []
                 for _ in range(args.batch_size):
-                    readings.append(_reading(args.gateway, charger, seq, ts, float(seq)))
+                    readings.append(reading(charger_id(args.gateway, charger), seq, ts, float(seq)))
                     seq += 1
                     charger = (charger + 1) % args.chargers
-                payload = _payload(args.gateway, readings)
-                window.acquire(deadline)
+                payload = batch_payload(args.gateway, readings)
+                conn.reserve(deadline)
                 t_pub = time.time()
                 if k == 0:
                     t_first = t_pub
                 sent_log.append((seq - args.batch_size, args.batch_size, t_pub))
-                info = client.publish(topic, payload, qos=1)
-                if info.rc != paho.MQTT_ERR_SUCCESS:
-                    raise SystemExit(f"publisher: publish failed with rc {info.rc}")
+                conn.send(topic, payload)
                 sent_msgs += 1
                 sent_readings += args.batch_size
-        while window.acked < sent_msgs:
-            if time.monotonic() > deadline or window.lost.is_set():
-                raise SystemExit(
-                    f"publisher: {sent_msgs - window.acked} publishes not acknowledged"
-                )
-            time.sleep(0.005)
+        conn.wait_acked(sent_msgs, deadline)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        conn.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "t_first_publish": t_first,
-        "t_last_puback": window.last_ack,
+        "t_last_puback": conn.acks.last_ack,
         "messages": sent_msgs,
         "readings": sent_readings,
         "seq_first": args.seq_start,
         "seq_last": seq - 1,
-        "refused": window.refused,
+        "refused": conn.acks.refused,
         "max_schedule_lag_s": max_lag,
         # CPU while publishing (building the payloads beforehand is not counted).
         "cpu_s": usage.ru_utime + usage.ru_stime - build_cpu_s,
@@ -245,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--gateway", required=True)
-    p.add_argument("--topic-root", default="chargers/v1")
+    p.add_argument("--topic-root", default=DEFAULT_ROOT)
     p.add_argument("--readings", type=int, default=0, help="readings to send (--rate 0)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--chargers", type=int, default=1000)
@@ -253,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=0.0, help="readings/s; 0 = as fast as possible")
     p.add_argument("--duration", type=float, default=5.0, help="seconds (with --rate)")
     p.add_argument("--seq-start", type=int, default=1)
-    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--timeout", type=float, default=600.0, help="bound on every wait, seconds")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if not 1 <= args.window <= 10_000:
