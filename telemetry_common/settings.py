@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,33 +22,51 @@ from telemetry_common.topics import DEFAULT_ROOT, Topics
 class MqttSettings(BaseModel):
     """How a service reaches the broker: MQTT 5 over TLS with its own client certificate."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8883, ge=1, le=65535)
-    ca_file: Path = Path("pki/ca.crt")
-    cert_file: Path = Path("pki/client.crt")
-    key_file: Path = Path("pki/client.key")
-    keepalive_s: int = Field(default=60, ge=5, le=3600)
-    #: Session expiry for persistent sessions (MQTT 5); the broker keeps our subscriptions and
-    #: queued QoS 1 messages this long while we are away.
-    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
+    port: int = Field(default=8883, ge=1, le=65535, description="Broker TLS port.")
+    ca_file: Path = Field(
+        default=Path("pki/ca.crt"),
+        description="CA certificate the broker's certificate is checked against.",
+    )
+    cert_file: Path = Field(
+        default=Path("pki/client.crt"),
+        description="This client's certificate; its CN is the identity the broker's ACL knows.",
+    )
+    key_file: Path = Field(
+        default=Path("pki/client.key"), description="Private key of ``cert_file``."
+    )
+    keepalive_s: int = Field(
+        default=60, ge=5, le=3600, description="MQTT keep-alive interval (seconds)."
+    )
+    session_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="Session expiry of the persistent session (MQTT 5): the broker keeps our "
+        "subscriptions and queued QoS 1 messages this long while we are away.",
+    )
 
 
 class InfluxSettings(BaseModel):
     """Where readings are stored. ``api=v1`` speaks /write and /query (InfluxDB 1.x, and the
     v1-compatible API of 2.x/3.x); ``api=v2`` writes through influxdb-client's async client."""
 
-    url: str = "http://127.0.0.1:8086"
-    api: Literal["v1", "v2"] = "v1"
-    database: str = "telemetry"
-    #: v1: basic-auth user/password (optional). v2: token, org, bucket.
-    username: str | None = None
-    password: SecretStr | None = None
-    token: SecretStr | None = None
-    org: str | None = None
-    bucket: str | None = None
-    timeout_s: float = Field(default=10.0, gt=0)
-    #: v1 only: run CREATE DATABASE at start (needs an admin user when auth is on).
-    create_database: bool = True
+    url: str = Field(default="http://127.0.0.1:8086", description="InfluxDB base URL.")
+    api: Literal["v1", "v2"] = Field(
+        default="v1",
+        description="``v1``: /write and /query (InfluxDB 1.x, or the v1-compatible API of "
+        "2.x/3.x); ``v2``: writes through influxdb-client (token, org, bucket).",
+    )
+    database: str = Field(default="telemetry", description="Database (v1) the readings live in.")
+    username: str | None = Field(default=None, description="v1: basic-auth user (optional).")
+    password: SecretStr | None = Field(default=None, description="v1: basic-auth password.")
+    token: SecretStr | None = Field(default=None, description="v2 (or 2.x's v1 API): API token.")
+    org: str | None = Field(default=None, description="v2: organisation.")
+    bucket: str | None = Field(default=None, description="v2: bucket.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one InfluxDB request.")
+    create_database: bool = Field(
+        default=True,
+        description="v1 only: run CREATE DATABASE at start (needs an admin user when auth is on).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -57,10 +77,16 @@ class InfluxSettings(BaseModel):
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", env_nested_delimiter="__")
 
-    topic_root: str = DEFAULT_ROOT
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    #: auto: JSON when stderr is not a TTY, readable text on a terminal.
-    log_format: Literal["auto", "json", "text"] = "auto"
+    topic_root: str = Field(
+        default=DEFAULT_ROOT, description="First topic levels of every topic the pipeline uses."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="``auto``: JSON when stderr is not a terminal, readable text on one.",
+    )
 
     @field_validator("topic_root")
     @classmethod
@@ -111,6 +137,47 @@ def env_for(settings: type[BaseSettings], **values: object) -> dict[str, str]:
 
     walk(settings, prefix, values)
     return out
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable a settings model reads (or, with ``group``, the prefix of a
+    nested group's variables, e.g. ``TELEMETRY_API_MQTT__``)."""
+
+    env: str
+    annotation: object
+    #: The value when the variable is unset; meaningless when ``required``.
+    default: object
+    required: bool
+    description: str
+    group: bool = False
+
+
+def settings_of(settings: type[BaseSettings]) -> Iterator[Setting]:
+    """Every variable ``settings`` reads, in field order, nested groups included, each with the
+    default the service really gets (a group's default instance overrides its model's defaults,
+    e.g. the bridge's own certificate paths)."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    delimiter = str(settings.model_config.get("env_nested_delimiter") or "__")
+
+    def walk(model: type[BaseModel], name: str, defaults: BaseModel | None) -> Iterator[Setting]:
+        for key, field in model.model_fields.items():
+            env = f"{name}{key.upper()}"
+            required = field.is_required()
+            default = None if required else field.get_default(call_default_factory=True)
+            if defaults is not None:
+                default = getattr(defaults, key)
+            description = field.description or ""
+            sub = _model_of(field.annotation)
+            if sub is None:
+                yield Setting(env, field.annotation, default, required, description)
+                continue
+            yield Setting(
+                f"{env}{delimiter}", field.annotation, default, required, description, True
+            )
+            yield from walk(sub, f"{env}{delimiter}", default if isinstance(default, sub) else None)
+
+    yield from walk(settings, prefix, None)
 
 
 def _model_of(annotation: object) -> type[BaseModel] | None:
