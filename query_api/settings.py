@@ -11,12 +11,11 @@ from pydantic_settings import SettingsConfigDict
 
 from telemetry_common.errors import ConfigError
 from telemetry_common.ids import Id
-from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings
+from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings, env_name
 
 Role = Literal["read", "ingest", "admin"]
 ROLES: tuple[Role, ...] = ("read", "ingest", "admin")
 
-KEYS_ENV = "TELEMETRY_API_KEYS"
 #: Gateway ids an ingest key may not be bound to: topic levels and identities the ACL reserves.
 RESERVED_INGEST_GATEWAYS = frozenset(
     {"live", "deadletter", "telemetry-bridge", "telemetry-api", "ca", "server"}
@@ -205,7 +204,7 @@ class ApiSettings(ServiceSettings):
     def _refuse_without_keys(self) -> ApiSettings:
         if not self.keys:
             raise ConfigError(
-                KEYS_ENV,
+                env_name(ApiSettings, "keys"),
                 "no API keys configured; the API refuses to start without them. Set it to JSON, "
                 'e.g. {"read": "<key>", "ingest": "<key>", "admin": "<key>"}',
             )
@@ -214,28 +213,33 @@ class ApiSettings(ServiceSettings):
             and self.history_default_limit > self.history_max_points
         ):
             raise ConfigError(
-                "TELEMETRY_API_HISTORY_DEFAULT_LIMIT",
+                env_name(ApiSettings, "history_default_limit"),
                 f"{self.history_default_limit} exceeds history_max_points "
                 f"({self.history_max_points})",
             )
         if self.history_default_range > self.history_max_range:
             raise ConfigError(
-                "TELEMETRY_API_HISTORY_DEFAULT_RANGE", "exceeds TELEMETRY_API_HISTORY_MAX_RANGE"
+                env_name(ApiSettings, "history_default_range"),
+                f"exceeds {env_name(ApiSettings, 'history_max_range')}",
             )
         if self.stats_default_range > self.stats_max_range:
             raise ConfigError(
-                "TELEMETRY_API_STATS_DEFAULT_RANGE", "exceeds TELEMETRY_API_STATS_MAX_RANGE"
+                env_name(ApiSettings, "stats_default_range"),
+                f"exceeds {env_name(ApiSettings, 'stats_max_range')}",
             )
         if self.state_stale_after_s >= self.state_offline_after_s:
             raise ConfigError(
-                "TELEMETRY_API_STATE_STALE_AFTER_S", "must be below STATE_OFFLINE_AFTER_S"
+                env_name(ApiSettings, "state_stale_after_s"),
+                f"must be below {env_name(ApiSettings, 'state_offline_after_s')}",
             )
         all_keys = [k.get_secret_value() for k in (*self.keys.values(), *self.ingest_keys.values())]
         if len(set(all_keys)) != len(all_keys):
-            raise ConfigError("TELEMETRY_API_INGEST_KEYS", "every key must be distinct")
+            raise ConfigError(env_name(ApiSettings, "ingest_keys"), "every key must be distinct")
         for gateway in (self.ingest_gateway, *self.ingest_keys):
             if gateway in RESERVED_INGEST_GATEWAYS:
-                raise ConfigError("TELEMETRY_API_INGEST_GATEWAY", f"{gateway!r} is reserved")
+                raise ConfigError(
+                    env_name(ApiSettings, "ingest_gateway"), f"{gateway!r} is reserved"
+                )
         return self
 
     @property

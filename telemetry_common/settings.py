@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telemetry_common.topics import DEFAULT_ROOT, Topics
@@ -109,6 +110,18 @@ def _env_value(value: object) -> str:
     return str(value)
 
 
+def _prefix_and_delimiter(settings: type[BaseSettings]) -> tuple[str, str]:
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return prefix, str(settings.model_config.get("env_nested_delimiter") or "__")
+
+
+def _field(model: type[BaseModel], key: str) -> FieldInfo:
+    field = model.model_fields.get(key)
+    if field is None:
+        raise KeyError(f"{model.__name__} has no setting {key!r}")
+    return field
+
+
 def env_for(settings: type[BaseSettings], **values: object) -> dict[str, str]:
     """The environment variables that give ``settings`` these ``values``, their names derived
     from the model (prefix, field name, ``__`` for a nested group), so no other place types them:
@@ -120,16 +133,12 @@ def env_for(settings: type[BaseSettings], **values: object) -> dict[str, str]:
     given for a field that is itself a model is spelled as nested variables; any other dict or
     list is JSON.
     """
-    prefix = str(settings.model_config.get("env_prefix", ""))
-    delimiter = str(settings.model_config.get("env_nested_delimiter") or "__")
+    prefix, delimiter = _prefix_and_delimiter(settings)
     out: dict[str, str] = {}
 
     def walk(model: type[BaseModel], name: str, items: dict[str, object]) -> None:
         for key, value in items.items():
-            field = model.model_fields.get(key)
-            if field is None:
-                raise KeyError(f"{model.__name__} has no setting {key!r}")
-            sub = _model_of(field.annotation)
+            sub = _model_of(_field(model, key).annotation)
             if sub is not None and isinstance(value, dict):
                 walk(sub, f"{name}{key.upper()}{delimiter}", value)
             elif value is not None:
@@ -137,6 +146,26 @@ def env_for(settings: type[BaseSettings], **values: object) -> dict[str, str]:
 
     walk(settings, prefix, values)
     return out
+
+
+def env_name(settings: type[BaseSettings], *path: str) -> str:
+    """The name of the variable that sets ``path`` (a field, or a group then its field):
+
+    >>> env_name(BridgeSettings, "mqtt", "host")
+    'TELEMETRY_BRIDGE_MQTT__HOST'
+
+    Raises ``KeyError`` for a name the model does not have.
+    """
+    prefix, delimiter = _prefix_and_delimiter(settings)
+    model: type[BaseModel] | None = settings
+    for key in path[:-1]:
+        if model is None:
+            raise KeyError(f"{key!r} is not inside a settings group")
+        model = _model_of(_field(model, key).annotation)
+    if model is None or not path:
+        raise KeyError(f"{'.'.join(path)!r} names no setting")
+    _field(model, path[-1])
+    return prefix + delimiter.join(key.upper() for key in path)
 
 
 @dataclass(frozen=True)
@@ -157,8 +186,7 @@ def settings_of(settings: type[BaseSettings]) -> Iterator[Setting]:
     """Every variable ``settings`` reads, in field order, nested groups included, each with the
     default the service really gets (a group's default instance overrides its model's defaults,
     e.g. the bridge's own certificate paths)."""
-    prefix = str(settings.model_config.get("env_prefix", ""))
-    delimiter = str(settings.model_config.get("env_nested_delimiter") or "__")
+    prefix, delimiter = _prefix_and_delimiter(settings)
 
     def walk(model: type[BaseModel], name: str, defaults: BaseModel | None) -> Iterator[Setting]:
         for key, field in model.model_fields.items():
