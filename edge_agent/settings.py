@@ -56,7 +56,8 @@ class EdgeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="TELEMETRY_EDGE_")
 
     gateway_id: Id = Field(
-        description="This gateway's id: the CN of its certificate and its topic level."
+        description="This gateway's id: the CN of its certificate, its MQTT client id and its "
+        "topic level."
     )
     outbox_path: Path = Field(
         default=Path("edge-outbox.sqlite3"), description="The outbox's SQLite file."
@@ -106,7 +107,7 @@ class EdgeSettings(ServiceSettings):
         default=0.0,
         ge=0,
         description="Backlog drain rate in readings/s (0 = as fast as the broker acknowledges); "
-        "live readings are never paced.",
+        "set it on metered or slow links. Live readings are never paced.",
     )
     reconnect_max_s: float = Field(
         default=30.0,

@@ -97,11 +97,6 @@ class ApiSettings(ServiceSettings):
         description="The broker (TLS, client certificate CN ``telemetry-api``). Unset: no live "
         "mirror (latest from InfluxDB only) and ``POST /v1/telemetry`` answers 503.",
     )
-    mqtt_client_id: Id | None = Field(
-        default=None,
-        description="MQTT client id; unset: ``telemetry-api-<random>`` (a clean session per "
-        "process).",
-    )
     live_settle_s: float = Field(
         default=2.0,
         ge=0,
@@ -167,16 +162,10 @@ class ApiSettings(ServiceSettings):
         description="Readings stamped further ahead than this are refused (the bridge would "
         "dead-letter them).",
     )
-    ingest_publish_timeout_s: float = Field(
-        default=10.0, gt=0, description="How long a publish may wait for the broker's PUBACK."
-    )
     bridge_urls: list[AnyHttpUrl] = Field(
         default_factory=list,
         description="Bridges whose ``/status`` is served merged on ``/v1/pipeline/status`` (JSON "
         "list).",
-    )
-    bridge_timeout_s: float = Field(
-        default=2.0, gt=0, description="How long each bridge's ``/status`` may take."
     )
 
     @field_validator("keys")

@@ -9,7 +9,6 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 
 from telemetry_common.errors import ConfigError
-from telemetry_common.schema import MAX_BATCH_READINGS
 
 
 def is_loopback(host: str) -> bool:
@@ -69,12 +68,6 @@ class OcppSettings(BaseModel):
         le=16 * 1024 * 1024,
         description="Largest OCPP frame accepted (a bigger one closes that charger's connection, "
         "code 1009).",
-    )
-    max_batch: int = Field(
-        default=500,
-        ge=1,
-        le=MAX_BATCH_READINGS,
-        description="Captures handed to the agent at once.",
     )
     max_pending: int = Field(
         default=1_000,
