@@ -29,144 +29,74 @@ class ApiSettings(ServiceSettings):
         env_prefix="TELEMETRY_API_", extra="ignore", env_nested_delimiter="__"
     )
 
-    host: str = Field(default="127.0.0.1", description="Address the API listens on.")
-    port: int = Field(default=8000, ge=1, le=65535, description="Its port.")
-    access_log: bool = Field(
-        default=False,
-        description="uvicorn's per-request access log. Off by default: at thousands of requests "
-        "per second it costs more CPU than a ``latest`` answer; ``/metrics`` counts every "
-        "request by route, status and latency.",
-    )
-    influx: InfluxSettings = Field(
-        default_factory=InfluxSettings,
-        description="Where readings are read from (a read-only user or token is enough).",
-    )
-    keys: dict[Role, SecretStr] = Field(
-        default_factory=dict,
-        description='Role -> key, JSON: ``{"read": "K1", "ingest": "K2", "admin": "K3"}``. '
-        "Required: the API refuses to start without keys.",
-    )
+    host: str = "127.0.0.1"
+    """Address the API listens on."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Its port."""
+    access_log: bool = False
+    """uvicorn's per-request access log. Off by default: at thousands of requests per second it
+    costs more CPU than a ``latest`` answer; ``/metrics`` counts every request by route, status
+    and latency."""
+    influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    """Where readings are read from (a read-only user or token is enough)."""
+    keys: dict[Role, SecretStr] = Field(default_factory=dict)
+    """Role -> key, JSON: ``{"read": "K1", "ingest": "K2", "admin": "K3"}``. Required: the API
+    refuses to start without keys."""
 
-    history_max_range: timedelta = Field(
-        default=timedelta(days=31),
-        gt=timedelta(0),
-        description="Longest ``end - start`` a history query may span.",
-    )
-    history_default_range: timedelta = Field(
-        default=timedelta(hours=1),
-        gt=timedelta(0),
-        description="Range used when a history query gives no ``start``.",
-    )
-    history_max_points: int = Field(
-        default=10_000,
-        ge=1,
-        le=1_000_000,
-        description="Most points one history page may hold (the cap on ``limit``).",
-    )
-    history_default_limit: int | None = Field(
-        default=None,
-        ge=1,
-        description="``limit`` when the request gives none; unset: 1,000 or HISTORY_MAX_POINTS "
-        "if lower.",
-    )
-    history_cache_s: float = Field(
-        default=5.0,
-        ge=0,
-        description="How long a downsampled history page is reused (0: never); a page lags "
-        "InfluxDB by at most this much.",
-    )
-    history_cache_max_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=0, description="Bound of the history page cache in all."
-    )
-    history_min_every: timedelta = Field(
-        default=timedelta(seconds=1),
-        gt=timedelta(0),
-        description="Smallest ``every`` of a downsampled history query.",
-    )
-    stats_max_range: timedelta = Field(
-        default=timedelta(days=31), gt=timedelta(0), description="Longest window of ``/stats``."
-    )
-    stats_default_range: timedelta = Field(
-        default=timedelta(hours=24),
-        gt=timedelta(0),
-        description="Window of ``/stats`` when the request gives none.",
-    )
+    history_max_range: timedelta = Field(default=timedelta(days=31), gt=timedelta(0))
+    """Longest ``end - start`` a history query may span."""
+    history_default_range: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0))
+    """Range used when a history query gives no ``start``."""
+    history_max_points: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Most points one history page may hold (the cap on ``limit``)."""
+    history_default_limit: int | None = Field(default=None, ge=1)
+    """``limit`` when the request gives none; unset: 1,000 or HISTORY_MAX_POINTS if lower."""
+    history_cache_s: float = Field(default=5.0, ge=0)
+    """How long a downsampled history page is reused (0: never); a page lags InfluxDB by at most
+    this much."""
+    history_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Bound of the history page cache in all."""
+    history_min_every: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
+    """Smallest ``every`` of a downsampled history query."""
+    stats_max_range: timedelta = Field(default=timedelta(days=31), gt=timedelta(0))
+    """Longest window of ``/stats``."""
+    stats_default_range: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
+    """Window of ``/stats`` when the request gives none."""
 
-    mqtt: MqttSettings | None = Field(
-        default=None,
-        description="The broker (TLS, client certificate CN ``telemetry-api``). Unset: no live "
-        "mirror (latest from InfluxDB only) and ``POST /v1/telemetry`` answers 503.",
-    )
-    live_settle_s: float = Field(
-        default=2.0,
-        ge=0,
-        description="The bridge's TELEMETRY_BRIDGE_LIVE_INTERVAL_S plus a margin: a live value "
-        "younger than this may have a newer reading waiting in the bridge's conflation, so "
-        "InfluxDB is asked too.",
-    )
-    latest_trust_s: float = Field(
-        default=60.0,
-        ge=0,
-        description="A mirrored value InfluxDB confirmed is served from memory this long, then "
-        "checked again.",
-    )
-    latest_sweep_s: float = Field(
-        default=10.0,
-        ge=0,
-        description="Every this often one InfluxDB query confirms the whole mirror (0: never; "
-        "then each charger is confirmed by its own query once per LATEST_TRUST_S). Keep it well "
-        "under LATEST_TRUST_S.",
-    )
-    mirror_max_chargers: int = Field(
-        default=1_000_000,
-        ge=1,
-        description="Most chargers the mirror holds (beyond it, latest is read from InfluxDB).",
-    )
-    state_stale_after_s: float = Field(
-        default=300.0,
-        gt=0,
-        description="A charger whose newest reading is older than this is ``stale``.",
-    )
-    state_offline_after_s: float = Field(
-        default=3600.0, gt=0, description="... and older than this, ``offline``."
-    )
-    chargers_cache_s: float = Field(
-        default=10.0,
-        ge=0,
-        description="How long the charger index (newest point per charger, from InfluxDB) is "
-        "reused.",
-    )
-    chargers_max_page: int = Field(
-        default=1000, ge=1, le=100_000, description="Most chargers one ``/v1/chargers`` page holds."
-    )
+    mqtt: MqttSettings | None = None
+    """The broker (TLS, client certificate CN ``telemetry-api``). Unset: no live mirror (latest from
+    InfluxDB only) and ``POST /v1/telemetry`` answers 503."""
+    live_settle_s: float = Field(default=2.0, ge=0)
+    """The bridge's TELEMETRY_BRIDGE_LIVE_INTERVAL_S plus a margin: a live value younger than this
+    may have a newer reading waiting in the bridge's conflation, so InfluxDB is asked too."""
+    latest_trust_s: float = Field(default=60.0, ge=0)
+    """A mirrored value InfluxDB confirmed is served from memory this long, then checked again."""
+    latest_sweep_s: float = Field(default=10.0, ge=0)
+    """Every this often one InfluxDB query confirms the whole mirror (0: never; then each charger is
+    confirmed by its own query once per LATEST_TRUST_S). Keep it well under LATEST_TRUST_S."""
+    mirror_max_chargers: int = Field(default=1_000_000, ge=1)
+    """Most chargers the mirror holds (beyond it, latest is read from InfluxDB)."""
+    state_stale_after_s: float = Field(default=300.0, gt=0)
+    """A charger whose newest reading is older than this is ``stale``."""
+    state_offline_after_s: float = Field(default=3600.0, gt=0)
+    """... and older than this, ``offline``."""
+    chargers_cache_s: float = Field(default=10.0, ge=0)
+    """How long the charger index (newest point per charger, from InfluxDB) is reused."""
+    chargers_max_page: int = Field(default=1000, ge=1, le=100_000)
+    """Most chargers one ``/v1/chargers`` page holds."""
 
-    ingest_gateway: Id = Field(
-        default="http-ingest",
-        description="The gateway identity under which readings sent with the ``ingest`` role "
-        "key are published (``{root}/{gateway}/readings``). Dedicate it to HTTP ingest: the API "
-        "numbers its ``seq``.",
-    )
-    ingest_keys: dict[Id, SecretStr] = Field(
-        default_factory=dict,
-        description='More ingest keys, each bound to its own gateway: JSON ``{"gateway_id": '
-        '"key"}``.',
-    )
-    ingest_seq_file: Path | None = Field(
-        default=None,
-        description="Where the last ``seq`` used per ingest gateway is kept across restarts "
-        "(JSON). Unset: the next seq is derived from InfluxDB at the first ingest after a start.",
-    )
-    ingest_max_future_s: float = Field(
-        default=300.0,
-        ge=0,
-        description="Readings stamped further ahead than this are refused (the bridge would "
-        "dead-letter them).",
-    )
-    bridge_urls: list[AnyHttpUrl] = Field(
-        default_factory=list,
-        description="Bridges whose ``/status`` is served merged on ``/v1/pipeline/status`` (JSON "
-        "list).",
-    )
+    ingest_gateway: Id = "http-ingest"
+    """The gateway identity under which readings sent with the ``ingest`` role key are published
+    (``{root}/{gateway}/readings``). Dedicate it to HTTP ingest: the API numbers its ``seq``."""
+    ingest_keys: dict[Id, SecretStr] = Field(default_factory=dict)
+    """More ingest keys, each bound to its own gateway: JSON ``{"gateway_id": "key"}``."""
+    ingest_seq_file: Path | None = None
+    """Where the last ``seq`` used per ingest gateway is kept across restarts (JSON). Unset: the
+    next seq is derived from InfluxDB at the first ingest after a start."""
+    ingest_max_future_s: float = Field(default=300.0, ge=0)
+    """Readings stamped further ahead than this are refused (the bridge would dead-letter them)."""
+    bridge_urls: list[AnyHttpUrl] = Field(default_factory=list)
+    """Bridges whose ``/status`` is served merged on ``/v1/pipeline/status`` (JSON list)."""
 
     @field_validator("keys")
     @classmethod

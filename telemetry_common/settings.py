@@ -1,7 +1,10 @@
 """Settings bases: each service subclasses :class:`ServiceSettings` with its own env prefix.
 
-Nested groups read from ``PREFIX_GROUP__FIELD`` (e.g. ``TELEMETRY_BRIDGE_MQTT__HOST``). Settings are
-built in each service's ``__main__`` and passed in; nothing is read at import time.
+Nested groups (:class:`SettingsGroup`) read from ``PREFIX_GROUP__FIELD`` (e.g.
+``TELEMETRY_BRIDGE_MQTT__HOST``). Settings are built in each service's ``__main__`` and passed in;
+nothing is read at import time. The docstring under a field is its description (pydantic's
+``use_attribute_docstrings``), which docs/settings.md shows (``telemetry_common.settings_doc``);
+no other place types a variable's name: ``env_for`` and ``env_name`` derive them.
 """
 
 from __future__ import annotations
@@ -13,61 +16,65 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telemetry_common.topics import DEFAULT_ROOT, Topics
 
 
-class MqttSettings(BaseModel):
+class SettingsGroup(BaseModel):
+    """A nested group of settings (``PREFIX_GROUP__FIELD``). Like :class:`ServiceSettings`, it
+    takes each field's description from the docstring under it (docs/settings.md shows them)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class MqttSettings(SettingsGroup):
     """How a service reaches the broker: MQTT 5 over TLS with its own client certificate."""
 
-    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
-    port: int = Field(default=8883, ge=1, le=65535, description="Broker TLS port.")
-    ca_file: Path = Field(
-        default=Path("pki/ca.crt"),
-        description="CA certificate the broker's certificate is checked against.",
-    )
-    cert_file: Path = Field(
-        default=Path("pki/client.crt"),
-        description="This client's certificate; its CN is the identity the broker's ACL knows.",
-    )
-    key_file: Path = Field(
-        default=Path("pki/client.key"), description="Private key of ``cert_file``."
-    )
-    keepalive_s: int = Field(
-        default=60, ge=5, le=3600, description="MQTT keep-alive interval (seconds)."
-    )
-    session_expiry_s: int = Field(
-        default=7 * 24 * 3600,
-        ge=0,
-        description="Session expiry of the persistent session (MQTT 5): the broker keeps our "
-        "subscriptions and queued QoS 1 messages this long while we are away.",
-    )
+    host: str = "127.0.0.1"
+    """Broker host name or address."""
+    port: int = Field(default=8883, ge=1, le=65535)
+    """Broker TLS port."""
+    ca_file: Path = Path("pki/ca.crt")
+    """CA certificate the broker's certificate is checked against."""
+    cert_file: Path = Path("pki/client.crt")
+    """This client's certificate; its CN is the identity the broker's ACL knows."""
+    key_file: Path = Path("pki/client.key")
+    """Private key of ``cert_file``."""
+    keepalive_s: int = Field(default=60, ge=5, le=3600)
+    """MQTT keep-alive interval (seconds)."""
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    """Session expiry of the persistent session (MQTT 5): the broker keeps our subscriptions and
+    queued QoS 1 messages this long while we are away."""
 
 
-class InfluxSettings(BaseModel):
+class InfluxSettings(SettingsGroup):
     """Where readings are stored. ``api=v1`` speaks /write and /query (InfluxDB 1.x, and the
     v1-compatible API of 2.x/3.x); ``api=v2`` writes through influxdb-client's async client."""
 
-    url: str = Field(default="http://127.0.0.1:8086", description="InfluxDB base URL.")
-    api: Literal["v1", "v2"] = Field(
-        default="v1",
-        description="``v1``: /write and /query (InfluxDB 1.x, or the v1-compatible API of "
-        "2.x/3.x); ``v2``: writes through influxdb-client (token, org, bucket).",
-    )
-    database: str = Field(default="telemetry", description="Database (v1) the readings live in.")
-    username: str | None = Field(default=None, description="v1: basic-auth user (optional).")
-    password: SecretStr | None = Field(default=None, description="v1: basic-auth password.")
-    token: SecretStr | None = Field(default=None, description="v2 (or 2.x's v1 API): API token.")
-    org: str | None = Field(default=None, description="v2: organisation.")
-    bucket: str | None = Field(default=None, description="v2: bucket.")
-    timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one InfluxDB request.")
-    create_database: bool = Field(
-        default=True,
-        description="v1 only: run CREATE DATABASE at start (needs an admin user when auth is on).",
-    )
+    url: str = "http://127.0.0.1:8086"
+    """InfluxDB base URL."""
+    api: Literal["v1", "v2"] = "v1"
+    """``v1``: /write and /query (InfluxDB 1.x, or the v1-compatible API of 2.x/3.x); ``v2``: writes
+    through influxdb-client (token, org, bucket)."""
+    database: str = "telemetry"
+    """Database (v1) the readings live in."""
+    username: str | None = None
+    """v1: basic-auth user (optional)."""
+    password: SecretStr | None = None
+    """v1: basic-auth password."""
+    token: SecretStr | None = None
+    """v2 (or 2.x's v1 API): API token."""
+    org: str | None = None
+    """v2: organisation."""
+    bucket: str | None = None
+    """v2: bucket."""
+    timeout_s: float = Field(default=10.0, gt=0)
+    """Timeout of one InfluxDB request."""
+    create_database: bool = True
+    """v1 only: run CREATE DATABASE at start (needs an admin user when auth is on)."""
 
     @field_validator("url")
     @classmethod
@@ -76,18 +83,16 @@ class InfluxSettings(BaseModel):
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(
+        extra="ignore", env_nested_delimiter="__", use_attribute_docstrings=True
+    )
 
-    topic_root: str = Field(
-        default=DEFAULT_ROOT, description="First topic levels of every topic the pipeline uses."
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Lowest level logged."
-    )
-    log_format: Literal["auto", "json", "text"] = Field(
-        default="auto",
-        description="``auto``: JSON when stderr is not a terminal, readable text on one.",
-    )
+    topic_root: str = DEFAULT_ROOT
+    """First topic levels of every topic the pipeline uses."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level logged."""
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """``auto``: JSON when stderr is not a terminal, readable text on one."""
 
     @field_validator("topic_root")
     @classmethod

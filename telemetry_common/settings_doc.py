@@ -1,7 +1,8 @@
 """Writes docs/settings.md from the settings models: ``python -m telemetry_common.settings_doc``.
 
 One table per service: each variable's name (derived from the model, as ``env_for`` derives it),
-its type, its default and its description (the field's ``Field(description=...)``). Run with
+its type, its default and its description (the docstring under the field, which pydantic keeps
+as the field's description: ``use_attribute_docstrings``). Run with
 ``--check`` to fail when the file is out of date; tests/unit/test_settings_doc.py does the same.
 """
 

@@ -23,7 +23,7 @@ def test_every_setting_is_described_and_in_the_doc() -> None:
     doc = settings_doc.DOC.read_text(encoding="utf-8")
     for cls in (EdgeSettings, BridgeSettings, ApiSettings):
         for setting in settings_of(cls):
-            assert setting.description, f"{setting.env} has no Field(description=...)"
+            assert setting.description, f"{setting.env}: its field has no docstring (description)"
             name = f"`{setting.env}*`" if setting.group else f"`{setting.env}`"
             assert f"| {name} |" in doc, setting.env
 
