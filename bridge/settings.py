@@ -24,26 +24,33 @@ class BridgeSettings(ServiceSettings, ProcessorSettings):
     mqtt: MqttSettings = MqttSettings(
         cert_file=Path("pki/telemetry-bridge.crt"), key_file=Path("pki/telemetry-bridge.key")
     )
+    """The broker, with the bridge's certificate (CN ``telemetry-bridge``)."""
     influx: InfluxSettings = InfluxSettings()
-    #: Fixed per bridge process: the broker keeps this session (and its queue) across restarts.
-    #: Make it and the share group unguessable in a deployment (the bridge warns otherwise):
-    #: the broker cannot stop a gateway certificate from using either (mosquitto/README.md).
+    """Where readings are written."""
     client_id: Id = DEFAULT_CLIENT_ID
+    """MQTT client id, fixed per bridge process: the broker keeps this session (and its queue)
+    across restarts. Make it and the share group unguessable in a deployment (the bridge warns
+    otherwise): the broker cannot stop a gateway certificate from using either
+    (mosquitto/README.md)."""
     share_group: Id = SHARE_GROUP
-    #: MQTT 5 Receive Maximum: how many unacknowledged messages the broker may send us. This is
-    #: the bridge's backpressure: when InfluxDB is slow, the broker holds the rest.
+    """Shared-subscription group of the bridges (``$share/GROUP/...``)."""
     max_inflight: int = Field(default=1000, ge=1, le=65_535)
+    """MQTT 5 Receive Maximum: how many unacknowledged messages the broker may send us. This is the
+    bridge's backpressure: when InfluxDB is slow, the broker holds the rest."""
     batch_max_messages: int = Field(default=500, ge=1)
+    """A batch ends at this many messages."""
     batch_max_wait_s: float = Field(default=0.1, gt=0)
-    #: A batch also ends once its payloads add up to this many bytes.
+    """... or once its first message has waited this long."""
     batch_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
-    #: Batches in hand at once (taken, being prepared or being written): while earlier ones are
-    #: written, the next is prepared. Memory grows with it (a batch is ~10 MB decoded at
-    #: BATCH_MAX_BYTES); 1 takes the next batch only once the last one is acknowledged.
+    """... or once its payloads add up to this many bytes."""
     pipeline_depth: int = Field(default=3, ge=1, le=16)
-    #: /metrics, /healthz, /readyz, /status; port 0 turns them off.
+    """Batches in hand at once (taken, being prepared or being written): while earlier ones are
+    written, the next is prepared. Memory grows with it (a batch is ~10 MB decoded at
+    BATCH_MAX_BYTES); 1 takes the next batch only once the last one is acknowledged."""
     http_host: str = "127.0.0.1"
+    """Address of /metrics, /healthz, /readyz and /status."""
     http_port: int = Field(default=9464, ge=0, le=65535)
-    #: On SIGTERM the batch in hand is finished and acknowledged; after this long, we stop anyway
-    #: (what is unacknowledged is redelivered).
+    """Their port; 0 turns them off."""
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    """On SIGTERM the batch in hand is finished and acknowledged; after this long, we stop anyway
+    (what is unacknowledged is redelivered)."""

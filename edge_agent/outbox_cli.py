@@ -33,12 +33,13 @@ from edge_agent.outbox import Outbox, OutboxStats
 from edge_agent.publisher import Counters, Publisher
 from edge_agent.settings import EdgeSettings
 from telemetry_common.logs import configure_logging
+from telemetry_common.settings import env_name
 
 outbox_app = typer.Typer(help="Inspect and manage the local outbox.")
 
 OutboxPath = Annotated[
     Path,
-    typer.Option("--path", envvar="TELEMETRY_EDGE_OUTBOX_PATH", help="The outbox file."),
+    typer.Option("--path", envvar=env_name(EdgeSettings, "outbox_path"), help="The outbox file."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 DEFAULT_PATH = Path("edge-outbox.sqlite3")
@@ -49,7 +50,8 @@ def load_settings() -> EdgeSettings:
         return EdgeSettings()  # gateway_id comes from the environment
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
-            name = "TELEMETRY_EDGE_" + "__".join(str(p) for p in err["loc"]).upper()
+            prefix = EdgeSettings.model_config.get("env_prefix", "")
+            name = prefix + "__".join(str(p) for p in err["loc"]).upper()
             typer.echo(f"edge-agent: {name}: {err['msg']}", err=True)
         raise typer.Exit(2) from exc
 

@@ -4,33 +4,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from edge_agent.budget import Budget
 from edge_agent.ocpp.settings import OcppSettings
 from telemetry_common.ids import Id
 from telemetry_common.schema import MAX_BATCH_BYTES, MAX_BATCH_READINGS
-from telemetry_common.settings import MqttSettings, ServiceSettings
+from telemetry_common.settings import MqttSettings, ServiceSettings, SettingsGroup
 
 
-class SimSettings(BaseModel):
+class SimSettings(SettingsGroup):
+    """The ``sim`` source: simulated chargers."""
+
     chargers: int = Field(default=2, ge=1, le=10_000)
+    """Simulated chargers."""
     interval_s: float = Field(default=1.0, gt=0)
+    """Each simulated charger sends a reading this often."""
     seed: int | None = None
+    """Random seed, for repeatable readings (unset: random)."""
 
 
-class OutboxSettings(BaseModel):
+class OutboxSettings(SettingsGroup):
     """The outbox budget (``TELEMETRY_EDGE_OUTBOX__*``); see docs/edge-agent.md for the policy.
 
     The defaults hold about 5.5 hours of 100 chargers at 1 Hz (a reading is ~250 bytes).
     """
 
     max_rows: int = Field(default=2_000_000, ge=1)
-    #: Reading bytes (the stored JSON), not the file size: the file is ~1.3x this plus the WAL.
+    """Most readings the outbox holds (the budget)."""
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=4096)
-    #: Refused batches kept for the operator; beyond this the oldest parked rows are dropped.
+    """Most reading bytes it holds (the stored JSON), not the file size: the file is ~1.3x this plus
+    the WAL."""
     max_parked_rows: int = Field(default=100_000, ge=0)
+    """Refused batches kept for the operator; beyond this the oldest parked rows are dropped."""
 
     def budget(self) -> Budget:
         return Budget(self.max_rows, self.max_bytes, self.max_parked_rows)
@@ -40,27 +47,35 @@ class EdgeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="TELEMETRY_EDGE_")
 
     gateway_id: Id
+    """This gateway's id: the CN of its certificate, its MQTT client id and its topic level."""
     outbox_path: Path = Path("edge-outbox.sqlite3")
+    """The outbox's SQLite file."""
     outbox: OutboxSettings = OutboxSettings()
+    """The outbox budget (docs/edge-agent.md)."""
     mqtt: MqttSettings = MqttSettings()
+    """The broker, with this gateway's certificate."""
     sim: SimSettings = SimSettings()
-    #: The ``ocpp`` source's central-system endpoint (TELEMETRY_EDGE_OCPP__HOST/__PORT/...).
+    """The ``sim`` source."""
     ocpp: OcppSettings = OcppSettings()
+    """The ``ocpp`` source's central-system endpoint (docs/ocpp.md)."""
     batch_max_readings: int = Field(default=1_000, ge=1, le=MAX_BATCH_READINGS)
+    """Most readings per MQTT message."""
     batch_max_bytes: int = Field(default=MAX_BATCH_BYTES, ge=4096, le=MAX_BATCH_BYTES)
-    #: How long to wait for a PUBACK before treating the batch as not delivered (it stays
-    #: in the outbox and is sent again; a replay is harmless).
+    """Most payload bytes per MQTT message."""
     publish_timeout_s: float = Field(default=30.0, gt=0)
-    #: A live batch that is not full waits until its oldest reading is this old, so readings
-    #: captured together travel together (fewer, fuller messages); 0 = send at once.
+    """How long to wait for a PUBACK before treating the batch as not delivered (it stays in the
+    outbox and is sent again; a replay is harmless)."""
     linger_s: float = Field(default=0.05, ge=0, le=5)
-    #: Batches published and awaiting their PUBACK at once (one slot is kept for live readings).
+    """A live batch that is not full waits until its oldest reading is this old, so readings
+    captured together travel together (fewer, fuller messages); 0 = send at once."""
     max_inflight_batches: int = Field(default=4, ge=1, le=64)
-    #: Backlog drain rate in readings/s (0 = as fast as the broker acknowledges); live readings
-    #: are never paced.
+    """Batches published and awaiting their PUBACK at once (one slot is kept for live readings)."""
     drain_rate: float = Field(default=0.0, ge=0)
-    #: Cap of the capped exponential backoff (with jitter) for reconnects and publish retries.
+    """Backlog drain rate in readings/s (0 = as fast as the broker acknowledges); set it on metered
+    or slow links. Live readings are never paced."""
     reconnect_max_s: float = Field(default=30.0, ge=1, le=3600)
-    #: Prometheus metrics on http://METRICS_HOST:METRICS_PORT/metrics (0 = off).
+    """Cap of the capped exponential backoff (with jitter) for reconnects and publish retries."""
     metrics_host: str = "127.0.0.1"
+    """Address of the Prometheus metrics (``/metrics``)."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Their port (0 = off)."""

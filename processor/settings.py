@@ -5,30 +5,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ProcessorSettings(BaseModel):
-    #: Lines per InfluxDB write request (a batch is written in requests of this size); the
-    #: default takes a whole batch (BATCH_MAX_BYTES of ~280-byte readings) in one request:
-    #: fewer, larger writes cost InfluxDB less per point.
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     write_max_lines: int = Field(default=10_000, ge=1, le=100_000)
-    #: InfluxDB write requests in flight at once (the requests of one batch go concurrently).
+    """Lines per InfluxDB write request (a batch is written in requests of this size); the default
+    takes a whole batch (BATCH_MAX_BYTES of ~280-byte readings) in one request: fewer, larger
+    writes cost InfluxDB less per point."""
     write_concurrency: int = Field(default=2, ge=1, le=16)
-    #: Readings stamped further ahead than this are dead-lettered (a clock fault at the edge).
+    """InfluxDB write requests in flight at once (the requests of one batch go concurrently)."""
     max_future_s: float = Field(default=300.0, ge=0)
+    """Readings stamped further ahead than this are dead-lettered (a clock fault at the edge)."""
     max_backoff_s: float = Field(default=30.0, gt=0)
-    #: At most one live publish per charger per this many seconds (newer values wait).
+    """Cap of the backoff between InfluxDB retries."""
     live_interval_s: float = Field(default=1.0, ge=0)
-    #: At most this many live publishes per second in all (0: no limit); the chargers published
-    #: longest ago go first, so a large fleet refreshes less often instead of costing more.
+    """At most one live publish per charger per this many seconds (newer values wait)."""
     live_max_rate: float = Field(default=500.0, ge=0)
-    #: ... and at most this many while ingestion is behind (messages wait beyond the batches in
-    #: hand; 0: none then): a live publish costs ~250 us of CPU that storing needs more.
+    """At most this many live publishes per second in all (0: no limit); the chargers published
+    longest ago go first, so a large fleet refreshes less often instead of costing more."""
     live_busy_rate: float = Field(default=50.0, ge=0)
-    #: JSON object {"charger_id": "gateway_id"}: only these bindings are accepted. Without it a
-    #: charger is bound to the first gateway that sends for it (remembered through InfluxDB).
+    """... and at most this many while ingestion is behind (messages wait beyond the batches in
+    hand; 0: none then): a live publish costs ~250 us of CPU that storing needs more."""
     bindings_file: Path | None = None
-    #: A suspected seq gap is checked against InfluxDB after this long (other bridges of the
-    #: share group may have stored the readings), and again at this interval while open.
+    """JSON object {"charger_id": "gateway_id"}: only these bindings are accepted. Unset: a charger
+    is bound to the first gateway that sends for it (remembered through InfluxDB)."""
     gap_grace_s: float = Field(default=30.0, gt=0)
+    """A suspected seq gap is checked against InfluxDB after this long (other bridges of the share
+    group may have stored the readings), and again at this interval while open."""

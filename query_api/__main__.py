@@ -30,7 +30,7 @@ EPILOG = """environment:
   TELEMETRY_API_INGEST_GATEWAY   gateway id of the ingest/admin keys (default http-ingest);
                                  _INGEST_KEYS JSON {"gateway": "key"}; _INGEST_SEQ_FILE
   TELEMETRY_API_BRIDGE_URLS      JSON list of bridge URLs for /v1/pipeline/status
-  more (state thresholds, caps, mirror): docs/query-api.md
+  every variable, its type, default and meaning: docs/settings.md
   TELEMETRY_API_LOG_LEVEL, _LOG_FORMAT (auto|json|text), _ACCESS_LOG (default false)
 """
 

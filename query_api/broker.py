@@ -21,6 +21,9 @@ from telemetry_common.mqtt import AsyncMqttClient, NotConnectedError, PublishLos
 
 log = logging.getLogger(__name__)
 
+#: How long an ingest publish may wait for the broker's PUBACK.
+PUBLISH_TIMEOUT_S = 10.0
+
 
 class Publisher(Protocol):
     """What ingest needs from the broker (tests pass a fake)."""
@@ -40,11 +43,12 @@ class BrokerLink:
             raise ValueError("BrokerLink needs settings.mqtt")
         topics = settings.topics
         self._mirror = mirror
-        self._timeout_s = settings.ingest_publish_timeout_s
+        self._timeout_s = PUBLISH_TIMEOUT_S
         self._client = AsyncMqttClient(
             # A clean session that ends with the connection: nothing queues for a gone API.
             settings.mqtt.model_copy(update={"session_expiry_s": 0}),
-            client_id=settings.mqtt_client_id or f"telemetry-api-{secrets.token_hex(4)}",
+            # Random per process: unguessable, and two API processes never take each other's.
+            client_id=f"telemetry-api-{secrets.token_hex(4)}",
             subscriptions=(f"{topics.root}/live/+", f"{topics.root}/+/state"),
             receive_maximum=1000,
             clean_start=True,

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import orjson
 
+from query_api.settings import ApiSettings
 from telemetry_common import influxql
 from telemetry_common.errors import ConfigError
 from telemetry_common.influx_query import InfluxQL
+from telemetry_common.settings import env_name
 
 
 class SeqAllocator:
@@ -68,7 +70,8 @@ class SeqAllocator:
             return {}
         raw = orjson.loads(self._file.read_bytes())
         if not isinstance(raw, dict):
-            raise ConfigError("TELEMETRY_API_INGEST_SEQ_FILE", f"{self._file}: not a JSON object")
+            setting = env_name(ApiSettings, "ingest_seq_file")
+            raise ConfigError(setting, f"{self._file}: not a JSON object")
         return {str(k): int(v) for k, v in raw.items()}
 
     async def _record(self, gateway_id: str, last: int) -> None:

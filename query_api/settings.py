@@ -11,12 +11,11 @@ from pydantic_settings import SettingsConfigDict
 
 from telemetry_common.errors import ConfigError
 from telemetry_common.ids import Id
-from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings
+from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings, env_name
 
 Role = Literal["read", "ingest", "admin"]
 ROLES: tuple[Role, ...] = ("read", "ingest", "admin")
 
-KEYS_ENV = "TELEMETRY_API_KEYS"
 #: Gateway ids an ingest key may not be bound to: topic levels and identities the ACL reserves.
 RESERVED_INGEST_GATEWAYS = frozenset(
     {"live", "deadletter", "telemetry-bridge", "telemetry-api", "ca", "server"}
@@ -31,71 +30,73 @@ class ApiSettings(ServiceSettings):
     )
 
     host: str = "127.0.0.1"
+    """Address the API listens on."""
     port: int = Field(default=8000, ge=1, le=65535)
-    #: uvicorn's per-request access log. Off by default: at thousands of requests per second
-    #: it costs more CPU than a ``latest`` answer; ``/metrics`` counts every request by route,
-    #: status and latency.
+    """Its port."""
     access_log: bool = False
+    """uvicorn's per-request access log. Off by default: at thousands of requests per second it
+    costs more CPU than a ``latest`` answer; ``/metrics`` counts every request by route, status
+    and latency."""
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
-    #: role -> key, from JSON: ``{"read": "K1", "ingest": "K2", "admin": "K3"}``.
+    """Where readings are read from (a read-only user or token is enough)."""
     keys: dict[Role, SecretStr] = Field(default_factory=dict)
+    """Role -> key, JSON: ``{"read": "K1", "ingest": "K2", "admin": "K3"}``. Required: the API
+    refuses to start without keys."""
 
-    #: Longest ``end - start`` a history query may span.
     history_max_range: timedelta = Field(default=timedelta(days=31), gt=timedelta(0))
-    #: Range used when a history query gives no ``start``.
+    """Longest ``end - start`` a history query may span."""
     history_default_range: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0))
-    #: Most points one history page may hold (the cap on ``limit``).
+    """Range used when a history query gives no ``start``."""
     history_max_points: int = Field(default=10_000, ge=1, le=1_000_000)
-    #: ``limit`` when the request gives none; unset: 1,000 or history_max_points if lower.
+    """Most points one history page may hold (the cap on ``limit``)."""
     history_default_limit: int | None = Field(default=None, ge=1)
-    #: How long a downsampled history page is reused (0: never); a page lags InfluxDB by at
-    #: most this much. Bounded by ``history_cache_max_bytes`` in all.
+    """``limit`` when the request gives none; unset: 1,000 or HISTORY_MAX_POINTS if lower."""
     history_cache_s: float = Field(default=5.0, ge=0)
+    """How long a downsampled history page is reused (0: never); a page lags InfluxDB by at most
+    this much."""
     history_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
-    #: Smallest ``every`` of a downsampled history query.
+    """Bound of the history page cache in all."""
     history_min_every: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
-    #: Longest and default window of ``/stats``.
+    """Smallest ``every`` of a downsampled history query."""
     stats_max_range: timedelta = Field(default=timedelta(days=31), gt=timedelta(0))
+    """Longest window of ``/stats``."""
     stats_default_range: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
+    """Window of ``/stats`` when the request gives none."""
 
-    #: The broker (TLS, client certificate CN ``telemetry-api``). Unset: no live mirror (latest
-    #: from InfluxDB only) and ``POST /v1/telemetry`` answers 503.
     mqtt: MqttSettings | None = None
-    #: MQTT client id; unset: ``telemetry-api-<random>`` (a clean session per process).
-    mqtt_client_id: Id | None = None
-    #: The bridge's TELEMETRY_BRIDGE_LIVE_INTERVAL_S plus a margin: a live value younger than
-    #: this may have a newer reading waiting in the bridge's conflation, so InfluxDB is asked too.
+    """The broker (TLS, client certificate CN ``telemetry-api``). Unset: no live mirror (latest from
+    InfluxDB only) and ``POST /v1/telemetry`` answers 503."""
     live_settle_s: float = Field(default=2.0, ge=0)
-    #: A mirrored value InfluxDB confirmed is served from memory this long, then checked again.
+    """The bridge's TELEMETRY_BRIDGE_LIVE_INTERVAL_S plus a margin: a live value younger than this
+    may have a newer reading waiting in the bridge's conflation, so InfluxDB is asked too."""
     latest_trust_s: float = Field(default=60.0, ge=0)
-    #: Every this often one InfluxDB query confirms the whole mirror (0: never; then each
-    #: charger is confirmed by its own query once per ``latest_trust_s``). Keep it well under
-    #: ``latest_trust_s``.
+    """A mirrored value InfluxDB confirmed is served from memory this long, then checked again."""
     latest_sweep_s: float = Field(default=10.0, ge=0)
-    #: Most chargers the mirror holds (beyond it, latest is read from InfluxDB).
+    """Every this often one InfluxDB query confirms the whole mirror (0: never; then each charger is
+    confirmed by its own query once per LATEST_TRUST_S). Keep it well under LATEST_TRUST_S."""
     mirror_max_chargers: int = Field(default=1_000_000, ge=1)
-    #: A charger whose newest reading is older than this is ``stale``; older still, ``offline``.
+    """Most chargers the mirror holds (beyond it, latest is read from InfluxDB)."""
     state_stale_after_s: float = Field(default=300.0, gt=0)
+    """A charger whose newest reading is older than this is ``stale``."""
     state_offline_after_s: float = Field(default=3600.0, gt=0)
-    #: How long the charger index (newest point per charger, from InfluxDB) is reused.
+    """... and older than this, ``offline``."""
     chargers_cache_s: float = Field(default=10.0, ge=0)
+    """How long the charger index (newest point per charger, from InfluxDB) is reused."""
     chargers_max_page: int = Field(default=1000, ge=1, le=100_000)
+    """Most chargers one ``/v1/chargers`` page holds."""
 
-    #: The gateway identity under which readings sent with the ``ingest`` role key are published
-    #: (``{root}/{gateway}/readings``). Dedicate it to HTTP ingest: the API numbers its ``seq``.
     ingest_gateway: Id = "http-ingest"
-    #: More ingest keys, each bound to its own gateway: JSON ``{"gateway_id": "key"}``.
+    """The gateway identity under which readings sent with the ``ingest`` role key are published
+    (``{root}/{gateway}/readings``). Dedicate it to HTTP ingest: the API numbers its ``seq``."""
     ingest_keys: dict[Id, SecretStr] = Field(default_factory=dict)
-    #: Where the last ``seq`` used per ingest gateway is kept across restarts (JSON). Unset: the
-    #: next seq is derived from InfluxDB at the first ingest after a start.
+    """More ingest keys, each bound to its own gateway: JSON ``{"gateway_id": "key"}``."""
     ingest_seq_file: Path | None = None
-    #: Readings stamped further ahead than this are refused (the bridge would dead-letter them).
+    """Where the last ``seq`` used per ingest gateway is kept across restarts (JSON). Unset: the
+    next seq is derived from InfluxDB at the first ingest after a start."""
     ingest_max_future_s: float = Field(default=300.0, ge=0)
-    #: How long a publish may wait for the broker's PUBACK.
-    ingest_publish_timeout_s: float = Field(default=10.0, gt=0)
-    #: Bridges whose ``/status`` is served merged on ``/v1/pipeline/status`` (JSON list).
+    """Readings stamped further ahead than this are refused (the bridge would dead-letter them)."""
     bridge_urls: list[AnyHttpUrl] = Field(default_factory=list)
-    bridge_timeout_s: float = Field(default=2.0, gt=0)
+    """Bridges whose ``/status`` is served merged on ``/v1/pipeline/status`` (JSON list)."""
 
     @field_validator("keys")
     @classmethod
@@ -122,7 +123,7 @@ class ApiSettings(ServiceSettings):
     def _refuse_without_keys(self) -> ApiSettings:
         if not self.keys:
             raise ConfigError(
-                KEYS_ENV,
+                env_name(ApiSettings, "keys"),
                 "no API keys configured; the API refuses to start without them. Set it to JSON, "
                 'e.g. {"read": "<key>", "ingest": "<key>", "admin": "<key>"}',
             )
@@ -131,28 +132,33 @@ class ApiSettings(ServiceSettings):
             and self.history_default_limit > self.history_max_points
         ):
             raise ConfigError(
-                "TELEMETRY_API_HISTORY_DEFAULT_LIMIT",
+                env_name(ApiSettings, "history_default_limit"),
                 f"{self.history_default_limit} exceeds history_max_points "
                 f"({self.history_max_points})",
             )
         if self.history_default_range > self.history_max_range:
             raise ConfigError(
-                "TELEMETRY_API_HISTORY_DEFAULT_RANGE", "exceeds TELEMETRY_API_HISTORY_MAX_RANGE"
+                env_name(ApiSettings, "history_default_range"),
+                f"exceeds {env_name(ApiSettings, 'history_max_range')}",
             )
         if self.stats_default_range > self.stats_max_range:
             raise ConfigError(
-                "TELEMETRY_API_STATS_DEFAULT_RANGE", "exceeds TELEMETRY_API_STATS_MAX_RANGE"
+                env_name(ApiSettings, "stats_default_range"),
+                f"exceeds {env_name(ApiSettings, 'stats_max_range')}",
             )
         if self.state_stale_after_s >= self.state_offline_after_s:
             raise ConfigError(
-                "TELEMETRY_API_STATE_STALE_AFTER_S", "must be below STATE_OFFLINE_AFTER_S"
+                env_name(ApiSettings, "state_stale_after_s"),
+                f"must be below {env_name(ApiSettings, 'state_offline_after_s')}",
             )
         all_keys = [k.get_secret_value() for k in (*self.keys.values(), *self.ingest_keys.values())]
         if len(set(all_keys)) != len(all_keys):
-            raise ConfigError("TELEMETRY_API_INGEST_KEYS", "every key must be distinct")
+            raise ConfigError(env_name(ApiSettings, "ingest_keys"), "every key must be distinct")
         for gateway in (self.ingest_gateway, *self.ingest_keys):
             if gateway in RESERVED_INGEST_GATEWAYS:
-                raise ConfigError("TELEMETRY_API_INGEST_GATEWAY", f"{gateway!r} is reserved")
+                raise ConfigError(
+                    env_name(ApiSettings, "ingest_gateway"), f"{gateway!r} is reserved"
+                )
         return self
 
     @property

@@ -38,6 +38,8 @@ from telemetry_common.ids import is_valid_id
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = Subprotocol("ocpp1.6")
+#: Captures handed to the agent at once (about: whole requests are taken).
+MAX_BATCH = 500
 
 
 def charger_id_from_path(path: str) -> str | None:
@@ -123,7 +125,7 @@ class CentralSystem:
         while True:
             items = [await self._queue.get()]
             count = len(items[0].captures)
-            while count < self.settings.max_batch and not self._queue.empty():
+            while count < MAX_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
                 count += len(items[-1].captures)
             self._handed = items

@@ -6,10 +6,10 @@ import ipaddress
 import ssl
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from telemetry_common.errors import ConfigError
-from telemetry_common.schema import MAX_BATCH_READINGS
+from telemetry_common.settings import SettingsGroup
 
 
 def is_loopback(host: str) -> bool:
@@ -21,7 +21,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class OcppSettings(BaseModel):
+class OcppSettings(SettingsGroup):
     """The local OCPP 1.6J central system that the site's chargers connect to.
 
     Chargers use ``ws://HOST:PORT/<anything>/<charger_id>``. Off loopback the endpoint needs TLS
@@ -30,23 +30,26 @@ class OcppSettings(BaseModel):
     """
 
     host: str = "127.0.0.1"
-    #: 0 picks a free port (tests); real chargers need a fixed one.
+    """Address chargers connect to."""
     port: int = Field(default=9000, ge=0, le=65535)
+    """Its port; 0 picks a free port (tests), real chargers need a fixed one."""
     cert_file: Path | None = None
+    """TLS certificate: with ``key_file``, chargers use ``wss://``."""
     key_file: Path | None = None
+    """Private key of ``cert_file``."""
     allow_plaintext: bool = False
-    #: The Heartbeat interval handed to chargers in the BootNotification answer.
+    """Allow plain ``ws://`` off loopback (OCPP security profile 0, for site networks that are
+    already isolated)."""
     heartbeat_interval_s: int = Field(default=300, ge=10, le=86_400)
-    #: Where allocated transaction ids and open transactions are kept across restarts.
+    """The Heartbeat interval handed to chargers in the BootNotification answer."""
     state_path: Path = Path("edge-ocpp-state.json")
-    #: Simultaneous charger connections; more are refused at the handshake (HTTP 503).
+    """Where allocated transaction ids and open transactions are kept across restarts."""
     max_chargers: int = Field(default=100, ge=1, le=10_000)
-    #: Largest OCPP frame accepted (a bigger one closes that charger's connection, code 1009).
+    """Simultaneous charger connections; more are refused at the handshake (HTTP 503)."""
     max_message_bytes: int = Field(default=1024 * 1024, ge=4096, le=16 * 1024 * 1024)
-    #: Captures handed to the agent at once.
-    max_batch: int = Field(default=500, ge=1, le=MAX_BATCH_READINGS)
-    #: OCPP requests waiting for the outbox; beyond it chargers wait for their answer.
+    """Largest OCPP frame accepted (a bigger one closes that charger's connection, code 1009)."""
     max_pending: int = Field(default=1_000, ge=1, le=100_000)
+    """OCPP requests waiting for the outbox; beyond it chargers wait for their answer."""
 
     @model_validator(mode="after")
     def _secure_by_default(self) -> OcppSettings:

@@ -20,6 +20,9 @@ from query_api.deps import Settings
 from query_api.problems import problem_responses
 from telemetry_common.ids import ID_PATTERN
 
+#: How long each bridge's ``/status`` may take.
+BRIDGE_TIMEOUT_S = 2.0
+
 router = APIRouter(
     tags=["pipeline"],
     dependencies=[Depends(require("read"))],
@@ -122,7 +125,7 @@ def merge_gaps(bridges: list[BridgeStatus]) -> dict[str, list[Gap]]:
 
 
 async def _collect(settings: Settings) -> list[BridgeStatus]:
-    async with httpx.AsyncClient(timeout=settings.bridge_timeout_s) as http:
+    async with httpx.AsyncClient(timeout=BRIDGE_TIMEOUT_S) as http:
         return list(
             await asyncio.gather(*(_fetch(http, str(u).rstrip("/")) for u in settings.bridge_urls))
         )

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bridge.settings import BridgeSettings
+from query_api.settings import ApiSettings
+from telemetry_common.settings import ServiceSettings, env_for
 from telemetry_stack.servers import ManagedProcess, free_port
 from telemetry_stack.testing import BrokerInfo, InfluxTarget
 
@@ -32,17 +34,18 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> N
         time.sleep(0.1)
 
 
-def mqtt_env(prefix: str, broker: BrokerInfo, identity: str) -> dict[str, str]:
+def mqtt_env(settings: type[ServiceSettings], broker: BrokerInfo, identity: str) -> dict[str, str]:
+    """The variables that connect the service ``settings`` configures to ``broker`` as
+    ``identity`` (its certificate), on the broker's topic root, logging JSON."""
     cert, key = broker.pki.client(identity)
-    return {
-        f"{prefix}MQTT__HOST": broker.host,
-        f"{prefix}MQTT__PORT": str(broker.tls_port),
-        f"{prefix}MQTT__CA_FILE": str(broker.ca_file),
-        f"{prefix}MQTT__CERT_FILE": str(cert),
-        f"{prefix}MQTT__KEY_FILE": str(key),
-        f"{prefix}TOPIC_ROOT": broker.topic_root,
-        f"{prefix}LOG_FORMAT": "json",
+    mqtt = {
+        "host": broker.host,
+        "port": broker.tls_port,
+        "ca_file": broker.ca_file,
+        "cert_file": cert,
+        "key_file": key,
     }
+    return env_for(settings, mqtt=mqtt, topic_root=broker.topic_root, log_format="json")
 
 
 class Procs:
@@ -81,14 +84,17 @@ def start_bridge(
     test cannot take this test's messages; pass the same ``client_id`` to resume a session and the
     same ``share_group`` to split load between bridges.
     """
-    env = mqtt_env("TELEMETRY_BRIDGE_", broker, "telemetry-bridge") | {
-        "TELEMETRY_BRIDGE_INFLUX__URL": db.url,
-        "TELEMETRY_BRIDGE_INFLUX__DATABASE": db.database,
-        "TELEMETRY_BRIDGE_CLIENT_ID": client_id or f"bridge-{uuid.uuid4().hex[:8]}",
-        "TELEMETRY_BRIDGE_SHARE_GROUP": share_group or f"g{uuid.uuid4().hex[:8]}",
-        "TELEMETRY_BRIDGE_HTTP_PORT": str(free_port()),
-        **(extra_env or {}),
-    }
+    env = (
+        mqtt_env(BridgeSettings, broker, "telemetry-bridge")
+        | env_for(
+            BridgeSettings,
+            influx={"url": db.url, "database": db.database},
+            client_id=client_id or f"bridge-{uuid.uuid4().hex[:8]}",
+            share_group=share_group or f"g{uuid.uuid4().hex[:8]}",
+            http_port=free_port(),
+        )
+        | dict(extra_env or {})
+    )
     bridge = procs.start(name, [str(BIN / "telemetry-bridge")], env)
     # Until the shared subscription exists the broker would drop the gateway's messages.
     seen = bridge.log_file.read_text().count("subscribed to") if bridge.log_file.exists() else 0
@@ -109,18 +115,17 @@ def start_api(
     """A ``telemetry-api`` process; its URL once /healthz answers. With ``broker``, the API
     connects to it as ``telemetry-api`` (live mirror, HTTP ingest); ``keys`` adds roles."""
     port = free_port()
-    env = {
-        "TELEMETRY_API_HOST": "127.0.0.1",
-        "TELEMETRY_API_PORT": str(port),
-        "TELEMETRY_API_INFLUX__URL": db.url,
-        "TELEMETRY_API_INFLUX__DATABASE": db.database,
-        "TELEMETRY_API_KEYS": orjson.dumps(
-            {"read": read_key, "ingest": "i" * 32, **(keys or {})}
-        ).decode(),
-        "TELEMETRY_API_LOG_FORMAT": "json",
-        **(mqtt_env("TELEMETRY_API_", broker, "telemetry-api") if broker is not None else {}),
-        **(extra_env or {}),
-    }
+    env = env_for(
+        ApiSettings,
+        host="127.0.0.1",
+        port=port,
+        influx={"url": db.url, "database": db.database},
+        keys={"read": read_key, "ingest": "i" * 32, **(keys or {})},
+        log_format="json",
+    )
+    if broker is not None:
+        env |= mqtt_env(ApiSettings, broker, "telemetry-api")
+    env |= dict(extra_env or {})
     api = procs.start(name, [str(BIN / "telemetry-api")], env)
     url = f"http://127.0.0.1:{port}"
 

@@ -21,7 +21,10 @@ import httpx
 import orjson
 import pytest
 
+from bridge.settings import BridgeSettings
+from query_api.settings import ApiSettings
 from telemetry_common.schema import Reading, encode_batch, format_ts
+from telemetry_common.settings import env_for
 from telemetry_stack.servers import free_port
 from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.integration.services import (
@@ -37,7 +40,7 @@ from tests.integration.test_broker_security import NOT_AUTHORIZED, Recorder
 pytestmark = pytest.mark.integration
 
 READ, INGEST, ADMIN = (secrets.token_urlsafe(18) for _ in range(3))
-FAST = {"TELEMETRY_BRIDGE_LIVE_INTERVAL_S": "0.2", "TELEMETRY_BRIDGE_GAP_GRACE_S": "1"}
+FAST = env_for(BridgeSettings, live_interval_s=0.2, gap_grace_s=1)
 
 
 @dataclass
@@ -79,7 +82,7 @@ def pipeline(
         procs,
         broker,
         influx_db,
-        extra_env={**FAST, "TELEMETRY_BRIDGE_HTTP_PORT": str(bridge_port)},
+        extra_env=FAST | env_for(BridgeSettings, http_port=bridge_port),
     )
     bridge_url = f"http://127.0.0.1:{bridge_port}"
     api = start_api(
@@ -88,11 +91,12 @@ def pipeline(
         READ,
         broker=broker,
         keys={"ingest": INGEST, "admin": ADMIN},
-        extra_env={
-            "TELEMETRY_API_LIVE_SETTLE_S": "0.5",
-            "TELEMETRY_API_INGEST_GATEWAY": f"http-{gateway}",
-            "TELEMETRY_API_BRIDGE_URLS": orjson.dumps([bridge_url]).decode(),
-        },
+        extra_env=env_for(
+            ApiSettings,
+            live_settle_s=0.5,
+            ingest_gateway=f"http-{gateway}",
+            bridge_urls=[bridge_url],
+        ),
     )
     client = mqtt_client(gateway)
     return Pipeline(

@@ -27,8 +27,10 @@ import pytest
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bridge.settings import BridgeSettings
 from telemetry_common.ids import is_valid_id
 from telemetry_common.schema import MAX_BATCH_BYTES, SCHEMA_ID, format_ts
+from telemetry_common.settings import env_for
 from telemetry_stack.broker_config import MAX_PACKET_SIZE
 from telemetry_stack.testing import BrokerInfo, InfluxInfo, InfluxTarget, MqttClientFactory
 from tests.integration.services import GatewayPublisher, Procs, influxql, start_bridge, wait_until
@@ -117,7 +119,7 @@ def shared_bridge(
     procs = Procs(tmp_path_factory.mktemp("bad-input-logs"))
     try:
         # No live conflation: a wrong live value is published at once, never hidden by a newer.
-        start_bridge(procs, broker, module_db, extra_env={"TELEMETRY_BRIDGE_LIVE_INTERVAL_S": "0"})
+        start_bridge(procs, broker, module_db, extra_env=env_for(BridgeSettings, live_interval_s=0))
         yield module_db
     finally:
         procs.stop_all()

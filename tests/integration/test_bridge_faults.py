@@ -27,7 +27,9 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
+from bridge.settings import BridgeSettings
 from telemetry_common.schema import SCHEMA_ID, format_ts
+from telemetry_common.settings import env_for
 from telemetry_stack.servers import ManagedProcess, ServerBinaryMissing, free_port, start_influxd
 from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.integration.services import GatewayPublisher, Procs, influxql, start_bridge, wait_until
@@ -36,9 +38,9 @@ pytestmark = pytest.mark.integration
 
 WAIT_S = 30.0
 #: Fast retries so that recovery is seen within a test's time budget.
-FAST_RETRY = {"TELEMETRY_BRIDGE_MAX_BACKOFF_S": "0.5", "TELEMETRY_BRIDGE_INFLUX__TIMEOUT_S": "3"}
+FAST_RETRY = env_for(BridgeSettings, max_backoff_s=0.5, influx={"timeout_s": 3})
 #: Every live value goes out at once (no conflation), so a wrong one cannot hide behind a newer.
-NO_CONFLATION = {"TELEMETRY_BRIDGE_LIVE_INTERVAL_S": "0"}
+NO_CONFLATION = env_for(BridgeSettings, live_interval_s=0)
 UNACKED = "telemetry_bridge_unacked_messages"
 RETRY_LOG = "InfluxDB write failed, retrying"
 
@@ -207,11 +209,7 @@ def test_influxdb_outage_holds_messages_at_the_broker_and_stores_each_once(
         broker,
         db,
         extra_env=FAST_RETRY
-        | {
-            "TELEMETRY_BRIDGE_MAX_INFLIGHT": str(window),
-            "TELEMETRY_BRIDGE_BATCH_MAX_MESSAGES": "10",
-            "TELEMETRY_BRIDGE_HTTP_PORT": str(http_port),
-        },
+        | env_for(BridgeSettings, max_inflight=window, batch_max_messages=10, http_port=http_port),
     )
     assert bridge.pid is not None
     gateway = GatewayPublisher(mqtt_client(gw), broker.topics.readings(gw), WAIT_S)
@@ -267,7 +265,7 @@ def test_bridge_killed_holding_unacked_messages_gets_them_again(
         db,
         client_id=client_id,
         share_group=group,
-        extra_env=FAST_RETRY | {"TELEMETRY_BRIDGE_HTTP_PORT": str(http_port)},
+        extra_env=FAST_RETRY | env_for(BridgeSettings, http_port=http_port),
     )
     gateway = GatewayPublisher(mqtt_client(gw), broker.topics.readings(gw), WAIT_S)
     base = base_time()
@@ -404,7 +402,7 @@ def test_two_bridges_share_the_load_and_survive_one_being_killed(
     group = unique("gpair")
     ids = unique("bridge-a"), unique("bridge-b")
     ports = free_port(), free_port()
-    envs = [{"TELEMETRY_BRIDGE_HTTP_PORT": str(port)} for port in ports]
+    envs = [env_for(BridgeSettings, http_port=port) for port in ports]
     first = start_bridge(
         procs, broker, influx_db, name="a", client_id=ids[0], share_group=group, extra_env=envs[0]
     )

@@ -11,7 +11,9 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
+from bridge.settings import BridgeSettings
 from telemetry_common.schema import format_ts
+from telemetry_common.settings import env_for, env_name
 from telemetry_stack.servers import ManagedProcess
 from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.integration.services import Procs, start_bridge, wait_until
@@ -41,7 +43,7 @@ def _stored_seqs(db: InfluxTarget, charger: str) -> list[int]:
 
 def _http(bridge: ManagedProcess, path: str) -> httpx.Response:
     assert bridge.env is not None
-    port = bridge.env["TELEMETRY_BRIDGE_HTTP_PORT"]
+    port = bridge.env[env_name(BridgeSettings, "http_port")]
     return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
 
 
@@ -94,7 +96,7 @@ def test_seq_gap_is_reported_until_the_missing_readings_arrive(
     gw, charger = f"gw-{tag}", f"cp-{tag}"
     client = mqtt_client(gw)
     bridge = start_bridge(
-        procs, broker, influx_db, extra_env={"TELEMETRY_BRIDGE_GAP_GRACE_S": "0.5"}
+        procs, broker, influx_db, extra_env=env_for(BridgeSettings, gap_grace_s=0.5)
     )
     now = datetime.now(UTC)
     for seq in (1, 2, 5):

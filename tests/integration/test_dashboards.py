@@ -36,7 +36,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bridge.settings import BridgeSettings
 from telemetry_common.schema import SCHEMA_ID, format_ts
+from telemetry_common.settings import env_name
 from telemetry_common.tls import client_context
 from telemetry_stack.testing import BrokerInfo, InfluxInfo, InfluxTarget
 from tests.integration.services import GatewayPublisher, Procs, start_bridge, wait_until
@@ -261,7 +263,7 @@ def fleet(
         wait_until(
             f"{len(readings)} readings stored", lambda: _count(db) == len(readings), timeout=60
         )
-        port = bridge.env["TELEMETRY_BRIDGE_HTTP_PORT"]
+        port = bridge.env[env_name(BridgeSettings, "http_port")]
         yield Fleet(db, readings, names, f"http://127.0.0.1:{port}/metrics")
     finally:
         for client in clients:

@@ -33,7 +33,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.outbox import Outbox, OutboxRow
+from edge_agent.settings import EdgeSettings
 from telemetry_common.schema import format_ts
+from telemetry_common.settings import env_for, env_name
 from telemetry_common.tls import client_context
 from telemetry_stack.servers import ManagedProcess, free_port, start_mosquitto
 from telemetry_stack.testing import BrokerInfo, MqttClientFactory, TestPki
@@ -145,13 +147,16 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
 
 
 def edge_env(broker: BrokerInfo, gateway: str, outbox: Path, **extra: str) -> dict[str, str]:
-    env = mqtt_env("TELEMETRY_EDGE_", broker, gateway) | {
-        "TELEMETRY_EDGE_GATEWAY_ID": gateway,
-        "TELEMETRY_EDGE_OUTBOX_PATH": str(outbox),
-        "TELEMETRY_EDGE_RECONNECT_MAX_S": "2",
-        "TELEMETRY_EDGE_PUBLISH_TIMEOUT_S": "10",
-    }
-    return env | {f"TELEMETRY_EDGE_{k}": v for k, v in extra.items()}
+    """The agent's environment; ``extra`` names more settings by field path, ``__`` between a
+    group and its field (``OUTBOX__MAX_ROWS="100"``), checked against the model."""
+    env = mqtt_env(EdgeSettings, broker, gateway) | env_for(
+        EdgeSettings,
+        gateway_id=gateway,
+        outbox_path=outbox,
+        reconnect_max_s=2,
+        publish_timeout_s=10,
+    )
+    return env | {env_name(EdgeSettings, *k.lower().split("__")): v for k, v in extra.items()}
 
 
 def outbox_cli(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -370,7 +375,7 @@ def test_not_authorized_batches_are_parked_and_publishing_goes_on(
         capture_output=True,
         check=True,
         timeout=60,
-        env={**os.environ, "TELEMETRY_EDGE_OUTBOX_PATH": str(outbox)},
+        env={**os.environ, **env_for(EdgeSettings, outbox_path=outbox)},
     )
     assert orjson.loads(parked.stdout)["reason"] == "Not authorized"
 

@@ -18,7 +18,9 @@ import httpx
 import orjson
 import pytest
 
+from edge_agent.settings import EdgeSettings
 from telemetry_common.schema import format_ts
+from telemetry_common.settings import env_for
 from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.integration.services import BIN, Procs, mqtt_env, start_api, start_bridge, wait_until
 
@@ -68,10 +70,9 @@ def test_reading_travels_from_edge_to_rest_api(
     api = start_api(procs, influx_db, read_key)
 
     outbox = tmp_path / "outbox.sqlite3"
-    edge_env = mqtt_env("TELEMETRY_EDGE_", broker, gateway) | {
-        "TELEMETRY_EDGE_GATEWAY_ID": gateway,
-        "TELEMETRY_EDGE_OUTBOX_PATH": str(outbox),
-    }
+    edge_env = mqtt_env(EdgeSettings, broker, gateway) | env_for(
+        EdgeSettings, gateway_id=gateway, outbox_path=outbox
+    )
     edge = procs.start(
         "edge", [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(feed)], edge_env
     )

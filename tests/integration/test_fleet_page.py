@@ -35,7 +35,10 @@ import orjson
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from bridge.settings import BridgeSettings
+from query_api.settings import ApiSettings
 from telemetry_common.schema import Reading, encode_batch, format_ts
+from telemetry_common.settings import env_for
 from telemetry_stack.servers import ProcessNotReady
 from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
 from tests.conftest import run_broker
@@ -313,19 +316,20 @@ def fleet(
     """Bridge + API (access log on, small page caps) on the test database; four chargers on
     two gateways, stored: two online with 60 readings in the last 5 minutes, one stale, one
     offline."""
-    start_bridge(procs, broker, influx_db, extra_env={"TELEMETRY_BRIDGE_LIVE_INTERVAL_S": "0.2"})
+    start_bridge(procs, broker, influx_db, extra_env=env_for(BridgeSettings, live_interval_s=0.2))
     api = start_api(
         procs,
         influx_db,
         READ,
         broker=broker,
-        extra_env={
-            "TELEMETRY_API_ACCESS_LOG": "true",
-            "TELEMETRY_API_LIVE_SETTLE_S": "0.5",
+        extra_env=env_for(
+            ApiSettings,
+            access_log=True,
+            live_settle_s=0.5,
             # Caps below the page's page sizes: it must adapt and follow the cursors.
-            "TELEMETRY_API_CHARGERS_MAX_PAGE": str(CHARGERS_MAX_PAGE),
-            "TELEMETRY_API_HISTORY_MAX_POINTS": str(HISTORY_MAX_POINTS),
-        },
+            chargers_max_page=CHARGERS_MAX_PAGE,
+            history_max_points=HISTORY_MAX_POINTS,
+        ),
     )
     tag = uuid.uuid4().hex[:4]
     gw1, gw2 = f"gw-{tag}-north", f"gw-{tag}-south"

@@ -27,6 +27,8 @@ from typing import Any, Self
 import httpx
 import pytest
 
+from edge_agent.settings import EdgeSettings
+from telemetry_common.settings import env_for, env_name
 from telemetry_stack.servers import pid_alive
 from telemetry_stack.stack import load_state, save_state
 
@@ -262,8 +264,9 @@ class SystemStack:
     def agent_env(self, gateway: str, port: int, **extra: str) -> dict[str, str]:
         """The environment of an edge agent for ``gateway`` (its certificate is issued here)
         whose MQTT connection goes to ``port`` (a FaultProxy, or the broker itself), its
-        outbox where :meth:`account` looks; ``extra`` are more TELEMETRY_EDGE_* settings
-        (without the prefix), e.g. ``OUTBOX__MAX_ROWS="300"``."""
+        outbox where :meth:`account` looks; ``extra`` are more settings by field path, ``__``
+        between a group and its field, e.g. ``OUTBOX__MAX_ROWS="300"`` (checked against the
+        model)."""
         pki_dir = Path(self.state["pki_dir"])
         subprocess.run(
             [str(BIN / "telemetry-stack"), "pki", "gateway", gateway, "--dir", str(pki_dir)],
@@ -272,19 +275,23 @@ class SystemStack:
             timeout=60,
         )
         mqtt = self.state["mqtt"]
-        base = {
-            "GATEWAY_ID": gateway,
-            "OUTBOX_PATH": str(self.outbox(gateway)),
-            "MQTT__HOST": "127.0.0.1",
-            "MQTT__PORT": str(port),
-            "MQTT__CA_FILE": mqtt["ca_file"],
-            "MQTT__CERT_FILE": str(pki_dir / f"{gateway}.crt"),
-            "MQTT__KEY_FILE": str(pki_dir / f"{gateway}.key"),
-            "MQTT__KEEPALIVE_S": "5",
-            "RECONNECT_MAX_S": "2",
-            "TOPIC_ROOT": self.state["topic_root"],
-        }
-        return {**os.environ, **{f"TELEMETRY_EDGE_{k}": v for k, v in {**base, **extra}.items()}}
+        base = env_for(
+            EdgeSettings,
+            gateway_id=gateway,
+            outbox_path=self.outbox(gateway),
+            mqtt={
+                "host": "127.0.0.1",
+                "port": port,
+                "ca_file": mqtt["ca_file"],
+                "cert_file": pki_dir / f"{gateway}.crt",
+                "key_file": pki_dir / f"{gateway}.key",
+                "keepalive_s": 5,
+            },
+            reconnect_max_s=2,
+            topic_root=self.state["topic_root"],
+        )
+        more = {env_name(EdgeSettings, *k.lower().split("__")): v for k, v in extra.items()}
+        return {**os.environ, **base, **more}
 
     def start_agent(
         self, env: dict[str, str], log: Path, *args: str, stdin: int | None = None

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.settings import BridgeSettings
+from telemetry_common.settings import env_for
 from tests.system.faultproxy import FaultProxy
 from tests.system.stackctl import Account, SystemStack, stop_process
 
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.system
 
 GATEWAYS = ["gw-1", "gw-2"]
 #: Bridge settings for the suite: gaps are confirmed against InfluxDB after 2 s, not 30.
-ENV = {"TELEMETRY_BRIDGE_GAP_GRACE_S": "2"}
+ENV = env_for(BridgeSettings, gap_grace_s=2)
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bridge.settings import BridgeSettings
+from telemetry_common.settings import env_for
 from telemetry_stack.servers import ServerBinaryMissing, find_binary, free_port
 from tests.system.faultproxy import FaultProxy
 from tests.system.stackctl import Account, SystemStack, scrape, stop_process
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.system
 
 GATEWAYS = ["gw-1", "gw-2"]
 #: Gaps are confirmed against InfluxDB after 2 s, not 30 (as in test_faults.py).
-ENV = {"TELEMETRY_BRIDGE_GAP_GRACE_S": "2"}
+ENV = env_for(BridgeSettings, gap_grace_s=2)
 DROPPED_METRIC = "telemetry_edge_outbox_dropped_total"
 
 
@@ -138,14 +140,14 @@ def test_influxdb_answering_slowly_backpressures_and_loses_nothing(tmp_path: Pat
     once InfluxDB is fast again every accepted reading is stored exactly once, latest is the
     newest stored, and the gap report names exactly what InfluxDB lacks."""
     max_inflight, latency_s = 100, 0.4
-    env = {"TELEMETRY_BRIDGE_MAX_INFLIGHT": str(max_inflight)}
+    env = env_for(BridgeSettings, max_inflight=max_inflight)
     with running_stack(tmp_path, env=env) as stack:
         influx_port = int(stack.state["influx"]["url"].rsplit(":", 1)[1])
         bridge = stack.state["bridge"]["url"]
         with FaultProxy("127.0.0.1", influx_port) as proxy:
             try:
                 slow_url = f"http://127.0.0.1:{proxy.port}"
-                stack.set_env("bridge", {"TELEMETRY_BRIDGE_INFLUX__URL": slow_url})
+                stack.set_env("bridge", env_for(BridgeSettings, influx={"url": slow_url}))
                 stack.restart("bridge")
 
                 def writes() -> tuple[float, float]:
@@ -213,10 +215,7 @@ def test_one_of_two_bridges_killed_survivor_continues_and_nothing_is_lost(tmp_pa
         stack.add_service(
             "bridge-2",
             "bridge",
-            {
-                "TELEMETRY_BRIDGE_CLIENT_ID": "telemetry-bridge-2",
-                "TELEMETRY_BRIDGE_HTTP_PORT": str(port),
-            },
+            env_for(BridgeSettings, client_id="telemetry-bridge-2", http_port=port),
             ready={"http": f"{second}/readyz", "status": 200},
         )
         time.sleep(3)

@@ -39,8 +39,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bridge.settings import DEFAULT_CLIENT_ID
+from bridge.settings import DEFAULT_CLIENT_ID, BridgeSettings
 from telemetry_common.schema import SCHEMA_ID, format_ts
+from telemetry_common.settings import env_for, env_name
 from telemetry_common.topics import SHARE_GROUP, Topics
 from telemetry_stack import pki as pki_mod
 from telemetry_stack.bridge_session import FILE_NAME
@@ -81,7 +82,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemStack]:
     made = cli("pki", "init", "--dir", str(state / "pki"))
     assert made.returncode == 0, made.stderr
     (state / "pki" / "crl.pem").unlink()
-    env = {"TELEMETRY_BRIDGE_GAP_GRACE_S": str(GAP_GRACE_S)}
+    env = env_for(BridgeSettings, gap_grace_s=GAP_GRACE_S)
     with SystemStack(state, env).running(len(GATEWAYS), 3, 0.2) as s:
         yield s
 
@@ -1027,7 +1028,8 @@ class Window:
 def test_the_bridges_names_are_not_the_documented_defaults(stack: SystemStack) -> None:
     """The running bridge's client id and share group each carry at least 128 random bits."""
     env = stack.state["services"]["bridge"]["env"]
-    client_id, group = env["TELEMETRY_BRIDGE_CLIENT_ID"], env["TELEMETRY_BRIDGE_SHARE_GROUP"]
+    client_id = env[env_name(BridgeSettings, "client_id")]
+    group = env[env_name(BridgeSettings, "share_group")]
     token = (stack.dir / FILE_NAME).read_text().strip()
     print(f"bridge client id and share group end in a {len(token) * 4}-bit token")
     assert client_id not in (DEFAULT_CLIENT_ID, "telemetry-bridge")
@@ -1073,7 +1075,7 @@ def test_gateway_using_a_default_service_client_id_costs_no_reading(
     with log.open("rb") as fh:
         fh.seek(offset)
         text = fh.read().decode(errors="replace")
-    bridge_id = stack.state["services"]["bridge"]["env"]["TELEMETRY_BRIDGE_CLIENT_ID"]
+    bridge_id = stack.state["services"]["bridge"]["env"][env_name(BridgeSettings, "client_id")]
     kicks = text.count(f"Client {bridge_id} already connected")
     print(f"{ATTACKER} as client id {client_id!r}: CONNACK {a.connack}; bridge kicked {kicks}x")
     lost = window.settle(stack)

@@ -28,7 +28,7 @@ from telemetry_common.influx_query import (
     InfluxUnavailable,
     Series,
 )
-from telemetry_common.settings import InfluxSettings
+from telemetry_common.settings import InfluxSettings, env_for, env_name
 from tests.unit.fakes import FakeInflux
 
 READ, INGEST, ADMIN = "read-key-0123456789", "ingest-key-0123456789", "admin-key-0123456789"
@@ -394,20 +394,24 @@ async def test_openapi_documents_keys_problems_and_examples(client: httpx.AsyncC
 
 def test_settings_refuse_to_start_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """No TELEMETRY_API_KEYS: a ConfigError naming the variable."""
-    monkeypatch.delenv("TELEMETRY_API_KEYS", raising=False)
+    monkeypatch.delenv(env_name(ApiSettings, "keys"), raising=False)
     with pytest.raises(ConfigError) as info:
         ApiSettings()
-    assert info.value.setting == "TELEMETRY_API_KEYS"
+    assert info.value.setting == env_name(ApiSettings, "keys")
 
 
 def test_settings_read_keys_and_influx_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """TELEMETRY_API_KEYS is JSON role -> key; nested InfluxDB settings use __."""
-    monkeypatch.setenv("TELEMETRY_API_KEYS", f'{{"read": "{READ}", "admin": "{ADMIN}"}}')
-    monkeypatch.setenv("TELEMETRY_API_INFLUX__URL", "http://127.0.0.1:9999/")
-    monkeypatch.setenv("TELEMETRY_API_INFLUX__TOKEN", "tok")
-    monkeypatch.setenv("TELEMETRY_API_PORT", "8123")
+    env = env_for(
+        ApiSettings,
+        keys={"read": READ, "admin": ADMIN},
+        influx={"url": "http://127.0.0.1:9999/", "token": "tok"},
+        port=8123,
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     settings = ApiSettings()
     assert {r: k.get_secret_value() for r, k in settings.keys.items()} == {
         "read": READ,
@@ -438,11 +442,11 @@ def test_main_exits_2_with_a_clear_message_without_keys(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """telemetry-api without keys does not start: exit status 2 and the variable to set."""
-    monkeypatch.delenv("TELEMETRY_API_KEYS", raising=False)
+    monkeypatch.delenv(env_name(ApiSettings, "keys"), raising=False)
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
-    assert "TELEMETRY_API_KEYS" in capsys.readouterr().err
+    assert env_name(ApiSettings, "keys") in capsys.readouterr().err
 
 
 # --- time parameters (pure) -----------------------------------------------------------------

@@ -11,7 +11,6 @@ dashboards' InfluxQL against a real InfluxDB.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -19,7 +18,6 @@ import shutil
 import subprocess
 import tomllib
 import types
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,16 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
-from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings
+from bridge.settings import BridgeSettings
+from edge_agent.settings import EdgeSettings
+from query_api.settings import ApiSettings
+from telemetry_common.settings import (
+    InfluxSettings,
+    MqttSettings,
+    ServiceSettings,
+    env_name,
+    settings_of,
+)
 from telemetry_common.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,35 +76,18 @@ SECRETS = {
 INFLUX_UID = "charger-telemetry-influxdb"
 PROMETHEUS_UID = "charger-telemetry-prometheus"
 
-_EDGE_CONTRACT: dict[str, type[BaseModel] | None] = {
-    "gateway_id": None,
-    "outbox_path": None,
-    "topic_root": None,
-    "mqtt": MqttSettings,
+#: service -> the settings class that reads its TELEMETRY_* variables.
+SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
+    "bridge": BridgeSettings,
+    "api": ApiSettings,
+    **dict.fromkeys(GATEWAYS, EdgeSettings),
 }
-#: service -> (env prefix, module of its settings class, contract: top-level names -> group).
-SERVICE_SETTINGS: dict[str, tuple[str, str, dict[str, type[BaseModel] | None]]] = {
-    "bridge": (
-        "TELEMETRY_BRIDGE_",
-        "bridge.settings",
-        {"topic_root": None, "client_id": None, "mqtt": MqttSettings, "influx": InfluxSettings},
-    ),
-    "api": (
-        "TELEMETRY_API_",
-        "query_api.settings",
-        {
-            "host": None,
-            "port": None,
-            "topic_root": None,
-            "keys": None,
-            "influx": InfluxSettings,
-            "mqtt": MqttSettings,
-        },
-    ),
-    **{name: ("TELEMETRY_EDGE_", "edge_agent.settings", _EDGE_CONTRACT) for name in GATEWAYS},
+#: service -> the script (in the container) that reads its TELEMETRY_* variables that are no
+#: setting of a Python service: compose's own knobs (profile, secrets) and InfluxDB's init.
+SCRIPT_VARIABLES: dict[str, Path] = {
+    "preflight": PREFLIGHT,
+    "influxdb": ROOT / "docker" / "influxdb-init" / "10-dbrp.sh",
 }
-#: Nested groups the contract names but telemetry_common does not define (edge_agent does).
-CONTRACT_ONLY_GROUPS = {(name, "sim"): {"chargers", "interval_s"} for name in GATEWAYS}
 
 _VARIABLE = re.compile(
     r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>:?-)?(?P<default>[^}]*)\}"
@@ -150,37 +140,6 @@ def _published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
 
 def _depends(service: dict[str, Any]) -> dict[str, str]:
     return {dep: cond["condition"] for dep, cond in service.get("depends_on", {}).items()}
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model in a field's annotation (``Model``, ``Model | None``), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            model = _model_of(arg)
-            if model is not None:
-                return model
-    return None
-
-
-def _settings_class(module_name: str, prefix: str) -> type[ServiceSettings] | None:
-    """The service's settings class (the ServiceSettings subclass with ``prefix``), if written."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            return None
-        raise
-    for obj in vars(module).values():
-        if (
-            isinstance(obj, type)
-            and issubclass(obj, ServiceSettings)
-            and obj.__module__ == module_name
-            and obj.model_config.get("env_prefix") == prefix
-        ):
-            return obj
-    raise AssertionError(f"{module_name} has no ServiceSettings subclass with prefix {prefix}")
 
 
 def _env_file(text: str) -> dict[str, str]:
@@ -375,33 +334,40 @@ def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
 # --- environment contract ---------------------------------------------------------------------
 
 
+def _setting_names(cls: type[ServiceSettings]) -> set[str]:
+    """Every variable ``cls`` reads, derived from the model (nested groups included)."""
+    return {s.env for s in settings_of(cls) if not s.group}
+
+
 @pytest.mark.parametrize("service_name", sorted(SERVICE_SETTINGS))
 def test_env_names_are_settings_fields(
     services: dict[str, dict[str, Any]], service_name: str
 ) -> None:
-    """Each TELEMETRY_* variable of a service names a real field of its settings class (or,
-    before that class exists, of the contract's names and telemetry_common's groups)."""
-    prefix, module_name, contract = SERVICE_SETTINGS[service_name]
-    cls = _settings_class(module_name, prefix)
+    """Each variable a Python service is given is one its settings model reads (a misspelt or
+    removed name would be silently ignored by pydantic-settings)."""
+    names = _setting_names(SERVICE_SETTINGS[service_name])
     env = _environment(services[service_name])
     assert env, service_name
     for key in env:
-        assert key.startswith(prefix), f"{service_name}: {key} lacks the prefix {prefix}"
-        top, _, nested = key.removeprefix(prefix).lower().partition("__")
-        if cls is not None:
-            assert top in cls.model_fields, f"{key}: {cls.__name__} has no field {top!r}"
-            group = _model_of(cls.model_fields[top].annotation) if nested else None
-        else:
-            assert top in contract, f"{key}: not a setting the contract names"
-            group = contract[top]
-        if not nested:
-            continue
-        assert "__" not in nested, key
-        if group is None and (service_name, top) in CONTRACT_ONLY_GROUPS and cls is None:
-            assert nested in CONTRACT_ONLY_GROUPS[service_name, top], key
-            continue
-        assert group is not None, f"{key}: {top!r} is not a nested group"
-        assert nested in group.model_fields, f"{key}: {group.__name__} has no field {nested!r}"
+        assert key in names, (
+            f"{service_name}: no setting of {SERVICE_SETTINGS[service_name]} reads {key}"
+        )
+
+
+def test_every_telemetry_variable_is_read_by_someone(services: dict[str, dict[str, Any]]) -> None:
+    """Every TELEMETRY_* variable compose sets, in any service, is a name some settings model
+    reads, or one the script that service runs reads (preflight's profile and secrets, the
+    InfluxDB init's database name)."""
+    models = set().union(*(_setting_names(cls) for cls in set(SERVICE_SETTINGS.values())))
+    for name, service in services.items():
+        for key in _environment(service):
+            if not key.startswith("TELEMETRY_") or key in models:
+                continue
+            script = SCRIPT_VARIABLES.get(name)
+            assert script is not None, f"{name}: {key} is read by no settings model"
+            assert re.search(rf"\b{key}\b", script.read_text(encoding="utf-8")), (
+                f"{name}: {key} is read neither by a settings model nor by {script.name}"
+            )
 
 
 @pytest.mark.parametrize("service_name", sorted(SERVICE_SETTINGS))
@@ -410,25 +376,24 @@ def test_env_values_are_accepted(
 ) -> None:
     """With no variable set (the compose defaults), the service's settings class accepts its
     environment, and the nested groups carry the values given (strings parsed to types)."""
-    prefix, module_name, _ = SERVICE_SETTINGS[service_name]
+    cls = SERVICE_SETTINGS[service_name]
+    prefix = str(cls.model_config.get("env_prefix", ""))
     env = _environment(services[service_name])
     for key in list(os.environ):
         if key.startswith(prefix):
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    cls = _settings_class(module_name, prefix)
     groups: dict[str, dict[str, str]] = {}
     for key, value in env.items():
         top, _, nested = key.removeprefix(prefix).lower().partition("__")
         if nested:
             groups.setdefault(top, {})[nested] = value
-    if cls is not None:
-        settings: BaseSettings = cls()
-        for top, values in groups.items():
-            group = getattr(settings, top)
-            for field in values:
-                assert getattr(group, field) is not None, f"{top}.{field}"
+    settings: BaseSettings = cls()
+    for top, values in groups.items():
+        group = getattr(settings, top)
+        for field in values:
+            assert getattr(group, field) is not None, f"{top}.{field}"
     common: dict[str, type[BaseModel]] = {"mqtt": MqttSettings, "influx": InfluxSettings}
     for top, values in groups.items():
         if top in common:
@@ -441,13 +406,13 @@ def test_certificates_match_identities(services: dict[str, dict[str, Any]]) -> N
     gateway's certificate and hands all client keys to the services' user."""
     from telemetry_stack.pki import API_IDENTITY, BRIDGE_IDENTITY
 
-    identities = {
-        "bridge": ("TELEMETRY_BRIDGE_MQTT__", BRIDGE_IDENTITY),
-        "api": ("TELEMETRY_API_MQTT__", API_IDENTITY),
+    identities: dict[str, tuple[type[ServiceSettings], str]] = {
+        "bridge": (BridgeSettings, BRIDGE_IDENTITY),
+        "api": (ApiSettings, API_IDENTITY),
     }
     for name, gw_id in GATEWAYS.items():
-        assert _environment(services[name])["TELEMETRY_EDGE_GATEWAY_ID"] == gw_id
-        identities[name] = ("TELEMETRY_EDGE_MQTT__", gw_id)
+        assert _environment(services[name])[env_name(EdgeSettings, "gateway_id")] == gw_id
+        identities[name] = (EdgeSettings, gw_id)
     script = "\n".join(services["pki-init"]["command"])
     issued = re.search(r"for gw in ([^;]+); do", script)
     handed = re.search(r"for name in ([^;]+); do", script)
@@ -458,13 +423,17 @@ def test_certificates_match_identities(services: dict[str, dict[str, Any]]) -> N
     # pki init issues the bridge's and the API's certificates; the gateways' are issued above.
     assert set(handed[1].split()) == {BRIDGE_IDENTITY, API_IDENTITY, *GATEWAYS.values()}
     assert "--host mosquitto" in script  # the broker certificate names the host clients dial
-    for name, (prefix, identity) in identities.items():
+    for name, (cls, identity) in identities.items():
         env = _environment(services[name])
-        assert env[prefix + "HOST"] == "mosquitto"
-        assert env[prefix + "PORT"] == "8883"
-        assert env[prefix + "CA_FILE"] == "/pki/ca.crt"
-        assert env[prefix + "CERT_FILE"] == f"/pki/{identity}.crt"
-        assert env[prefix + "KEY_FILE"] == f"/pki/{identity}.key"
+        expected = {
+            "host": "mosquitto",
+            "port": "8883",
+            "ca_file": "/pki/ca.crt",
+            "cert_file": f"/pki/{identity}.crt",
+            "key_file": f"/pki/{identity}.key",
+        }
+        for field, value in expected.items():
+            assert env[env_name(cls, "mqtt", field)] == value, (name, field)
         assert "pki:/pki:ro" in services[name]["volumes"], name
     assert "pki:/pki:ro" in services["mosquitto"]["volumes"]
     assert "pki:/pki" in services["pki-init"]["volumes"]
@@ -637,9 +606,10 @@ def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) ->
 
     bridge = _environment(services["bridge"])
     api = _environment(services["api"])
-    assert bridge["TELEMETRY_BRIDGE_HTTP_HOST"] == "0.0.0.0"
-    assert targets("telemetry-bridge") == {f"bridge:{bridge['TELEMETRY_BRIDGE_HTTP_PORT']}"}
-    assert targets("telemetry-api") == {f"api:{api['TELEMETRY_API_PORT']}"}
+    assert bridge[env_name(BridgeSettings, "http_host")] == "0.0.0.0"
+    bridge_port = bridge[env_name(BridgeSettings, "http_port")]
+    assert targets("telemetry-bridge") == {f"bridge:{bridge_port}"}
+    assert targets("telemetry-api") == {f"api:{api[env_name(ApiSettings, 'port')]}"}
     edge = {}
     for sc in jobs["telemetry-edge"]:
         (target,) = sc["targets"]
@@ -647,8 +617,8 @@ def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) ->
     want = {}
     for name, gw_id in GATEWAYS.items():
         env = _environment(services[name])
-        assert env["TELEMETRY_EDGE_METRICS_HOST"] == "0.0.0.0"
-        want[f"{name}:{env['TELEMETRY_EDGE_METRICS_PORT']}"] = gw_id
+        assert env[env_name(EdgeSettings, "metrics_host")] == "0.0.0.0"
+        want[f"{name}:{env[env_name(EdgeSettings, 'metrics_port')]}"] = gw_id
         assert "ports" not in services[name]
     assert edge == want
     assert "ports" not in services["bridge"]
@@ -686,8 +656,8 @@ def test_influxdb_init_and_grafana_datasources(services: dict[str, dict[str, Any
     assert ds["secureJsonData"]["httpHeaderValue1"] == "Token ${INFLUXDB_TOKEN}"
     token = _environment(services["grafana"])["INFLUXDB_TOKEN"]
     assert token == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
-    assert token == _environment(services["bridge"])["TELEMETRY_BRIDGE_INFLUX__TOKEN"]
-    assert token == _environment(services["api"])["TELEMETRY_API_INFLUX__TOKEN"]
+    for name, cls in (("bridge", BridgeSettings), ("api", ApiSettings)):
+        assert token == _environment(services[name])[env_name(cls, "influx", "token")], name
 
     (prom,) = yaml.safe_load((ds_dir / "prometheus.yml").read_text(encoding="utf-8"))["datasources"]
     assert prom["uid"] == PROMETHEUS_UID

@@ -7,7 +7,7 @@ import pytest
 from bridge.settings import BridgeSettings
 from edge_agent.settings import EdgeSettings
 from query_api.settings import ApiSettings
-from telemetry_common.settings import env_for
+from telemetry_common.settings import env_for, env_name
 
 
 def test_env_for_derives_names_that_the_model_reads_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,3 +55,16 @@ def test_env_for_refuses_a_name_the_model_does_not_have() -> None:
         env_for(EdgeSettings, gatway_id="gw-1")
     with pytest.raises(KeyError, match="hostname"):
         env_for(EdgeSettings, mqtt={"hostname": "x"})
+
+
+def test_env_name_names_one_variable_and_refuses_typos() -> None:
+    """env_name spells the variable of one field (nested through a group) as env_for does, and
+    refuses a name the model does not have."""
+    assert env_name(BridgeSettings, "mqtt", "host") == next(
+        iter(env_for(BridgeSettings, mqtt={"host": "x"}))
+    )
+    assert env_name(ApiSettings, "keys") == next(iter(env_for(ApiSettings, keys={"read": "k"})))
+    assert env_name(EdgeSettings, "ocpp", "port") == "TELEMETRY_EDGE_OCPP__PORT"
+    for path in (("mqtt", "hostname"), ("client_id", "x"), ("clientid",), ()):
+        with pytest.raises(KeyError):
+            env_name(BridgeSettings, *path)
