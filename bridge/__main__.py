@@ -15,6 +15,7 @@ from bridge.runner import run_bridge
 from bridge.settings import BridgeSettings
 from telemetry_common.errors import TelemetryError
 from telemetry_common.logs import configure_logging
+from telemetry_common.settings import env_name, settings_errors
 
 GC_THRESHOLD = 50_000
 
@@ -46,15 +47,15 @@ def main(argv: list[str] | None = None) -> None:
         description=(
             "Consume gateway readings from Mosquitto (shared subscription, persistent session), "
             "validate them, write them to InfluxDB, and acknowledge only what is stored. "
-            "Configured by TELEMETRY_BRIDGE_* environment variables (docs/settings.md)."
+            f"Configured by {env_name(BridgeSettings, 'client_id').removesuffix('CLIENT_ID')}* "
+            "environment variables (docs/settings.md)."
         ),
     ).parse_args(argv)
     try:
         settings = BridgeSettings()
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            name = "TELEMETRY_BRIDGE_" + "__".join(str(p) for p in err["loc"]).upper()
-            print(f"telemetry-bridge: {name}: {err['msg']}", file=sys.stderr)
+        for line in settings_errors(BridgeSettings, exc):
+            print(f"telemetry-bridge: {line}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
     # A batch allocates hundreds of thousands of short-lived, acyclic objects (freed by

@@ -19,8 +19,10 @@ from processor.core import Processor
 from processor.metrics import Metrics
 from processor.outputs.writers import Writer
 from processor.prepare import PreparedBatch
+from processor.state.bindings import load_bindings
 from telemetry_common.influx_query import InfluxQLClient
 from telemetry_common.mqtt import AsyncMqttClient, Received
+from telemetry_common.settings import env_name
 from telemetry_common.topics import SHARE_GROUP
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,12 @@ log = logging.getLogger(__name__)
 def _warn_if_guessable(settings: BridgeSettings) -> None:
     if settings.share_group == SHARE_GROUP or settings.client_id == DEFAULT_CLIENT_ID:
         log.warning(
-            "TELEMETRY_BRIDGE_SHARE_GROUP or _CLIENT_ID is the documented default: a gateway "
-            "certificate that joins the group or takes over the session makes the broker "
-            "drop readings it already acknowledged. Set both to unguessable values "
-            "(`telemetry-stack up` and docker/gen-env.sh do; mosquitto/README.md)."
+            "%s or %s is the documented default: a gateway certificate that joins the group or "
+            "takes over the session makes the broker drop readings it already acknowledged. "
+            "Set both to unguessable values (`telemetry-stack up` and docker/gen-env.sh do; "
+            "mosquitto/README.md).",
+            env_name(BridgeSettings, "share_group"),
+            env_name(BridgeSettings, "client_id"),
         )
 
 
@@ -42,6 +46,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
     topics = settings.topics
     subscription = topics.shared_readings(settings.share_group)
     metrics = Metrics()
+    bindings = load_bindings(settings.bindings_file, env_name(BridgeSettings, "bindings_file"))
     async with (
         Writer(settings.influx) as writer,
         InfluxQLClient(settings.influx) as storage,
@@ -61,6 +66,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             writer=writer,
             mqtt=client,
             metrics=metrics,
+            bindings=bindings,
             # Behind: messages wait beyond the batches in hand (full load or a backlog).
             busy=lambda: not client.messages.empty(),
         )

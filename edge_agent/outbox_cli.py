@@ -33,7 +33,7 @@ from edge_agent.outbox import Outbox, OutboxStats
 from edge_agent.publisher import Counters, Publisher
 from edge_agent.settings import EdgeSettings
 from telemetry_common.logs import configure_logging
-from telemetry_common.settings import env_name
+from telemetry_common.settings import env_name, settings_errors
 
 outbox_app = typer.Typer(help="Inspect and manage the local outbox.")
 
@@ -49,10 +49,8 @@ def load_settings() -> EdgeSettings:
     try:
         return EdgeSettings()  # gateway_id comes from the environment
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            prefix = EdgeSettings.model_config.get("env_prefix", "")
-            name = prefix + "__".join(str(p) for p in err["loc"]).upper()
-            typer.echo(f"edge-agent: {name}: {err['msg']}", err=True)
+        for line in settings_errors(EdgeSettings, exc):
+            typer.echo(f"edge-agent: {line}", err=True)
         raise typer.Exit(2) from exc
 
 

@@ -22,7 +22,7 @@ from processor.outputs.writers import InfluxWriter
 from processor.prepare import Message, PreparedBatch, Preparer
 from processor.settings import ProcessorSettings
 from processor.state import State
-from processor.state.bindings import load_bindings
+from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
 from processor.state.storage import confirm_gaps_forever, warm_up
 from processor.validate import INFLUX_REJECTED, Rejected
@@ -61,11 +61,14 @@ class Processor:
         writer: InfluxWriter,
         mqtt: AsyncMqttClient,
         metrics: Metrics,
+        bindings: Bindings,
         busy: Callable[[], bool] | None = None,
     ) -> Processor:
         """The processor of ``settings``: outputs to ``writer`` and ``mqtt`` (dead letters, live
-        feed); ``busy()`` says ingestion is behind (the live feed then yields)."""
-        state = State(bindings=load_bindings(settings.bindings_file))
+        feed); ``bindings`` from :func:`~processor.state.bindings.load_bindings` (loaded before
+        any connection, so a bad file fails at once); ``busy()`` says ingestion is behind (the
+        live feed then yields)."""
+        state = State(bindings=bindings)
         return cls(
             state,
             Preparer(state.bindings, topics, timedelta(seconds=settings.max_future_s)),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -115,7 +115,17 @@ def _env_value(value: object) -> str:
     return str(value)
 
 
-def _prefix_and_delimiter(settings: type[BaseSettings]) -> tuple[str, str]:
+def settings_errors(settings: type[BaseSettings], exc: ValidationError) -> list[str]:
+    """One line per error of ``exc`` (raised building ``settings``), named by its variable:
+    ``TELEMETRY_BRIDGE_MQTT__PORT: Input should be ...``."""
+    prefix, delimiter = _prefix_and_delimiter(settings)
+    return [
+        f"{prefix}{delimiter.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def _prefix_and_delimiter(settings: type[BaseModel]) -> tuple[str, str]:
     prefix = str(settings.model_config.get("env_prefix", ""))
     return prefix, str(settings.model_config.get("env_nested_delimiter") or "__")
 
@@ -153,7 +163,7 @@ def env_for(settings: type[BaseSettings], **values: object) -> dict[str, str]:
     return out
 
 
-def env_name(settings: type[BaseSettings], *path: str) -> str:
+def env_name(settings: type[BaseModel], *path: str) -> str:
     """The name of the variable that sets ``path`` (a field, or a group then its field):
 
     >>> env_name(BridgeSettings, "mqtt", "host")

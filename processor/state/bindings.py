@@ -44,15 +44,15 @@ class Bindings:
         return len(self._bound)
 
 
-def load_bindings(path: Path | None) -> Bindings:
+def load_bindings(path: Path | None, setting: str = "BINDINGS_FILE") -> Bindings:
     """Provisioned bindings from a JSON file ``{"charger_id": "gateway_id"}``; first-come when
-    ``path`` is None."""
+    ``path`` is None. A file that cannot work raises ``ConfigError`` naming ``setting``."""
     if path is None:
         return Bindings()
     try:
         raw = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
-        raise ConfigError("TELEMETRY_BRIDGE_BINDINGS_FILE", f"{path}: {exc}") from exc
+        raise ConfigError(setting, f"{path}: {exc}") from exc
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
-        raise ConfigError("TELEMETRY_BRIDGE_BINDINGS_FILE", f"{path}: need {{charger: gateway}}")
+        raise ConfigError(setting, f"{path}: need {{charger: gateway}}")
     return Bindings({check_id("charger id", c): check_id("gateway id", g) for c, g in raw.items()})
