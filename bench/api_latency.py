@@ -71,11 +71,11 @@ from bench.pipeline_throughput import (
     verdict,
 )
 from processor.lineproto import to_line
+from provisioning import pki as pki_mod
 from query_api.settings import ApiSettings
 from telemetry_common.schema import SCHEMA_ID, Reading, format_ts
 from telemetry_common.tls import client_context
 from telemetry_common.topics import Topics
-from telemetry_stack import pki as pki_mod
 from telemetry_stack.servers import ManagedProcess, free_port
 
 READ_KEY: Final = "bench-read-" + "r" * 24

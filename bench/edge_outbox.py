@@ -41,9 +41,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.outbox import Outbox
 from edge_agent.simulator import Simulator
+from provisioning import pki as pki_mod
 from telemetry_common.tls import client_context
 from telemetry_common.topics import Topics
-from telemetry_stack import pki as pki_mod
 from telemetry_stack.servers import free_port, start_mosquitto
 
 BIN: Final = Path(sys.executable).parent

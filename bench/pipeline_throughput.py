@@ -44,7 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from telemetry_stack import pki as pki_mod
+from provisioning import pki as pki_mod
 from telemetry_stack.servers import ManagedProcess, free_port, start_influxd, start_mosquitto
 
 REPO: Final = Path(__file__).resolve().parent.parent

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from provisioning import pki as pki_mod
+from provisioning.bridge_session import bridge_names
 from telemetry_common.errors import ConfigError, TelemetryError
 from telemetry_common.topics import DEFAULT_ROOT
-from telemetry_stack import pki as pki_mod
 from telemetry_stack import servers
-from telemetry_stack.bridge_session import bridge_names
 
 STATE_FILE: Final = "stack.json"
 DATABASE: Final = "telemetry"

@@ -19,7 +19,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from telemetry_stack.servers import ManagedProcess, free_port
-from telemetry_stack.testing import BrokerInfo, InfluxTarget
+from tests.support.fixtures import BrokerInfo, InfluxTarget
 
 BIN = Path(sys.executable).parent
 

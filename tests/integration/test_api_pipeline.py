@@ -23,7 +23,6 @@ import pytest
 
 from telemetry_common.schema import Reading, encode_batch, format_ts
 from telemetry_stack.servers import free_port
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.integration.services import (
     GatewayPublisher,
     Procs,
@@ -33,6 +32,7 @@ from tests.integration.services import (
     wait_until,
 )
 from tests.integration.test_broker_security import NOT_AUTHORIZED, Recorder
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
 
 pytestmark = pytest.mark.integration
 

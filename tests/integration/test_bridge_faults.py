@@ -29,8 +29,8 @@ import pytest
 
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from telemetry_stack.servers import ManagedProcess, ServerBinaryMissing, free_port, start_influxd
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.integration.services import GatewayPublisher, Procs, influxql, start_bridge, wait_until
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 
 from telemetry_common.schema import format_ts
 from telemetry_stack.servers import ManagedProcess
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.integration.services import Procs, start_bridge, wait_until
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
 
 pytestmark = pytest.mark.integration
 

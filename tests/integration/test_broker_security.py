@@ -15,9 +15,9 @@ import pytest
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from provisioning import pki as pki_mod
 from telemetry_common.tls import client_context
-from telemetry_stack import pki as pki_mod
-from telemetry_stack.testing import BrokerInfo, MqttClientFactory
+from tests.support.fixtures import BrokerInfo, MqttClientFactory
 
 pytestmark = pytest.mark.integration
 

@@ -38,8 +38,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from telemetry_common.tls import client_context
-from telemetry_stack.testing import BrokerInfo, InfluxInfo, InfluxTarget
 from tests.integration.services import GatewayPublisher, Procs, start_bridge, wait_until
+from tests.support.fixtures import BrokerInfo, InfluxInfo, InfluxTarget
 
 pytestmark = pytest.mark.integration
 

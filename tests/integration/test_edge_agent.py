@@ -36,8 +36,8 @@ from edge_agent.outbox import Outbox, OutboxRow
 from telemetry_common.schema import format_ts
 from telemetry_common.tls import client_context
 from telemetry_stack.servers import ManagedProcess, free_port, start_mosquitto
-from telemetry_stack.testing import BrokerInfo, MqttClientFactory, TestPki
 from tests.integration.services import BIN, Procs, mqtt_env, wait_until
+from tests.support.fixtures import BrokerInfo, MqttClientFactory, TestPki
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from telemetry_common.schema import format_ts
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.integration.services import BIN, Procs, mqtt_env, start_api, start_bridge, wait_until
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
 
 pytestmark = pytest.mark.integration
 

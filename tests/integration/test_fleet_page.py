@@ -37,7 +37,6 @@ from websockets.sync.client import ClientConnection, connect
 
 from telemetry_common.schema import Reading, encode_batch, format_ts
 from telemetry_stack.servers import ProcessNotReady
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
 from tests.conftest import run_broker
 from tests.integration.services import (
     GatewayPublisher,
@@ -47,6 +46,7 @@ from tests.integration.services import (
     start_bridge,
     wait_until,
 )
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
 
 pytestmark = pytest.mark.integration
 

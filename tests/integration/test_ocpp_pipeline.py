@@ -16,7 +16,6 @@ from websockets.typing import Subprotocol
 
 from edge_agent.ocpp.lib import ChargePoint, call
 from telemetry_stack.servers import free_port, port_open
-from telemetry_stack.testing import BrokerInfo, InfluxTarget
 from tests.integration.services import (
     BIN,
     Procs,
@@ -26,6 +25,7 @@ from tests.integration.services import (
     start_bridge,
     wait_until,
 )
+from tests.support.fixtures import BrokerInfo, InfluxTarget
 
 pytestmark = pytest.mark.integration
 

@@ -40,10 +40,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.settings import DEFAULT_CLIENT_ID
+from provisioning import pki as pki_mod
+from provisioning.bridge_session import FILE_NAME
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from telemetry_common.topics import SHARE_GROUP, Topics
-from telemetry_stack import pki as pki_mod
-from telemetry_stack.bridge_session import FILE_NAME
 from tests.system.stackctl import BIN, SystemStack
 
 pytestmark = pytest.mark.system
@@ -968,7 +968,7 @@ def test_revoked_gateway_is_refused_after_a_reload_while_the_others_connect(
 # Mosquitto's ACL file cannot refuse a SUBSCRIBE or tie a client id to a certificate, so a
 # gateway that knew the bridges' share group or client id could make the broker drop readings it
 # already acknowledged (it hands the gateway its turn, then refuses delivery). The names carry a
-# random part only the operator holds (telemetry_stack/bridge_session.py); these tests attack with
+# random part only the operator holds (provisioning/bridge_session.py); these tests attack with
 # what a gateway can know: the documented defaults.
 
 

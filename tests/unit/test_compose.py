@@ -439,7 +439,7 @@ def test_certificates_match_identities(services: dict[str, dict[str, Any]]) -> N
     """The bridge and the API present their own certificates and each gateway the certificate
     named after its id (CN = MQTT username, which the broker ACL fences); pki-init issues every
     gateway's certificate and hands all client keys to the services' user."""
-    from telemetry_stack.pki import API_IDENTITY, BRIDGE_IDENTITY
+    from provisioning.pki import API_IDENTITY, BRIDGE_IDENTITY
 
     identities = {
         "bridge": ("TELEMETRY_BRIDGE_MQTT__", BRIDGE_IDENTITY),
@@ -602,7 +602,7 @@ def test_live_feed_reads_the_loopback_listener(services: dict[str, dict[str, Any
     """live-feed subscribes on the broker's loopback plaintext listener (it shares the broker's
     network namespace, so nothing is published) to the live and dead-letter topics, which the
     rendered ACL lets anonymous clients read; it runs as the broker's unprivileged user."""
-    from telemetry_stack.broker_config import render_acl
+    from provisioning.broker_config import render_acl
 
     feed = services["live-feed"]
     assert feed["network_mode"] == "service:mosquitto"
@@ -775,8 +775,8 @@ def test_dashboard_prometheus_queries_name_exported_metrics(tmp_path: Path) -> N
 def test_image_holds_every_package_and_the_broker_templates() -> None:
     """The Dockerfile is multi-stage on python:3.11-slim, ends as a non-root user, and copies
     (and .dockerignore lets through) every package pyproject installs plus mosquitto/, which
-    telemetry_stack reads its broker templates from."""
-    from telemetry_stack.broker_config import TEMPLATE_DIR
+    provisioning reads its broker templates from."""
+    from provisioning.broker_config import TEMPLATE_DIR
 
     text = DOCKERFILE.read_text(encoding="utf-8")
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
