@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -49,19 +50,20 @@ def pki_gateway(
     directory: PkiDir = Path(".stack/pki"),
 ) -> None:
     """Issue a gateway's client certificate (kept if it exists and is not revoked)."""
-    try:
-        cert, key = pki_mod.issue_gateway(directory, name)
-    except (TelemetryError, ValueError) as exc:
-        raise fail(exc) from exc
-    typer.echo(f"{cert}\n{key}")
+    _print_issued(lambda: pki_mod.issue_gateway(directory, name))
 
 
 @pki_app.command("operator")
 def pki_operator(directory: PkiDir = Path(".stack/pki")) -> None:
     """Issue the operator's certificate (CN telemetry-operator): it may send commands to every
     gateway on {root}/+/cmd/# and read their answers (kept if it exists)."""
+    _print_issued(lambda: pki_mod.issue_client(directory, pki_mod.OPERATOR_IDENTITY))
+
+
+def _print_issued(issue: Callable[[], tuple[Path, Path]]) -> None:
+    """Print the certificate and key paths ``issue()`` returns, or fail with its error."""
     try:
-        cert, key = pki_mod.issue_client(directory, pki_mod.OPERATOR_IDENTITY)
+        cert, key = issue()
     except (TelemetryError, ValueError) as exc:
         raise fail(exc) from exc
     typer.echo(f"{cert}\n{key}")

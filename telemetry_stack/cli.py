@@ -1,5 +1,6 @@
 """``telemetry-stack``: run the whole pipeline locally from installed binaries (or, with
-``--docker``, through docker compose), and make its dev PKI and broker configuration."""
+``--docker``, through docker compose); its ``pki`` and ``broker-config`` commands come from
+:mod:`provisioning.cli`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from provisioning import broker_config
 from provisioning.cli import broker_config_cmd, fail, pki_app
 from telemetry_common.errors import TelemetryError
 from telemetry_common.topics import DEFAULT_ROOT
-from telemetry_stack import stack
+from telemetry_stack import stack, supervisor
 
 app = typer.Typer(
     help="Run the charger-telemetry stack locally; make its dev PKI and broker configuration.",
@@ -129,7 +130,7 @@ def up(
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for line in stack.down(resolved):
+        for line in supervisor.down(resolved):
             typer.echo(line)
         typer.echo("everything stopped")
 
@@ -140,7 +141,7 @@ def _watch(state_dir: Path) -> None:
     reported: set[str] = set()
     while True:
         time.sleep(1.0)
-        services = stack.status(state_dir)
+        services = supervisor.status(state_dir)
         down_now = {name for name, info in services.items() if not info["running"]}
         # Twice in a row: a restart from another shell briefly has no process.
         for name in sorted(down_now & down_before - reported):
@@ -161,7 +162,7 @@ def down(
     if _docker_wanted(ctx, docker):
         _docker_compose(["down"])
     try:
-        for line in stack.down(state_dir.resolve()):
+        for line in supervisor.down(state_dir.resolve()):
             typer.echo(line)
     except TelemetryError as exc:
         raise fail(exc) from exc
@@ -174,7 +175,7 @@ def status(
 ) -> None:
     """Each service: running or not, ready or not, pid. Exit code 3 if any is not running."""
     try:
-        services = stack.status(state_dir.resolve())
+        services = supervisor.status(state_dir.resolve())
     except TelemetryError as exc:
         raise fail(exc) from exc
     if as_json:
@@ -195,7 +196,7 @@ def restart(
 ) -> None:
     """Stop one service and start it again with the same command and environment."""
     try:
-        pid = stack.restart(state_dir.resolve(), service)
+        pid = supervisor.restart(state_dir.resolve(), service)
     except TelemetryError as exc:
         raise fail(exc) from exc
     typer.echo(f"{service} restarted (pid {pid})")

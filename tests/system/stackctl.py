@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from telemetry_stack.servers import pid_alive
-from telemetry_stack.stack import load_state, save_state
+from telemetry_stack.state import load_state, save_state
 
 BIN = Path(sys.executable).parent
 
