@@ -13,8 +13,9 @@ import pytest
 
 from telemetry_common.schema import format_ts
 from telemetry_stack.servers import ManagedProcess
-from tests.integration.services import Procs, start_bridge, wait_until
 from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
+from tests.support.processes import Procs, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

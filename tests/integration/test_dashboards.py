@@ -38,8 +38,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from telemetry_common.tls import client_context
-from tests.integration.services import GatewayPublisher, Procs, start_bridge, wait_until
 from tests.support.fixtures import BrokerInfo, InfluxInfo, InfluxTarget
+from tests.support.gateway_publisher import GatewayPublisher
+from tests.support.processes import Procs, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

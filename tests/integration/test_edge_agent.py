@@ -33,11 +33,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.outbox import Outbox, OutboxRow
+from edge_agent.settings import EdgeSettings
 from telemetry_common.schema import format_ts
+from telemetry_common.settings import env_for
 from telemetry_common.tls import client_context
 from telemetry_stack.servers import ManagedProcess, free_port, start_mosquitto
-from tests.integration.services import BIN, Procs, mqtt_env, wait_until
 from tests.support.fixtures import BrokerInfo, MqttClientFactory, TestPki
+from tests.support.processes import BIN, Procs, client_settings
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -144,14 +147,18 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(x) + b"\n" for x in lines)
 
 
-def edge_env(broker: BrokerInfo, gateway: str, outbox: Path, **extra: str) -> dict[str, str]:
-    env = mqtt_env("TELEMETRY_EDGE_", broker, gateway) | {
-        "TELEMETRY_EDGE_GATEWAY_ID": gateway,
-        "TELEMETRY_EDGE_OUTBOX_PATH": str(outbox),
-        "TELEMETRY_EDGE_RECONNECT_MAX_S": "2",
-        "TELEMETRY_EDGE_PUBLISH_TIMEOUT_S": "10",
+def edge_env(
+    broker: BrokerInfo, gateway: str, outbox_path: Path, **extra: object
+) -> dict[str, str]:
+    """The environment of an edge agent for ``gateway`` on ``broker``; ``extra`` are more
+    EdgeSettings (``sim={"chargers": 5}``)."""
+    base = {
+        "gateway_id": gateway,
+        "outbox_path": outbox_path,
+        "reconnect_max_s": 2,
+        "publish_timeout_s": 10,
     }
-    return env | {f"TELEMETRY_EDGE_{k}": v for k, v in extra.items()}
+    return env_for(EdgeSettings, **(client_settings(broker, gateway) | base | extra))
 
 
 def outbox_cli(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -228,7 +235,7 @@ def test_broker_outage_every_reading_arrives_exactly_as_produced(
     os.mkfifo(fifo)
     outbox = tmp_path / "outbox.sqlite3"
     port = free_port()
-    env = edge_env(broker, gateway, outbox, METRICS_PORT=str(port))
+    env = edge_env(broker, gateway, outbox, metrics_port=port)
     edge = procs.start(
         "edge", [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(fifo)], env
     )
@@ -270,9 +277,7 @@ def test_sigkill_at_random_points_loses_no_accepted_reading(
     gateway = unique("gw-kill")
     collector = Collector(broker, broker.topics.readings(gateway))
     outbox = tmp_path / "outbox.sqlite3"
-    env = edge_env(
-        broker, gateway, outbox, SIM__CHARGERS="50", SIM__INTERVAL_S="0.02", SIM__SEED="3"
-    )
+    env = edge_env(broker, gateway, outbox, sim={"chargers": 50, "interval_s": 0.02, "seed": 3})
     rng = random.Random(7)
     pending_at_kill: dict[int, bytes] = {}
     argv = [str(BIN / "edge-agent"), "run", "--source", "sim"]
@@ -318,7 +323,7 @@ def test_budget_keeps_energy_readings_and_counts_what_it_dropped(
     feed = tmp_path / "feed.jsonl"
     feed.write_bytes(jsonl(produced))
     outbox = tmp_path / "outbox.sqlite3"
-    env = edge_env(broker, gateway, outbox, OUTBOX__MAX_ROWS="100")
+    env = edge_env(broker, gateway, outbox, outbox={"max_rows": 100})
     edge = procs.start(
         "edge", [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(feed)], env
     )
@@ -357,7 +362,7 @@ def test_not_authorized_batches_are_parked_and_publishing_goes_on(
     first = tmp_path / "first.jsonl"
     first.write_bytes(jsonl([line(gateway, i, base) for i in range(350)]))
     outbox = tmp_path / "outbox.sqlite3"
-    wrong = edge_env(broker, gateway, outbox, TOPIC_ROOT="fleet/wrong", BATCH_MAX_READINGS="100")
+    wrong = edge_env(broker, gateway, outbox, topic_root="fleet/wrong", batch_max_readings=100)
     run = [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file"]
     edge = procs.start("edge-wrong", [*run, str(first)], wrong)
     wait_until("the misconfigured agent to finish", lambda: not edge.is_running())
@@ -370,13 +375,13 @@ def test_not_authorized_batches_are_parked_and_publishing_goes_on(
         capture_output=True,
         check=True,
         timeout=60,
-        env={**os.environ, "TELEMETRY_EDGE_OUTBOX_PATH": str(outbox)},
+        env={**os.environ, **env_for(EdgeSettings, outbox_path=outbox)},
     )
     assert orjson.loads(parked.stdout)["reason"] == "Not authorized"
 
     second = tmp_path / "second.jsonl"
     second.write_bytes(jsonl([line(gateway, i, base) for i in range(350, 400)]))
-    right = edge_env(broker, gateway, outbox, BATCH_MAX_READINGS="100")
+    right = edge_env(broker, gateway, outbox, batch_max_readings=100)
     edge = procs.start("edge-right", [*run, str(second)], right)
     wait_until("the fixed agent to finish", lambda: not edge.is_running())
     assert edge.returncode() == 0, edge.log_tail()
@@ -399,7 +404,7 @@ def test_commands_round_trip_over_mqtt5_with_correlation_data(
     # Someone must consume the readings: a batch no subscription matches is not delivered.
     consumer = mqtt_client("telemetry-bridge")
     consumer.subscribe(broker.topics.readings(gateway), qos=1)
-    env = edge_env(broker, gateway, outbox, METRICS_PORT=str(port), SIM__INTERVAL_S="5")
+    env = edge_env(broker, gateway, outbox, metrics_port=port, sim={"interval_s": 5})
     edge = procs.start("edge", [str(BIN / "edge-agent"), "run", "--source", "sim"], env)
     edge.wait_ready(logged(edge, "subscribed to"), 20)
 
@@ -495,9 +500,8 @@ def test_backlog_drains_oldest_first_at_its_rate_while_live_readings_flow(
         broker,
         gateway,
         outbox,
-        DRAIN_RATE="6000",
-        SIM__CHARGERS="10",
-        SIM__INTERVAL_S="0.1",
+        drain_rate=6000,
+        sim={"chargers": 10, "interval_s": 0.1},
     )
     procs.start("edge", [str(BIN / "edge-agent"), "run", "--source", "sim"], env)
     backlog = set(range(1, 30_001))

@@ -19,8 +19,9 @@ import orjson
 import pytest
 
 from telemetry_common.schema import format_ts
-from tests.integration.services import BIN, Procs, mqtt_env, start_api, start_bridge, wait_until
 from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
+from tests.support.processes import BIN, Procs, mqtt_env, start_api, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

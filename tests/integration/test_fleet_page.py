@@ -38,15 +38,11 @@ from websockets.sync.client import ClientConnection, connect
 from telemetry_common.schema import Reading, encode_batch, format_ts
 from telemetry_stack.servers import ProcessNotReady
 from tests.conftest import run_broker
-from tests.integration.services import (
-    GatewayPublisher,
-    Procs,
-    influxql,
-    start_api,
-    start_bridge,
-    wait_until,
-)
 from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
+from tests.support.gateway_publisher import GatewayPublisher
+from tests.support.influx import influxql
+from tests.support.processes import Procs, start_api, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,17 +15,13 @@ from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
 from edge_agent.ocpp.lib import ChargePoint, call
+from edge_agent.settings import EdgeSettings
+from telemetry_common.settings import env_for
 from telemetry_stack.servers import free_port, port_open
-from tests.integration.services import (
-    BIN,
-    Procs,
-    influxql,
-    mqtt_env,
-    start_api,
-    start_bridge,
-    wait_until,
-)
 from tests.support.fixtures import BrokerInfo, InfluxTarget
+from tests.support.influx import influxql
+from tests.support.processes import BIN, Procs, client_settings, start_api, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -77,13 +73,13 @@ async def test_ocpp_meter_values_reach_influxdb_and_latest(
     start_bridge(procs, broker, influx_db)
     api = start_api(procs, influx_db, READ_KEY, broker=broker)
     port = free_port()
-    env = mqtt_env("TELEMETRY_EDGE_", broker, gateway) | {
-        "TELEMETRY_EDGE_GATEWAY_ID": gateway,
-        "TELEMETRY_EDGE_OUTBOX_PATH": str(tmp_path / "outbox.sqlite3"),
-        "TELEMETRY_EDGE_TOPIC_ROOT": broker.topic_root,
-        "TELEMETRY_EDGE_OCPP__PORT": str(port),
-        "TELEMETRY_EDGE_OCPP__STATE_PATH": str(tmp_path / "ocpp-state.json"),
-    }
+    env = env_for(
+        EdgeSettings,
+        **client_settings(broker, gateway),
+        gateway_id=gateway,
+        outbox_path=tmp_path / "outbox.sqlite3",
+        ocpp={"port": port, "state_path": tmp_path / "ocpp-state.json"},
+    )
     edge = procs.start("edge-ocpp", [str(BIN / "edge-agent"), "run", "--source", "ocpp"], env)
     edge.wait_ready(lambda: port_open("127.0.0.1", port), timeout=30)
 

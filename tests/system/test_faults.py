@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.faultproxy import FaultProxy
-from tests.system.stackctl import Account, SystemStack, stop_process
+from tests.support.fault_proxy import FaultProxy
+from tests.support.system_stack import Account, SystemStack, stop_process
 
 pytestmark = pytest.mark.system
 

@@ -22,8 +22,8 @@ import orjson
 import pytest
 
 from telemetry_stack.servers import ServerBinaryMissing, find_binary, free_port
-from tests.system.faultproxy import FaultProxy
-from tests.system.stackctl import Account, SystemStack, scrape, stop_process
+from tests.support.fault_proxy import FaultProxy
+from tests.support.system_stack import Account, SystemStack, scrape, stop_process
 from tests.system.test_faults import assert_latest_is_newest_stored, assert_nothing_lost
 
 pytestmark = pytest.mark.system

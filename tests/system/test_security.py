@@ -44,7 +44,7 @@ from provisioning import pki as pki_mod
 from provisioning.bridge_session import FILE_NAME
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from telemetry_common.topics import SHARE_GROUP, Topics
-from tests.system.stackctl import BIN, SystemStack
+from tests.support.system_stack import BIN, SystemStack
 
 pytestmark = pytest.mark.system
 
