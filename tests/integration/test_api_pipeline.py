@@ -23,10 +23,10 @@ import pytest
 
 from telemetry_common.schema import Reading, encode_batch, format_ts
 from telemetry_stack.servers import free_port
-from tests.integration.test_broker_security import NOT_AUTHORIZED, Recorder
 from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.support.gateway_publisher import GatewayPublisher
 from tests.support.influx import influxql
+from tests.support.mqtt_recorder import NOT_AUTHORIZED, Recorder
 from tests.support.processes import Procs, start_api, start_bridge
 from tests.support.waiting import wait_until
 

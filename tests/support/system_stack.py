@@ -101,6 +101,11 @@ class SystemStack:
         finally:
             self.down()
 
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate the stack's broker and clients trust."""
+        return Path(self.state["mqtt"]["ca_file"])
+
     def reload(self) -> None:
         self.state = json.loads((self.dir / "stack.json").read_text())
 
