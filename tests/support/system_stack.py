@@ -26,11 +26,23 @@ from typing import Any, Self
 
 import httpx
 import pytest
+from pydantic_settings import BaseSettings
 
+from bridge.settings import BridgeSettings
+from edge_agent.settings import EdgeSettings
+from telemetry_common.settings import env_for
 from telemetry_stack.servers import pid_alive
 from telemetry_stack.state import load_state, save_state
 
 BIN = Path(sys.executable).parent
+#: The fault and security suites confirm gaps against InfluxDB after 2 s instead of 30.
+GAP_GRACE_S = 2
+FAST_GAPS_ENV = env_for(BridgeSettings, gap_grace_s=GAP_GRACE_S)
+
+
+def gateway_services(count: int) -> list[str]:
+    """The names `telemetry-stack up --gateways COUNT` gives its simulated gateways."""
+    return [f"gateway-{i}" for i in range(1, count + 1)]
 
 
 @dataclass
@@ -258,17 +270,23 @@ class SystemStack:
         save_state(self.dir, state)
         self.restart(name)
 
+    def service_setting(self, service: str, settings: type[BaseSettings], name: str) -> str:
+        """The value of setting ``name`` (of the model ``settings``) in a service's recorded
+        environment."""
+        (variable,) = env_for(settings, **{name: ""})
+        return str(self.state["services"][service]["env"][variable])
+
     def http_json(self, url: str) -> dict[str, Any]:
         r = httpx.get(url, timeout=10)
         r.raise_for_status()
         return dict(r.json())
 
     # -- extra gateways (edge agents this test starts itself) ---------------------------------
-    def agent_env(self, gateway: str, port: int, **extra: str) -> dict[str, str]:
+    def agent_env(self, gateway: str, port: int, **extra: object) -> dict[str, str]:
         """The environment of an edge agent for ``gateway`` (its certificate is issued here)
         whose MQTT connection goes to ``port`` (a FaultProxy, or the broker itself), its
-        outbox where :meth:`account` looks; ``extra`` are more TELEMETRY_EDGE_* settings
-        (without the prefix), e.g. ``OUTBOX__MAX_ROWS="300"``."""
+        outbox where :meth:`account` looks; ``extra`` are more EdgeSettings, e.g.
+        ``outbox={"max_rows": 300}``."""
         pki_dir = Path(self.state["pki_dir"])
         subprocess.run(
             [str(BIN / "telemetry-stack"), "pki", "gateway", gateway, "--dir", str(pki_dir)],
@@ -276,20 +294,21 @@ class SystemStack:
             capture_output=True,
             timeout=60,
         )
-        mqtt = self.state["mqtt"]
-        base = {
-            "GATEWAY_ID": gateway,
-            "OUTBOX_PATH": str(self.outbox(gateway)),
-            "MQTT__HOST": "127.0.0.1",
-            "MQTT__PORT": str(port),
-            "MQTT__CA_FILE": mqtt["ca_file"],
-            "MQTT__CERT_FILE": str(pki_dir / f"{gateway}.crt"),
-            "MQTT__KEY_FILE": str(pki_dir / f"{gateway}.key"),
-            "MQTT__KEEPALIVE_S": "5",
-            "RECONNECT_MAX_S": "2",
-            "TOPIC_ROOT": self.state["topic_root"],
+        settings: dict[str, object] = {
+            "gateway_id": gateway,
+            "outbox_path": self.outbox(gateway),
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": port,
+                "ca_file": self.ca_file,
+                "cert_file": pki_dir / f"{gateway}.crt",
+                "key_file": pki_dir / f"{gateway}.key",
+                "keepalive_s": 5,
+            },
+            "reconnect_max_s": 2,
+            "topic_root": self.state["topic_root"],
         }
-        return {**os.environ, **{f"TELEMETRY_EDGE_{k}": v for k, v in {**base, **extra}.items()}}
+        return {**os.environ, **env_for(EdgeSettings, **(settings | extra))}
 
     def start_agent(
         self, env: dict[str, str], log: Path, *args: str, stdin: int | None = None

@@ -17,8 +17,7 @@ import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,11 +26,12 @@ import orjson
 import pytest
 from cryptography import x509
 
-from bridge.settings import DEFAULT_CLIENT_ID
+from bridge.settings import DEFAULT_CLIENT_ID, BridgeSettings
 from provisioning import pki as pki_mod
 from provisioning.bridge_session import FILE_NAME
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from telemetry_common.topics import SHARE_GROUP, Topics
+from tests.support.delivery_checks import Window
 from tests.support.forged_certs import sign_with_ca
 from tests.support.listening_sockets import conf_listeners, listening_sockets
 from tests.support.mqtt_probe import (
@@ -42,7 +42,8 @@ from tests.support.mqtt_probe import (
     tls_context,
 )
 from tests.support.mqtt_recorder import NOT_AUTHORIZED, Session, open_session
-from tests.support.system_stack import BIN, SystemStack
+from tests.support.system_stack import BIN, FAST_GAPS_ENV, GAP_GRACE_S, SystemStack
+from tests.support.waiting import poll
 
 pytestmark = pytest.mark.system
 
@@ -52,8 +53,6 @@ ATTACKER = "gw-sec-a"
 #: A gateway the stack runs: its readings flow during every check.
 VICTIM = "gw-2"
 GATEWAYS = ["gw-1", "gw-2"]
-#: The bridge confirms gaps against InfluxDB after 2 s instead of 30 (as in test_faults.py).
-GAP_GRACE_S = 2
 
 
 # --- the stack ------------------------------------------------------------------------------
@@ -78,8 +77,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemStack]:
     made = cli("pki", "init", "--dir", str(state / "pki"))
     assert made.returncode == 0, made.stderr
     (state / "pki" / "crl.pem").unlink()
-    env = {"TELEMETRY_BRIDGE_GAP_GRACE_S": str(GAP_GRACE_S)}
-    with SystemStack(state, env).running(len(GATEWAYS), 3, 0.2) as s:
+    with SystemStack(state, FAST_GAPS_ENV).running(len(GATEWAYS), 3, 0.2) as s:
         yield s
 
 
@@ -109,15 +107,6 @@ def gateway_cert(stack: SystemStack, gateway: str) -> tuple[Path, Path]:
 def count(stack: SystemStack, where: str) -> int:
     series = stack.influx(f"SELECT count(seq) FROM readings WHERE {where}")
     return int(series[0]["values"][0][1]) if series else 0
-
-
-def wait_until(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.3)
-    return check()
 
 
 class OpenSession(Protocol):
@@ -299,7 +288,7 @@ def test_gateway_cannot_publish_to_another_gateways_readings(
     assert rc_forged == NOT_AUTHORIZED
     assert isinstance(rc_own, int)
     assert rc_own < 0x80
-    assert wait_until(lambda: count(stack, f"charger_id = '{own}'") == 1, 20)
+    assert poll(lambda: count(stack, f"charger_id = '{own}'") == 1, 20)
     stored = count(stack, f"charger_id = '{forged}'")
     print(f"stored: own reading 1, forged reading {stored}")
     assert stored == 0
@@ -646,7 +635,7 @@ def test_revoked_gateway_is_refused_after_a_reload_while_the_others_connect(
     }
     with held.changed:
         held.changed.wait_for(lambda: held.disconnected is not None, WAIT_S)
-    reconnected = wait_until(lambda: held.connected, 3)
+    reconnected = poll(lambda: held.connected, 3)
     print(
         f"after restart: {outcomes}; session opened before: disconnected "
         f"({held.disconnected}), back: {reconnected}"
@@ -657,7 +646,7 @@ def test_revoked_gateway_is_refused_after_a_reload_while_the_others_connect(
     assert outcomes["gw-2"].accepted
     assert held.disconnected is not None
     assert not reconnected
-    assert wait_until(
+    assert poll(
         lambda: all(count(stack, f"gateway_id = '{gw}'") > stored_before[gw] for gw in GATEWAYS), 30
     ), "the stack's gateways deliver again after the broker restart"
 
@@ -676,62 +665,10 @@ def test_revoked_gateway_is_refused_after_a_reload_while_the_others_connect(
 # what a gateway can know: the documented defaults.
 
 
-@dataclass
-class Window:
-    """The seqs each stack gateway accepted during an attack, and later what became of them."""
-
-    first: dict[str, int]
-    last: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def open(cls, stack: SystemStack) -> Window:
-        return cls({gw: stack.held_seqs(gw)[0] + 1 for gw in GATEWAYS})
-
-    def close(self, stack: SystemStack) -> None:
-        self.last = {gw: stack.held_seqs(gw)[0] for gw in GATEWAYS}
-
-    def lost(self, stack: SystemStack) -> dict[str, list[int]]:
-        out = {}
-        for gw in GATEWAYS:
-            stored, _ = stack.stored_seqs(gw)
-            _, held, _ = stack.held_seqs(gw)
-            window = set(range(self.first[gw], self.last[gw] + 1))
-            out[gw] = sorted(window - stored - held)
-        return out
-
-    def reported(self, stack: SystemStack) -> dict[str, int]:
-        """Readings the bridge reports as confirmed missing in gaps within the window."""
-        gaps = stack.bridge_status()["seq_gaps"]
-        return {
-            gw: sum(
-                int(g["missing"] or 0)
-                for g in gaps.get(gw, [])
-                if g["first_seq"] <= self.last[gw] and g["last_seq"] >= self.first[gw]
-            )
-            for gw in GATEWAYS
-        }
-
-    def settle(self, stack: SystemStack, timeout: float = 20) -> dict[str, list[int]]:
-        """Wait (bounded) for the window's readings to be stored; print and return the lost
-        ones, with what the bridge's gap report says about them."""
-        wait_until(lambda: not any(self.lost(stack).values()), timeout)
-        lost = self.lost(stack)
-        want = {gw: len(seqs) for gw, seqs in lost.items()}
-        wait_until(lambda: self.reported(stack) == want, GAP_GRACE_S + 10)
-        reported = self.reported(stack)
-        for gw in GATEWAYS:
-            n = self.last[gw] - self.first[gw] + 1
-            print(
-                f"{gw}: accepted {n} during the attack, lost {len(lost[gw])} "
-                f"(bridge reports {reported[gw]} confirmed missing): {lost[gw][:12]}"
-            )
-        return lost
-
-
 def test_the_bridges_names_are_not_the_documented_defaults(stack: SystemStack) -> None:
     """The running bridge's client id and share group each carry at least 128 random bits."""
-    env = stack.state["services"]["bridge"]["env"]
-    client_id, group = env["TELEMETRY_BRIDGE_CLIENT_ID"], env["TELEMETRY_BRIDGE_SHARE_GROUP"]
+    client_id = stack.service_setting("bridge", BridgeSettings, "client_id")
+    group = stack.service_setting("bridge", BridgeSettings, "share_group")
     token = (stack.dir / FILE_NAME).read_text().strip()
     print(f"bridge client id and share group end in a {len(token) * 4}-bit token")
     assert client_id not in (DEFAULT_CLIENT_ID, "telemetry-bridge")
@@ -746,7 +683,7 @@ def test_gateway_joining_the_default_share_group_costs_no_reading(
 ) -> None:
     """A gateway subscribing to ``$share/processors/{root}/+/readings`` (the documented default
     group) forms a group of its own: every reading accepted meanwhile is stored."""
-    window = Window.open(stack)
+    window = Window.open(stack, GATEWAYS)
     a = sessions(attacker)
     sub = a.try_subscribe(topics.shared_readings(SHARE_GROUP))
     time.sleep(4)
@@ -756,7 +693,7 @@ def test_gateway_joining_the_default_share_group_costs_no_reading(
         f"{ATTACKER} SUBACK {topics.shared_readings(SHARE_GROUP)}: {sub}; "
         f"received {len(a.topics_seen())} messages"
     )
-    lost = window.settle(stack)
+    lost = window.settle(stack, GAP_GRACE_S)
     assert not any(lost.values())
     assert a.topics_seen() == []
 
@@ -769,7 +706,7 @@ def test_gateway_using_a_default_service_client_id_costs_no_reading(
     takes over nothing of the bridge's: every reading accepted meanwhile is stored."""
     log = broker_log(stack)
     offset = log.stat().st_size
-    window = Window.open(stack)
+    window = Window.open(stack, GATEWAYS)
     a = sessions(attacker, client_id, clean_start=False, session_expiry=3600)
     time.sleep(3)
     a.client.disconnect()
@@ -777,9 +714,9 @@ def test_gateway_using_a_default_service_client_id_costs_no_reading(
     with log.open("rb") as fh:
         fh.seek(offset)
         text = fh.read().decode(errors="replace")
-    bridge_id = stack.state["services"]["bridge"]["env"]["TELEMETRY_BRIDGE_CLIENT_ID"]
+    bridge_id = stack.service_setting("bridge", BridgeSettings, "client_id")
     kicks = text.count(f"Client {bridge_id} already connected")
     print(f"{ATTACKER} as client id {client_id!r}: CONNACK {a.connack}; bridge kicked {kicks}x")
-    lost = window.settle(stack)
+    lost = window.settle(stack, GAP_GRACE_S)
     assert kicks == 0
     assert not any(lost.values())
