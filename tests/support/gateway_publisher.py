@@ -1,12 +1,18 @@
-"""Publishing as a gateway: QoS 1 with the PUBACK's reason code checked."""
+"""Connecting and publishing as a gateway: TLS with its certificate, QoS 1 with the PUBACK's
+reason code checked."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from telemetry_common.tls import client_context
+from tests.support.fixtures import BrokerInfo
 
 
 class GatewayPublisher:
@@ -35,3 +41,29 @@ class GatewayPublisher:
         with self._lock:
             code = self._acks.pop(info.mid)
         assert code < 0x80, f"broker refused the publish: reason code {code:#x}"
+
+
+def connect_gateway(broker: BrokerInfo, identity: str) -> mqtt.Client:
+    """An MQTT 5 client over TLS with ``identity``'s certificate, connected (CONNACK checked)."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"{identity}-{uuid.uuid4().hex[:6]}",
+        protocol=mqtt.MQTTv5,
+    )
+    cert, key = broker.pki.client(identity)
+    client.tls_set_context(client_context(broker.ca_file, cert, key))
+    connected = threading.Event()
+    codes: list[ReasonCode] = []
+
+    def on_connect(
+        _c: mqtt.Client, _u: object, _f: mqtt.ConnectFlags, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        codes.append(rc)
+        connected.set()
+
+    client.on_connect = on_connect
+    client.connect(broker.host, broker.tls_port, keepalive=30)
+    client.loop_start()
+    assert connected.wait(10), f"no CONNACK for {identity}"
+    assert not codes[0].is_failure, f"broker refused {identity}: {codes[0]}"
+    return client
