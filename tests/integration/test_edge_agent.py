@@ -9,66 +9,44 @@ Tests that stop the broker start one of their own (``own_broker``) on fixed port
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.outbox import Outbox, OutboxRow
+from edge_agent.outbox import Outbox
 from edge_agent.settings import EdgeSettings
+from provisioning.pki import OPERATOR_IDENTITY
 from telemetry_common.schema import format_ts
 from telemetry_common.settings import env_for
 from telemetry_common.tls import client_context
-from telemetry_stack.servers import ManagedProcess, free_port, start_mosquitto
+from telemetry_stack.servers import free_port
+from tests.support.edge_agent_io import open_fifo_writer, outbox_cli, peek_pending
 from tests.support.fixtures import BrokerInfo, MqttClientFactory, TestPki
-from tests.support.processes import BIN, Procs, client_settings
+from tests.support.own_broker import OwnBroker
+from tests.support.processes import BIN, Procs, client_settings, logged, stopped
+from tests.support.prometheus import scrape
+from tests.support.reading_collector import Collector
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-BRIDGE = "telemetry-bridge"
-OPERATOR = "telemetry-operator"
-
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-class OwnBroker:
-    """A Mosquitto of this test only, restartable on the same ports and state."""
-
-    def __init__(self, pki: TestPki, state: Path) -> None:
-        self.pki = pki
-        self.state = state
-        self.info = BrokerInfo(free_port(), free_port(), pki.ca_file, pki)
-        self.proc: ManagedProcess | None = None
-
-    def start(self) -> None:
-        self.proc = start_mosquitto(
-            self.state, self.pki.pki, self.info.tls_port, self.info.local_port, "chargers/v1"
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
 
 
 @pytest.fixture
@@ -77,56 +55,6 @@ def own_broker(pki: TestPki, tmp_path: Path) -> Iterator[OwnBroker]:
     b.start()
     yield b
     b.stop()
-
-
-class Collector:
-    """A persistent-session MQTT 5 subscriber (bridge identity) keeping every reading by seq."""
-
-    def __init__(self, broker: BrokerInfo, topic: str) -> None:
-        self.readings: dict[int, dict[str, Any]] = {}
-        self.arrived: dict[int, float] = {}  # seq -> wall-clock time of its first arrival
-        self.messages = 0
-        self._lock = threading.Lock()
-        self._up = threading.Event()
-        cert, key = broker.pki.client(BRIDGE)
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"collector-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        c.tls_set_context(client_context(broker.ca_file, cert, key))
-        c.reconnect_delay_set(1, 2)
-        c.on_connect = lambda cl, _u, _f, rc, _p: self._on_connect(cl, rc, topic)
-        c.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 3600
-        c.connect_async(broker.host, broker.tls_port, clean_start=False, properties=props)
-        c.loop_start()
-        self.client = c
-        if not self._up.wait(10):
-            raise TimeoutError("collector did not connect")
-
-    def _on_connect(self, client: mqtt.Client, rc: ReasonCode, topic: str) -> None:
-        if not rc.is_failure:
-            client.subscribe(topic, qos=1)
-            self._up.set()
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        batch = orjson.loads(msg.payload)
-        now = time.time()
-        with self._lock:
-            self.messages += 1
-            for r in batch["readings"]:
-                self.readings[r["seq"]] = r
-                self.arrived.setdefault(r["seq"], now)
-
-    def seqs(self) -> set[int]:
-        with self._lock:
-            return set(self.readings)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def line(gateway: str, i: int, base: datetime, *, energy: bool = True) -> dict[str, Any]:
@@ -161,56 +89,8 @@ def edge_env(
     return env_for(EdgeSettings, **(client_settings(broker, gateway) | base | extra))
 
 
-def outbox_cli(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    out = subprocess.run(
-        [str(BIN / "edge-agent"), "outbox", *args, "--json"],
-        capture_output=True,
-        check=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-    result: dict[str, Any] = orjson.loads(out.stdout.splitlines()[-1])
-    return result
-
-
-def open_fifo_writer(path: Path, timeout: float = 20.0) -> int:
-    """The write end of a FIFO, once the agent opened the read end (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-            continue
-        os.set_blocking(fd, True)
-        return fd
-
-
 def metrics(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    out: dict[str, float] = {}
-    for row in text.splitlines():
-        if row and not row.startswith("#"):
-            name, value = row.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-def stopped(proc: ManagedProcess) -> Callable[[], bool]:
-    return lambda: not proc.is_running()
-
-
-def logged(proc: ManagedProcess, text: str) -> Callable[[], bool]:
-    return lambda: proc.log_file.exists() and text in proc.log_file.read_text()
-
-
-def peek_pending(outbox: Path) -> dict[int, bytes]:
-    """The pending rows as a reader sees them while the agent runs (a WAL snapshot)."""
-    with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)) as db:
-        rows = db.execute("SELECT seq, body FROM outbox").fetchall()
-    return {seq: OutboxRow(seq, bytes(body)).reading_json() for seq, body in rows}
+    return scrape(f"http://127.0.0.1:{port}/metrics")
 
 
 def unique(prefix: str) -> str:
@@ -247,7 +127,10 @@ def test_broker_outage_every_reading_arrives_exactly_as_produced(
         for start in range(1000, 6000, 500):
             os.write(fd, jsonl(produced[start : start + 500]))
             time.sleep(0.05)
-        wait_until("6000 captures", lambda: metrics(port)["telemetry_edge_captured_total"] == 6000)
+        wait_until(
+            "6000 captures",
+            lambda: metrics(port)["telemetry_edge_captured_total"] == 6000,
+        )
         seen = metrics(port)
         assert seen["telemetry_edge_outbox_depth"] >= 5000
         assert seen["telemetry_edge_mqtt_connected"] == 0
@@ -411,7 +294,7 @@ def test_commands_round_trip_over_mqtt5_with_correlation_data(
     answers: dict[bytes, dict[str, Any]] = {}
     elsewhere: list[str] = []
     done = threading.Condition()
-    cert, key = broker.pki.client(OPERATOR)
+    cert, key = broker.pki.client(OPERATOR_IDENTITY)
     op = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("op"), protocol=mqtt.MQTTv5)
     op.tls_set_context(client_context(broker.ca_file, cert, key))
 
@@ -448,7 +331,10 @@ def test_commands_round_trip_over_mqtt5_with_correlation_data(
         with done:
             assert done.wait_for(lambda: len(answers) >= 3, timeout=15), answers
         # set-interval took effect: 2 chargers every 50 ms instead of every 5 s.
-        wait_until("faster capture", lambda: metrics(port)["telemetry_edge_captured_total"] > 40)
+        wait_until(
+            "faster capture",
+            lambda: metrics(port)["telemetry_edge_captured_total"] > 40,
+        )
         ask("outbox-stats", {}, b"c-stats")
         ask("flush", {"timeout_s": 5}, b"c-flush")
         with done:

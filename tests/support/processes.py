@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +130,13 @@ def start_api(
 
     api.wait_ready(healthy, timeout=30)
     return url
+
+
+def stopped(proc: ManagedProcess) -> Callable[[], bool]:
+    """A check: ``proc`` has exited."""
+    return lambda: not proc.is_running()
+
+
+def logged(proc: ManagedProcess, text: str) -> Callable[[], bool]:
+    """A check: ``proc``'s log holds ``text``."""
+    return lambda: proc.log_file.exists() and text in proc.log_file.read_text()

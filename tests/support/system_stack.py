@@ -339,15 +339,3 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
         with contextlib.suppress(OSError):
             proc.stdin.close()
     return int(proc.returncode)
-
-
-def scrape(url: str) -> dict[str, float]:
-    """A Prometheus text page as ``{"name{labels}": value}`` (labels as written)."""
-    r = httpx.get(url, timeout=10)
-    r.raise_for_status()
-    out: dict[str, float] = {}
-    for line in r.text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out

@@ -31,11 +31,11 @@ from tests.support.delivery_checks import (
     settle,
 )
 from tests.support.fault_proxy import FaultProxy
+from tests.support.prometheus import scrape
 from tests.support.system_stack import (
     FAST_GAPS_ENV,
     SystemStack,
     gateway_services,
-    scrape,
     stop_process,
 )
 from tests.support.waiting import wait_until
