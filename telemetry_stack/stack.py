@@ -107,6 +107,44 @@ class Startup:
             "key_file": key,
         }
 
+    # -- what each service is told (pure: names derived from its settings model) ---------------
+    def bridge_env(self, client_id: str, share_group: str) -> dict[str, str]:
+        return env_for(
+            BridgeSettings,
+            topic_root=self.opts.topic_root,
+            mqtt=self.mqtt(self.pki.client_paths(pki_mod.BRIDGE_IDENTITY)),
+            influx={"url": self.influx_url, "database": DATABASE, "api": "v1"},
+            client_id=client_id,
+            share_group=share_group,
+            http_port=self.ports.bridge,
+        )
+
+    def api_env(self) -> dict[str, str]:
+        """The query API, with the live mirror and HTTP ingest (certificate CN telemetry-api)."""
+        return env_for(
+            ApiSettings,
+            host=HOST,
+            port=self.ports.api,
+            influx={"url": self.influx_url, "database": DATABASE},
+            keys=self.keys,
+            topic_root=self.opts.topic_root,
+            mqtt=self.mqtt(self.pki.client_paths(pki_mod.API_IDENTITY)),
+            ingest_seq_file=self.dir / "api" / "ingest-seq.json",
+            bridge_urls=[self.bridge_url],
+        )
+
+    def gateway_env(self, gateway: str, identity: tuple[Path, Path]) -> dict[str, str]:
+        """A simulating edge agent, its outbox under ``DIR/edge``."""
+        return env_for(
+            EdgeSettings,
+            gateway_id=gateway,
+            outbox_path=self.dir / "edge" / f"{gateway}.sqlite3",
+            mqtt=self.mqtt(identity),
+            sim={"chargers": self.opts.chargers, "interval_s": self.opts.interval_s},
+            topic_root=self.opts.topic_root,
+        )
+
+    # -- recording what runs ------------------------------------------------------------------
     def record(self, name: str, rec: ServiceRecord) -> None:
         """Write a started service into stack.json."""
         set_record(self.state, name, rec)
@@ -218,52 +256,22 @@ def start_influxd(stack: Startup) -> None:
 
 
 def start_bridge(stack: Startup) -> None:
-    client_id, share_group = bridge_names(stack.dir)
-    env = env_for(
-        BridgeSettings,
-        topic_root=stack.opts.topic_root,
-        mqtt=stack.mqtt(stack.pki.client_paths(pki_mod.BRIDGE_IDENTITY)),
-        influx={"url": stack.influx_url, "database": DATABASE, "api": "v1"},
-        client_id=client_id,
-        share_group=share_group,
-        http_port=stack.ports.bridge,
-    )
+    env = stack.bridge_env(*bridge_names(stack.dir))
     ready = {"http": f"{stack.bridge_url}/readyz", "status": 200}
     stack.launch("bridge", [program("telemetry-bridge")], env, ready)
 
 
 def start_api(stack: Startup) -> None:
-    """The query API, with the live mirror and HTTP ingest (certificate CN telemetry-api)."""
-    env = env_for(
-        ApiSettings,
-        host=HOST,
-        port=stack.ports.api,
-        influx={"url": stack.influx_url, "database": DATABASE},
-        keys=stack.keys,
-        topic_root=stack.opts.topic_root,
-        mqtt=stack.mqtt(stack.pki.client_paths(pki_mod.API_IDENTITY)),
-        ingest_seq_file=stack.dir / "api" / "ingest-seq.json",
-        bridge_urls=[stack.bridge_url],
-    )
     ready = {"http": f"{stack.api_url}/healthz", "status": 200}
-    stack.launch("api", [program("telemetry-api")], env, ready)
+    stack.launch("api", [program("telemetry-api")], stack.api_env(), ready)
 
 
 def start_gateways(stack: Startup) -> None:
-    """One simulating edge agent per gateway certificate, its outbox under ``DIR/edge``."""
-    outboxes = stack.dir / "edge"
-    outboxes.mkdir(exist_ok=True)
+    """One simulating edge agent per gateway certificate."""
+    (stack.dir / "edge").mkdir(exist_ok=True)
     argv = [program("edge-agent"), "run", "--source", "sim"]
     for i, (gw, identity) in enumerate(stack.gateways.items(), start=1):
-        env = env_for(
-            EdgeSettings,
-            gateway_id=gw,
-            outbox_path=outboxes / f"{gw}.sqlite3",
-            mqtt=stack.mqtt(identity),
-            sim={"chargers": stack.opts.chargers, "interval_s": stack.opts.interval_s},
-            topic_root=stack.opts.topic_root,
-        )
-        stack.launch(f"gateway-{i}", argv, env)
+        stack.launch(f"gateway-{i}", argv, stack.gateway_env(gw, identity))
 
 
 def influx_query(url: str, statement: str) -> None:
