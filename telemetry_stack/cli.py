@@ -1,5 +1,6 @@
 """``telemetry-stack``: run the whole pipeline locally from installed binaries (or, with
-``--docker``, through docker compose), and make its dev PKI and broker configuration."""
+``--docker``, through docker compose); its ``pki`` and ``broker-config`` commands come from
+:mod:`provisioning.cli`."""
 
 from __future__ import annotations
 
@@ -16,23 +17,23 @@ from typing import Annotated, Any
 
 import typer
 
+from provisioning import broker_config
+from provisioning.cli import broker_config_cmd, fail, pki_app
 from telemetry_common.errors import TelemetryError
 from telemetry_common.topics import DEFAULT_ROOT
-from telemetry_stack import broker_config, stack
-from telemetry_stack import pki as pki_mod
+from telemetry_stack import stack, supervisor
 
 app = typer.Typer(
     help="Run the charger-telemetry stack locally; make its dev PKI and broker configuration.",
     no_args_is_help=True,
     add_completion=False,
 )
-pki_app = typer.Typer(help="A development CA, the broker's and clients' certificates.")
 app.add_typer(pki_app, name="pki")
+app.command("broker-config")(broker_config_cmd)
 
 StateDir = Annotated[
     Path, typer.Option("--state-dir", help="Where the stack keeps its state, logs and stack.json.")
 ]
-PkiDir = Annotated[Path, typer.Option("--dir", help="The PKI directory.")]
 DEFAULT_STATE = Path(".stack")
 
 
@@ -50,112 +51,6 @@ def _docker_wanted(ctx: typer.Context, flag: bool) -> bool:
     return flag or bool((ctx.obj or {}).get("docker"))
 
 
-def _fail(exc: Exception, code: int = 2) -> typer.Exit:
-    typer.echo(f"telemetry-stack: {exc}", err=True)
-    return typer.Exit(code)
-
-
-# --- pki --------------------------------------------------------------------------------------
-
-
-@pki_app.command("init")
-def pki_init(
-    directory: PkiDir = Path(".stack/pki"),
-    host: Annotated[
-        list[str] | None,
-        typer.Option("--host", help="Extra broker host name or IP for the server certificate."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Replace an existing CA (every certificate is re-issued).")
-    ] = False,
-) -> None:
-    """Create the dev CA, the broker's certificate and the bridge's; keeps an existing CA."""
-    try:
-        made = pki_mod.init(directory, extra_hosts=host or [], force=force)
-    except TelemetryError as exc:
-        raise _fail(exc) from exc
-    typer.echo(f"PKI in {made.dir}: ca.crt, server.crt, {pki_mod.BRIDGE_IDENTITY}.crt")
-
-
-@pki_app.command("gateway")
-def pki_gateway(
-    name: Annotated[str, typer.Argument(help="The gateway id (= certificate CN = MQTT user).")],
-    directory: PkiDir = Path(".stack/pki"),
-) -> None:
-    """Issue a gateway's client certificate (kept if it exists and is not revoked)."""
-    try:
-        cert, key = pki_mod.issue_gateway(directory, name)
-    except (TelemetryError, ValueError) as exc:
-        raise _fail(exc) from exc
-    typer.echo(f"{cert}\n{key}")
-
-
-@pki_app.command("operator")
-def pki_operator(directory: PkiDir = Path(".stack/pki")) -> None:
-    """Issue the operator's certificate (CN telemetry-operator): it may send commands to every
-    gateway on {root}/+/cmd/# and read their answers (kept if it exists)."""
-    try:
-        cert, key = pki_mod.issue_client(directory, pki_mod.OPERATOR_IDENTITY)
-    except (TelemetryError, ValueError) as exc:
-        raise _fail(exc) from exc
-    typer.echo(f"{cert}\n{key}")
-
-
-@pki_app.command("revoke")
-def pki_revoke(
-    name: Annotated[str, typer.Argument(help="The client (gateway) whose certificate to revoke.")],
-    directory: PkiDir = Path(".stack/pki"),
-) -> None:
-    """Revoke a client certificate: add it to the CA's CRL (crl.pem). The broker rereads the CRL
-    on SIGHUP for new connections; `telemetry-stack restart mosquitto` also drops a connection the
-    revoked client already has. `pki gateway NAME` then issues it a new certificate."""
-    try:
-        done = pki_mod.revoke(directory, name)
-    except (TelemetryError, ValueError) as exc:
-        raise _fail(exc) from exc
-    verb = "was already revoked" if done.already else "revoked"
-    typer.echo(
-        f"{name} {verb} (serial {done.serial:#x}) in {done.crl_file}\n"
-        "restart the broker to apply it and drop the client's open connection: "
-        "telemetry-stack restart mosquitto"
-    )
-
-
-# --- broker-config ----------------------------------------------------------------------------
-
-
-@app.command("broker-config")
-def broker_config_cmd(
-    out: Annotated[Path, typer.Option(help="Directory to write mosquitto.conf, acl, passwd.")],
-    pki_dir: Annotated[str, typer.Option(help="The PKI directory as Mosquitto sees it.")],
-    tls_port: Annotated[int, typer.Option(help="TLS listener port.")] = 8883,
-    local_port: Annotated[int, typer.Option(help="Plaintext listener port (127.0.0.1).")] = 1883,
-    bind_host: Annotated[str, typer.Option(help="Address of the TLS listener.")] = "127.0.0.1",
-    persistence_dir: Annotated[
-        str, typer.Option(help="Persistence directory as Mosquitto sees it.")
-    ] = "/mosquitto/data",
-    topic_root: Annotated[str, typer.Option(help="MQTT topic root.")] = DEFAULT_ROOT,
-    run_as_user: Annotated[
-        str | None, typer.Option(help="Mosquitto's `user` (default: not set).")
-    ] = None,
-) -> None:
-    """Render the broker configuration (for docker compose)."""
-    try:
-        files = broker_config.render(
-            out,
-            pki_dir=pki_dir,
-            tls_port=tls_port,
-            local_port=local_port,
-            persistence_dir=persistence_dir,
-            topic_root=topic_root,
-            bind_host=bind_host,
-            run_as_user=run_as_user,
-        )
-    except (TelemetryError, ValueError) as exc:
-        raise _fail(exc) from exc
-    typer.echo(f"{files.conf_file}\n{files.acl_file}\n{files.password_file}")
-
-
 # --- up / down / status / restart -------------------------------------------------------------
 
 
@@ -165,7 +60,7 @@ def _docker_compose(args: list[str]) -> None:
     if docker is None or subprocess.call(
         [docker, "compose", "version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     ):
-        raise _fail(RuntimeError("--docker needs docker with the compose plugin"))
+        raise fail(RuntimeError("--docker needs docker with the compose plugin"))
     root = broker_config.TEMPLATE_DIR.parent
     typer.echo(f"using docker compose in {root}: docker compose {' '.join(args)}")
     raise typer.Exit(subprocess.call([docker, "compose", *args], cwd=root))
@@ -222,7 +117,7 @@ def up(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except TelemetryError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _print_ready(state, resolved)
     if detach:
         typer.echo("\nrunning in the background: `telemetry-stack down` stops it")
@@ -235,7 +130,7 @@ def up(
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for line in stack.down(resolved):
+        for line in supervisor.down(resolved):
             typer.echo(line)
         typer.echo("everything stopped")
 
@@ -246,7 +141,7 @@ def _watch(state_dir: Path) -> None:
     reported: set[str] = set()
     while True:
         time.sleep(1.0)
-        services = stack.status(state_dir)
+        services = supervisor.status(state_dir)
         down_now = {name for name, info in services.items() if not info["running"]}
         # Twice in a row: a restart from another shell briefly has no process.
         for name in sorted(down_now & down_before - reported):
@@ -267,10 +162,10 @@ def down(
     if _docker_wanted(ctx, docker):
         _docker_compose(["down"])
     try:
-        for line in stack.down(state_dir.resolve()):
+        for line in supervisor.down(state_dir.resolve()):
             typer.echo(line)
     except TelemetryError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 @app.command()
@@ -280,9 +175,9 @@ def status(
 ) -> None:
     """Each service: running or not, ready or not, pid. Exit code 3 if any is not running."""
     try:
-        services = stack.status(state_dir.resolve())
+        services = supervisor.status(state_dir.resolve())
     except TelemetryError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if as_json:
         typer.echo(json.dumps({"services": services}, indent=2))
     else:
@@ -301,9 +196,9 @@ def restart(
 ) -> None:
     """Stop one service and start it again with the same command and environment."""
     try:
-        pid = stack.restart(state_dir.resolve(), service)
+        pid = supervisor.restart(state_dir.resolve(), service)
     except TelemetryError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(f"{service} restarted (pid {pid})")
 
 

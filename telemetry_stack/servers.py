@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+from provisioning import broker_config
+from provisioning.pki import Pki
 from telemetry_common.errors import DependencyUnavailable, TelemetryError
-from telemetry_stack import broker_config
-from telemetry_stack.pki import Pki
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from provisioning import broker_config
+from provisioning.pki import init as pki_init
 from telemetry_common.tls import client_context
 from telemetry_common.topics import DEFAULT_ROOT
-from telemetry_stack import broker_config
-from telemetry_stack.pki import init as pki_init
 from telemetry_stack.servers import (
     ServerBinaryMissing,
     free_port,
@@ -35,7 +35,7 @@ from telemetry_stack.servers import (
     start_influxd,
     start_mosquitto,
 )
-from telemetry_stack.testing import (
+from tests.support.fixtures import (
     BrokerInfo,
     InfluxInfo,
     InfluxTarget,

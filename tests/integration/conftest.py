@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.services import Procs
+from tests.support.processes import Procs
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from telemetry_common import influxql
 from telemetry_common.influx_query import InfluxQLClient, InfluxQueryError, InfluxUnavailable
 from telemetry_common.settings import InfluxSettings
 from telemetry_stack.servers import free_port
-from telemetry_stack.testing import InfluxTarget
+from tests.support.fixtures import InfluxTarget
 
 pytestmark = pytest.mark.integration
 

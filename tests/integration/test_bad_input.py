@@ -28,12 +28,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.settings import BridgeSettings
+from provisioning.broker_config import MAX_PACKET_SIZE
 from telemetry_common.ids import is_valid_id
 from telemetry_common.schema import MAX_BATCH_BYTES, SCHEMA_ID, format_ts
 from telemetry_common.settings import env_for
-from telemetry_stack.broker_config import MAX_PACKET_SIZE
-from telemetry_stack.testing import BrokerInfo, InfluxInfo, InfluxTarget, MqttClientFactory
-from tests.integration.services import GatewayPublisher, Procs, influxql, start_bridge, wait_until
+from tests.support.fixtures import BrokerInfo, InfluxInfo, InfluxTarget, MqttClientFactory
+from tests.support.gateway_publisher import GatewayPublisher
+from tests.support.influx import influxql
+from tests.support.processes import Procs, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -31,8 +31,11 @@ from bridge.settings import BridgeSettings
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from telemetry_common.settings import env_for
 from telemetry_stack.servers import ManagedProcess, ServerBinaryMissing, free_port, start_influxd
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
-from tests.integration.services import GatewayPublisher, Procs, influxql, start_bridge, wait_until
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
+from tests.support.gateway_publisher import GatewayPublisher
+from tests.support.influx import influxql
+from tests.support.processes import Procs, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

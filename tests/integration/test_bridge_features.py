@@ -15,8 +15,9 @@ from bridge.settings import BridgeSettings
 from telemetry_common.schema import format_ts
 from telemetry_common.settings import env_for, env_name
 from telemetry_stack.servers import ManagedProcess
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
-from tests.integration.services import Procs, start_bridge, wait_until
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
+from tests.support.processes import Procs, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

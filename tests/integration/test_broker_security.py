@@ -4,127 +4,26 @@ reads every gateway through a shared subscription, anonymous loopback clients on
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
+from provisioning import pki as pki_mod
 from telemetry_common.tls import client_context
-from telemetry_stack import pki as pki_mod
-from telemetry_stack.testing import BrokerInfo, MqttClientFactory
+from tests.support.fixtures import BrokerInfo, MqttClientFactory
+from tests.support.mqtt_probe import paho_connect_outcome
+from tests.support.mqtt_recorder import NOT_AUTHORIZED, Recorder
 
 pytestmark = pytest.mark.integration
 
-WAIT_S = 10.0
 #: After a positive control message has arrived, how long a forbidden one gets to show up.
 GRACE_S = 0.5
-NOT_AUTHORIZED = 135
-
-
-@dataclass
-class Recorder:
-    """Collects what one paho client sees: messages, PUBACK and SUBACK reason codes."""
-
-    messages: list[mqtt.MQTTMessage] = field(default_factory=list)
-    pubacks: dict[int, int] = field(default_factory=dict)
-    subacks: dict[int, list[int]] = field(default_factory=dict)
-    changed: threading.Condition = field(default_factory=threading.Condition)
-
-    def attach(self, client: mqtt.Client) -> mqtt.Client:
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        client.on_subscribe = self._on_subscribe
-        return client
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        with self.changed:
-            self.messages.append(msg)
-            self.changed.notify_all()
-
-    def _on_publish(
-        self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties
-    ) -> None:
-        with self.changed:
-            self.pubacks[mid] = rc.value
-            self.changed.notify_all()
-
-    def _on_subscribe(
-        self, _c: mqtt.Client, _u: object, mid: int, rcs: list[ReasonCode], _p: Properties | None
-    ) -> None:
-        with self.changed:
-            self.subacks[mid] = [rc.value for rc in rcs]
-            self.changed.notify_all()
-
-    def payloads(self) -> list[bytes]:
-        with self.changed:
-            return [bytes(m.payload) for m in self.messages]
-
-    def wait_for_payload(self, payload: bytes) -> mqtt.MQTTMessage:
-        with self.changed:
-            ok = self.changed.wait_for(
-                lambda: any(m.payload == payload for m in self.messages), WAIT_S
-            )
-            assert ok, f"{payload!r} not received within {WAIT_S}s"
-            return next(m for m in self.messages if m.payload == payload)
-
-    def publish(self, client: mqtt.Client, topic: str, payload: bytes) -> int:
-        """Publish at QoS 1 and return the PUBACK reason code."""
-        info = client.publish(topic, payload, qos=1)
-        assert info.rc == mqtt.MQTT_ERR_SUCCESS
-        with self.changed:
-            assert self.changed.wait_for(lambda: info.mid in self.pubacks, WAIT_S), "no PUBACK"
-            return self.pubacks[info.mid]
-
-    def subscribe(self, client: mqtt.Client, topic: str) -> list[int]:
-        """Subscribe at QoS 1 and return the SUBACK reason codes."""
-        rc, mid = client.subscribe(topic, qos=1)
-        assert rc == mqtt.MQTT_ERR_SUCCESS
-        assert mid is not None
-        with self.changed:
-            assert self.changed.wait_for(lambda: mid in self.subacks, WAIT_S), "no SUBACK"
-            return self.subacks[mid]
 
 
 def _token() -> bytes:
     return uuid.uuid4().hex.encode()
-
-
-def _connect_outcome(client: mqtt.Client, host: str, port: int) -> str:
-    """'connected' if the broker accepted the client, else a description of the refusal."""
-    connack: list[ReasonCode] = []
-    dropped = threading.Event()
-
-    def on_connect(
-        _c: mqtt.Client, _u: object, _f: mqtt.ConnectFlags, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        connack.append(rc)
-
-    def on_disconnect(
-        _c: mqtt.Client,
-        _u: object,
-        _f: mqtt.DisconnectFlags,
-        rc: ReasonCode,
-        _p: Properties | None,
-    ) -> None:
-        dropped.set()
-
-    client.on_connect = on_connect
-    client.on_disconnect = on_disconnect
-    try:
-        client.connect(host, port, keepalive=30)
-    except OSError as exc:  # the TLS handshake itself failed (TLS 1.2 reports it here)
-        return f"handshake refused: {exc!r}"
-    client.loop_start()
-    dropped.wait(WAIT_S)
-    if connack and not connack[0].is_failure:
-        return "connected"
-    return f"refused: connack={connack} dropped={dropped.is_set()}"
 
 
 # --- the TLS listener requires a certificate from our CA ------------------------------------
@@ -136,7 +35,7 @@ def test_tls_listener_refuses_a_client_without_certificate(
     """A client that verifies the broker but presents no certificate never gets a CONNACK."""
     client = mqtt_client(None, connect=False)
     client.tls_set_context(client_context(broker.ca_file, None, None))
-    outcome = _connect_outcome(client, broker.host, broker.tls_port)
+    outcome = paho_connect_outcome(client, broker.host, broker.tls_port)
     assert outcome != "connected"
     assert not client.is_connected()
 
@@ -149,7 +48,7 @@ def test_tls_listener_refuses_a_certificate_from_another_ca(
     cert, key = pki_mod.issue_gateway(tmp_path / "other", "gw-a")
     client = mqtt_client(None, connect=False)
     client.tls_set_context(client_context(broker.ca_file, cert, key))
-    outcome = _connect_outcome(client, broker.host, broker.tls_port)
+    outcome = paho_connect_outcome(client, broker.host, broker.tls_port)
     assert outcome != "connected"
     assert not client.is_connected()
 
@@ -161,7 +60,7 @@ def test_plaintext_client_cannot_claim_an_identity(
     (otherwise it would get the bridge's ACL without its certificate)."""
     client = mqtt_client(None, connect=False)
     client.username_pw_set(pki_mod.BRIDGE_IDENTITY)
-    outcome = _connect_outcome(client, broker.host, broker.local_port)
+    outcome = paho_connect_outcome(client, broker.host, broker.local_port)
     assert outcome.startswith("refused")
     assert "Not authorized" in outcome or "Bad user name or password" in outcome
 

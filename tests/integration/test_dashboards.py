@@ -16,221 +16,42 @@ schema or query change that empties or alters a panel fails its case.
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
-import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.settings import BridgeSettings
-from telemetry_common.schema import SCHEMA_ID, format_ts
-from telemetry_common.settings import env_name
-from telemetry_common.tls import client_context
-from telemetry_stack.testing import BrokerInfo, InfluxInfo, InfluxTarget
-from tests.integration.services import GatewayPublisher, Procs, start_bridge, wait_until
+from telemetry_common.settings import env_for
+from tests.support.dashboard_fleet import Fleet, Reading, batch_payload, make_readings
+from tests.support.fixtures import BrokerInfo, InfluxInfo, InfluxTarget
+from tests.support.gateway_publisher import GatewayPublisher, connect_gateway
+from tests.support.grafana import (
+    ALL,
+    PROMETHEUS_UID,
+    STEP_S,
+    influxql_queries,
+    load_dashboards,
+    prepare,
+)
+from tests.support.processes import Procs, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
-INFLUX_UID = "charger-telemetry-influxdb"
-PROMETHEUS_UID = "charger-telemetry-prometheus"
-#: The $__interval every query runs with (a 4 h range at Grafana's usual resolution; above every
-#: panel's minimum interval).
-STEP_S = 60
 RANGE = timedelta(hours=4)
-ALL = "$__all"
 #: Readings per MQTT message.
 CHUNK = 50
 
 
-# --- the data -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reading:
-    gateway: str
-    charger: str
-    seq: int
-    ts: datetime
-    status: str
-    values: dict[str, float]
-
-    @property
-    def ms(self) -> int:
-        return int(self.ts.timestamp() * 1000)
-
-
-@dataclass
-class Fleet:
-    """What the module's bridge stored, and the names the selections refer to."""
-
-    db: InfluxTarget
-    readings: list[Reading]
-    names: dict[str, str]
-    bridge_metrics_url: str
-
-    def of(self, *, charger: str | None = None, gateway: str | None = None) -> list[Reading]:
-        return [
-            r
-            for r in self.readings
-            if (charger is None or r.charger == charger)
-            and (gateway is None or r.gateway == gateway)
-        ]
-
-    @property
-    def gateways(self) -> list[str]:
-        return sorted({r.gateway for r in self.readings})
-
-    @property
-    def chargers(self) -> list[str]:
-        return sorted({r.charger for r in self.readings})
-
-
-def _make_readings(tag: str, t0: datetime) -> tuple[list[Reading], dict[str, str]]:
-    """Four chargers on two gateways. By the dashboards' windows (online 5 min, stale 1 h):
-    ``on3`` (3-phase) and ``on1`` (1-phase) are online, ``stale`` stale, ``off`` offline.
-    Gateway ``b`` skips 5 seq numbers in the middle of ``on1``'s session."""
-    n = {
-        "a": f"gw.{tag}.a",
-        "b": f"gw.{tag}.b",
-        "on3": f"cp.{tag}.on3",
-        "stale": f"cp.{tag}.stale",
-        "off": f"cp.{tag}.off",
-        "on1": f"cp.{tag}.on1",
-    }
-    raw: dict[str, list[tuple[datetime, str, str, dict[str, float]]]] = {"a": [], "b": []}
-    for k in range(40):  # 20 min of a 3-phase session, every 30 s, the last 30 s ago
-        raw["a"].append(
-            (
-                t0 - timedelta(seconds=1200 - 30 * k),
-                n["on3"],
-                "Charging",
-                {
-                    "power_w": 7000.0 + k,
-                    "energy_wh": 10_000.0 + 100 * k,
-                    "voltage_v": 231.0,
-                    "voltage_l1_v": 230.0,
-                    "voltage_l2_v": 231.0,
-                    "voltage_l3_v": 232.0,
-                    "current_a": 33.0,
-                    "current_l1_a": 10.0,
-                    "current_l2_a": 11.0,
-                    "current_l3_a": 12.0,
-                    "soc_pct": 20.0 + k,
-                    "temperature_c": 30.0 + k / 10,
-                },
-            )
-        )
-    for k in range(31):  # idle, every minute, the last 10 min ago
-        raw["a"].append(
-            (
-                t0 - timedelta(seconds=2400 - 60 * k),
-                n["stale"],
-                "Available",
-                {
-                    "power_w": 0.0,
-                    "energy_wh": 500.0,
-                    "voltage_v": 229.0,
-                    "current_a": 0.0,
-                    "temperature_c": 20.0,
-                },
-            )
-        )
-    for k in range(60):  # faulted, every minute, from 3 h to 2 h ago
-        raw["b"].append(
-            (
-                t0 - timedelta(seconds=10_800 - 60 * k),
-                n["off"],
-                "Faulted",
-                {"power_w": 0.0, "energy_wh": 42.0, "voltage_v": 0.0, "current_a": 0.0},
-            )
-        )
-    for k in range(40):  # a 1-phase session, every 30 s, the last 20 s ago
-        raw["b"].append(
-            (
-                t0 - timedelta(seconds=1190 - 30 * k),
-                n["on1"],
-                "Preparing" if k < 10 else "Charging",
-                {
-                    "power_w": 3000.0,
-                    "energy_wh": 2000.0 + 50 * k,
-                    "voltage_v": 230.0,
-                    "current_a": 13.0,
-                    "current_l1_a": 13.0,
-                    "soc_pct": 50.0,
-                    "temperature_c": 25.0,
-                },
-            )
-        )
-    readings: list[Reading] = []
-    for gw in ("a", "b"):
-        seq = 0
-        gap_at = raw[gw][60 + 20][0] if gw == "b" else None  # on1's 21st reading
-        for ts, charger, status, values in sorted(raw[gw], key=lambda r: r[0]):
-            seq += 1
-            if ts == gap_at:
-                seq += 5
-            readings.append(Reading(n[gw], charger, seq, ts, status, values))
-    return readings, n
-
-
-def _payload(gateway: str, readings: list[Reading]) -> bytes:
-    return orjson.dumps(
-        {
-            "schema": SCHEMA_ID,
-            "gateway_id": gateway,
-            "readings": [
-                {
-                    "charger_id": r.charger,
-                    "seq": r.seq,
-                    "ts": format_ts(r.ts),
-                    "status": r.status,
-                    "values": r.values,
-                }
-                for r in readings
-            ],
-        }
-    )
-
-
-def _gateway_client(broker: BrokerInfo, identity: str) -> mqtt.Client:
-    """An MQTT 5 client over TLS with ``identity``'s certificate, connected (CONNACK checked)."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"{identity}-{uuid.uuid4().hex[:6]}",
-        protocol=mqtt.MQTTv5,
-    )
-    cert, key = broker.pki.client(identity)
-    client.tls_set_context(client_context(broker.ca_file, cert, key))
-    connected = threading.Event()
-    codes: list[ReasonCode] = []
-
-    def on_connect(
-        _c: mqtt.Client, _u: object, _f: mqtt.ConnectFlags, rc: ReasonCode, _p: Properties | None
-    ) -> None:
-        codes.append(rc)
-        connected.set()
-
-    client.on_connect = on_connect
-    client.connect(broker.host, broker.tls_port, keepalive=30)
-    client.loop_start()
-    assert connected.wait(10), f"no CONNACK for {identity}"
-    assert not codes[0].is_failure, f"broker refused {identity}: {codes[0]}"
-    return client
+# --- the data: stored by a real bridge ---------------------------------------------------------
 
 
 def _count(db: InfluxTarget) -> int:
@@ -245,7 +66,7 @@ def fleet(
     """A fresh database filled by a real bridge from two gateways' MQTT messages."""
     tag = uuid.uuid4().hex[:6]
     t0 = datetime.now(UTC).replace(microsecond=0)
-    readings, names = _make_readings(tag, t0)
+    readings, names = make_readings(tag, t0)
     db = InfluxTarget(url=influxd.url, database=f"dash_{tag}")
     httpx.post(f"{db.url}/query", data={"q": f'CREATE DATABASE "{db.database}"'}, timeout=10)
     procs = Procs(tmp_path_factory.mktemp("dashboard-logs"))
@@ -254,16 +75,17 @@ def fleet(
         bridge = start_bridge(procs, broker, db)
         assert bridge.env is not None
         for gateway in (names["a"], names["b"]):
-            client = _gateway_client(broker, gateway)
+            client = connect_gateway(broker, gateway)
             clients.append(client)
             publisher = GatewayPublisher(client, broker.topics.readings(gateway))
             ours = [r for r in readings if r.gateway == gateway]
             for i in range(0, len(ours), CHUNK):
-                publisher.publish(_payload(gateway, ours[i : i + CHUNK]))
+                publisher.publish(batch_payload(gateway, ours[i : i + CHUNK]))
         wait_until(
             f"{len(readings)} readings stored", lambda: _count(db) == len(readings), timeout=60
         )
-        port = bridge.env[env_name(BridgeSettings, "http_port")]
+        (port_variable,) = env_for(BridgeSettings, http_port=0)
+        port = bridge.env[port_variable]
         yield Fleet(db, readings, names, f"http://127.0.0.1:{port}/metrics")
     finally:
         for client in clients:
@@ -271,58 +93,6 @@ def fleet(
             client.loop_stop()
         procs.stop_all()
         httpx.post(f"{db.url}/query", data={"q": f'DROP DATABASE "{db.database}"'}, timeout=10)
-
-
-# --- Grafana's query preparation ---------------------------------------------------------------
-
-
-def _escape_regex(value: str) -> str:
-    """@grafana/data's escapeRegex."""
-    return re.sub(r"[\\^$*+?.()|\[\]{}/]", lambda m: "\\" + m[0], value)
-
-
-def _format_interval(seconds: int) -> str:
-    """gtime.FormatInterval for whole seconds."""
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def prepare(
-    query: str,
-    dashboard: dict[str, Any],
-    selection: dict[str, str],
-    start: datetime,
-    end: datetime,
-    step_s: int = STEP_S,
-) -> str:
-    """``query`` as Grafana sends it to InfluxDB for this dashboard, variable selection, time
-    range and interval."""
-    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    regexes = [m[1] for m in re.finditer(r"[=!]~\s*/((?:[^/\\\n]|\\.)+)/", query)]
-
-    def value(match: re.Match[str]) -> str:
-        name = match[1] or match[2] or match[3]
-        var = variables.get(name)
-        if var is None:  # a built-in ($__interval, $timeFilter): the backend's job below
-            return match[0]
-        if var["type"] == "constant":
-            return str(var["query"])
-        chosen = selection[name]
-        if chosen == ALL:
-            assert var["includeAll"], name
-            return str(var["allValue"])  # a custom all value is never escaped
-        assert not var.get("multi"), "multi-value variables are not emulated here"
-        used_in_regex = any(re.search(rf"\$(?:\{{{name}\}}|{name}\b)", r) for r in regexes)
-        return _escape_regex(chosen) if used_in_regex else chosen
-
-    text = re.sub(r"\$\{(\w+)\}|\$(\w+)|\[\[(\w+)\]\]", value, query)
-    from_ms, to_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-    text = text.replace("$timeFilter", f"time >= {from_ms}ms and time <= {to_ms}ms")
-    text = text.replace("$interval", _format_interval(step_s))
-    text = text.replace("$__interval_ms", str(step_s * 1000))
-    return text.replace("$__interval", _format_interval(step_s))
 
 
 def _query(db: InfluxTarget, statement: str) -> list[dict[str, Any]]:
@@ -588,32 +358,8 @@ SELECTIONS: dict[str, list[dict[str, str]]] = {
 }
 
 
-def _load() -> dict[str, dict[str, Any]]:
-    return {
-        p.name: json.loads(p.read_text(encoding="utf-8"))
-        for p in sorted(DASHBOARD_DIR.glob("*.json"))
-    }
-
-
-DASHBOARDS = _load()
-
-
-def _influxql_queries() -> list[tuple[str, str, str, str]]:
-    """(file, panel title or "variable NAME", refId, query) of every InfluxQL query."""
-    out = []
-    for name, dashboard in DASHBOARDS.items():
-        for var in dashboard["templating"]["list"]:
-            if var["type"] == "query" and var["datasource"]["uid"] == INFLUX_UID:
-                out.append((name, f"variable {var['name']}", "-", var["query"]))
-        for panel in dashboard["panels"]:
-            for target in panel.get("targets", []):
-                if target["datasource"]["uid"] == INFLUX_UID:
-                    assert target.get("rawQuery"), f"{name}: {panel['title']}: not a raw query"
-                    out.append((name, panel["title"], target["refId"], target["query"]))
-    return out
-
-
-QUERIES = _influxql_queries()
+DASHBOARDS = load_dashboards()
+QUERIES = influxql_queries(DASHBOARDS)
 CASES = [
     pytest.param(
         (name, title, ref, query, selection),

@@ -9,65 +9,44 @@ Tests that stop the broker start one of their own (``own_broker``) on fixed port
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.outbox import Outbox, OutboxRow
+from edge_agent.outbox import Outbox
 from edge_agent.settings import EdgeSettings
+from provisioning.pki import OPERATOR_IDENTITY
 from telemetry_common.schema import format_ts
-from telemetry_common.settings import env_for, env_name
+from telemetry_common.settings import env_for
 from telemetry_common.tls import client_context
-from telemetry_stack.servers import ManagedProcess, free_port, start_mosquitto
-from telemetry_stack.testing import BrokerInfo, MqttClientFactory, TestPki
-from tests.integration.services import BIN, Procs, mqtt_env, wait_until
+from telemetry_stack.servers import free_port
+from tests.support.edge_agent_io import open_fifo_writer, outbox_cli, peek_pending
+from tests.support.fixtures import BrokerInfo, MqttClientFactory, TestPki
+from tests.support.own_broker import OwnBroker
+from tests.support.processes import BIN, Procs, client_settings, logged, stopped
+from tests.support.prometheus import scrape
+from tests.support.reading_collector import Collector
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-BRIDGE = "telemetry-bridge"
-OPERATOR = "telemetry-operator"
-
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-class OwnBroker:
-    """A Mosquitto of this test only, restartable on the same ports and state."""
-
-    def __init__(self, pki: TestPki, state: Path) -> None:
-        self.pki = pki
-        self.state = state
-        self.info = BrokerInfo(free_port(), free_port(), pki.ca_file, pki)
-        self.proc: ManagedProcess | None = None
-
-    def start(self) -> None:
-        self.proc = start_mosquitto(
-            self.state, self.pki.pki, self.info.tls_port, self.info.local_port, "chargers/v1"
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
 
 
 @pytest.fixture
@@ -76,56 +55,6 @@ def own_broker(pki: TestPki, tmp_path: Path) -> Iterator[OwnBroker]:
     b.start()
     yield b
     b.stop()
-
-
-class Collector:
-    """A persistent-session MQTT 5 subscriber (bridge identity) keeping every reading by seq."""
-
-    def __init__(self, broker: BrokerInfo, topic: str) -> None:
-        self.readings: dict[int, dict[str, Any]] = {}
-        self.arrived: dict[int, float] = {}  # seq -> wall-clock time of its first arrival
-        self.messages = 0
-        self._lock = threading.Lock()
-        self._up = threading.Event()
-        cert, key = broker.pki.client(BRIDGE)
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"collector-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        c.tls_set_context(client_context(broker.ca_file, cert, key))
-        c.reconnect_delay_set(1, 2)
-        c.on_connect = lambda cl, _u, _f, rc, _p: self._on_connect(cl, rc, topic)
-        c.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 3600
-        c.connect_async(broker.host, broker.tls_port, clean_start=False, properties=props)
-        c.loop_start()
-        self.client = c
-        if not self._up.wait(10):
-            raise TimeoutError("collector did not connect")
-
-    def _on_connect(self, client: mqtt.Client, rc: ReasonCode, topic: str) -> None:
-        if not rc.is_failure:
-            client.subscribe(topic, qos=1)
-            self._up.set()
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        batch = orjson.loads(msg.payload)
-        now = time.time()
-        with self._lock:
-            self.messages += 1
-            for r in batch["readings"]:
-                self.readings[r["seq"]] = r
-                self.arrived.setdefault(r["seq"], now)
-
-    def seqs(self) -> set[int]:
-        with self._lock:
-            return set(self.readings)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def line(gateway: str, i: int, base: datetime, *, energy: bool = True) -> dict[str, Any]:
@@ -146,69 +75,22 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(x) + b"\n" for x in lines)
 
 
-def edge_env(broker: BrokerInfo, gateway: str, outbox: Path, **extra: str) -> dict[str, str]:
-    """The agent's environment; ``extra`` names more settings by field path, ``__`` between a
-    group and its field (``OUTBOX__MAX_ROWS="100"``), checked against the model."""
-    env = mqtt_env(EdgeSettings, broker, gateway) | env_for(
-        EdgeSettings,
-        gateway_id=gateway,
-        outbox_path=outbox,
-        reconnect_max_s=2,
-        publish_timeout_s=10,
-    )
-    return env | {env_name(EdgeSettings, *k.lower().split("__")): v for k, v in extra.items()}
-
-
-def outbox_cli(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    out = subprocess.run(
-        [str(BIN / "edge-agent"), "outbox", *args, "--json"],
-        capture_output=True,
-        check=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-    result: dict[str, Any] = orjson.loads(out.stdout.splitlines()[-1])
-    return result
-
-
-def open_fifo_writer(path: Path, timeout: float = 20.0) -> int:
-    """The write end of a FIFO, once the agent opened the read end (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-            continue
-        os.set_blocking(fd, True)
-        return fd
+def edge_env(
+    broker: BrokerInfo, gateway: str, outbox_path: Path, **extra: object
+) -> dict[str, str]:
+    """The environment of an edge agent for ``gateway`` on ``broker``; ``extra`` are more
+    EdgeSettings (``sim={"chargers": 5}``)."""
+    base = {
+        "gateway_id": gateway,
+        "outbox_path": outbox_path,
+        "reconnect_max_s": 2,
+        "publish_timeout_s": 10,
+    }
+    return env_for(EdgeSettings, **(client_settings(broker, gateway) | base | extra))
 
 
 def metrics(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    out: dict[str, float] = {}
-    for row in text.splitlines():
-        if row and not row.startswith("#"):
-            name, value = row.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-def stopped(proc: ManagedProcess) -> Callable[[], bool]:
-    return lambda: not proc.is_running()
-
-
-def logged(proc: ManagedProcess, text: str) -> Callable[[], bool]:
-    return lambda: proc.log_file.exists() and text in proc.log_file.read_text()
-
-
-def peek_pending(outbox: Path) -> dict[int, bytes]:
-    """The pending rows as a reader sees them while the agent runs (a WAL snapshot)."""
-    with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)) as db:
-        rows = db.execute("SELECT seq, body FROM outbox").fetchall()
-    return {seq: OutboxRow(seq, bytes(body)).reading_json() for seq, body in rows}
+    return scrape(f"http://127.0.0.1:{port}/metrics")
 
 
 def unique(prefix: str) -> str:
@@ -233,7 +115,7 @@ def test_broker_outage_every_reading_arrives_exactly_as_produced(
     os.mkfifo(fifo)
     outbox = tmp_path / "outbox.sqlite3"
     port = free_port()
-    env = edge_env(broker, gateway, outbox, METRICS_PORT=str(port))
+    env = edge_env(broker, gateway, outbox, metrics_port=port)
     edge = procs.start(
         "edge", [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(fifo)], env
     )
@@ -245,7 +127,10 @@ def test_broker_outage_every_reading_arrives_exactly_as_produced(
         for start in range(1000, 6000, 500):
             os.write(fd, jsonl(produced[start : start + 500]))
             time.sleep(0.05)
-        wait_until("6000 captures", lambda: metrics(port)["telemetry_edge_captured_total"] == 6000)
+        wait_until(
+            "6000 captures",
+            lambda: metrics(port)["telemetry_edge_captured_total"] == 6000,
+        )
         seen = metrics(port)
         assert seen["telemetry_edge_outbox_depth"] >= 5000
         assert seen["telemetry_edge_mqtt_connected"] == 0
@@ -275,9 +160,7 @@ def test_sigkill_at_random_points_loses_no_accepted_reading(
     gateway = unique("gw-kill")
     collector = Collector(broker, broker.topics.readings(gateway))
     outbox = tmp_path / "outbox.sqlite3"
-    env = edge_env(
-        broker, gateway, outbox, SIM__CHARGERS="50", SIM__INTERVAL_S="0.02", SIM__SEED="3"
-    )
+    env = edge_env(broker, gateway, outbox, sim={"chargers": 50, "interval_s": 0.02, "seed": 3})
     rng = random.Random(7)
     pending_at_kill: dict[int, bytes] = {}
     argv = [str(BIN / "edge-agent"), "run", "--source", "sim"]
@@ -323,7 +206,7 @@ def test_budget_keeps_energy_readings_and_counts_what_it_dropped(
     feed = tmp_path / "feed.jsonl"
     feed.write_bytes(jsonl(produced))
     outbox = tmp_path / "outbox.sqlite3"
-    env = edge_env(broker, gateway, outbox, OUTBOX__MAX_ROWS="100")
+    env = edge_env(broker, gateway, outbox, outbox={"max_rows": 100})
     edge = procs.start(
         "edge", [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(feed)], env
     )
@@ -362,7 +245,7 @@ def test_not_authorized_batches_are_parked_and_publishing_goes_on(
     first = tmp_path / "first.jsonl"
     first.write_bytes(jsonl([line(gateway, i, base) for i in range(350)]))
     outbox = tmp_path / "outbox.sqlite3"
-    wrong = edge_env(broker, gateway, outbox, TOPIC_ROOT="fleet/wrong", BATCH_MAX_READINGS="100")
+    wrong = edge_env(broker, gateway, outbox, topic_root="fleet/wrong", batch_max_readings=100)
     run = [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file"]
     edge = procs.start("edge-wrong", [*run, str(first)], wrong)
     wait_until("the misconfigured agent to finish", lambda: not edge.is_running())
@@ -381,7 +264,7 @@ def test_not_authorized_batches_are_parked_and_publishing_goes_on(
 
     second = tmp_path / "second.jsonl"
     second.write_bytes(jsonl([line(gateway, i, base) for i in range(350, 400)]))
-    right = edge_env(broker, gateway, outbox, BATCH_MAX_READINGS="100")
+    right = edge_env(broker, gateway, outbox, batch_max_readings=100)
     edge = procs.start("edge-right", [*run, str(second)], right)
     wait_until("the fixed agent to finish", lambda: not edge.is_running())
     assert edge.returncode() == 0, edge.log_tail()
@@ -404,14 +287,14 @@ def test_commands_round_trip_over_mqtt5_with_correlation_data(
     # Someone must consume the readings: a batch no subscription matches is not delivered.
     consumer = mqtt_client("telemetry-bridge")
     consumer.subscribe(broker.topics.readings(gateway), qos=1)
-    env = edge_env(broker, gateway, outbox, METRICS_PORT=str(port), SIM__INTERVAL_S="5")
+    env = edge_env(broker, gateway, outbox, metrics_port=port, sim={"interval_s": 5})
     edge = procs.start("edge", [str(BIN / "edge-agent"), "run", "--source", "sim"], env)
     edge.wait_ready(logged(edge, "subscribed to"), 20)
 
     answers: dict[bytes, dict[str, Any]] = {}
     elsewhere: list[str] = []
     done = threading.Condition()
-    cert, key = broker.pki.client(OPERATOR)
+    cert, key = broker.pki.client(OPERATOR_IDENTITY)
     op = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("op"), protocol=mqtt.MQTTv5)
     op.tls_set_context(client_context(broker.ca_file, cert, key))
 
@@ -448,7 +331,10 @@ def test_commands_round_trip_over_mqtt5_with_correlation_data(
         with done:
             assert done.wait_for(lambda: len(answers) >= 3, timeout=15), answers
         # set-interval took effect: 2 chargers every 50 ms instead of every 5 s.
-        wait_until("faster capture", lambda: metrics(port)["telemetry_edge_captured_total"] > 40)
+        wait_until(
+            "faster capture",
+            lambda: metrics(port)["telemetry_edge_captured_total"] > 40,
+        )
         ask("outbox-stats", {}, b"c-stats")
         ask("flush", {"timeout_s": 5}, b"c-flush")
         with done:
@@ -500,9 +386,8 @@ def test_backlog_drains_oldest_first_at_its_rate_while_live_readings_flow(
         broker,
         gateway,
         outbox,
-        DRAIN_RATE="6000",
-        SIM__CHARGERS="10",
-        SIM__INTERVAL_S="0.1",
+        drain_rate=6000,
+        sim={"chargers": 10, "interval_s": 0.1},
     )
     procs.start("edge", [str(BIN / "edge-agent"), "run", "--source", "sim"], env)
     backlog = set(range(1, 30_001))

@@ -21,8 +21,9 @@ import pytest
 from edge_agent.settings import EdgeSettings
 from telemetry_common.schema import format_ts
 from telemetry_common.settings import env_for
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
-from tests.integration.services import BIN, Procs, mqtt_env, start_api, start_bridge, wait_until
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
+from tests.support.processes import BIN, Procs, mqtt_env, start_api, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

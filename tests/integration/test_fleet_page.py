@@ -40,16 +40,12 @@ from query_api.settings import ApiSettings
 from telemetry_common.schema import Reading, encode_batch, format_ts
 from telemetry_common.settings import env_for
 from telemetry_stack.servers import ProcessNotReady
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
 from tests.conftest import run_broker
-from tests.integration.services import (
-    GatewayPublisher,
-    Procs,
-    influxql,
-    start_api,
-    start_bridge,
-    wait_until,
-)
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
+from tests.support.gateway_publisher import GatewayPublisher
+from tests.support.influx import influxql
+from tests.support.processes import Procs, start_api, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,16 +18,10 @@ from edge_agent.ocpp.lib import ChargePoint, call
 from edge_agent.settings import EdgeSettings
 from telemetry_common.settings import env_for
 from telemetry_stack.servers import free_port, port_open
-from telemetry_stack.testing import BrokerInfo, InfluxTarget
-from tests.integration.services import (
-    BIN,
-    Procs,
-    influxql,
-    mqtt_env,
-    start_api,
-    start_bridge,
-    wait_until,
-)
+from tests.support.fixtures import BrokerInfo, InfluxTarget
+from tests.support.influx import influxql
+from tests.support.processes import BIN, Procs, client_settings, start_api, start_bridge
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,11 +73,11 @@ async def test_ocpp_meter_values_reach_influxdb_and_latest(
     start_bridge(procs, broker, influx_db)
     api = start_api(procs, influx_db, READ_KEY, broker=broker)
     port = free_port()
-    env = mqtt_env(EdgeSettings, broker, gateway) | env_for(
+    env = env_for(
         EdgeSettings,
+        **client_settings(broker, gateway),
         gateway_id=gateway,
         outbox_path=tmp_path / "outbox.sqlite3",
-        topic_root=broker.topic_root,
         ocpp={"port": port, "state_path": tmp_path / "ocpp-state.json"},
     )
     edge = procs.start("edge-ocpp", [str(BIN / "edge-agent"), "run", "--source", "ocpp"], env)

@@ -21,7 +21,7 @@ from edge_agent.ocpp import CentralSystem, OcppSettings, ocpp_source
 from edge_agent.ocpp.lib import ChargePoint, InternalError, call
 from telemetry_common.tls import client_context
 from telemetry_stack.servers import free_port, port_open
-from telemetry_stack.testing import TestPki
+from tests.support.fixtures import TestPki
 
 pytestmark = pytest.mark.integration
 

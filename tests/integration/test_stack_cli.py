@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from telemetry_stack.servers import pid_alive
-from tests.integration.services import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from processor.outputs.writers import (
 from telemetry_common.schema import ROWS_VALIDATOR, Reading
 from telemetry_common.settings import InfluxSettings
 from telemetry_stack.servers import free_port
-from telemetry_stack.testing import InfluxInfo
+from tests.support.fixtures import InfluxInfo
 
 pytestmark = pytest.mark.integration
 

@@ -12,60 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from bridge.settings import BridgeSettings
-from telemetry_common.settings import env_for
-from tests.system.faultproxy import FaultProxy
-from tests.system.stackctl import Account, SystemStack, stop_process
+from tests.support.delivery_checks import (
+    assert_latest_is_newest_stored,
+    assert_nothing_lost,
+    settle,
+)
+from tests.support.fault_proxy import FaultProxy
+from tests.support.system_stack import FAST_GAPS_ENV, SystemStack, gateway_services, stop_process
 
 pytestmark = pytest.mark.system
 
 GATEWAYS = ["gw-1", "gw-2"]
-#: Bridge settings for the suite: gaps are confirmed against InfluxDB after 2 s, not 30.
-ENV = env_for(BridgeSettings, gap_grace_s=2)
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[SystemStack]:
-    with SystemStack(tmp_path / "stack", ENV).running(len(GATEWAYS), 5, 0.05) as s:
+    with SystemStack(tmp_path / "stack", FAST_GAPS_ENV).running(len(GATEWAYS), 5, 0.05) as s:
         yield s
-
-
-def settle(stack: SystemStack, services: list[str]) -> list[Account]:
-    """Stop the gateways (SIGTERM), wait until what they accepted is stored, and report."""
-    for name in services:
-        stack.stop(name)
-    accounts = stack.wait_delivered(GATEWAYS, timeout=90)
-    for a in accounts:
-        print(a.line())
-    return accounts
-
-
-def assert_nothing_lost(accounts: list[Account]) -> None:
-    for a in accounts:
-        assert a.accepted > 0, a.line()
-        assert not a.lost, f"{a.line()}; first lost seqs {a.lost[:10]}"
-        assert a.duplicates == 0, a.line()
-
-
-def assert_latest_is_newest_stored(stack: SystemStack) -> None:
-    """For every charger, the API's latest reading is the newest one InfluxDB holds."""
-    series = stack.influx("SELECT last(seq) FROM readings GROUP BY charger_id")
-    newest = {s["tags"]["charger_id"]: int(s["values"][0][1]) for s in series}
-    assert newest, "nothing stored"
-    deadline = time.monotonic() + 20
-    while True:
-        got = {}
-        for charger in newest:
-            r = stack.api_get(f"/v1/chargers/{charger}/latest")
-            got[charger] = int(r.json()["seq"]) if r.status_code == 200 else None
-        if got == newest or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert got == newest
-
-
-def gateway_services() -> list[str]:
-    return [f"gateway-{i}" for i in range(1, len(GATEWAYS) + 1)]
 
 
 def test_bridge_sigkilled_mid_stream_loses_nothing(stack: SystemStack) -> None:
@@ -77,7 +40,7 @@ def test_bridge_sigkilled_mid_stream_loses_nothing(stack: SystemStack) -> None:
         time.sleep(1)
         stack.restart("bridge")
         time.sleep(1.5)
-    accounts = settle(stack, gateway_services())
+    accounts = settle(stack, GATEWAYS, gateway_services(len(GATEWAYS)))
     assert_nothing_lost(accounts)
     assert_latest_is_newest_stored(stack)
 
@@ -90,7 +53,7 @@ def test_influxdb_stopped_for_a_while_loses_nothing(stack: SystemStack) -> None:
     time.sleep(6)
     stack.restart("influxd")
     time.sleep(2)
-    accounts = settle(stack, gateway_services())
+    accounts = settle(stack, GATEWAYS, gateway_services(len(GATEWAYS)))
     assert_nothing_lost(accounts)
     assert_latest_is_newest_stored(stack)
 
@@ -104,7 +67,7 @@ def test_edge_agent_sigkilled_repeatedly_loses_nothing(stack: SystemStack) -> No
         stack.kill("gateway-1")
         stack.restart("gateway-1")
     time.sleep(1)
-    accounts = settle(stack, gateway_services())
+    accounts = settle(stack, GATEWAYS, gateway_services(len(GATEWAYS)))
     assert_nothing_lost(accounts)
 
 
@@ -116,7 +79,7 @@ def test_broker_restarted_gracefully_loses_nothing(stack: SystemStack) -> None:
     time.sleep(2)
     stack.restart("mosquitto")
     time.sleep(4)
-    accounts = settle(stack, gateway_services())
+    accounts = settle(stack, GATEWAYS, gateway_services(len(GATEWAYS)))
     assert_nothing_lost(accounts)
     assert_latest_is_newest_stored(stack)
 
@@ -130,7 +93,7 @@ def test_broker_sigkill_loss_is_exactly_what_the_gap_report_says(stack: SystemSt
     time.sleep(1)
     stack.restart("mosquitto")
     time.sleep(4)
-    accounts = settle(stack, gateway_services())
+    accounts = settle(stack, GATEWAYS, gateway_services(len(GATEWAYS)))
     for a in accounts:
         assert a.duplicates == 0, a.line()
     lost = {a.gateway: len(a.lost) for a in accounts}
@@ -156,7 +119,7 @@ def test_gateway_link_blackholed_then_reset_loses_nothing(
     every accepted reading arrives once."""
     gw = "gw-link"
     with FaultProxy("127.0.0.1", int(stack.state["mqtt"]["tls_port"])) as proxy:
-        env = stack.agent_env(gw, proxy.port, SIM__CHARGERS="5", SIM__INTERVAL_S="0.05")
+        env = stack.agent_env(gw, proxy.port, sim={"chargers": 5, "interval_s": 0.05})
         agent = stack.start_agent(env, tmp_path / "gw-link.log", "--source", "sim")
         try:
             time.sleep(3)

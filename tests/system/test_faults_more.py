@@ -14,7 +14,7 @@ import contextlib
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,15 +24,25 @@ import pytest
 from bridge.settings import BridgeSettings
 from telemetry_common.settings import env_for
 from telemetry_stack.servers import ServerBinaryMissing, find_binary, free_port
-from tests.system.faultproxy import FaultProxy
-from tests.system.stackctl import Account, SystemStack, scrape, stop_process
-from tests.system.test_faults import assert_latest_is_newest_stored, assert_nothing_lost
+from tests.support.delivery_checks import (
+    assert_gap_report_matches,
+    assert_latest_is_newest_stored,
+    assert_nothing_lost,
+    settle,
+)
+from tests.support.fault_proxy import FaultProxy
+from tests.support.prometheus import scrape
+from tests.support.system_stack import (
+    FAST_GAPS_ENV,
+    SystemStack,
+    gateway_services,
+    stop_process,
+)
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.system
 
 GATEWAYS = ["gw-1", "gw-2"]
-#: Gaps are confirmed against InfluxDB after 2 s, not 30 (as in test_faults.py).
-ENV = env_for(BridgeSettings, gap_grace_s=2)
 DROPPED_METRIC = "telemetry_edge_outbox_dropped_total"
 
 
@@ -41,79 +51,10 @@ def running_stack(
     tmp_path: Path, *, interval_s: float = 0.05, env: dict[str, str] | None = None
 ) -> Iterator[SystemStack]:
     """``telemetry-stack up`` with two simulated gateways of 5 chargers; ``down`` at the end."""
-    with SystemStack(tmp_path / "stack", {**ENV, **(env or {})}).running(
+    with SystemStack(tmp_path / "stack", {**FAST_GAPS_ENV, **(env or {})}).running(
         len(GATEWAYS), 5, interval_s
     ) as s:
         yield s
-
-
-def settle(stack: SystemStack, gateways: list[str], services: list[str]) -> list[Account]:
-    """Stop ``services`` (SIGTERM), wait until what the gateways accepted is stored, report."""
-    for name in services:
-        stack.stop(name)
-    accounts = stack.wait_delivered(gateways, timeout=90)
-    for a in accounts:
-        print(a.line())
-    return accounts
-
-
-def stack_gateways() -> list[str]:
-    return [f"gateway-{i}" for i in range(1, len(GATEWAYS) + 1)]
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.2)
-
-
-# --- the gap report against reality ----------------------------------------------------------
-
-
-def unstored_below_newest(stack: SystemStack, gateways: list[str]) -> dict[str, set[int]]:
-    """Per gateway, the seqs InfluxDB lacks below the newest seq it holds."""
-    out: dict[str, set[int]] = {}
-    for gw in gateways:
-        stored, _ = stack.stored_seqs(gw)
-        if stored and (lacking := set(range(1, max(stored) + 1)) - stored):
-            out[gw] = lacking
-    return out
-
-
-def confirmed_gaps(
-    stack: SystemStack, bridge_urls: list[str]
-) -> tuple[dict[str, set[int]], dict[str, int]]:
-    """Per gateway, the seqs the bridges' confirmed gaps cover and how many readings they say
-    are missing (the union over the bridges, as the API's /v1/pipeline merges them)."""
-    seqs: dict[str, set[int]] = {}
-    missing: dict[str, int] = {}
-    for url in bridge_urls:
-        for gw, gaps in stack.http_json(f"{url}/status")["seq_gaps"].items():
-            for g in gaps:
-                if g["state"] == "confirmed":
-                    seqs.setdefault(gw, set()).update(range(g["first_seq"], g["last_seq"] + 1))
-                    missing[gw] = missing.get(gw, 0) + int(g["missing"])
-    return seqs, missing
-
-
-def assert_gap_report_matches(
-    stack: SystemStack, gateways: list[str], bridge_urls: list[str]
-) -> dict[str, set[int]]:
-    """The bridges' confirmed gaps name exactly the seqs InfluxDB lacks (polled until they
-    agree, bounded); returns those seqs per gateway."""
-    expected = unstored_below_newest(stack, gateways)
-    want_missing = {gw: len(s) for gw, s in expected.items()}
-    deadline = time.monotonic() + 30
-    while True:
-        seqs, missing = confirmed_gaps(stack, bridge_urls)
-        if (seqs, missing) == (expected, want_missing) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    print(f"gap report: confirmed missing {missing or 'nothing'}")
-    assert missing == want_missing
-    assert seqs == expected
-    return expected
 
 
 def bridge_metric(stack: SystemStack, url: str, name: str) -> float:
@@ -170,7 +111,7 @@ def test_influxdb_answering_slowly_backpressures_and_loses_nothing(tmp_path: Pat
                 slow1 = writes()
                 proxy.set(latency_s=0)
                 time.sleep(2)
-                accounts = settle(stack, GATEWAYS, stack_gateways())
+                accounts = settle(stack, GATEWAYS, gateway_services(len(GATEWAYS)))
                 fast_n, slow_n = fast1[1] - fast0[1], slow1[1] - fast1[1]
                 fast_mean = (fast1[0] - fast0[0]) / max(fast_n, 1)
                 slow_mean = (slow1[0] - fast1[0]) / max(slow_n, 1)
@@ -239,7 +180,7 @@ def test_one_of_two_bridges_killed_survivor_continues_and_nothing_is_lost(tmp_pa
         log = Path(stack.state["services"]["bridge-2"]["log_file"])
         offset = log.stat().st_size
         stack.restart("bridge-2")
-        accounts = settle(stack, GATEWAYS, stack_gateways())
+        accounts = settle(stack, GATEWAYS, gateway_services(len(GATEWAYS)))
         assert "session present: True" in log.read_text()[offset:]
         assert_nothing_lost(accounts)
         assert_latest_is_newest_stored(stack)
@@ -305,7 +246,7 @@ def budget_outage(
         FaultProxy("127.0.0.1", int(stack.state["mqtt"]["tls_port"])) as proxy,
     ):
         port = free_port()
-        env = stack.agent_env(gw, proxy.port, OUTBOX__MAX_ROWS=str(BUDGET), METRICS_PORT=str(port))
+        env = stack.agent_env(gw, proxy.port, outbox={"max_rows": BUDGET}, metrics_port=port)
         log = tmp_path / f"{gw}.log"
         agent = stack.start_agent(env, log, "--source", "jsonl", stdin=subprocess.PIPE)
         url = f"http://127.0.0.1:{port}/metrics"
@@ -333,23 +274,23 @@ def budget_outage(
 
         try:
             feed(1, BEFORE)
-            wait_for("the first readings to be stored", nothing_held, 30)
+            wait_until("the first readings to be stored", nothing_held, 30)
             proxy.set(blackhole=True)
             proxy.reset_all()
             feed(BEFORE + 1, OUTAGE)
-            wait_for("the outbox to hold its budget", lambda: depth() == BUDGET, 30)
+            wait_until("the outbox to hold its budget", lambda: depth() == BUDGET, 30)
             if slow_recovery:
                 proxy.set(latency_s=0.5)
             proxy.reset_all()
             proxy.set(blackhole=False)
             if slow_recovery:
                 connected = "telemetry_edge_mqtt_connected"
-                wait_for("the agent to reconnect", lambda: scrape(url)[connected] == 1, 30)
+                wait_until("the agent to reconnect", lambda: scrape(url)[connected] == 1, 30)
                 time.sleep(0.3)  # its first batch is on the way; it needs > 2 s at this speed
             else:
-                wait_for("the kept readings to be stored", nothing_held, 30)
+                wait_until("the kept readings to be stored", nothing_held, 30)
             feed(BEFORE + OUTAGE + 1, AFTER)
-            wait_for("the last readings to be stored", nothing_held, 60)
+            wait_until("the last readings to be stored", nothing_held, 60)
             proxy.set(latency_s=0)
             metrics = scrape(url)
             assert agent.stdin is not None
@@ -371,7 +312,7 @@ def test_edge_budget_exhausted_during_outage_drops_by_policy_and_reports_it(
     only as seq gaps)."""
     gw = "gw-budget"
     with budget_outage(tmp_path, gw, slow_recovery=False) as (stack, m):
-        *others, a = settle(stack, [*GATEWAYS, gw], stack_gateways())
+        *others, a = settle(stack, [*GATEWAYS, gw], gateway_services(len(GATEWAYS)))
         assert_nothing_lost(others)
         high, held, dropped_count = stack.held_seqs(gw)
         stored, _ = stack.stored_seqs(gw)
@@ -411,7 +352,7 @@ def test_edge_budget_drops_during_a_slow_recovery_are_counted_exactly(tmp_path: 
     InfluxDB lacks."""
     gw = "gw-slowback"
     with budget_outage(tmp_path, gw, slow_recovery=True) as (stack, m):
-        *others, a = settle(stack, [*GATEWAYS, gw], stack_gateways())
+        *others, a = settle(stack, [*GATEWAYS, gw], gateway_services(len(GATEWAYS)))
         assert_nothing_lost(others)
         high, held, dropped_count = stack.held_seqs(gw)
         stored, _ = stack.stored_seqs(gw)
@@ -470,7 +411,7 @@ def test_long_outage_backlog_drains_while_live_readings_flow(tmp_path: Path) -> 
         FaultProxy("127.0.0.1", int(stack.state["mqtt"]["tls_port"])) as proxy,
     ):
         env = stack.agent_env(
-            gw, proxy.port, SIM__CHARGERS="10", SIM__INTERVAL_S="0.02", DRAIN_RATE=str(drain_rate)
+            gw, proxy.port, sim={"chargers": 10, "interval_s": 0.02}, drain_rate=drain_rate
         )
         agent = stack.start_agent(env, tmp_path / f"{gw}.log", "--source", "sim")
         #: (seconds since the restore, backlog readings left, age of the newest stored reading)
@@ -504,7 +445,7 @@ def test_long_outage_backlog_drains_while_live_readings_flow(tmp_path: Path) -> 
             f"{max((s[2] for s in draining), default=nan):.1f} s old; backlog drained "
             f"{samples[-1][0] if samples else nan:.1f} s after the restore"
         )
-        accounts = settle(stack, [*GATEWAYS, gw], stack_gateways())
+        accounts = settle(stack, [*GATEWAYS, gw], gateway_services(len(GATEWAYS)))
         assert floor >= 2000, "the outage did not build a backlog of thousands"
         assert len(draining) >= 3, f"the drain was not observed while live flowed: {samples}"
         assert all(lag <= max_lag_s for _, _, lag in draining), draining

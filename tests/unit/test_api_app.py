@@ -29,7 +29,7 @@ from telemetry_common.influx_query import (
     Series,
 )
 from telemetry_common.settings import InfluxSettings, env_for, env_name
-from tests.unit.fakes import FakeInflux
+from tests.support.fake_influx import FakeInflux
 
 READ, INGEST, ADMIN = "read-key-0123456789", "ingest-key-0123456789", "admin-key-0123456789"
 NOW = datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC)

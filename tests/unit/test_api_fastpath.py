@@ -22,7 +22,7 @@ from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import Series
 from telemetry_common.settings import MqttSettings
-from tests.unit.fakes import FakeInflux
+from tests.support.fake_influx import FakeInflux
 
 READ, INGEST = "read-key-0123456789", "ingest-key-012345"
 

@@ -22,7 +22,7 @@ from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxUnavailable, Series
 from telemetry_common.mqtt import NotConnectedError, PublishLostError
 from telemetry_common.settings import MqttSettings
-from tests.unit.fakes import FakeInflux
+from tests.support.fake_influx import FakeInflux
 
 READ, INGEST, ADMIN, SITE = (
     "read-key-0123456789",

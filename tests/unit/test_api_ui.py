@@ -21,7 +21,7 @@ from query_api.app import create_app
 from query_api.problems import MEDIA_TYPE
 from query_api.routes import ui
 from query_api.settings import ApiSettings
-from tests.unit.fakes import FakeInflux
+from tests.support.fake_influx import FakeInflux
 
 READ = "read-key-0123456789"
 STATIC = Path(ui.__file__).resolve().parent.parent / "static"

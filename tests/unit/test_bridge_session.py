@@ -1,4 +1,4 @@
-"""telemetry_stack.bridge_session: the bridges' client id and share group are unguessable,
+"""provisioning.bridge_session: the bridges' client id and share group are unguessable,
 valid MQTT/id names, private on disk and the same on every later start of one deployment."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import stat
 from pathlib import Path
 
 from bridge.settings import DEFAULT_CLIENT_ID
+from provisioning.bridge_session import FILE_NAME, bridge_names
 from telemetry_common.ids import is_valid_id
 from telemetry_common.topics import SHARE_GROUP
-from telemetry_stack.bridge_session import FILE_NAME, bridge_names
 
 
 def test_names_are_random_per_deployment_and_stable_within_one(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from provisioning import broker_config
 from telemetry_common.errors import ConfigError, TopicError
-from telemetry_stack import broker_config
 
 
 def _render(tmp_path: Path, **overrides: object) -> broker_config.BrokerFiles:

@@ -11,14 +11,12 @@ dashboards' InfluxQL against a real InfluxDB.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import tomllib
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +37,13 @@ from telemetry_common.settings import (
     settings_of,
 )
 from telemetry_common.topics import Topics
+from tests.support import compose_file
+from tests.support.compose_file import COMPOSE_FILE, PREFLIGHT, ROOT
+from tests.support.grafana import INFLUX_UID, PROMETHEUS_UID, load_dashboards, panels
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
-PREFLIGHT = ROOT / "docker" / "preflight.sh"
-GEN_ENV = ROOT / "docker" / "gen-env.sh"
 ENV_EXAMPLE = ROOT / ".env.example"
 PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
-DASHBOARD_DIR = ROOT / "grafana" / "dashboards"
 PROVISIONING = ROOT / "grafana" / "provisioning"
 
 GATEWAYS = {"gateway-1": "gw-1", "gateway-2": "gw-2"}
@@ -73,8 +69,6 @@ SECRETS = {
     "TELEMETRY_ADMIN_KEY",
     "TELEMETRY_BRIDGE_SECRET",
 }
-INFLUX_UID = "charger-telemetry-influxdb"
-PROMETHEUS_UID = "charger-telemetry-prometheus"
 
 #: service -> the settings class that reads its TELEMETRY_* variables.
 SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
@@ -89,9 +83,6 @@ SCRIPT_VARIABLES: dict[str, Path] = {
     "influxdb": ROOT / "docker" / "influxdb-init" / "10-dbrp.sh",
 }
 
-_VARIABLE = re.compile(
-    r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<sep>:?-)?(?P<default>[^}]*)\}"
-)
 _PLACEHOLDER = "change-me"
 
 
@@ -107,77 +98,6 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     svcs = compose["services"]
     assert isinstance(svcs, dict)
     return svcs
-
-
-def _interpolate(value: str, env: dict[str, str] | None = None) -> str:
-    """Compose's interpolation: ``${VAR:-default}`` -> ``env[VAR]`` if set and non-empty, else
-    the default (with no ``env``: every variable unset, as without a .env file)."""
-    given = env or {}
-    return _VARIABLE.sub(lambda m: given.get(m["name"]) or m["default"], value).replace("$$", "$")
-
-
-def _environment(service: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:
-    raw = service.get("environment", {})
-    if isinstance(raw, list):
-        raw = dict(item.split("=", 1) for item in raw)
-    return {k: _interpolate(str(v), env) for k, v in raw.items()}
-
-
-def _published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """``(host_ip, published, target)`` for each published port ("" = every interface)."""
-    out = []
-    for port in service.get("ports", []):
-        if isinstance(port, dict):
-            out.append((port.get("host_ip", ""), int(port["published"]), int(port["target"])))
-            continue
-        parts = _interpolate(str(port)).split("/")[0].split(":")
-        if len(parts) == 1:
-            raise AssertionError(f"{port!r} publishes a random host port; name it")
-        host_ip = parts[0] if len(parts) == 3 else ""
-        out.append((host_ip, int(parts[-2]), int(parts[-1])))
-    return out
-
-
-def _depends(service: dict[str, Any]) -> dict[str, str]:
-    return {dep: cond["condition"] for dep, cond in service.get("depends_on", {}).items()}
-
-
-def _env_file(text: str) -> dict[str, str]:
-    """The ``NAME=value`` lines of a .env file (comments and blank lines skipped)."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, sep, value = line.partition("=")
-            assert sep, f"not NAME=value: {line!r}"
-            out[name] = value
-    return out
-
-
-def _sh() -> str:
-    sh = shutil.which("sh")
-    assert sh is not None, "no POSIX shell on PATH"
-    return sh
-
-
-def _preflight(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """docker/preflight.sh run with exactly ``env`` (plus PATH), as the container runs it."""
-    return subprocess.run(
-        [_sh(), str(PREFLIGHT)],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def _gen_env() -> dict[str, str]:
-    """The variables of a .env written by docker/gen-env.sh."""
-    out = subprocess.run(
-        [_sh(), str(GEN_ENV)], capture_output=True, text=True, timeout=30, check=True
-    ).stdout
-    return _env_file(out)
 
 
 def _exported(registry: CollectorRegistry) -> set[str]:
@@ -199,21 +119,6 @@ def _edge_metrics(tmp_path: Path) -> set[str]:
     client = types.SimpleNamespace(connects=1, connected=True)
     with Outbox(tmp_path / "outbox.sqlite3") as box:
         return _exported(registry_for(box, Counters(), client))
-
-
-def _dashboards() -> dict[str, dict[str, Any]]:
-    out = {}
-    for path in sorted(DASHBOARD_DIR.glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        assert isinstance(data, dict)
-        out[path.name] = data
-    return out
-
-
-def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in dashboard["panels"]:
-        yield panel
-        yield from panel.get("panels", [])  # collapsed rows
 
 
 # --- services, images, start order ------------------------------------------------------------
@@ -282,14 +187,14 @@ def test_start_order(services: dict[str, dict[str, Any]]) -> None:
     }
     assert set(expected) == set(services)
     for name, deps in expected.items():
-        assert _depends(services[name]) == deps, name
+        assert compose_file.depends(services[name]) == deps, name
 
 
 def test_depends_on_conditions_match_the_dependency(services: dict[str, dict[str, Any]]) -> None:
     """`service_completed_successfully` only on one-shot steps and `service_healthy` only on
     services with a healthcheck (either mismatch would block `up` forever or never wait)."""
     for name, service in services.items():
-        for dep, condition in _depends(service).items():
+        for dep, condition in compose_file.depends(service).items():
             if condition == "service_completed_successfully":
                 assert dep in ONE_SHOT, f"{name} waits for {dep} to exit"
             else:
@@ -302,7 +207,7 @@ def test_preflight_gates_every_service(services: dict[str, dict[str, Any]]) -> N
     its depends_on chain."""
 
     def reaches(name: str, seen: frozenset[str] = frozenset()) -> bool:
-        deps = _depends(services[name])
+        deps = compose_file.depends(services[name])
         assert name not in seen, f"depends_on cycle through {name}"
         return "preflight" in deps or any(reaches(d, seen | {name}) for d in deps)
 
@@ -315,7 +220,7 @@ def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
     """Only MQTT over TLS (8883) is reachable from outside by default; the API, InfluxDB,
     Grafana and Prometheus are published on loopback only, and the plaintext listener (1883)
     by no service."""
-    assert ("", 8883, 8883) in _published(services["mosquitto"])
+    assert ("", 8883, 8883) in compose_file.published(services["mosquitto"])
     expected = {
         "api": ("127.0.0.1", 8000, 8000),
         "influxdb": ("127.0.0.1", 8086, 8086),
@@ -323,9 +228,9 @@ def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
         "prometheus": ("127.0.0.1", 9090, 9090),
     }
     for name, port in expected.items():
-        assert _published(services[name]) == [port], name
+        assert compose_file.published(services[name]) == [port], name
     for name, service in services.items():
-        for host_ip, published, target in _published(service):
+        for host_ip, published, target in compose_file.published(service):
             assert 1883 not in (published, target), f"{name} publishes the plaintext listener"
             if (name, published) != ("mosquitto", 8883):
                 assert host_ip == "127.0.0.1", f"{name}:{published} is published beyond loopback"
@@ -346,7 +251,7 @@ def test_env_names_are_settings_fields(
     """Each variable a Python service is given is one its settings model reads (a misspelt or
     removed name would be silently ignored by pydantic-settings)."""
     names = _setting_names(SERVICE_SETTINGS[service_name])
-    env = _environment(services[service_name])
+    env = compose_file.environment(services[service_name])
     assert env, service_name
     for key in env:
         assert key in names, (
@@ -360,7 +265,7 @@ def test_every_telemetry_variable_is_read_by_someone(services: dict[str, dict[st
     InfluxDB init's database name)."""
     models = set().union(*(_setting_names(cls) for cls in set(SERVICE_SETTINGS.values())))
     for name, service in services.items():
-        for key in _environment(service):
+        for key in compose_file.environment(service):
             if not key.startswith("TELEMETRY_") or key in models:
                 continue
             script = SCRIPT_VARIABLES.get(name)
@@ -378,7 +283,7 @@ def test_env_values_are_accepted(
     environment, and the nested groups carry the values given (strings parsed to types)."""
     cls = SERVICE_SETTINGS[service_name]
     prefix = str(cls.model_config.get("env_prefix", ""))
-    env = _environment(services[service_name])
+    env = compose_file.environment(services[service_name])
     for key in list(os.environ):
         if key.startswith(prefix):
             monkeypatch.delenv(key)
@@ -404,14 +309,16 @@ def test_certificates_match_identities(services: dict[str, dict[str, Any]]) -> N
     """The bridge and the API present their own certificates and each gateway the certificate
     named after its id (CN = MQTT username, which the broker ACL fences); pki-init issues every
     gateway's certificate and hands all client keys to the services' user."""
-    from telemetry_stack.pki import API_IDENTITY, BRIDGE_IDENTITY
+    from provisioning.pki import API_IDENTITY, BRIDGE_IDENTITY
 
     identities: dict[str, tuple[type[ServiceSettings], str]] = {
         "bridge": (BridgeSettings, BRIDGE_IDENTITY),
         "api": (ApiSettings, API_IDENTITY),
     }
     for name, gw_id in GATEWAYS.items():
-        assert _environment(services[name])[env_name(EdgeSettings, "gateway_id")] == gw_id
+        assert (
+            compose_file.environment(services[name])[env_name(EdgeSettings, "gateway_id")] == gw_id
+        )
         identities[name] = (EdgeSettings, gw_id)
     script = "\n".join(services["pki-init"]["command"])
     issued = re.search(r"for gw in ([^;]+); do", script)
@@ -424,7 +331,7 @@ def test_certificates_match_identities(services: dict[str, dict[str, Any]]) -> N
     assert set(handed[1].split()) == {BRIDGE_IDENTITY, API_IDENTITY, *GATEWAYS.values()}
     assert "--host mosquitto" in script  # the broker certificate names the host clients dial
     for name, (cls, identity) in identities.items():
-        env = _environment(services[name])
+        env = compose_file.environment(services[name])
         expected = {
             "host": "mosquitto",
             "port": "8883",
@@ -447,14 +354,18 @@ def test_one_topic_root(services: dict[str, dict[str, Any]]) -> None:
     script = "\n".join(services["pki-init"]["command"])
     roots = set(re.findall(r"--topic-root (\S+)", script))
     for name in SERVICE_SETTINGS:
-        roots |= {v for k, v in _environment(services[name]).items() if k.endswith("_TOPIC_ROOT")}
+        roots |= {
+            v
+            for k, v in compose_file.environment(services[name]).items()
+            if k.endswith("_TOPIC_ROOT")
+        }
     assert roots == {"chargers/v1"}
 
 
 def test_every_variable_has_a_default() -> None:
     """`docker compose up` works without a .env file: each ${VAR} has a ``:-`` default."""
     text = COMPOSE_FILE.read_text(encoding="utf-8")
-    found = list(_VARIABLE.finditer(text))
+    found = list(compose_file.VARIABLE.finditer(text))
     assert found
     for match in found:
         assert match["sep"] == ":-", match[0]
@@ -465,10 +376,12 @@ def test_every_variable_has_a_default() -> None:
 def test_env_example_lists_every_variable() -> None:
     """.env.example documents every variable the compose file reads (the image name aside),
     uses each, and docker/gen-env.sh writes exactly the same names."""
-    used = {m["name"] for m in _VARIABLE.finditer(COMPOSE_FILE.read_text(encoding="utf-8"))}
-    example = _env_file(ENV_EXAMPLE.read_text(encoding="utf-8"))
+    used = {
+        m["name"] for m in compose_file.VARIABLE.finditer(COMPOSE_FILE.read_text(encoding="utf-8"))
+    }
+    example = compose_file.env_file(ENV_EXAMPLE.read_text(encoding="utf-8"))
     assert set(example) == used - {"TELEMETRY_IMAGE"}
-    assert set(_gen_env()) == set(example)
+    assert set(compose_file.gen_env()) == set(example)
 
 
 # --- secrets ----------------------------------------------------------------------------------
@@ -478,7 +391,7 @@ def _compose_secret_values(services: dict[str, dict[str, Any]]) -> dict[str, set
     """For each secret variable, the defaults the compose file gives it, wherever it is used."""
     text = COMPOSE_FILE.read_text(encoding="utf-8")
     out: dict[str, set[str]] = {}
-    for match in _VARIABLE.finditer(text):
+    for match in compose_file.VARIABLE.finditer(text):
         out.setdefault(match["name"], set()).add(match["default"])
     return {name: out.get(name, set()) for name in SECRETS}
 
@@ -488,7 +401,7 @@ def test_every_secret_default_is_a_placeholder(services: dict[str, dict[str, Any
     and preflight receives every secret with that same default (so what it checks is what the
     services get)."""
     defaults = _compose_secret_values(services)
-    checked = _environment(services["preflight"])
+    checked = compose_file.environment(services["preflight"])
     for name, values in defaults.items():
         assert len(values) == 1, f"{name} has several defaults: {values}"
         (value,) = values
@@ -503,13 +416,13 @@ def test_every_secret_default_is_a_placeholder(services: dict[str, dict[str, Any
 def test_no_placeholder_secret_outside_dev(services: dict[str, dict[str, Any]]) -> None:
     """preflight lets the compose defaults through in the dev profile (the default), refuses
     them in any other profile, naming every placeholder variable but never printing a value."""
-    dev = _environment(services["preflight"])
+    dev = compose_file.environment(services["preflight"])
     assert dev["TELEMETRY_PROFILE"] == "dev"
-    accepted = _preflight(dev)
+    accepted = compose_file.run_preflight(dev)
     assert accepted.returncode == 0, accepted.stderr
     assert "placeholder" in accepted.stdout
 
-    refused = _preflight({**dev, "TELEMETRY_PROFILE": "production"})
+    refused = compose_file.run_preflight({**dev, "TELEMETRY_PROFILE": "production"})
     assert refused.returncode == 1
     for name in SECRETS:
         assert name in refused.stderr, name
@@ -519,10 +432,10 @@ def test_no_placeholder_secret_outside_dev(services: dict[str, dict[str, Any]]) 
 def test_env_example_is_refused_until_edited(services: dict[str, dict[str, Any]]) -> None:
     """Copying .env.example unchanged does not start a production stack: its profile is not
     dev and its secrets are placeholders."""
-    example = _env_file(ENV_EXAMPLE.read_text(encoding="utf-8"))
+    example = compose_file.env_file(ENV_EXAMPLE.read_text(encoding="utf-8"))
     assert example["TELEMETRY_PROFILE"] != "dev"
-    env = _environment(services["preflight"], example)
-    refused = _preflight(env)
+    env = compose_file.environment(services["preflight"], example)
+    refused = compose_file.run_preflight(env)
     assert refused.returncode == 1
     assert all(name in refused.stderr for name in SECRETS)
 
@@ -530,13 +443,15 @@ def test_env_example_is_refused_until_edited(services: dict[str, dict[str, Any]]
 def test_generated_env_starts_a_production_stack(services: dict[str, dict[str, Any]]) -> None:
     """docker/gen-env.sh writes a production .env whose secrets preflight accepts, different
     on every run and from each other."""
-    runs = [_gen_env(), _gen_env()]
+    runs = [compose_file.gen_env(), compose_file.gen_env()]
     for generated in runs:
         assert generated["TELEMETRY_PROFILE"] == "production"
         values = [generated[name] for name in SECRETS]
         assert len(set(values)) == len(values)
         assert all(re.fullmatch(r"[A-Za-z0-9]{32}", v) for v in values)
-        accepted = _preflight(_environment(services["preflight"], generated))
+        accepted = compose_file.run_preflight(
+            compose_file.environment(services["preflight"], generated)
+        )
         assert accepted.returncode == 0, accepted.stderr
     assert all(runs[0][name] != runs[1][name] for name in SECRETS)
 
@@ -558,8 +473,8 @@ def test_preflight_refusals(variable: str, value: str, reason: str) -> None:
     """Outside dev, a key shared by two roles, a short secret, a 'change-me' in any case or an
     empty secret each stop the stack, with the reason."""
     production = {**GOOD_SECRETS, "TELEMETRY_PROFILE": "production"}
-    assert _preflight(production).returncode == 0
-    refused = _preflight({**production, variable: value})
+    assert compose_file.run_preflight(production).returncode == 0
+    refused = compose_file.run_preflight({**production, variable: value})
     assert refused.returncode == 1
     assert reason in refused.stderr
 
@@ -571,7 +486,7 @@ def test_live_feed_reads_the_loopback_listener(services: dict[str, dict[str, Any
     """live-feed subscribes on the broker's loopback plaintext listener (it shares the broker's
     network namespace, so nothing is published) to the live and dead-letter topics, which the
     rendered ACL lets anonymous clients read; it runs as the broker's unprivileged user."""
-    from telemetry_stack.broker_config import render_acl
+    from provisioning.broker_config import render_acl
 
     feed = services["live-feed"]
     assert feed["network_mode"] == "service:mosquitto"
@@ -604,8 +519,8 @@ def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) ->
     def targets(job: str) -> set[str]:
         return {t for sc in jobs[job] for t in sc["targets"]}
 
-    bridge = _environment(services["bridge"])
-    api = _environment(services["api"])
+    bridge = compose_file.environment(services["bridge"])
+    api = compose_file.environment(services["api"])
     assert bridge[env_name(BridgeSettings, "http_host")] == "0.0.0.0"
     bridge_port = bridge[env_name(BridgeSettings, "http_port")]
     assert targets("telemetry-bridge") == {f"bridge:{bridge_port}"}
@@ -616,7 +531,7 @@ def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) ->
         edge[target] = sc["labels"]["gateway"]
     want = {}
     for name, gw_id in GATEWAYS.items():
-        env = _environment(services[name])
+        env = compose_file.environment(services[name])
         assert env[env_name(EdgeSettings, "metrics_host")] == "0.0.0.0"
         want[f"{name}:{env[env_name(EdgeSettings, 'metrics_port')]}"] = gw_id
         assert "ports" not in services[name]
@@ -634,7 +549,7 @@ def test_influxdb_init_and_grafana_datasources(services: dict[str, dict[str, Any
     executable init script; Grafana's InfluxDB datasource queries that database with InfluxQL
     and the same token in an `Authorization: Token` header, and its Prometheus datasource
     reaches the prometheus service; both have the fixed uids the dashboards use."""
-    influx = _environment(services["influxdb"])
+    influx = compose_file.environment(services["influxdb"])
     assert influx["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
     assert influx["DOCKER_INFLUXDB_INIT_BUCKET"] == "telemetry"
     assert influx["TELEMETRY_INFLUXQL_DATABASE"] == InfluxSettings().database
@@ -654,10 +569,12 @@ def test_influxdb_init_and_grafana_datasources(services: dict[str, dict[str, Any
     assert ds["jsonData"]["version"] == "InfluxQL"
     assert ds["jsonData"]["httpHeaderName1"] == "Authorization"
     assert ds["secureJsonData"]["httpHeaderValue1"] == "Token ${INFLUXDB_TOKEN}"
-    token = _environment(services["grafana"])["INFLUXDB_TOKEN"]
+    token = compose_file.environment(services["grafana"])["INFLUXDB_TOKEN"]
     assert token == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
     for name, cls in (("bridge", BridgeSettings), ("api", ApiSettings)):
-        assert token == _environment(services[name])[env_name(cls, "influx", "token")], name
+        assert (
+            token == compose_file.environment(services[name])[env_name(cls, "influx", "token")]
+        ), name
 
     (prom,) = yaml.safe_load((ds_dir / "prometheus.yml").read_text(encoding="utf-8"))["datasources"]
     assert prom["uid"] == PROMETHEUS_UID
@@ -674,11 +591,13 @@ def test_dashboards_are_provisioned(services: dict[str, dict[str, Any]]) -> None
     )["providers"]
     path = provider["options"]["path"]
     assert f"./grafana/dashboards:{path}:ro" in services["grafana"]["volumes"]
-    dashboards = _dashboards()
+    dashboards = load_dashboards()
     assert set(dashboards) == {"fleet-overview.json", "charger-detail.json", "pipeline-health.json"}
     uids = [d["uid"] for d in dashboards.values()]
     assert len(set(uids)) == len(uids)
-    home = _environment(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    home = compose_file.environment(services["grafana"])[
+        "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"
+    ]
     assert home.startswith(path + "/")
     assert home.removeprefix(path + "/") in dashboards
 
@@ -688,10 +607,10 @@ def test_dashboards_use_only_the_provisioned_datasources() -> None:
     datasource by its fixed uid (a dashboard that relied on 'the default datasource' or a uid
     from someone's Grafana would show 'datasource not found')."""
     provisioned = {INFLUX_UID: "influxdb", PROMETHEUS_UID: "prometheus"}
-    for name, dashboard in _dashboards().items():
+    for name, dashboard in load_dashboards().items():
         variables = [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
         sources = [(f"variable {v['name']}", v["datasource"]) for v in variables]
-        for panel in _panels(dashboard):
+        for panel in panels(dashboard):
             if panel["type"] == "row":
                 continue
             sources.append((f"panel {panel['title']!r}", panel["datasource"]))
@@ -721,8 +640,8 @@ def test_dashboard_prometheus_queries_name_exported_metrics(tmp_path: Path) -> N
         exported |= _exported(ApiMetrics().registry)
     exported |= {"up"}  # Prometheus's own per-target series
     found = 0
-    for name, dashboard in _dashboards().items():
-        for panel in _panels(dashboard):
+    for name, dashboard in load_dashboards().items():
+        for panel in panels(dashboard):
             for target in panel.get("targets", []):
                 if target["datasource"]["uid"] != PROMETHEUS_UID:
                     continue
@@ -745,8 +664,8 @@ def test_dashboard_prometheus_queries_name_exported_metrics(tmp_path: Path) -> N
 def test_image_holds_every_package_and_the_broker_templates() -> None:
     """The Dockerfile is multi-stage on python:3.11-slim, ends as a non-root user, and copies
     (and .dockerignore lets through) every package pyproject installs plus mosquitto/, which
-    telemetry_stack reads its broker templates from."""
-    from telemetry_stack.broker_config import TEMPLATE_DIR
+    provisioning reads its broker templates from."""
+    from provisioning.broker_config import TEMPLATE_DIR
 
     text = DOCKERFILE.read_text(encoding="utf-8")
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from provisioning import pki
 from telemetry_common.errors import ConfigError, InvalidIdError
-from telemetry_stack import pki
 
 
 def _cert(path: Path) -> x509.Certificate:

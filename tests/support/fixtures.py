@@ -1,6 +1,6 @@
 """Types of the shared pytest fixtures (tests/conftest.py), importable for annotations:
 
-from telemetry_stack.testing import BrokerInfo, InfluxTarget, MqttClientFactory
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
+from provisioning.pki import Pki, issue_client
 from telemetry_common.topics import DEFAULT_ROOT, Topics
-from telemetry_stack.pki import Pki, issue_client
 
 
 @dataclass(frozen=True)

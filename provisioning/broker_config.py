@@ -13,9 +13,9 @@ from pathlib import Path
 from string import Template
 from typing import Final
 
+from provisioning.pki import API_IDENTITY, BRIDGE_IDENTITY, OPERATOR_IDENTITY, Pki
 from telemetry_common.errors import ConfigError
 from telemetry_common.topics import Topics
-from telemetry_stack.pki import API_IDENTITY, BRIDGE_IDENTITY, OPERATOR_IDENTITY, Pki
 
 TEMPLATE_DIR: Final = Path(__file__).resolve().parent.parent / "mosquitto"
 

@@ -26,13 +26,23 @@ from typing import Any, Self
 
 import httpx
 import pytest
+from pydantic_settings import BaseSettings
 
+from bridge.settings import BridgeSettings
 from edge_agent.settings import EdgeSettings
-from telemetry_common.settings import env_for, env_name
+from telemetry_common.settings import env_for
 from telemetry_stack.servers import pid_alive
-from telemetry_stack.stack import load_state, save_state
+from telemetry_stack.state import load_state, save_state
 
 BIN = Path(sys.executable).parent
+#: The fault and security suites confirm gaps against InfluxDB after 2 s instead of 30.
+GAP_GRACE_S = 2
+FAST_GAPS_ENV = env_for(BridgeSettings, gap_grace_s=GAP_GRACE_S)
+
+
+def gateway_services(count: int) -> list[str]:
+    """The names `telemetry-stack up --gateways COUNT` gives its simulated gateways."""
+    return [f"gateway-{i}" for i in range(1, count + 1)]
 
 
 @dataclass
@@ -102,6 +112,11 @@ class SystemStack:
             yield self
         finally:
             self.down()
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate the stack's broker and clients trust."""
+        return Path(self.state["mqtt"]["ca_file"])
 
     def reload(self) -> None:
         self.state = json.loads((self.dir / "stack.json").read_text())
@@ -255,18 +270,23 @@ class SystemStack:
         save_state(self.dir, state)
         self.restart(name)
 
+    def service_setting(self, service: str, settings: type[BaseSettings], name: str) -> str:
+        """The value of setting ``name`` (of the model ``settings``) in a service's recorded
+        environment."""
+        (variable,) = env_for(settings, **{name: ""})
+        return str(self.state["services"][service]["env"][variable])
+
     def http_json(self, url: str) -> dict[str, Any]:
         r = httpx.get(url, timeout=10)
         r.raise_for_status()
         return dict(r.json())
 
     # -- extra gateways (edge agents this test starts itself) ---------------------------------
-    def agent_env(self, gateway: str, port: int, **extra: str) -> dict[str, str]:
+    def agent_env(self, gateway: str, port: int, **extra: object) -> dict[str, str]:
         """The environment of an edge agent for ``gateway`` (its certificate is issued here)
         whose MQTT connection goes to ``port`` (a FaultProxy, or the broker itself), its
-        outbox where :meth:`account` looks; ``extra`` are more settings by field path, ``__``
-        between a group and its field, e.g. ``OUTBOX__MAX_ROWS="300"`` (checked against the
-        model)."""
+        outbox where :meth:`account` looks; ``extra`` are more EdgeSettings, e.g.
+        ``outbox={"max_rows": 300}``."""
         pki_dir = Path(self.state["pki_dir"])
         subprocess.run(
             [str(BIN / "telemetry-stack"), "pki", "gateway", gateway, "--dir", str(pki_dir)],
@@ -274,24 +294,21 @@ class SystemStack:
             capture_output=True,
             timeout=60,
         )
-        mqtt = self.state["mqtt"]
-        base = env_for(
-            EdgeSettings,
-            gateway_id=gateway,
-            outbox_path=self.outbox(gateway),
-            mqtt={
+        settings: dict[str, object] = {
+            "gateway_id": gateway,
+            "outbox_path": self.outbox(gateway),
+            "mqtt": {
                 "host": "127.0.0.1",
                 "port": port,
-                "ca_file": mqtt["ca_file"],
+                "ca_file": self.ca_file,
                 "cert_file": pki_dir / f"{gateway}.crt",
                 "key_file": pki_dir / f"{gateway}.key",
                 "keepalive_s": 5,
             },
-            reconnect_max_s=2,
-            topic_root=self.state["topic_root"],
-        )
-        more = {env_name(EdgeSettings, *k.lower().split("__")): v for k, v in extra.items()}
-        return {**os.environ, **base, **more}
+            "reconnect_max_s": 2,
+            "topic_root": self.state["topic_root"],
+        }
+        return {**os.environ, **env_for(EdgeSettings, **(settings | extra))}
 
     def start_agent(
         self, env: dict[str, str], log: Path, *args: str, stdin: int | None = None
@@ -322,15 +339,3 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
         with contextlib.suppress(OSError):
             proc.stdin.close()
     return int(proc.returncode)
-
-
-def scrape(url: str) -> dict[str, float]:
-    """A Prometheus text page as ``{"name{labels}": value}`` (labels as written)."""
-    r = httpx.get(url, timeout=10)
-    r.raise_for_status()
-    out: dict[str, float] = {}
-    for line in r.text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
