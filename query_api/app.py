@@ -14,9 +14,10 @@ from fastapi import FastAPI
 from query_api import problems
 from query_api.broker import BrokerLink, Publisher
 from query_api.fastpath import ReadFastPath
-from query_api.index import ChargerIndex, confirm_forever
+from query_api.latest.index import ChargerIndex
+from query_api.latest.mirror import LiveMirror
+from query_api.latest.sweep import confirm_forever
 from query_api.metrics import ApiMetrics, TimingMiddleware
-from query_api.mirror import LiveMirror
 from query_api.pagecache import PageCache
 from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats, ui
 from query_api.seqs import SeqAllocator

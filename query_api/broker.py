@@ -15,7 +15,7 @@ import secrets
 import time
 from typing import Protocol
 
-from query_api.mirror import LiveMirror
+from query_api.latest.mirror import LiveMirror
 from query_api.settings import ApiSettings
 from telemetry_common.mqtt import AsyncMqttClient, NotConnectedError, PublishLostError
 

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from query_api.broker import Publisher
-from query_api.mirror import LiveMirror
+from query_api.latest.mirror import LiveMirror
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL
 

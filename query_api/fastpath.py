@@ -34,7 +34,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from query_api.auth import identify
-from query_api.latest import latest_body, trusted
+from query_api.latest.document import latest_body
+from query_api.latest.trust import trusted
 from query_api.pagecache import PAGE_BUILT
 
 PATH: Final = re.compile(r"/v1/chargers/([A-Za-z0-9._-]{1,64})/(latest|history)")

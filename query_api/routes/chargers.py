@@ -11,12 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from query_api import cursor
 from query_api.auth import require
 from query_api.deps import Influx, Mirror, Mono, Now, Settings, influx_of
-from query_api.index import ChargerIndex
-from query_api.latest import get_latest, latest_body
+from query_api.latest.document import latest_body
+from query_api.latest.index import ChargerIndex
+from query_api.latest.read import get_latest
+from query_api.latest.state import ChargerState, charger_state
 from query_api.params import ChargerId
 from query_api.problems import ProblemError, problem_responses
 from query_api.readings import LatestReading
-from query_api.state import ChargerState, charger_state
 from telemetry_common.ids import ID_PATTERN
 from telemetry_common.schema import format_ts
 

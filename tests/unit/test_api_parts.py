@@ -13,16 +13,17 @@ from pydantic import SecretStr
 
 from query_api import cursor
 from query_api.auth import identify
-from query_api.index import ChargerIndex, confirm_mirror
 from query_api.ingest import numbered, parse_body, payloads
-from query_api.latest import get_latest
-from query_api.mirror import LiveMirror
+from query_api.latest.index import ChargerIndex
+from query_api.latest.mirror import LiveMirror
+from query_api.latest.read import get_latest
+from query_api.latest.state import charger_state
+from query_api.latest.sweep import confirm_mirror
 from query_api.routes.fleet import FleetDaily, render_html, wants_html
 from query_api.routes.pipeline import BridgeStatus, merge_gaps
 from query_api.routes.stats import stats_from_row
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings, Role
-from query_api.state import charger_state
 from telemetry_common.errors import ConfigError
 from telemetry_common.influx_query import Series
 from telemetry_common.schema import MAX_BATCH_BYTES, Reading
