@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from query_api import problems
 from query_api.broker import BrokerLink, Publisher
-from query_api.fastpath import ReadFastPath
+from query_api.clock import Clock, SystemClock
 from query_api.latest.index import ChargerIndex
 from query_api.latest.mirror import LiveMirror
 from query_api.latest.sweep import confirm_forever
@@ -53,10 +53,12 @@ def create_app(
     *,
     influx: InfluxQL | None = None,
     broker: Publisher | None = None,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """The API for ``settings``. Without ``influx``, the lifespan opens an :class:`InfluxQLClient`
     on ``settings.influx``; without ``broker`` and with ``settings.mqtt``, it opens a
-    :class:`BrokerLink` that feeds ``app.state.mirror``. Given ones are used as they are."""
+    :class:`BrokerLink` that feeds ``app.state.mirror``. Given ones are used as they are;
+    ``clock`` (default: the system's) is read by every route."""
     mirror = LiveMirror(settings.topics, max_chargers=settings.mirror_max_chargers)
     metrics = ApiMetrics()
 
@@ -100,6 +102,7 @@ def create_app(
     app.state.broker = broker
     app.state.mirror = mirror
     app.state.metrics = metrics
+    app.state.clock = clock if clock is not None else SystemClock()
     app.state.charger_index = ChargerIndex(settings.chargers_cache_s)
     app.state.history_cache = PageCache(settings.history_cache_s, settings.history_cache_max_bytes)
     app.state.seqs = SeqAllocator(influx, settings.ingest_seq_file) if influx is not None else None
@@ -115,8 +118,6 @@ def create_app(
         lambda: 1.0 if app.state.broker is not None and app.state.broker.connected else 0.0
     )
     problems.install(app)
-    # Starlette wraps in reverse order: the fast path runs inside the timing middleware.
-    app.add_middleware(ReadFastPath, api=app)
     app.add_middleware(TimingMiddleware, metrics=metrics)
     for module in (health, chargers, history, stats, fleet, ingest, pipeline, ui):
         app.include_router(module.router)

@@ -6,22 +6,37 @@ from datetime import datetime, timedelta
 from typing import Annotated, Final
 
 from fastapi import Path, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from query_api.problems import ProblemError
 from query_api.timespec import TimeSpecError, Window, resolve_window
 from telemetry_common import influxql
-from telemetry_common.ids import ID_PATTERN
+from telemetry_common.ids import ID_PATTERN, Id
 from telemetry_common.influxql import QueryBuildError
 from telemetry_common.schema import MAX_VALUE_KEYS
 
-ChargerId = Annotated[
+_ID_DOC: Final = f"charger id, {ID_PATTERN}"
+ChargerId = Annotated[str, Path(pattern=ID_PATTERN, description=_ID_DOC, examples=["gw-1-cp001"])]
+#: The charger id of a route that checks it itself, after the key (:func:`checked_id`); the
+#: pattern is documented as for :data:`ChargerId`.
+UncheckedChargerId = Annotated[
     str,
-    Path(
-        pattern=ID_PATTERN,
-        description="charger id, ^[A-Za-z0-9._-]{1,64}$",
-        examples=["gw-1-cp001"],
-    ),
+    Path(description=_ID_DOC, examples=["gw-1-cp001"], json_schema_extra={"pattern": ID_PATTERN}),
 ]
+_ID: Final = TypeAdapter(Id)
+
+
+def checked_id(value: str, name: str = "charger_id") -> str:
+    """``value`` if it is an allowed id; else the 422 that FastAPI gives a path parameter typed
+    :data:`ChargerId` (same errors, same problem document)."""
+    try:
+        return _ID.validate_python(value)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("path", name, *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from exc
+
+
 FIELDS_DOC: Final = "value keys, comma-separated or repeated (default: every field)"
 Fields = Annotated[list[str] | None, Query(description=FIELDS_DOC, examples=["power_w,soc_pct"])]
 Start = Annotated[

@@ -17,7 +17,6 @@ from pydantic import SecretStr, ValidationError
 
 from query_api.__main__ import main
 from query_api.app import create_app
-from query_api.deps import get_now
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
 from query_api.timespec import TimeSpecError, parse_duration, parse_instant, resolve_window
@@ -29,7 +28,7 @@ from telemetry_common.influx_query import (
     Series,
 )
 from telemetry_common.settings import InfluxSettings
-from tests.unit.fakes import FakeInflux
+from tests.unit.fakes import FakeInflux, FixedClock
 
 READ, INGEST, ADMIN = "read-key-0123456789", "ingest-key-0123456789", "admin-key-0123456789"
 NOW = datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC)
@@ -62,8 +61,8 @@ def fake() -> FakeInflux:
 
 @pytest.fixture
 async def client(fake: FakeInflux) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(_settings(history_max_points=500, history_default_limit=100), influx=fake)
-    app.dependency_overrides[get_now] = lambda: NOW
+    settings = _settings(history_max_points=500, history_default_limit=100)
+    app = create_app(settings, influx=fake, clock=FixedClock(NOW))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
         yield c

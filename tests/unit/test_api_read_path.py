@@ -1,14 +1,14 @@
-"""query_api.fastpath: the plain-ASGI answer of ``latest`` from memory is the FastAPI route's
-answer, a fresh downsampled history answer is replayed, and everything it does not serve (bad
-or missing key, other roles, unknown or untrusted charger, malformed id, raw or paged history)
-reaches the route unchanged."""
+"""The one read path of the hot routes: ``latest`` (a FastAPI route without dependencies that
+checks the key first, with the function every route uses, then the id) answers from memory
+when the mirror is trusted and from InfluxDB otherwise; its errors are the problems of every
+other route; downsampled history is answered again from the one page cache, raw and paged
+history never."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import httpx
 import orjson
@@ -17,14 +17,13 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from query_api.app import create_app
-from query_api.deps import get_now
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import Series
 from telemetry_common.settings import MqttSettings
 from tests.unit.fakes import FakeInflux
 
-READ, INGEST = "read-key-0123456789", "ingest-key-012345"
+READ, INGEST, ADMIN = "read-key-0123456789", "ingest-key-012345", "admin-key-0123456"
 
 
 class FakeBroker:
@@ -37,7 +36,7 @@ class FakeBroker:
 @pytest.fixture
 async def app() -> AsyncIterator[FastAPI]:
     settings = ApiSettings(
-        keys={"read": SecretStr(READ), "ingest": SecretStr(INGEST)},
+        keys={"read": SecretStr(READ), "ingest": SecretStr(INGEST), "admin": SecretStr(ADMIN)},
         mqtt=MqttSettings(),
         latest_sweep_s=0,
     )
@@ -63,21 +62,23 @@ async def _get(app: FastAPI, path: str, key: str | None = READ) -> httpx.Respons
         return await c.get(path, headers=headers)
 
 
-async def test_fast_answer_equals_the_routes_answer(app: FastAPI) -> None:
-    """The same document, status and content type from the fast path and from the route (forced
-    by a dependency override, which turns the fast path off); the request is timed under the
-    route's template either way."""
+async def test_a_trusted_value_is_answered_from_memory(app: FastAPI) -> None:
+    """A trusted mirror value is the whole LatestReading document (JSON, no InfluxDB query), by
+    a read or an admin key; the requests are timed under the route's template."""
     _trust(app, "cp1")
-    fast = await _get(app, "/v1/chargers/cp1/latest")
-    app.dependency_overrides[get_now] = lambda: datetime.now(UTC)
-    slow = await _get(app, "/v1/chargers/cp1/latest")
-    assert fast.status_code == slow.status_code == 200
-    assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
-    f, s = fast.json(), slow.json()
+    first = await _get(app, "/v1/chargers/cp1/latest")
+    again = await _get(app, "/v1/chargers/cp1/latest", key=ADMIN)
+    assert first.status_code == again.status_code == 200
+    assert first.headers["content-type"] == again.headers["content-type"] == "application/json"
+    f, s = first.json(), again.json()
     assert abs(f.pop("age_s") - s.pop("age_s")) < 5
     assert f == s
-    assert f["source"] == "mirror"
-    assert f["values"] == {"power_w": 7.5}
+    assert f == {
+        "charger_id": "cp1", "gateway_id": "gw-1", "evse_id": 1, "connector_id": 1, "seq": 9,
+        "ts": "2026-05-01T12:00:00.000Z", "status": "Charging", "values": {"power_w": 7.5},
+        "state": "offline", "source": "mirror",
+    }  # fmt: skip
+    assert app.state.influx.queries == []
     metrics = (await _get(app, "/metrics", key=None)).text
     label = 'route="/v1/chargers/{charger_id}/latest",status="200"'
     line = next(x for x in metrics.splitlines() if "_count{" in x and label in x)
@@ -92,22 +93,21 @@ async def test_fast_answer_equals_the_routes_answer(app: FastAPI) -> None:
         ("/v1/chargers/cp1/latest", INGEST, 403),
         ("/v1/chargers/unknown/latest", READ, 404),
         ("/v1/chargers/cp1%27%20OR%201=1/latest", READ, 422),
+        ("/v1/chargers/cp1%27%20OR%201=1/latest", None, 401),  # the key is checked first
     ],
 )
-async def test_everything_else_reaches_the_route(
-    app: FastAPI, path: str, key: str | None, status: int
-) -> None:
-    """Missing, wrong or other-role keys, an unknown charger and a hostile id get the route's
-    problem documents."""
+async def test_refusals_are_problems(app: FastAPI, path: str, key: str | None, status: int) -> None:
+    """Missing, wrong or other-role keys, an unknown charger and a hostile id get problem
+    documents."""
     _trust(app, "cp1")
     resp = await _get(app, path, key)
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"] == MEDIA_TYPE
 
 
-async def test_an_untrusted_value_is_left_to_the_route(app: FastAPI) -> None:
-    """A mirrored value not yet confirmed by InfluxDB is not served by the fast path: the route
-    asks InfluxDB (here: nothing stored) and answers from the newer of the two."""
+async def test_an_untrusted_value_asks_influx(app: FastAPI) -> None:
+    """A mirrored value not yet confirmed by InfluxDB is not served from memory alone: InfluxDB
+    is asked (here: nothing stored) and the newer of the two answers."""
     _trust(app, "cp1")
     app.state.mirror.get("cp1").checked = float("-inf")
     resp = await _get(app, "/v1/chargers/cp1/latest")
@@ -119,13 +119,13 @@ BUCKETS = ["time", "mean_power_w"]
 NS = 1_777_636_800_000_000_000
 
 
-async def test_a_downsampled_history_answer_is_replayed_while_its_page_is_fresh(
+async def test_a_downsampled_history_answer_is_reused_while_its_page_is_fresh(
     app: FastAPI,
 ) -> None:
-    """The same downsampled request again is answered with the route's bytes without reaching
-    the route (its page cache sees one request); a wrong key still gets 401; once the page is
-    older than HISTORY_CACHE_S the route answers again."""
-    app.state.settings.history_cache_s = 0.3
+    """The same downsampled request again is answered with the same bytes from the page cache
+    (one InfluxDB query); a wrong key still gets 401; once the page is older than
+    HISTORY_CACHE_S (three times: beyond stale-while-rebuilding) it is built again."""
+    app.state.history_cache.ttl_s = 0.3
     app.state.influx.answers.append([Series("readings", BUCKETS, [[NS, 1.5]])])
     path = "/v1/chargers/cp1/history?start=-1h&every=5m"
     first = await _get(app, path)
@@ -134,20 +134,22 @@ async def test_a_downsampled_history_answer_is_replayed_while_its_page_is_fresh(
     assert again.content == first.content
     assert again.headers["content-type"] == "application/json"
     cache = app.state.history_cache
-    assert (cache.misses, cache.hits) == (1, 0)  # the replay never reached the route
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert len(app.state.influx.queries) == 1
     refused = await _get(app, path, key="wrong-key-0123456789")
     assert refused.status_code == 401
-    await asyncio.sleep(0.35)
+    assert cache.hits + cache.misses == 2  # refused before the cache
+    await asyncio.sleep(0.95)
     await _get(app, path)
-    assert cache.hits + cache.misses == 2  # expired: the route answered
+    assert (cache.misses, len(app.state.influx.queries)) == (2, 2)  # expired: built again
 
 
 @pytest.mark.parametrize(
     "query",
     ["start=-1h", "start=-1h&every=5m&cursor=abc", "start=-1h&every=0s"],
 )
-async def test_raw_paged_or_refused_history_is_never_replayed(app: FastAPI, query: str) -> None:
-    """Raw points, cursor pages and refused requests reach the route every time."""
+async def test_raw_paged_or_refused_history_is_never_cached(app: FastAPI, query: str) -> None:
+    """Raw points, cursor pages and refused requests are answered anew every time."""
     path = f"/v1/chargers/cp1/history?{query}"
     statuses = [(await _get(app, path)).status_code for _ in range(2)]
     assert statuses[0] == statuses[1]
