@@ -16,6 +16,7 @@ from query_api.broker import BrokerLink, Publisher
 from query_api.clock import Clock, SystemClock
 from query_api.latest.index import ChargerIndex
 from query_api.latest.mirror import LiveMirror
+from query_api.latest.stored import StoredLatest
 from query_api.latest.sweep import confirm_forever
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.pagecache import PageCache
@@ -68,6 +69,7 @@ def create_app(
             if influx is None:
                 app.state.influx = await stack.enter_async_context(InfluxQLClient(settings.influx))
             app.state.seqs = SeqAllocator(app.state.influx, settings.ingest_seq_file)
+            app.state.stored_latest = StoredLatest(app.state.influx)
             if broker is None and settings.mqtt is not None:
                 app.state.broker = await stack.enter_async_context(BrokerLink(settings, mirror))
                 log.info("live mirror: connecting to %s:%s", settings.mqtt.host, settings.mqtt.port)
@@ -106,6 +108,7 @@ def create_app(
     app.state.charger_index = ChargerIndex(settings.chargers_cache_s)
     app.state.history_cache = PageCache(settings.history_cache_s, settings.history_cache_max_bytes)
     app.state.seqs = SeqAllocator(influx, settings.ingest_seq_file) if influx is not None else None
+    app.state.stored_latest = StoredLatest(influx) if influx is not None else None
     app.state.api_keys = {
         role: key.get_secret_value().encode() for role, key in settings.keys.items()
     }

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 
 from query_api.broker import Publisher
 from query_api.latest.mirror import LiveMirror
+from query_api.latest.stored import StoredLatest
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL
 
@@ -29,6 +30,13 @@ def influx_of(request: Request) -> InfluxQL:
     if influx is None:
         raise RuntimeError("the InfluxQL client is not open: run the app with its lifespan")
     return influx
+
+
+def stored_latest_of(request: Request) -> StoredLatest:
+    stored: StoredLatest | None = request.app.state.stored_latest
+    if stored is None:
+        raise RuntimeError("the InfluxQL client is not open: run the app with its lifespan")
+    return stored
 
 
 async def get_influx(request: Request) -> InfluxQL:

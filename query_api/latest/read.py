@@ -1,5 +1,5 @@
 """``latest``: from the mirror when memory is provably enough (:mod:`query_api.latest.trust`),
-else from InfluxDB (newest wins).
+else from InfluxDB (newest wins; lookups batched by :mod:`query_api.latest.stored`).
 
 When memory is not enough, InfluxDB is asked and the newer of the two values is served (and kept
 in the mirror), so the answer is never older than what InfluxDB held when the request came in,
@@ -11,18 +11,17 @@ from __future__ import annotations
 
 from query_api.latest.document import Source
 from query_api.latest.mirror import LiveMirror
-from query_api.latest.snapshot import Snapshot, from_row, newest
+from query_api.latest.snapshot import Snapshot, newest
+from query_api.latest.stored import StoredLatest
 from query_api.latest.trust import settled, trusted
 from query_api.settings import ApiSettings
-from telemetry_common import influxql
-from telemetry_common.influx_query import InfluxQL
 
 
 async def get_latest(
     charger_id: str,
     *,
     mirror: LiveMirror,
-    influx: InfluxQL,
+    stored: StoredLatest,
     live: bool,
     settings: ApiSettings,
     mono: float,
@@ -32,15 +31,13 @@ async def get_latest(
     if entry is not None and live and trusted(entry, settings, mono):
         return entry.snapshot, "mirror"
     was_settled = entry is None or settled(entry, settings, mono)
-    series = await influx.query(influxql.latest_query(charger_id))
-    rows = [row for s in series for row in s.rows()]
-    stored = from_row(charger_id, rows[0]) if rows else None
-    if stored is not None:
-        mirror.offer(stored, mono, checked=live and was_settled)
+    found = await stored.newest(charger_id)
+    if found is not None:
+        mirror.offer(found, mono, checked=live and was_settled)
     elif entry is not None and live and was_settled:
         entry.checked = mono
     held = entry.snapshot if entry is not None else None
-    best = newest(held, stored)
+    best = newest(held, found)
     if best is None:
         return None
     return best, "mirror" if best is held else "influxdb"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from query_api import cursor
 from query_api.auth import HEADER, SECURITY, authorize, require
-from query_api.deps import Influx, Mirror, Mono, Now, Settings, influx_of, live
+from query_api.deps import Influx, Mirror, Mono, Now, Settings, live, stored_latest_of
 from query_api.latest.document import latest_body
 from query_api.latest.index import ChargerIndex
 from query_api.latest.mirror import LiveMirror
@@ -140,7 +140,7 @@ async def latest_of(
     found = await get_latest(
         charger_id,
         mirror=mirror,
-        influx=influx_of(request),
+        stored=stored_latest_of(request),
         live=live(request),
         settings=settings,
         mono=mono,

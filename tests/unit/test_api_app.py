@@ -147,7 +147,8 @@ async def test_latest_shapes_the_row_as_a_reading(
 ) -> None:
     """The newest row becomes a DESIGN.md reading (ints, floats, RFC 3339 ms Z) plus age_s."""
     row = [TS_NS, "gw-1-cp001", "2", 12345, "1", "gw-1", 7200, 42, None, "Charging"]
-    fake.answers.append([Series(name="readings", columns=COLUMNS, values=[row])])
+    tags = {"charger_id": "gw-1-cp001"}  # one series per charger
+    fake.answers.append([Series(name="readings", columns=COLUMNS, values=[row], tags=tags)])
     resp = await client.get("/v1/chargers/gw-1-cp001/latest", headers={"X-API-Key": READ})
     assert resp.status_code == 200, resp.text
     assert resp.json() == {
@@ -164,7 +165,8 @@ async def test_latest_shapes_the_row_as_a_reading(
         "source": "influxdb",
     }
     assert fake.queries == [
-        'SELECT * FROM "readings" WHERE "charger_id" = \'gw-1-cp001\' ORDER BY time DESC LIMIT 1'
+        'SELECT * FROM "readings" WHERE "charger_id" = \'gw-1-cp001\' '
+        'GROUP BY "charger_id" ORDER BY time DESC LIMIT 1'
     ]
 
 
