@@ -18,6 +18,7 @@ from query_api.latest.index import ChargerIndex
 from query_api.latest.mirror import LiveMirror
 from query_api.latest.stored import StoredLatest
 from query_api.latest.sweep import confirm_forever
+from query_api.lean import LeanDispatch, routes_of
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.pagecache import PageCache
 from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats, ui
@@ -121,6 +122,12 @@ def create_app(
         lambda: 1.0 if app.state.broker is not None and app.state.broker.connected else 0.0
     )
     problems.install(app)
+    # Starlette wraps in reverse order: the lean dispatch runs inside the timing middleware.
+    hot = [
+        *routes_of(chargers.router, chargers.latest),
+        *routes_of(history.router, history.history),
+    ]
+    app.add_middleware(LeanDispatch, api=app, routes=hot)
     app.add_middleware(TimingMiddleware, metrics=metrics)
     for module in (health, chargers, history, stats, fleet, ingest, pipeline, ui):
         app.include_router(module.router)

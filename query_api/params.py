@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Final
+from typing import Annotated, Any, Final, TypeVar, get_args, get_origin
 
-from fastapi import Path, Query
+from fastapi import Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from query_api.problems import ProblemError
 from query_api.timespec import TimeSpecError, Window, resolve_window
@@ -38,17 +38,46 @@ def checked_id(value: str, name: str = "charger_id") -> str:
 
 
 FIELDS_DOC: Final = "value keys, comma-separated or repeated (default: every field)"
+START_DOC: Final = "RFC 3339 (`2026-05-01T12:00:00Z`), `now` or relative (`-1h`)"
+END_DOC: Final = "RFC 3339, `now` or relative; default now"
 Fields = Annotated[list[str] | None, Query(description=FIELDS_DOC, examples=["power_w,soc_pct"])]
-Start = Annotated[
-    str | None,
-    Query(
-        description="RFC 3339 (`2026-05-01T12:00:00Z`), `now` or relative (`-1h`)",
-        examples=["-1h"],
-    ),
-]
-End = Annotated[
-    str | None, Query(description="RFC 3339, `now` or relative; default now", examples=["now"])
-]
+Start = Annotated[str | None, Query(description=START_DOC, examples=["-1h"])]
+End = Annotated[str | None, Query(description=END_DOC, examples=["now"])]
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def query_of(request: Request, model: type[Model]) -> Model:
+    """``model`` read from the query string as FastAPI reads query parameters (a list field
+    takes every value of its name, any other field the last); errors are FastAPI's 422."""
+    given = request.query_params
+    raw: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if name in given:
+            raw[name] = given.getlist(name) if _takes_many(field.annotation) else given[name]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from exc
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI ``parameters`` of :func:`query_of`'s query string (``openapi_extra``)."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    out: list[dict[str, Any]] = []
+    for name, prop in schema["properties"].items():
+        param = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        out.append(param)
+    return out
+
+
+def _takes_many(annotation: Any) -> bool:
+    return get_origin(annotation) is list or any(
+        get_origin(a) is list for a in get_args(annotation)
+    )
 
 
 def split_fields(fields: list[str] | None) -> list[str] | None:

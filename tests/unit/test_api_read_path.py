@@ -1,8 +1,9 @@
-"""The one read path of the hot routes: ``latest`` (a FastAPI route without dependencies that
-checks the key first, with the function every route uses, then the id) answers from memory
-when the mirror is trusted and from InfluxDB otherwise; its errors are the problems of every
-other route; downsampled history is answered again from the one page cache, raw and paged
-history never."""
+"""The one read path of the hot routes (``latest``, ``history``): FastAPI routes whose endpoints
+check the key first, with the function every route uses, then the id and the query; the lean
+dispatch (query_api.lean) calls those same endpoints and answers what FastAPI's own routing
+answers. ``latest`` answers from memory when the mirror is trusted and from InfluxDB otherwise;
+errors are the problems of every other route; downsampled history is answered again from the
+one page cache, raw and paged history never."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
+from starlette.types import ASGIApp
 
+from query_api import problems
 from query_api.app import create_app
 from query_api.problems import MEDIA_TYPE
+from query_api.routes import chargers, history
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import Series
 from telemetry_common.settings import MqttSettings
@@ -55,11 +59,40 @@ def _trust(app: FastAPI, charger: str, ts: str = "2026-05-01T12:00:00Z") -> None
     app.state.mirror.get(charger).checked = mono - 1
 
 
-async def _get(app: FastAPI, path: str, key: str | None = READ) -> httpx.Response:
+async def _get(app: FastAPI | ASGIApp, path: str, key: str | None = READ) -> httpx.Response:
     headers = {"X-API-Key": key} if key is not None else {}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
         return await c.get(path, headers=headers)
+
+
+def _fastapi_routing(app: FastAPI) -> FastAPI:
+    """The same routes and state in a FastAPI app without the lean dispatch."""
+    plain = FastAPI()
+    plain.state = app.state
+    problems.install(plain)
+    plain.include_router(chargers.router)
+    plain.include_router(history.router)
+    return plain
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/chargers/cp1/latest", "/v1/chargers/cp1/history?start=-1h&every=5m"]
+)
+async def test_the_lean_dispatch_answers_what_fastapi_routing_answers(
+    app: FastAPI, path: str
+) -> None:
+    """The same endpoint reached through the lean dispatch and through FastAPI's router: the
+    same status, content type and document."""
+    _trust(app, "cp1")
+    app.state.influx.answers.append([Series("readings", BUCKETS, [[NS, 1.5]])])
+    lean = await _get(app, path)
+    routed = await _get(_fastapi_routing(app), path)
+    assert lean.status_code == routed.status_code == 200
+    assert lean.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    a, b = lean.json(), routed.json()
+    assert abs(a.pop("age_s", 0) - b.pop("age_s", 0)) < 5
+    assert a == b
 
 
 async def test_a_trusted_value_is_answered_from_memory(app: FastAPI) -> None:
