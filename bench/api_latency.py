@@ -776,6 +776,41 @@ def measure(
     return fig
 
 
+# --- cold latest (issue 15): new chargers asked for at once ---------------------------------
+
+TARGET_COLD_LATEST_P99_MS: Final = 50.0
+
+
+def cold_latest(
+    stack: Stack, influx: Influx, url: str, seq0: int, generator: str, a: argparse.Namespace
+) -> dict[str, Any]:
+    """``--cold-chargers`` new chargers stored through the pipeline, then at once (the mirror
+    has not settled, let alone confirmed, any of them) ``--clients`` clients ask their
+    ``latest`` in ``--cold-seconds`` consecutive 1-second windows: p99 per window.
+
+    The new ids are the benchmark's prefix with one digit more than the others (disjoint from
+    them, and the load generator's id pattern still fits)."""
+    n = a.cold_chargers
+    width = max(5, len(str(a.chargers - 1))) + 1
+    ids = [f"{CHARGER_PREFIX}{i:0{width}d}" for i in range(n)]
+    log(f"cold latest: {n:,} new chargers through MQTT -> bridge -> InfluxDB ...")
+    stored_s = load_latest(stack, influx, ids, seq0, a.timeout)
+    log(f"cold latest: stored in {stored_s:.1f}s; {a.clients} clients at once, "
+        f"{a.cold_seconds} x 1s ...")  # fmt: skip
+    window = argparse.Namespace(**{**vars(a), "duration": 1.0})
+    seconds: list[dict[str, Any]] = []
+    for i in range(a.cold_seconds):
+        name = f"latest-cold-{i + 1}"
+        fig = measure(stack, influx, name, url, (n, width, "latest"), a.clients, generator, window)
+        seconds.append({k: fig[k] for k in ("req_per_s", "p50_ms", "p99_ms", "max_ms", "errors",
+                                            "influx_queries")})  # fmt: skip
+        log(f"  second {i + 1}: {fig['req_per_s']:,.0f} req/s, p50 {fig['p50_ms']:.1f} ms, "
+            f"p99 {fig['p99_ms']:.1f} ms (target <= {TARGET_COLD_LATEST_P99_MS:g}: "
+            f"{verdict(fig['p99_ms'] <= TARGET_COLD_LATEST_P99_MS)}), "
+            f"{fig['influx_queries']} InfluxDB queries, {fig['errors']} errors")  # fmt: skip
+    return {"chargers": n, "stored_s": stored_s, "clients": a.clients, "seconds": seconds}
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     generator = a.generator
     if generator == "auto":
@@ -896,6 +931,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         generator,
                         a,
                     )
+                if a.cold_chargers:
+                    seq_cold = seq0 + a.chargers
+                    fig["latest_cold"] = cold_latest(stack, influx, url, seq_cold, generator, a)
                 api_rss = Path(f"/proc/{api.pid}/status").read_text()
                 fig["api_rss_mb"] = next(
                     int(line.split()[1]) / 1024
@@ -1095,6 +1133,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="extra bridge setting",
+    )
+    p.add_argument(
+        "--cold-chargers",
+        type=int,
+        default=2_000,
+        help="new chargers stored at the end, then asked for at once (cold latest; 0: skip)",
+    )
+    p.add_argument(
+        "--cold-seconds", type=int, default=5, help="1-second windows of the cold latest phase"
     )
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
