@@ -3,7 +3,9 @@
 settings.py   ApiSettings (env prefix TELEMETRY_API_)
 auth.py       ``X-API-Key`` roles: read, ingest, admin; ingest keys bound to gateways
 problems.py   every error as ``application/problem+json``
-deps.py       typed access to app.state (settings, InfluxQL client, mirror, broker, clocks)
+deps.py       typed access to app.state (settings, InfluxQL client, mirror, broker, clock)
+clock.py      the wall and monotonic clocks routes read (a test gives its own)
+lean.py       the hot routes (latest, history) dispatched as plain ASGI ahead of FastAPI
 broker.py     the MQTT session: feeds the mirror, publishes ingested batches
 latest/       each charger's newest reading: live mirror, trust rule, InfluxDB lookups, the
               charger index and the mirror sweep, charger state
