@@ -165,11 +165,12 @@ async def latest_of(
     openapi_extra={"security": SECURITY},
 )
 async def latest(request: Request, charger_id: UncheckedChargerId) -> Response:
-    """The hot path: no dependencies (solving them cost FastAPI several times the answer from
-    memory). The key is checked first, by the function every route uses, then the id; the
-    document is built as a dict and serialised once (the response model documents it)."""
-    clock = request.app.state.clock
-    authorize(request.app.state, request.headers.get(HEADER), "read")
+    """A hot route (:mod:`query_api.lean`): the key, then the id are checked here, by the
+    functions every route uses; the document is built as a dict and serialised once (the
+    response model documents it)."""
+    state = request.app.state
+    clock = state.clock
+    authorize(state, request.headers.get(HEADER), "read")
     charger_id = checked_id(charger_id)
     body = await latest_of(request, charger_id, now=clock.now(), mono=clock.mono())
     return Response(orjson.dumps(body), media_type="application/json")
