@@ -61,6 +61,25 @@ def query_of(request: Request, model: type[Model]) -> Model:
         raise RequestValidationError(errors) from exc
 
 
+def checked_path_and_query(
+    request: Request, charger_id: str, model: type[Model]
+) -> tuple[str, Model]:
+    """:func:`checked_id` and :func:`query_of` together: every error of both in one 422, as
+    FastAPI reports path and query parameters."""
+    errors: list[Any] = []
+    try:
+        charger_id = checked_id(charger_id)
+    except RequestValidationError as exc:
+        errors.extend(exc.errors())
+    try:
+        query = query_of(request, model)
+    except RequestValidationError as exc:
+        raise RequestValidationError([*errors, *exc.errors()]) from exc
+    if errors:
+        raise RequestValidationError(errors)
+    return charger_id, query
+
+
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     """The OpenAPI ``parameters`` of :func:`query_of`'s query string (``openapi_extra``)."""
     schema = model.model_json_schema()

@@ -26,8 +26,7 @@ from query_api.params import (
     FIELDS_DOC,
     START_DOC,
     UncheckedChargerId,
-    checked_id,
-    query_of,
+    checked_path_and_query,
     query_parameters,
     split_fields,
     window,
@@ -97,7 +96,8 @@ def _absolute(text: str) -> bool:
 
 
 class HistoryQuery(BaseModel):
-    """The query parameters of ``history`` (read by :func:`query_of`, documented from here)."""
+    """The query parameters of ``history`` (read by :func:`~query_api.params.query_of`,
+    documented from here)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -133,8 +133,7 @@ async def history(request: Request, charger_id: UncheckedChargerId) -> Response:
     here, by the functions every route uses."""
     state = request.app.state
     authorize(state, request.headers.get(HEADER), "read")
-    charger_id = checked_id(charger_id)
-    q = query_of(request, HistoryQuery)
+    charger_id, q = checked_path_and_query(request, charger_id, HistoryQuery)
     start, end, fields, limit, every, agg, cursor_ = (
         q.start, q.end, q.fields, q.limit, q.every, q.agg, q.cursor
     )  # fmt: skip

@@ -188,3 +188,18 @@ async def test_raw_paged_or_refused_history_is_never_cached(app: FastAPI, query:
     assert statuses[0] == statuses[1]
     if statuses[0] == 200:
         assert len(app.state.influx.queries) == 2
+
+
+async def test_history_reports_path_and_query_errors_together_and_reads_repeated_fields(
+    app: FastAPI,
+) -> None:
+    """A bad id and a bad limit are one 422 listing both (as FastAPI reports them); ``fields``
+    repeated is read as every value, a scalar repeated as its last value."""
+    resp = await _get(app, "/v1/chargers/bad%20id/history?limit=ten")
+    assert resp.status_code == 422
+    assert [e["loc"] for e in resp.json()["errors"]] == [["path", "charger_id"], ["query", "limit"]]
+    app.state.influx.answers.append([])
+    resp = await _get(app, "/v1/chargers/cp1/history?fields=power_w&fields=soc_pct&limit=1&limit=7")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["fields"] == ["power_w", "soc_pct"]
+    assert resp.json()["limit"] == 7
