@@ -432,6 +432,37 @@ def cold_history(url: str, ids: list[str], clients: int, timeout: float) -> dict
     }
 
 
+# --- cold latest (issue 15): new chargers asked for at once ---------------------------------
+
+TARGET_COLD_LATEST_P99_MS: Final = 50.0
+
+
+def cold_latest(
+    stack: Stack, influx: Influx, url: str, seq0: int, generator: str, a: argparse.Namespace
+) -> dict[str, Any]:
+    """``--cold-chargers`` new chargers stored through the pipeline, then at once (the mirror
+    has not settled, let alone confirmed, any of them) ``--clients`` clients ask their
+    ``latest`` in ``--cold-seconds`` consecutive 1-second windows: p99 per window.
+
+    The new ids are the benchmark's prefix with one digit more than the others (disjoint from
+    them, and the load generator's id pattern still fits)."""
+    n = a.cold_chargers
+    width = max(5, len(str(a.chargers - 1))) + 1
+    ids = [f"{CHARGER_PREFIX}{i:0{width}d}" for i in range(n)]
+    log(f"cold latest: {n:,} new chargers through MQTT -> bridge -> InfluxDB ...")
+    stored_s = load_latest(stack, influx, ids, seq0, a.timeout)
+    log(f"cold latest: stored in {stored_s:.1f}s; {a.clients} clients at once, "
+        f"{a.cold_seconds} x 1s ...")  # fmt: skip
+    window = argparse.Namespace(**{**vars(a), "duration": 1.0})
+    seconds: list[dict[str, Any]] = []
+    for i in range(a.cold_seconds):
+        name = f"latest-cold-{i + 1}"
+        fig = measure(stack, influx, name, url, (n, width, "latest"), a.clients, generator, window)
+        seconds.append({k: fig[k] for k in ("req_per_s", "p50_ms", "p99_ms", "max_ms", "errors",
+                                            "influx_queries")})  # fmt: skip
+    return {"chargers": n, "stored_s": stored_s, "clients": a.clients, "seconds": seconds}
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     generator = pick_generator(a.generator)
     ids, width = charger_ids(a.chargers)
@@ -477,6 +508,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     stack, influx, "history", url,
                     (a.history_chargers, width, f"history?{HISTORY_QUERY}"), hc, generator, a,
                 )  # fmt: skip
+            if a.cold_chargers:
+                seq_cold = fig.get("history_load", {}).get("seq_next", 1) + a.chargers
+                fig["latest_cold"] = cold_latest(stack, influx, url, seq_cold, generator, a)
             fig["api_rss_mb"] = (proc_status_kb(stack.proc("api").pid or 0, "VmRSS") or 0) / 1024
             return fig
         finally:
@@ -556,6 +590,25 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
                 "from InfluxDB (then cached for HISTORY_CACHE_S)",
             )
         )
+    lc = fig.get("latest_cold")
+    if lc is not None:
+        rows.append(
+            (
+                f"GET latest of {lc['chargers']:,} chargers just stored, {lc['clients']} clients",
+                f"stored in {lc['stored_s']:.1f} s",
+                "cold: the mirror trusts none of them yet",
+            )
+        )
+        for i, sec in enumerate(lc["seconds"], 1):
+            rows.append(
+                (
+                    f"  second {i}: p99 (req/s, InfluxDB queries)",
+                    f"{sec['p99_ms']:.1f} ms",
+                    f"{sec['req_per_s']:,.0f} req/s, {sec['influx_queries']:,} queries, "
+                    f"{sec['errors']:,} errors; target <= {TARGET_COLD_LATEST_P99_MS:g} ms: "
+                    + verdict(sec["p99_ms"] <= TARGET_COLD_LATEST_P99_MS and sec["errors"] == 0),
+                )
+            )
     for kind in ("latest", "history"):
         ph = fig.get(kind)
         if ph is None:
@@ -656,6 +709,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=5_000.0,
         help=f"{live_rate} while loading (default 500/s would take 20 s "
         "for 10,000 chargers; 0: no budget)",
+    )
+    p.add_argument(
+        "--cold-chargers",
+        type=int,
+        default=2_000,
+        help="new chargers stored at the end, then asked for at once (cold latest; 0: skip)",
+    )
+    p.add_argument(
+        "--cold-seconds", type=int, default=5, help="1-second windows of the cold latest phase"
     )
     p.add_argument("--timeout", type=float, default=300.0, help="bound on each load/wait phase")
     cli.add_env_option(p, "--api-env", "API", ApiSettings, log_level="WARNING")

@@ -3,13 +3,12 @@
 settings.py   ApiSettings (env prefix TELEMETRY_API_)
 auth.py       ``X-API-Key`` roles: read, ingest, admin; ingest keys bound to gateways
 problems.py   every error as ``application/problem+json``
-deps.py       typed access to app.state (settings, InfluxQL client, mirror, broker, clocks)
+deps.py       typed access to app.state (settings, InfluxQL client, mirror, broker, clock)
+clock.py      the wall and monotonic clocks routes read (a test gives its own)
+lean.py       the hot routes (latest, history) dispatched as plain ASGI ahead of FastAPI
 broker.py     the MQTT session: feeds the mirror, publishes ingested batches
-mirror.py     in-memory mirror of the live feed and gateway states (pure)
-snapshot.py   a charger's newest reading from a live message or an InfluxDB row (pure)
-latest.py     when memory is enough for ``latest``, else InfluxDB (newest wins)
-state.py      online / stale / offline (pure)
-index.py      the charger index behind the charger list
+latest/       each charger's newest reading: live mirror, trust rule, InfluxDB lookups, the
+              charger index and the mirror sweep, charger state
 readings.py   response models, InfluxDB rows -> points (pure)
 timespec.py   ``start``/``end``/``every`` parameters (pure)
 params.py     parameters shared by routes (charger id, fields, windows)

@@ -13,10 +13,13 @@ from fastapi import FastAPI
 
 from query_api import problems
 from query_api.broker import BrokerLink, Publisher
-from query_api.fastpath import ReadFastPath
-from query_api.index import ChargerIndex, confirm_forever
+from query_api.clock import Clock, SystemClock
+from query_api.latest.index import ChargerIndex
+from query_api.latest.mirror import LiveMirror
+from query_api.latest.stored import StoredLatest
+from query_api.latest.sweep import confirm_forever
+from query_api.lean import LeanDispatch, routes_of
 from query_api.metrics import ApiMetrics, TimingMiddleware
-from query_api.mirror import LiveMirror
 from query_api.pagecache import PageCache
 from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats, ui
 from query_api.seqs import SeqAllocator
@@ -52,10 +55,12 @@ def create_app(
     *,
     influx: InfluxQL | None = None,
     broker: Publisher | None = None,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """The API for ``settings``. Without ``influx``, the lifespan opens an :class:`InfluxQLClient`
     on ``settings.influx``; without ``broker`` and with ``settings.mqtt``, it opens a
-    :class:`BrokerLink` that feeds ``app.state.mirror``. Given ones are used as they are."""
+    :class:`BrokerLink` that feeds ``app.state.mirror``. Given ones are used as they are;
+    ``clock`` (default: the system's) is read by every route."""
     mirror = LiveMirror(settings.topics, max_chargers=settings.mirror_max_chargers)
     metrics = ApiMetrics()
 
@@ -65,6 +70,7 @@ def create_app(
             if influx is None:
                 app.state.influx = await stack.enter_async_context(InfluxQLClient(settings.influx))
             app.state.seqs = SeqAllocator(app.state.influx, settings.ingest_seq_file)
+            app.state.stored_latest = StoredLatest(app.state.influx)
             if broker is None and settings.mqtt is not None:
                 app.state.broker = await stack.enter_async_context(BrokerLink(settings, mirror))
                 log.info("live mirror: connecting to %s:%s", settings.mqtt.host, settings.mqtt.port)
@@ -99,9 +105,11 @@ def create_app(
     app.state.broker = broker
     app.state.mirror = mirror
     app.state.metrics = metrics
+    app.state.clock = clock if clock is not None else SystemClock()
     app.state.charger_index = ChargerIndex(settings.chargers_cache_s)
     app.state.history_cache = PageCache(settings.history_cache_s, settings.history_cache_max_bytes)
     app.state.seqs = SeqAllocator(influx, settings.ingest_seq_file) if influx is not None else None
+    app.state.stored_latest = StoredLatest(influx) if influx is not None else None
     app.state.api_keys = {
         role: key.get_secret_value().encode() for role, key in settings.keys.items()
     }
@@ -114,8 +122,12 @@ def create_app(
         lambda: 1.0 if app.state.broker is not None and app.state.broker.connected else 0.0
     )
     problems.install(app)
-    # Starlette wraps in reverse order: the fast path runs inside the timing middleware.
-    app.add_middleware(ReadFastPath, api=app)
+    # Starlette wraps in reverse order: the lean dispatch runs inside the timing middleware.
+    hot = [
+        *routes_of(chargers.router, chargers.latest),
+        *routes_of(history.router, history.history),
+    ]
+    app.add_middleware(LeanDispatch, api=app, routes=hot)
     app.add_middleware(TimingMiddleware, metrics=metrics)
     for module in (health, chargers, history, stats, fleet, ingest, pipeline, ui):
         app.include_router(module.router)

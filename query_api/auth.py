@@ -17,11 +17,14 @@ from typing import Annotated, Final
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
+from starlette.datastructures import State
 
 from query_api.problems import ProblemError
 from query_api.settings import Role
 
 HEADER: Final = "X-API-Key"
+#: The OpenAPI security requirement of a route that checks the key itself (:func:`authorize`).
+SECURITY: Final[list[dict[str, list[str]]]] = [{"APIKeyHeader": []}]
 CHALLENGE: Final = {"WWW-Authenticate": f'ApiKey header="{HEADER}"'}
 
 api_key_header = APIKeyHeader(
@@ -62,24 +65,27 @@ def role_of(presented: str, keys: dict[Role, bytes]) -> Role | None:
     return found
 
 
+def authorize(state: State, presented: str | None, role: Role) -> Principal:
+    """The caller whose key is ``presented`` if its role is ``role`` or ``admin``; else a 401 or
+    403 problem. The one key check: :func:`require` and the dependency-free ``latest`` route
+    call it."""
+    if not presented:
+        raise ProblemError(401, "unauthenticated", f"send a key in {HEADER}", headers=CHALLENGE)
+    found = identify(presented, state.api_keys, state.ingest_keys, state.settings.ingest_gateway)
+    if found is None:
+        raise ProblemError(401, "unauthenticated", f"the {HEADER} is not valid", headers=CHALLENGE)
+    if found.role != role and found.role != "admin":
+        raise ProblemError(403, "forbidden", f"this endpoint needs a key of role {role!r}")
+    return found
+
+
 def require(role: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that lets a request through only with a key of ``role`` or ``admin``."""
+    """A dependency that lets a request through only with a key of ``role`` or ``admin`` (and
+    documents the key in OpenAPI)."""
 
     async def check(
         request: Request, presented: Annotated[str | None, Depends(api_key_header)]
     ) -> Principal:
-        if not presented:
-            raise ProblemError(401, "unauthenticated", f"send a key in {HEADER}", headers=CHALLENGE)
-        state = request.app.state
-        found = identify(
-            presented, state.api_keys, state.ingest_keys, state.settings.ingest_gateway
-        )
-        if found is None:
-            raise ProblemError(
-                401, "unauthenticated", f"the {HEADER} is not valid", headers=CHALLENGE
-            )
-        if found.role != role and found.role != "admin":
-            raise ProblemError(403, "forbidden", f"this endpoint needs a key of role {role!r}")
-        return found
+        return authorize(request.app.state, presented, role)
 
     return check

@@ -15,7 +15,7 @@ import secrets
 import time
 from typing import Protocol
 
-from query_api.mirror import LiveMirror
+from query_api.latest.mirror import LiveMirror
 from query_api.settings import ApiSettings
 from telemetry_common.mqtt import AsyncMqttClient, NotConnectedError, PublishLostError
 
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 #: How long an ingest publish may wait for the broker's PUBACK.
 PUBLISH_TIMEOUT_S = 10.0
+
+#: Live messages applied between two yields to the event loop.
+FEED_SLICE = 100
 
 
 class Publisher(Protocol):
@@ -76,12 +79,18 @@ class BrokerLink:
 
     async def _feed(self) -> None:
         queue = self._client.messages
+        applied = 0
         while True:
             msg = await queue.get()
             try:
                 self._mirror.apply(msg.topic, msg.payload, time.monotonic())
             except Exception:  # one bad message must not stop the mirror
                 log.exception("live message on %s not applied", msg.topic)
+            applied += 1
+            if applied % FEED_SLICE == 0:
+                # A burst (thousands of new chargers) is taken in slices: get() does not yield
+                # while messages are queued, and requests wait for the loop meanwhile.
+                await asyncio.sleep(0)
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """QoS 1, returns after a successful PUBACK; NotConnectedError, PublishRejectedError,

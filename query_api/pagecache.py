@@ -16,8 +16,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Final
 
-#: ASGI scope key under which the history route notes when the page it answered was built.
-PAGE_BUILT: Final = "telemetry.page_built"
 #: A page up to this many times ``ttl_s`` old is served while its rebuild runs.
 STALE_FACTOR: Final = 3.0
 
@@ -29,7 +27,6 @@ class PageCache:
         self._pages: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()
         self._bytes = 0
         self._building: dict[Hashable, asyncio.Future[bytes]] = {}
-        self._started: dict[Hashable, float] = {}
         self.hits = 0
         self.misses = 0
         self.stale = 0
@@ -45,10 +42,8 @@ class PageCache:
     def size_bytes(self) -> int:
         return self._bytes
 
-    async def get(
-        self, key: Hashable, mono: float, build: Callable[[], Awaitable[bytes]]
-    ) -> tuple[bytes, float]:
-        """The page of ``key`` and the monotonic time its build started.
+    async def get(self, key: Hashable, mono: float, build: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The page of ``key``:
 
         - younger than ``ttl_s`` at ``mono``: the cached page;
         - older, but younger than ``STALE_FACTOR * ttl_s``: the cached page, while one rebuild
@@ -65,25 +60,22 @@ class PageCache:
         if held is not None and age < self.ttl_s:
             self._pages.move_to_end(key)
             self.hits += 1
-            return held[1], held[0]
+            return held[1]
         task = self._building.get(key)
         if task is None:
             self.misses += 1
             task = asyncio.ensure_future(build())
             self._building[key] = task
-            self._started[key] = mono
             task.add_done_callback(lambda t: self._built(key, mono, t))
         else:
             self.hits += 1
         if held is not None and age < STALE_FACTOR * self.ttl_s:
             self.stale += 1
-            return held[1], held[0]
-        started = self._started[key]
-        return await asyncio.shield(task), started
+            return held[1]
+        return await asyncio.shield(task)
 
     def _built(self, key: Hashable, mono: float, task: asyncio.Future[bytes]) -> None:
         self._building.pop(key, None)
-        self._started.pop(key, None)
         if not task.cancelled() and task.exception() is None:
             self._put(key, mono, task.result())
 

@@ -7,7 +7,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from query_api.state import ChargerState
+from query_api.latest.state import ChargerState
 from telemetry_common.influxql import Aggregate
 from telemetry_common.schema import format_ts
 from telemetry_common.storage import META_FIELDS, TAG_KEYS

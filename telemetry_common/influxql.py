@@ -8,6 +8,7 @@ hostile value is refused before it is quoted; quoting is the second line of defe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, get_args
 
@@ -95,6 +96,18 @@ def latest_query(charger_id: str) -> str:
     return (
         f"SELECT * FROM {quote_ident(MEASUREMENT)} WHERE {_charger_filter(charger_id)} "
         "ORDER BY time DESC LIMIT 1"
+    )
+
+
+def latest_per_charger_query(charger_ids: Sequence[str]) -> str:
+    """As :func:`latest_query` for each of ``charger_ids`` at once: one series per charger
+    (tagged ``charger_id``) holding its newest point."""
+    if not charger_ids:
+        raise QueryBuildError("charger_ids", charger_ids, "give at least one charger id")
+    match = " OR ".join(_charger_filter(c) for c in dict.fromkeys(charger_ids))
+    return (
+        f"SELECT * FROM {quote_ident(MEASUREMENT)} WHERE {match} "
+        f"GROUP BY {quote_ident('charger_id')} ORDER BY time DESC LIMIT 1"
     )
 
 

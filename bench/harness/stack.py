@@ -25,10 +25,10 @@ import httpx
 
 from bench.harness.mqtt import Identity
 from bridge.settings import BridgeSettings
+from provisioning import pki as pki_mod
 from query_api.settings import ApiSettings
 from telemetry_common.settings import env_for
 from telemetry_common.topics import DEFAULT_ROOT
-from provisioning import pki as pki_mod
 from telemetry_stack.servers import ManagedProcess, free_port, start_influxd, start_mosquitto
 
 __all__ = ["ManagedProcess", "Stack", "free_port", "running_stack"]

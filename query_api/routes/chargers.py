@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -9,21 +10,23 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from query_api import cursor
-from query_api.auth import require
-from query_api.deps import Influx, Mirror, Mono, Now, Settings, influx_of
-from query_api.index import ChargerIndex
-from query_api.latest import get_latest, latest_body
-from query_api.params import ChargerId
+from query_api.auth import HEADER, SECURITY, authorize, require
+from query_api.deps import Influx, Mirror, Mono, Now, Settings, live, stored_latest_of
+from query_api.latest.document import latest_body
+from query_api.latest.index import ChargerIndex
+from query_api.latest.mirror import LiveMirror
+from query_api.latest.read import get_latest
+from query_api.latest.state import ChargerState, charger_state
+from query_api.params import UncheckedChargerId, checked_id
 from query_api.problems import ProblemError, problem_responses
 from query_api.readings import LatestReading
-from query_api.state import ChargerState, charger_state
+from query_api.settings import ApiSettings
 from telemetry_common.ids import ID_PATTERN
 from telemetry_common.schema import format_ts
 
 router = APIRouter(
     prefix="/v1/chargers",
     tags=["chargers"],
-    dependencies=[Depends(require("read"))],
     responses=problem_responses(401, 403, 422, 502, 503),
 )
 
@@ -62,12 +65,11 @@ class ChargerPage(BaseModel):
     )
 
 
-def _live(request: Request) -> bool:
-    broker = request.app.state.broker
-    return broker is not None and bool(broker.connected)
-
-
-@router.get("", summary="Chargers with last seen, gateway and state; paginated by id")
+@router.get(
+    "",
+    summary="Chargers with last seen, gateway and state; paginated by id",
+    dependencies=[Depends(require("read"))],
+)
 async def list_chargers(
     request: Request,
     influx: Influx,
@@ -128,13 +130,20 @@ async def list_chargers(
 
 
 async def latest_of(
-    request: Request, charger_id: str, *, influx: Influx, settings: Settings, now: Now, mono: Mono
+    request: Request, charger_id: str, *, now: datetime, mono: float
 ) -> dict[str, Any]:
     """The charger's latest reading as the API answers it, a LatestReading document (404
     problem if none is stored)."""
-    mirror = request.app.state.mirror
+    state = request.app.state
+    mirror: LiveMirror = state.mirror
+    settings: ApiSettings = state.settings
     found = await get_latest(
-        charger_id, mirror=mirror, influx=influx, live=_live(request), settings=settings, mono=mono
+        charger_id,
+        mirror=mirror,
+        stored=stored_latest_of(request),
+        live=live(request),
+        settings=settings,
+        mono=mono,
     )
     if found is None:
         raise ProblemError(404, "not-found", f"no reading stored for charger {charger_id!r}")
@@ -153,12 +162,15 @@ async def latest_of(
     summary="The charger's newest reading, its age and state",
     response_model=LatestReading,
     responses=problem_responses(404),
+    openapi_extra={"security": SECURITY},
 )
-async def latest(request: Request, charger_id: ChargerId, now: Now, mono: Mono) -> Response:
-    # The hot path: few dependencies (each costs FastAPI tens of microseconds), and the document
-    # is built as a dict and serialised once with orjson (the response model documents it).
+async def latest(request: Request, charger_id: UncheckedChargerId) -> Response:
+    """A hot route (:mod:`query_api.lean`): the key, then the id are checked here, by the
+    functions every route uses; the document is built as a dict and serialised once (the
+    response model documents it)."""
     state = request.app.state
-    body = await latest_of(
-        request, charger_id, influx=influx_of(request), settings=state.settings, now=now, mono=mono
-    )
+    clock = state.clock
+    authorize(state, request.headers.get(HEADER), "read")
+    charger_id = checked_id(charger_id)
+    body = await latest_of(request, charger_id, now=clock.now(), mono=clock.mono())
     return Response(orjson.dumps(body), media_type="application/json")

@@ -11,18 +11,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from query_api import cursor
-from query_api.auth import require
-from query_api.deps import Influx, Mono, Now, Settings
-from query_api.pagecache import PAGE_BUILT, PageCache
-from query_api.params import ChargerId, End, Fields, Start, split_fields, window
+from query_api.auth import HEADER, SECURITY, authorize
+from query_api.deps import influx_of
+from query_api.pagecache import PageCache
+from query_api.params import (
+    END_DOC,
+    FIELDS_DOC,
+    START_DOC,
+    UncheckedChargerId,
+    checked_path_and_query,
+    query_parameters,
+    split_fields,
+    window,
+)
 from query_api.problems import ProblemError, problem_responses
 from query_api.readings import HistoryPage, from_epoch_ns, row_to_bucket, row_to_point
+from query_api.settings import ApiSettings
 from query_api.timespec import TimeSpecError, Window, format_duration, parse_duration
 from telemetry_common import influxql
 from telemetry_common.influx_query import InfluxQL
@@ -32,7 +43,6 @@ from telemetry_common.schema import TS_MAX, TS_MIN, format_ts
 router = APIRouter(
     prefix="/v1/chargers",
     tags=["chargers"],
-    dependencies=[Depends(require("read"))],
     responses=problem_responses(401, 403, 422, 502, 503),
 )
 
@@ -85,39 +95,51 @@ def _absolute(text: str) -> bool:
     return text != "now" and not text.startswith("-")
 
 
+class HistoryQuery(BaseModel):
+    """The query parameters of ``history`` (read by :func:`~query_api.params.query_of`,
+    documented from here)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    start: str | None = Field(default=None, description=START_DOC, examples=["-1h"])
+    end: str | None = Field(default=None, description=END_DOC, examples=["now"])
+    fields: list[str] | None = Field(
+        default=None, description=FIELDS_DOC, examples=["power_w,soc_pct"]
+    )
+    limit: int | None = Field(default=None, ge=1, description="most points per page (capped)")
+    every: str | None = Field(
+        default=None,
+        description="bucket width for downsampling (`30s`, `5m`, `1h`); a relative `start` "
+        "or `end` is then rounded out to whole buckets",
+        examples=["5m"],
+    )
+    agg: Aggregate | None = Field(
+        default=None, description="aggregate per bucket (needs every; default mean)"
+    )
+    cursor: str | None = Field(
+        default=None, description="next_cursor of the previous page (same parameters)"
+    )
+
+
 @router.get(
     "/{charger_id}/history",
     summary="Raw or downsampled points in a time range, oldest first, paged by time",
     response_model=HistoryPage,
     response_model_exclude_none=True,
+    openapi_extra={"security": SECURITY, "parameters": query_parameters(HistoryQuery)},
 )
-async def history(
-    request: Request,
-    charger_id: ChargerId,
-    influx: Influx,
-    settings: Settings,
-    now: Now,
-    mono: Mono,
-    start: Start = None,
-    end: End = None,
-    fields: Fields = None,
-    limit: Annotated[int | None, Query(ge=1, description="most points per page (capped)")] = None,
-    every: Annotated[
-        str | None,
-        Query(
-            description="bucket width for downsampling (`30s`, `5m`, `1h`); a relative `start` "
-            "or `end` is then rounded out to whole buckets",
-            examples=["5m"],
-        ),
-    ] = None,
-    agg: Annotated[
-        Aggregate | None, Query(description="aggregate per bucket (needs every; default mean)")
-    ] = None,
-    cursor_: Annotated[
-        str | None,
-        Query(alias="cursor", description="next_cursor of the previous page (same parameters)"),
-    ] = None,
-) -> Response:
+async def history(request: Request, charger_id: UncheckedChargerId) -> Response:
+    """A hot route (:mod:`query_api.lean`): the key, then the id, then the query are checked
+    here, by the functions every route uses."""
+    state = request.app.state
+    authorize(state, request.headers.get(HEADER), "read")
+    charger_id, q = checked_path_and_query(request, charger_id, HistoryQuery)
+    start, end, fields, limit, every, agg, cursor_ = (
+        q.start, q.end, q.fields, q.limit, q.every, q.agg, q.cursor
+    )  # fmt: skip
+    settings: ApiSettings = state.settings
+    influx = influx_of(request)
+    now = state.clock.now()
     if limit is None:
         limit = settings.default_limit
     elif limit > settings.history_max_points:
@@ -157,14 +179,14 @@ async def history(
             win = _aligned(win, step, start, end)
         first = win.start
     page = _Page(charger_id, names, every, step, agg, limit, query, win, first, skip)
-    cache: PageCache = request.app.state.history_cache
+    cache: PageCache = state.history_cache
     if step is None or cursor_ is not None or not cache.enabled:
         body = await page.render(influx)
     else:
         key = (charger_id, tuple(names or ()), names is None, _ns(win.start), _ns(win.end))
-        body, built = await cache.get((*key, every, agg, limit), mono, lambda: page.render(influx))
-        # When the page was built: query_api.fastpath replays this answer only while it is fresh.
-        request.scope[PAGE_BUILT] = built
+        body = await cache.get(
+            (*key, every, agg, limit), state.clock.mono(), lambda: page.render(influx)
+        )
     return Response(body, media_type="application/json")
 
 

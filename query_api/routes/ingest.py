@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from query_api.auth import Principal, require
-from query_api.deps import Broker, Influx, Mono, Now, Settings
+from query_api.deps import Broker, Mono, Now, Settings
 from query_api.ingest import numbered, parse_body, payloads
 from query_api.params import ChargerId
 from query_api.problems import ProblemError, problem_responses
@@ -183,16 +183,9 @@ async def ingest(
     dependencies=[Depends(require("read"))],
 )
 async def compat_latest(
-    request: Request,
-    charger_id: ChargerId,
-    influx: Influx,
-    settings: Settings,
-    now: Now,
-    mono: Mono,
+    request: Request, charger_id: ChargerId, now: Now, mono: Mono
 ) -> CompatReading:
-    latest = await latest_of(
-        request, charger_id, influx=influx, settings=settings, now=now, mono=mono
-    )
+    latest = await latest_of(request, charger_id, now=now, mono=mono)
     payload: dict[str, float | str] = dict(latest["values"])
     if latest["status"] is not None:
         payload["status"] = latest["status"]

@@ -3,6 +3,7 @@ protocol per the schema of the contract, read back through create_app with real 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +16,12 @@ from query_api.app import create_app
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
 from telemetry_common import influxql
-from telemetry_common.influx_query import InfluxQLClient, InfluxQueryError, InfluxUnavailable
+from telemetry_common.influx_query import (
+    InfluxQLClient,
+    InfluxQueryError,
+    InfluxUnavailable,
+    Series,
+)
 from telemetry_common.settings import InfluxSettings
 from telemetry_stack.servers import free_port
 from tests.support.fixtures import InfluxTarget
@@ -166,6 +172,53 @@ async def test_latest_is_404_in_an_empty_database(api: httpx.AsyncClient) -> Non
     resp = await api.get("/v1/chargers/gw-1-cp001/latest")
     assert resp.status_code == 404
     assert resp.json()["detail"] == "no reading stored for charger 'gw-1-cp001'"
+
+
+class CountingInflux:
+    """The real client, counting the queries that reach InfluxDB."""
+
+    def __init__(self, client: InfluxQLClient) -> None:
+        self.client = client
+        self.queries: list[str] = []
+
+    async def query(self, q: str) -> list[Series]:
+        self.queries.append(q)
+        return await self.client.query(q)
+
+    async def query_chunked(self, q: str) -> list[Series]:
+        self.queries.append(q)
+        return await self.client.query_chunked(q)
+
+
+async def test_concurrent_cold_latest_requests_share_a_few_queries(
+    influx_db: InfluxTarget, write: Write
+) -> None:
+    """200 chargers just stored, none in the mirror, 200 concurrent ``latest``: a few InfluxDB
+    queries answer them all (one query per request before), each with its own newest reading
+    (a charger's older point and a neighbour's newer one do not leak in)."""
+    n = 200
+    await write(
+        *(_line(f"cold-{i}", T0, i, {"power_w": float(i)}) for i in range(n)),
+        *(_line(f"cold-{i}", T0 - timedelta(seconds=1), 10_000 + i, {"power_w": -1.0})
+          for i in range(n)),
+    )  # fmt: skip
+    settings = _settings(influx_db.url, influx_db.database)
+    async with InfluxQLClient(settings.influx) as client:
+        influx = CountingInflux(client)
+        app = create_app(settings, influx=influx)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://api.test", headers={"X-API-Key": READ}
+            ) as api:
+                answers = await asyncio.gather(
+                    *(api.get(f"/v1/chargers/cold-{i}/latest") for i in range(n))
+                )
+    assert [a.status_code for a in answers] == [200] * n
+    assert [(a.json()["seq"], a.json()["values"]) for a in answers] == [
+        (i, {"power_w": float(i)}) for i in range(n)
+    ]
+    assert 1 <= len(influx.queries) <= 5, len(influx.queries)
 
 
 # --- history --------------------------------------------------------------------------------

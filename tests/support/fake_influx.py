@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
 from telemetry_common.influx_query import Series
 
 
@@ -21,3 +25,18 @@ class FakeInflux:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+@dataclass
+class FixedClock:
+    """A clock for ``create_app(clock=...)`` that says what the test sets (``monotonic`` None:
+    the real monotonic clock)."""
+
+    wall: datetime
+    monotonic: float | None = None
+
+    def now(self) -> datetime:
+        return self.wall
+
+    def mono(self) -> float:
+        return time.monotonic() if self.monotonic is None else self.monotonic

@@ -17,7 +17,6 @@ from pydantic import SecretStr, ValidationError
 
 from query_api.__main__ import main
 from query_api.app import create_app
-from query_api.deps import get_now
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
 from query_api.timespec import TimeSpecError, parse_duration, parse_instant, resolve_window
@@ -29,7 +28,7 @@ from telemetry_common.influx_query import (
     Series,
 )
 from telemetry_common.settings import InfluxSettings, env_for, env_name
-from tests.support.fake_influx import FakeInflux
+from tests.support.fake_influx import FakeInflux, FixedClock
 
 READ, INGEST, ADMIN = "read-key-0123456789", "ingest-key-0123456789", "admin-key-0123456789"
 NOW = datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC)
@@ -62,8 +61,8 @@ def fake() -> FakeInflux:
 
 @pytest.fixture
 async def client(fake: FakeInflux) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(_settings(history_max_points=500, history_default_limit=100), influx=fake)
-    app.dependency_overrides[get_now] = lambda: NOW
+    settings = _settings(history_max_points=500, history_default_limit=100)
+    app = create_app(settings, influx=fake, clock=FixedClock(NOW))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
         yield c
@@ -148,7 +147,8 @@ async def test_latest_shapes_the_row_as_a_reading(
 ) -> None:
     """The newest row becomes a docs/design.md reading (ints, floats, RFC 3339 ms Z) plus age_s."""
     row = [TS_NS, "gw-1-cp001", "2", 12345, "1", "gw-1", 7200, 42, None, "Charging"]
-    fake.answers.append([Series(name="readings", columns=COLUMNS, values=[row])])
+    tags = {"charger_id": "gw-1-cp001"}  # one series per charger
+    fake.answers.append([Series(name="readings", columns=COLUMNS, values=[row], tags=tags)])
     resp = await client.get("/v1/chargers/gw-1-cp001/latest", headers={"X-API-Key": READ})
     assert resp.status_code == 200, resp.text
     assert resp.json() == {
@@ -165,7 +165,8 @@ async def test_latest_shapes_the_row_as_a_reading(
         "source": "influxdb",
     }
     assert fake.queries == [
-        'SELECT * FROM "readings" WHERE "charger_id" = \'gw-1-cp001\' ORDER BY time DESC LIMIT 1'
+        'SELECT * FROM "readings" WHERE "charger_id" = \'gw-1-cp001\' '
+        'GROUP BY "charger_id" ORDER BY time DESC LIMIT 1'
     ]
 
 

@@ -11,9 +11,7 @@ from query_api.pagecache import STALE_FACTOR, PageCache
 
 
 async def page(cache: PageCache, key: str, mono: float, build: Builder) -> bytes:
-    """The page only (PageCache.get also returns when its build started)."""
-    body, _ = await cache.get(key, mono, build)
-    return body
+    return await cache.get(key, mono, build)
 
 
 class Builder:
@@ -41,7 +39,7 @@ async def test_concurrent_requests_share_one_build_and_the_ttl_bounds_reuse() ->
     build.release.set()
     assert await asyncio.gather(*waiting) == [b"page"] * 10
     assert build.calls == 1
-    assert await cache.get("k", 104.9, build) == (b"page", 100.0)  # and when it was built
+    assert await page(cache, "k", 104.9, build) == b"page"
     assert build.calls == 1
     rebuild = Builder(page=b"new")
     assert await page(cache, "k", 105.0, rebuild) == b"page"  # stale, rebuilding

@@ -3,6 +3,8 @@ parsing and numbering, content negotiation and HTML escaping, gap merging, stats
 
 from __future__ import annotations
 
+import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,18 +15,20 @@ from pydantic import SecretStr
 
 from query_api import cursor
 from query_api.auth import identify
-from query_api.index import ChargerIndex, confirm_mirror
 from query_api.ingest import numbered, parse_body, payloads
-from query_api.latest import get_latest
-from query_api.mirror import LiveMirror
+from query_api.latest.index import ChargerIndex
+from query_api.latest.mirror import LiveMirror
+from query_api.latest.read import get_latest
+from query_api.latest.state import charger_state
+from query_api.latest.stored import StoredLatest
+from query_api.latest.sweep import confirm_mirror
 from query_api.routes.fleet import FleetDaily, render_html, wants_html
 from query_api.routes.pipeline import BridgeStatus, merge_gaps
 from query_api.routes.stats import stats_from_row
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings, Role
-from query_api.state import charger_state
 from telemetry_common.errors import ConfigError
-from telemetry_common.influx_query import Series
+from telemetry_common.influx_query import InfluxQueryError, Series
 from telemetry_common.schema import MAX_BATCH_BYTES, Reading
 from telemetry_common.topics import Topics
 
@@ -62,7 +66,9 @@ def _live(charger: str, ts: datetime, seq: int, power: float = 1.0, gw: str = "g
 
 
 def _row(ns: int, seq: int, power: float) -> Series:
-    return Series("readings", COLUMNS, [[ns, "cp1", "1", "1", "gw-1", power, seq]])
+    """cp1's newest stored point, as latest_per_charger_query answers (a series per charger)."""
+    row = [ns, "cp1", "1", "1", "gw-1", power, seq]
+    return Series("readings", COLUMNS, [row], {"charger_id": "cp1"})
 
 
 def _settings(**kw: Any) -> ApiSettings:
@@ -136,7 +142,7 @@ async def test_latest_asks_influx_while_the_live_value_is_young_and_serves_the_n
     m.apply("chargers/v1/live/cp1", _live("cp1", T, 1), 100.0)
     influx = FakeInflux([_row(NS + 10**9, 2, 2.0)])
     found = await get_latest(
-        "cp1", mirror=m, influx=influx, live=True, settings=_settings(), mono=100.5
+        "cp1", mirror=m, stored=StoredLatest(influx), live=True, settings=_settings(), mono=100.5
     )
     assert found is not None
     assert (found[0].seq, found[1]) == (2, "influxdb")
@@ -152,7 +158,9 @@ async def test_latest_serves_memory_once_settled_and_checked_then_checks_again()
     m = LiveMirror(TOPICS)
     m.apply("chargers/v1/live/cp1", _live("cp1", T, 1), 100.0)
     influx = FakeInflux([_row(NS, 1, 1.0)], [_row(NS, 1, 1.0)])
-    args: dict[str, Any] = {"mirror": m, "influx": influx, "live": True, "settings": settings}
+    args: dict[str, Any] = {
+        "mirror": m, "stored": StoredLatest(influx), "live": True, "settings": settings
+    }  # fmt: skip
     assert (await get_latest("cp1", mono=103.0, **args) or (None, ""))[1] == "mirror"
     assert len(influx.queries) == 1  # first settled request: checked
     for mono in (104.0, 120.0, 133.0):
@@ -167,9 +175,10 @@ async def test_latest_without_a_broker_session_always_reads_influx() -> None:
     m = LiveMirror(TOPICS)
     m.apply("chargers/v1/live/cp1", _live("cp1", T, 1), 0.0)
     influx = FakeInflux()
+    stored = StoredLatest(influx)
     for mono in (100.0, 200.0):
         found = await get_latest(
-            "cp1", mirror=m, influx=influx, live=False, settings=_settings(), mono=mono
+            "cp1", mirror=m, stored=stored, live=False, settings=_settings(), mono=mono
         )
         assert found is not None
         assert found[1] == "mirror"  # InfluxDB had nothing newer
@@ -179,10 +188,64 @@ async def test_latest_without_a_broker_session_always_reads_influx() -> None:
 async def test_latest_unknown_everywhere_is_none() -> None:
     """No mirror entry and no stored row: None (the route answers 404)."""
     found = await get_latest(
-        "cp1", mirror=LiveMirror(TOPICS), influx=FakeInflux(), live=True, settings=_settings(),
-        mono=0.0,
+        "cp1", mirror=LiveMirror(TOPICS), stored=StoredLatest(FakeInflux()), live=True,
+        settings=_settings(), mono=0.0,
     )  # fmt: skip
     assert found is None
+
+
+class GatedInflux(FakeInflux):
+    """Holds each query until the test opens the gate; answers cp1..cpN's newest points."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def query(self, q: str) -> list[Series]:
+        self.queries.append(q)
+        await self.gate.wait()
+        return [
+            Series("readings", COLUMNS, [[NS, c, "1", "1", "gw-1", 1.0, n]], {"charger_id": c})
+            for n, c in enumerate(sorted(set(re.findall(r"'(cp\d+)'", q))))
+        ]
+
+
+async def test_stored_lookups_share_a_query_and_never_join_one_already_sent() -> None:
+    """Lookups made together go in one query (one per charger, however many ask); lookups made
+    while the queries in flight run wait for the next one, which asks them all at once."""
+    influx = GatedInflux()
+    stored = StoredLatest(influx, in_flight=1)
+    first = [asyncio.ensure_future(stored.newest(c)) for c in ("cp1", "cp2", "cp1")]
+    await asyncio.sleep(0.01)
+    assert len(influx.queries) == 1
+    assert re.findall(r"'(cp\d+)'", influx.queries[0]) == ["cp1", "cp2"]
+    later = [asyncio.ensure_future(stored.newest(f"cp{i}")) for i in range(1, 40)]
+    await asyncio.sleep(0.01)
+    assert len(influx.queries) == 1  # the one in flight is not joined
+    influx.gate.set()
+    done = await asyncio.gather(*first, *later)
+    assert len(influx.queries) == 2
+    assert all(s is not None for s in done)
+    assert [s.charger_id for s in done[:3] if s is not None] == ["cp1", "cp2", "cp1"]
+
+
+class RefusingInflux(FakeInflux):
+    async def query(self, q: str) -> list[Series]:
+        self.queries.append(q)
+        raise InfluxQueryError("refused", status=400)
+
+
+async def test_stored_lookup_errors_reach_every_waiter_and_unknown_chargers_are_none() -> None:
+    """A failed query fails each lookup it carried (and the next query is made); a charger
+    without a series in the answer has nothing stored."""
+    failing = RefusingInflux()
+    stored = StoredLatest(failing)
+    results = await asyncio.gather(
+        stored.newest("cp1"), stored.newest("cp2"), return_exceptions=True
+    )
+    assert all(isinstance(r, InfluxQueryError) for r in results)
+    assert len(failing.queries) == 1
+    assert await StoredLatest(FakeInflux([])).newest("cp9") is None
 
 
 def _newest(*rows: tuple[str, int, int]) -> list[Series]:
@@ -208,7 +271,7 @@ async def test_sweep_confirms_settled_values_in_one_query_and_memory_then_answer
     assert len(influx.queries) == 1
     for c in ("cp1", "cp2", "cp3"):
         found = await get_latest(
-            c, mirror=m, influx=influx, live=True, settings=settings, mono=120.0
+            c, mirror=m, stored=StoredLatest(influx), live=True, settings=settings, mono=120.0
         )
         assert found is not None
         assert found[1] == "mirror"

@@ -5,6 +5,7 @@ OpenAPI. InfluxDB and Mosquitto themselves are exercised in tests/integration/te
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -16,13 +17,12 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from query_api.app import create_app
-from query_api.deps import get_mono, get_now
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxUnavailable, Series
 from telemetry_common.mqtt import NotConnectedError, PublishLostError
 from telemetry_common.settings import MqttSettings
-from tests.support.fake_influx import FakeInflux
+from tests.support.fake_influx import FakeInflux, FixedClock
 
 READ, INGEST, ADMIN, SITE = (
     "read-key-0123456789",
@@ -66,9 +66,7 @@ async def app(fake: FakeInflux, broker: FakeBroker) -> AsyncIterator[FastAPI]:
         history_max_points=500,
         latest_sweep_s=0,  # sweeps have tests of their own (test_api_parts.py)
     )
-    app = create_app(settings, influx=fake, broker=broker)
-    app.dependency_overrides[get_now] = lambda: NOW
-    app.dependency_overrides[get_mono] = lambda: MONO
+    app = create_app(settings, influx=fake, broker=broker, clock=FixedClock(NOW, MONO))
     async with app.router.lifespan_context(app):
         yield app
 
@@ -220,9 +218,10 @@ async def test_downsampled_history_with_a_relative_window_is_aligned_and_cached(
         in (fake.queries[0])
     )
     assert first["points"] == [{"ts": "2026-05-01T12:00:00.000Z", "values": {"power_w": 1.5}}]
-    app.dependency_overrides[get_mono] = lambda: MONO + 5.0  # HISTORY_CACHE_S (5 s) later
+    app.state.clock.monotonic = MONO + 5.0  # HISTORY_CACHE_S (5 s) later
     stale = (await client.get("/v1/chargers/cp1/history", params=params)).json()
     assert stale["points"][0]["values"] == {"power_w": 1.5}  # served while it is rebuilt
+    await asyncio.sleep(0.01)  # the rebuild runs in the background
     later = (await client.get("/v1/chargers/cp1/history", params=params)).json()
     assert len(fake.queries) == 2
     assert later["points"][0]["values"] == {"power_w": 2.5}

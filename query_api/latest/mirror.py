@@ -18,7 +18,7 @@ from typing import Final
 
 import orjson
 
-from query_api.snapshot import Snapshot, from_live
+from query_api.latest.snapshot import Snapshot, from_live
 from telemetry_common.ids import is_valid_id
 from telemetry_common.topics import Topics
 

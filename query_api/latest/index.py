@@ -1,26 +1,19 @@
 """The charger index behind ``GET /v1/chargers``: the newest point per charger in InfluxDB
 (cached for ``chargers_cache_s``), merged with the live mirror (newer wins).
 
-The same answer confirms the live mirror in bulk (:func:`confirm_mirror`): one InfluxDB query
-every ``latest_sweep_s`` instead of one per charger and request.
+The same answer confirms the live mirror in bulk (:mod:`query_api.latest.sweep`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from query_api.metrics import ApiMetrics
-from query_api.mirror import LiveMirror
+from query_api.latest.mirror import LiveMirror
 from query_api.readings import from_epoch_ns
 from telemetry_common import influxql
-from telemetry_common.influx_query import InfluxError, InfluxQL, Series
-
-log = logging.getLogger(__name__)
+from telemetry_common.influx_query import InfluxQL, Series
 
 #: Mirror entries confirmed between two yields to the event loop.
 SWEEP_SLICE = 1000
@@ -35,7 +28,7 @@ class Seen:
 
     @property
     def order(self) -> tuple[datetime, int]:
-        """As :attr:`query_api.snapshot.Snapshot.order`: ts, then seq."""
+        """As :attr:`query_api.latest.snapshot.Snapshot.order`: ts, then seq."""
         return self.last_seen, self.seq if self.seq is not None else -1
 
 
@@ -89,60 +82,3 @@ class ChargerIndex:
             if held is None or held.last_seen < snap.ts:
                 merged[snap.charger_id] = Seen(snap.charger_id, snap.gateway_id, snap.ts, snap.seq)
         return [merged[k] for k in sorted(merged)]
-
-
-async def confirm_mirror(
-    index: ChargerIndex, mirror: LiveMirror, influx: InfluxQL, *, settle_s: float, mono: float
-) -> tuple[int, int]:
-    """Confirm every settled mirror entry that InfluxDB holds nothing newer for, with one query.
-
-    An entry counts as settled, as in :func:`query_api.latest.get_latest`, when it arrived more
-    than ``settle_s`` before ``mono``; InfluxDB is asked after ``mono``, so a confirmed entry was
-    the newest stored reading at ``mono`` at least. Returns (confirmed, behind): ``behind`` are
-    entries InfluxDB holds something newer for (their next ``latest`` asks InfluxDB).
-    """
-    settled = mirror.settled(mono - settle_s)
-    if not settled:
-        return 0, 0
-    stored = await index.load(influx, mono, fresh=True)
-    confirmed = behind = 0
-    for i, (charger_id, entry) in enumerate(settled, start=1):
-        seen = stored.get(charger_id)
-        if seen is None or seen.order <= entry.snapshot.order:
-            entry.checked = max(entry.checked, mono)
-            confirmed += 1
-        else:
-            behind += 1
-        if i % SWEEP_SLICE == 0:
-            await asyncio.sleep(0)  # requests go on between slices
-    return confirmed, behind
-
-
-async def confirm_forever(
-    index: ChargerIndex,
-    mirror: LiveMirror,
-    influx: InfluxQL,
-    *,
-    settle_s: float,
-    every_s: float,
-    live: Callable[[], bool],
-    metrics: ApiMetrics,
-) -> None:
-    """Run :func:`confirm_mirror` every ``every_s`` while the mirror is fed (a task of the API);
-    the first sweep runs as soon as the first values have settled."""
-    await asyncio.sleep(settle_s)
-    while True:
-        if live() and len(mirror):
-            mono = time.monotonic()
-            try:
-                confirmed, behind = await confirm_mirror(
-                    index, mirror, influx, settle_s=settle_s, mono=mono
-                )
-            except InfluxError as exc:
-                metrics.sweeps.labels("failed").inc()
-                log.warning("mirror sweep failed (latest asks InfluxDB per charger): %s", exc)
-            else:
-                metrics.sweeps.labels("ok").inc()
-                metrics.sweep_seconds.set(time.monotonic() - mono)
-                log.debug("mirror sweep: %d confirmed, %d behind InfluxDB", confirmed, behind)
-        await asyncio.sleep(every_s)
