@@ -91,17 +91,9 @@ def _charger_filter(charger_id: str) -> str:
     return f"{quote_ident('charger_id')} = {quote_string(check_id('charger id', charger_id))}"
 
 
-def latest_query(charger_id: str) -> str:
-    """The newest point of one charger (over all its connectors), with every tag and field."""
-    return (
-        f"SELECT * FROM {quote_ident(MEASUREMENT)} WHERE {_charger_filter(charger_id)} "
-        "ORDER BY time DESC LIMIT 1"
-    )
-
-
 def latest_per_charger_query(charger_ids: Sequence[str]) -> str:
-    """As :func:`latest_query` for each of ``charger_ids`` at once: one series per charger
-    (tagged ``charger_id``) holding its newest point."""
+    """The newest point of each of ``charger_ids`` (over all its connectors), with every tag and
+    field: one series per charger (tagged ``charger_id``), in one query."""
     if not charger_ids:
         raise QueryBuildError("charger_ids", charger_ids, "give at least one charger id")
     match = " OR ".join(_charger_filter(c) for c in dict.fromkeys(charger_ids))

@@ -329,7 +329,7 @@ async def test_injection_attempt_is_just_a_string(influx_db: InfluxTarget, write
     async with InfluxQLClient(settings) as client:
         query = f'SELECT * FROM "readings" WHERE "charger_id" = {influxql.quote_string(hostile)}'
         assert await client.query(query) == []
-        rows = await client.query(influxql.latest_query("gw-1-cp001"))
+        rows = await client.query(influxql.latest_per_charger_query(["gw-1-cp001"]))
     assert rows[0].rows()[0]["seq"] == 1
 
 
@@ -345,7 +345,7 @@ async def test_client_translates_influx_errors(influx_db: InfluxTarget) -> None:
     missing = InfluxSettings(url=influx_db.url, database="no_such_db_here")
     async with InfluxQLClient(missing) as client:
         with pytest.raises(InfluxUnavailable, match="database not found"):
-            await client.query(influxql.latest_query("gw-1-cp001"))
+            await client.query(influxql.latest_per_charger_query(["gw-1-cp001"]))
 
 
 async def test_chunked_query_gives_the_same_series_and_errors(

@@ -15,7 +15,7 @@ from telemetry_common.influxql import (
     duration_literal,
     gateway_highest_seq_query,
     history_query,
-    latest_query,
+    latest_per_charger_query,
     ping_query,
     quote_ident,
     quote_string,
@@ -96,18 +96,26 @@ def test_quoting_uses_influxql_escapes() -> None:
     assert quote_string('say "hi"') == "'say \"hi\"'"
 
 
-def test_latest_query_text() -> None:
-    """latest_query selects the newest point of the charger over all its series."""
-    assert latest_query("gw-1-cp001") == (
-        'SELECT * FROM "readings" WHERE "charger_id" = \'gw-1-cp001\' ORDER BY time DESC LIMIT 1'
+def test_latest_per_charger_query_text() -> None:
+    """The newest point of each charger over all its series, one series per charger; a charger
+    asked twice is asked once, and an empty list is refused (it would select every charger)."""
+    assert latest_per_charger_query(["gw-1-cp001"]) == (
+        'SELECT * FROM "readings" WHERE "charger_id" = \'gw-1-cp001\' '
+        'GROUP BY "charger_id" ORDER BY time DESC LIMIT 1'
     )
+    assert latest_per_charger_query(["a", "b", "a"]) == (
+        'SELECT * FROM "readings" WHERE "charger_id" = \'a\' OR "charger_id" = \'b\' '
+        'GROUP BY "charger_id" ORDER BY time DESC LIMIT 1'
+    )
+    with pytest.raises(QueryBuildError, match="at least one"):
+        latest_per_charger_query([])
 
 
 @pytest.mark.parametrize("charger_id", [*HOSTILE, "x" * 65, "gw 1", "cp/1", "é", "a*"])
 def test_hostile_charger_ids_are_refused_before_quoting(charger_id: str) -> None:
     """Ids outside the allow-list never reach a query, in latest or history."""
     with pytest.raises(InvalidIdError):
-        latest_query(charger_id)
+        latest_per_charger_query(["ok-1", charger_id])
     with pytest.raises(InvalidIdError):
         history_query(charger_id, None, START, END, 10)
 
@@ -116,7 +124,7 @@ def test_longest_allowed_id_is_accepted() -> None:
     """The allow-list's upper bound (64 characters of [A-Za-z0-9._-]) is usable."""
     charger_id = "A.b_c-9" * 9 + "x"
     assert len(charger_id) == 64
-    assert f"'{charger_id}'" in latest_query(charger_id)
+    assert f"'{charger_id}'" in latest_per_charger_query([charger_id])
 
 
 def test_raw_history_query_text_with_all_fields() -> None:
@@ -266,7 +274,7 @@ def test_duration_literal_refuses_non_positive_widths(every: timedelta) -> None:
 def test_generated_queries_are_single_statements() -> None:
     """No builder output contains a statement separator or a raw newline."""
     queries = [
-        latest_query("a.b-c_d"),
+        latest_per_charger_query(["a.b-c_d", "e"]),
         history_query("a.b-c_d", ["power_w"], START, END, 10),
         history_query("a.b-c_d", None, START, END, 10, every=timedelta(seconds=10), agg="sum"),
     ]
