@@ -54,7 +54,7 @@ if [ -n "$mosquitto_version" ] &&
   fi
 fi
 
-# Headless Chromium for the fleet page's browser test (tests/integration/test_fleet_page.py);
+# Headless Chromium for the fleet page's browser test (tests/integration/query_api/test_fleet_page.py);
 # without it that test is skipped with the reason.
 if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   if command -v apt-get >/dev/null 2>&1; then

@@ -104,7 +104,7 @@ def commands(tmp_path: Path) -> tuple[Commands, Pace, Outbox]:
     settings = EdgeSettings(gateway_id="gw-1", outbox_path=tmp_path / "o.sqlite3")
     outbox = Outbox(settings.outbox_path)
     # Execution needs no broker; only ``ping`` reads ``connected``. The MQTT side is covered by
-    # tests/integration/test_edge_agent.py.
+    # tests/integration/edge_agent/test_agent.py.
     client = cast(AsyncMqttClient, SimpleNamespace(connected=False))
     counters = Counters()
     publisher = Publisher(settings, outbox, client, counters)

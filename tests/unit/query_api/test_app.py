@@ -2,7 +2,7 @@
 
 The fake records the InfluxQL it is sent and answers with canned series, so these tests pin the
 HTTP behaviour and the query a request produces without a server; the real InfluxDB is exercised
-in tests/integration/test_api_influx.py.
+in tests/integration/query_api/test_influx.py.
 """
 
 from __future__ import annotations

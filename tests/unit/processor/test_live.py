@@ -1,68 +1,17 @@
-"""Batching in the bridge and the live feed's budget (pure asyncio logic, fakes for MQTT)."""
+"""The live feed's budget: rate, oldest first, yielding to ingestion (pure asyncio logic, a
+fake for MQTT)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 from typing import cast
 
-from bridge.flow import next_batch
 from processor.metrics import Metrics
 from processor.outputs.live import LiveFeed
-from telemetry_common.mqtt import AsyncMqttClient, Received
+from telemetry_common.mqtt import AsyncMqttClient
 from telemetry_common.schema import Reading, ReadingRow
 from telemetry_common.topics import Topics
-
-
-def received(n: int, size: int = 10) -> Received:
-    return Received("chargers/v1/gw-1/readings", b"x" * size, 1, n, 1)
-
-
-async def test_an_idle_writer_gets_the_first_message_at_once() -> None:
-    """With nothing being written, waiting for more messages only adds latency: the batch is
-    what is queued, even with a long max wait."""
-    queue: asyncio.Queue[Received] = asyncio.Queue()
-    queue.put_nowait(received(1))
-    idle = asyncio.Event()
-    idle.set()
-    started = time.monotonic()
-    batch = await next_batch(queue, 500, 5.0, 1 << 20, idle)
-    assert [m.mid for m in batch] == [1]
-    assert time.monotonic() - started < 1.0
-
-
-async def test_a_busy_writer_lets_the_batch_fill_until_it_is_idle() -> None:
-    """While a write is in progress, messages are collected; the batch closes when the writer
-    becomes idle (not at the 5 s deadline)."""
-    queue: asyncio.Queue[Received] = asyncio.Queue()
-    idle = asyncio.Event()
-    queue.put_nowait(received(1))
-
-    async def feed() -> None:
-        for mid in range(2, 5):
-            await asyncio.sleep(0.02)
-            queue.put_nowait(received(mid))
-        await asyncio.sleep(0.05)
-        idle.set()
-        await asyncio.sleep(0.05)
-        queue.put_nowait(received(99))  # after the batch closed: stays queued
-
-    feeder = asyncio.create_task(feed())
-    batch = await next_batch(queue, 500, 5.0, 1 << 20, idle)
-    await feeder
-    assert [m.mid for m in batch] == [1, 2, 3, 4]
-    assert queue.qsize() == 1
-
-
-async def test_the_batch_ends_at_its_byte_cap() -> None:
-    """A batch stops growing once its payloads reach ``max_bytes``; the rest stays queued."""
-    queue: asyncio.Queue[Received] = asyncio.Queue()
-    for mid in range(10):
-        queue.put_nowait(received(mid, size=100))
-    batch = await next_batch(queue, 500, 0.01, 250, None)
-    assert len(batch) == 3
-    assert queue.qsize() == 7
 
 
 class FakeMqtt:

@@ -5,7 +5,7 @@ and pin what a `docker compose up` relies on: the services and their start order
 healthchecks, what is published, environment variables that the services' settings classes
 really read (a misspelt ``__`` name would be silently ignored by pydantic-settings), the refusal
 of placeholder secrets outside the dev profile, and dashboards that name only provisioned
-datasources and metrics the services export. tests/integration/test_dashboards.py runs the
+datasources and metrics the services export. tests/integration/deploy/test_dashboards.py runs the
 dashboards' InfluxQL against a real InfluxDB.
 """
 

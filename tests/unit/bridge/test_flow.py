@@ -1,13 +1,16 @@
-"""The bridge's batch flow: depth bound, overlapping commits, stop and failure (pure asyncio
-logic: batches are lists of ints, commits are controlled by events)."""
+"""The bridge's batch flow: how a batch is taken (idle writer, busy writer, byte cap), then the
+depth bound, overlapping commits, stop and failure (pure asyncio logic: batches are lists of
+ints or fake messages, commits are controlled by events)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from bridge.flow import BatchFlow
+from bridge.flow import BatchFlow, next_batch
+from telemetry_common.mqtt import Received
 
 
 class Source:
@@ -161,3 +164,53 @@ async def test_idle_means_a_writer_is_free() -> None:
     await asyncio.wait_for(run, 5)
     with pytest.raises(ValueError, match="at least 1"):
         BatchFlow(1, writers=0)
+
+
+def received(n: int, size: int = 10) -> Received:
+    return Received("chargers/v1/gw-1/readings", b"x" * size, 1, n, 1)
+
+
+async def test_an_idle_writer_gets_the_first_message_at_once() -> None:
+    """With nothing being written, waiting for more messages only adds latency: the batch is
+    what is queued, even with a long max wait."""
+    queue: asyncio.Queue[Received] = asyncio.Queue()
+    queue.put_nowait(received(1))
+    idle = asyncio.Event()
+    idle.set()
+    started = time.monotonic()
+    batch = await next_batch(queue, 500, 5.0, 1 << 20, idle)
+    assert [m.mid for m in batch] == [1]
+    assert time.monotonic() - started < 1.0
+
+
+async def test_a_busy_writer_lets_the_batch_fill_until_it_is_idle() -> None:
+    """While a write is in progress, messages are collected; the batch closes when the writer
+    becomes idle (not at the 5 s deadline)."""
+    queue: asyncio.Queue[Received] = asyncio.Queue()
+    idle = asyncio.Event()
+    queue.put_nowait(received(1))
+
+    async def feed() -> None:
+        for mid in range(2, 5):
+            await asyncio.sleep(0.02)
+            queue.put_nowait(received(mid))
+        await asyncio.sleep(0.05)
+        idle.set()
+        await asyncio.sleep(0.05)
+        queue.put_nowait(received(99))  # after the batch closed: stays queued
+
+    feeder = asyncio.create_task(feed())
+    batch = await next_batch(queue, 500, 5.0, 1 << 20, idle)
+    await feeder
+    assert [m.mid for m in batch] == [1, 2, 3, 4]
+    assert queue.qsize() == 1
+
+
+async def test_the_batch_ends_at_its_byte_cap() -> None:
+    """A batch stops growing once its payloads reach ``max_bytes``; the rest stays queued."""
+    queue: asyncio.Queue[Received] = asyncio.Queue()
+    for mid in range(10):
+        queue.put_nowait(received(mid, size=100))
+    batch = await next_batch(queue, 500, 0.01, 250, None)
+    assert len(batch) == 3
+    assert queue.qsize() == 7

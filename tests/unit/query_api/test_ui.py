@@ -3,7 +3,8 @@
 Pins what the server promises: the page and its files need no key and hold no data, carry the
 security headers, are served from an allow-list (no path outside it, however spelled), stay out
 of the OpenAPI document, and the vendored chart library is the one its README names. What the
-page does in a browser is tested in tests/integration/test_fleet_page.py (headless Chromium).
+page does in a browser is tested in tests/integration/query_api/test_fleet_page.py (headless
+Chromium).
 """
 
 from __future__ import annotations
