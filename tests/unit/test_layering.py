@@ -29,10 +29,14 @@ def imported_packages(package: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("processor", ("bridge", "query_api", "edge_agent", "telemetry_stack")),
-        ("telemetry_common", ("bridge", "processor", "query_api", "edge_agent", "telemetry_stack")),
-        ("bridge", ("query_api", "edge_agent", "telemetry_stack")),
-        ("query_api", ("bridge", "processor", "edge_agent", "telemetry_stack")),
+        ("processor", ("bridge", "query_api", "edge_agent", "telemetry_stack", "provisioning")),
+        (
+            "telemetry_common",
+            ("bridge", "processor", "query_api", "edge_agent", "telemetry_stack", "provisioning"),
+        ),
+        ("provisioning", ("bridge", "processor", "query_api", "edge_agent", "telemetry_stack")),
+        ("bridge", ("query_api", "edge_agent", "telemetry_stack", "provisioning")),
+        ("query_api", ("bridge", "processor", "edge_agent", "telemetry_stack", "provisioning")),
     ],
 )
 def test_a_package_imports_only_what_lies_downstream(
