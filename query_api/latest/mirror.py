@@ -7,7 +7,7 @@ every message to :meth:`LiveMirror.apply`.
 
 Each entry remembers when its value arrived and when InfluxDB last confirmed that nothing newer
 is stored (``checked``): ``/latest`` decides from these whether memory is enough (see
-:func:`query_api.latest.get_latest`). A value never replaces a newer one.
+:func:`query_api.latest.read.get_latest`). A value never replaces a newer one.
 """
 
 from __future__ import annotations
@@ -88,10 +88,12 @@ class LiveMirror:
 
     def offer(self, snapshot: Snapshot, now: float, *, checked: bool = False) -> bool:
         """Keep ``snapshot`` unless a newer (or the same) value is held; ``checked``: it comes
-        from InfluxDB, so the store holds nothing newer as of ``now``."""
+        from InfluxDB, asked at ``now``, so the store held nothing newer then. That confirms a
+        held value only if the value was there when the question was asked: one that arrived
+        while it was out stays unconfirmed."""
         held = self._entries.get(snapshot.charger_id)
         if held is not None and held.snapshot.order >= snapshot.order:
-            if checked:
+            if checked and held.received <= now:
                 held.checked = now
             return False
         if held is None and len(self._entries) >= self._max:

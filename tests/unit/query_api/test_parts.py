@@ -17,8 +17,9 @@ from query_api import cursor
 from query_api.auth import identify
 from query_api.ingest import numbered, parse_body, payloads
 from query_api.latest.index import ChargerIndex
-from query_api.latest.mirror import LiveMirror
+from query_api.latest.mirror import NEVER, LiveMirror
 from query_api.latest.read import get_latest
+from query_api.latest.snapshot import from_row
 from query_api.latest.state import charger_state
 from query_api.latest.stored import StoredLatest
 from query_api.latest.sweep import confirm_mirror
@@ -90,6 +91,24 @@ def test_mirror_keeps_the_newest_value_per_charger() -> None:
     assert m.apply("chargers/v1/live/cp1", _live("cp1", T + timedelta(seconds=1), 6), 3.0)
     assert m.get("cp1") is not None
     assert len(m) == 1
+
+
+def test_an_answer_asked_before_a_newer_live_value_arrived_does_not_confirm_it() -> None:
+    """InfluxDB's answer to a question sent at t=100.0 (seq 1) says nothing about a live value
+    that reached the mirror at t=100.05 (seq 2) while the question was out: that value stays
+    unconfirmed, so it is checked again once settled instead of being trusted for
+    LATEST_TRUST_S on the strength of an older check (a stored seq 3 whose live message was
+    lost would otherwise be hidden). An answer asked after the value arrived confirms it."""
+    m = LiveMirror(TOPICS)
+    m.apply("chargers/v1/live/cp1", _live("cp1", T + timedelta(seconds=1), 2), 100.05)
+    older = from_row("cp1", _row(NS, 1, 1.0).rows()[0])
+    assert not m.offer(older, 100.0, checked=True)  # asked at 100.0, before seq 2 arrived
+    entry = m.get("cp1")
+    assert entry is not None
+    assert (entry.snapshot.seq, entry.checked) == (2, NEVER)
+    assert not m.offer(older, 100.1, checked=True)  # asked after it arrived: confirms it
+    assert m.get("cp1") is not None
+    assert entry.checked == 100.1
 
 
 @pytest.mark.parametrize(
