@@ -14,41 +14,42 @@ from query_api.app import create_app
 from query_api.settings import ApiSettings
 from telemetry_common.errors import ConfigError
 from telemetry_common.logs import configure_logging
+from telemetry_common.settings import env_name, settings_errors
 
 GC_THRESHOLD = 20_000
 
-EPILOG = """environment:
-  TELEMETRY_API_KEYS             JSON role -> key, e.g. '{"read":"K1","ingest":"K2","admin":"K3"}'
-                                 (required; the API refuses to start without keys)
-  TELEMETRY_API_HOST, _PORT      where to listen (default 127.0.0.1:8000)
-  TELEMETRY_API_INFLUX__URL      InfluxDB (default http://127.0.0.1:8086); __DATABASE (telemetry),
-                                 __USERNAME/__PASSWORD (1.x) or __TOKEN (2.x/3.x v1-compat)
-  TELEMETRY_API_HISTORY_MAX_RANGE, _HISTORY_MAX_POINTS   caps of history queries
-  TELEMETRY_API_MQTT__HOST, __PORT, __CA_FILE, __CERT_FILE, __KEY_FILE
-                                 the broker (certificate CN telemetry-api): live mirror for
-                                 latest, HTTP ingest; unset: latest from InfluxDB, ingest 503
-  TELEMETRY_API_INGEST_GATEWAY   gateway id of the ingest/admin keys (default http-ingest);
-                                 _INGEST_KEYS JSON {"gateway": "key"}; _INGEST_SEQ_FILE
-  TELEMETRY_API_BRIDGE_URLS      JSON list of bridge URLs for /v1/pipeline/status
-  every variable, its type, default and meaning: docs/settings.md
-  TELEMETRY_API_LOG_LEVEL, _LOG_FORMAT (auto|json|text), _ACCESS_LOG (default false)
-"""
+
+def _epilog() -> str:
+    """The environment, by names derived from the settings model (the full table is generated
+    in docs/settings.md)."""
+    keys = env_name(ApiSettings, "keys")
+    prefix = keys.removesuffix("KEYS")
+    return (
+        f"environment: {prefix}* variables; every one, with its type, default and meaning, is\n"
+        "in docs/settings.md. Required:\n"
+        f"  {keys}  JSON role -> key, e.g. "
+        """'{"read":"K1","ingest":"K2","admin":"K3"}'\n"""
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="telemetry-api",
         description="Serve the charger-telemetry REST API (FastAPI under uvicorn).",
-        epilog=EPILOG,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", help="override TELEMETRY_API_HOST")
-    parser.add_argument("--port", type=int, help="override TELEMETRY_API_PORT")
+    parser.add_argument("--host", help=f"override {env_name(ApiSettings, 'host')}")
+    parser.add_argument("--port", type=int, help=f"override {env_name(ApiSettings, 'port')}")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     try:
         settings = ApiSettings(**overrides)
-    except (ConfigError, ValidationError) as exc:
+    except ValidationError as exc:
+        for line in settings_errors(ApiSettings, exc):
+            print(f"telemetry-api: {line}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    except ConfigError as exc:
         print(f"telemetry-api: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
