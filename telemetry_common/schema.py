@@ -206,8 +206,3 @@ def encode_batch(gateway_id: str, readings: list[Reading]) -> bytes:
             "readings": [reading_to_dict(r) for r in readings],
         }
     )
-
-
-def decode_batch(payload: bytes) -> ReadingBatch:
-    """Validate a whole payload into models; raises pydantic's ValidationError."""
-    return ReadingBatch.model_validate_json(payload)

@@ -14,7 +14,7 @@ from edge_agent.capture import Capture
 from edge_agent.jsonl import LineError, parse_line, read_jsonl
 from edge_agent.outbox import Outbox
 from edge_agent.simulator import Simulator
-from telemetry_common.schema import decode_batch
+from telemetry_common.schema import ReadingBatch
 
 TS = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -61,7 +61,7 @@ def test_payload_is_a_valid_reading_batch(tmp_path: Path) -> None:
     """The spliced payload validates against the shared schema with the outbox's seq."""
     with Outbox(tmp_path / "o.sqlite3") as box:
         box.append([cap(10), cap(11)])
-        batch = decode_batch(build_payload("gw-1", box.oldest(10, 1 << 20)))
+        batch = ReadingBatch.model_validate_json(build_payload("gw-1", box.oldest(10, 1 << 20)))
     assert batch.gateway_id == "gw-1"
     assert [(r.seq, r.values["energy_wh"]) for r in batch.readings] == [(1, 10.0), (2, 11.0)]
 

@@ -20,7 +20,7 @@ from telemetry_common.schema import (
     VALUE_KEY_PATTERN,
     VALUE_KEY_SHAPE,
     Reading,
-    decode_batch,
+    ReadingBatch,
     encode_batch,
     format_ts,
     row_to_dict,
@@ -45,10 +45,11 @@ def _reading(**over: object) -> bytes:
 
 
 def test_design_example_round_trips() -> None:
-    """The docs/design.md example validates, and encode_batch produces what decode_batch reads."""
+    """The docs/design.md example validates, and encode_batch produces what ReadingBatch
+    reads back."""
     r = Reading.model_validate_json(_reading())
     assert r.values["power_w"] == 7200.0
-    batch = decode_batch(encode_batch("gw-001", [r]))
+    batch = ReadingBatch.model_validate_json(encode_batch("gw-001", [r]))
     assert batch.gateway_id == "gw-001"
     assert batch.readings == [r]
 
@@ -113,7 +114,7 @@ def test_row_validator_refuses_bad_envelopes_as_the_model_does(
     errors."""
     raw = _batch([GOOD], **body)
     with pytest.raises(ValidationError) as model:
-        decode_batch(raw)
+        ReadingBatch.model_validate_json(raw)
     with pytest.raises(ValidationError) as rows:
         ROWS_VALIDATOR.validate_json(raw)
     assert _errors(rows.value) == _errors(model.value)
@@ -128,7 +129,7 @@ def test_row_validator_yields_what_the_model_holds() -> None:
         {**GOOD, "ts": "2026-05-01T14:00:00.5+02:00", "transaction_id": None, "values": {}},
     ]
     raw = _batch(variants)
-    model = decode_batch(raw)
+    model = ReadingBatch.model_validate_json(raw)
     batch = ROWS_VALIDATOR.validate_json(raw)
     assert batch["gateway_id"] == model.gateway_id
     assert batch["readings"] == [dict(r) for r in model.readings]
