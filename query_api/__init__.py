@@ -9,6 +9,7 @@ lean.py       the hot routes (latest, history) dispatched as plain ASGI ahead of
 broker.py     the MQTT session: feeds the mirror, publishes ingested batches
 latest/       each charger's newest reading: live mirror, trust rule, InfluxDB lookups, the
               charger index and the mirror sweep, charger state
+pagecache.py  the one history cache: rendered pages, bounded by HISTORY_CACHE_MAX_BYTES
 readings.py   response models, InfluxDB rows -> points (pure)
 timespec.py   ``start``/``end``/``every`` parameters (pure)
 params.py     parameters shared by routes (charger id, fields, windows)

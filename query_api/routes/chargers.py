@@ -165,9 +165,9 @@ async def latest_of(
     openapi_extra={"security": SECURITY},
 )
 async def latest(request: Request, charger_id: UncheckedChargerId) -> Response:
-    """A hot route (:mod:`query_api.lean`): the key, then the id are checked here, by the
-    functions every route uses; the document is built as a dict and serialised once (the
-    response model documents it)."""
+    # A hot route (query_api.lean): the key, then the id are checked here, by the functions
+    # every route uses; the document is built as a dict and serialised once (the response model
+    # documents it). A comment, not a docstring: FastAPI would publish it in the OpenAPI.
     state = request.app.state
     clock = state.clock
     authorize(state, request.headers.get(HEADER), "read")

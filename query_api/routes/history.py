@@ -129,8 +129,8 @@ class HistoryQuery(BaseModel):
     openapi_extra={"security": SECURITY, "parameters": query_parameters(HistoryQuery)},
 )
 async def history(request: Request, charger_id: UncheckedChargerId) -> Response:
-    """A hot route (:mod:`query_api.lean`): the key, then the id, then the query are checked
-    here, by the functions every route uses."""
+    # A hot route (query_api.lean): the key, then the id, then the query are checked here, by
+    # the functions every route uses (a comment: FastAPI would publish a docstring).
     state = request.app.state
     authorize(state, request.headers.get(HEADER), "read")
     charger_id, q = checked_path_and_query(request, charger_id, HistoryQuery)
