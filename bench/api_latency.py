@@ -70,7 +70,7 @@ from bench.harness.stack import (
 from bridge.settings import BridgeSettings
 from query_api.settings import ApiSettings
 from telemetry_common.schema import format_ts
-from telemetry_common.settings import env_for
+from telemetry_common.settings import env_for, env_name
 from telemetry_common.topics import Topics
 
 GATEWAY: Final = "bench-gw"
@@ -98,7 +98,7 @@ def charger_ids(n: int) -> tuple[list[str], int]:
 def api_setting(api_env: dict[str, str], name: str) -> float:
     """A setting of the API as ``--api-env`` gives it, else its default."""
     default = ApiSettings.model_fields[name].default
-    return float(api_env.get(cli.env_name(ApiSettings, **{name: default}), default))
+    return float(api_env.get(env_name(ApiSettings, name), default))
 
 
 def settle_s(api_env: dict[str, str]) -> float:
@@ -460,7 +460,13 @@ def cold_latest(
         fig = measure(stack, influx, name, url, (n, width, "latest"), a.clients, generator, window)
         seconds.append({k: fig[k] for k in ("req_per_s", "p50_ms", "p99_ms", "max_ms", "errors",
                                             "influx_queries")})  # fmt: skip
-    return {"chargers": n, "stored_s": stored_s, "clients": a.clients, "seconds": seconds}
+    return {
+        "chargers": n,
+        "stored_s": stored_s,
+        "clients": a.clients,
+        "live_max_rate": a.live_max_rate,
+        "seconds": seconds,
+    }
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -596,7 +602,8 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
             (
                 f"GET latest of {lc['chargers']:,} chargers just stored, {lc['clients']} clients",
                 f"stored in {lc['stored_s']:.1f} s",
-                "cold: the mirror trusts none of them yet",
+                f"cold: the mirror trusts none of them yet (bridge live_max_rate "
+                f"{lc['live_max_rate']:,.0f}/s)",
             )
         )
         for i, sec in enumerate(lc["seconds"], 1):
@@ -702,7 +709,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (each one a core)")
     p.add_argument("--request-timeout", type=float, default=10.0, help="per request, seconds")
     p.add_argument("--writers", type=int, default=2, help="concurrent history write requests")
-    live_rate = cli.env_name(BridgeSettings, live_max_rate=0)
+    live_rate = env_name(BridgeSettings, "live_max_rate")
     p.add_argument(
         "--live-max-rate",
         type=float,

@@ -33,16 +33,6 @@ def parser(module: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"python -m {module}", description=description)
 
 
-def env_name(settings: type[BaseSettings], **one: object) -> str:
-    """The environment variable of one setting, e.g. ``env_name(ApiSettings, port=0)``."""
-    (name,) = env_for(settings, **one)
-    return name
-
-
-def env_prefix(settings: type[BaseSettings]) -> str:
-    return str(settings.model_config.get("env_prefix", ""))
-
-
 def add_env_option(
     p: argparse.ArgumentParser,
     flag: str,
@@ -66,7 +56,7 @@ def parse_env(
     p: argparse.ArgumentParser, flag: str, items: list[str], settings: type[BaseSettings]
 ) -> dict[str, str]:
     """``KEY=VALUE`` items as a dict; each key must carry the prefix of ``settings``."""
-    prefix = env_prefix(settings)
+    prefix = str(settings.model_config.get("env_prefix", ""))
     for item in items:
         if "=" not in item or not item.startswith(prefix):
             p.error(f"{flag} {item!r}: expected {prefix}NAME=VALUE")
