@@ -50,6 +50,14 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+def _attach(app: FastAPI, influx: InfluxQL | None) -> None:
+    """``influx`` and what reads through it (ingest seq numbers, stored latest lookups)."""
+    settings = app.state.settings
+    app.state.influx = influx
+    app.state.seqs = SeqAllocator(influx, settings.ingest_seq_file) if influx is not None else None
+    app.state.stored_latest = StoredLatest(influx) if influx is not None else None
+
+
 def create_app(
     settings: ApiSettings,
     *,
@@ -68,9 +76,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if influx is None:
-                app.state.influx = await stack.enter_async_context(InfluxQLClient(settings.influx))
-            app.state.seqs = SeqAllocator(app.state.influx, settings.ingest_seq_file)
-            app.state.stored_latest = StoredLatest(app.state.influx)
+                _attach(app, await stack.enter_async_context(InfluxQLClient(settings.influx)))
             if broker is None and settings.mqtt is not None:
                 app.state.broker = await stack.enter_async_context(BrokerLink(settings, mirror))
                 log.info("live mirror: connecting to %s:%s", settings.mqtt.host, settings.mqtt.port)
@@ -91,7 +97,7 @@ def create_app(
             try:
                 yield
             finally:
-                app.state.influx = influx
+                _attach(app, influx)  # nothing keeps a client the exit stack closed
                 app.state.broker = broker
 
     app = FastAPI(
@@ -101,15 +107,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.influx = influx
+    _attach(app, influx)
     app.state.broker = broker
     app.state.mirror = mirror
     app.state.metrics = metrics
     app.state.clock = clock if clock is not None else SystemClock()
     app.state.charger_index = ChargerIndex(settings.chargers_cache_s)
     app.state.history_cache = PageCache(settings.history_cache_s, settings.history_cache_max_bytes)
-    app.state.seqs = SeqAllocator(influx, settings.ingest_seq_file) if influx is not None else None
-    app.state.stored_latest = StoredLatest(influx) if influx is not None else None
     app.state.api_keys = {
         role: key.get_secret_value().encode() for role, key in settings.keys.items()
     }
