@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Final, TypeVar, get_args, get_origin
 
@@ -51,9 +52,9 @@ def query_of(request: Request, model: type[Model]) -> Model:
     takes every value of its name, any other field the last); errors are FastAPI's 422."""
     given = request.query_params
     raw: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
+    for name, many in _fields_of(model):
         if name in given:
-            raw[name] = given.getlist(name) if _takes_many(field.annotation) else given[name]
+            raw[name] = given.getlist(name) if many else given[name]
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -91,6 +92,13 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
             param["description"] = prop["description"]
         out.append(param)
     return out
+
+
+@functools.cache
+def _fields_of(model: type[BaseModel]) -> tuple[tuple[str, bool], ...]:
+    """Each field of ``model`` and whether it takes every value of its name (a list), worked
+    out once per model rather than on every request."""
+    return tuple((name, _takes_many(f.annotation)) for name, f in model.model_fields.items())
 
 
 def _takes_many(annotation: Any) -> bool:
