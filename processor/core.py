@@ -25,7 +25,7 @@ from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
 from processor.state.storage import confirm_gaps_forever, warm_up
-from processor.validate import INFLUX_REJECTED, Rejected
+from processor.validate import INFLUX_REJECTED, Rejected, TsWindow
 from telemetry_common.influx_query import InfluxQL
 from telemetry_common.mqtt import AsyncMqttClient
 from telemetry_common.schema import READING_ROW_VALIDATOR, ReadingRow
@@ -71,7 +71,14 @@ class Processor:
         state = State(bindings=bindings)
         return cls(
             state,
-            Preparer(state.bindings, topics, timedelta(seconds=settings.max_future_s)),
+            Preparer(
+                state.bindings,
+                topics,
+                TsWindow(
+                    max_future=timedelta(seconds=settings.max_future_s),
+                    max_age=timedelta(days=settings.max_age_days),
+                ),
+            ),
             InfluxOutput(
                 writer,
                 metrics,

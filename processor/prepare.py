@@ -12,7 +12,7 @@ import bisect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import count, islice, repeat
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from processor.validate import (
     CHARGER_NOT_BOUND,
     UNKNOWN_GATEWAY,
     Rejected,
+    TsWindow,
     decode_message,
     raw_readings,
 )
@@ -87,12 +88,10 @@ class PreparedBatch:
 
 
 class Preparer:
-    def __init__(
-        self, bindings: Bindings, topics: Topics, max_future: timedelta = timedelta(minutes=5)
-    ) -> None:
+    def __init__(self, bindings: Bindings, topics: Topics, ts: TsWindow) -> None:
         self._bindings = bindings
         self._topics = topics
-        self._max_future = max_future
+        self._ts = ts
 
     async def prepare(
         self, messages: Sequence[Message], *, slice_bytes: int = 64 * 1024
@@ -128,7 +127,7 @@ class Preparer:
                 rejected = Rejected(BAD_TOPIC, str(exc), msg.payload)
                 out.dead.append((UNKNOWN_GATEWAY, msg.topic, rejected))
                 continue
-            decoded = decode_message(gateway_id, msg.payload, now=now, max_future=self._max_future)
+            decoded = decode_message(gateway_id, msg.payload, now=now, ts=self._ts)
             out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
             if not decoded.rows:
                 continue

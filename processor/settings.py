@@ -19,6 +19,11 @@ class ProcessorSettings(BaseModel):
     """InfluxDB write requests in flight at once (the requests of one batch go concurrently)."""
     max_future_s: float = Field(default=300.0, ge=0)
     """Readings stamped further ahead than this are dead-lettered (a clock fault at the edge)."""
+    max_age_days: float = Field(default=366.0, gt=0)
+    """Readings stamped further back than this are dead-lettered (``ts_too_old``): a gateway
+    clock reset to 1970 or 2000 would otherwise be stored decades back (a new InfluxDB shard per
+    week it touches) and never become the latest value. A year by default, well beyond the
+    backlog an edge outbox holds."""
     max_backoff_s: float = Field(default=30.0, gt=0)
     """Cap of the backoff between InfluxDB retries."""
     live_interval_s: float = Field(default=1.0, ge=0)

@@ -32,12 +32,24 @@ INVALID_ENVELOPE: Final = "invalid_envelope"
 GATEWAY_MISMATCH: Final = "gateway_mismatch"
 INVALID_READING: Final = "invalid_reading"
 TS_IN_FUTURE: Final = "ts_in_future"
+TS_TOO_OLD: Final = "ts_too_old"
 INFLUX_REJECTED: Final = "influx_rejected"
 CHARGER_NOT_BOUND: Final = "charger_not_bound"
 BAD_TOPIC: Final = "bad_topic"
 
 #: The gateway named in a dead letter whose topic names none.
 UNKNOWN_GATEWAY: Final = "_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class TsWindow:
+    """How far a reading's ``ts`` may lie from the processor's clock: at most ``max_future``
+    ahead (a clock running fast) and ``max_age`` behind (a clock reset to 1970 or 2000 would
+    otherwise store the reading decades back, a new InfluxDB shard per week it touches, and it
+    would never become the latest value)."""
+
+    max_future: timedelta
+    max_age: timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +94,7 @@ def _describe(exc: ValidationError) -> str:
     )
 
 
-def decode_message(
-    topic_gateway: str, payload: bytes, *, now: datetime, max_future: timedelta
-) -> Decoded:
+def decode_message(topic_gateway: str, payload: bytes, *, now: datetime, ts: TsWindow) -> Decoded:
     """Readings of ``payload`` (published on ``topic_gateway``'s topic) and what was rejected."""
     out = Decoded()
     if len(payload) > MAX_BATCH_BYTES:
@@ -108,15 +118,22 @@ def decode_message(
     # Compared as integers: the nanoseconds are needed for the line anyway, and comparing
     # aware datetimes costs two utcoffset() calls per reading.
     out.nss = nss = ts_ns_all(out.rows)
-    horizon = ts_ns(now + max_future)
-    if nss and max(nss) > horizon:
+    horizon, floor = ts_ns(now + ts.max_future), ts_ns(now - ts.max_age)
+    if nss and (max(nss) > horizon or min(nss) < floor):
         items = raw_readings(payload)
         for k, ns in enumerate(nss):
+            if floor <= ns <= horizon:
+                continue
+            at, i = out.rows[k]["ts"].isoformat(), out.positions[k]
             if ns > horizon:
-                ts, i = out.rows[k]["ts"], out.positions[k]
-                detail = f"ts {ts.isoformat()} is more than {max_future} ahead of {now}"
-                out.rejected.append(Rejected(TS_IN_FUTURE, detail, orjson.dumps(items[i]), i))
-        out.keep([k for k, ns in enumerate(nss) if ns <= horizon])
+                reason, detail = (
+                    TS_IN_FUTURE,
+                    f"ts {at} is more than {ts.max_future} ahead of {now}",
+                )
+            else:
+                reason, detail = TS_TOO_OLD, f"ts {at} is more than {ts.max_age} before {now}"
+            out.rejected.append(Rejected(reason, detail, orjson.dumps(items[i]), i))
+        out.keep([k for k, ns in enumerate(nss) if floor <= ns <= horizon])
     return out
 
 

@@ -292,6 +292,20 @@ CASES: dict[str, Bad] = {
         index=1,
         also_stored=(2,),
     ),
+    "ts_1970": Bad(
+        _beside_good(
+            lambda env: reading(env.charger, 3, datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC))
+        ),
+        "ts_too_old",
+        index=1,
+        also_stored=(2,),
+    ),
+    "ts_2000": Bad(
+        _beside_good(lambda env: reading(env.charger, 3, datetime(2000, 1, 1, tzinfo=UTC))),
+        "ts_too_old",
+        index=1,
+        also_stored=(2,),
+    ),
     **{
         f"hostile_charger_id_{name}": Bad(
             _beside_good(_hostile(ch)),
@@ -339,6 +353,35 @@ def test_bad_message_is_dead_lettered_and_the_next_one_flows(
         assert payload.startswith(raw)
     else:
         assert str(orjson.loads(raw)["seq"]) == "3"  # the offending reading, as sent
+
+
+def shard_starts(db: InfluxTarget) -> list[str]:
+    """The start time of every shard of ``db`` (SHOW SHARDS: a series per database)."""
+    r = httpx.get(f"{db.url}/query", params={"q": "SHOW SHARDS"}, timeout=10)
+    r.raise_for_status()
+    series = r.json()["results"][0].get("series") or []
+    rows = [row for s in series if s["name"] == db.database for row in s["values"]]
+    return sorted(str(row[4]) for row in rows)
+
+
+def test_readings_dated_1970_and_2000_are_dead_lettered_and_create_no_shard(
+    case: CaseEnv, mqtt_client: MqttClientFactory
+) -> None:
+    """A gateway whose clock reset sends readings dated 1970 and 2000 beside a good one: both
+    are dead-lettered (ts_too_old, with their index), nothing of them is stored, and InfluxDB
+    gets no shard for those weeks (each would be one more shard, kept forever)."""
+    old = [datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC), datetime(2000, 1, 1, tzinfo=UTC)]
+    body = [reading(case.charger, 2, case.at(-5))]
+    body += [reading(case.charger, 3 + k, at) for k, at in enumerate(old)]
+    pub = GatewayPublisher(mqtt_client(case.gateway), case.broker.topics.readings(case.gateway))
+    pub.publish(batch(case.gateway, body))
+    wait_until("two dead letters", lambda: len(case.feed.dead_letters()) >= 2, WAIT_S)
+    finish(case, pub, [2])
+    dead = case.feed.dead_letters()
+    assert sorted((d["reason"], d["index"]) for d in dead) == [("ts_too_old", 1), ("ts_too_old", 2)]
+    shards = shard_starts(case.db)
+    assert shards, "the good readings are in a shard"
+    assert not [start for start in shards if start < "2020"], shards
 
 
 def test_packet_over_the_broker_limit_is_refused_by_the_broker(

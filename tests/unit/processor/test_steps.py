@@ -6,6 +6,7 @@ import calendar
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 
 from processor import validate as v
 from processor.lineproto import to_lines, ts_ns, value_fields_from_json
@@ -14,7 +15,7 @@ from processor.state.lvc import LastValueCache, Stamp
 from telemetry_common.schema import ROWS_VALIDATOR, Reading
 
 NOW = datetime(2026, 5, 1, 12, 0, 5, tzinfo=UTC)
-FUTURE = timedelta(minutes=5)
+TS = v.TsWindow(max_future=timedelta(minutes=5), max_age=timedelta(days=366))
 
 
 def reading(seq: int, ts: str = "2026-05-01T12:00:00.000Z", **values: float) -> dict[str, object]:
@@ -28,7 +29,7 @@ def payload(gateway: str, readings: list[object], **extra: object) -> bytes:
 
 
 def decode(gateway: str, raw: bytes) -> v.Decoded:
-    return v.decode_message(gateway, raw, now=NOW, max_future=FUTURE)
+    return v.decode_message(gateway, raw, now=NOW, ts=TS)
 
 
 def test_valid_batch_takes_the_fast_path() -> None:
@@ -91,6 +92,23 @@ def test_far_future_reading_is_rejected() -> None:
     assert out.rejected[0].reason == v.TS_IN_FUTURE
     assert out.rejected[0].index == 1
     assert orjson.loads(out.rejected[0].raw)["ts"] == "2026-05-01T13:00:00Z"  # as it was sent
+
+
+@pytest.mark.parametrize(
+    "ts", ["1970-01-01T00:00:05Z", "2000-01-01T00:00:00Z", "2025-04-30T12:00:00Z"]
+)
+def test_a_reading_older_than_the_window_is_rejected_and_the_rest_kept(ts: str) -> None:
+    """A reading stamped further back than max_age (a clock reset to 1970 or 2000, or older
+    than a year) is dead-lettered as ts_too_old with its index and as sent; the readings beside
+    it, at the window's edge included, are kept."""
+    edge = (NOW - TS.max_age).isoformat()
+    out = decode("gw-1", payload("gw-1", [reading(1), reading(2, ts=ts), reading(3, ts=edge)]))
+    assert [r["seq"] for r in out.rows] == [1, 3]
+    assert out.positions == [0, 2]
+    [rej] = out.rejected
+    assert (rej.reason, rej.index) == (v.TS_TOO_OLD, 1)
+    assert orjson.loads(rej.raw)["ts"] == ts
+    assert "before" in rej.detail
 
 
 def test_line_protocol_matches_schema() -> None:
