@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from query_api import problems
 from query_api.broker import BrokerLink, Publisher
 from query_api.clock import Clock, SystemClock
+from query_api.cursor import Cursors
 from query_api.latest.index import ChargerIndex
 from query_api.latest.mirror import LiveMirror
 from query_api.latest.stored import StoredLatest
@@ -114,6 +116,12 @@ def create_app(
     app.state.clock = clock if clock is not None else SystemClock()
     app.state.charger_index = ChargerIndex(settings.chargers_cache_s)
     app.state.history_cache = PageCache(settings.history_cache_s, settings.history_cache_max_bytes)
+    cursor_secret = settings.cursor_secret
+    app.state.cursors = Cursors(
+        cursor_secret.get_secret_value().encode()
+        if cursor_secret is not None
+        else secrets.token_bytes(32)  # this process's own: see ApiSettings.cursor_secret
+    )
     app.state.api_keys = {
         role: key.get_secret_value().encode() for role, key in settings.keys.items()
     }

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from query_api.cursor import MIN_KEY_BYTES
 from telemetry_common.errors import ConfigError
 from telemetry_common.ids import Id
 from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings, env_name
@@ -42,6 +43,12 @@ class ApiSettings(ServiceSettings):
     keys: dict[Role, SecretStr] = Field(default_factory=dict)
     """Role -> key, JSON: ``{"read": "K1", "ingest": "K2", "admin": "K3"}``. Required: the API
     refuses to start without keys."""
+    cursor_secret: SecretStr | None = None
+    """Key that signs the paging cursors (``next_cursor``; HMAC-SHA256), at least 16 characters.
+    Unset: a random key per process; cursors then do not survive an API restart and are not
+    shared among API replicas (a client that brings one back gets 422 ``invalid-cursor`` and
+    starts its paging again). Set it, the same in every process, where several API processes
+    serve one address."""
 
     history_max_range: timedelta = Field(default=timedelta(days=31), gt=timedelta(0))
     """Longest ``end - start`` a history query may span."""
@@ -109,6 +116,13 @@ class ApiSettings(ServiceSettings):
         if len(set(values)) != len(values):
             raise ValueError("two roles share one key; give each role its own key")
         return keys
+
+    @field_validator("cursor_secret")
+    @classmethod
+    def _long_cursor_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value().encode()) < MIN_KEY_BYTES:
+            raise ValueError(f"cursor_secret needs at least {MIN_KEY_BYTES} characters")
+        return secret
 
     @field_validator("ingest_keys")
     @classmethod

@@ -92,10 +92,11 @@ async def list_chargers(
             f"{settings.chargers_max_page} chargers per page",
         )  # fmt: skip
     query = cursor.fingerprint("chargers", gateway, state)
+    cursors: cursor.Cursors = request.app.state.cursors
     after = ""
     if cursor_ is not None:
         try:
-            after = str(cursor.decode(cursor_, "chargers", query)["a"])
+            after = str(cursors.decode(cursor_, "chargers", query)["a"])
         except (cursor.CursorError, KeyError) as exc:
             raise ProblemError(422, "invalid-cursor", str(exc)) from exc
     index: ChargerIndex = request.app.state.charger_index
@@ -125,7 +126,7 @@ async def list_chargers(
                 state=st,
             )
         )
-    next_cursor = cursor.encode("chargers", query, {"a": items[-1].charger_id}) if more else None
+    next_cursor = cursors.encode("chargers", query, {"a": items[-1].charger_id}) if more else None
     return ChargerPage(items=items, next_cursor=next_cursor)
 
 

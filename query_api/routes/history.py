@@ -59,16 +59,29 @@ def _series_key(row: dict[str, Any]) -> str:
     return f"{row.get('gateway_id')}|{row.get('evse_id')}|{row.get('connector_id')}"
 
 
-def _resume(text: str, query: str) -> tuple[Window, datetime, set[str]]:
-    """(window of the next page, the original start, series already returned at its start)."""
+def _resume(
+    cursors: cursor.Cursors, text: str, query: str, max_span: timedelta
+) -> tuple[Window, datetime, set[str]]:
+    """(window of the next page, the original start, series already returned at its start).
+
+    The cursor must carry our signature, and its window must be one the first request could
+    have asked: from the original start ``o`` to the end ``e`` at most ``max_span``
+    (HISTORY_MAX_RANGE, plus the rounding out of a downsampled window), the resume point ``t``
+    within it. A resumed query then spans no more than the first request could."""
     try:
-        body = cursor.decode(text, "history", query)
+        body = cursors.decode(text, "history", query)
         t, first, end, skip = body["t"], body["o"], body["e"], body.get("s", [])
         ints = all(
             isinstance(v, int) and _EPOCH_NS_MIN <= v <= _EPOCH_NS_MAX for v in (t, first, end)
         )
         if not ints or not first <= t < end or not isinstance(skip, list) or len(skip) > 1000:
             raise cursor.CursorError("the cursor is damaged")  # noqa: TRY301
+        span = from_epoch_ns(end) - from_epoch_ns(first)
+        if span > max_span:
+            raise cursor.CursorError(  # noqa: TRY301
+                f"the cursor's range {format_duration(span)} exceeds the maximum of "
+                f"{format_duration(max_span)}"
+            )
     except (cursor.CursorError, KeyError) as exc:
         raise ProblemError(422, "invalid-cursor", str(exc)) from exc
     return (
@@ -165,8 +178,11 @@ async def history(request: Request, charger_id: UncheckedChargerId) -> Response:
         agg = agg or "mean"
     query = cursor.fingerprint("history", charger_id, names, every, agg)
     skip: set[str] = set()
+    cursors: cursor.Cursors = state.cursors
     if cursor_ is not None:
-        win, first, skip = _resume(cursor_, query)
+        # A downsampled window is rounded out by less than one bucket at each edge (_aligned).
+        slack = 2 * step if step is not None else timedelta(0)
+        win, first, skip = _resume(cursors, cursor_, query, settings.history_max_range + slack)
     else:
         win = window(
             start,
@@ -178,7 +194,7 @@ async def history(request: Request, charger_id: UncheckedChargerId) -> Response:
         if step is not None:
             win = _aligned(win, step, start, end)
         first = win.start
-    page = _Page(charger_id, names, every, step, agg, limit, query, win, first, skip)
+    page = _Page(charger_id, names, every, step, agg, limit, query, win, first, skip, cursors)
     cache: PageCache = state.history_cache
     if step is None or cursor_ is not None or not cache.enabled:
         body = await page.render(influx)
@@ -202,6 +218,7 @@ class _Page:
     win: Window
     first: datetime
     skip: set[str]
+    cursors: cursor.Cursors
 
     async def render(self, influx: InfluxQL) -> bytes:
         """The :class:`HistoryPage` document as JSON (built as dicts: a page of models cost
@@ -223,7 +240,7 @@ class _Page:
                 at_t = {_series_key(r) for r in page if int(r["time"]) == t}
                 at_t |= skip if t == t0 else set()
                 cur = {**body, "t": t, "s": sorted(at_t)}
-                next_cursor = cursor.encode("history", self.query, cur)
+                next_cursor = self.cursors.encode("history", self.query, cur)
             points = [row_to_point(row) for row in page]
         else:
             assert step is not None
@@ -231,7 +248,7 @@ class _Page:
             if more:
                 t = _ns(from_epoch_ns(int(rows[-1]["time"])) + step)
                 if t < body["e"]:
-                    next_cursor = cursor.encode("history", self.query, {**body, "t": t})
+                    next_cursor = self.cursors.encode("history", self.query, {**body, "t": t})
             points = [row_to_bucket(row, self.agg, wildcard=names is None) for row in rows]
         doc: dict[str, Any] = {
             "charger_id": self.charger_id,

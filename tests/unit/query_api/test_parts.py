@@ -4,6 +4,7 @@ parsing and numbering, content negotiation and HTML escaping, gap merging, stats
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -344,18 +345,62 @@ def test_charger_state_thresholds(age: float, gateway: str | None, state: str) -
     assert charger_state(age, gateway, stale_after_s=300, offline_after_s=3600) == state
 
 
+KEY = b"k" * 32
+
+
 def test_cursor_round_trip_and_refusals() -> None:
     """A cursor decodes for its own kind and query only; garbage is a CursorError."""
+    cursors = cursor.Cursors(KEY)
     q = cursor.fingerprint("history", "cp1", ["power_w"], None, None)
-    text = cursor.encode("history", q, {"t": 5})
-    assert cursor.decode(text, "history", q)["t"] == 5
+    text = cursors.encode("history", q, {"t": 5})
+    assert cursors.decode(text, "history", q)["t"] == 5
     with pytest.raises(cursor.CursorError):
-        cursor.decode(text, "chargers", q)
+        cursors.decode(text, "chargers", q)
     with pytest.raises(cursor.CursorError):
-        cursor.decode(text, "history", cursor.fingerprint("history", "cp2", None, None, None))
-    for bad in ("", "!!!", "e30", "x" * 5000):
+        cursors.decode(text, "history", cursor.fingerprint("history", "cp2", None, None, None))
+    for bad in ("", "!!!", "e30", "x" * 5000, ".", "e30.", ".AAAA", "a.b.c"):
         with pytest.raises(cursor.CursorError):
-            cursor.decode(bad, "history", q)
+            cursors.decode(bad, "history", q)
+
+
+def test_cursor_is_signed_a_flipped_byte_or_another_key_is_refused() -> None:
+    """The tag covers the encoded body: any change to body or tag, or a cursor signed with
+    another key (another process without CURSOR_SECRET), is refused."""
+    cursors = cursor.Cursors(KEY)
+    q = cursor.fingerprint("history", "cp1", None, None, None)
+    text = cursors.encode("history", q, {"t": 5, "o": 1, "e": 9})
+    assert cursors.decode(text, "history", q) == {"k": "history", "q": q, "t": 5, "o": 1, "e": 9}
+    for i in range(len(text)):
+        if text[i] == ".":
+            continue
+        flipped = text[:i] + ("A" if text[i] != "A" else "B") + text[i + 1 :]
+        with pytest.raises(cursor.CursorError):
+            cursors.decode(flipped, "history", q)
+    with pytest.raises(cursor.CursorError, match="signature"):
+        cursor.Cursors(b"another key, 32 bytes long......").decode(text, "history", q)
+    assert cursor.Cursors(KEY).decode(text, "history", q)["t"] == 5  # same key: accepted
+
+
+def test_unsigned_or_forged_cursor_is_refused() -> None:
+    """An old-format cursor (base64url JSON without a tag) and a body re-signed with a guessed
+    tag are refused, though the JSON names the right kind and query."""
+    cursors = cursor.Cursors(KEY)
+    q = cursor.fingerprint("history", "cp1", None, None, None)
+    body = orjson.dumps({"k": "history", "q": q, "t": 0, "o": 0, "e": 10**18})
+    old = base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+    with pytest.raises(cursor.CursorError):
+        cursors.decode(old, "history", q)
+    with pytest.raises(cursor.CursorError, match="signature"):
+        cursors.decode(old + "." + "A" * 22, "history", q)
+    genuine = cursors.encode("history", q, {"t": 0, "o": 0, "e": 10})
+    with pytest.raises(cursor.CursorError, match="signature"):
+        cursors.decode(old + "." + genuine.split(".")[1], "history", q)
+
+
+def test_cursor_key_must_be_long_enough() -> None:
+    """An empty or short key would make the tag guessable."""
+    with pytest.raises(ValueError, match="key"):
+        cursor.Cursors(b"short")
 
 
 # --- ingest ---------------------------------------------------------------------------------
@@ -496,6 +541,13 @@ def test_settings_refuse_unsafe_ingest_and_state_settings(overrides: dict[str, A
     """Reserved gateway ids, shared keys and inverted thresholds are refused at start."""
     with pytest.raises(ConfigError):
         _settings(**overrides)
+
+
+def test_cursor_secret_too_short_is_refused() -> None:
+    """CURSOR_SECRET signs the cursors: a short one is refused at start."""
+    with pytest.raises(ValueError, match="cursor_secret"):
+        _settings(cursor_secret=SecretStr("too-short"))
+    assert _settings(cursor_secret=SecretStr("c" * 32)).cursor_secret is not None
 
 
 # --- fleet HTML, gaps, stats ----------------------------------------------------------------

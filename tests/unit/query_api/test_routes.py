@@ -6,6 +6,7 @@ OpenAPI. InfluxDB and Mosquitto themselves are exercised in tests/integration/te
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from query_api import cursor
 from query_api.app import create_app
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
@@ -190,6 +192,100 @@ async def test_history_cursor_skips_series_already_returned_at_the_boundary(
     )
     assert fake.queries[1].endswith("LIMIT 3")  # limit + the one series to skip
     assert nxt["start"] == "2026-05-01T11:00:00.000Z"
+
+
+def _forged(body: dict[str, Any]) -> str:
+    """A cursor as the API wrote them before they were signed: base64url JSON."""
+    return base64.urlsafe_b64encode(orjson.dumps(body)).rstrip(b"=").decode()
+
+
+TEN_YEARS_NS = 3653 * 86_400 * 10**9
+
+
+async def test_forged_history_cursor_with_a_ten_year_window_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """A cursor the client wrote itself (unsigned, or signed with another key) is 422
+    invalid-cursor; even one carrying our signature (a leaked key) may not span more than
+    HISTORY_MAX_RANGE. Nothing is asked of InfluxDB."""
+    q = cursor.fingerprint("history", "cp1", None, None, None)
+    span = {"o": NS - TEN_YEARS_NS, "t": NS - TEN_YEARS_NS, "e": NS}
+    unsigned = _forged({"k": "history", "q": q, **span})
+    other_key = cursor.Cursors(b"x" * 32).encode("history", q, span)
+    signed = app.state.cursors.encode("history", q, span)
+    # A cursor resumed near the end whose original start lies ten years back, and one whose
+    # end moved ten years past what the original start allowed.
+    late = app.state.cursors.encode("history", q, {**span, "t": NS - 10**9})
+    moved = app.state.cursors.encode("history", q, {"o": NS, "t": NS, "e": NS + TEN_YEARS_NS})
+    for text in (unsigned, other_key, signed, late, moved):
+        resp = await client.get("/v1/chargers/cp1/history", params={"cursor": text})
+        assert _problem(resp, 422)["type"].endswith(":invalid-cursor")
+    assert fake.queries == []
+    # Within the cap, a signed cursor is accepted.
+    fine = app.state.cursors.encode("history", q, {"o": NS, "t": NS, "e": NS + 3600 * 10**9})
+    fake.answers.append([Series("readings", RAW, [])])
+    assert (
+        await client.get("/v1/chargers/cp1/history", params={"cursor": fine})
+    ).status_code == 200
+
+
+async def test_genuine_history_cursors_page_a_downsampled_window_to_its_end(
+    client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """next_cursor of a 31-day downsampled query (rounded out to whole buckets, so a little over
+    HISTORY_MAX_RANGE) is accepted, and the pages follow each other to the end."""
+    params: dict[str, str | int] = {"start": "-31d", "every": "1d", "limit": 16}
+    day = 86_400 * 10**9
+    first = NS - 31 * day - (NS - 31 * day) % day
+    fake.answers.append(
+        [Series("readings", BUCKETS, [[first + i * day, float(i)] for i in range(16)])]
+    )
+    page = (await client.get("/v1/chargers/cp1/history", params=params)).json()
+    assert page["truncated"] is True
+    fake.answers.append(
+        [Series("readings", BUCKETS, [[first + i * day, float(i)] for i in range(16, 32)])]
+    )
+    nxt = (
+        await client.get(
+            "/v1/chargers/cp1/history", params={**params, "cursor": page["next_cursor"]}
+        )
+    ).json()
+    assert [p["values"]["power_w"] for p in nxt["points"]] == [float(i) for i in range(16, 32)]
+    assert nxt["start"] == page["start"]
+    assert nxt["end"] == page["end"]
+    assert "next_cursor" not in nxt
+
+
+async def test_charger_list_cursor_is_signed(client: httpx.AsyncClient, fake: FakeInflux) -> None:
+    """A hand-written charger-list cursor (unsigned) is refused."""
+    q = cursor.fingerprint("chargers", None, None)
+    resp = await client.get(
+        "/v1/chargers", params={"cursor": _forged({"k": "chargers", "q": q, "a": ""})}
+    )
+    assert _problem(resp, 422)["type"].endswith(":invalid-cursor")
+
+
+async def test_cursor_secret_makes_cursors_valid_across_processes(fake: FakeInflux) -> None:
+    """Two API processes with one CURSOR_SECRET accept each other's cursors; without it each
+    process signs with a key of its own."""
+
+    def app_with(secret: str | None) -> FastAPI:
+        settings = ApiSettings(
+            keys={"read": SecretStr(READ)},
+            cursor_secret=SecretStr(secret) if secret is not None else None,
+        )
+        return create_app(settings, influx=fake, clock=FixedClock(NOW, MONO))
+
+    q = cursor.fingerprint("chargers", None, None)
+    one, two = app_with("s" * 32), app_with("s" * 32)
+    assert two.state.cursors.decode(
+        one.state.cursors.encode("chargers", q, {"a": "x"}), "chargers", q
+    )
+    three, four = app_with(None), app_with(None)
+    with pytest.raises(cursor.CursorError):
+        four.state.cursors.decode(
+            three.state.cursors.encode("chargers", q, {"a": "x"}), "chargers", q
+        )
 
 
 BUCKETS = ["time", "mean_power_w"]
