@@ -261,9 +261,13 @@ def test_stats_match_the_statistics_module(pipeline: Pipeline) -> None:
 
 
 def test_fleet_daily_counts_readings_per_status(pipeline: Pipeline) -> None:
-    """Per status counts of one UTC day equal the readings sent for it; HTML on request."""
+    """Per status counts of one UTC day equal the readings sent for it; HTML on request. (The
+    day is a recent one: readings older than the bridge's MAX_AGE_DAYS are dead-lettered.)"""
     p = pipeline
-    day = datetime(2025, 3, 4, tzinfo=UTC)
+    day = (datetime.now(UTC) - timedelta(days=10)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    date = day.date().isoformat()
     statuses = ["Charging"] * 5 + ["Available"] * 3 + ["Faulted"] + [None] * 2
     readings = []
     for i, status in enumerate(statuses):
@@ -275,19 +279,19 @@ def test_fleet_daily_counts_readings_per_status(pipeline: Pipeline) -> None:
         "all stored",
         lambda: sum(p.stored(f"{p.gateway}-cp{i}") for i in range(3)) == len(readings),
     )
-    body = p.get("/v1/fleet/daily", date="2025-03-04").json()
+    body = p.get("/v1/fleet/daily", date=date).json()
     expected = Counter(s for s in statuses if s)
-    assert body == {"date": "2025-03-04", "total": len(statuses),
+    assert body == {"date": date, "total": len(statuses),
                     "by_status": dict(expected), "no_status": 2}  # fmt: skip
     page = httpx.get(
         f"{p.api}/v1/fleet/daily",
-        params={"date": "2025-03-04"},
+        params={"date": date},
         headers={"X-API-Key": READ, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
         timeout=10,
     )
     assert page.headers["content-type"].startswith("text/html")
     assert "<td>Charging</td><td>5</td>" in page.text
-    assert p.get("/v1/fleet/daily", date="2025-03-04", format="html").text == page.text
+    assert p.get("/v1/fleet/daily", date=date, format="html").text == page.text
 
 
 # --- ingest ---------------------------------------------------------------------------------
