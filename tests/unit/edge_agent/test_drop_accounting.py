@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,27 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_agent.budget import Budget
-from edge_agent.capture import Capture
 from edge_agent.cli import app
 from edge_agent.outbox import Outbox
 from edge_agent.outbox_cli import render_stats
 from edge_agent.publisher import Counters, Publisher
 from edge_agent.settings import EdgeSettings
 from telemetry_common.mqtt import AsyncMqttClient, PublishLostError, PublishRejectedError
-
-TS = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def energy(n: int) -> bytes:
-    return Capture("CP-1", TS, {"energy_wh": float(n), "power_w": 1.0}).to_body()
-
-
-def other(n: int) -> bytes:
-    return Capture("CP-1", TS, {"temperature_c": float(n)}).to_body()
-
-
-def pending_seqs(box: Outbox) -> list[int]:
-    return [r.seq for r in box.oldest(1_000_000, 1 << 40)]
+from tests.support.outbox_readings import energy, other, pending_seqs
 
 
 def listed(box: Outbox) -> set[int]:

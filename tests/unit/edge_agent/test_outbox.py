@@ -11,30 +11,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from edge_agent.budget import Budget
-from edge_agent.capture import Capture
 from edge_agent.outbox import Outbox
 from edge_agent.store import SEQ_MARGIN
-
-TS = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def energy(n: int) -> bytes:
-    return Capture("CP-1", TS, {"energy_wh": float(n), "power_w": 1.0}).to_body()
-
-
-def other(n: int) -> bytes:
-    """A reading without energy_wh (e.g. a temperature-only sample)."""
-    return Capture("CP-1", TS, {"temperature_c": float(n)}).to_body()
-
-
-def pending_seqs(box: Outbox) -> list[int]:
-    return [r.seq for r in box.oldest(1_000_000, 1 << 40)]
+from tests.support.outbox_readings import energy, other, pending_seqs
 
 
 def check_totals(path: Path) -> None:
