@@ -235,15 +235,19 @@ class Harness:
         self.box, self.broker, self.publisher = box, broker, publisher
 
     async def ack_all(self) -> None:
-        """Acknowledge every batch until the outbox is empty (for at most 10 s)."""
+        """Acknowledge every batch until the outbox is empty and the publisher has counted
+        every acknowledged batch (for at most 10 s): it deletes a batch's rows in a worker
+        thread and counts them when that returns, so an empty outbox alone can be seen first."""
         for _ in range(1000):
             for _, fut in self.broker.sent:
                 if not fut.done():
                     fut.set_result(None)
-            if not self.box.pending() and all(f.done() for _, f in self.broker.sent):
+            acked = sum(len(seqs) for seqs, f in self.broker.sent if f.done() and not f.exception())
+            settled = all(f.done() for _, f in self.broker.sent)
+            if settled and not self.box.pending() and self.publisher.counters.published == acked:
                 return
             await asyncio.sleep(0.01)
-        raise AssertionError("the outbox did not empty")
+        raise AssertionError("the outbox did not empty, or its PUBACKs were not all counted")
 
 
 @pytest.fixture
