@@ -56,6 +56,8 @@ class Segment:
     chargers: list[str]
     seqs: list[int]
     nss: list[int]
+    #: The sender's outbox epoch (None: seqs numbered for the gateway's whole life).
+    epoch: str | None = None
 
 
 @dataclass(slots=True)
@@ -153,7 +155,16 @@ class Preparer:
             fields = value_fields_from_json(msg.payload, rows) if whole else None
             lines += to_lines(gateway_id, rows, nss, fields)
             out.segments.append(
-                Segment(msg_no, gateway_id, first, decoded.positions, chargers, seqs, nss)
+                Segment(
+                    msg_no,
+                    gateway_id,
+                    first,
+                    decoded.positions,
+                    chargers,
+                    seqs,
+                    nss,
+                    decoded.epoch,
+                )
             )
             self._offer_newest(out, gateway_id, first, chargers, seqs, nss, rows)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 import pydantic_core
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from processor.lineproto import ts_ns, ts_ns_all
 from telemetry_common.ids import Id
 from telemetry_common.schema import (
+    EPOCH_SHAPE,
     MAX_BATCH_BYTES,
     MAX_BATCH_READINGS,
     READING_ROW_VALIDATOR,
@@ -71,6 +72,8 @@ class Decoded:
     #: Each row's position in the payload's ``readings``.
     positions: list[int] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    #: The sender's outbox epoch (None: the gateway numbers its seqs for its whole life).
+    epoch: str | None = None
 
     def keep(self, kept: list[int]) -> None:
         """Keep only the rows at these indexes (after some were rejected)."""
@@ -84,6 +87,7 @@ class _Envelope(BaseModel):
 
     schema_: Literal["charger-telemetry/1"] = Field(alias="schema", default=SCHEMA_ID)
     gateway_id: Id
+    epoch: Annotated[str, Field(pattern=EPOCH_SHAPE)] | None = None
     readings: list[Any] = Field(min_length=1, max_length=MAX_BATCH_READINGS)
 
 
@@ -105,6 +109,7 @@ def decode_message(topic_gateway: str, payload: bytes, *, now: datetime, ts: TsW
     try:
         batch = ROWS_VALIDATOR.validate_json(payload)
         gateway_id, out.rows = batch["gateway_id"], batch["readings"]
+        out.epoch = batch.get("epoch")
         out.positions = list(range(len(out.rows)))
     except ValidationError:
         gateway_id = _slow_path(payload, out)
@@ -165,6 +170,7 @@ def _slow_path(payload: bytes, out: Decoded) -> str | None:
     except ValidationError as exc:
         out.rejected.append(Rejected(INVALID_ENVELOPE, _describe(exc), payload))
         return None
+    out.epoch = env.epoch
     for i, item in enumerate(env.readings):
         raw = orjson.dumps(item)
         try:

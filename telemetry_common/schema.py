@@ -42,6 +42,8 @@ Status = Literal[
     "Faulted",
     "Occupied",
 ]
+#: An outbox epoch: 64 random bits in lowercase hex.
+EPOCH_SHAPE: Final = r"^[0-9a-f]{16}$"
 #: What a value key looks like; a key must also not be one of RESERVED_VALUE_KEYS.
 VALUE_KEY_SHAPE: Final = r"^[a-z][a-z0-9_]{0,62}$"
 
@@ -144,6 +146,9 @@ class ReadingBatch(BaseModel):
 
     schema_: Literal["charger-telemetry/1"] = Field(alias="schema", default=SCHEMA_ID)
     gateway_id: Id
+    #: The outbox's identity (:data:`EPOCH_SHAPE`): ``seq`` is unique and increasing per
+    #: (gateway, epoch); a new outbox (deleted, re-created) has a new epoch and starts at 1.
+    epoch: Annotated[str, Field(pattern=EPOCH_SHAPE)] | None = None
     readings: list[Reading] = Field(min_length=1, max_length=MAX_BATCH_READINGS)
 
 

@@ -62,6 +62,11 @@ class Topics:
             and "" not in rest.split("/")
         )
 
+    def stored(self, gateway_id: str) -> str:
+        """Where the bridges acknowledge what they stored of ``gateway_id``'s readings (the
+        end-to-end acknowledgement, docs/design.md#stored-acknowledgements)."""
+        return f"{self.root}/{check_id('gateway id', gateway_id)}/stored"
+
     def live(self, charger_id: str) -> str:
         return f"{self.root}/live/{check_id('charger id', charger_id)}"
 
