@@ -95,12 +95,14 @@ def test_acl_for_a_custom_topic_root(tmp_path: Path) -> None:
         "pattern write fleet/test-7/%u/readings",
         "pattern readwrite fleet/test-7/%u/state",
         "pattern read fleet/test-7/%u/cmd/#",
+        "pattern read fleet/test-7/%u/stored",
         "pattern write fleet/test-7/%u/reply/#",
         "user telemetry-bridge",
         "topic read fleet/test-7/+/readings",
         "topic read fleet/test-7/+/state",
         "topic readwrite fleet/test-7/live/#",
         "topic write fleet/test-7/deadletter/#",
+        "topic write fleet/test-7/+/stored",
         "user telemetry-operator",
         "topic write fleet/test-7/+/cmd/#",
         "topic read fleet/test-7/+/reply/#",
@@ -108,6 +110,7 @@ def test_acl_for_a_custom_topic_root(tmp_path: Path) -> None:
         "topic read fleet/test-7/live/#",
         "topic read fleet/test-7/+/state",
         "topic write fleet/test-7/+/readings",
+        "topic read fleet/test-7/+/stored",
     ]
     assert "chargers/v1" not in acl
 
