@@ -131,6 +131,8 @@ class Counters:
     #: because no acknowledgement came in time.
     confirmed: int = 0
     stored_timeouts: int = 0
+    #: Readings sent and not yet acknowledged as stored (a gauge, kept by the publisher).
+    unconfirmed: int = 0
 
 
 class Publisher:
@@ -253,7 +255,8 @@ class Publisher:
                 self._wake.clear()
                 if self._stored_overdue():
                     break
-                if len(inflight) < window and self.unconfirmed < self._s.max_unconfirmed:
+                unconfirmed = self.counters.unconfirmed = self.unconfirmed  # (the gauge)
+                if len(inflight) < window and unconfirmed < self._s.max_unconfirmed:
                     picked = await self._pick(self._backlog_inflight < backlog_slots)
                     if picked is not None:
                         if picked[1]:  # empty: the budget dropped the whole batch meanwhile
