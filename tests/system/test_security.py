@@ -678,6 +678,40 @@ def test_the_bridges_names_are_not_the_documented_defaults(stack: SystemStack) -
     assert group.endswith(token)
 
 
+def test_no_answer_or_log_line_reveals_the_bridges_secret(stack: SystemStack) -> None:
+    """The token in the bridges' client id and share group is in no answer a read key gets
+    (``/v1/pipeline/status``, ``/v1/gateways/{id}/gaps``), in none of the bridge's operational
+    endpoints, and in no log line of the bridge, the API or the gateways (the broker's own log
+    names clients by id: it is the operator's, like the state dir that holds the secret). The
+    bridge is shown by its public name instead."""
+    token = (stack.dir / FILE_NAME).read_text().strip()
+    assert len(token) >= 32
+    answers = {
+        "/v1/pipeline/status": stack.api_get("/v1/pipeline/status"),
+        "/v1/gateways/gw-1/gaps": stack.api_get("/v1/gateways/gw-1/gaps"),
+    }
+    bridge = stack.state["bridge"]["url"]
+    api = stack.state["api"]["url"]
+    for path in ("/status", "/metrics", "/readyz", "/healthz"):
+        answers[f"bridge {path}"] = httpx.get(f"{bridge}{path}", timeout=10)
+    for path in ("/metrics", "/readyz"):
+        answers[f"api {path}"] = httpx.get(f"{api}{path}", timeout=10)
+    for name, r in answers.items():
+        print(f"{name}: {r.status_code}, {len(r.text)} characters")
+        assert r.status_code in (200, 503), name
+        assert token not in r.text, f"{name} reveals the bridge secret"
+    shown = answers["/v1/pipeline/status"].json()["bridges"][0]["status"]["client_id"]
+    print(f"the bridge is shown as {shown!r}")
+    assert shown.startswith("telemetry-bridge-1")
+    logs = sorted(p for p in (stack.dir / "logs").glob("*.log") if p.name != "mosquitto.log")
+    assert {"bridge.log", "api.log"} <= {p.name for p in logs}
+    for log in logs:
+        text = log.read_text(errors="replace")
+        leaks = [line for line in text.splitlines() if token in line]
+        print(f"{log.name}: {len(text.splitlines())} lines, {len(leaks)} with the secret")
+        assert leaks == [], f"{log.name}: {leaks[:3]}"
+
+
 def test_gateway_joining_the_default_share_group_costs_no_reading(
     stack: SystemStack, topics: Topics, attacker: tuple[Path, Path], sessions: OpenSession
 ) -> None:
