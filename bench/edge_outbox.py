@@ -82,7 +82,7 @@ class Counter:
     def subscribe(self, stack: Stack) -> Connection:
         return Connection(
             "bench-counter",
-            stack.tls_port,
+            stack.service_port,
             identity=stack.identity(BRIDGE_IDENTITY),
             subscribe=(Topics(TOPIC_ROOT).readings(GATEWAY), 1),
             on_message=self._on_message,
