@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -50,7 +51,7 @@ def _stored_seqs(db: InfluxTarget, gateway: str) -> set[int]:
     return {int(row[1]) for row in series[0]["values"]} if series else set()
 
 
-def _deadletters(db: InfluxTarget, gateway: str) -> list[dict[str, object]]:
+def _deadletters(db: InfluxTarget, gateway: str) -> list[dict[str, Any]]:
     q = f"SELECT * FROM deadletters WHERE gateway_id = '{gateway}'"
     r = httpx.get(f"{db.url}/query", params={"db": db.database, "q": q}, timeout=5)
     series = r.json()["results"][0].get("series", [])
