@@ -43,12 +43,14 @@ class UniqueTs:
         held = self._marks
         touched: Marks = {}
         out: list[Capture] = []
+        last_ts, ms = None, 0
         for c in captures:
             ts = c.ts
-            if ts.tzinfo is None:  # not a valid capture: Capture.to_body refuses it
-                out.append(c)
-                continue
-            ms = (ts - _EPOCH) // _MS
+            if ts is not last_ts:  # captures of one tick or message often share their ts
+                if ts.tzinfo is None:  # not a valid capture: Capture.to_body refuses it
+                    out.append(c)
+                    continue
+                last_ts, ms = ts, (ts - _EPOCH) // _MS
             key = (c.charger_id, c.evse_id, c.connector_id)
             mark = held.get(key)
             if mark is not None and mark[0] <= ms <= mark[1]:

@@ -24,7 +24,7 @@ from telemetry_common.settings import env_for, env_name
 from telemetry_stack.servers import ManagedProcess
 from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
 from tests.support.influx import influxql
-from tests.support.processes import BIN, Procs, client_settings, start_bridge
+from tests.support.processes import BIN, Procs, client_settings, start_bridge, stopped
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -175,7 +175,7 @@ def test_two_readings_of_one_connector_with_one_ts_are_both_stored(
         feed = tmp_path / f"{name}.jsonl"
         feed.write_bytes(lines)
         edge = procs.start(f"edge-{name}", [*argv, str(feed)], env)
-        wait_until(f"the {name} agent to send and exit", lambda e=edge: not e.is_running(), 60)
+        wait_until(f"the {name} agent to send and exit", stopped(edge), 60)
         assert edge.returncode() == 0, edge.log_tail()
     wait_until("3 readings stored", lambda: count(influx_db, gw) == 3)
     q = f"SELECT seq, energy_wh FROM readings WHERE gateway_id = '{gw}'"
