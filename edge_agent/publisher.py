@@ -159,7 +159,7 @@ class Publisher:
         self._backlog_inflight = 0
         self._linger_left = 0.0
         self._require_stored = settings.delete_after == "stored"
-        self._epoch: str | None = getattr(outbox, "epoch", None)
+        self._epoch: str | None = outbox.epoch
         self._stored_timeout_s = settings.stored_timeout_s
         #: Unconfirmed batches, oldest first, and each of their seqs still awaited.
         self._unconfirmed: deque[Unconfirmed] = deque()

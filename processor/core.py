@@ -87,6 +87,8 @@ class Processor:
                     max_future=timedelta(seconds=settings.max_future_s),
                     max_age=timedelta(days=settings.max_age_days),
                 ),
+                state.gaps,
+                settings.max_seq_jump,
             ),
             InfluxOutput(
                 writer,
@@ -165,7 +167,7 @@ class Processor:
             if refused_at:
                 stored = [j for j in range(len(seqs)) if seg.first + j not in refused_at]
                 seqs, nss = [seqs[j] for j in stored], [nss[j] for j in stored]
-            gaps.observe_all(seg.gateway_id, seqs, nss, now)
+            gaps.observe_all(seg.gateway_id, seqs, nss, now, seg.epoch)
         newest = batch.newest
         if refused_at:
             newest = self._newest_stored(batch, refused_at)

@@ -42,6 +42,8 @@ class Gap(BaseModel):
     missing: int | None
     state: str
     bridges: list[str]
+    #: The outbox epoch the seqs belong to (null: the gateway's lifelong numbering).
+    epoch: str | None = None
 
 
 class BridgeStatus(BaseModel):
@@ -112,7 +114,7 @@ def public(doc: dict[str, Any]) -> dict[str, Any]:
 
 def merge_gaps(bridges: list[BridgeStatus]) -> dict[str, list[Gap]]:
     """Per gateway, the union of the bridges' open gaps (pure)."""
-    merged: dict[str, dict[tuple[int, int], Gap]] = {}
+    merged: dict[str, dict[tuple[str, int, int], Gap]] = {}
     for b in bridges:
         gaps = (b.status or {}).get("seq_gaps") or {}
         if not isinstance(gaps, dict):
@@ -120,7 +122,9 @@ def merge_gaps(bridges: list[BridgeStatus]) -> dict[str, list[Gap]]:
         for gateway, items in gaps.items():
             for item in items if isinstance(items, list) else []:
                 try:
-                    key = (int(item["first_seq"]), int(item["last_seq"]))
+                    epoch = item.get("epoch")
+                    epoch = str(epoch) if epoch is not None else None
+                    key = (epoch or "", int(item["first_seq"]), int(item["last_seq"]))
                     missing = item.get("missing")
                     missing = int(missing) if missing is not None else None
                 except (KeyError, TypeError, ValueError):
@@ -129,8 +133,8 @@ def merge_gaps(bridges: list[BridgeStatus]) -> dict[str, list[Gap]]:
                 if held is None:
                     state = "confirmed" if missing is not None else "suspected"
                     merged[str(gateway)][key] = Gap(
-                        first_seq=key[0], last_seq=key[1], missing=missing, state=state,
-                        bridges=[b.url],
+                        first_seq=key[1], last_seq=key[2], missing=missing, state=state,
+                        bridges=[b.url], epoch=epoch,
                     )  # fmt: skip
                     continue
                 held.bridges.append(b.url)

@@ -595,6 +595,16 @@ def test_gap_merge_prefers_confirmed_and_lists_bridges() -> None:
     ]
 
 
+def test_gaps_of_two_outbox_epochs_are_not_merged() -> None:
+    """The same seq range in two epochs (a recreated outbox) is two gaps."""
+    a = BridgeStatus(url="a", reachable=True, status={"seq_gaps": {"gw": [
+        {"first_seq": 4, "last_seq": 9, "missing": 6, "state": "confirmed", "epoch": "aa" * 8},
+        {"first_seq": 4, "last_seq": 9, "missing": 6, "state": "confirmed", "epoch": "bb" * 8},
+    ]}})  # fmt: skip
+    merged = merge_gaps([a])
+    assert sorted(g.epoch or "" for g in merged["gw"]) == ["aa" * 8, "bb" * 8]
+
+
 def test_a_bridges_status_loses_its_secret_names() -> None:
     """A status document with a raw client id and share group (a bridge of an older version)
     shows only their public names; everything else is passed through."""
