@@ -181,3 +181,19 @@ async def test_a_budget_drop_of_an_unconfirmed_row_counts_only_if_it_is_not_stor
 def test_malformed_acknowledgements_are_refused(payload: bytes) -> None:
     with pytest.raises(ValueError, match="not a stored acknowledgement"):
         parse_ack(payload)
+
+
+async def test_a_batch_confirmed_out_of_order_is_deleted_and_only_the_other_goes_again(
+    rig: Rig,
+) -> None:
+    """Two batches (another bridge stored the second first): the second is deleted at once;
+    the first, never acknowledged, is the only one sent again after the timeout."""
+    rig.box.append([energy(i) for i in range(1, 9)])
+    rig.publisher.notify()
+    await until("two batches sent", lambda: len(rig.broker.sent) == 2)
+    rig.puback_all()
+    await until("both PUBACKed", lambda: rig.publisher.counters.published == 8)
+    await rig.publisher.confirm(ack_payload(rig.epoch, [5, 6, 7, 8]))
+    assert sorted(r.seq for r in rig.box.oldest(100, 1 << 20)) == [1, 2, 3, 4]
+    await until("sent again", lambda: len(rig.broker.sent) == 3)
+    assert rig.sent_seqs()[2] == [1, 2, 3, 4]
