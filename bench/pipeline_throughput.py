@@ -595,6 +595,10 @@ def _rate(x: float | None) -> str:
     return "incomplete" if x is None else f"{x:,.0f} readings/s"
 
 
+def _f1(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
@@ -759,6 +763,19 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
                 _pct(ratio),
                 f"target >= {TARGET_ACKS_RATIO:.0%}: {verdict(ratio >= TARGET_ACKS_RATIO)}; "
                 "per round: " + ", ".join(_pct(r) for r in fig["acks_ratios"]),
+            )
+        )
+    us = fig.get("bridge_us_per_reading", {})
+    if us:
+        rows.append(
+            (
+                f"bridge CPU per reading, acks {' / '.join(us)}, median of {len(rounds)} rounds",
+                " / ".join(f"{x:.1f}" for x in us.values()) + " us",
+                "per round: "
+                + "; ".join(
+                    ", ".join(f"{m} {_f1(r['modes'][m].get('bridge_us_per_reading'))}" for m in us)
+                    for r in rounds
+                ),
             )
         )
     for k, r in enumerate(rounds, start=1):
@@ -957,6 +974,9 @@ def round_figures(r: dict[str, Any]) -> dict[str, Any]:
                 "ratio": x["ratio"],
                 "ratio_2_clients": x["ratio_2_clients"],
                 "complete": x["pipeline"]["complete"],
+                # Bridge CPU per reading: what acknowledging costs, less disturbed than a rate
+                # when the shared machine gives the bridge less CPU in one phase.
+                "bridge_us_per_reading": _per_reading(x["pipeline"], "bridge"),
             }
             for m, x in r["modes"].items()
         },
@@ -1003,6 +1023,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             known = [x for x in acks_ratios if x is not None]
             fig["acks_ratios"] = acks_ratios if len(a.modes) == 2 else []
             fig["acks_ratio"] = statistics.median(known) if len(known) == len(rounds) else None
+            fig["bridge_us_per_reading"] = {
+                m: statistics.median(
+                    x for r in rounds if (x := _per_reading(r["modes"][m]["pipeline"], "bridge"))
+                )
+                for m in a.modes
+            }
             # The figures of earlier versions (one bridge, one mode): those of the default
             # bridge (acknowledgements on) when measured.
             primary = "on" if "on" in a.modes else "off"
