@@ -38,6 +38,7 @@ import statistics
 import sys
 import time
 from bisect import bisect_left
+from pathlib import Path
 from typing import Any, Final
 
 from bench.harness import cli
@@ -65,6 +66,12 @@ def gateway_name(index: int) -> str:
 
 def bridge_env(a: argparse.Namespace, mode: str) -> dict[str, str]:
     return {**env_for(BridgeSettings, stored_acks=mode == "on"), **a.bridge_env}
+
+
+def profile_path(a: argparse.Namespace, mode: str, k: int) -> Path | None:
+    """With ``--profile-bridge FILE``: where the bridge of phase ``k`` writes its stats."""
+    prof: Path | None = a.profile_bridge
+    return None if prof is None else prof.with_name(f"{prof.name}.{mode}-{k}")
 
 
 def start_publishers(stack: Stack, a: argparse.Namespace) -> list[ManagedProcess]:
@@ -223,7 +230,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             pki_s = time.monotonic() - t_pki
             cli.log(f"{a.gateways:,} gateway certificates and the servers in {pki_s:.0f}s")
             mode = order[0]
-            bridge = start_bridge(stack, bridge_env(a, mode))
+            bridge = start_bridge(stack, bridge_env(a, mode), profile_path(a, mode, 1))
             pubs = start_publishers(stack, a)
             connect_s = wait_ready(stack, pubs, a.timeout)
             cli.log(f"{a.gateways:,} gateways connected and subscribed in {connect_s:.0f}s")
@@ -233,7 +240,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     if want != mode:
                         bridge.stop(timeout=20)
                         mode = want
-                        bridge = start_bridge(stack, bridge_env(a, mode))
+                        bridge = start_bridge(stack, bridge_env(a, mode), profile_path(a, mode, k))
                     cli.log(
                         f"phase {k}/{len(order)}: stored acks {mode}, "
                         f"{a.settle:.0f}s settling, {a.phase_seconds:.0f}s measured ..."
@@ -470,6 +477,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=900.0, help="bound on the whole run")
     cli.add_env_option(p, "--bridge-env", "bridge", BridgeSettings, ack_interval_s=0.5)
+    p.add_argument(
+        "--profile-bridge",
+        type=Path,
+        help="run each bridge under cProfile, stats in FILE.MODE-K (K: the phase it starts in)",
+    )
     cli.add_output_options(p)
     a = p.parse_args(argv)
     if not 1 <= a.gateways <= MAX_GATEWAYS:
