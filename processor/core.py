@@ -108,7 +108,14 @@ class Processor:
                 busy=busy,
             ),
             metrics,
-            StoredAcks(mqtt, topics, metrics, settings.ack_interval_s, settings.ack_max_rate)
+            StoredAcks(
+                mqtt,
+                topics,
+                metrics,
+                settings.ack_interval_s,
+                settings.ack_max_rate,
+                eager_readings=settings.ack_eager_readings,
+            )
             if settings.stored_acks
             else None,
         )

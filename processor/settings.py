@@ -41,6 +41,10 @@ class ProcessorSettings(BaseModel):
     ack_interval_s: float = Field(default=0.5, gt=0, le=10)
     """Stored acknowledgements are coalesced per gateway and sent at most this often: one message
     covers every seq of the gateway handled since the last one."""
+    ack_eager_readings: int = Field(default=1_000, ge=0)
+    """A gateway with this many seqs waiting is acknowledged right after the commit, without
+    waiting for ``ACK_INTERVAL_S`` (0: never): a gateway draining a backlog would otherwise be
+    held to its window (``TELEMETRY_EDGE_MAX_UNCONFIRMED``) per interval."""
     ack_max_rate: float = Field(default=2_000.0, ge=0)
     """At most this many stored acknowledgements per second in all (0: no limit), the gateways
     waiting longest first: a fleet larger than this times ``ACK_INTERVAL_S`` is acknowledged
