@@ -15,7 +15,9 @@ import pytest
 from pydantic import SecretStr
 
 from query_api import cursor
+from query_api.acks import StoredAcks, parse_ack
 from query_api.auth import identify
+from query_api.idempotency import IdempotencyKeys, parse_key
 from query_api.ingest import numbered, parse_body, payloads
 from query_api.latest.index import ChargerIndex
 from query_api.latest.mirror import NEVER, LiveMirror
@@ -482,21 +484,99 @@ def test_numbering_and_payload_split() -> None:
 
 
 async def test_seq_allocator_continues_from_influx_and_the_file(tmp_path: Path) -> None:
-    """The first seq follows the higher of InfluxDB's and the file's; a release is reused; the
-    file survives a new allocator."""
+    """The first seq follows the higher of InfluxDB's and the file's; a release of the last
+    reservation is reused, of an earlier one (a retry's seqs) not; the file survives a new
+    allocator."""
     state = tmp_path / "seq.json"
     stored = Series("readings", ["time", "seq"], [[0, 7]])
     seqs = SeqAllocator(FakeInflux([stored]), state)
     async with seqs.lock("gw"):
         assert await seqs.reserve("gw", 3) == 8
         assert await seqs.reserve("gw", 2) == 11
-        await seqs.release("gw", 11)
+        await seqs.release("gw", 11, 13)
         assert await seqs.reserve("gw", 1) == 11
-    assert orjson.loads(state.read_bytes()) == {"gw": 11}
+        await seqs.release("gw", 8, 11)  # not the last reservation: those stay used
+        assert await seqs.reserve("gw", 1) == 12
+    assert orjson.loads(state.read_bytes()) == {"gw": 12}
     again = SeqAllocator(FakeInflux([stored]), state)
-    assert await again.reserve("gw", 1) == 12
+    assert await again.reserve("gw", 1) == 13
     fresh = SeqAllocator(FakeInflux(), None)
     assert await fresh.reserve("other", 1) == 1
+
+
+async def test_idempotency_keys_survive_a_restart_through_their_journal(tmp_path: Path) -> None:
+    """Keys, their completion and their drop are journaled and read back by a new store; a torn
+    last line is skipped; expired keys are not read back."""
+    journal = tmp_path / "seq.json.keys"
+    keys = IdempotencyKeys(journal, ttl_s=60, max_keys=10)
+    a = await keys.add("gw", "key-a", "d1", 1, 3)
+    b = await keys.add("gw", "key-b", "d2", 4, 1)
+    c = await keys.add("gw2", "key-a", "d3", 1, 1)
+    await keys.complete(a)
+    await keys.drop(c)
+    with journal.open("ab") as fh:
+        fh.write(b'{"g": "gw", "k": "torn')
+    again = IdempotencyKeys(journal, ttl_s=60, max_keys=10)
+    got_a, got_b = again.get("gw", "key-a"), again.get("gw", "key-b")
+    assert got_a is not None
+    assert got_b is not None
+    assert (got_a.first_seq, got_a.count, got_a.digest, got_a.done) == (1, 3, "d1", True)
+    assert (got_b.first_seq, got_b.done, got_b.busy) == (4, False, False)
+    assert again.get("gw2", "key-a") is None
+    assert b.busy  # the original's request still holds it
+    expired = IdempotencyKeys(journal, ttl_s=60, max_keys=10)
+    for entry in (expired.get("gw", "key-a"), expired.get("gw", "key-b")):
+        assert entry is not None
+        entry.expires = 0
+    assert expired.get("gw", "key-a") is None
+
+
+async def test_idempotency_keys_are_bounded_and_the_journal_compacted(tmp_path: Path) -> None:
+    """Beyond MAX_KEYS the oldest key not in use goes; the journal is rewritten once it holds
+    twice the keys kept (at least 1,000 lines), and reads back the same keys."""
+    journal = tmp_path / "keys"
+    keys = IdempotencyKeys(journal, ttl_s=3600, max_keys=3)
+    held = await keys.add("gw", "key-0", "d", 1, 1)  # busy: a request still holds it
+    for i in range(1, 1200):
+        entry = await keys.add("gw", f"key-{i}", "d", i + 1, 1)
+        entry.busy = False
+    assert len(keys) == 3
+    assert keys.get("gw", "key-0") is held
+    assert keys.get("gw", "key-1") is None
+    assert keys.get("gw", "key-1197") is None
+    assert len(journal.read_bytes().splitlines()) < 1000
+    again = IdempotencyKeys(journal, ttl_s=3600, max_keys=3)
+    # read back: no request holds key-0 any more, and the newest MAX_KEYS are kept
+    names = ("key-0", "key-1196", "key-1197", "key-1198", "key-1199")
+    assert [k for k in names if again.get("gw", k)] == ["key-1197", "key-1198", "key-1199"]
+
+
+def test_idempotency_key_header() -> None:
+    """8 to 128 characters of the allowed set; RFC 8941 quotes are taken off; None if absent."""
+    assert parse_key(None) is None
+    assert (
+        parse_key("8e03978e-40d5-43e8-bc93-6894a57f9324") == "8e03978e-40d5-43e8-bc93-6894a57f9324"
+    )
+    assert parse_key('"abc:def+/=~_."') == "abc:def+/=~_."
+    for bad in ("", "seven77", "x" * 129, "with space1", "semi;colon", '"unterminated', "é" * 10):
+        with pytest.raises(ValueError, match="Idempotency-Key"):
+            parse_key(bad)
+
+
+def test_stored_acknowledgements_are_parsed_strictly() -> None:
+    """Only {"epoch": null, "seqs": [[first, last], ...]} with integers first <= last counts;
+    the store listens to its ingest gateways' topics only."""
+    assert parse_ack(b'{"epoch": null, "seqs": [[1, 3], [7, 7]]}') == [(1, 3), (7, 7)]
+    assert parse_ack(b'{"seqs": []}') == []
+    for bad in (b"[]", b"nope", b'{"epoch": "0123456789abcdef", "seqs": [[1, 1]]}',
+                b'{"epoch": null, "seqs": [[1]]}', b'{"epoch": null, "seqs": [[2, 1]]}',
+                b'{"epoch": null, "seqs": [[1.0, 2]]}', b'{"epoch": null, "seqs": [[true, 2]]}',
+                b'{"epoch": null}'):  # fmt: skip
+        assert parse_ack(bad) is None, bad
+    acks = StoredAcks(Topics("r/v1"), ["a", "b"])
+    assert acks.subscriptions == ("r/v1/a/stored", "r/v1/b/stored")
+    assert acks.handles("r/v1/a/stored")
+    assert not acks.handles("r/v1/c/stored")
 
 
 def test_seq_file_must_be_an_object(tmp_path: Path) -> None:
