@@ -100,7 +100,7 @@ class ApiSettings(ServiceSettings):
     ingest_seq_file: Path | None = None
     """Where the last ``seq`` used per ingest gateway is kept across restarts (JSON). Unset: the
     next seq is derived from InfluxDB at the first ingest after a start."""
-    ingest_stored_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    ingest_stored_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """How long ``POST /v1/telemetry`` waits, after publishing, for the bridges' stored
     acknowledgement of every reading; then it answers 503 (the readings may still be stored:
     retry with the same ``Idempotency-Key``). Keep it above the bridges' ACK_INTERVAL_S plus a
