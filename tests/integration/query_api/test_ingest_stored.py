@@ -248,7 +248,11 @@ def test_ingest_during_a_broker_restart_stores_every_answered_reading_once(
         running = [pool.submit(c.run, per_client, base, stop) for c in clients]
         try:
             for answers in (6, 24):
-                wait_until("answers", lambda n=answers: sum(len(c.answered) for c in clients) >= n)
+
+                def answered(n: int = answers) -> bool:
+                    return sum(len(c.answered) for c in clients) >= n
+
+                wait_until(f"{answers} answers", answered)
                 own_broker.stop()
                 time.sleep(1.5)
                 own_broker.start()
