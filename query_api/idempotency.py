@@ -106,6 +106,8 @@ class IdempotencyKeys:
         return entry
 
     async def complete(self, entry: KeyEntry) -> None:
+        if entry.done:
+            return
         entry.done = True
         if self._entries.get((entry.gateway_id, entry.key)) is entry:
             await self._append({"g": entry.gateway_id, "k": entry.key, "done": True}, sync=False)

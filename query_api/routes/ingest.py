@@ -28,7 +28,8 @@ from pydantic import BaseModel, Field
 from query_api.acks import StoredAcks, Waiter
 from query_api.auth import Principal, require
 from query_api.broker import Publisher
-from query_api.deps import Broker, Mono, Now, Settings
+from query_api.deps import Broker, Mono, Now, Settings, influx_of
+from query_api.handled import handled
 from query_api.idempotency import IdempotencyKeys, KeyEntry, digest, parse_key
 from query_api.ingest import numbered, parse_body, payloads
 from query_api.params import ChargerId
@@ -82,9 +83,17 @@ class AcceptedReading(BaseModel):
 
 class Accepted(BaseModel):
     gateway_id: str
-    accepted: int
+    accepted: int = Field(description="readings handled: stored, or dead-lettered by the bridge")
     first_seq: int
     last_seq: int
+    stored: int | None = Field(
+        description="of them, how many InfluxDB holds with their seq right after the bridges' "
+        "acknowledgement (null: InfluxDB did not answer)"
+    )
+    not_stored: list[int] | None = Field(
+        description="the indices of the others: dead-lettered (the dead-letter feed says why), "
+        "or replaced by a later reading of the same charger, connector and ts (null: not known)"
+    )
     readings: list[AcceptedReading]
 
 
@@ -106,12 +115,15 @@ async def _body(request: Request) -> bytes:
     return bytes(raw)
 
 
-def _accepted(gateway_id: str, readings: list[Reading]) -> Accepted:
+async def _accepted(request: Request, gateway_id: str, readings: list[Reading]) -> Accepted:
+    checked = await handled(influx_of(request), gateway_id, readings)
     return Accepted(
         gateway_id=gateway_id,
         accepted=len(readings),
         first_seq=readings[0].seq,
         last_seq=readings[-1].seq,
+        stored=checked.stored,
+        not_stored=checked.not_stored,
         readings=[
             AcceptedReading(index=i, charger_id=r.charger_id, ts=format_ts(r.ts), seq=r.seq)
             for i, r in enumerate(readings)
@@ -215,25 +227,27 @@ async def ingest(
                 else:
                     entry = _reuse(entry, body_digest, retry_s)
                     first, fresh = entry.first_seq, False
-                    if entry.done:  # answered 200 before: the same answer, nothing published
-                        entry.busy = False
-                        response.headers["Idempotent-Replayed"] = "true"
-                        return _accepted(gateway_id, numbered(parsed.readings, first))
             readings = numbered(parsed.readings, first)
-            waiter = acks.expect(gateway_id, first, first + count - 1)
-            try:
-                await _publish(broker, settings.topics.readings(gateway_id), gateway_id, readings)
-            except _NotPublished as exc:
-                nothing = exc.sent + exc.maybe == 0
-                if fresh and (key is None or nothing):
-                    # Without a key the client's retry takes new seqs anyway; with one, its
-                    # retry reuses them all, so they go back only if nothing was published.
-                    await seqs.release(gateway_id, first + exc.sent + exc.maybe, first + count)
-                    if entry is not None:
-                        await keys.drop(entry)
-                        entry = None
-                raise _unavailable("broker-unavailable", exc.detail, retry_s) from exc.cause
-        if not await acks.wait(waiter, settings.ingest_stored_timeout_s):
+            if entry is not None and entry.done:
+                # Answered 200 before: the same answer, nothing published (the key is held
+                # until this answer is made, so a concurrent one is 409, as while it ran).
+                response.headers["Idempotent-Replayed"] = "true"
+            else:
+                waiter = acks.expect(gateway_id, first, first + count - 1)
+                try:
+                    topic = settings.topics.readings(gateway_id)
+                    await _publish(broker, topic, gateway_id, readings)
+                except _NotPublished as exc:
+                    nothing = exc.sent + exc.maybe == 0
+                    if fresh and (key is None or nothing):
+                        # Without a key the client's retry takes new seqs anyway; with one, its
+                        # retry reuses them all, so they go back only if nothing was published.
+                        await seqs.release(gateway_id, first + exc.sent + exc.maybe, first + count)
+                        if entry is not None:
+                            await keys.drop(entry)
+                            entry = None
+                    raise _unavailable("broker-unavailable", exc.detail, retry_s) from exc.cause
+        if waiter is not None and not await acks.wait(waiter, settings.ingest_stored_timeout_s):
             raise _unavailable(
                 "not-stored",
                 f"published, but not acknowledged as stored within "
@@ -242,6 +256,7 @@ async def ingest(
                 + (" with the same Idempotency-Key" if key is not None else ""),
                 retry_s,
             )
+        answer = await _accepted(request, gateway_id, readings)
         if entry is not None:
             await keys.complete(entry)
     finally:
@@ -249,8 +264,9 @@ async def ingest(
             acks.forget(waiter)
         if entry is not None:
             entry.busy = False
-    request.app.state.metrics.ingested.inc(count)
-    return _accepted(gateway_id, readings)
+    if waiter is not None:
+        request.app.state.metrics.ingested.inc(count)
+    return answer
 
 
 def _reuse(entry: KeyEntry, body_digest: str, retry_s: int) -> KeyEntry:

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from bridge.settings import BridgeSettings
 from query_api.settings import ApiSettings
 from telemetry_common.schema import format_ts
 from telemetry_common.settings import env_for
-from tests.support.fixtures import BrokerInfo, InfluxTarget, TestPki
+from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
 from tests.support.influx import influxql
 from tests.support.own_broker import OwnBroker
 from tests.support.processes import Procs, start_api, start_bridge
@@ -275,3 +276,39 @@ def test_ingest_during_a_broker_restart_stores_every_answered_reading_once(
     assert sorted(got.values()) == list(range(1, len(expected) + 1))
     time.sleep(2)  # the bridge's gap check (GAP_GRACE_S = 1) has run
     assert _gaps(api, gateway) == []
+
+
+def test_dead_lettered_readings_are_handled_and_named_in_the_answer(
+    broker: BrokerInfo,
+    influx_db: InfluxTarget,
+    mqtt_client: MqttClientFactory,
+    procs: Procs,
+    tmp_path: Path,
+) -> None:
+    """Readings the bridge dead-letters (ts beyond MAX_AGE_DAYS; a charger bound to another
+    gateway) are acknowledged as handled: the answer is 200 right away, and names them in
+    ``not_stored``; the valid one beside them is stored."""
+    gateway = f"http-{uuid.uuid4().hex[:6]}"
+    edge = f"gw-{uuid.uuid4().hex[:6]}"
+    start_bridge(procs, broker, influx_db, extra_env=FAST)
+    api = _api(procs, broker, influx_db, gateway, tmp_path)
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    taken = f"{edge}-cp1"  # bound to the edge gateway by its first reading
+    first = {"charger_id": taken, "seq": 1, "ts": format_ts(now), "values": {"power_w": 1.0}}
+    batch = {"gateway_id": edge, "readings": [first]}
+    info = mqtt_client(edge).publish(broker.topics.readings(edge), orjson.dumps(batch), qos=1)
+    info.wait_for_publish(10)
+    wait_until("the edge reading stored", lambda: _stored(influx_db, edge) != [])
+    body = [
+        *_readings(f"{gateway}-cp1", now, 1),
+        *_readings(f"{gateway}-cp1", now - timedelta(days=400), 1),
+        *_readings(taken, now + timedelta(seconds=1), 1),
+    ]
+    resp = _post(api, body)
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["accepted"], resp.json()["stored"], resp.json()["not_stored"]) == (
+        3,
+        1,
+        [1, 2],
+    )
+    assert [s for _, _, s in _stored(influx_db, gateway)] == [resp.json()["first_seq"]]

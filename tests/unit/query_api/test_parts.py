@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from query_api import cursor
 from query_api.acks import StoredAcks, parse_ack
 from query_api.auth import identify
+from query_api.handled import MAX_QUERIES, Handled, handled
 from query_api.idempotency import IdempotencyKeys, parse_key
 from query_api.ingest import numbered, parse_body, payloads
 from query_api.latest.index import ChargerIndex
@@ -32,7 +33,7 @@ from query_api.routes.stats import stats_from_row
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings, Role
 from telemetry_common.errors import ConfigError
-from telemetry_common.influx_query import InfluxQueryError, Series
+from telemetry_common.influx_query import InfluxQueryError, InfluxUnavailable, Series
 from telemetry_common.schema import MAX_BATCH_BYTES, Reading
 from telemetry_common.topics import Topics
 
@@ -577,6 +578,50 @@ def test_stored_acknowledgements_are_parsed_strictly() -> None:
     assert acks.subscriptions == ("r/v1/a/stored", "r/v1/b/stored")
     assert acks.handles("r/v1/a/stored")
     assert not acks.handles("r/v1/c/stored")
+
+
+class CountingInflux:
+    """Answers count_seq_range_query from a set of stored seqs (or raises ``error``)."""
+
+    def __init__(self, stored: set[int], error: Exception | None = None) -> None:
+        self.stored = stored
+        self.error = error
+        self.queries = 0
+
+    async def query(self, q: str) -> list[Series]:
+        self.queries += 1
+        if self.error is not None:
+            raise self.error
+        m = re.search(r'"seq" >= (\d+) AND "seq" <= (\d+)', q)
+        assert m is not None, q
+        n = sum(1 for s in self.stored if int(m[1]) <= s <= int(m[2]))
+        return [Series("readings", ["time", "count"], [[0, n]])] if n else []
+
+    async def query_chunked(self, q: str) -> list[Series]:
+        return await self.query(q)
+
+
+async def test_handled_names_the_readings_influx_does_not_hold() -> None:
+    """All stored: one count query; some missing: found by halving, as request indices; too
+    many to find within MAX_QUERIES: only the count; InfluxDB down: nothing known."""
+    base = Reading.model_validate_json(
+        orjson.dumps({"charger_id": "cp1", "seq": 0, "ts": "2026-05-01T12:00:00Z", "values": {}})
+    )
+    readings = numbered([base] * 10, 41)
+    every = set(range(41, 51))
+    influx = CountingInflux(every)
+    assert await handled(influx, "gw", readings) == Handled(10, [])
+    assert influx.queries == 1
+    influx = CountingInflux(every - {43, 47})
+    result = await handled(influx, "gw", readings)
+    assert (result.stored, result.not_stored) == (8, [2, 6])
+    many = numbered([base] * 400, 1)
+    influx = CountingInflux(set(range(1, 401, 2)))
+    result = await handled(influx, "gw", many)
+    assert (result.stored, result.not_stored, influx.queries) == (200, None, MAX_QUERIES)
+    down = CountingInflux(every, InfluxUnavailable("down"))
+    result = await handled(down, "gw", readings)
+    assert (result.stored, result.not_stored) == (None, None)
 
 
 def test_seq_file_must_be_an_object(tmp_path: Path) -> None:
