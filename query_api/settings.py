@@ -104,7 +104,7 @@ class ApiSettings(ServiceSettings):
     """How long ``POST /v1/telemetry`` waits, after publishing, for the bridges' stored
     acknowledgement of every reading; then it answers 503 (the readings may still be stored:
     retry with the same ``Idempotency-Key``). Keep it above the bridges' ACK_INTERVAL_S plus a
-    write to InfluxDB."""
+    write to InfluxDB, and above their number of gateways divided by ACK_MAX_RATE."""
     ingest_retry_after_s: int = Field(default=2, ge=0, le=3600)
     """The ``Retry-After`` (seconds) of ingest's 503 and 409 answers."""
     ingest_idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
