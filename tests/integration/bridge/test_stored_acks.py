@@ -120,7 +120,8 @@ def test_nothing_is_acknowledged_while_influxdb_does_not_take_the_readings(
     tag = uuid.uuid4().hex[:6]
     gw = f"gw-{tag}"
     url = urlsplit(influx_db.url)
-    assert url.hostname is not None and url.port is not None
+    assert url.hostname is not None
+    assert url.port is not None
     with FaultProxy(url.hostname, url.port) as proxy:
         proxied = InfluxTarget(f"http://127.0.0.1:{proxy.port}", influx_db.database)
         client = mqtt_client(gw)
