@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -26,6 +27,7 @@ from bridge.settings import BridgeSettings
 from query_api.settings import ApiSettings
 from telemetry_common.schema import format_ts
 from telemetry_common.settings import env_for
+from tests.support.fault_proxy import FaultProxy
 from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory, TestPki
 from tests.support.influx import influxql
 from tests.support.own_broker import OwnBroker
@@ -312,3 +314,32 @@ def test_dead_lettered_readings_are_handled_and_named_in_the_answer(
         [1, 2],
     )
     assert [s for _, _, s in _stored(influx_db, gateway)] == [resp.json()["first_seq"]]
+
+
+def test_the_answer_comes_only_once_influxdb_holds_the_readings(
+    broker: BrokerInfo, influx_db: InfluxTarget, procs: Procs, tmp_path: Path
+) -> None:
+    """The bridge writes to InfluxDB through a link that delays each chunk by 1 s: the answer
+    waits for the write, and InfluxDB, asked right after the answer, holds every reading with
+    the answered seq. (An API answering after the broker's PUBACK fails here: nothing is stored
+    yet.)"""
+    gateway = f"http-{uuid.uuid4().hex[:6]}"
+    url = urlsplit(influx_db.url)
+    assert url.hostname is not None
+    assert url.port is not None
+    with FaultProxy(url.hostname, url.port) as proxy:
+        slow = InfluxTarget(f"http://127.0.0.1:{proxy.port}", influx_db.database)
+        start_bridge(procs, broker, slow, extra_env=FAST)
+        api = _api(procs, broker, influx_db, gateway, tmp_path, timeout_s=10)
+        proxy.set(latency_s=1.0)
+        base = datetime.now(UTC) - timedelta(minutes=1)
+        for i in range(2):
+            body = _readings(f"{gateway}-cp{i}", base, 5)
+            started = time.monotonic()
+            resp = _post(api, body, f"key-held-{i:04d}")
+            assert resp.status_code == 200, resp.text
+            assert time.monotonic() - started >= 1
+            stored = {(ch, ts): seq for ch, ts, seq in _stored(influx_db, gateway)}
+            for reading, answered in zip(body, resp.json()["readings"], strict=True):
+                assert stored[(reading["charger_id"], _time(reading["ts"]))] == answered["seq"]
+            assert (resp.json()["stored"], resp.json()["not_stored"]) == (5, [])
