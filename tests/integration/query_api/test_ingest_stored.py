@@ -11,7 +11,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -198,6 +198,7 @@ class Client:
     sent: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     attempts: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # problem type (or error) -> count
+    since: float | None = None  # when the attempt in flight was sent (monotonic)
 
     def run(self, requests: int, base: datetime, stop: threading.Event) -> None:
         for i in range(requests):
@@ -208,12 +209,15 @@ class Client:
                 if stop.is_set():
                     return
                 self.attempts += 1
+                self.since = time.monotonic()
                 try:
                     resp = _post(self.api, body, key, timeout=20)
                 except httpx.HTTPError as exc:
                     self._failed(type(exc).__name__)
                     time.sleep(0.5)
                     continue
+                finally:
+                    self.since = None
                 if resp.status_code == 200:
                     self.answered[key] = [r["seq"] for r in resp.json()["readings"]]
                     break
@@ -232,52 +236,69 @@ def test_ingest_during_a_broker_restart_stores_every_answered_reading_once(
     own_broker: OwnBroker, influx_db: InfluxTarget, procs: Procs, tmp_path: Path
 ) -> None:
     """Issue 16: HTTP ingest during a broker restart. Three clients send requests (each with its
-    own Idempotency-Key, retried on 503 with the same key) while the broker is stopped and
-    started again. Every 200 answer's readings are stored with the answered seqs; retried
-    requests stored each reading once with one seq: InfluxDB holds exactly the answered
-    readings, the seqs are 1..N without repeats, and the bridge reports no gap."""
+    own Idempotency-Key, retried on 503 or 409 with the same key) while the broker is stopped
+    for 3.5 s and started again, twice, each time while every client's request waits for its
+    acknowledgement (the bridge writes through a link that delays each chunk by 0.5 s): those
+    published requests time out (503 not-stored) and are retried. Every 200 answer's readings
+    are stored with the answered seqs, and retried requests stored each reading once with one
+    seq: InfluxDB holds exactly the answered readings, their seqs are 1..N, and the bridge
+    reports no gap. (Without the key's seqs a retry's new seqs replace the first attempt's, and
+    this fails.)"""
     gateway = f"http-{uuid.uuid4().hex[:6]}"
     info = own_broker.info
-    # Acknowledgements once a second: a restart finds requests waiting for theirs.
-    slow_acks = FAST | env_for(BridgeSettings, ack_interval_s=1.0)
-    start_bridge(procs, info, influx_db, extra_env=slow_acks)
-    api = _api(procs, info, influx_db, gateway, tmp_path, timeout_s=3)
-    wait_until("ready", lambda: httpx.get(f"{api}/readyz", timeout=5).status_code == 200)
-    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-    clients = [Client(api, f"{gateway}-cp{i}") for i in range(3)]
-    stop = threading.Event()
-    per_client = 25
-    with ThreadPoolExecutor(len(clients)) as pool:
-        running = [pool.submit(c.run, per_client, base, stop) for c in clients]
-        try:
-            for answers in (6, 24):
+    url = urlsplit(influx_db.url)
+    assert url.hostname is not None
+    assert url.port is not None
+    with FaultProxy(url.hostname, url.port) as proxy:
+        slow = InfluxTarget(f"http://127.0.0.1:{proxy.port}", influx_db.database)
+        start_bridge(procs, info, slow, extra_env=FAST)
+        api = _api(procs, info, influx_db, gateway, tmp_path, timeout_s=3)
+        wait_until("ready", lambda: httpx.get(f"{api}/readyz", timeout=5).status_code == 200)
+        proxy.set(latency_s=0.5)
+        base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        clients = [Client(api, f"{gateway}-cp{i}") for i in range(3)]
+        stop = threading.Event()
+        per_client = 12
 
-                def answered(n: int = answers) -> bool:
-                    return sum(len(c.answered) for c in clients) >= n
+        def all_waiting(answers: int) -> Callable[[], bool]:
+            def check() -> bool:
+                now = time.monotonic()
+                sent = [c.since for c in clients]
+                return sum(len(c.answered) for c in clients) >= answers and all(
+                    t is not None and now - t > 0.3 for t in sent
+                )
 
-                wait_until(f"{answers} answers", answered)
-                own_broker.stop()
-                time.sleep(1.5)
-                own_broker.start()
-            for future in running:
-                future.result(timeout=240)
-        finally:
-            stop.set()
-    failures = sum(sum(c.failures.values()) for c in clients)
-    assert failures > 0, "the restarts made no request fail: they tested nothing"
-    expected: dict[tuple[str, datetime], int] = {}
-    for c in clients:
-        assert len(c.answered) == per_client
-        for key, seqs in c.answered.items():
-            for reading, seq in zip(c.sent[key], seqs, strict=True):
-                expected[(c.charger, _time(reading["ts"]))] = seq
-    stored = _stored(influx_db, gateway)
-    got = {(charger, ts): seq for charger, ts, seq in stored}
-    assert len(stored) == len(got) == len(expected) == 3 * per_client * 4
-    assert got == expected
-    assert sorted(got.values()) == list(range(1, len(expected) + 1))
-    time.sleep(2)  # the bridge's gap check (GAP_GRACE_S = 1) has run
-    assert _gaps(api, gateway) == []
+            return check
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            running = [pool.submit(c.run, per_client, base, stop) for c in clients]
+            try:
+                for answers in (3, 18):
+                    wait_until(f"{answers} answers, every client waiting", all_waiting(answers))
+                    own_broker.stop()
+                    time.sleep(3.5)  # beyond INGEST_STORED_TIMEOUT_S: the waiting requests fail
+                    own_broker.start()
+                for future in running:
+                    future.result(timeout=240)
+            finally:
+                stop.set()
+        proxy.set(latency_s=0)
+        # at least each client's request in flight at each stop: published, then timed out
+        timed_out = sum(c.failures.get("not-stored", 0) for c in clients)
+        assert timed_out >= 3, [c.failures for c in clients]
+        expected: dict[tuple[str, datetime], int] = {}
+        for c in clients:
+            assert len(c.answered) == per_client
+            for key, seqs in c.answered.items():
+                for reading, seq in zip(c.sent[key], seqs, strict=True):
+                    expected[(c.charger, _time(reading["ts"]))] = seq
+        stored = _stored(influx_db, gateway)
+        got = {(charger, ts): seq for charger, ts, seq in stored}
+        assert len(stored) == len(got) == len(expected) == 3 * per_client * 4
+        assert got == expected
+        assert sorted(got.values()) == list(range(1, len(expected) + 1))
+        time.sleep(2)  # the bridge's gap check (GAP_GRACE_S = 1) has run
+        assert _gaps(api, gateway) == []
 
 
 def test_dead_lettered_readings_are_handled_and_named_in_the_answer(
