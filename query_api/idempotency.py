@@ -102,7 +102,11 @@ class IdempotencyKeys:
         entry.busy = True
         self._entries[(gateway_id, key)] = entry
         self._evict()
-        await self._append(entry.record(), sync=True)
+        try:
+            await self._append(entry.record(), sync=True)
+        except BaseException:
+            self._entries.pop((gateway_id, key), None)  # not on disk: not promised
+            raise
         return entry
 
     async def complete(self, entry: KeyEntry) -> None:
