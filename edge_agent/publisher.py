@@ -159,7 +159,7 @@ class Publisher:
         self._backlog_inflight = 0
         self._linger_left = 0.0
         self._require_stored = settings.delete_after == "stored"
-        self._epoch: str | None = getattr(outbox, "epoch", None)
+        self._epoch: str | None = outbox.epoch
         self._stored_timeout_s = settings.stored_timeout_s
         #: Unconfirmed batches, oldest first, and each of their seqs still awaited.
         self._unconfirmed: deque[Unconfirmed] = deque()
@@ -211,8 +211,9 @@ class Publisher:
             if covered < span:
                 late.append((first, last))
         self._stored_timeout_s = self._s.stored_timeout_s  # the cloud is storing again
-        for batch in done:
+        for batch in done:  # before any await: a session ending meanwhile gives up the rest
             self._unconfirmed.remove(batch)
+        for batch in done:
             await asyncio.to_thread(self._outbox.delete, batch.seqs)
             self.counters.confirmed += len(batch.seqs)
         if late:

@@ -49,6 +49,12 @@ class ProcessorSettings(BaseModel):
     bindings_file: Path | None = None
     """JSON object {"charger_id": "gateway_id"}: only these bindings are accepted. Unset: a charger
     is bound to the first gateway that sends for it (remembered through InfluxDB)."""
+    max_seq_jump: int = Field(default=10**12, ge=1)
+    """A reading whose seq lies more than this above the highest seq known of its gateway and
+    epoch (0 for an epoch not seen yet) is dead-lettered (``seq_out_of_range``, as is any seq
+    above 2^53-1): one absurd seq would otherwise blind gap tracking of that epoch for good
+    (every later seq would look like a late one). 10^12 is 30 years of 1,000 readings/s, far
+    beyond any outage an outbox's budget drops."""
     gap_grace_s: float = Field(default=30.0, gt=0)
     """A suspected seq gap is checked against InfluxDB after this long (other bridges of the share
     group may have stored the readings), and again at this interval while open."""

@@ -64,6 +64,8 @@ class Stack:
     pki: pki_mod.Pki
     tls_port: int = 0
     local_port: int = 0
+    #: The services' TLS listener (bridges, API): only the services CA's certificates.
+    service_port: int = 0
     influx_url: str = ""
     bridge_url: str = ""
     procs: list[ManagedProcess] = field(default_factory=list)
@@ -77,12 +79,16 @@ class Stack:
         cert, key = self.pki.client_paths(name)
         return Identity(self.pki.ca_file, cert, key)
 
+    def port_for(self, name: str) -> int:
+        """The listener of client ``name``: the services', or the gateways'."""
+        return self.service_port if name in pki_mod.SERVICE_IDENTITIES else self.tls_port
+
     def mqtt_settings(self, name: str) -> dict[str, object]:
         """The ``mqtt`` settings group of a service connecting as ``name``."""
         ident = self.identity(name)
         return {
             "host": "127.0.0.1",
-            "port": self.tls_port,
+            "port": self.port_for(name),
             "ca_file": ident.ca_file,
             "cert_file": ident.cert_file,
             "key_file": ident.key_file,
@@ -144,9 +150,16 @@ def running_stack(
         pki_mod.issue_gateway(pki.dir, gateway)
     stack = Stack(work, pki)
     try:
-        stack.tls_port, stack.local_port, http_port = unique_ports(3)
+        stack.tls_port, stack.local_port, http_port, stack.service_port = unique_ports(4)
         stack.procs.append(
-            start_mosquitto(work / "mosquitto", pki, stack.tls_port, stack.local_port, TOPIC_ROOT)
+            start_mosquitto(
+                work / "mosquitto",
+                pki,
+                stack.tls_port,
+                stack.local_port,
+                TOPIC_ROOT,
+                service_port=stack.service_port,
+            )
         )
         if influxd:
             stack.procs.append(start_influxd(work / "influxd", http_port))

@@ -445,7 +445,7 @@ def test_api_works_degraded_without_a_broker(
     """With the broker unreachable the API starts, answers latest from InfluxDB, /readyz is 503
     naming the broker, and ingest is 503."""
     dead = BrokerInfo(tls_port=free_port(), local_port=free_port(), ca_file=broker.ca_file,
-                      pki=broker.pki)  # fmt: skip
+                      pki=broker.pki, service_port=free_port())  # fmt: skip
     api = start_api(procs, influx_db, READ, broker=dead, keys={"ingest": INGEST}, name="api-dead")
     line = (
         f"readings,charger_id=cp1,gateway_id=gw,evse_id=1,connector_id=1 power_w=5,seq=1i {10**18}"

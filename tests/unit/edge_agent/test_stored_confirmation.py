@@ -31,8 +31,8 @@ class Rig:
     stop: asyncio.Event
 
     @property
-    def epoch(self) -> str | None:
-        return getattr(self.box, "epoch", None)
+    def epoch(self) -> str:
+        return self.box.epoch
 
     def puback_all(self) -> None:
         for _, fut in self.broker.sent:
@@ -164,7 +164,7 @@ async def test_a_budget_drop_of_an_unconfirmed_row_counts_only_if_it_is_not_stor
         await until("PUBACKed", lambda: publisher.counters.published == 4)
         box.append([energy(5), energy(6)])  # over the budget: the two oldest rows go
         assert box.stats().dropped_in_flight == 2
-        await publisher.confirm(ack_payload(getattr(box, "epoch", None), [1, 2, 3, 4]))
+        await publisher.confirm(ack_payload(box.epoch, [1, 2, 3, 4]))
         st = box.stats()
         assert (st.dropped, st.dropped_in_flight) == ({}, 0)
     finally:

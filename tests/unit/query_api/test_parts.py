@@ -28,7 +28,7 @@ from query_api.latest.state import charger_state
 from query_api.latest.stored import StoredLatest
 from query_api.latest.sweep import confirm_mirror
 from query_api.routes.fleet import FleetDaily, render_html, wants_html
-from query_api.routes.pipeline import BridgeStatus, merge_gaps
+from query_api.routes.pipeline import BridgeStatus, merge_gaps, public
 from query_api.routes.stats import stats_from_row
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings, Role
@@ -718,6 +718,34 @@ def test_gap_merge_prefers_confirmed_and_lists_bridges() -> None:
         (1, "suspected", None, ["b"]),
         (4, "confirmed", 2, ["a", "b"]),
     ]
+
+
+def test_gaps_of_two_outbox_epochs_are_not_merged() -> None:
+    """The same seq range in two epochs (a recreated outbox) is two gaps."""
+    a = BridgeStatus(url="a", reachable=True, status={"seq_gaps": {"gw": [
+        {"first_seq": 4, "last_seq": 9, "missing": 6, "state": "confirmed", "epoch": "aa" * 8},
+        {"first_seq": 4, "last_seq": 9, "missing": 6, "state": "confirmed", "epoch": "bb" * 8},
+    ]}})  # fmt: skip
+    merged = merge_gaps([a])
+    assert sorted(g.epoch or "" for g in merged["gw"]) == ["aa" * 8, "bb" * 8]
+
+
+def test_a_bridges_status_loses_its_secret_names() -> None:
+    """A status document with a raw client id and share group (a bridge of an older version)
+    shows only their public names; everything else is passed through."""
+    token = "0123456789abcdef0123456789abcdef"
+    doc = {
+        "client_id": f"telemetry-bridge-1-{token}",
+        "share_group": f"processors-{token}",
+        "ready": True,
+        "seq_gaps": {"gw": []},
+    }
+    shown = public(doc)
+    assert token not in repr(shown)
+    assert shown["client_id"].startswith("telemetry-bridge-1~")
+    assert shown["share_group"].startswith("processors~")
+    assert (shown["ready"], shown["seq_gaps"]) == (True, {"gw": []})
+    assert public(shown) == shown
 
 
 def test_stats_row_drops_meta_fields_and_fills_absent_fields() -> None:
