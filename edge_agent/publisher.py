@@ -211,7 +211,12 @@ class Publisher:
                     done.append(batch)
             if covered < span:
                 late.append((first, last))
-        self._stored_timeout_s = self._s.stored_timeout_s  # the cloud is storing again
+        base = self._s.stored_timeout_s
+        if self._stored_timeout_s > base:  # the cloud is storing again: back to the base
+            self._stored_timeout_s = base  # timeout, for the batches already waiting too
+            soon = time.monotonic() + base
+            for batch in self._unconfirmed:
+                batch.deadline = min(batch.deadline, soon)
         # Before any await: a session ending meanwhile gives up only the batches still awaited
         # (done ones have no seq left). Done batches leave the front of the list here; one done
         # out of order stays until those before it are done too (O(1) per batch, not O(n)).
@@ -263,7 +268,8 @@ class Publisher:
                     break
                 unconfirmed = self.counters.unconfirmed = self.unconfirmed  # (the gauge)
                 if len(inflight) < window and unconfirmed < self._s.max_unconfirmed:
-                    picked = await self._pick(self._backlog_inflight < backlog_slots)
+                    room = self._s.max_unconfirmed - unconfirmed
+                    picked = await self._pick(self._backlog_inflight < backlog_slots, room)
                     if picked is not None:
                         if picked[1]:  # empty: the budget dropped the whole batch meanwhile
                             self._publishing += len(picked[1])  # _send takes it off
@@ -323,14 +329,15 @@ class Publisher:
         finally:
             wake.cancel()
 
-    async def _pick(self, backlog_ok: bool) -> tuple[Lane, list[OutboxRow]] | None:
+    async def _pick(self, backlog_ok: bool, room: int) -> tuple[Lane, list[OutboxRow]] | None:
+        """The next batch to send, of at most ``room`` readings (the unconfirmed window)."""
         s, lanes = self._s, self.lanes
         max_bytes = s.batch_max_bytes - ENVELOPE_BYTES
         self._linger_left = 0.0
         for lane in lanes.order():
             if lane == "live":
                 fetch = self._outbox.batch_after
-                limit = s.batch_max_readings
+                limit = min(s.batch_max_readings, room)
                 rows = await asyncio.to_thread(fetch, lanes.live_after, None, limit, max_bytes)
                 if rows and len(rows) < limit and s.linger_s > 0:
                     young = s.linger_s - (time.time() - rows[0].captured_at)
@@ -341,6 +348,7 @@ class Publisher:
                 if not backlog_ok or lanes.backlog_done:
                     continue
                 n = s.batch_max_readings if self._flush else self.bucket.available()
+                n = min(n, room)
                 if n == 0:
                     continue
                 rows = await asyncio.to_thread(

@@ -197,3 +197,32 @@ async def test_a_batch_confirmed_out_of_order_is_deleted_and_only_the_other_goes
     assert sorted(r.seq for r in rig.box.oldest(100, 1 << 20)) == [1, 2, 3, 4]
     await until("sent again", lambda: len(rig.broker.sent) == 3)
     assert rig.sent_seqs()[2] == [1, 2, 3, 4]
+
+
+async def test_the_window_is_a_bound_not_a_threshold(tmp_path: Path) -> None:
+    """MAX_UNCONFIRMED 6 with batches of 4: the second batch is cut to the 2 readings left of
+    the window, never 8 unconfirmed."""
+    settings = EdgeSettings(
+        gateway_id="gw-1",
+        outbox_path=tmp_path / "o.sqlite3",
+        linger_s=0,
+        batch_max_readings=4,
+        max_unconfirmed=6,
+        stored_timeout_s=30,
+    )
+    box = Outbox(settings.outbox_path, Budget(max_rows=100))
+    broker = FakeBroker()
+    publisher = Publisher(settings, box, cast(AsyncMqttClient, broker), Counters())
+    task = asyncio.create_task(publisher.run())
+    try:
+        box.append([energy(i) for i in range(1, 13)])
+        publisher.notify()
+        await until("two batches sent", lambda: len(broker.sent) == 2)
+        await asyncio.sleep(0.2)
+        assert [seqs for seqs, _ in broker.sent] == [[1, 2, 3, 4], [5, 6]]
+        assert publisher.unconfirmed == 6
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        box.close()
