@@ -39,17 +39,41 @@ def state_payload(state: str) -> bytes:
 
 def mqtt_client(settings: EdgeSettings, *, commands: bool = True) -> AsyncMqttClient:
     """The gateway's MQTT session: client id = gateway id (a persistent session), birth and last
-    will on its state topic, its command topics, reconnects with capped backoff and jitter."""
-    state = settings.topics.state(settings.gateway_id)
+    will on its state topic, its command topics and stored acknowledgements, reconnects with
+    capped backoff and jitter."""
+    topics, gw = settings.topics, settings.gateway_id
+    state = topics.state(gw)
+    subscriptions: tuple[str, ...] = (topics.cmd_all(gw),) if commands else ()
+    if settings.delete_after == "stored":
+        subscriptions += (topics.stored(gw),)
     return AsyncMqttClient(
         settings.mqtt,
-        client_id=settings.gateway_id,
-        subscriptions=(settings.topics.cmd_all(settings.gateway_id),) if commands else (),
+        client_id=gw,
+        subscriptions=subscriptions,
         will=Will(state, state_payload("offline")),
         birth=Will(state, state_payload("online")),
         reconnect_jitter=True,
         reconnect_max_s=settings.reconnect_max_s,
     )
+
+
+async def route(
+    settings: EdgeSettings,
+    client: AsyncMqttClient,
+    publisher: Publisher,
+    commands: Commands | None,
+) -> None:
+    """Hand each received message to its owner until cancelled: stored acknowledgements to the
+    publisher (in order), commands to ``commands`` (None: not served, ignored)."""
+    stored = settings.topics.stored(settings.gateway_id)
+    while True:
+        msg = await client.messages.get()
+        if msg.topic == stored:
+            await publisher.confirm(msg.payload)
+        elif commands is not None:
+            await commands.submit(msg)
+        else:
+            log.warning("ignored a message on %s", msg.topic)
 
 
 class EdgeAgent:
@@ -90,12 +114,18 @@ class EdgeAgent:
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             publisher = tg.create_task(self.publisher.run(stop), name="publish")
-            commands = tg.create_task(self.commands.serve(), name="commands")
-            await self.capture(source)
-            stop.set()  # a finite source ended: send what is left, then stop
-            self.publisher.notify()
-            await publisher
-            commands.cancel()
+            inbox = tg.create_task(
+                route(self._settings, self._client, self.publisher, self.commands),
+                name="inbox",
+            )
+            try:
+                await self.capture(source)
+                stop.set()  # a finite source ended: send what is left, then stop
+                self.publisher.notify()
+                await publisher
+            finally:
+                inbox.cancel()
+                self.commands.cancel()
 
     async def say_offline(self) -> None:
         """A clean disconnect sends no last will, so announce the state ourselves."""

@@ -68,20 +68,19 @@ class Commands:
         self._pace = pace
         self._started = time.monotonic()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._running: set[asyncio.Task[None]] = set()
 
-    async def serve(self) -> None:
-        """Take commands from the client's message queue until cancelled."""
-        running: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                msg = await self._client.messages.get()
-                await self._slots.acquire()
-                task = asyncio.create_task(self._handle(msg))
-                running.add(task)
-                task.add_done_callback(running.discard)
-        finally:
-            for task in running:
-                task.cancel()
+    async def submit(self, msg: Received) -> None:
+        """Run the command ``msg`` in the background (waits while MAX_CONCURRENT run)."""
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(msg))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    def cancel(self) -> None:
+        """Cancel the commands still running."""
+        for task in list(self._running):
+            task.cancel()
 
     async def _handle(self, msg: Received) -> None:
         try:

@@ -70,6 +70,16 @@ class AgentCollector(Collector):
         for name, text, value in (
             ("captured", "Readings stored in the outbox by this process", c.captured),
             ("published", "Readings acknowledged by the broker (PUBACK)", c.published),
+            (
+                "confirmed",
+                "Readings the bridges acknowledged as stored (then deleted)",
+                c.confirmed,
+            ),
+            (
+                "stored_timeouts",
+                "Times unconfirmed readings were sent again (no stored acknowledgement in time)",
+                c.stored_timeouts,
+            ),
             ("batches", "Batches acknowledged by the broker", c.batches),
             ("parked", "Readings parked by this process", c.parked),
             ("publish_retries", "Batches not acknowledged (sent again later)", c.retries),
@@ -78,6 +88,11 @@ class AgentCollector(Collector):
             ("reconnects", "MQTT reconnections after the first connect", self._reconnects()),
         ):
             yield CounterMetricFamily(f"{P}{name}", text, value)
+        yield GaugeMetricFamily(
+            f"{P}unconfirmed",
+            "Readings sent and not yet acknowledged as stored",
+            c.unconfirmed,
+        )
         yield GaugeMetricFamily(f"{P}mqtt_connected", "1 while connected", self._client.connected)
 
     def _reconnects(self) -> int:

@@ -2,10 +2,11 @@
 
 Durability: ``append`` returns after the transaction is committed and fsynced, so a reading the
 agent accepted survives power loss (recovery on open: :mod:`edge_agent.store`). Rows leave only
-through ``delete`` (after the broker's PUBACK), ``park`` (a permanent refusal, kept for the
+through ``delete`` (acknowledged), ``park`` (a permanent refusal, kept for the
 operator), the budget policy (:mod:`edge_agent.budget`, counted by reason) or ``purge`` (the
-operator). ``seq`` is SQLite's AUTOINCREMENT key: monotonic per gateway and never reused, across
-restarts and purges.
+operator); ``delete`` and ``forget`` run once the bridges acknowledged the rows as stored (or,
+with ``delete_after = "puback"``, once the broker acknowledged them). ``seq`` is SQLite's
+AUTOINCREMENT key: monotonic per gateway and never reused, across restarts and purges.
 
 Batches in flight: the publisher ``claim``s a batch before sending it and ends the claim with
 ``delete``, ``park`` or ``release``; a row the budget drops while claimed is counted only if
@@ -246,6 +247,24 @@ class Outbox:
                 "UPDATE totals SET rows = rows - ?, bytes = bytes - ? WHERE id = 1", (n, size)
             )
             drops.resolve(db, seqs, delivered=True, max_runs=self.budget.max_dropped_runs)
+        return n
+
+    def forget(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Remove the pending rows in the inclusive seq ``ranges`` that are not in flight: the
+        bridges acknowledged them as stored after their batch was given up (a batch in flight
+        ends with its own claim). Returns how many were removed."""
+        n = size = 0
+        with self._lock, self._tx() as db:
+            for first, last in ranges:
+                rows = db.execute(
+                    "SELECT seq FROM outbox WHERE seq >= ? AND seq <= ?", (first, last)
+                ).fetchall()
+                free = [int(seq) for (seq,) in rows if int(seq) not in self._in_flight]
+                removed, length = self._remove(db, free)
+                n, size = n + removed, size + length
+            db.execute(
+                "UPDATE totals SET rows = rows - ?, bytes = bytes - ? WHERE id = 1", (n, size)
+            )
         return n
 
     def _remove(self, db: sqlite3.Connection, seqs: Sequence[int]) -> tuple[int, int]:

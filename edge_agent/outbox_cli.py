@@ -26,7 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from edge_agent.agent import mqtt_client
+from edge_agent.agent import mqtt_client, route
 from edge_agent.budget import Budget
 from edge_agent.lock import OutboxBusyError, exclusive
 from edge_agent.outbox import Outbox, OutboxStats
@@ -217,11 +217,14 @@ async def _drain(settings: EdgeSettings, rate: float, give_up_s: float) -> dict[
             stop = asyncio.Event()
             stop.set()
             task = asyncio.create_task(publisher.run(stop))
+            inbox = asyncio.create_task(route(settings, client, publisher, None))
             try:
                 async with asyncio.timeout(give_up_s or None):
                     await _show_progress(task, counters, total)
             except TimeoutError:
                 task.cancel()
+            finally:
+                inbox.cancel()
         seconds = time.monotonic() - started
         done = counters.published + counters.parked
         return {

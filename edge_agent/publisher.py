@@ -21,7 +21,19 @@ one of them meanwhile, the drop is counted only when the batch is not acknowledg
   (no bridge is subscribed, as right after a broker restart, which does not restore the
   bridges' shared subscription): treated like a lost PUBACK, the rows stay and are sent again.
 
-Memory: a batch at a time per slot; nothing is proportional to the backlog.
+With ``delete_after = "stored"`` (the default) a PUBACK is not the end: the broker is not the
+store (it may crash between autosaves, drop at its queue bounds, or hand the message to a
+subscriber that is not a bridge). The batch stays claimed in the outbox, *unconfirmed*, until the
+bridges' stored acknowledgements (``{root}/{gateway}/stored``, :meth:`Publisher.confirm`) cover
+every seq of it; only then are its rows deleted. At most ``max_unconfirmed`` readings are sent and
+unconfirmed at once, so during a long cloud outage the backlog waits here, not in the broker. A
+batch unconfirmed for ``stored_timeout_s`` after its PUBACK ends the session like a lost PUBACK:
+everything unconfirmed is sent again (a replay is harmless), and the timeout doubles (up to ten
+times the setting) until an acknowledgement arrives. Acknowledgements that arrive later (the
+gateway's persistent session keeps them while it is away) delete the rows they cover.
+
+Memory: a batch at a time per slot, plus the seqs of the unconfirmed batches (bounded by
+``max_unconfirmed``); nothing is proportional to the backlog.
 """
 
 from __future__ import annotations
@@ -29,8 +41,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Final
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
 
 from edge_agent.outbox import Outbox, OutboxRow
 from edge_agent.pacing import Backoff, Lane, Lanes, TokenBucket
@@ -52,13 +67,51 @@ IDLE_WAIT_S: Final = 1.0
 ENVELOPE_BYTES: Final = 256
 
 
-def build_payload(gateway_id: str, rows: list[OutboxRow]) -> bytes:
+def build_payload(gateway_id: str, rows: list[OutboxRow], epoch: str | None = None) -> bytes:
     """The ReadingBatch JSON for ``rows`` (bodies are stored already validated)."""
-    head = b'{"schema":"%s","gateway_id":"%s","readings":[' % (
+    head = b'{"schema":"%s","gateway_id":"%s",%s"readings":[' % (
         SCHEMA_ID.encode(),
         gateway_id.encode(),
+        b'"epoch":"%s",' % epoch.encode() if epoch else b"",
     )
     return head + b",".join(r.reading_json() for r in rows) + b"]}"
+
+
+def parse_ack(payload: bytes) -> tuple[str | None, list[tuple[int, int]]]:
+    """The epoch and the ``[first, last]`` ranges of a stored acknowledgement (docs/design.md);
+    ValueError if it is not one."""
+    try:
+        body: Any = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        body = None
+    epoch = body.get("epoch") if isinstance(body, dict) else 0
+    ranges = body.get("seqs") if isinstance(body, dict) else None
+    if not (epoch is None or isinstance(epoch, str)) or not isinstance(ranges, list):
+        raise ValueError(f"not a stored acknowledgement: {payload[:100]!r}")
+    ok = True
+    out: list[tuple[int, int]] = []
+    for item in ranges:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(type(v) is int for v in item)
+            or not 0 <= item[0] <= item[1]
+        ):
+            ok = False
+            break
+        out.append((item[0], item[1]))
+    if not ok:
+        raise ValueError(f"not a stored acknowledgement: {payload[:100]!r}")
+    return epoch, out
+
+
+@dataclass(slots=True)
+class Unconfirmed:
+    """A batch the broker acknowledged, waiting for the bridges' stored acknowledgement."""
+
+    seqs: list[int]
+    deadline: float
+    remaining: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -74,6 +127,12 @@ class Counters:
     backlog_batches: int = 0
     commands: int = 0
     commands_refused: int = 0
+    #: Readings the bridges acknowledged as stored (deleted then), and batches sent again
+    #: because no acknowledgement came in time.
+    confirmed: int = 0
+    stored_timeouts: int = 0
+    #: Readings sent and not yet acknowledged as stored (a gauge, kept by the publisher).
+    unconfirmed: int = 0
 
 
 class Publisher:
@@ -99,9 +158,65 @@ class Publisher:
         self._flush = False
         self._backlog_inflight = 0
         self._linger_left = 0.0
+        self._require_stored = settings.delete_after == "stored"
+        self._epoch: str | None = getattr(outbox, "epoch", None)
+        self._stored_timeout_s = settings.stored_timeout_s
+        #: Unconfirmed batches, oldest first, and each of their seqs still awaited.
+        self._unconfirmed: deque[Unconfirmed] = deque()
+        self._awaited: dict[int, Unconfirmed] = {}
+        self._publishing = 0  # readings awaiting their PUBACK
 
     def notify(self) -> None:
         """New rows are in the outbox."""
+        self._wake.set()
+
+    @property
+    def unconfirmed(self) -> int:
+        """Readings sent and not yet acknowledged as stored (awaiting their PUBACK or the
+        bridges' acknowledgement)."""
+        return len(self._awaited) + self._publishing
+
+    async def confirm(self, payload: bytes) -> None:
+        """A stored acknowledgement arrived: delete what it covers (batches fully covered, and
+        pending rows not in flight: acknowledged after their batch was given up)."""
+        try:
+            epoch, ranges = parse_ack(payload)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            return
+        if epoch != self._epoch:
+            log.debug(
+                "stored acknowledgement for epoch %s ignored (outbox: %s)", epoch, self._epoch
+            )
+            return
+        done: list[Unconfirmed] = []
+        late: list[tuple[int, int]] = []
+        awaited = self._awaited
+        for first, last in ranges:
+            span = last - first + 1
+            seqs = (
+                range(first, last + 1)
+                if span <= len(awaited)
+                else [q for q in awaited if first <= q <= last]
+            )
+            covered = 0
+            for seq in seqs:
+                batch = awaited.pop(seq, None)
+                if batch is None:
+                    continue
+                covered += 1
+                batch.remaining.discard(seq)
+                if not batch.remaining:
+                    done.append(batch)
+            if covered < span:
+                late.append((first, last))
+        self._stored_timeout_s = self._s.stored_timeout_s  # the cloud is storing again
+        for batch in done:
+            self._unconfirmed.remove(batch)
+            await asyncio.to_thread(self._outbox.delete, batch.seqs)
+            self.counters.confirmed += len(batch.seqs)
+        if late:
+            self.counters.confirmed += await asyncio.to_thread(self._outbox.forget, late)
         self._wake.set()
 
     def flush(self) -> None:
@@ -138,10 +253,14 @@ class Publisher:
         try:
             while not self._failed and self._client.connected:
                 self._wake.clear()
-                if len(inflight) < window:
+                if self._stored_overdue():
+                    break
+                unconfirmed = self.counters.unconfirmed = self.unconfirmed  # (the gauge)
+                if len(inflight) < window and unconfirmed < self._s.max_unconfirmed:
                     picked = await self._pick(self._backlog_inflight < backlog_slots)
                     if picked is not None:
                         if picked[1]:  # empty: the budget dropped the whole batch meanwhile
+                            self._publishing += len(picked[1])  # _send takes it off
                             task = asyncio.create_task(self._send(*picked))
                             inflight.add(task)
                             task.add_done_callback(inflight.discard)
@@ -152,13 +271,40 @@ class Publisher:
         finally:
             if inflight:  # each is bounded by publish_timeout_s
                 await asyncio.wait(inflight)
+            await self._give_up_unconfirmed()
         return False
+
+    def _stored_overdue(self) -> bool:
+        """True (and the session ends) when the oldest unconfirmed batch waited too long."""
+        if not self._unconfirmed or self._unconfirmed[0].deadline > time.monotonic():
+            return False
+        self.counters.stored_timeouts += 1
+        self._failed = True
+        log.warning(
+            "%d readings acknowledged by the broker but not confirmed stored within %.0f s; "
+            "sending them again",
+            len(self._awaited),
+            self._stored_timeout_s,
+        )
+        self._stored_timeout_s = min(self._stored_timeout_s * 2, 10 * self._s.stored_timeout_s)
+        return True
+
+    async def _give_up_unconfirmed(self) -> None:
+        """End the claims of the unconfirmed batches: the next session sends them again (an
+        acknowledgement arriving later still deletes them, :meth:`confirm`)."""
+        batches = list(self._unconfirmed)
+        self._unconfirmed.clear()
+        self._awaited.clear()
+        for batch in batches:
+            await asyncio.to_thread(self._outbox.release, batch.seqs)
 
     async def _empty(self) -> bool:
         return await asyncio.to_thread(self._outbox.pending) == 0
 
     async def _idle(self, inflight: set[asyncio.Task[None]]) -> None:
         timeout = IDLE_WAIT_S
+        if self._unconfirmed:
+            timeout = min(timeout, max(0.01, self._unconfirmed[0].deadline - time.monotonic()))
         if self._linger_left > 0:
             timeout = min(timeout, self._linger_left)
         if not self.lanes.backlog_done and not self._flush:
@@ -214,7 +360,7 @@ class Publisher:
             async with asyncio.timeout(self._s.publish_timeout_s):
                 await self._client.publish(
                     self._topic,
-                    build_payload(self._s.gateway_id, rows),
+                    build_payload(self._s.gateway_id, rows, self._epoch),
                     require_subscribers=True,
                 )
         except PublishRejectedError as exc:
@@ -244,7 +390,14 @@ class Publisher:
         finally:
             if lane == "backlog":
                 self._backlog_inflight -= 1
-        await asyncio.to_thread(self._outbox.delete, seqs)
+            self._publishing -= len(seqs)
+        if self._require_stored:
+            # Stays claimed until the bridges say it is stored (or the session gives it up).
+            batch = Unconfirmed(seqs, time.monotonic() + self._stored_timeout_s, set(seqs))
+            self._unconfirmed.append(batch)
+            self._awaited.update(dict.fromkeys(seqs, batch))
+        else:
+            await asyncio.to_thread(self._outbox.delete, seqs)
         c = self.counters
         c.published += len(seqs)
         c.batches += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -68,6 +69,19 @@ class EdgeSettings(ServiceSettings):
     linger_s: float = Field(default=0.05, ge=0, le=5)
     """A live batch that is not full waits until its oldest reading is this old, so readings
     captured together travel together (fewer, fuller messages); 0 = send at once."""
+    delete_after: Literal["stored", "puback"] = "stored"
+    """When a published reading leaves the outbox: ``stored``, once a bridge acknowledges that it
+    is stored (``{root}/{gateway}/stored``; the broker is then not part of the durability
+    chain); ``puback``, once the broker acknowledged it (for a cloud that sends no stored
+    acknowledgements: a broker crash, full queue or foreign subscriber can then lose it)."""
+    stored_timeout_s: float = Field(default=30.0, gt=0)
+    """A batch the broker acknowledged but no bridge confirmed stored within this long is sent
+    again (with everything unconfirmed); the timeout doubles, up to ten times this, while no
+    acknowledgement arrives. Keep it above the bridges' acknowledgement delay (``ACK_INTERVAL_S``,
+    longer for a fleet beyond their ``ACK_MAX_RATE``)."""
+    max_unconfirmed: int = Field(default=20_000, ge=1)
+    """Most readings sent and not yet confirmed stored: beyond it the publisher waits, so during
+    a cloud outage the backlog stays in the outbox instead of piling up in the broker."""
     max_inflight_batches: int = Field(default=4, ge=1, le=64)
     """Batches published and awaiting their PUBACK at once (one slot is kept for live readings)."""
     drain_rate: float = Field(default=0.0, ge=0)

@@ -3,7 +3,9 @@ outputs (I/O: :mod:`processor.outputs`), and the state is updated with what was 
 
 ``commit(batch)`` returns only when every reading of the batch is stored in InfluxDB or its
 dead-letter record was acknowledged by the broker; the intake then acknowledges the messages
-(guarantee 1). InfluxDB being unavailable makes it wait and retry (capped backoff), never drop.
+(guarantee 1), and the gateways are told which seqs are handled (:mod:`processor.outputs.acks`:
+they forget a reading only then). InfluxDB being unavailable makes it wait and retry (capped
+backoff), never drop.
 Only what InfluxDB holds may become a charger's latest value or close a seq gap.
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from processor.metrics import Metrics
+from processor.outputs.acks import StoredAcks
 from processor.outputs.deadletters import DeadLetters
 from processor.outputs.influx import InfluxOutput
 from processor.outputs.live import LiveFeed
@@ -43,13 +46,16 @@ class Processor:
         deadletters: DeadLetters,
         live: LiveFeed,
         metrics: Metrics,
+        acks: StoredAcks | None = None,
     ) -> None:
+        """``acks``: None sends no stored acknowledgements (gateways that delete on PUBACK)."""
         self.state = state
         self.preparer = preparer
         self.influx = influx
         self.deadletters = deadletters
         self.live = live
         self.metrics = metrics
+        self.acks = acks
         state.watch(metrics)
 
     @classmethod
@@ -97,6 +103,9 @@ class Processor:
                 busy=busy,
             ),
             metrics,
+            StoredAcks(mqtt, topics, metrics, settings.ack_interval_s, settings.ack_max_rate)
+            if settings.stored_acks
+            else None,
         )
 
     async def warm_up(self, storage: InfluxQL, max_backoff_s: float) -> None:
@@ -104,13 +113,19 @@ class Processor:
         await warm_up(self.state, storage, max_backoff_s)
 
     async def run(self, storage: InfluxQL, gap_grace_s: float) -> None:
-        """The processor's own tasks, until cancelled: the live feed and gap confirmation."""
+        """The processor's own tasks, until cancelled: the live feed, stored acknowledgements and
+        gap confirmation."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.live.run(), name="live-feed")
+            if self.acks is not None:
+                tg.create_task(self.acks.run(), name="stored-acks")
             tg.create_task(confirm_gaps_forever(self.state, storage, gap_grace_s), name="gaps")
 
     async def flush(self) -> None:
-        """Publish every value waiting for the live feed, beyond its budget (at shutdown)."""
+        """Publish every stored acknowledgement and every value waiting for the live feed,
+        beyond their budgets (at shutdown)."""
+        if self.acks is not None:
+            await self.acks.flush(budget=False)
         await self.live.flush(budget=False)
 
     async def prepare(self, messages: Sequence[Message]) -> PreparedBatch:
@@ -133,6 +148,9 @@ class Processor:
         for gateway_id, topic, record in batch.dead:
             await self.deadletters.publish(gateway_id, topic, record)
         self.metrics.messages.inc(batch.messages)
+        if self.acks is not None:
+            for gateway_id, epoch, seqs in batch.handled:
+                self.acks.add(gateway_id, epoch, seqs)
         now = time.monotonic()
         gaps = self.state.gaps
         for seg in batch.segments:

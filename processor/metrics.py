@@ -19,6 +19,12 @@ class Metrics:
         self.write_retries = Counter(
             f"{p}write_retries", "InfluxDB writes retried after a transient error", registry=r
         )
+        self.acks_published = Counter(
+            f"{p}stored_acks_published", "Stored acknowledgements published", registry=r
+        )
+        self.acks_waiting = Gauge(
+            f"{p}stored_acks_waiting", "Gateways with seqs waiting to be acknowledged", registry=r
+        )
         self.live_published = Counter(f"{p}live_published", "Live values published", registry=r)
         self.live_waiting = Gauge(
             f"{p}live_waiting", "Chargers whose newest value waits for the live feed", registry=r

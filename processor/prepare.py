@@ -77,6 +77,9 @@ class PreparedBatch:
     frontier: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Message number -> its readings as parsed JSON, filled only when some are looked up.
     parsed: dict[int, list[Any]] = field(default_factory=dict)
+    #: Per message: (gateway, epoch, every seq it carried): once committed, each is handled
+    #: (stored or dead-lettered) and acknowledged to the gateway.
+    handled: list[tuple[str, str | None, list[int]]] = field(default_factory=list)
 
     def sent(self, k: int) -> tuple[Segment, int, bytes]:
         """Line ``k``'s segment, its reading's position in the message, and that reading as it
@@ -87,6 +90,27 @@ class PreparedBatch:
             items = self.parsed[seg.msg_no] = raw_readings(self.sources[seg.msg_no][1])
         index = seg.positions[k - seg.first]
         return seg, index, orjson.dumps(items[index])
+
+
+def _handled(out: PreparedBatch, gateway_id: str, epoch: str | None, seqs: list[int]) -> None:
+    if seqs:
+        out.handled.append((gateway_id, epoch, seqs))
+
+
+def payload_seqs(payload: bytes) -> list[int]:
+    """Every integer ``seq`` of a payload's readings, as far as it parses (a message refused
+    as a whole still acknowledges the seqs it carried: they are dead-lettered with it)."""
+    try:
+        items = orjson.loads(payload).get("readings")
+    except (orjson.JSONDecodeError, AttributeError):
+        return []
+    if not isinstance(items, list):
+        return []
+    return [
+        seq
+        for item in items
+        if isinstance(item, dict) and type(seq := item.get("seq")) is int and 0 <= seq < 2**63
+    ]
 
 
 class Preparer:
@@ -131,6 +155,8 @@ class Preparer:
                 continue
             decoded = decode_message(gateway_id, msg.payload, now=now, ts=self._ts)
             out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
+            if decoded.rejected:  # the seqs of the rejected readings too (rare: parse again)
+                _handled(out, gateway_id, decoded.epoch, payload_seqs(msg.payload))
             if not decoded.rows:
                 continue
             chargers = [r["charger_id"] for r in decoded.rows]
@@ -145,6 +171,8 @@ class Preparer:
                         )
                         out.dead.append((gateway_id, msg.topic, rejected))
                 decoded.keep([k for k, c in enumerate(chargers) if c not in refused])
+                if not decoded.rejected:
+                    _handled(out, gateway_id, decoded.epoch, payload_seqs(msg.payload))
                 if not decoded.rows:
                     continue
                 chargers = [r["charger_id"] for r in decoded.rows]
@@ -152,6 +180,8 @@ class Preparer:
             seqs = [r["seq"] for r in rows]
             first = len(lines)
             whole = not decoded.rejected and not refused  # rows are all of the payload's
+            if whole:
+                out.handled.append((gateway_id, decoded.epoch, seqs))
             fields = value_fields_from_json(msg.payload, rows) if whole else None
             lines += to_lines(gateway_id, rows, nss, fields)
             out.segments.append(

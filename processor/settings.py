@@ -34,6 +34,18 @@ class ProcessorSettings(BaseModel):
     live_busy_rate: float = Field(default=50.0, ge=0)
     """... and at most this many while ingestion is behind (messages wait beyond the batches in
     hand; 0: none then): a live publish costs ~250 us of CPU that storing needs more."""
+    stored_acks: bool = True
+    """Tell each gateway which of its seqs are stored (``{root}/{gateway}/stored``), so it forgets
+    a reading only then (docs/design.md, "Stored acknowledgements"). Off only for gateways that
+    still delete on the broker's PUBACK (``TELEMETRY_EDGE_DELETE_AFTER=puback``)."""
+    ack_interval_s: float = Field(default=0.5, gt=0, le=10)
+    """Stored acknowledgements are coalesced per gateway and sent at most this often: one message
+    covers every seq of the gateway handled since the last one."""
+    ack_max_rate: float = Field(default=2_000.0, ge=0)
+    """At most this many stored acknowledgements per second in all (0: no limit), the gateways
+    waiting longest first: a fleet larger than this times ``ACK_INTERVAL_S`` is acknowledged
+    less often, not at more cost (keep gateways / this well below the edge's
+    ``STORED_TIMEOUT_S``)."""
     bindings_file: Path | None = None
     """JSON object {"charger_id": "gateway_id"}: only these bindings are accepted. Unset: a charger
     is bound to the first gateway that sends for it (remembered through InfluxDB)."""

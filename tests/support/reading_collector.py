@@ -15,15 +15,20 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from processor.outputs.acks import ack_payload
 from provisioning.pki import BRIDGE_IDENTITY
 from telemetry_common.tls import client_context
 from tests.support.fixtures import BrokerInfo
 
 
 class Collector:
-    """A persistent-session MQTT 5 subscriber (bridge identity) keeping every reading by seq."""
+    """A persistent-session MQTT 5 subscriber (bridge identity) keeping every reading by seq,
+    and, as a bridge does once it stored them, acknowledging them on the gateway's stored topic
+    (``acknowledge=False``: never, as a cloud without stored acknowledgements)."""
 
-    def __init__(self, broker: BrokerInfo, topic: str) -> None:
+    def __init__(self, broker: BrokerInfo, topic: str, *, acknowledge: bool = True) -> None:
+        self._topics = broker.topics
+        self._acknowledge = acknowledge
         self.readings: dict[int, dict[str, Any]] = {}
         self.arrived: dict[int, float] = {}  # seq -> wall-clock time of its first arrival
         self.messages = 0
@@ -60,6 +65,10 @@ class Collector:
             for r in batch["readings"]:
                 self.readings[r["seq"]] = r
                 self.arrived.setdefault(r["seq"], now)
+        if self._acknowledge:  # kept (in memory): tell the gateway, as a bridge would
+            seqs = [r["seq"] for r in batch["readings"]]
+            topic = self._topics.stored(batch["gateway_id"])
+            _c.publish(topic, ack_payload(batch.get("epoch"), seqs), qos=1)
 
     def seqs(self) -> set[int]:
         with self._lock:

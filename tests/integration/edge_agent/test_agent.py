@@ -405,3 +405,34 @@ def test_backlog_drains_oldest_first_at_its_rate_while_live_readings_flow(
     }
     assert len(live) >= 200  # live readings did arrive during the drain
     assert max(live.values()) < 2.0, sorted(live.values())[-5:]
+
+
+def test_readings_the_broker_acknowledged_stay_until_stored_and_go_again(
+    broker: BrokerInfo, procs: Procs, tmp_path: Path
+) -> None:
+    """The subscriber receives every batch (the broker PUBACKs them) but acknowledges nothing as
+    stored, as when the broker hands them to something that is not a bridge: the outbox keeps
+    all of them and sends them again after STORED_TIMEOUT_S. Once acknowledgements come, the
+    outbox empties and the agent exits 0. (With DELETE_AFTER=puback the outbox would have
+    emptied at the PUBACKs, and these readings would be gone.)"""
+    gateway = unique("gw-stored")
+    collector = Collector(broker, broker.topics.readings(gateway), acknowledge=False)
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    produced = [line(gateway, i, base) for i in range(300)]
+    feed = tmp_path / "feed.jsonl"
+    feed.write_bytes(jsonl(produced))
+    outbox = tmp_path / "outbox.sqlite3"
+    env = edge_env(broker, gateway, outbox, stored_timeout_s=1, batch_max_readings=100)
+    edge = procs.start(
+        "edge", [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(feed)], env
+    )
+    wait_until("every reading received", lambda: collector.seqs() == set(range(1, 301)))
+    wait_until("sent again", lambda: collector.messages >= 6, timeout=20)
+    assert edge.is_running()
+    assert len(peek_pending(outbox)) == 300
+    collector._acknowledge = True
+    wait_until("the agent to exit", lambda: not edge.is_running(), timeout=30)
+    assert edge.returncode() == 0, edge.log_tail()
+    collector.close()
+    assert peek_pending(outbox) == {}
+    assert "not confirmed stored" in edge.log_file.read_text()

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import orjson
 import pytest
@@ -21,7 +21,9 @@ from edge_agent.outbox import Outbox
 from edge_agent.outbox_cli import render_stats
 from edge_agent.publisher import Counters, Publisher
 from edge_agent.settings import EdgeSettings
+from processor.outputs.acks import ack_payload
 from telemetry_common.mqtt import AsyncMqttClient, PublishLostError, PublishRejectedError
+from tests.support.fake_mqtt import FakeBroker, until
 from tests.support.outbox_readings import energy, other, pending_seqs
 
 
@@ -197,42 +199,21 @@ def test_outbox_dropped_cli_lists_runs_newest_first(tmp_path: Path) -> None:
 # -- the publisher ---------------------------------------------------------------------------
 
 
-class FakeBroker:
-    """Stands in for the MQTT client: holds each PUBLISH until the test answers it."""
-
-    def __init__(self) -> None:
-        self.connected = True
-        self.connects = 1
-        self.sent: list[tuple[list[int], asyncio.Future[None]]] = []
-
-    async def wait_connected(self) -> None:
-        return None
-
-    async def publish(self, topic: str, payload: bytes, **_: Any) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.sent.append(([r["seq"] for r in orjson.loads(payload)["readings"]], fut))
-        await fut
-
-    def answer(self, i: int, error: Exception | None = None) -> None:
-        fut = self.sent[i][1]
-        if error is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(error)
-
-
-async def until(what: str, check: Callable[[], bool]) -> None:
-    """Poll ``check`` every 10 ms for at most 5 s."""
-    for _ in range(500):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting until {what}")
-
-
 class Harness:
     def __init__(self, box: Outbox, broker: FakeBroker, publisher: Publisher) -> None:
         self.box, self.broker, self.publisher = box, broker, publisher
+        self.confirmed: set[int] = set()
+
+    async def confirm_acknowledged(self) -> None:
+        """With ``delete_after = "stored"``: the bridges say every PUBACKed seq is stored."""
+        if self.publisher._require_stored:
+            seqs = {
+                s for seqs, f in self.broker.sent if f.done() and not f.exception() for s in seqs
+            }
+            new = seqs - self.confirmed
+            if new:
+                self.confirmed |= new
+                await self.publisher.confirm(ack_payload(getattr(self.box, "epoch", None), new))
 
     async def ack_all(self) -> None:
         """Acknowledge every batch until the outbox is empty and the publisher has counted
@@ -242,6 +223,8 @@ class Harness:
             for _, fut in self.broker.sent:
                 if not fut.done():
                     fut.set_result(None)
+            await asyncio.sleep(0)
+            await self.confirm_acknowledged()
             acked = sum(len(seqs) for seqs, f in self.broker.sent if f.done() and not f.exception())
             settled = all(f.done() for _, f in self.broker.sent)
             if settled and not self.box.pending() and self.publisher.counters.published == acked:
@@ -250,13 +233,15 @@ class Harness:
         raise AssertionError("the outbox did not empty, or its PUBACKs were not all counted")
 
 
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+@pytest.fixture(params=["puback", "stored"])
+async def harness(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     """A publisher (no linger, no pacing) over a 6-row outbox whose six energy readings are
-    one batch in flight, unanswered."""
+    one batch in flight, unanswered; rows deleted after the PUBACK, or after the stored
+    acknowledgement (the harness sends it for every PUBACKed batch)."""
     settings = EdgeSettings(
         gateway_id="gw-1",
         outbox_path=tmp_path / "o.sqlite3",
+        delete_after=request.param,
         linger_s=0,
         publish_timeout_s=10,
         reconnect_max_s=1,

@@ -1,0 +1,183 @@
+"""``delete_after = "stored"``: a PUBACKed batch stays in the outbox until the bridges' stored
+acknowledgement covers it; it is sent again when none comes in time; at most
+``max_unconfirmed`` readings wait unconfirmed. Against a client whose PUBACKs the test answers
+(the real broker and bridge: tests/integration/edge_agent/test_stored_acks.py, tests/system)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from edge_agent.budget import Budget
+from edge_agent.outbox import Outbox
+from edge_agent.publisher import Counters, Publisher, parse_ack
+from edge_agent.settings import EdgeSettings
+from processor.outputs.acks import ack_payload
+from telemetry_common.mqtt import AsyncMqttClient
+from tests.support.fake_mqtt import FakeBroker, until
+from tests.support.outbox_readings import energy
+
+
+@dataclass
+class Rig:
+    box: Outbox
+    broker: FakeBroker
+    publisher: Publisher
+    stop: asyncio.Event
+
+    @property
+    def epoch(self) -> str | None:
+        return getattr(self.box, "epoch", None)
+
+    def puback_all(self) -> None:
+        for _, fut in self.broker.sent:
+            if not fut.done():
+                fut.set_result(None)
+
+    def sent_seqs(self) -> list[list[int]]:
+        return [seqs for seqs, _ in self.broker.sent]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """A publisher of 4-reading batches, at most 8 readings unconfirmed, a 0.5 s timeout."""
+    settings = EdgeSettings(
+        gateway_id="gw-1",
+        outbox_path=tmp_path / "o.sqlite3",
+        linger_s=0,
+        batch_max_readings=4,
+        max_unconfirmed=8,
+        stored_timeout_s=0.5,
+        reconnect_max_s=1,
+    )
+    box = Outbox(settings.outbox_path, Budget(max_rows=100))
+    broker = FakeBroker()
+    publisher = Publisher(settings, box, cast(AsyncMqttClient, broker), Counters())
+    stop = asyncio.Event()
+    task = asyncio.create_task(publisher.run(stop))
+    try:
+        yield Rig(box, broker, publisher, stop)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        box.close()
+
+
+async def test_rows_stay_until_the_stored_acknowledgement_covers_them(rig: Rig) -> None:
+    """PUBACK alone deletes nothing; a partial acknowledgement deletes nothing of a batch; the
+    rest of it deletes the whole batch."""
+    rig.box.append([energy(i) for i in range(1, 5)])
+    rig.publisher.notify()
+    await until("the batch is sent", lambda: rig.sent_seqs() == [[1, 2, 3, 4]])
+    rig.puback_all()
+    await until("the PUBACK is seen", lambda: rig.publisher.counters.published == 4)
+    assert rig.box.pending() == 4
+    await rig.publisher.confirm(ack_payload(rig.epoch, [1, 2]))
+    assert (rig.box.pending(), rig.publisher.unconfirmed) == (4, 2)
+    await rig.publisher.confirm(ack_payload(rig.epoch, [3, 4, 5]))
+    assert (rig.box.pending(), rig.publisher.unconfirmed) == (0, 0)
+    assert rig.publisher.counters.confirmed == 4
+    assert len(rig.broker.sent) == 1
+
+
+async def test_an_acknowledgement_of_another_epoch_or_malformed_is_ignored(rig: Rig) -> None:
+    rig.box.append([energy(1)])
+    rig.publisher.notify()
+    await until("the batch is sent", lambda: len(rig.broker.sent) == 1)
+    rig.puback_all()
+    await until("the PUBACK is seen", lambda: rig.publisher.counters.published == 1)
+    await rig.publisher.confirm(ack_payload("ffffffffffffffff", [1]))
+    await rig.publisher.confirm(b'{"epoch": null, "seqs": [[2, 1]]}')
+    await rig.publisher.confirm(b"garbage")
+    assert rig.box.pending() == 1
+    await rig.publisher.confirm(ack_payload(rig.epoch, [1]))
+    assert rig.box.pending() == 0
+
+
+async def test_unconfirmed_readings_are_bounded_by_the_window(rig: Rig) -> None:
+    """12 readings, batches of 4, window 8: the third batch waits for an acknowledgement."""
+    rig.box.append([energy(i) for i in range(1, 13)])
+    rig.publisher.notify()
+    await until("two batches sent", lambda: len(rig.broker.sent) == 2)
+    rig.puback_all()
+    await until("both PUBACKed", lambda: rig.publisher.counters.published == 8)
+    await asyncio.sleep(0.2)
+    assert len(rig.broker.sent) == 2
+    await rig.publisher.confirm(ack_payload(rig.epoch, [1, 2, 3, 4]))
+    await until("the third batch goes", lambda: len(rig.broker.sent) == 3)
+    assert rig.sent_seqs()[2] == [9, 10, 11, 12]
+
+
+async def test_unconfirmed_batches_are_sent_again_after_the_timeout(rig: Rig) -> None:
+    """No acknowledgement within the timeout: everything unconfirmed goes again (the session
+    restarts from the oldest pending row); an acknowledgement then ends it."""
+    rig.box.append([energy(i) for i in range(1, 5)])
+    rig.publisher.notify()
+    await until("the batch is sent", lambda: len(rig.broker.sent) == 1)
+    rig.puback_all()
+    await until("sent again", lambda: len(rig.broker.sent) == 2)
+    assert rig.sent_seqs() == [[1, 2, 3, 4], [1, 2, 3, 4]]
+    assert rig.publisher.counters.stored_timeouts == 1
+    rig.puback_all()
+    await until("PUBACKed again", lambda: rig.publisher.counters.published == 8)
+    await rig.publisher.confirm(ack_payload(rig.epoch, [1, 2, 3, 4]))
+    assert rig.box.pending() == 0
+
+
+async def test_a_late_acknowledgement_deletes_rows_no_longer_in_flight(rig: Rig) -> None:
+    """The bridges stored the batch but their acknowledgement came after the publisher gave
+    it up (its rows released, waiting to go again): it still deletes them."""
+    rig.box.append([energy(i) for i in range(1, 5)])
+    rig.publisher.notify()
+    await until("the batch is sent", lambda: len(rig.broker.sent) == 1)
+    rig.broker.connected = False  # the session ends; the rows are released, not sent again
+    rig.puback_all()
+    await until("released", lambda: rig.publisher.unconfirmed == 0 and not rig.box._in_flight)
+    await rig.publisher.confirm(ack_payload(rig.epoch, [1, 2, 3, 4]))
+    assert rig.box.pending() == 0
+    assert rig.publisher.counters.confirmed == 4
+
+
+async def test_a_budget_drop_of_an_unconfirmed_row_counts_only_if_it_is_not_stored(
+    tmp_path: Path,
+) -> None:
+    """The budget drops rows of a batch awaiting its stored acknowledgement: acknowledged, they
+    were delivered and are not counted."""
+    settings = EdgeSettings(
+        gateway_id="gw-1", outbox_path=tmp_path / "o.sqlite3", linger_s=0, stored_timeout_s=30
+    )
+    box = Outbox(settings.outbox_path, Budget(max_rows=4))
+    broker = FakeBroker()
+    publisher = Publisher(settings, box, cast(AsyncMqttClient, broker), Counters())
+    task = asyncio.create_task(publisher.run())
+    try:
+        box.append([energy(i) for i in range(1, 5)])
+        publisher.notify()
+        await until("sent", lambda: len(broker.sent) == 1)
+        broker.answer(0)
+        await until("PUBACKed", lambda: publisher.counters.published == 4)
+        box.append([energy(5), energy(6)])  # over the budget: the two oldest rows go
+        assert box.stats().dropped_in_flight == 2
+        await publisher.confirm(ack_payload(getattr(box, "epoch", None), [1, 2, 3, 4]))
+        st = box.stats()
+        assert (st.dropped, st.dropped_in_flight) == ({}, 0)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        box.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"{}", b'{"epoch": 1, "seqs": []}', b'{"epoch": null, "seqs": [[1]]}', b'{"seqs": [[-1, 2]]}'],
+)
+def test_malformed_acknowledgements_are_refused(payload: bytes) -> None:
+    with pytest.raises(ValueError, match="not a stored acknowledgement"):
+        parse_ack(payload)

@@ -1,0 +1,69 @@
+"""The stored acknowledgement's ranges, and which seqs a prepared batch says it handled."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from processor.outputs.acks import ack_payload, to_ranges
+from processor.prepare import Preparer, payload_seqs
+from processor.state.bindings import Bindings
+from processor.validate import TsWindow
+from telemetry_common.schema import format_ts
+from telemetry_common.topics import Topics
+
+
+def test_ranges_are_merged_sorted_and_free_of_repeats() -> None:
+    assert to_ranges([5, 1, 2, 3, 3, 9, 10, 7]) == [[1, 3], [5, 5], [7, 7], [9, 10]]
+    assert to_ranges([]) == []
+    assert orjson.loads(ack_payload("0123456789abcdef", [2, 1])) == {
+        "epoch": "0123456789abcdef",
+        "seqs": [[1, 2]],
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "seqs"),
+    [
+        (b"not json", []),
+        (b"[1, 2]", []),
+        (b'{"readings": 3}', []),
+        (
+            b'{"readings": [{"seq": 4}, {"seq": "5"}, {"seq": 6.0}, 7, {"seq": -1}, {"seq": 8}]}',
+            [4, 8],
+        ),
+        (b'{"readings": [{"seq": 99999999999999999999}]}', []),
+    ],
+)
+def test_payload_seqs_takes_only_integer_seqs(payload: bytes, seqs: list[int]) -> None:
+    assert payload_seqs(payload) == seqs
+
+
+async def test_every_seq_of_a_message_is_handled_stored_or_dead_lettered() -> None:
+    topics = Topics()
+    now = datetime.now(UTC)
+
+    def reading(charger: str, seq: int, ts: datetime) -> dict[str, object]:
+        return {"charger_id": charger, "seq": seq, "ts": format_ts(ts), "values": {"p_w": 1.0}}
+
+    class Msg:
+        def __init__(self, gw: str, body: object) -> None:
+            self.topic = topics.readings(gw)
+            self.payload = body if isinstance(body, bytes) else orjson.dumps(body)
+
+    bindings = Bindings({"cp-b": "gw-b"})
+    preparer = Preparer(bindings, topics, TsWindow(timedelta(minutes=5), timedelta(days=1)))
+    epoch = "00000000000000aa"
+    batch = await preparer.prepare(
+        [
+            Msg("gw-a", {"gateway_id": "gw-a", "epoch": epoch,
+                         "readings": [reading("cp-a", 1, now)]}),
+            Msg("gw-a", {"gateway_id": "gw-a", "readings": [
+                reading("cp-a", 2, now - timedelta(days=30)), reading("cp-a", 3, now)]}),
+            Msg("gw-a", {"gateway_id": "gw-a", "readings": [reading("cp-b", 4, now)]}),
+            Msg("gw-a", b"{"),
+        ]
+    )  # fmt: skip
+    assert batch.handled == [("gw-a", epoch, [1]), ("gw-a", None, [2, 3]), ("gw-a", None, [4])]
