@@ -69,7 +69,11 @@ async def route(
     while True:
         msg = await client.messages.get()
         if msg.topic == stored:
-            await publisher.confirm(msg.payload)
+            try:
+                await publisher.confirm(msg.payload)
+            except Exception:
+                # The rows stay and are sent again: an acknowledgement is never worth the agent.
+                log.exception("stored acknowledgement not applied")
         elif commands is not None:
             await commands.submit(msg)
         else:

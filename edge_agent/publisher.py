@@ -211,8 +211,9 @@ class Publisher:
             if covered < span:
                 late.append((first, last))
         self._stored_timeout_s = self._s.stored_timeout_s  # the cloud is storing again
-        for batch in done:
+        for batch in done:  # before any await: a session ending meanwhile gives up the rest
             self._unconfirmed.remove(batch)
+        for batch in done:
             await asyncio.to_thread(self._outbox.delete, batch.seqs)
             self.counters.confirmed += len(batch.seqs)
         if late:

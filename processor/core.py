@@ -1,24 +1,25 @@
 """The processor: a batch is prepared (CPU: :mod:`processor.prepare`), then committed to the
 outputs (I/O: :mod:`processor.outputs`), and the state is updated with what was stored.
 
-``commit(batch)`` returns only when every reading of the batch is stored in InfluxDB or its
-dead-letter record was acknowledged by the broker; the intake then acknowledges the messages
-(guarantee 1), and the gateways are told which seqs are handled (:mod:`processor.outputs.acks`:
-they forget a reading only then). InfluxDB being unavailable makes it wait and retry (capped
-backoff), never drop.
+``commit(batch)`` returns only when every reading of the batch is stored in InfluxDB, as a
+reading or as a dead letter (whose record the broker also acknowledged); the intake then
+acknowledges the messages (guarantee 1), and the gateways are told which seqs are handled
+(:mod:`processor.outputs.acks`: they forget a reading only then). InfluxDB being unavailable
+makes it wait and retry (capped backoff), never drop.
 Only what InfluxDB holds may become a charger's latest value or close a seq gap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from processor.metrics import Metrics
 from processor.outputs.acks import StoredAcks
-from processor.outputs.deadletters import DeadLetters
+from processor.outputs.deadletters import DeadLetters, deadletter_lines
 from processor.outputs.influx import InfluxOutput
 from processor.outputs.live import LiveFeed
 from processor.outputs.writers import InfluxWriter
@@ -33,6 +34,8 @@ from telemetry_common.influx_query import InfluxQL
 from telemetry_common.mqtt import AsyncMqttClient
 from telemetry_common.schema import READING_ROW_VALIDATOR, ReadingRow
 from telemetry_common.topics import Topics
+
+log = logging.getLogger(__name__)
 
 
 class Processor:
@@ -145,6 +148,10 @@ class Processor:
                 rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index)
                 batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
         self.metrics.stored.inc(len(lines) - len(refused_at))
+        if batch.dead:  # durable first: their seqs are then handled (acknowledged below)
+            dead_lines = deadletter_lines(batch.dead, time.time_ns())
+            for line, reason in (await self.influx.write(dead_lines)).items():
+                log.error("InfluxDB refused a dead letter (%s): %s", reason, line[:200])
         for gateway_id, topic, record in batch.dead:
             await self.deadletters.publish(gateway_id, topic, record)
         self.metrics.messages.inc(batch.messages)

@@ -6,6 +6,9 @@ from typing import Final
 
 DATABASE: Final = "telemetry"
 MEASUREMENT: Final = "readings"
+#: Dead letters, stored before they are acknowledged (docs/design.md#dead-letters): tags
+#: gateway_id and reason; fields detail, topic, index, payload_bytes, payload_b64 (bounded).
+DEADLETTER_MEASUREMENT: Final = "deadletters"
 #: Bounded ids only: never a tag for transaction or message ids (unbounded cardinality).
 TAG_KEYS: Final = ("charger_id", "gateway_id", "evse_id", "connector_id")
 #: Fields stored beside the reading's values.

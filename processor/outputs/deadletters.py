@@ -1,6 +1,8 @@
-"""The dead-letter output: what cannot be stored is published on ``{root}/deadletter/{gateway}``
-with a machine-readable reason, and the batch waits until the broker acknowledged it
-(guarantee 4: bad input never stalls the pipeline, and is never dropped in silence)."""
+"""The dead-letter output: what cannot be stored as a reading is stored as a dead letter in
+InfluxDB (measurement ``deadletters``: durable, so its seq can be acknowledged to the gateway as
+handled), then published on ``{root}/deadletter/{gateway}`` with a machine-readable reason, and
+the batch waits until the broker acknowledged it (guarantee 4: bad input never stalls the
+pipeline, and is never dropped in silence)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from telemetry_common.mqtt import (
     PublishLostError,
     PublishRejectedError,
 )
+from telemetry_common.storage import DEADLETTER_MEASUREMENT
 from telemetry_common.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,34 @@ log = logging.getLogger(__name__)
 #: Raw bytes kept in a dead letter: base64 of this stays well under the broker's packet limit
 #: (mosquitto/README.md), so a dead letter about a huge payload can itself be delivered.
 DEADLETTER_MAX_RAW: Final = 192 * 1024
+#: ... and in the stored one: InfluxDB 1.x refuses string fields over 64 KiB.
+STORED_MAX_RAW: Final = 32 * 1024
+STORED_MAX_DETAIL: Final = 2048
+
+
+def _field_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def deadletter_lines(dead: list[tuple[str, str, Rejected]], now_ns: int) -> list[str]:
+    """Line protocol for the dead letters of a batch (``(gateway, topic, record)``), stamped
+    ``now_ns`` plus their position so each is its own point."""
+    lines = []
+    for k, (gateway_id, topic, record) in enumerate(dead):
+        raw = record.raw[:STORED_MAX_RAW]
+        fields = [
+            f"detail={_field_str(record.detail[:STORED_MAX_DETAIL])}",
+            f"topic={_field_str(topic[:512])}",
+            f"payload_bytes={len(record.raw)}i",
+            f"payload_b64={_field_str(base64.b64encode(raw).decode())}",
+        ]
+        if record.index is not None:
+            fields.append(f"index={record.index}i")
+        lines.append(
+            f"{DEADLETTER_MEASUREMENT},gateway_id={gateway_id},reason={record.reason} "
+            f"{','.join(fields)} {now_ns + k}"
+        )
+    return lines
 
 
 def deadletter_record(gateway_id: str, topic: str, record: Rejected, now: datetime) -> bytes:

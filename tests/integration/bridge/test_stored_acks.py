@@ -3,6 +3,7 @@ dead-lettered, only once InfluxDB holds them (docs/design.md, "Stored acknowledg
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import uuid
@@ -47,6 +48,16 @@ def _stored_seqs(db: InfluxTarget, gateway: str) -> set[int]:
     r = httpx.get(f"{db.url}/query", params={"db": db.database, "q": q}, timeout=5)
     series = r.json()["results"][0].get("series", [])
     return {int(row[1]) for row in series[0]["values"]} if series else set()
+
+
+def _deadletters(db: InfluxTarget, gateway: str) -> list[dict[str, object]]:
+    q = f"SELECT * FROM deadletters WHERE gateway_id = '{gateway}'"
+    r = httpx.get(f"{db.url}/query", params={"db": db.database, "q": q}, timeout=5)
+    series = r.json()["results"][0].get("series", [])
+    if not series:
+        return []
+    cols = series[0]["columns"]
+    return [dict(zip(cols, row, strict=True)) for row in series[0]["values"]]
 
 
 class Acks:
@@ -100,7 +111,8 @@ def test_gateway_is_told_what_was_stored_and_what_was_dead_lettered(
     _publish(client, topic, _batch(gw, mixed))
     # Refused as a whole (another gateway's id in the body): its seqs are dead-lettered with it.
     _publish(client, topic, _batch(other, [_reading(f"cp-{tag}", 6, now)]))
-    _publish(client, topic, b"not json")
+    nasty = b'{"x": "a \\" quote, a \\\\ backslash,\n a newline'  # invalid JSON
+    _publish(client, topic, nasty)
     _publish(client, topic, _batch(gw, [_reading(f"cp2-{tag}", 7, now)], epoch=None))
 
     wait_until("seqs 1..6 acknowledged", lambda: acks.seqs() == {1, 2, 3, 4, 5, 6}, timeout=20)
@@ -110,6 +122,17 @@ def test_gateway_is_told_what_was_stored_and_what_was_dead_lettered(
     assert acks.seqs() == {1, 2, 3, 4, 5, 6}
     assert set(acks.by_epoch) == {EPOCH, None}
     assert snooped.messages == 0
+    # The dead letters are durable: stored in InfluxDB (whole, here) before being acknowledged.
+    stored = _deadletters(influx_db, gw)
+    assert sorted(r["reason"] for r in stored) == [
+        "gateway_mismatch",
+        "invalid_json",
+        "ts_too_old",
+    ]
+    by_reason = {r["reason"]: r for r in stored}
+    assert base64.b64decode(by_reason["invalid_json"]["payload_b64"]) == nasty
+    assert by_reason["ts_too_old"]["index"] == 0
+    assert orjson.loads(base64.b64decode(by_reason["ts_too_old"]["payload_b64"]))["seq"] == 4
 
 
 def test_nothing_is_acknowledged_while_influxdb_does_not_take_the_readings(

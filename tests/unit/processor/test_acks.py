@@ -67,3 +67,21 @@ async def test_every_seq_of_a_message_is_handled_stored_or_dead_lettered() -> No
         ]
     )  # fmt: skip
     assert batch.handled == [("gw-a", epoch, [1]), ("gw-a", None, [2, 3]), ("gw-a", None, [4])]
+
+
+def test_a_stored_dead_letter_escapes_its_strings_and_bounds_its_payload() -> None:
+    from processor.outputs.deadletters import STORED_MAX_RAW, deadletter_lines
+    from processor.validate import Rejected
+
+    dead = [
+        ("gw-1", "chargers/v1/gw-1/readings", Rejected("invalid_json", 'a"b\\c\nd', b"x" * 10)),
+        ("gw-1", "t", Rejected("ts_too_old", "old", b"y" * (STORED_MAX_RAW + 5), 3)),
+    ]
+    first, second = deadletter_lines(dead, 1_000)
+    assert first.startswith("deadletters,gateway_id=gw-1,reason=invalid_json ")
+    assert 'detail="a\\"b\\\\c\\nd"' in first
+    assert first.endswith(" 1000")
+    assert "index=3i" in second
+    assert f"payload_bytes={STORED_MAX_RAW + 5}i" in second
+    assert second.endswith(" 1001")
+    assert "\n" not in first + second
