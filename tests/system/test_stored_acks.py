@@ -162,9 +162,10 @@ def test_rogue_wildcard_subscriber_and_broker_restart_lose_nothing(
 ) -> None:
     """A gateway certificate opens a persistent session, subscribes to ``{root}/+/readings`` (the
     ACL does not check a SUBSCRIBE: delivery is refused, yet the broker counts it as a matching
-    subscriber) and leaves. The broker is restarted while the bridge is away: Mosquitto 2.0 does
-    not restore the bridges' shared subscription, but restores the rogue's, so for 12 s the
-    gateways' publishes are answered PUBACK 0x00 and reach nobody. With ``delete_after=stored``
+    subscriber) and leaves. The broker is restarted while the bridge is frozen (SIGSTOP, 12 s):
+    Mosquitto 2.0 does not restore the bridges' shared subscription, but restores the rogue's, so
+    until the bridge reconnects the gateways' publishes are answered PUBACK 0x00 and reach
+    nobody. With ``delete_after=stored``
     no reading is lost: the gateways send them again until a bridge says they are stored. With
     ``puback`` (the old behaviour, the control) they were deleted at the PUBACK: lost."""
     env = edge_env(delete_after)
@@ -195,12 +196,11 @@ def test_rogue_wildcard_subscriber_and_broker_restart_lose_nothing(
             session.close()
         print(f"{rogue} CONNACK {session.connack}, SUBACK {topic}: {suback}; disconnected")
         first = {gw: high + 1 for gw, high in highs(stack).items()}
-        stack.stop("bridge")
-        stack.stop("mosquitto")
-        stack.restart("mosquitto")
-        time.sleep(12)
-        stack.restart("bridge")
-        time.sleep(2)
+        with stack.paused("bridge"):
+            stack.stop("mosquitto")
+            stack.restart("mosquitto")
+            time.sleep(12)
+        time.sleep(2)  # the bridge notices its connection is gone, reconnects, subscribes
         last = highs(stack)
         waited = wait_resolved(stack, last, 60 if delete_after == "stored" else 20)
         print(f"DELETE_AFTER={delete_after}: the fault's readings resolved {waited:.1f} s later")
@@ -219,9 +219,9 @@ def test_rogue_wildcard_subscriber_and_broker_restart_lose_nothing(
 
 def test_broker_sigkilled_twice_mid_stream_loses_nothing(tmp_path: Path) -> None:
     """Mosquitto SIGKILLed (no save) while readings flow, twice: first with the bridge keeping
-    up, then with 4 s of readings queued for a stopped bridge (what it PUBACKed since its last
-    autosave, 5 s, dies with it). The gateways had not forgotten any of them: every reading is
-    stored, none lost (not just reported as a gap)."""
+    up, then with 4 s of readings queued for a frozen bridge (SIGSTOP; what the broker PUBACKed
+    since its last autosave, every 5 s, dies with it). The gateways had not forgotten any of
+    them: every reading is stored, none lost (not just reported as a gap)."""
     with running(tmp_path) as stack:
         time.sleep(3)
         first = {gw: high + 1 for gw, high in highs(stack).items()}
@@ -229,12 +229,11 @@ def test_broker_sigkilled_twice_mid_stream_loses_nothing(tmp_path: Path) -> None
         time.sleep(1)
         stack.restart("mosquitto")
         time.sleep(4)
-        stack.stop("bridge")
-        time.sleep(4)
-        stack.kill("mosquitto")
-        time.sleep(1)
-        stack.restart("mosquitto")
-        stack.restart("bridge")
+        with stack.paused("bridge"):
+            time.sleep(4)
+            stack.kill("mosquitto")
+            time.sleep(1)
+            stack.restart("mosquitto")
         time.sleep(2)
         last = highs(stack)
         waited = wait_resolved(stack, last, 60)
