@@ -93,6 +93,10 @@ def wait_resolved(stack: SystemStack, through: dict[str, int], timeout: float) -
     return time.monotonic() - started
 
 
+#: The agent's warning at a stored timeout (edge_agent/publisher.py); only printed here.
+RESENT = re.compile(r"(\d+) readings acknowledged by the broker but not confirmed stored within")
+
+
 def resends(stack: SystemStack) -> dict[str, list[int]]:
     """Per gateway, the readings it sent again at each stored timeout (from its log)."""
     out = {}
@@ -100,9 +104,6 @@ def resends(stack: SystemStack) -> dict[str, list[int]]:
         text = Path(stack.state["services"][name]["log_file"]).read_text(errors="replace")
         out[gw] = [int(n) for n in RESENT.findall(text)]
     return out
-
-
-RESENT = re.compile(r"(\d+) readings acknowledged by the broker but not confirmed stored within")
 
 
 def assert_agents_alive(stack: SystemStack) -> None:
