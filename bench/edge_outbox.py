@@ -8,8 +8,10 @@ free loopback ports:
 1. **append**: simulates ``--chargers`` chargers at 1 Hz for ``--seconds`` (default 100 x 3600 =
    360,000 readings) and appends them to a fresh outbox in transactions of ``--tx`` readings
    (default 1,000; each commit fsynced, ``synchronous=FULL``). Only ``Outbox.append`` is timed
-   (bodies are built per tick, outside the clock). Also times one-tick transactions (100
-   readings, what the live agent does at 1 Hz) on a second outbox.
+   (bodies are built per tick, outside the clock); the agent's unique-ts rule
+   (``UniqueTs.apply``, run on the captures before their bodies are built) is timed on its own.
+   Also times one-tick transactions (100 readings, what the live agent does at 1 Hz) on a second
+   outbox.
 2. **drain**: runs ``edge-agent outbox drain --json`` (the real console script, its own
    process) on that backlog: MQTT 5 over TLS with the gateway's certificate, QoS 1, each batch
    deleted after its PUBACK. A persistent QoS 1 subscriber (the bridge's identity) checks every
@@ -41,6 +43,7 @@ from bench.harness.procstat import proc_status_kb
 from bench.harness.report import Row, print_table, verdict
 from bench.harness.stack import BIN, BRIDGE_IDENTITY, TOPIC_ROOT, Stack, running_stack
 from edge_agent.outbox import Outbox
+from edge_agent.series import Marks, UniqueTs
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulator import Simulator
 from telemetry_common.settings import env_for
@@ -52,24 +55,31 @@ TARGET_DRAIN_S: Final = 30.0
 TARGET_RSS_MB: Final = 80.0
 
 
-def fill(path: Path, chargers: int, seconds: int, tx: int) -> tuple[int, float]:
+def fill(path: Path, chargers: int, seconds: int, tx: int) -> tuple[int, float, float]:
     """Append ``chargers x seconds`` simulated readings in transactions of ``tx``; returns
-    (readings, seconds spent inside append)."""
+    (readings, seconds spent inside append, seconds spent in the unique-ts rule)."""
     sim = Simulator(GATEWAY, chargers, seed=1)
     t0 = datetime.now(UTC) - timedelta(seconds=seconds + 60)
-    spent = 0.0
+    spent = rule = 0.0
     n = 0
     pending: list[bytes] = []
+    marks: Marks = {}
     with Outbox(path) as box:
+        unique = UniqueTs(box.series_marks())
         for s in range(seconds):
-            pending += [c.to_body() for c in sim.sample(t0 + timedelta(seconds=s), 1.0)]
+            captures = sim.sample(t0 + timedelta(seconds=s), 1.0)
+            start = time.perf_counter()  # the agent's unique-ts rule, before the bodies
+            stamped, touched = unique.apply(captures)
+            rule += time.perf_counter() - start
+            marks.update(touched)
+            pending += [c.to_body() for c in stamped]
             if len(pending) >= tx or s == seconds - 1:
                 start = time.perf_counter()
-                box.append(pending)
+                box.append(pending, marks)
                 spent += time.perf_counter() - start
                 n += len(pending)
-                pending = []
-    return n, spent
+                pending, marks = [], {}
+    return n, spent, rule
 
 
 class Counter:
@@ -82,7 +92,7 @@ class Counter:
     def subscribe(self, stack: Stack) -> Connection:
         return Connection(
             "bench-counter",
-            stack.tls_port,
+            stack.service_port,
             identity=stack.identity(BRIDGE_IDENTITY),
             subscribe=(Topics(TOPIC_ROOT).readings(GATEWAY), 1),
             on_message=self._on_message,
@@ -158,17 +168,18 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         try:
             fig: dict[str, Any] = {}
             big = work / "big.sqlite3"
-            n, spent = fill(big, a.chargers, a.seconds, a.tx)
+            n, spent, rule = fill(big, a.chargers, a.seconds, a.tx)
             fig["append"] = {"readings": n, "seconds": spent, "rate": n / spent, "tx": a.tx}
+            fig["unique_ts_us"] = rule / n * 1e6
             small_tx = work / "tick.sqlite3"
-            m, spent_tick = fill(small_tx, a.chargers, min(a.seconds, 600), a.chargers)
+            m, spent_tick, _ = fill(small_tx, a.chargers, min(a.seconds, 600), a.chargers)
             fig["append_tick"] = {"readings": m, "rate": m / spent_tick, "tx": a.chargers}
             small_tx.unlink()
             env = drain_env(stack, a)
             fig["file_mb"] = big.stat().st_size / 2**20
             fig["drain"] = drain(env | outbox_env(big), counter, n, 300)
             small = work / "small.sqlite3"
-            k, _ = fill(small, a.chargers, a.seconds // 10, a.tx)
+            k, _, _ = fill(small, a.chargers, a.seconds // 10, a.tx)
             fig["drain_small"] = drain(env | outbox_env(small), counter, k, 300)
             fig["drain_small"]["readings"] = k
             return fig
@@ -187,6 +198,7 @@ def report(fig: dict[str, Any]) -> None:
             f">= {TARGET_APPEND:,.0f}: {verdict(ap['rate'] >= TARGET_APPEND)}",
         ),
         (f"append, {tick['tx']}-reading transactions", f"{tick['rate']:,.0f} readings/s", "-"),
+        ("unique-ts rule at capture", f"{fig['unique_ts_us']:.2f} us per reading", "-"),
         ("outbox file", f"{fig['file_mb']:.0f} MiB for {ap['readings']:,} readings", "-"),
         (
             "publish rate (drain, TLS, QoS 1)",

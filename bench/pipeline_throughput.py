@@ -14,6 +14,22 @@ a temporary directory with a dev PKI, then measures, in one run:
    live feed the processor publishes after each write;
 4. the bridge's peak RSS (VmHWM) and the CPU each process used during the throughput phase.
 
+Stored acknowledgements (``--acks both|on|off``, default both): phases 2 and 3 run once with the
+bridge's ``STORED_ACKS`` off and once with it on, each round, in the same run (the bridge is
+restarted with the other setting between them, taking over the same MQTT session; the order
+alternates from round to round). With acknowledgements on, the publisher behaves as the edge
+agent with ``DELETE_AFTER=stored`` does on the network (``bench.publisher --stored``): it
+subscribes to its ``{root}/{gateway}/stored`` topic, counts a reading as unconfirmed from its
+publish until an acknowledgement covers it, publishes only while fewer than ``--max-unconfirmed``
+readings (the edge's ``MAX_UNCONFIRMED``, default 20,000) are unconfirmed, and waits for the last
+acknowledgement before it exits; so the bridge's acknowledgement loop bounds the throughput, as
+it would bound an edge draining a backlog. It does not model the edge's SQLite deletes (the
+publisher stands for gateways on other machines), epochs, or replays after ``STORED_TIMEOUT_S``.
+The figure for acknowledgements is the throughput with them on / without them, per round (the
+two phases minutes apart at most), and its median; and in the latency phase, besides
+publish-to-stored, publish-to-acknowledgement (publish until the acknowledgement covering the
+whole message arrives at the publisher).
+
 Prints a table and optionally writes the figures as JSON (``--json``). A script, not a test.
 Every process it starts is stopped by PID on the way out, Ctrl-C included.
 """
@@ -22,12 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +69,7 @@ from bench.harness.stack import (
     wait_exit,
 )
 from bridge.settings import BridgeSettings
+from telemetry_common.settings import env_for
 
 RAW_DATABASE: Final = "bench_raw"
 RAW_BATCH: Final = 5_000
@@ -58,12 +77,23 @@ GATEWAY: Final = "bench-gw"
 MAX_ROUNDS: Final = 9
 
 
-def round_gateway(k: int) -> str:
-    """The gateway of round ``k`` (its own chargers and seq range, so rounds never overlap)."""
-    return f"{GATEWAY}-{k}"
+#: The bridge's stored acknowledgements in a phase: "off" (STORED_ACKS=false, the publisher
+#: forgets a reading on PUBACK) or "on" (the publisher waits for them, as the edge does).
+MODES: Final = ("off", "on")
+
+
+def round_gateway(k: int, mode: str) -> str:
+    """The gateway of round ``k`` with acknowledgements ``mode`` (its own chargers and seq
+    range, so phases never overlap)."""
+    return f"{GATEWAY}-{k}-{mode}"
+
+
+def latency_gateway(mode: str) -> str:
+    return f"{LATENCY_GATEWAY}-{mode}"
 
 
 LATENCY_GATEWAY: Final = "bench-lat"
+TARGET_ACKS_RATIO: Final = 0.90
 
 TARGET_RATIO: Final = 0.50
 TARGET_P99_MS: Final = 250.0
@@ -215,6 +245,7 @@ def wait_count(
 
 
 STORED_KEY: Final = "telemetry_bridge_readings_stored_total"
+ACKS_KEY: Final = "telemetry_bridge_stored_acks_published_total"
 
 
 def wait_bridge_stored(
@@ -256,8 +287,39 @@ def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
     return out
 
 
+def publisher_ack_args(a: argparse.Namespace, mode: str) -> list[str]:
+    """The publisher's options for acknowledgements ``mode`` (see the module docstring)."""
+    if mode == "off":
+        return []
+    return ["--stored", "--max-unconfirmed", str(a.max_unconfirmed)]
+
+
+def ack_summary(stored: dict[str, Any] | None, t_first: float) -> dict[str, Any] | None:
+    """What the publisher saw of the acknowledgements (None with them off)."""
+    if stored is None:
+        return None
+    lat = sorted(stored.pop("ack_latencies_ms"))
+    confirmed_s = stored["t_last_confirm"] - t_first
+    return {
+        **stored,
+        "messages_timed": len(lat),
+        "ack_p50_ms": percentile(lat, 50),
+        "ack_p95_ms": percentile(lat, 95),
+        "ack_p99_ms": percentile(lat, 99),
+        "ack_max_ms": lat[-1] if lat else float("nan"),
+        "readings_per_ack": stored["acked_readings"] / stored["acks"] if stored["acks"] else 0.0,
+        "confirmed_seconds": confirmed_s,
+        "confirmed_per_s": stored["confirmed"] / confirmed_s if confirmed_s > 0 else None,
+    }
+
+
 def measure_pipeline(
-    stack: Stack, influx: Influx, bridge: ManagedProcess, a: argparse.Namespace, gateway: str
+    stack: Stack,
+    influx: Influx,
+    bridge: ManagedProcess,
+    a: argparse.Namespace,
+    gateway: str,
+    mode: str = "off",
 ) -> dict[str, Any]:
     servers = stack.named("mosquitto", "influxd", "bridge")
     cpu_before = cpu_snapshot(servers)
@@ -278,6 +340,7 @@ def measure_pipeline(
             str(a.window),
             "--timeout",
             str(a.timeout),
+            *publisher_ack_args(a, mode),
         ],
     )
     t_stored, polls = wait_bridge_stored(
@@ -287,6 +350,9 @@ def measure_pipeline(
     metrics_after = stack.bridge_metrics()
     t_wall1 = time.time()
     published = finish_publisher(stack, pub, a.timeout)
+    # With acknowledgements on, the publisher exits after the last one: the bridge's count of
+    # them is read then (the clock and the CPU figures stopped when the last reading was stored).
+    acks_published = stack.bridge_metrics().get(ACKS_KEY, 0.0) - metrics_before.get(ACKS_KEY, 0.0)
     # What InfluxDB holds is counted once, after the clock stopped (nothing is trusted blindly).
     count, _, more = wait_count(influx, gateway, a.readings, 5.0, 0.5, bridge, 5.0)
     polls += more
@@ -305,6 +371,9 @@ def measure_pipeline(
     }
     cpu["publisher"] = published["cpu_s"]
     return {
+        "acks": mode,
+        "stored_acks": ack_summary(published.get("stored"), published["t_first_publish"]),
+        "acks_published": acks_published,
         "readings": a.readings,
         "batch_size": a.batch_size,
         "messages": published["messages"],
@@ -418,26 +487,32 @@ class StoredPoller:
 
 
 def measure_latency(
-    stack: Stack, influx: Influx, bridge: ManagedProcess, a: argparse.Namespace, rate: float
+    stack: Stack,
+    influx: Influx,
+    bridge: ManagedProcess,
+    a: argparse.Namespace,
+    rate: float,
+    mode: str = "off",
 ) -> dict[str, Any]:
     batch = a.latency_batch_size or a.batch_size
+    gateway = latency_gateway(mode)
     # A fixed fleet (the throughput phase's chargers by default), as in the field: a new charger
     # per reading would measure InfluxDB creating series, not the pipeline.
     chargers = max(a.latency_chargers or a.chargers, batch)
-    live = LiveTimes(LATENCY_GATEWAY)
+    live = LiveTimes(gateway)
     sub = live.subscribe(stack.local_port)
     metrics_before = stack.bridge_metrics()
     poller = StoredPoller(
         stack.influx_url,
-        LATENCY_GATEWAY,
+        gateway,
         a.stored_poll_interval,
         time.monotonic() + a.duration + a.timeout,
     )
     try:
         pub = start_publisher(
             stack,
-            "publisher-latency",
-            LATENCY_GATEWAY,
+            f"publisher-latency-{mode}",
+            gateway,
             [
                 "--rate",
                 f"{rate:.3f}",
@@ -451,13 +526,14 @@ def measure_latency(
                 str(a.window),
                 "--timeout",
                 str(a.duration + a.timeout),
+                *publisher_ack_args(a, mode),
             ],
         )
         published = finish_publisher(stack, pub, a.duration + a.timeout)
         poller.wait(published["readings"], a.timeout)
         count, _, _ = wait_count(
             influx,
-            LATENCY_GATEWAY,
+            gateway,
             published["readings"],
             a.timeout,
             a.poll_interval,
@@ -480,6 +556,8 @@ def measure_latency(
     lat = sorted(live.latencies_ms)
     stored_lat = sorted(poller.latencies_ms(published["sent"], published["seq_first"]))
     return {
+        "acks": mode,
+        "stored_acks": ack_summary(published.get("stored"), published["t_first_publish"]),
         "target_readings_per_s": rate,
         "batch_size": batch,
         "chargers": chargers,
@@ -509,44 +587,46 @@ def measure_latency(
 # --- report ---------------------------------------------------------------------------------
 
 
-def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> None:
-    raw = fig["raw_ingest"]
-    pipe = fig["pipeline"]
-    lat = fig.get("latency")
-    rss = fig["bridge_rss"]
-    ratio = fig["ratio"]
-    raw2 = fig.get("raw_ingest_2_clients")
-    ratio2 = fig.get("ratio_2_clients")
-    rows: list[Row] = [
-        (
-            "raw InfluxDB ingest (5,000-line batches, 1 client)",
-            f"{raw['points_per_s']:,.0f} points/s",
-            "",
-        )
-    ]
-    if raw2 is not None:
-        rows.append(
-            (
-                "raw InfluxDB ingest (5,000-line batches, 2 clients)",
-                f"{raw2['points_per_s']:,.0f} points/s",
-                "InfluxDB on both cores: the server's limit",
-            )
-        )
-    title = f"pipeline end to end ({pipe['readings']:,} readings, B={pipe['batch_size']})"
+def _ms(x: float) -> str:
+    return f"{x:,.1f} ms"
+
+
+def _rate(x: float | None) -> str:
+    return "incomplete" if x is None else f"{x:,.0f} readings/s"
+
+
+def _f1(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def pipeline_rows(fig: dict[str, Any], mode: str, res: dict[str, Any]) -> list[Row]:
+    """The throughput phase of one acknowledgement mode (its median round)."""
+    pipe, ratio, ratio2 = res["pipeline"], res["ratio"], res["ratio_2_clients"]
+    n = len(fig["rounds"])
+    med = f", median of {n} rounds" if n > 1 else ""
+    title = (
+        f"pipeline end to end, stored acks {mode} ({pipe['readings']:,} readings, "
+        f"B={pipe['batch_size']})"
+    )
+    rows: list[Row] = []
     if pipe["readings_per_s"] is not None:
-        rows.append((title, f"{pipe['readings_per_s']:,.0f} readings/s", ""))
+        rows.append((title, _rate(pipe["readings_per_s"]), f"the round of the median ratio{med}"))
         rows.append(
             (
-                "ratio pipeline / raw",
-                f"{ratio:.1%}",
+                f"  ratio pipeline / raw (acks {mode}){med}",
+                _pct(ratio),
                 f"target >= {TARGET_RATIO:.0%}: {verdict(ratio >= TARGET_RATIO)}",
             )
         )
         if ratio2 is not None:
             rows.append(
                 (
-                    "ratio pipeline / raw with 2 clients",
-                    f"{ratio2:.1%}",
+                    f"  ratio pipeline / raw with 2 clients (acks {mode}){med}",
+                    _pct(ratio2),
                     f"target >= {TARGET_RATIO:.0%}: {verdict(ratio2 >= TARGET_RATIO)}",
                 )
             )
@@ -558,87 +638,33 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
                 f"{pipe['stored']:,} stored in {pipe['seconds']:.0f}s, then no progress",
             )
         )
-        rows.append(("ratio pipeline / raw", "n/a", f"target >= {TARGET_RATIO:.0%}: MISSED"))
-    rounds = fig.get("rounds", [])
-    if len(rounds) > 1:
-        for k, row in enumerate(rows):
-            if row[0].startswith("ratio pipeline / raw"):
-                rows[k] = (f"{row[0]}, median of {len(rounds)} rounds", *row[1:])
-        for k, r in enumerate(rounds, start=1):
-            rate = r["pipeline_readings_per_s"]
-            r2 = r.get("ratio_2_clients")
-            rows.append(
-                (
-                    f"  round {k}: pipeline / raw (1 client, 2 clients)",
-                    "n/a" if r["ratio"] is None else f"{r['ratio']:.1%}, {r2 or 0:.1%}",
-                    ("incomplete" if rate is None else f"{rate:,.0f} readings/s")
-                    + f" / {r['raw_points_per_s']:,.0f}, "
-                    + f"{r.get('raw_2_clients_points_per_s') or 0:,.0f} points/s",
-                )
-            )
-        costs = [r.get("influxd_us_per_point") for r in rounds]
-        if all(c is not None and None not in c for c in costs):
-            rows.append(
-                (
-                    "  influxd CPU per point (raw 1 client, 2 clients, pipeline)",
-                    "",
-                    "; ".join(
-                        f"round {k}: " + ", ".join(f"{x:.1f}" for x in c) + " us"
-                        for k, c in enumerate(costs, start=1)
-                    ),
-                )
-            )
     rows.append(
         (
-            "missing (N - distinct seq stored)",
+            "  missing (N - distinct seq stored)",
             f"{pipe['missing']:,}",
             f"count {pipe['stored']:,}, distinct seq {pipe['distinct_seq']:,}: "
             + verdict(pipe["complete"])
             + ("" if pipe["complete"] else " (stalled or timed out: see bridge metrics)"),
         )
     )
-    if lat is not None:
-        load = (
-            f"at {lat['target_readings_per_s']:,.0f} readings/s "
-            f"({fig['latency_load']:.0%} of max, B={lat['batch_size']})"
-        )
-        for kind, prefix, note, targeted in (
+    st = pipe.get("stored_acks")
+    if st is not None:
+        rows.append(
             (
-                "publish-to-stored latency",
-                "stored_",
-                f"count(seq) polled every {lat['stored_poll_interval_s'] * 1000:.0f} ms; "
-                f"{lat['stored_latency_readings']:,} of {lat['published']:,} readings",
-                True,
-            ),
-            (
-                "publish-to-live-message latency",
-                "",
-                f"{lat['live_messages']:,} live messages for {lat['published']:,} readings "
-                f"of {lat['chargers']:,} chargers (conflated and rate-budgeted by design)",
-                False,
-            ),
-        ):
-            p99 = lat[f"{prefix}p99_ms"]
-            p99_note = (
-                f"target <= {TARGET_P99_MS:.0f} ms: {verdict(p99 <= TARGET_P99_MS)}"
-                if targeted
-                else "informational"
+                "  acknowledgements received by the publisher",
+                f"{st['acks']:,}",
+                f"{st['readings_per_ack']:,.0f} readings each; {st['confirmed']:,} confirmed; "
+                f"publishing waited {st['window_wait_s']:.1f} s for the window of "
+                f"{st['max_unconfirmed']:,} unconfirmed",
             )
-            rows += [
-                (f"{kind} {load} p50", f"{lat[f'{prefix}p50_ms']:.1f} ms", note),
-                ("  p95", f"{lat[f'{prefix}p95_ms']:.1f} ms", ""),
-                ("  p99", f"{p99:.1f} ms", p99_note),
-            ]
-    hwm = rss["peak_mb"]
-    rows.append(
-        (
-            "bridge peak RSS (VmHWM, after full load)",
-            f"{hwm:.1f} MB" if hwm is not None else "n/a",
-            f"target <= {TARGET_RSS_MB:.0f} MB: "
-            + verdict(hwm is not None and hwm <= TARGET_RSS_MB)
-            + (f"; {rss['idle_mb']:.1f} MB idle" if rss["idle_mb"] is not None else ""),
         )
-    )
+        rows.append(
+            (
+                "  publish-to-acknowledgement p50 / p99 (throughput phase)",
+                f"{_ms(st['ack_p50_ms'])} / {_ms(st['ack_p99_ms'])}",
+                f"last acknowledgement {st['confirmed_seconds']:.2f} s after the first publish",
+            )
+        )
     bm = pipe.get("bridge_metrics", {})
     batches = bm.get("batch_seconds_count", 0.0)
     writes = bm.get("write_seconds_count", 0.0)
@@ -647,16 +673,150 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
         mean_write = bm.get("write_seconds_sum", 0.0) / writes * 1000 if writes else 0.0
         rows.append(
             (
-                "bridge batches / mean batch time / mean write time",
+                "  bridge batches / mean batch time / mean write time",
                 f"{batches:,.0f} / {mean_batch:,.0f} ms / {mean_write:,.0f} ms",
-                f"{writes:,.0f} writes, {bm.get('write_retries_total', 0):,.0f} retried",
+                f"{writes:,.0f} writes, {bm.get('write_retries_total', 0):,.0f} retried; "
+                f"{pipe['acks_published']:,.0f} acknowledgements published in all",
             )
         )
-    for name, pct in pipe["cpu_percent_of_one_core"].items():
-        if pct is not None:
-            rows.append(
-                (f"CPU of {name} during the throughput phase", f"{pct:.0f}%", "of one core")
+    cpus = [
+        f"{name} {pct:.0f}%"
+        for name, pct in pipe["cpu_percent_of_one_core"].items()
+        if pct is not None
+    ]
+    us = [
+        f"{name} {x:.1f}"
+        for name in pipe["cpu_seconds"]
+        if (x := _per_reading(pipe, name)) is not None
+    ]
+    rows.append(("  CPU during the phase (% of one core)", "", ", ".join(cpus)))
+    rows.append(("  CPU per reading (us)", "", ", ".join(us)))
+    return rows
+
+
+def latency_rows(fig: dict[str, Any], mode: str, lat: dict[str, Any]) -> list[Row]:
+    load = (
+        f"at {lat['target_readings_per_s']:,.0f} readings/s "
+        f"({fig['latency_load']:.0%} of max, B={lat['batch_size']})"
+    )
+    p99 = lat["stored_p99_ms"]
+    rows: list[Row] = [
+        (
+            f"publish-to-stored latency, acks {mode}, {load} p50",
+            _ms(lat["stored_p50_ms"]),
+            f"count(seq) polled every {lat['stored_poll_interval_s'] * 1000:.0f} ms; "
+            f"{lat['stored_latency_readings']:,} of {lat['published']:,} readings",
+        ),
+        ("  p95", _ms(lat["stored_p95_ms"]), ""),
+        ("  p99", _ms(p99), f"target <= {TARGET_P99_MS:.0f} ms: {verdict(p99 <= TARGET_P99_MS)}"),
+    ]
+    st = lat.get("stored_acks")
+    if st is not None:
+        rows += [
+            (
+                "  publish-to-acknowledgement p50",
+                _ms(st["ack_p50_ms"]),
+                f"{st['messages_timed']:,} messages; {st['acks']:,} acknowledgements of "
+                f"{st['readings_per_ack']:,.0f} readings each",
+            ),
+            ("  p95", _ms(st["ack_p95_ms"]), ""),
+            (
+                "  p99",
+                _ms(st["ack_p99_ms"]),
+                "informational: includes the wait for the bridge's next flush (ACK_INTERVAL_S)",
+            ),
+        ]
+    rows += [
+        (
+            f"  publish-to-live-message p50 / p95 / p99 (acks {mode})",
+            f"{lat['p50_ms']:,.0f} / {lat['p95_ms']:,.0f} / {lat['p99_ms']:,.0f} ms",
+            f"{lat['live_messages']:,} live messages for {lat['published']:,} readings "
+            f"of {lat['chargers']:,} chargers (conflated and rate-budgeted; informational)",
+        )
+    ]
+    return rows
+
+
+def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> None:
+    rounds = fig["rounds"]
+    modes: list[str] = list(fig["modes"])
+    first = fig["modes"][modes[0]]
+    rows: list[Row] = [
+        (
+            "raw InfluxDB ingest (5,000-line batches, 1 client)",
+            f"{first['raw_ingest']['points_per_s']:,.0f} points/s",
+            f"the round of acks {modes[0]}'s median ratio",
+        ),
+        (
+            "raw InfluxDB ingest (5,000-line batches, 2 clients)",
+            f"{first['raw_ingest_2_clients']['points_per_s']:,.0f} points/s",
+            "InfluxDB on both cores: the server's limit",
+        ),
+    ]
+    for mode in modes:
+        rows += pipeline_rows(fig, mode, fig["modes"][mode])
+    if fig.get("acks_ratio") is not None:
+        ratio = fig["acks_ratio"]
+        rows.append(
+            (
+                f"pipeline with acks on / acks off, median of {len(rounds)} rounds",
+                _pct(ratio),
+                f"target >= {TARGET_ACKS_RATIO:.0%}: {verdict(ratio >= TARGET_ACKS_RATIO)}; "
+                "per round: " + ", ".join(_pct(r) for r in fig["acks_ratios"]),
             )
+        )
+    us = fig.get("bridge_us_per_reading", {})
+    if us:
+        rows.append(
+            (
+                f"bridge CPU per reading, acks {' / '.join(us)}, median of {len(rounds)} rounds",
+                " / ".join(f"{x:.1f}" for x in us.values()) + " us",
+                "per round: "
+                + "; ".join(
+                    ", ".join(f"{m} {_f1(r['modes'][m].get('bridge_us_per_reading'))}" for m in us)
+                    for r in rounds
+                ),
+            )
+        )
+    for k, r in enumerate(rounds, start=1):
+        per_mode = "; ".join(
+            f"{m}: {_rate(r['modes'][m]['pipeline_readings_per_s'])} "
+            f"({_pct(r['modes'][m]['ratio'])}, {_pct(r['modes'][m]['ratio_2_clients'])})"
+            for m in r["order"]
+        )
+        rows.append(
+            (
+                f"  round {k}: raw 1 client, 2 clients",
+                f"{r['raw_points_per_s']:,.0f}, {r['raw_2_clients_points_per_s']:,.0f}",
+                f"points/s; then {per_mode}",
+            )
+        )
+        costs = r["influxd_us_per_point"]
+        if None not in costs:
+            rows.append(
+                (
+                    "    influxd CPU per point (raw 1, raw 2, pipeline "
+                    + ", ".join(r["order"])
+                    + ")",
+                    "",
+                    ", ".join(f"{x:.1f}" for x in costs) + " us",
+                )
+            )
+    for mode, lat in fig.get("latency_modes", {}).items():
+        rows += latency_rows(fig, mode, lat)
+    for mode, rss in fig["bridge_rss"].items():
+        hwm = rss["peak_mb"]
+        rows.append(
+            (
+                f"bridge peak RSS (VmHWM, after full load), acks {mode}",
+                f"{hwm:.1f} MB" if hwm is not None else "n/a",
+                f"target <= {TARGET_RSS_MB:.0f} MB: "
+                + verdict(hwm is not None and hwm <= TARGET_RSS_MB)
+                + (f"; {rss['idle_mb']:.1f} MB idle" if rss["idle_mb"] is not None else ""),
+            )
+        )
+    if fig.get("machine_load") is not None:
+        rows.append(("load average at start / end", "", fig["machine_load"]))
     print_table(rows, out)
 
 
@@ -666,8 +826,9 @@ def print_report(fig: dict[str, Any], out: Callable[[str], None] = print) -> Non
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = cli.parser(
         "bench.pipeline_throughput",
-        "Raw InfluxDB ingest vs. the telemetry pipeline, latency at partial load, "
-        "bridge memory. Starts and stops its own servers on loopback.",
+        "Raw InfluxDB ingest vs. the telemetry pipeline (with the bridge's stored "
+        "acknowledgements off and on), latency at partial load, bridge memory. Starts and stops "
+        "its own servers on loopback.",
     )
     p.add_argument(
         "--readings", type=int, default=200_000, help="N readings for the throughput phase"
@@ -685,6 +846,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=3,
         help=f"raw + pipeline rounds, median ratio (1..{MAX_ROUNDS})",
     )
+    p.add_argument(
+        "--acks",
+        choices=("both", *MODES),
+        default="both",
+        help="the bridge's stored acknowledgements: off, on, or both in each round (default)",
+    )
+    p.add_argument(
+        "--max-unconfirmed",
+        type=int,
+        default=20_000,
+        help="acks on: readings the publisher leaves unacknowledged at most (the edge's "
+        "MAX_UNCONFIRMED; 0: never wait)",
+    )
     p.add_argument("--latency-load", type=float, default=0.2, help="fraction of measured max")
     p.add_argument("--latency-batch-size", type=int, default=0, help="default: --batch-size")
     p.add_argument(
@@ -698,7 +872,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="bound on each phase, seconds")
     p.add_argument("--stall", type=float, default=30.0, help="give up when no progress, seconds")
     cli.add_env_option(p, "--bridge-env", "bridge", BridgeSettings, batch_max_messages=20)
-    p.add_argument("--profile-bridge", type=Path, help="run the bridge under cProfile, stats here")
+    p.add_argument(
+        "--profile-bridge",
+        type=Path,
+        help="run each bridge under cProfile, stats in FILE.MODE-K (K: its start, from 1)",
+    )
     cli.add_output_options(p)
     a = p.parse_args(argv)
     if a.readings < 1 or a.batch_size < 1 or a.chargers < 1 or a.raw_points < 1:
@@ -709,27 +887,78 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--window must be within 1..10000 (MQTT packet ids are 16-bit)")
     if a.batch_size > 5_000:
         p.error("--batch-size is at most 5,000 readings (ReadingBatch limit)")
+    if a.max_unconfirmed < 0:
+        p.error("--max-unconfirmed must be >= 0")
     a.bridge_env = cli.parse_env(p, "--bridge-env", a.bridge_env, BridgeSettings)
+    (acks_var,) = env_for(BridgeSettings, stored_acks=True)
+    if acks_var in a.bridge_env:
+        p.error(f"{acks_var} is set by --acks")
     return a
 
 
+class Bridges:
+    """One bridge at a time, with the stored acknowledgements of a mode; records each mode's
+    peak RSS (VmHWM) and the RSS of the first bridge when idle."""
+
+    def __init__(self, stack: Stack, a: argparse.Namespace) -> None:
+        self.stack = stack
+        self.a = a
+        self.starts = 0
+        self.idle_kb: int | None = None
+        self.peak_kb: dict[str, int | None] = {}
+        self.current: ManagedProcess | None = None
+
+    @contextmanager
+    def running(self, mode: str) -> Iterator[ManagedProcess]:
+        self.starts += 1
+        env = {**env_for(BridgeSettings, stored_acks=mode == "on"), **self.a.bridge_env}
+        prof: Path | None = self.a.profile_bridge
+        if prof is not None:
+            prof = prof.with_name(f"{prof.name}.{mode}-{self.starts}")
+        bridge = start_bridge(self.stack, env, prof)
+        assert bridge.pid is not None
+        self.current = bridge
+        if self.idle_kb is None:
+            self.idle_kb = proc_status_kb(bridge.pid, "VmRSS")
+        try:
+            yield bridge
+        finally:
+            hwm = proc_status_kb(bridge.pid, "VmHWM")
+            held = self.peak_kb.get(mode)
+            self.peak_kb[mode] = hwm if held is None or hwm is None else max(held, hwm)
+            # Stopped here (SIGTERM), so a profile is written before anyone reads it.
+            bridge.stop(timeout=20)
+            self.current = None
+
+
 def measure_round(
-    stack: Stack, influx: Influx, bridge: ManagedProcess, a: argparse.Namespace, k: int
+    stack: Stack, influx: Influx, bridges: Bridges, a: argparse.Namespace, k: int
 ) -> dict[str, Any]:
-    """Raw ingest (1 client, 2 clients), then the pipeline with gateway ``k``."""
+    """Raw ingest (1 client, 2 clients), then the pipeline with gateway ``k`` of each mode
+    (the order alternates from round to round, so neither always runs on a warmer machine)."""
     cli.log(f"round {k}/{a.rounds}: raw InfluxDB ingest ...")
     server = stack.proc("influxd").pid
     raw = measure_raw_ingest(influx, a.raw_points, a.chargers, 1, server)
     raw2 = measure_raw_ingest(influx, a.raw_points, a.chargers, 2, server)
-    cli.log(f"round {k}/{a.rounds}: pipeline, {a.readings:,} readings ...")
-    pipe = measure_pipeline(stack, influx, bridge, a, round_gateway(k))
-    rate = pipe["readings_per_s"]
+    order = list(a.modes if k % 2 else reversed(a.modes))
+    modes: dict[str, Any] = {}
+    for mode in order:
+        cli.log(f"round {k}/{a.rounds}: pipeline, stored acks {mode}, {a.readings:,} readings ...")
+        with bridges.running(mode) as bridge:
+            pipe = measure_pipeline(stack, influx, bridge, a, round_gateway(k, mode), mode)
+        rate = pipe["readings_per_s"]
+        modes[mode] = {
+            "pipeline": pipe,
+            "ratio": None if rate is None else rate / raw["points_per_s"],
+            "ratio_2_clients": None if rate is None else rate / raw2["points_per_s"],
+        }
+    on, off = (modes.get(m, {}).get("pipeline", {}).get("readings_per_s") for m in ("on", "off"))
     return {
         "raw_ingest": raw,
         "raw_ingest_2_clients": raw2,
-        "pipeline": pipe,
-        "ratio": None if rate is None else rate / raw["points_per_s"],
-        "ratio_2_clients": None if rate is None else rate / raw2["points_per_s"],
+        "order": order,
+        "modes": modes,
+        "acks_ratio": None if on is None or off is None else on / off,
     }
 
 
@@ -738,15 +967,25 @@ def round_figures(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "raw_points_per_s": r["raw_ingest"]["points_per_s"],
         "raw_2_clients_points_per_s": r["raw_ingest_2_clients"]["points_per_s"],
-        "pipeline_readings_per_s": r["pipeline"]["readings_per_s"],
-        "ratio": r["ratio"],
-        "ratio_2_clients": r["ratio_2_clients"],
-        "complete": r["pipeline"]["complete"],
-        # InfluxDB's own CPU per point: raw 1 client, 2 clients, pipeline.
+        "order": r["order"],
+        "modes": {
+            m: {
+                "pipeline_readings_per_s": x["pipeline"]["readings_per_s"],
+                "ratio": x["ratio"],
+                "ratio_2_clients": x["ratio_2_clients"],
+                "complete": x["pipeline"]["complete"],
+                # Bridge CPU per reading: what acknowledging costs, less disturbed than a rate
+                # when the shared machine gives the bridge less CPU in one phase.
+                "bridge_us_per_reading": _per_reading(x["pipeline"], "bridge"),
+            }
+            for m, x in r["modes"].items()
+        },
+        "acks_ratio": r["acks_ratio"],
+        # InfluxDB's own CPU per point: raw 1 client, 2 clients, pipeline (each mode in order).
         "influxd_us_per_point": [
             r["raw_ingest"]["influxd_us_per_point"],
             r["raw_ingest_2_clients"]["influxd_us_per_point"],
-            _per_reading(r["pipeline"], "influxd"),
+            *(_per_reading(r["modes"][m]["pipeline"], "influxd") for m in r["order"]),
         ],
     }
 
@@ -756,48 +995,84 @@ def _mb(kb: int | None) -> float | None:
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
-    gateways = (GATEWAY, *map(round_gateway, range(1, MAX_ROUNDS + 1)), LATENCY_GATEWAY)
+    a.modes = MODES if a.acks == "both" else (a.acks,)
+    gateways = (
+        *(round_gateway(k, m) for k in range(1, MAX_ROUNDS + 1) for m in MODES),
+        *map(latency_gateway, MODES),
+    )
+    load0 = os.getloadavg()
     with cli.workdir("bench-pipeline-", a.keep) as work, running_stack(work, gateways) as stack:
         influx = Influx(stack.influx_url)
         try:
-            bridge = start_bridge(stack, a.bridge_env, a.profile_bridge)
-            assert bridge.pid is not None
-            idle_kb = proc_status_kb(bridge.pid, "VmRSS")
-            rounds = [measure_round(stack, influx, bridge, a, k) for k in range(1, a.rounds + 1)]
-            hwm_kb = proc_status_kb(bridge.pid, "VmHWM")
-            # The round with the median ratio stands for the run; every round is reported.
-            median = rounds[median_index([r["ratio"] for r in rounds])]
-            ratios2 = [r["ratio_2_clients"] for r in rounds]
-            fig: dict[str, Any] = {
-                "raw_ingest": median["raw_ingest"],
-                "raw_ingest_2_clients": median["raw_ingest_2_clients"],
-                "pipeline": median["pipeline"],
-                "ratio": median["ratio"],
-                "ratio_2_clients": ratios2[median_index(ratios2)],
-                "rounds": [round_figures(r) for r in rounds],
-                "latency_load": a.latency_load,
-                "bridge_rss": {"peak_mb": _mb(hwm_kb), "idle_mb": _mb(idle_kb)},
-                "bridge_env": a.bridge_env,
-                "targets": {
+            bridges = Bridges(stack, a)
+            rounds = [measure_round(stack, influx, bridges, a, k) for k in range(1, a.rounds + 1)]
+            fig: dict[str, Any] = {"modes": {}}
+            for mode in a.modes:
+                # Per mode, the round with the median ratio stands for the run.
+                ratios = [r["modes"][mode]["ratio"] for r in rounds]
+                ratios2 = [r["modes"][mode]["ratio_2_clients"] for r in rounds]
+                median = rounds[median_index(ratios)]
+                fig["modes"][mode] = {
+                    "raw_ingest": median["raw_ingest"],
+                    "raw_ingest_2_clients": median["raw_ingest_2_clients"],
+                    "pipeline": median["modes"][mode]["pipeline"],
+                    "ratio": median["modes"][mode]["ratio"],
+                    "ratio_2_clients": ratios2[median_index(ratios2)],
+                }
+            acks_ratios = [r["acks_ratio"] for r in rounds]
+            known = [x for x in acks_ratios if x is not None]
+            fig["acks_ratios"] = acks_ratios if len(a.modes) == 2 else []
+            fig["acks_ratio"] = statistics.median(known) if len(known) == len(rounds) else None
+            fig["bridge_us_per_reading"] = {
+                m: statistics.median(
+                    x for r in rounds if (x := _per_reading(r["modes"][m]["pipeline"], "bridge"))
+                )
+                for m in a.modes
+            }
+            # The figures of earlier versions (one bridge, one mode): those of the default
+            # bridge (acknowledgements on) when measured.
+            primary = "on" if "on" in a.modes else "off"
+            fig.update(fig["modes"][primary])
+            fig.update(
+                rounds=[round_figures(r) for r in rounds],
+                latency_load=a.latency_load,
+                bridge_env=a.bridge_env,
+                max_unconfirmed=a.max_unconfirmed,
+                targets={
                     "ratio": TARGET_RATIO,
+                    "acks_ratio": TARGET_ACKS_RATIO,
                     "p99_ms": TARGET_P99_MS,
                     "bridge_rss_mb": TARGET_RSS_MB,
                 },
-            }
-            if not all(r["pipeline"]["complete"] for r in rounds):
+            )
+            complete = all(x["pipeline"]["complete"] for r in rounds for x in r["modes"].values())
+            if not complete:
                 cli.log(
                     "a throughput round did not complete; no latency phase "
                     "(its load would be a fraction of a stalled rate)"
                 )
             elif not a.no_latency:
-                rate = a.latency_load * float(median["pipeline"]["readings_per_s"])
-                cli.log(f"latency at {rate:,.0f} readings/s ...")
-                fig["latency"] = measure_latency(stack, influx, bridge, a, rate)
-                fig["bridge_rss"]["peak_mb_after_latency"] = _mb(
-                    proc_status_kb(bridge.pid, "VmHWM")
-                )
-            # Stopped here (not only in the finally) so a profile is written before we read it.
-            bridge.stop(timeout=20)
+                # The same load for every mode: a fraction of the rate without acknowledgements.
+                reference = "off" if "off" in a.modes else primary
+                rate = a.latency_load * float(fig["modes"][reference]["pipeline"]["readings_per_s"])
+                fig["latency_modes"] = {}
+                for mode in a.modes:
+                    cli.log(f"latency, stored acks {mode}, at {rate:,.0f} readings/s ...")
+                    with bridges.running(mode) as bridge:
+                        fig["latency_modes"][mode] = measure_latency(
+                            stack, influx, bridge, a, rate, mode
+                        )
+                fig["latency"] = fig["latency_modes"][primary]
+            fig["bridge_rss"] = {
+                m: {"peak_mb": _mb(bridges.peak_kb.get(m)), "idle_mb": _mb(bridges.idle_kb)}
+                for m in a.modes
+            }
+            load1 = os.getloadavg()
+            fig["machine_load"] = (
+                " / ".join(f"{x:.2f}" for x in load0)
+                + "  ->  "
+                + " / ".join(f"{x:.2f}" for x in load1)
+            )
             return fig
         finally:
             influx.close()

@@ -75,7 +75,8 @@ def ops_routes(processor: Processor, client: AsyncMqttClient) -> dict[str, Handl
     def status() -> tuple[int, str, bytes]:
         ok, checks = ready()
         doc = {
-            "client_id": client.client_id,
+            # The public name: the client id itself carries the deployment's secret.
+            "client_id": client.name,
             "ready": ok,
             "checks": checks,
             "mqtt_connect_error": client.last_connect_error,

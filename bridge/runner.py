@@ -22,6 +22,7 @@ from processor.prepare import PreparedBatch
 from processor.state.bindings import load_bindings
 from telemetry_common.influx_query import InfluxQLClient
 from telemetry_common.mqtt import AsyncMqttClient, Received
+from telemetry_common.redact import redact
 from telemetry_common.settings import env_name
 from telemetry_common.topics import SHARE_GROUP
 
@@ -56,6 +57,8 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             subscriptions=(subscription,),
             manual_ack=True,
             receive_maximum=settings.max_inflight,
+            # Both carry the deployment's secret: logs and /status show their public names.
+            secret_names=(settings.client_id, settings.share_group),
         ) as client,
     ):
         metrics.set_influx_ok(True)  # Writer's prepare() returned: InfluxDB answered
@@ -78,8 +81,8 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         _warn_if_guessable(settings)
         log.info(
             "bridge %s consuming %s into %s (%s API)",
-            settings.client_id,
-            subscription,
+            client.name,
+            redact(subscription, (settings.share_group,)),
             settings.influx.url,
             settings.influx.api,
         )

@@ -24,14 +24,15 @@ class BridgeSettings(ServiceSettings, ProcessorSettings):
     mqtt: MqttSettings = MqttSettings(
         cert_file=Path("pki/telemetry-bridge.crt"), key_file=Path("pki/telemetry-bridge.key")
     )
-    """The broker, with the bridge's certificate (CN ``telemetry-bridge``)."""
+    """The broker's services listener, with the bridge's certificate (CN ``telemetry-bridge``,
+    signed by the services CA)."""
     influx: InfluxSettings = InfluxSettings()
     """Where readings are written."""
     client_id: Id = DEFAULT_CLIENT_ID
     """MQTT client id, fixed per bridge process: the broker keeps this session (and its queue)
     across restarts. Make it and the share group unguessable in a deployment (the bridge warns
-    otherwise): the broker cannot stop a gateway certificate from using either
-    (mosquitto/README.md)."""
+    otherwise): the broker cannot stop a gateway certificate from joining the share group
+    (mosquitto/README.md). Logs and /status show both by their public names."""
     share_group: Id = SHARE_GROUP
     """Shared-subscription group of the bridges (``$share/GROUP/...``)."""
     max_inflight: int = Field(default=1000, ge=1, le=65_535)

@@ -18,6 +18,7 @@ from edge_agent.capture import Capture
 from edge_agent.commands import Commands
 from edge_agent.outbox import Outbox
 from edge_agent.publisher import Counters, Publisher, build_payload
+from edge_agent.series import UniqueTs
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulator import Pace
 from telemetry_common.mqtt import (
@@ -105,10 +106,13 @@ class EdgeAgent:
         )
 
     async def capture(self, source: AsyncIterator[list[Capture]]) -> None:
-        """Store every capture of ``source`` durably, in the order they come."""
+        """Store every capture of ``source`` durably, in the order they come, each series' ts
+        made unique (:mod:`edge_agent.series`)."""
+        unique = UniqueTs(await asyncio.to_thread(self._outbox.series_marks))
         async for captures in source:
-            bodies = [c.to_body() for c in captures]
-            seqs = await asyncio.to_thread(self._outbox.append, bodies)
+            stamped, marks = unique.apply(captures)
+            bodies = [c.to_body() for c in stamped]
+            seqs = await asyncio.to_thread(self._outbox.append, bodies, marks)
             self.counters.captured += len(seqs)
             self.publisher.notify()
 

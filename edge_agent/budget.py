@@ -33,6 +33,7 @@ REASONS: Final = (
     "disk_full_non_energy",
     "disk_full_energy",
     "disk_full_refused",
+    "seq_exhausted_refused",
     "parked_overflow",
     "purged",
 )

@@ -159,7 +159,7 @@ class Publisher:
         self._backlog_inflight = 0
         self._linger_left = 0.0
         self._require_stored = settings.delete_after == "stored"
-        self._epoch: str | None = getattr(outbox, "epoch", None)
+        self._epoch: str | None = outbox.epoch
         self._stored_timeout_s = settings.stored_timeout_s
         #: Unconfirmed batches, oldest first, and each of their seqs still awaited.
         self._unconfirmed: deque[Unconfirmed] = deque()
@@ -211,8 +211,12 @@ class Publisher:
             if covered < span:
                 late.append((first, last))
         self._stored_timeout_s = self._s.stored_timeout_s  # the cloud is storing again
-        for batch in done:  # before any await: a session ending meanwhile gives up the rest
-            self._unconfirmed.remove(batch)
+        # Before any await: a session ending meanwhile gives up only the batches still awaited
+        # (done ones have no seq left). Done batches leave the front of the list here; one done
+        # out of order stays until those before it are done too (O(1) per batch, not O(n)).
+        queue = self._unconfirmed
+        while queue and not queue[0].remaining:
+            queue.popleft()
         for batch in done:
             await asyncio.to_thread(self._outbox.delete, batch.seqs)
             self.counters.confirmed += len(batch.seqs)
@@ -293,7 +297,7 @@ class Publisher:
     async def _give_up_unconfirmed(self) -> None:
         """End the claims of the unconfirmed batches: the next session sends them again (an
         acknowledgement arriving later still deletes them, :meth:`confirm`)."""
-        batches = list(self._unconfirmed)
+        batches = [b for b in self._unconfirmed if b.remaining]
         self._unconfirmed.clear()
         self._awaited.clear()
         for batch in batches:

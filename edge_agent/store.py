@@ -6,14 +6,23 @@ holds; a torn, half-written transaction is discarded (it never returned to the c
 committed one is kept. That is checked on every open with ``PRAGMA quick_check``.
 
 If the file itself is damaged beyond that (a bad disk, a copy cut short), the agent does not
-crash-loop: the damaged file is moved aside as ``NAME.corrupt-UNIXTIME`` (kept for the operator),
-every readable row is copied into a fresh outbox, and ``seq`` continues above anything the old
-file may have assigned.
+crash-loop: the damaged file is moved aside as ``NAME.corrupt-UNIXTIME`` (kept for the operator)
+and every readable row is copied into a fresh outbox. If the old file's seq counter and epoch
+can be read, the fresh outbox keeps the epoch and ``seq`` continues after the old counter;
+otherwise it gets a new epoch and the copied rows are numbered again from 1 (in their order), so
+no seq of the new epoch was ever handed out before and none is skipped.
+
+The outbox's *epoch* (``meta`` table): 64 random bits in hex, made when the file is created (or
+first opened by an agent that knows epochs). ``seq`` is unique per (gateway, epoch): an outbox
+deleted and created again starts at seq 1 with a new epoch, and the cloud tracks the new
+numbering on its own.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import sqlite3
 import time
 from pathlib import Path
@@ -48,10 +57,17 @@ CREATE TABLE IF NOT EXISTS dropped_seqs (
     last_seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dropped_in_flight (seq INTEGER PRIMARY KEY, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS series_ts (
+    charger_id TEXT NOT NULL,
+    evse_id INTEGER NOT NULL,
+    connector_id INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    given_ms INTEGER NOT NULL,
+    PRIMARY KEY (charger_id, evse_id, connector_id)
+) WITHOUT ROWID;
 """
-#: When seq cannot be read from a damaged file, continue this far above the highest seq seen,
-#: so no seq the old file may have handed out is given again.
-SEQ_MARGIN: Final = 1_000_000
+_EPOCH: Final = re.compile(r"[0-9a-f]{16}")
 _SALVAGE_CHUNK: Final = 1_000
 
 
@@ -96,11 +112,22 @@ def _migrate(db: sqlite3.Connection) -> None:
             "SELECT 1, count(*), coalesce(sum(length(body)), 0) FROM outbox"
         )
         db.execute("CREATE INDEX IF NOT EXISTS outbox_non_energy ON outbox (seq) WHERE energy = 0")
+        # An outbox made before epochs gets one now (its seqs go on: the cloud sees a new epoch
+        # once and tracks it from there).
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (secrets.token_hex(8),)
+        )
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def read_epoch(db: sqlite3.Connection) -> str:
+    """The outbox's epoch (16 lowercase hex digits)."""
+    (value,) = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    return str(value)
 
 
 def open_outbox(path: Path) -> tuple[sqlite3.Connection, str | None]:
@@ -128,36 +155,44 @@ def salvage(path: Path, detail: str) -> tuple[sqlite3.Connection, str]:
             src.rename(f"{aside}{suffix}")
     log.critical("outbox %s is damaged (%s); moved aside to %s, salvaging", path, detail, aside)
     db = connect(path)
-    copied, high, seq_known = _copy_readable(aside, db)
-    floor = high if seq_known else high + SEQ_MARGIN
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
-    db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (floor,))
-    db.execute("COMMIT")
-    note = (
-        f"damaged outbox moved to {aside.name} ({detail}); {copied} readings salvaged, "
-        f"seq continues after {floor}"
-    )
+    copied, high, epoch = _copy_readable(aside, db)
+    if epoch is not None:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+        db.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (high,))
+        db.execute("COMMIT")
+        how = f"epoch {epoch} kept, seq continues after {high}"
+    else:
+        how = f"new epoch {read_epoch(db)}, the salvaged readings numbered 1..{copied}"
+    note = f"damaged outbox moved to {aside.name} ({detail}); {copied} readings salvaged, {how}"
     log.critical("%s", note)
     return db, note
 
 
-def _copy_readable(old_path: Path, db: sqlite3.Connection) -> tuple[int, int, bool]:
-    """Copy the readable outbox rows of ``old_path`` into ``db``; returns (rows copied, the
-    highest seq seen or assigned, whether the old seq counter could be read)."""
+def _copy_readable(old_path: Path, db: sqlite3.Connection) -> tuple[int, int, str | None]:
+    """Copy the readable outbox rows (and ts marks) of ``old_path`` into ``db``; returns (rows
+    copied, the old seq counter, the old epoch). The epoch is None when the old counter or
+    epoch cannot be read: the rows are then numbered again from 1 (a new epoch's numbering)."""
     try:
         old = sqlite3.connect(f"file:{old_path}?mode=ro", uri=True)
     except sqlite3.DatabaseError:
-        return 0, 0, False
+        return 0, 0, None
     copied = high = 0
-    seq_known = False
+    epoch: str | None = None
     try:
         try:
             row = old.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-            if row is not None:
-                high, seq_known = int(row[0]), True
+            found = old.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            if row is not None and found is not None and _EPOCH.fullmatch(str(found[0])):
+                high, epoch = int(row[0]), str(found[0])
         except sqlite3.DatabaseError:
             pass
+        try:
+            marks = old.execute("SELECT * FROM series_ts").fetchall()
+            db.executemany("INSERT OR REPLACE INTO series_ts VALUES (?, ?, ?, ?, ?)", marks)
+        except sqlite3.DatabaseError:
+            pass  # ts marks are a safeguard: without them the agent starts with none
         after, step = 0, 1
         while step <= 1 << 40:
             try:
@@ -172,21 +207,23 @@ def _copy_readable(old_path: Path, db: sqlite3.Connection) -> tuple[int, int, bo
             if not rows:
                 break
             step = 1
-            _insert_salvaged(db, rows)
+            _insert_salvaged(db, rows, keep_seq=epoch is not None)
             copied += len(rows)
             after = int(rows[-1][0])
             high = max(high, after)
     finally:
         old.close()
-    return copied, high, seq_known
+    return copied, high, epoch
 
 
-def _insert_salvaged(db: sqlite3.Connection, rows: list[tuple[int, float, bytes]]) -> None:
+def _insert_salvaged(
+    db: sqlite3.Connection, rows: list[tuple[int, float, bytes]], *, keep_seq: bool
+) -> None:
     db.execute("BEGIN IMMEDIATE")
     db.executemany(
         "INSERT INTO outbox (seq, captured_at, body, energy) VALUES (?, ?, ?, "
         "instr(?, '\"energy_wh\":') > 0)",
-        ((seq, at, bytes(body), bytes(body)) for seq, at, body in rows),
+        ((seq if keep_seq else None, at, bytes(body), bytes(body)) for seq, at, body in rows),
     )
     n = len(rows)
     size = sum(len(body) for _, _, body in rows)

@@ -87,6 +87,8 @@ class Processor:
                     max_future=timedelta(seconds=settings.max_future_s),
                     max_age=timedelta(days=settings.max_age_days),
                 ),
+                state.gaps,
+                settings.max_seq_jump,
             ),
             InfluxOutput(
                 writer,
@@ -106,7 +108,14 @@ class Processor:
                 busy=busy,
             ),
             metrics,
-            StoredAcks(mqtt, topics, metrics, settings.ack_interval_s, settings.ack_max_rate)
+            StoredAcks(
+                mqtt,
+                topics,
+                metrics,
+                settings.ack_interval_s,
+                settings.ack_max_rate,
+                eager_readings=settings.ack_eager_readings,
+            )
             if settings.stored_acks
             else None,
         )
@@ -165,7 +174,7 @@ class Processor:
             if refused_at:
                 stored = [j for j in range(len(seqs)) if seg.first + j not in refused_at]
                 seqs, nss = [seqs[j] for j in stored], [nss[j] for j in stored]
-            gaps.observe_all(seg.gateway_id, seqs, nss, now)
+            gaps.observe_all(seg.gateway_id, seqs, nss, now, seg.epoch)
         newest = batch.newest
         if refused_at:
             newest = self._newest_stored(batch, refused_at)

@@ -93,19 +93,22 @@ def to_lines(
     rows: Sequence[ReadingRow],
     nss: Sequence[int],
     value_fields: Sequence[str] | None = None,
+    epoch: str | None = None,
 ) -> list[str]:
     """One point per reading (``nss``: each one's ``ts_ns``; ``value_fields``: each one's
     ``k=v,...`` when the caller has them); a point's key (measurement, tags, time) makes a
     replayed reading overwrite itself. ``seq`` is always there, so a reading without values (a
-    status change) is still a valid point."""
+    status change) is still a valid point; ``epoch`` (the batch's, 16 hex digits: no escaping)
+    is a string field when given."""
     if not rows:
         return []
     if value_fields is None:
         value_fields = _value_fields([r["values"] for r in rows])
     series = _series
     status = _STATUS_FIELD
+    of_epoch = f'epoch="{epoch}",' if epoch is not None else ""
     return [
         f"{series(r['charger_id'], r['connector_id'], r['evse_id'], gateway_id)}"
-        f"{vf}{',' if vf else ''}{status[r['status']]}seq={r['seq']}i {ns}"
+        f"{vf}{',' if vf else ''}{status[r['status']]}{of_epoch}seq={r['seq']}i {ns}"
         for r, vf, ns in zip(rows, value_fields, nss, strict=True)
     ]

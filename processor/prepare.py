@@ -20,17 +20,20 @@ import orjson
 
 from processor.lineproto import to_lines, value_fields_from_json
 from processor.state.bindings import Bindings
+from processor.state.gaps import GapTracker
 from processor.validate import (
     BAD_TOPIC,
     CHARGER_NOT_BOUND,
+    SEQ_OUT_OF_RANGE,
     UNKNOWN_GATEWAY,
+    Decoded,
     Rejected,
     TsWindow,
     decode_message,
     raw_readings,
 )
 from telemetry_common.errors import TopicError
-from telemetry_common.schema import ReadingRow
+from telemetry_common.schema import MAX_SEQ, ReadingRow
 from telemetry_common.topics import Topics
 
 
@@ -114,10 +117,21 @@ def payload_seqs(payload: bytes) -> list[int]:
 
 
 class Preparer:
-    def __init__(self, bindings: Bindings, topics: Topics, ts: TsWindow) -> None:
+    def __init__(
+        self,
+        bindings: Bindings,
+        topics: Topics,
+        ts: TsWindow,
+        gaps: GapTracker | None = None,
+        max_seq_jump: int = 10**12,
+    ) -> None:
+        """``gaps``: the highest seq known per gateway and epoch, for the ``max_seq_jump``
+        rule (without it only seqs above ``MAX_SEQ`` are refused)."""
         self._bindings = bindings
         self._topics = topics
         self._ts = ts
+        self._gaps = gaps
+        self._max_jump = max_seq_jump
 
     async def prepare(
         self, messages: Sequence[Message], *, slice_bytes: int = 64 * 1024
@@ -155,10 +169,22 @@ class Preparer:
                 continue
             decoded = decode_message(gateway_id, msg.payload, now=now, ts=self._ts)
             out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
-            if decoded.rejected:  # the seqs of the rejected readings too (rare: parse again)
+            # Acknowledged: every seq the message carried, the dead-lettered ones too (those are
+            # taken from the payload again: rare).
+            acked = bool(decoded.rejected)
+            if acked:
                 _handled(out, gateway_id, decoded.epoch, payload_seqs(msg.payload))
             if not decoded.rows:
                 continue
+            seqs = [r["seq"] for r in decoded.rows]
+            cut = self._refuse_seqs(gateway_id, msg, decoded, seqs, out)
+            if cut:
+                if not acked:
+                    _handled(out, gateway_id, decoded.epoch, payload_seqs(msg.payload))
+                    acked = True
+                if not decoded.rows:
+                    continue
+                seqs = [r["seq"] for r in decoded.rows]
             chargers = [r["charger_id"] for r in decoded.rows]
             refused = self._unbound(gateway_id, chargers)
             if refused:
@@ -171,19 +197,20 @@ class Preparer:
                         )
                         out.dead.append((gateway_id, msg.topic, rejected))
                 decoded.keep([k for k, c in enumerate(chargers) if c not in refused])
-                if not decoded.rejected:
+                if not acked:
                     _handled(out, gateway_id, decoded.epoch, payload_seqs(msg.payload))
+                    acked = True
                 if not decoded.rows:
                     continue
                 chargers = [r["charger_id"] for r in decoded.rows]
+                seqs = [r["seq"] for r in decoded.rows]
             rows, nss = decoded.rows, decoded.nss
-            seqs = [r["seq"] for r in rows]
             first = len(lines)
-            whole = not decoded.rejected and not refused  # rows are all of the payload's
+            whole = not acked  # the rows are all of the payload's
             if whole:
                 out.handled.append((gateway_id, decoded.epoch, seqs))
             fields = value_fields_from_json(msg.payload, rows) if whole else None
-            lines += to_lines(gateway_id, rows, nss, fields)
+            lines += to_lines(gateway_id, rows, nss, fields, decoded.epoch)
             out.segments.append(
                 Segment(
                     msg_no,
@@ -237,6 +264,35 @@ class Preparer:
         if since is not None:
             hi_ns, hi_seq = max(hi_ns, since[0]), max(hi_seq, since[1])
         out.frontier[gateway_id] = (hi_ns, hi_seq)
+
+    def _refuse_seqs(
+        self, gateway_id: str, msg: Message, decoded: Decoded, seqs: list[int], out: PreparedBatch
+    ) -> bool:
+        """Dead-letter the readings whose seq is out of range (above ``MAX_SEQ``, or more than
+        ``max_seq_jump`` above the highest seq known of the gateway's epoch: one absurd seq
+        would blind its gap tracking); True if some were."""
+        high = 0
+        ceiling = MAX_SEQ
+        if self._gaps is not None:
+            high = self._gaps.high(gateway_id, decoded.epoch) or 0
+            ceiling = min(MAX_SEQ, high + self._max_jump)
+        if max(seqs) <= ceiling:
+            return False
+        items = raw_readings(msg.payload)
+        of = f"gateway {gateway_id!r}" + (f", epoch {decoded.epoch}" if decoded.epoch else "")
+        for k, seq in enumerate(seqs):
+            if seq > ceiling:
+                i = decoded.positions[k]
+                detail = (
+                    f"seq {seq} is above 2^53-1"
+                    if seq > MAX_SEQ
+                    else f"seq {seq} is more than {self._max_jump} above {high}, the highest "
+                    f"seq known of {of}"
+                )
+                rejected = Rejected(SEQ_OUT_OF_RANGE, detail, orjson.dumps(items[i]), i)
+                out.dead.append((gateway_id, msg.topic, rejected))
+        decoded.keep([k for k, seq in enumerate(seqs) if seq <= ceiling])
+        return True
 
     def _unbound(self, gateway_id: str, chargers: list[str]) -> dict[str, str]:
         """The chargers ``gateway_id`` may not send for, each with the reason (first-come

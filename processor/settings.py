@@ -41,6 +41,10 @@ class ProcessorSettings(BaseModel):
     ack_interval_s: float = Field(default=0.5, gt=0, le=10)
     """Stored acknowledgements are coalesced per gateway and sent at most this often: one message
     covers every seq of the gateway handled since the last one."""
+    ack_eager_readings: int = Field(default=1_000, ge=0)
+    """A gateway with this many seqs waiting is acknowledged right after the commit, without
+    waiting for ``ACK_INTERVAL_S`` (0: never): a gateway draining a backlog would otherwise be
+    held to its window (``TELEMETRY_EDGE_MAX_UNCONFIRMED``) per interval."""
     ack_max_rate: float = Field(default=2_000.0, ge=0)
     """At most this many stored acknowledgements per second in all (0: no limit), the gateways
     waiting longest first: a fleet larger than this times ``ACK_INTERVAL_S`` is acknowledged
@@ -49,6 +53,12 @@ class ProcessorSettings(BaseModel):
     bindings_file: Path | None = None
     """JSON object {"charger_id": "gateway_id"}: only these bindings are accepted. Unset: a charger
     is bound to the first gateway that sends for it (remembered through InfluxDB)."""
+    max_seq_jump: int = Field(default=10**12, ge=1)
+    """A reading whose seq lies more than this above the highest seq known of its gateway and
+    epoch (0 for an epoch not seen yet) is dead-lettered (``seq_out_of_range``, as is any seq
+    above 2^53-1): one absurd seq would otherwise blind gap tracking of that epoch for good
+    (every later seq would look like a late one). 10^12 is 30 years of 1,000 readings/s, far
+    beyond any outage an outbox's budget drops."""
     gap_grace_s: float = Field(default=30.0, gt=0)
     """A suspected seq gap is checked against InfluxDB after this long (other bridges of the share
     group may have stored the readings), and again at this interval while open."""

@@ -37,6 +37,7 @@ TS_TOO_OLD: Final = "ts_too_old"
 INFLUX_REJECTED: Final = "influx_rejected"
 CHARGER_NOT_BOUND: Final = "charger_not_bound"
 BAD_TOPIC: Final = "bad_topic"
+SEQ_OUT_OF_RANGE: Final = "seq_out_of_range"
 
 #: The gateway named in a dead letter whose topic names none.
 UNKNOWN_GATEWAY: Final = "_invalid"

@@ -1,7 +1,9 @@
 """Renders ``mosquitto/mosquitto.conf.tmpl`` and ``mosquitto/acl.tmpl`` into a directory.
 
-The rendered configuration has a TLS listener (client certificate required, its CN is the MQTT
-username) and a plaintext listener bound to 127.0.0.1 only; see ``mosquitto/README.md``.
+The rendered configuration has two TLS listeners (client certificate required, its CN is the
+MQTT username): one for gateways, where the client id is replaced by the CN, and one for the
+services, which trusts only the services CA; and a plaintext listener bound to 127.0.0.1 only.
+See ``mosquitto/README.md``.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ def render_conf(
     persistence_location: Path | str,
     tls_port: int,
     local_port: int,
+    service_port: int,
+    services_cafile: Path | str,
+    services_crlfile: Path | str | None = None,
     bind_host: str = "127.0.0.1",
     run_as_user: str | None = None,
     template_dir: Path = TEMPLATE_DIR,
@@ -77,13 +82,17 @@ def render_conf(
 ) -> str:
     """The text of mosquitto.conf. Paths are written as given (they may be container paths).
 
-    ``crlfile``: the CA's revocation list (``pki.crl_file``); the file must exist when Mosquitto
-    starts, which ``pki.init`` guarantees."""
-    for setting, port in (("tls_port", tls_port), ("local_port", local_port)):
+    ``tls_port`` is the gateways' listener, ``service_port`` the services' (trusting only
+    ``services_cafile``). ``crlfile``: the CA's revocation list (``pki.crl_file``); the file must
+    exist when Mosquitto starts, which ``pki.init`` guarantees."""
+    ports = (("tls_port", tls_port), ("local_port", local_port), ("service_port", service_port))
+    for setting, port in ports:
         if not 1 <= port <= 65535:
             raise ConfigError(setting, f"{port} is not a TCP port")
     if tls_port == local_port:
         raise ConfigError("local_port", "must differ from tls_port")
+    if service_port in (tls_port, local_port):
+        raise ConfigError("service_port", "must differ from tls_port and local_port")
     if not bind_host or any(c.isspace() for c in bind_host):
         raise ConfigError("bind_host", f"{bind_host!r} is not a host address")
     location = _path_value("persistence_location", persistence_location).rstrip("/") + "/"
@@ -101,6 +110,10 @@ def render_conf(
         crl_directive = "# crlfile: not set (no revocation list)"
     else:
         crl_directive = f"crlfile {_path_value('crlfile', crlfile)}"
+    if services_crlfile is None:
+        services_crl_directive = "# crlfile: not set (no revocation list)"
+    else:
+        services_crl_directive = f"crlfile {_path_value('services_crlfile', services_crlfile)}"
     return _template("mosquitto.conf.tmpl", template_dir).substitute(
         password_file=_path_value("password_file", password_file),
         acl_file=_path_value("acl_file", acl_file),
@@ -119,6 +132,9 @@ def render_conf(
         keyfile=_path_value("keyfile", keyfile),
         crl_directive=crl_directive,
         local_port=local_port,
+        service_port=service_port,
+        services_cafile=_path_value("services_cafile", services_cafile),
+        services_crl_directive=services_crl_directive,
     )
 
 
@@ -139,6 +155,7 @@ def render(
     pki_dir: Path | str,
     tls_port: int,
     local_port: int,
+    service_port: int,
     persistence_dir: Path | str,
     topic_root: str,
     bind_host: str = "127.0.0.1",
@@ -160,6 +177,9 @@ def render(
         certfile=pki / "server.crt",
         keyfile=pki / "server.key",
         crlfile=Pki(pki).crl_file,
+        services_cafile=Pki(pki).services_ca_file,
+        services_crlfile=Pki(pki).services_crl_file,
+        service_port=service_port,
         acl_file=seen / "acl",
         password_file=seen / "passwd",
         persistence_location=persistence_dir,

@@ -92,9 +92,12 @@ def pki_revoke(
 def broker_config_cmd(
     out: Annotated[Path, typer.Option(help="Directory to write mosquitto.conf, acl, passwd.")],
     pki_dir: Annotated[str, typer.Option(help="The PKI directory as Mosquitto sees it.")],
-    tls_port: Annotated[int, typer.Option(help="TLS listener port.")] = 8883,
+    tls_port: Annotated[int, typer.Option(help="TLS listener port of the gateways.")] = 8883,
     local_port: Annotated[int, typer.Option(help="Plaintext listener port (127.0.0.1).")] = 1883,
-    bind_host: Annotated[str, typer.Option(help="Address of the TLS listener.")] = "127.0.0.1",
+    service_port: Annotated[
+        int, typer.Option(help="TLS listener port of the services (bridges, API, operator).")
+    ] = 8884,
+    bind_host: Annotated[str, typer.Option(help="Address of the TLS listeners.")] = "127.0.0.1",
     persistence_dir: Annotated[
         str, typer.Option(help="Persistence directory as Mosquitto sees it.")
     ] = "/mosquitto/data",
@@ -110,6 +113,7 @@ def broker_config_cmd(
             pki_dir=pki_dir,
             tls_port=tls_port,
             local_port=local_port,
+            service_port=service_port,
             persistence_dir=persistence_dir,
             topic_root=topic_root,
             bind_host=bind_host,

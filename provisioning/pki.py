@@ -1,12 +1,21 @@
-"""A development PKI: one EC P-256 CA, the broker's server certificate and client certificates.
+"""A development PKI: two EC P-256 CAs, the broker's server certificate and client certificates.
 
 Layout of a PKI directory (docs/design.md, contract)::
 
-    ca.crt ca.key              the CA (never overwritten unless ``force``)
+    ca.crt ca.key              the CA of the broker and the gateways (never overwritten unless
+                               ``force``); every client verifies the broker with ca.crt
     crl.pem                    the CA's certificate revocation list, always present (empty at
-                               first); the broker's TLS listener names it (``crlfile``)
+                               first); the broker's gateway listener names it (``crlfile``)
+    services-ca.crt .key       the services CA: signs the bridge's, the API's and the operator's
+                               certificates, the only ones the broker's services listener takes
+    services-crl.pem           the services CA's revocation list (the services listener's)
     server.crt server.key      the broker: SAN localhost + 127.0.0.1 (+ extra hosts), serverAuth
     {name}.crt {name}.key      a client: CN = name = MQTT username on the broker, clientAuth
+
+Two CAs because the broker has two TLS listeners (mosquitto/README.md): on the gateway listener
+the client id is replaced by the certificate's CN, so no gateway can take another's session;
+services (several bridges share one CN) keep their own client ids on the services listener,
+which a gateway certificate cannot enter since its CA is not trusted there.
 
 Private keys are created with mode 0600 (never widened after the fact). Certificates are 0644.
 """
@@ -43,8 +52,22 @@ OPERATOR_IDENTITY: Final = "telemetry-operator"
 #: CA and the server (issuing them would overwrite those files), and the topic levels the ACL
 #: reserves under the root (a gateway called ``live`` could write ``{root}/live/state``).
 RESERVED_GATEWAY_NAMES: Final = frozenset(
-    {BRIDGE_IDENTITY, API_IDENTITY, OPERATOR_IDENTITY, "ca", "server", "live", "deadletter"}
+    {
+        BRIDGE_IDENTITY,
+        API_IDENTITY,
+        OPERATOR_IDENTITY,
+        "ca",
+        "services-ca",
+        "server",
+        "live",
+        "deadletter",
+    }
 )
+#: The identities whose certificates the services CA signs (they connect on the services
+#: listener, whose client ids are not replaced by the CN).
+SERVICE_IDENTITIES: Final = frozenset({BRIDGE_IDENTITY, API_IDENTITY, OPERATOR_IDENTITY})
+#: File stems that are not client certificates.
+_NOT_CLIENTS: Final = frozenset({"ca", "services-ca", "server"})
 
 CA_DAYS: Final = 3650
 LEAF_DAYS: Final = 825
@@ -80,6 +103,22 @@ class Pki:
     @property
     def crl_file(self) -> Path:
         return self.dir / "crl.pem"
+
+    @property
+    def services_ca_file(self) -> Path:
+        return self.dir / "services-ca.crt"
+
+    @property
+    def services_ca_key_file(self) -> Path:
+        return self.dir / "services-ca.key"
+
+    @property
+    def services_crl_file(self) -> Path:
+        return self.dir / "services-crl.pem"
+
+    def crl_of(self, name: str) -> Path:
+        """The revocation list that covers client ``name``'s certificate."""
+        return self.services_crl_file if name in SERVICE_IDENTITIES else self.crl_file
 
     @property
     def server_cert(self) -> Path:
@@ -140,13 +179,30 @@ def load_cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(Path(path).read_bytes())
 
 
-def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    if not pki.ca_file.is_file() or not pki.ca_key_file.is_file():
-        raise ConfigError("pki", f"no CA in {pki.dir} (run `telemetry-stack pki init` first)")
-    key = serialization.load_pem_private_key(pki.ca_key_file.read_bytes(), password=None)
+def _load_ca(
+    pki: Pki, *, services: bool = False
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    crt, key_file = (
+        (pki.services_ca_file, pki.services_ca_key_file)
+        if services
+        else (pki.ca_file, pki.ca_key_file)
+    )
+    if not crt.is_file() or not key_file.is_file():
+        raise ConfigError(
+            "pki", f"no {crt.name} in {pki.dir} (run `telemetry-stack pki init` first)"
+        )
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError("pki", f"{pki.ca_key_file} is not an EC private key")
-    return load_cert(pki.ca_file), key
+        raise ConfigError("pki", f"{key_file} is not an EC private key")
+    return load_cert(crt), key
+
+
+def _issued_by(cert_file: Path, ca_cert: x509.Certificate) -> bool:
+    try:
+        load_cert(cert_file).verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature, OSError):
+        return False
+    return True
 
 
 # --- certificate builders -------------------------------------------------------------------
@@ -169,9 +225,11 @@ def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBu
     )
 
 
-def _make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _make_ca(
+    cn: str = "charger-telemetry dev CA",
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("charger-telemetry dev CA")
+    name = _name(cn)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     builder = (
         x509.CertificateBuilder()
@@ -307,12 +365,16 @@ def _crl_number(crl: x509.CertificateRevocationList) -> int:
         return 0
 
 
-def load_crl(pki: Pki, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
-    """The CRL on disk if it is readable and signed by ``ca_cert``, else None."""
-    if not pki.crl_file.is_file():
+def load_crl(
+    pki: Pki, ca_cert: x509.Certificate, crl_file: Path | None = None
+) -> x509.CertificateRevocationList | None:
+    """The CRL on disk (``crl_file``, default the CA's crl.pem) if it is readable and signed by
+    ``ca_cert``, else None."""
+    crl_file = crl_file or pki.crl_file
+    if not crl_file.is_file():
         return None
     try:
-        crl = x509.load_pem_x509_crl(pki.crl_file.read_bytes())
+        crl = x509.load_pem_x509_crl(crl_file.read_bytes())
         public_key = ca_cert.public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             return None
@@ -323,28 +385,40 @@ def load_crl(pki: Pki, ca_cert: x509.Certificate) -> x509.CertificateRevocationL
     return crl
 
 
-def _write_crl(pki: Pki, crl: x509.CertificateRevocationList) -> None:
-    _write_public(pki.crl_file, crl.public_bytes(serialization.Encoding.PEM))
+def _write_crl(crl_file: Path, crl: x509.CertificateRevocationList) -> None:
+    _write_public(crl_file, crl.public_bytes(serialization.Encoding.PEM))
 
 
 def _ensure_crl(
-    pki: Pki, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, *, fresh: bool
+    pki: Pki,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    *,
+    fresh: bool,
+    crl_file: Path | None = None,
 ) -> None:
-    """Make sure crl.pem exists, is this CA's and does not lapse soon (entries are kept)."""
-    crl = None if fresh else load_crl(pki, ca_cert)
+    """Make sure the CRL (``crl_file``, default crl.pem) exists, is this CA's and does not lapse
+    soon (entries are kept)."""
+    crl_file = crl_file or pki.crl_file
+    crl = None if fresh else load_crl(pki, ca_cert, crl_file)
     if crl is None:
-        _write_crl(pki, _make_crl(ca_cert, ca_key, [], 1))
+        _write_crl(crl_file, _make_crl(ca_cert, ca_key, [], 1))
         return
     next_update = crl.next_update_utc
     if next_update is None or next_update - dt.datetime.now(dt.UTC) < CRL_REFRESH:
-        _write_crl(pki, _make_crl(ca_cert, ca_key, list(crl), _crl_number(crl) + 1))
+        _write_crl(crl_file, _make_crl(ca_cert, ca_key, list(crl), _crl_number(crl) + 1))
 
 
 def is_revoked(pki: Pki, cert_file: Path) -> bool:
-    """True if the certificate in ``cert_file`` is listed in the PKI's CRL."""
-    if not pki.ca_file.is_file() or not pki.crl_file.is_file():
+    """True if the certificate in ``cert_file`` is listed in its CA's CRL (the services CA's for
+    a service identity's certificate)."""
+    services = Path(cert_file).stem in SERVICE_IDENTITIES
+    ca_file, crl_file = (
+        (pki.services_ca_file, pki.services_crl_file) if services else (pki.ca_file, pki.crl_file)
+    )
+    if not ca_file.is_file() or not crl_file.is_file():
         return False
-    crl = load_crl(pki, load_cert(pki.ca_file))
+    crl = load_crl(pki, load_cert(ca_file), crl_file)
     serial = load_cert(cert_file).serial_number
     return crl is not None and crl.get_revoked_certificate_by_serial_number(serial) is not None
 
@@ -360,7 +434,8 @@ class Revoked:
 
 
 def revoke(directory: Path, name: str) -> Revoked:
-    """Add client certificate ``name`` (its current ``{name}.crt``) to the CA's CRL.
+    """Add client certificate ``name`` (its current ``{name}.crt``) to its CA's CRL (crl.pem, or
+    services-crl.pem for a service identity).
 
     The certificate files stay where they are (``issue_gateway``/``issue_client`` replace a
     revoked certificate with a new one). Mosquitto rereads crl.pem on SIGHUP for new
@@ -368,21 +443,22 @@ def revoke(directory: Path, name: str) -> Revoked:
     """
     pki = Pki(Path(directory))
     check_id("client name", name)
-    if name in {"ca", "server"}:
-        raise ReservedNameError(name, "the CA's and the broker's files")
+    if name in _NOT_CLIENTS:
+        raise ReservedNameError(name, "the CAs' and the broker's files")
     crt, _key = pki.client_paths(name)
     if not crt.is_file():
         raise ConfigError("pki", f"no certificate {crt} to revoke")
-    ca_cert, ca_key = _load_ca(pki)
+    ca_cert, ca_key = _load_ca(pki, services=name in SERVICE_IDENTITIES)
+    crl_file = pki.crl_of(name)
     cert = load_cert(crt)
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature) as exc:
-        raise ConfigError("pki", f"{crt} was not issued by the CA in {pki.dir}") from exc
-    crl = load_crl(pki, ca_cert)
+        raise ConfigError("pki", f"{crt} was not issued by its CA in {pki.dir}") from exc
+    crl = load_crl(pki, ca_cert, crl_file)
     entries = list(crl) if crl is not None else []
     if crl is not None and crl.get_revoked_certificate_by_serial_number(cert.serial_number):
-        return Revoked(name, cert.serial_number, pki.crl_file, already=True)
+        return Revoked(name, cert.serial_number, crl_file, already=True)
     entries.append(
         x509.RevokedCertificateBuilder()
         .serial_number(cert.serial_number)
@@ -390,8 +466,8 @@ def revoke(directory: Path, name: str) -> Revoked:
         .build()
     )
     number = _crl_number(crl) + 1 if crl is not None else 1
-    _write_crl(pki, _make_crl(ca_cert, ca_key, entries, number))
-    return Revoked(name, cert.serial_number, pki.crl_file, already=False)
+    _write_crl(crl_file, _make_crl(ca_cert, ca_key, entries, number))
+    return Revoked(name, cert.serial_number, crl_file, already=False)
 
 
 # --- public operations ----------------------------------------------------------------------
@@ -405,7 +481,9 @@ def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = Fals
     is missing, not from this CA, or does not cover ``extra_hosts``. The bridge's and the API's
     certificates are issued when missing or revoked. crl.pem is created when missing (a PKI
     made before revocation existed gets an empty one), made afresh with a new CA, and
-    re-signed when it would lapse within :data:`CRL_REFRESH`.
+    re-signed when it would lapse within :data:`CRL_REFRESH`. The services CA is made when
+    missing (or with ``force``), and every service certificate present that it did not sign
+    (a PKI made before it existed) is re-issued under it.
     """
     pki = Pki(Path(directory))
     pki.dir.mkdir(parents=True, exist_ok=True)
@@ -424,13 +502,30 @@ def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = Fals
         )
         _save(cert, key, pki.server_cert, pki.server_key)
 
+    has_services_ca = pki.services_ca_file.is_file() and pki.services_ca_key_file.is_file()
+    if force or not has_services_ca:
+        svc_cert, svc_key = _make_ca("charger-telemetry dev services CA")
+        _save(svc_cert, svc_key, pki.services_ca_file, pki.services_ca_key_file)
+    else:
+        svc_cert, svc_key = _load_ca(pki, services=True)
+    _ensure_crl(
+        pki,
+        svc_cert,
+        svc_key,
+        fresh=force or not has_services_ca,
+        crl_file=pki.services_crl_file,
+    )
+
     if force:
         for name in client_names(pki):
-            _issue(pki, name, ca_cert, ca_key)
-    for service in (BRIDGE_IDENTITY, API_IDENTITY):
+            if name not in SERVICE_IDENTITIES:
+                _issue(pki, name, ca_cert, ca_key)
+    for service in sorted(SERVICE_IDENTITIES):
         crt = pki.client_paths(service)[0]
-        if force or not crt.is_file() or is_revoked(pki, crt):
-            _issue(pki, service, ca_cert, ca_key)
+        wanted = service != OPERATOR_IDENTITY or crt.is_file()  # the operator's: on request
+        stale = not crt.is_file() or not _issued_by(crt, svc_cert) or is_revoked(pki, crt)
+        if wanted and (force or stale):
+            _issue(pki, service, svc_cert, svc_key)
     return pki
 
 
@@ -439,7 +534,7 @@ def client_names(pki: Pki) -> list[str]:
     return sorted(
         p.stem
         for p in pki.dir.glob("*.crt")
-        if p.stem not in {"ca", "server"} and p.with_suffix(".key").is_file()
+        if p.stem not in _NOT_CLIENTS and p.with_suffix(".key").is_file()
     )
 
 
@@ -457,16 +552,18 @@ def issue_client(directory: Path, name: str, *, reissue: bool = False) -> tuple[
     ``(cert, key)`` paths.
 
     Any allowed id may be used, the bridge identity included; gateways go through
-    :func:`issue_gateway`, which refuses the reserved names.
+    :func:`issue_gateway`, which refuses the reserved names. The services CA signs the
+    :data:`SERVICE_IDENTITIES`, the CA every other name.
     """
     pki = Pki(Path(directory))
     check_id("client name", name)
-    if name in {"ca", "server"}:
-        raise ReservedNameError(name, "the CA's and the broker's files")
+    if name in _NOT_CLIENTS:
+        raise ReservedNameError(name, "the CAs' and the broker's files")
     crt, key_path = pki.client_paths(name)
-    if not reissue and crt.is_file() and key_path.is_file() and not is_revoked(pki, crt):
+    ca_cert, ca_key = _load_ca(pki, services=name in SERVICE_IDENTITIES)
+    current = crt.is_file() and key_path.is_file() and _issued_by(crt, ca_cert)
+    if not reissue and current and not is_revoked(pki, crt):
         return crt, key_path
-    ca_cert, ca_key = _load_ca(pki)
     return _issue(pki, name, ca_cert, ca_key)
 
 

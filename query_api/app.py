@@ -13,9 +13,11 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from query_api import problems
+from query_api.acks import StoredAcks
 from query_api.broker import BrokerLink, Publisher
 from query_api.clock import Clock, SystemClock
 from query_api.cursor import Cursors
+from query_api.idempotency import IdempotencyKeys
 from query_api.latest.index import ChargerIndex
 from query_api.latest.mirror import LiveMirror
 from query_api.latest.stored import StoredLatest
@@ -69,9 +71,11 @@ def create_app(
 ) -> FastAPI:
     """The API for ``settings``. Without ``influx``, the lifespan opens an :class:`InfluxQLClient`
     on ``settings.influx``; without ``broker`` and with ``settings.mqtt``, it opens a
-    :class:`BrokerLink` that feeds ``app.state.mirror``. Given ones are used as they are;
+    :class:`BrokerLink` that feeds ``app.state.mirror`` and ``app.state.acks`` (a given broker's
+    owner hands acknowledgements to ``app.state.acks`` itself). Given ones are used as they are;
     ``clock`` (default: the system's) is read by every route."""
     mirror = LiveMirror(settings.topics, max_chargers=settings.mirror_max_chargers)
+    acks = StoredAcks(settings.topics, [settings.ingest_gateway, *settings.ingest_keys])
     metrics = ApiMetrics()
 
     @asynccontextmanager
@@ -80,7 +84,9 @@ def create_app(
             if influx is None:
                 _attach(app, await stack.enter_async_context(InfluxQLClient(settings.influx)))
             if broker is None and settings.mqtt is not None:
-                app.state.broker = await stack.enter_async_context(BrokerLink(settings, mirror))
+                app.state.broker = await stack.enter_async_context(
+                    BrokerLink(settings, mirror, acks)
+                )
                 log.info("live mirror: connecting to %s:%s", settings.mqtt.host, settings.mqtt.port)
             if app.state.broker is not None and settings.latest_sweep_s > 0:
                 sweeping = asyncio.create_task(
@@ -112,6 +118,13 @@ def create_app(
     _attach(app, influx)
     app.state.broker = broker
     app.state.mirror = mirror
+    app.state.acks = acks
+    seq_file = settings.ingest_seq_file
+    app.state.idempotency = IdempotencyKeys(
+        seq_file.with_name(seq_file.name + ".keys") if seq_file is not None else None,
+        ttl_s=settings.ingest_idempotency_ttl_s,
+        max_keys=settings.ingest_idempotency_max_keys,
+    )
     app.state.metrics = metrics
     app.state.clock = clock if clock is not None else SystemClock()
     app.state.charger_index = ChargerIndex(settings.chargers_cache_s)

@@ -1,10 +1,13 @@
-"""The API's MQTT session: feeds the live mirror, publishes HTTP-ingested batches (QoS 1).
+"""The API's MQTT session: feeds the live mirror, publishes HTTP-ingested batches (QoS 1) and
+takes the bridges' stored acknowledgements of them.
 
 One MQTT 5 connection over TLS with the API's certificate (CN ``telemetry-api``, whose ACL lets
-it read ``{root}/live/#`` and ``{root}/+/state`` and write ``{root}/+/readings``), a clean session
-(retained values are sent again on every subscribe, so nothing is lost by starting fresh), and
-paho's reconnect loop. While the broker is unreachable the API keeps serving: ``latest`` reads
-InfluxDB, ingest answers 503.
+it read ``{root}/live/#``, ``{root}/+/state`` and ``{root}/+/stored`` and write
+``{root}/+/readings``), a clean session (retained values are sent again on every subscribe, so
+nothing is lost by starting fresh; an acknowledgement sent while the API was away is lost, and
+the request waiting for it times out: see :mod:`query_api.acks`), and paho's reconnect loop.
+While the broker is unreachable the API keeps serving: ``latest`` reads InfluxDB, ingest
+answers 503.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import secrets
 import time
 from typing import Protocol
 
+from query_api.acks import StoredAcks
 from query_api.latest.mirror import LiveMirror
 from query_api.settings import ApiSettings
 from telemetry_common.mqtt import AsyncMqttClient, NotConnectedError, PublishLostError
@@ -38,21 +42,25 @@ class Publisher(Protocol):
 
 
 class BrokerLink:
-    """``async with BrokerLink(settings, mirror)``: connects in the background and keeps the
-    mirror fed until the block ends."""
+    """``async with BrokerLink(settings, mirror, acks)``: connects in the background and keeps
+    the mirror fed (and ``acks`` given their acknowledgements) until the block ends."""
 
-    def __init__(self, settings: ApiSettings, mirror: LiveMirror) -> None:
+    def __init__(
+        self, settings: ApiSettings, mirror: LiveMirror, acks: StoredAcks | None = None
+    ) -> None:
         if settings.mqtt is None:
             raise ValueError("BrokerLink needs settings.mqtt")
         topics = settings.topics
         self._mirror = mirror
+        self._acks = acks
+        stored = acks.subscriptions if acks is not None else ()
         self._timeout_s = PUBLISH_TIMEOUT_S
         self._client = AsyncMqttClient(
             # A clean session that ends with the connection: nothing queues for a gone API.
             settings.mqtt.model_copy(update={"session_expiry_s": 0}),
             # Random per process: unguessable, and two API processes never take each other's.
             client_id=f"telemetry-api-{secrets.token_hex(4)}",
-            subscriptions=(f"{topics.root}/live/+", f"{topics.root}/+/state"),
+            subscriptions=(f"{topics.root}/live/+", f"{topics.root}/+/state", *stored),
             receive_maximum=1000,
             clean_start=True,
         )
@@ -79,13 +87,17 @@ class BrokerLink:
 
     async def _feed(self) -> None:
         queue = self._client.messages
+        acks = self._acks
         applied = 0
         while True:
             msg = await queue.get()
             try:
-                self._mirror.apply(msg.topic, msg.payload, time.monotonic())
+                if acks is not None and acks.handles(msg.topic):
+                    acks.apply(msg.topic, msg.payload)
+                else:
+                    self._mirror.apply(msg.topic, msg.payload, time.monotonic())
             except Exception:  # one bad message must not stop the mirror
-                log.exception("live message on %s not applied", msg.topic)
+                log.exception("message on %s not applied", msg.topic)
             applied += 1
             if applied % FEED_SLICE == 0:
                 # A burst (thousands of new chargers) is taken in slices: get() does not yield
@@ -94,11 +106,12 @@ class BrokerLink:
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """QoS 1, returns after a successful PUBACK; NotConnectedError, PublishRejectedError,
-        or PublishLostError (also when no PUBACK came within the timeout)."""
+        NoSubscribersError (PUBACK 0x10: no bridge subscribed, nobody will store it, as the
+        edge treats it) or PublishLostError (also when no PUBACK came within the timeout)."""
         if not self._client.connected:
             raise NotConnectedError(self._client.client_id)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._client.publish(topic, payload)
+                await self._client.publish(topic, payload, require_subscribers=True)
         except TimeoutError as exc:
             raise PublishLostError(topic) from exc

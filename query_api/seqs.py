@@ -10,9 +10,11 @@ any, is replaced):
 - Requests of one gateway are numbered one at a time (a lock per gateway held across the
   publish), so seqs reach the broker in order.
 - A reservation is written to the file before publishing. If the broker certainly did not take
-  the readings (not connected, or refused), it is released and the numbers are used again; if
-  the connection dropped before the PUBACK, the numbers stay used (the readings may be stored),
-  and the bridge may report them as a gap when they were not.
+  the readings (not connected, refused, or no subscriber: PUBACK 0x10), it is released and the
+  numbers are used again; if the connection dropped before the PUBACK, the numbers stay used
+  (the readings may be stored), and the bridge may report them as a gap when they were not.
+- A request with an ``Idempotency-Key`` (:mod:`query_api.idempotency`) keeps its seqs for its
+  retries: they are released only if nothing of it was published.
 - One API process per ingest gateway: two processes numbering one gateway would collide.
 """
 
@@ -53,9 +55,11 @@ class SeqAllocator:
         await self._record(gateway_id, first + count - 1)
         return first
 
-    async def release(self, gateway_id: str, first: int) -> None:
-        """``first`` and every seq after it were not sent: they will be used again."""
-        if self._next.get(gateway_id, first) > first:
+    async def release(self, gateway_id: str, first: int, end: int) -> None:
+        """Seqs ``first`` up to ``end`` (excluded) were not sent: they will be used again, if
+        they are the last ones reserved (else, as seqs of an earlier request that a retry with
+        its Idempotency-Key may publish, they stay used)."""
+        if first < end == self._next.get(gateway_id):
             self._next[gateway_id] = first
             await self._record(gateway_id, first - 1)
 
@@ -77,10 +81,10 @@ class SeqAllocator:
     async def _record(self, gateway_id: str, last: int) -> None:
         self._recorded[gateway_id] = last
         if self._file is not None:
-            await asyncio.to_thread(_write_durably, self._file, orjson.dumps(self._recorded))
+            await asyncio.to_thread(write_durably, self._file, orjson.dumps(self._recorded))
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically with ``data`` on disk (fsync of the file and the folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

@@ -100,6 +100,19 @@ class ApiSettings(ServiceSettings):
     ingest_seq_file: Path | None = None
     """Where the last ``seq`` used per ingest gateway is kept across restarts (JSON). Unset: the
     next seq is derived from InfluxDB at the first ingest after a start."""
+    ingest_stored_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """How long ``POST /v1/telemetry`` waits, after publishing, for the bridges' stored
+    acknowledgement of every reading; then it answers 503 (the readings may still be stored:
+    retry with the same ``Idempotency-Key``). Keep it above the bridges' ACK_INTERVAL_S plus a
+    write to InfluxDB, and above their number of gateways divided by ACK_MAX_RATE."""
+    ingest_retry_after_s: int = Field(default=2, ge=0, le=3600)
+    """The ``Retry-After`` (seconds) of ingest's 503 and 409 answers."""
+    ingest_idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
+    """How long an ``Idempotency-Key`` of ``POST /v1/telemetry`` is remembered (a retry after that
+    is a new request, with new seqs)."""
+    ingest_idempotency_max_keys: int = Field(default=100_000, ge=1)
+    """Most idempotency keys remembered (the oldest are forgotten first). With
+    INGEST_SEQ_FILE they are journaled next to it (``<file>.keys``) and survive a restart."""
     ingest_max_future_s: float = Field(default=300.0, ge=0)
     """Readings stamped further ahead than this are refused (the bridge would dead-letter them)."""
     bridge_urls: list[AnyHttpUrl] = Field(default_factory=list)

@@ -8,6 +8,7 @@ hostile value is refused before it is quoted; quoting is the second line of defe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, get_args
@@ -16,13 +17,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from telemetry_common.errors import TelemetryError
 from telemetry_common.ids import check_id
-from telemetry_common.schema import TS_MAX, TS_MIN, Status, ValueKey
-from telemetry_common.storage import MEASUREMENT, META_FIELDS, RESERVED_VALUE_KEYS
+from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, TS_MAX, TS_MIN, Status, ValueKey
+from telemetry_common.storage import MEASUREMENT, RESERVED_VALUE_KEYS
 
 Aggregate = Literal["mean", "min", "max", "last", "count", "sum"]
 AGGREGATES: Final[tuple[str, ...]] = get_args(Aggregate)
 
 _VALUE_KEY: Final = TypeAdapter(ValueKey)
+_EPOCH: Final = re.compile(EPOCH_SHAPE)
 _IDENT_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
 _STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", "'": "\\'", "\n": "\\n"})
 _DURATION_UNITS: Final = (
@@ -138,7 +140,7 @@ def history_query(
         if fields is None:
             columns = "*"
         else:
-            names = [*META_FIELDS, *fields, "gateway_id", "evse_id", "connector_id"]
+            names = ["status", "seq", *fields, "gateway_id", "evse_id", "connector_id"]
             columns = ", ".join(quote_ident(n) for n in names)
         return f"SELECT {columns} FROM {source} WHERE {where} ORDER BY time ASC LIMIT {limit}"
     if agg not in AGGREGATES:
@@ -165,23 +167,59 @@ def newest_per_charger_query() -> str:
     )
 
 
-def highest_seq_per_gateway_query() -> str:
-    """Per gateway: the highest stored ``seq`` and its time (seeds gap tracking at start)."""
+def _epoch_literal(epoch: str) -> str:
+    if not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch):
+        raise QueryBuildError("epoch", epoch, "not an outbox epoch (16 lowercase hex digits)")
+    return quote_string(epoch)
+
+
+def newest_seq_per_gateway_query() -> str:
+    """Per gateway: its newest stored point (by time) with its ``seq`` and ``epoch`` (null when
+    it has none): the epoch a gateway sends with now (warm-up of gap tracking)."""
     return (
-        f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')} "
+        f"SELECT last({quote_ident('seq')}) AS {quote_ident('seq')}, {quote_ident('epoch')} "
         f"FROM {quote_ident(MEASUREMENT)} GROUP BY {quote_ident('gateway_id')}"
     )
 
 
+def highest_seq_per_gateway_query() -> str:
+    """Per gateway: the highest stored ``seq`` up to ``MAX_SEQ``, its time and its ``epoch``
+    (seeds gap tracking at start; a larger seq stored before it was refused is ignored)."""
+    return (
+        f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')}, {quote_ident('epoch')} "
+        f"FROM {quote_ident(MEASUREMENT)} WHERE {quote_ident('seq')} <= {MAX_SEQ} "
+        f"GROUP BY {quote_ident('gateway_id')}"
+    )
+
+
+def highest_seq_of_epoch_query(gateway_id: str, epoch: str) -> str:
+    """The highest stored ``seq`` (up to ``MAX_SEQ``) of ``gateway_id``'s ``epoch``, and its
+    time."""
+    return (
+        f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')} "
+        f"FROM {quote_ident(MEASUREMENT)} "
+        f"WHERE {quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))} "
+        f"AND {quote_ident('epoch')} = {_epoch_literal(epoch)} "
+        f"AND {quote_ident('seq')} <= {MAX_SEQ}"
+    )
+
+
 def count_seq_range_query(
-    gateway_id: str, first: int, last: int, start: datetime, end: datetime
+    gateway_id: str,
+    first: int,
+    last: int,
+    start: datetime,
+    end: datetime,
+    epoch: str | None = None,
 ) -> str:
-    """How many points of ``gateway_id`` with ``first <= seq <= last`` lie in [start, end]."""
+    """How many points of ``gateway_id`` with ``first <= seq <= last`` lie in [start, end];
+    with ``epoch``, only that epoch's."""
+    of_epoch = f"AND {quote_ident('epoch')} = {_epoch_literal(epoch)} " if epoch is not None else ""
     return (
         f"SELECT count({quote_ident('seq')}) FROM {quote_ident(MEASUREMENT)} "
         f"WHERE {quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))} "
         f"AND {quote_ident('seq')} >= {int(first)} AND {quote_ident('seq')} <= {int(last)} "
-        f"AND time >= {time_literal(start)} AND time <= {time_literal(end)}"
+        f"{of_epoch}AND time >= {time_literal(start)} AND time <= {time_literal(end)}"
     )
 
 

@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from telemetry_common.errors import TelemetryError
+from telemetry_common.redact import redact
 from telemetry_common.settings import MqttSettings
 from telemetry_common.tls import client_context
 
@@ -124,9 +125,15 @@ class AsyncMqttClient:
         clean_start: bool = False,
         reconnect_jitter: bool = False,
         reconnect_max_s: float = 30.0,
+        secret_names: tuple[str, ...] = (),
     ) -> None:
         self._settings = settings
         self.client_id = client_id
+        #: Names that must appear in no log line or error (the bridges' client id and share
+        #: group carry a secret): shown by their public name (telemetry_common.redact).
+        self._secret_names = secret_names
+        #: How logs and errors name this client.
+        self.name = redact(client_id, secret_names)
         self._subscriptions = subscriptions
         self._manual_ack = manual_ack
         self._receive_maximum = receive_maximum
@@ -228,7 +235,7 @@ class AsyncMqttClient:
         ``require_subscribers``, NoSubscribersError when no subscription matched.
         """
         if not self.connected:
-            raise NotConnectedError(self.client_id)
+            raise NotConnectedError(self.name)
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
         props: Properties | None = None
@@ -237,7 +244,7 @@ class AsyncMqttClient:
             props.CorrelationData = correlation_data
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise NotConnectedError(self.client_id)
+            raise NotConnectedError(self.name)
         # The PUBACK callback is delivered through call_soon_threadsafe, so it runs after this
         # registration even when the broker answers before publish() returns.
         self._pending[info.mid] = (topic, fut, require_subscribers)
@@ -277,7 +284,7 @@ class AsyncMqttClient:
     ) -> None:
         if reason_code.is_failure:
             self.last_connect_error = str(reason_code)
-            log.warning("MQTT connect refused: %s", reason_code, extra={"client": self.client_id})
+            log.warning("MQTT connect refused: %s", reason_code, extra={"client": self.name})
             return
         self._attempt = 0
         if self._reconnect_jitter:
@@ -321,10 +328,13 @@ class AsyncMqttClient:
         properties: Properties | None,
     ) -> None:
         for topic, code in zip(self._subscriptions, reason_codes, strict=False):
+            shown = redact(topic, self._secret_names)
             if code.is_failure:
-                log.error("subscription to %s refused: %s", topic, code)
+                log.error(
+                    "subscription to %s refused: %s", shown, code, extra={"client": self.name}
+                )
             else:
-                log.info("subscribed to %s", topic, extra={"client": self.client_id})
+                log.info("subscribed to %s", shown, extra={"client": self.name})
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
@@ -352,11 +362,11 @@ class AsyncMqttClient:
                 self._settings.host,
                 self._settings.port,
                 session_present,
-                extra={"client": self.client_id},
+                extra={"client": self.name},
             )
             self._connected.set()
         elif self._connected.is_set():
-            log.warning("MQTT connection lost; reconnecting", extra={"client": self.client_id})
+            log.warning("MQTT connection lost; reconnecting", extra={"client": self.name})
             self._connected.clear()
             self._fail_pending()
 

@@ -42,6 +42,9 @@ Status = Literal[
     "Faulted",
     "Occupied",
 ]
+#: The highest seq the cloud accepts (``seq_out_of_range`` above it) and the edge assigns:
+#: beyond 2^53-1 a seq is no longer exact as a JSON number read into a double.
+MAX_SEQ: Final = 2**53 - 1
 #: An outbox epoch: 64 random bits in lowercase hex.
 EPOCH_SHAPE: Final = r"^[0-9a-f]{16}$"
 #: What a value key looks like; a key must also not be one of RESERVED_VALUE_KEYS.

@@ -11,7 +11,7 @@ MEASUREMENT: Final = "readings"
 DEADLETTER_MEASUREMENT: Final = "deadletters"
 #: Bounded ids only: never a tag for transaction or message ids (unbounded cardinality).
 TAG_KEYS: Final = ("charger_id", "gateway_id", "evse_id", "connector_id")
-#: Fields stored beside the reading's values.
-META_FIELDS: Final = ("status", "seq")
+#: Fields stored beside the reading's values (``epoch`` only for a batch that carries one).
+META_FIELDS: Final = ("status", "seq", "epoch")
 #: Value keys that would collide with a tag, a meta field or InfluxDB's own ``time`` column.
 RESERVED_VALUE_KEYS: Final = frozenset({"time", *TAG_KEYS, *META_FIELDS})

@@ -249,11 +249,13 @@ def start_mosquitto(
     topic_root: str,
     bind_host: str = "127.0.0.1",
     *,
+    service_port: int,
     log_file: Path | None = None,
     timeout: float = 20.0,
 ) -> ManagedProcess:
     """Render the broker configuration under ``state_dir`` and start Mosquitto; returns once
-    both listeners accept TCP connections."""
+    every listener accepts TCP connections (gateways ``tls_port``, services ``service_port``,
+    plaintext ``local_port``)."""
     binary = find_binary("mosquitto", "mosquitto")
     state_dir = Path(state_dir).resolve()
     data_dir = state_dir / "data"
@@ -263,6 +265,7 @@ def start_mosquitto(
         pki_dir=Path(pki.dir).resolve(),
         tls_port=tls_port,
         local_port=local_port,
+        service_port=service_port,
         persistence_dir=data_dir,
         topic_root=topic_root,
         bind_host=bind_host,
@@ -278,7 +281,12 @@ def start_mosquitto(
     check_host = "127.0.0.1" if bind_host in {"0.0.0.0", "::", ""} else bind_host  # noqa: S104
     try:
         proc.wait_ready(
-            lambda: port_open(check_host, tls_port) and port_open("127.0.0.1", local_port), timeout
+            lambda: (
+                port_open(check_host, tls_port)
+                and port_open(check_host, service_port)
+                and port_open("127.0.0.1", local_port)
+            ),
+            timeout,
         )
     except BaseException:
         proc.stop()

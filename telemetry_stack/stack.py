@@ -52,10 +52,11 @@ class Ports:
     influx: int
     api: int
     bridge: int
+    service: int
 
     @classmethod
     def pick(cls) -> Ports:
-        return cls(*_distinct_ports(5))
+        return cls(*_distinct_ports(6))
 
 
 def _distinct_ports(n: int) -> Iterator[int]:
@@ -96,12 +97,13 @@ class Startup:
     def bridge_url(self) -> str:
         return f"http://{HOST}:{self.ports.bridge}"
 
-    def mqtt(self, identity: tuple[Path, Path]) -> dict[str, object]:
-        """The ``mqtt`` settings group of a client with certificate and key ``identity``."""
+    def mqtt(self, identity: tuple[Path, Path], *, service: bool = False) -> dict[str, object]:
+        """The ``mqtt`` settings group of a client with certificate and key ``identity``: on the
+        gateway listener, or with ``service`` on the services listener."""
         cert, key = identity
         return {
             "host": HOST,
-            "port": self.ports.tls,
+            "port": self.ports.service if service else self.ports.tls,
             "ca_file": self.pki.ca_file,
             "cert_file": cert,
             "key_file": key,
@@ -112,7 +114,7 @@ class Startup:
         return env_for(
             BridgeSettings,
             topic_root=self.opts.topic_root,
-            mqtt=self.mqtt(self.pki.client_paths(pki_mod.BRIDGE_IDENTITY)),
+            mqtt=self.mqtt(self.pki.client_paths(pki_mod.BRIDGE_IDENTITY), service=True),
             influx={"url": self.influx_url, "database": DATABASE, "api": "v1"},
             client_id=client_id,
             share_group=share_group,
@@ -128,7 +130,7 @@ class Startup:
             influx={"url": self.influx_url, "database": DATABASE},
             keys=self.keys,
             topic_root=self.opts.topic_root,
-            mqtt=self.mqtt(self.pki.client_paths(pki_mod.API_IDENTITY)),
+            mqtt=self.mqtt(self.pki.client_paths(pki_mod.API_IDENTITY), service=True),
             ingest_seq_file=self.dir / "api" / "ingest-seq.json",
             bridge_urls=[self.bridge_url],
         )
@@ -217,6 +219,7 @@ def provision(opts: UpOptions, state_dir: Path, echo: Callable[[str], None]) -> 
             "tls_port": stack.ports.tls,
             "ca_file": str(pki.ca_file),
             "local_port": stack.ports.local,
+            "service_port": stack.ports.service,
         },
         "gateways": {
             gw: {"cert_file": str(c), "key_file": str(k)} for gw, (c, k) in gateways.items()
@@ -239,9 +242,10 @@ def start_mosquitto(stack: Startup) -> None:
         ports.tls,
         ports.local,
         stack.opts.topic_root,
+        service_port=ports.service,
         log_file=stack.logs / "mosquitto.log",
     )
-    ready = {"tcp": [[HOST, ports.tls], [HOST, ports.local]]}
+    ready = {"tcp": [[HOST, ports.tls], [HOST, ports.service], [HOST, ports.local]]}
     stack.record("mosquitto", ServiceRecord(proc.pid, proc.argv, str(proc.log_file), ready=ready))
 
 

@@ -68,7 +68,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 # --- broker ---------------------------------------------------------------------------------
 
 
-def _docker_broker(pki: TestPki, state: Path, tls_port: int, local_port: int) -> Iterator[None]:
+def _docker_broker(
+    pki: TestPki, state: Path, tls_port: int, local_port: int, service_port: int
+) -> Iterator[None]:
     """Mosquitto in ``eclipse-mosquitto:2.0.22`` (TELEMETRY_TEST_DOCKER=1). No Docker engine exists
     on the machines this was written on, so this path has not been run; keep it small."""
     from testcontainers.core.container import DockerContainer
@@ -85,6 +87,7 @@ def _docker_broker(pki: TestPki, state: Path, tls_port: int, local_port: int) ->
         pki_dir=pki.dir,
         tls_port=tls_port,
         local_port=local_port,
+        service_port=service_port,
         persistence_dir=data,
         topic_root=DEFAULT_ROOT,
         run_as_user="root",  # the image would drop to 'mosquitto', who cannot read 0600 keys
@@ -99,7 +102,7 @@ def _docker_broker(pki: TestPki, state: Path, tls_port: int, local_port: int) ->
     container.start()
     try:
         deadline = time.monotonic() + 60
-        while not (port_open("127.0.0.1", tls_port) and port_open("127.0.0.1", local_port)):
+        while not all(port_open("127.0.0.1", p) for p in (tls_port, local_port, service_port)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"eclipse-mosquitto:2.0.22 not ready: {container.get_logs()}")
             time.sleep(0.2)
@@ -117,14 +120,22 @@ def broker(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
 def run_broker(pki: TestPki, state: Path) -> Iterator[BrokerInfo]:
     """A Mosquitto with its state in ``state`` while the generator is suspended (the body of
     the session ``broker`` fixture; a test that needs a broker of its own yields from it)."""
-    tls_port, local_port = _distinct_ports(2)
-    info = BrokerInfo(tls_port=tls_port, local_port=local_port, ca_file=pki.ca_file, pki=pki)
+    tls_port, local_port, service_port = _distinct_ports(3)
+    info = BrokerInfo(
+        tls_port=tls_port,
+        local_port=local_port,
+        ca_file=pki.ca_file,
+        pki=pki,
+        service_port=service_port,
+    )
     if os.environ.get("TELEMETRY_TEST_DOCKER") == "1":
-        for _ in _docker_broker(pki, state, tls_port, local_port):
+        for _ in _docker_broker(pki, state, tls_port, local_port, service_port):
             yield info
         return
     try:
-        proc = start_mosquitto(state, pki.pki, tls_port, local_port, info.topic_root)
+        proc = start_mosquitto(
+            state, pki.pki, tls_port, local_port, info.topic_root, service_port=service_port
+        )
     except ServerBinaryMissing as exc:
         pytest.skip(str(exc))
     try:
@@ -180,9 +191,10 @@ def influx_db(influxd: InfluxInfo) -> Iterator[InfluxTarget]:
 def mqtt_client(broker: BrokerInfo) -> Iterator[MqttClientFactory]:
     """Factory of MQTT 5 paho clients; each is disconnected and its loop stopped at teardown.
 
-    ``identity`` given: TLS on the TLS listener with ``pki.client(identity)``. ``None``: plaintext,
-    anonymous, on the loopback listener. ``connect=False``: configured only; the caller connects
-    (``client.connect(broker.host, port)``) and starts the loop.
+    ``identity`` given: TLS with ``pki.client(identity)`` on its listener (``port_for``: the
+    services' or the gateways'). ``None``: plaintext, anonymous, on the loopback listener.
+    ``connect=False``: configured only; the caller connects (``client.connect(broker.host,
+    port)``) and starts the loop.
     """
     made: list[mqtt.Client] = []
 
@@ -199,7 +211,7 @@ def mqtt_client(broker: BrokerInfo) -> Iterator[MqttClientFactory]:
         if identity is not None:
             cert, key = broker.pki.client(identity)
             client.tls_set_context(client_context(broker.ca_file, cert, key))
-            port = broker.tls_port
+            port = broker.port_for(identity)
         if not connect:
             return client
         connected = threading.Event()

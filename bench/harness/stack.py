@@ -64,9 +64,17 @@ class Stack:
     pki: pki_mod.Pki
     tls_port: int = 0
     local_port: int = 0
+    #: The services' TLS listener (bridges, API): only the services CA's certificates.
+    service_port: int = 0
     influx_url: str = ""
     bridge_url: str = ""
     procs: list[ManagedProcess] = field(default_factory=list)
+    #: The bridge's MQTT session (client id and share group), the same for every bridge this
+    #: stack starts: a bridge started again (another setting, same run) takes over the session
+    #: of the one before, instead of leaving a persistent session behind whose queue the broker
+    #: keeps filling with every later reading.
+    bridge_client_id: str = field(default_factory=lambda: f"bench-bridge-{uuid.uuid4().hex[:8]}")
+    bridge_share_group: str = field(default_factory=lambda: f"g{uuid.uuid4().hex[:8]}")
     #: One keep-alive client for the bridge's status: a new httpx client per poll (every
     #: 20 ms) builds an SSL context each time and cost a quarter of a core, taken from the
     #: processes being measured.
@@ -77,12 +85,16 @@ class Stack:
         cert, key = self.pki.client_paths(name)
         return Identity(self.pki.ca_file, cert, key)
 
+    def port_for(self, name: str) -> int:
+        """The listener of client ``name``: the services', or the gateways'."""
+        return self.service_port if name in pki_mod.SERVICE_IDENTITIES else self.tls_port
+
     def mqtt_settings(self, name: str) -> dict[str, object]:
         """The ``mqtt`` settings group of a service connecting as ``name``."""
         ident = self.identity(name)
         return {
             "host": "127.0.0.1",
-            "port": self.tls_port,
+            "port": self.port_for(name),
             "ca_file": ident.ca_file,
             "cert_file": ident.cert_file,
             "key_file": ident.key_file,
@@ -144,9 +156,16 @@ def running_stack(
         pki_mod.issue_gateway(pki.dir, gateway)
     stack = Stack(work, pki)
     try:
-        stack.tls_port, stack.local_port, http_port = unique_ports(3)
+        stack.tls_port, stack.local_port, http_port, stack.service_port = unique_ports(4)
         stack.procs.append(
-            start_mosquitto(work / "mosquitto", pki, stack.tls_port, stack.local_port, TOPIC_ROOT)
+            start_mosquitto(
+                work / "mosquitto",
+                pki,
+                stack.tls_port,
+                stack.local_port,
+                TOPIC_ROOT,
+                service_port=stack.service_port,
+            )
         )
         if influxd:
             stack.procs.append(start_influxd(work / "influxd", http_port))
@@ -159,8 +178,9 @@ def running_stack(
 def start_bridge(
     stack: Stack, extra_env: Mapping[str, str], profile: Path | None = None
 ) -> ManagedProcess:
-    """The real ``telemetry-bridge`` (a session and share group of its own), once subscribed;
-    with ``profile``, under ``python -m cProfile`` writing its stats there."""
+    """The real ``telemetry-bridge`` (the stack's bridge session and share group), once
+    subscribed; with ``profile``, under ``python -m cProfile`` writing its stats there. One
+    bridge at a time: stop it (:func:`stop_bridge`) before starting another."""
     http_port = free_port()
     stack.bridge_url = f"http://127.0.0.1:{http_port}"
     env = env_for(
@@ -170,14 +190,22 @@ def start_bridge(
         topic_root=TOPIC_ROOT,
         log_format="json",
         influx={"url": stack.influx_url, "database": DATABASE},
-        client_id=f"bench-bridge-{uuid.uuid4().hex[:8]}",
-        share_group=f"g{uuid.uuid4().hex[:8]}",
+        client_id=stack.bridge_client_id,
+        share_group=stack.bridge_share_group,
     )
     if profile is None:
         argv = [str(BIN / "telemetry-bridge")]
     else:
         # SIGTERM cancels the bridge's main task, so cProfile gets to write its file.
         argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "bridge"]
+    for old in [p for p in stack.procs if p.name == "bridge"]:
+        if old.is_running():
+            raise RuntimeError("a bridge is running already: stop it first")
+        stack.procs.remove(old)  # its log is kept as bridge-N.log (below)
+    previous_log = stack.work / "bridge.log"
+    if previous_log.exists():
+        n = len(list(stack.work.glob("bridge-*.log"))) + 1
+        previous_log.rename(stack.work / f"bridge-{n}.log")
     bridge = stack.start("bridge", argv, {**env, **extra_env})
     bridge.wait_ready(lambda: BRIDGE_READY_LINE in bridge.log_file.read_text(), timeout=30)
     return bridge

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from datetime import datetime
+from typing import Final
 
 from processor.state import State
 from processor.state.lvc import Stamp
 from telemetry_common.influx_query import InfluxQL, InfluxUnavailable, Series
 from telemetry_common.influxql import (
     count_seq_range_query,
+    highest_seq_of_epoch_query,
     highest_seq_per_gateway_query,
     newest_per_charger_query,
+    newest_seq_per_gateway_query,
 )
+from telemetry_common.schema import EPOCH_SHAPE
 
 log = logging.getLogger(__name__)
+
+_EPOCH: Final = re.compile(EPOCH_SHAPE)
 
 
 async def _query_with_retry(client: InfluxQL, q: str, max_backoff_s: float) -> list[Series]:
@@ -51,19 +58,57 @@ async def warm_up(state: State, client: InfluxQL, max_backoff_s: float) -> None:
     for charger, stamp in newest.items():
         state.lvc.offer(charger, stamp)
         state.bindings.seed(charger, stamp.gateway_id)
-    highs = await _query_with_retry(client, highest_seq_per_gateway_query(), max_backoff_s)
-    for s in highs:
+    seeded = await _seed_gaps(state, client, max_backoff_s)
+    log.info("warm-up: %d chargers, %d gateways known from InfluxDB", len(newest), seeded)
+
+
+def _epoch(value: object) -> str | None:
+    """A stored ``epoch`` field as an epoch (anything else, as a missing field: None)."""
+    return value if isinstance(value, str) and _EPOCH.fullmatch(value) else None
+
+
+async def _seed_gaps(state: State, client: InfluxQL, max_backoff_s: float) -> int:
+    """Seed gap tracking with each gateway's current epoch (the epoch of its newest stored
+    point) and the highest seq stored of that epoch; returns how many gateways were seeded.
+
+    Usually the highest seq a gateway ever stored belongs to its current epoch; one whose
+    outbox was created again (a new epoch numbering from 1) is asked for its epoch's own
+    highest seq. A gateway whose newest point has no epoch but whose highest has one is not
+    seeded (its tracking starts with the next reading): its current numbering cannot be told
+    apart in storage.
+    """
+    current: dict[str, str | None] = {}
+    for s in await _query_with_retry(client, newest_seq_per_gateway_query(), max_backoff_s):
         gateway = s.tags.get("gateway_id")
         for row in s.rows() if gateway else []:
-            state.gaps.seed(str(gateway), int(row["seq"]), int(row["time"]))
-    log.info("warm-up: %d chargers, %d gateways known from InfluxDB", len(newest), len(highs))
+            current[str(gateway)] = _epoch(row.get("epoch"))
+    seeded = 0
+    for s in await _query_with_retry(client, highest_seq_per_gateway_query(), max_backoff_s):
+        gateway = s.tags.get("gateway_id")
+        for row in s.rows() if gateway else []:
+            gw = str(gateway)
+            epoch = current.get(gw, _epoch(row.get("epoch")))
+            if _epoch(row.get("epoch")) != epoch:
+                if epoch is None:
+                    continue
+                q = highest_seq_of_epoch_query(gw, epoch)
+                found = await _query_with_retry(client, q, max_backoff_s)
+                rows = found[0].rows() if found else []
+                if not rows:
+                    continue
+                row = rows[0]
+            state.gaps.seed(gw, epoch, int(row["seq"]), int(row["time"]))
+            seeded += 1
+    return seeded
 
 
 async def confirm_gaps_forever(state: State, client: InfluxQL, grace_s: float) -> None:
     """Confirm suspected seq gaps against InfluxDB, forever (a task of the processor)."""
 
-    async def count_stored(gw: str, first: int, last: int, lo: datetime, hi: datetime) -> int:
-        series = await client.query(count_seq_range_query(gw, first, last, lo, hi))
+    async def count_stored(
+        gw: str, epoch: str | None, first: int, last: int, lo: datetime, hi: datetime
+    ) -> int:
+        series = await client.query(count_seq_range_query(gw, first, last, lo, hi, epoch))
         return int(series[0].values[0][1]) if series and series[0].values else 0
 
     reported = 0

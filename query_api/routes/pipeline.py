@@ -4,6 +4,11 @@
 Bridges of one share group each see part of a gateway's messages, so one may suspect a gap that
 another filled; the merge keeps, per gateway and seq range, the most certain state (confirmed
 over suspected) and ``missing`` counts only confirmed readings.
+
+A read key must not learn the bridges' secret (their client id and share group carry it;
+mosquitto/README.md): a bridge names itself by its public name, and the names in a bridge's
+document are passed through :func:`telemetry_common.redact.public_name` again here, so a bridge
+of an older version cannot leak them either.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from query_api.auth import require
 from query_api.deps import Settings
 from query_api.problems import problem_responses
 from telemetry_common.ids import ID_PATTERN
+from telemetry_common.redact import public_name
 
 #: How long each bridge's ``/status`` may take.
 BRIDGE_TIMEOUT_S = 2.0
@@ -36,6 +42,8 @@ class Gap(BaseModel):
     missing: int | None
     state: str
     bridges: list[str]
+    #: The outbox epoch the seqs belong to (null: the gateway's lifelong numbering).
+    epoch: str | None = None
 
 
 class BridgeStatus(BaseModel):
@@ -92,12 +100,21 @@ async def _fetch(http: httpx.AsyncClient, url: str) -> BridgeStatus:
         return BridgeStatus(url=url, reachable=False, error=f"{type(exc).__name__}: {exc}")
     if not isinstance(doc, dict):
         return BridgeStatus(url=url, reachable=False, error="not a status document")
-    return BridgeStatus(url=url, reachable=True, ready=bool(doc.get("ready")), status=doc)
+    return BridgeStatus(url=url, reachable=True, ready=bool(doc.get("ready")), status=public(doc))
+
+
+#: Keys of a bridge's status document whose values carry the deployment's secret.
+SECRET_KEYS = ("client_id", "share_group")
+
+
+def public(doc: dict[str, Any]) -> dict[str, Any]:
+    """A bridge's status document with its secret-bearing names replaced by public ones (pure)."""
+    return {k: public_name(str(v)) if k in SECRET_KEYS else v for k, v in doc.items()}
 
 
 def merge_gaps(bridges: list[BridgeStatus]) -> dict[str, list[Gap]]:
     """Per gateway, the union of the bridges' open gaps (pure)."""
-    merged: dict[str, dict[tuple[int, int], Gap]] = {}
+    merged: dict[str, dict[tuple[str, int, int], Gap]] = {}
     for b in bridges:
         gaps = (b.status or {}).get("seq_gaps") or {}
         if not isinstance(gaps, dict):
@@ -105,7 +122,9 @@ def merge_gaps(bridges: list[BridgeStatus]) -> dict[str, list[Gap]]:
         for gateway, items in gaps.items():
             for item in items if isinstance(items, list) else []:
                 try:
-                    key = (int(item["first_seq"]), int(item["last_seq"]))
+                    epoch = item.get("epoch")
+                    epoch = str(epoch) if epoch is not None else None
+                    key = (epoch or "", int(item["first_seq"]), int(item["last_seq"]))
                     missing = item.get("missing")
                     missing = int(missing) if missing is not None else None
                 except (KeyError, TypeError, ValueError):
@@ -114,8 +133,8 @@ def merge_gaps(bridges: list[BridgeStatus]) -> dict[str, list[Gap]]:
                 if held is None:
                     state = "confirmed" if missing is not None else "suspected"
                     merged[str(gateway)][key] = Gap(
-                        first_seq=key[0], last_seq=key[1], missing=missing, state=state,
-                        bridges=[b.url],
+                        first_seq=key[1], last_seq=key[2], missing=missing, state=state,
+                        bridges=[b.url], epoch=epoch,
                     )  # fmt: skip
                     continue
                 held.bridges.append(b.url)

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
-from provisioning.pki import Pki, issue_client
+from provisioning.pki import SERVICE_IDENTITIES, Pki, issue_client
 from telemetry_common.topics import DEFAULT_ROOT, Topics
 
 
@@ -41,14 +41,22 @@ class TestPki:
 
 @dataclass(frozen=True)
 class BrokerInfo:
-    """The ``broker`` fixture: a running Mosquitto with the project's configuration."""
+    """The ``broker`` fixture: a running Mosquitto with the project's configuration.
+
+    ``tls_port`` is the gateways' TLS listener, ``service_port`` the services' (bridge, API,
+    operator: certificates of the services CA only); :meth:`port_for` picks by identity."""
 
     tls_port: int
     local_port: int
     ca_file: Path
     pki: TestPki
+    service_port: int
     host: str = "127.0.0.1"
     topic_root: str = DEFAULT_ROOT
+
+    def port_for(self, identity: str) -> int:
+        """The TLS listener a client with certificate CN ``identity`` connects to."""
+        return self.service_port if identity in SERVICE_IDENTITIES else self.tls_port
 
     @property
     def topics(self) -> Topics:

@@ -62,7 +62,7 @@ def connect_gateway(broker: BrokerInfo, identity: str) -> mqtt.Client:
         connected.set()
 
     client.on_connect = on_connect
-    client.connect(broker.host, broker.tls_port, keepalive=30)
+    client.connect(broker.host, broker.port_for(identity), keepalive=30)
     client.loop_start()
     assert connected.wait(10), f"no CONNACK for {identity}"
     assert not codes[0].is_failure, f"broker refused {identity}: {codes[0]}"

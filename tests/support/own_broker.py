@@ -15,12 +15,17 @@ class OwnBroker:
     def __init__(self, pki: TestPki, state: Path) -> None:
         self.pki = pki
         self.state = state
-        self.info = BrokerInfo(free_port(), free_port(), pki.ca_file, pki)
+        self.info = BrokerInfo(free_port(), free_port(), pki.ca_file, pki, free_port())
         self.proc: ManagedProcess | None = None
 
     def start(self) -> None:
         self.proc = start_mosquitto(
-            self.state, self.pki.pki, self.info.tls_port, self.info.local_port, "chargers/v1"
+            self.state,
+            self.pki.pki,
+            self.info.tls_port,
+            self.info.local_port,
+            "chargers/v1",
+            service_port=self.info.service_port,
         )
 
     def stop(self) -> None:

@@ -28,7 +28,7 @@ def client_settings(broker: BrokerInfo, identity: str) -> dict[str, Any]:
     cert, key = broker.pki.client(identity)
     mqtt = {
         "host": broker.host,
-        "port": broker.tls_port,
+        "port": broker.port_for(identity),
         "ca_file": broker.ca_file,
         "cert_file": cert,
         "key_file": key,

@@ -46,7 +46,7 @@ class Collector:
         c.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
-        c.connect_async(broker.host, broker.tls_port, clean_start=False, properties=props)
+        c.connect_async(broker.host, broker.service_port, clean_start=False, properties=props)
         c.loop_start()
         self.client = c
         if not self._up.wait(10):

@@ -113,7 +113,13 @@ def test_seq_gap_is_reported_until_the_missing_readings_arrive(
         return list(doc["seq_gaps"].get(gw, []))
 
     wait_until("a confirmed gap", lambda: [g["state"] for g in gaps()] == ["confirmed"], 15)
-    assert gaps()[0] == {"first_seq": 3, "last_seq": 4, "missing": 2, "state": "confirmed"}
+    assert gaps()[0] == {
+        "first_seq": 3,
+        "last_seq": 4,
+        "missing": 2,
+        "state": "confirmed",
+        "epoch": None,
+    }
     assert "telemetry_bridge_seq_missing 2.0" in _http(bridge, "/metrics").text
 
     ns = int((now + timedelta(seconds=3)).timestamp()) * 10**9

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -50,7 +51,7 @@ def _stored_seqs(db: InfluxTarget, gateway: str) -> set[int]:
     return {int(row[1]) for row in series[0]["values"]} if series else set()
 
 
-def _deadletters(db: InfluxTarget, gateway: str) -> list[dict[str, object]]:
+def _deadletters(db: InfluxTarget, gateway: str) -> list[dict[str, Any]]:
     q = f"SELECT * FROM deadletters WHERE gateway_id = '{gateway}'"
     r = httpx.get(f"{db.url}/query", params={"db": db.database, "q": q}, timeout=5)
     series = r.json()["results"][0].get("series", [])
@@ -160,3 +161,26 @@ def test_nothing_is_acknowledged_while_influxdb_does_not_take_the_readings(
         proxy.reset_all()
         wait_until("the acknowledgement after the write", lambda: acks.seqs() == {1}, timeout=60)
         assert _stored_seqs(influx_db, gw) == {1}
+
+
+def test_a_busy_gateway_is_acknowledged_at_once_a_quiet_one_at_the_interval(
+    broker: BrokerInfo, influx_db: InfluxTarget, mqtt_client: MqttClientFactory, procs: Procs
+) -> None:
+    """With ACK_INTERVAL_S 10 and ACK_EAGER_READINGS 50, sent just after the bridge started:
+    60 readings of one gateway are acknowledged right after their commit, while 2 of another
+    wait for the interval."""
+    tag = uuid.uuid4().hex[:6]
+    busy, quiet = f"gw-busy-{tag}", f"gw-quiet-{tag}"
+    busy_client, quiet_client = mqtt_client(busy), mqtt_client(quiet)
+    busy_acks = Acks(busy_client, broker.topics.stored(busy))
+    quiet_acks = Acks(quiet_client, broker.topics.stored(quiet))
+    env = {"TELEMETRY_BRIDGE_ACK_INTERVAL_S": "10", "TELEMETRY_BRIDGE_ACK_EAGER_READINGS": "50"}
+    start_bridge(procs, broker, influx_db, extra_env=env)
+    now = datetime.now(UTC)
+    few = [_reading(f"cp-q-{tag}", s, now + timedelta(milliseconds=s)) for s in (1, 2)]
+    many = [_reading(f"cp-b-{tag}", s, now + timedelta(milliseconds=s)) for s in range(1, 61)]
+    _publish(quiet_client, broker.topics.readings(quiet), _batch(quiet, few))
+    _publish(busy_client, broker.topics.readings(busy), _batch(busy, many))
+    wait_until("the busy gateway acknowledged", lambda: len(busy_acks.seqs()) == 60, timeout=5)
+    assert quiet_acks.seqs() == set()  # its turn is the interval's
+    wait_until("the quiet gateway acknowledged", lambda: quiet_acks.seqs() == {1, 2}, timeout=15)

@@ -309,7 +309,7 @@ def test_commands_round_trip_over_mqtt5_with_correlation_data(
 
     reply_topic = broker.topics.reply(gateway, "op-1")
     op.on_message = on_message
-    op.connect(broker.host, broker.tls_port)
+    op.connect(broker.host, broker.service_port)
     op.loop_start()
     try:
         op.subscribe(f"{broker.topic_root}/+/reply/#", qos=1)

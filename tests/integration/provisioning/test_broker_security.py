@@ -65,6 +65,65 @@ def test_plaintext_client_cannot_claim_an_identity(
     assert "Not authorized" in outcome or "Bad user name or password" in outcome
 
 
+# --- a gateway cannot take another's session; services have a listener of their own --------
+
+
+def test_gateway_cannot_take_another_gateways_session(
+    broker: BrokerInfo, mqtt_client: MqttClientFactory
+) -> None:
+    """gw-b connecting with gw-a's client id does not disconnect gw-a: the gateway listener
+    replaces every client id by the certificate's CN (``use_username_as_clientid``), so gw-b
+    gets a session of its own. gw-a keeps publishing; gw-b still cannot write gw-a's topics."""
+    rec_a, rec_b = Recorder(), Recorder()
+    gw_a = mqtt_client("gw-a", client_id="gw-a")
+    rec_a.attach(gw_a, connection=True)
+    gw_b = rec_b.attach(mqtt_client("gw-b", client_id="gw-a"))
+    assert rec_b.publish(gw_b, broker.topics.readings("gw-b"), _token()) < 0x80
+    time.sleep(1.0)
+    assert rec_a.disconnected is None, f"gw-a was disconnected: {rec_a.disconnected}"
+    assert gw_a.is_connected()
+    assert rec_a.publish(gw_a, broker.topics.readings("gw-a"), _token()) < 0x80
+    assert rec_b.publish(gw_b, broker.topics.readings("gw-a"), _token()) == NOT_AUTHORIZED
+
+
+@pytest.mark.parametrize("client_id", ["gw-b/x", "gw-b+", "#"])
+def test_the_gateway_listener_ignores_the_client_id(
+    broker: BrokerInfo, mqtt_client: MqttClientFactory, client_id: str
+) -> None:
+    """Whatever client id a gateway sends, its session is its CN's: it writes its own
+    readings, never another gateway's."""
+    rec = Recorder()
+    gw_b = rec.attach(mqtt_client("gw-b", client_id=client_id))
+    assert rec.publish(gw_b, broker.topics.readings("gw-b"), _token()) < 0x80
+    assert rec.publish(gw_b, broker.topics.readings("gw-a"), _token()) == NOT_AUTHORIZED
+
+
+def test_services_listener_refuses_a_gateway_certificate(
+    broker: BrokerInfo, mqtt_client: MqttClientFactory
+) -> None:
+    """The services listener (no client id replacement: bridges share one CN) trusts only the
+    services CA: a gateway certificate never gets a CONNACK there, so it cannot use a service's
+    or another gateway's client id through it."""
+    cert, key = broker.pki.client("gw-a")
+    client = mqtt_client(None, client_id="gw-b", connect=False)
+    client.tls_set_context(client_context(broker.ca_file, cert, key))
+    outcome = paho_connect_outcome(client, broker.host, broker.service_port)
+    assert outcome != "connected"
+    assert not client.is_connected()
+
+
+def test_gateway_listener_refuses_a_service_certificate(
+    broker: BrokerInfo, mqtt_client: MqttClientFactory
+) -> None:
+    """Service certificates come from the services CA, which the gateway listener does not
+    trust; on the services listener the same certificate connects (the control)."""
+    cert, key = broker.pki.client(pki_mod.BRIDGE_IDENTITY)
+    client = mqtt_client(None, connect=False)
+    client.tls_set_context(client_context(broker.ca_file, cert, key))
+    assert paho_connect_outcome(client, broker.host, broker.tls_port) != "connected"
+    assert mqtt_client(pki_mod.BRIDGE_IDENTITY).is_connected()
+
+
 # --- gateways are fenced to their own topics ------------------------------------------------
 
 

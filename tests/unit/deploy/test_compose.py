@@ -219,7 +219,7 @@ def test_preflight_gates_every_service(services: dict[str, dict[str, Any]]) -> N
 def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
     """Only MQTT over TLS (8883) is reachable from outside by default; the API, InfluxDB,
     Grafana and Prometheus are published on loopback only, and the plaintext listener (1883)
-    by no service."""
+    and the services' TLS listener (8884) by no service."""
     assert ("", 8883, 8883) in compose_file.published(services["mosquitto"])
     expected = {
         "api": ("127.0.0.1", 8000, 8000),
@@ -232,6 +232,7 @@ def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         for host_ip, published, target in compose_file.published(service):
             assert 1883 not in (published, target), f"{name} publishes the plaintext listener"
+            assert 8884 not in (published, target), f"{name} publishes the services listener"
             if (name, published) != ("mosquitto", 8883):
                 assert host_ip == "127.0.0.1", f"{name}:{published} is published beyond loopback"
 
@@ -306,9 +307,10 @@ def test_env_values_are_accepted(
 
 
 def test_certificates_match_identities(services: dict[str, dict[str, Any]]) -> None:
-    """The bridge and the API present their own certificates and each gateway the certificate
-    named after its id (CN = MQTT username, which the broker ACL fences); pki-init issues every
-    gateway's certificate and hands all client keys to the services' user."""
+    """The bridge and the API present their own certificates on the services listener (8884) and
+    each gateway the certificate named after its id on the gateway listener (8883; CN = MQTT
+    username = client id, which the broker ACL fences); pki-init issues every gateway's
+    certificate, renders both listeners and hands all client keys to the services' user."""
     from provisioning.pki import API_IDENTITY, BRIDGE_IDENTITY
 
     identities: dict[str, tuple[type[ServiceSettings], str]] = {
@@ -330,11 +332,12 @@ def test_certificates_match_identities(services: dict[str, dict[str, Any]]) -> N
     # pki init issues the bridge's and the API's certificates; the gateways' are issued above.
     assert set(handed[1].split()) == {BRIDGE_IDENTITY, API_IDENTITY, *GATEWAYS.values()}
     assert "--host mosquitto" in script  # the broker certificate names the host clients dial
+    assert "--tls-port 8883 --service-port 8884" in script
     for name, (cls, identity) in identities.items():
         env = compose_file.environment(services[name])
         expected = {
             "host": "mosquitto",
-            "port": "8883",
+            "port": "8883" if cls is EdgeSettings else "8884",
             "ca_file": "/pki/ca.crt",
             "cert_file": f"/pki/{identity}.crt",
             "key_file": f"/pki/{identity}.key",

@@ -213,7 +213,7 @@ class Harness:
             new = seqs - self.confirmed
             if new:
                 self.confirmed |= new
-                await self.publisher.confirm(ack_payload(getattr(self.box, "epoch", None), new))
+                await self.publisher.confirm(ack_payload(self.box.epoch, new))
 
     async def ack_all(self) -> None:
         """Acknowledge every batch until the outbox is empty and the publisher has counted

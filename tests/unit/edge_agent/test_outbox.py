@@ -17,7 +17,6 @@ import pytest
 
 from edge_agent.budget import Budget
 from edge_agent.outbox import Outbox
-from edge_agent.store import SEQ_MARGIN
 from tests.support.outbox_readings import energy, other, pending_seqs
 
 
@@ -192,31 +191,36 @@ def test_torn_wal_tail_is_discarded_and_the_rest_kept(tmp_path: Path, damage: st
 
 def test_damaged_file_is_moved_aside_and_salvaged(tmp_path: Path) -> None:
     """A damaged database does not crash the agent: the file is kept aside, readable rows are
-    copied into a fresh outbox, and seq continues above every seq the old file gave."""
+    copied into a fresh outbox, and seq continues above every seq the old file gave, under the
+    old file's epoch (pages of rows are damaged; its counter and epoch are readable)."""
     path = tmp_path / "o.sqlite3"
     with Outbox(path) as box:
         box.append([energy(i) for i in range(3000)])
         last = box.stats().last_seq_assigned
+        epoch = box.epoch
     with path.open("r+b") as fh:
-        fh.seek(4096 * 8)
+        fh.seek(4096 * 40)
         fh.write(b"\xff" * 4096 * 4)
     with Outbox(path) as box:
         assert box.recovered is not None
         salvaged = box.stats().pending
         assert 0 < salvaged < 3000
+        assert box.epoch == epoch
         [nxt] = box.append([energy(0)])
-        assert nxt > last
+        assert nxt == last + 1
     assert list(tmp_path.glob("o.sqlite3.corrupt-*"))
     check_totals(path)
 
 
 def test_a_file_that_is_not_a_database_is_replaced(tmp_path: Path) -> None:
-    """Garbage in place of the outbox: kept aside, a fresh outbox starts with a seq margin."""
+    """Garbage in place of the outbox: kept aside, a fresh outbox starts at seq 1 with a new
+    epoch (the old numbering cannot be read, so a new one begins, as the cloud is told)."""
     path = tmp_path / "o.sqlite3"
     path.write_bytes(os.urandom(10_000))
     with Outbox(path) as box:
         assert box.recovered is not None
-        assert box.append([energy(1)]) == [SEQ_MARGIN + 1]
+        assert "new epoch" in box.recovered
+        assert box.append([energy(1)]) == [1]
 
 
 def test_totals_are_shared_with_a_second_process(tmp_path: Path) -> None:

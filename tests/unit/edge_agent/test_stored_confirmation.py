@@ -31,8 +31,8 @@ class Rig:
     stop: asyncio.Event
 
     @property
-    def epoch(self) -> str | None:
-        return getattr(self.box, "epoch", None)
+    def epoch(self) -> str:
+        return self.box.epoch
 
     def puback_all(self) -> None:
         for _, fut in self.broker.sent:
@@ -164,7 +164,7 @@ async def test_a_budget_drop_of_an_unconfirmed_row_counts_only_if_it_is_not_stor
         await until("PUBACKed", lambda: publisher.counters.published == 4)
         box.append([energy(5), energy(6)])  # over the budget: the two oldest rows go
         assert box.stats().dropped_in_flight == 2
-        await publisher.confirm(ack_payload(getattr(box, "epoch", None), [1, 2, 3, 4]))
+        await publisher.confirm(ack_payload(box.epoch, [1, 2, 3, 4]))
         st = box.stats()
         assert (st.dropped, st.dropped_in_flight) == ({}, 0)
     finally:
@@ -181,3 +181,19 @@ async def test_a_budget_drop_of_an_unconfirmed_row_counts_only_if_it_is_not_stor
 def test_malformed_acknowledgements_are_refused(payload: bytes) -> None:
     with pytest.raises(ValueError, match="not a stored acknowledgement"):
         parse_ack(payload)
+
+
+async def test_a_batch_confirmed_out_of_order_is_deleted_and_only_the_other_goes_again(
+    rig: Rig,
+) -> None:
+    """Two batches (another bridge stored the second first): the second is deleted at once;
+    the first, never acknowledged, is the only one sent again after the timeout."""
+    rig.box.append([energy(i) for i in range(1, 9)])
+    rig.publisher.notify()
+    await until("two batches sent", lambda: len(rig.broker.sent) == 2)
+    rig.puback_all()
+    await until("both PUBACKed", lambda: rig.publisher.counters.published == 8)
+    await rig.publisher.confirm(ack_payload(rig.epoch, [5, 6, 7, 8]))
+    assert sorted(r.seq for r in rig.box.oldest(100, 1 << 20)) == [1, 2, 3, 4]
+    await until("sent again", lambda: len(rig.broker.sent) == 3)
+    assert rig.sent_seqs()[2] == [1, 2, 3, 4]

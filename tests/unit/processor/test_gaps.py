@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from processor.lineproto import ts_ns
-from processor.state.gaps import GapTracker
+from processor.state.gaps import MAX_EPOCHS, GapTracker
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -30,7 +30,7 @@ def test_jump_opens_a_gap_and_late_arrivals_fill_it() -> None:
 def test_seed_catches_a_gap_across_a_restart() -> None:
     """Seeded with the highest stored seq, the first reading after a restart shows the gap."""
     g = GapTracker()
-    g.seed("gw", 10, ts(10))
+    g.seed("gw", None, 10, ts(10))
     g.observe("gw", 13, ts(13), now=0.0)
     assert g.report()["gw"][0]["first_seq"] == 11
 
@@ -42,7 +42,10 @@ async def test_confirm_drops_what_storage_holds_and_counts_the_rest() -> None:
         g.observe("gw", seq, ts(seq), now=0.0)
     stored = {2, 3, 6}  # 2..3 stored by another bridge; of 6..8 only 6
 
-    async def count(gw: str, first: int, last: int, lo: datetime, hi: datetime) -> int:
+    async def count(
+        gw: str, epoch: str | None, first: int, last: int, lo: datetime, hi: datetime
+    ) -> int:
+        assert epoch is None
         assert lo < T0 + timedelta(seconds=first)
         assert hi > T0 + timedelta(seconds=last)
         return len([s for s in stored if first <= s <= last])
@@ -75,8 +78,8 @@ def test_observe_all_is_observe_in_turn() -> None:
             one.observe("gw", seq, ts(seq), now=0.0)
         many.observe_all("gw", run, [ts(s) for s in run], now=0.0)
         assert many.report() == one.report()
-        assert many._gateways["gw"].high == one._gateways["gw"].high
-        assert many._gateways["gw"].high_ts_ns == one._gateways["gw"].high_ts_ns
+        assert many._tracks["gw", None].high == one._tracks["gw", None].high
+        assert many._tracks["gw", None].high_ts_ns == one._tracks["gw", None].high_ts_ns
     assert one.report()["gw"]  # the runs did open gaps (the comparison was not trivial)
 
 
@@ -94,6 +97,71 @@ def test_a_new_gateways_readings_may_be_observed_out_of_order() -> None:
     g.observe("gw2", 9, ts(9), now=0.0)
     g.observe("gw2", 7, ts(7), now=0.0)
     assert [(x["first_seq"], x["last_seq"]) for x in g.report()["gw2"]] == [(8, 8)]
-    g.seed("old", 100, ts(100))
+    g.seed("old", None, 100, ts(100))
     g.observe("old", 50, ts(50), now=0.0)
     assert "old" not in g.report()
+
+
+E1, E2 = "00000000000000e1", "00000000000000e2"
+
+
+def spans(g: GapTracker, gateway: str = "gw") -> list[tuple[object, object, object]]:
+    return [(x["epoch"], x["first_seq"], x["last_seq"]) for x in g.report().get(gateway, [])]
+
+
+def test_a_new_epoch_starts_tracking_over_and_its_gaps_are_reported() -> None:
+    """A gateway whose outbox was created again (new epoch, seq from 1) and then loses 4..5
+    has them suspected: its seqs are not taken for late readings of the old epoch, whose high
+    was 100. The old epoch's gap stays reported beside it; late readings of the old epoch
+    still fill it."""
+    g = GapTracker()
+    for seq in (1, 2, 3, 50, 100):
+        g.observe("gw", seq, ts(seq), now=0.0, epoch=E1)
+    g.observe_all("gw", [1, 2, 3], [ts(201), ts(202), ts(203)], now=0.0, epoch=E2)
+    g.observe_all("gw", [6, 7], [ts(206), ts(207)], now=0.0, epoch=E2)
+    assert spans(g) == [(E1, 4, 49), (E1, 51, 99), (E2, 4, 5)]
+    assert g.high("gw", E2) == 7
+    assert g.high("gw", E1) == 100
+    g.observe("gw", 50 - 1, ts(49), now=0.0, epoch=E1)  # a late reading of the old epoch
+    assert spans(g) == [(E1, 4, 48), (E1, 51, 99), (E2, 4, 5)]
+
+
+def test_a_seed_of_one_epoch_does_not_hide_the_gaps_of_another() -> None:
+    """Seeded with epoch E1 at 1000 (a warm-up), readings of a new epoch E2 from 1 on are
+    tracked on their own: a gap at 3..4 is suspected, not taken for history below 1000."""
+    g = GapTracker()
+    g.seed("gw", E1, 1000, ts(1000))
+    for seq in (1, 2, 5):
+        g.observe("gw", seq, ts(2000 + seq), now=0.0, epoch=E2)
+    assert spans(g) == [(E2, 3, 4)]
+
+
+async def test_gaps_are_confirmed_within_their_epoch() -> None:
+    """Confirmation asks storage for the gap's own epoch: seq 3..4 of the new epoch are
+    missing even though the old epoch stored seqs 3..4."""
+    g = GapTracker()
+    g.observe_all("gw", [1, 2, 3, 4, 5], [ts(s) for s in range(1, 6)], now=0.0, epoch=E1)
+    g.observe_all("gw", [1, 2, 5], [ts(11), ts(12), ts(15)], now=0.0, epoch=E2)
+    held = {E1: {1, 2, 3, 4, 5}, E2: {1, 2, 5}}
+
+    async def count(
+        gw: str, epoch: str | None, first: int, last: int, lo: datetime, hi: datetime
+    ) -> int:
+        assert epoch is not None
+        return len([s for s in held[epoch] if first <= s <= last])
+
+    await g.confirm(count, now=11.0, grace_s=10.0)
+    assert [(x["epoch"], x["missing"]) for x in g.report()["gw"]] == [(E2, 2)]
+    assert g.missing() == 2
+
+
+def test_epochs_per_gateway_are_bounded() -> None:
+    """A gateway changing its epoch with every message keeps at most MAX_EPOCHS tracks; the
+    oldest goes with its gaps (counted as dropped)."""
+    g = GapTracker()
+    for k in range(MAX_EPOCHS + 3):
+        epoch = f"{k:016x}"
+        g.observe_all("gw", [1, 3], [ts(1), ts(3)], now=0.0, epoch=epoch)
+    assert len(spans(g)) == MAX_EPOCHS
+    assert g.dropped == 3
+    assert g.high("gw", f"{0:016x}") is None

@@ -15,6 +15,7 @@ def _render(tmp_path: Path, **overrides: object) -> broker_config.BrokerFiles:
         "pki_dir": "/pki",
         "tls_port": 8883,
         "local_port": 1883,
+        "service_port": 8884,
         "persistence_dir": "/var/lib/telemetry/mosquitto",
         "topic_root": "chargers/v1",
         "bind_host": "0.0.0.0",
@@ -43,7 +44,7 @@ def test_no_plaintext_listener_beyond_loopback(tmp_path: Path) -> None:
     127.0.0.1, and the TLS listener requires a client certificate."""
     conf = _render(tmp_path).conf_file.read_text()
     listeners = _listeners(conf)
-    assert len(listeners) == 2
+    assert len(listeners) == 3
     for head, body in listeners:
         keys = {d[0] for d in body}
         if "certfile" not in keys:
@@ -53,7 +54,26 @@ def test_no_plaintext_listener_beyond_loopback(tmp_path: Path) -> None:
             assert ["use_identity_as_username", "true"] in body
             assert ["tls_version", "tlsv1.2"] in body
     assert listeners[0][0] == ["listener", "8883", "0.0.0.0"]
-    assert listeners[1][0] == ["listener", "1883", "127.0.0.1"]
+    assert listeners[1][0] == ["listener", "8884", "0.0.0.0"]
+    assert listeners[2][0] == ["listener", "1883", "127.0.0.1"]
+
+
+def test_gateway_listener_replaces_client_ids_and_services_have_their_own_ca(
+    tmp_path: Path,
+) -> None:
+    """On the gateway listener the client id is the certificate CN (no gateway can take another's
+    session); the services listener keeps client ids (bridges share a CN) and trusts only the
+    services CA, so a gateway certificate cannot enter it."""
+    conf = _render(tmp_path).conf_file.read_text()
+    (gw_head, gw_body), (svc_head, svc_body), (_local, local_body) = _listeners(conf)
+    assert gw_head[1] == "8883"
+    assert ["use_username_as_clientid", "true"] in gw_body
+    assert ["cafile", "/pki/ca.crt"] in gw_body
+    assert svc_head[1] == "8884"
+    assert not any(d[0] == "use_username_as_clientid" for d in svc_body)
+    assert ["cafile", "/pki/services-ca.crt"] in svc_body
+    assert ["require_certificate", "true"] in svc_body
+    assert not any(d[0] == "use_username_as_clientid" for d in local_body)
 
 
 def test_global_security_and_bounds_are_explicit(tmp_path: Path) -> None:
@@ -124,7 +144,15 @@ def test_bad_topic_roots_are_refused(tmp_path: Path, root: str) -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"tls_port": 0}, {"local_port": 8883}, {"bind_host": "a b"}, {"pki_dir": "/x\nlistener 1"}],
+    [
+        {"tls_port": 0},
+        {"local_port": 8883},
+        {"service_port": 8883},
+        {"service_port": 1883},
+        {"service_port": 70000},
+        {"bind_host": "a b"},
+        {"pki_dir": "/x\nlistener 1"},
+    ],
 )
 def test_unusable_settings_are_refused(tmp_path: Path, overrides: dict[str, object]) -> None:
     """Bad ports, clashing ports and values that would inject directives raise ConfigError."""
@@ -136,7 +164,7 @@ def test_tls_listener_checks_client_certificates_against_the_crl(tmp_path: Path)
     """The TLS listener names the PKI's crl.pem (``crlfile``, so a revoked gateway is refused);
     the plaintext loopback listener, which takes no certificates, does not."""
     conf = _render(tmp_path).conf_file.read_text()
-    (tls_head, tls_body), (_local_head, local_body) = _listeners(conf)
+    (tls_head, tls_body), _services, (_local_head, local_body) = _listeners(conf)
     assert tls_head[1] == "8883"
     assert ["crlfile", "/pki/crl.pem"] in tls_body
     assert not any(d[0] == "crlfile" for d in local_body)
@@ -154,5 +182,7 @@ def test_render_conf_without_a_crl_names_none(tmp_path: Path) -> None:
         persistence_location="/data",
         tls_port=8883,
         local_port=1883,
+        service_port=8884,
+        services_cafile="/pki/services-ca.crt",
     )
     assert not any(d[0] == "crlfile" for d in _directives(conf))

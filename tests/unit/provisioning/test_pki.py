@@ -166,11 +166,11 @@ def test_bad_or_reserved_gateway_names_are_refused(made: pki.Pki, name: str) -> 
 
 
 def test_init_issues_the_api_identity(made: pki.Pki) -> None:
-    """``pki init`` issues the API's certificate (CN telemetry-api) under the CA, as it does the
-    bridge's: the API's live mirror and HTTP ingest need it."""
+    """``pki init`` issues the API's certificate (CN telemetry-api) under the services CA, as it
+    does the bridge's: the API's live mirror and HTTP ingest need it."""
     crt, key = made.client_paths(pki.API_IDENTITY)
     assert key.is_file()
-    _cert(crt).verify_directly_issued_by(_cert(made.ca_file))
+    _cert(crt).verify_directly_issued_by(_cert(made.services_ca_file))
     cn = _cert(crt).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     assert [a.value for a in cn] == ["telemetry-api"]
 
@@ -315,6 +315,59 @@ def test_a_revoked_gateway_gets_a_fresh_certificate_when_issued_again(made: pki.
     pki.init(made.dir)
     assert _cert(bridge).serial_number != bridge_serial
     assert not pki.is_revoked(made, bridge)
+
+
+def test_services_and_gateways_have_separate_cas(made: pki.Pki) -> None:
+    """The services CA signs the bridge's, the API's and the operator's certificates, the CA the
+    gateways' (the broker's two TLS listeners each trust one): neither verifies under the
+    other, and each CA has its own, empty CRL at first."""
+    services_ca, ca = _cert(made.services_ca_file), _cert(made.ca_file)
+    assert services_ca.subject != ca.subject
+    operator = pki.issue_client(made.dir, pki.OPERATOR_IDENTITY)[0]
+    gateway = pki.issue_gateway(made.dir, "gw-1")[0]
+    for name in (pki.BRIDGE_IDENTITY, pki.API_IDENTITY):
+        _cert(made.client_paths(name)[0]).verify_directly_issued_by(services_ca)
+    _cert(operator).verify_directly_issued_by(services_ca)
+    _cert(gateway).verify_directly_issued_by(ca)
+    with pytest.raises(ValueError, match="Issuer certificate subject does not match"):
+        _cert(gateway).verify_directly_issued_by(services_ca)
+    with pytest.raises(ValueError, match="Issuer certificate subject does not match"):
+        _cert(operator).verify_directly_issued_by(ca)
+    crl = x509.load_pem_x509_crl(made.services_crl_file.read_bytes())
+    assert crl.issuer == services_ca.subject
+    assert len(crl) == 0
+    assert stat.S_IMODE(made.services_ca_key_file.stat().st_mode) == 0o600
+
+
+def test_init_moves_a_pki_from_before_the_services_ca_to_it(tmp_path: Path) -> None:
+    """A PKI made when one CA signed everything (no services-ca.*): ``init`` makes the services
+    CA and re-issues the service certificates present under it (the operator's too); the CA,
+    the server and the gateways' certificates are kept."""
+    made = pki.init(tmp_path)
+    pki.issue_client(made.dir, pki.OPERATOR_IDENTITY)
+    gw = pki.issue_gateway(made.dir, "gw-1")[0]
+    ca_key = serialization.load_pem_private_key(made.ca_key_file.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    for name in (pki.BRIDGE_IDENTITY, pki.API_IDENTITY, pki.OPERATOR_IDENTITY):
+        pki._issue(made, name, _cert(made.ca_file), ca_key)  # as the old init did
+    for path in (made.services_ca_file, made.services_ca_key_file, made.services_crl_file):
+        path.unlink()
+    kept = {p: p.read_bytes() for p in (made.ca_file, made.server_cert, gw)}
+    pki.init(tmp_path)
+    services_ca = _cert(made.services_ca_file)
+    for name in (pki.BRIDGE_IDENTITY, pki.API_IDENTITY, pki.OPERATOR_IDENTITY):
+        _cert(made.client_paths(name)[0]).verify_directly_issued_by(services_ca)
+    assert {p: p.read_bytes() for p in kept} == kept
+
+
+def test_a_revoked_service_certificate_is_listed_in_the_services_crl(made: pki.Pki) -> None:
+    """Revoking the bridge's certificate lists it in services-crl.pem (the services listener's),
+    not in crl.pem."""
+    bridge = made.client_paths(pki.BRIDGE_IDENTITY)[0]
+    done = pki.revoke(made.dir, pki.BRIDGE_IDENTITY)
+    assert done.crl_file == made.services_crl_file
+    assert pki.is_revoked(made, bridge)
+    assert len(x509.load_pem_x509_crl(made.crl_file.read_bytes())) == 0
 
 
 def test_force_starts_an_empty_crl_under_the_new_ca(made: pki.Pki) -> None:

@@ -1,17 +1,20 @@
 """A bounded property run of the OpenAPI document (schemathesis): generated requests to every
 endpoint, with an admin key, never get a 5xx and every error is a problem document.
 
-InfluxDB and the broker are fakes here (empty store, accepting broker): the run is about the
-HTTP layer's validation of whatever a client may send.
+InfluxDB and the broker are fakes here (empty store, a broker that takes every batch and
+acknowledges it as stored at once): the run is about the HTTP layer's validation of whatever a
+client may send.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import SecretStr
 
+from query_api.acks import StoredAcks
 from query_api.app import create_app
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import Series
@@ -33,14 +36,18 @@ class EmptyInflux:
 
 class AcceptingBroker:
     connected = True
+    acks: StoredAcks | None = None
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        return None
+        seqs = [r["seq"] for r in orjson.loads(payload)["readings"]]
+        ack = orjson.dumps({"epoch": None, "seqs": [[min(seqs), max(seqs)]]})
+        assert self.acks is not None
+        self.acks.apply(topic.removesuffix("/readings") + "/stored", ack)
 
 
-app = create_app(
-    ApiSettings(keys={"admin": SecretStr(ADMIN)}), influx=EmptyInflux(), broker=AcceptingBroker()
-)
+broker = AcceptingBroker()
+app = create_app(ApiSettings(keys={"admin": SecretStr(ADMIN)}), influx=EmptyInflux(), broker=broker)
+broker.acks = app.state.acks
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

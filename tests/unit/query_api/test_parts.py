@@ -15,7 +15,10 @@ import pytest
 from pydantic import SecretStr
 
 from query_api import cursor
+from query_api.acks import StoredAcks, parse_ack
 from query_api.auth import identify
+from query_api.handled import MAX_QUERIES, Handled, handled
+from query_api.idempotency import IdempotencyKeys, parse_key
 from query_api.ingest import numbered, parse_body, payloads
 from query_api.latest.index import ChargerIndex
 from query_api.latest.mirror import NEVER, LiveMirror
@@ -25,12 +28,12 @@ from query_api.latest.state import charger_state
 from query_api.latest.stored import StoredLatest
 from query_api.latest.sweep import confirm_mirror
 from query_api.routes.fleet import FleetDaily, render_html, wants_html
-from query_api.routes.pipeline import BridgeStatus, merge_gaps
+from query_api.routes.pipeline import BridgeStatus, merge_gaps, public
 from query_api.routes.stats import stats_from_row
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings, Role
 from telemetry_common.errors import ConfigError
-from telemetry_common.influx_query import InfluxQueryError, Series
+from telemetry_common.influx_query import InfluxQueryError, InfluxUnavailable, Series
 from telemetry_common.schema import MAX_BATCH_BYTES, Reading
 from telemetry_common.topics import Topics
 
@@ -482,21 +485,143 @@ def test_numbering_and_payload_split() -> None:
 
 
 async def test_seq_allocator_continues_from_influx_and_the_file(tmp_path: Path) -> None:
-    """The first seq follows the higher of InfluxDB's and the file's; a release is reused; the
-    file survives a new allocator."""
+    """The first seq follows the higher of InfluxDB's and the file's; a release of the last
+    reservation is reused, of an earlier one (a retry's seqs) not; the file survives a new
+    allocator."""
     state = tmp_path / "seq.json"
     stored = Series("readings", ["time", "seq"], [[0, 7]])
     seqs = SeqAllocator(FakeInflux([stored]), state)
     async with seqs.lock("gw"):
         assert await seqs.reserve("gw", 3) == 8
         assert await seqs.reserve("gw", 2) == 11
-        await seqs.release("gw", 11)
+        await seqs.release("gw", 11, 13)
         assert await seqs.reserve("gw", 1) == 11
-    assert orjson.loads(state.read_bytes()) == {"gw": 11}
+        await seqs.release("gw", 8, 11)  # not the last reservation: those stay used
+        assert await seqs.reserve("gw", 1) == 12
+    assert orjson.loads(state.read_bytes()) == {"gw": 12}
     again = SeqAllocator(FakeInflux([stored]), state)
-    assert await again.reserve("gw", 1) == 12
+    assert await again.reserve("gw", 1) == 13
     fresh = SeqAllocator(FakeInflux(), None)
     assert await fresh.reserve("other", 1) == 1
+
+
+async def test_idempotency_keys_survive_a_restart_through_their_journal(tmp_path: Path) -> None:
+    """Keys, their completion and their drop are journaled and read back by a new store; a torn
+    last line is skipped; expired keys are not read back."""
+    journal = tmp_path / "seq.json.keys"
+    keys = IdempotencyKeys(journal, ttl_s=60, max_keys=10)
+    a = await keys.add("gw", "key-a", "d1", 1, 3)
+    b = await keys.add("gw", "key-b", "d2", 4, 1)
+    c = await keys.add("gw2", "key-a", "d3", 1, 1)
+    await keys.complete(a)
+    await keys.drop(c)
+    with journal.open("ab") as fh:
+        fh.write(b'{"g": "gw", "k": "torn')
+    again = IdempotencyKeys(journal, ttl_s=60, max_keys=10)
+    got_a, got_b = again.get("gw", "key-a"), again.get("gw", "key-b")
+    assert got_a is not None
+    assert got_b is not None
+    assert (got_a.first_seq, got_a.count, got_a.digest, got_a.done) == (1, 3, "d1", True)
+    assert (got_b.first_seq, got_b.done, got_b.busy) == (4, False, False)
+    assert again.get("gw2", "key-a") is None
+    assert b.busy  # the original's request still holds it
+    expired = IdempotencyKeys(journal, ttl_s=60, max_keys=10)
+    for entry in (expired.get("gw", "key-a"), expired.get("gw", "key-b")):
+        assert entry is not None
+        entry.expires = 0
+    assert expired.get("gw", "key-a") is None
+
+
+async def test_idempotency_keys_are_bounded_and_the_journal_compacted(tmp_path: Path) -> None:
+    """Beyond MAX_KEYS the oldest key not in use goes; the journal is rewritten once it holds
+    twice the keys kept (at least 1,000 lines), and reads back the same keys."""
+    journal = tmp_path / "keys"
+    keys = IdempotencyKeys(journal, ttl_s=3600, max_keys=3)
+    held = await keys.add("gw", "key-0", "d", 1, 1)  # busy: a request still holds it
+    for i in range(1, 1200):
+        entry = await keys.add("gw", f"key-{i}", "d", i + 1, 1)
+        entry.busy = False
+    assert len(keys) == 3
+    assert keys.get("gw", "key-0") is held
+    assert keys.get("gw", "key-1") is None
+    assert keys.get("gw", "key-1197") is None
+    assert len(journal.read_bytes().splitlines()) < 1000
+    again = IdempotencyKeys(journal, ttl_s=3600, max_keys=3)
+    # read back: no request holds key-0 any more, and the newest MAX_KEYS are kept
+    names = ("key-0", "key-1196", "key-1197", "key-1198", "key-1199")
+    assert [k for k in names if again.get("gw", k)] == ["key-1197", "key-1198", "key-1199"]
+
+
+def test_idempotency_key_header() -> None:
+    """8 to 128 characters of the allowed set; RFC 8941 quotes are taken off; None if absent."""
+    assert parse_key(None) is None
+    assert (
+        parse_key("8e03978e-40d5-43e8-bc93-6894a57f9324") == "8e03978e-40d5-43e8-bc93-6894a57f9324"
+    )
+    assert parse_key('"abc:def+/=~_."') == "abc:def+/=~_."
+    for bad in ("", "seven77", "x" * 129, "with space1", "semi;colon", '"unterminated', "é" * 10):
+        with pytest.raises(ValueError, match="Idempotency-Key"):
+            parse_key(bad)
+
+
+def test_stored_acknowledgements_are_parsed_strictly() -> None:
+    """Only {"epoch": null, "seqs": [[first, last], ...]} with integers first <= last counts;
+    the store listens to its ingest gateways' topics only."""
+    assert parse_ack(b'{"epoch": null, "seqs": [[1, 3], [7, 7]]}') == [(1, 3), (7, 7)]
+    assert parse_ack(b'{"seqs": []}') == []
+    for bad in (b"[]", b"nope", b'{"epoch": "0123456789abcdef", "seqs": [[1, 1]]}',
+                b'{"epoch": null, "seqs": [[1]]}', b'{"epoch": null, "seqs": [[2, 1]]}',
+                b'{"epoch": null, "seqs": [[1.0, 2]]}', b'{"epoch": null, "seqs": [[true, 2]]}',
+                b'{"epoch": null}'):  # fmt: skip
+        assert parse_ack(bad) is None, bad
+    acks = StoredAcks(Topics("r/v1"), ["a", "b"])
+    assert acks.subscriptions == ("r/v1/a/stored", "r/v1/b/stored")
+    assert acks.handles("r/v1/a/stored")
+    assert not acks.handles("r/v1/c/stored")
+
+
+class CountingInflux:
+    """Answers count_seq_range_query from a set of stored seqs (or raises ``error``)."""
+
+    def __init__(self, stored: set[int], error: Exception | None = None) -> None:
+        self.stored = stored
+        self.error = error
+        self.queries = 0
+
+    async def query(self, q: str) -> list[Series]:
+        self.queries += 1
+        if self.error is not None:
+            raise self.error
+        m = re.search(r'"seq" >= (\d+) AND "seq" <= (\d+)', q)
+        assert m is not None, q
+        n = sum(1 for s in self.stored if int(m[1]) <= s <= int(m[2]))
+        return [Series("readings", ["time", "count"], [[0, n]])] if n else []
+
+    async def query_chunked(self, q: str) -> list[Series]:
+        return await self.query(q)
+
+
+async def test_handled_names_the_readings_influx_does_not_hold() -> None:
+    """All stored: one count query; some missing: found by halving, as request indices; too
+    many to find within MAX_QUERIES: only the count; InfluxDB down: nothing known."""
+    base = Reading.model_validate_json(
+        orjson.dumps({"charger_id": "cp1", "seq": 0, "ts": "2026-05-01T12:00:00Z", "values": {}})
+    )
+    readings = numbered([base] * 10, 41)
+    every = set(range(41, 51))
+    influx = CountingInflux(every)
+    assert await handled(influx, "gw", readings) == Handled(10, [])
+    assert influx.queries == 1
+    influx = CountingInflux(every - {43, 47})
+    result = await handled(influx, "gw", readings)
+    assert (result.stored, result.not_stored) == (8, [2, 6])
+    many = numbered([base] * 400, 1)
+    influx = CountingInflux(set(range(1, 401, 2)))
+    result = await handled(influx, "gw", many)
+    assert (result.stored, result.not_stored, influx.queries) == (200, None, MAX_QUERIES)
+    down = CountingInflux(every, InfluxUnavailable("down"))
+    result = await handled(down, "gw", readings)
+    assert (result.stored, result.not_stored) == (None, None)
 
 
 def test_seq_file_must_be_an_object(tmp_path: Path) -> None:
@@ -593,6 +718,34 @@ def test_gap_merge_prefers_confirmed_and_lists_bridges() -> None:
         (1, "suspected", None, ["b"]),
         (4, "confirmed", 2, ["a", "b"]),
     ]
+
+
+def test_gaps_of_two_outbox_epochs_are_not_merged() -> None:
+    """The same seq range in two epochs (a recreated outbox) is two gaps."""
+    a = BridgeStatus(url="a", reachable=True, status={"seq_gaps": {"gw": [
+        {"first_seq": 4, "last_seq": 9, "missing": 6, "state": "confirmed", "epoch": "aa" * 8},
+        {"first_seq": 4, "last_seq": 9, "missing": 6, "state": "confirmed", "epoch": "bb" * 8},
+    ]}})  # fmt: skip
+    merged = merge_gaps([a])
+    assert sorted(g.epoch or "" for g in merged["gw"]) == ["aa" * 8, "bb" * 8]
+
+
+def test_a_bridges_status_loses_its_secret_names() -> None:
+    """A status document with a raw client id and share group (a bridge of an older version)
+    shows only their public names; everything else is passed through."""
+    token = "0123456789abcdef0123456789abcdef"
+    doc = {
+        "client_id": f"telemetry-bridge-1-{token}",
+        "share_group": f"processors-{token}",
+        "ready": True,
+        "seq_gaps": {"gw": []},
+    }
+    shown = public(doc)
+    assert token not in repr(shown)
+    assert shown["client_id"].startswith("telemetry-bridge-1~")
+    assert shown["share_group"].startswith("processors~")
+    assert (shown["ready"], shown["seq_gaps"]) == (True, {"gw": []})
+    assert public(shown) == shown
 
 
 def test_stats_row_drops_meta_fields_and_fills_absent_fields() -> None:

@@ -18,11 +18,12 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from query_api import cursor
+from query_api.acks import StoredAcks
 from query_api.app import create_app
 from query_api.problems import MEDIA_TYPE
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxUnavailable, Series
-from telemetry_common.mqtt import NotConnectedError, PublishLostError
+from telemetry_common.mqtt import NoSubscribersError, NotConnectedError, PublishLostError
 from telemetry_common.settings import MqttSettings
 from tests.support.fake_influx import FakeInflux, FixedClock
 
@@ -38,15 +39,25 @@ MONO = 1000.0
 
 
 class FakeBroker:
+    """Takes publishes; as a bridge would, acknowledges each batch as stored (``acks``, set by
+    the app fixture) soon after, unless ``store`` is off."""
+
     def __init__(self) -> None:
         self.connected = True
         self.published: list[tuple[str, bytes]] = []
         self.fail: Exception | None = None
+        self.store = True
+        self.acks: StoredAcks | None = None
 
     async def publish(self, topic: str, payload: bytes) -> None:
         if self.fail is not None:
             raise self.fail
         self.published.append((topic, payload))
+        seqs = [r["seq"] for r in orjson.loads(payload)["readings"]]
+        if self.store and self.acks is not None:
+            ack = orjson.dumps({"epoch": None, "seqs": [[min(seqs), max(seqs)]]})
+            stored = topic.removesuffix("/readings") + "/stored"
+            asyncio.get_running_loop().call_later(0.01, self.acks.apply, stored, ack)
 
 
 @pytest.fixture
@@ -67,8 +78,10 @@ async def app(fake: FakeInflux, broker: FakeBroker) -> AsyncIterator[FastAPI]:
         mqtt=MqttSettings(),
         history_max_points=500,
         latest_sweep_s=0,  # sweeps have tests of their own (test_api_parts.py)
+        ingest_stored_timeout_s=0.3,
     )
     app = create_app(settings, influx=fake, broker=broker, clock=FixedClock(NOW, MONO))
+    broker.acks = app.state.acks
     async with app.router.lifespan_context(app):
         yield app
 
@@ -380,11 +393,11 @@ async def _post(client: httpx.AsyncClient, body: object, key: str = INGEST) -> h
 async def test_ingest_publishes_numbered_batches_under_the_key_gateway(
     client: httpx.AsyncClient, fake: FakeInflux, broker: FakeBroker
 ) -> None:
-    """202 after publishing; seqs continue from InfluxDB's highest for that gateway; each key
+    """200 once stored; seqs continue from InfluxDB's highest for that gateway; each key
     publishes as its own gateway."""
     fake.answers.append([Series("readings", ["time", "seq"], [[0, 41]])])
     resp = await _post(client, [READING, READING])
-    assert resp.status_code == 202, resp.text
+    assert resp.status_code == 200, resp.text
     assert (resp.json()["first_seq"], resp.json()["last_seq"]) == (42, 43)
     topic, payload = broker.published[0]
     assert topic == "chargers/v1/http-ingest/readings"
@@ -398,18 +411,141 @@ async def test_ingest_publishes_numbered_batches_under_the_key_gateway(
     assert (await _post(client, READING)).json()["first_seq"] == 44
 
 
+async def test_ingest_answers_only_once_every_seq_is_acknowledged(
+    app: FastAPI, client: httpx.AsyncClient, broker: FakeBroker
+) -> None:
+    """The answer waits for acknowledgements covering every seq (several bridges each send
+    their share); an acknowledgement of an epoch or of another gateway does not count."""
+    broker.store = False
+    acks: StoredAcks = app.state.acks
+    topic = "chargers/v1/http-ingest/stored"
+    task = asyncio.create_task(_post(client, [READING] * 5))
+    for _ in range(100):
+        if broker.published:
+            break
+        await asyncio.sleep(0.005)
+    assert acks.apply(topic, b'{"epoch": null, "seqs": [[1, 2], [5, 9]]}')
+    assert not acks.apply(topic, b'{"epoch": "0123456789abcdef", "seqs": [[3, 4]]}')
+    assert acks.apply("chargers/v1/site-a/stored", b'{"epoch": null, "seqs": [[3, 4]]}')
+    assert not acks.apply("chargers/v1/gw-1/stored", b'{"epoch": null, "seqs": [[3, 4]]}')
+    assert not acks.apply(topic, b'{"epoch": null, "seqs": [[4, 3]]}')
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    assert acks.apply(topic, b'{"epoch": null, "seqs": [[3, 3], [4, 4]]}')
+    resp = await asyncio.wait_for(task, 2)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["last_seq"] == 5
+
+
+async def test_ingest_not_acknowledged_in_time_is_503_with_retry_after(
+    client: httpx.AsyncClient, broker: FakeBroker
+) -> None:
+    """Published but never acknowledged (no bridge stores it): 503 not-stored with Retry-After
+    after INGEST_STORED_TIMEOUT_S; the seqs stay used (the readings may still be stored)."""
+    broker.store = False
+    resp = await _post(client, READING)
+    body = _problem(resp, 503)
+    assert body["type"].endswith(":not-stored")
+    assert resp.headers["retry-after"] == "2"
+    assert len(broker.published) == 1
+    broker.store = True
+    assert (await _post(client, READING)).json()["first_seq"] == 2
+
+
 @pytest.mark.parametrize(
-    ("failure", "next_seq"), [(NotConnectedError("api"), 1), (PublishLostError("t"), 2)]
+    ("failure", "next_seq"),
+    [(NotConnectedError("api"), 1), (NoSubscribersError("t"), 1), (PublishLostError("t"), 2)],
 )
 async def test_ingest_failures_are_503_and_release_seqs_not_sent(
     client: httpx.AsyncClient, broker: FakeBroker, failure: Exception, next_seq: int
 ) -> None:
-    """A publish that certainly failed gives its seqs back; a lost one (maybe stored) keeps
-    them used; both are 503 problems."""
+    """A publish that certainly failed (not connected, or no subscriber: PUBACK 0x10) gives its
+    seqs back; a lost one (maybe stored) keeps them used; all are 503 with Retry-After."""
     broker.fail = failure
-    _problem(await _post(client, READING), 503)
+    resp = await _post(client, READING)
+    assert _problem(resp, 503)["type"].endswith(":broker-unavailable")
+    assert resp.headers["retry-after"] == "2"
     broker.fail = None
     assert (await _post(client, READING)).json()["first_seq"] == next_seq
+
+
+async def _keyed(
+    client: httpx.AsyncClient, body: object, key: str, api_key: str = INGEST
+) -> httpx.Response:
+    return await client.post(
+        "/v1/telemetry", json=body, headers={"X-API-Key": api_key, "Idempotency-Key": key}
+    )
+
+
+async def test_idempotency_key_reuses_the_seqs_of_a_failed_attempt(
+    client: httpx.AsyncClient, broker: FakeBroker
+) -> None:
+    """A request that timed out, retried with its key, publishes the same seqs again; once
+    answered 200 the key gives the same answer without publishing; a request in between without
+    a key takes the next seqs."""
+    broker.store = False
+    assert (await _keyed(client, [READING] * 3, "key-00000001")).status_code == 503
+    broker.store = True
+    other = await _post(client, READING)
+    assert other.json()["first_seq"] == 4
+    retry = await _keyed(client, [READING] * 3, '"key-00000001"')  # sf-string quotes are fine
+    assert retry.status_code == 200, retry.text
+    assert (retry.json()["first_seq"], retry.json()["last_seq"]) == (1, 3)
+    assert "idempotent-replayed" not in retry.headers
+    sent = [[r["seq"] for r in orjson.loads(p)["readings"]] for _, p in broker.published]
+    assert sent == [[1, 2, 3], [4], [1, 2, 3]]
+    again = await _keyed(client, [READING] * 3, "key-00000001")
+    assert again.json() == retry.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(broker.published) == 3
+    # the same key under another ingest key (another gateway) is another key
+    site = await _keyed(client, [READING] * 3, "key-00000001", SITE)
+    assert (site.json()["gateway_id"], site.json()["first_seq"]) == ("site-a", 1)
+
+
+async def test_idempotency_key_with_other_readings_invalid_or_in_use(
+    client: httpx.AsyncClient, broker: FakeBroker
+) -> None:
+    """Another body under a used key: 422; a malformed key: 422 before anything is published;
+    a second request while the first with the key still waits: 409 with Retry-After."""
+    assert (await _keyed(client, READING, "key-00000002")).status_code == 200
+    other = dict(READING, values={"power_w": 2.0})
+    assert _problem(await _keyed(client, other, "key-00000002"), 422)["type"].endswith(
+        ":idempotency-key-mismatch"
+    )
+    for bad in ("short", "x" * 129, "key with spaces", "key;00000003", ""):
+        problem = _problem(await _keyed(client, READING, bad), 422)
+        assert problem["errors"][0]["loc"] == ["header", "Idempotency-Key"], bad
+    assert len(broker.published) == 1
+    broker.store = False
+    first = asyncio.create_task(_keyed(client, READING, "key-00000003"))
+    for _ in range(100):
+        if len(broker.published) == 2:
+            break
+        await asyncio.sleep(0.005)
+    second = await _keyed(client, READING, "key-00000003")
+    assert _problem(second, 409)["type"].endswith(":idempotency-key-in-use")
+    assert second.headers["retry-after"] == "2"
+    assert (await first).status_code == 503
+    broker.store = True
+    assert (await _keyed(client, READING, "key-00000003")).json()["first_seq"] == 2
+
+
+@pytest.mark.parametrize(
+    ("failure", "next_seq"), [(NotConnectedError("a"), 1), (PublishLostError("t"), 2)]
+)
+async def test_idempotency_key_of_a_publish_that_failed(
+    client: httpx.AsyncClient, broker: FakeBroker, failure: Exception, next_seq: int
+) -> None:
+    """Nothing published (not connected): the key and its seqs are given back, so the retry
+    is a new request; maybe published (PUBACK lost): the retry reuses the seqs and a request
+    without a key takes the next ones."""
+    broker.fail = failure
+    _problem(await _keyed(client, READING, "key-00000004"), 503)
+    broker.fail = None
+    assert (await _post(client, dict(READING, charger_id="cp2"))).json()["first_seq"] == next_seq
+    retry = await _keyed(client, READING, "key-00000004")
+    assert retry.json()["first_seq"] == (2 if next_seq == 1 else 1)
 
 
 async def test_ingest_without_broker_body_limits_and_roles(

@@ -24,7 +24,7 @@ def startup(tmp_path: Path) -> Startup:
         dir=tmp_path,
         pki=pki,
         gateways={"gw-1": pki.client_paths("gw-1")},
-        ports=Ports(tls=18883, local=11883, influx=18086, api=18000, bridge=19464),
+        ports=Ports(tls=18883, local=11883, influx=18086, api=18000, bridge=19464, service=18884),
         keys=KEYS,
         echo=print,
     )
@@ -38,11 +38,12 @@ def _read(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 def test_the_bridge_reads_its_broker_storage_names_and_port(
     startup: Startup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The bridge connects as telemetry-bridge over TLS, writes to the stack's database over
-    the v1 API, and takes the deployment's client id, share group and ops port."""
+    """The bridge connects as telemetry-bridge over TLS on the services listener, writes to the
+    stack's database over the v1 API, and takes the deployment's client id, share group and ops
+    port."""
     _read(monkeypatch, startup.bridge_env("telemetry-bridge-1-abc", "processors-abc"))
     s = BridgeSettings()
-    assert (s.mqtt.host, s.mqtt.port) == ("127.0.0.1", 18883)
+    assert (s.mqtt.host, s.mqtt.port) == ("127.0.0.1", 18884)
     assert s.mqtt.ca_file == startup.pki.ca_file
     assert s.mqtt.cert_file == startup.pki.dir / "telemetry-bridge.crt"
     assert (s.influx.url, s.influx.database, s.influx.api) == (
@@ -62,7 +63,7 @@ def test_the_api_reads_its_keys_storage_feed_and_bridge(
     startup: Startup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The API listens on the stack's port with its three keys, reads the stack's database,
-    connects as telemetry-api, and knows the bridge's ops URL."""
+    connects as telemetry-api on the services listener, and knows the bridge's ops URL."""
     _read(monkeypatch, startup.api_env())
     s = ApiSettings()
     assert (s.host, s.port) == ("127.0.0.1", 18000)
@@ -70,6 +71,7 @@ def test_the_api_reads_its_keys_storage_feed_and_bridge(
     assert (s.influx.url, s.influx.database) == ("http://127.0.0.1:18086", DATABASE)
     assert s.mqtt is not None
     assert s.mqtt.cert_file == startup.pki.dir / "telemetry-api.crt"
+    assert s.mqtt.port == 18884
     assert s.ingest_seq_file == startup.dir / "api" / "ingest-seq.json"
     assert [str(u).rstrip("/") for u in s.bridge_urls] == ["http://127.0.0.1:19464"]
     assert s.topic_root == "fleet/v9"
