@@ -21,7 +21,7 @@ alternates from round to round). With acknowledgements on, the publisher behaves
 agent with ``DELETE_AFTER=stored`` does on the network (``bench.publisher --stored``): it
 subscribes to its ``{root}/{gateway}/stored`` topic, counts a reading as unconfirmed from its
 publish until an acknowledgement covers it, publishes only while fewer than ``--max-unconfirmed``
-readings (the edge's ``MAX_UNCONFIRMED``, default 20,000) are unconfirmed, and waits for the last
+readings (the edge's ``MAX_UNCONFIRMED``, its default) are unconfirmed, and waits for the last
 acknowledgement before it exits; so the bridge's acknowledgement loop bounds the throughput, as
 it would bound an edge draining a backlog. It does not model the edge's SQLite deletes (the
 publisher stands for gateways on other machines), epochs, or replays after ``STORED_TIMEOUT_S``.
@@ -69,6 +69,7 @@ from bench.harness.stack import (
     wait_exit,
 )
 from bridge.settings import BridgeSettings
+from edge_agent.settings import EdgeSettings
 from telemetry_common.settings import env_for
 
 RAW_DATABASE: Final = "bench_raw"
@@ -855,7 +856,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--max-unconfirmed",
         type=int,
-        default=20_000,
+        default=EdgeSettings.model_fields["max_unconfirmed"].default,
         help="acks on: readings the publisher leaves unacknowledged at most (the edge's "
         "MAX_UNCONFIRMED; 0: never wait)",
     )

@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         "--stored", action="store_true", help="subscribe to the stored acknowledgements, wait"
     )
     p.add_argument(
-        "--max-unconfirmed", type=int, default=20_000, help="with --stored (0: never wait)"
+        "--max-unconfirmed", type=int, default=50_000, help="with --stored (0: never wait)"
     )
     p.add_argument("--stored-timeout", type=float, default=30.0, help="edge's STORED_TIMEOUT_S")
     p.add_argument("--timeout", type=float, default=600.0, help="bound on every wait, seconds")

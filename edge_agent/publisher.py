@@ -42,7 +42,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -111,7 +111,8 @@ class Unconfirmed:
 
     seqs: list[int]
     deadline: float
-    remaining: set[int] = field(default_factory=set)
+    #: Its seqs not acknowledged yet (those are the keys of the publisher's ``_awaited``).
+    remaining: int = 0
 
 
 @dataclass(slots=True)
@@ -205,7 +206,7 @@ class Publisher:
                 if batch is None:
                     continue
                 covered += 1
-                batch.remaining.discard(seq)
+                batch.remaining -= 1
                 if not batch.remaining:
                     done.append(batch)
             if covered < span:
@@ -398,7 +399,7 @@ class Publisher:
             self._publishing -= len(seqs)
         if self._require_stored:
             # Stays claimed until the bridges say it is stored (or the session gives it up).
-            batch = Unconfirmed(seqs, time.monotonic() + self._stored_timeout_s, set(seqs))
+            batch = Unconfirmed(seqs, time.monotonic() + self._stored_timeout_s, len(seqs))
             self._unconfirmed.append(batch)
             self._awaited.update(dict.fromkeys(seqs, batch))
         else:

@@ -79,9 +79,11 @@ class EdgeSettings(ServiceSettings):
     again (with everything unconfirmed); the timeout doubles, up to ten times this, while no
     acknowledgement arrives. Keep it above the bridges' acknowledgement delay (``ACK_INTERVAL_S``,
     longer for a fleet beyond their ``ACK_MAX_RATE``)."""
-    max_unconfirmed: int = Field(default=20_000, ge=1)
+    max_unconfirmed: int = Field(default=50_000, ge=1)
     """Most readings sent and not yet confirmed stored: beyond it the publisher waits, so during
-    a cloud outage the backlog stays in the outbox instead of piling up in the broker."""
+    a cloud outage the backlog stays in the outbox instead of piling up in the broker. It bounds
+    one gateway's rate to about this many per round trip (publish, the bridges' batch and write,
+    the acknowledgement: ~0.2-0.5 s); memory ~100 bytes per reading."""
     max_inflight_batches: int = Field(default=4, ge=1, le=64)
     """Batches published and awaiting their PUBACK at once (one slot is kept for live readings)."""
     drain_rate: float = Field(default=0.0, ge=0)
