@@ -147,6 +147,18 @@ class SystemStack:
     def stop(self, service: str) -> None:
         self.kill(service, signal.SIGTERM)
 
+    @contextlib.contextmanager
+    def paused(self, service: str) -> Iterator[None]:
+        """The service frozen (SIGSTOP, by its PID) for the block, then continued (SIGCONT): it
+        takes nothing from its connections meanwhile yet keeps its listening ports, which a
+        stopped service could lose to another process on a shared machine before its restart."""
+        pid = self.pid(service)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     # -- reading the state -------------------------------------------------------------------
     def influx(self, q: str) -> list[dict[str, Any]]:
         url = self.state["influx"]["url"]
