@@ -311,25 +311,40 @@ def test_bridge_killed_for_good_loses_nothing_once_its_session_expires(tmp_path:
 #: bridge's Receive Maximum (messages the broker may have in flight to it besides) and the
 #: gateways' window of readings sent but not yet acknowledged as stored.
 QUEUE_CAP, BRIDGE_INFLIGHT, UNCONFIRMED = 200, 20, 150
+#: A cap far below the gateways' windows (with one reading a message): the broker drops.
+SMALL_QUEUE_CAP = 10
 SYS_STORED = "$SYS/broker/store/messages/count"
 SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
 
 
-def test_broker_queue_cap_during_a_long_influxdb_outage_loses_nothing(tmp_path: Path) -> None:
-    """InfluxDB down for 60 s with the broker's queue capped at 100 messages per client: the
-    bridge cannot store, so nothing is acknowledged; each gateway stops at its window of
-    unacknowledged readings and the backlog grows in its outbox, not at the broker (the broker's
-    store stays within the cap plus what is in flight to the bridge). Once InfluxDB is back every
-    reading is stored once, none lost."""
+def _queue_drops_logged(stack: SystemStack) -> int:
+    log = stack.dir / "logs" / "mosquitto.log"
+    return log.read_bytes().count(b"Outgoing messages are being dropped") if log.exists() else 0
+
+
+@pytest.mark.parametrize("cap", [QUEUE_CAP, SMALL_QUEUE_CAP], ids=["under-the-cap", "cap-hit"])
+def test_broker_queue_cap_during_a_long_influxdb_outage_loses_nothing(
+    tmp_path: Path, cap: int
+) -> None:
+    """InfluxDB down for 60 s with the broker's queue capped per client: the bridge cannot
+    store, so nothing is acknowledged; each gateway stops at its window of unacknowledged
+    readings and the backlog grows in its outbox, not at the broker. With a cap above the
+    windows the broker's store stays within the cap plus what is in flight to the bridge and
+    drops nothing; with a cap below them it drops (what it dropped is sent again). Either way,
+    once InfluxDB is back every reading is stored once, none lost."""
     env = {
-        **edge_env(max_unconfirmed=UNCONFIRMED),
+        # Under the cap: the usual batches. Cap hit: a reading a message, so the windows
+        # (2 x 150 messages) are far beyond the cap plus the bridge's Receive Maximum.
+        **edge_env(
+            max_unconfirmed=UNCONFIRMED, batch_max_readings=1 if cap == SMALL_QUEUE_CAP else 1000
+        ),
         # The bridge retries InfluxDB every 5 s at most (default 30 s): the test's wait after it.
         **env_for(BridgeSettings, max_inflight=BRIDGE_INFLIGHT, max_backoff_s=5),
     }
     with running(tmp_path, env) as stack:
         tune_broker(
             stack,
-            {"max_queued_messages": QUEUE_CAP, "sys_interval": 1},
+            {"max_queued_messages": cap, "sys_interval": 1},
             ("# the test's $SYS reader (anonymous, loopback)", "topic read $SYS/#"),
         )
         watch = SysWatch.open(stack, [SYS_STORED, SYS_DROPPED])
@@ -339,17 +354,22 @@ def test_broker_queue_cap_during_a_long_influxdb_outage_loses_nothing(tmp_path: 
             held_before = {gw: len(stack.held_seqs(gw)[1]) for gw in GATEWAYS}
             dropped_before = watch.value(SYS_DROPPED) or 0.0
             store_before = watch.value(SYS_STORED) or 0.0
+            # Mosquitto says when a client's queue is full (the $SYS counter does not count it).
+            drops_logged_before = _queue_drops_logged(stack)
             stack.stop("influxd")
             stopped = time.monotonic()
             #: (seconds into the outage, readings held per gateway, messages in the broker's store)
             samples: list[tuple[float, dict[str, int], float | None]] = []
+            accepted: list[dict[str, int]] = []  # each sample's highest seq, read first
             while time.monotonic() < stopped + 60:
                 time.sleep(5)
+                accepted.append(highs(stack))
                 held = {gw: len(stack.held_seqs(gw)[1]) for gw in GATEWAYS}
                 samples.append((time.monotonic() - stopped, held, watch.value(SYS_STORED)))
             last = highs(stack)
             store_peak = watch.peak.get(SYS_STORED)
             dropped = (watch.value(SYS_DROPPED) or 0.0) - dropped_before
+            drops_logged = _queue_drops_logged(stack) - drops_logged_before
             stack.restart("influxd")
             waited = wait_resolved(stack, last, 120)
         finally:
@@ -358,7 +378,7 @@ def test_broker_queue_cap_during_a_long_influxdb_outage_loses_nothing(tmp_path: 
             print(f"outage +{t:.0f} s: outbox rows {held}, messages in the broker's store {store}")
         print(
             f"outage 60 s: outbox rows before {held_before}; messages in the broker's store "
-            f"{store_before:.0f} before, at most {store_peak} during (queue cap {QUEUE_CAP} + "
+            f"{store_before:.0f} before, at most {store_peak} during (queue cap {cap} + "
             f"Receive Maximum {BRIDGE_INFLIGHT}); messages the broker dropped {dropped:.0f}; the "
             f"outage's readings resolved {waited:.1f} s after InfluxDB was back"
         )
@@ -369,7 +389,14 @@ def test_broker_queue_cap_during_a_long_influxdb_outage_loses_nothing(tmp_path: 
         for gw in GATEWAYS:
             rows = [held[gw] for _, held, _ in samples]
             assert rows == sorted(rows), f"{gw}: the outbox did not keep growing: {rows}"
-            assert rows[-1] >= last[gw] - first[gw], (gw, rows, first[gw], last[gw])
+            # Nothing is stored meanwhile: what was accepted since the outage began is held
+            # (all but the few stored in the moment between reading ``first`` and the stop).
+            high = accepted[-1][gw]
+            assert rows[-1] >= 0.9 * (high - first[gw] + 1), (gw, rows, first[gw], high)
         assert store_peak is not None, "no $SYS reading of the broker's store"
-        assert store_peak - store_before <= QUEUE_CAP + BRIDGE_INFLIGHT, store_peak
-        assert dropped == 0, "the broker's queue reached its cap"
+        print(f"the broker logged {drops_logged} episode(s) of dropping queued messages")
+        if cap == QUEUE_CAP:
+            assert store_peak - store_before <= cap + BRIDGE_INFLIGHT, store_peak
+            assert (dropped, drops_logged) == (0, 0), "the broker's queue reached its cap"
+        else:
+            assert drops_logged > 0, "the cap was not hit: the scenario did not bite"
