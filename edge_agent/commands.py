@@ -37,6 +37,8 @@ from telemetry_common.topics import Topics
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT: Final = 8
+#: Commands waiting for a slot at most; beyond, a command is refused (counted).
+MAX_WAITING: Final = 64
 FLUSH_MAX_S: Final = 60.0
 REPLY_TIMEOUT_S: Final = 10.0
 
@@ -71,11 +73,22 @@ class Commands:
         self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, msg: Received) -> None:
-        """Run the command ``msg`` in the background (waits while MAX_CONCURRENT run)."""
-        await self._slots.acquire()
-        task = asyncio.create_task(self._handle(msg))
+        """Run the command ``msg`` in the background (it waits for a slot there while
+        MAX_CONCURRENT run, so a slow command never holds up the stored acknowledgements that
+        arrive on the same connection)."""
+        if len(self._running) >= MAX_WAITING:
+            self._counters.commands_refused += 1
+            log.warning(
+                "command on %s refused: %d commands already waiting", msg.topic, MAX_WAITING
+            )
+            return
+        task = asyncio.create_task(self._handle_in_slot(msg))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+
+    async def _handle_in_slot(self, msg: Received) -> None:
+        await self._slots.acquire()
+        await self._handle(msg)
 
     def cancel(self) -> None:
         """Cancel the commands still running."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -224,10 +225,21 @@ class Publisher:
         while queue and not queue[0].remaining:
             queue.popleft()
         for batch in done:
-            await asyncio.to_thread(self._outbox.delete, batch.seqs)
+            try:
+                await asyncio.to_thread(self._outbox.delete, batch.seqs)
+            except sqlite3.Error:
+                # Not deleted (disk full, busy): end the claim so the rows go again rather than
+                # stay claimed for good; a replay is harmless.
+                log.exception("confirmed readings not deleted; they will be sent again")
+                await asyncio.to_thread(self._outbox.release, batch.seqs)
+                self._failed = True  # a new session starts from the oldest pending row
+                continue
             self.counters.confirmed += len(batch.seqs)
         if late:
-            self.counters.confirmed += await asyncio.to_thread(self._outbox.forget, late)
+            try:
+                self.counters.confirmed += await asyncio.to_thread(self._outbox.forget, late)
+            except sqlite3.Error:
+                log.exception("confirmed readings not deleted; they will be sent again")
         self._wake.set()
 
     def flush(self) -> None:

@@ -19,7 +19,7 @@ from datetime import timedelta
 
 from processor.metrics import Metrics
 from processor.outputs.acks import StoredAcks
-from processor.outputs.deadletters import DeadLetters, deadletter_lines
+from processor.outputs.deadletters import STORED_MAX_RAW, DeadLetters, deadletter_lines
 from processor.outputs.influx import InfluxOutput
 from processor.outputs.live import LiveFeed
 from processor.outputs.writers import InfluxWriter
@@ -157,16 +157,31 @@ class Processor:
                 rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index)
                 batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
         self.metrics.stored.inc(len(lines) - len(refused_at))
-        if batch.dead:  # durable first: their seqs are then handled (acknowledged below)
+        # Durable first: a dead letter's seqs are handled (acknowledged below) only once it is
+        # stored whole; a gateway with one that is not is acknowledged nothing of this batch
+        # (it sends the batch again: a replay is harmless, a lost reading is not).
+        unsafe: set[str] = set()
+        if batch.dead:
             dead_lines = deadletter_lines(batch.dead, time.time_ns())
-            for line, reason in (await self.influx.write(dead_lines)).items():
-                log.error("InfluxDB refused a dead letter (%s): %s", reason, line[:200])
+            dead_refused = await self.influx.write(dead_lines)
+            for (gateway_id, _, record), line in zip(batch.dead, dead_lines, strict=True):
+                if line in dead_refused:
+                    log.error(
+                        "InfluxDB refused a dead letter of %s (%s): %s; not acknowledged",
+                        gateway_id,
+                        dead_refused[line],
+                        line[:200],
+                    )
+                    unsafe.add(gateway_id)
+                elif len(record.raw) > STORED_MAX_RAW:  # stored cut short
+                    unsafe.add(gateway_id)
         for gateway_id, topic, record in batch.dead:
             await self.deadletters.publish(gateway_id, topic, record)
         self.metrics.messages.inc(batch.messages)
         if self.acks is not None:
             for gateway_id, epoch, seqs in batch.handled:
-                self.acks.add(gateway_id, epoch, seqs)
+                if gateway_id not in unsafe:
+                    self.acks.add(gateway_id, epoch, seqs)
         now = time.monotonic()
         gaps = self.state.gaps
         for seg in batch.segments:

@@ -12,14 +12,19 @@ their share; repeated seqs are harmless).
 Acknowledgements are not remembered beyond the requests waiting for them: the API's session is
 clean, so an acknowledgement published while it was disconnected is lost to it, and the request
 then times out (503); the client's retry (with its ``Idempotency-Key``, the same seqs) is stored
-again and acknowledged again. HTTP-ingested batches carry no epoch, so acknowledgements of an
-epoch are ignored.
+again and acknowledged again.
+
+Each API process sends its batches under an epoch of its own (random at start): an
+acknowledgement counts only for that epoch. Without it, an acknowledgement of readings an
+earlier process (or a publish paho sent late) numbered with the same seqs would answer a
+request whose own readings are not stored yet (seqs are reused when the seq file is unset).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,13 +62,13 @@ class Waiter:
             self.done.set()
 
 
-def parse_ack(payload: bytes) -> list[tuple[int, int]] | None:
-    """The ranges of an acknowledgement without epoch; None if it is not one (or of an epoch)."""
+def parse_ack(payload: bytes, epoch: str | None = None) -> list[tuple[int, int]] | None:
+    """The ranges of an acknowledgement of ``epoch``; None if it is not one (or of another)."""
     try:
         doc: Any = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(doc, dict) or doc.get("epoch") is not None:
+    if not isinstance(doc, dict) or doc.get("epoch") != epoch:
         return None
     seqs = doc.get("seqs")
     if not isinstance(seqs, list) or len(seqs) > MAX_RANGES:
@@ -84,7 +89,9 @@ def parse_ack(payload: bytes) -> list[tuple[int, int]] | None:
 class StoredAcks:
     """Acknowledgements of the ingest ``gateways``, handed to the requests waiting for them."""
 
-    def __init__(self, topics: Topics, gateways: Iterable[str]) -> None:
+    def __init__(self, topics: Topics, gateways: Iterable[str], epoch: str | None = None) -> None:
+        """``epoch``: this process's (None: a new random one)."""
+        self.epoch = epoch if epoch is not None else secrets.token_hex(8)
         self._gateway_of = {topics.stored(g): g for g in gateways}
         self._waiting: dict[str, set[Waiter]] = {}
         #: Acknowledgements taken, and messages on our topics that were not acknowledgements.
@@ -125,10 +132,10 @@ class StoredAcks:
     def apply(self, topic: str, payload: bytes) -> bool:
         """Take one message of a stored topic; False if it is not an acknowledgement of ours."""
         gateway_id = self._gateway_of.get(topic)
-        ranges = parse_ack(payload) if gateway_id is not None else None
+        ranges = parse_ack(payload, self.epoch) if gateway_id is not None else None
         if gateway_id is None or ranges is None:
             self.refused += 1
-            log.warning("ignoring a message on %s that is not a stored acknowledgement", topic)
+            log.debug("ignoring a message on %s: not a stored acknowledgement of ours", topic)
             return False
         self.applied += 1
         for waiter in list(self._waiting.get(gateway_id, ())):

@@ -133,10 +133,14 @@ def numbered(readings: list[Reading], first_seq: int) -> list[Reading]:
     return [r.model_copy(update={"seq": first_seq + i}) for i, r in enumerate(readings)]
 
 
-def payloads(gateway_id: str, readings: list[Reading]) -> list[tuple[list[Reading], bytes]]:
+def payloads(
+    gateway_id: str, readings: list[Reading], epoch: str | None = None
+) -> list[tuple[list[Reading], bytes]]:
     """``readings`` as ReadingBatch payloads of at most MAX_BATCH_BYTES each, in order."""
-    payload = encode_batch(gateway_id, readings)
+    payload = encode_batch(gateway_id, readings, epoch)
     if len(payload) <= MAX_BATCH_BYTES or len(readings) == 1:
         return [(readings, payload)]
     half = len(readings) // 2
-    return payloads(gateway_id, readings[:half]) + payloads(gateway_id, readings[half:])
+    return payloads(gateway_id, readings[:half], epoch) + payloads(
+        gateway_id, readings[half:], epoch
+    )

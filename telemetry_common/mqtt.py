@@ -244,7 +244,9 @@ class AsyncMqttClient:
             props.CorrelationData = correlation_data
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise NotConnectedError(self.name)
+            # paho saw the connection down before we did, but keeps a QoS 1 message queued and
+            # sends it after the reconnect: it may arrive, so it is "lost", not "not sent".
+            raise PublishLostError(topic)
         # The PUBACK callback is delivered through call_soon_threadsafe, so it runs after this
         # registration even when the broker answers before publish() returns.
         self._pending[info.mid] = (topic, fut, require_subscribers)

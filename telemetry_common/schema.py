@@ -205,12 +205,10 @@ def reading_to_dict(reading: Reading) -> dict[str, object]:
     return row_to_dict(reading.model_dump())
 
 
-def encode_batch(gateway_id: str, readings: list[Reading]) -> bytes:
+def encode_batch(gateway_id: str, readings: list[Reading], epoch: str | None = None) -> bytes:
     """Serialise a batch as the UTF-8 JSON payload of docs/design.md."""
-    return orjson.dumps(
-        {
-            "schema": SCHEMA_ID,
-            "gateway_id": gateway_id,
-            "readings": [reading_to_dict(r) for r in readings],
-        }
-    )
+    body: dict[str, Any] = {"schema": SCHEMA_ID, "gateway_id": gateway_id}
+    if epoch is not None:
+        body["epoch"] = epoch
+    body["readings"] = [reading_to_dict(r) for r in readings]
+    return orjson.dumps(body)

@@ -153,7 +153,8 @@ class StoredAcks:
                 pass
             self._wake.clear()
             if not self._mqtt.connected:
-                next_flush = max(next_flush, loop.time())
+                await self._mqtt.wait_connected()  # what is pending waits (no busy loop)
+                next_flush = loop.time()
                 continue
             if loop.time() >= next_flush:
                 next_flush = loop.time() + self._interval_s

@@ -236,7 +236,7 @@ async def ingest(
                 waiter = acks.expect(gateway_id, first, first + count - 1)
                 try:
                     topic = settings.topics.readings(gateway_id)
-                    await _publish(broker, topic, gateway_id, readings)
+                    await _publish(broker, topic, gateway_id, readings, acks.epoch)
                 except _NotPublished as exc:
                     nothing = exc.sent + exc.maybe == 0
                     if fresh and (key is None or nothing):
@@ -297,9 +297,11 @@ class _NotPublished(Exception):
         self.cause = cause
 
 
-async def _publish(broker: Publisher, topic: str, gateway_id: str, readings: list[Reading]) -> None:
+async def _publish(
+    broker: Publisher, topic: str, gateway_id: str, readings: list[Reading], epoch: str
+) -> None:
     sent = 0
-    for chunk, payload in payloads(gateway_id, readings):
+    for chunk, payload in payloads(gateway_id, readings, epoch):
         try:
             await broker.publish(topic, payload)
         except MqttError as exc:

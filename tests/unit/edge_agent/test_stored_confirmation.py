@@ -6,6 +6,7 @@ acknowledgement covers it; it is sent again when none comes in time; at most
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         max_unconfirmed=8,
         stored_timeout_s=0.5,
         reconnect_max_s=1,
+        publish_timeout_s=2,  # bounds the teardown: a PUBACK the test never gives
     )
     box = Outbox(settings.outbox_path, Budget(max_rows=100))
     broker = FakeBroker()
@@ -209,6 +211,7 @@ async def test_the_window_is_a_bound_not_a_threshold(tmp_path: Path) -> None:
         batch_max_readings=4,
         max_unconfirmed=6,
         stored_timeout_s=30,
+        publish_timeout_s=2,  # bounds the teardown: a PUBACK the test never gives
     )
     box = Outbox(settings.outbox_path, Budget(max_rows=100))
     broker = FakeBroker()
@@ -226,3 +229,26 @@ async def test_the_window_is_a_bound_not_a_threshold(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         box.close()
+
+
+async def test_a_confirmed_batch_the_outbox_cannot_delete_is_sent_again(rig: Rig) -> None:
+    """The delete after a stored acknowledgement fails (disk full): the batch's claim ends, so
+    it goes again and is deleted by the next acknowledgement, instead of staying claimed."""
+    rig.box.append([energy(i) for i in range(1, 5)])
+    rig.publisher.notify()
+    await until("sent", lambda: len(rig.broker.sent) == 1)
+    rig.puback_all()
+    await until("PUBACKed", lambda: rig.publisher.counters.published == 4)
+    real = rig.box.delete
+
+    def full(seqs: object) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    rig.box.delete = full  # type: ignore[method-assign]
+    await rig.publisher.confirm(ack_payload(rig.epoch, [1, 2, 3, 4]))
+    rig.box.delete = real  # type: ignore[method-assign]
+    await until("sent again", lambda: len(rig.broker.sent) == 2)
+    rig.puback_all()
+    await until("PUBACKed again", lambda: rig.publisher.counters.published == 8)
+    await rig.publisher.confirm(ack_payload(rig.epoch, [1, 2, 3, 4]))
+    assert rig.box.pending() == 0

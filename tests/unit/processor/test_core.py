@@ -14,10 +14,11 @@ import orjson
 from processor.core import Processor
 from processor.lineproto import ts_ns
 from processor.metrics import Metrics
+from processor.outputs.acks import StoredAcks
 from processor.outputs.deadletters import DeadLetters
 from processor.outputs.influx import InfluxOutput
 from processor.outputs.live import LiveFeed
-from processor.outputs.writers import WriteUnavailableError
+from processor.outputs.writers import WriteRejectedError, WriteUnavailableError
 from processor.prepare import Preparer
 from processor.state import State
 from processor.state.bindings import Bindings
@@ -236,3 +237,52 @@ async def test_a_refused_charger_beside_a_number_too_large_for_a_double() -> Non
     assert orjson.loads(batch.dead[1][2].raw) == body[2]
     assert len(batch.lines) == 1
     assert batch.lines[0].endswith(f"seq=2i {ts_ns(datetime.fromisoformat(t))}")
+
+
+class RefusingWriter(RecordingWriter):
+    """Refuses for good every line of these measurements (a series limit, a type conflict)."""
+
+    def __init__(self, *measurements: str) -> None:
+        super().__init__()
+        self.prefixes = tuple(m + "," for m in measurements)
+
+    async def write(self, lines: Sequence[str]) -> None:
+        if any(line.startswith(self.prefixes) for line in lines):
+            raise WriteRejectedError(400, "partial write: max-series-per-database limit exceeded")
+        await super().write(lines)
+
+
+class PubackingMqtt:
+    """The broker takes every publish (the dead letter's MQTT record and the acknowledgements)."""
+
+    connected = True
+
+    async def publish(self, topic: str, payload: bytes, **_: object) -> None:
+        return None
+
+    async def wait_connected(self) -> None:
+        return None
+
+
+async def test_a_seq_is_acknowledged_only_once_its_dead_letter_is_stored() -> None:
+    """InfluxDB refuses a reading, and then its dead letter too: the dead letter's MQTT record
+    is no store, so the gateway is told nothing of the batch (it sends it again). A dead letter
+    InfluxDB took is acknowledged."""
+    mqtt = cast(AsyncMqttClient, PubackingMqtt())
+    waiting = {}
+    for refused in (("readings", "deadletters"), ("readings",)):
+        metrics = Metrics()
+        state = State(bindings=Bindings())
+        acks = StoredAcks(mqtt, Topics(), metrics, 0.5)
+        p = Processor(
+            state,
+            Preparer(state.bindings, Topics(), TsWindow(timedelta(days=1), timedelta(days=365))),
+            InfluxOutput(RefusingWriter(*refused), metrics),
+            DeadLetters(mqtt, Topics(), metrics),
+            LiveFeed(mqtt, Topics(), metrics, 1.0),
+            metrics,
+            acks,
+        )
+        await p.commit(await p.prepare([message("gw-1", 7, 1)]))
+        waiting[refused] = acks.waiting
+    assert waiting == {("readings", "deadletters"): 0, ("readings",): 1}

@@ -39,8 +39,9 @@ class AcceptingBroker:
     acks: StoredAcks | None = None
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        seqs = [r["seq"] for r in orjson.loads(payload)["readings"]]
-        ack = orjson.dumps({"epoch": None, "seqs": [[min(seqs), max(seqs)]]})
+        body = orjson.loads(payload)
+        seqs = [r["seq"] for r in body["readings"]]
+        ack = orjson.dumps({"epoch": body["epoch"], "seqs": [[min(seqs), max(seqs)]]})
         assert self.acks is not None
         self.acks.apply(topic.removesuffix("/readings") + "/stored", ack)
 

@@ -568,6 +568,9 @@ def test_stored_acknowledgements_are_parsed_strictly() -> None:
     """Only {"epoch": null, "seqs": [[first, last], ...]} with integers first <= last counts;
     the store listens to its ingest gateways' topics only."""
     assert parse_ack(b'{"epoch": null, "seqs": [[1, 3], [7, 7]]}') == [(1, 3), (7, 7)]
+    mine = b'{"epoch": "0123456789abcdef", "seqs": [[1, 1]]}'
+    assert parse_ack(mine, "0123456789abcdef") == [(1, 1)]
+    assert parse_ack(mine, "fedcba9876543210") is None
     assert parse_ack(b'{"seqs": []}') == []
     for bad in (b"[]", b"nope", b'{"epoch": "0123456789abcdef", "seqs": [[1, 1]]}',
                 b'{"epoch": null, "seqs": [[1]]}', b'{"epoch": null, "seqs": [[2, 1]]}',

@@ -53,9 +53,10 @@ class FakeBroker:
         if self.fail is not None:
             raise self.fail
         self.published.append((topic, payload))
-        seqs = [r["seq"] for r in orjson.loads(payload)["readings"]]
+        body = orjson.loads(payload)
+        seqs = [r["seq"] for r in body["readings"]]
         if self.store and self.acks is not None:
-            ack = orjson.dumps({"epoch": None, "seqs": [[min(seqs), max(seqs)]]})
+            ack = orjson.dumps({"epoch": body["epoch"], "seqs": [[min(seqs), max(seqs)]]})
             stored = topic.removesuffix("/readings") + "/stored"
             asyncio.get_running_loop().call_later(0.01, self.acks.apply, stored, ack)
 
@@ -424,14 +425,20 @@ async def test_ingest_answers_only_once_every_seq_is_acknowledged(
         if broker.published:
             break
         await asyncio.sleep(0.005)
-    assert acks.apply(topic, b'{"epoch": null, "seqs": [[1, 2], [5, 9]]}')
-    assert not acks.apply(topic, b'{"epoch": "0123456789abcdef", "seqs": [[3, 4]]}')
-    assert acks.apply("chargers/v1/site-a/stored", b'{"epoch": null, "seqs": [[3, 4]]}')
-    assert not acks.apply("chargers/v1/gw-1/stored", b'{"epoch": null, "seqs": [[3, 4]]}')
-    assert not acks.apply(topic, b'{"epoch": null, "seqs": [[4, 3]]}')
+
+    def ack(seqs: str, epoch: str | None = acks.epoch) -> bytes:
+        return b'{"epoch": %s, "seqs": %s}' % (orjson.dumps(epoch), seqs.encode())
+
+    assert orjson.loads(broker.published[0][1])["epoch"] == acks.epoch
+    assert acks.apply(topic, ack("[[1, 2], [5, 9]]"))
+    assert not acks.apply(topic, ack("[[3, 4]]", "0123456789abcdef"))  # another process's
+    assert not acks.apply(topic, ack("[[3, 4]]", None))  # an edge outbox's lifelong numbering
+    assert acks.apply("chargers/v1/site-a/stored", ack("[[3, 4]]"))
+    assert not acks.apply("chargers/v1/gw-1/stored", ack("[[3, 4]]"))
+    assert not acks.apply(topic, ack("[[4, 3]]"))
     await asyncio.sleep(0.05)
     assert not task.done()
-    assert acks.apply(topic, b'{"epoch": null, "seqs": [[3, 3], [4, 4]]}')
+    assert acks.apply(topic, ack("[[3, 3], [4, 4]]"))
     resp = await asyncio.wait_for(task, 2)
     assert resp.status_code == 200, resp.text
     assert resp.json()["last_seq"] == 5
