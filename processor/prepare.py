@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import operator
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from processor.validate import (
     raw_readings,
 )
 from telemetry_common.errors import TopicError
-from telemetry_common.schema import MAX_SEQ, ReadingRow
+from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, ReadingRow
 from telemetry_common.topics import Topics
 
 
@@ -98,6 +99,15 @@ class PreparedBatch:
 def _handled(out: PreparedBatch, gateway_id: str, epoch: str | None, seqs: list[int]) -> None:
     if seqs:
         out.handled.append((gateway_id, epoch, seqs))
+
+
+def payload_epoch(payload: bytes) -> str | None:
+    """The ``epoch`` a payload refused as a whole gives, if it is one (else None)."""
+    try:
+        epoch = orjson.loads(payload).get("epoch")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, str) and re.fullmatch(EPOCH_SHAPE, epoch) else None
 
 
 def payload_seqs(payload: bytes) -> list[int]:
@@ -173,7 +183,10 @@ class Preparer:
             # taken from the payload again: rare).
             acked = bool(decoded.rejected)
             if acked:
-                _handled(out, gateway_id, decoded.epoch, payload_seqs(msg.payload))
+                epoch = decoded.epoch
+                if epoch is None and not decoded.rows:  # refused whole: the epoch it said
+                    epoch = payload_epoch(msg.payload)
+                _handled(out, gateway_id, epoch, payload_seqs(msg.payload))
             if not decoded.rows:
                 continue
             seqs = [r["seq"] for r in decoded.rows]

@@ -85,3 +85,21 @@ def test_a_stored_dead_letter_escapes_its_strings_and_bounds_its_payload() -> No
     assert f"payload_bytes={STORED_MAX_RAW + 5}i" in second
     assert second.endswith(" 1001")
     assert "\n" not in first + second
+
+
+async def test_a_message_refused_whole_is_acknowledged_under_the_epoch_it_gave() -> None:
+    """An envelope refused whole (an extra key) still names its epoch: the gateway's outbox
+    would otherwise never see its seqs acknowledged."""
+    topics = Topics()
+    epoch = "00000000000000bb"
+    reading = {"charger_id": "cp-a", "seq": 3, "ts": format_ts(datetime.now(UTC)), "values": {}}
+    body = {"gateway_id": "gw-a", "epoch": epoch, "extra": 1, "readings": [reading]}
+
+    class Msg:
+        topic = topics.readings("gw-a")
+        payload = orjson.dumps(body)
+
+    preparer = Preparer(Bindings(), topics, TsWindow(timedelta(minutes=5), timedelta(days=1)))
+    batch = await preparer.prepare([Msg()])
+    assert [r.reason for _, _, r in batch.dead] == ["invalid_envelope"]
+    assert batch.handled == [("gw-a", epoch, [3])]
