@@ -179,49 +179,44 @@ class Preparer:
                 continue
             decoded = decode_message(gateway_id, msg.payload, now=now, ts=self._ts)
             out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
-            # Acknowledged: every seq the message carried, the dead-lettered ones too (those are
-            # taken from the payload again: rare).
-            acked = bool(decoded.rejected)
-            if acked:
-                epoch = decoded.epoch
-                if epoch is None and not decoded.rows:  # refused whole: the epoch it said
-                    epoch = payload_epoch(msg.payload)
-                _handled(out, gateway_id, epoch, payload_seqs(msg.payload))
-            if not decoded.rows:
-                continue
-            seqs = [r["seq"] for r in decoded.rows]
-            cut = self._refuse_seqs(gateway_id, msg, decoded, seqs, out)
-            if cut:
-                if not acked:
-                    _handled(out, gateway_id, decoded.epoch, payload_seqs(msg.payload))
-                    acked = True
+            # Acknowledged once the message is committed: every seq it carried, the
+            # dead-lettered ones too (when some were, taken from the payload again: rare).
+            whole = not decoded.rejected  # the rows are all of the payload's
+            try:
                 if not decoded.rows:
                     continue
                 seqs = [r["seq"] for r in decoded.rows]
-            chargers = [r["charger_id"] for r in decoded.rows]
-            refused = self._unbound(gateway_id, chargers)
-            if refused:
-                items = raw_readings(msg.payload)
-                for k, charger_id in enumerate(chargers):
-                    if charger_id in refused:
-                        i = decoded.positions[k]
-                        rejected = Rejected(
-                            CHARGER_NOT_BOUND, refused[charger_id], orjson.dumps(items[i]), i
-                        )
-                        out.dead.append((gateway_id, msg.topic, rejected))
-                decoded.keep([k for k, c in enumerate(chargers) if c not in refused])
-                if not acked:
-                    _handled(out, gateway_id, decoded.epoch, payload_seqs(msg.payload))
-                    acked = True
-                if not decoded.rows:
-                    continue
+                if self._refuse_seqs(gateway_id, msg, decoded, seqs, out):
+                    whole = False
+                    if not decoded.rows:
+                        continue
+                    seqs = [r["seq"] for r in decoded.rows]
                 chargers = [r["charger_id"] for r in decoded.rows]
-                seqs = [r["seq"] for r in decoded.rows]
+                refused = self._unbound(gateway_id, chargers)
+                if refused:
+                    whole = False
+                    items = raw_readings(msg.payload)
+                    for k, charger_id in enumerate(chargers):
+                        if charger_id in refused:
+                            i = decoded.positions[k]
+                            rejected = Rejected(
+                                CHARGER_NOT_BOUND, refused[charger_id], orjson.dumps(items[i]), i
+                            )
+                            out.dead.append((gateway_id, msg.topic, rejected))
+                    decoded.keep([k for k, c in enumerate(chargers) if c not in refused])
+                    if not decoded.rows:
+                        continue
+                    chargers = [r["charger_id"] for r in decoded.rows]
+                    seqs = [r["seq"] for r in decoded.rows]
+            finally:
+                if whole:
+                    if decoded.rows:
+                        out.handled.append((gateway_id, decoded.epoch, seqs))
+                else:  # a message refused whole still says its epoch
+                    epoch = decoded.epoch or payload_epoch(msg.payload)
+                    _handled(out, gateway_id, epoch, payload_seqs(msg.payload))
             rows, nss = decoded.rows, decoded.nss
             first = len(lines)
-            whole = not acked  # the rows are all of the payload's
-            if whole:
-                out.handled.append((gateway_id, decoded.epoch, seqs))
             fields = value_fields_from_json(msg.payload, rows) if whole else None
             lines += to_lines(gateway_id, rows, nss, fields, decoded.epoch)
             out.segments.append(
