@@ -44,9 +44,7 @@ import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Final
-
-import orjson
+from typing import Final
 
 from edge_agent.outbox import Outbox, OutboxRow
 from edge_agent.pacing import Backoff, Lane, Lanes, TokenBucket
@@ -59,6 +57,7 @@ from telemetry_common.mqtt import (
     PublishRejectedError,
 )
 from telemetry_common.schema import SCHEMA_ID
+from telemetry_common.stored_ack import decode as parse_ack
 
 log = logging.getLogger(__name__)
 
@@ -76,34 +75,6 @@ def build_payload(gateway_id: str, rows: list[OutboxRow], epoch: str | None = No
         b'"epoch":"%s",' % epoch.encode() if epoch else b"",
     )
     return head + b",".join(r.reading_json() for r in rows) + b"]}"
-
-
-def parse_ack(payload: bytes) -> tuple[str | None, list[tuple[int, int]]]:
-    """The epoch and the ``[first, last]`` ranges of a stored acknowledgement (docs/design.md);
-    ValueError if it is not one."""
-    try:
-        body: Any = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        body = None
-    epoch = body.get("epoch") if isinstance(body, dict) else 0
-    ranges = body.get("seqs") if isinstance(body, dict) else None
-    if not (epoch is None or isinstance(epoch, str)) or not isinstance(ranges, list):
-        raise ValueError(f"not a stored acknowledgement: {payload[:100]!r}")
-    ok = True
-    out: list[tuple[int, int]] = []
-    for item in ranges:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not all(type(v) is int for v in item)
-            or not 0 <= item[0] <= item[1]
-        ):
-            ok = False
-            break
-        out.append((item[0], item[1]))
-    if not ok:
-        raise ValueError(f"not a stored acknowledgement: {payload[:100]!r}")
-    return epoch, out
 
 
 @dataclass(slots=True)

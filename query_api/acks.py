@@ -27,10 +27,8 @@ import logging
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-import orjson
-
+from telemetry_common.stored_ack import decode
 from telemetry_common.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -65,25 +63,10 @@ class Waiter:
 def parse_ack(payload: bytes, epoch: str | None = None) -> list[tuple[int, int]] | None:
     """The ranges of an acknowledgement of ``epoch``; None if it is not one (or of another)."""
     try:
-        doc: Any = orjson.loads(payload)
-    except orjson.JSONDecodeError:
+        theirs, ranges = decode(payload, max_ranges=MAX_RANGES)
+    except ValueError:
         return None
-    if not isinstance(doc, dict) or doc.get("epoch") != epoch:
-        return None
-    seqs = doc.get("seqs")
-    if not isinstance(seqs, list) or len(seqs) > MAX_RANGES:
-        return None
-    ranges = []
-    for item in seqs:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not all(type(x) is int for x in item)
-            or item[0] > item[1]
-        ):
-            return None
-        ranges.append((item[0], item[1]))
-    return ranges
+    return ranges if theirs == epoch else None
 
 
 class StoredAcks:

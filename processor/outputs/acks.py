@@ -26,9 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
-
-import orjson
 
 from processor.metrics import Metrics
 from telemetry_common.mqtt import (
@@ -37,7 +34,11 @@ from telemetry_common.mqtt import (
     PublishLostError,
     PublishRejectedError,
 )
+from telemetry_common.stored_ack import encode as ack_payload
+from telemetry_common.stored_ack import to_ranges
 from telemetry_common.topics import Topics
+
+__all__ = ["StoredAcks", "ack_payload", "to_ranges"]
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +46,6 @@ log = logging.getLogger(__name__)
 _CHUNK = 100
 
 Key = tuple[str, str | None]  # (gateway_id, epoch)
-
-
-def to_ranges(seqs: Iterable[int]) -> list[list[int]]:
-    """Inclusive ``[first, last]`` ranges of ``seqs`` (any order, repeats allowed), ascending."""
-    ranges: list[list[int]] = []
-    for seq in sorted(set(seqs)):
-        if ranges and seq == ranges[-1][1] + 1:
-            ranges[-1][1] = seq
-        else:
-            ranges.append([seq, seq])
-    return ranges
-
-
-def ack_payload(epoch: str | None, seqs: Iterable[int]) -> bytes:
-    return orjson.dumps({"epoch": epoch, "seqs": to_ranges(seqs)})
 
 
 class StoredAcks:

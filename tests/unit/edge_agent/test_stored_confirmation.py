@@ -16,10 +16,11 @@ import pytest
 
 from edge_agent.budget import Budget
 from edge_agent.outbox import Outbox
-from edge_agent.publisher import Counters, Publisher, parse_ack
+from edge_agent.publisher import Counters, Publisher
 from edge_agent.settings import EdgeSettings
-from processor.outputs.acks import ack_payload
 from telemetry_common.mqtt import AsyncMqttClient
+from telemetry_common.stored_ack import decode as parse_ack
+from telemetry_common.stored_ack import encode as ack_payload
 from tests.support.fake_mqtt import FakeBroker, until
 from tests.support.outbox_readings import energy
 
