@@ -354,7 +354,7 @@ def test_broker_queue_cap_during_a_long_influxdb_outage_loses_nothing(
             held_before = {gw: len(stack.held_seqs(gw)[1]) for gw in GATEWAYS}
             dropped_before = watch.value(SYS_DROPPED) or 0.0
             store_before = watch.value(SYS_STORED) or 0.0
-            # Mosquitto says when a client's queue is full (the $SYS counter does not count it).
+            # Mosquitto says when a client's queue is full (the $SYS counter may not count it).
             drops_logged_before = _queue_drops_logged(stack)
             stack.stop("influxd")
             stopped = time.monotonic()
@@ -399,4 +399,7 @@ def test_broker_queue_cap_during_a_long_influxdb_outage_loses_nothing(
             assert store_peak - store_before <= cap + BRIDGE_INFLIGHT, store_peak
             assert (dropped, drops_logged) == (0, 0), "the broker's queue reached its cap"
         else:
-            assert drops_logged > 0, "the cap was not hit: the scenario did not bite"
+            # Either witness will do: the broker logs a client's queue overflowing once per
+            # episode (one already running at the baseline is not logged again), and its $SYS
+            # counter has been seen counting such drops in one run and not in another.
+            assert dropped > 0 or drops_logged > 0, "the cap was not hit: the scenario did not bite"
