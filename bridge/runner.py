@@ -17,10 +17,10 @@ from bridge.flow import BatchFlow, next_batch
 from bridge.settings import DEFAULT_CLIENT_ID, BridgeSettings
 from processor.core import Processor
 from processor.metrics import Metrics
-from processor.outputs.writers import Writer
 from processor.prepare import PreparedBatch
 from processor.state.bindings import load_bindings
 from telemetry_common.influx_query import InfluxQLClient
+from telemetry_common.influx_write import Writer
 from telemetry_common.mqtt import AsyncMqttClient, Received
 from telemetry_common.redact import redact
 from telemetry_common.settings import env_name

@@ -22,7 +22,6 @@ from processor.outputs.acks import StoredAcks
 from processor.outputs.deadletters import STORED_MAX_RAW, DeadLetters, deadletter_lines
 from processor.outputs.influx import InfluxOutput
 from processor.outputs.live import LiveFeed
-from processor.outputs.writers import InfluxWriter
 from processor.prepare import Message, PreparedBatch, Preparer
 from processor.settings import ProcessorSettings
 from processor.state import State
@@ -31,6 +30,7 @@ from processor.state.lvc import Stamp
 from processor.state.storage import confirm_gaps_forever, warm_up
 from processor.validate import INFLUX_REJECTED, Rejected, TsWindow
 from telemetry_common.influx_query import InfluxQL
+from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.mqtt import AsyncMqttClient
 from telemetry_common.schema import READING_ROW_VALIDATOR, ReadingRow
 from telemetry_common.topics import Topics

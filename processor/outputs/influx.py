@@ -18,7 +18,7 @@ import random
 import time
 
 from processor.metrics import Metrics
-from processor.outputs.writers import InfluxWriter, WriteRejectedError, WriteUnavailableError
+from telemetry_common.influx_write import InfluxWriter, WriteRejectedError, WriteUnavailableError
 
 log = logging.getLogger(__name__)
 

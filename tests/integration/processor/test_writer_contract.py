@@ -1,4 +1,4 @@
-"""The contract every InfluxDB writer back end keeps (processor/outputs/writers.py), run
+"""The contract every InfluxDB writer back end keeps (telemetry_common/influx_write.py), run
 against real servers: v1 ``/write`` against InfluxDB 1.x always; v2 through influxdb-client
 against InfluxDB 2.7 in a container when ``TELEMETRY_TEST_DOCKER=1`` and a Docker engine is
 reachable (otherwise that half is skipped with the reason)."""
@@ -18,7 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from processor.lineproto import to_lines, ts_ns, ts_ns_all, value_fields_from_json
-from processor.outputs.writers import (
+from telemetry_common.influx_write import (
     InfluxWriter,
     Writer,
     WriteRejectedError,

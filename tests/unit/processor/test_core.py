@@ -18,11 +18,11 @@ from processor.outputs.acks import StoredAcks
 from processor.outputs.deadletters import DeadLetters
 from processor.outputs.influx import InfluxOutput
 from processor.outputs.live import LiveFeed
-from processor.outputs.writers import WriteRejectedError, WriteUnavailableError
 from processor.prepare import Preparer
 from processor.state import State
 from processor.state.bindings import Bindings
 from processor.validate import TsWindow
+from telemetry_common.influx_write import WriteRejectedError, WriteUnavailableError
 from telemetry_common.mqtt import AsyncMqttClient, Received
 from telemetry_common.topics import Topics
 
