@@ -50,7 +50,9 @@ def _classify(status: int, detail: str) -> WriteError:
 
 
 class InfluxWriter(Protocol):
-    async def write(self, lines: Sequence[str]) -> None: ...
+    async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
+        """Write ``lines``; ``rp``: a retention policy of the database other than its default
+        (v1 API), or on the v2 API the bucket ``{bucket}_{rp}``."""
 
     async def prepare(self) -> None: ...
 
@@ -87,8 +89,10 @@ class V1Writer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def write(self, lines: Sequence[str]) -> None:
+    async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
         params = {"db": self._s.database, "precision": "ns"}
+        if rp is not None:
+            params["rp"] = rp
         body = "\n".join(lines).encode()
         # The body goes through a generator: httpx leaves every request in a reference cycle,
         # and a cycle holding a ~2 MB body would keep it until a collection; the finished
@@ -132,13 +136,14 @@ class V2Writer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def write(self, lines: Sequence[str]) -> None:
+    async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
         from aiohttp import ClientError
         from influxdb_client.rest import ApiException
 
+        bucket = self._s.bucket or self._s.database
         try:
             await self._api.write(
-                bucket=self._s.bucket or self._s.database, record="\n".join(lines)
+                bucket=bucket if rp is None else f"{bucket}_{rp}", record="\n".join(lines)
             )
         except ApiException as exc:
             raise _classify(int(exc.status or 0), str(exc.body)[:500]) from exc

@@ -32,7 +32,7 @@ class RecordingWriter:
         self.requests: list[int] = []
         self.fail_first = fail_first
 
-    async def write(self, lines: Sequence[str]) -> None:
+    async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
         if self.fail_first:
             self.fail_first -= 1
             raise WriteUnavailableError(503, "busy")
@@ -246,7 +246,7 @@ class RefusingWriter(RecordingWriter):
         super().__init__()
         self.prefixes = tuple(m + "," for m in measurements)
 
-    async def write(self, lines: Sequence[str]) -> None:
+    async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
         if any(line.startswith(self.prefixes) for line in lines):
             raise WriteRejectedError(400, "partial write: max-series-per-database limit exceeded")
         await super().write(lines)

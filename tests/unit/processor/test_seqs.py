@@ -41,7 +41,7 @@ class LinesWriter(RecordingWriter):
         super().__init__()
         self.lines: list[str] = []
 
-    async def write(self, lines: Sequence[str]) -> None:
+    async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
         self.lines += lines
 
 
