@@ -121,7 +121,7 @@ class AsyncMqttClient:
         manual_ack: bool = False,
         receive_maximum: int = 100,
         will: Will | None = None,
-        birth: Will | None = None,
+        birth: Will | Callable[[], Will] | None = None,
         clean_start: bool = False,
         reconnect_jitter: bool = False,
         reconnect_max_s: float = 30.0,
@@ -293,8 +293,10 @@ class AsyncMqttClient:
             client.reconnect_delay_set(min_delay=1, max_delay=int(self._reconnect_max_s))
         if self._subscriptions:
             client.subscribe([(sub, 1) for sub in self._subscriptions])
-        if self._birth is not None:
-            client.publish(self._birth.topic, self._birth.payload, qos=1, retain=self._birth.retain)
+        # A callable birth is built afresh on every connect (on paho's network thread).
+        birth = self._birth() if callable(self._birth) else self._birth
+        if birth is not None:
+            client.publish(birth.topic, birth.payload, qos=1, retain=birth.retain)
         self._call(self._set_connected, True, flags.session_present)
 
     def _on_disconnect(
