@@ -20,6 +20,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
+from edge_agent.outbox import Outbox
 from telemetry_stack.servers import free_port
 from tests.integration.edge_agent.test_agent import edge_env, jsonl, line, metrics, unique
 from tests.support.edge_agent_io import open_fifo_writer
@@ -141,3 +142,46 @@ def test_heartbeat_carries_outbox_and_certificate_then_last_will_on_kill(
         assert set(will) == {"state", "ts"}
     finally:
         os.close(fd)
+
+
+def test_birth_carries_the_full_state_and_a_clean_stop_says_offline(
+    broker: BrokerInfo, procs: Procs, tmp_path: Path, mqtt_client: MqttClientFactory
+) -> None:
+    """With a heartbeat only every hour, the one ``online`` message is the birth the MQTT client
+    builds at connect: it already carries the outbox (3 readings left from an earlier run) and
+    the certificate's notAfter. SIGTERM: the agent itself publishes ``offline`` (state and ts
+    only) before it disconnects."""
+    gateway = unique("gw-birth")
+    outbox = tmp_path / "outbox.sqlite3"
+    with Outbox(outbox) as box:
+        box.append([orjson.dumps(line(gateway, i, datetime.now(UTC))) for i in range(3)])
+    not_after = datetime.now(UTC).replace(microsecond=0) + timedelta(days=40)
+    cert, key = sign_with_ca(
+        broker.pki.dir, tmp_path / "certs", gateway, not_after - timedelta(days=50), not_after
+    )
+    watcher = StateWatcher(mqtt_client("telemetry-bridge"), broker.topics.state(gateway))
+    env = edge_env(broker, gateway, outbox, state_interval_s=3600, stored_timeout_s=600)
+    env["TELEMETRY_EDGE_MQTT__CERT_FILE"] = str(cert)
+    env["TELEMETRY_EDGE_MQTT__KEY_FILE"] = str(key)
+    fifo = tmp_path / "feed.fifo"
+    os.mkfifo(fifo)
+    argv = [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(fifo)]
+    edge = procs.start("edge", argv, env)
+    fd = open_fifo_writer(fifo)
+    try:
+        wait_until("the birth", lambda: bool(watcher.docs()), timeout=20)
+        (birth,) = watcher.docs()
+        assert birth["state"] == "online"
+        assert birth["outbox"]["depth"] == 3
+        assert birth["outbox"]["oldest_unsent_ts"] is not None
+        assert birth["cert_not_after"] == not_after.isoformat()
+        assert edge.pid is not None
+        os.kill(edge.pid, signal.SIGTERM)
+        wait_until("the offline state", lambda: len(watcher.docs()) >= 2, timeout=10)
+        offline = watcher.docs()[-1]
+        assert offline["state"] == "offline"
+        assert set(offline) == {"state", "ts"}
+    finally:
+        os.close(fd)  # the jsonl reader's thread sees the end of its input: the agent exits
+    wait_until("the agent to exit", stopped(edge), timeout=15)
+    assert edge.returncode() == 0, edge.log_tail()
