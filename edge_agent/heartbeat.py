@@ -34,7 +34,13 @@ from telemetry_common.mqtt import (
     PublishRejectedError,
 )
 
-__all__ = ["GatewayState", "agent_version", "cert_not_after", "state_payload"]
+__all__ = [
+    "GatewayState",
+    "agent_version",
+    "cert_not_after",
+    "online_payload",
+    "state_payload",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +69,13 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.astimezone(UTC).isoformat()
 
 
-def state_payload(
-    state: str,
+def state_payload(state: str, *, now: datetime | None = None) -> bytes:
+    """The short state document, ``{"state", "ts"}``: the last will and the clean ``offline``
+    (and the birth of a session without a :class:`GatewayState`, such as ``outbox drain``)."""
+    return orjson.dumps({"state": state, "ts": (now or datetime.now(UTC)).isoformat()})
+
+
+def online_payload(
     *,
     now: datetime | None = None,
     version: str | None = None,
@@ -72,22 +83,24 @@ def state_payload(
     unconfirmed: int = 0,
     not_after: datetime | None = None,
 ) -> bytes:
-    """The state document: ``offline`` is ``{"state", "ts"}`` only; ``online`` adds the agent
-    version, the outbox (``outbox``'s depth and its oldest unsent reading's capture time) and the
-    client certificate's notAfter."""
+    """The ``online`` document of the birth and the heartbeat: the agent version, the outbox
+    (``outbox``'s depth and its oldest unsent reading's capture time; none: depth 0), the
+    readings unconfirmed and the client certificate's notAfter."""
     now = now or datetime.now(UTC)
-    doc: dict[str, Any] = {"state": state, "ts": now.isoformat()}
-    if state == "online":
-        oldest = None
-        if outbox is not None and outbox.oldest_age_s is not None:
-            oldest = datetime.fromtimestamp(now.timestamp() - outbox.oldest_age_s, UTC)
-        doc["agent_version"] = version or agent_version()
-        doc["outbox"] = {
+    oldest = None
+    if outbox is not None and outbox.oldest_age_s is not None:
+        oldest = datetime.fromtimestamp(now.timestamp() - outbox.oldest_age_s, UTC)
+    doc: dict[str, Any] = {
+        "state": "online",
+        "ts": now.isoformat(),
+        "agent_version": version or agent_version(),
+        "outbox": {
             "depth": outbox.pending if outbox is not None else 0,
             "oldest_unsent_ts": _iso(oldest),
             "unconfirmed": unconfirmed,
-        }
-        doc["cert_not_after"] = _iso(not_after)
+        },
+        "cert_not_after": _iso(not_after),
+    }
     return orjson.dumps(doc)
 
 
@@ -113,8 +126,7 @@ class GatewayState:
                 stats = self._outbox.stats()
             except Exception:
                 log.exception("outbox statistics unavailable for the state topic")
-        return state_payload(
-            "online",
+        return online_payload(
             version=self.version,
             outbox=stats,
             unconfirmed=self.unconfirmed(),

@@ -11,7 +11,13 @@ import orjson
 import pytest
 
 from edge_agent.capture import Capture
-from edge_agent.heartbeat import GatewayState, agent_version, cert_not_after, state_payload
+from edge_agent.heartbeat import (
+    GatewayState,
+    agent_version,
+    cert_not_after,
+    online_payload,
+    state_payload,
+)
 from edge_agent.metrics import registry_for
 from edge_agent.outbox import Outbox
 from edge_agent.publisher import Counters
@@ -42,16 +48,18 @@ class _Conn:
 
 
 def test_offline_payload_is_state_and_ts_only() -> None:
-    """The last will keeps its old shape: exactly ``state`` and ``ts``."""
+    """The last will keeps its old shape: exactly ``state`` and ``ts`` (so does the birth of a
+    session without gateway state, ``outbox drain``'s)."""
     now = datetime(2026, 12, 5, 18, 0, tzinfo=UTC)
     doc = orjson.loads(state_payload("offline", now=now))
     assert doc == {"state": "offline", "ts": "2026-12-05T18:00:00+00:00"}
+    assert set(orjson.loads(state_payload("online"))) == {"state", "ts"}
 
 
 def test_online_payload_without_outbox_or_certificate_has_every_key() -> None:
     """Birth without statistics: every agreed key is present, the unknown ones null / 0."""
     now = datetime(2026, 12, 5, 18, 0, tzinfo=UTC)
-    doc = orjson.loads(state_payload("online", now=now, version="1.2.3"))
+    doc = orjson.loads(online_payload(now=now, version="1.2.3"))
     assert doc == {
         "state": "online",
         "ts": "2026-12-05T18:00:00+00:00",
