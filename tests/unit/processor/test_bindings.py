@@ -19,7 +19,8 @@ def _file(tmp_path: Path, text: str) -> Path:
 def test_provisioned_is_the_default_and_refuses_a_charger_bound_nowhere(tmp_path: Path) -> None:
     """Without a file or a store entry, no charger is accepted (``""``: bound to none)."""
     b = load_bindings(None)
-    assert b.provisioned and b.mode == "provisioned"
+    assert b.provisioned
+    assert b.mode == "provisioned"
     assert b.claim("gw-1", "cp-1") == ""
     assert b.claim("gw-1", "cp-1") == ""  # and it does not bind itself
     assert len(b) == 0
@@ -52,10 +53,12 @@ def test_the_store_overrides_the_file_for_the_chargers_it_names(tmp_path: Path) 
     keeps the rest."""
     b = load_bindings(_file(tmp_path, '{"cp-1": "gw-1", "cp-2": "gw-1", "cp-3": "gw-1"}'))
     b.apply({"cp-1": "gw-2", "cp-2": ""})
-    assert b.claim("gw-2", "cp-1") is None and b.claim("gw-1", "cp-1") == "gw-2"
+    assert b.claim("gw-2", "cp-1") is None
+    assert b.claim("gw-1", "cp-1") == "gw-2"
     assert b.claim("gw-1", "cp-2") == ""
     assert b.claim("gw-1", "cp-3") is None
-    assert b.get("cp-3") == "gw-1" and len(b) == 2
+    assert b.get("cp-3") == "gw-1"
+    assert len(b) == 2
     assert b.status() | {"refreshed_at": None} == {
         "mode": "provisioned",
         "bound": 2,
@@ -71,13 +74,15 @@ def test_first_come_binds_the_first_sender_and_a_store_delete_frees_the_charger(
     """The dev option: the first gateway binds the charger (also when learned at warm-up); the
     store still overrides; a store unbind lets the next sender claim it."""
     b = load_bindings(None, mode="first-come")
-    assert b.first_come and not b.provisioned
+    assert b.first_come
+    assert not b.provisioned
     b.seed("cp-0", "gw-0")
     assert b.claim("gw-9", "cp-0") == "gw-0"
     assert b.claim("gw-1", "cp-1") is None
     assert b.claim("gw-2", "cp-1") == "gw-1"
     b.apply({"cp-1": "gw-2"})
-    assert b.claim("gw-2", "cp-1") is None and b.claim("gw-1", "cp-1") == "gw-2"
+    assert b.claim("gw-2", "cp-1") is None
+    assert b.claim("gw-1", "cp-1") == "gw-2"
     b.apply({"cp-1": ""})
     assert b.claim("gw-3", "cp-1") is None
     assert b.claim("gw-1", "cp-1") == "gw-3"
