@@ -221,17 +221,14 @@ async def _change(request: Request, charger_id: str, gateway_id: str, who: Princ
         raise RuntimeError("no InfluxDB writer: run the app with its lifespan")
     before = (await _store(state.influx, charger_id)).get(charger_id)
     previous = before.gateway_id if before is not None else ""
-    if not state.keep_rp_ready:
-        state.keep_rp_ready = (
-            await create_retention_policy(settings.influx, KEEP_RP, attempts=1)
-            or settings.influx.api != "v1"
-        )
+    if not state.keep_rp_ready:  # the start's attempt did not succeed: once more
+        await create_retention_policy(settings.influx, KEEP_RP, attempts=1)
+        state.keep_rp_ready = True
     try:
         await writer.write([_line(charger_id, gateway_id, previous, f"api:{who.role}")], rp=KEEP_RP)
     except WriteError as exc:
-        raise ProblemError(
-            503, "storage-unavailable", f"the binding was not stored: {exc}"
-        ) from exc
+        state.keep_rp_ready = False
+        raise ProblemError(503, "store-unavailable", f"the binding was not stored: {exc}") from exc
     return previous
 
 
