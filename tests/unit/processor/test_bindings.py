@@ -106,3 +106,15 @@ def test_a_file_that_cannot_work_names_the_setting(tmp_path: Path, content: str)
         load_bindings(path, "TELEMETRY_BRIDGE_BINDINGS_FILE")
     assert err.value.setting == "TELEMETRY_BRIDGE_BINDINGS_FILE"
     assert str(path) in str(err.value)
+
+
+def test_the_compose_bindings_file_binds_the_simulated_gateways_chargers() -> None:
+    """docker/bindings.json (the compose bridge's TELEMETRY_BRIDGE_BINDINGS_FILE) loads, and
+    binds gw-1's and gw-2's simulated chargers (up to 10 each) to their own gateway only."""
+    path = Path(__file__).resolve().parents[3] / "docker" / "bindings.json"
+    b = load_bindings(path)
+    for gw in ("gw-1", "gw-2"):
+        for n in range(1, 11):
+            assert b.claim(gw, f"{gw}-cp{n:03d}") is None
+    assert b.claim("gw-2", "gw-1-cp001") == "gw-1"
+    assert b.claim("gw-1", "gw-1-cp011") == ""
