@@ -67,10 +67,8 @@ async def warm_up(state: State, client: InfluxQL, max_backoff_s: float) -> None:
         state.bindings.seed(charger, stamp.gateway_id)
     seeded = await _seed_gaps(state, client, max_backoff_s)
     log.info("warm-up: %d chargers, %d gateways known from InfluxDB", len(newest), seeded)
-    delay = 0.5
-    while not await load_bindings_store(state.bindings, client, None):
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, max_backoff_s)
+    if not await load_bindings_store(state.bindings, client, None, max_backoff_s):
+        log.error("bindings store refused: only the file's bindings hold until a refresh reads it")
     log.info("bindings (%s): %s", state.bindings.mode, state.bindings.status())
 
 
@@ -85,17 +83,21 @@ def store_rows(series: list[Series]) -> dict[str, str]:
     return found
 
 
-async def load_bindings_store(bindings: Bindings, client: InfluxQL, since: datetime | None) -> bool:
-    """Apply the store's changes after ``since`` (all: None) to ``bindings``; False if InfluxDB
-    did not answer (the bindings held stay as they are). A refused query (the retention policy
-    does not exist yet: nobody bound anything) counts as an empty store."""
+async def load_bindings_store(
+    bindings: Bindings, client: InfluxQL, since: datetime | None, max_backoff_s: float = 0
+) -> bool:
+    """Apply the store's changes after ``since`` (all: None) to ``bindings``; False if it was
+    not read (the bindings held stay as they are, the error is counted and logged). With
+    ``max_backoff_s`` an unavailable InfluxDB is waited for (warm-up). A missing retention
+    policy (nobody bound anything yet) counts as an empty store."""
     started = time.time()
+    q = bindings_query(since)
     try:
-        changes = store_rows(await client.query(bindings_query(since)))
-    except InfluxUnavailable as exc:
-        bindings.refresh_errors += 1
-        log.warning("bindings store not read: %s", exc)
-        return False
+        if max_backoff_s > 0:
+            series = await _query_with_retry(client, q, max_backoff_s)
+        else:
+            series = await client.query(q)
+        changes = store_rows(series)
     except InfluxError as exc:
         if "retention policy not found" not in str(exc):
             bindings.refresh_errors += 1
@@ -112,11 +114,11 @@ async def load_bindings_store(bindings: Bindings, client: InfluxQL, since: datet
 async def refresh_bindings_forever(bindings: Bindings, client: InfluxQL, every_s: float) -> None:
     """Read the store's changes every ``every_s``, forever (a task of the processor): the changes
     stamped after the last successful read less ``BINDINGS_CLOCK_MARGIN`` (a bounded query: one
-    row per charger changed in that window)."""
+    row per charger changed in that window), or the whole store while it was never read."""
     while True:
         await asyncio.sleep(every_s)
-        last = bindings.refreshed_at if bindings.refreshed_at is not None else time.time()
-        since = datetime.fromtimestamp(last, UTC) - BINDINGS_CLOCK_MARGIN
+        last = bindings.refreshed_at
+        since = None if last is None else datetime.fromtimestamp(last, UTC) - BINDINGS_CLOCK_MARGIN
         await load_bindings_store(bindings, client, since)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from processor.state.bindings import Bindings, load_bindings
+from processor.state.storage import load_bindings_store, refresh_bindings_forever
 from telemetry_common.errors import ConfigError
+from telemetry_common.influx_query import InfluxQueryError, Series
+from tests.support.fake_influx import FakeInflux
 
 
 def _file(tmp_path: Path, text: str) -> Path:
@@ -118,3 +122,27 @@ def test_the_compose_bindings_file_binds_the_simulated_gateways_chargers() -> No
             assert b.claim(gw, f"{gw}-cp{n:03d}") is None
     assert b.claim("gw-2", "gw-1-cp001") == "gw-1"
     assert b.claim("gw-1", "gw-1-cp011") == ""
+
+
+async def test_a_store_not_read_keeps_the_bindings_and_is_read_whole_next_time() -> None:
+    """A refused query is counted and leaves the file's bindings; the next refresh then reads the
+    whole store (not only the last minute's changes), and after that only the changes since."""
+    fake = FakeInflux()
+    fake.answers = [
+        InfluxQueryError("unsupported"),
+        [Series("bindings", ["time", "gateway_id"], [[1, "gw-2"]], {"charger_id": "cp-1"})],
+    ]
+    b = Bindings({"cp-1": "gw-1"}, first_come=False)
+    assert not await load_bindings_store(b, fake, None)
+    assert (b.refresh_errors, b.refreshed_at, b.get("cp-1")) == (1, None, "gw-1")
+    task = asyncio.create_task(refresh_bindings_forever(b, fake, 0.01))
+    try:
+        for _ in range(200):
+            if len(fake.queries) >= 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert "WHERE" not in fake.queries[1]
+    assert "WHERE time > " in fake.queries[2]
+    assert b.get("cp-1") == "gw-2"
