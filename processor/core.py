@@ -27,7 +27,7 @@ from processor.settings import ProcessorSettings
 from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
-from processor.state.storage import confirm_gaps_forever, warm_up
+from processor.state.storage import confirm_gaps_forever, refresh_bindings_forever, warm_up
 from processor.validate import INFLUX_REJECTED, Rejected, TsWindow
 from telemetry_common.influx_query import InfluxQL
 from telemetry_common.influx_write import InfluxWriter
@@ -124,10 +124,17 @@ class Processor:
         """Seed the state from what InfluxDB holds (before the first batch)."""
         await warm_up(self.state, storage, max_backoff_s)
 
-    async def run(self, storage: InfluxQL, gap_grace_s: float) -> None:
-        """The processor's own tasks, until cancelled: the live feed, stored acknowledgements and
-        gap confirmation."""
+    async def run(
+        self, storage: InfluxQL, gap_grace_s: float, bindings_refresh_s: float | None = None
+    ) -> None:
+        """The processor's own tasks, until cancelled: the live feed, stored acknowledgements,
+        gap confirmation and (every ``bindings_refresh_s``) the bindings store's refresh."""
         async with asyncio.TaskGroup() as tg:
+            if bindings_refresh_s is not None:
+                tg.create_task(
+                    refresh_bindings_forever(self.state.bindings, storage, bindings_refresh_s),
+                    name="bindings-refresh",
+                )
             tg.create_task(self.live.run(), name="live-feed")
             if self.acks is not None:
                 tg.create_task(self.acks.run(), name="stored-acks")

@@ -25,10 +25,22 @@ from query_api.latest.sweep import confirm_forever
 from query_api.lean import LeanDispatch, routes_of
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.pagecache import PageCache
-from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats, ui
+from query_api.routes import (
+    bindings,
+    chargers,
+    fleet,
+    health,
+    history,
+    ingest,
+    pipeline,
+    stats,
+    ui,
+)
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL, InfluxQLClient
+from telemetry_common.influx_write import InfluxWriter, create_retention_policy, make_writer
+from telemetry_common.storage import KEEP_RP
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +74,28 @@ def _attach(app: FastAPI, influx: InfluxQL | None) -> None:
     app.state.stored_latest = StoredLatest(influx) if influx is not None else None
 
 
+async def _create_keep(app: FastAPI) -> None:
+    """The retention policy of the bindings store (the bridges create it too: whoever first)."""
+    influx = app.state.settings.influx
+    if await create_retention_policy(influx, KEEP_RP) or influx.api != "v1":
+        app.state.keep_rp_ready = True
+
+
 def create_app(
     settings: ApiSettings,
     *,
     influx: InfluxQL | None = None,
     broker: Publisher | None = None,
     clock: Clock | None = None,
+    writer: InfluxWriter | None = None,
 ) -> FastAPI:
     """The API for ``settings``. Without ``influx``, the lifespan opens an :class:`InfluxQLClient`
     on ``settings.influx``; without ``broker`` and with ``settings.mqtt``, it opens a
     :class:`BrokerLink` that feeds ``app.state.mirror`` and ``app.state.acks`` (a given broker's
     owner hands acknowledgements to ``app.state.acks`` itself). Given ones are used as they are;
-    ``clock`` (default: the system's) is read by every route."""
+    ``clock`` (default: the system's) is read by every route. Without ``writer``, the lifespan
+    opens one on ``settings.influx`` (the bindings store's changes) and creates the retention
+    policy ``keep``."""
     mirror = LiveMirror(settings.topics, max_chargers=settings.mirror_max_chargers)
     acks = StoredAcks(settings.topics, [settings.ingest_gateway, *settings.ingest_keys])
     metrics = ApiMetrics()
@@ -83,6 +105,11 @@ def create_app(
         async with AsyncExitStack() as stack:
             if influx is None:
                 _attach(app, await stack.enter_async_context(InfluxQLClient(settings.influx)))
+            if writer is None:
+                app.state.writer = make_writer(settings.influx)
+                stack.push_async_callback(app.state.writer.aclose)
+                keep = asyncio.create_task(_create_keep(app), name="keep-rp")
+                stack.push_async_callback(_cancel, keep)
             if broker is None and settings.mqtt is not None:
                 app.state.broker = await stack.enter_async_context(
                     BrokerLink(settings, mirror, acks)
@@ -107,6 +134,7 @@ def create_app(
             finally:
                 _attach(app, influx)  # nothing keeps a client the exit stack closed
                 app.state.broker = broker
+                app.state.writer = writer
 
     app = FastAPI(
         title="charger-telemetry API",
@@ -117,6 +145,8 @@ def create_app(
     app.state.settings = settings
     _attach(app, influx)
     app.state.broker = broker
+    app.state.writer = writer
+    app.state.keep_rp_ready = False
     app.state.mirror = mirror
     app.state.acks = acks
     seq_file = settings.ingest_seq_file
@@ -154,6 +184,6 @@ def create_app(
     ]
     app.add_middleware(LeanDispatch, api=app, routes=hot)
     app.add_middleware(TimingMiddleware, metrics=metrics)
-    for module in (health, chargers, history, stats, fleet, ingest, pipeline, ui):
+    for module in (health, chargers, history, stats, fleet, ingest, pipeline, bindings, ui):
         app.include_router(module.router)
     return app

@@ -18,7 +18,12 @@ from pydantic import TypeAdapter, ValidationError
 from telemetry_common.errors import TelemetryError
 from telemetry_common.ids import check_id
 from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, TS_MAX, TS_MIN, Status, ValueKey
-from telemetry_common.storage import MEASUREMENT, RESERVED_VALUE_KEYS
+from telemetry_common.storage import (
+    BINDINGS_MEASUREMENT,
+    KEEP_RP,
+    MEASUREMENT,
+    RESERVED_VALUE_KEYS,
+)
 
 Aggregate = Literal["mean", "min", "max", "last", "count", "sum"]
 AGGREGATES: Final[tuple[str, ...]] = get_args(Aggregate)
@@ -273,6 +278,37 @@ def gateway_highest_seq_query(gateway_id: str) -> str:
         f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')} "
         f"FROM {quote_ident(MEASUREMENT)} "
         f"WHERE {quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))}"
+    )
+
+
+def create_retention_policy_statement(
+    database: str, rp: str, duration: timedelta | None = None
+) -> str:
+    """``CREATE RETENTION POLICY`` (not the default; ``duration`` None: INF). InfluxDB 1.x
+    answers success when the policy exists with the same duration, so it is run at every start."""
+    dur = "INF" if duration is None else duration_literal(duration)
+    return (
+        f"CREATE RETENTION POLICY {quote_ident(check_id('retention policy', rp))} "
+        f"ON {quote_ident(check_id('database', database))} DURATION {dur} REPLICATION 1"
+    )
+
+
+def bindings_query(since: datetime | None = None, charger_id: str | None = None) -> str:
+    """Per charger: its newest binding change (``gateway_id``, ``""`` = unbound, ``previous``,
+    ``changed_by``) in the bindings store, among the changes after ``since`` (all when None), of
+    one charger when ``charger_id`` is given. One row per charger named: the bridges load the
+    whole store at start, then refresh with ``since`` = their last refresh (less a margin)."""
+    where = []
+    if since is not None:
+        where.append(f"time > {time_literal(since)}")
+    if charger_id is not None:
+        where.append(f"{_charger_filter(charger_id)}")
+    return (
+        f"SELECT last({quote_ident('gateway_id')}) AS {quote_ident('gateway_id')}, "
+        f"{quote_ident('previous')}, {quote_ident('changed_by')} "
+        f"FROM {quote_ident(KEEP_RP)}.{quote_ident(BINDINGS_MEASUREMENT)}"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" GROUP BY {quote_ident('charger_id')}"
     )
 
 

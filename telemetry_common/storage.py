@@ -9,6 +9,13 @@ MEASUREMENT: Final = "readings"
 #: Dead letters, stored before they are acknowledged (docs/design.md#dead-letters): tags
 #: gateway_id and reason; fields detail, topic, index, payload_bytes, payload_b64 (bounded).
 DEADLETTER_MEASUREMENT: Final = "deadletters"
+#: Charger bindings an operator set through the API (docs/bridge.md#charger-bindings): one point
+#: per change in retention policy ``KEEP_RP``; tag charger_id; fields gateway_id ("" = unbound),
+#: previous, changed_by.
+BINDINGS_MEASUREMENT: Final = "bindings"
+#: The retention policy of what must outlive raw readings (duration INF; on the v2 API, the
+#: bucket ``{bucket}_keep``).
+KEEP_RP: Final = "keep"
 #: Bounded ids only: never a tag for transaction or message ids (unbounded cardinality).
 TAG_KEYS: Final = ("charger_id", "gateway_id", "evse_id", "connector_id")
 #: Fields stored beside the reading's values (``epoch`` only for a batch that carries one).
