@@ -25,7 +25,17 @@ from query_api.latest.sweep import confirm_forever
 from query_api.lean import LeanDispatch, routes_of
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.pagecache import PageCache
-from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats, ui
+from query_api.routes import (
+    chargers,
+    deadletters,
+    fleet,
+    health,
+    history,
+    ingest,
+    pipeline,
+    stats,
+    ui,
+)
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL, InfluxQLClient
@@ -154,6 +164,6 @@ def create_app(
     ]
     app.add_middleware(LeanDispatch, api=app, routes=hot)
     app.add_middleware(TimingMiddleware, metrics=metrics)
-    for module in (health, chargers, history, stats, fleet, ingest, pipeline, ui):
+    for module in (health, chargers, history, stats, fleet, ingest, pipeline, ui, deadletters):
         app.include_router(module.router)
     return app
