@@ -14,8 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from query_api import cursor
 from query_api.auth import require
@@ -227,12 +225,9 @@ async def _selected(
     summary="Replay dead letters by ids or by filter (role admin)",
     responses=problem_responses(503),
 )
-async def replay(request: Request, influx: Influx, now: Now, settings: Settings) -> ReplayAnswer:
-    try:
-        body = ReplayRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from exc
+async def replay(
+    body: ReplayRequest, request: Request, influx: Influx, now: Now, settings: Settings
+) -> ReplayAnswer:
     broker: ReplayPublisher | None = request.app.state.broker
     if broker is None or not broker.connected:
         raise ProblemError(
