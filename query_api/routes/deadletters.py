@@ -64,6 +64,8 @@ MAX_PAGE: Final = 500
 CONCURRENCY: Final = 20
 RETRY_AFTER_S: Final = "5"
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -94,8 +96,8 @@ async def _page(
 ) -> tuple[list[DeadLetter], bool]:
     """Up to ``limit`` dead letters, newest first, and whether more follow."""
     q = influxql.deadletters_query(
-        datetime.fromtimestamp(start_ns / 1e9, UTC),
-        datetime.fromtimestamp(end_ns / 1e9, UTC),
+        _EPOCH + timedelta(microseconds=start_ns // 1000),
+        _EPOCH + timedelta(microseconds=end_ns // 1000),
         limit=limit + 1 + len(seen),
         reason=reason,
         gateway_id=gateway_id,
@@ -104,9 +106,6 @@ async def _page(
     rows = [row for s in await influx.query(q) for row in s.rows()]
     items = [item for item in map(item_of, rows) if item.id not in seen]
     return items[:limit], len(items) > limit
-
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _ns(ts: datetime) -> int:

@@ -4,15 +4,25 @@ letter's own point. The whole pipeline: tests/integration/query_api/test_deadlet
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import orjson
 
-from processor.outputs.deadletters import replay_outcome_lines
+from processor.core import Processor
+from processor.metrics import Metrics
+from processor.outputs.acks import StoredAcks
+from processor.outputs.deadletters import DeadLetters, replay_outcome_lines
+from processor.outputs.influx import InfluxOutput
+from processor.outputs.live import LiveFeed
 from processor.prepare import Preparer
+from processor.state import State
 from processor.state.bindings import Bindings
 from processor.validate import CHARGER_NOT_BOUND, TsWindow
 from telemetry_common.deadletters import REPLAY_PROPERTY, DeadLetterKey
+from telemetry_common.influx_write import WriteRejectedError
+from telemetry_common.mqtt import AsyncMqttClient, Received
 from telemetry_common.topics import Topics
 
 NOW = datetime(2026, 5, 1, 12, 0, 10, tzinfo=UTC)
@@ -67,3 +77,67 @@ def test_the_outcome_is_written_onto_the_dead_letters_own_point() -> None:
         f"deadletters,gateway_id=gw.1,reason=charger_not_bound "
         f'replayed_at="2026-05-01T12:00:10.000Z",replay_outcome="stored" {NS}'
     )
+
+
+class _Writer:
+    """Refuses every ``readings`` line for good; records the rest."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
+        if any(line.startswith("readings,") for line in lines):
+            raise WriteRejectedError(400, "partial write: field type conflict")
+        self.lines += lines
+
+    async def prepare(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Mqtt:
+    connected = True
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+
+    async def publish(self, topic: str, payload: bytes, **_: object) -> None:
+        self.topics.append(topic)
+
+    async def wait_connected(self) -> None:
+        return None
+
+
+async def test_a_replay_influxdb_refuses_is_recorded_on_its_dead_letter_only() -> None:
+    """The commit: a replayed reading InfluxDB refuses makes no new dead letter (none written,
+    none published), is acknowledged to nobody, and its dead letter gets
+    ``deadlettered:influx_rejected``."""
+    writer, fake = _Writer(), _Mqtt()
+    mqtt = cast(AsyncMqttClient, fake)
+    metrics = Metrics()
+    state = State(bindings=Bindings())
+    acks = StoredAcks(mqtt, Topics(), metrics, 0.5)
+    p = Processor(
+        state,
+        Preparer(state.bindings, Topics(), TsWindow(timedelta(days=1), timedelta(days=3650))),
+        InfluxOutput(writer, metrics),
+        DeadLetters(mqtt, Topics(), metrics),
+        LiveFeed(mqtt, Topics(), metrics, 1.0),
+        metrics,
+        acks,
+    )
+    key = DeadLetterKey(NS, CHARGER_NOT_BOUND, "gw-1")
+    payload = orjson.dumps({"gateway_id": "gw-1", "readings": [READING]})
+    msg = Received(
+        "chargers/v1/gw-1/readings", payload, 1, 1, 1, user_properties=((REPLAY_PROPERTY, key.id),)
+    )
+    await p.commit(await p.prepare([msg]))
+    [line] = writer.lines
+    assert line.startswith("deadletters,gateway_id=gw-1,reason=charger_not_bound ")
+    assert 'replay_outcome="deadlettered:influx_rejected"' in line
+    assert line.endswith(f" {NS}")
+    assert acks.waiting == 0
+    assert fake.topics == []
+    assert len(state.lvc) == 0
