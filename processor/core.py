@@ -165,7 +165,7 @@ class Processor:
                     if replay is not None and replay.reason is None:
                         replay.reason = INFLUX_REJECTED
                     continue  # its dead letter is the one replayed
-                rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index)
+                rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index, seg.epoch)
                 batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
         self.metrics.stored.inc(len(lines) - len(refused_at))
         # Durable first: a dead letter's seqs are handled (acknowledged below) only once it is

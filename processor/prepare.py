@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import logging
 import operator
 import re
@@ -131,6 +132,13 @@ def _handled(out: PreparedBatch, gateway_id: str, epoch: str | None, seqs: list[
         out.handled.append((gateway_id, epoch, seqs))
 
 
+def _with_epoch(record: Rejected, epoch: str | None) -> Rejected:
+    """A single reading's dead letter keeps its batch's epoch (a whole message has it inside)."""
+    if epoch is None or record.index is None:
+        return record
+    return dataclasses.replace(record, epoch=epoch)
+
+
 def payload_epoch(payload: bytes) -> str | None:
     """The ``epoch`` a payload refused as a whole gives, if it is one (else None)."""
     try:
@@ -231,7 +239,9 @@ class Preparer:
             replay = replay_key(msg, gateway_id)
             dead_from = len(out.dead)
             decoded = decode_message(gateway_id, msg.payload, now=now, ts=self._ts)
-            out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
+            out.dead.extend(
+                (gateway_id, msg.topic, _with_epoch(r, decoded.epoch)) for r in decoded.rejected
+            )
             # Acknowledged once the message is committed: every seq it carried, the
             # dead-lettered ones too (when some were, taken from the payload again: rare).
             whole = not decoded.rejected  # the rows are all of the payload's
@@ -253,7 +263,11 @@ class Preparer:
                         if charger_id in refused:
                             i = decoded.positions[k]
                             rejected = Rejected(
-                                CHARGER_NOT_BOUND, refused[charger_id], orjson.dumps(items[i]), i
+                                CHARGER_NOT_BOUND,
+                                refused[charger_id],
+                                orjson.dumps(items[i]),
+                                i,
+                                decoded.epoch,
                             )
                             out.dead.append((gateway_id, msg.topic, rejected))
                     decoded.keep([k for k, c in enumerate(chargers) if c not in refused])
@@ -363,7 +377,8 @@ class Preparer:
                     else f"seq {seq} is more than {self._max_jump} above {high}, the highest "
                     f"seq known of {of}"
                 )
-                rejected = Rejected(SEQ_OUT_OF_RANGE, detail, orjson.dumps(items[i]), i)
+                raw = orjson.dumps(items[i])
+                rejected = Rejected(SEQ_OUT_OF_RANGE, detail, raw, i, decoded.epoch)
                 out.dead.append((gateway_id, msg.topic, rejected))
         decoded.keep([k for k, seq in enumerate(seqs) if seq <= ceiling])
         return True

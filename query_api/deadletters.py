@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, Self
 
@@ -21,13 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from telemetry_common.deadletters import DeadLetterKey, encode_id
 from telemetry_common.ids import ID_PATTERN
-from telemetry_common.schema import SCHEMA_ID, format_ts
+from telemetry_common.schema import EPOCH_SHAPE, SCHEMA_ID, format_ts
 
 #: Dead letters one replay request may name or select.
 REPLAY_MAX: Final = 1000
 #: The gateway of a dead letter whose topic named none: nothing to replay it on.
 UNKNOWN_GATEWAY: Final = "_invalid"
 REASON_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
+_EPOCH: Final = re.compile(EPOCH_SHAPE)
 
 
 class DeadLetter(BaseModel):
@@ -45,6 +47,9 @@ class DeadLetter(BaseModel):
     payload_b64: str | None
     replayed_at: str | None = Field(description="when the last replay was committed")
     replay_outcome: str | None = Field(description="`stored` or `deadlettered:<reason>`")
+    epoch: str | None = Field(
+        default=None, description="a single reading's batch epoch (a replay sends it along)"
+    )
 
 
 class DeadLetterPage(BaseModel):
@@ -60,6 +65,10 @@ def _int(value: Any) -> int | None:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _epoch(value: Any) -> str | None:
+    return value if isinstance(value, str) and _EPOCH.fullmatch(value) else None
 
 
 def stored_bytes(payload_b64: str | None) -> bytes | None:
@@ -93,6 +102,7 @@ def item_of(row: dict[str, Any]) -> DeadLetter:
         payload_b64=payload_b64,
         replayed_at=_str(row.get("replayed_at")),
         replay_outcome=_str(row.get("replay_outcome")),
+        epoch=_epoch(row.get("epoch")),
     )
 
 
@@ -121,12 +131,14 @@ def replay_payload(item: DeadLetter) -> bytes:
     if not isinstance(reading, dict):
         raise NotReplayable("the stored reading is not a JSON object")
     # The reading's bytes as they were sent (numbers are not parsed and printed again).
+    epoch = b"" if item.epoch is None else b',"epoch":' + orjson.dumps(item.epoch)
     return b"".join(
         (
             b'{"schema":',
             orjson.dumps(SCHEMA_ID),
             b',"gateway_id":',
             orjson.dumps(item.gateway_id),
+            epoch,
             b',"readings":[',
             raw,
             b"]}",

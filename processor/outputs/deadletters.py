@@ -54,6 +54,8 @@ def deadletter_lines(dead: list[tuple[str, str, Rejected]], now_ns: int) -> list
         ]
         if record.index is not None:
             fields.append(f"index={record.index}i")
+        if record.epoch is not None:
+            fields.append(f"epoch={_field_str(record.epoch)}")
         lines.append(
             f"{DEADLETTER_MEASUREMENT},gateway_id={gateway_id},reason={record.reason} "
             f"{','.join(fields)} {now_ns + k}"

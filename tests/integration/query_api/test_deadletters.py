@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 READ, ADMIN = (secrets.token_urlsafe(18) for _ in range(2))
 WAIT_S = 30
+EPOCH = "0123456789abcdef"
 
 
 def _get(api: str, path: str, **params: Any) -> Any:
@@ -100,9 +101,8 @@ def test_a_dead_letter_is_listed_replayed_once_the_cause_is_fixed_and_stored_onc
         {"charger_id": good, "seq": 1, "ts": format_ts(ts), "values": {"power_w": 1.0}},
         {"charger_id": lost, "seq": 2, "ts": format_ts(ts), "values": {"power_w": 2.5}},
     ]
-    GatewayPublisher(gw_client, broker.topics.readings(gateway)).publish(
-        orjson.dumps({"schema": "charger-telemetry/1", "gateway_id": gateway, "readings": readings})
-    )
+    batch = {"gateway_id": gateway, "epoch": EPOCH, "readings": readings}
+    GatewayPublisher(gw_client, broker.topics.readings(gateway)).publish(orjson.dumps(batch))
 
     def listed() -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = _get(api, "/v1/deadletters", gateway_id=gateway)["items"]
@@ -119,7 +119,7 @@ def test_a_dead_letter_is_listed_replayed_once_the_cause_is_fixed_and_stored_onc
     assert _get(api, f"/v1/deadletters/{item['id']}") == item
     assert _get(api, "/v1/deadletters", reason="ts_in_future", gateway_id=gateway)["items"] == []
     wait_until("the batch acknowledged", lambda: len(acks) >= 1, WAIT_S)
-    assert acks[0]["seqs"] == [[1, 2]]
+    assert acks[0] == {"epoch": EPOCH, "seqs": [[1, 2]]}
     assert _points(influx_db, good) == 1
 
     # Replayed while the cause persists: refused again, and no second dead letter.
@@ -150,6 +150,10 @@ def test_a_dead_letter_is_listed_replayed_once_the_cause_is_fixed_and_stored_onc
     )
     assert _outcome_after(api, item["id"], second["requested_at"]) == "stored"
     assert _points(influx_db, lost) == 1
+    [[_, epoch]] = influxql(
+        influx_db.url, influx_db.database, f"SELECT epoch FROM readings WHERE charger_id = '{lost}'"
+    )
+    assert epoch == EPOCH  # the batch's epoch travelled with the dead letter
     stored = _get(api, f"/v1/deadletters/{item['id']}")
     assert stored["replay_outcome"] == "stored"
     assert stored["payload_b64"] == item["payload_b64"]  # the dead letter itself is kept

@@ -137,6 +137,15 @@ def test_a_reading_is_replayed_inside_a_batch_of_its_gateway_and_a_message_as_it
     assert replay_payload(whole) == b"{not json"
 
 
+def test_a_reading_is_replayed_with_its_batchs_epoch() -> None:
+    """A single reading's dead letter that kept its batch's epoch sends it along (the stored
+    point then carries it, as gap tracking's warm-up expects); a malformed one is dropped."""
+    row = dict(zip(COLUMNS, _row(), strict=True))
+    body = orjson.loads(replay_payload(item_of({**row, "epoch": "0123456789abcdef"})))
+    assert body["epoch"] == "0123456789abcdef"
+    assert "epoch" not in orjson.loads(replay_payload(item_of({**row, "epoch": 'x"y'})))
+
+
 def test_a_truncated_dead_letter_is_not_replayable() -> None:
     """payload_bytes above the stored bytes: flagged, and refused with the reason."""
     item = item_of(dict(zip(COLUMNS, _row(index=None, size=300_000), strict=True)))
