@@ -28,6 +28,7 @@ from query_api.pagecache import PageCache
 from query_api.routes import (
     bindings,
     chargers,
+    deadletters,
     fleet,
     health,
     history,
@@ -184,6 +185,17 @@ def create_app(
     ]
     app.add_middleware(LeanDispatch, api=app, routes=hot)
     app.add_middleware(TimingMiddleware, metrics=metrics)
-    for module in (health, chargers, history, stats, fleet, ingest, pipeline, bindings, ui):
+    for module in (
+        health,
+        chargers,
+        history,
+        stats,
+        fleet,
+        ingest,
+        pipeline,
+        bindings,
+        deadletters,
+        ui,
+    ):
         app.include_router(module.router)
     return app

@@ -20,6 +20,7 @@ from telemetry_common.ids import check_id
 from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, TS_MAX, TS_MIN, Status, ValueKey
 from telemetry_common.storage import (
     BINDINGS_MEASUREMENT,
+    DEADLETTER_MEASUREMENT,
     KEEP_RP,
     MEASUREMENT,
     RESERVED_VALUE_KEYS,
@@ -315,3 +316,54 @@ def bindings_query(since: datetime | None = None, charger_id: str | None = None)
 def ping_query() -> str:
     """A cheap statement that needs the database and read access (readiness)."""
     return "SHOW MEASUREMENTS LIMIT 1"
+
+
+# --- dead letters (docs/design.md#dead-letters): the API lists and replays them ---------------
+
+_REASON: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _reason_literal(reason: str) -> str:
+    if not isinstance(reason, str) or not _REASON.fullmatch(reason):
+        raise QueryBuildError("reason", reason, "not a dead-letter reason (^[a-z][a-z0-9_]*$)")
+    return quote_string(reason)
+
+
+def deadletters_query(
+    start: datetime,
+    end: datetime,
+    *,
+    limit: int,
+    reason: str | None = None,
+    gateway_id: str | None = None,
+    until_ns: int | None = None,
+) -> str:
+    """Dead letters in ``[start, end)``, newest first, at most ``limit``; optionally of one
+    ``reason`` and ``gateway_id`` only, and none newer than ``until_ns`` (paging: the caller
+    skips the ones at ``until_ns`` it has already shown). Tags come back as columns."""
+    if not 1 <= limit <= 100_000:
+        raise QueryBuildError("limit", limit, "must be 1..100000")
+    where = _window(start, end)
+    if reason is not None:
+        where += f" AND {quote_ident('reason')} = {_reason_literal(reason)}"
+    if gateway_id is not None:
+        gateway = check_id("gateway id", gateway_id)
+        where += f" AND {quote_ident('gateway_id')} = {quote_string(gateway)}"
+    if until_ns is not None:
+        where += f" AND time <= {int(until_ns)}"
+    return (
+        f"SELECT * FROM {quote_ident(DEADLETTER_MEASUREMENT)} WHERE {where} "
+        f"ORDER BY time DESC LIMIT {int(limit)}"
+    )
+
+
+def deadletter_query(ns: int, reason: str, gateway_id: str) -> str:
+    """The one dead letter stored at ``ns`` with tags ``reason`` and ``gateway_id``."""
+    if not isinstance(ns, int) or not 0 <= ns < 2**63:
+        raise QueryBuildError("time", ns, "not a time in nanoseconds")
+    gateway = quote_string(check_id("gateway id", gateway_id))
+    return (
+        f"SELECT * FROM {quote_ident(DEADLETTER_MEASUREMENT)} WHERE time = {ns} "
+        f"AND {quote_ident('reason')} = {_reason_literal(reason)} "
+        f"AND {quote_ident('gateway_id')} = {gateway}"
+    )
