@@ -82,7 +82,9 @@ def test_a_dead_letter_is_listed_replayed_once_the_cause_is_fixed_and_stored_onc
     gateway, good, lost = f"gw-dl-{tag}", f"cp-ok-{tag}", f"cp-lost-{tag}"
     bindings = tmp_path / "bindings.json"
     bindings.write_bytes(orjson.dumps({good: gateway}))
-    bridge_env = env_for(BridgeSettings, bindings_file=bindings, ack_interval_s=0.2)
+    bridge_env = env_for(
+        BridgeSettings, bindings="provisioned", bindings_file=bindings, ack_interval_s=0.2
+    )
     bridge = start_bridge(procs, broker, influx_db, extra_env=bridge_env)
     api = start_api(procs, influx_db, READ, broker=broker, keys={"admin": ADMIN})
     wait_until("the API's broker link", lambda: httpx.get(f"{api}/readyz").status_code == 200)
