@@ -9,7 +9,7 @@ hostile value is refused before it is quoted; quoting is the second line of defe
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, get_args
 
@@ -18,7 +18,14 @@ from pydantic import TypeAdapter, ValidationError
 from telemetry_common.errors import TelemetryError
 from telemetry_common.ids import check_id
 from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, TS_MAX, TS_MIN, Status, ValueKey
-from telemetry_common.storage import MEASUREMENT, RESERVED_VALUE_KEYS
+from telemetry_common.storage import (
+    MEASUREMENT,
+    RESERVED_VALUE_KEYS,
+    ROLLUP_1H_MEASUREMENT,
+    ROLLUP_1H_RP,
+    ROLLUP_1M_MEASUREMENT,
+    ROLLUP_1M_RP,
+)
 
 Aggregate = Literal["mean", "min", "max", "last", "count", "sum"]
 AGGREGATES: Final[tuple[str, ...]] = get_args(Aggregate)
@@ -274,6 +281,148 @@ def gateway_highest_seq_query(gateway_id: str) -> str:
         f"FROM {quote_ident(MEASUREMENT)} "
         f"WHERE {quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))}"
     )
+
+
+# --- rollups (docs/design.md#rollups): history and statistics over 1-minute / 1-hour buckets --
+
+Rollup = Literal["1m", "1h"]
+ROLLUPS: Final[tuple[str, ...]] = get_args(Rollup)
+_ROLLUP_SOURCES: Final = {
+    "1m": (ROLLUP_1M_RP, ROLLUP_1M_MEASUREMENT),
+    "1h": (ROLLUP_1H_RP, ROLLUP_1H_MEASUREMENT),
+}
+#: The statistics ``rollup_stats_query`` can give exactly (columns ``{stat}_{field}``); median
+#: and standard deviation cannot be derived from rollups.
+ROLLUP_STATS: Final = ("count", "mean", "min", "max")
+_ROLLUP_SUFFIXES: Final = ("_mean", "_min", "_max", "_last")
+
+
+def rollup_source(rollup: Rollup) -> str:
+    """``"rp"."measurement"`` of a rollup (in the database the client queries)."""
+    if rollup not in _ROLLUP_SOURCES:
+        raise QueryBuildError("resolution", rollup, f"must be one of {', '.join(ROLLUPS)}")
+    rp, measurement = _ROLLUP_SOURCES[rollup]
+    return f"{quote_ident(rp)}.{quote_ident(measurement)}"
+
+
+def rollup_fields_query(rollup: Rollup) -> str:
+    """The field keys of a rollup measurement (``{key}_mean`` ... per value key)."""
+    return f"SHOW FIELD KEYS FROM {rollup_source(rollup)}"
+
+
+def rollup_value_keys(field_keys: Iterable[object]) -> list[str]:
+    """The value keys whose ``{key}_mean`` is among ``field_keys`` (sorted; others ignored)."""
+    keys = set()
+    for name in field_keys:
+        if isinstance(name, str) and name.endswith("_mean"):
+            key = name.removesuffix("_mean")
+            try:
+                keys.add(check_field(key))
+            except QueryBuildError:
+                continue
+    return sorted(keys)
+
+
+def _rollup_columns(fields: list[str], parts: Iterable[str]) -> str:
+    """The subquery's columns per field: ``{f}:w`` = mean * count (the bucket's sum), ``{f}:n``
+    = count where the field has a mean (null otherwise, so a bucket without the field does not
+    weigh), and the stored ``{f}_min``, ``_max``, ``_last`` as asked."""
+    count = quote_ident("count")
+    columns: list[str] = []
+    for f in fields:
+        mean = quote_ident(f"{f}_mean")
+        for part in parts:
+            if part == "w":
+                columns.append(f"{mean} * {count} AS {quote_ident(f'{f}:w')}")
+            elif part == "n":
+                columns.append(f"{count} + 0 * {mean} AS {quote_ident(f'{f}:n')}")
+            else:
+                columns.append(quote_ident(f"{f}_{part}"))
+    return ", ".join(columns)
+
+
+def _rollup_outer(f: str, stat: str) -> str:
+    w, n = quote_ident(f"{f}:w"), quote_ident(f"{f}:n")
+    return {
+        "mean": f"sum({w}) / sum({n})",
+        "sum": f"sum({w})",
+        "count": f"sum({n})",
+        "min": f"min({quote_ident(f'{f}_min')})",
+        "max": f"max({quote_ident(f'{f}_max')})",
+        "last": f"last({quote_ident(f'{f}_last')})",
+    }[stat]
+
+
+_ROLLUP_PARTS: Final = {
+    "mean": ("w", "n"),
+    "sum": ("w",),
+    "count": ("n",),
+    "min": ("min",),
+    "max": ("max",),
+    "last": ("last",),
+}
+
+
+def _rollup_fields(fields: list[str]) -> list[str]:
+    if not fields:
+        raise QueryBuildError("fields", fields, "a rollup query names its fields")
+    return list(dict.fromkeys(check_field(f) for f in fields))
+
+
+def _rollup_from(
+    charger_id: str, fields: list[str], parts: Iterable[str], rollup: Rollup, where: str
+) -> str:
+    return (
+        f"(SELECT {_rollup_columns(fields, parts)} FROM {rollup_source(rollup)} "
+        f"WHERE {_charger_filter(charger_id)} AND {where})"
+    )
+
+
+def rollup_history_query(
+    charger_id: str,
+    fields: list[str],
+    start: datetime,
+    end: datetime,
+    limit: int,
+    *,
+    rollup: Rollup,
+    every: timedelta,
+    agg: Aggregate,
+) -> str:
+    """``agg`` of each field per ``every`` bucket over all connectors, from a rollup, oldest
+    first, empty buckets left out; columns named after the fields. Exact when ``every`` is a
+    multiple of the rollup's width (the caller's rule): mean = count-weighted mean of the
+    buckets' means, sum = sum of mean * count, count = sum of counts, min of mins, max of maxes,
+    last of lasts."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise QueryBuildError("limit", limit, "must be a positive integer")
+    if agg not in _ROLLUP_PARTS:
+        raise QueryBuildError("agg", agg, f"must be one of {', '.join(AGGREGATES)}")
+    fields = _rollup_fields(fields)
+    where = _window(start, end)
+    columns = ", ".join(f"{_rollup_outer(f, agg)} AS {quote_ident(f)}" for f in fields)
+    source = _rollup_from(charger_id, fields, _ROLLUP_PARTS[agg], rollup, where)
+    return (
+        f"SELECT {columns} FROM {source} WHERE {where} "
+        f"GROUP BY time({duration_literal(every)}) fill(none) ORDER BY time ASC LIMIT {limit}"
+    )
+
+
+def rollup_stats_query(
+    charger_id: str, fields: list[str], start: datetime, end: datetime, *, rollup: Rollup
+) -> str:
+    """count (sum of counts), mean (count-weighted), min and max of each field of one charger
+    over the rollup buckets that start in ``[start, end)``, in one row; columns
+    ``{stat}_{field}``."""
+    fields = _rollup_fields(fields)
+    where = _window(start, end)
+    columns = ", ".join(
+        f"{_rollup_outer(f, stat)} AS {quote_ident(f'{stat}_{f}')}"
+        for f in fields
+        for stat in ROLLUP_STATS
+    )
+    source = _rollup_from(charger_id, fields, ("w", "n", "min", "max"), rollup, where)
+    return f"SELECT {columns} FROM {source} WHERE {where}"
 
 
 def ping_query() -> str:
