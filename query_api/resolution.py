@@ -95,9 +95,11 @@ def choose(
         for candidate in ("1h", "1m", "raw"):
             if _fits(candidate, step) and _holds(candidate, start, now, rules):
                 return candidate
+        finest = "1m" if _holds("1m", start, now, rules) else "1h"
+        gone = _kept("raw", rules) + ("" if finest == "1m" else f", {_kept('1m', rules)}")
         raise ResolutionError(
-            f"every={_show(step)} needs raw readings ({_kept('raw', rules)}) and the window "
-            "starts before that; use every=1m or a multiple of it (1-minute rollups)"
+            f"every={_show(step)} cannot be served: {gone}, and the window starts before that; "
+            f"use every={finest} or a multiple of it"
         )
     if span <= rules.rollup_1h_after and _holds("1m", start, now, rules):
         return "1m"

@@ -9,6 +9,7 @@ import pytest
 from telemetry_common.errors import InvalidIdError
 from telemetry_common.influxql import (
     AGGREGATES,
+    ROLLUP_STATS,
     QueryBuildError,
     check_field,
     count_readings_query,
@@ -19,6 +20,11 @@ from telemetry_common.influxql import (
     ping_query,
     quote_ident,
     quote_string,
+    rollup_fields_query,
+    rollup_history_query,
+    rollup_source,
+    rollup_stats_query,
+    rollup_value_keys,
     stats_query,
     time_literal,
 )
@@ -337,3 +343,73 @@ def test_gateway_highest_seq_and_ping() -> None:
     with pytest.raises(InvalidIdError):
         gateway_highest_seq_query("gw' OR 1=1")
     assert ping_query().startswith("SHOW ")
+
+
+# --- rollups --------------------------------------------------------------------------------
+
+
+def test_rollup_history_mean_is_weighted_by_count_in_a_subquery() -> None:
+    """mean over rollups = sum(mean * count) / sum(count), the count taken only where the field
+    has a mean; both windows (inner and outer) bound the query."""
+    q = rollup_history_query(
+        "gw-1-cp001", ["power_w"], START, END, 10, rollup="1h", every=timedelta(hours=1),
+        agg="mean",
+    )  # fmt: skip
+    assert q == (
+        'SELECT sum("power_w:w") / sum("power_w:n") AS "power_w" FROM '
+        '(SELECT "power_w_mean" * "count" AS "power_w:w", "count" + 0 * "power_w_mean" AS '
+        f'"power_w:n" FROM "rollup_1h"."readings_1h" WHERE {WHERE}) '
+        f"WHERE {WHERE.split(' AND ', 1)[1]} GROUP BY time(1h) fill(none) "
+        "ORDER BY time ASC LIMIT 10"
+    )
+
+
+@pytest.mark.parametrize(
+    ("agg", "outer"),
+    [
+        ("min", 'min("power_w_min")'),
+        ("max", 'max("power_w_max")'),
+        ("last", 'last("power_w_last")'),
+        ("count", 'sum("power_w:n")'),
+        ("sum", 'sum("power_w:w")'),
+    ],
+)
+def test_rollup_history_other_aggregates_read_their_own_columns(agg: str, outer: str) -> None:
+    """min of mins, max of maxes, last of lasts, count = sum of counts, sum = sum of mean*count."""
+    q = rollup_history_query(
+        "gw-1-cp001", ["power_w"], START, END, 5, rollup="1m", every=timedelta(minutes=5),
+        agg=agg,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert q.startswith(f'SELECT {outer} AS "power_w" FROM (SELECT ')
+    assert 'FROM "rollup_1m"."readings_1m"' in q
+    assert "GROUP BY time(5m)" in q
+
+
+def test_rollup_stats_query_has_exact_statistics_only() -> None:
+    """count, weighted mean, min, max per field; no median or stddev."""
+    q = rollup_stats_query("gw-1-cp001", ["power_w", "soc_pct"], START, END, rollup="1h")
+    for stat in ROLLUP_STATS:
+        assert f'AS "{stat}_power_w"' in q
+        assert f'AS "{stat}_soc_pct"' in q
+    assert "median" not in q
+    assert "stddev" not in q
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_rollup_queries_refuse_hostile_fields_and_ids(name: str) -> None:
+    """Fields are value keys and the charger id an id, as for raw queries."""
+    with pytest.raises(QueryBuildError):
+        rollup_stats_query("gw-1-cp001", [name], START, END, rollup="1h")
+    with pytest.raises((QueryBuildError, InvalidIdError)):
+        rollup_history_query(
+            name, ["power_w"], START, END, 5, rollup="1h", every=timedelta(hours=1), agg="mean"
+        )
+    with pytest.raises(QueryBuildError):
+        rollup_source(name)  # type: ignore[arg-type]
+
+
+def test_rollup_value_keys_come_from_the_mean_columns() -> None:
+    """SHOW FIELD KEYS answer -> the value keys (meta and odd names ignored)."""
+    keys = ["count", "status_last", "power_w_mean", "power_w_min", "soc_pct_mean", "Bad_mean"]
+    assert rollup_value_keys(keys) == ["power_w", "soc_pct"]
+    assert rollup_fields_query("1m") == 'SHOW FIELD KEYS FROM "rollup_1m"."readings_1m"'
