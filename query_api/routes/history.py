@@ -49,7 +49,7 @@ from query_api.resolution import (
     aligned,
     choose,
 )
-from query_api.rollups import RollupFields
+from query_api.rollups import RollupFields, combine
 from query_api.settings import ApiSettings
 from query_api.timespec import TimeSpecError, Window, format_duration, parse_duration
 from telemetry_common import influxql
@@ -63,6 +63,8 @@ router = APIRouter(
     responses=problem_responses(401, 403, 422, 502, 503),
 )
 
+#: Most rollup rows one page reads (the page's window is cut to fit).
+ROLLUP_PAGE_ROWS = 100_000
 _EPOCH_NS_MIN = int((TS_MIN - from_epoch_ns(0)).total_seconds()) * 10**9
 _EPOCH_NS_MAX = int((TS_MAX - from_epoch_ns(0)).total_seconds()) * 10**9
 
@@ -281,32 +283,40 @@ class _Page:
         """The :class:`HistoryPage` document as JSON (built as dicts: a page of models cost
         three times as much)."""
         names, win, limit, skip, step = self.names, self.win, self.limit, self.skip, self.step
-        rows = await self._rows(influx, fields, mono)
         next_cursor: str | None = None
         body: dict[str, Any] = {"o": _ns(self.first), "e": _ns(win.end)}
         if self.resolution != "raw":
-            body["r"] = self.resolution
-        if self.agg is None:
-            t0 = _ns(win.start)
-            kept = [r for r in rows if not (int(r["time"]) == t0 and _series_key(r) in skip)]
-            page = kept[:limit]
-            more = len(kept) > limit or len(rows) == limit + len(skip)
-            if more and page:
-                t = int(page[-1]["time"])
-                at_t = {_series_key(r) for r in page if int(r["time"]) == t}
-                at_t |= skip if t == t0 else set()
-                cur = {**body, "t": t, "s": sorted(at_t)}
+            points, t = await self._rollup_page(influx, fields, mono)
+            more = t is not None
+            if t is not None:
+                cur = {**body, "r": self.resolution, "t": t}
                 next_cursor = self.cursors.encode("history", self.query, cur)
-            points = [row_to_point(row) for row in page]
         else:
-            assert step is not None
-            more = len(rows) >= limit
-            if more:
-                t = _ns(from_epoch_ns(int(rows[-1]["time"])) + step)
-                if t < body["e"]:
-                    next_cursor = self.cursors.encode("history", self.query, {**body, "t": t})
-            wildcard = names is None and self.resolution == "raw"
-            points = [row_to_bucket(row, self.agg, wildcard=wildcard) for row in rows]
+            q = influxql.history_query(
+                self.charger_id, names, win.start, win.end, limit + len(skip), every=step,
+                agg=self.agg,
+            )  # fmt: skip
+            rows = [row for s in await influx.query(q) for row in s.rows()]
+            if self.agg is None:
+                t0 = _ns(win.start)
+                kept = [r for r in rows if not (int(r["time"]) == t0 and _series_key(r) in skip)]
+                page = kept[:limit]
+                more = len(kept) > limit or len(rows) == limit + len(skip)
+                if more and page:
+                    t = int(page[-1]["time"])
+                    at_t = {_series_key(r) for r in page if int(r["time"]) == t}
+                    at_t |= skip if t == t0 else set()
+                    cur = {**body, "t": t, "s": sorted(at_t)}
+                    next_cursor = self.cursors.encode("history", self.query, cur)
+                points = [row_to_point(row) for row in page]
+            else:
+                assert step is not None
+                more = len(rows) >= limit
+                if more:
+                    t = _ns(from_epoch_ns(int(rows[-1]["time"])) + step)
+                    if t < body["e"]:
+                        next_cursor = self.cursors.encode("history", self.query, {**body, "t": t})
+                points = [row_to_bucket(row, self.agg, wildcard=names is None) for row in rows]
         doc: dict[str, Any] = {
             "charger_id": self.charger_id,
             "start": format_ts(self.first),
@@ -320,24 +330,39 @@ class _Page:
         doc["points"] = points
         return orjson.dumps(doc)
 
-    async def _rows(
+    async def _rollup_page(
         self, influx: InfluxQL, fields: RollupFields, mono: float
-    ) -> list[dict[str, Any]]:
-        win, limit, step = self.win, self.limit, self.step
-        if self.resolution == "raw":
-            q = influxql.history_query(
-                self.charger_id, self.names, win.start, win.end, limit + len(self.skip),
-                every=step, agg=self.agg,
-            )  # fmt: skip
-        else:
-            assert step is not None
-            assert self.agg is not None
-            rollup: Rollup = self.resolution
-            names = self.names or await fields.get(influx, rollup, mono)
-            if not names:
-                return []
-            q = influxql.rollup_history_query(
-                self.charger_id, names, win.start, win.end, limit,
-                rollup=rollup, every=step, agg=self.agg,
-            )  # fmt: skip
-        return [row for s in await influx.query(q) for row in s.rows()]
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """(the buckets of a rollup-served page, where the next page starts or None).
+
+        A page covers at most ``limit`` buckets of the window and at most ROLLUP_PAGE_ROWS
+        rollup rows: its rows are asked of InfluxDB as they are (all connectors), combined here
+        (query_api.rollups.combine). Cut by time, a page may hold fewer than ``limit`` buckets
+        (empty buckets are left out) and still be followed by another."""
+        win, step, agg = self.win, self.step, self.agg
+        assert step is not None
+        assert agg is not None
+        rollup: Rollup = self.resolution  # type: ignore[assignment]
+        names = self.names or await fields.get(influx, rollup, mono)
+        step_ns = _ns(from_epoch_ns(0) + step)
+        per_bucket = max(1, step // WIDTHS[rollup])
+        buckets = max(1, min(self.limit, ROLLUP_PAGE_ROWS // per_bucket))
+        lo, end = _ns(win.start), _ns(win.end)
+        hi = min(end, lo + buckets * step_ns)
+        if not names:
+            return [], None
+        q = influxql.rollup_rows_query(
+            self.charger_id, names, from_epoch_ns(lo), from_epoch_ns(hi), ROLLUP_PAGE_ROWS + 1,
+            rollup=rollup, agg=agg,
+        )  # fmt: skip
+        rows = [row for s in await influx.query(q) for row in s.rows()]
+        if len(rows) > ROLLUP_PAGE_ROWS:  # many connectors: up to the last whole bucket
+            cut = int(rows[-1]["time"])
+            cut -= cut % step_ns
+            hi = max(cut, lo + step_ns)
+            rows = [r for r in rows if int(r["time"]) < hi]
+        points = [
+            {"ts": format_ts(from_epoch_ns(t)), "values": values}
+            for t, values in combine(rows, names, agg, step_ns)
+        ]
+        return points, (hi if hi < end else None)

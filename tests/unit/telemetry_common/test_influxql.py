@@ -21,7 +21,7 @@ from telemetry_common.influxql import (
     quote_ident,
     quote_string,
     rollup_fields_query,
-    rollup_history_query,
+    rollup_rows_query,
     rollup_source,
     rollup_stats_query,
     rollup_value_keys,
@@ -348,41 +348,23 @@ def test_gateway_highest_seq_and_ping() -> None:
 # --- rollups --------------------------------------------------------------------------------
 
 
-def test_rollup_history_mean_is_weighted_by_count_in_a_subquery() -> None:
-    """mean over rollups = sum(mean * count) / sum(count), the count taken only where the field
-    has a mean; both windows (inner and outer) bound the query."""
-    q = rollup_history_query(
-        "gw-1-cp001", ["power_w"], START, END, 10, rollup="1h", every=timedelta(hours=1),
-        agg="mean",
-    )  # fmt: skip
-    assert q == (
-        'SELECT sum("power_w:w") / sum("power_w:n") AS "power_w" FROM '
-        '(SELECT "power_w_mean" * "count" AS "power_w:w", "count" + 0 * "power_w_mean" AS '
-        f'"power_w:n" FROM "rollup_1h"."readings_1h" WHERE {WHERE}) '
-        f"WHERE {WHERE.split(' AND ', 1)[1]} GROUP BY time(1h) fill(none) "
-        "ORDER BY time ASC LIMIT 10"
-    )
-
-
 @pytest.mark.parametrize(
-    ("agg", "outer"),
-    [
-        ("min", 'min("power_w_min")'),
-        ("max", 'max("power_w_max")'),
-        ("last", 'last("power_w_last")'),
-        ("count", 'sum("power_w:n")'),
-        ("sum", 'sum("power_w:w")'),
-    ],
-)
-def test_rollup_history_other_aggregates_read_their_own_columns(agg: str, outer: str) -> None:
-    """min of mins, max of maxes, last of lasts, count = sum of counts, sum = sum of mean*count."""
-    q = rollup_history_query(
-        "gw-1-cp001", ["power_w"], START, END, 5, rollup="1m", every=timedelta(minutes=5),
+    ("agg", "column"),
+    [("mean", "mean"), ("sum", "mean"), ("count", "mean"), ("min", "min"), ("max", "max"),
+     ("last", "last")],
+)  # fmt: skip
+def test_rollup_rows_query_reads_the_column_of_the_aggregate_and_count(
+    agg: str, column: str
+) -> None:
+    """A plain select of the rollup rows (all connectors), oldest first, with count."""
+    q = rollup_rows_query(
+        "gw-1-cp001", ["power_w", "soc_pct"], START, END, 100, rollup="1h",
         agg=agg,  # type: ignore[arg-type]
     )  # fmt: skip
-    assert q.startswith(f'SELECT {outer} AS "power_w" FROM (SELECT ')
-    assert 'FROM "rollup_1m"."readings_1m"' in q
-    assert "GROUP BY time(5m)" in q
+    assert q == (
+        f'SELECT "power_w_{column}", "soc_pct_{column}", "count" FROM "rollup_1h"."readings_1h" '
+        f"WHERE {WHERE} ORDER BY time ASC LIMIT 100"
+    )
 
 
 def test_rollup_stats_query_has_exact_statistics_only() -> None:
@@ -401,9 +383,7 @@ def test_rollup_queries_refuse_hostile_fields_and_ids(name: str) -> None:
     with pytest.raises(QueryBuildError):
         rollup_stats_query("gw-1-cp001", [name], START, END, rollup="1h")
     with pytest.raises((QueryBuildError, InvalidIdError)):
-        rollup_history_query(
-            name, ["power_w"], START, END, 5, rollup="1h", every=timedelta(hours=1), agg="mean"
-        )
+        rollup_rows_query(name, ["power_w"], START, END, 5, rollup="1m", agg="mean")
     with pytest.raises(QueryBuildError):
         rollup_source(name)  # type: ignore[arg-type]
 
