@@ -108,12 +108,15 @@ async def api(seeded: Seeded) -> AsyncIterator[httpx.AsyncClient]:
         history_max_points=10_000,
     )
     app = create_app(settings)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://api.test",
-        headers={"X-API-Key": READ},
-        timeout=60.0,
-    ) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api.test",
+            headers={"X-API-Key": READ},
+            timeout=60.0,
+        ) as client,
+    ):
         yield client
 
 
