@@ -8,7 +8,6 @@ A history or stats query over rollups names its fields (InfluxDB cannot weigh ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from telemetry_common import influxql
@@ -33,42 +32,38 @@ class RollupFields:
 
 
 def combine(
-    rows: Iterable[dict[str, Any]], keys: list[str], agg: Aggregate, step_ns: int
+    columns: list[str], rows: list[list[Any]], keys: list[str], agg: Aggregate, step_ns: int
 ) -> list[tuple[int, dict[str, float]]]:
-    """Rollup rows (oldest first; ``time`` in ns, the column ``agg`` reads per key, ``count``)
-    combined into buckets of ``step_ns`` (epoch-aligned, a multiple of the rollup's width):
-    (bucket start, values), buckets without any value left out. Exact: ``mean`` weighs each
-    row's mean by its count (one row: its mean as stored), ``sum`` = the sum of mean * count,
-    ``count`` = the sum of counts, ``min``/``max`` of the rows' mins/maxes, ``last`` the
-    newest row's last."""
+    """Rollup rows (oldest first, as InfluxDB answers them: ``time`` in ns, the column ``agg``
+    reads per key, ``count``) combined into buckets of ``step_ns`` (epoch-aligned, a multiple of
+    the rollup's width): (bucket start, values), buckets without any value left out. Exact:
+    ``mean`` weighs each row's mean by its count (a bucket of one row: its mean as stored),
+    ``sum`` = the sum of mean * count, ``count`` = the sum of counts, ``min``/``max`` of the
+    rows' mins/maxes, ``last`` the newest row's last."""
     column = ROLLUP_COLUMN[agg]
-    names = [(k, f"{k}_{column}") for k in keys]
+    at = {name: i for i, name in enumerate(columns)}
+    ti, ci = at["time"], at.get("count")
+    idx = [(k, at[f"{k}_{column}"]) for k in keys if f"{k}_{column}" in at]
     out: list[tuple[int, dict[str, float]]] = []
-    t_bucket: int | None = None
-    acc: dict[str, list[float]] = {}
-
-    def flush() -> None:
-        if t_bucket is not None and acc:
-            out.append((t_bucket, {k: _result(agg, v) for k, v in acc.items()}))
-
-    for row in rows:
-        t = int(row["time"])
-        t -= t % step_ns
-        if t != t_bucket:
-            flush()
-            t_bucket, acc = t, {}
-        count: Any = row.get("count")
-        n = float(count) if _is_number(count) else 0.0
-        for key, name in names:
-            v: Any = row.get(name)
-            if not _is_number(v):
-                continue
-            held = acc.get(key)
-            if held is None:
-                acc[key] = [float(v), n, float(v) * n, 1.0]  # value, sum n, sum v*n, rows
-            else:
-                _fold(agg, held, float(v), n)
-    flush()
+    i, n = 0, len(rows)
+    while i < n:
+        t = rows[i][ti]
+        bucket = t - t % step_ns
+        j = i + 1
+        while j < n and rows[j][ti] - bucket < step_ns:
+            j += 1
+        if j == i + 1 and agg in ("mean", "min", "max", "last"):  # one row: as stored
+            row = rows[i]
+            values = {
+                k: float(v)
+                for k, x in idx
+                if isinstance(v := row[x], int | float) and v is not True
+            }
+        else:
+            values = _fold(rows[i:j], idx, ci, agg)
+        if values:
+            out.append((bucket, values))
+        i = j
     return out
 
 
@@ -76,24 +71,30 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _fold(agg: str, held: list[float], v: float, n: float) -> None:
-    if agg == "min":
-        held[0] = min(held[0], v)
-    elif agg == "max":
-        held[0] = max(held[0], v)
-    elif agg == "last":
-        held[0] = v
-    held[1] += n
-    held[2] += v * n
-    held[3] += 1
+def _fold(
+    group: list[list[Any]], idx: list[tuple[str, int]], ci: int | None, agg: str
+) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for key, x in idx:
+        held = [(float(r[x]), _count(r, ci)) for r in group if _is_number(r[x])]
+        if not held:
+            continue
+        if agg == "mean":
+            total = sum(c for _, c in held)
+            values[key] = held[0][0] if len(held) == 1 else sum(v * c for v, c in held) / total
+        elif agg == "sum":
+            values[key] = sum(v * c for v, c in held)
+        elif agg == "count":
+            values[key] = sum(c for _, c in held)
+        elif agg == "min":
+            values[key] = min(v for v, _ in held)
+        elif agg == "max":
+            values[key] = max(v for v, _ in held)
+        else:  # last: the newest row's (rows are oldest first)
+            values[key] = held[-1][0]
+    return values
 
 
-def _result(agg: str, held: list[float]) -> float:
-    value, n, weighted, rows = held
-    if agg == "mean":
-        return value if rows == 1 else weighted / n
-    if agg == "sum":
-        return weighted
-    if agg == "count":
-        return n
-    return value
+def _count(row: list[Any], ci: int | None) -> float:
+    value: Any = row[ci] if ci is not None else None
+    return float(value) if _is_number(value) else 0.0

@@ -11,8 +11,11 @@ from query_api.rollups import combine
 H = 3_600 * 10**9
 
 
-def _row(t: int, count: int, **values: float) -> dict[str, Any]:
-    return {"time": t, "count": count, **values}
+COLUMNS = ["time", "power_w_mean", "power_w_min", "power_w_max", "power_w_last", "count"]
+
+
+def _row(t: int, count: int, **values: float) -> list[Any]:
+    return [t, *(values.get(c) for c in COLUMNS[1:-1]), count]
 
 
 ROWS = [
@@ -40,12 +43,12 @@ def test_buckets_are_exact_aggregates_of_their_rows(
 ) -> None:
     """Per bucket: count-weighted mean, sum of mean*count, sum of counts where the key has a
     value, min of mins, max of maxes, the newest last; a single row's mean is kept as stored."""
-    one = combine(ROWS, ["power_w"], agg, H)  # type: ignore[arg-type]
+    one = combine(COLUMNS, ROWS, ["power_w"], agg, H)  # type: ignore[arg-type]
     assert [t for t, _ in one] == [0, H, 2 * H]
     assert [v["power_w"] for _, v in one] == pytest.approx(hourly, rel=1e-15)
     if agg == "mean":
         assert one[1][1]["power_w"] == 1.1  # one row: exactly its mean
-    two = combine(ROWS, ["power_w"], agg, 2 * H)  # type: ignore[arg-type]
+    two = combine(COLUMNS, ROWS, ["power_w"], agg, 2 * H)  # type: ignore[arg-type]
     assert [t for t, _ in two] == [0, 2 * H]
     want = two_hourly if agg != "mean" else [(100.0 + 2.2) / 6, 3.3]
     assert [v["power_w"] for _, v in two] == pytest.approx(want, rel=1e-15)
@@ -53,4 +56,4 @@ def test_buckets_are_exact_aggregates_of_their_rows(
 
 def test_buckets_without_values_are_left_out() -> None:
     """A bucket whose rows hold none of the keys is not a point."""
-    assert combine([_row(0, 7), _row(H, 2, soc_pct_mean=50.0)], ["power_w"], "mean", H) == []
+    assert combine(COLUMNS, [_row(0, 7), _row(H, 2)], ["power_w"], "mean", H) == []
