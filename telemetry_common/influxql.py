@@ -294,7 +294,6 @@ _ROLLUP_SOURCES: Final = {
 #: The statistics ``rollup_stats_query`` can give exactly (columns ``{stat}_{field}``); median
 #: and standard deviation cannot be derived from rollups.
 ROLLUP_STATS: Final = ("count", "mean", "min", "max")
-_ROLLUP_SUFFIXES: Final = ("_mean", "_min", "_max", "_last")
 
 
 def rollup_source(rollup: Rollup) -> str:
@@ -323,49 +322,41 @@ def rollup_value_keys(field_keys: Iterable[object]) -> list[str]:
     return sorted(keys)
 
 
-def _rollup_columns(fields: list[str], parts: Iterable[str]) -> str:
-    """The subquery's columns per field: ``{f}:w`` = mean * count (the bucket's sum), ``{f}:n``
-    = count where the field has a mean (null otherwise, so a bucket without the field does not
-    weigh), and the stored ``{f}_min``, ``_max``, ``_last`` as asked."""
+def _rollup_stat(f: str, stat: str) -> str:
+    """One statistic of field ``f`` over the rows of :func:`_rollup_subquery`."""
+    w, n = quote_ident(f"{f}:w"), quote_ident(f"{f}:n")
+    return {
+        "count": f"sum({n})",
+        "mean": f"sum({w}) / sum({n})",
+        "min": f"min({quote_ident(f'{f}_min')})",
+        "max": f"max({quote_ident(f'{f}_max')})",
+    }[stat]
+
+
+def _rollup_subquery(charger_id: str, fields: list[str], rollup: Rollup, where: str) -> str:
+    """Per field: ``{f}:w`` = mean * count (the bucket's sum), ``{f}:n`` = count where the field
+    has a mean (null otherwise: a bucket without the field does not weigh), ``{f}_min`` and
+    ``{f}_max`` as stored."""
     count = quote_ident("count")
     columns: list[str] = []
     for f in fields:
         mean = quote_ident(f"{f}_mean")
-        for part in parts:
-            if part == "w":
-                columns.append(f"{mean} * {count} AS {quote_ident(f'{f}:w')}")
-            elif part == "n":
-                columns.append(f"{count} + 0 * {mean} AS {quote_ident(f'{f}:n')}")
-            else:
-                columns.append(quote_ident(f"{f}_{part}"))
-    return ", ".join(columns)
-
-
-def _rollup_outer(f: str, stat: str) -> str:
-    w, n = quote_ident(f"{f}:w"), quote_ident(f"{f}:n")
-    return {
-        "mean": f"sum({w}) / sum({n})",
-        "sum": f"sum({w})",
-        "count": f"sum({n})",
-        "min": f"min({quote_ident(f'{f}_min')})",
-        "max": f"max({quote_ident(f'{f}_max')})",
-        "last": f"last({quote_ident(f'{f}_last')})",
-    }[stat]
+        columns += [
+            f"{mean} * {count} AS {quote_ident(f'{f}:w')}",
+            f"{count} + 0 * {mean} AS {quote_ident(f'{f}:n')}",
+            quote_ident(f"{f}_min"),
+            quote_ident(f"{f}_max"),
+        ]
+    return (
+        f"(SELECT {', '.join(columns)} FROM {rollup_source(rollup)} "
+        f"WHERE {_charger_filter(charger_id)} AND {where})"
+    )
 
 
 def _rollup_fields(fields: list[str]) -> list[str]:
     if not fields:
         raise QueryBuildError("fields", fields, "a rollup query names its fields")
     return list(dict.fromkeys(check_field(f) for f in fields))
-
-
-def _rollup_from(
-    charger_id: str, fields: list[str], parts: Iterable[str], rollup: Rollup, where: str
-) -> str:
-    return (
-        f"(SELECT {_rollup_columns(fields, parts)} FROM {rollup_source(rollup)} "
-        f"WHERE {_charger_filter(charger_id)} AND {where})"
-    )
 
 
 #: The stored column each aggregate reads of a rollup bucket, per value key.
@@ -411,12 +402,13 @@ def rollup_stats_query(
     fields = _rollup_fields(fields)
     where = _window(start, end)
     columns = ", ".join(
-        f"{_rollup_outer(f, stat)} AS {quote_ident(f'{stat}_{f}')}"
+        f"{_rollup_stat(f, stat)} AS {quote_ident(f'{stat}_{f}')}"
         for f in fields
         for stat in ROLLUP_STATS
     )
-    source = _rollup_from(charger_id, fields, ("w", "n", "min", "max"), rollup, where)
-    return f"SELECT {columns} FROM {source} WHERE {where}"
+    return (
+        f"SELECT {columns} FROM {_rollup_subquery(charger_id, fields, rollup, where)} WHERE {where}"
+    )
 
 
 def ping_query() -> str:
