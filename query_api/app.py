@@ -25,6 +25,7 @@ from query_api.latest.sweep import confirm_forever
 from query_api.lean import LeanDispatch, routes_of
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.pagecache import PageCache
+from query_api.rollups import RollupFields
 from query_api.routes import (
     bindings,
     chargers,
@@ -160,6 +161,7 @@ def create_app(
     app.state.clock = clock if clock is not None else SystemClock()
     app.state.charger_index = ChargerIndex(settings.chargers_cache_s)
     app.state.history_cache = PageCache(settings.history_cache_s, settings.history_cache_max_bytes)
+    app.state.rollup_fields = RollupFields(ttl_s=60.0)
     cursor_secret = settings.cursor_secret
     app.state.cursors = Cursors(
         cursor_secret.get_secret_value().encode()

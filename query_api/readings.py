@@ -8,6 +8,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from query_api.latest.state import ChargerState
+from query_api.resolution import Resolution
 from telemetry_common.influxql import Aggregate
 from telemetry_common.schema import format_ts
 from telemetry_common.storage import META_FIELDS, TAG_KEYS
@@ -73,6 +74,7 @@ class HistoryPage(BaseModel):
                     "start": "2026-05-01T11:00:00.000Z",
                     "end": "2026-05-01T12:00:00.000Z",
                     "fields": ["power_w"],
+                    "resolution": "raw",
                     "limit": 1000,
                     "truncated": False,
                     "points": [
@@ -95,8 +97,14 @@ class HistoryPage(BaseModel):
     start: str
     end: str
     fields: list[str] | None = Field(default=None, description="None: every field")
-    every: str | None = None
+    every: str | None = Field(
+        default=None, description="bucket width (a rollup-served page: at least the rollup's)"
+    )
     agg: Aggregate | None = None
+    resolution: Resolution = Field(
+        description="where the points come from: raw readings, 1-minute or 1-hour rollups "
+        "(also in the X-Resolution header)"
+    )
     limit: int
     truncated: bool = Field(description="true when limit points were returned: more may follow")
     next_cursor: str | None = Field(

@@ -10,6 +10,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import SettingsConfigDict
 
 from query_api.cursor import MIN_KEY_BYTES
+from query_api.resolution import Retentions
 from telemetry_common.errors import ConfigError
 from telemetry_common.ids import Id
 from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings, env_name
@@ -50,8 +51,8 @@ class ApiSettings(ServiceSettings):
     starts its paging again). Set it, the same in every process, where several API processes
     serve one address."""
 
-    history_max_range: timedelta = Field(default=timedelta(days=31), gt=timedelta(0))
-    """Longest ``end - start`` a history query may span."""
+    history_max_range: timedelta = Field(default=timedelta(days=1825), gt=timedelta(0))
+    """Longest ``end - start`` a history query may span (default: ROLLUP_1H_RETENTION's)."""
     history_default_range: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0))
     """Range used when a history query gives no ``start``."""
     history_max_points: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -65,8 +66,19 @@ class ApiSettings(ServiceSettings):
     """Bound of the history page cache in all."""
     history_min_every: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
     """Smallest ``every`` of a downsampled history query."""
-    stats_max_range: timedelta = Field(default=timedelta(days=31), gt=timedelta(0))
-    """Longest window of ``/stats``."""
+    stats_max_range: timedelta = Field(default=timedelta(days=1825), gt=timedelta(0))
+    """Longest window of ``/stats`` (default: ROLLUP_1H_RETENTION's)."""
+    raw_retention: timedelta = Field(default=timedelta(days=30), gt=timedelta(0))
+    """How long raw readings are kept (the rollup job's RAW_RETENTION: keep them equal). A window
+    that starts earlier is never read from raw readings."""
+    rollup_1m_retention: timedelta = Field(default=timedelta(days=365), gt=timedelta(0))
+    """How long 1-minute rollups are kept (the rollup job's setting of the same name)."""
+    rollup_1h_retention: timedelta = Field(default=timedelta(days=1825), gt=timedelta(0))
+    """How long 1-hour rollups are kept (the rollup job's setting of the same name)."""
+    rollup_1m_after: timedelta = Field(default=timedelta(days=1), gt=timedelta(0))
+    """A history window longer than this (without ``every``) is read from 1-minute rollups."""
+    rollup_1h_after: timedelta = Field(default=timedelta(days=31), gt=timedelta(0))
+    """... and longer than this, from 1-hour rollups."""
     stats_default_range: timedelta = Field(default=timedelta(hours=24), gt=timedelta(0))
     """Window of ``/stats`` when the request gives none."""
 
@@ -176,6 +188,11 @@ class ApiSettings(ServiceSettings):
                 env_name(ApiSettings, "stats_default_range"),
                 f"exceeds {env_name(ApiSettings, 'stats_max_range')}",
             )
+        if self.rollup_1m_after > self.rollup_1h_after:
+            raise ConfigError(
+                env_name(ApiSettings, "rollup_1m_after"),
+                f"exceeds {env_name(ApiSettings, 'rollup_1h_after')}",
+            )
         if self.state_stale_after_s >= self.state_offline_after_s:
             raise ConfigError(
                 env_name(ApiSettings, "state_stale_after_s"),
@@ -190,6 +207,17 @@ class ApiSettings(ServiceSettings):
                     env_name(ApiSettings, "ingest_gateway"), f"{gateway!r} is reserved"
                 )
         return self
+
+    @property
+    def retentions(self) -> Retentions:
+        """The stores' retentions and the window lengths that pick among them."""
+        return Retentions(
+            raw=self.raw_retention,
+            rollup_1m=self.rollup_1m_retention,
+            rollup_1h=self.rollup_1h_retention,
+            rollup_1m_after=self.rollup_1m_after,
+            rollup_1h_after=self.rollup_1h_after,
+        )
 
     @property
     def default_limit(self) -> int:

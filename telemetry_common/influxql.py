@@ -9,7 +9,7 @@ hostile value is refused before it is quoted; quoting is the second line of defe
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, get_args
 
@@ -24,6 +24,10 @@ from telemetry_common.storage import (
     KEEP_RP,
     MEASUREMENT,
     RESERVED_VALUE_KEYS,
+    ROLLUP_1H_MEASUREMENT,
+    ROLLUP_1H_RP,
+    ROLLUP_1M_MEASUREMENT,
+    ROLLUP_1M_RP,
 )
 
 Aggregate = Literal["mean", "min", "max", "last", "count", "sum"]
@@ -310,6 +314,134 @@ def bindings_query(since: datetime | None = None, charger_id: str | None = None)
         f"FROM {quote_ident(KEEP_RP)}.{quote_ident(BINDINGS_MEASUREMENT)}"
         + (f" WHERE {' AND '.join(where)}" if where else "")
         + f" GROUP BY {quote_ident('charger_id')}"
+    )
+
+
+# --- rollups (docs/design.md#rollups): history and statistics over 1-minute / 1-hour buckets --
+
+Rollup = Literal["1m", "1h"]
+ROLLUPS: Final[tuple[str, ...]] = get_args(Rollup)
+_ROLLUP_SOURCES: Final = {
+    "1m": (ROLLUP_1M_RP, ROLLUP_1M_MEASUREMENT),
+    "1h": (ROLLUP_1H_RP, ROLLUP_1H_MEASUREMENT),
+}
+#: The statistics ``rollup_stats_query`` can give exactly (columns ``{stat}_{field}``); median
+#: and standard deviation cannot be derived from rollups.
+ROLLUP_STATS: Final = ("count", "mean", "min", "max")
+
+
+def rollup_source(rollup: Rollup) -> str:
+    """``"rp"."measurement"`` of a rollup (in the database the client queries)."""
+    if rollup not in _ROLLUP_SOURCES:
+        raise QueryBuildError("resolution", rollup, f"must be one of {', '.join(ROLLUPS)}")
+    rp, measurement = _ROLLUP_SOURCES[rollup]
+    return f"{quote_ident(rp)}.{quote_ident(measurement)}"
+
+
+def rollup_fields_query(rollup: Rollup) -> str:
+    """The field keys of a rollup measurement (``{key}_mean`` ... per value key)."""
+    return f"SHOW FIELD KEYS FROM {rollup_source(rollup)}"
+
+
+def rollup_value_keys(field_keys: Iterable[object]) -> list[str]:
+    """The value keys whose ``{key}_mean`` is among ``field_keys`` (sorted; others ignored)."""
+    keys = set()
+    for name in field_keys:
+        if isinstance(name, str) and name.endswith("_mean"):
+            key = name.removesuffix("_mean")
+            try:
+                keys.add(check_field(key))
+            except QueryBuildError:
+                continue
+    return sorted(keys)
+
+
+def _rollup_stat(f: str, stat: str) -> str:
+    """One statistic of field ``f`` over the rows of :func:`_rollup_subquery`."""
+    w, n = quote_ident(f"{f}:w"), quote_ident(f"{f}:n")
+    return {
+        "count": f"sum({n})",
+        "mean": f"sum({w}) / sum({n})",
+        "min": f"min({quote_ident(f'{f}_min')})",
+        "max": f"max({quote_ident(f'{f}_max')})",
+    }[stat]
+
+
+def _rollup_subquery(charger_id: str, fields: list[str], rollup: Rollup, where: str) -> str:
+    """Per field: ``{f}:w`` = mean * count (the bucket's sum), ``{f}:n`` = count where the field
+    has a mean (null otherwise: a bucket without the field does not weigh), ``{f}_min`` and
+    ``{f}_max`` as stored."""
+    count = quote_ident("count")
+    columns: list[str] = []
+    for f in fields:
+        mean = quote_ident(f"{f}_mean")
+        columns += [
+            f"{mean} * {count} AS {quote_ident(f'{f}:w')}",
+            f"{count} + 0 * {mean} AS {quote_ident(f'{f}:n')}",
+            quote_ident(f"{f}_min"),
+            quote_ident(f"{f}_max"),
+        ]
+    return (
+        f"(SELECT {', '.join(columns)} FROM {rollup_source(rollup)} "
+        f"WHERE {_charger_filter(charger_id)} AND {where})"
+    )
+
+
+def _rollup_fields(fields: list[str]) -> list[str]:
+    if not fields:
+        raise QueryBuildError("fields", fields, "a rollup query names its fields")
+    return list(dict.fromkeys(check_field(f) for f in fields))
+
+
+#: The stored column each aggregate reads of a rollup bucket, per value key.
+ROLLUP_COLUMN: Final = {
+    "mean": "mean", "sum": "mean", "count": "mean", "min": "min", "max": "max", "last": "last",
+}  # fmt: skip
+
+
+def rollup_rows_query(
+    charger_id: str,
+    fields: list[str],
+    start: datetime,
+    end: datetime,
+    limit: int,
+    *,
+    rollup: Rollup,
+    agg: Aggregate,
+) -> str:
+    """The rollup buckets of one charger (all its connectors) that start in ``[start, end)``,
+    oldest first, at most ``limit`` rows: per field the column ``agg`` reads
+    (:data:`ROLLUP_COLUMN`), and ``count``. The caller combines them into its buckets (a plain
+    select costs InfluxDB 1.x a fifth of a weighted mean computed in a subquery)."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise QueryBuildError("limit", limit, "must be a positive integer")
+    if agg not in ROLLUP_COLUMN:
+        raise QueryBuildError("agg", agg, f"must be one of {', '.join(AGGREGATES)}")
+    fields = _rollup_fields(fields)
+    names = [f"{f}_{ROLLUP_COLUMN[agg]}" for f in fields]
+    columns = ", ".join(quote_ident(n) for n in [*names, "count"])
+    return (
+        f"SELECT {columns} FROM {rollup_source(rollup)} "
+        f"WHERE {_charger_filter(charger_id)} AND {_window(start, end)} "
+        f"ORDER BY time ASC LIMIT {limit}"
+    )
+
+
+def rollup_stats_query(
+    charger_id: str, fields: list[str], start: datetime, end: datetime, *, rollup: Rollup
+) -> str:
+    """count (sum of counts), mean (count-weighted), min and max of each field of one charger
+    over the rollup buckets that start in ``[start, end)``, in one row; columns
+    ``{stat}_{field}``."""
+    fields = _rollup_fields(fields)
+    where = _window(start, end)
+    columns = ", ".join(
+        f"{_rollup_stat(f, stat)} AS {quote_ident(f'{stat}_{f}')}"
+        for f in fields
+        for stat in ROLLUP_STATS
+    )
+    return (
+        f"SELECT {columns} FROM {_rollup_subquery(charger_id, fields, rollup, where)} WHERE {where}"
     )
 
 

@@ -42,11 +42,13 @@ from tests.support.grafana import (
     prepare,
 )
 from tests.support.processes import Procs, start_bridge
+from tests.support.rollups import create_rollup_policies, rollups_of, write_rollups
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 RANGE = timedelta(hours=4)
+HOUR = timedelta(hours=1)
 #: Readings per MQTT message.
 CHUNK = 50
 
@@ -84,6 +86,11 @@ def fleet(
         wait_until(
             f"{len(readings)} readings stored", lambda: _count(db) == len(readings), timeout=60
         )
+        # The long-range panels read the 1-hour rollups: those of the same readings, written
+        # as the rollup job's contract defines them.
+        create_rollup_policies(db.url, db.database)
+        rows = [(r.charger, r.gateway, r.ts, r.status, r.values) for r in readings]
+        write_rollups(db.url, db.database, "1h", rollups_of(rows, HOUR))
         (port_variable,) = env_for(BridgeSettings, http_port=0)
         port = bridge.env[port_variable]
         yield Fleet(db, readings, names, f"http://127.0.0.1:{port}/metrics")
@@ -282,6 +289,42 @@ def check_status_timeline(series: Series, fleet: Fleet, sel: dict[str, str]) -> 
         assert set(_column(_one(series), "status").values()) == {"Preparing", "Charging"}
 
 
+def _per_hour(readings: list[Reading], pick: Callable[[list[Reading]], Any]) -> dict[int, Any]:
+    """Per hour bucket (the rollups' own; the panels' interval is 1 h at least)."""
+    groups: dict[int, list[Reading]] = defaultdict(list)
+    for r in readings:
+        groups[r.ms - r.ms % 3_600_000].append(r)
+    return {t: pick(sorted(rs, key=lambda r: r.ts)) for t, rs in groups.items()}
+
+
+def check_hourly_power(series: Series, fleet: Fleet, sel: dict[str, str]) -> None:
+    """The weighted mean of the hour's rollups is the mean of the hour's readings; min, max."""
+    mine = fleet.of(charger=_selected_charger(fleet, sel))
+    s = _one(series)
+    _approx(_column(s, "power_w"), _per_hour(mine, _mean("power_w")))
+    _approx(
+        _column(s, "power_w_min"), _per_hour(mine, lambda rs: min(r.values["power_w"] for r in rs))
+    )
+    _approx(
+        _column(s, "power_w_max"), _per_hour(mine, lambda rs: max(r.values["power_w"] for r in rs))
+    )
+
+
+def check_hourly_energy(series: Series, fleet: Fleet, sel: dict[str, str]) -> None:
+    mine = fleet.of(charger=_selected_charger(fleet, sel))
+    _approx(
+        _column(_one(series), "energy_wh"), _per_hour(mine, lambda rs: rs[-1].values["energy_wh"])
+    )
+
+
+def check_hourly_total_power(series: Series, fleet: Fleet, _sel: dict[str, str]) -> None:
+    want: dict[int, float] = defaultdict(float)
+    for charger in fleet.chargers:
+        for t, v in _per_hour(fleet.of(charger=charger), _mean("power_w")).items():
+            want[t] += v
+    _approx(_column(_one(series), "total_power_w"), dict(want))
+
+
 def _missing(readings: list[Reading]) -> int:
     seqs = [r.seq for r in readings]
     return max(seqs) - min(seqs) + 1 - len(seqs)
@@ -323,6 +366,7 @@ EXPECTED: dict[tuple[str, str, str], Check] = {
     ("fleet-overview.json", "Total power", "A"): check_total_power,
     ("fleet-overview.json", "Readings stored per second, by gateway", "A"): check_rate_by_gateway,
     ("fleet-overview.json", "Chargers (newest reading)", "A"): check_chargers_table,
+    ("fleet-overview.json", "Total power, hourly (rollups)", "A"): check_hourly_total_power,
     ("charger-detail.json", "variable gateway", "-"): check_tag_values("gateway_id"),
     ("charger-detail.json", "variable charger", "-"): check_tag_values("charger_id"),
     ("charger-detail.json", "Status", "A"): check_status,
@@ -338,6 +382,8 @@ EXPECTED: dict[tuple[str, str, str], Check] = {
         "temperature_c", "temperature_c"
     ),
     ("charger-detail.json", "Status timeline", "A"): check_status_timeline,
+    ("charger-detail.json", "Power, hourly (rollups)", "A"): check_hourly_power,
+    ("charger-detail.json", "Energy register, hourly (rollups)", "A"): check_hourly_energy,
     ("pipeline-health.json", "variable gateway", "-"): check_tag_values("gateway_id"),
     ("pipeline-health.json", "Seq span minus stored (range)", "A"): check_missing_in_range,
     ("pipeline-health.json", "Readings stored per second, by gateway", "A"): (

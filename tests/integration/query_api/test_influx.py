@@ -98,7 +98,15 @@ async def _api(settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def api(influx_db: InfluxTarget) -> AsyncIterator[httpx.AsyncClient]:
     """The real app (lifespan and InfluxQLClient included) on the test database."""
-    async for client in _api(_settings(influx_db.url, influx_db.database, history_max_points=50)):
+    # The readings here are stamped on fixed dates (2026-05-01): raw retention long enough
+    # that those windows are still read from raw readings (not from rollups).
+    settings = _settings(
+        influx_db.url,
+        influx_db.database,
+        history_max_points=50,
+        raw_retention=timedelta(days=36_500),
+    )
+    async for client in _api(settings):
         yield client
 
 

@@ -662,7 +662,7 @@ def test_identify_binds_ingest_keys_to_gateways() -> None:
         {"ingest_keys": {"telemetry-bridge": SecretStr("k" * 20)}},
         {"ingest_keys": {"gw": SecretStr("r" * 20)}},  # the read key again
         {"state_stale_after_s": 600, "state_offline_after_s": 60},
-        {"stats_default_range": timedelta(days=40)},
+        {"stats_default_range": timedelta(days=1826)},
     ],
 )
 def test_settings_refuse_unsafe_ingest_and_state_settings(overrides: dict[str, Any]) -> None:

@@ -222,7 +222,7 @@ async def test_forged_history_cursor_with_a_ten_year_window_is_refused(
     """A cursor the client wrote itself (unsigned, or signed with another key) is 422
     invalid-cursor; even one carrying our signature (a leaked key) may not span more than
     HISTORY_MAX_RANGE. Nothing is asked of InfluxDB."""
-    q = cursor.fingerprint("history", "cp1", None, None, None)
+    q = cursor.fingerprint("history", "cp1", None, None, None, None)
     span = {"o": NS - TEN_YEARS_NS, "t": NS - TEN_YEARS_NS, "e": NS}
     unsigned = _forged({"k": "history", "q": q, **span})
     other_key = cursor.Cursors(b"x" * 32).encode("history", q, span)
@@ -246,25 +246,32 @@ async def test_forged_history_cursor_with_a_ten_year_window_is_refused(
 async def test_genuine_history_cursors_page_a_downsampled_window_to_its_end(
     client: httpx.AsyncClient, fake: FakeInflux
 ) -> None:
-    """next_cursor of a 31-day downsampled query (rounded out to whole buckets, so a little over
-    HISTORY_MAX_RANGE) is accepted, and the pages follow each other to the end."""
-    params: dict[str, str | int] = {"start": "-31d", "every": "1d", "limit": 16}
+    """next_cursor of a 29-day downsampled query of raw readings (rounded out to whole buckets)
+    is accepted, and the pages follow each other to the end, from the same store."""
+    params: dict[str, str | int] = {
+        "start": "-29d",
+        "every": "1d",
+        "limit": 16,
+        "resolution": "raw",
+    }
     day = 86_400 * 10**9
-    first = NS - 31 * day - (NS - 31 * day) % day
+    first = NS - 29 * day - (NS - 29 * day) % day
     fake.answers.append(
         [Series("readings", BUCKETS, [[first + i * day, float(i)] for i in range(16)])]
     )
     page = (await client.get("/v1/chargers/cp1/history", params=params)).json()
     assert page["truncated"] is True
     fake.answers.append(
-        [Series("readings", BUCKETS, [[first + i * day, float(i)] for i in range(16, 32)])]
+        [Series("readings", BUCKETS, [[first + i * day, float(i)] for i in range(16, 30)])]
     )
     nxt = (
         await client.get(
             "/v1/chargers/cp1/history", params={**params, "cursor": page["next_cursor"]}
         )
     ).json()
-    assert [p["values"]["power_w"] for p in nxt["points"]] == [float(i) for i in range(16, 32)]
+    assert [p["values"]["power_w"] for p in nxt["points"]] == [float(i) for i in range(16, 30)]
+    assert nxt["resolution"] == page["resolution"] == "raw"
+    assert all('FROM "readings"' in q for q in fake.queries)
     assert nxt["start"] == page["start"]
     assert nxt["end"] == page["end"]
     assert "next_cursor" not in nxt
@@ -359,7 +366,7 @@ async def test_stats_query_and_answer(client: httpx.AsyncClient, fake: FakeInflu
                                          "min": 1.0, "max": 4.0}  # fmt: skip
     assert 'median("power_w") AS "median_power_w"' in fake.queries[0]
     assert "time >= '2026-04-30T12:00:10.000000Z'" in fake.queries[0]  # default: last 24 h
-    _problem(await client.get("/v1/chargers/cp1/stats", params={"start": "-32d"}), 422)
+    _problem(await client.get("/v1/chargers/cp1/stats", params={"start": "-1826d"}), 422)
 
 
 async def test_fleet_daily_json_and_html(client: httpx.AsyncClient, fake: FakeInflux) -> None:

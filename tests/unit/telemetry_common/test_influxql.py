@@ -9,6 +9,7 @@ import pytest
 from telemetry_common.errors import InvalidIdError
 from telemetry_common.influxql import (
     AGGREGATES,
+    ROLLUP_STATS,
     QueryBuildError,
     check_field,
     count_readings_query,
@@ -19,6 +20,11 @@ from telemetry_common.influxql import (
     ping_query,
     quote_ident,
     quote_string,
+    rollup_fields_query,
+    rollup_rows_query,
+    rollup_source,
+    rollup_stats_query,
+    rollup_value_keys,
     stats_query,
     time_literal,
 )
@@ -337,3 +343,53 @@ def test_gateway_highest_seq_and_ping() -> None:
     with pytest.raises(InvalidIdError):
         gateway_highest_seq_query("gw' OR 1=1")
     assert ping_query().startswith("SHOW ")
+
+
+# --- rollups --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("agg", "column"),
+    [("mean", "mean"), ("sum", "mean"), ("count", "mean"), ("min", "min"), ("max", "max"),
+     ("last", "last")],
+)  # fmt: skip
+def test_rollup_rows_query_reads_the_column_of_the_aggregate_and_count(
+    agg: str, column: str
+) -> None:
+    """A plain select of the rollup rows (all connectors), oldest first, with count."""
+    q = rollup_rows_query(
+        "gw-1-cp001", ["power_w", "soc_pct"], START, END, 100, rollup="1h",
+        agg=agg,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert q == (
+        f'SELECT "power_w_{column}", "soc_pct_{column}", "count" FROM "rollup_1h"."readings_1h" '
+        f"WHERE {WHERE} ORDER BY time ASC LIMIT 100"
+    )
+
+
+def test_rollup_stats_query_has_exact_statistics_only() -> None:
+    """count, weighted mean, min, max per field; no median or stddev."""
+    q = rollup_stats_query("gw-1-cp001", ["power_w", "soc_pct"], START, END, rollup="1h")
+    for stat in ROLLUP_STATS:
+        assert f'AS "{stat}_power_w"' in q
+        assert f'AS "{stat}_soc_pct"' in q
+    assert "median" not in q
+    assert "stddev" not in q
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_rollup_queries_refuse_hostile_fields_and_ids(name: str) -> None:
+    """Fields are value keys and the charger id an id, as for raw queries."""
+    with pytest.raises(QueryBuildError):
+        rollup_stats_query("gw-1-cp001", [name], START, END, rollup="1h")
+    with pytest.raises((QueryBuildError, InvalidIdError)):
+        rollup_rows_query(name, ["power_w"], START, END, 5, rollup="1m", agg="mean")
+    with pytest.raises(QueryBuildError):
+        rollup_source(name)  # type: ignore[arg-type]
+
+
+def test_rollup_value_keys_come_from_the_mean_columns() -> None:
+    """SHOW FIELD KEYS answer -> the value keys (meta and odd names ignored)."""
+    keys = ["count", "status_last", "power_w_mean", "power_w_min", "soc_pct_mean", "Bad_mean"]
+    assert rollup_value_keys(keys) == ["power_w", "soc_pct"]
+    assert rollup_fields_query("1m") == 'SHOW FIELD KEYS FROM "rollup_1m"."readings_1m"'
