@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from query_api import problems
 from query_api.acks import StoredAcks
+from query_api.alarms.loop import AlarmLoop
 from query_api.broker import BrokerLink, Publisher
 from query_api.clock import Clock, SystemClock
 from query_api.cursor import Cursors
@@ -25,10 +26,14 @@ from query_api.latest.sweep import confirm_forever
 from query_api.lean import LeanDispatch, routes_of
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.pagecache import PageCache
+from query_api.routes import (
+    alarms as alarm_routes,
+)
 from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats, ui
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL, InfluxQLClient
+from telemetry_common.influx_write import make_writer
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +88,17 @@ def create_app(
         async with AsyncExitStack() as stack:
             if influx is None:
                 _attach(app, await stack.enter_async_context(InfluxQLClient(settings.influx)))
+            alarms = None
+            if broker is None and settings.mqtt is not None and settings.alarms:
+                writer = make_writer(settings.influx)  # InfluxDB may be down: not prepared
+                stack.push_async_callback(writer.aclose)
+                alarms = AlarmLoop(
+                    settings, mirror, app.state.influx, writer, lambda: app.state.broker,
+                    metrics, app.state.clock,
+                )  # fmt: skip
             if broker is None and settings.mqtt is not None:
                 app.state.broker = await stack.enter_async_context(
-                    BrokerLink(settings, mirror, acks)
+                    BrokerLink(settings, mirror, acks, alarms.on_message if alarms else None)
                 )
                 log.info("live mirror: connecting to %s:%s", settings.mqtt.host, settings.mqtt.port)
             if app.state.broker is not None and settings.latest_sweep_s > 0:
@@ -102,6 +115,9 @@ def create_app(
                     name="mirror-sweep",
                 )
                 stack.push_async_callback(_cancel, sweeping)
+            if alarms is not None:
+                evaluating = asyncio.create_task(alarms.run(), name="alarms")
+                stack.push_async_callback(_cancel, evaluating)
             try:
                 yield
             finally:
@@ -154,6 +170,6 @@ def create_app(
     ]
     app.add_middleware(LeanDispatch, api=app, routes=hot)
     app.add_middleware(TimingMiddleware, metrics=metrics)
-    for module in (health, chargers, history, stats, fleet, ingest, pipeline, ui):
+    for module in (health, chargers, history, stats, fleet, ingest, pipeline, alarm_routes, ui):
         app.include_router(module.router)
     return app
