@@ -19,7 +19,7 @@ ROLES: tuple[Role, ...] = ("read", "ingest", "admin")
 
 #: Gateway ids an ingest key may not be bound to: topic levels and identities the ACL reserves.
 RESERVED_INGEST_GATEWAYS = frozenset(
-    {"live", "deadletter", "telemetry-bridge", "telemetry-api", "ca", "server"}
+    {"live", "deadletter", "alarms", "telemetry-bridge", "telemetry-api", "ca", "server"}
 )
 
 
