@@ -69,6 +69,11 @@ class ApiMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.alarm_rounds = Counter(
+            "telemetry_api_alarm_evaluations",
+            "Rounds of alarm evaluation completed by this process",
+            registry=self.registry,
+        )
         self.alarms_cleared = Counter(
             "telemetry_api_alarms_cleared",
             "Alarms cleared by this process, by kind",

@@ -184,6 +184,7 @@ class AlarmLoop:
             self._metrics.alarms_cleared.labels(key[0]).inc()
             log.info("alarm cleared: %s %s (raised %s)", key[0], key[1], alarm.since)
         await self._publish(broker)
+        self._metrics.alarm_rounds.inc()
 
     async def _adopt(self) -> None:
         """Retained alarms InfluxDB does not know (stored before a crash, or by a predecessor
