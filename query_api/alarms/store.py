@@ -28,6 +28,8 @@ from telemetry_common.topics import check_alarm
 
 #: Most active alarms loaded at start.
 MAX_ACTIVE: int = 100_000
+#: Longest ``detail`` kept (stored and published alike).
+MAX_DETAIL: int = 2048
 
 
 def _ns(ts: datetime) -> int:
@@ -58,7 +60,8 @@ class Alarm:
     def raised(cls, kind: str, subject: str, since: datetime, severity: str, detail: str) -> Alarm:
         check_alarm(kind, subject)
         since = since.replace(microsecond=since.microsecond // 1000 * 1000)  # as in messages
-        return cls(alarm_id(kind, subject, since), kind, subject, since, severity, detail)
+        ident = alarm_id(kind, subject, since)
+        return cls(ident, kind, subject, since, severity, detail[:MAX_DETAIL])
 
     def _series(self) -> str:
         return f"{ALARM_MEASUREMENT},kind={self.kind},subject={self.subject}"
@@ -66,7 +69,7 @@ class Alarm:
     def raise_line(self) -> str:
         fields = (
             f"id={_field_str(self.id)},severity={_field_str(self.severity)},"
-            f"detail={_field_str(self.detail[:2048])},active=true"
+            f"detail={_field_str(self.detail[:MAX_DETAIL])},active=true"
         )
         return f"{self._series()} {fields} {_ns(self.since)}"
 
