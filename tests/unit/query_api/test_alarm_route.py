@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -41,7 +42,7 @@ async def client(fake: FakeInflux) -> AsyncIterator[httpx.AsyncClient]:
 async def test_active_alarms_are_read_newest_first_with_their_fields(
     client: httpx.AsyncClient, fake: FakeInflux
 ) -> None:
-    rows = [
+    rows: list[list[Any]] = [
         [NS - 10**9, True, None, "no birth", "a1", "gateway_offline", "critical", "gw-1"],
         [NS - 5 * 10**9, False, NS, "Faulted", "a2", "connector_faulted", "warning", "cp.1.1"],
     ]
@@ -90,7 +91,7 @@ async def test_all_covers_a_week_by_default_and_shows_cleared_at(
     ],
 )
 async def test_bad_parameters_are_422_and_query_nothing(
-    client: httpx.AsyncClient, fake: FakeInflux, params: dict[str, object]
+    client: httpx.AsyncClient, fake: FakeInflux, params: dict[str, str | int]
 ) -> None:
     resp = await client.get("/v1/alarms", params=params)
     assert resp.status_code == 422, resp.text
