@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from query_api import problems
 from query_api.acks import StoredAcks
-from query_api.alarms.loop import AlarmLoop
+from query_api.alarms.loop import AlarmLoop, alarm_writer
 from query_api.broker import BrokerLink, Publisher
 from query_api.clock import Clock, SystemClock
 from query_api.cursor import Cursors
@@ -33,7 +33,6 @@ from query_api.routes import chargers, fleet, health, history, ingest, pipeline,
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL, InfluxQLClient
-from telemetry_common.influx_write import make_writer
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,8 @@ def create_app(
             if influx is None:
                 _attach(app, await stack.enter_async_context(InfluxQLClient(settings.influx)))
             alarms = None
-            if broker is None and settings.mqtt is not None and settings.alarms:
-                writer = make_writer(settings.influx)  # InfluxDB may be down: not prepared
+            writer = alarm_writer(settings) if broker is None and settings.mqtt else None
+            if writer is not None:
                 stack.push_async_callback(writer.aclose)
                 alarms = AlarmLoop(
                     settings, mirror, app.state.influx, writer, lambda: app.state.broker,
