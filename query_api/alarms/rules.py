@@ -8,7 +8,7 @@ last will carries no outbox) keeps its alarm as it is: nothing is cleared for la
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -28,20 +28,28 @@ class Firing:
     detail: str
 
 
+#: The subjects a rule knows: a set, ALL, or a test of one subject.
+Known = set[str] | Callable[[str], bool] | None
+
+
 @dataclass(slots=True)
 class Verdict:
     """What the rules say: the alarms that fire, and per kind the subjects known (ALL: every
     subject; a kind missing from ``known``: nothing is known, nothing clears)."""
 
     firing: dict[Key, Firing] = field(default_factory=dict)
-    known: dict[str, set[str] | None] = field(default_factory=dict)
+    known: dict[str, Known] = field(default_factory=dict)
 
     def knows(self, key: Key) -> bool:
         kind, subject = key
         if kind not in self.known:
             return False
         subjects = self.known[kind]
-        return subjects is ALL or subject in subjects
+        if subjects is ALL:
+            return True
+        if isinstance(subjects, set):
+            return subject in subjects
+        return subjects(subject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +114,18 @@ def _offline_gateways(inputs: Inputs, verdict: Verdict) -> set[str]:
             verdict.firing[("gateway_offline", gw)] = Firing(
                 "critical", "no birth message: the gateway never announced its state"
             )
-    verdict.known["gateway_offline"] = known
+    # Settled, every retained state is in: a gateway neither announced nor referenced by a
+    # charger (retired: its topics emptied) has nothing to be offline about.
+    verdict.known["gateway_offline"] = ALL if inputs.settled else known
     return offline
 
 
 def _silent(inputs: Inputs, t: Thresholds, offline: set[str], verdict: Verdict) -> None:
-    known: set[str] = set()
+    held: set[str] = set()
     for c in inputs.chargers:
         if c.gateway_id in offline or (not inputs.settled and c.gateway_id not in inputs.gateways):
-            continue  # its gateway is not online: the gateway's alarm says it
-        known.add(c.charger_id)
+            held.add(c.charger_id)  # its gateway is not online: the gateway's alarm says it
+            continue
         if c.interval_s is not None and c.interval_s > 0:
             limit = max(t.silent_intervals * c.interval_s, t.silent_min_s)
             why = f"{t.silent_intervals:g} x its interval of {c.interval_s:.1f} s"
@@ -128,11 +138,13 @@ def _silent(inputs: Inputs, t: Thresholds, offline: set[str], verdict: Verdict) 
                 "warning",
                 f"no reading since {format_ts(c.ts)} ({age:.0f} s > {limit:.0f} s: {why})",
             )
-    verdict.known["charger_silent"] = known
+    # A charger the mirror does not hold (its live topic emptied) has nothing to be silent about.
+    verdict.known["charger_silent"] = (lambda subject: subject not in held) if held else ALL
 
 
 def _faulted(inputs: Inputs, verdict: Verdict) -> None:
     known: set[str] = set()
+    chargers = {c.charger_id for c in inputs.chargers}
     for (charger, evse, connector), status in inputs.connectors.items():
         subject = connector_subject(charger, evse, connector)
         known.add(subject)
@@ -140,7 +152,11 @@ def _faulted(inputs: Inputs, verdict: Verdict) -> None:
             verdict.firing[("connector_faulted", subject)] = Firing(
                 "warning", f"connector {connector} of EVSE {evse} of {charger} reports Faulted"
             )
-    verdict.known["connector_faulted"] = known
+    # A connector not heard from since a restart keeps its alarm while its charger is held; a
+    # charger gone from the mirror (its live topic emptied) takes its connectors' alarms along.
+    verdict.known["connector_faulted"] = lambda subject: (
+        subject in known or subject.rsplit(".", 2)[0] not in chargers
+    )
 
 
 def _edge(inputs: Inputs, t: Thresholds, verdict: Verdict) -> None:

@@ -41,7 +41,8 @@ def test_a_charger_is_silent_after_n_of_its_intervals_with_a_floor() -> None:
     v = evaluate(Inputs(NOW, chargers, gateways=gws), T)
     silent = {s for (k, s) in v.firing if k == "charger_silent"}
     assert silent == {"a"}
-    assert v.known["charger_silent"] == {"a", "b", "c", "d"}
+    assert all(v.knows(("charger_silent", c)) for c in ("a", "b", "c", "d", "gone"))
+    assert not v.knows(("charger_silent", "e"))  # held while its gateway is offline
     assert ("gateway_offline", "off") in v.firing
 
 
@@ -52,6 +53,8 @@ def test_gateway_without_birth_is_offline_once_settled_but_not_ingest_gateways()
     assert not any(k == "gateway_offline" for k, _ in unsettled.firing)
     v = evaluate(Inputs(NOW, chargers, stateless=ingest), T)
     assert {s for k, s in v.firing if k == "gateway_offline"} == {"nobirth"}
+    assert v.knows(("gateway_offline", "retired"))  # no state, no charger: clears
+    assert not unsettled.knows(("gateway_offline", "retired"))
 
 
 def test_backlog_and_certificate_from_the_state_heartbeat() -> None:
@@ -74,18 +77,31 @@ def test_backlog_and_certificate_from_the_state_heartbeat() -> None:
 
 
 def test_unknown_subjects_are_held_and_known_ones_clear() -> None:
-    """A connector not heard from since a restart keeps its alarm; one seen with another
-    status clears; seq gaps and dead letters cover every gateway unless their query failed."""
+    """A connector not heard from since a restart keeps its alarm while its charger is in the
+    mirror (one of a charger gone from it clears); one seen with another status clears; seq
+    gaps and dead letters cover every gateway unless their query failed."""
     active = [
         ("connector_faulted", "cp.1.1"),
         ("connector_faulted", "cp.1.2"),
         ("seq_gap_confirmed", "gw"),
         ("deadletters", "gw"),
     ]
-    inputs = Inputs(NOW, connectors={("cp", 1, 1): "Available"}, seqgaps={}, deadletters=None)
+    active.append(("connector_faulted", "retired.1.1"))
+    inputs = Inputs(
+        NOW,
+        [ChargerView("cp", "gw", NOW, 1.0)],
+        connectors={("cp", 1, 1): "Available"},
+        gateways={"gw": _online()},
+        seqgaps={},
+        deadletters=None,
+    )
     to_raise, to_clear = changes(evaluate(inputs, T), active)
     assert to_raise == {}
-    assert to_clear == [("connector_faulted", "cp.1.1"), ("seq_gap_confirmed", "gw")]
+    assert to_clear == [
+        ("connector_faulted", "cp.1.1"),
+        ("connector_faulted", "retired.1.1"),
+        ("seq_gap_confirmed", "gw"),
+    ]
     inputs = Inputs(NOW, connectors={("cp", 1, 2): "Faulted"}, deadletters={"gw": 3})
     to_raise, to_clear = changes(evaluate(inputs, T), [])
     faulted = ("connector_faulted", connector_subject("cp", 1, 2))
