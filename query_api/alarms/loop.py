@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Most connectors whose newest status is remembered (connector_faulted).
 MAX_CONNECTORS = 1_000_000
+#: Mirror entries read between two yields to the event loop.
+YIELD_EVERY = 10_000
 
 
 def alarm_writer(settings: ApiSettings) -> InfluxWriter | None:
@@ -234,7 +236,9 @@ class AlarmLoop:
     async def _inputs(self) -> Inputs:
         now = self._clock.now()
         chargers = []
-        for charger_id, entry in self._mirror.entries():
+        for n, (charger_id, entry) in enumerate(self._mirror.entries(), 1):
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a big fleet: requests are served meanwhile
             snap = entry.snapshot
             chargers.append(ChargerView(charger_id, snap.gateway_id, snap.ts, entry.interval_s))
             key = (charger_id, snap.evse_id, snap.connector_id)
