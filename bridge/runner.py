@@ -20,10 +20,11 @@ from processor.metrics import Metrics
 from processor.prepare import PreparedBatch
 from processor.state.bindings import load_bindings
 from telemetry_common.influx_query import InfluxQLClient
-from telemetry_common.influx_write import Writer
+from telemetry_common.influx_write import Writer, create_retention_policy
 from telemetry_common.mqtt import AsyncMqttClient, Received
 from telemetry_common.redact import redact
 from telemetry_common.settings import env_name
+from telemetry_common.storage import KEEP_RP
 from telemetry_common.topics import SHARE_GROUP
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,15 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
     topics = settings.topics
     subscription = topics.shared_readings(settings.share_group)
     metrics = Metrics()
-    bindings = load_bindings(settings.bindings_file, env_name(BridgeSettings, "bindings_file"))
+    bindings = load_bindings(
+        settings.bindings_file, env_name(BridgeSettings, "bindings_file"), mode=settings.bindings
+    )
+    if bindings.first_come:
+        log.warning(
+            "%s=first-come: a charger bound nowhere is bound to the first gateway that sends for "
+            "it. A development option: in a deployment, bind chargers (docs/deploy.md).",
+            env_name(BridgeSettings, "bindings"),
+        )
     async with (
         Writer(settings.influx) as writer,
         InfluxQLClient(settings.influx) as storage,
@@ -73,6 +82,8 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             # Behind: messages wait beyond the batches in hand (full load or a backlog).
             busy=lambda: not client.messages.empty(),
         )
+        # The API creates it too; whoever comes first (the store is read through it).
+        await create_retention_policy(settings.influx, KEEP_RP)
         await processor.warm_up(storage, settings.max_backoff_s)
         server = None
         if settings.http_port:
@@ -110,7 +121,8 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = tg.create_task(
-                    processor.run(storage, settings.gap_grace_s), name="processor"
+                    processor.run(storage, settings.gap_grace_s, settings.bindings_refresh_s),
+                    name="processor",
                 )
                 await tg.create_task(
                     flow.run(take, processor.prepare, commit_and_ack, stop), name="flow"

@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-
-import orjson
 
 from edge_agent.capture import Capture
 from edge_agent.commands import Commands
+from edge_agent.heartbeat import GatewayState, state_payload
 from edge_agent.outbox import Outbox
 from edge_agent.publisher import Counters, Publisher, build_payload
 from edge_agent.series import UniqueTs
@@ -29,21 +27,28 @@ from telemetry_common.mqtt import (
     Will,
 )
 
-__all__ = ["Counters", "EdgeAgent", "build_payload", "mqtt_client", "state_payload"]
+__all__ = [
+    "Counters",
+    "EdgeAgent",
+    "GatewayState",
+    "build_payload",
+    "mqtt_client",
+    "state_payload",
+]
 
 log = logging.getLogger(__name__)
 
 
-def state_payload(state: str) -> bytes:
-    return orjson.dumps({"state": state, "ts": datetime.now(UTC).isoformat()})
-
-
-def mqtt_client(settings: EdgeSettings, *, commands: bool = True) -> AsyncMqttClient:
+def mqtt_client(
+    settings: EdgeSettings, *, commands: bool = True, gateway: GatewayState | None = None
+) -> AsyncMqttClient:
     """The gateway's MQTT session: client id = gateway id (a persistent session), birth and last
     will on its state topic, its command topics and stored acknowledgements, reconnects with
-    capped backoff and jitter."""
+    capped backoff and jitter. The birth, built afresh on every connect, is ``gateway``'s full
+    state (edge_agent.heartbeat); without it, ``{"state": "online", "ts"}`` only."""
     topics, gw = settings.topics, settings.gateway_id
     state = topics.state(gw)
+    online = gateway.online if gateway is not None else lambda: state_payload("online")
     subscriptions: tuple[str, ...] = (topics.cmd_all(gw),) if commands else ()
     if settings.delete_after == "stored":
         subscriptions += (topics.stored(gw),)
@@ -52,7 +57,7 @@ def mqtt_client(settings: EdgeSettings, *, commands: bool = True) -> AsyncMqttCl
         client_id=gw,
         subscriptions=subscriptions,
         will=Will(state, state_payload("offline")),
-        birth=Will(state, state_payload("online")),
+        birth=lambda: Will(state, online()),
         reconnect_jitter=True,
         reconnect_max_s=settings.reconnect_max_s,
     )
@@ -89,8 +94,10 @@ class EdgeAgent:
         client: AsyncMqttClient,
         *,
         pace: Pace | None = None,
+        gateway: GatewayState | None = None,
     ) -> None:
         self._settings = settings
+        self._gateway = gateway
         self._outbox = outbox
         self._client = client
         self.counters = Counters()
@@ -104,6 +111,9 @@ class EdgeAgent:
             self.counters,
             pace,
         )
+        if gateway is not None:
+            publisher = self.publisher
+            gateway.unconfirmed = lambda: publisher.unconfirmed
 
     async def capture(self, source: AsyncIterator[list[Capture]]) -> None:
         """Store every capture of ``source`` durably, in the order they come, each series' ts
@@ -126,6 +136,16 @@ class EdgeAgent:
                 route(self._settings, self._client, self.publisher, self.commands),
                 name="inbox",
             )
+            heartbeat = None
+            if self._gateway is not None:
+                heartbeat = tg.create_task(
+                    self._gateway.heartbeat(
+                        self._client,
+                        self._settings.topics.state(self._settings.gateway_id),
+                        self._settings.state_interval_s,
+                    ),
+                    name="heartbeat",
+                )
             try:
                 await self.capture(source)
                 stop.set()  # a finite source ended: send what is left, then stop
@@ -133,6 +153,8 @@ class EdgeAgent:
                 await publisher
             finally:
                 inbox.cancel()
+                if heartbeat is not None:
+                    heartbeat.cancel()
                 self.commands.cancel()
 
     async def say_offline(self) -> None:

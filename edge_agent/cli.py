@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from edge_agent import metrics
-from edge_agent.agent import EdgeAgent, mqtt_client
+from edge_agent.agent import EdgeAgent, GatewayState, mqtt_client
 from edge_agent.capture import Capture
 from edge_agent.jsonl import read_jsonl
 from edge_agent.lock import OutboxBusyError, exclusive
@@ -81,10 +81,13 @@ async def _run(settings: EdgeSettings, source: SourceName, file: Path | None) ->
         else:
             stream = stack.enter_context(file.open("rb")) if file else sys.stdin.buffer
             captures = read_jsonl(stream)
-        async with mqtt_client(settings) as client:
-            agent = EdgeAgent(settings, outbox, client, pace=pace)
+        gateway = GatewayState(outbox, settings.mqtt.cert_file)
+        async with mqtt_client(settings, gateway=gateway) as client:
+            agent = EdgeAgent(settings, outbox, client, pace=pace, gateway=gateway)
             if settings.metrics_port:
-                registry = metrics.registry_for(outbox, agent.counters, client)
+                registry = metrics.registry_for(
+                    outbox, agent.counters, client, cert_not_after=gateway.not_after
+                )
                 server = metrics.serve(settings.metrics_host, settings.metrics_port, registry)
                 stack.callback(server.shutdown)
                 log.info(

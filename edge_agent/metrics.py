@@ -7,6 +7,7 @@ Served by prometheus-client's own HTTP server thread on ``METRICS_HOST:METRICS_P
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
@@ -29,10 +30,17 @@ class _Connection(Protocol):
 
 
 class AgentCollector(Collector):
-    def __init__(self, outbox: Outbox, counters: Counters, client: _Connection) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        counters: Counters,
+        client: _Connection,
+        cert_not_after: datetime | None = None,
+    ) -> None:
         self._outbox = outbox
         self._counters = counters
         self._client = client
+        self._cert_not_after = cert_not_after
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         st = self._outbox.stats()
@@ -94,14 +102,26 @@ class AgentCollector(Collector):
             c.unconfirmed,
         )
         yield GaugeMetricFamily(f"{P}mqtt_connected", "1 while connected", self._client.connected)
+        if self._cert_not_after is not None:
+            yield GaugeMetricFamily(
+                f"{P}certificate_expiry_timestamp_seconds",
+                "notAfter of the gateway's client certificate (Unix time; absent without one)",
+                self._cert_not_after.timestamp(),
+            )
 
     def _reconnects(self) -> int:
         return max(0, self._client.connects - 1)
 
 
-def registry_for(outbox: Outbox, counters: Counters, client: _Connection) -> CollectorRegistry:
+def registry_for(
+    outbox: Outbox,
+    counters: Counters,
+    client: _Connection,
+    *,
+    cert_not_after: datetime | None = None,
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(outbox, counters, client))
+    registry.register(AgentCollector(outbox, counters, client, cert_not_after))
     return registry
 
 

@@ -91,6 +91,10 @@ class EdgeSettings(ServiceSettings):
     or slow links. Live readings are never paced."""
     reconnect_max_s: float = Field(default=30.0, ge=1, le=3600)
     """Cap of the capped exponential backoff (with jitter) for reconnects and publish retries."""
+    state_interval_s: float = Field(default=60.0, gt=0, le=3600)
+    """While connected, the gateway's state (``online`` with its agent version, outbox depth,
+    oldest unsent reading, unconfirmed readings and certificate expiry) is republished retained
+    on ``{root}/{gateway}/state`` this often (the birth at each connect carries the same)."""
     metrics_host: str = "127.0.0.1"
     """Address of the Prometheus metrics (``/metrics``)."""
     metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -15,11 +15,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from processor.metrics import Metrics
 from processor.outputs.acks import StoredAcks
-from processor.outputs.deadletters import STORED_MAX_RAW, DeadLetters, deadletter_lines
+from processor.outputs.deadletters import (
+    STORED_MAX_RAW,
+    DeadLetters,
+    deadletter_lines,
+    replay_outcome_lines,
+)
 from processor.outputs.influx import InfluxOutput
 from processor.outputs.live import LiveFeed
 from processor.prepare import Message, PreparedBatch, Preparer
@@ -27,8 +32,9 @@ from processor.settings import ProcessorSettings
 from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
-from processor.state.storage import confirm_gaps_forever, warm_up
+from processor.state.storage import confirm_gaps_forever, refresh_bindings_forever, warm_up
 from processor.validate import INFLUX_REJECTED, Rejected, TsWindow
+from telemetry_common.deadletters import OUTCOME_STORED, outcome_deadlettered
 from telemetry_common.influx_query import InfluxQL
 from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.mqtt import AsyncMqttClient
@@ -128,10 +134,17 @@ class Processor:
         """Seed the state from what InfluxDB holds (before the first batch)."""
         await warm_up(self.state, storage, max_backoff_s)
 
-    async def run(self, storage: InfluxQL, gap_grace_s: float) -> None:
-        """The processor's own tasks, until cancelled: the live feed, stored acknowledgements and
-        gap confirmation."""
+    async def run(
+        self, storage: InfluxQL, gap_grace_s: float, bindings_refresh_s: float | None = None
+    ) -> None:
+        """The processor's own tasks, until cancelled: the live feed, stored acknowledgements,
+        gap confirmation and (every ``bindings_refresh_s``) the bindings store's refresh."""
         async with asyncio.TaskGroup() as tg:
+            if bindings_refresh_s is not None:
+                tg.create_task(
+                    refresh_bindings_forever(self.state.bindings, storage, bindings_refresh_s),
+                    name="bindings-refresh",
+                )
             tg.create_task(self.live.run(), name="live-feed")
             if self.acks is not None:
                 tg.create_task(self.acks.run(), name="stored-acks")
@@ -163,7 +176,12 @@ class Processor:
             refused_at = {k for k, line in enumerate(lines) if line in refused}
             for k in sorted(refused_at):
                 seg, index, raw = batch.sent(k)
-                rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index)
+                if seg.replay:
+                    replay = batch.replay_of(seg.msg_no)
+                    if replay is not None and replay.reason is None:
+                        replay.reason = INFLUX_REJECTED
+                    continue  # its dead letter is the one replayed
+                rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index, seg.epoch)
                 batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
         self.metrics.stored.inc(len(lines) - len(refused_at))
         # Durable first: a dead letter's seqs are handled (acknowledged below) only once it is
@@ -194,11 +212,15 @@ class Processor:
         now = time.monotonic()
         gaps = self.state.gaps
         for seg in batch.segments:
+            if seg.replay:  # old seqs: they neither open nor close a gap
+                continue
             seqs, nss = seg.seqs, seg.nss
             if refused_at:
                 stored = [j for j in range(len(seqs)) if seg.first + j not in refused_at]
                 seqs, nss = [seqs[j] for j in stored], [nss[j] for j in stored]
             gaps.observe_all(seg.gateway_id, seqs, nss, now, seg.epoch)
+        if batch.replays:
+            await self._replayed(batch)
         newest = batch.newest
         if refused_at:
             newest = self._newest_stored(batch, refused_at)
@@ -206,6 +228,26 @@ class Processor:
         for charger_id, (ns, seq, gateway_id, row, _) in newest.items():
             if lvc.offer(charger_id, Stamp(ns, seq, gateway_id)):
                 self.live.offer(gateway_id, row)
+
+    async def _replayed(self, batch: PreparedBatch) -> None:
+        """Write each replay's outcome onto its dead letter (the message is acknowledged to
+        the broker only after this, so a replay's outcome is never lost once it is gone)."""
+        outcomes = [
+            (r.key, OUTCOME_STORED if r.reason is None else outcome_deadlettered(r.reason))
+            for r in batch.replays
+        ]
+        lines = replay_outcome_lines(outcomes, datetime.now(UTC))
+        refused = await self.influx.write(lines)
+        for (key, outcome), line in zip(outcomes, lines, strict=True):
+            if line in refused:
+                log.error("InfluxDB refused the outcome of replay %s: %s", key.id, refused[line])
+            else:
+                log.info(
+                    "replay of dead letter %s: %s",
+                    key.id,
+                    outcome,
+                    extra={"gateway_id": key.gateway_id, "reason": key.reason},
+                )
 
     @staticmethod
     def _newest_stored(

@@ -35,6 +35,12 @@ class Metrics:
         self.lvc_chargers = Gauge(
             f"{p}lvc_chargers", "Chargers in the last-value cache", registry=r
         )
+        self.bindings = Gauge(f"{p}bindings", "Chargers bound to a gateway", registry=r)
+        self.bindings_refreshed = Gauge(
+            f"{p}bindings_refreshed_timestamp_seconds",
+            "Unix time of the last successful read of the bindings store (0: none yet)",
+            registry=r,
+        )
         self.mqtt_connected = Gauge(f"{p}mqtt_connected", "1 while connected", registry=r)
         self.influx_reachable = False
         self.influx_ok = Gauge(f"{p}influx_ok", "1 if the last InfluxDB request worked", registry=r)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
+import logging
 import operator
 import re
 from collections.abc import Sequence
@@ -33,9 +35,17 @@ from processor.validate import (
     decode_message,
     raw_readings,
 )
+from telemetry_common.deadletters import (
+    REPLAY_PROPERTY,
+    DeadLetterIdError,
+    DeadLetterKey,
+    decode_id,
+)
 from telemetry_common.errors import TopicError
 from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, ReadingRow
 from telemetry_common.topics import Topics
+
+log = logging.getLogger(__name__)
 
 
 class Message(Protocol):
@@ -62,6 +72,19 @@ class Segment:
     nss: list[int]
     #: The sender's outbox epoch (None: seqs numbered for the gateway's whole life).
     epoch: str | None = None
+    #: A replayed dead letter's readings: stored, but they belong to an older conversation
+    #: (no stored acknowledgement, no seq gap tracking).
+    replay: bool = False
+
+
+@dataclass(slots=True)
+class Replay:
+    """A message that replays the dead letter ``key`` (MQTT 5 user property ``replay-of``)."""
+
+    key: DeadLetterKey
+    msg_no: int
+    #: Why it was refused again (its first new dead letter's reason); None: all stored so far.
+    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -84,6 +107,14 @@ class PreparedBatch:
     #: Per message: (gateway, epoch, every seq it carried): once committed, each is handled
     #: (stored or dead-lettered) and acknowledged to the gateway.
     handled: list[tuple[str, str | None, list[int]]] = field(default_factory=list)
+    #: The replays among the messages: their outcome is written onto their dead letters.
+    replays: list[Replay] = field(default_factory=list)
+
+    def replay_of(self, msg_no: int) -> Replay | None:
+        for replay in self.replays:
+            if replay.msg_no == msg_no:
+                return replay
+        return None
 
     def sent(self, k: int) -> tuple[Segment, int, bytes]:
         """Line ``k``'s segment, its reading's position in the message, and that reading as it
@@ -101,6 +132,13 @@ def _handled(out: PreparedBatch, gateway_id: str, epoch: str | None, seqs: list[
         out.handled.append((gateway_id, epoch, seqs))
 
 
+def _with_epoch(record: Rejected, epoch: str | None) -> Rejected:
+    """A single reading's dead letter keeps its batch's epoch (a whole message has it inside)."""
+    if epoch is None or record.index is None:
+        return record
+    return dataclasses.replace(record, epoch=epoch)
+
+
 def payload_epoch(payload: bytes) -> str | None:
     """The ``epoch`` a payload refused as a whole gives, if it is one (else None)."""
     try:
@@ -108,6 +146,27 @@ def payload_epoch(payload: bytes) -> str | None:
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return epoch if isinstance(epoch, str) and re.fullmatch(EPOCH_SHAPE, epoch) else None
+
+
+def replay_key(msg: Message, gateway_id: str) -> DeadLetterKey | None:
+    """The dead letter ``msg`` replays (its ``replay-of`` user property), if it names one of
+    ``gateway_id``'s: a gateway cannot mark another's dead letters as replayed."""
+    for name, value in getattr(msg, "user_properties", ()):
+        if name != REPLAY_PROPERTY:
+            continue
+        try:
+            key = decode_id(value)
+        except DeadLetterIdError as exc:
+            log.warning("%s on %s ignored: %s", REPLAY_PROPERTY, msg.topic, exc)
+            return None
+        if key.gateway_id != gateway_id:
+            log.warning(
+                "%s on %s names a dead letter of %s: ignored", REPLAY_PROPERTY, msg.topic,
+                key.gateway_id,
+            )  # fmt: skip
+            return None
+        return key
+    return None
 
 
 def payload_seqs(payload: bytes) -> list[int]:
@@ -177,8 +236,12 @@ class Preparer:
                 rejected = Rejected(BAD_TOPIC, str(exc), msg.payload)
                 out.dead.append((UNKNOWN_GATEWAY, msg.topic, rejected))
                 continue
+            replay = replay_key(msg, gateway_id)
+            dead_from = len(out.dead)
             decoded = decode_message(gateway_id, msg.payload, now=now, ts=self._ts)
-            out.dead.extend((gateway_id, msg.topic, r) for r in decoded.rejected)
+            out.dead.extend(
+                (gateway_id, msg.topic, _with_epoch(r, decoded.epoch)) for r in decoded.rejected
+            )
             # Acknowledged once the message is committed: every seq it carried, the
             # dead-lettered ones too (when some were, taken from the payload again: rare).
             whole = not decoded.rejected  # the rows are all of the payload's
@@ -200,7 +263,11 @@ class Preparer:
                         if charger_id in refused:
                             i = decoded.positions[k]
                             rejected = Rejected(
-                                CHARGER_NOT_BOUND, refused[charger_id], orjson.dumps(items[i]), i
+                                CHARGER_NOT_BOUND,
+                                refused[charger_id],
+                                orjson.dumps(items[i]),
+                                i,
+                                decoded.epoch,
                             )
                             out.dead.append((gateway_id, msg.topic, rejected))
                     decoded.keep([k for k, c in enumerate(chargers) if c not in refused])
@@ -209,7 +276,19 @@ class Preparer:
                     chargers = [r["charger_id"] for r in decoded.rows]
                     seqs = [r["seq"] for r in decoded.rows]
             finally:
-                if whole:
+                if replay is not None:
+                    # A replay refused again keeps its one dead letter (the replayed one, whose
+                    # outcome says why); its seqs are not acknowledged: they are old ones.
+                    again = out.dead[dead_from:]
+                    del out.dead[dead_from:]
+                    reason = again[0][2].reason if again else None
+                    out.replays.append(Replay(replay, msg_no, reason))
+                    for _, _, record in again:
+                        log.warning(
+                            "replay of dead letter %s refused again: %s (%s)", replay.id,
+                            record.reason, record.detail[:200],
+                        )  # fmt: skip
+                elif whole:
                     if decoded.rows:
                         out.handled.append((gateway_id, decoded.epoch, seqs))
                 else:  # a message refused whole still says its epoch
@@ -229,6 +308,7 @@ class Preparer:
                     seqs,
                     nss,
                     decoded.epoch,
+                    replay is not None,
                 )
             )
             self._offer_newest(out, gateway_id, first, chargers, seqs, nss, rows)
@@ -297,7 +377,8 @@ class Preparer:
                     else f"seq {seq} is more than {self._max_jump} above {high}, the highest "
                     f"seq known of {of}"
                 )
-                rejected = Rejected(SEQ_OUT_OF_RANGE, detail, orjson.dumps(items[i]), i)
+                raw = orjson.dumps(items[i])
+                rejected = Rejected(SEQ_OUT_OF_RANGE, detail, raw, i, decoded.epoch)
                 out.dead.append((gateway_id, msg.topic, rejected))
         decoded.keep([k for k, seq in enumerate(seqs) if seq <= ceiling])
         return True

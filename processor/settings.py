@@ -4,6 +4,7 @@ variables), defined here beside the code that reads them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,9 +51,19 @@ class ProcessorSettings(BaseModel):
     waiting longest first: a fleet larger than this times ``ACK_INTERVAL_S`` is acknowledged
     less often, not at more cost (keep gateways / this well below the edge's
     ``STORED_TIMEOUT_S``)."""
+    bindings: Literal["provisioned", "first-come"] = "provisioned"
+    """``provisioned``: only chargers bound by BINDINGS_FILE or the bindings store (the API's
+    ``PUT /v1/bindings/{charger_id}``; the store overrides the file for a charger it names) are
+    accepted, any other charger's readings are dead-lettered ``charger_not_bound``.
+    ``first-come`` (development only; the bridge warns): a charger bound nowhere is bound to the
+    first gateway that sends for it (remembered through InfluxDB)."""
     bindings_file: Path | None = None
-    """JSON object {"charger_id": "gateway_id"}: only these bindings are accepted. Unset: a charger
-    is bound to the first gateway that sends for it (remembered through InfluxDB)."""
+    """JSON object {"charger_id": "gateway_id"}: bindings provisioned from a file (read at start;
+    the bindings store overrides it for the chargers the store names)."""
+    bindings_refresh_s: float = Field(default=5.0, gt=0, le=3600)
+    """How often the bindings store is read again (only the changes since the last read, less a
+    one-minute margin for clocks): a binding changed through the API reaches every bridge within
+    this long."""
     max_seq_jump: int = Field(default=10**12, ge=1)
     """A reading whose seq lies more than this above the highest seq known of its gateway and
     epoch (0 for an epoch not seen yet) is dead-lettered (``seq_out_of_range``, as is any seq

@@ -61,6 +61,9 @@ class Rejected:
     #: The whole payload, or the one reading's JSON when ``index`` is set.
     raw: bytes
     index: int | None = None
+    #: The outbox epoch of the batch a single reading came from (kept with its dead letter, so
+    #: a replay sends the reading with it).
+    epoch: str | None = None
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from query_api import problems
 from query_api.acks import StoredAcks
-from query_api.alarms.loop import AlarmLoop, alarm_writer
+from query_api.alarms.loop import AlarmLoop
 from query_api.broker import BrokerLink, Publisher
 from query_api.clock import Clock, SystemClock
 from query_api.cursor import Cursors
@@ -26,13 +26,24 @@ from query_api.latest.sweep import confirm_forever
 from query_api.lean import LeanDispatch, routes_of
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.pagecache import PageCache
+from query_api.routes import alarms as alarm_routes
 from query_api.routes import (
-    alarms as alarm_routes,
+    bindings,
+    chargers,
+    deadletters,
+    fleet,
+    health,
+    history,
+    ingest,
+    pipeline,
+    stats,
+    ui,
 )
-from query_api.routes import chargers, fleet, health, history, ingest, pipeline, stats, ui
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import InfluxQL, InfluxQLClient
+from telemetry_common.influx_write import InfluxWriter, create_retention_policy, make_writer
+from telemetry_common.storage import KEEP_RP
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +77,28 @@ def _attach(app: FastAPI, influx: InfluxQL | None) -> None:
     app.state.stored_latest = StoredLatest(influx) if influx is not None else None
 
 
+async def _create_keep(app: FastAPI) -> None:
+    """The retention policy of the bindings store (the bridges create it too: whoever first)."""
+    influx = app.state.settings.influx
+    if await create_retention_policy(influx, KEEP_RP) or influx.api != "v1":
+        app.state.keep_rp_ready = True
+
+
 def create_app(
     settings: ApiSettings,
     *,
     influx: InfluxQL | None = None,
     broker: Publisher | None = None,
     clock: Clock | None = None,
+    writer: InfluxWriter | None = None,
 ) -> FastAPI:
     """The API for ``settings``. Without ``influx``, the lifespan opens an :class:`InfluxQLClient`
     on ``settings.influx``; without ``broker`` and with ``settings.mqtt``, it opens a
     :class:`BrokerLink` that feeds ``app.state.mirror`` and ``app.state.acks`` (a given broker's
     owner hands acknowledgements to ``app.state.acks`` itself). Given ones are used as they are;
-    ``clock`` (default: the system's) is read by every route."""
+    ``clock`` (default: the system's) is read by every route. Without ``writer``, the lifespan
+    opens one on ``settings.influx`` (the bindings store's changes) and creates the retention
+    policy ``keep``."""
     mirror = LiveMirror(settings.topics, max_chargers=settings.mirror_max_chargers)
     acks = StoredAcks(settings.topics, [settings.ingest_gateway, *settings.ingest_keys])
     metrics = ApiMetrics()
@@ -87,13 +108,16 @@ def create_app(
         async with AsyncExitStack() as stack:
             if influx is None:
                 _attach(app, await stack.enter_async_context(InfluxQLClient(settings.influx)))
+            if writer is None:
+                app.state.writer = make_writer(settings.influx)
+                stack.push_async_callback(app.state.writer.aclose)
+                keep = asyncio.create_task(_create_keep(app), name="keep-rp")
+                stack.push_async_callback(_cancel, keep)
             alarms = None
-            writer = alarm_writer(settings) if broker is None and settings.mqtt else None
-            if writer is not None:
-                stack.push_async_callback(writer.aclose)
+            if settings.alarms and broker is None and settings.mqtt is not None:
                 alarms = AlarmLoop(
-                    settings, mirror, app.state.influx, writer, lambda: app.state.broker,
-                    metrics, app.state.clock,
+                    settings, mirror, app.state.influx, app.state.writer,
+                    lambda: app.state.broker, metrics, app.state.clock,
                 )  # fmt: skip
             if broker is None and settings.mqtt is not None:
                 app.state.broker = await stack.enter_async_context(
@@ -122,6 +146,7 @@ def create_app(
             finally:
                 _attach(app, influx)  # nothing keeps a client the exit stack closed
                 app.state.broker = broker
+                app.state.writer = writer
 
     app = FastAPI(
         title="charger-telemetry API",
@@ -132,6 +157,8 @@ def create_app(
     app.state.settings = settings
     _attach(app, influx)
     app.state.broker = broker
+    app.state.writer = writer
+    app.state.keep_rp_ready = False
     app.state.mirror = mirror
     app.state.acks = acks
     seq_file = settings.ingest_seq_file
@@ -169,6 +196,18 @@ def create_app(
     ]
     app.add_middleware(LeanDispatch, api=app, routes=hot)
     app.add_middleware(TimingMiddleware, metrics=metrics)
-    for module in (health, chargers, history, stats, fleet, ingest, pipeline, alarm_routes, ui):
+    for module in (
+        health,
+        chargers,
+        history,
+        stats,
+        fleet,
+        ingest,
+        pipeline,
+        bindings,
+        deadletters,
+        alarm_routes,
+        ui,
+    ):
         app.include_router(module.router)
     return app

@@ -120,15 +120,20 @@ class BrokerLink:
                 # while messages are queued, and requests wait for the loop meanwhile.
                 await asyncio.sleep(0)
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        """QoS 1, returns after a successful PUBACK; NotConnectedError, PublishRejectedError,
+    async def publish(
+        self, topic: str, payload: bytes, *, user_properties: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        """QoS 1 (with MQTT 5 ``user_properties``: a dead letter's replay names it), returns
+        after a successful PUBACK; NotConnectedError, PublishRejectedError,
         NoSubscribersError (PUBACK 0x10: no bridge subscribed, nobody will store it, as the
         edge treats it) or PublishLostError (also when no PUBACK came within the timeout)."""
         if not self._client.connected:
             raise NotConnectedError(self._client.client_id)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._client.publish(topic, payload, require_subscribers=True)
+                await self._client.publish(
+                    topic, payload, require_subscribers=True, user_properties=user_properties
+                )
         except TimeoutError as exc:
             raise PublishLostError(topic) from exc
 

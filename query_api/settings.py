@@ -115,6 +115,9 @@ class ApiSettings(ServiceSettings):
     INGEST_SEQ_FILE they are journaled next to it (``<file>.keys``) and survive a restart."""
     ingest_max_future_s: float = Field(default=300.0, ge=0)
     """Readings stamped further ahead than this are refused (the bridge would dead-letter them)."""
+    bindings: Literal["provisioned", "first-come"] = "provisioned"
+    """The bridges' TELEMETRY_BRIDGE_BINDINGS: with ``first-come``, ``GET /v1/bindings`` also
+    lists the bindings learned from the readings (where the bindings store names no charger)."""
     bridge_urls: list[AnyHttpUrl] = Field(default_factory=list)
     """Bridges whose ``/status`` is served merged on ``/v1/pipeline/status`` (JSON list)."""
 

@@ -70,6 +70,31 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+# promtool and Alertmanager for the alerting rules' tests (tests/unit/deploy/test_alert_rules.py,
+# tests/integration/deploy/test_alert_delivery.py); without them those tests are skipped with the
+# reason. The packages' services are not started here (their units stay disabled): the tests
+# start their own prometheus and alertmanager processes on free ports.
+need_alerting=()
+command -v promtool >/dev/null 2>&1 || need_alerting+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_alerting+=(prometheus-alertmanager)
+if [ ${#need_alerting[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "bootstrap: installing Debian packages: ${need_alerting[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      "${need_alerting[@]}" >/dev/null
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now prometheus prometheus-alertmanager \
+        prometheus-node-exporter >/dev/null 2>&1 || true
+    fi
+  else
+    echo "bootstrap: ${need_alerting[*]} missing and apt-get is not available: the alerting" >&2
+    echo "  rules' tests will be skipped (install promtool and Alertmanager to run them)." >&2
+  fi
+fi
+
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "bootstrap: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
   exit 1

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Protocol
 
 import httpx
 
 from telemetry_common.errors import TelemetryError
+from telemetry_common.influxql import create_retention_policy_statement
 from telemetry_common.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,44 @@ class V2Writer:
 
     async def aclose(self) -> None:
         await self._client.close()  # type: ignore[no-untyped-call]
+
+
+async def create_retention_policy(
+    settings: InfluxSettings, rp: str, duration: timedelta | None = None, *, attempts: int = 5
+) -> bool:
+    """Create the retention policy ``rp`` (not the default; ``duration`` None: INF) on the v1
+    API if it is missing; True once InfluxDB answered success. Idempotent: whoever writes to
+    ``rp`` first runs it. On the v2 API there are no retention policies: the bucket
+    ``{bucket}_{rp}`` and its DBRP mapping are provisioned with InfluxDB (docs/deploy.md), and
+    this returns False. A refusal (say, a user without the right) is logged, not raised."""
+    if settings.api != "v1":
+        return False
+    q = create_retention_policy_statement(settings.database, rp, duration)
+    auth = None
+    if settings.username and settings.password is not None:
+        auth = httpx.BasicAuth(settings.username, settings.password.get_secret_value())
+    headers = {}
+    if settings.token is not None:
+        headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
+    delay = 0.5
+    async with httpx.AsyncClient(
+        base_url=settings.url, timeout=settings.timeout_s, headers=headers, auth=auth
+    ) as http:
+        for attempt in range(attempts):
+            try:
+                r = await http.post("/query", data={"q": q})
+            except httpx.HTTPError as exc:
+                log.warning("retention policy %s: InfluxDB not reachable (%s)", rp, exc)
+            else:
+                if r.status_code == 200 and '"error"' not in r.text:
+                    return True
+                log.warning("%s answered %s: %s", q, r.status_code, r.text[:200])
+                if r.status_code < 500:
+                    return False
+            if attempt + 1 < attempts:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+    return False
 
 
 def make_writer(settings: InfluxSettings) -> InfluxWriter:

@@ -20,7 +20,9 @@ from telemetry_common.ids import check_id
 from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, TS_MAX, TS_MIN, Status, ValueKey
 from telemetry_common.storage import (
     ALARM_MEASUREMENT,
+    BINDINGS_MEASUREMENT,
     DEADLETTER_MEASUREMENT,
+    KEEP_RP,
     MEASUREMENT,
     RESERVED_VALUE_KEYS,
     SEQGAP_MEASUREMENT,
@@ -283,9 +285,91 @@ def gateway_highest_seq_query(gateway_id: str) -> str:
     )
 
 
+def create_retention_policy_statement(
+    database: str, rp: str, duration: timedelta | None = None
+) -> str:
+    """``CREATE RETENTION POLICY`` (not the default; ``duration`` None: INF). InfluxDB 1.x
+    answers success when the policy exists with the same duration, so it is run at every start."""
+    dur = "INF" if duration is None else duration_literal(duration)
+    return (
+        f"CREATE RETENTION POLICY {quote_ident(check_id('retention policy', rp))} "
+        f"ON {quote_ident(check_id('database', database))} DURATION {dur} REPLICATION 1"
+    )
+
+
+def bindings_query(since: datetime | None = None, charger_id: str | None = None) -> str:
+    """Per charger: its newest binding change (``gateway_id``, ``""`` = unbound, ``previous``,
+    ``changed_by``) in the bindings store, among the changes after ``since`` (all when None), of
+    one charger when ``charger_id`` is given. One row per charger named: the bridges load the
+    whole store at start, then refresh with ``since`` = their last refresh (less a margin)."""
+    where = []
+    if since is not None:
+        where.append(f"time > {time_literal(since)}")
+    if charger_id is not None:
+        where.append(f"{_charger_filter(charger_id)}")
+    return (
+        f"SELECT last({quote_ident('gateway_id')}) AS {quote_ident('gateway_id')}, "
+        f"{quote_ident('previous')}, {quote_ident('changed_by')} "
+        f"FROM {quote_ident(KEEP_RP)}.{quote_ident(BINDINGS_MEASUREMENT)}"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + f" GROUP BY {quote_ident('charger_id')}"
+    )
+
+
 def ping_query() -> str:
     """A cheap statement that needs the database and read access (readiness)."""
     return "SHOW MEASUREMENTS LIMIT 1"
+
+
+# --- dead letters (docs/design.md#dead-letters): the API lists and replays them ---------------
+
+_REASON: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _reason_literal(reason: str) -> str:
+    if not isinstance(reason, str) or not _REASON.fullmatch(reason):
+        raise QueryBuildError("reason", reason, "not a dead-letter reason (^[a-z][a-z0-9_]*$)")
+    return quote_string(reason)
+
+
+def deadletters_query(
+    start: datetime,
+    end: datetime,
+    *,
+    limit: int,
+    reason: str | None = None,
+    gateway_id: str | None = None,
+    until_ns: int | None = None,
+) -> str:
+    """Dead letters in ``[start, end)``, newest first, at most ``limit``; optionally of one
+    ``reason`` and ``gateway_id`` only, and none newer than ``until_ns`` (paging: the caller
+    skips the ones at ``until_ns`` it has already shown). Tags come back as columns."""
+    if not 1 <= limit <= 100_000:
+        raise QueryBuildError("limit", limit, "must be 1..100000")
+    where = _window(start, end)
+    if reason is not None:
+        where += f" AND {quote_ident('reason')} = {_reason_literal(reason)}"
+    if gateway_id is not None:
+        gateway = check_id("gateway id", gateway_id)
+        where += f" AND {quote_ident('gateway_id')} = {quote_string(gateway)}"
+    if until_ns is not None:
+        where += f" AND time <= {int(until_ns)}"
+    return (
+        f"SELECT * FROM {quote_ident(DEADLETTER_MEASUREMENT)} WHERE {where} "
+        f"ORDER BY time DESC LIMIT {int(limit)}"
+    )
+
+
+def deadletter_query(ns: int, reason: str, gateway_id: str) -> str:
+    """The one dead letter stored at ``ns`` with tags ``reason`` and ``gateway_id``."""
+    if not isinstance(ns, int) or not 0 <= ns < 2**63:
+        raise QueryBuildError("time", ns, "not a time in nanoseconds")
+    gateway = quote_string(check_id("gateway id", gateway_id))
+    return (
+        f"SELECT * FROM {quote_ident(DEADLETTER_MEASUREMENT)} WHERE time = {ns} "
+        f"AND {quote_ident('reason')} = {_reason_literal(reason)} "
+        f"AND {quote_ident('gateway_id')} = {gateway}"
+    )
 
 
 # --- alarms (docs/alarms.md) ------------------------------------------------------------------

@@ -97,6 +97,8 @@ class Received:
     #: MQTT 5 request/response: where the sender wants the answer, and what to echo with it.
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    #: MQTT 5 user properties, in the order sent (e.g. ``replay-of`` on a replayed message).
+    user_properties: tuple[tuple[str, str], ...] = ()
 
     def ack(self) -> None:
         if self._ack is not None:
@@ -121,7 +123,7 @@ class AsyncMqttClient:
         manual_ack: bool = False,
         receive_maximum: int = 100,
         will: Will | None = None,
-        birth: Will | None = None,
+        birth: Will | Callable[[], Will] | None = None,
         clean_start: bool = False,
         reconnect_jitter: bool = False,
         reconnect_max_s: float = 30.0,
@@ -227,10 +229,12 @@ class AsyncMqttClient:
         retain: bool = False,
         correlation_data: bytes | None = None,
         require_subscribers: bool = False,
+        user_properties: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Publish with QoS 1 and return once the broker acknowledged it with success.
 
-        ``correlation_data`` is sent as the MQTT 5 Correlation Data (answers to requests).
+        ``correlation_data`` is sent as the MQTT 5 Correlation Data (answers to requests),
+        ``user_properties`` as MQTT 5 User Properties.
         Raises NotConnectedError, PublishRejectedError (permanent) or PublishLostError; with
         ``require_subscribers``, NoSubscribersError when no subscription matched.
         """
@@ -239,9 +243,12 @@ class AsyncMqttClient:
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
         props: Properties | None = None
-        if correlation_data is not None:
+        if correlation_data is not None or user_properties:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.CorrelationData = correlation_data
+            if correlation_data is not None:
+                props.CorrelationData = correlation_data
+            if user_properties:
+                props.UserProperty = list(user_properties)
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             # paho saw the connection down before we did, but keeps a QoS 1 message queued and
@@ -293,8 +300,10 @@ class AsyncMqttClient:
             client.reconnect_delay_set(min_delay=1, max_delay=int(self._reconnect_max_s))
         if self._subscriptions:
             client.subscribe([(sub, 1) for sub in self._subscriptions])
-        if self._birth is not None:
-            client.publish(self._birth.topic, self._birth.payload, qos=1, retain=self._birth.retain)
+        # A callable birth is built afresh on every connect (on paho's network thread).
+        birth = self._birth() if callable(self._birth) else self._birth
+        if birth is not None:
+            client.publish(birth.topic, birth.payload, qos=1, retain=birth.retain)
         self._call(self._set_connected, True, flags.session_present)
 
     def _on_disconnect(
@@ -342,6 +351,7 @@ class AsyncMqttClient:
         props = getattr(msg, "properties", None)
         response = getattr(props, "ResponseTopic", None)
         correlation = getattr(props, "CorrelationData", None)
+        user = getattr(props, "UserProperty", None) or ()
         self._call(
             self._enqueue,
             msg.topic,
@@ -351,6 +361,7 @@ class AsyncMqttClient:
             msg.retain,
             response,
             None if correlation is None else bytes(correlation),
+            tuple((str(k), str(v)) for k, v in user),
         )
 
     # -- event-loop side -------------------------------------------------------------------
@@ -399,6 +410,7 @@ class AsyncMqttClient:
         retain: bool,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
+        user_properties: tuple[tuple[str, str], ...] = (),
     ) -> None:
         ack = self._ack if self._manual_ack else None
         self.messages.put_nowait(
@@ -412,6 +424,7 @@ class AsyncMqttClient:
                 _ack=ack,
                 response_topic=response_topic,
                 correlation_data=correlation_data,
+                user_properties=user_properties,
             )
         )
 

@@ -9,10 +9,17 @@ MEASUREMENT: Final = "readings"
 #: Dead letters, stored before they are acknowledged (docs/design.md#dead-letters): tags
 #: gateway_id and reason; fields detail, topic, index, payload_bytes, payload_b64 (bounded).
 DEADLETTER_MEASUREMENT: Final = "deadletters"
+#: Charger bindings an operator set through the API (docs/bridge.md#charger-bindings): one point
+#: per change in retention policy ``KEEP_RP``; tag charger_id; fields gateway_id ("" = unbound),
+#: previous, changed_by.
+BINDINGS_MEASUREMENT: Final = "bindings"
+#: The retention policy of what must outlive raw readings (duration INF; on the v2 API, the
+#: bucket ``{bucket}_keep``).
+KEEP_RP: Final = "keep"
 #: Alarms (docs/alarms.md): one point per occurrence, time = when it was raised; tags kind,
 #: subject; fields id, severity, detail, active (bool) and, once cleared, cleared_at (ns).
 ALARM_MEASUREMENT: Final = "alarms"
-#: Seq gaps the processor confirmed (docs/alarms.md#seq_gap_confirmed): tags gateway_id, bridge
+#: Seq gaps the processor confirmed (docs/alarms.md#in-influxdb): tags gateway_id, bridge
 #: (its public name); fields missing (readings in no store), gaps, first, last, epoch.
 SEQGAP_MEASUREMENT: Final = "seqgaps"
 #: While a gateway has confirmed gaps, a bridge writes its ``seqgaps`` point again this often...

@@ -22,6 +22,7 @@ from provisioning.cli import broker_config_cmd, fail, pki_app
 from telemetry_common.errors import TelemetryError
 from telemetry_common.topics import DEFAULT_ROOT
 from telemetry_stack import stack, supervisor
+from telemetry_stack.deadletters_cli import deadletters_app
 
 app = typer.Typer(
     help="Run the charger-telemetry stack locally; make its dev PKI and broker configuration.",
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.add_typer(pki_app, name="pki")
 app.command("broker-config")(broker_config_cmd)
+app.add_typer(deadletters_app, name="deadletters")
 
 StateDir = Annotated[
     Path, typer.Option("--state-dir", help="Where the stack keeps its state, logs and stack.json.")

@@ -119,6 +119,9 @@ class Startup:
             client_id=client_id,
             share_group=share_group,
             http_port=self.ports.bridge,
+            # A dev launcher: `--gateways 0` scripts and HTTP ingest send for chargers no one
+            # provisioned; a deployment binds them (docs/deploy.md).
+            bindings="first-come",
         )
 
     def api_env(self) -> dict[str, str]:
@@ -133,6 +136,7 @@ class Startup:
             mqtt=self.mqtt(self.pki.client_paths(pki_mod.API_IDENTITY), service=True),
             ingest_seq_file=self.dir / "api" / "ingest-seq.json",
             bridge_urls=[self.bridge_url],
+            bindings="first-come",
         )
 
     def gateway_env(self, gateway: str, identity: tuple[Path, Path]) -> dict[str, str]:

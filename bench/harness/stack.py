@@ -192,6 +192,7 @@ def start_bridge(
         influx={"url": stack.influx_url, "database": DATABASE},
         client_id=stack.bridge_client_id,
         share_group=stack.bridge_share_group,
+        bindings="first-come",  # the load generators' chargers are provisioned nowhere
     )
     if profile is None:
         argv = [str(BIN / "telemetry-bridge")]

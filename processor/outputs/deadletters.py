@@ -16,6 +16,7 @@ import orjson
 
 from processor.metrics import Metrics
 from processor.validate import Rejected
+from telemetry_common.deadletters import DeadLetterKey
 from telemetry_common.mqtt import (
     AsyncMqttClient,
     NotConnectedError,
@@ -53,11 +54,25 @@ def deadletter_lines(dead: list[tuple[str, str, Rejected]], now_ns: int) -> list
         ]
         if record.index is not None:
             fields.append(f"index={record.index}i")
+        if record.epoch is not None:
+            fields.append(f"epoch={_field_str(record.epoch)}")
         lines.append(
             f"{DEADLETTER_MEASUREMENT},gateway_id={gateway_id},reason={record.reason} "
             f"{','.join(fields)} {now_ns + k}"
         )
     return lines
+
+
+def replay_outcome_lines(outcomes: list[tuple[DeadLetterKey, str]], at: datetime) -> list[str]:
+    """Line protocol that writes ``replayed_at`` (``at``) and ``replay_outcome`` onto each
+    replayed dead letter's own point (same measurement, tags and time: InfluxDB merges the
+    fields into it; a later replay overwrites them)."""
+    stamp = _field_str(at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return [
+        f"{DEADLETTER_MEASUREMENT},gateway_id={key.gateway_id},reason={key.reason} "
+        f"replayed_at={stamp},replay_outcome={_field_str(outcome)} {key.ns}"
+        for key, outcome in outcomes
+    ]
 
 
 def deadletter_record(gateway_id: str, topic: str, record: Rejected, now: datetime) -> bytes:

@@ -28,11 +28,14 @@ class State:
         return {
             "bindings": len(self.bindings),
             "bindings_provisioned": self.bindings.provisioned,
+            "bindings_store": self.bindings.status(),
             "seq_gaps": self.gaps.report(),
         }
 
     def watch(self, metrics: Metrics) -> None:
         """Expose the state's sizes as gauges (read when scraped)."""
         metrics.lvc_chargers.set_function(lambda: float(len(self.lvc)))
+        metrics.bindings.set_function(lambda: float(len(self.bindings)))
+        metrics.bindings_refreshed.set_function(lambda: self.bindings.refreshed_at or 0.0)
         metrics.seq_missing.set_function(lambda: float(self.gaps.missing()))
         metrics.seq_gaps.set_function(lambda: float(self.gaps.open_gaps()))

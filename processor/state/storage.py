@@ -2,7 +2,9 @@
 
 InfluxDB holds what every bridge of the share group stored, so it is the record: the last-value
 cache, the first-come bindings and each gateway's highest seq are seeded from it, and a
-suspected seq gap is reported as missing only when no bridge stored those readings.
+suspected seq gap is reported as missing only when no bridge stored those readings. The bindings
+store (measurement ``bindings`` in retention policy ``keep``, written by the API) is loaded at
+start and its changes are read again every ``BINDINGS_REFRESH_S``.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from processor.state import State
+from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
-from telemetry_common.influx_query import InfluxQL, InfluxUnavailable, Series
+from telemetry_common.influx_query import InfluxError, InfluxQL, InfluxUnavailable, Series
 from telemetry_common.influxql import (
+    bindings_query,
     count_seq_range_query,
     highest_seq_of_epoch_query,
     highest_seq_per_gateway_query,
@@ -31,6 +35,9 @@ from telemetry_common.storage import SEQGAP_MEASUREMENT, SEQGAP_REFRESH_S
 log = logging.getLogger(__name__)
 
 _EPOCH: Final = re.compile(EPOCH_SHAPE)
+#: A refresh of the bindings store reads the changes stamped after its previous read less this:
+#: the API stamps a change with its own clock, which may be behind the bridge's.
+BINDINGS_CLOCK_MARGIN: Final = timedelta(seconds=60)
 
 
 async def _query_with_retry(client: InfluxQL, q: str, max_backoff_s: float) -> list[Series]:
@@ -62,6 +69,59 @@ async def warm_up(state: State, client: InfluxQL, max_backoff_s: float) -> None:
         state.bindings.seed(charger, stamp.gateway_id)
     seeded = await _seed_gaps(state, client, max_backoff_s)
     log.info("warm-up: %d chargers, %d gateways known from InfluxDB", len(newest), seeded)
+    if not await load_bindings_store(state.bindings, client, None, max_backoff_s):
+        log.error("bindings store refused: only the file's bindings hold until a refresh reads it")
+    log.info("bindings (%s): %s", state.bindings.mode, state.bindings.status())
+
+
+def store_rows(series: list[Series]) -> dict[str, str]:
+    """Each charger's newest binding change in an answer of :func:`bindings_query`."""
+    found: dict[str, str] = {}
+    for s in series:
+        charger = s.tags.get("charger_id")
+        for row in s.rows() if charger else []:
+            gateway = row.get("gateway_id")
+            found[str(charger)] = gateway if isinstance(gateway, str) else ""
+    return found
+
+
+async def load_bindings_store(
+    bindings: Bindings, client: InfluxQL, since: datetime | None, max_backoff_s: float = 0
+) -> bool:
+    """Apply the store's changes after ``since`` (all: None) to ``bindings``; False if it was
+    not read (the bindings held stay as they are, the error is counted and logged). With
+    ``max_backoff_s`` an unavailable InfluxDB is waited for (warm-up). A missing retention
+    policy (nobody bound anything yet) counts as an empty store."""
+    started = time.time()
+    q = bindings_query(since)
+    try:
+        if max_backoff_s > 0:
+            series = await _query_with_retry(client, q, max_backoff_s)
+        else:
+            series = await client.query(q)
+        changes = store_rows(series)
+    except InfluxError as exc:
+        if "retention policy not found" not in str(exc):
+            bindings.refresh_errors += 1
+            log.warning("bindings store not read: %s", exc)
+            return False
+        changes = {}
+    changed = bindings.apply(changes)
+    if changed:
+        log.info("bindings store: %d chargers' bindings changed", changed)
+    bindings.refreshed_at = started
+    return True
+
+
+async def refresh_bindings_forever(bindings: Bindings, client: InfluxQL, every_s: float) -> None:
+    """Read the store's changes every ``every_s``, forever (a task of the processor): the changes
+    stamped after the last successful read less ``BINDINGS_CLOCK_MARGIN`` (a bounded query: one
+    row per charger changed in that window), or the whole store while it was never read."""
+    while True:
+        await asyncio.sleep(every_s)
+        last = bindings.refreshed_at
+        since = None if last is None else datetime.fromtimestamp(last, UTC) - BINDINGS_CLOCK_MARGIN
+        await load_bindings_store(bindings, client, since)
 
 
 def _epoch(value: object) -> str | None:

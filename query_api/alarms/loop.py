@@ -28,7 +28,7 @@ from query_api.metrics import ApiMetrics
 from query_api.settings import ApiSettings
 from telemetry_common import influxql
 from telemetry_common.influx_query import InfluxError, InfluxQL
-from telemetry_common.influx_write import InfluxWriter, WriteError, make_writer
+from telemetry_common.influx_write import InfluxWriter, WriteError
 from telemetry_common.mqtt import MqttError
 from telemetry_common.storage import SEQGAP_WINDOW_S
 from telemetry_common.topics import ALARM_KINDS
@@ -39,18 +39,6 @@ log = logging.getLogger(__name__)
 MAX_CONNECTORS = 1_000_000
 #: Mirror entries read between two yields to the event loop.
 YIELD_EVERY = 10_000
-
-
-def alarm_writer(settings: ApiSettings) -> InfluxWriter | None:
-    """The writer of the alarm evaluator when ``settings`` turn it on (not prepared: InfluxDB
-    may be down at start); None when they do not, or when it cannot be made (logged)."""
-    if not settings.alarms:
-        return None
-    try:
-        return make_writer(settings.influx)
-    except WriteError as exc:
-        log.error("alarms off: %s", exc)
-        return None
 
 
 class AlarmBroker(Protocol):

@@ -75,7 +75,9 @@ def start_bridge(
 
     By default each call gets a session and share group of its own, so a session left by another
     test cannot take this test's messages; pass the same ``client_id`` to resume a session and the
-    same ``share_group`` to split load between bridges.
+    same ``share_group`` to split load between bridges. Bindings are ``first-come`` (the dev
+    option: the tests' gateways send for chargers nobody provisioned) unless ``extra_env`` says
+    otherwise.
     """
     env = env_for(
         BridgeSettings,
@@ -84,6 +86,7 @@ def start_bridge(
         client_id=client_id or f"bridge-{uuid.uuid4().hex[:8]}",
         share_group=share_group or f"g{uuid.uuid4().hex[:8]}",
         http_port=free_port(),
+        bindings="first-come",
     ) | dict(extra_env or {})
     bridge = procs.start(name, [str(BIN / "telemetry-bridge")], env)
     # Until the shared subscription exists the broker would drop the gateway's messages.

@@ -30,7 +30,7 @@ def run_bridge(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", "{not json", '{"cp-1": 7}'])
+@pytest.mark.parametrize("content", ["[1, 2]", "{not json", '{"cp-1": 7}', '{"cp 1": "gw-1"}'])
 def test_a_bindings_file_that_cannot_work_stops_the_bridge_at_once(
     tmp_path: Path, content: str
 ) -> None:
@@ -42,6 +42,13 @@ def test_a_bindings_file_that_cannot_work_stops_the_bridge_at_once(
     assert done.returncode == 2
     assert env_name(BridgeSettings, "bindings_file") in done.stderr
     assert str(path) in done.stderr
+
+
+def test_an_unknown_bindings_mode_is_named_by_its_variable() -> None:
+    """TELEMETRY_BRIDGE_BINDINGS takes provisioned or first-come only."""
+    done = run_bridge({env_name(BridgeSettings, "bindings"): "whoever-asks"})
+    assert done.returncode == 2
+    assert "TELEMETRY_BRIDGE_BINDINGS" in done.stderr
 
 
 def test_a_malformed_setting_is_named_by_its_variable() -> None:

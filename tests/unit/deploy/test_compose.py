@@ -44,11 +44,14 @@ from tests.support.grafana import INFLUX_UID, PROMETHEUS_UID, load_dashboards, p
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus" / "prometheus.yml"
+PROMETHEUS_RULES = ROOT / "docker" / "prometheus" / "alerts.yml"
+ALERTMANAGER_CONFIG = ROOT / "docker" / "alertmanager" / "alertmanager.yml"
+WEBHOOK_RECEIVER = ROOT / "docker" / "alertmanager" / "webhook_receiver.py"
 PROVISIONING = ROOT / "grafana" / "provisioning"
 
 GATEWAYS = {"gateway-1": "gw-1", "gateway-2": "gw-2"}
 ONE_SHOT = {"preflight", "pki-init"}
-APP_SERVICES = {*ONE_SHOT, "bridge", "api", *GATEWAYS}
+APP_SERVICES = {*ONE_SHOT, "bridge", "api", *GATEWAYS, "alert-webhook"}
 LONG_RUNNING = {
     "mosquitto",
     "influxdb",
@@ -57,6 +60,8 @@ LONG_RUNNING = {
     *GATEWAYS,
     "live-feed",
     "prometheus",
+    "alertmanager",
+    "alert-webhook",
     "grafana",
 }
 #: Every variable that holds a secret; each must pass docker/preflight.sh outside dev.
@@ -126,7 +131,8 @@ def _edge_metrics(tmp_path: Path) -> set[str]:
 
 def test_expected_services(services: dict[str, dict[str, Any]]) -> None:
     """The stack is the two one-shot steps (preflight, pki-init) plus the long-running servers,
-    the bridge, the API, two simulated gateways, the live-feed subscriber and Prometheus."""
+    the bridge, the API, two simulated gateways, the live-feed subscriber, Prometheus,
+    Alertmanager and its example webhook receiver."""
     assert set(services) == APP_SERVICES | LONG_RUNNING
 
 
@@ -140,6 +146,7 @@ def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
     assert services["influxdb"]["image"] == "influxdb:2.7"
     assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", services["grafana"]["image"])
     assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", services["prometheus"]["image"])
+    assert re.fullmatch(r"prom/alertmanager:v\d+\.\d+\.\d+", services["alertmanager"]["image"])
     images = {services[name]["image"] for name in APP_SERVICES}
     assert len(images) == 1
     for name in APP_SERVICES:
@@ -183,6 +190,8 @@ def test_start_order(services: dict[str, dict[str, Any]]) -> None:
         **dict.fromkeys(GATEWAYS, gateway),
         "live-feed": {"mosquitto": healthy},
         "prometheus": {"preflight": done},
+        "alertmanager": {"preflight": done},
+        "alert-webhook": {"preflight": done},
         "grafana": {"influxdb": healthy, "prometheus": healthy},
     }
     assert set(expected) == set(services)
@@ -226,6 +235,7 @@ def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
         "influxdb": ("127.0.0.1", 8086, 8086),
         "grafana": ("127.0.0.1", 3000, 3000),
         "prometheus": ("127.0.0.1", 9090, 9090),
+        "alertmanager": ("127.0.0.1", 9093, 9093),
     }
     for name, port in expected.items():
         assert compose_file.published(services[name]) == [port], name
@@ -545,6 +555,45 @@ def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) ->
         in (services["prometheus"]["volumes"])
     )
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+
+
+def test_prometheus_alerts_reach_the_webhook_receiver(services: dict[str, dict[str, Any]]) -> None:
+    """Prometheus loads the shipped rules (mounted where rule_files says) and sends alerts to the
+    alertmanager service on the port it listens on; Alertmanager's receivers post to the
+    alert-webhook service on the port and path its script serves, with resolved notices; the
+    receiver is the shipped script, mounted where its command runs it."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    (rules,) = config["rule_files"]
+    mount = f"./docker/prometheus/{PROMETHEUS_RULES.name}:{rules}:ro"
+    assert mount in services["prometheus"]["volumes"]
+    (am,) = config["alerting"]["alertmanagers"]
+    (static,) = am["static_configs"]
+    assert static["targets"] == ["alertmanager:9093"]
+    assert compose_file.published(services["alertmanager"]) == [("127.0.0.1", 9093, 9093)]
+
+    am_config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
+    command = services["alertmanager"]["command"]
+    (flag,) = [c for c in command if c.startswith("--config.file=")]
+    target = flag.removeprefix("--config.file=")
+    assert (
+        f"./docker/alertmanager/{ALERTMANAGER_CONFIG.name}:{target}:ro"
+        in (services["alertmanager"]["volumes"])
+    )
+    receivers = {r["name"]: r for r in am_config["receivers"]}
+    assert am_config["route"]["receiver"] in receivers
+    for route in am_config["route"].get("routes", []):
+        assert route["receiver"] in receivers
+    hook = services["alert-webhook"]
+    argv = hook["command"]
+    port = argv[argv.index("--port") + 1]
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    for receiver in receivers.values():
+        for webhook in receiver["webhook_configs"]:
+            assert webhook["url"] == f"http://alert-webhook:{port}/alerts"
+            assert webhook["send_resolved"] is True
+    script = argv[argv.index("python") + 1]
+    assert f"./docker/alertmanager/{WEBHOOK_RECEIVER.name}:{script}:ro" in hook["volumes"]
+    assert "ports" not in hook
 
 
 def test_influxdb_init_and_grafana_datasources(services: dict[str, dict[str, Any]]) -> None:

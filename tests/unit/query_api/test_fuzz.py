@@ -1,13 +1,14 @@
 """A bounded property run of the OpenAPI document (schemathesis): generated requests to every
 endpoint, with an admin key, never get a 5xx and every error is a problem document.
 
-InfluxDB and the broker are fakes here (empty store, a broker that takes every batch and
-acknowledges it as stored at once): the run is about the HTTP layer's validation of whatever a
-client may send.
+InfluxDB, its writer and the broker are fakes here (empty store, a writer that takes all, a
+broker that takes every batch and acknowledges it as stored at once): the run is about the HTTP
+layer's validation of whatever a client may send.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -34,6 +35,19 @@ class EmptyInflux:
         return []
 
 
+class AcceptingWriter:
+    """Takes every write (the bindings store's changes)."""
+
+    async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
+        return None
+
+    async def prepare(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
 class AcceptingBroker:
     connected = True
     acks: StoredAcks | None = None
@@ -47,7 +61,12 @@ class AcceptingBroker:
 
 
 broker = AcceptingBroker()
-app = create_app(ApiSettings(keys={"admin": SecretStr(ADMIN)}), influx=EmptyInflux(), broker=broker)
+app = create_app(
+    ApiSettings(keys={"admin": SecretStr(ADMIN)}),
+    influx=EmptyInflux(),
+    broker=broker,
+    writer=AcceptingWriter(),
+)
 broker.acks = app.state.acks
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
