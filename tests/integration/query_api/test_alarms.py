@@ -7,11 +7,14 @@ message, then the empty one) and on ``GET /v1/alarms``; once only across a resta
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,11 +27,13 @@ from query_api.settings import ApiSettings
 from telemetry_common.schema import Reading, encode_batch, format_ts
 from telemetry_common.settings import env_for
 from telemetry_stack.servers import ManagedProcess
+from tests.integration.edge_agent.test_agent import edge_env
 from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory
+from tests.support.forged_certs import sign_with_ca
 from tests.support.gateway_publisher import GatewayPublisher
 from tests.support.influx import influxql
 from tests.support.mqtt_recorder import Recorder
-from tests.support.processes import Procs, logged, start_api, start_bridge
+from tests.support.processes import BIN, Procs, logged, start_api, start_bridge, stopped
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -41,7 +46,7 @@ API_ENV = env_for(
     alarm_interval_s=0.5,
     alarm_settle_s=1.0,
     alarm_silent_min_s=4.0,
-    alarm_backlog_s=60.0,
+    alarm_backlog_s=3.0,
     alarm_cert_days=14.0,
     alarm_deadletters_window_s=5.0,
 )
@@ -307,3 +312,53 @@ def test_an_alarm_is_raised_once_across_a_restart_of_the_api(alarms: Alarms) -> 
     assert ident == first["id"]
     assert active is False
     assert cleared_at is not None
+
+
+def test_a_real_edge_agent_short_lived_certificate_backlog_and_kill(
+    alarms: Alarms, tmp_path: Path
+) -> None:
+    """The real ``edge-agent`` (simulated chargers, heartbeat every 0.5 s) with a certificate
+    that expires in 3 days: certificate_expiry is raised from its heartbeat. The bridge stops:
+    its readings stay unconfirmed in the outbox and edge_backlog is raised; a bridge again: the
+    outbox drains and it clears. SIGKILL: the last will raises gateway_offline; the agent
+    started again clears it (the certificate's alarm stays: still short-lived)."""
+    a = alarms
+    gateway = f"gw-edge-{uuid.uuid4().hex[:6]}"
+    not_after = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    cert, key = sign_with_ca(
+        a.broker.pki.dir, tmp_path / "certs", gateway, not_after - timedelta(days=30), not_after
+    )
+    env = edge_env(
+        a.broker,
+        gateway,
+        tmp_path / "outbox.sqlite3",
+        state_interval_s=0.5,
+        stored_timeout_s=2,
+        sim={"chargers": 1, "interval_s": 0.5},
+    )
+    env["TELEMETRY_EDGE_MQTT__CERT_FILE"] = str(cert)
+    env["TELEMETRY_EDGE_MQTT__KEY_FILE"] = str(key)
+    argv = [str(BIN / "edge-agent"), "run", "--source", "sim"]
+    edge = a.procs.start("edge", argv, env)
+    expiry = a.wait_raised("certificate_expiry", gateway)
+    assert format_ts(not_after) in expiry["detail"]
+    time.sleep(4)  # longer than ALARM_BACKLOG_S: the bridge keeps the outbox drained
+    assert not a.messages("edge_backlog", gateway)
+
+    bridge = a.procs.started[0]
+    assert bridge.name == "bridge"
+    bridge.stop(timeout=10)
+    backlog = a.wait_raised("edge_backlog", gateway)
+    start_bridge(a.procs, a.broker, a.db, name="bridge-2", extra_env=BRIDGE_ENV)
+    a.wait_cleared("edge_backlog", gateway, backlog["id"])
+
+    assert edge.pid is not None
+    os.kill(edge.pid, signal.SIGKILL)
+    wait_until("the agent to die", stopped(edge), timeout=10)
+    offline = a.wait_raised("gateway_offline", gateway)
+    assert "offline" in offline["detail"]
+    a.procs.start("edge-2", argv, env)
+    a.wait_cleared("gateway_offline", gateway, offline["id"])
+    (still,) = a.get(state="active", kind="certificate_expiry", subject=gateway)
+    assert still["id"] == expiry["id"]
+    assert len(a.messages("certificate_expiry", gateway)) == 1
