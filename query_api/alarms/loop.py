@@ -195,10 +195,29 @@ class AlarmLoop:
             if key in self.active:
                 continue
             alarm = from_message(key[0], key[1], payload)
-            if alarm is not None and await self._write([alarm.raise_line()]):
+            if alarm is None or await self._stored_cleared(alarm):
+                continue  # not ours, or cleared (its topic not emptied yet): emptied below
+            if await self._write([alarm.raise_line()]):
                 self.active[key] = alarm
                 log.info("alarm adopted from its retained topic: %s %s", *key)
         self._adopted = True
+
+    async def _stored_cleared(self, alarm: Alarm) -> bool:
+        """Whether InfluxDB holds ``alarm``'s occurrence as cleared (True also when it cannot
+        tell: adopting it would risk raising a cleared alarm again)."""
+        try:
+            found = await read_alarms(
+                self._influx,
+                alarm.since,
+                alarm.since + timedelta(milliseconds=1),
+                1,
+                kind=alarm.kind,
+                subject=alarm.subject,
+            )
+        except InfluxError as exc:
+            log.warning("alarms: %s %s not adopted: %s", alarm.kind, alarm.subject, exc)
+            return True
+        return bool(found) and found[0].cleared_at is not None
 
     def _reconcile(self) -> None:
         for key in self._retained.keys() - self.active.keys() - self._pending.keys():

@@ -15,6 +15,7 @@ from query_api.alarms.store import Alarm
 from query_api.latest.mirror import LiveMirror
 from query_api.metrics import ApiMetrics
 from query_api.settings import ApiSettings
+from telemetry_common.influx_query import Series
 from telemetry_common.influx_write import WriteUnavailableError
 from telemetry_common.mqtt import NotConnectedError
 from tests.support.fake_influx import FakeInflux, FixedClock
@@ -121,3 +122,24 @@ async def test_a_retained_alarm_unknown_to_influxdb_is_adopted_and_a_dangling_on
     assert loop.active[("gateway_offline", "gw-1")].id == earlier.id
     assert writer.lines == [earlier.raise_line()]
     assert broker.sent == [(f"{ROOT}/alarms/gateway_offline/gw-2", b"")]
+
+
+async def test_a_retained_alarm_influxdb_holds_as_cleared_is_emptied_not_adopted() -> None:
+    """A crash after the clear was stored but before the topic was emptied: at the next start
+    the retained message is not taken for an active alarm (it would be raised twice)."""
+    loop, mirror, writer, broker = _setup()
+    _offline(mirror, "gw-1")
+    since = datetime(2026, 12, 1, tzinfo=UTC)
+    cleared = Alarm.raised("gateway_offline", "gw-1", since, "critical", "d")
+    ns = int(since.timestamp()) * 10**9
+    row = [ns, False, ns + 10**9, "d", cleared.id, "gateway_offline", "critical", "gw-1"]
+    columns = ["time", "active", "cleared_at", "detail", "id", "kind", "severity", "subject"]
+    assert isinstance(loop._influx, FakeInflux)
+    loop._influx.answers.append([Series("alarms", columns, [row])])
+    loop.on_message(f"{ROOT}/alarms/gateway_offline/gw-1", cleared.message())
+    await loop.tick(broker)
+    new = loop.active[("gateway_offline", "gw-1")]
+    assert new.id != cleared.id  # firing still: a new occurrence, raised now
+    assert new.since == NOW
+    assert writer.lines == [new.raise_line()]
+    assert broker.sent == [(f"{ROOT}/alarms/gateway_offline/gw-1", new.message())]
