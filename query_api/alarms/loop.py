@@ -30,6 +30,7 @@ from telemetry_common import influxql
 from telemetry_common.influx_query import InfluxError, InfluxQL
 from telemetry_common.influx_write import InfluxWriter, WriteError
 from telemetry_common.mqtt import MqttError
+from telemetry_common.schema import format_ts
 from telemetry_common.storage import SEQGAP_WINDOW_S
 from telemetry_common.topics import ALARM_KINDS
 
@@ -39,6 +40,13 @@ log = logging.getLogger(__name__)
 MAX_CONNECTORS = 1_000_000
 #: Mirror entries read between two yields to the event loop.
 YIELD_EVERY = 10_000
+#: Alarm points per InfluxDB write.
+WRITE_CHUNK = 5_000
+
+
+def _chunks(alarms: list[Alarm]) -> list[list[Alarm]]:
+    """``alarms`` in slices of WRITE_CHUNK (one InfluxDB write each)."""
+    return [alarms[i : i + WRITE_CHUNK] for i in range(0, len(alarms), WRITE_CHUNK)]
 
 
 class AlarmBroker(Protocol):
@@ -169,22 +177,28 @@ class AlarmLoop:
         inputs = await self._inputs()
         to_raise, to_clear = changes(evaluate(inputs, self._thresholds), self.active)
         now = inputs.now
-        for (kind, subject), firing in sorted(to_raise.items()):
-            alarm = Alarm.raised(kind, subject, now, firing.severity, firing.detail)
-            if not await self._write([alarm.raise_line()]):
+        raised = [
+            Alarm.raised(kind, subject, now, firing.severity, firing.detail)
+            for (kind, subject), firing in sorted(to_raise.items())
+        ]
+        for chunk in _chunks(raised):
+            if not await self._write([alarm.raise_line() for alarm in chunk]):
+                continue  # tried again next round
+            for alarm in chunk:
+                key = (alarm.kind, alarm.subject)
+                self.active[key] = alarm
+                self._pending[key] = alarm.message()
+                self._metrics.alarms_raised.labels(alarm.kind).inc()
+                log.warning("alarm raised: %s %s: %s", alarm.kind, alarm.subject, alarm.detail)
+        for chunk in _chunks([self.active[key] for key in to_clear]):
+            if not await self._write([alarm.clear_line(now) for alarm in chunk]):
                 continue
-            self.active[(kind, subject)] = alarm
-            self._pending[(kind, subject)] = alarm.message()
-            self._metrics.alarms_raised.labels(kind).inc()
-            log.warning("alarm raised: %s %s: %s", kind, subject, firing.detail)
-        for key in to_clear:
-            alarm = self.active[key]
-            if not await self._write([alarm.clear_line(now)]):
-                continue
-            del self.active[key]
-            self._pending[key] = b""
-            self._metrics.alarms_cleared.labels(key[0]).inc()
-            log.info("alarm cleared: %s %s (raised %s)", key[0], key[1], alarm.since)
+            for alarm in chunk:
+                key = (alarm.kind, alarm.subject)
+                del self.active[key]
+                self._pending[key] = b""
+                self._metrics.alarms_cleared.labels(alarm.kind).inc()
+                log.info("alarm cleared: %s %s (raised %s)", *key, format_ts(alarm.since))
         await self._publish(broker)
         self._metrics.alarm_rounds.inc()
 
