@@ -56,8 +56,11 @@ class Processor:
         live: LiveFeed,
         metrics: Metrics,
         acks: StoredAcks | None = None,
+        name: str = "bridge",
     ) -> None:
-        """``acks``: None sends no stored acknowledgements (gateways that delete on PUBACK)."""
+        """``acks``: None sends no stored acknowledgements (gateways that delete on PUBACK);
+        ``name``: the bridge's public name (tag ``bridge`` of the ``seqgaps`` it stores)."""
+        self.name = name
         self.state = state
         self.preparer = preparer
         self.influx = influx
@@ -124,6 +127,7 @@ class Processor:
             )
             if settings.stored_acks
             else None,
+            name=mqtt.name,
         )
 
     async def warm_up(self, storage: InfluxQL, max_backoff_s: float) -> None:
@@ -144,7 +148,12 @@ class Processor:
             tg.create_task(self.live.run(), name="live-feed")
             if self.acks is not None:
                 tg.create_task(self.acks.run(), name="stored-acks")
-            tg.create_task(confirm_gaps_forever(self.state, storage, gap_grace_s), name="gaps")
+            tg.create_task(
+                confirm_gaps_forever(
+                    self.state, storage, gap_grace_s, self.influx.write, bridge=self.name
+                ),
+                name="gaps",
+            )
 
     async def flush(self) -> None:
         """Publish every stored acknowledgement and every value waiting for the live feed,

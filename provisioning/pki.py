@@ -61,6 +61,7 @@ RESERVED_GATEWAY_NAMES: Final = frozenset(
         "server",
         "live",
         "deadletter",
+        "alarms",
     }
 )
 #: The identities whose certificates the services CA signs (they connect on the services

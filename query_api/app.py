@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from query_api import problems
 from query_api.acks import StoredAcks
+from query_api.alarms.loop import AlarmLoop
 from query_api.broker import BrokerLink, Publisher
 from query_api.clock import Clock, SystemClock
 from query_api.cursor import Cursors
@@ -26,6 +27,7 @@ from query_api.lean import LeanDispatch, routes_of
 from query_api.metrics import ApiMetrics, TimingMiddleware
 from query_api.pagecache import PageCache
 from query_api.rollups import RollupFields
+from query_api.routes import alarms as alarm_routes
 from query_api.routes import (
     bindings,
     chargers,
@@ -112,9 +114,15 @@ def create_app(
                 stack.push_async_callback(app.state.writer.aclose)
                 keep = asyncio.create_task(_create_keep(app), name="keep-rp")
                 stack.push_async_callback(_cancel, keep)
+            alarms = None
+            if settings.alarms and broker is None and settings.mqtt is not None:
+                alarms = AlarmLoop(
+                    settings, mirror, app.state.influx, app.state.writer,
+                    lambda: app.state.broker, metrics, app.state.clock,
+                )  # fmt: skip
             if broker is None and settings.mqtt is not None:
                 app.state.broker = await stack.enter_async_context(
-                    BrokerLink(settings, mirror, acks)
+                    BrokerLink(settings, mirror, acks, alarms.on_message if alarms else None)
                 )
                 log.info("live mirror: connecting to %s:%s", settings.mqtt.host, settings.mqtt.port)
             if app.state.broker is not None and settings.latest_sweep_s > 0:
@@ -131,6 +139,9 @@ def create_app(
                     name="mirror-sweep",
                 )
                 stack.push_async_callback(_cancel, sweeping)
+            if alarms is not None:
+                evaluating = asyncio.create_task(alarms.run(), name="alarms")
+                stack.push_async_callback(_cancel, evaluating)
             try:
                 yield
             finally:
@@ -197,6 +208,7 @@ def create_app(
         pipeline,
         bindings,
         deadletters,
+        alarm_routes,
         ui,
     ):
         app.include_router(module.router)

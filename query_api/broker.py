@@ -2,12 +2,12 @@
 takes the bridges' stored acknowledgements of them.
 
 One MQTT 5 connection over TLS with the API's certificate (CN ``telemetry-api``, whose ACL lets
-it read ``{root}/live/#``, ``{root}/+/state`` and ``{root}/+/stored`` and write
-``{root}/+/readings``), a clean session (retained values are sent again on every subscribe, so
-nothing is lost by starting fresh; an acknowledgement sent while the API was away is lost, and
-the request waiting for it times out: see :mod:`query_api.acks`), and paho's reconnect loop.
-While the broker is unreachable the API keeps serving: ``latest`` reads InfluxDB, ingest
-answers 503.
+it read ``{root}/live/#``, ``{root}/+/state`` and ``{root}/+/stored``, write
+``{root}/+/readings``, and read and write ``{root}/alarms/#`` for the alarms), a clean session
+(retained values are sent again on every subscribe, so nothing is lost by starting fresh; an
+acknowledgement sent while the API was away is lost, and the request waiting for it times out:
+see :mod:`query_api.acks`), and paho's reconnect loop. While the broker is unreachable the API
+keeps serving: ``latest`` reads InfluxDB, ingest answers 503.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from query_api.acks import StoredAcks
@@ -46,21 +47,34 @@ class BrokerLink:
     the mirror fed (and ``acks`` given their acknowledgements) until the block ends."""
 
     def __init__(
-        self, settings: ApiSettings, mirror: LiveMirror, acks: StoredAcks | None = None
+        self,
+        settings: ApiSettings,
+        mirror: LiveMirror,
+        acks: StoredAcks | None = None,
+        alarms: Callable[[str, bytes], bool] | None = None,
     ) -> None:
+        """``alarms``: takes every message of ``{root}/alarms/+/+`` (the alarm evaluator's
+        view of the retained alarms); None: not subscribed."""
         if settings.mqtt is None:
             raise ValueError("BrokerLink needs settings.mqtt")
         topics = settings.topics
         self._mirror = mirror
         self._acks = acks
+        self._alarms = alarms
         stored = acks.subscriptions if acks is not None else ()
+        alarm_topics = (topics.all_alarms(),) if alarms is not None else ()
         self._timeout_s = PUBLISH_TIMEOUT_S
         self._client = AsyncMqttClient(
             # A clean session that ends with the connection: nothing queues for a gone API.
             settings.mqtt.model_copy(update={"session_expiry_s": 0}),
             # Random per process: unguessable, and two API processes never take each other's.
             client_id=f"telemetry-api-{secrets.token_hex(4)}",
-            subscriptions=(f"{topics.root}/live/+", f"{topics.root}/+/state", *stored),
+            subscriptions=(
+                f"{topics.root}/live/+",
+                f"{topics.root}/+/state",
+                *stored,
+                *alarm_topics,
+            ),
             receive_maximum=1000,
             clean_start=True,
         )
@@ -94,6 +108,8 @@ class BrokerLink:
             try:
                 if acks is not None and acks.handles(msg.topic):
                     acks.apply(msg.topic, msg.payload)
+                elif self._alarms is not None and self._alarms(msg.topic, msg.payload):
+                    pass
                 else:
                     self._mirror.apply(msg.topic, msg.payload, time.monotonic())
             except Exception:  # one bad message must not stop the mirror
@@ -118,5 +134,16 @@ class BrokerLink:
                 await self._client.publish(
                     topic, payload, require_subscribers=True, user_properties=user_properties
                 )
+        except TimeoutError as exc:
+            raise PublishLostError(topic) from exc
+
+    async def retain(self, topic: str, payload: bytes) -> None:
+        """QoS 1, retained (an empty payload clears the topic); returns after the PUBACK.
+        NotConnectedError, PublishRejectedError or PublishLostError."""
+        if not self._client.connected:
+            raise NotConnectedError(self._client.client_id)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.publish(topic, payload, retain=True)
         except TimeoutError as exc:
             raise PublishLostError(topic) from exc

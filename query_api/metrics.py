@@ -57,6 +57,30 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        self.alarms_active = Gauge(
+            "telemetry_api_alarms_active",
+            "Active alarms, by kind (docs/alarms.md)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.alarms_raised = Counter(
+            "telemetry_api_alarms_raised",
+            "Alarms raised by this process, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.alarm_rounds = Counter(
+            "telemetry_api_alarm_evaluations",
+            "Rounds of alarm evaluation completed by this process",
+            registry=self.registry,
+        )
+        self.alarms_cleared = Counter(
+            "telemetry_api_alarms_cleared",
+            "Alarms cleared by this process, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+
     def watch_history_cache(self, cache: PageCache) -> None:
         """Gauges read from ``cache`` at scrape time (hits and misses count since the start)."""
         readers: dict[str, tuple[str, Callable[[], int]]] = {

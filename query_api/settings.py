@@ -20,7 +20,7 @@ ROLES: tuple[Role, ...] = ("read", "ingest", "admin")
 
 #: Gateway ids an ingest key may not be bound to: topic levels and identities the ACL reserves.
 RESERVED_INGEST_GATEWAYS = frozenset(
-    {"live", "deadletter", "telemetry-bridge", "telemetry-api", "ca", "server"}
+    {"live", "deadletter", "alarms", "telemetry-bridge", "telemetry-api", "ca", "server"}
 )
 
 
@@ -132,6 +132,34 @@ class ApiSettings(ServiceSettings):
     lists the bindings learned from the readings (where the bindings store names no charger)."""
     bridge_urls: list[AnyHttpUrl] = Field(default_factory=list)
     """Bridges whose ``/status`` is served merged on ``/v1/pipeline/status`` (JSON list)."""
+
+    alarms: bool = True
+    """Evaluate the alarms (docs/alarms.md) in this process: needs MQTT and write access to
+    InfluxDB (measurement ``alarms``). Enable it on one replica only: two evaluators would each
+    raise and clear every alarm."""
+    alarm_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    """How often the alarms are evaluated."""
+    alarm_settle_s: float = Field(default=5.0, ge=0, le=600)
+    """After the broker session comes up, how long retained state and alarms are given to arrive
+    before the first evaluation (a gateway without a birth message is then ``gateway_offline``)."""
+    alarm_silent_intervals: float = Field(default=3.0, gt=0)
+    """``charger_silent``: a charger is silent after this many of its own reporting intervals
+    (learned from its successive readings) without a reading, while its gateway is online."""
+    alarm_silent_min_s: float = Field(default=60.0, gt=0)
+    """... but never before this long (the floor); a charger whose interval is not learned yet
+    waits STATE_STALE_AFTER_S."""
+    alarm_backlog_s: float = Field(default=900.0, gt=0)
+    """``edge_backlog``: raised when a gateway's oldest unsent reading is older than this (at the
+    time of its state heartbeat)."""
+    alarm_cert_days: float = Field(default=14.0, gt=0)
+    """``certificate_expiry``: raised when a gateway's certificate expires within this many days."""
+    alarm_deadletters_window_s: float = Field(default=900.0, gt=0)
+    """``deadletters``: the window over which a gateway's stored dead letters are counted."""
+    alarm_deadletters_min: int = Field(default=1, ge=1)
+    """... raised at this many dead letters in the window, cleared below it."""
+    alarm_lookback: timedelta = Field(default=timedelta(days=365), gt=timedelta(0))
+    """How far back active alarms are loaded at start and ``/v1/alarms?state=active`` looks, and
+    the longest window of ``/v1/alarms``."""
 
     @field_validator("keys")
     @classmethod

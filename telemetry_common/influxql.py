@@ -19,6 +19,7 @@ from telemetry_common.errors import TelemetryError
 from telemetry_common.ids import check_id
 from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, TS_MAX, TS_MIN, Status, ValueKey
 from telemetry_common.storage import (
+    ALARM_MEASUREMENT,
     BINDINGS_MEASUREMENT,
     DEADLETTER_MEASUREMENT,
     KEEP_RP,
@@ -28,7 +29,9 @@ from telemetry_common.storage import (
     ROLLUP_1H_RP,
     ROLLUP_1M_MEASUREMENT,
     ROLLUP_1M_RP,
+    SEQGAP_MEASUREMENT,
 )
+from telemetry_common.topics import ALARM_KINDS, ALARM_SUBJECT
 
 Aggregate = Literal["mean", "min", "max", "last", "count", "sum"]
 AGGREGATES: Final[tuple[str, ...]] = get_args(Aggregate)
@@ -498,4 +501,58 @@ def deadletter_query(ns: int, reason: str, gateway_id: str) -> str:
         f"SELECT * FROM {quote_ident(DEADLETTER_MEASUREMENT)} WHERE time = {ns} "
         f"AND {quote_ident('reason')} = {_reason_literal(reason)} "
         f"AND {quote_ident('gateway_id')} = {gateway}"
+    )
+
+
+# --- alarms (docs/alarms.md) ------------------------------------------------------------------
+
+
+def alarms_query(
+    start: datetime,
+    end: datetime,
+    limit: int,
+    *,
+    active_only: bool = False,
+    kind: str | None = None,
+    subject: str | None = None,
+) -> str:
+    """Alarm occurrences raised in ``[start, end)``, newest first, at most ``limit``; only the
+    active ones with ``active_only``; ``kind`` and ``subject`` narrow them."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise QueryBuildError("limit", limit, "must be a positive integer")
+    where = _window(start, end)
+    if active_only:
+        where += f" AND {quote_ident('active')} = true"
+    if kind is not None:
+        if kind not in ALARM_KINDS:
+            raise QueryBuildError("kind", kind, f"one of {', '.join(ALARM_KINDS)}")
+        where += f" AND {quote_ident('kind')} = {quote_string(kind)}"
+    if subject is not None:
+        if not isinstance(subject, str) or not ALARM_SUBJECT.fullmatch(subject):
+            raise QueryBuildError("subject", subject, "not an alarm subject")
+        where += f" AND {quote_ident('subject')} = {quote_string(subject)}"
+    return (
+        f"SELECT * FROM {quote_ident(ALARM_MEASUREMENT)} WHERE {where} "
+        f"ORDER BY time DESC LIMIT {limit}"
+    )
+
+
+def seqgaps_query(since: datetime) -> str:
+    """Per (gateway, bridge): the newest ``seqgaps`` point since ``since`` (confirmed missing
+    readings, gaps, first and last seq, epoch)."""
+    names = ("gaps", "first", "last", "epoch")
+    return (
+        f"SELECT last({quote_ident('missing')}) AS {quote_ident('missing')}, "
+        f"{', '.join(quote_ident(n) for n in names)} "
+        f"FROM {quote_ident(SEQGAP_MEASUREMENT)} WHERE time >= {time_literal(since)} "
+        f"GROUP BY {quote_ident('gateway_id')}, {quote_ident('bridge')}"
+    )
+
+
+def deadletter_counts_query(since: datetime) -> str:
+    """Per gateway: how many dead letters were stored since ``since``."""
+    return (
+        f"SELECT count({quote_ident('payload_bytes')}) AS {quote_ident('count')} "
+        f"FROM {quote_ident(DEADLETTER_MEASUREMENT)} WHERE time >= {time_literal(since)} "
+        f"GROUP BY {quote_ident('gateway_id')}"
     )

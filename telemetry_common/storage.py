@@ -16,6 +16,17 @@ BINDINGS_MEASUREMENT: Final = "bindings"
 #: The retention policy of what must outlive raw readings (duration INF; on the v2 API, the
 #: bucket ``{bucket}_keep``).
 KEEP_RP: Final = "keep"
+#: Alarms (docs/alarms.md): one point per occurrence, time = when it was raised; tags kind,
+#: subject; fields id, severity, detail, active (bool) and, once cleared, cleared_at (ns).
+ALARM_MEASUREMENT: Final = "alarms"
+#: Seq gaps the processor confirmed (docs/alarms.md#in-influxdb): tags gateway_id, bridge
+#: (its public name); fields missing (readings in no store), gaps, first, last, epoch.
+SEQGAP_MEASUREMENT: Final = "seqgaps"
+#: While a gateway has confirmed gaps, a bridge writes its ``seqgaps`` point again this often...
+SEQGAP_REFRESH_S: Final = 600.0
+#: ... and the API reads them back over this window: a bridge that stopped (or forgot its gaps
+#: in a restart) no longer asserts them once its newest point is older.
+SEQGAP_WINDOW_S: Final = 3 * SEQGAP_REFRESH_S
 #: Bounded ids only: never a tag for transaction or message ids (unbounded cardinality).
 TAG_KEYS: Final = ("charger_id", "gateway_id", "evse_id", "connector_id")
 #: Fields stored beside the reading's values (``epoch`` only for a batch that carries one).

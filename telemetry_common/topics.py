@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from telemetry_common.errors import TopicError
@@ -73,6 +74,27 @@ class Topics:
     def deadletter(self, gateway_id: str) -> str:
         return f"{self.root}/deadletter/{check_id('gateway id', gateway_id)}"
 
+    def alarm(self, kind: str, subject: str) -> str:
+        """``{root}/alarms/{kind}/{subject}``: retained while the alarm is active, cleared by an
+        empty retained message (docs/alarms.md)."""
+        kind, subject = check_alarm(kind, subject)
+        return f"{self.root}/alarms/{kind}/{subject}"
+
+    def all_alarms(self) -> str:
+        """The filter of every alarm topic: ``{root}/alarms/+/+``."""
+        return f"{self.root}/alarms/+/+"
+
+    def alarm_of(self, topic: str) -> tuple[str, str] | None:
+        """``(kind, subject)`` of an alarm topic; None for any other topic."""
+        prefix = f"{self.root}/alarms/"
+        parts = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
+        if len(parts) != 2:
+            return None
+        try:
+            return check_alarm(parts[0], parts[1])
+        except TopicError:
+            return None
+
     def all_readings(self) -> str:
         return f"{self.root}/+/readings"
 
@@ -88,3 +110,27 @@ class Topics:
         if "/" in gateway_id or gateway_id in {"live", "deadletter"}:
             raise TopicError(topic, f"{prefix}{{gateway_id}}/readings")
         return check_id("gateway id", gateway_id)
+
+
+#: The alarm kinds of docs/alarms.md (one topic level each under ``{root}/alarms/``).
+ALARM_KINDS: tuple[str, ...] = (
+    "charger_silent",
+    "connector_faulted",
+    "gateway_offline",
+    "seq_gap_confirmed",
+    "deadletters",
+    "edge_backlog",
+    "certificate_expiry",
+)
+#: An alarm's subject: one topic level of id characters (a connector's is
+#: ``{charger}.{evse}.{connector}``, so up to 64 + 8 characters).
+ALARM_SUBJECT: re.Pattern[str] = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
+
+
+def check_alarm(kind: str, subject: str) -> tuple[str, str]:
+    """``(kind, subject)`` if both are valid, else TopicError."""
+    if kind not in ALARM_KINDS:
+        raise TopicError(kind, f"one of {', '.join(ALARM_KINDS)}")
+    if not isinstance(subject, str) or not ALARM_SUBJECT.fullmatch(subject):
+        raise TopicError(subject, "an alarm subject ([A-Za-z0-9._-]{1,80})")
+    return kind, subject

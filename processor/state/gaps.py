@@ -192,6 +192,29 @@ class GapTracker:
         """Gaps suspected or confirmed, across all gateways."""
         return sum(len(gw.gaps) for gw in self._tracks.values())
 
+    def confirmed(self) -> dict[str, tuple[int, int, int, int, str | None]]:
+        """Per gateway with confirmed gaps: ``(missing, gaps, first, last, epoch)``: readings
+        confirmed missing, how many gaps, the lowest first and highest last seq, the epoch of
+        the newest track with one (what :mod:`.storage` writes to ``seqgaps``)."""
+        out: dict[str, tuple[int, int, int, int, str | None]] = {}
+        for (name, _), gw in self._tracks.items():
+            for g in gw.gaps:
+                if g.confirmed_missing is None:
+                    continue
+                held = out.get(name)
+                if held is None:
+                    out[name] = (g.confirmed_missing, 1, g.first, g.last, g.epoch)
+                else:
+                    missing, n, first, last, _ = held
+                    out[name] = (
+                        missing + g.confirmed_missing,
+                        n + 1,
+                        min(first, g.first),
+                        max(last, g.last),
+                        g.epoch,
+                    )
+        return out
+
     def report(self) -> dict[str, list[dict[str, object]]]:
         """Per gateway, the open gaps (suspected or confirmed) for the status document, its
         epochs' in the order they were first seen."""

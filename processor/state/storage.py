@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -29,6 +30,7 @@ from telemetry_common.influxql import (
     newest_seq_per_gateway_query,
 )
 from telemetry_common.schema import EPOCH_SHAPE
+from telemetry_common.storage import SEQGAP_MEASUREMENT, SEQGAP_REFRESH_S
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,50 @@ async def _seed_gaps(state: State, client: InfluxQL, max_backoff_s: float) -> in
     return seeded
 
 
-async def confirm_gaps_forever(state: State, client: InfluxQL, grace_s: float) -> None:
-    """Confirm suspected seq gaps against InfluxDB, forever (a task of the processor)."""
+#: Writes line protocol, returns the lines refused for good (``InfluxOutput.write``).
+WriteLines = Callable[[list[str]], Awaitable[dict[str, str]]]
+
+
+def _tag(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def seqgap_lines(
+    bridge: str,
+    now: dict[str, tuple[int, int, int, int, str | None]],
+    before: dict[str, tuple[int, int, int, int, str | None]],
+    ts_ns: int,
+    *,
+    refresh: bool = False,
+) -> list[str]:
+    """``seqgaps`` points for the gateways whose confirmed gaps changed from ``before`` to
+    ``now`` (a gateway gone from ``now``: ``missing=0``, its gaps filled or dropped); with
+    ``refresh``, also for those in ``now`` that did not change."""
+    lines = []
+    for gateway in sorted(now.keys() | before.keys()):
+        held = now.get(gateway)
+        if held == before.get(gateway) and not (refresh and held is not None):
+            continue
+        missing, gaps, first, last, epoch = held if held is not None else (0, 0, 0, 0, None)
+        fields = f"missing={missing}i,gaps={gaps}i,first={first}i,last={last}i"
+        if epoch is not None:
+            fields += f',epoch="{epoch}"'
+        series = f"{SEQGAP_MEASUREMENT},bridge={_tag(bridge)},gateway_id={_tag(gateway)}"
+        lines.append(f"{series} {fields} {ts_ns}")
+    return lines
+
+
+async def confirm_gaps_forever(
+    state: State,
+    client: InfluxQL,
+    grace_s: float,
+    write: WriteLines | None = None,
+    bridge: str = "bridge",
+) -> None:
+    """Confirm suspected seq gaps against InfluxDB, forever (a task of the processor). With
+    ``write``, each gateway's confirmed gaps are stored in ``seqgaps`` (tag ``bridge``) when
+    they change, and again every SEQGAP_REFRESH_S while there are some (the API raises the
+    ``seq_gap_confirmed`` alarm from them)."""
 
     async def count_stored(
         gw: str, epoch: str | None, first: int, last: int, lo: datetime, hi: datetime
@@ -173,6 +217,8 @@ async def confirm_gaps_forever(state: State, client: InfluxQL, grace_s: float) -
 
     reported = 0
     gaps = state.gaps
+    written: dict[str, tuple[int, int, int, int, str | None]] = {}
+    refreshed = time.monotonic()
     while True:
         await asyncio.sleep(min(grace_s, 10.0))
         try:
@@ -180,9 +226,37 @@ async def confirm_gaps_forever(state: State, client: InfluxQL, grace_s: float) -
         except InfluxUnavailable as exc:
             log.warning("gap check postponed: %s", exc)
             continue
+        if write is not None:
+            written, refreshed = await _store_confirmed(
+                gaps.confirmed(), written, refreshed, write, bridge
+            )
         missing = gaps.missing()
         if missing != reported:
             log.warning(
                 "seq gaps: %d readings missing (in no bridge's store): %s", missing, gaps.report()
             )
             reported = missing
+
+
+async def _store_confirmed(
+    confirmed: dict[str, tuple[int, int, int, int, str | None]],
+    written: dict[str, tuple[int, int, int, int, str | None]],
+    refreshed: float,
+    write: WriteLines,
+    bridge: str,
+) -> tuple[dict[str, tuple[int, int, int, int, str | None]], float]:
+    """Write what changed (or everything, at each refresh); returns what is now stored and when
+    it was last refreshed. A failed write is tried again at the next round."""
+    now = time.monotonic()
+    refresh = bool(confirmed) and now - refreshed >= SEQGAP_REFRESH_S
+    lines = seqgap_lines(bridge, confirmed, written, time.time_ns(), refresh=refresh)
+    if not lines:
+        return written, refreshed
+    try:
+        refused = await write(lines)
+    except Exception as exc:  # the gap check goes on; the write is tried again next round
+        log.warning("seqgaps not stored: %s", exc)
+        return written, refreshed
+    if refused:
+        log.error("InfluxDB refused seqgaps lines: %s", refused)
+    return dict(confirmed), now if refresh else refreshed

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 import orjson
@@ -34,6 +35,37 @@ class Entry:
     received: float
     #: monotonic time InfluxDB last confirmed nothing newer is stored (NEVER: not yet)
     checked: float = NEVER
+    #: the charger's reporting interval learned from the ``ts`` of its successive values
+    #: (smoothed; None until two were seen): the ``charger_silent`` alarm waits a few of these
+    interval_s: float | None = None
+
+
+#: Weight of the newest step in the learned interval (exponential smoothing).
+INTERVAL_WEIGHT: Final = 0.3
+
+
+@dataclass(slots=True)
+class GatewayInfo:
+    """What a gateway's retained state said last (docs/design.md#gateway-state): ``state`` and
+    ``ts`` of the newest message; the outbox and certificate of the newest that carried them
+    (the last will does not)."""
+
+    state: str
+    ts: datetime | None = None
+    outbox_reported: bool = False
+    oldest_unsent: datetime | None = None
+    cert_not_after: datetime | None = None
+
+
+def _time(value: object) -> datetime | None:
+    """An ISO 8601 time with a timezone, else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return ts if ts.tzinfo is not None else None
 
 
 class LiveMirror:
@@ -43,6 +75,7 @@ class LiveMirror:
         self._max = max_chargers
         self._entries: dict[str, Entry] = {}
         self._gateways: dict[str, str] = {}
+        self._gateway_info: dict[str, GatewayInfo] = {}
         self.refused = 0
         self.full = 0
 
@@ -74,6 +107,7 @@ class LiveMirror:
             self.refused += 1
             return False
         if not payload:
+            self._gateway_info.pop(gateway_id, None)
             return self._gateways.pop(gateway_id, None) is not None
         try:
             doc = orjson.loads(payload)
@@ -84,6 +118,15 @@ class LiveMirror:
             self.refused += 1
             return False
         self._gateways[gateway_id] = state
+        info = self._gateway_info.get(gateway_id) or GatewayInfo(state)
+        info.state, info.ts = state, _time(doc.get("ts"))
+        outbox = doc.get("outbox")
+        if isinstance(outbox, dict):
+            info.outbox_reported = True
+            info.oldest_unsent = _time(outbox.get("oldest_unsent_ts"))
+        if "cert_not_after" in doc:
+            info.cert_not_after = _time(doc.get("cert_not_after"))
+        self._gateway_info[gateway_id] = info
         return True
 
     def offer(self, snapshot: Snapshot, now: float, *, checked: bool = False) -> bool:
@@ -99,7 +142,12 @@ class LiveMirror:
         if held is None and len(self._entries) >= self._max:
             self.full += 1
             return False
-        self._entries[snapshot.charger_id] = Entry(snapshot, now, now if checked else NEVER)
+        entry = Entry(snapshot, now, now if checked else NEVER)
+        if held is not None:
+            step = (snapshot.ts - held.snapshot.ts).total_seconds()
+            prior = held.interval_s
+            entry.interval_s = step if prior is None else prior + INTERVAL_WEIGHT * (step - prior)
+        self._entries[snapshot.charger_id] = entry
         return True
 
     # -- reading -----------------------------------------------------------------------------
@@ -108,6 +156,13 @@ class LiveMirror:
 
     def gateway_state(self, gateway_id: str | None) -> str | None:
         return self._gateways.get(gateway_id) if gateway_id is not None else None
+
+    def gateway_info(self) -> dict[str, GatewayInfo]:
+        """Every gateway whose retained state was seen, by id (a copy of the mapping)."""
+        return dict(self._gateway_info)
+
+    def entries(self) -> list[tuple[str, Entry]]:
+        return list(self._entries.items())
 
     def settled(self, before: float) -> list[tuple[str, Entry]]:
         """Entries whose value arrived before the monotonic time ``before``."""

@@ -18,6 +18,7 @@
   const HISTORY_LIMIT = 5000; // points per history page
   const HISTORY_PAGES = 4;
   const DEFAULT_FIELD = "power_w";
+  const MAX_ALARMS = 200; // active alarms listed
 
   const $ = (id) => document.getElementById(id);
   const view = {
@@ -34,6 +35,8 @@
     fieldSelect: $("field-select"),
     chart: $("chart"),
     caption: $("chart-caption"),
+    alarmRows: $("alarm-rows"),
+    alarmsCaption: $("alarms-caption"),
   };
 
   class AuthError extends Error {}
@@ -205,6 +208,27 @@
     fillChargerSelect(items);
     document.body.dataset.page = "ready";
     setStatus("Updated " + clock(Date.now() / 1000) + " UTC");
+  }
+
+  async function refreshAlarms() {
+    const page = await api("v1/alarms?state=active&limit=" + MAX_ALARMS);
+    const rows = page.items.map((a) => {
+      const tr = document.createElement("tr");
+      tr.dataset.kind = a.kind;
+      tr.dataset.subject = a.subject;
+      tr.append(
+        cell(a.kind, "id"),
+        cell(a.subject, "id"),
+        cell(a.severity, "severity " + a.severity),
+        cell(formatTs(a.since)),
+        cell(a.detail),
+      );
+      return tr;
+    });
+    view.alarmRows.replaceChildren(...rows);
+    const n = page.items.length + (page.truncated ? "+" : "");
+    view.alarmsCaption.textContent = page.items.length ? "Active alarms (" + n + ")" : "No active alarms";
+    document.body.dataset.alarms = String(page.items.length);
   }
 
   function drawTable(items) {
@@ -392,7 +416,9 @@
     document.body.dataset.page = "loading";
     setStatus("Loading…");
     refreshFleet().catch(failed);
+    refreshAlarms().catch(failed);
     every(FLEET_EVERY_MS, refreshFleet);
+    every(FLEET_EVERY_MS, refreshAlarms);
     every(LATEST_EVERY_MS, pollLatest);
   }
 

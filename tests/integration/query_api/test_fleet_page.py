@@ -82,6 +82,9 @@ SNAPSHOT_JS = """(() => {
     canvases: chart.querySelectorAll("canvas").length,
     fields: Array.from(document.getElementById("field-select").options, (o) => o.value),
     caption: text("chart-caption"),
+    alarms: Array.from(document.querySelectorAll("#alarm-rows tr"),
+                       (tr) => [tr.dataset.kind, tr.dataset.subject, tr.cells[2].textContent]),
+    alarmsCaption: text("alarms-caption"),
   };
 })()"""
 
@@ -309,9 +312,10 @@ def broker(pki: TestPki, tmp_path: Path) -> Iterator[BrokerInfo]:
 def fleet(
     broker: BrokerInfo, influx_db: InfluxTarget, mqtt_client: MqttClientFactory, procs: Procs
 ) -> Fleet:
-    """Bridge + API (access log on, small page caps) on the test database; four chargers on
-    two gateways, stored: two online with 60 readings in the last 5 minutes, one stale, one
-    offline."""
+    """Bridge + API (access log on, small page caps, alarms evaluated every second) on the test
+    database; four chargers on two gateways, stored: two online with 60 readings in the last 5
+    minutes, one stale, one offline; both gateways announce themselves online, the first with a
+    certificate that expires in 3 days."""
     start_bridge(procs, broker, influx_db, extra_env=env_for(BridgeSettings, live_interval_s=0.2))
     api = start_api(
         procs,
@@ -325,6 +329,8 @@ def fleet(
             # Caps below the page's page sizes: it must adapt and follow the cursors.
             chargers_max_page=CHARGERS_MAX_PAGE,
             history_max_points=HISTORY_MAX_POINTS,
+            alarm_interval_s=1.0,
+            alarm_settle_s=1.0,
         ),
     )
     tag = uuid.uuid4().hex[:4]
@@ -334,6 +340,19 @@ def fleet(
     }
     f = Fleet(api, publishers, {gw1: 0, gw2: 0}, {}, {})
     now = datetime.now(UTC).replace(microsecond=0)
+    # Both gateways online (their retained state heartbeat); gw1's certificate expires soon.
+    for gw, cert_days in ((gw1, 3), (gw2, 300)):
+        state = {
+            "state": "online",
+            "ts": format_ts(now),
+            "agent_version": "1.0.0",
+            "outbox": {"depth": 0, "oldest_unsent_ts": None, "unconfirmed": 0},
+            "cert_not_after": format_ts(now + timedelta(days=cert_days)),
+        }
+        info = publishers[gw].client.publish(
+            broker.topics.state(gw), orjson.dumps(state), qos=1, retain=True
+        )
+        info.wait_for_publish(10)
     plan = [
         (gw1, f"{gw1}-cp01", "online", now - timedelta(seconds=2), 60, 5.0),
         (gw1, f"{gw1}-cp02", "stale", now - timedelta(minutes=10), 20, 5.0),
@@ -413,6 +432,18 @@ def test_the_page_shows_the_fleet_and_a_live_chart(
     )
     snap = browser.wait_for("the live point", lambda s: s["points"] == 61)
     assert "61 points" in snap["caption"]
+
+    # The active alarms: the soon expiring certificate, and the two chargers silent for longer
+    # than STATE_STALE_AFTER_S (their interval is not learned: one value each in the mirror).
+    gw1 = min(fleet.publishers)
+    quiet = sorted(c for c, (_, st) in fleet.chargers.items() if st in ("stale", "offline"))
+    expected = [["certificate_expiry", gw1, "warning"]] + [
+        ["charger_silent", c, "warning"] for c in quiet
+    ]
+    snap = browser.wait_for(
+        "the active alarms", lambda s: sorted(s["alarms"]) == sorted(expected), timeout=45
+    )
+    assert snap["alarmsCaption"] == "Active alarms (3)"
 
     shot = tmp_path / "fleet-page.png"
     browser.screenshot(shot)

@@ -165,3 +165,30 @@ def test_epochs_per_gateway_are_bounded() -> None:
     assert len(spans(g)) == MAX_EPOCHS
     assert g.dropped == 3
     assert g.high("gw", f"{0:016x}") is None
+
+
+async def test_confirmed_gaps_become_seqgaps_points_when_they_change() -> None:
+    """A confirmed gap is summed per gateway and written once; unchanged, nothing is written
+    (but a refresh writes it again); filled, the gateway's point says missing=0."""
+    from processor.state.storage import seqgap_lines
+
+    g = GapTracker()
+    for seq in (1, 2, 6):
+        g.observe("gw", seq, ts(seq), now=0.0)
+
+    async def none_stored(*_: object) -> int:
+        return 0
+
+    assert g.confirmed() == {}  # suspected only
+    await g.confirm(none_stored, now=10.0, grace_s=1.0)
+    now = g.confirmed()
+    assert now == {"gw": (3, 1, 3, 5, None)}
+    lines = seqgap_lines("bridge-1", now, {}, 7)
+    assert lines == ["seqgaps,bridge=bridge-1,gateway_id=gw missing=3i,gaps=1i,first=3i,last=5i 7"]
+    assert seqgap_lines("bridge-1", now, now, 8) == []
+    assert len(seqgap_lines("bridge-1", now, now, 8, refresh=True)) == 1
+    for seq in (3, 4, 5):
+        g.observe("gw", seq, ts(seq), now=11.0)
+    assert seqgap_lines("b", g.confirmed(), now, 9) == [
+        "seqgaps,bridge=b,gateway_id=gw missing=0i,gaps=0i,first=0i,last=0i 9"
+    ]

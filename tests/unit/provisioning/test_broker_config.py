@@ -112,6 +112,7 @@ def test_acl_for_a_custom_topic_root(tmp_path: Path) -> None:
     assert lines == [
         "topic read fleet/test-7/live/#",
         "topic read fleet/test-7/deadletter/#",
+        "topic read fleet/test-7/alarms/#",
         "pattern write fleet/test-7/%u/readings",
         "pattern readwrite fleet/test-7/%u/state",
         "pattern read fleet/test-7/%u/cmd/#",
@@ -131,6 +132,7 @@ def test_acl_for_a_custom_topic_root(tmp_path: Path) -> None:
         "topic read fleet/test-7/+/state",
         "topic write fleet/test-7/+/readings",
         "topic read fleet/test-7/+/stored",
+        "topic readwrite fleet/test-7/alarms/#",
     ]
     assert "chargers/v1" not in acl
 

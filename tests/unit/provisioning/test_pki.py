@@ -149,6 +149,7 @@ def test_force_replaces_the_ca_and_reissues_clients(made: pki.Pki) -> None:
         "server",
         "live",
         "deadletter",
+        "alarms",
         "",
         "a/b",
         "+",

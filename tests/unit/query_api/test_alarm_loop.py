@@ -1,0 +1,145 @@
+"""The alarm evaluator's rounds with fakes (InfluxQL answers, a writer, a broker): stored
+before published, raised once, adopted from a retained topic, a dangling one emptied, and a
+failed write or publish tried again next round."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import orjson
+from pydantic import SecretStr
+
+from query_api.alarms.loop import AlarmLoop
+from query_api.alarms.store import Alarm
+from query_api.latest.mirror import LiveMirror
+from query_api.metrics import ApiMetrics
+from query_api.settings import ApiSettings
+from telemetry_common.influx_query import Series
+from telemetry_common.influx_write import WriteUnavailableError
+from telemetry_common.mqtt import NotConnectedError
+from tests.support.fake_influx import FakeInflux, FixedClock
+
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+ROOT = "chargers/v1"
+
+
+class Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.fail = False
+
+    async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
+        if self.fail:
+            raise WriteUnavailableError(None, "down")
+        self.lines.extend(lines)
+
+    async def prepare(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Broker:
+    def __init__(self, loop: list[AlarmLoop]) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.fail = False
+        self._loop = loop
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def retain(self, topic: str, payload: bytes) -> None:
+        if self.fail:
+            raise NotConnectedError("api")
+        self.sent.append((topic, payload))
+        self._loop[0].on_message(topic, payload)  # the broker's echo
+
+
+def _setup() -> tuple[AlarmLoop, LiveMirror, Writer, Broker]:
+    settings = ApiSettings(keys={"read": SecretStr("read-key-0123456789")})
+    mirror = LiveMirror(settings.topics)
+    writer = Writer()
+    holder: list[AlarmLoop] = []
+    broker = Broker(holder)
+    loop = AlarmLoop(
+        settings, mirror, FakeInflux(), writer, lambda: broker, ApiMetrics(), FixedClock(NOW)
+    )
+    holder.append(loop)
+    return loop, mirror, writer, broker
+
+
+def _offline(mirror: LiveMirror, gw: str) -> None:
+    mirror.apply(f"{ROOT}/{gw}/state", b'{"state": "offline", "ts": "2026-12-05T11:00:00Z"}', 0)
+
+
+async def test_raised_once_stored_first_then_cleared_once() -> None:
+    loop, mirror, writer, broker = _setup()
+    _offline(mirror, "gw-1")
+    await loop.tick(broker)
+    await loop.tick(broker)
+    assert len(writer.lines) == 1
+    assert writer.lines[0].startswith("alarms,kind=gateway_offline,subject=gw-1 ")
+    ((topic, payload),) = broker.sent
+    assert topic == f"{ROOT}/alarms/gateway_offline/gw-1"
+    assert orjson.loads(payload)["since"] == "2026-12-05T12:00:00.000Z"
+    mirror.apply(f"{ROOT}/gw-1/state", b'{"state": "online", "ts": "2026-12-05T12:00:00Z"}', 0)
+    await loop.tick(broker)
+    await loop.tick(broker)
+    assert len(writer.lines) == 2
+    assert "active=false,cleared_at=" in writer.lines[1]
+    assert broker.sent[1:] == [(topic, b"")]
+    assert loop.count("gateway_offline") == 0.0
+
+
+async def test_a_failed_write_raises_nothing_and_a_failed_publish_is_sent_later() -> None:
+    loop, mirror, writer, broker = _setup()
+    _offline(mirror, "gw-1")
+    writer.fail = True
+    await loop.tick(broker)
+    assert loop.active == {}
+    assert broker.sent == []
+    writer.fail, broker.fail = False, True
+    await loop.tick(broker)
+    assert len(loop.active) == 1
+    assert broker.sent == []
+    broker.fail = False
+    await loop.tick(broker)
+    assert len(broker.sent) == 1
+    assert len(writer.lines) == 1
+
+
+async def test_a_retained_alarm_unknown_to_influxdb_is_adopted_and_a_dangling_one_emptied() -> None:
+    """Adopted: it fires still, keeps its id and since, is stored and not published again.
+    Dangling (the rule knows its subject and it does not fire): emptied."""
+    loop, mirror, writer, broker = _setup()
+    _offline(mirror, "gw-1")
+    mirror.apply(f"{ROOT}/gw-2/state", b'{"state": "online", "ts": "2026-12-05T12:00:00Z"}', 0)
+    earlier = Alarm.raised("gateway_offline", "gw-1", datetime(2026, 12, 1, tzinfo=UTC), "c", "d")
+    loop.on_message(f"{ROOT}/alarms/gateway_offline/gw-1", earlier.message())
+    loop.on_message(f"{ROOT}/alarms/gateway_offline/gw-2", b"not ours")
+    await loop.tick(broker)
+    assert loop.active[("gateway_offline", "gw-1")].id == earlier.id
+    assert writer.lines == [earlier.raise_line()]
+    assert broker.sent == [(f"{ROOT}/alarms/gateway_offline/gw-2", b"")]
+
+
+async def test_a_retained_alarm_influxdb_holds_as_cleared_is_emptied_not_adopted() -> None:
+    """A crash after the clear was stored but before the topic was emptied: at the next start
+    the retained message is not taken for an active alarm (it would be raised twice)."""
+    loop, mirror, writer, broker = _setup()
+    _offline(mirror, "gw-1")
+    since = datetime(2026, 12, 1, tzinfo=UTC)
+    cleared = Alarm.raised("gateway_offline", "gw-1", since, "critical", "d")
+    ns = int(since.timestamp()) * 10**9
+    row = [ns, False, ns + 10**9, "d", cleared.id, "gateway_offline", "critical", "gw-1"]
+    columns = ["time", "active", "cleared_at", "detail", "id", "kind", "severity", "subject"]
+    assert isinstance(loop._influx, FakeInflux)
+    loop._influx.answers.append([Series("alarms", columns, [row])])
+    loop.on_message(f"{ROOT}/alarms/gateway_offline/gw-1", cleared.message())
+    await loop.tick(broker)
+    new = loop.active[("gateway_offline", "gw-1")]
+    assert new.id != cleared.id  # firing still: a new occurrence, raised now
+    assert new.since == NOW
+    assert writer.lines == [new.raise_line()]
+    assert broker.sent == [(f"{ROOT}/alarms/gateway_offline/gw-1", new.message())]
