@@ -47,6 +47,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
     stop = stop if stop is not None else asyncio.Event()
     topics = settings.topics
     subscription = topics.shared_readings(settings.share_group)
+    replays = topics.shared_replays(settings.share_group)
     metrics = Metrics()
     bindings = load_bindings(
         settings.bindings_file, env_name(BridgeSettings, "bindings_file"), mode=settings.bindings
@@ -63,7 +64,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         AsyncMqttClient(
             settings.mqtt,
             client_id=settings.client_id,
-            subscriptions=(subscription,),
+            subscriptions=(subscription, replays),
             manual_ack=True,
             receive_maximum=settings.max_inflight,
             # Both carry the deployment's secret: logs and /status show their public names.

@@ -231,12 +231,15 @@ class Preparer:
             msg_no = len(out.sources)
             out.sources.append((msg.topic, msg.payload))
             try:
-                gateway_id = self._topics.gateway_of_readings(msg.topic)
+                replayed = self._topics.gateway_of_replay(msg.topic)
+                gateway_id = replayed or self._topics.gateway_of_readings(msg.topic)
             except (TopicError, ValueError) as exc:
                 rejected = Rejected(BAD_TOPIC, str(exc), msg.payload)
                 out.dead.append((UNKNOWN_GATEWAY, msg.topic, rejected))
                 continue
-            replay = replay_key(msg, gateway_id)
+            # Only the API may write the replay topics (ACL): ``replay-of`` on a gateway's own
+            # readings topic is ignored, so no gateway can pass its messages off as replays.
+            replay = replay_key(msg, gateway_id) if replayed is not None else None
             dead_from = len(out.dead)
             decoded = decode_message(gateway_id, msg.payload, now=now, ts=self._ts)
             out.dead.extend(

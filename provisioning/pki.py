@@ -39,6 +39,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from telemetry_common.errors import ConfigError, InvalidIdError
 from telemetry_common.ids import check_id
+from telemetry_common.topics import RESERVED_GATEWAY_IDS
 
 #: The CN of the bridge's client certificate; the broker ACL grants it the cloud-side topics.
 BRIDGE_IDENTITY: Final = "telemetry-bridge"
@@ -59,9 +60,7 @@ RESERVED_GATEWAY_NAMES: Final = frozenset(
         "ca",
         "services-ca",
         "server",
-        "live",
-        "deadletter",
-        "alarms",
+        *RESERVED_GATEWAY_IDS,
     }
 )
 #: The identities whose certificates the services CA signs (they connect on the services

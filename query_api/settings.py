@@ -14,13 +14,14 @@ from query_api.resolution import Retentions
 from telemetry_common.errors import ConfigError
 from telemetry_common.ids import Id
 from telemetry_common.settings import InfluxSettings, MqttSettings, ServiceSettings, env_name
+from telemetry_common.topics import RESERVED_GATEWAY_IDS
 
 Role = Literal["read", "ingest", "admin"]
 ROLES: tuple[Role, ...] = ("read", "ingest", "admin")
 
 #: Gateway ids an ingest key may not be bound to: topic levels and identities the ACL reserves.
 RESERVED_INGEST_GATEWAYS = frozenset(
-    {"live", "deadletter", "alarms", "telemetry-bridge", "telemetry-api", "ca", "server"}
+    {*RESERVED_GATEWAY_IDS, "telemetry-bridge", "telemetry-api", "ca", "server"}
 )
 
 

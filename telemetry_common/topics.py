@@ -10,6 +10,9 @@ from telemetry_common.ids import check_id
 
 DEFAULT_ROOT = "chargers/v1"
 SHARE_GROUP = "processors"
+#: Topic levels under the root that are not gateways: no gateway (certificate CN, ingest key)
+#: may be named so, or its own topics (``{gw}/reply/#`` ...) would reach into these trees.
+RESERVED_GATEWAY_IDS = frozenset({"live", "deadletter", "alarms", "replay"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +104,32 @@ class Topics:
     def shared_readings(self, group: str = SHARE_GROUP) -> str:
         return f"$share/{check_id('share group', group)}/{self.all_readings()}"
 
+    def replay(self, gateway_id: str) -> str:
+        """Where the API publishes a dead letter of ``gateway_id`` again: only the API may write
+        here (ACL), so a gateway cannot pass its own messages off as replays."""
+        return f"{self.root}/replay/{check_id('gateway id', gateway_id)}/readings"
+
+    def shared_replays(self, group: str = SHARE_GROUP) -> str:
+        return f"$share/{check_id('share group', group)}/{self.root}/replay/+/readings"
+
+    def gateway_of_replay(self, topic: str) -> str | None:
+        """The gateway id of a ``{root}/replay/{gateway_id}/readings`` topic; None for any other
+        topic; TopicError for a replay topic naming no valid gateway."""
+        prefix = self.root + "/replay/"
+        if not topic.startswith(prefix) or not topic.endswith("/readings"):
+            return None
+        gateway_id = topic[len(prefix) : -len("/readings")]
+        if "/" in gateway_id or gateway_id in RESERVED_GATEWAY_IDS:
+            raise TopicError(topic, f"{prefix}{{gateway_id}}/readings")
+        return check_id("gateway id", gateway_id)
+
     def gateway_of_readings(self, topic: str) -> str:
         """The gateway id of a ``{root}/{gateway_id}/readings`` topic; TopicError otherwise."""
         prefix = self.root + "/"
         if not topic.startswith(prefix) or not topic.endswith("/readings"):
             raise TopicError(topic, f"{prefix}{{gateway_id}}/readings")
         gateway_id = topic[len(prefix) : -len("/readings")]
-        if "/" in gateway_id or gateway_id in {"live", "deadletter"}:
+        if "/" in gateway_id or gateway_id in RESERVED_GATEWAY_IDS:
             raise TopicError(topic, f"{prefix}{{gateway_id}}/readings")
         return check_id("gateway id", gateway_id)
 

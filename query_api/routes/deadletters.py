@@ -251,7 +251,7 @@ async def replay(
         item, payload = entry
         try:
             await publisher.publish(
-                topics.readings(item.gateway_id),
+                topics.replay(item.gateway_id),
                 payload,
                 user_properties=((REPLAY_PROPERTY, item.id),),
             )

@@ -157,6 +157,27 @@ def test_gateway_cannot_write_the_live_or_deadletter_feeds(
     assert rec.publish(gw_a, topics.deadletter("gw-a"), _token()) == NOT_AUTHORIZED
 
 
+def test_only_the_api_may_publish_replays(
+    broker: BrokerInfo, mqtt_client: MqttClientFactory
+) -> None:
+    """The replay topic is how the API marks a message as a dead letter published again (the
+    bridge then neither acknowledges it to the gateway nor counts it in the gaps): a gateway
+    publishing there, for itself or another, gets PUBACK 135 and the bridge receives nothing;
+    the API's publish arrives."""
+    topics = broker.topics
+    bridge_rec, gw_rec, api_rec = Recorder(), Recorder(), Recorder()
+    bridge = bridge_rec.attach(mqtt_client(pki_mod.BRIDGE_IDENTITY))
+    assert bridge_rec.subscribe(bridge, f"{topics.root}/replay/+/readings") == [1]
+    gw_a = gw_rec.attach(mqtt_client("gw-a"))
+    api = api_rec.attach(mqtt_client(pki_mod.API_IDENTITY))
+    forged, own = _token(), _token()
+    assert gw_rec.publish(gw_a, topics.replay("gw-a"), forged) == NOT_AUTHORIZED
+    assert gw_rec.publish(gw_a, topics.replay("gw-b"), forged) == NOT_AUTHORIZED
+    assert api_rec.publish(api, topics.replay("gw-a"), own) < 0x80
+    assert bridge_rec.wait_for_payload(own).topic == topics.replay("gw-a")
+    assert forged not in bridge_rec.payloads()
+
+
 def test_bridge_may_subscribe_to_the_processors_shared_subscription(
     broker: BrokerInfo, mqtt_client: MqttClientFactory
 ) -> None:

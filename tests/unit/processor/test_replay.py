@@ -50,23 +50,30 @@ async def test_a_replay_is_neither_acknowledged_nor_dead_lettered_again() -> Non
         reading = {**READING, "charger_id": charger}
         return orjson.dumps({"gateway_id": "gw.1", "readings": [reading]})
 
-    refused = await preparer.prepare([_Msg(topics.readings("gw.1"), batch("cp-1"), props)])
+    refused = await preparer.prepare([_Msg(topics.replay("gw.1"), batch("cp-1"), props)])
     assert refused.dead == []
     assert refused.handled == []
     assert refused.lines == []
     [replay] = refused.replays
     assert (replay.key, replay.reason) == (key, CHARGER_NOT_BOUND)
 
-    stored = await preparer.prepare([_Msg(topics.readings("gw.1"), batch("cp-ok"), props)])
+    stored = await preparer.prepare([_Msg(topics.replay("gw.1"), batch("cp-ok"), props)])
     assert stored.handled == []
     assert len(stored.lines) == 1
     assert stored.segments[0].replay
     assert stored.replays[0].reason is None
 
     other = ((REPLAY_PROPERTY, DeadLetterKey(NS, CHARGER_NOT_BOUND, "gw-2").id),)
-    plain = await preparer.prepare([_Msg(topics.readings("gw.1"), batch("cp-ok"), other)])
+    plain = await preparer.prepare([_Msg(topics.replay("gw.1"), batch("cp-ok"), other)])
     assert plain.replays == []
     assert plain.handled == [("gw.1", None, [7])]
+
+    # A gateway cannot pass its own message off as a replay: ``replay-of`` on its readings
+    # topic (which it may write; only the API may write the replay topic) is ignored.
+    spoofed = await preparer.prepare([_Msg(topics.readings("gw.1"), batch("cp-1"), props)])
+    assert spoofed.replays == []
+    assert [(gw, r.reason) for gw, _, r in spoofed.dead] == [("gw.1", CHARGER_NOT_BOUND)]
+    assert spoofed.handled == [("gw.1", None, [7])]
 
 
 def test_the_outcome_is_written_onto_the_dead_letters_own_point() -> None:
@@ -131,7 +138,12 @@ async def test_a_replay_influxdb_refuses_is_recorded_on_its_dead_letter_only() -
     key = DeadLetterKey(NS, CHARGER_NOT_BOUND, "gw-1")
     payload = orjson.dumps({"gateway_id": "gw-1", "readings": [READING]})
     msg = Received(
-        "chargers/v1/gw-1/readings", payload, 1, 1, 1, user_properties=((REPLAY_PROPERTY, key.id),)
+        "chargers/v1/replay/gw-1/readings",
+        payload,
+        1,
+        1,
+        1,
+        user_properties=((REPLAY_PROPERTY, key.id),),
     )
     await p.commit(await p.prepare([msg]))
     [line] = writer.lines

@@ -120,6 +120,7 @@ def test_acl_for_a_custom_topic_root(tmp_path: Path) -> None:
         "pattern write fleet/test-7/%u/reply/#",
         "user telemetry-bridge",
         "topic read fleet/test-7/+/readings",
+        "topic read fleet/test-7/replay/+/readings",
         "topic read fleet/test-7/+/state",
         "topic readwrite fleet/test-7/live/#",
         "topic write fleet/test-7/deadletter/#",
@@ -132,6 +133,7 @@ def test_acl_for_a_custom_topic_root(tmp_path: Path) -> None:
         "topic read fleet/test-7/+/state",
         "topic write fleet/test-7/+/readings",
         "topic read fleet/test-7/+/stored",
+        "topic write fleet/test-7/replay/+/readings",
         "topic readwrite fleet/test-7/alarms/#",
     ]
     assert "chargers/v1" not in acl

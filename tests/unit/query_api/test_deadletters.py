@@ -292,7 +292,7 @@ async def test_replay_publishes_with_replay_of_and_refuses_what_it_cannot(
     assert reasons[gone.id].startswith("not_found")
     assert reasons["bogus!"].startswith("not_found")
     [(topic, payload, props)] = broker.published
-    assert topic == "chargers/v1/gw.1/readings"
+    assert topic == "chargers/v1/replay/gw.1/readings"
     assert props == ((REPLAY_PROPERTY, good.id),)
     assert orjson.loads(payload)["readings"] == [READING]
 
