@@ -145,6 +145,14 @@ class InfluxQLClient:
             return await asyncio.to_thread(_parse, response)
         return _parse(response)
 
+    async def execute(self, q: str) -> list[Series]:
+        """Run ``q`` by POST: InfluxDB 1.x refuses statements that change the database
+        (``CREATE``/``ALTER RETENTION POLICY``, ...) over GET. Raises as :meth:`query`."""
+        http = self._opened()
+        with self._translated():
+            response = await http.post("/query", params=self._params(q))
+        return _parse(response)
+
     async def query_chunked(self, q: str, *, yield_every: int = 200) -> list[Series]:
         """:meth:`query` for answers of many series: InfluxDB streams them (``chunked=true``,
         one JSON document per series) and each is parsed as it comes, handing the event loop

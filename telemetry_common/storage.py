@@ -15,3 +15,14 @@ TAG_KEYS: Final = ("charger_id", "gateway_id", "evse_id", "connector_id")
 META_FIELDS: Final = ("status", "seq", "epoch")
 #: Value keys that would collide with a tag, a meta field or InfluxDB's own ``time`` column.
 RESERVED_VALUE_KEYS: Final = frozenset({"time", *TAG_KEYS, *META_FIELDS})
+#: The raw readings' retention policy (the database's default); the rollup job sets its duration.
+RAW_RP: Final = "autogen"
+#: Rollups (docs/design.md#rollups): retention policy -> measurement. Tags as the raw readings;
+#: time = bucket start; fields ``{key}_mean _min _max _last`` per value key, ``count`` (integer),
+#: ``status_last`` (string).
+ROLLUP_1M_RP: Final = "rollup_1m"
+ROLLUP_1M_MEASUREMENT: Final = "readings_1m"
+ROLLUP_1H_RP: Final = "rollup_1h"
+ROLLUP_1H_MEASUREMENT: Final = "readings_1h"
+#: The rollup job's progress (in retention policy ``rollup_1h``): field ``done_until_ns``.
+ROLLUP_STATE_MEASUREMENT: Final = "rollup_state"
