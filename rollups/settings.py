@@ -64,5 +64,5 @@ class RollupsSettings(ServiceSettings):
     """At most this many chargers per rollup query (and series per page of a series listing)."""
     http_host: str = "127.0.0.1"
     """Address of /metrics and /healthz."""
-    http_port: int = Field(default=9465, ge=0, le=65535)
+    http_port: int = Field(default=9466, ge=0, le=65535)
     """Their port; 0 turns them off."""
