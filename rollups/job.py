@@ -94,6 +94,7 @@ class RollupJob:
         assert lookback is not None
         self._lookback = lookback
         self._chunk = to_timedelta(settings.chunk) or timedelta(days=1)
+        self._done: datetime | None = None
 
     # -- progress ---------------------------------------------------------------------------
     async def load_progress(self) -> datetime | None:
@@ -106,6 +107,8 @@ class RollupJob:
         return None
 
     async def save_progress(self, done_until: datetime) -> None:
+        """Store ``done_until`` (and keep it for the next pass)."""
+        self._done = done_until
         # One point per day of progress, overwritten during the day; the newest is the last.
         at = floor(done_until, timedelta(days=1))
         line = state_line(ROLLUP_STATE_MEASUREMENT, to_ns(done_until), to_ns(at))
@@ -117,7 +120,8 @@ class RollupJob:
         started = time.monotonic()
         result = PassResult()
         end = floor(self._now() - timedelta(seconds=self._s.settle_s), MINUTE)
-        done = await self.load_progress()
+        # Read once per process (a restart resumes from it), then kept: this job is its writer.
+        done = self._done if self._done is not None else await self.load_progress()
         if done is None:
             oldest = await self._oldest()
             if oldest is None:
@@ -136,7 +140,7 @@ class RollupJob:
             # The hours these minutes complete; an hour still open is done by a later pass.
             await self._roll(HOURS, floor(a, HOUR), floor(b, HOUR), fields, result)
             await self.save_progress(b)
-            done = b
+            done = self._done = b
             log.info("rolled up to %s", b.isoformat())
         result.done_until = done
         result.caught_up = done >= end
@@ -211,12 +215,17 @@ class RollupJob:
         ``per_charger``'s chargers), in queries of bounded chargers and rows."""
         if start >= end:
             return
+        per_charger_all = per_charger is None
         if per_charger is None:
             per_charger = _per_charger(await self._series_counts(start, end, None))
+        everyone = per_charger_all and len(per_charger) <= self._s.series_per_query
         for ids in batches(per_charger, self._s.series_per_query):
             width = sum(per_charger[c] for c in ids)
+            # Every charger with readings there in one batch: no filter (InfluxDB plans a long
+            # OR of tag values slower than the whole measurement of that stretch).
+            chargers = None if everyone else ids
             for a, b in steps(start, end, res.every, width, self._s.query_max_rows):
-                answer = await self._client.query(rollup_query(fields, a, b, res.every, ids))
+                answer = await self._client.query(rollup_query(fields, a, b, res.every, chargers))
                 lines = list(rollup_lines(res.measurement, answer))
                 if lines:
                     await self._writer.write(lines, rp=res.rp)

@@ -26,8 +26,9 @@ def to_timedelta(duration: str) -> timedelta | None:
 class RollupsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="TELEMETRY_ROLLUPS_")
 
-    influx: InfluxSettings = InfluxSettings(create_database=False)
-    """Where the raw readings are read and the rollups written (the bridge's database)."""
+    influx: InfluxSettings = InfluxSettings(create_database=False, timeout_s=60.0)
+    """Where the raw readings are read and the rollups written (the bridge's database). A
+    rollup query aggregates up to QUERY_MAX_ROWS buckets: its timeout is a minute."""
     interval_s: float = Field(default=60.0, gt=0)
     """A pass every this many seconds."""
     settle_s: int = Field(default=60, ge=0)
@@ -58,7 +59,7 @@ class RollupsSettings(ServiceSettings):
     chunk: Duration = "1d"
     """A pass over a long stretch (the first pass, a backfill, a job that was down) goes forward
     this much at a time, its progress saved after each."""
-    query_max_rows: int = Field(default=20_000, ge=100)
+    query_max_rows: int = Field(default=5_000, ge=100)
     """At most this many rows (bucket x series) per query: queries are cut by time and series."""
     series_per_query: int = Field(default=500, ge=1)
     """At most this many chargers per rollup query (and series per page of a series listing)."""

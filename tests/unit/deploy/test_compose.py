@@ -517,8 +517,8 @@ def test_live_feed_reads_the_loopback_listener(services: dict[str, dict[str, Any
 
 def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) -> None:
     """Prometheus scrapes the bridge, the API, the rollup job and every gateway on the ports
-    their settings serve metrics on (bound beyond loopback inside the compose network, never published), and
-    labels each gateway's series with its gateway id."""
+    their settings serve metrics on (bound beyond loopback inside the compose network, never
+    published), and labels each gateway's series with its gateway id."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
     jobs = {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]}
     assert set(jobs) == {"telemetry-bridge", "telemetry-api", "telemetry-rollups", "telemetry-edge"}

@@ -62,7 +62,8 @@ def test_steps_bound_the_rows_of_one_query() -> None:
 
 def test_rollup_rows_become_lines_with_typed_fields_and_no_nulls() -> None:
     """count is an integer, status_last a string, aggregates floats (an integral JSON number
-    too); nulls are left out; a row without readings is not written."""
+    goes out without the ``i`` suffix, which line protocol reads as a float); nulls are left
+    out; a row without readings is not written."""
     series = Series(
         name="readings",
         columns=["time", "count", "status_last", "power_w_max", "power_w_mean", "soc_pct_mean"],
@@ -74,7 +75,7 @@ def test_rollup_rows_become_lines_with_typed_fields_and_no_nulls() -> None:
     )
     assert list(rollup_lines("readings_1m", [series])) == [
         "readings_1m,charger_id=cp-1,evse_id=1,gateway_id=gw-1 "
-        'count=3i,power_w_max=7.0,power_w_mean=1.5,status_last="Char\\"ging" 60000000000'
+        'power_w_max=7,power_w_mean=1.5,count=3i,status_last="Char\\"ging" 60000000000'
     ]
     assert state_line("rollup_state", 5, 6) == "rollup_state done_until_ns=5i 6"
 
