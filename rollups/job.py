@@ -213,6 +213,7 @@ class RollupJob:
     ) -> None:
         """Write ``res`` buckets in ``[start, end)`` of the series with readings there (or of
         ``per_charger``'s chargers), in queries of bounded chargers and rows."""
+        start = max(start, self._oldest_writable(res))
         if start >= end:
             return
         per_charger_all = per_charger is None
@@ -231,6 +232,16 @@ class RollupJob:
                     await self._writer.write(lines, rp=res.rp)
                 result.written[res.label] += len(lines)
                 self.metrics.buckets_written.labels(res.label).inc(len(lines))
+
+    def _oldest_writable(self, res: Resolution) -> datetime:
+        """The first bucket of ``res`` InfluxDB still takes: one older than its retention
+        policy's duration would be refused (an hour of margin)."""
+        keep = to_timedelta(
+            self._s.rollup_1m_retention if res is MINUTES else self._s.rollup_1h_retention
+        )
+        if keep is None:
+            return datetime.min.replace(tzinfo=UTC)
+        return ceil(self._now() - keep + HOUR, res.every)
 
     async def _series_counts(
         self, start: datetime, end: datetime, source: str | None

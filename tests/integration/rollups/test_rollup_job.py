@@ -188,3 +188,33 @@ async def test_a_restarted_job_resumes_from_its_saved_progress(rollup_db: Influx
     assert all(k[-1] >= before for k in got)  # the deleted old buckets were not redone
     rollup_data.assert_matches(got, {k: v for k, v in want.items() if k[-1] >= before})
     assert second.written["1m"] == sum(1 for k in want if rollup_data.ns(first.done_until) <= k[-1])
+
+
+async def test_buckets_older_than_a_rollup_policy_are_left_out_not_refused(
+    rollup_db: InfluxTarget,
+) -> None:
+    """Raw readings older than the 1-minute rollups' retention (raw readings may be up to 366
+    days old, 1-minute rollups are kept 365): the pass succeeds, writes the 1-minute buckets
+    InfluxDB still takes and every 1-hour bucket."""
+    now = datetime.now(UTC)
+    readings = rollup_data.generate(now - timedelta(days=2), now - 5 * MINUTE, burst_hour=-1)
+    rollup_data.write(rollup_db.url, rollup_db.database, readings)
+    settings = _settings(
+        rollup_db, rollup_1m_retention="1d", rollup_1m_shard_duration="1h", settle_s=0
+    )
+    async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
+        await retention.ensure_rollup_policies(client, settings)
+        result = await RollupJob(settings, client, writer).run_pass()
+    assert result.caught_up
+    oldest = rollup_data.ns(now - timedelta(days=1) + HOUR)
+    got_1m = _rollups(rollup_db, "rollup_1m", "readings_1m")
+    want_1m = {k: v for k, v in rollup_data.expected(readings, MINUTE).items() if k[-1] >= oldest}
+    # The minute at the edge may or may not be in, depending on the second the pass ran.
+    edge = {k for k in want_1m if k[-1] < oldest + 60 * 10**9}
+    rollup_data.assert_matches(
+        {k: v for k, v in got_1m.items() if k not in edge},
+        {k: v for k, v in want_1m.items() if k not in edge},
+    )
+    open_hour = rollup_data.ns(now.replace(minute=0, second=0, microsecond=0))
+    want_1h = {k: v for k, v in rollup_data.expected(readings, HOUR).items() if k[-1] < open_hour}
+    rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
