@@ -1,11 +1,13 @@
 """One pass of the rollup job, and a backfill of a range (docs/deploy.md#retention-and-rollups).
 
-A pass rolls up the 1-minute buckets that ended ``SETTLE_S`` ago, from its saved progress
-(``done_until``) on, a chunk at a time (progress saved after each), and every hour those
-minutes complete. Then late readings: per series, the raw readings of the last ``LOOKBACK``
-before ``done_until`` are counted and compared with the sum of the rollups' ``count``; a
-series whose counts differ has its minutes of that stretch and the hours they touch
-recomputed. A recomputed bucket overwrites the same point (same measurement, tags and time).
+A pass first looks for late readings: the raw readings of the last ``LOOKBACK`` that are
+already rolled up (before ``done_until``) are counted, all series together, and compared with
+the sum of the 1-minute rollups' ``count``; only when the totals differ are they compared per
+series, and a series that differs has its minutes of that stretch and the hours they touch
+recomputed. Then it rolls up the 1-minute buckets that ended ``SETTLE_S`` ago, from its saved
+progress (``done_until``) on, a chunk at a time (progress saved after each), and every hour
+those minutes complete. A recomputed bucket overwrites the same point (same measurement, tags
+and time).
 
 Both resolutions are computed from the raw readings (InfluxDB aggregates, per bucket and
 series): the 1-hour mean from 1-minute means would need each key's own count (a key missing in
@@ -35,6 +37,7 @@ from telemetry_common.influxql import (
     rollup_query,
     rollup_state_query,
     series_counts_query,
+    total_count_query,
 )
 from telemetry_common.storage import (
     META_FIELDS,
@@ -182,10 +185,12 @@ class RollupJob:
         """Recompute the series whose raw count in ``[start, end)`` differs from the rollups'."""
         if start >= end:
             return
+        minutes = qualified(self._db, MINUTES.rp, MINUTES.measurement)
+        # All series together first (one row each): equal totals, nothing came late.
+        if await self._total(start, end, None) == await self._total(start, end, minutes):
+            return
         raw = await self._series_counts(start, end, None)
-        rolled = await self._series_counts(
-            start, end, qualified(self._db, MINUTES.rp, MINUTES.measurement)
-        )
+        rolled = await self._series_counts(start, end, minutes)
         changed = {k: n for k, n in raw.items() if rolled.get(k) != n}
         if not changed:
             return
@@ -232,6 +237,12 @@ class RollupJob:
                     await self._writer.write(lines, rp=res.rp)
                 result.written[res.label] += len(lines)
                 self.metrics.buckets_written.labels(res.label).inc(len(lines))
+
+    async def _total(self, start: datetime, end: datetime, source: str | None) -> int:
+        for s in await self._client.query(total_count_query(start, end, source=source)):
+            for row in s.values:
+                return int(row[1] or 0)
+        return 0
 
     def _oldest_writable(self, res: Resolution) -> datetime:
         """The first bucket of ``res`` InfluxDB still takes: one older than its retention

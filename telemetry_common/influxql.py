@@ -360,6 +360,14 @@ def series_counts_query(
     )
 
 
+def total_count_query(start: datetime, end: datetime, *, source: str | None = None) -> str:
+    """How many readings lie in ``[start, end)``, all series together (column ``count``): raw
+    (``count(seq)``), or with ``source`` a qualified rollup measurement (``sum(count)``)."""
+    column = f"count({quote_ident('seq')})" if source is None else f"sum({quote_ident('count')})"
+    frm = quote_ident(MEASUREMENT) if source is None else source
+    return f"SELECT {column} AS {quote_ident('count')} FROM {frm} WHERE {_window(start, end)}"
+
+
 def rollup_query(
     fields: Sequence[str],
     start: datetime,
