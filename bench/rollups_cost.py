@@ -39,10 +39,10 @@ from bench.harness.stack import BIN, DATABASE, Stack, running_stack, start_bridg
 from bench.pipeline_throughput import measure_pipeline
 from rollups.job import RollupJob
 from rollups.retention import ensure_rollup_policies
-from rollups.settings import RollupsSettings
+from rollups.settings import RollupsInfluxSettings, RollupsSettings
 from telemetry_common.influx_query import InfluxQLClient
 from telemetry_common.influx_write import Writer
-from telemetry_common.settings import InfluxSettings, env_for
+from telemetry_common.settings import env_for
 
 GATEWAY: Final = "bench-gw"
 GOAL: Final = 0.10
@@ -142,7 +142,7 @@ async def _steady(a: argparse.Namespace, stack: Stack, end: datetime) -> tuple[f
     """One pass per simulated minute over the last ``--steady-minutes`` (progress rewound to
     their start); returns (CPU seconds of this process, readings of those minutes, points)."""
     settings = RollupsSettings(
-        influx=InfluxSettings(url=stack.influx_url, database=DATABASE, create_database=False),
+        influx=RollupsInfluxSettings(url=stack.influx_url, database=DATABASE),
         http_port=0,
         settle_s=0,
     )

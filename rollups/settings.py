@@ -23,12 +23,21 @@ def to_timedelta(duration: str) -> timedelta | None:
     return timedelta(seconds=int(duration[:-1]) * _UNITS[duration[-1]])
 
 
+class RollupsInfluxSettings(InfluxSettings):
+    """InfluxDB as the rollup job reaches it: heavier queries, and no CREATE DATABASE (the
+    bridge creates the database; the job writes into it)."""
+
+    timeout_s: float = Field(default=60.0, gt=0)
+    """Timeout of one InfluxDB request: a rollup query aggregates up to QUERY_MAX_ROWS buckets."""
+    create_database: bool = False
+    """v1 only: run CREATE DATABASE at start."""
+
+
 class RollupsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="TELEMETRY_ROLLUPS_")
 
-    influx: InfluxSettings = InfluxSettings(create_database=False, timeout_s=60.0)
-    """Where the raw readings are read and the rollups written (the bridge's database). A
-    rollup query aggregates up to QUERY_MAX_ROWS buckets: its timeout is a minute."""
+    influx: RollupsInfluxSettings = RollupsInfluxSettings()
+    """Where the raw readings are read and the rollups written (the bridge's database)."""
     interval_s: float = Field(default=60.0, gt=0)
     """A pass every this many seconds."""
     settle_s: int = Field(default=60, ge=0)

@@ -14,10 +14,10 @@ import pytest
 
 from rollups import retention
 from rollups.job import RollupJob
-from rollups.settings import RollupsSettings
+from rollups.settings import RollupsInfluxSettings, RollupsSettings
 from telemetry_common.influx_query import InfluxQLClient
 from telemetry_common.influx_write import Writer
-from telemetry_common.settings import InfluxSettings, env_for
+from telemetry_common.settings import env_for
 from tests.support import rollup_data
 from tests.support.fixtures import InfluxTarget
 from tests.support.influx import influxql
@@ -34,7 +34,7 @@ def _rollups(db: InfluxTarget, rp: str, measurement: str) -> rollup_data.Points:
 
 def _settings(db: InfluxTarget, **more: object) -> RollupsSettings:
     return RollupsSettings(
-        influx=InfluxSettings(url=db.url, database=db.database, create_database=False),
+        influx=RollupsInfluxSettings(url=db.url, database=db.database),
         http_port=0,
         **more,  # type: ignore[arg-type]
     )

@@ -10,7 +10,7 @@ import pytest
 
 from rollups.lines import rollup_lines, state_line
 from rollups.retention import go_duration, operator_instructions
-from rollups.settings import RollupsSettings, to_timedelta
+from rollups.settings import RollupsInfluxSettings, RollupsSettings, to_timedelta
 from rollups.windows import HOUR, MINUTE, batches, ceil, chunks, floor, from_ns, steps, to_ns
 from telemetry_common.errors import InvalidIdError
 from telemetry_common.influx_query import Series
@@ -20,7 +20,6 @@ from telemetry_common.influxql import (
     rollup_query,
     series_counts_query,
 )
-from telemetry_common.settings import InfluxSettings
 
 T0 = datetime(2026, 12, 5, 10, 30, 15, 500_000, tzinfo=UTC)
 
@@ -119,8 +118,20 @@ def test_retention_statements_and_durations() -> None:
 
 def test_on_influxdb_2_the_job_says_which_buckets_to_create() -> None:
     """With the v2 API nothing is altered; the log names the buckets the writer maps to."""
-    s = RollupsSettings(influx=InfluxSettings(api="v2", bucket="telemetry"))
+    s = RollupsSettings(influx=RollupsInfluxSettings(api="v2", bucket="telemetry"))
     text = operator_instructions(s)
     assert "'telemetry_rollup_1m' (retention 365d)" in text
     assert "'telemetry_rollup_1h' (retention 1825d)" in text
     assert "30d" in text
+
+
+def test_the_jobs_influxdb_defaults_survive_a_variable_of_the_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Setting only INFLUX__URL keeps the job's own defaults of the group (a minute per query,
+    no CREATE DATABASE), not those of the bridge's InfluxDB settings."""
+    monkeypatch.setenv("TELEMETRY_ROLLUPS_INFLUX__URL", "http://influx.example:8086")
+    s = RollupsSettings()
+    assert s.influx.url == "http://influx.example:8086"
+    assert s.influx.timeout_s == 60.0
+    assert s.influx.create_database is False
