@@ -144,7 +144,8 @@ class RollupJob:
             await self._roll(HOURS, floor(a, HOUR), floor(b, HOUR), fields, result)
             await self.save_progress(b)
             done = self._done = b
-            log.info("rolled up to %s", b.isoformat())
+            if b - a > HOUR:  # catching up (first pass, a job that was down): show progress
+                log.info("rolled up to %s", b.isoformat())
         result.done_until = done
         result.caught_up = done >= end
         self._finish(result, started, end)
