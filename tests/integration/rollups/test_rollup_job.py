@@ -218,3 +218,34 @@ async def test_buckets_older_than_a_rollup_policy_are_left_out_not_refused(
     open_hour = rollup_data.ns(now.replace(minute=0, second=0, microsecond=0))
     want_1h = {k: v for k, v in rollup_data.expected(readings, HOUR).items() if k[-1] < open_hour}
     rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
+
+
+def test_backfill_command_recomputes_only_the_range_given(rollup_db: InfluxTarget) -> None:
+    """``telemetry-rollups backfill --start --end`` writes the complete buckets of that range
+    (every minute, the hour it covers) and nothing else, and leaves the progress alone."""
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - 4 * HOUR
+    readings = rollup_data.generate(hour - HOUR, hour + 2 * HOUR, burst_hour=hour.hour)
+    rollup_data.write(rollup_db.url, rollup_db.database, readings)
+    # Policies that exist with other durations (infinite) are altered to the settings.
+    for policy in ("rollup_1m", "rollup_1h"):
+        influxql(
+            rollup_db.url,
+            rollup_db.database,
+            f'CREATE RETENTION POLICY "{policy}" ON "{rollup_db.database}" DURATION 0s '
+            "REPLICATION 1",
+        )
+    done = _run_cli(
+        rollup_db, "backfill", "--start", hour.isoformat(), "--end", (hour + HOUR).isoformat()
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    inside = [r for r in readings if hour <= r.ts < hour + HOUR]
+    rollup_data.assert_matches(
+        _rollups(rollup_db, "rollup_1m", "readings_1m"), rollup_data.expected(inside, MINUTE)
+    )
+    rollup_data.assert_matches(
+        _rollups(rollup_db, "rollup_1h", "readings_1h"), rollup_data.expected(inside, HOUR)
+    )
+    assert (
+        influxql(rollup_db.url, rollup_db.database, 'SELECT * FROM "rollup_1h"."rollup_state"')
+        == []
+    )
