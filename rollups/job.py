@@ -28,7 +28,7 @@ from rollups.lines import rollup_lines, state_line
 from rollups.metrics import RollupMetrics
 from rollups.settings import RollupsSettings, to_timedelta
 from rollups.windows import HOUR, MINUTE, batches, ceil, chunks, floor, from_ns, steps, to_ns
-from telemetry_common.influx_query import InfluxQL
+from telemetry_common.influx_query import InfluxQLClient
 from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.influxql import (
     float_field_keys_query,
@@ -82,7 +82,7 @@ class RollupJob:
     def __init__(
         self,
         settings: RollupsSettings,
-        client: InfluxQL,
+        client: InfluxQLClient,
         writer: InfluxWriter,
         metrics: RollupMetrics | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -103,7 +103,7 @@ class RollupJob:
     async def load_progress(self) -> datetime | None:
         """The end of the 1-minute buckets rolled up so far (None: nothing yet)."""
         q = rollup_state_query(self._db, ROLLUP_1H_RP, ROLLUP_STATE_MEASUREMENT)
-        for s in await self._client.query(q):
+        for s in await self._client.execute(q):
             for row in s.rows():
                 if row.get("done_until_ns") is not None:
                     return from_ns(int(row["done_until_ns"]))
@@ -232,7 +232,7 @@ class RollupJob:
             # OR of tag values slower than the whole measurement of that stretch).
             chargers = None if everyone else ids
             for a, b in steps(start, end, res.every, width, self._s.query_max_rows):
-                answer = await self._client.query(rollup_query(fields, a, b, res.every, chargers))
+                answer = await self._client.execute(rollup_query(fields, a, b, res.every, chargers))
                 lines = list(rollup_lines(res.measurement, answer))
                 if lines:
                     await self._writer.write(lines, rp=res.rp)
@@ -240,7 +240,7 @@ class RollupJob:
                 self.metrics.buckets_written.labels(res.label).inc(len(lines))
 
     async def _total(self, start: datetime, end: datetime, source: str | None) -> int:
-        for s in await self._client.query(total_count_query(start, end, source=source)):
+        for s in await self._client.execute(total_count_query(start, end, source=source)):
             for row in s.values:
                 return int(row[1] or 0)
         return 0
@@ -264,7 +264,7 @@ class RollupJob:
         offset = 0
         while True:
             q = series_counts_query(start, end, limit=page, offset=offset, source=source)
-            answer = await self._client.query(q)
+            answer = await self._client.execute(q)
             for s in answer:
                 n = sum(int(row[1] or 0) for row in s.values)
                 out[tuple(s.tags.get(t, "") for t in TAG_KEYS)] = n
@@ -275,7 +275,7 @@ class RollupJob:
     async def _fields(self) -> list[str]:
         """The raw readings' value keys (float fields)."""
         keys: list[str] = []
-        for s in await self._client.query(float_field_keys_query()):
+        for s in await self._client.execute(float_field_keys_query()):
             for row in s.rows():
                 name, kind = str(row["fieldKey"]), row.get("fieldType")
                 if kind == "float" and name not in META_FIELDS:
@@ -283,7 +283,7 @@ class RollupJob:
         return sorted(set(keys))
 
     async def _oldest(self) -> datetime | None:
-        for s in await self._client.query(oldest_reading_query()):
+        for s in await self._client.execute(oldest_reading_query()):
             for row in s.values:
                 return from_ns(int(row[0]))
         return None

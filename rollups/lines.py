@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+import orjson
+
 from telemetry_common.influx_query import Series
 from telemetry_common.storage import TAG_KEYS
 
@@ -20,7 +22,7 @@ def rollup_lines(measurement: str, series: Iterable[Series]) -> Iterator[str]:
     ``{key}_{agg}``; a row that counted no reading is left out.
 
     The hot loop of the job (one row per bucket and series, ~30 columns): the aggregates go out
-    as JSON gave them (a float, or an integral number, which line protocol reads as a float
+    in JSON's form (a float, or an integral number, which line protocol reads as a float
     without the ``i`` suffix; JSON has no NaN or infinity)."""
     for s in series:
         tags = "".join(
@@ -30,12 +32,16 @@ def rollup_lines(measurement: str, series: Iterable[Series]) -> Iterator[str]:
         columns = s.columns
         t, n = columns.index("time"), columns.index("count")
         st = columns.index("status_last") if "status_last" in columns else None
-        floats = [(i, name + "=") for i, name in enumerate(columns) if name not in SPECIAL]
+        indices = [i for i, name in enumerate(columns) if name not in SPECIAL]
+        prefixes = [columns[i] + "=" for i in indices]
         for row in s.values:
             count = row[n]
             if not count:
                 continue
-            fields = [prefix + repr(row[i]) for i, prefix in floats if row[i] is not None]
+            # The numbers formatted by orjson in one call (shortest round-trip form, e.g.
+            # 1e+16, which line protocol reads), a few times faster than repr() each.
+            numbers = orjson.dumps([row[i] for i in indices])[1:-1].decode().split(",")
+            fields = [p + v for p, v in zip(prefixes, numbers, strict=True) if v != "null"]
             fields.append(f"count={int(count)}i")
             if st is not None and row[st] is not None:
                 fields.append('status_last="' + str(row[st]).translate(_STRING_ESCAPES) + '"')

@@ -124,7 +124,12 @@ async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
 
         series = rollup_data.SERIES[0]
         inside = rollup_data.Raw(
-            series, now - 50 * MINUTE + timedelta(seconds=1), 10**6, "Faulted", {"power_w": 1e6}
+            series,
+            now - 50 * MINUTE + timedelta(seconds=1),
+            10**6,
+            "Faulted",
+            # Numbers whose shortest form has an exponent (2e+16, 1.5e-7) go through too.
+            {"power_w": 1e6, "energy_wh": 2e16, "soc_pct": 1.5e-7},
         )
         outside = rollup_data.Raw(
             series, now - 3 * HOUR + timedelta(seconds=1), 10**6 + 1, None, {"power_w": -5.0}
