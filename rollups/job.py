@@ -28,7 +28,7 @@ from rollups.lines import rollup_lines, state_line
 from rollups.metrics import RollupMetrics
 from rollups.settings import RollupsSettings, to_timedelta
 from rollups.windows import HOUR, MINUTE, batches, ceil, chunks, floor, from_ns, steps, to_ns
-from telemetry_common.influx_query import InfluxQLClient
+from telemetry_common.influx_query import InfluxQLClient, Series
 from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.influxql import (
     float_field_keys_query,
@@ -40,6 +40,7 @@ from telemetry_common.influxql import (
     total_count_query,
 )
 from telemetry_common.storage import (
+    MEASUREMENT,
     META_FIELDS,
     ROLLUP_1H_MEASUREMENT,
     ROLLUP_1H_RP,
@@ -134,9 +135,9 @@ class RollupJob:
                 return result
             done = floor(oldest, MINUTE)
             log.info("first pass: rolling up from the oldest raw reading, %s", done.isoformat())
-        fields = await self._fields()
         late_from = floor(end - self._lookback, MINUTE)
-        if late_from < done:
+        fields, totals = await self._survey(late_from, min(done, end))
+        if totals is not None and totals[0] != totals[1]:
             await self._late(late_from, min(done, end), fields, result)
         for a, b in chunks(done, end, self._chunk):
             await self._roll(MINUTES, a, b, fields, result)
@@ -183,13 +184,9 @@ class RollupJob:
     async def _late(
         self, start: datetime, end: datetime, fields: Sequence[str], result: PassResult
     ) -> None:
-        """Recompute the series whose raw count in ``[start, end)`` differs from the rollups'."""
-        if start >= end:
-            return
+        """Recompute the series whose raw count in ``[start, end)`` differs from the rollups'
+        (called when the totals of all series differ)."""
         minutes = qualified(self._db, MINUTES.rp, MINUTES.measurement)
-        # All series together first (one row each): equal totals, nothing came late.
-        if await self._total(start, end, None) == await self._total(start, end, minutes):
-            return
         raw = await self._series_counts(start, end, None)
         rolled = await self._series_counts(start, end, minutes)
         changed = {k: n for k, n in raw.items() if rolled.get(k) != n}
@@ -239,11 +236,27 @@ class RollupJob:
                 result.written[res.label] += len(lines)
                 self.metrics.buckets_written.labels(res.label).inc(len(lines))
 
-    async def _total(self, start: datetime, end: datetime, source: str | None) -> int:
-        for s in await self._client.execute(total_count_query(start, end, source=source)):
-            for row in s.values:
-                return int(row[1] or 0)
-        return 0
+    async def _survey(
+        self, start: datetime, end: datetime
+    ) -> tuple[list[str], tuple[int, int] | None]:
+        """In one request: the value keys, and (when ``start < end``) the readings of
+        ``[start, end)`` of all series together, raw and as the 1-minute rollups count them."""
+        statements = [float_field_keys_query()]
+        if start < end:
+            minutes = qualified(self._db, MINUTES.rp, MINUTES.measurement)
+            statements += [
+                total_count_query(start, end),
+                total_count_query(start, end, source=minutes),
+            ]
+        answer = await self._client.execute("; ".join(statements))
+        keys = [s for s in answer if s.columns == ["fieldKey", "fieldType"]]
+        if start >= end:
+            return _float_keys(keys), None
+        totals = {s.name: int(s.values[0][1] or 0) for s in answer if s not in keys and s.values}
+        return _float_keys(keys), (
+            totals.get(MEASUREMENT, 0),
+            totals.get(MINUTES.measurement, 0),
+        )
 
     def _oldest_writable(self, res: Resolution) -> datetime:
         """The first bucket of ``res`` InfluxDB still takes: one older than its retention
@@ -274,13 +287,7 @@ class RollupJob:
 
     async def _fields(self) -> list[str]:
         """The raw readings' value keys (float fields)."""
-        keys: list[str] = []
-        for s in await self._client.execute(float_field_keys_query()):
-            for row in s.rows():
-                name, kind = str(row["fieldKey"]), row.get("fieldType")
-                if kind == "float" and name not in META_FIELDS:
-                    keys.append(name)
-        return sorted(set(keys))
+        return _float_keys(await self._client.execute(float_field_keys_query()))
 
     async def _oldest(self) -> datetime | None:
         for s in await self._client.execute(oldest_reading_query()):
@@ -296,3 +303,14 @@ def _per_charger(series: Mapping[SeriesKey, int]) -> dict[str, int]:
     for key in series:
         out[key[index]] += 1
     return dict(out)
+
+
+def _float_keys(answer: Sequence[Series]) -> list[str]:
+    """The value keys (float fields, not the meta fields) of a SHOW FIELD KEYS answer."""
+    keys = {
+        str(name)
+        for s in answer
+        for name, kind in s.values
+        if kind == "float" and name not in META_FIELDS
+    }
+    return sorted(keys)
