@@ -5,7 +5,8 @@ already rolled up (before ``done_until``) are counted, all series together, and 
 the sum of the 1-minute rollups' ``count``; only when the totals differ are they compared per
 series, and a series that differs has its minutes of that stretch and the hours they touch
 recomputed. Then it rolls up the 1-minute buckets that ended ``SETTLE_S`` ago, from its saved
-progress (``done_until``) on, a chunk at a time (progress saved after each), and every hour
+progress (``done_until``) on, a chunk at a time (progress stored after each, or every
+``SAVE_EVERY`` of progress in the steady state), and every hour
 those minutes complete. A recomputed bucket overwrites the same point (same measurement, tags
 and time).
 
@@ -53,6 +54,9 @@ from telemetry_common.storage import (
 log = logging.getLogger(__name__)
 
 SeriesKey = tuple[str, ...]
+#: The progress is stored once it moved this far (and after every chunk of a long stretch): a
+#: restart redoes at most these minutes, and a pass in the steady state spares a write.
+SAVE_EVERY = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class RollupJob:
         self._lookback = lookback
         self._chunk = to_timedelta(settings.chunk) or timedelta(days=1)
         self._done: datetime | None = None
+        self._saved: datetime | None = None
 
     # -- progress ---------------------------------------------------------------------------
     async def load_progress(self) -> datetime | None:
@@ -112,7 +117,7 @@ class RollupJob:
 
     async def save_progress(self, done_until: datetime) -> None:
         """Store ``done_until`` (and keep it for the next pass)."""
-        self._done = done_until
+        self._done = self._saved = done_until
         # One point per day of progress, overwritten during the day; the newest is the last.
         at = floor(done_until, timedelta(days=1))
         line = state_line(ROLLUP_STATE_MEASUREMENT, to_ns(done_until), to_ns(at))
@@ -143,7 +148,8 @@ class RollupJob:
             await self._roll(MINUTES, a, b, fields, result)
             # The hours these minutes complete; an hour still open is done by a later pass.
             await self._roll(HOURS, floor(a, HOUR), floor(b, HOUR), fields, result)
-            await self.save_progress(b)
+            if self._saved is None or b - self._saved >= SAVE_EVERY:
+                await self.save_progress(b)
             done = self._done = b
             if b - a > HOUR:  # catching up (first pass, a job that was down): show progress
                 log.info("rolled up to %s", b.isoformat())
