@@ -43,9 +43,10 @@ class RollupsSettings(ServiceSettings):
     settle_s: int = Field(default=60, ge=0)
     """A 1-minute bucket is rolled up once it ended this long ago (readings still in flight)."""
     lookback: Duration = "2h"
-    """Each pass compares, per series, the raw readings of this last stretch with the rollups'
-    counts and recomputes the series that changed (late readings, a drained backlog) and the
-    hours they touch. Older late readings: ``telemetry-rollups backfill``."""
+    """Each pass counts the raw readings of this last stretch that are already rolled up and
+    compares them with the rollups' counts (all series together, then per series when they
+    differ); a series that changed (late readings, a drained backlog) is recomputed there, with
+    the hours it touches. Older late readings: ``telemetry-rollups backfill``."""
     raw_retention: Retention = "30d"
     """Duration of the raw readings' retention policy ``autogen`` (set after the first complete
     pass, so nothing is dropped before it is rolled up)."""
@@ -67,11 +68,12 @@ class RollupsSettings(ServiceSettings):
     (docs/deploy.md)."""
     chunk: Duration = "1d"
     """A pass over a long stretch (the first pass, a backfill, a job that was down) goes forward
-    this much at a time, its progress saved after each."""
+    this much at a time, its progress stored after each."""
     query_max_rows: int = Field(default=5_000, ge=100)
     """At most this many rows (bucket x series) per query: queries are cut by time and series."""
     series_per_query: int = Field(default=500, ge=1)
-    """At most this many chargers per rollup query (and series per page of a series listing)."""
+    """At most this many chargers named in one rollup query (a listing of series is paged by
+    QUERY_MAX_ROWS)."""
     http_host: str = "127.0.0.1"
     """Address of /metrics and /healthz."""
     http_port: int = Field(default=9466, ge=0, le=65535)

@@ -144,7 +144,6 @@ class Startup:
             RollupsSettings,
             influx={"url": self.influx_url, "database": DATABASE, "api": "v1"},
             http_port=self.ports.rollups,
-            topic_root=self.opts.topic_root,
         )
 
     def gateway_env(self, gateway: str, identity: tuple[Path, Path]) -> dict[str, str]:
