@@ -14,6 +14,7 @@ _TAG_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\\": "
 _STRING_ESCAPES: Final = str.maketrans({'"': '\\"', "\\": "\\\\"})
 #: Columns of a rollup row that are not ``{key}_{agg}`` floats.
 SPECIAL: Final = ("time", "count", "status_last")
+_SORTED_TAGS: Final = tuple(sorted(TAG_KEYS))
 
 
 def rollup_lines(measurement: str, series: Iterable[Series]) -> Iterator[str]:
@@ -24,16 +25,18 @@ def rollup_lines(measurement: str, series: Iterable[Series]) -> Iterator[str]:
     The hot loop of the job (one row per bucket and series, ~30 columns): the aggregates go out
     in JSON's form (a float, or an integral number, which line protocol reads as a float
     without the ``i`` suffix; JSON has no NaN or infinity)."""
+    layouts: dict[tuple[str, ...], tuple[int, int, int | None, list[int], list[str]]] = {}
     for s in series:
         tags = "".join(
-            f",{k}={s.tags[k].translate(_TAG_ESCAPES)}" for k in sorted(TAG_KEYS) if s.tags.get(k)
+            f",{k}={s.tags[k].translate(_TAG_ESCAPES)}" for k in _SORTED_TAGS if s.tags.get(k)
         )
         head = measurement + tags + " "
-        columns = s.columns
-        t, n = columns.index("time"), columns.index("count")
-        st = columns.index("status_last") if "status_last" in columns else None
-        indices = [i for i, name in enumerate(columns) if name not in SPECIAL]
-        prefixes = [columns[i] + "=" for i in indices]
+        # Every series of an answer has the same columns: their layout is worked out once.
+        key = tuple(s.columns)
+        layout = layouts.get(key)
+        if layout is None:
+            layout = layouts[key] = _layout(s.columns)
+        t, n, st, indices, prefixes = layout
         for row in s.values:
             count = row[n]
             if not count:
@@ -46,6 +49,18 @@ def rollup_lines(measurement: str, series: Iterable[Series]) -> Iterator[str]:
             if st is not None and row[st] is not None:
                 fields.append('status_last="' + str(row[st]).translate(_STRING_ESCAPES) + '"')
             yield f"{head}{','.join(fields)} {int(row[t])}"
+
+
+def _layout(columns: list[str]) -> tuple[int, int, int | None, list[int], list[str]]:
+    """Where time, count and status_last are, and the aggregates' indices and ``name=``."""
+    indices = [i for i, name in enumerate(columns) if name not in SPECIAL]
+    return (
+        columns.index("time"),
+        columns.index("count"),
+        columns.index("status_last") if "status_last" in columns else None,
+        indices,
+        [columns[i] + "=" for i in indices],
+    )
 
 
 def state_line(measurement: str, done_until_ns: int, at_ns: int) -> str:
