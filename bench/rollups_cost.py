@@ -14,9 +14,9 @@ Starts its own Mosquitto and InfluxDB 1.x (``bench.harness.stack``) and measures
    in its own process with no saved progress rolls all of them up: its CPU seconds (user +
    system, from the reaped child) per reading;
 3. the rollup job, steady state: the same job in this process, one pass per simulated minute
-   (a clock advanced by a minute each pass, ``LOOKBACK`` 2 h so each pass also counts the last
-   two hours per series for late readings) over the last ``--steady-minutes`` of the data: this
-   process's CPU per reading of those minutes.
+   (a clock advanced by a minute each pass; ``LOOKBACK`` 2 h, so each pass also counts the
+   readings of the last two hours, raw and rolled up, for late ones) over the last
+   ``--steady-minutes`` of the data: this process's CPU per reading of those minutes.
 
 InfluxDB's own CPU during 2 and 3 is shown beside (it does the aggregation; the bridge's figure
 leaves out InfluxDB's write cost likewise). Prints a table; ``--json`` writes the figures. A
