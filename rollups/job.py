@@ -225,17 +225,23 @@ class RollupJob:
         start = max(start, self._oldest_writable(res))
         if start >= end:
             return
-        per_charger_all = per_charger is None
+        groups: list[list[str] | None]
         if per_charger is None:
             per_charger = _per_charger(await self._series_counts(start, end, None))
-        everyone = per_charger_all and len(per_charger) <= self._s.series_per_query
-        for ids in batches(per_charger, self._s.series_per_query):
-            width = sum(per_charger[c] for c in ids)
-            # Every charger with readings there in one batch: no filter (InfluxDB plans a long
-            # OR of tag values slower than the whole measurement of that stretch).
-            chargers = None if everyone else ids
+            if not per_charger:
+                return
+            total = sum(per_charger.values())
+            # Every series with readings there fits a query's rows bucket by bucket: no charger
+            # filter (InfluxDB plans a long OR of tag values slower than the whole stretch).
+            groups = [None] if total <= self._s.query_max_rows else []
+        else:
+            groups = []
+        if not groups:
+            groups = list(batches(per_charger, self._s.series_per_query))
+        for ids in groups:
+            width = sum(per_charger[c] for c in (per_charger if ids is None else ids))
             for a, b in steps(start, end, res.every, width, self._s.query_max_rows):
-                answer = await self._client.execute(rollup_query(fields, a, b, res.every, chargers))
+                answer = await self._client.execute(rollup_query(fields, a, b, res.every, ids))
                 lines = list(rollup_lines(res.measurement, answer))
                 if lines:
                     await self._writer.write(lines, rp=res.rp)
