@@ -1,62 +1,16 @@
-"""The bridge's operational endpoints on a minimal HTTP/1.1 server (GET only, no body).
-
-The bridge has no API of its own, so a web framework would be all weight: this serves
-``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` on the asyncio loop it already runs.
-"""
+"""The bridge's operational endpoints (``/metrics``, ``/healthz``, ``/readyz``, ``/status``),
+served by :func:`telemetry_common.ops_http.serve` on the asyncio loop the bridge already runs."""
 
 from __future__ import annotations
-
-import asyncio
-import contextlib
-import logging
-from collections.abc import Callable, Mapping
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from processor.core import Processor
 from telemetry_common.mqtt import AsyncMqttClient
+from telemetry_common.ops_http import Handler, serve
 
-log = logging.getLogger(__name__)
-
-#: A route answers (status, content type, body).
-Handler = Callable[[], tuple[int, str, bytes]]
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-
-
-async def serve(host: str, port: int, routes: Mapping[str, Handler]) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):
-                request = await reader.readline()
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-            method, _, rest = request.decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            if method != "GET":
-                status, ctype, body = 405, "text/plain", b"GET only\n"
-            elif path in routes:
-                status, ctype, body = routes[path]()
-            else:
-                status, ctype, body = 404, "text/plain", b"not found\n"
-            head = (
-                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    server = await asyncio.start_server(handle, host, port)
-    log.info(
-        "bridge HTTP endpoints on http://%s:%d (/metrics /healthz /readyz /status)", host, port
-    )
-    return server
+__all__ = ["Handler", "ops_routes", "serve"]
 
 
 def ops_routes(processor: Processor, client: AsyncMqttClient) -> dict[str, Handler]:

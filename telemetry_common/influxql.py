@@ -30,6 +30,7 @@ from telemetry_common.storage import (
     ROLLUP_1M_MEASUREMENT,
     ROLLUP_1M_RP,
     SEQGAP_MEASUREMENT,
+    TAG_KEYS,
 )
 from telemetry_common.topics import ALARM_KINDS, ALARM_SUBJECT
 
@@ -555,4 +556,125 @@ def deadletter_counts_query(since: datetime) -> str:
         f"SELECT count({quote_ident('payload_bytes')}) AS {quote_ident('count')} "
         f"FROM {quote_ident(DEADLETTER_MEASUREMENT)} WHERE time >= {time_literal(since)} "
         f"GROUP BY {quote_ident('gateway_id')}"
+    )
+
+
+# --- rollups: retention policies, aggregates per bucket, the job's progress ------------------
+# docs/design.md#rollups. The rollup job (rollups/) is the only caller of these.
+
+_RETENTION: Final = re.compile(r"(?:[1-9][0-9]*(?:m|h|d|w)|INF)")
+#: Aggregates of each value key in a rollup, in the order of the columns of ``rollup_query``.
+ROLLUP_AGGREGATES: Final = ("mean", "min", "max", "last")
+
+
+def retention_literal(duration: str) -> str:
+    """A retention or shard-group duration (``30d``, ``1h``, ``INF``) checked, as is."""
+    if not isinstance(duration, str) or not _RETENTION.fullmatch(duration):
+        raise QueryBuildError("duration", duration, "not a duration such as 30d, 12h, 4w or INF")
+    return duration
+
+
+def show_retention_policies_query(database: str) -> str:
+    return f"SHOW RETENTION POLICIES ON {quote_ident(database)}"
+
+
+def retention_policy_statement(
+    verb: Literal["CREATE", "ALTER"], database: str, rp: str, duration: str, shard: str
+) -> str:
+    """``CREATE`` (or ``ALTER``) ``RETENTION POLICY rp ON database`` with its durations;
+    ``CREATE`` leaves the database's default alone."""
+    if verb not in ("CREATE", "ALTER"):
+        raise QueryBuildError("verb", verb, "CREATE or ALTER")
+    replication = " REPLICATION 1" if verb == "CREATE" else ""
+    return (
+        f"{verb} RETENTION POLICY {quote_ident(rp)} ON {quote_ident(database)} "
+        f"DURATION {retention_literal(duration)}{replication} "
+        f"SHARD DURATION {retention_literal(shard)}"
+    )
+
+
+def qualified(database: str, rp: str, measurement: str) -> str:
+    """``"database"."rp"."measurement"``."""
+    return f"{quote_ident(database)}.{quote_ident(rp)}.{quote_ident(measurement)}"
+
+
+def _tags() -> str:
+    return ", ".join(quote_ident(t) for t in TAG_KEYS)
+
+
+def _chargers(charger_ids: Sequence[str] | None) -> str:
+    if charger_ids is None:
+        return ""
+    if not charger_ids:
+        raise QueryBuildError("charger_ids", charger_ids, "give at least one charger id or None")
+    return "(" + " OR ".join(_charger_filter(c) for c in dict.fromkeys(charger_ids)) + ") AND "
+
+
+def float_field_keys_query() -> str:
+    """The field keys of the raw readings with their types (the rollup job keeps the floats)."""
+    return f"SHOW FIELD KEYS FROM {quote_ident(MEASUREMENT)}"
+
+
+def oldest_reading_query() -> str:
+    """The time of the oldest raw reading (the first pass of the rollup job starts there)."""
+    return f"SELECT first({quote_ident('seq')}) FROM {quote_ident(MEASUREMENT)}"
+
+
+def series_counts_query(
+    start: datetime, end: datetime, *, limit: int, offset: int = 0, source: str | None = None
+) -> str:
+    """Per series (the four tags) with points in ``[start, end)``: how many readings (raw:
+    ``count(seq)``; ``source`` a qualified rollup measurement: ``sum(count)``), column
+    ``count``; series paged by ``limit``/``offset`` (SLIMIT/SOFFSET)."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise QueryBuildError("limit", limit, "must be a positive integer")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise QueryBuildError("offset", offset, "must be a non-negative integer")
+    column = f"count({quote_ident('seq')})" if source is None else f"sum({quote_ident('count')})"
+    frm = quote_ident(MEASUREMENT) if source is None else source
+    return (
+        f"SELECT {column} AS {quote_ident('count')} FROM {frm} WHERE {_window(start, end)} "
+        f"GROUP BY {_tags()} SLIMIT {limit} SOFFSET {offset}"
+    )
+
+
+def total_count_query(start: datetime, end: datetime, *, source: str | None = None) -> str:
+    """How many readings lie in ``[start, end)``, all series together (column ``count``): raw
+    (``count(seq)``), or with ``source`` a qualified rollup measurement (``sum(count)``)."""
+    column = f"count({quote_ident('seq')})" if source is None else f"sum({quote_ident('count')})"
+    frm = quote_ident(MEASUREMENT) if source is None else source
+    return f"SELECT {column} AS {quote_ident('count')} FROM {frm} WHERE {_window(start, end)}"
+
+
+def rollup_query(
+    fields: Sequence[str],
+    start: datetime,
+    end: datetime,
+    every: timedelta,
+    charger_ids: Sequence[str] | None = None,
+) -> str:
+    """The rollup of raw readings per ``every`` bucket (aligned on the epoch) and series in
+    ``[start, end)``, of ``charger_ids`` (None: all): columns ``count`` (readings),
+    ``status_last``, and ``{key}_{agg}`` for each of ``fields`` and ``ROLLUP_AGGREGATES``;
+    empty buckets left out."""
+    columns = [
+        f"count({quote_ident('seq')}) AS {quote_ident('count')}",
+        f"last({quote_ident('status')}) AS {quote_ident('status_last')}",
+    ]
+    for f in dict.fromkeys(check_field(f) for f in fields):
+        columns += [
+            f"{a}({quote_ident(f)}) AS {quote_ident(f'{f}_{a}')}" for a in ROLLUP_AGGREGATES
+        ]
+    return (
+        f"SELECT {', '.join(columns)} FROM {quote_ident(MEASUREMENT)} "
+        f"WHERE {_chargers(charger_ids)}{_window(start, end)} "
+        f"GROUP BY time({duration_literal(every)}), {_tags()} fill(none)"
+    )
+
+
+def rollup_state_query(database: str, rp: str, measurement: str) -> str:
+    """The rollup job's newest progress point (field ``done_until_ns``)."""
+    return (
+        f"SELECT last({quote_ident('done_until_ns')}) AS {quote_ident('done_until_ns')} "
+        f"FROM {qualified(database, rp, measurement)}"
     )

@@ -30,6 +30,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("Edge agent (`edge-agent`)", "edge_agent.settings:EdgeSettings"),
     ("Bridge (`telemetry-bridge`)", "bridge.settings:BridgeSettings"),
     ("Query API (`telemetry-api`)", "query_api.settings:ApiSettings"),
+    ("Rollup job (`telemetry-rollups`)", "rollups.settings:RollupsSettings"),
 )
 
 _HEADER = """\

@@ -323,14 +323,23 @@ bind-address = "127.0.0.1:{rpc_port}"
 """
 
 
-def influxd_config(state_dir: Path, http_port: int, rpc_port: int) -> str:
-    return _INFLUXD_CONF.format(
+def influxd_config(
+    state_dir: Path, http_port: int, rpc_port: int, retention_check_interval: str | None = None
+) -> str:
+    """The configuration file; ``retention_check_interval`` (e.g. ``1s``; influxd's default
+    is 30m) is how often expired shard groups are dropped (tests of retention shorten it)."""
+    conf = _INFLUXD_CONF.format(
         rpc_port=rpc_port,
         http_port=http_port,
         meta=state_dir / "meta",
         data=state_dir / "data",
         wal=state_dir / "wal",
     )
+    if retention_check_interval is not None:
+        conf += (
+            f'\n[retention]\n  enabled = true\n  check-interval = "{retention_check_interval}"\n'
+        )
+    return conf
 
 
 def start_influxd(
@@ -340,6 +349,7 @@ def start_influxd(
     rpc_port: int | None = None,
     log_file: Path | None = None,
     timeout: float = 30.0,
+    retention_check_interval: str | None = None,
 ) -> ManagedProcess:
     """Write an influxd.conf under ``state_dir`` and start InfluxDB 1.x on 127.0.0.1:http_port;
     returns once ``GET /ping`` answers 204."""
@@ -352,7 +362,9 @@ def start_influxd(
         while rpc_port == http_port:
             rpc_port = free_port()
     conf = state_dir / "influxd.conf"
-    conf.write_text(influxd_config(state_dir, http_port, rpc_port), encoding="utf-8")
+    conf.write_text(
+        influxd_config(state_dir, http_port, rpc_port, retention_check_interval), encoding="utf-8"
+    )
     # influxd reads INFLUXDB_* variables over its file; keep ours authoritative.
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
     proc = ManagedProcess(

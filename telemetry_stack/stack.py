@@ -1,9 +1,9 @@
 """``telemetry-stack up``: the local stack, brought up as a list of steps.
 
-Services start in order (mosquitto, influxd, bridge, api, gateway-1..N), each ready before the
-next, and ``DIR/stack.json`` (:mod:`telemetry_stack.state`) is written as each one is up. On any
-failure what was started is stopped again (:func:`telemetry_stack.supervisor.down`). Each
-service's environment is derived from its settings model
+Services start in order (mosquitto, influxd, bridge, api, rollups, gateway-1..N), each ready
+before the next, and ``DIR/stack.json`` (:mod:`telemetry_stack.state`) is written as each one is
+up. On any failure what was started is stopped again (:func:`telemetry_stack.supervisor.down`).
+Each service's environment is derived from its settings model
 (:func:`telemetry_common.settings.env_for`), never typed by hand.
 """
 
@@ -23,6 +23,7 @@ from edge_agent.settings import EdgeSettings
 from provisioning import pki as pki_mod
 from provisioning.bridge_session import bridge_names
 from query_api.settings import ApiSettings
+from rollups.settings import RollupsSettings
 from telemetry_common.settings import env_for
 from telemetry_common.topics import DEFAULT_ROOT
 from telemetry_stack import servers
@@ -53,10 +54,12 @@ class Ports:
     api: int
     bridge: int
     service: int
+    #: The rollup job's /metrics and /healthz (0: off).
+    rollups: int = 0
 
     @classmethod
     def pick(cls) -> Ports:
-        return cls(*_distinct_ports(6))
+        return cls(*_distinct_ports(7))
 
 
 def _distinct_ports(n: int) -> Iterator[int]:
@@ -139,6 +142,14 @@ class Startup:
             bindings="first-come",
         )
 
+    def rollups_env(self) -> dict[str, str]:
+        """The rollup job: the stack's database over the v1 API, retention managed."""
+        return env_for(
+            RollupsSettings,
+            influx={"url": self.influx_url, "database": DATABASE, "api": "v1"},
+            http_port=self.ports.rollups,
+        )
+
     def gateway_env(self, gateway: str, identity: tuple[Path, Path]) -> dict[str, str]:
         """A simulating edge agent, its outbox under ``DIR/edge``."""
         return env_for(
@@ -177,7 +188,8 @@ def up(opts: UpOptions, echo: Callable[[str], None]) -> dict[str, Any]:
     check_can_start(opts, state_dir)
     stack = provision(opts, state_dir, echo)
     try:
-        for step in (start_mosquitto, start_influxd, start_bridge, start_api, start_gateways):
+        steps = (start_mosquitto, start_influxd, start_bridge, start_api, start_rollups)
+        for step in (*steps, start_gateways):
             step(stack)
     except BaseException:
         echo("start failed; stopping what was started")
@@ -231,6 +243,7 @@ def provision(opts: UpOptions, state_dir: Path, echo: Callable[[str], None]) -> 
         "influx": {"url": stack.influx_url, "database": DATABASE},
         "api": {"url": stack.api_url, "keys": stack.keys},
         "bridge": {"url": stack.bridge_url},
+        "rollups": {"url": f"http://{HOST}:{stack.ports.rollups}"},
         "state_dir": str(state_dir),
         "pki_dir": str(pki.dir),
         "services": {},
@@ -272,6 +285,12 @@ def start_bridge(stack: Startup) -> None:
 def start_api(stack: Startup) -> None:
     ready = {"http": f"{stack.api_url}/healthz", "status": 200}
     stack.launch("api", [program("telemetry-api")], stack.api_env(), ready)
+
+
+def start_rollups(stack: Startup) -> None:
+    """The rollup job (retention and rollups of the stack's database)."""
+    ready = {"http": f"http://{HOST}:{stack.ports.rollups}/healthz", "status": 200}
+    stack.launch("rollups", [program("telemetry-rollups")], stack.rollups_env(), ready)
 
 
 def start_gateways(stack: Startup) -> None:

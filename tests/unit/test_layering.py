@@ -29,21 +29,44 @@ def imported_packages(package: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("processor", ("bridge", "query_api", "edge_agent", "telemetry_stack", "provisioning")),
+        (
+            "processor",
+            ("bridge", "query_api", "edge_agent", "telemetry_stack", "provisioning", "rollups"),
+        ),
         (
             "telemetry_common",
+            (
+                "bridge",
+                "processor",
+                "query_api",
+                "edge_agent",
+                "telemetry_stack",
+                "provisioning",
+                "rollups",
+            ),
+        ),
+        (
+            "provisioning",
+            ("bridge", "processor", "query_api", "edge_agent", "telemetry_stack", "rollups"),
+        ),
+        ("bridge", ("query_api", "edge_agent", "telemetry_stack", "provisioning", "rollups")),
+        (
+            "query_api",
+            ("bridge", "processor", "edge_agent", "telemetry_stack", "provisioning", "rollups"),
+        ),
+        # The rollup job reads and writes InfluxDB through telemetry_common only.
+        (
+            "rollups",
             ("bridge", "processor", "query_api", "edge_agent", "telemetry_stack", "provisioning"),
         ),
-        ("provisioning", ("bridge", "processor", "query_api", "edge_agent", "telemetry_stack")),
-        ("bridge", ("query_api", "edge_agent", "telemetry_stack", "provisioning")),
-        ("query_api", ("bridge", "processor", "edge_agent", "telemetry_stack", "provisioning")),
     ],
 )
 def test_a_package_imports_only_what_lies_downstream(
     package: str, forbidden: tuple[str, ...]
 ) -> None:
-    """processor never climbs back into bridge, telemetry_common depends on no service, and
-    the API reads storage without importing the write side."""
+    """processor never climbs back into bridge, telemetry_common depends on no service, the
+    API reads storage without importing the write side, and the rollup job needs only
+    telemetry_common."""
     offenders = {
         module: sorted(n for n in names if n.split(".")[0] in forbidden)
         for module, names in imported_packages(package).items()

@@ -21,6 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from telemetry_stack.servers import pid_alive
 from tests.support.waiting import wait_until
 
+SERVICES = {"mosquitto", "influxd", "bridge", "api", "rollups", "gateway-1"}
+
 pytestmark = pytest.mark.integration
 
 STACK = str(Path(sys.executable).parent / "telemetry-stack")
@@ -65,7 +67,14 @@ def test_up_detached_serves_live_readings_and_down_stops_everything(tmp_path: Pa
         assert set(state["gateways"]["gw-1"]) >= {"cert_file", "key_file"}
         assert state["influx"]["database"] == "telemetry"
         assert set(state["api"]["keys"]) == {"read", "ingest", "admin"}
-        assert set(_pids(state)) == {"mosquitto", "influxd", "bridge", "api", "gateway-1"}
+        assert set(_pids(state)) == {
+            "mosquitto",
+            "influxd",
+            "bridge",
+            "api",
+            "rollups",
+            "gateway-1",
+        }
         read_key = state["api"]["keys"]["read"]
         assert read_key in up.stdout  # the ready-to-paste curl
 
@@ -92,6 +101,17 @@ def test_up_detached_serves_live_readings_and_down_stops_everything(tmp_path: Pa
             sub.loop_stop()
             sub.disconnect()
         assert orjson.loads(live[0])["charger_id"] == "gw-1-cp002"
+
+        # The rollup job created the rollups' retention policies in the stack's database.
+        def policies() -> set[str]:
+            answer = httpx.get(
+                f"{state['influx']['url']}/query",
+                params={"q": 'SHOW RETENTION POLICIES ON "telemetry"'},
+                timeout=5,
+            ).json()
+            return {row[0] for row in answer["results"][0]["series"][0]["values"]}
+
+        wait_until("the rollup policies", lambda: {"rollup_1m", "rollup_1h"} <= policies())
 
         status = subprocess.run(
             [STACK, "status", "--json", "--state-dir", str(state_dir)],
@@ -137,7 +157,7 @@ def test_ctrl_c_in_the_foreground_stops_every_process(tmp_path: Path) -> None:
 
         wait_until("every service to start", all_started, timeout=120)
         pids = _pids(orjson.loads(path.read_bytes()))
-        assert set(pids) == {"mosquitto", "influxd", "bridge", "api", "gateway-1"}
+        assert set(pids) == SERVICES
         assert all(pid_alive(pid) for pid in pids.values())
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0

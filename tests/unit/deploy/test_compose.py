@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings
 from bridge.settings import BridgeSettings
 from edge_agent.settings import EdgeSettings
 from query_api.settings import ApiSettings
+from rollups.settings import RollupsSettings
 from telemetry_common.settings import (
     InfluxSettings,
     MqttSettings,
@@ -51,12 +52,13 @@ PROVISIONING = ROOT / "grafana" / "provisioning"
 
 GATEWAYS = {"gateway-1": "gw-1", "gateway-2": "gw-2"}
 ONE_SHOT = {"preflight", "pki-init"}
-APP_SERVICES = {*ONE_SHOT, "bridge", "api", *GATEWAYS, "alert-webhook"}
+APP_SERVICES = {*ONE_SHOT, "bridge", "api", "rollups", *GATEWAYS, "alert-webhook"}
 LONG_RUNNING = {
     "mosquitto",
     "influxdb",
     "bridge",
     "api",
+    "rollups",
     *GATEWAYS,
     "live-feed",
     "prometheus",
@@ -79,6 +81,7 @@ SECRETS = {
 SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
     "bridge": BridgeSettings,
     "api": ApiSettings,
+    "rollups": RollupsSettings,
     **dict.fromkeys(GATEWAYS, EdgeSettings),
 }
 #: service -> the script (in the container) that reads its TELEMETRY_* variables that are no
@@ -187,6 +190,7 @@ def test_start_order(services: dict[str, dict[str, Any]]) -> None:
         "influxdb": {"preflight": done},
         "bridge": {"pki-init": done, "mosquitto": healthy, "influxdb": healthy},
         "api": {"pki-init": done, "mosquitto": healthy, "influxdb": healthy},
+        "rollups": {"influxdb": healthy},
         **dict.fromkeys(GATEWAYS, gateway),
         "live-feed": {"mosquitto": healthy},
         "prometheus": {"preflight": done},
@@ -522,12 +526,12 @@ def test_live_feed_reads_the_loopback_listener(services: dict[str, dict[str, Any
 
 
 def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) -> None:
-    """Prometheus scrapes the bridge, the API and every gateway on the ports their settings
-    serve metrics on (bound beyond loopback inside the compose network, never published), and
-    labels each gateway's series with its gateway id."""
+    """Prometheus scrapes the bridge, the API, the rollup job and every gateway on the ports
+    their settings serve metrics on (bound beyond loopback inside the compose network, never
+    published), and labels each gateway's series with its gateway id."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
     jobs = {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]}
-    assert set(jobs) == {"telemetry-bridge", "telemetry-api", "telemetry-edge"}
+    assert set(jobs) == {"telemetry-bridge", "telemetry-api", "telemetry-rollups", "telemetry-edge"}
 
     def targets(job: str) -> set[str]:
         return {t for sc in jobs[job] for t in sc["targets"]}
@@ -538,6 +542,11 @@ def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) ->
     bridge_port = bridge[env_name(BridgeSettings, "http_port")]
     assert targets("telemetry-bridge") == {f"bridge:{bridge_port}"}
     assert targets("telemetry-api") == {f"api:{api[env_name(ApiSettings, 'port')]}"}
+    rollups = compose_file.environment(services["rollups"])
+    assert rollups[env_name(RollupsSettings, "http_host")] == "0.0.0.0"
+    rollups_port = rollups[env_name(RollupsSettings, "http_port")]
+    assert targets("telemetry-rollups") == {f"rollups:{rollups_port}"}
+    assert "ports" not in services["rollups"]
     edge = {}
     for sc in jobs["telemetry-edge"]:
         (target,) = sc["targets"]

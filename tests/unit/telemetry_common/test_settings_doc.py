@@ -7,6 +7,7 @@ from pathlib import Path
 from bridge.settings import BridgeSettings
 from edge_agent.settings import EdgeSettings
 from query_api.settings import ApiSettings
+from rollups.settings import RollupsSettings
 from telemetry_common import settings_doc
 from telemetry_common.settings import settings_of
 
@@ -21,7 +22,7 @@ def test_settings_doc_is_up_to_date() -> None:
 def test_every_setting_is_described_and_in_the_doc() -> None:
     """Every variable a service reads has a description in its model and a row in the doc."""
     doc = settings_doc.DOC.read_text(encoding="utf-8")
-    for cls in (EdgeSettings, BridgeSettings, ApiSettings):
+    for cls in (EdgeSettings, BridgeSettings, ApiSettings, RollupsSettings):
         for setting in settings_of(cls):
             assert setting.description, f"{setting.env}: its field has no docstring (description)"
             name = f"`{setting.env}*`" if setting.group else f"`{setting.env}`"

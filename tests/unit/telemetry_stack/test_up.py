@@ -11,6 +11,7 @@ from bridge.settings import BridgeSettings
 from edge_agent.settings import EdgeSettings
 from provisioning.pki import Pki
 from query_api.settings import ApiSettings
+from rollups.settings import RollupsSettings
 from telemetry_stack.stack import DATABASE, Ports, Startup, UpOptions
 
 KEYS = {"read": "r" * 32, "ingest": "i" * 32, "admin": "a" * 32}
@@ -24,7 +25,15 @@ def startup(tmp_path: Path) -> Startup:
         dir=tmp_path,
         pki=pki,
         gateways={"gw-1": pki.client_paths("gw-1")},
-        ports=Ports(tls=18883, local=11883, influx=18086, api=18000, bridge=19464, service=18884),
+        ports=Ports(
+            tls=18883,
+            local=11883,
+            influx=18086,
+            api=18000,
+            bridge=19464,
+            service=18884,
+            rollups=19465,
+        ),
         keys=KEYS,
         echo=print,
     )
@@ -75,6 +84,22 @@ def test_the_api_reads_its_keys_storage_feed_and_bridge(
     assert s.ingest_seq_file == startup.dir / "api" / "ingest-seq.json"
     assert [str(u).rstrip("/") for u in s.bridge_urls] == ["http://127.0.0.1:19464"]
     assert s.topic_root == "fleet/v9"
+
+
+def test_the_rollup_job_reads_the_stacks_database_and_its_ops_port(
+    startup: Startup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollup job reads and writes the stack's database over the v1 API (so it manages
+    the retention policies) and serves /metrics and /healthz on the stack's port."""
+    _read(monkeypatch, startup.rollups_env())
+    s = RollupsSettings()
+    assert (s.influx.url, s.influx.database, s.influx.api) == (
+        "http://127.0.0.1:18086",
+        DATABASE,
+        "v1",
+    )
+    assert s.manage_retention
+    assert s.http_port == 19465
 
 
 def test_a_gateway_reads_its_identity_outbox_and_simulation(

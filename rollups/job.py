@@ -1,0 +1,328 @@
+"""One pass of the rollup job, and a backfill of a range (docs/deploy.md#retention-and-rollups).
+
+A pass first looks for late readings: the raw readings of the last ``LOOKBACK`` that are
+already rolled up (before ``done_until``) are counted, all series together, and compared with
+the sum of the 1-minute rollups' ``count``; only when the totals differ are they compared per
+series, and a series that differs has its minutes of that stretch and the hours they touch
+recomputed. Then it rolls up the 1-minute buckets that ended ``SETTLE_S`` ago, from its saved
+progress (``done_until``) on, a chunk at a time (progress stored after each, or every
+``SAVE_EVERY`` of progress in the steady state), and every hour
+those minutes complete. A recomputed bucket overwrites the same point (same measurement, tags
+and time).
+
+Both resolutions are computed from the raw readings (InfluxDB aggregates, per bucket and
+series): the 1-hour mean from 1-minute means would need each key's own count (a key missing in
+some readings), which the rollups do not carry; min, max and last would be exact either way,
+and the job's own cost is one row per bucket and series in both cases.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from rollups.lines import rollup_lines, state_line
+from rollups.metrics import RollupMetrics
+from rollups.settings import RollupsSettings, to_timedelta
+from rollups.windows import HOUR, MINUTE, batches, ceil, chunks, floor, from_ns, steps, to_ns
+from telemetry_common.influx_query import InfluxQLClient, Series
+from telemetry_common.influx_write import InfluxWriter
+from telemetry_common.influxql import (
+    float_field_keys_query,
+    oldest_reading_query,
+    qualified,
+    rollup_query,
+    rollup_state_query,
+    series_counts_query,
+    total_count_query,
+)
+from telemetry_common.storage import (
+    MEASUREMENT,
+    META_FIELDS,
+    ROLLUP_1H_MEASUREMENT,
+    ROLLUP_1H_RP,
+    ROLLUP_1M_MEASUREMENT,
+    ROLLUP_1M_RP,
+    ROLLUP_STATE_MEASUREMENT,
+    TAG_KEYS,
+)
+
+log = logging.getLogger(__name__)
+
+SeriesKey = tuple[str, ...]
+#: The progress is stored once it moved this far (and after every chunk of a long stretch): a
+#: restart redoes at most these minutes, and a pass in the steady state spares a write.
+SAVE_EVERY = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    every: timedelta
+    rp: str
+    measurement: str
+    label: str
+
+
+MINUTES = Resolution(MINUTE, ROLLUP_1M_RP, ROLLUP_1M_MEASUREMENT, "1m")
+HOURS = Resolution(HOUR, ROLLUP_1H_RP, ROLLUP_1H_MEASUREMENT, "1h")
+
+
+@dataclass
+class PassResult:
+    """What a pass (or a backfill) did."""
+
+    written: dict[str, int] = field(default_factory=lambda: {"1m": 0, "1h": 0})
+    late_series: int = 0
+    done_until: datetime | None = None
+    caught_up: bool = False
+
+
+class RollupJob:
+    """Rolls up raw readings through an InfluxQL client and a line-protocol writer."""
+
+    def __init__(
+        self,
+        settings: RollupsSettings,
+        client: InfluxQLClient,
+        writer: InfluxWriter,
+        metrics: RollupMetrics | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._s = settings
+        self._db = settings.influx.database
+        self._client = client
+        self._writer = writer
+        self.metrics = metrics or RollupMetrics()
+        self._now = now
+        lookback = to_timedelta(settings.lookback)
+        assert lookback is not None
+        self._lookback = lookback
+        self._chunk = to_timedelta(settings.chunk) or timedelta(days=1)
+        self._done: datetime | None = None
+        self._saved: datetime | None = None
+
+    # -- progress ---------------------------------------------------------------------------
+    async def load_progress(self) -> datetime | None:
+        """The end of the 1-minute buckets rolled up so far (None: nothing yet)."""
+        q = rollup_state_query(self._db, ROLLUP_1H_RP, ROLLUP_STATE_MEASUREMENT)
+        for s in await self._client.execute(q):
+            for row in s.rows():
+                if row.get("done_until_ns") is not None:
+                    return from_ns(int(row["done_until_ns"]))
+        return None
+
+    async def save_progress(self, done_until: datetime) -> None:
+        """Store ``done_until`` (and keep it for the next pass)."""
+        self._done = self._saved = done_until
+        # One point per day of progress, overwritten during the day; the newest is the last.
+        at = floor(done_until, timedelta(days=1))
+        line = state_line(ROLLUP_STATE_MEASUREMENT, to_ns(done_until), to_ns(at))
+        await self._writer.write([line], rp=ROLLUP_1H_RP)
+
+    # -- a pass -----------------------------------------------------------------------------
+    async def run_pass(self) -> PassResult:
+        """Roll up what completed since the last pass, and what came late within LOOKBACK."""
+        started = time.monotonic()
+        result = PassResult()
+        end = floor(self._now() - timedelta(seconds=self._s.settle_s), MINUTE)
+        # Read once per process (a restart resumes from it), then kept: this job is its writer.
+        done = self._done if self._done is not None else await self.load_progress()
+        if done is None:
+            oldest = await self._oldest()
+            if oldest is None:
+                log.info("no raw readings yet: nothing to roll up")
+                result.caught_up = True
+                self._finish(result, started, end)
+                return result
+            done = floor(oldest, MINUTE)
+            log.info("first pass: rolling up from the oldest raw reading, %s", done.isoformat())
+        late_from = floor(end - self._lookback, MINUTE)
+        fields, totals = await self._survey(late_from, min(done, end))
+        if totals is not None and totals[0] != totals[1]:
+            await self._late(late_from, min(done, end), fields, result)
+        for a, b in chunks(done, end, self._chunk):
+            await self._roll(MINUTES, a, b, fields, result)
+            # The hours these minutes complete; an hour still open is done by a later pass.
+            await self._roll(HOURS, floor(a, HOUR), floor(b, HOUR), fields, result)
+            if self._saved is None or b - self._saved >= SAVE_EVERY:
+                await self.save_progress(b)
+            done = self._done = b
+            if b - a > HOUR:  # catching up (first pass, a job that was down): show progress
+                log.info("rolled up to %s", b.isoformat())
+        result.done_until = done
+        result.caught_up = done >= end
+        self._finish(result, started, end)
+        return result
+
+    async def backfill(self, start: datetime, end: datetime) -> PassResult:
+        """Recompute every 1-minute and 1-hour bucket touching ``[start, end)`` (complete ones
+        only); the progress of the pass is left alone."""
+        result = PassResult()
+        limit = floor(self._now() - timedelta(seconds=self._s.settle_s), MINUTE)
+        a, b = floor(start, MINUTE), min(ceil(end, MINUTE), limit)
+        fields = await self._fields()
+        for ca, cb in chunks(a, b, self._chunk):
+            await self._roll(MINUTES, ca, cb, fields, result)
+        hours_end = ceil(b, HOUR) if ceil(b, HOUR) <= limit else floor(b, HOUR)
+        for ca, cb in chunks(floor(a, HOUR), hours_end, self._chunk):
+            await self._roll(HOURS, ca, cb, fields, result)
+        log.info(
+            "backfill %s..%s: %d 1-minute and %d 1-hour points written",
+            a.isoformat(),
+            b.isoformat(),
+            result.written["1m"],
+            result.written["1h"],
+        )
+        return result
+
+    def _finish(self, result: PassResult, started: float, end: datetime) -> None:
+        m = self.metrics
+        m.run_seconds.observe(time.monotonic() - started)
+        if result.done_until is not None:
+            m.lag_seconds.set((self._now() - result.done_until).total_seconds())
+        m.last_success.set(time.time())
+
+    # -- late readings ----------------------------------------------------------------------
+    async def _late(
+        self, start: datetime, end: datetime, fields: Sequence[str], result: PassResult
+    ) -> None:
+        """Recompute the series whose raw count in ``[start, end)`` differs from the rollups'
+        (called when the totals of all series differ)."""
+        minutes = qualified(self._db, MINUTES.rp, MINUTES.measurement)
+        raw = await self._series_counts(start, end, None)
+        rolled = await self._series_counts(start, end, minutes)
+        changed = {k: n for k, n in raw.items() if rolled.get(k) != n}
+        if not changed:
+            return
+        per_charger = _per_charger(changed)
+        log.info(
+            "late readings in %d series of %d chargers since %s: recomputing",
+            len(changed),
+            len(per_charger),
+            start.isoformat(),
+        )
+        result.late_series += len(changed)
+        self.metrics.late_series.inc(len(changed))
+        await self._roll(MINUTES, start, end, fields, result, per_charger)
+        await self._roll(HOURS, floor(start, HOUR), floor(end, HOUR), fields, result, per_charger)
+
+    # -- rolling up -------------------------------------------------------------------------
+    async def _roll(
+        self,
+        res: Resolution,
+        start: datetime,
+        end: datetime,
+        fields: Sequence[str],
+        result: PassResult,
+        per_charger: Mapping[str, int] | None = None,
+    ) -> None:
+        """Write ``res`` buckets in ``[start, end)`` of the series with readings there (or of
+        ``per_charger``'s chargers), in queries of bounded chargers and rows."""
+        start = max(start, self._oldest_writable(res))
+        if start >= end:
+            return
+        groups: list[list[str] | None]
+        if per_charger is None:
+            per_charger = _per_charger(await self._series_counts(start, end, None))
+            if not per_charger:
+                return
+            total = sum(per_charger.values())
+            # Every series with readings there fits a query's rows bucket by bucket: no charger
+            # filter (InfluxDB plans a long OR of tag values slower than the whole stretch).
+            groups = [None] if total <= self._s.query_max_rows else []
+        else:
+            groups = []
+        if not groups:
+            groups = list(batches(per_charger, self._s.series_per_query))
+        for ids in groups:
+            width = sum(per_charger[c] for c in (per_charger if ids is None else ids))
+            for a, b in steps(start, end, res.every, width, self._s.query_max_rows):
+                answer = await self._client.execute(rollup_query(fields, a, b, res.every, ids))
+                lines = list(rollup_lines(res.measurement, answer))
+                if lines:
+                    await self._writer.write(lines, rp=res.rp)
+                result.written[res.label] += len(lines)
+                self.metrics.buckets_written.labels(res.label).inc(len(lines))
+
+    async def _survey(
+        self, start: datetime, end: datetime
+    ) -> tuple[list[str], tuple[int, int] | None]:
+        """In one request: the value keys, and (when ``start < end``) the readings of
+        ``[start, end)`` of all series together, raw and as the 1-minute rollups count them."""
+        statements = [float_field_keys_query()]
+        if start < end:
+            minutes = qualified(self._db, MINUTES.rp, MINUTES.measurement)
+            statements += [
+                total_count_query(start, end),
+                total_count_query(start, end, source=minutes),
+            ]
+        answer = await self._client.execute("; ".join(statements))
+        keys = [s for s in answer if s.columns == ["fieldKey", "fieldType"]]
+        if start >= end:
+            return _float_keys(keys), None
+        totals = {s.name: int(s.values[0][1] or 0) for s in answer if s not in keys and s.values}
+        return _float_keys(keys), (
+            totals.get(MEASUREMENT, 0),
+            totals.get(MINUTES.measurement, 0),
+        )
+
+    def _oldest_writable(self, res: Resolution) -> datetime:
+        """The first bucket of ``res`` InfluxDB still takes: one older than its retention
+        policy's duration would be refused (an hour of margin)."""
+        keep = to_timedelta(
+            self._s.rollup_1m_retention if res is MINUTES else self._s.rollup_1h_retention
+        )
+        if keep is None:
+            return datetime.min.replace(tzinfo=UTC)
+        return ceil(self._now() - keep + HOUR, res.every)
+
+    async def _series_counts(
+        self, start: datetime, end: datetime, source: str | None
+    ) -> dict[SeriesKey, int]:
+        """Readings per series in ``[start, end)``: raw (``source`` None) or a rollup's sum."""
+        out: dict[SeriesKey, int] = {}
+        page = self._s.query_max_rows
+        offset = 0
+        while True:
+            q = series_counts_query(start, end, limit=page, offset=offset, source=source)
+            answer = await self._client.execute(q)
+            for s in answer:
+                n = sum(int(row[1] or 0) for row in s.values)
+                out[tuple(s.tags.get(t, "") for t in TAG_KEYS)] = n
+            if len(answer) < page:
+                return out
+            offset += page
+
+    async def _fields(self) -> list[str]:
+        """The raw readings' value keys (float fields)."""
+        return _float_keys(await self._client.execute(float_field_keys_query()))
+
+    async def _oldest(self) -> datetime | None:
+        for s in await self._client.execute(oldest_reading_query()):
+            for row in s.values:
+                return from_ns(int(row[0]))
+        return None
+
+
+def _per_charger(series: Mapping[SeriesKey, int]) -> dict[str, int]:
+    """How many series each charger has among ``series`` (keys in TAG_KEYS order)."""
+    out: dict[str, int] = defaultdict(int)
+    index = TAG_KEYS.index("charger_id")
+    for key in series:
+        out[key[index]] += 1
+    return dict(out)
+
+
+def _float_keys(answer: Sequence[Series]) -> list[str]:
+    """The value keys (float fields, not the meta fields) of a SHOW FIELD KEYS answer."""
+    keys = {
+        str(name)
+        for s in answer
+        for name, kind in s.values
+        if kind == "float" and name not in META_FIELDS
+    }
+    return sorted(keys)
