@@ -359,6 +359,25 @@ class _Page:
             rollup=rollup, agg=agg,
         )  # fmt: skip
         series = await influx.query(q)
+        if not series and hi < end:
+            # Nothing in this stretch (a charger new this week, asked for a year): the page
+            # starts at the charger's next bucket instead of answering empty pages to follow,
+            # and with none left it is the last.
+            q = influxql.rollup_rows_query(
+                self.charger_id, names, from_epoch_ns(hi), from_epoch_ns(end), 1,
+                rollup=rollup, agg=agg,
+            )  # fmt: skip
+            nxt = await influx.query(q)
+            if not nxt or not nxt[0].values:
+                return [], None
+            t0 = int(nxt[0].values[0][0])
+            lo = t0 - (t0 - lo) % step_ns
+            hi = min(end, lo + buckets * step_ns)
+            q = influxql.rollup_rows_query(
+                self.charger_id, names, from_epoch_ns(lo), from_epoch_ns(hi), ROLLUP_PAGE_ROWS + 1,
+                rollup=rollup, agg=agg,
+            )  # fmt: skip
+            series = await influx.query(q)
         columns = series[0].columns if series else ["time"]
         rows = [row for s in series for row in s.values]
         if len(series) > 1:  # one series without GROUP BY; merged if ever more

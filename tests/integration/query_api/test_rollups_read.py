@@ -37,6 +37,8 @@ pytestmark = pytest.mark.integration
 
 READ = "integration-read-key-rollups"
 CHARGER = "gw-1-cp100"
+#: A charger with 1-minute rollups for its last three hours only.
+NEWCOMER = "gw-1-cp101"
 KEYS = ("power_w", "energy_wh")
 H, M = timedelta(hours=1), timedelta(minutes=1)
 
@@ -85,6 +87,7 @@ def seeded(influxd: InfluxInfo) -> Iterator[Seeded]:
         ]
         write_buckets(influxd.url, database, "1h", CHARGER, hours)
         write_buckets(influxd.url, database, "1m", CHARGER, minutes)
+        write_buckets(influxd.url, database, "1m", NEWCOMER, minutes[-180:])
         write_lines(
             influxd.url,
             database,
@@ -183,6 +186,29 @@ async def test_ten_days_of_history_come_from_the_1m_rollups(
     expected = _within(seeded.minutes, pages[0])
     assert abs(len(expected) - 10 * 1440) <= 1
     _assert_means(points, expected, ("power_w",))
+
+
+async def test_a_window_that_starts_long_before_a_chargers_data_pages_from_its_first_bucket(
+    api: httpx.AsyncClient, seeded: Seeded
+) -> None:
+    """start=-10d of a charger with three hours of rollups: the first page holds them (not
+    ten empty pages of 1,000 minutes to follow), and it is the last; an empty window answers
+    one empty page without a cursor."""
+    resp = await api.get(
+        f"/v1/chargers/{NEWCOMER}/history", params={"start": "-10d", "limit": 1000}
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["resolution"] == "1m"
+    assert body.get("next_cursor") is None
+    expected = [b for b in seeded.minutes[-180:] if b.ts >= datetime.fromisoformat(body["start"])]
+    _assert_means(body["points"], expected, KEYS)
+    empty = await api.get(
+        f"/v1/chargers/{NEWCOMER}/history", params={"start": "-10d", "end": "-5d"}
+    )
+    assert empty.status_code == 200, empty.text
+    assert empty.json()["points"] == []
+    assert empty.json().get("next_cursor") is None
 
 
 async def test_six_hours_of_history_are_raw_readings(
