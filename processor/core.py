@@ -26,6 +26,7 @@ from processor.outputs.deadletters import (
     replay_outcome_lines,
 )
 from processor.outputs.influx import InfluxOutput
+from processor.outputs.late import late_lines
 from processor.outputs.live import LiveFeed
 from processor.prepare import Message, PreparedBatch, Preparer
 from processor.settings import ProcessorSettings
@@ -184,6 +185,15 @@ class Processor:
                 rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index, seg.epoch)
                 batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
         self.metrics.stored.inc(len(lines) - len(refused_at))
+        # Readings older than the rollup job looks back: say which ranges changed (before the
+        # acknowledgement, so a range is never stored without its mark).
+        late = late_lines(
+            ((s.gateway_id, s.nss) for s in batch.segments), time.time_ns(), bridge=self.name
+        )
+        if late:
+            late_refused = await self.influx.write(late)
+            if late_refused:
+                log.error("InfluxDB refused rollup_late lines: %s", late_refused)
         # Durable first: a dead letter's seqs are handled (acknowledged below) only once it is
         # stored whole; a gateway with one that is not is acknowledged nothing of this batch
         # (it sends the batch again: a replay is harmless, a lost reading is not).

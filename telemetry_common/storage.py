@@ -44,3 +44,10 @@ ROLLUP_1H_RP: Final = "rollup_1h"
 ROLLUP_1H_MEASUREMENT: Final = "readings_1h"
 #: The rollup job's progress (in retention policy ``rollup_1h``): field ``done_until_ns``.
 ROLLUP_STATE_MEASUREMENT: Final = "rollup_state"
+#: Late readings (docs/design.md#rollups): when a bridge stores readings older than
+#: ``LATE_AFTER_S``, it writes one point per gateway and batch: tags bridge, gateway_id; fields
+#: first, last (the late readings' oldest and newest ts, ns). The rollup job recomputes those
+#: ranges, so a backlog drained or a dead letter replayed days later reaches the rollups. Newer
+#: readings are covered by the job's ``LOOKBACK``, which must be at least this long.
+ROLLUP_LATE_MEASUREMENT: Final = "rollup_late"
+LATE_AFTER_S: Final = 3600

@@ -146,7 +146,8 @@ async def test_a_replay_influxdb_refuses_is_recorded_on_its_dead_letter_only() -
         user_properties=((REPLAY_PROPERTY, key.id),),
     )
     await p.commit(await p.prepare([msg]))
-    [line] = writer.lines
+    # (a replayed reading is old: the rollup job is told which range to recompute)
+    [line] = [line for line in writer.lines if not line.startswith("rollup_late,")]
     assert line.startswith("deadletters,gateway_id=gw-1,reason=charger_not_bound ")
     assert 'replay_outcome="deadlettered:influx_rejected"' in line
     assert line.endswith(f" {NS}")
