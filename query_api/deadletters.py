@@ -20,7 +20,7 @@ from typing import Any, Final, Protocol, Self
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from telemetry_common.deadletters import DeadLetterKey, encode_id
+from telemetry_common.deadletters import REASON_PATTERN, DeadLetterKey, encode_id
 from telemetry_common.ids import ID_PATTERN
 from telemetry_common.schema import EPOCH_SHAPE, SCHEMA_ID, format_ts
 
@@ -28,7 +28,6 @@ from telemetry_common.schema import EPOCH_SHAPE, SCHEMA_ID, format_ts
 REPLAY_MAX: Final = 1000
 #: The gateway of a dead letter whose topic named none: nothing to replay it on.
 UNKNOWN_GATEWAY: Final = "_invalid"
-REASON_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
 _EPOCH: Final = re.compile(EPOCH_SHAPE)
 
 
@@ -111,8 +110,9 @@ class NotReplayable(ValueError):
 
 
 def replay_payload(item: DeadLetter) -> bytes:
-    """What a replay of ``item`` publishes on ``{root}/{gateway_id}/readings``: the message as
-    it came, or a ReadingBatch around the one reading; :class:`NotReplayable` if it cannot."""
+    """What a replay of ``item`` publishes on ``{root}/replay/{gateway_id}/readings``: the
+    message as it came, or a ReadingBatch around the one reading; :class:`NotReplayable` if it
+    cannot."""
     if item.gateway_id == UNKNOWN_GATEWAY:
         raise NotReplayable("its topic named no gateway: nothing to replay it on")
     raw = stored_bytes(item.payload_b64)

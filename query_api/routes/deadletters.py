@@ -1,9 +1,9 @@
 """``/v1/deadletters``: list the stored dead letters and replay them (role ``admin``).
 
-A replay publishes each dead letter's stored bytes on ``{root}/{gateway_id}/readings`` through
-the API's broker link, with the MQTT 5 user property ``replay-of`` = its id; a bridge processes
-it like any other message and writes the outcome onto the dead letter (``replayed_at``,
-``replay_outcome``). See docs/query-api.md#dead-letters.
+A replay publishes each dead letter's stored bytes on ``{root}/replay/{gateway_id}/readings``
+through the API's broker link, with the MQTT 5 user property ``replay-of`` = its id; a bridge
+processes it like any other message and writes the outcome onto the dead letter
+(``replayed_at``, ``replay_outcome``). See docs/query-api.md#dead-letters.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from query_api import cursor
 from query_api.auth import require
 from query_api.deadletters import (
-    REASON_PATTERN,
     DeadLetter,
     DeadLetterPage,
     NotReplayable,
@@ -34,6 +33,7 @@ from query_api.params import END_DOC, START_DOC, window
 from query_api.problems import ProblemError, problem_responses
 from telemetry_common import influxql
 from telemetry_common.deadletters import (
+    REASON_PATTERN,
     REPLAY_PROPERTY,
     DeadLetterIdError,
     DeadLetterKey,
