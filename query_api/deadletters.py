@@ -155,6 +155,11 @@ class ReplayFilter(BaseModel):
     gateway_id: str | None = Field(default=None, pattern=ID_PATTERN)
     start: str | None = Field(default=None, description="as for GET; default 30 days back")
     end: str | None = Field(default=None, description="as for GET; default now")
+    exclude_stored: bool = Field(
+        default=True,
+        description="skip the ones a replay has already stored (replay_outcome `stored`), so "
+        "sending the same filter again takes the next ones",
+    )
 
     @model_validator(mode="after")
     def _narrow(self) -> Self:
@@ -197,7 +202,17 @@ class Refused(BaseModel):
 class ReplayAnswer(BaseModel):
     accepted: list[str] = Field(description="published with replay-of; see each replay_outcome")
     refused: list[Refused]
-    requested_at: str = Field(description="a replay is done once its replayed_at is not older")
+    requested_at: str = Field(description="when the API took the request (its own clock)")
+    more: bool = Field(
+        default=False,
+        description="by filter: more dead letters matched than this request took (at most "
+        "`limit`); send the filter again for the next ones (the stored ones are skipped)",
+    )
+    previous_replayed_at: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="each accepted id's replayed_at before this replay: its replay is done once "
+        "its replayed_at differs (no comparison across hosts' clocks)",
+    )
 
 
 class ReplayPublisher(Protocol):
