@@ -21,6 +21,7 @@ from typing import Final
 from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
+from telemetry_common.bindings import no_store_yet, store_changes
 from telemetry_common.influx_query import InfluxError, InfluxQL, InfluxUnavailable, Series
 from telemetry_common.influxql import (
     bindings_query,
@@ -80,13 +81,7 @@ async def warm_up(state: State, client: InfluxQL, max_backoff_s: float) -> None:
 
 def store_rows(series: list[Series]) -> dict[str, str]:
     """Each charger's newest binding change in an answer of :func:`bindings_query`."""
-    found: dict[str, str] = {}
-    for s in series:
-        charger = s.tags.get("charger_id")
-        for row in s.rows() if charger else []:
-            gateway = row.get("gateway_id")
-            found[str(charger)] = gateway if isinstance(gateway, str) else ""
-    return found
+    return {c: change.gateway_id for c, change in store_changes(series).items()}
 
 
 async def load_bindings_store(
@@ -105,7 +100,7 @@ async def load_bindings_store(
             series = await client.query(q)
         changes = store_rows(series)
     except InfluxError as exc:
-        if "retention policy not found" not in str(exc):
+        if not no_store_yet(exc):
             bindings.refresh_errors += 1
             log.warning("bindings store not read: %s", exc)
             return False
