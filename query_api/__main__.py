@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     # httpx logs every InfluxDB request at INFO; /metrics (and the access log) count requests.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"telemetry-api: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
     # Every object made so far (FastAPI, pydantic, the routes: ~10^5) moves to a permanent
     # generation, and a request's garbage is collected less often: a full collection walked all
     # of them and paused every request for tens of milliseconds (bench/api_latency.py, p99.9).

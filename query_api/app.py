@@ -42,8 +42,10 @@ from query_api.routes import (
 )
 from query_api.seqs import SeqAllocator
 from query_api.settings import ApiSettings
+from telemetry_common.bindings import read_bindings_file
 from telemetry_common.influx_query import InfluxQL, InfluxQLClient
 from telemetry_common.influx_write import InfluxWriter, create_retention_policy, make_writer
+from telemetry_common.settings import env_name
 from telemetry_common.storage import KEEP_RP
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,11 @@ def create_app(
     app.state.broker = broker
     app.state.writer = writer
     app.state.keep_rp_ready = False
+    app.state.file_bindings = (
+        read_bindings_file(settings.bindings_file, env_name(ApiSettings, "bindings_file"))
+        if settings.bindings_file is not None
+        else {}
+    )
     app.state.mirror = mirror
     app.state.acks = acks
     seq_file = settings.ingest_seq_file

@@ -20,7 +20,7 @@ from typing import Any, Final, Protocol, Self
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from telemetry_common.deadletters import DeadLetterKey, encode_id
+from telemetry_common.deadletters import REASON_PATTERN, DeadLetterKey, encode_id
 from telemetry_common.ids import ID_PATTERN
 from telemetry_common.schema import EPOCH_SHAPE, SCHEMA_ID, format_ts
 
@@ -28,7 +28,6 @@ from telemetry_common.schema import EPOCH_SHAPE, SCHEMA_ID, format_ts
 REPLAY_MAX: Final = 1000
 #: The gateway of a dead letter whose topic named none: nothing to replay it on.
 UNKNOWN_GATEWAY: Final = "_invalid"
-REASON_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
 _EPOCH: Final = re.compile(EPOCH_SHAPE)
 
 
@@ -111,8 +110,9 @@ class NotReplayable(ValueError):
 
 
 def replay_payload(item: DeadLetter) -> bytes:
-    """What a replay of ``item`` publishes on ``{root}/{gateway_id}/readings``: the message as
-    it came, or a ReadingBatch around the one reading; :class:`NotReplayable` if it cannot."""
+    """What a replay of ``item`` publishes on ``{root}/replay/{gateway_id}/readings``: the
+    message as it came, or a ReadingBatch around the one reading; :class:`NotReplayable` if it
+    cannot."""
     if item.gateway_id == UNKNOWN_GATEWAY:
         raise NotReplayable("its topic named no gateway: nothing to replay it on")
     raw = stored_bytes(item.payload_b64)
@@ -155,6 +155,11 @@ class ReplayFilter(BaseModel):
     gateway_id: str | None = Field(default=None, pattern=ID_PATTERN)
     start: str | None = Field(default=None, description="as for GET; default 30 days back")
     end: str | None = Field(default=None, description="as for GET; default now")
+    exclude_stored: bool = Field(
+        default=True,
+        description="skip the ones a replay has already stored (replay_outcome `stored`), so "
+        "sending the same filter again takes the next ones",
+    )
 
     @model_validator(mode="after")
     def _narrow(self) -> Self:
@@ -197,7 +202,17 @@ class Refused(BaseModel):
 class ReplayAnswer(BaseModel):
     accepted: list[str] = Field(description="published with replay-of; see each replay_outcome")
     refused: list[Refused]
-    requested_at: str = Field(description="a replay is done once its replayed_at is not older")
+    requested_at: str = Field(description="when the API took the request (its own clock)")
+    more: bool = Field(
+        default=False,
+        description="by filter: more dead letters matched than this request took (at most "
+        "`limit`); send the filter again for the next ones (the stored ones are skipped)",
+    )
+    previous_replayed_at: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="each accepted id's replayed_at before this replay: its replay is done once "
+        "its replayed_at differs (no comparison across hosts' clocks)",
+    )
 
 
 class ReplayPublisher(Protocol):

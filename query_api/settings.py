@@ -131,6 +131,11 @@ class ApiSettings(ServiceSettings):
     bindings: Literal["provisioned", "first-come"] = "provisioned"
     """The bridges' TELEMETRY_BRIDGE_BINDINGS: with ``first-come``, ``GET /v1/bindings`` also
     lists the bindings learned from the readings (where the bindings store names no charger)."""
+    bindings_file: Path | None = None
+    """The bridges' TELEMETRY_BRIDGE_BINDINGS_FILE (the same file, JSON ``{"charger_id":
+    "gateway_id"}``, read at start): ``GET /v1/bindings`` lists its bindings with ``source``
+    ``file`` where the bindings store names no charger (the store overrides the file, as on the
+    bridges). A file that cannot work stops the API at start (exit 2)."""
     bridge_urls: list[AnyHttpUrl] = Field(default_factory=list)
     """Bridges whose ``/status`` is served merged on ``/v1/pipeline/status`` (JSON list)."""
 

@@ -7,10 +7,10 @@ same id on every API process), opaque to clients, and made only of allow-listed 
 (``A-Za-z0-9_-``), so it may go into a URL path, an MQTT user property or a log line as it is.
 An id is decoded and every part checked again before it reaches InfluxQL or line protocol.
 
-A replay is an ordinary ReadingBatch published on ``{root}/{gateway_id}/readings`` with the MQTT 5
-user property ``replay-of`` = the dead letter's id; after its commit the processor writes
-``replayed_at`` and ``replay_outcome`` (``stored`` or ``deadlettered:<reason>``) onto the dead
-letter's own point.
+A replay is an ordinary ReadingBatch published on ``{root}/replay/{gateway_id}/readings`` (a
+topic only the API may write) with the MQTT 5 user property ``replay-of`` = the dead letter's
+id; after its commit the processor writes ``replayed_at`` and ``replay_outcome`` (``stored`` or
+``deadlettered:<reason>``) onto the dead letter's own point.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ OUTCOME_DEADLETTERED: Final = "deadlettered:"
 #: The shape of an id on the wire (checked before decoding).
 ID_SHAPE: Final = r"^[A-Za-z0-9_-]{8,200}$"
 _ID_SHAPE: Final = re.compile(ID_SHAPE)
-#: A reason as the processor writes them (processor/validate.py).
-_REASON: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: A reason as the processor writes them (processor/validate.py): the one definition, used by the
+#: API's filters, the InfluxQL builders and the id decoder.
+REASON_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
+REASON_RE: Final = re.compile(REASON_PATTERN)
 _GATEWAY: Final = re.compile(ID_PATTERN)
 
 
@@ -80,7 +82,7 @@ def decode_id(value: str) -> DeadLetterKey:
     reason, _, gateway_id = rest.partition(".")
     if not ns_text.isdigit() or len(ns_text) > 19:
         raise DeadLetterIdError(value, "no time")
-    if not _REASON.fullmatch(reason) or not _GATEWAY.fullmatch(gateway_id):
+    if not REASON_RE.fullmatch(reason) or not _GATEWAY.fullmatch(gateway_id):
         raise DeadLetterIdError(value, "no reason or gateway")
     key = DeadLetterKey(int(ns_text), reason, gateway_id)
     if encode_id(key) != value:  # one spelling per dead letter (no leading zeros, no padding)

@@ -15,6 +15,7 @@ from typing import Final, Literal, get_args
 
 from pydantic import TypeAdapter, ValidationError
 
+from telemetry_common.deadletters import REASON_RE
 from telemetry_common.errors import TelemetryError
 from telemetry_common.ids import check_id
 from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, TS_MAX, TS_MIN, Status, ValueKey
@@ -456,11 +457,9 @@ def ping_query() -> str:
 
 # --- dead letters (docs/design.md#dead-letters): the API lists and replays them ---------------
 
-_REASON: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
-
 
 def _reason_literal(reason: str) -> str:
-    if not isinstance(reason, str) or not _REASON.fullmatch(reason):
+    if not isinstance(reason, str) or not REASON_RE.fullmatch(reason):
         raise QueryBuildError("reason", reason, "not a dead-letter reason (^[a-z][a-z0-9_]*$)")
     return quote_string(reason)
 

@@ -3,8 +3,10 @@ key), and their replay once the cause is fixed (docs/query-api.md#dead-letters).
 
 The API is the one of ``stack.json`` (``--state-dir``, with its admin key), or ``--api-url`` and
 ``--api-key`` (env ``TELEMETRY_API_URL``, ``TELEMETRY_API_KEY``). ``replay`` waits, up to
-``--timeout``, until every replayed dead letter has an outcome written by a bridge
-(``replayed_at`` not older than the request), then prints a summary.
+``--timeout``, until every replayed dead letter has an outcome written by a bridge (its
+``replayed_at`` changed from the value it had before the replay), then prints a summary; by
+filter it sends the request again while more match (the stored ones are skipped), at most
+``--rounds`` times.
 """
 
 from __future__ import annotations
@@ -183,10 +185,13 @@ def list_cmd(
 
 
 def wait_outcomes(
-    api: Api, ids: list[str], since: str, timeout_s: float, poll_s: float = 0.5
+    api: Api, previous: dict[str, str | None], timeout_s: float, poll_s: float = 0.5
 ) -> dict[str, str | None]:
-    """Each id's ``replay_outcome`` once its ``replayed_at`` is not older than ``since``
-    (None: none within ``timeout_s``), printing progress as outcomes come in."""
+    """Each id's ``replay_outcome`` once its ``replayed_at`` differs from ``previous[id]`` (its
+    value before the replay, as the API's answer gives it; None: none within ``timeout_s``),
+    printing progress as outcomes come in. ``replayed_at`` is stamped by a bridge's clock and is
+    only compared with itself, never with the API's or this host's clock."""
+    ids = list(previous)
     outcomes: dict[str, str | None] = dict.fromkeys(ids)
     pending = list(ids)
     deadline = time.monotonic() + timeout_s
@@ -196,7 +201,7 @@ def wait_outcomes(
         for item_id in pending:
             item = call(api, "GET", f"/v1/deadletters/{item_id}")
             at = item.get("replayed_at")
-            if at is not None and at >= since and item.get("replay_outcome"):
+            if at is not None and at != previous[item_id] and item.get("replay_outcome"):
                 outcomes[item_id] = str(item["replay_outcome"])
             else:
                 still.append(item_id)
@@ -211,6 +216,22 @@ def wait_outcomes(
     return outcomes
 
 
+def replay_round(
+    api: Api, body: dict[str, Any], timeout_s: float
+) -> tuple[dict[str, str | None], list[dict[str, str]], bool]:
+    """One replay request and the wait for its outcomes: (outcome per accepted id, refused,
+    whether more dead letters matched the filter)."""
+    answer = call(api, "POST", "/v1/deadletters/replay", json=body)
+    accepted: list[str] = answer["accepted"]
+    refused: list[dict[str, str]] = answer["refused"]
+    before: dict[str, str | None] = answer.get("previous_replayed_at") or {}
+    typer.echo(f"replaying {len(accepted)} dead letters ({len(refused)} refused)", err=True)
+    for r in refused:
+        typer.echo(f"  refused {r['id']}: {r['reason']}", err=True)
+    outcomes = wait_outcomes(api, {i: before.get(i) for i in accepted}, timeout_s)
+    return outcomes, refused, bool(answer.get("more"))
+
+
 @deadletters_app.command("replay")
 def replay_cmd(
     ids: Annotated[
@@ -221,10 +242,17 @@ def replay_cmd(
     since: Since = None,
     until: Until = None,
     limit: Annotated[
-        int, typer.Option("--limit", min=1, max=1000, help="At most this many (filter).")
+        int, typer.Option("--limit", min=1, max=1000, help="At most this many per request.")
     ] = 1000,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds", min=1, help="By filter: at most this many requests while more match."
+        ),
+    ] = 100,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0, help="Seconds to wait for the outcomes.")
+        float,
+        typer.Option("--timeout", min=0, help="Seconds to wait for the outcomes of a request."),
     ] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     state_dir: StateDir = DEFAULT_STATE,
@@ -232,8 +260,10 @@ def replay_cmd(
     api_key: ApiKey = None,
 ) -> None:
     """Feed dead letters through the pipeline again, by --id or by filter (--reason and/or
-    --gateway), and wait for their outcome. Exit 0: every one stored; 1: some refused or
-    dead-lettered again; 3: outcomes missing after --timeout; 2: the request failed."""
+    --gateway), and wait for their outcome. By filter, the ones a replay has stored are skipped,
+    and requests of up to --limit follow one another while more match (at most --rounds).
+    Exit 0: every one stored; 1: some refused or dead-lettered again, or more matched than
+    --rounds took; 3: outcomes missing after --timeout; 2: the request failed."""
     if bool(ids) == bool(reason or gateway):
         typer.echo(
             "telemetry-stack deadletters: give --id (repeatable) or a filter "
@@ -247,21 +277,40 @@ def replay_cmd(
     else:
         f = {"reason": reason, "gateway_id": gateway, "start": since, "end": until}
         body = {"filter": {k: v for k, v in f.items() if v is not None}, "limit": limit}
+    outcomes: dict[str, str | None] = {}
+    refused_by_id: dict[str, dict[str, str]] = {}
+    left_over = False
     try:
         api = resolve_api(state_dir, api_url, api_key)
-        answer = call(api, "POST", "/v1/deadletters/replay", json=body)
-        accepted: list[str] = answer["accepted"]
-        refused: list[dict[str, str]] = answer["refused"]
-        typer.echo(f"replaying {len(accepted)} dead letters ({len(refused)} refused)", err=True)
-        for r in refused:
-            typer.echo(f"  refused {r['id']}: {r['reason']}", err=True)
-        outcomes = wait_outcomes(api, accepted, answer["requested_at"], timeout)
+        for n in range(1, rounds + 1):
+            got, refused, more = replay_round(api, body, timeout)
+            new = (set(got) | {r["id"] for r in refused}) - set(outcomes) - set(refused_by_id)
+            outcomes.update(got)
+            refused_by_id.update({r["id"]: r for r in refused})
+            if ids or not more:
+                break
+            if not new:  # the same ones again (refused or dead-lettered again each time)
+                typer.echo("more match, but only ones already tried: stopping", err=True)
+                left_over = True
+                break
+            if any(o is None for o in got.values()):
+                typer.echo("outcomes missing after --timeout: not going on", err=True)
+                left_over = True
+                break
+            if n == rounds:
+                typer.echo(f"more match after --rounds {rounds}: run it again", err=True)
+                left_over = True
+                break
+            typer.echo(f"request {n}: {len(outcomes)} replayed so far; more match", err=True)
     except CliError as exc:
         typer.echo(f"telemetry-stack deadletters: {exc}", err=True)
         raise typer.Exit(2) from exc
+    refused = [r for i, r in refused_by_id.items() if outcomes.get(i) != "stored"]
     counts = Counter(o or "no outcome yet" for o in outcomes.values())
     if as_json:
-        typer.echo(json.dumps({"outcomes": outcomes, "refused": refused}, indent=2))
+        typer.echo(
+            json.dumps({"outcomes": outcomes, "refused": refused, "more": left_over}, indent=2)
+        )
     else:
         summary = ", ".join(f"{n} {o}" for o, n in sorted(counts.items())) or "nothing replayed"
         typer.echo(f"replayed: {summary}; refused: {len(refused)}")
@@ -270,5 +319,5 @@ def replay_cmd(
                 typer.echo(f"  {item_id}: {outcome or 'no outcome within the timeout'}")
     if any(o is None for o in outcomes.values()):
         raise typer.Exit(3)
-    if refused or any(o != "stored" for o in outcomes.values()):
+    if refused or left_over or any(o != "stored" for o in outcomes.values()):
         raise typer.Exit(1)

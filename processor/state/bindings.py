@@ -13,7 +13,8 @@ Two modes (``TELEMETRY_BRIDGE_BINDINGS``):
   gateway that sends for it.
 
 The store is loaded at start and refreshed every ``BINDINGS_REFRESH_S``
-(:func:`processor.state.storage.refresh_bindings_forever`).
+(:func:`processor.state.storage.refresh_bindings_forever`). The file is read by
+:func:`telemetry_common.bindings.read_bindings_file` (the API lists it too).
 """
 
 from __future__ import annotations
@@ -22,10 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, Literal
 
-import orjson
-
-from telemetry_common.errors import ConfigError
-from telemetry_common.ids import check_id
+from telemetry_common.bindings import read_bindings_file
 
 BindingsMode = Literal["provisioned", "first-come"]
 PROVISIONED: Final = "provisioned"
@@ -118,19 +116,7 @@ class Bindings:
         return len(self._bound)
 
 
-def read_bindings_file(path: Path, setting: str = "BINDINGS_FILE") -> dict[str, str]:
-    """The pairs of a bindings file, JSON ``{"charger_id": "gateway_id"}``. A file that cannot
-    work raises ``ConfigError`` naming ``setting``."""
-    try:
-        raw = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise ConfigError(setting, f"{path}: {exc}") from exc
-    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
-        raise ConfigError(setting, f"{path}: need {{charger: gateway}}")
-    try:
-        return {check_id("charger id", c): check_id("gateway id", g) for c, g in raw.items()}
-    except ValueError as exc:
-        raise ConfigError(setting, f"{path}: {exc}") from exc
+__all__ = ["FIRST_COME", "PROVISIONED", "Bindings", "load_bindings", "read_bindings_file"]
 
 
 def load_bindings(

@@ -4,7 +4,8 @@ InfluxDB holds what every bridge of the share group stored, so it is the record:
 cache, the first-come bindings and each gateway's highest seq are seeded from it, and a
 suspected seq gap is reported as missing only when no bridge stored those readings. The bindings
 store (measurement ``bindings`` in retention policy ``keep``, written by the API) is loaded at
-start and its changes are read again every ``BINDINGS_REFRESH_S``.
+start and its changes are read again every ``BINDINGS_REFRESH_S`` (the whole store again every
+``BINDINGS_FULL_EVERY`` refreshes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Final
 from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
+from telemetry_common.bindings import no_store_yet, store_changes
 from telemetry_common.influx_query import InfluxError, InfluxQL, InfluxUnavailable, Series
 from telemetry_common.influxql import (
     bindings_query,
@@ -38,6 +40,9 @@ _EPOCH: Final = re.compile(EPOCH_SHAPE)
 #: A refresh of the bindings store reads the changes stamped after its previous read less this:
 #: the API stamps a change with its own clock, which may be behind the bridge's.
 BINDINGS_CLOCK_MARGIN: Final = timedelta(seconds=60)
+#: Every this many refreshes the whole bindings store is read again (one row per charger): a
+#: change stamped by an API clock further behind than the margin is not lost for good.
+BINDINGS_FULL_EVERY: Final = 60
 
 
 async def _query_with_retry(client: InfluxQL, q: str, max_backoff_s: float) -> list[Series]:
@@ -76,13 +81,7 @@ async def warm_up(state: State, client: InfluxQL, max_backoff_s: float) -> None:
 
 def store_rows(series: list[Series]) -> dict[str, str]:
     """Each charger's newest binding change in an answer of :func:`bindings_query`."""
-    found: dict[str, str] = {}
-    for s in series:
-        charger = s.tags.get("charger_id")
-        for row in s.rows() if charger else []:
-            gateway = row.get("gateway_id")
-            found[str(charger)] = gateway if isinstance(gateway, str) else ""
-    return found
+    return {c: change.gateway_id for c, change in store_changes(series).items()}
 
 
 async def load_bindings_store(
@@ -101,7 +100,7 @@ async def load_bindings_store(
             series = await client.query(q)
         changes = store_rows(series)
     except InfluxError as exc:
-        if "retention policy not found" not in str(exc):
+        if not no_store_yet(exc):
             bindings.refresh_errors += 1
             log.warning("bindings store not read: %s", exc)
             return False
@@ -113,14 +112,22 @@ async def load_bindings_store(
     return True
 
 
-async def refresh_bindings_forever(bindings: Bindings, client: InfluxQL, every_s: float) -> None:
+async def refresh_bindings_forever(
+    bindings: Bindings, client: InfluxQL, every_s: float, full_every: int = BINDINGS_FULL_EVERY
+) -> None:
     """Read the store's changes every ``every_s``, forever (a task of the processor): the changes
     stamped after the last successful read less ``BINDINGS_CLOCK_MARGIN`` (a bounded query: one
-    row per charger changed in that window), or the whole store while it was never read."""
+    row per charger changed in that window), or the whole store while it was never read and at
+    every ``full_every``-th refresh (a change stamped by an API clock more than the margin
+    behind this host's is applied then, within ``full_every`` x ``every_s``)."""
+    refreshes = 0
     while True:
         await asyncio.sleep(every_s)
+        refreshes += 1
         last = bindings.refreshed_at
         since = None if last is None else datetime.fromtimestamp(last, UTC) - BINDINGS_CLOCK_MARGIN
+        if refreshes % max(1, full_every) == 0:
+            since = None
         await load_bindings_store(bindings, client, since)
 
 

@@ -9,7 +9,9 @@ start and read its changes every ``TELEMETRY_BRIDGE_BINDINGS_REFRESH_S``, so a `
 Reading needs the ``read`` role, changing needs ``admin``. With ``TELEMETRY_API_BINDINGS``
 ``first-come`` (as the bridges' dev option), the bindings learned from the readings (each
 charger's newest reading's gateway, as the bridges' warm-up) are listed too, where the store
-does not name the charger. Bindings of a bridge's ``BINDINGS_FILE`` are not seen here.
+does not name the charger. With ``TELEMETRY_API_BINDINGS_FILE`` (the bridges' ``BINDINGS_FILE``,
+mounted into the API too) the file's bindings are listed where the store does not name the
+charger, with the bridges' precedence: store, then file, then learned.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from query_api.deps import Influx, Settings
 from query_api.params import ChargerId
 from query_api.problems import ProblemError, problem_responses
 from query_api.settings import ApiSettings
+from telemetry_common.bindings import no_store_yet, store_changes
 from telemetry_common.ids import ID_PATTERN, Id
 from telemetry_common.influx_query import InfluxError, InfluxQL, Series
 from telemetry_common.influx_write import InfluxWriter, WriteError, create_retention_policy
@@ -41,7 +44,7 @@ router = APIRouter(
     prefix="/v1/bindings", tags=["bindings"], responses=problem_responses(401, 403, 422, 503)
 )
 
-Source = Literal["store", "learned"]
+Source = Literal["store", "file", "learned"]
 
 
 class Binding(BaseModel):
@@ -63,7 +66,9 @@ class Binding(BaseModel):
     charger_id: str
     gateway_id: str
     source: Source = Field(
-        description="`store`: set through this API; `learned`: first-come, from the readings"
+        description="`store`: set through this API; `file`: the bindings file "
+        "(TELEMETRY_API_BINDINGS_FILE, the bridges' file); `learned`: first-come, from the "
+        "readings"
     )
     changed_at: str | None = Field(default=None, description="when the store's change was made")
     changed_by: str | None = None
@@ -91,31 +96,26 @@ def _ts(ns: int | None) -> str | None:
 
 def _stored(series: list[Series]) -> dict[str, Binding | None]:
     """Each charger the store names: its binding, or None when its newest change unbound it."""
-    out: dict[str, Binding | None] = {}
-    for s in series:
-        charger = s.tags.get("charger_id")
-        for row in s.rows() if charger else []:
-            gateway = row.get("gateway_id")
-            out[str(charger)] = (
-                Binding(
-                    charger_id=str(charger),
-                    gateway_id=gateway,
-                    source="store",
-                    changed_at=_ts(row.get("time")),
-                    changed_by=row.get("changed_by") or None,
-                    previous=row.get("previous") or None,
-                )
-                if isinstance(gateway, str) and gateway
-                else None
-            )
-    return out
+    return {
+        c: Binding(
+            charger_id=c,
+            gateway_id=change.gateway_id,
+            source="store",
+            changed_at=_ts(change.ns),
+            changed_by=change.changed_by,
+            previous=change.previous,
+        )
+        if change.gateway_id
+        else None
+        for c, change in store_changes(series).items()
+    }
 
 
 async def _store(influx: InfluxQL, charger_id: str | None = None) -> dict[str, Binding | None]:
     try:
         return _stored(await influx.query(bindings_query(charger_id=charger_id)))
     except InfluxError as exc:
-        if "retention policy not found" in str(exc):
+        if no_store_yet(exc):
             return {}  # nothing was ever bound
         raise
 
@@ -135,10 +135,14 @@ async def _learned(influx: InfluxQL) -> dict[str, Binding]:
 
 
 async def current(
-    influx: InfluxQL, settings: ApiSettings, charger_id: str | None = None
+    influx: InfluxQL,
+    settings: ApiSettings,
+    charger_id: str | None = None,
+    *,
+    file: dict[str, str] | None = None,
 ) -> dict[str, Binding]:
-    """The bindings as the bridges see them (but a bridge's file): the store, and in first-come
-    mode the learned ones where the store names no charger."""
+    """The bindings as the bridges see them: the store's, then the file's (``file``: its pairs)
+    and in first-come mode the learned ones, each where the ones before name no charger."""
     stored = await _store(influx, charger_id)
     found: dict[str, Binding] = {}
     if settings.bindings == "first-come":
@@ -146,6 +150,14 @@ async def current(
         if charger_id is not None:
             learned = {charger_id: learned[charger_id]} if charger_id in learned else {}
         found.update((c, b) for c, b in learned.items() if c not in stored)
+    pairs = file or {}
+    if charger_id is not None:
+        pairs = {charger_id: pairs[charger_id]} if charger_id in pairs else {}
+    found.update(
+        (c, Binding(charger_id=c, gateway_id=gw, source="file"))
+        for c, gw in pairs.items()
+        if c not in stored
+    )
     found.update((c, b) for c, b in stored.items() if b is not None)
     return found
 
@@ -175,7 +187,7 @@ async def list_bindings(
             after = str(cursors.decode(cursor_, "bindings", query)["a"])
         except (cursor.CursorError, KeyError) as exc:
             raise ProblemError(422, "invalid-cursor", str(exc)) from exc
-    every = await current(influx, settings)
+    every = await current(influx, settings, file=request.app.state.file_bindings)
     chosen = sorted(
         c
         for c, b in every.items()
@@ -193,14 +205,17 @@ async def list_bindings(
     dependencies=[Depends(require("read"))],
     responses=problem_responses(404),
 )
-async def get_binding(charger_id: ChargerId, influx: Influx, settings: Settings) -> Binding:
-    found = (await current(influx, settings, charger_id)).get(charger_id)
+async def get_binding(
+    request: Request, charger_id: ChargerId, influx: Influx, settings: Settings
+) -> Binding:
+    file = request.app.state.file_bindings
+    found = (await current(influx, settings, charger_id, file=file)).get(charger_id)
     if found is None:
         raise ProblemError(
             404,
             "not-found",
-            f"charger {charger_id!r} is not bound in the bindings store (a bridge's "
-            "BINDINGS_FILE may bind it)",
+            f"charger {charger_id!r} is not bound in the bindings store"
+            + ("" if settings.bindings_file else " (a bridge's BINDINGS_FILE may bind it)"),
         )
     return found
 
@@ -222,8 +237,8 @@ async def _change(request: Request, charger_id: str, gateway_id: str, who: Princ
     before = (await _store(state.influx, charger_id)).get(charger_id)
     previous = before.gateway_id if before is not None else ""
     if not state.keep_rp_ready:  # the start's attempt did not succeed: once more
-        await create_retention_policy(settings.influx, KEEP_RP, attempts=1)
-        state.keep_rp_ready = True
+        created = await create_retention_policy(settings.influx, KEEP_RP, attempts=1)
+        state.keep_rp_ready = created or settings.influx.api != "v1"
     try:
         await writer.write([_line(charger_id, gateway_id, previous, f"api:{who.role}")], rp=KEEP_RP)
     except WriteError as exc:

@@ -1,9 +1,9 @@
 """``/v1/deadletters``: list the stored dead letters and replay them (role ``admin``).
 
-A replay publishes each dead letter's stored bytes on ``{root}/{gateway_id}/readings`` through
-the API's broker link, with the MQTT 5 user property ``replay-of`` = its id; a bridge processes
-it like any other message and writes the outcome onto the dead letter (``replayed_at``,
-``replay_outcome``). See docs/query-api.md#dead-letters.
+A replay publishes each dead letter's stored bytes on ``{root}/replay/{gateway_id}/readings``
+through the API's broker link, with the MQTT 5 user property ``replay-of`` = its id; a bridge
+processes it like any other message and writes the outcome onto the dead letter
+(``replayed_at``, ``replay_outcome``). See docs/query-api.md#dead-letters.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from query_api import cursor
 from query_api.auth import require
 from query_api.deadletters import (
-    REASON_PATTERN,
     DeadLetter,
     DeadLetterPage,
     NotReplayable,
@@ -34,6 +33,8 @@ from query_api.params import END_DOC, START_DOC, window
 from query_api.problems import ProblemError, problem_responses
 from telemetry_common import influxql
 from telemetry_common.deadletters import (
+    OUTCOME_STORED,
+    REASON_PATTERN,
     REPLAY_PROPERTY,
     DeadLetterIdError,
     DeadLetterKey,
@@ -62,6 +63,8 @@ MAX_RANGE: Final = timedelta(days=3660)
 MAX_PAGE: Final = 500
 #: InfluxDB lookups and publishes in flight at once during one replay.
 CONCURRENCY: Final = 20
+#: Rows one request reads at most while it skips the dead letters a replay has stored.
+SCAN_MAX: Final = 100_000
 RETRY_AFTER_S: Final = "5"
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -83,6 +86,10 @@ async def _one(influx: InfluxQL, key: DeadLetterKey) -> DeadLetter | None:
     return item_of(rows[0]) if rows else None
 
 
+def _wanted(item: DeadLetter, exclude_stored: bool) -> bool:
+    return not (exclude_stored and item.replay_outcome == OUTCOME_STORED)
+
+
 async def _page(
     influx: InfluxQL,
     *,
@@ -93,19 +100,40 @@ async def _page(
     limit: int,
     until_ns: int | None = None,
     seen: frozenset[str] = frozenset(),
+    exclude_stored: bool = False,
 ) -> tuple[list[DeadLetter], bool]:
-    """Up to ``limit`` dead letters, newest first, and whether more follow."""
-    q = influxql.deadletters_query(
-        _EPOCH + timedelta(microseconds=start_ns // 1000),
-        _EPOCH + timedelta(microseconds=end_ns // 1000),
-        limit=limit + 1 + len(seen),
-        reason=reason,
-        gateway_id=gateway_id,
-        until_ns=until_ns,
-    )
-    rows = [row for s in await influx.query(q) for row in s.rows()]
-    items = [item for item in map(item_of, rows) if item.id not in seen]
-    return items[:limit], len(items) > limit
+    """Up to ``limit`` dead letters, newest first, and whether more follow; with
+    ``exclude_stored`` none a replay has stored (``replay_outcome`` is a field: InfluxDB 1.x
+    cannot select "missing or not stored", so they are skipped here, reading on past them, at
+    most :data:`SCAN_MAX` rows; beyond that the answer says more follow)."""
+    out: list[DeadLetter] = []
+    skip = set(seen)
+    scanned = 0
+    while True:
+        want = limit + 1 - len(out)
+        asked = want + len(skip)
+        q = influxql.deadletters_query(
+            _EPOCH + timedelta(microseconds=start_ns // 1000),
+            _EPOCH + timedelta(microseconds=end_ns // 1000),
+            limit=asked,
+            reason=reason,
+            gateway_id=gateway_id,
+            until_ns=until_ns,
+        )
+        rows = [row for s in await influx.query(q) for row in s.rows()]
+        batch = [item_of(row) for row in rows]
+        out += [i for i in batch if i.id not in skip and _wanted(i, exclude_stored)]
+        scanned += len(batch)
+        if len(out) > limit or len(batch) < asked or not batch:
+            break
+        if scanned >= SCAN_MAX:
+            return out[:limit], True
+        # Read on below the last time seen (the ones at that time already seen are skipped).
+        last = decode_id(batch[-1].id).ns
+        at_last = {i.id for i in batch if decode_id(i.id).ns == last}
+        skip = skip | at_last if last == until_ns else at_last
+        until_ns = last
+    return out[:limit], len(out) > limit
 
 
 def _ns(ts: datetime) -> int:
@@ -125,6 +153,9 @@ async def list_deadletters(
     ] = None,
     start: Annotated[str | None, Query(description=START_DOC + "; default 30 days back")] = None,
     end: Annotated[str | None, Query(description=END_DOC)] = None,
+    exclude_stored: Annotated[
+        bool, Query(description="leave out the ones a replay has stored (replay_outcome stored)")
+    ] = False,
     limit: Annotated[int, Query(ge=1, description=f"per page, at most {MAX_PAGE}")] = 100,
     cursor_: Annotated[
         str | None, Query(alias="cursor", description="next_cursor of the previous page")
@@ -134,7 +165,7 @@ async def list_deadletters(
         raise ProblemError(
             422, "limit-too-large", f"limit={limit} exceeds the maximum of {MAX_PAGE} per page"
         )
-    query = cursor.fingerprint("deadletters", reason, gateway_id, start, end)
+    query = cursor.fingerprint("deadletters", reason, gateway_id, start, end, exclude_stored)
     cursors: cursor.Cursors = request.app.state.cursors
     until_ns: int | None = None
     seen: frozenset[str] = frozenset()
@@ -157,6 +188,7 @@ async def list_deadletters(
         limit=limit,
         until_ns=until_ns,
         seen=seen,
+        exclude_stored=exclude_stored,
     )
     next_cursor = None
     if more and items:
@@ -190,7 +222,8 @@ async def get_deadletter(deadletter_id: str, influx: Influx) -> DeadLetter:
 
 async def _selected(
     body: ReplayRequest, influx: InfluxQL, now: datetime
-) -> tuple[list[DeadLetter], list[Refused]]:
+) -> tuple[list[DeadLetter], list[Refused], bool]:
+    """The dead letters a replay takes, the ids refused, and whether more match the filter."""
     refused: list[Refused] = []
     if body.ids is not None:
         keys: list[DeadLetterKey] = []
@@ -203,19 +236,20 @@ async def _selected(
         for key, item in zip(keys, found, strict=True):
             if item is None:
                 refused.append(Refused(id=key.id, reason="not_found: no such dead letter"))
-        return [item for item in found if item is not None], refused
+        return [item for item in found if item is not None], refused, False
     assert body.filter is not None
     f = body.filter
     w = window(f.start, f.end, now=now, default_range=DEFAULT_RANGE, max_range=MAX_RANGE)
-    items, _ = await _page(
+    items, more = await _page(
         influx,
         start_ns=_ns(w.start),
         end_ns=_ns(w.end),
         reason=f.reason,
         gateway_id=f.gateway_id,
         limit=body.limit,
+        exclude_stored=f.exclude_stored,
     )
-    return items, refused
+    return items, refused, more
 
 
 @router.post(
@@ -235,7 +269,7 @@ async def replay(
             "the API is not connected to the broker; retry later",
             headers={"Retry-After": RETRY_AFTER_S},
         )
-    items, refused = await _selected(body, influx, now)
+    items, refused, more = await _selected(body, influx, now)
     requested_at = format_ts(now)
     replayable: list[tuple[DeadLetter, bytes]] = []
     for item in items:
@@ -274,4 +308,11 @@ async def replay(
             refused.append(Refused(id=item.id, reason=f"not_published: {error}"))
             if isinstance(error, NoSubscribersError | NotConnectedError):
                 stop = f"not_published: {error}"
-    return ReplayAnswer(accepted=accepted, refused=refused, requested_at=requested_at)
+    previous = {item.id: item.replayed_at for item, _ in replayable}
+    return ReplayAnswer(
+        accepted=accepted,
+        refused=refused,
+        requested_at=requested_at,
+        more=more,
+        previous_replayed_at={i: previous[i] for i in accepted},
+    )

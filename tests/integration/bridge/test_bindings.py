@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from pathlib import Path
 
 import httpx
 import orjson
@@ -15,6 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from bridge.settings import BridgeSettings
+from query_api.settings import ApiSettings
 from telemetry_common.schema import format_ts
 from telemetry_common.settings import env_name
 from telemetry_stack.servers import ManagedProcess
@@ -171,3 +173,26 @@ def test_an_operator_binds_moves_and_unbinds_a_charger(
     assert _stored(influx_db, charger, gw_b) == stored_b
     assert reader.get(f"/v1/bindings/{charger}").status_code == 404
     assert reader.get("/v1/bindings").json()["items"] == []
+
+
+def test_the_api_lists_the_bridges_bindings_file_under_the_store(
+    procs: Procs, influx_db: InfluxTarget, tmp_path: Path
+) -> None:
+    """With TELEMETRY_API_BINDINGS_FILE (the bridges' file, as compose mounts it) the API lists
+    the file's bindings as `file`; a PUT overrides one (`store`), a DELETE hides one."""
+    tag = uuid.uuid4().hex[:6]
+    one, two, three = (f"cp-{n}-{tag}" for n in (1, 2, 3))
+    path = tmp_path / "bindings.json"
+    path.write_bytes(orjson.dumps({one: f"gw-{tag}", two: f"gw-{tag}", three: f"gw-{tag}"}))
+    env = {env_name(ApiSettings, "bindings_file"): str(path)}
+    url = start_api(procs, influx_db, READ, keys={"admin": ADMIN}, extra_env=env)
+    with httpx.Client(base_url=url, headers={"X-API-Key": ADMIN}, timeout=10) as admin:
+        assert admin.put(f"/v1/bindings/{one}", json={"gateway_id": f"gw-x-{tag}"}).is_success
+        assert admin.delete(f"/v1/bindings/{two}").status_code == 204
+        items = admin.get("/v1/bindings", params={"limit": 1000}).json()["items"]
+        mine = [
+            (i["charger_id"], i["gateway_id"], i["source"]) for i in items if tag in i["charger_id"]
+        ]
+        assert mine == [(one, f"gw-x-{tag}", "store"), (three, f"gw-{tag}", "file")]
+        assert admin.get(f"/v1/bindings/{three}").json()["source"] == "file"
+        assert admin.get(f"/v1/bindings/{two}").status_code == 404

@@ -768,3 +768,20 @@ def test_docker_compose_config_accepts_the_file() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_api_lists_the_bridges_bindings_file(services: dict[str, dict[str, Any]]) -> None:
+    """The API mounts the bridge's bindings file and reads it (GET /v1/bindings lists it): an
+    operator of the compose stack does not see an empty list while the file binds chargers."""
+    mounts: dict[str, str] = {}
+    for name, setting in (
+        ("bridge", "TELEMETRY_BRIDGE_BINDINGS_FILE"),
+        ("api", "TELEMETRY_API_BINDINGS_FILE"),
+    ):
+        path = compose_file.environment(services[name])[setting]
+        sources = [
+            v.split(":")[0] for v in services[name].get("volumes", []) if v.split(":")[1] == path
+        ]
+        assert len(sources) == 1, (name, path)
+        mounts[name] = sources[0]
+    assert mounts["api"] == mounts["bridge"] == "./docker/bindings.json"

@@ -146,3 +146,32 @@ async def test_a_store_not_read_keeps_the_bindings_and_is_read_whole_next_time()
     assert "WHERE" not in fake.queries[1]
     assert "WHERE time > " in fake.queries[2]
     assert b.get("cp-1") == "gw-2"
+
+
+async def test_a_change_stamped_by_a_clock_far_behind_is_applied_at_a_full_reread() -> None:
+    """An API clock more than BINDINGS_CLOCK_MARGIN behind the bridge's stamps a change older
+    than any incremental refresh asks for: every ``full_every``-th refresh reads the whole store,
+    so the change is applied within full_every x the refresh period."""
+    queries: list[str] = []
+    whole = [Series("bindings", ["time", "gateway_id"], [[1, "gw-2"]], {"charger_id": "cp-1"})]
+
+    class Store:
+        async def query(self, q: str) -> list[Series]:
+            queries.append(q)
+            return [] if "WHERE time > " in q else whole  # the change is too old for a window
+
+        async def query_chunked(self, q: str) -> list[Series]:
+            return await self.query(q)
+
+    b = Bindings({"cp-1": "gw-1"}, first_come=False)
+    b.refreshed_at = 1_777_636_800.0  # loaded once already: refreshes ask for a window
+    task = asyncio.create_task(refresh_bindings_forever(b, Store(), 0.001, full_every=3))
+    try:
+        for _ in range(500):
+            if len(queries) >= 3:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+    assert ["WHERE time > " in q for q in queries[:3]] == [True, True, False]
+    assert b.get("cp-1") == "gw-2"

@@ -5,6 +5,7 @@ writes, and who may do what. Against real servers: tests/integration/bridge/test
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -13,7 +14,9 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from query_api.app import create_app
+from query_api.routes import bindings as bindings_routes
 from query_api.settings import ApiSettings
+from telemetry_common.errors import ConfigError
 from telemetry_common.influx_query import InfluxQueryError, Series
 from tests.support.fake_influx import FakeInflux
 
@@ -170,3 +173,59 @@ async def test_only_an_admin_key_changes_and_ids_are_allow_listed(
             ):
                 assert (await admin.put(path, json=body)).status_code == 422, (path, body)
     assert writer.writes == []
+
+
+async def test_the_bindings_file_is_listed_under_the_store(
+    fake: FakeInflux, writer: RecordingWriter, tmp_path: Path
+) -> None:
+    """TELEMETRY_API_BINDINGS_FILE (the bridges' file) is listed with source file where the
+    store names no charger: a store move or unbind overrides it, as on the bridges."""
+    path = tmp_path / "bindings.json"
+    path.write_text('{"cp-1": "gw-1", "cp-2": "gw-1", "cp-3": "gw-1"}')
+    store = _store(("cp-1", "gw-2", "gw-1"), ("cp-2", "", "gw-1"))
+    fake.answers = [store, _store(("cp-2", "", "gw-1")), []]
+    settings = ApiSettings(
+        keys={"read": SecretStr(READ), "admin": SecretStr(ADMIN)},
+        latest_sweep_s=0,
+        bindings_file=path,
+    )
+    app = create_app(settings, influx=fake, writer=writer)
+    async with app.router.lifespan_context(app), _client(app, READ) as c:
+        items = (await c.get("/v1/bindings")).json()["items"]
+        assert [(i["charger_id"], i["gateway_id"], i["source"]) for i in items] == [
+            ("cp-1", "gw-2", "store"),
+            ("cp-3", "gw-1", "file"),
+        ]
+        assert (await c.get("/v1/bindings/cp-2")).status_code == 404  # unbound in the store
+        one = await c.get("/v1/bindings/cp-3")
+        assert (one.status_code, one.json()["source"]) == (200, "file")
+
+
+def test_a_bindings_file_that_cannot_work_stops_the_api(tmp_path: Path) -> None:
+    """The same loader as the bridges': a bad file is a ConfigError naming the API's setting."""
+    path = tmp_path / "bindings.json"
+    path.write_text('{"cp 1": "gw-1"}')
+    settings = ApiSettings(keys={"read": SecretStr(READ)}, bindings_file=path)
+    with pytest.raises(ConfigError, match="TELEMETRY_API_BINDINGS_FILE"):
+        create_app(settings)
+
+
+async def test_keep_is_ready_only_once_its_creation_succeeded(
+    fake: FakeInflux, writer: RecordingWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change tries to create `keep` again while the start's attempt failed; a failed try is
+    not taken for success: the next change tries again."""
+    calls: list[str] = []
+
+    async def refuse(settings: object, rp: str, *args: object, **kwargs: object) -> bool:
+        calls.append(rp)
+        return False
+
+    monkeypatch.setattr(bindings_routes, "create_retention_policy", refuse)
+    async for app in _app(fake, writer, "provisioned"):
+        async with _client(app, ADMIN) as c:
+            for _ in range(2):
+                put = await c.put("/v1/bindings/cp-1", json={"gateway_id": "gw-1"})
+                assert put.status_code == 200
+        assert app.state.keep_rp_ready is False
+    assert calls == ["keep", "keep"]

@@ -320,3 +320,65 @@ async def test_replay_by_filter_and_without_a_broker(
     bad = await client.post("/v1/deadletters/replay", json={"filter": {}})
     assert bad.status_code == 422
     assert bad.headers["content-type"] == "application/problem+json"
+
+
+def _stored(ns: int, at: str = "2026-05-01T11:00:00.000Z") -> list[Any]:
+    row = _row(ns)
+    row[COLUMNS.index("replay_outcome")] = "stored"
+    row[COLUMNS.index("replayed_at")] = at
+    return row
+
+
+async def test_replay_by_filter_skips_the_stored_ones_and_says_more_match(
+    client: httpx.AsyncClient, fake: FakeInflux, broker: ReplayBroker
+) -> None:
+    """A filter skips the dead letters a replay has already stored (reading on past them), so
+    the same filter sent again takes the next ones; the answer says whether more matched, and
+    each accepted id's replayed_at before the replay."""
+    again = _row(NS + 1)
+    again[COLUMNS.index("replay_outcome")] = "deadlettered:charger_not_bound"
+    again[COLUMNS.index("replayed_at")] = "2026-05-01T11:30:00.000Z"
+    # the newest two are stored: the first read (LIMIT 2) finds none, the next reads below them
+    fake.answers += [_series(_stored(NS + 3), _stored(NS + 2)), _series(again, _row(NS))]
+    body = {"filter": {"reason": CHARGER_NOT_BOUND}, "limit": 1}
+    resp = await client.post("/v1/deadletters/replay", json=body)
+    assert resp.status_code == 202, resp.text
+    answer = resp.json()
+    first = DeadLetterKey(NS + 1, CHARGER_NOT_BOUND, "gw.1").id
+    assert answer["accepted"] == [first]
+    assert answer["more"] is True
+    assert answer["previous_replayed_at"] == {first: "2026-05-01T11:30:00.000Z"}
+    assert f"time <= {NS + 2}" in fake.queries[-1]
+    # the last one: nothing more
+    fake.answers += [_series(_row(NS))]
+    resp = await client.post("/v1/deadletters/replay", json=body)
+    assert resp.json()["more"] is False
+    assert resp.json()["previous_replayed_at"] == {
+        DeadLetterKey(NS, CHARGER_NOT_BOUND, "gw.1").id: None
+    }
+    # exclude_stored false takes the stored ones too
+    fake.answers += [_series(_stored(NS + 3), _stored(NS + 2))]
+    body = {"filter": {"reason": CHARGER_NOT_BOUND, "exclude_stored": False}, "limit": 1}
+    resp = await client.post("/v1/deadletters/replay", json=body)
+    assert resp.json()["accepted"] == [DeadLetterKey(NS + 3, CHARGER_NOT_BOUND, "gw.1").id]
+    assert resp.json()["more"] is True
+
+
+async def test_list_can_leave_out_the_stored_ones(
+    client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """exclude_stored=true on GET skips what a replay stored; its cursor carries on below."""
+    fake.answers += [_series(_stored(NS + 2), _row(NS + 1), _row(NS))]
+    resp = await client.get("/v1/deadletters", params={"limit": 1, "exclude_stored": "true"})
+    page = resp.json()
+    assert [decode_id(i["id"]).ns for i in page["items"]] == [NS + 1]
+    assert page["next_cursor"]
+    fake.answers += [_series(_row(NS + 1), _row(NS))]
+    resp = await client.get(
+        "/v1/deadletters",
+        params={"limit": 1, "exclude_stored": "true", "cursor": page["next_cursor"]},
+    )
+    assert [decode_id(i["id"]).ns for i in resp.json()["items"]] == [NS]
+    assert resp.json()["next_cursor"] is None
+    other = await client.get("/v1/deadletters", params={"limit": 1, "cursor": page["next_cursor"]})
+    assert other.status_code == 422
