@@ -28,10 +28,15 @@ from query_api.metrics import ApiMetrics
 from query_api.settings import ApiSettings
 from telemetry_common import influxql
 from telemetry_common.influx_query import InfluxError, InfluxQL
-from telemetry_common.influx_write import InfluxWriter, WriteError
+from telemetry_common.influx_write import (
+    InfluxWriter,
+    WriteError,
+    WriteRejectedError,
+    create_retention_policy,
+)
 from telemetry_common.mqtt import MqttError
 from telemetry_common.schema import format_ts
-from telemetry_common.storage import SEQGAP_WINDOW_S
+from telemetry_common.storage import KEEP_RP, SEQGAP_WINDOW_S
 from telemetry_common.topics import ALARM_KINDS
 
 log = logging.getLogger(__name__)
@@ -135,7 +140,9 @@ class AlarmLoop:
                 log.exception("alarm evaluation failed")
 
     async def _load(self) -> None:
-        """The active alarms InfluxDB holds (newest first: an older duplicate is cleared)."""
+        """The active alarms InfluxDB holds (newest first: an older duplicate is cleared), once
+        the retention policy ``keep`` they are kept in exists (the lifespan creates it too)."""
+        await create_retention_policy(self._s.influx, KEEP_RP)
         delay = 0.5
         while True:
             now = self._clock.now()
@@ -157,17 +164,30 @@ class AlarmLoop:
             if key not in self.active:
                 self.active[key] = alarm
             else:
-                await self._write([alarm.clear_line(now)])
+                await self._write([alarm.clear_line(now)])  # best effort: the older duplicate
         self.loaded = True
         log.info("alarms: %d active loaded from InfluxDB", len(self.active))
 
-    async def _write(self, lines: list[str]) -> bool:
+    async def _write(self, lines: list[str]) -> set[str] | None:
+        """Store ``lines`` in the retention policy ``keep``: the lines InfluxDB refused for good
+        (each logged), or None when it could not take them now (tried again next round). A
+        refused write (say ``partial write: points beyond retention policy dropped=N``, which
+        stores the other lines) is split until each refused line is alone: the others are
+        stored (written again: same points, same fields) and count as written."""
         try:
-            await self._writer.write(lines)
+            await self._writer.write(lines, rp=KEEP_RP)
+        except WriteRejectedError as exc:
+            if len(lines) == 1:
+                log.warning("alarms: InfluxDB refused %s: %s", lines[0], exc.detail)
+                return {lines[0]}
+            mid = len(lines) // 2
+            first = await self._write(lines[:mid])
+            second = await self._write(lines[mid:])
+            return None if first is None or second is None else first | second
         except WriteError as exc:
             log.warning("alarms: InfluxDB did not store %d lines: %s", len(lines), exc)
-            return False
-        return True
+            return None
+        return set()
 
     async def tick(self, broker: AlarmBroker) -> None:
         """One round: adopt (once), reconcile with the retained topics, evaluate, publish."""
@@ -182,8 +202,10 @@ class AlarmLoop:
             for (kind, subject), firing in sorted(to_raise.items())
         ]
         for chunk in _chunks(raised):
-            if not await self._write([alarm.raise_line() for alarm in chunk]):
+            if await self._write([alarm.raise_line() for alarm in chunk]) is None:
                 continue  # tried again next round
+            # A refused raise (not kept in InfluxDB, logged) is raised all the same: published,
+            # and cleared when its condition ends; trying it again could never succeed.
             for alarm in chunk:
                 key = (alarm.kind, alarm.subject)
                 self.active[key] = alarm
@@ -191,8 +213,10 @@ class AlarmLoop:
                 self._metrics.alarms_raised.labels(alarm.kind).inc()
                 log.warning("alarm raised: %s %s: %s", alarm.kind, alarm.subject, alarm.detail)
         for chunk in _chunks([self.active[key] for key in to_clear]):
-            if not await self._write([alarm.clear_line(now) for alarm in chunk]):
+            if await self._write([alarm.clear_line(now) for alarm in chunk]) is None:
                 continue
+            # A refused clear (logged) clears all the same: retried, it would be refused again
+            # and hold the alarm forever.
             for alarm in chunk:
                 key = (alarm.kind, alarm.subject)
                 del self.active[key]
@@ -211,7 +235,7 @@ class AlarmLoop:
             alarm = from_message(key[0], key[1], payload)
             if alarm is None or await self._stored_cleared(alarm):
                 continue  # not ours, or cleared (its topic not emptied yet): emptied below
-            if await self._write([alarm.raise_line()]):
+            if await self._write([alarm.raise_line()]) is not None:
                 self.active[key] = alarm
                 log.info("alarm adopted from its retained topic: %s %s", *key)
         self._adopted = True

@@ -16,7 +16,7 @@ from query_api.latest.mirror import LiveMirror
 from query_api.metrics import ApiMetrics
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import Series
-from telemetry_common.influx_write import WriteUnavailableError
+from telemetry_common.influx_write import WriteRejectedError, WriteUnavailableError
 from telemetry_common.mqtt import NotConnectedError
 from tests.support.fake_influx import FakeInflux, FixedClock
 
@@ -27,12 +27,22 @@ ROOT = "chargers/v1"
 class Writer:
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.rps: set[str | None] = set()
         self.fail = False
+        #: lines refused as InfluxDB 1.x does a point beyond the retention policy: the
+        #: request answers 400 ``partial write``, the other lines are stored
+        self.refuse: set[str] = set()
 
     async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
         if self.fail:
             raise WriteUnavailableError(None, "down")
-        self.lines.extend(lines)
+        self.rps.add(rp)
+        self.lines.extend(line for line in lines if line not in self.refuse)
+        dropped = sum(1 for line in lines if line in self.refuse)
+        if dropped:
+            raise WriteRejectedError(
+                400, f"partial write: points beyond retention policy dropped={dropped}"
+            )
 
     async def prepare(self) -> None: ...
 
@@ -143,3 +153,27 @@ async def test_a_retained_alarm_influxdb_holds_as_cleared_is_emptied_not_adopted
     assert new.since == NOW
     assert writer.lines == [new.raise_line()]
     assert broker.sent == [(f"{ROOT}/alarms/gateway_offline/gw-1", new.message())]
+
+
+async def test_a_partial_write_clears_the_other_alarms_and_drops_the_refused_line() -> None:
+    """Two clears in one write, one refused (InfluxDB: ``partial write``): both alarms are
+    cleared and their topics emptied; nothing is retried. Alarms go to the policy ``keep``."""
+    loop, mirror, writer, broker = _setup()
+    _offline(mirror, "gw-1")
+    _offline(mirror, "gw-2")
+    await loop.tick(broker)
+    assert set(loop.active) == {("gateway_offline", "gw-1"), ("gateway_offline", "gw-2")}
+    old = loop.active[("gateway_offline", "gw-1")]
+    for gw in ("gw-1", "gw-2"):
+        mirror.apply(f"{ROOT}/{gw}/state", b'{"state": "online", "ts": "2026-12-05T12:00:00Z"}', 0)
+    writer.refuse.add(old.clear_line(NOW))
+    await loop.tick(broker)
+    assert loop.active == {}
+    assert sorted(broker.sent[2:]) == [
+        (f"{ROOT}/alarms/gateway_offline/gw-1", b""),
+        (f"{ROOT}/alarms/gateway_offline/gw-2", b""),
+    ]
+    stored = len(writer.lines)
+    await loop.tick(broker)
+    assert len(writer.lines) == stored  # nothing tried again
+    assert writer.rps == {"keep"}

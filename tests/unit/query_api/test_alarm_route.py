@@ -51,7 +51,7 @@ async def test_active_alarms_are_read_newest_first_with_their_fields(
     assert resp.status_code == 200, resp.text
     body = resp.json()
     (q,) = fake.queries
-    assert q.startswith('SELECT * FROM "alarms" WHERE time >= ')
+    assert q.startswith('SELECT * FROM "keep"."alarms" WHERE time >= ')
     assert '"active" = true AND "kind" = \'gateway_offline\'' in q
     assert q.endswith("ORDER BY time DESC LIMIT 2")  # limit + 1: is there more?
     assert body["truncated"] is True
