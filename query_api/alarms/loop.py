@@ -291,6 +291,11 @@ class AlarmLoop:
                 key in self._connectors or len(self._connectors) < MAX_CONNECTORS
             ):
                 self._connectors[key] = snap.status
+        # A charger gone from the mirror (retired: its live topic emptied) takes its connectors
+        # along: their alarms clear, and a charger back later starts from its new statuses.
+        present = {c.charger_id for c in chargers}
+        for key in [key for key in self._connectors if key[0] not in present]:
+            del self._connectors[key]
         return Inputs(
             now=now,
             chargers=chargers,

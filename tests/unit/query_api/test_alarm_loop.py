@@ -177,3 +177,26 @@ async def test_a_partial_write_clears_the_other_alarms_and_drops_the_refused_lin
     await loop.tick(broker)
     assert len(writer.lines) == stored  # nothing tried again
     assert writer.rps == {"keep"}
+
+
+def _live(mirror: LiveMirror, charger: str, gw: str, status: str, at: datetime = NOW) -> None:
+    doc = {
+        "charger_id": charger, "gateway_id": gw, "evse_id": 1, "connector_id": 1,
+        "status": status, "ts": at.isoformat(), "seq": 1, "values": {},
+    }  # fmt: skip
+    assert mirror.apply(f"{ROOT}/live/{charger}", orjson.dumps(doc), 0.0)
+
+
+async def test_a_retired_chargers_connector_faulted_clears() -> None:
+    """A Faulted connector raises connector_faulted; its charger retired (live topic emptied):
+    the alarm clears (the loop forgets the connectors of a charger the mirror lost)."""
+    loop, mirror, _, broker = _setup()
+    online = b'{"state": "online", "ts": "2026-12-05T12:00:00Z"}'
+    mirror.apply(f"{ROOT}/gw-1/state", online, 0)
+    _live(mirror, "cp-1", "gw-1", "Faulted")
+    await loop.tick(broker)
+    assert set(loop.active) == {("connector_faulted", "cp-1.1.1")}
+    assert mirror.apply(f"{ROOT}/live/cp-1", b"", 0.0)
+    await loop.tick(broker)
+    assert loop.active == {}
+    assert broker.sent[-1] == (f"{ROOT}/alarms/connector_faulted/cp-1.1.1", b"")
