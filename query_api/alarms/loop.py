@@ -305,6 +305,11 @@ class AlarmLoop:
             settled=True,
             seqgaps=await self._seqgaps(now),
             deadletters=await self._deadletters(now),
+            silent_since={
+                subject: alarm.since
+                for (kind, subject), alarm in self.active.items()
+                if kind == "charger_silent"
+            },
         )
 
     async def _seqgaps(self, now: datetime) -> dict[str, tuple[int, str]] | None:

@@ -88,6 +88,8 @@ class Inputs:
     seqgaps: Mapping[str, tuple[int, str]] | None = None
     #: per gateway, dead letters stored in the window (None: the query failed)
     deadletters: Mapping[str, int] | None = None
+    #: per charger, when its active charger_silent alarm was raised
+    silent_since: Mapping[str, datetime] = field(default_factory=dict)
 
 
 def connector_subject(charger_id: str, evse_id: int, connector_id: int) -> str:
@@ -133,6 +135,12 @@ def _silent(inputs: Inputs, t: Thresholds, offline: set[str], verdict: Verdict) 
             limit = max(t.silent_unlearned_s, t.silent_min_s)
             why = "its interval is not learned yet"
         age = (inputs.now - c.ts).total_seconds()
+        since = inputs.silent_since.get(c.charger_id)
+        if age <= limit and c.interval_s is None and since is not None and c.ts <= since:
+            # Silent already, and its interval unknown (the API restarted: the mirror holds only
+            # the retained last value): no reading since the raise, so no news; held.
+            held.add(c.charger_id)
+            continue
         if age > limit:
             verdict.firing[("charger_silent", c.charger_id)] = Firing(
                 "warning",

@@ -315,6 +315,38 @@ def test_an_alarm_is_raised_once_across_a_restart_of_the_api(alarms: Alarms) -> 
     assert cleared_at is not None
 
 
+def test_charger_silent_stays_raised_across_a_restart_of_the_api(alarms: Alarms) -> None:
+    """A charger silent before a restart of the API: the new process holds only its retained
+    last value (its interval not learned, so the limit would be STATE_STALE_AFTER_S, 300 s):
+    the alarm stays as it is (not cleared, not raised again) until the charger's next reading
+    clears it once."""
+    a = alarms
+    charger = f"{a.gateway}-cp1"
+    a.state(_heartbeat(None, None))
+    for _ in range(4):
+        a.read(charger, "Charging")
+        time.sleep(0.3)
+    silent = a.wait_raised("charger_silent", charger)
+    api_proc: ManagedProcess = a.procs.started[-1]
+    api_proc.stop(timeout=10)
+    a.api = _api(a.db, a.broker, a.procs, "api-2")
+    again = a.procs.started[-1]
+    wait_until("the active alarms loaded", logged(again, "active loaded from InfluxDB"))
+
+    def rounds() -> float:
+        text = httpx.get(f"{a.api}/metrics", timeout=5).text
+        line = next(x for x in text.splitlines() if x.startswith("telemetry_api_alarm_eval"))
+        return float(line.split()[-1])
+
+    wait_until("5 rounds of evaluation", lambda: rounds() >= 5)
+    (item,) = a.get(state="active", kind="charger_silent", subject=charger)
+    assert item == silent
+    assert len(a.messages("charger_silent", charger)) == 1  # neither cleared nor published again
+    a.read(charger, "Charging")
+    a.wait_cleared("charger_silent", charger, silent["id"])
+    assert len(a.stored_occurrences("charger_silent", charger)) == 1
+
+
 def test_alarms_older_than_the_default_retention_policy_clear(alarms: Alarms) -> None:
     """``autogen`` keeps 1 h (the rollup job cuts it): an alarm raised 3 h ago (adopted from its
     retained topic by a restarted API) and a fresh one clear in one round, both stored cleared

@@ -46,6 +46,23 @@ def test_a_charger_is_silent_after_n_of_its_intervals_with_a_floor() -> None:
     assert ("gateway_offline", "off") in v.firing
 
 
+def test_a_silent_charger_whose_interval_is_not_learned_keeps_its_alarm() -> None:
+    """After a restart the mirror holds only a charger's retained last value: silent before
+    (an active alarm raised after that value), it is held, not cleared; a reading after the
+    raise is news: it clears."""
+    since = NOW - timedelta(seconds=30)
+    chargers = [
+        ChargerView("held", "gw", NOW - timedelta(seconds=100), None),
+        ChargerView("back", "gw", NOW - timedelta(seconds=5), None),
+    ]
+    inputs = Inputs(NOW, chargers, gateways={"gw": _online()})
+    inputs.silent_since = {"held": since, "back": since}
+    v = evaluate(inputs, T)
+    assert not any(k == "charger_silent" for (k, _) in v.firing)
+    active = [("charger_silent", "held"), ("charger_silent", "back")]
+    assert changes(v, active) == ({}, [("charger_silent", "back")])
+
+
 def test_gateway_without_birth_is_offline_once_settled_but_not_ingest_gateways() -> None:
     chargers = [ChargerView("a", "nobirth", NOW, 1.0), ChargerView("b", "http-ingest", NOW, 1.0)]
     ingest = frozenset({"http-ingest"})
