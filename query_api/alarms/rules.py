@@ -189,8 +189,18 @@ def _edge(inputs: Inputs, t: Thresholds, verdict: Verdict) -> None:
                     f"the gateway's certificate expires {format_ts(info.cert_not_after)} "
                     f"(threshold {t.cert_days:g} days)",
                 )
-    verdict.known["edge_backlog"] = backlog
-    verdict.known["certificate_expiry"] = certs
+    # Settled, every retained state is in: a gateway without one (retired: its state topic
+    # emptied) has no backlog nor certificate to be alarmed about. One whose newest state says
+    # nothing of them (a last will, a heartbeat without outbox) keeps its alarms as they are.
+    verdict.known["edge_backlog"] = _reported_or_gone(backlog, inputs)
+    verdict.known["certificate_expiry"] = _reported_or_gone(certs, inputs)
+
+
+def _reported_or_gone(reported: set[str], inputs: Inputs) -> Known:
+    if not inputs.settled:
+        return reported
+    present = inputs.gateways.keys()
+    return lambda subject: subject in reported or subject not in present
 
 
 def _stored(inputs: Inputs, t: Thresholds, verdict: Verdict) -> None:

@@ -200,3 +200,30 @@ async def test_a_retired_chargers_connector_faulted_clears() -> None:
     await loop.tick(broker)
     assert loop.active == {}
     assert broker.sent[-1] == (f"{ROOT}/alarms/connector_faulted/cp-1.1.1", b"")
+
+
+async def test_a_retired_gateways_backlog_and_certificate_alarms_clear() -> None:
+    """edge_backlog and certificate_expiry raised from a heartbeat; a heartbeat without outbox
+    keeps them as they are; the gateway retired (its state topic emptied): both clear."""
+    loop, mirror, _, broker = _setup()
+    beat = {
+        "state": "online",
+        "ts": "2026-12-05T12:00:00Z",
+        "outbox": {"depth": 9, "oldest_unsent_ts": "2026-12-05T11:00:00Z", "unconfirmed": 0},
+        "cert_not_after": "2026-12-08T00:00:00Z",
+    }
+    mirror.apply(f"{ROOT}/gw-1/state", orjson.dumps(beat), 0)
+    await loop.tick(broker)
+    kinds = {("edge_backlog", "gw-1"), ("certificate_expiry", "gw-1")}
+    assert set(loop.active) == kinds
+    del beat["outbox"]  # its agent could not read the outbox
+    mirror.apply(f"{ROOT}/gw-1/state", orjson.dumps(beat), 0)
+    await loop.tick(broker)
+    assert set(loop.active) == kinds
+    assert mirror.apply(f"{ROOT}/gw-1/state", b"", 0)
+    await loop.tick(broker)
+    assert loop.active == {}
+    assert sorted(broker.sent[2:]) == [
+        (f"{ROOT}/alarms/certificate_expiry/gw-1", b""),
+        (f"{ROOT}/alarms/edge_backlog/gw-1", b""),
+    ]
