@@ -13,6 +13,7 @@ published again. Nothing is evaluated while the broker session is down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -20,8 +21,16 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from query_api.alarms.rules import ChargerView, Inputs, Key, Thresholds, changes, evaluate
-from query_api.alarms.store import MAX_ACTIVE, Alarm, from_message, read_alarms
+from query_api.alarms.rules import (
+    ChargerView,
+    Firing,
+    Inputs,
+    Key,
+    Thresholds,
+    changes,
+    evaluate,
+)
+from query_api.alarms.store import MAX_ACTIVE, MAX_DETAIL, Alarm, from_message, read_alarms
 from query_api.clock import Clock
 from query_api.latest.mirror import LiveMirror
 from query_api.metrics import ApiMetrics
@@ -195,8 +204,10 @@ class AlarmLoop:
             await self._adopt()
         self._reconcile()
         inputs = await self._inputs()
-        to_raise, to_clear = changes(evaluate(inputs, self._thresholds), self.active)
+        verdict = evaluate(inputs, self._thresholds)
+        to_raise, to_clear = changes(verdict, self.active)
         now = inputs.now
+        await self._escalate(verdict.firing)
         raised = [
             Alarm.raised(kind, subject, now, firing.severity, firing.detail)
             for (kind, subject), firing in sorted(to_raise.items())
@@ -225,6 +236,22 @@ class AlarmLoop:
                 log.info("alarm cleared: %s %s (raised %s)", *key, format_ts(alarm.since))
         await self._publish(broker)
         self._metrics.alarm_rounds.inc()
+
+    async def _escalate(self, firing: dict[Key, Firing]) -> None:
+        """An active warning whose condition is now critical (a certificate within 2 days of
+        expiry) becomes critical: the same occurrence (id, ``since``) stored again with the new
+        severity and detail, then its retained message published again."""
+        for key, now_firing in sorted(firing.items()):
+            alarm = self.active.get(key)
+            if alarm is None or alarm.severity != "warning" or now_firing.severity != "critical":
+                continue
+            escalated = dataclasses.replace(
+                alarm, severity=now_firing.severity, detail=now_firing.detail[:MAX_DETAIL]
+            )
+            if await self._write([escalated.raise_line()]) is not None:
+                self.active[key] = escalated
+                self._pending[key] = escalated.message()
+                log.warning("alarm escalated: %s %s: %s", *key, escalated.detail)
 
     async def _adopt(self) -> None:
         """Retained alarms InfluxDB does not know (stored before a crash, or by a predecessor
@@ -326,8 +353,11 @@ class AlarmLoop:
                 missing = row.get("missing")
                 held = out.get(gateway, (0, ""))
                 epoch = row.get("epoch")
-                add = int(missing) if isinstance(missing, int | float) else 0
-                out[gateway] = (held[0] + add, epoch if isinstance(epoch, str) else held[1])
+                count = int(missing) if isinstance(missing, int | float) else 0
+                # Every bridge that saw the gap reports it: the largest, never the sum (the
+                # same missing readings would be counted once per bridge).
+                if count > held[0] or gateway not in out:
+                    out[gateway] = (count, epoch if isinstance(epoch, str) else held[1])
         return out
 
     async def _deadletters(self, now: datetime) -> dict[str, int] | None:

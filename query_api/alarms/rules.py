@@ -69,6 +69,9 @@ class Thresholds:
     silent_unlearned_s: float = 300.0
     backlog_s: float = 900.0
     cert_days: float = 14.0
+    #: critical within this many days of expiry, as the Prometheus rule
+    #: TelemetryCertificateExpiryCritical (docker/prometheus/alerts.yml)
+    cert_critical_days: float = 2.0
     deadletters_min: int = 1
     deadletters_window_s: float = 900.0
 
@@ -185,7 +188,7 @@ def _edge(inputs: Inputs, t: Thresholds, verdict: Verdict) -> None:
             left = info.cert_not_after - inputs.now
             if left < timedelta(days=t.cert_days):
                 verdict.firing[("certificate_expiry", gw)] = Firing(
-                    "critical" if left <= timedelta(0) else "warning",
+                    "critical" if left < timedelta(days=t.cert_critical_days) else "warning",
                     f"the gateway's certificate expires {format_ts(info.cert_not_after)} "
                     f"(threshold {t.cert_days:g} days)",
                 )

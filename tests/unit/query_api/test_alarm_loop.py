@@ -227,3 +227,47 @@ async def test_a_retired_gateways_backlog_and_certificate_alarms_clear() -> None
         (f"{ROOT}/alarms/certificate_expiry/gw-1", b""),
         (f"{ROOT}/alarms/edge_backlog/gw-1", b""),
     ]
+
+
+async def test_a_certificate_warning_becomes_critical_within_two_days() -> None:
+    """Within 14 days: warning; within 2 days (as the Prometheus rule
+    TelemetryCertificateExpiryCritical): the same occurrence, critical, stored and published
+    again."""
+    loop, mirror, writer, broker = _setup()
+
+    def beat(not_after: str) -> None:
+        doc = {"state": "online", "ts": "2026-12-05T12:00:00Z", "cert_not_after": not_after}
+        mirror.apply(f"{ROOT}/gw-1/state", orjson.dumps(doc), 0)
+
+    beat("2026-12-12T12:00:00Z")
+    await loop.tick(broker)
+    first = loop.active[("certificate_expiry", "gw-1")]
+    assert first.severity == "warning"
+    beat("2026-12-07T00:00:00Z")  # 36 h left
+    await loop.tick(broker)
+    now = loop.active[("certificate_expiry", "gw-1")]
+    assert (now.id, now.since, now.severity) == (first.id, first.since, "critical")
+    assert "2026-12-07T00:00:00.000Z" in now.detail
+    assert writer.lines[-1] == now.raise_line()
+    topic = f"{ROOT}/alarms/certificate_expiry/gw-1"
+    assert broker.sent == [(topic, first.message()), (topic, now.message())]
+
+
+async def test_a_gap_seen_by_two_bridges_is_counted_once() -> None:
+    """Both bridges confirm the same 2 readings missing: 2, not 4."""
+    loop, _, _, broker = _setup()
+    assert isinstance(loop._influx, FakeInflux)
+    loop._influx.answers.append(
+        [
+            Series(
+                "seqgaps",
+                ["time", "missing", "epoch"],
+                [[0, 2, "e1"]],
+                {"gateway_id": "gw-1", "bridge": b},
+            )
+            for b in ("bridge-a", "bridge-b")
+        ]
+    )
+    await loop.tick(broker)
+    alarm = loop.active[("seq_gap_confirmed", "gw-1")]
+    assert alarm.detail.startswith("2 readings confirmed missing (epoch e1)")
