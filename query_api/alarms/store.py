@@ -23,6 +23,7 @@ from query_api.readings import from_epoch_ns
 from telemetry_common import influxql
 from telemetry_common.errors import TopicError
 from telemetry_common.influx_query import InfluxError, InfluxQL
+from telemetry_common.influx_write import field_str
 from telemetry_common.schema import format_ts
 from telemetry_common.storage import ALARM_MEASUREMENT
 from telemetry_common.topics import check_alarm
@@ -35,10 +36,6 @@ MAX_DETAIL: int = 2048
 
 def _ns(ts: datetime) -> int:
     return int(ts.timestamp()) * 1_000_000_000 + ts.microsecond * 1_000
-
-
-def _field_str(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def alarm_id(kind: str, subject: str, since: datetime) -> str:
@@ -69,8 +66,8 @@ class Alarm:
 
     def raise_line(self) -> str:
         fields = (
-            f"id={_field_str(self.id)},severity={_field_str(self.severity)},"
-            f"detail={_field_str(self.detail[:MAX_DETAIL])},active=true"
+            f"id={field_str(self.id)},severity={field_str(self.severity)},"
+            f"detail={field_str(self.detail[:MAX_DETAIL])},active=true"
         )
         return f"{self._series()} {fields} {_ns(self.since)}"
 
