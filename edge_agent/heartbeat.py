@@ -8,6 +8,7 @@ The birth (published by the MQTT client on every connect) and a heartbeat republ
      "outbox": {"depth": int, "oldest_unsent_ts": ISO | null, "unconfirmed": int},
      "cert_not_after": ISO | null}
 
+``outbox`` is left out when the outbox statistics could not be read (not reported as empty).
 The last will (and a clean stop) stays ``{"state": "offline", "ts": ISO}``. Readers accept both
 and ignore keys they do not know (docs/design.md, MQTT).
 """
@@ -82,10 +83,13 @@ def online_payload(
     outbox: OutboxStats | None = None,
     unconfirmed: int = 0,
     not_after: datetime | None = None,
+    outbox_known: bool = True,
 ) -> bytes:
     """The ``online`` document of the birth and the heartbeat: the agent version, the outbox
     (``outbox``'s depth and its oldest unsent reading's capture time; none: depth 0), the
-    readings unconfirmed and the client certificate's notAfter."""
+    readings unconfirmed and the client certificate's notAfter. ``outbox_known`` False (its
+    statistics could not be read): no ``outbox`` key at all, so the cloud keeps its
+    ``edge_backlog`` alarm as it is rather than read an empty outbox."""
     now = now or datetime.now(UTC)
     oldest = None
     if outbox is not None and outbox.oldest_age_s is not None:
@@ -101,6 +105,8 @@ def online_payload(
         },
         "cert_not_after": _iso(not_after),
     }
+    if not outbox_known:
+        del doc["outbox"]
     return orjson.dumps(doc)
 
 
@@ -119,18 +125,21 @@ class GatewayState:
 
     def online(self) -> bytes:
         """The birth / heartbeat payload. Never raises (it runs on the MQTT network thread at
-        connect): without outbox statistics, the outbox part says depth 0."""
+        connect): without outbox statistics (they failed), no ``outbox`` key."""
         stats = None
+        known = True
         if self._outbox is not None:
             try:
                 stats = self._outbox.stats()
             except Exception:
+                known = False
                 log.exception("outbox statistics unavailable for the state topic")
         return online_payload(
             version=self.version,
             outbox=stats,
             unconfirmed=self.unconfirmed(),
             not_after=self.not_after,
+            outbox_known=known,
         )
 
     async def heartbeat(self, client: AsyncMqttClient, topic: str, interval_s: float) -> None:

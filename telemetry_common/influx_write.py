@@ -45,6 +45,12 @@ class WriteUnavailableError(WriteError):
     """InfluxDB could not take the data now; the same write may succeed later."""
 
 
+def field_str(text: str) -> str:
+    """``text`` as a line-protocol string field value: quoted, its backslashes, double quotes
+    and newlines escaped (the dead letters' and the alarms' points)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def _classify(status: int, detail: str) -> WriteError:
     if status in DATA_REJECTED:
         return WriteRejectedError(status, detail)

@@ -517,7 +517,9 @@ def alarms_query(
     subject: str | None = None,
 ) -> str:
     """Alarm occurrences raised in ``[start, end)``, newest first, at most ``limit``; only the
-    active ones with ``active_only``; ``kind`` and ``subject`` narrow them."""
+    active ones with ``active_only``; ``kind`` and ``subject`` narrow them. Alarms are kept in
+    the retention policy ``KEEP_RP`` (INF): their points are stamped with the raise time, which
+    may be older than the raw readings' retention."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise QueryBuildError("limit", limit, "must be a positive integer")
     where = _window(start, end)
@@ -532,7 +534,7 @@ def alarms_query(
             raise QueryBuildError("subject", subject, "not an alarm subject")
         where += f" AND {quote_ident('subject')} = {quote_string(subject)}"
     return (
-        f"SELECT * FROM {quote_ident(ALARM_MEASUREMENT)} WHERE {where} "
+        f"SELECT * FROM {quote_ident(KEEP_RP)}.{quote_ident(ALARM_MEASUREMENT)} WHERE {where} "
         f"ORDER BY time DESC LIMIT {limit}"
     )
 

@@ -17,6 +17,7 @@ import orjson
 from processor.metrics import Metrics
 from processor.validate import Rejected
 from telemetry_common.deadletters import DeadLetterKey
+from telemetry_common.influx_write import field_str
 from telemetry_common.mqtt import (
     AsyncMqttClient,
     NotConnectedError,
@@ -36,10 +37,6 @@ STORED_MAX_RAW: Final = 32 * 1024
 STORED_MAX_DETAIL: Final = 2048
 
 
-def _field_str(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
 def deadletter_lines(dead: list[tuple[str, str, Rejected]], now_ns: int) -> list[str]:
     """Line protocol for the dead letters of a batch (``(gateway, topic, record)``), stamped
     ``now_ns`` plus their position so each is its own point."""
@@ -47,15 +44,15 @@ def deadletter_lines(dead: list[tuple[str, str, Rejected]], now_ns: int) -> list
     for k, (gateway_id, topic, record) in enumerate(dead):
         raw = record.raw[:STORED_MAX_RAW]
         fields = [
-            f"detail={_field_str(record.detail[:STORED_MAX_DETAIL])}",
-            f"topic={_field_str(topic[:512])}",
+            f"detail={field_str(record.detail[:STORED_MAX_DETAIL])}",
+            f"topic={field_str(topic[:512])}",
             f"payload_bytes={len(record.raw)}i",
-            f"payload_b64={_field_str(base64.b64encode(raw).decode())}",
+            f"payload_b64={field_str(base64.b64encode(raw).decode())}",
         ]
         if record.index is not None:
             fields.append(f"index={record.index}i")
         if record.epoch is not None:
-            fields.append(f"epoch={_field_str(record.epoch)}")
+            fields.append(f"epoch={field_str(record.epoch)}")
         lines.append(
             f"{DEADLETTER_MEASUREMENT},gateway_id={gateway_id},reason={record.reason} "
             f"{','.join(fields)} {now_ns + k}"
@@ -67,10 +64,10 @@ def replay_outcome_lines(outcomes: list[tuple[DeadLetterKey, str]], at: datetime
     """Line protocol that writes ``replayed_at`` (``at``) and ``replay_outcome`` onto each
     replayed dead letter's own point (same measurement, tags and time: InfluxDB merges the
     fields into it; a later replay overwrites them)."""
-    stamp = _field_str(at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    stamp = field_str(at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
     return [
         f"{DEADLETTER_MEASUREMENT},gateway_id={key.gateway_id},reason={key.reason} "
-        f"replayed_at={stamp},replay_outcome={_field_str(outcome)} {key.ns}"
+        f"replayed_at={stamp},replay_outcome={field_str(outcome)} {key.ns}"
         for key, outcome in outcomes
     ]
 

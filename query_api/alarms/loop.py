@@ -13,6 +13,7 @@ published again. Nothing is evaluated while the broker session is down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -20,18 +21,31 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from query_api.alarms.rules import ChargerView, Inputs, Key, Thresholds, changes, evaluate
-from query_api.alarms.store import MAX_ACTIVE, Alarm, from_message, read_alarms
+from query_api.alarms.rules import (
+    ChargerView,
+    Firing,
+    Inputs,
+    Key,
+    Thresholds,
+    changes,
+    evaluate,
+)
+from query_api.alarms.store import MAX_ACTIVE, MAX_DETAIL, Alarm, from_message, read_alarms
 from query_api.clock import Clock
 from query_api.latest.mirror import LiveMirror
 from query_api.metrics import ApiMetrics
 from query_api.settings import ApiSettings
 from telemetry_common import influxql
 from telemetry_common.influx_query import InfluxError, InfluxQL
-from telemetry_common.influx_write import InfluxWriter, WriteError
+from telemetry_common.influx_write import (
+    InfluxWriter,
+    WriteError,
+    WriteRejectedError,
+    create_retention_policy,
+)
 from telemetry_common.mqtt import MqttError
 from telemetry_common.schema import format_ts
-from telemetry_common.storage import SEQGAP_WINDOW_S
+from telemetry_common.storage import KEEP_RP, SEQGAP_WINDOW_S
 from telemetry_common.topics import ALARM_KINDS
 
 log = logging.getLogger(__name__)
@@ -135,7 +149,9 @@ class AlarmLoop:
                 log.exception("alarm evaluation failed")
 
     async def _load(self) -> None:
-        """The active alarms InfluxDB holds (newest first: an older duplicate is cleared)."""
+        """The active alarms InfluxDB holds (newest first: an older duplicate is cleared), once
+        the retention policy ``keep`` they are kept in exists (the lifespan creates it too)."""
+        await create_retention_policy(self._s.influx, KEEP_RP)
         delay = 0.5
         while True:
             now = self._clock.now()
@@ -157,17 +173,30 @@ class AlarmLoop:
             if key not in self.active:
                 self.active[key] = alarm
             else:
-                await self._write([alarm.clear_line(now)])
+                await self._write([alarm.clear_line(now)])  # best effort: the older duplicate
         self.loaded = True
         log.info("alarms: %d active loaded from InfluxDB", len(self.active))
 
-    async def _write(self, lines: list[str]) -> bool:
+    async def _write(self, lines: list[str]) -> set[str] | None:
+        """Store ``lines`` in the retention policy ``keep``: the lines InfluxDB refused for good
+        (each logged), or None when it could not take them now (tried again next round). A
+        refused write (say ``partial write: points beyond retention policy dropped=N``, which
+        stores the other lines) is split until each refused line is alone: the others are
+        stored (written again: same points, same fields) and count as written."""
         try:
-            await self._writer.write(lines)
+            await self._writer.write(lines, rp=KEEP_RP)
+        except WriteRejectedError as exc:
+            if len(lines) == 1:
+                log.warning("alarms: InfluxDB refused %s: %s", lines[0], exc.detail)
+                return {lines[0]}
+            mid = len(lines) // 2
+            first = await self._write(lines[:mid])
+            second = await self._write(lines[mid:])
+            return None if first is None or second is None else first | second
         except WriteError as exc:
             log.warning("alarms: InfluxDB did not store %d lines: %s", len(lines), exc)
-            return False
-        return True
+            return None
+        return set()
 
     async def tick(self, broker: AlarmBroker) -> None:
         """One round: adopt (once), reconcile with the retained topics, evaluate, publish."""
@@ -175,15 +204,19 @@ class AlarmLoop:
             await self._adopt()
         self._reconcile()
         inputs = await self._inputs()
-        to_raise, to_clear = changes(evaluate(inputs, self._thresholds), self.active)
+        verdict = evaluate(inputs, self._thresholds)
+        to_raise, to_clear = changes(verdict, self.active)
         now = inputs.now
+        await self._escalate(verdict.firing)
         raised = [
             Alarm.raised(kind, subject, now, firing.severity, firing.detail)
             for (kind, subject), firing in sorted(to_raise.items())
         ]
         for chunk in _chunks(raised):
-            if not await self._write([alarm.raise_line() for alarm in chunk]):
+            if await self._write([alarm.raise_line() for alarm in chunk]) is None:
                 continue  # tried again next round
+            # A refused raise (not kept in InfluxDB, logged) is raised all the same: published,
+            # and cleared when its condition ends; trying it again could never succeed.
             for alarm in chunk:
                 key = (alarm.kind, alarm.subject)
                 self.active[key] = alarm
@@ -191,8 +224,10 @@ class AlarmLoop:
                 self._metrics.alarms_raised.labels(alarm.kind).inc()
                 log.warning("alarm raised: %s %s: %s", alarm.kind, alarm.subject, alarm.detail)
         for chunk in _chunks([self.active[key] for key in to_clear]):
-            if not await self._write([alarm.clear_line(now) for alarm in chunk]):
+            if await self._write([alarm.clear_line(now) for alarm in chunk]) is None:
                 continue
+            # A refused clear (logged) clears all the same: retried, it would be refused again
+            # and hold the alarm forever.
             for alarm in chunk:
                 key = (alarm.kind, alarm.subject)
                 del self.active[key]
@@ -201,6 +236,22 @@ class AlarmLoop:
                 log.info("alarm cleared: %s %s (raised %s)", *key, format_ts(alarm.since))
         await self._publish(broker)
         self._metrics.alarm_rounds.inc()
+
+    async def _escalate(self, firing: dict[Key, Firing]) -> None:
+        """An active warning whose condition is now critical (a certificate within 2 days of
+        expiry) becomes critical: the same occurrence (id, ``since``) stored again with the new
+        severity and detail, then its retained message published again."""
+        for key, now_firing in sorted(firing.items()):
+            alarm = self.active.get(key)
+            if alarm is None or alarm.severity != "warning" or now_firing.severity != "critical":
+                continue
+            escalated = dataclasses.replace(
+                alarm, severity=now_firing.severity, detail=now_firing.detail[:MAX_DETAIL]
+            )
+            if await self._write([escalated.raise_line()]) is not None:
+                self.active[key] = escalated
+                self._pending[key] = escalated.message()
+                log.warning("alarm escalated: %s %s: %s", *key, escalated.detail)
 
     async def _adopt(self) -> None:
         """Retained alarms InfluxDB does not know (stored before a crash, or by a predecessor
@@ -211,7 +262,7 @@ class AlarmLoop:
             alarm = from_message(key[0], key[1], payload)
             if alarm is None or await self._stored_cleared(alarm):
                 continue  # not ours, or cleared (its topic not emptied yet): emptied below
-            if await self._write([alarm.raise_line()]):
+            if await self._write([alarm.raise_line()]) is not None:
                 self.active[key] = alarm
                 log.info("alarm adopted from its retained topic: %s %s", *key)
         self._adopted = True
@@ -267,6 +318,11 @@ class AlarmLoop:
                 key in self._connectors or len(self._connectors) < MAX_CONNECTORS
             ):
                 self._connectors[key] = snap.status
+        # A charger gone from the mirror (retired: its live topic emptied) takes its connectors
+        # along: their alarms clear, and a charger back later starts from its new statuses.
+        present = {c.charger_id for c in chargers}
+        for key in [key for key in self._connectors if key[0] not in present]:
+            del self._connectors[key]
         return Inputs(
             now=now,
             chargers=chargers,
@@ -276,6 +332,11 @@ class AlarmLoop:
             settled=True,
             seqgaps=await self._seqgaps(now),
             deadletters=await self._deadletters(now),
+            silent_since={
+                subject: alarm.since
+                for (kind, subject), alarm in self.active.items()
+                if kind == "charger_silent"
+            },
         )
 
     async def _seqgaps(self, now: datetime) -> dict[str, tuple[int, str]] | None:
@@ -292,8 +353,11 @@ class AlarmLoop:
                 missing = row.get("missing")
                 held = out.get(gateway, (0, ""))
                 epoch = row.get("epoch")
-                add = int(missing) if isinstance(missing, int | float) else 0
-                out[gateway] = (held[0] + add, epoch if isinstance(epoch, str) else held[1])
+                count = int(missing) if isinstance(missing, int | float) else 0
+                # Every bridge that saw the gap reports it: the largest, never the sum (the
+                # same missing readings would be counted once per bridge).
+                if count > held[0] or gateway not in out:
+                    out[gateway] = (count, epoch if isinstance(epoch, str) else held[1])
         return out
 
     async def _deadletters(self, now: datetime) -> dict[str, int] | None:

@@ -69,6 +69,9 @@ class Thresholds:
     silent_unlearned_s: float = 300.0
     backlog_s: float = 900.0
     cert_days: float = 14.0
+    #: critical within this many days of expiry, as the Prometheus rule
+    #: TelemetryCertificateExpiryCritical (docker/prometheus/alerts.yml)
+    cert_critical_days: float = 2.0
     deadletters_min: int = 1
     deadletters_window_s: float = 900.0
 
@@ -88,6 +91,8 @@ class Inputs:
     seqgaps: Mapping[str, tuple[int, str]] | None = None
     #: per gateway, dead letters stored in the window (None: the query failed)
     deadletters: Mapping[str, int] | None = None
+    #: per charger, when its active charger_silent alarm was raised
+    silent_since: Mapping[str, datetime] = field(default_factory=dict)
 
 
 def connector_subject(charger_id: str, evse_id: int, connector_id: int) -> str:
@@ -133,6 +138,12 @@ def _silent(inputs: Inputs, t: Thresholds, offline: set[str], verdict: Verdict) 
             limit = max(t.silent_unlearned_s, t.silent_min_s)
             why = "its interval is not learned yet"
         age = (inputs.now - c.ts).total_seconds()
+        since = inputs.silent_since.get(c.charger_id)
+        if age <= limit and c.interval_s is None and since is not None and c.ts <= since:
+            # Silent already, and its interval unknown (the API restarted: the mirror holds only
+            # the retained last value): no reading since the raise, so no news; held.
+            held.add(c.charger_id)
+            continue
         if age > limit:
             verdict.firing[("charger_silent", c.charger_id)] = Firing(
                 "warning",
@@ -177,12 +188,22 @@ def _edge(inputs: Inputs, t: Thresholds, verdict: Verdict) -> None:
             left = info.cert_not_after - inputs.now
             if left < timedelta(days=t.cert_days):
                 verdict.firing[("certificate_expiry", gw)] = Firing(
-                    "critical" if left <= timedelta(0) else "warning",
+                    "critical" if left < timedelta(days=t.cert_critical_days) else "warning",
                     f"the gateway's certificate expires {format_ts(info.cert_not_after)} "
                     f"(threshold {t.cert_days:g} days)",
                 )
-    verdict.known["edge_backlog"] = backlog
-    verdict.known["certificate_expiry"] = certs
+    # Settled, every retained state is in: a gateway without one (retired: its state topic
+    # emptied) has no backlog nor certificate to be alarmed about. One whose newest state says
+    # nothing of them (a last will, a heartbeat without outbox) keeps its alarms as they are.
+    verdict.known["edge_backlog"] = _reported_or_gone(backlog, inputs)
+    verdict.known["certificate_expiry"] = _reported_or_gone(certs, inputs)
+
+
+def _reported_or_gone(reported: set[str], inputs: Inputs) -> Known:
+    if not inputs.settled:
+        return reported
+    present = inputs.gateways.keys()
+    return lambda subject: subject in reported or subject not in present
 
 
 def _stored(inputs: Inputs, t: Thresholds, verdict: Verdict) -> None:

@@ -1,7 +1,8 @@
 """An alarm occurrence, its record in InfluxDB and its retained MQTT message (pure, but for the
 two read helpers).
 
-One point per occurrence in measurement ``alarms`` (telemetry_common/storage.py): tags ``kind``
+One point per occurrence in measurement ``alarms`` of the retention policy ``keep`` (INF;
+telemetry_common/storage.py): tags ``kind``
 and ``subject``, time = when it was raised; fields ``id``, ``severity``, ``detail``, ``active``
 (true). Clearing writes ``active=false`` and ``cleared_at`` (ns) onto the same point (same series
 and time: InfluxDB merges the fields), so the history of an occurrence is one row, and the active
@@ -21,7 +22,8 @@ import orjson
 from query_api.readings import from_epoch_ns
 from telemetry_common import influxql
 from telemetry_common.errors import TopicError
-from telemetry_common.influx_query import InfluxQL
+from telemetry_common.influx_query import InfluxError, InfluxQL
+from telemetry_common.influx_write import field_str
 from telemetry_common.schema import format_ts
 from telemetry_common.storage import ALARM_MEASUREMENT
 from telemetry_common.topics import check_alarm
@@ -34,10 +36,6 @@ MAX_DETAIL: int = 2048
 
 def _ns(ts: datetime) -> int:
     return int(ts.timestamp()) * 1_000_000_000 + ts.microsecond * 1_000
-
-
-def _field_str(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def alarm_id(kind: str, subject: str, since: datetime) -> str:
@@ -68,8 +66,8 @@ class Alarm:
 
     def raise_line(self) -> str:
         fields = (
-            f"id={_field_str(self.id)},severity={_field_str(self.severity)},"
-            f"detail={_field_str(self.detail[:MAX_DETAIL])},active=true"
+            f"id={field_str(self.id)},severity={field_str(self.severity)},"
+            f"detail={field_str(self.detail[:MAX_DETAIL])},active=true"
         )
         return f"{self._series()} {fields} {_ns(self.since)}"
 
@@ -153,9 +151,16 @@ async def read_alarms(
     kind: str | None = None,
     subject: str | None = None,
 ) -> list[Alarm]:
-    """Occurrences raised in ``[start, end)``, newest first (InfluxQL errors propagate)."""
+    """Occurrences raised in ``[start, end)``, newest first (InfluxQL errors propagate, but for
+    a missing retention policy ``keep``: no alarm was ever stored)."""
     q = influxql.alarms_query(
         start, end, limit, active_only=active_only, kind=kind, subject=subject
     )
-    alarms = [from_row(row) for s in await influx.query(q) for row in s.rows()]
+    try:
+        series = await influx.query(q)
+    except InfluxError as exc:
+        if "retention policy not found" in str(exc):
+            return []
+        raise
+    alarms = [from_row(row) for s in series for row in s.rows()]
     return [a for a in alarms if a is not None]

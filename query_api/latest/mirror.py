@@ -48,7 +48,7 @@ INTERVAL_WEIGHT: Final = 0.3
 class GatewayInfo:
     """What a gateway's retained state said last (docs/design.md#gateway-state): ``state`` and
     ``ts`` of the newest message; the outbox and certificate of the newest that carried them
-    (the last will does not)."""
+    (the last will does not); ``outbox_reported``: the newest message carried an outbox."""
 
     state: str
     ts: datetime | None = None
@@ -121,8 +121,10 @@ class LiveMirror:
         info = self._gateway_info.get(gateway_id) or GatewayInfo(state)
         info.state, info.ts = state, _time(doc.get("ts"))
         outbox = doc.get("outbox")
+        # Of the newest message only: a last will, or a heartbeat whose agent could not read its
+        # outbox, says nothing of the backlog (its alarm is held as it is).
+        info.outbox_reported = isinstance(outbox, dict)
         if isinstance(outbox, dict):
-            info.outbox_reported = True
             info.oldest_unsent = _time(outbox.get("oldest_unsent_ts"))
         if "cert_not_after" in doc:
             info.cert_not_after = _time(doc.get("cert_not_after"))

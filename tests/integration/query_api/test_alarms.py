@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from bridge.settings import BridgeSettings
+from query_api.alarms.store import Alarm
 from query_api.settings import ApiSettings
 from telemetry_common.schema import Reading, encode_batch, format_ts
 from telemetry_common.settings import env_for
@@ -157,7 +158,7 @@ class Alarms:
         return influxql(
             self.db.url,
             self.db.database,
-            f"SELECT id, active, cleared_at FROM alarms WHERE kind = '{kind}' "
+            f"SELECT id, active, cleared_at FROM \"keep\".alarms WHERE kind = '{kind}' "
             f"AND subject = '{subject}'",
         )
 
@@ -311,6 +312,92 @@ def test_an_alarm_is_raised_once_across_a_restart_of_the_api(alarms: Alarms) -> 
     ((_, ident, active, cleared_at),) = a.stored_occurrences("gateway_offline", a.gateway)
     assert ident == first["id"]
     assert active is False
+    assert cleared_at is not None
+
+
+def test_charger_silent_stays_raised_across_a_restart_of_the_api(alarms: Alarms) -> None:
+    """A charger silent before a restart of the API: the new process holds only its retained
+    last value (its interval not learned, so the limit would be STATE_STALE_AFTER_S, 300 s):
+    the alarm stays as it is (not cleared, not raised again) until the charger's next reading
+    clears it once."""
+    a = alarms
+    charger = f"{a.gateway}-cp1"
+    a.state(_heartbeat(None, None))
+    for _ in range(4):
+        a.read(charger, "Charging")
+        time.sleep(0.3)
+    silent = a.wait_raised("charger_silent", charger)
+    api_proc: ManagedProcess = a.procs.started[-1]
+    api_proc.stop(timeout=10)
+    a.api = _api(a.db, a.broker, a.procs, "api-2")
+    again = a.procs.started[-1]
+    wait_until("the active alarms loaded", logged(again, "active loaded from InfluxDB"))
+
+    def rounds() -> float:
+        text = httpx.get(f"{a.api}/metrics", timeout=5).text
+        line = next(x for x in text.splitlines() if x.startswith("telemetry_api_alarm_eval"))
+        return float(line.split()[-1])
+
+    wait_until("5 rounds of evaluation", lambda: rounds() >= 5)
+    (item,) = a.get(state="active", kind="charger_silent", subject=charger)
+    assert item == silent
+    assert len(a.messages("charger_silent", charger)) == 1  # neither cleared nor published again
+    a.read(charger, "Charging")
+    a.wait_cleared("charger_silent", charger, silent["id"])
+    assert len(a.stored_occurrences("charger_silent", charger)) == 1
+
+
+def test_alarms_older_than_the_default_retention_policy_clear(alarms: Alarms) -> None:
+    """``autogen`` keeps 1 h (the rollup job cuts it): an alarm raised 3 h ago (adopted from its
+    retained topic by a restarted API) and a fresh one clear in one round, both stored cleared
+    in InfluxDB and emptied on MQTT: alarms are kept in the retention policy ``keep``."""
+    a = alarms
+    api_proc: ManagedProcess = a.procs.started[-1]
+    api_proc.stop(timeout=10)
+    r = httpx.post(
+        f"{a.db.url}/query",
+        data={"q": f'ALTER RETENTION POLICY "autogen" ON "{a.db.database}" DURATION 1h '
+              "SHARD DURATION 1h"},
+        timeout=10,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert '"error"' not in r.text, r.text
+    old_gw = f"gw-old-{uuid.uuid4().hex[:6]}"
+    old_client = a.mqtt_client(old_gw)
+    offline = {"state": "offline", "ts": format_ts(datetime.now(UTC))}
+    a.state({"_gw": old_gw, **offline}, old_client)
+    since = datetime.now(UTC) - timedelta(hours=3)
+    old = Alarm.raised("gateway_offline", old_gw, since, "critical", "offline for long")
+    service = a.mqtt_client("telemetry-api")
+    topic = a.broker.topics.alarm("gateway_offline", old_gw)
+    service.publish(topic, old.message(), qos=1, retain=True).wait_for_publish(10)
+    a.state(dict(offline))
+    a.api = _api(a.db, a.broker, a.procs, "api-2")
+
+    fresh = a.wait_raised("gateway_offline", a.gateway)
+
+    def adopted() -> bool:
+        return [x["id"] for x in a.get(state="active", subject=old_gw)] == [old.id]
+
+    wait_until("the old alarm adopted", adopted, timeout=40)
+    (item,) = a.get(state="active", subject=old_gw)
+    assert item["since"] == format_ts(old.since)
+    a.state({"_gw": old_gw, **_heartbeat(None, None)}, old_client)
+    a.state(_heartbeat(None, None))
+    a.wait_cleared("gateway_offline", a.gateway, fresh["id"])
+
+    def old_cleared() -> bool:
+        msgs = a.messages("gateway_offline", old_gw)
+        return not a.get(state="active", subject=old_gw) and bool(msgs) and not msgs[-1].payload
+
+    wait_until("the old alarm cleared", old_cleared, timeout=40)
+    (item,) = a.get(state="all", subject=old_gw, start="-4h")
+    assert item["id"] == old.id
+    assert item["cleared_at"] is not None
+    payloads = [bytes(m.payload) for m in a.messages("gateway_offline", old_gw)]
+    assert payloads == [old.message(), b""]  # adopted as it was, cleared once
+    ((_, ident, active, cleared_at),) = a.stored_occurrences("gateway_offline", old_gw)
+    assert (ident, active) == (old.id, False)
     assert cleared_at is not None
 
 

@@ -117,3 +117,20 @@ def test_certificate_expiry_metric_is_the_not_after_and_absent_without_cert(
         assert with_cert.get_sample_value(name) == not_after.timestamp()
         assert without.get_sample_value(name) is None
         assert with_cert.get_sample_value("telemetry_edge_outbox_oldest_age_seconds") == 0.0
+
+
+def test_failed_outbox_statistics_leave_the_outbox_out(tmp_path: Path) -> None:
+    """Statistics that fail are not reported as an empty outbox (depth 0 would clear the cloud's
+    edge_backlog alarm): the heartbeat has no ``outbox`` key, the rest is there."""
+    with Outbox(tmp_path / "o.sqlite3") as box:
+        box.append([cap(1)])
+        gw = GatewayState(box, None)
+
+        def broken() -> None:
+            raise RuntimeError("database is locked")
+
+        gw._outbox.stats = broken  # type: ignore[union-attr,method-assign]
+        doc = orjson.loads(gw.online())
+    assert "outbox" not in doc
+    assert doc["state"] == "online"
+    assert "cert_not_after" in doc

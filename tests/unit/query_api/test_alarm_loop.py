@@ -16,7 +16,7 @@ from query_api.latest.mirror import LiveMirror
 from query_api.metrics import ApiMetrics
 from query_api.settings import ApiSettings
 from telemetry_common.influx_query import Series
-from telemetry_common.influx_write import WriteUnavailableError
+from telemetry_common.influx_write import WriteRejectedError, WriteUnavailableError
 from telemetry_common.mqtt import NotConnectedError
 from tests.support.fake_influx import FakeInflux, FixedClock
 
@@ -27,12 +27,22 @@ ROOT = "chargers/v1"
 class Writer:
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.rps: set[str | None] = set()
         self.fail = False
+        #: lines refused as InfluxDB 1.x does a point beyond the retention policy: the
+        #: request answers 400 ``partial write``, the other lines are stored
+        self.refuse: set[str] = set()
 
     async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
         if self.fail:
             raise WriteUnavailableError(None, "down")
-        self.lines.extend(lines)
+        self.rps.add(rp)
+        self.lines.extend(line for line in lines if line not in self.refuse)
+        dropped = sum(1 for line in lines if line in self.refuse)
+        if dropped:
+            raise WriteRejectedError(
+                400, f"partial write: points beyond retention policy dropped={dropped}"
+            )
 
     async def prepare(self) -> None: ...
 
@@ -143,3 +153,121 @@ async def test_a_retained_alarm_influxdb_holds_as_cleared_is_emptied_not_adopted
     assert new.since == NOW
     assert writer.lines == [new.raise_line()]
     assert broker.sent == [(f"{ROOT}/alarms/gateway_offline/gw-1", new.message())]
+
+
+async def test_a_partial_write_clears_the_other_alarms_and_drops_the_refused_line() -> None:
+    """Two clears in one write, one refused (InfluxDB: ``partial write``): both alarms are
+    cleared and their topics emptied; nothing is retried. Alarms go to the policy ``keep``."""
+    loop, mirror, writer, broker = _setup()
+    _offline(mirror, "gw-1")
+    _offline(mirror, "gw-2")
+    await loop.tick(broker)
+    assert set(loop.active) == {("gateway_offline", "gw-1"), ("gateway_offline", "gw-2")}
+    old = loop.active[("gateway_offline", "gw-1")]
+    for gw in ("gw-1", "gw-2"):
+        mirror.apply(f"{ROOT}/{gw}/state", b'{"state": "online", "ts": "2026-12-05T12:00:00Z"}', 0)
+    writer.refuse.add(old.clear_line(NOW))
+    await loop.tick(broker)
+    assert loop.active == {}
+    assert sorted(broker.sent[2:]) == [
+        (f"{ROOT}/alarms/gateway_offline/gw-1", b""),
+        (f"{ROOT}/alarms/gateway_offline/gw-2", b""),
+    ]
+    stored = len(writer.lines)
+    await loop.tick(broker)
+    assert len(writer.lines) == stored  # nothing tried again
+    assert writer.rps == {"keep"}
+
+
+def _live(mirror: LiveMirror, charger: str, gw: str, status: str, at: datetime = NOW) -> None:
+    doc = {
+        "charger_id": charger, "gateway_id": gw, "evse_id": 1, "connector_id": 1,
+        "status": status, "ts": at.isoformat(), "seq": 1, "values": {},
+    }  # fmt: skip
+    assert mirror.apply(f"{ROOT}/live/{charger}", orjson.dumps(doc), 0.0)
+
+
+async def test_a_retired_chargers_connector_faulted_clears() -> None:
+    """A Faulted connector raises connector_faulted; its charger retired (live topic emptied):
+    the alarm clears (the loop forgets the connectors of a charger the mirror lost)."""
+    loop, mirror, _, broker = _setup()
+    online = b'{"state": "online", "ts": "2026-12-05T12:00:00Z"}'
+    mirror.apply(f"{ROOT}/gw-1/state", online, 0)
+    _live(mirror, "cp-1", "gw-1", "Faulted")
+    await loop.tick(broker)
+    assert set(loop.active) == {("connector_faulted", "cp-1.1.1")}
+    assert mirror.apply(f"{ROOT}/live/cp-1", b"", 0.0)
+    await loop.tick(broker)
+    assert loop.active == {}
+    assert broker.sent[-1] == (f"{ROOT}/alarms/connector_faulted/cp-1.1.1", b"")
+
+
+async def test_a_retired_gateways_backlog_and_certificate_alarms_clear() -> None:
+    """edge_backlog and certificate_expiry raised from a heartbeat; a heartbeat without outbox
+    keeps them as they are; the gateway retired (its state topic emptied): both clear."""
+    loop, mirror, _, broker = _setup()
+    beat = {
+        "state": "online",
+        "ts": "2026-12-05T12:00:00Z",
+        "outbox": {"depth": 9, "oldest_unsent_ts": "2026-12-05T11:00:00Z", "unconfirmed": 0},
+        "cert_not_after": "2026-12-08T00:00:00Z",
+    }
+    mirror.apply(f"{ROOT}/gw-1/state", orjson.dumps(beat), 0)
+    await loop.tick(broker)
+    kinds = {("edge_backlog", "gw-1"), ("certificate_expiry", "gw-1")}
+    assert set(loop.active) == kinds
+    del beat["outbox"]  # its agent could not read the outbox
+    mirror.apply(f"{ROOT}/gw-1/state", orjson.dumps(beat), 0)
+    await loop.tick(broker)
+    assert set(loop.active) == kinds
+    assert mirror.apply(f"{ROOT}/gw-1/state", b"", 0)
+    await loop.tick(broker)
+    assert loop.active == {}
+    assert sorted(broker.sent[2:]) == [
+        (f"{ROOT}/alarms/certificate_expiry/gw-1", b""),
+        (f"{ROOT}/alarms/edge_backlog/gw-1", b""),
+    ]
+
+
+async def test_a_certificate_warning_becomes_critical_within_two_days() -> None:
+    """Within 14 days: warning; within 2 days (as the Prometheus rule
+    TelemetryCertificateExpiryCritical): the same occurrence, critical, stored and published
+    again."""
+    loop, mirror, writer, broker = _setup()
+
+    def beat(not_after: str) -> None:
+        doc = {"state": "online", "ts": "2026-12-05T12:00:00Z", "cert_not_after": not_after}
+        mirror.apply(f"{ROOT}/gw-1/state", orjson.dumps(doc), 0)
+
+    beat("2026-12-12T12:00:00Z")
+    await loop.tick(broker)
+    first = loop.active[("certificate_expiry", "gw-1")]
+    assert first.severity == "warning"
+    beat("2026-12-07T00:00:00Z")  # 36 h left
+    await loop.tick(broker)
+    now = loop.active[("certificate_expiry", "gw-1")]
+    assert (now.id, now.since, now.severity) == (first.id, first.since, "critical")
+    assert "2026-12-07T00:00:00.000Z" in now.detail
+    assert writer.lines[-1] == now.raise_line()
+    topic = f"{ROOT}/alarms/certificate_expiry/gw-1"
+    assert broker.sent == [(topic, first.message()), (topic, now.message())]
+
+
+async def test_a_gap_seen_by_two_bridges_is_counted_once() -> None:
+    """Both bridges confirm the same 2 readings missing: 2, not 4."""
+    loop, _, _, broker = _setup()
+    assert isinstance(loop._influx, FakeInflux)
+    loop._influx.answers.append(
+        [
+            Series(
+                "seqgaps",
+                ["time", "missing", "epoch"],
+                [[0, 2, "e1"]],
+                {"gateway_id": "gw-1", "bridge": b},
+            )
+            for b in ("bridge-a", "bridge-b")
+        ]
+    )
+    await loop.tick(broker)
+    alarm = loop.active[("seq_gap_confirmed", "gw-1")]
+    assert alarm.detail.startswith("2 readings confirmed missing (epoch e1)")

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from query_api.app import create_app
 from query_api.settings import ApiSettings
-from telemetry_common.influx_query import Series
+from telemetry_common.influx_query import InfluxError, Series
 from tests.support.fake_influx import FakeInflux, FixedClock
 
 READ = "read-key-0123456789"
@@ -51,7 +51,7 @@ async def test_active_alarms_are_read_newest_first_with_their_fields(
     assert resp.status_code == 200, resp.text
     body = resp.json()
     (q,) = fake.queries
-    assert q.startswith('SELECT * FROM "alarms" WHERE time >= ')
+    assert q.startswith('SELECT * FROM "keep"."alarms" WHERE time >= ')
     assert '"active" = true AND "kind" = \'gateway_offline\'' in q
     assert q.endswith("ORDER BY time DESC LIMIT 2")  # limit + 1: is there more?
     assert body["truncated"] is True
@@ -101,3 +101,15 @@ async def test_bad_parameters_are_422_and_query_nothing(
 async def test_alarms_need_a_read_key(client: httpx.AsyncClient) -> None:
     resp = await client.get("/v1/alarms", headers={"X-API-Key": "wrong"})
     assert resp.status_code == 401
+
+
+async def test_no_retention_policy_keep_yet_means_no_alarms(
+    client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """Alarms are read from ``"keep"."alarms"``: before any was stored the policy may not exist
+    (a read-only replica): no alarms, not an error."""
+    fake.answers.append(InfluxError("retention policy not found: keep"))
+    resp = await client.get("/v1/alarms")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["items"] == []
+    assert '"keep"."alarms"' in fake.queries[-1]

@@ -46,6 +46,23 @@ def test_a_charger_is_silent_after_n_of_its_intervals_with_a_floor() -> None:
     assert ("gateway_offline", "off") in v.firing
 
 
+def test_a_silent_charger_whose_interval_is_not_learned_keeps_its_alarm() -> None:
+    """After a restart the mirror holds only a charger's retained last value: silent before
+    (an active alarm raised after that value), it is held, not cleared; a reading after the
+    raise is news: it clears."""
+    since = NOW - timedelta(seconds=30)
+    chargers = [
+        ChargerView("held", "gw", NOW - timedelta(seconds=100), None),
+        ChargerView("back", "gw", NOW - timedelta(seconds=5), None),
+    ]
+    inputs = Inputs(NOW, chargers, gateways={"gw": _online()})
+    inputs.silent_since = {"held": since, "back": since}
+    v = evaluate(inputs, T)
+    assert not any(k == "charger_silent" for (k, _) in v.firing)
+    active = [("charger_silent", "held"), ("charger_silent", "back")]
+    assert changes(v, active) == ({}, [("charger_silent", "back")])
+
+
 def test_gateway_without_birth_is_offline_once_settled_but_not_ingest_gateways() -> None:
     chargers = [ChargerView("a", "nobirth", NOW, 1.0), ChargerView("b", "http-ingest", NOW, 1.0)]
     ingest = frozenset({"http-ingest"})
@@ -72,8 +89,14 @@ def test_backlog_and_certificate_from_the_state_heartbeat() -> None:
     v = evaluate(Inputs(NOW, gateways=gws), T)
     assert set(v.firing) >= {("edge_backlog", "late"), ("certificate_expiry", "late")}
     assert ("edge_backlog", "fine") not in v.firing
-    assert v.known["edge_backlog"] == {"late", "fine"}  # the last will says nothing of it
-    assert v.known["certificate_expiry"] == {"late", "fine"}
+    for kind in ("edge_backlog", "certificate_expiry"):
+        assert v.knows((kind, "late"))
+        assert v.knows((kind, "fine"))
+        assert not v.knows((kind, "will"))  # the last will says nothing of them
+        assert v.knows((kind, "retired"))  # settled: no retained state, nothing to alarm
+    unsettled = evaluate(Inputs(NOW, gateways=gws, settled=False), T)
+    assert not unsettled.knows(("edge_backlog", "retired"))
+    assert not unsettled.knows(("certificate_expiry", "retired"))
 
 
 def test_unknown_subjects_are_held_and_known_ones_clear() -> None:
@@ -158,6 +181,25 @@ def test_the_mirror_learns_a_chargers_interval_and_keeps_the_state_heartbeat() -
     assert mirror.apply("chargers/v1/gw/state", will, 0.0)
     info = mirror.gateway_info()["gw"]
     assert info.state == "offline"
-    assert info.outbox_reported
+    assert not info.outbox_reported  # the newest message (the will) says nothing of it
     assert info.oldest_unsent == datetime(2026, 12, 5, 11, tzinfo=UTC)
     assert info.cert_not_after == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def test_a_heartbeat_without_outbox_says_nothing_of_the_backlog() -> None:
+    """Outbox 10 min behind (below the 15 min threshold), then a heartbeat 10 min later without
+    outbox (the agent could not read it): the stale oldest is not measured against the new
+    heartbeat (no alarm raised), and an active one is held, not cleared."""
+    mirror = LiveMirror(Topics())
+    beat = {
+        "state": "online",
+        "ts": (NOW - timedelta(minutes=10)).isoformat(),
+        "outbox": {"depth": 3, "oldest_unsent_ts": (NOW - timedelta(minutes=20)).isoformat()},
+    }
+    assert mirror.apply("chargers/v1/gw/state", orjson.dumps(beat), 0.0)
+    assert mirror.apply(
+        "chargers/v1/gw/state", orjson.dumps({"state": "online", "ts": NOW.isoformat()}), 0.0
+    )
+    v = evaluate(Inputs(NOW, gateways=mirror.gateway_info()), Thresholds())
+    assert ("edge_backlog", "gw") not in v.firing
+    assert not v.knows(("edge_backlog", "gw"))

@@ -393,3 +393,11 @@ def test_rollup_value_keys_come_from_the_mean_columns() -> None:
     keys = ["count", "status_last", "power_w_mean", "power_w_min", "soc_pct_mean", "Bad_mean"]
     assert rollup_value_keys(keys) == ["power_w", "soc_pct"]
     assert rollup_fields_query("1m") == 'SHOW FIELD KEYS FROM "rollup_1m"."readings_1m"'
+
+
+def test_field_str_quotes_and_escapes_a_line_protocol_string() -> None:
+    """One copy for the dead letters' and the alarms' points."""
+    from telemetry_common.influx_write import field_str
+
+    assert field_str('a "b" \\ c\nd') == '"a \\"b\\" \\\\ c\\nd"'
+    assert field_str("") == '""'
