@@ -35,15 +35,16 @@ def combine(
     columns: list[str], rows: list[list[Any]], keys: list[str], agg: Aggregate, step_ns: int
 ) -> list[tuple[int, dict[str, float]]]:
     """Rollup rows (oldest first, as InfluxDB answers them: ``time`` in ns, the column ``agg``
-    reads per key, ``count``) combined into buckets of ``step_ns`` (epoch-aligned, a multiple of
-    the rollup's width): (bucket start, values), buckets without any value left out. Exact:
-    ``mean`` weighs each row's mean by its count (a bucket of one row: its mean as stored),
-    ``sum`` = the sum of mean * count, ``count`` = the sum of counts, ``min``/``max`` of the
-    rows' mins/maxes, ``last`` the newest row's last."""
+    reads per key, and for ``mean``/``sum`` the key's count ``{key}_count``) combined into
+    buckets of ``step_ns`` (epoch-aligned, a multiple of the rollup's width): (bucket start,
+    values), buckets without any value left out. Exact: ``mean`` weighs each row's mean by the
+    number of readings that carried the key (a bucket of one row: its mean as stored), ``sum`` =
+    the sum of mean * that count, ``count`` = the sum of the key's counts, ``min``/``max`` of
+    the rows' mins/maxes, ``last`` the newest row's last."""
     column = ROLLUP_COLUMN[agg]
     at = {name: i for i, name in enumerate(columns)}
-    ti, ci = at["time"], at.get("count")
-    idx = [(k, at[f"{k}_{column}"]) for k in keys if f"{k}_{column}" in at]
+    ti = at["time"]
+    idx = [(k, at[f"{k}_{column}"], at.get(f"{k}_count")) for k in keys if f"{k}_{column}" in at]
     out: list[tuple[int, dict[str, float]]] = []
     i, n = 0, len(rows)
     while i < n:
@@ -56,11 +57,11 @@ def combine(
             row = rows[i]
             values = {
                 k: float(v)
-                for k, x in idx
+                for k, x, _ in idx
                 if isinstance(v := row[x], int | float) and v is not True
             }
         else:
-            values = _fold(rows[i:j], idx, ci, agg)
+            values = _fold(rows[i:j], idx, agg)
         if values:
             out.append((bucket, values))
         i = j
@@ -72,10 +73,10 @@ def _is_number(value: Any) -> bool:
 
 
 def _fold(
-    group: list[list[Any]], idx: list[tuple[str, int]], ci: int | None, agg: str
+    group: list[list[Any]], idx: list[tuple[str, int, int | None]], agg: str
 ) -> dict[str, float]:
     values: dict[str, float] = {}
-    for key, x in idx:
+    for key, x, ci in idx:
         held = [(float(r[x]), _count(r, ci)) for r in group if _is_number(r[x])]
         if not held:
             continue
@@ -84,8 +85,8 @@ def _fold(
             values[key] = held[0][0] if len(held) == 1 else sum(v * c for v, c in held) / total
         elif agg == "sum":
             values[key] = sum(v * c for v, c in held)
-        elif agg == "count":
-            values[key] = sum(c for _, c in held)
+        elif agg == "count":  # the column read is the key's count itself
+            values[key] = sum(v for v, _ in held)
         elif agg == "min":
             values[key] = min(v for v, _ in held)
         elif agg == "max":

@@ -25,7 +25,9 @@ def rollup_lines(measurement: str, series: Iterable[Series]) -> Iterator[str]:
     The hot loop of the job (one row per bucket and series, ~30 columns): the aggregates go out
     in JSON's form (a float, or an integral number, which line protocol reads as a float
     without the ``i`` suffix; JSON has no NaN or infinity)."""
-    layouts: dict[tuple[str, ...], tuple[int, int, int | None, list[int], list[str]]] = {}
+    layouts: dict[
+        tuple[str, ...], tuple[int, int, int | None, list[int], list[str], list[str]]
+    ] = {}
     for s in series:
         tags = "".join(
             f",{k}={s.tags[k].translate(_TAG_ESCAPES)}" for k in _SORTED_TAGS if s.tags.get(k)
@@ -36,7 +38,7 @@ def rollup_lines(measurement: str, series: Iterable[Series]) -> Iterator[str]:
         layout = layouts.get(key)
         if layout is None:
             layout = layouts[key] = _layout(s.columns)
-        t, n, st, indices, prefixes = layout
+        t, n, st, indices, prefixes, suffixes = layout
         for row in s.values:
             count = row[n]
             if not count:
@@ -44,15 +46,22 @@ def rollup_lines(measurement: str, series: Iterable[Series]) -> Iterator[str]:
             # The numbers formatted by orjson in one call (shortest round-trip form, e.g.
             # 1e+16, which line protocol reads), a few times faster than repr() each.
             numbers = orjson.dumps([row[i] for i in indices])[1:-1].decode().split(",")
-            fields = [p + v for p, v in zip(prefixes, numbers, strict=True) if v != "null"]
+            fields = [
+                p + v + x
+                for p, v, x in zip(prefixes, numbers, suffixes, strict=True)
+                if v != "null"
+            ]
             fields.append(f"count={int(count)}i")
             if st is not None and row[st] is not None:
                 fields.append('status_last="' + str(row[st]).translate(_STRING_ESCAPES) + '"')
             yield f"{head}{','.join(fields)} {int(row[t])}"
 
 
-def _layout(columns: list[str]) -> tuple[int, int, int | None, list[int], list[str]]:
-    """Where time, count and status_last are, and the aggregates' indices and ``name=``."""
+def _layout(
+    columns: list[str],
+) -> tuple[int, int, int | None, list[int], list[str], list[str]]:
+    """Where time, count and status_last are, and the aggregates' indices, ``name=`` and
+    suffix (``i``: a key's ``_count`` is an integer field, as ``SELECT ... INTO`` writes it)."""
     indices = [i for i, name in enumerate(columns) if name not in SPECIAL]
     return (
         columns.index("time"),
@@ -60,6 +69,7 @@ def _layout(columns: list[str]) -> tuple[int, int, int | None, list[int], list[s
         columns.index("status_last") if "status_last" in columns else None,
         indices,
         [columns[i] + "=" for i in indices],
+        ["i" if columns[i].endswith("_count") else "" for i in indices],
     )
 
 

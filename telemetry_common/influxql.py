@@ -373,13 +373,12 @@ def _rollup_stat(f: str, stat: str) -> str:
 
 
 def _rollup_subquery(charger_id: str, fields: list[str], rollup: Rollup, where: str) -> str:
-    """Per field: ``{f}:w`` = mean * count (the bucket's sum), ``{f}:n`` = count where the field
-    has a mean (null otherwise: a bucket without the field does not weigh), ``{f}_min`` and
-    ``{f}_max`` as stored."""
-    count = quote_ident("count")
+    """Per field: ``{f}:w`` = mean * the field's count (the bucket's sum), ``{f}:n`` = the
+    field's count (``{f}_count``: the readings that carried it; null where the bucket has no
+    such field, so it does not weigh), ``{f}_min`` and ``{f}_max`` as stored."""
     columns: list[str] = []
     for f in fields:
-        mean = quote_ident(f"{f}_mean")
+        mean, count = quote_ident(f"{f}_mean"), quote_ident(f"{f}_count")
         columns += [
             f"{mean} * {count} AS {quote_ident(f'{f}:w')}",
             f"{count} + 0 * {mean} AS {quote_ident(f'{f}:n')}",
@@ -400,7 +399,7 @@ def _rollup_fields(fields: list[str]) -> list[str]:
 
 #: The stored column each aggregate reads of a rollup bucket, per value key.
 ROLLUP_COLUMN: Final = {
-    "mean": "mean", "sum": "mean", "count": "mean", "min": "min", "max": "max", "last": "last",
+    "mean": "mean", "sum": "mean", "count": "count", "min": "min", "max": "max", "last": "last",
 }  # fmt: skip
 
 
@@ -416,7 +415,8 @@ def rollup_rows_query(
 ) -> str:
     """The rollup buckets of one charger (all its connectors) that start in ``[start, end)``,
     oldest first, at most ``limit`` rows: per field the column ``agg`` reads
-    (:data:`ROLLUP_COLUMN`), and ``count``. The caller combines them into its buckets (a plain
+    (:data:`ROLLUP_COLUMN`) and, for ``mean`` and ``sum``, its weight ``{f}_count`` (the readings
+    that carried the field), and ``count``. The caller combines them into its buckets (a plain
     select costs InfluxDB 1.x a fifth of a weighted mean computed in a subquery)."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise QueryBuildError("limit", limit, "must be a positive integer")
@@ -424,7 +424,8 @@ def rollup_rows_query(
         raise QueryBuildError("agg", agg, f"must be one of {', '.join(AGGREGATES)}")
     fields = _rollup_fields(fields)
     names = [f"{f}_{ROLLUP_COLUMN[agg]}" for f in fields]
-    columns = ", ".join(quote_ident(n) for n in [*names, "count"])
+    weights = [f"{f}_count" for f in fields if agg in ("mean", "sum")]
+    columns = ", ".join(quote_ident(n) for n in [*names, *weights, "count"])
     return (
         f"SELECT {columns} FROM {rollup_source(rollup)} "
         f"WHERE {_charger_filter(charger_id)} AND {_window(start, end)} "
@@ -565,7 +566,8 @@ def deadletter_counts_query(since: datetime) -> str:
 
 _RETENTION: Final = re.compile(r"(?:[1-9][0-9]*(?:m|h|d|w)|INF)")
 #: Aggregates of each value key in a rollup, in the order of the columns of ``rollup_query``.
-ROLLUP_AGGREGATES: Final = ("mean", "min", "max", "last")
+#: ``count`` is the readings that carried the key (an integer field): the weight of its mean.
+ROLLUP_AGGREGATES: Final = ("mean", "min", "max", "last", "count")
 
 
 def retention_literal(duration: str) -> str:

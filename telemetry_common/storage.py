@@ -36,8 +36,8 @@ RESERVED_VALUE_KEYS: Final = frozenset({"time", *TAG_KEYS, *META_FIELDS})
 #: The raw readings' retention policy (the database's default); the rollup job sets its duration.
 RAW_RP: Final = "autogen"
 #: Rollups (docs/design.md#rollups): retention policy -> measurement. Tags as the raw readings;
-#: time = bucket start; fields ``{key}_mean _min _max _last`` per value key, ``count`` (integer),
-#: ``status_last`` (string).
+#: time = bucket start; fields ``{key}_mean _min _max _last`` and ``{key}_count`` (integer: the
+#: readings that carried the key) per value key, ``count`` (integer), ``status_last`` (string).
 ROLLUP_1M_RP: Final = "rollup_1m"
 ROLLUP_1M_MEASUREMENT: Final = "readings_1m"
 ROLLUP_1H_RP: Final = "rollup_1h"

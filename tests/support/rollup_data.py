@@ -119,6 +119,7 @@ def expected(readings: Iterable[Raw], every: timedelta) -> Points:
             agg[f"{name}_min"] = min(vals)
             agg[f"{name}_max"] = max(vals)
             agg[f"{name}_last"] = vals[-1]
+            agg[f"{name}_count"] = len(vals)
         out[key] = agg
     return out
 

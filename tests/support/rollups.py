@@ -27,7 +27,8 @@ ROLLUPS = {
 
 @dataclass(frozen=True)
 class Bucket:
-    """One rollup point: per value key its mean, min, max and last; the raw count."""
+    """One rollup point: per value key its mean, min, max and last; the raw count; per key
+    the readings that carried it (``counts``; a key left out: all ``count`` of them)."""
 
     ts: datetime
     values: dict[str, tuple[float, float, float, float]]
@@ -36,6 +37,10 @@ class Bucket:
     tags: dict[str, str] = field(
         default_factory=lambda: {"gateway_id": "gw-1", "evse_id": "1", "connector_id": "1"}
     )
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def count_of(self, key: str) -> int:
+        return self.counts.get(key, self.count)
 
     def line(self, measurement: str, charger_id: str) -> str:
         tags = ",".join(f"{k}={v}" for k, v in {"charger_id": charger_id, **self.tags}.items())
@@ -44,6 +49,7 @@ class Bucket:
             for key, stats in self.values.items()
             for stat, value in zip(("mean", "min", "max", "last"), stats, strict=True)
         ]
+        fields += [f"{key}_count={self.count_of(key)}i" for key in self.values]
         fields += [f"count={self.count}i", f'status_last="{self.status_last}"']
         ns = (self.ts - EPOCH) // timedelta(microseconds=1) * 1000
         return f"{measurement},{tags} {','.join(fields)} {ns}"
@@ -77,11 +83,12 @@ def write_buckets(
 
 
 def combined(buckets: Sequence[Bucket], key: str) -> dict[str, float]:
-    """What a reader must derive from ``buckets`` for ``key``: the count-weighted mean, min of
-    mins, max of maxes, the newest last, the sum of counts and the sum (mean * count)."""
+    """What a reader must derive from ``buckets`` for ``key``: the mean weighted by the key's
+    counts, min of mins, max of maxes, the newest last, the sum of the key's counts and the sum
+    (mean * the key's count)."""
     held = [b for b in buckets if key in b.values]
-    n = sum(b.count for b in held)
-    total = sum(b.values[key][0] * b.count for b in held)
+    n = sum(b.count_of(key) for b in held)
+    total = sum(b.values[key][0] * b.count_of(key) for b in held)
     newest = max(held, key=lambda b: b.ts)
     return {
         "count": float(n),
@@ -107,12 +114,13 @@ def rollups_of(
     for (charger, gateway, start), group in sorted(groups.items()):
         group.sort(key=lambda g: g[0])
         keys = sorted({k for _, _, values in group for k in values})
-        stats = {}
+        stats, counts = {}, {}
         for key in keys:
             xs = [values[key] for _, _, values in group if key in values]
             stats[key] = (sum(xs) / len(xs), min(xs), max(xs), xs[-1])
+            counts[key] = len(xs)
         tags = {"gateway_id": gateway, "evse_id": "1", "connector_id": "1"}
-        out.append((charger, Bucket(start, stats, len(group), group[-1][1], tags)))
+        out.append((charger, Bucket(start, stats, len(group), group[-1][1], tags, counts)))
     return out
 
 

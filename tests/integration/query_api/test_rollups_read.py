@@ -62,7 +62,9 @@ def _bucket(rng: random.Random, ts: datetime) -> Bucket:
         lo = round(rng.uniform(0, 5000), 3)
         hi = round(lo + rng.uniform(0, 3000), 3)
         values[key] = (round(rng.uniform(lo, hi), 6), lo, hi, round(rng.uniform(lo, hi), 3))
-    return Bucket(ts, values, count=rng.randint(1, 360))
+    count = rng.randint(1, 360)
+    # energy_wh is in only some of a bucket's readings: aggregates weigh by its own count
+    return Bucket(ts, values, count=count, counts={"energy_wh": rng.randint(1, count)})
 
 
 def _influxql(url: str, statement: str) -> None:

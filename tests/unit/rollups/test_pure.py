@@ -60,21 +60,31 @@ def test_steps_bound_the_rows_of_one_query() -> None:
 
 
 def test_rollup_rows_become_lines_with_typed_fields_and_no_nulls() -> None:
-    """count is an integer, status_last a string, aggregates floats (an integral JSON number
-    goes out without the ``i`` suffix, which line protocol reads as a float); nulls are left
-    out; a row without readings is not written."""
+    """count and each key's count are integers, status_last a string, aggregates floats (an
+    integral JSON number goes out without the ``i`` suffix, which line protocol reads as a
+    float); nulls are left out; a row without readings is not written."""
     series = Series(
         name="readings",
-        columns=["time", "count", "status_last", "power_w_max", "power_w_mean", "soc_pct_mean"],
-        values=[
-            [60_000_000_000, 3, 'Char"ging', 7, 1.5, None],
-            [120_000_000_000, 0, None, 1, 1, 1],
+        columns=[
+            "time",
+            "count",
+            "status_last",
+            "power_w_max",
+            "power_w_mean",
+            "power_w_count",
+            "soc_pct_mean",
+            "soc_pct_count",
         ],
+        values=[
+            [60_000_000_000, 3, 'Char"ging', 7, 1.5, 2, None, 0],
+            [120_000_000_000, 0, None, 1, 1, 0, 1, 0],
+        ],  # fmt: skip
         tags={"charger_id": "cp-1", "gateway_id": "gw-1", "evse_id": "1", "connector_id": ""},
     )
     assert list(rollup_lines("readings_1m", [series])) == [
         "readings_1m,charger_id=cp-1,evse_id=1,gateway_id=gw-1 "
-        'power_w_max=7,power_w_mean=1.5,count=3i,status_last="Char\\"ging" 60000000000'
+        "power_w_max=7,power_w_mean=1.5,power_w_count=2i,soc_pct_count=0i,count=3i,"
+        'status_last="Char\\"ging" 60000000000'
     ]
     assert state_line("rollup_state", 5, 6) == "rollup_state done_until_ns=5i 6"
 
@@ -86,7 +96,8 @@ def test_the_rollup_query_names_each_aggregate_and_bounds_window_and_chargers() 
     assert q == (
         'SELECT count("seq") AS "count", last("status") AS "status_last", '
         'mean("power_w") AS "power_w_mean", min("power_w") AS "power_w_min", '
-        'max("power_w") AS "power_w_max", last("power_w") AS "power_w_last" FROM "readings" '
+        'max("power_w") AS "power_w_max", last("power_w") AS "power_w_last", '
+        'count("power_w") AS "power_w_count" FROM "readings" '
         "WHERE (\"charger_id\" = 'cp-1' OR \"charger_id\" = 'cp-2') AND "
         "time >= '2026-12-05T10:30:15.500000Z' AND time < '2026-12-05T11:30:15.500000Z' "
         'GROUP BY time(1m), "charger_id", "gateway_id", "evse_id", "connector_id" fill(none)'

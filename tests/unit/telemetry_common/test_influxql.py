@@ -350,20 +350,22 @@ def test_gateway_highest_seq_and_ping() -> None:
 
 @pytest.mark.parametrize(
     ("agg", "column"),
-    [("mean", "mean"), ("sum", "mean"), ("count", "mean"), ("min", "min"), ("max", "max"),
+    [("mean", "mean"), ("sum", "mean"), ("count", "count"), ("min", "min"), ("max", "max"),
      ("last", "last")],
 )  # fmt: skip
 def test_rollup_rows_query_reads_the_column_of_the_aggregate_and_count(
     agg: str, column: str
 ) -> None:
-    """A plain select of the rollup rows (all connectors), oldest first, with count."""
+    """A plain select of the rollup rows (all connectors), oldest first, with count, and for a
+    mean or sum each key's own count (its weight)."""
     q = rollup_rows_query(
         "gw-1-cp001", ["power_w", "soc_pct"], START, END, 100, rollup="1h",
         agg=agg,  # type: ignore[arg-type]
     )  # fmt: skip
+    weights = '"power_w_count", "soc_pct_count", ' if agg in ("mean", "sum") else ""
     assert q == (
-        f'SELECT "power_w_{column}", "soc_pct_{column}", "count" FROM "rollup_1h"."readings_1h" '
-        f"WHERE {WHERE} ORDER BY time ASC LIMIT 100"
+        f'SELECT "power_w_{column}", "soc_pct_{column}", {weights}"count" '
+        f'FROM "rollup_1h"."readings_1h" WHERE {WHERE} ORDER BY time ASC LIMIT 100'
     )
 
 
