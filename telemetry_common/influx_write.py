@@ -22,7 +22,7 @@ from typing import Protocol
 import httpx
 
 from telemetry_common.errors import TelemetryError
-from telemetry_common.influxql import create_retention_policy_statement
+from telemetry_common.influxql import duration_literal, retention_policy_statement
 from telemetry_common.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,9 @@ async def create_retention_policy(
     this returns False. A refusal (say, a user without the right) is logged, not raised."""
     if settings.api != "v1":
         return False
-    q = create_retention_policy_statement(settings.database, rp, duration)
+    q = retention_policy_statement(
+        "CREATE", settings.database, rp, "INF" if duration is None else duration_literal(duration)
+    )
     auth = None
     if settings.username and settings.password is not None:
         auth = httpx.BasicAuth(settings.username, settings.password.get_secret_value())

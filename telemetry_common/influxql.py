@@ -291,18 +291,6 @@ def gateway_highest_seq_query(gateway_id: str) -> str:
     )
 
 
-def create_retention_policy_statement(
-    database: str, rp: str, duration: timedelta | None = None
-) -> str:
-    """``CREATE RETENTION POLICY`` (not the default; ``duration`` None: INF). InfluxDB 1.x
-    answers success when the policy exists with the same duration, so it is run at every start."""
-    dur = "INF" if duration is None else duration_literal(duration)
-    return (
-        f"CREATE RETENTION POLICY {quote_ident(check_id('retention policy', rp))} "
-        f"ON {quote_ident(check_id('database', database))} DURATION {dur} REPLICATION 1"
-    )
-
-
 def bindings_query(since: datetime | None = None, charger_id: str | None = None) -> str:
     """Per charger: its newest binding change (``gateway_id``, ``""`` = unbound, ``previous``,
     ``changed_by``) in the bindings store, among the changes after ``since`` (all when None), of
@@ -582,17 +570,24 @@ def show_retention_policies_query(database: str) -> str:
 
 
 def retention_policy_statement(
-    verb: Literal["CREATE", "ALTER"], database: str, rp: str, duration: str, shard: str
+    verb: Literal["CREATE", "ALTER"],
+    database: str,
+    rp: str,
+    duration: str,
+    shard: str | None = None,
 ) -> str:
-    """``CREATE`` (or ``ALTER``) ``RETENTION POLICY rp ON database`` with its durations;
-    ``CREATE`` leaves the database's default alone."""
+    """``CREATE`` (or ``ALTER``) ``RETENTION POLICY rp ON database`` with its durations
+    (``shard`` None: InfluxDB's default for the duration); ``CREATE`` leaves the database's
+    default alone. InfluxDB 1.x answers a CREATE of a policy that exists with the same
+    durations with success, so it may run at every start."""
     if verb not in ("CREATE", "ALTER"):
         raise QueryBuildError("verb", verb, "CREATE or ALTER")
     replication = " REPLICATION 1" if verb == "CREATE" else ""
+    shard_duration = "" if shard is None else f" SHARD DURATION {retention_literal(shard)}"
     return (
-        f"{verb} RETENTION POLICY {quote_ident(rp)} ON {quote_ident(database)} "
-        f"DURATION {retention_literal(duration)}{replication} "
-        f"SHARD DURATION {retention_literal(shard)}"
+        f"{verb} RETENTION POLICY {quote_ident(check_id('retention policy', rp))} "
+        f"ON {quote_ident(check_id('database', database))} "
+        f"DURATION {retention_literal(duration)}{replication}{shard_duration}"
     )
 
 

@@ -78,7 +78,7 @@ def test_rollup_rows_become_lines_with_typed_fields_and_no_nulls() -> None:
         values=[
             [60_000_000_000, 3, 'Char"ging', 7, 1.5, 2, None, 0],
             [120_000_000_000, 0, None, 1, 1, 0, 1, 0],
-        ],  # fmt: skip
+        ],
         tags={"charger_id": "cp-1", "gateway_id": "gw-1", "evse_id": "1", "connector_id": ""},
     )
     assert list(rollup_lines("readings_1m", [series])) == [
