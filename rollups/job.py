@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from rollups.lines import rollup_lines, state_line
+from rollups.lines import marks_line, rollup_lines, state_line
 from rollups.metrics import RollupMetrics
 from rollups.settings import RollupsSettings, to_timedelta
 from rollups.windows import HOUR, MINUTE, batches, ceil, chunks, floor, from_ns, steps, to_ns
@@ -33,6 +33,8 @@ from telemetry_common.influx_query import InfluxQLClient, Series
 from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.influxql import (
     float_field_keys_query,
+    late_marks_query,
+    marks_state_query,
     oldest_reading_query,
     qualified,
     rollup_query,
@@ -50,6 +52,12 @@ from telemetry_common.storage import (
     ROLLUP_STATE_MEASUREMENT,
     TAG_KEYS,
 )
+
+#: The bridges stamp their late-reading marks with their own clocks: each pass reads back this
+#: far before its watermark (a mark read twice is recomputed twice: harmless).
+MARKS_MARGIN = timedelta(minutes=5)
+#: Marks read per pass (a backlog of more is taken over the next passes).
+MARKS_PER_PASS = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +85,8 @@ class PassResult:
 
     written: dict[str, int] = field(default_factory=lambda: {"1m": 0, "1h": 0})
     late_series: int = 0
+    #: Ranges recomputed because a bridge marked readings stored late in them.
+    late_marked: int = 0
     done_until: datetime | None = None
     caught_up: bool = False
 
@@ -104,6 +114,8 @@ class RollupJob:
         self._chunk = to_timedelta(settings.chunk) or timedelta(days=1)
         self._done: datetime | None = None
         self._saved: datetime | None = None
+        self._marks_until: datetime | None = None  # the newest late-reading mark taken
+        self._marks_seen: set[tuple[int, str, str]] = set()  # those within MARKS_MARGIN
 
     # -- progress ---------------------------------------------------------------------------
     async def load_progress(self) -> datetime | None:
@@ -123,11 +135,65 @@ class RollupJob:
         line = state_line(ROLLUP_STATE_MEASUREMENT, to_ns(done_until), to_ns(at))
         await self._writer.write([line], rp=ROLLUP_1H_RP)
 
+    # -- late readings the bridges marked ---------------------------------------------------
+    async def take_marks(self, result: PassResult) -> None:
+        """Recompute the ranges the bridges marked as holding readings stored late (older than
+        ``LATE_AFTER_S`` when stored, so behind LOOKBACK: a backlog drained, a dead letter
+        replayed), then move the marks' watermark past them (stored with the progress)."""
+        since = self._marks_until
+        if since is None:
+            since = await self._load_marks_until()
+        if since is None:  # the first pass rolls up everything stored so far
+            since = self._now() - MARKS_MARGIN
+            self._marks_until = since
+            await self._save_marks_until(since)
+            return
+        series = await self._client.execute(late_marks_query(since - MARKS_MARGIN, MARKS_PER_PASS))
+        spans: list[tuple[datetime, datetime]] = []
+        newest = since
+        seen: set[tuple[int, str, str]] = set()
+        for s in series:
+            for row in s.rows():
+                t = int(row["time"])
+                key = (t, str(row.get("bridge")), str(row.get("gateway_id")))
+                seen.add(key)
+                if key in self._marks_seen or row.get("first") is None:
+                    continue
+                first, last = from_ns(int(row["first"])), from_ns(int(row["last"]))
+                spans.append((floor(first, MINUTE), floor(last, MINUTE) + MINUTE))
+                newest = max(newest, from_ns(t))
+        margin_ns = to_ns(newest - MARKS_MARGIN)
+        self._marks_seen = {k for k in self._marks_seen | seen if k[0] > margin_ns}
+        for a, b in _merged(spans):
+            log.info("late readings marked in %s..%s: recomputing", a.isoformat(), b.isoformat())
+            done = await self.backfill(a, b)
+            for label, n in done.written.items():
+                result.written[label] += n
+            result.late_marked += 1
+        if newest > since:
+            self._marks_until = newest
+            await self._save_marks_until(newest)
+
+    async def _load_marks_until(self) -> datetime | None:
+        q = marks_state_query(self._db, ROLLUP_1H_RP, ROLLUP_STATE_MEASUREMENT)
+        for s in await self._client.execute(q):
+            for row in s.rows():
+                if row.get("marks_until_ns") is not None:
+                    return from_ns(int(row["marks_until_ns"]))
+        return None
+
+    async def _save_marks_until(self, until: datetime) -> None:
+        at = floor(until, timedelta(days=1))
+        line = marks_line(ROLLUP_STATE_MEASUREMENT, to_ns(until), to_ns(at))
+        await self._writer.write([line], rp=ROLLUP_1H_RP)
+
     # -- a pass -----------------------------------------------------------------------------
     async def run_pass(self) -> PassResult:
-        """Roll up what completed since the last pass, and what came late within LOOKBACK."""
+        """Roll up what completed since the last pass, what came late within LOOKBACK, and
+        what the bridges marked as stored late."""
         started = time.monotonic()
         result = PassResult()
+        await self.take_marks(result)
         end = floor(self._now() - timedelta(seconds=self._s.settle_s), MINUTE)
         # Read once per process (a restart resumes from it), then kept: this job is its writer.
         done = self._done if self._done is not None else await self.load_progress()
@@ -326,3 +392,14 @@ def _float_keys(answer: Sequence[Series]) -> list[str]:
         if kind == "float" and name not in META_FIELDS
     }
     return sorted(keys)
+
+
+def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Overlapping or touching ranges joined, oldest first."""
+    out: list[tuple[datetime, datetime]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out

@@ -73,6 +73,12 @@ def _layout(
     )
 
 
+def marks_line(measurement: str, marks_until_ns: int, at_ns: int) -> str:
+    """The watermark of the late-reading marks taken: ``marks_until_ns`` at time ``at_ns`` (a
+    point of its own: ``last(done_until_ns)`` skips it)."""
+    return f"{measurement} marks_until_ns={int(marks_until_ns)}i {int(at_ns)}"
+
+
 def state_line(measurement: str, done_until_ns: int, at_ns: int) -> str:
     """The job's progress point: ``done_until_ns`` at time ``at_ns``."""
     return f"{measurement} done_until_ns={int(done_until_ns)}i {int(at_ns)}"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Final
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from telemetry_common.settings import InfluxSettings, ServiceSettings
+from telemetry_common.storage import LATE_AFTER_S
 
 #: An InfluxQL duration (``30d``, ``12h``, ``4w``, ``90m``); retention durations also take ``INF``.
 Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*(m|h|d|w)$")]
@@ -36,6 +37,17 @@ class RollupsInfluxSettings(InfluxSettings):
 class RollupsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="TELEMETRY_ROLLUPS_")
 
+    @field_validator("lookback")
+    @classmethod
+    def _covers_the_marks(cls, value: str) -> str:
+        delta = to_timedelta(value)
+        if delta is not None and delta < timedelta(seconds=LATE_AFTER_S):
+            raise ValueError(
+                f"must be at least {LATE_AFTER_S // 3600}h: readings stored less late than that "
+                "are not marked by the bridges, only this look back finds them"
+            )
+        return value
+
     influx: RollupsInfluxSettings = RollupsInfluxSettings()
     """Where the raw readings are read and the rollups written (the bridge's database)."""
     interval_s: float = Field(default=60.0, gt=0)
@@ -45,8 +57,9 @@ class RollupsSettings(ServiceSettings):
     lookback: Duration = "2h"
     """Each pass counts the raw readings of this last stretch that are already rolled up and
     compares them with the rollups' counts (all series together, then per series when they
-    differ); a series that changed (late readings, a drained backlog) is recomputed there, with
-    the hours it touches. Older late readings: ``telemetry-rollups backfill``."""
+    differ); a series that changed (late readings) is recomputed there, with the hours it
+    touches. Readings stored more than an hour late (a drained backlog, a replayed dead letter)
+    are marked by the bridges and recomputed from the marks, so at least ``1h``."""
     raw_retention: Retention = "30d"
     """Duration of the raw readings' retention policy ``autogen`` (set after the first complete
     pass, so nothing is dropped before it is rolled up)."""

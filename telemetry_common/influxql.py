@@ -30,6 +30,7 @@ from telemetry_common.storage import (
     ROLLUP_1H_RP,
     ROLLUP_1M_MEASUREMENT,
     ROLLUP_1M_RP,
+    ROLLUP_LATE_MEASUREMENT,
     SEQGAP_MEASUREMENT,
     TAG_KEYS,
 )
@@ -674,5 +675,25 @@ def rollup_state_query(database: str, rp: str, measurement: str) -> str:
     """The rollup job's newest progress point (field ``done_until_ns``)."""
     return (
         f"SELECT last({quote_ident('done_until_ns')}) AS {quote_ident('done_until_ns')} "
+        f"FROM {qualified(database, rp, measurement)}"
+    )
+
+
+def late_marks_query(since: datetime, limit: int) -> str:
+    """The bridges' marks of late readings (``rollup_late``) stamped after ``since``, oldest
+    first, at most ``limit``: columns first, last (ns) and the tags bridge, gateway_id."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise QueryBuildError("limit", limit, "must be a positive integer")
+    return (
+        f"SELECT {quote_ident('first')}, {quote_ident('last')}, {quote_ident('bridge')}, "
+        f"{quote_ident('gateway_id')} FROM {quote_ident(ROLLUP_LATE_MEASUREMENT)} "
+        f"WHERE time > {time_literal(since)} ORDER BY time ASC LIMIT {limit}"
+    )
+
+
+def marks_state_query(database: str, rp: str, measurement: str) -> str:
+    """The rollup job's newest mark watermark (field ``marks_until_ns``)."""
+    return (
+        f"SELECT last({quote_ident('marks_until_ns')}) AS {quote_ident('marks_until_ns')} "
         f"FROM {qualified(database, rp, measurement)}"
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from processor.outputs.late import late_lines
 from rollups import retention
 from rollups.job import RollupJob
 from rollups.settings import RollupsInfluxSettings, RollupsSettings
@@ -161,6 +162,61 @@ async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
             if k[-1] < rollup_data.ns(datetime(2026, 12, 5, 12, tzinfo=UTC))
         }
         rollup_data.assert_matches(got_1m, {k: v for k, v in want_1m.items()})
+        rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
+
+
+async def test_readings_stored_hours_late_are_rolled_up_from_the_bridges_marks(
+    rollup_db: InfluxTarget,
+) -> None:
+    """A backlog drained (or a dead letter replayed) hours late lies behind LOOKBACK: the bridge
+    that stores it writes a ``rollup_late`` mark (processor/outputs/late.py) and the next pass
+    recomputes the marked range, minutes and hours; a mark read again changes nothing; a
+    restarted job resumes after the marks it took."""
+    now = datetime(2026, 12, 5, 12, 30, 20, tzinfo=UTC)
+    readings = rollup_data.generate(now - 8 * HOUR, now - 2 * MINUTE)
+    rollup_data.write(rollup_db.url, rollup_db.database, readings)
+    clock = [now]
+    settings = _settings(rollup_db, lookback="2h", settle_s=60)
+    async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
+        await retention.ensure_rollup_policies(client, settings)
+        job = RollupJob(settings, client, writer, now=lambda: clock[0])
+        assert (await job.run_pass()).caught_up
+
+        series = rollup_data.SERIES[1]
+        backlog = [
+            rollup_data.Raw(series, now - 5 * HOUR + k * MINUTE + timedelta(seconds=7),
+                            2 * 10**6 + k, "Charging", {"power_w": 9000.0 + k})
+            for k in range(3)
+        ]  # fmt: skip
+        rollup_data.write(rollup_db.url, rollup_db.database, backlog)
+        clock[0] = now + MINUTE
+        stamp = rollup_data.ns(clock[0])
+        marks = late_lines(
+            [(series[1], [rollup_data.ns(r.ts) for r in backlog])], stamp, bridge="bridge-a"
+        )
+        assert len(marks) == 1
+        await writer.write(marks)  # as the bridge does, beside the readings it stored
+        second = await job.run_pass()
+        assert second.late_marked == 1
+        assert second.late_series == 0  # behind LOOKBACK: only the mark finds them
+
+        every = readings + backlog
+        settled = rollup_data.ns(datetime(2026, 12, 5, 12, 30, tzinfo=UTC))
+        hours = rollup_data.ns(datetime(2026, 12, 5, 12, tzinfo=UTC))
+        want_1m = {k: v for k, v in rollup_data.expected(every, MINUTE).items() if k[-1] < settled}
+        want_1h = {k: v for k, v in rollup_data.expected(every, HOUR).items() if k[-1] < hours}
+        rollup_data.assert_matches(_rollups(rollup_db, "rollup_1m", "readings_1m"), want_1m)
+        rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
+
+        clock[0] = now + 2 * MINUTE
+        assert (await job.run_pass()).late_marked == 0  # the mark is taken once
+        # A restarted job reads the marks' watermark back: a mark within MARKS_MARGIN of it may
+        # be recomputed once more (the same points again), none older.
+        restarted = RollupJob(settings, client, writer, now=lambda: clock[0])
+        clock[0] = now + 3 * MINUTE
+        assert (await restarted.run_pass()).late_marked <= 1
+        clock[0] = now + 4 * MINUTE
+        assert (await restarted.run_pass()).late_marked == 0
         rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
 
 
