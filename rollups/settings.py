@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, StringConstraints
 from pydantic_settings import SettingsConfigDict
@@ -66,6 +66,12 @@ class RollupsSettings(ServiceSettings):
     """InfluxDB 1.x: create/alter the retention policies at start (needs an admin user when auth
     is on). Off, or with ``INFLUX__API=v2``: the job only logs what the operator must create
     (docs/deploy.md)."""
+    write_path: Literal["auto", "into", "lines"] = "auto"
+    """How the rollup buckets are written. ``into``: InfluxDB 1.x writes them itself
+    (``SELECT ... INTO``; the rows never cross HTTP, the job's cost per pass is about one
+    request). ``lines``: the job reads the rows and writes them as line protocol (InfluxDB
+    2.x/3.x, whose InfluxQL has no ``INTO``). ``auto``: ``into`` when InfluxDB's ``/ping``
+    announces a 1.x version (and ``INFLUX__API=v1``), else ``lines``."""
     chunk: Duration = "1d"
     """A pass over a long stretch (the first pass, a backfill, a job that was down) goes forward
     this much at a time, its progress stored after each."""

@@ -28,25 +28,45 @@ BIN = Path(sys.executable).parent
 MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
 
 
+@pytest.fixture(params=["into", "lines"])
+def write_path(request: pytest.FixtureRequest) -> str:
+    """Both ways of writing the buckets on InfluxDB 1.x: ``SELECT ... INTO`` (its default) and
+    the rows read and written as line protocol (the path of 2.x/3.x)."""
+    return str(request.param)
+
+
 def _rollups(db: InfluxTarget, rp: str, measurement: str) -> rollup_data.Points:
     return rollup_data.stored(db.url, db.database, rp, measurement)
 
 
-def _settings(db: InfluxTarget, **more: object) -> RollupsSettings:
+def _assert_field_types(db: InfluxTarget, rp: str, measurement: str) -> None:
+    """``count`` an integer field and ``status_last`` a string, as the readers expect; every
+    aggregate a float."""
+    q = f'SHOW FIELD KEYS FROM "{db.database}"."{rp}"."{measurement}"'
+    types = dict(influxql(db.url, db.database, q))
+    assert types.pop("count") == "integer"
+    assert types.pop("status_last") == "string"
+    assert types, "no aggregates"
+    assert set(types.values()) == {"float"}, types
+
+
+def _settings(db: InfluxTarget, write_path: str, **more: object) -> RollupsSettings:
     return RollupsSettings(
         influx=RollupsInfluxSettings(url=db.url, database=db.database),
         http_port=0,
+        write_path=write_path,
         **more,  # type: ignore[arg-type]
     )
 
 
-def _run_cli(db: InfluxTarget, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_cli(db: InfluxTarget, write_path: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = env_for(
         RollupsSettings,
         influx={"url": db.url, "database": db.database},
         http_port=0,
         raw_shard_duration="1h",
         log_format="text",
+        write_path=write_path,
     )
     return subprocess.run(
         [str(BIN / "telemetry-rollups"), *args],
@@ -58,7 +78,9 @@ def _run_cli(db: InfluxTarget, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_forty_days_rolled_up_then_raw_beyond_thirty_days_dropped(rollup_db: InfluxTarget) -> None:
+def test_forty_days_rolled_up_then_raw_beyond_thirty_days_dropped(
+    rollup_db: InfluxTarget, write_path: str
+) -> None:
     """40 days of readings of four series (several per minute in one hour a day, a sparse key,
     readings without status): one pass of ``telemetry-rollups --once`` writes every 1-minute
     and 1-hour bucket with data, equal to aggregates computed here from the generated raw
@@ -69,7 +91,7 @@ def test_forty_days_rolled_up_then_raw_beyond_thirty_days_dropped(rollup_db: Inf
     readings = rollup_data.generate(start, now - 5 * MINUTE)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
 
-    done = _run_cli(rollup_db, "--once")
+    done = _run_cli(rollup_db, write_path, "--once")
     assert done.returncode == 0, done.stderr[-3000:]
 
     # Only complete hours are rolled up: the current one is not over yet.
@@ -102,10 +124,12 @@ def test_forty_days_rolled_up_then_raw_beyond_thirty_days_dropped(rollup_db: Inf
     rollup_data.assert_matches(_rollups(rollup_db, "rollup_1m", "readings_1m"), want_1m)
     rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
     assert len(want_1m) > 40 * 24 * 4  # the comparison covered the 40 days, every series
+    _assert_field_types(rollup_db, "rollup_1m", "readings_1m")
+    _assert_field_types(rollup_db, "rollup_1h", "readings_1h")
 
 
 async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
-    rollup_db: InfluxTarget,
+    rollup_db: InfluxTarget, write_path: str
 ) -> None:
     """A reading stored after its minute was rolled up, inside LOOKBACK, is in the next pass's
     rollups (minute and hour); one older than LOOKBACK is not, until ``backfill`` recomputes
@@ -114,7 +138,7 @@ async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
     readings = rollup_data.generate(now - 6 * HOUR, now - 2 * MINUTE)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
     clock = [now]
-    settings = _settings(rollup_db, lookback="2h", settle_s=60)
+    settings = _settings(rollup_db, write_path, lookback="2h", settle_s=60)
     async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
         await retention.ensure_rollup_policies(client, settings)
         job = RollupJob(settings, client, writer, now=lambda: clock[0])
@@ -164,14 +188,16 @@ async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
         rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
 
 
-async def test_a_restarted_job_resumes_from_its_saved_progress(rollup_db: InfluxTarget) -> None:
+async def test_a_restarted_job_resumes_from_its_saved_progress(
+    rollup_db: InfluxTarget, write_path: str
+) -> None:
     """The progress is stored in InfluxDB (``rollup_state``): a new job (a restart) continues
     from it and does not recompute the buckets before LOOKBACK (deleted here, they stay
     deleted), while it rolls up what came since."""
     now = datetime(2026, 12, 5, 18, 0, 30, tzinfo=UTC)
     readings = rollup_data.generate(now - 10 * HOUR, now + 3 * HOUR)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
-    settings = _settings(rollup_db, lookback="2h", settle_s=0)
+    settings = _settings(rollup_db, write_path, lookback="2h", settle_s=0)
     async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
         await retention.ensure_rollup_policies(client, settings)
         first = await RollupJob(settings, client, writer, now=lambda: now).run_pass()
@@ -196,7 +222,7 @@ async def test_a_restarted_job_resumes_from_its_saved_progress(rollup_db: Influx
 
 
 async def test_buckets_older_than_a_rollup_policy_are_left_out_not_refused(
-    rollup_db: InfluxTarget,
+    rollup_db: InfluxTarget, write_path: str
 ) -> None:
     """Raw readings older than the 1-minute rollups' retention (raw readings may be up to 366
     days old, 1-minute rollups are kept 365): the pass succeeds, writes the 1-minute buckets
@@ -205,7 +231,7 @@ async def test_buckets_older_than_a_rollup_policy_are_left_out_not_refused(
     readings = rollup_data.generate(now - timedelta(days=2), now - 5 * MINUTE, burst_hour=-1)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
     settings = _settings(
-        rollup_db, rollup_1m_retention="1d", rollup_1m_shard_duration="1h", settle_s=0
+        rollup_db, write_path, rollup_1m_retention="1d", rollup_1m_shard_duration="1h", settle_s=0
     )
     async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
         await retention.ensure_rollup_policies(client, settings)
@@ -225,7 +251,9 @@ async def test_buckets_older_than_a_rollup_policy_are_left_out_not_refused(
     rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
 
 
-def test_backfill_command_recomputes_only_the_range_given(rollup_db: InfluxTarget) -> None:
+def test_backfill_command_recomputes_only_the_range_given(
+    rollup_db: InfluxTarget, write_path: str
+) -> None:
     """``telemetry-rollups backfill --start --end`` writes the complete buckets of that range
     (every minute, the hour it covers) and nothing else, and leaves the progress alone."""
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - 4 * HOUR
@@ -240,7 +268,13 @@ def test_backfill_command_recomputes_only_the_range_given(rollup_db: InfluxTarge
             "REPLICATION 1",
         )
     done = _run_cli(
-        rollup_db, "backfill", "--start", hour.isoformat(), "--end", (hour + HOUR).isoformat()
+        rollup_db,
+        write_path,
+        "backfill",
+        "--start",
+        hour.isoformat(),
+        "--end",
+        (hour + HOUR).isoformat(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     inside = [r for r in readings if hour <= r.ts < hour + HOUR]
