@@ -101,6 +101,8 @@ class RollupJob:
         assert lookback is not None
         self._lookback = lookback
         self._chunk = to_timedelta(settings.chunk) or timedelta(days=1)
+        self._late_every = to_timedelta(settings.late_check_every) or MINUTE
+        self._checked: datetime | None = None  # the end of the last pass that checked
         self._done: datetime | None = None
         self._saved: datetime | None = None
         self._into: bool | None = None  # decided at the first pass (WRITE_PATH)
@@ -141,12 +143,13 @@ class RollupJob:
                 return result
             done = floor(oldest, MINUTE)
             log.info("first pass: rolling up from the oldest raw reading, %s", done.isoformat())
-        late_from = floor(end - self._lookback, MINUTE)
+        late_from = self._late_from(end)
         into = await self._uses_into()
         if into and self._fields is not None and done < end and end - done <= SAVE_EVERY:
             # The steady state on InfluxDB 1.x: the survey and the new minutes (and the hour
             # they complete) in one request; InfluxDB writes the buckets itself.
             await self._survey_and_roll(late_from, done, end, result)
+            self._checked = end if late_from is not None else self._checked
             done = self._done = end
             if self._saved is None or end - self._saved >= SAVE_EVERY:
                 await self.save_progress(end)
@@ -154,9 +157,10 @@ class RollupJob:
             result.caught_up = True
             self._finish(result, started, end)
             return result
-        fields, totals = await self._survey(late_from, min(done, end))
-        if totals is not None and totals[0] != totals[1]:
+        fields, totals = await self._survey(late_from or end, min(done, end))
+        if late_from is not None and totals is not None and totals[0] != totals[1]:
             await self._late(late_from, min(done, end), fields, result)
+        self._checked = end if late_from is not None else self._checked
         for a, b in chunks(done, end, self._chunk):
             await self._roll(MINUTES, a, b, fields, result)
             # The hours these minutes complete; an hour still open is done by a later pass.
@@ -200,6 +204,16 @@ class RollupJob:
         m.last_success.set(time.time())
 
     # -- late readings ----------------------------------------------------------------------
+    def _late_from(self, end: datetime) -> datetime | None:
+        """Where this pass's check for late readings starts, or None: a pass checks when
+        LATE_CHECK_EVERY passed since the last check (the first pass of a process always),
+        from LOOKBACK before that last check, so no minute leaves the checked stretch
+        between two checks."""
+        last = self._checked
+        if last is not None and end - last < self._late_every:
+            return None
+        return floor(min(end, last or end) - self._lookback, MINUTE)
+
     async def _late(
         self, start: datetime, end: datetime, fields: Sequence[str], result: PassResult
     ) -> None:
@@ -286,14 +300,14 @@ class RollupJob:
         return out
 
     async def _survey_and_roll(
-        self, late_from: datetime, done: datetime, end: datetime, result: PassResult
+        self, late_from: datetime | None, done: datetime, end: datetime, result: PassResult
     ) -> None:
         """A pass of a short stretch ``[done, end)`` on the INTO path, in one request: the
         survey (value keys, the totals of ``[late_from, done)``) and the buckets, written with
         the value keys of the previous pass; when the keys changed (a new one), the buckets
         are written again with them (a point written again keeps its other fields)."""
         assert self._fields is not None
-        survey = self._survey_statements(late_from, done)
+        survey = self._survey_statements(late_from or done, done)
         rolls = self._into_statements(self._fields, done, end)
         answers = await self._client.execute_all([*survey, *(q for _, q in rolls)])
         fields, totals = _survey_answer(answers[: len(survey)])
@@ -303,7 +317,7 @@ class RollupJob:
         self._fields = fields
         for (res, _), answer in zip(rolls, answers[len(survey) :], strict=True):
             self._count(res, result, _written(answer))
-        if totals is not None and totals[0] != totals[1]:
+        if late_from is not None and totals is not None and totals[0] != totals[1]:
             await self._late(late_from, done, fields, result)
 
     async def _survey(

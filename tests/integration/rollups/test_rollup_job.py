@@ -138,7 +138,7 @@ async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
     readings = rollup_data.generate(now - 6 * HOUR, now - 2 * MINUTE)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
     clock = [now]
-    settings = _settings(rollup_db, write_path, lookback="2h", settle_s=60)
+    settings = _settings(rollup_db, write_path, lookback="2h", settle_s=60, late_check_every="1m")
     async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
         await retention.ensure_rollup_policies(client, settings)
         job = RollupJob(settings, client, writer, now=lambda: clock[0])
@@ -186,6 +186,35 @@ async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
         }
         rollup_data.assert_matches(got_1m, {k: v for k, v in want_1m.items()})
         rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
+
+
+async def test_late_readings_are_checked_every_late_check_every_over_lookback_before_the_last(
+    rollup_db: InfluxTarget, write_path: str
+) -> None:
+    """With LATE_CHECK_EVERY 10m the passes between two checks leave late readings alone; the
+    next check finds them, also one whose minute left LOOKBACK since the previous check."""
+    now = datetime(2026, 12, 5, 12, 30, 20, tzinfo=UTC)
+    readings = rollup_data.generate(now - 3 * HOUR, now - 2 * MINUTE, burst_hour=-1)
+    rollup_data.write(rollup_db.url, rollup_db.database, readings)
+    clock = [now]
+    settings = _settings(rollup_db, write_path, lookback="1h", settle_s=60)
+    assert settings.late_check_every == "10m"
+    async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
+        await retention.ensure_rollup_policies(client, settings)
+        job = RollupJob(settings, client, writer, now=lambda: clock[0])
+        await job.run_pass()  # checks (the first pass of a process)
+        series = rollup_data.SERIES[1]
+        # 58 minutes old now, 67 at the next check: outside LOOKBACK by then.
+        late = rollup_data.Raw(series, now - 58 * MINUTE, 10**6, None, {"power_w": 1e6})
+        rollup_data.write(rollup_db.url, rollup_db.database, [late])
+        for minutes in range(1, 10):
+            clock[0] = now + minutes * MINUTE
+            assert (await job.run_pass()).late_series == 0
+        clock[0] = now + 10 * MINUTE
+        assert (await job.run_pass()).late_series == 1
+    key = (*series, rollup_data.ns(late.ts.replace(second=0, microsecond=0)))
+    got = _rollups(rollup_db, "rollup_1m", "readings_1m")
+    assert got[key] == pytest.approx(rollup_data.expected([*readings, late], MINUTE)[key])
 
 
 async def test_a_restarted_job_resumes_from_its_saved_progress(
