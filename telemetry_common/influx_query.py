@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -152,7 +153,7 @@ class InfluxQLClient:
         form than as a URL. Raises as :meth:`query`."""
         http = self._opened()
         with self._translated():
-            response = await http.post("/query", data=self._params(q))
+            response = await http.post("/query", content=_form(self._params(q)), headers=_FORM)
         return _parse(response)
 
     async def execute_all(self, statements: Sequence[str]) -> list[list[Series]]:
@@ -161,7 +162,8 @@ class InfluxQLClient:
         :meth:`query` when any of them failed."""
         http = self._opened()
         with self._translated():
-            response = await http.post("/query", data=self._params("; ".join(statements)))
+            body = _form(self._params("; ".join(statements)))
+            response = await http.post("/query", content=body, headers=_FORM)
         return [_series_of([r], response.status_code) for r in _results(response)]
 
     async def server_version(self) -> str | None:
@@ -221,6 +223,26 @@ class InfluxQLClient:
             raise InfluxUnavailable(f"timed out after {self._settings.timeout_s}s") from exc
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+_FORM: Final = {"Content-Type": "application/x-www-form-urlencoded"}
+#: ASCII as ``urllib.parse.quote_plus`` encodes it, in one ``str.translate`` (quote_plus looks
+#: up each character: about a tenth of a rollup pass's CPU, for ~2,000 characters of InfluxQL).
+_FORM_ESCAPES: Final = str.maketrans(
+    {
+        chr(i): "+" if i == 32 else f"%{i:02X}"
+        for i in range(128)
+        if not (chr(i).isalnum() or chr(i) in "_.-~")
+    }
+)
+
+
+def _form(params: dict[str, str]) -> bytes:
+    """``params`` as an ``application/x-www-form-urlencoded`` body."""
+    return "&".join(
+        f"{k}={v.translate(_FORM_ESCAPES) if v.isascii() else urllib.parse.quote_plus(v)}"
+        for k, v in params.items()
+    ).encode()
 
 
 def _error_message(response: httpx.Response) -> str:
