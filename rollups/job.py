@@ -1,6 +1,7 @@
 """One pass of the rollup job, and a backfill of a range (docs/deploy.md#retention-and-rollups).
 
-A pass first looks for late readings: the raw readings of the last ``LOOKBACK`` that are
+A pass first looks for late readings (the first pass, then one every ``LATE_CHECK_EVERY``): the
+raw readings of the last ``LOOKBACK`` (from ``LOOKBACK`` before the previous check) that are
 already rolled up (before ``done_until``) are counted, all series together, and compared with
 the sum of the 1-minute rollups' ``count``; only when the totals differ are they compared per
 series, and a series that differs has its minutes of that stretch and the hours they touch
@@ -14,6 +15,11 @@ Both resolutions are computed from the raw readings (InfluxDB aggregates, per bu
 series): the 1-hour mean from 1-minute means would need each key's own count (a key missing in
 some readings), which the rollups do not carry; min, max and last would be exact either way,
 and the job's own cost is one row per bucket and series in both cases.
+
+``WRITE_PATH``: on InfluxDB 1.x the buckets are written by InfluxDB itself (``SELECT ... INTO``),
+and a pass of the steady state (at most ``SAVE_EVERY`` of new minutes) is one request: the
+survey and the ``INTO`` statements together. On 2.x/3.x (no ``INTO``) the rows are read and
+written as line protocol (:mod:`rollups.lines`).
 """
 
 from __future__ import annotations
