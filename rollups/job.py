@@ -188,6 +188,7 @@ class RollupJob:
         limit = floor(self._now() - timedelta(seconds=self._s.settle_s), MINUTE)
         a, b = floor(start, MINUTE), min(ceil(end, MINUTE), limit)
         fields = await self._value_keys()
+        await self._uses_into()
         for ca, cb in chunks(a, b, self._chunk):
             await self._roll(MINUTES, ca, cb, fields, result)
         hours_end = ceil(b, HOUR) if ceil(b, HOUR) <= limit else floor(b, HOUR)
@@ -389,7 +390,8 @@ class RollupJob:
                 if self._s.influx.api == "v1":
                     version = await self._client.server_version()
                 path = "into" if version is not None and _is_v1(version) else "lines"
-                log.info("InfluxDB %s: rollups written by %s", version or "2.x/3.x", path)
+                log.info("InfluxDB %s: WRITE_PATH auto is %s", version or "2.x/3.x", path)
+            log.info("rollup buckets written by the %s path", path)
             self._into = path == "into"
         return self._into
 

@@ -93,6 +93,7 @@ def test_forty_days_rolled_up_then_raw_beyond_thirty_days_dropped(
 
     done = _run_cli(rollup_db, write_path, "--once")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"written by the {write_path} path" in done.stdout + done.stderr
 
     # Only complete hours are rolled up: the current one is not over yet.
     open_hour = now.replace(minute=0, second=0, microsecond=0)
@@ -306,6 +307,7 @@ def test_backfill_command_recomputes_only_the_range_given(
         (hour + HOUR).isoformat(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"written by the {write_path} path" in done.stdout + done.stderr
     inside = [r for r in readings if hour <= r.ts < hour + HOUR]
     rollup_data.assert_matches(
         _rollups(rollup_db, "rollup_1m", "readings_1m"), rollup_data.expected(inside, MINUTE)
