@@ -1,7 +1,8 @@
 """Rollup job cost benchmark: CPU of ``telemetry-rollups`` per reading rolled up vs. the bridge's
 CPU per reading stored (issue 18's goal: at most 10%).
 
-``.venv/bin/python -m bench.rollups_cost [--readings N] [--chargers C] [--every S] [--hours H]``
+``.venv/bin/python -m bench.rollups_cost [--readings N] [--chargers C] [--every S] [--hours H]
+[--write-path auto|into|lines] [--late-check-every 10m] [--pass-minutes K]``
 
 Starts its own Mosquitto and InfluxDB 1.x (``bench.harness.stack``) and measures, in one run:
 
@@ -14,9 +15,13 @@ Starts its own Mosquitto and InfluxDB 1.x (``bench.harness.stack``) and measures
    in its own process with no saved progress rolls all of them up: its CPU seconds (user +
    system, from the reaped child) per reading;
 3. the rollup job, steady state: the same job in this process, one pass per simulated minute
-   (a clock advanced by a minute each pass; ``LOOKBACK`` 2 h, so each pass also counts the
-   readings of the last two hours, raw and rolled up, for late ones) over the last
-   ``--steady-minutes`` of the data: this process's CPU per reading of those minutes.
+   (a clock advanced by a minute each pass, or by K minutes: ``INTERVAL_S`` K x 60; ``LOOKBACK``
+   2 h: the first pass and then one every ``--late-check-every`` also count the readings of the
+   last two hours, raw and rolled up, for late ones) over the last ``--steady-minutes`` of the
+   data: this process's CPU per reading of those minutes.
+
+Both phases use ``--write-path`` (``WRITE_PATH``: ``auto`` is ``into`` on this InfluxDB 1.x,
+``lines`` is the path of 2.x/3.x).
 
 InfluxDB's own CPU during 2 and 3 is shown beside (it does the aggregation; the bridge's figure
 leaves out InfluxDB's write cost likewise). Prints a table; ``--json`` writes the figures. A
@@ -58,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--every", type=float, default=10.0, help="S seconds between readings")
     p.add_argument("--hours", type=float, default=6.0, help="H hours of rollup data")
     p.add_argument("--steady-minutes", type=int, default=30, help="passes of the steady state")
+    p.add_argument("--write-path", choices=("auto", "into", "lines"), default="auto")
+    p.add_argument("--late-check-every", default="10m", help="LATE_CHECK_EVERY of the job")
+    p.add_argument("--pass-minutes", type=int, default=1, help="K: a pass every K minutes")
     p.add_argument("--timeout", type=float, default=300.0, help="bound on each phase, seconds")
     p.add_argument("--stall", type=float, default=30.0, help="give up when no progress, seconds")
     cli.add_output_options(p)
@@ -121,6 +129,8 @@ def measure_first_pass(stack: Stack, a: argparse.Namespace, readings: int) -> di
         influx={"url": stack.influx_url, "database": DATABASE},
         http_port=0,
         log_format="json",
+        write_path=a.write_path,
+        late_check_every=a.late_check_every,
     )
     influxd = stack.proc("influxd")
     before, influx_before, t0 = children_cpu(), cpu_seconds(influxd.pid), time.monotonic()
@@ -145,6 +155,8 @@ async def _steady(a: argparse.Namespace, stack: Stack, end: datetime) -> tuple[f
         influx=RollupsInfluxSettings(url=stack.influx_url, database=DATABASE),
         http_port=0,
         settle_s=0,
+        write_path=a.write_path,
+        late_check_every=a.late_check_every,
     )
     clock = [end - a.steady_minutes * MINUTE]
     async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
@@ -152,13 +164,14 @@ async def _steady(a: argparse.Namespace, stack: Stack, end: datetime) -> tuple[f
         job = RollupJob(settings, client, writer, now=lambda: clock[0])
         await job.save_progress(clock[0])
         cpu0, points = time.process_time(), 0
-        for _ in range(a.steady_minutes):
-            clock[0] += MINUTE
+        for _ in range(a.steady_minutes // a.pass_minutes):
+            clock[0] += a.pass_minutes * MINUTE
             result = await job.run_pass()
             points += result.written["1m"] + result.written["1h"]
         cpu = time.process_time() - cpu0
     per_minute = a.chargers * 60 / a.every
-    return cpu, round(per_minute * a.steady_minutes), points
+    minutes = a.steady_minutes // a.pass_minutes * a.pass_minutes
+    return cpu, round(per_minute * minutes), points
 
 
 def measure_steady(stack: Stack, a: argparse.Namespace, end: datetime) -> dict[str, Any]:
@@ -166,7 +179,7 @@ def measure_steady(stack: Stack, a: argparse.Namespace, end: datetime) -> dict[s
     influx_before = cpu_seconds(influxd.pid)
     cpu, readings, points = asyncio.run(_steady(a, stack, end))
     return {
-        "passes": a.steady_minutes,
+        "passes": a.steady_minutes // a.pass_minutes,
         "readings": readings,
         "points_written": points,
         "job_cpu_s": cpu,
@@ -220,7 +233,8 @@ def print_report(fig: dict[str, Any]) -> None:
         (
             "rollup data",
             f"{f['readings']:,}",
-            f"{a['chargers']} chargers, one reading every {a['every']}s, {a['hours']}h",
+            f"{a['chargers']} chargers, one reading every {a['every']}s, {a['hours']}h; "
+            f"write path {a['write_path']}, late check every {a['late_check_every']}",
         ),
         ("first pass: wall (s)", _f(f["wall_s"]), "telemetry-rollups --once, no progress"),
         ("first pass: job CPU per reading (us)", _f(f["job_us_per_reading"]), ""),
@@ -233,7 +247,7 @@ def print_report(fig: dict[str, Any]) -> None:
         (
             "steady: passes",
             str(s["passes"]),
-            f"one per minute, {s['points_written']:,} points written",
+            f"one per {a['pass_minutes']} minute(s), {s['points_written']:,} points written",
         ),
         ("steady: job CPU per reading (us)", _f(s["job_us_per_reading"]), ""),
         ("steady: influxd CPU (s)", _f(s["influxd_cpu_s"]), "aggregation + late checks"),

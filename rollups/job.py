@@ -1,6 +1,7 @@
 """One pass of the rollup job, and a backfill of a range (docs/deploy.md#retention-and-rollups).
 
-A pass first looks for late readings: the raw readings of the last ``LOOKBACK`` that are
+A pass first looks for late readings (the first pass, then one every ``LATE_CHECK_EVERY``): the
+raw readings of the last ``LOOKBACK`` (from ``LOOKBACK`` before the previous check) that are
 already rolled up (before ``done_until``) are counted, all series together, and compared with
 the sum of the 1-minute rollups' ``count``; only when the totals differ are they compared per
 series, and a series that differs has its minutes of that stretch and the hours they touch
@@ -14,6 +15,11 @@ Both resolutions are computed from the raw readings (InfluxDB aggregates, per bu
 series): the 1-hour mean from 1-minute means would need each key's own count (a key missing in
 some readings), which the rollups do not carry; min, max and last would be exact either way,
 and the job's own cost is one row per bucket and series in both cases.
+
+``WRITE_PATH``: on InfluxDB 1.x the buckets are written by InfluxDB itself (``SELECT ... INTO``),
+and a pass of the steady state (at most ``SAVE_EVERY`` of new minutes) is one request: the
+survey and the ``INTO`` statements together. On 2.x/3.x (no ``INTO``) the rows are read and
+written as line protocol (:mod:`rollups.lines`).
 """
 
 from __future__ import annotations
@@ -43,7 +49,6 @@ from telemetry_common.influxql import (
     total_count_query,
 )
 from telemetry_common.storage import (
-    MEASUREMENT,
     META_FIELDS,
     ROLLUP_1H_MEASUREMENT,
     ROLLUP_1H_RP,
@@ -112,10 +117,14 @@ class RollupJob:
         assert lookback is not None
         self._lookback = lookback
         self._chunk = to_timedelta(settings.chunk) or timedelta(days=1)
+        self._late_every = to_timedelta(settings.late_check_every) or MINUTE
+        self._checked: datetime | None = None  # the end of the last pass that checked
         self._done: datetime | None = None
         self._saved: datetime | None = None
         self._marks_until: datetime | None = None  # the newest late-reading mark taken
         self._marks_seen: set[tuple[int, str, str]] = set()  # those within MARKS_MARGIN
+        self._into: bool | None = None  # decided at the first pass (WRITE_PATH)
+        self._fields: list[str] | None = None  # the value keys the previous pass found
 
     # -- progress ---------------------------------------------------------------------------
     async def load_progress(self) -> datetime | None:
@@ -193,7 +202,6 @@ class RollupJob:
         what the bridges marked as stored late."""
         started = time.monotonic()
         result = PassResult()
-        await self.take_marks(result)
         end = floor(self._now() - timedelta(seconds=self._s.settle_s), MINUTE)
         # Read once per process (a restart resumes from it), then kept: this job is its writer.
         done = self._done if self._done is not None else await self.load_progress()
@@ -206,10 +214,26 @@ class RollupJob:
                 return result
             done = floor(oldest, MINUTE)
             log.info("first pass: rolling up from the oldest raw reading, %s", done.isoformat())
-        late_from = floor(end - self._lookback, MINUTE)
-        fields, totals = await self._survey(late_from, min(done, end))
-        if totals is not None and totals[0] != totals[1]:
+        late_from = self._late_from(end)
+        if late_from is not None:  # with the LOOKBACK check: the steady pass stays one request
+            await self.take_marks(result)
+        into = await self._uses_into()
+        if into and self._fields is not None and done < end and end - done <= SAVE_EVERY:
+            # The steady state on InfluxDB 1.x: the survey and the new minutes (and the hour
+            # they complete) in one request; InfluxDB writes the buckets itself.
+            await self._survey_and_roll(late_from, done, end, result)
+            self._checked = end if late_from is not None else self._checked
+            done = self._done = end
+            if self._saved is None or end - self._saved >= SAVE_EVERY:
+                await self.save_progress(end)
+            result.done_until = done
+            result.caught_up = True
+            self._finish(result, started, end)
+            return result
+        fields, totals = await self._survey(late_from or end, min(done, end))
+        if late_from is not None and totals is not None and totals[0] != totals[1]:
             await self._late(late_from, min(done, end), fields, result)
+        self._checked = end if late_from is not None else self._checked
         for a, b in chunks(done, end, self._chunk):
             await self._roll(MINUTES, a, b, fields, result)
             # The hours these minutes complete; an hour still open is done by a later pass.
@@ -230,7 +254,8 @@ class RollupJob:
         result = PassResult()
         limit = floor(self._now() - timedelta(seconds=self._s.settle_s), MINUTE)
         a, b = floor(start, MINUTE), min(ceil(end, MINUTE), limit)
-        fields = await self._fields()
+        fields = await self._value_keys()
+        await self._uses_into()
         for ca, cb in chunks(a, b, self._chunk):
             await self._roll(MINUTES, ca, cb, fields, result)
         hours_end = ceil(b, HOUR) if ceil(b, HOUR) <= limit else floor(b, HOUR)
@@ -253,6 +278,16 @@ class RollupJob:
         m.last_success.set(time.time())
 
     # -- late readings ----------------------------------------------------------------------
+    def _late_from(self, end: datetime) -> datetime | None:
+        """Where this pass's check for late readings starts, or None: a pass checks when
+        LATE_CHECK_EVERY passed since the last check (the first pass of a process always),
+        from LOOKBACK before that last check, so no minute leaves the checked stretch
+        between two checks."""
+        last = self._checked
+        if last is not None and end - last < self._late_every:
+            return None
+        return floor(min(end, last or end) - self._lookback, MINUTE)
+
     async def _late(
         self, start: datetime, end: datetime, fields: Sequence[str], result: PassResult
     ) -> None:
@@ -307,18 +342,71 @@ class RollupJob:
         for ids in groups:
             width = sum(per_charger[c] for c in (per_charger if ids is None else ids))
             for a, b in steps(start, end, res.every, width, self._s.query_max_rows):
+                if self._into:
+                    into = qualified(self._db, res.rp, res.measurement)
+                    q = rollup_query(fields, a, b, res.every, ids, into=into)
+                    self._count(res, result, _written(await self._client.execute(q)))
+                    continue
                 answer = await self._client.execute(rollup_query(fields, a, b, res.every, ids))
                 lines = list(rollup_lines(res.measurement, answer))
                 if lines:
                     await self._writer.write(lines, rp=res.rp)
-                result.written[res.label] += len(lines)
-                self.metrics.buckets_written.labels(res.label).inc(len(lines))
+                self._count(res, result, len(lines))
+
+    def _count(self, res: Resolution, result: PassResult, written: int) -> None:
+        result.written[res.label] += written
+        self.metrics.buckets_written.labels(res.label).inc(written)
+
+    def _into_statements(
+        self, fields: Sequence[str], start: datetime, end: datetime
+    ) -> list[tuple[Resolution, str]]:
+        """``SELECT ... INTO`` of the minutes of ``[start, end)`` and the hours they complete
+        (all series; buckets a rollup policy would refuse left out)."""
+        out = []
+        for res, a, b in (
+            (MINUTES, start, end),
+            (HOURS, floor(start, HOUR), floor(end, HOUR)),
+        ):
+            a = max(a, self._oldest_writable(res))
+            if a < b:
+                into = qualified(self._db, res.rp, res.measurement)
+                out.append((res, rollup_query(fields, a, b, res.every, into=into)))
+        return out
+
+    async def _survey_and_roll(
+        self, late_from: datetime | None, done: datetime, end: datetime, result: PassResult
+    ) -> None:
+        """A pass of a short stretch ``[done, end)`` on the INTO path, in one request: the
+        survey (value keys, the totals of ``[late_from, done)``) and the buckets, written with
+        the value keys of the previous pass; when the keys changed (a new one), the buckets
+        are written again with them (a point written again keeps its other fields)."""
+        assert self._fields is not None
+        survey = self._survey_statements(late_from or done, done)
+        rolls = self._into_statements(self._fields, done, end)
+        answers = await self._client.execute_all([*survey, *(q for _, q in rolls)])
+        fields, totals = _survey_answer(answers[: len(survey)])
+        if fields != self._fields:
+            rolls = self._into_statements(fields, done, end)
+            answers = answers[: len(survey)] + await self._client.execute_all([q for _, q in rolls])
+        self._fields = fields
+        for (res, _), answer in zip(rolls, answers[len(survey) :], strict=True):
+            self._count(res, result, _written(answer))
+        if late_from is not None and totals is not None and totals[0] != totals[1]:
+            await self._late(late_from, done, fields, result)
 
     async def _survey(
         self, start: datetime, end: datetime
     ) -> tuple[list[str], tuple[int, int] | None]:
         """In one request: the value keys, and (when ``start < end``) the readings of
         ``[start, end)`` of all series together, raw and as the 1-minute rollups count them."""
+        answers = await self._client.execute_all(self._survey_statements(start, end))
+        fields, totals = _survey_answer(answers)
+        self._fields = fields
+        return fields, totals
+
+    def _survey_statements(self, start: datetime, end: datetime) -> list[str]:
+        """SHOW FIELD KEYS, and when ``start < end`` the raw and the 1-minute rollups' totals
+        of ``[start, end)``."""
         statements = [float_field_keys_query()]
         if start < end:
             minutes = qualified(self._db, MINUTES.rp, MINUTES.measurement)
@@ -326,15 +414,7 @@ class RollupJob:
                 total_count_query(start, end),
                 total_count_query(start, end, source=minutes),
             ]
-        answer = await self._client.execute("; ".join(statements))
-        keys = [s for s in answer if s.columns == ["fieldKey", "fieldType"]]
-        if start >= end:
-            return _float_keys(keys), None
-        totals = {s.name: int(s.values[0][1] or 0) for s in answer if s not in keys and s.values}
-        return _float_keys(keys), (
-            totals.get(MEASUREMENT, 0),
-            totals.get(MINUTES.measurement, 0),
-        )
+        return statements
 
     def _oldest_writable(self, res: Resolution) -> datetime:
         """The first bucket of ``res`` InfluxDB still takes: one older than its retention
@@ -363,9 +443,24 @@ class RollupJob:
                 return out
             offset += page
 
-    async def _fields(self) -> list[str]:
+    async def _value_keys(self) -> list[str]:
         """The raw readings' value keys (float fields)."""
         return _float_keys(await self._client.execute(float_field_keys_query()))
+
+    async def _uses_into(self) -> bool:
+        """Whether InfluxDB writes the buckets itself (``SELECT ... INTO``): WRITE_PATH, and
+        for ``auto`` the version InfluxDB announces (asked once)."""
+        if self._into is None:
+            path = self._s.write_path
+            if path == "auto":
+                version = None
+                if self._s.influx.api == "v1":
+                    version = await self._client.server_version()
+                path = "into" if version is not None and _is_v1(version) else "lines"
+                log.info("InfluxDB %s: WRITE_PATH auto is %s", version or "2.x/3.x", path)
+            log.info("rollup buckets written by the %s path", path)
+            self._into = path == "into"
+        return self._into
 
     async def _oldest(self) -> datetime | None:
         for s in await self._client.execute(oldest_reading_query()):
@@ -381,6 +476,35 @@ def _per_charger(series: Mapping[SeriesKey, int]) -> dict[str, int]:
     for key in series:
         out[key[index]] += 1
     return dict(out)
+
+
+def _survey_answer(
+    answers: Sequence[Sequence[Series]],
+) -> tuple[list[str], tuple[int, int] | None]:
+    """The value keys and (raw, rolled-up) totals of the answers to ``_survey_statements``."""
+    fields = _float_keys(answers[0])
+    if len(answers) == 1:
+        return fields, None
+
+    def total(answer: Sequence[Series]) -> int:
+        return sum(int(row[1] or 0) for s in answer for row in s.values)
+
+    return fields, (total(answers[1]), total(answers[2]))
+
+
+def _written(answer: Sequence[Series]) -> int:
+    """The points a ``SELECT ... INTO`` wrote (its ``result`` series' ``written``)."""
+    return sum(
+        int(row[s.columns.index("written")] or 0)
+        for s in answer
+        if "written" in s.columns
+        for row in s.values
+    )
+
+
+def _is_v1(version: str) -> bool:
+    """Whether a ``/ping`` version (``1.8.10``, ``v2.7.4``) is InfluxDB 1.x's."""
+    return version.removeprefix("v").startswith("1.")
 
 
 def _float_keys(answer: Sequence[Series]) -> list[str]:

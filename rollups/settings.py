@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, StringConstraints, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -50,8 +50,9 @@ class RollupsSettings(ServiceSettings):
 
     influx: RollupsInfluxSettings = RollupsInfluxSettings()
     """Where the raw readings are read and the rollups written (the bridge's database)."""
-    interval_s: float = Field(default=60.0, gt=0)
-    """A pass every this many seconds."""
+    interval_s: float = Field(default=300.0, gt=0)
+    """A pass every this many seconds: a pass has a fixed cost (one request), so a longer
+    interval costs less per reading, and the rollups lag by up to this much more."""
     settle_s: int = Field(default=60, ge=0)
     """A 1-minute bucket is rolled up once it ended this long ago (readings still in flight)."""
     lookback: Duration = "2h"
@@ -60,6 +61,12 @@ class RollupsSettings(ServiceSettings):
     differ); a series that changed (late readings) is recomputed there, with the hours it
     touches. Readings stored more than an hour late (a drained backlog, a replayed dead letter)
     are marked by the bridges and recomputed from the marks, so at least ``1h``."""
+    late_check_every: Duration = "10m"
+    """The check for late readings (LOOKBACK) runs on the first pass and then once this much
+    time passed since the last one (``1m``: every pass), over LOOKBACK before the previous
+    check on: a late reading is in the rollups at most this much (plus a pass) after it was
+    stored. Each check has InfluxDB count the raw readings of LOOKBACK (~2 s of its CPU for
+    1,000 chargers every 5 s)."""
     raw_retention: Retention = "30d"
     """Duration of the raw readings' retention policy ``autogen`` (set after the first complete
     pass, so nothing is dropped before it is rolled up)."""
@@ -79,6 +86,12 @@ class RollupsSettings(ServiceSettings):
     """InfluxDB 1.x: create/alter the retention policies at start (needs an admin user when auth
     is on). Off, or with ``INFLUX__API=v2``: the job only logs what the operator must create
     (docs/deploy.md)."""
+    write_path: Literal["auto", "into", "lines"] = "auto"
+    """How the rollup buckets are written. ``into``: InfluxDB 1.x writes them itself
+    (``SELECT ... INTO``; the rows never cross HTTP, the job's cost per pass is about one
+    request). ``lines``: the job reads the rows and writes them as line protocol (InfluxDB
+    2.x/3.x, whose InfluxQL has no ``INTO``). ``auto``: ``into`` when InfluxDB's ``/ping``
+    announces a 1.x version (and ``INFLUX__API=v1``), else ``lines``."""
     chunk: Duration = "1d"
     """A pass over a long stretch (the first pass, a backfill, a job that was down) goes forward
     this much at a time, its progress stored after each."""

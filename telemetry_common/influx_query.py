@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self
@@ -152,8 +153,29 @@ class InfluxQLClient:
         form than as a URL. Raises as :meth:`query`."""
         http = self._opened()
         with self._translated():
-            response = await http.post("/query", data=self._params(q))
+            response = await http.post("/query", content=_form(self._params(q)), headers=_FORM)
         return _parse(response)
+
+    async def execute_all(self, statements: Sequence[str]) -> list[list[Series]]:
+        """Run ``statements`` in one POST (joined by ``;``; InfluxDB runs them in order) and
+        return each one's series, in order: one request instead of several. Raises as
+        :meth:`query` when any of them failed."""
+        http = self._opened()
+        with self._translated():
+            body = _form(self._params("; ".join(statements)))
+            response = await http.post("/query", content=body, headers=_FORM)
+        return [_series_of([r], response.status_code) for r in _results(response)]
+
+    async def server_version(self) -> str | None:
+        """The version InfluxDB announces (``X-Influxdb-Version`` of ``/ping``: ``1.8.10``,
+        ``v2.7.4``, ``3.0.1``...), or None when it names none."""
+        http = self._opened()
+        with self._translated():
+            response = await http.get("/ping")
+        if response.status_code >= 400:
+            _parse(response)  # raises the error it carries
+        version = response.headers.get("X-Influxdb-Version")
+        return None if version is None else str(version)
 
     async def query_chunked(self, q: str, *, yield_every: int = 200) -> list[Series]:
         """:meth:`query` for answers of many series: InfluxDB streams them (``chunked=true``,
@@ -203,6 +225,26 @@ class InfluxQLClient:
             raise InfluxUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
+_FORM: Final = {"Content-Type": "application/x-www-form-urlencoded"}
+#: ASCII as ``urllib.parse.quote_plus`` encodes it, in one ``str.translate`` (quote_plus looks
+#: up each character: about a tenth of a rollup pass's CPU, for ~2,000 characters of InfluxQL).
+_FORM_ESCAPES: Final = str.maketrans(
+    {
+        chr(i): "+" if i == 32 else f"%{i:02X}"
+        for i in range(128)
+        if not (chr(i).isalnum() or chr(i) in "_.-~")
+    }
+)
+
+
+def _form(params: dict[str, str]) -> bytes:
+    """``params`` as an ``application/x-www-form-urlencoded`` body."""
+    return "&".join(
+        f"{k}={v.translate(_FORM_ESCAPES) if v.isascii() else urllib.parse.quote_plus(v)}"
+        for k, v in params.items()
+    ).encode()
+
+
 def _error_message(response: httpx.Response) -> str:
     try:
         body = orjson.loads(response.content)
@@ -216,6 +258,11 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _parse(response: httpx.Response) -> list[Series]:
+    return _series_of(_results(response), response.status_code)
+
+
+def _results(response: httpx.Response) -> list[Any]:
+    """The ``results`` of an answer (an HTTP error raised as ours)."""
     status = response.status_code
     if status >= 500 or status in (401, 403):
         raise InfluxUnavailable(_error_message(response), status=status)
@@ -228,7 +275,9 @@ def _parse(response: httpx.Response) -> list[Series]:
         raise InfluxQueryError(
             f"unexpected answer: {response.text[:200]!r}", status=status
         ) from exc
-    return _series_of(results, status)
+    if not isinstance(results, list):
+        raise InfluxQueryError(f"unexpected answer: {response.text[:200]!r}", status=status)
+    return results
 
 
 def _series_of(results: Any, status: int) -> list[Series]:

@@ -651,11 +651,17 @@ def rollup_query(
     end: datetime,
     every: timedelta,
     charger_ids: Sequence[str] | None = None,
+    *,
+    into: str | None = None,
 ) -> str:
     """The rollup of raw readings per ``every`` bucket (aligned on the epoch) and series in
     ``[start, end)``, of ``charger_ids`` (None: all): columns ``count`` (readings),
     ``status_last``, and ``{key}_{agg}`` for each of ``fields`` and ``ROLLUP_AGGREGATES``;
-    empty buckets left out."""
+    empty buckets left out.
+
+    With ``into`` (a :func:`qualified` measurement; InfluxDB 1.x only) InfluxDB writes the rows
+    there itself (``SELECT ... INTO``: the four tags stay tags, ``count`` an integer field, null
+    aggregates left out) and answers only how many points it wrote (column ``written``)."""
     columns = [
         f"count({quote_ident('seq')}) AS {quote_ident('count')}",
         f"last({quote_ident('status')}) AS {quote_ident('status_last')}",
@@ -664,8 +670,9 @@ def rollup_query(
         columns += [
             f"{a}({quote_ident(f)}) AS {quote_ident(f'{f}_{a}')}" for a in ROLLUP_AGGREGATES
         ]
+    target = "" if into is None else f"INTO {into} "
     return (
-        f"SELECT {', '.join(columns)} FROM {quote_ident(MEASUREMENT)} "
+        f"SELECT {', '.join(columns)} {target}FROM {quote_ident(MEASUREMENT)} "
         f"WHERE {_chargers(charger_ids)}{_window(start, end)} "
         f"GROUP BY time({duration_literal(every)}), {_tags()} fill(none)"
     )

@@ -29,25 +29,48 @@ BIN = Path(sys.executable).parent
 MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
 
 
+@pytest.fixture(params=["into", "lines"])
+def write_path(request: pytest.FixtureRequest) -> str:
+    """Both ways of writing the buckets on InfluxDB 1.x: ``SELECT ... INTO`` (its default) and
+    the rows read and written as line protocol (the path of 2.x/3.x)."""
+    return str(request.param)
+
+
 def _rollups(db: InfluxTarget, rp: str, measurement: str) -> rollup_data.Points:
     return rollup_data.stored(db.url, db.database, rp, measurement)
 
 
-def _settings(db: InfluxTarget, **more: object) -> RollupsSettings:
+def _assert_field_types(db: InfluxTarget, rp: str, measurement: str) -> None:
+    """``count`` and each key's ``_count`` integer fields and ``status_last`` a string, as the
+    readers expect; every other aggregate a float."""
+    q = f'SHOW FIELD KEYS FROM "{db.database}"."{rp}"."{measurement}"'
+    types = dict(influxql(db.url, db.database, q))
+    assert types.pop("count") == "integer"
+    assert types.pop("status_last") == "string"
+    counts = {k: types.pop(k) for k in [k for k in types if k.endswith("_count")]}
+    assert counts, "no key counts"
+    assert set(counts.values()) == {"integer"}, counts
+    assert types, "no aggregates"
+    assert set(types.values()) == {"float"}, types
+
+
+def _settings(db: InfluxTarget, write_path: str, **more: object) -> RollupsSettings:
     return RollupsSettings(
         influx=RollupsInfluxSettings(url=db.url, database=db.database),
         http_port=0,
+        write_path=write_path,
         **more,  # type: ignore[arg-type]
     )
 
 
-def _run_cli(db: InfluxTarget, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_cli(db: InfluxTarget, write_path: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = env_for(
         RollupsSettings,
         influx={"url": db.url, "database": db.database},
         http_port=0,
         raw_shard_duration="1h",
         log_format="text",
+        write_path=write_path,
     )
     return subprocess.run(
         [str(BIN / "telemetry-rollups"), *args],
@@ -59,7 +82,9 @@ def _run_cli(db: InfluxTarget, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_forty_days_rolled_up_then_raw_beyond_thirty_days_dropped(rollup_db: InfluxTarget) -> None:
+def test_forty_days_rolled_up_then_raw_beyond_thirty_days_dropped(
+    rollup_db: InfluxTarget, write_path: str
+) -> None:
     """40 days of readings of four series (several per minute in one hour a day, a sparse key,
     readings without status): one pass of ``telemetry-rollups --once`` writes every 1-minute
     and 1-hour bucket with data, equal to aggregates computed here from the generated raw
@@ -70,8 +95,9 @@ def test_forty_days_rolled_up_then_raw_beyond_thirty_days_dropped(rollup_db: Inf
     readings = rollup_data.generate(start, now - 5 * MINUTE)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
 
-    done = _run_cli(rollup_db, "--once")
+    done = _run_cli(rollup_db, write_path, "--once")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"written by the {write_path} path" in done.stdout + done.stderr
 
     # Only complete hours are rolled up: the current one is not over yet.
     open_hour = now.replace(minute=0, second=0, microsecond=0)
@@ -103,10 +129,12 @@ def test_forty_days_rolled_up_then_raw_beyond_thirty_days_dropped(rollup_db: Inf
     rollup_data.assert_matches(_rollups(rollup_db, "rollup_1m", "readings_1m"), want_1m)
     rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
     assert len(want_1m) > 40 * 24 * 4  # the comparison covered the 40 days, every series
+    _assert_field_types(rollup_db, "rollup_1m", "readings_1m")
+    _assert_field_types(rollup_db, "rollup_1h", "readings_1h")
 
 
 async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
-    rollup_db: InfluxTarget,
+    rollup_db: InfluxTarget, write_path: str
 ) -> None:
     """A reading stored after its minute was rolled up, inside LOOKBACK, is in the next pass's
     rollups (minute and hour); one older than LOOKBACK is not, until ``backfill`` recomputes
@@ -115,7 +143,7 @@ async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
     readings = rollup_data.generate(now - 6 * HOUR, now - 2 * MINUTE)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
     clock = [now]
-    settings = _settings(rollup_db, lookback="2h", settle_s=60)
+    settings = _settings(rollup_db, write_path, lookback="2h", settle_s=60, late_check_every="1m")
     async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
         await retention.ensure_rollup_policies(client, settings)
         job = RollupJob(settings, client, writer, now=lambda: clock[0])
@@ -166,7 +194,7 @@ async def test_late_readings_within_lookback_are_rolled_up_by_the_next_pass(
 
 
 async def test_readings_stored_hours_late_are_rolled_up_from_the_bridges_marks(
-    rollup_db: InfluxTarget,
+    rollup_db: InfluxTarget, write_path: str
 ) -> None:
     """A backlog drained (or a dead letter replayed) hours late lies behind LOOKBACK: the bridge
     that stores it writes a ``rollup_late`` mark (processor/outputs/late.py) and the next pass
@@ -176,7 +204,8 @@ async def test_readings_stored_hours_late_are_rolled_up_from_the_bridges_marks(
     readings = rollup_data.generate(now - 8 * HOUR, now - 2 * MINUTE)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
     clock = [now]
-    settings = _settings(rollup_db, lookback="2h", settle_s=60)
+    # (marks are taken with the LOOKBACK check: here at every pass)
+    settings = _settings(rollup_db, write_path, lookback="2h", settle_s=60, late_check_every="1m")
     async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
         await retention.ensure_rollup_policies(client, settings)
         job = RollupJob(settings, client, writer, now=lambda: clock[0])
@@ -220,14 +249,45 @@ async def test_readings_stored_hours_late_are_rolled_up_from_the_bridges_marks(
         rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
 
 
-async def test_a_restarted_job_resumes_from_its_saved_progress(rollup_db: InfluxTarget) -> None:
+async def test_late_readings_are_checked_every_late_check_every_over_lookback_before_the_last(
+    rollup_db: InfluxTarget, write_path: str
+) -> None:
+    """With LATE_CHECK_EVERY 10m the passes between two checks leave late readings alone; the
+    next check finds them, also one whose minute left LOOKBACK since the previous check."""
+    now = datetime(2026, 12, 5, 12, 30, 20, tzinfo=UTC)
+    readings = rollup_data.generate(now - 3 * HOUR, now - 2 * MINUTE, burst_hour=-1)
+    rollup_data.write(rollup_db.url, rollup_db.database, readings)
+    clock = [now]
+    settings = _settings(rollup_db, write_path, lookback="1h", settle_s=60)
+    assert settings.late_check_every == "10m"
+    async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
+        await retention.ensure_rollup_policies(client, settings)
+        job = RollupJob(settings, client, writer, now=lambda: clock[0])
+        await job.run_pass()  # checks (the first pass of a process)
+        series = rollup_data.SERIES[1]
+        # 58 minutes old now, 67 at the next check: outside LOOKBACK by then.
+        late = rollup_data.Raw(series, now - 58 * MINUTE, 10**6, None, {"power_w": 1e6})
+        rollup_data.write(rollup_db.url, rollup_db.database, [late])
+        for minutes in range(1, 10):
+            clock[0] = now + minutes * MINUTE
+            assert (await job.run_pass()).late_series == 0
+        clock[0] = now + 10 * MINUTE
+        assert (await job.run_pass()).late_series == 1
+    key = (*series, rollup_data.ns(late.ts.replace(second=0, microsecond=0)))
+    got = _rollups(rollup_db, "rollup_1m", "readings_1m")
+    assert got[key] == pytest.approx(rollup_data.expected([*readings, late], MINUTE)[key])
+
+
+async def test_a_restarted_job_resumes_from_its_saved_progress(
+    rollup_db: InfluxTarget, write_path: str
+) -> None:
     """The progress is stored in InfluxDB (``rollup_state``): a new job (a restart) continues
     from it and does not recompute the buckets before LOOKBACK (deleted here, they stay
     deleted), while it rolls up what came since."""
     now = datetime(2026, 12, 5, 18, 0, 30, tzinfo=UTC)
     readings = rollup_data.generate(now - 10 * HOUR, now + 3 * HOUR)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
-    settings = _settings(rollup_db, lookback="2h", settle_s=0)
+    settings = _settings(rollup_db, write_path, lookback="2h", settle_s=0)
     async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
         await retention.ensure_rollup_policies(client, settings)
         first = await RollupJob(settings, client, writer, now=lambda: now).run_pass()
@@ -252,7 +312,7 @@ async def test_a_restarted_job_resumes_from_its_saved_progress(rollup_db: Influx
 
 
 async def test_buckets_older_than_a_rollup_policy_are_left_out_not_refused(
-    rollup_db: InfluxTarget,
+    rollup_db: InfluxTarget, write_path: str
 ) -> None:
     """Raw readings older than the 1-minute rollups' retention (raw readings may be up to 366
     days old, 1-minute rollups are kept 365): the pass succeeds, writes the 1-minute buckets
@@ -261,7 +321,7 @@ async def test_buckets_older_than_a_rollup_policy_are_left_out_not_refused(
     readings = rollup_data.generate(now - timedelta(days=2), now - 5 * MINUTE, burst_hour=-1)
     rollup_data.write(rollup_db.url, rollup_db.database, readings)
     settings = _settings(
-        rollup_db, rollup_1m_retention="1d", rollup_1m_shard_duration="1h", settle_s=0
+        rollup_db, write_path, rollup_1m_retention="1d", rollup_1m_shard_duration="1h", settle_s=0
     )
     async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
         await retention.ensure_rollup_policies(client, settings)
@@ -281,7 +341,9 @@ async def test_buckets_older_than_a_rollup_policy_are_left_out_not_refused(
     rollup_data.assert_matches(_rollups(rollup_db, "rollup_1h", "readings_1h"), want_1h)
 
 
-def test_backfill_command_recomputes_only_the_range_given(rollup_db: InfluxTarget) -> None:
+def test_backfill_command_recomputes_only_the_range_given(
+    rollup_db: InfluxTarget, write_path: str
+) -> None:
     """``telemetry-rollups backfill --start --end`` writes the complete buckets of that range
     (every minute, the hour it covers) and nothing else, and leaves the progress alone."""
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - 4 * HOUR
@@ -296,9 +358,16 @@ def test_backfill_command_recomputes_only_the_range_given(rollup_db: InfluxTarge
             "REPLICATION 1",
         )
     done = _run_cli(
-        rollup_db, "backfill", "--start", hour.isoformat(), "--end", (hour + HOUR).isoformat()
+        rollup_db,
+        write_path,
+        "backfill",
+        "--start",
+        hour.isoformat(),
+        "--end",
+        (hour + HOUR).isoformat(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"written by the {write_path} path" in done.stdout + done.stderr
     inside = [r for r in readings if hour <= r.ts < hour + HOUR]
     rollup_data.assert_matches(
         _rollups(rollup_db, "rollup_1m", "readings_1m"), rollup_data.expected(inside, MINUTE)

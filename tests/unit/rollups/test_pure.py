@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from rollups.job import _is_v1, _survey_answer, _written
 from rollups.lines import rollup_lines, state_line
 from rollups.retention import go_duration, operator_instructions
 from rollups.settings import RollupsInfluxSettings, RollupsSettings, to_timedelta
@@ -146,3 +147,31 @@ def test_the_jobs_influxdb_defaults_survive_a_variable_of_the_group(
     assert s.influx.url == "http://influx.example:8086"
     assert s.influx.timeout_s == 60.0
     assert s.influx.create_database is False
+
+
+def test_a_rollup_into_statement_names_its_target_and_keeps_the_tags_and_columns() -> None:
+    """``into``: the same SELECT (the four tags grouped, fill(none)) with ``INTO`` the
+    qualified rollup measurement before FROM; without it, no INTO."""
+    target = '"telemetry"."rollup_1m"."readings_1m"'
+    plain = rollup_query(["power_w"], T0, T0 + MINUTE, MINUTE)
+    into = rollup_query(["power_w"], T0, T0 + MINUTE, MINUTE, into=target)
+    assert "INTO" not in plain
+    assert into == plain.replace(' FROM "readings"', f' INTO {target} FROM "readings"')
+    assert 'GROUP BY time(1m), "charger_id", "gateway_id", "evse_id", "connector_id"' in into
+    assert into.endswith("fill(none)")
+
+
+def test_answers_of_into_and_of_the_survey_are_read_and_versions_told_apart() -> None:
+    """The points an INTO wrote come from its ``written`` column; the survey's totals add up
+    (no series: 0); ``/ping`` versions 1.x choose INTO, 2.x/3.x not."""
+    written = Series("result", ["time", "written"], [[0, 42]])
+    assert _written([written]) == 42
+    assert _written([]) == 0
+    keys = Series("readings", ["fieldKey", "fieldType"], [["power_w", "float"], ["seq", "integer"]])
+    raw = Series("readings", ["time", "count"], [[0, 7]])
+    assert _survey_answer([[keys]]) == (["power_w"], None)
+    assert _survey_answer([[keys], [raw], []]) == (["power_w"], (7, 0))
+    assert _is_v1("1.8.10")
+    assert _is_v1("v1.11.8")
+    assert not _is_v1("v2.7.4")
+    assert not _is_v1("3.0.1")

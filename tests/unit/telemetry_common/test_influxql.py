@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from telemetry_common.errors import InvalidIdError
+from telemetry_common.influx_query import _form
 from telemetry_common.influxql import (
     AGGREGATES,
     ROLLUP_STATS,
@@ -403,3 +405,12 @@ def test_field_str_quotes_and_escapes_a_line_protocol_string() -> None:
 
     assert field_str('a "b" \\ c\nd') == '"a \\"b\\" \\\\ c\\nd"'
     assert field_str("") == '""'
+
+
+def test_form_bodies_are_encoded_as_urlencode_does() -> None:
+    """The InfluxQL client's own form encoding (one translate for ASCII) gives the bytes
+    ``urllib.parse.urlencode`` gives, for every ASCII character and for non-ASCII text."""
+    text = "".join(chr(i) for i in range(128)) + "é ü 😀 'x' \"y\" 1+1=2&q"
+    params = {"db": "tele metry", "epoch": "ns", "q": text}
+    assert _form(params) == urllib.parse.urlencode(params).encode()
+    assert _form({"q": "SELECT *"}) == b"q=SELECT+%2A"
