@@ -541,6 +541,18 @@ def seqgaps_query(since: datetime) -> str:
     )
 
 
+def connector_statuses_query(since: datetime) -> str:
+    """Per connector (charger_id, evse_id, connector_id) with a status stored in a reading
+    stamped since ``since``: its newest status (column ``status``, time = that reading's). The
+    alarms read every connector's status here: the live feed carries one reading per charger."""
+    return (
+        f"SELECT last({quote_ident('status')}) AS {quote_ident('status')} "
+        f"FROM {quote_ident(MEASUREMENT)} WHERE time >= {time_literal(since)} "
+        f"GROUP BY {quote_ident('charger_id')}, {quote_ident('evse_id')}, "
+        f"{quote_ident('connector_id')}"
+    )
+
+
 def deadletter_counts_query(since: datetime) -> str:
     """Per gateway: how many dead letters were stored since ``since``."""
     return (

@@ -34,6 +34,7 @@ from query_api.alarms.store import MAX_ACTIVE, MAX_DETAIL, Alarm, from_message, 
 from query_api.clock import Clock
 from query_api.latest.mirror import LiveMirror
 from query_api.metrics import ApiMetrics
+from query_api.readings import from_epoch_ns
 from query_api.settings import ApiSettings
 from telemetry_common import influxql
 from telemetry_common.influx_query import InfluxError, InfluxQL
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 
 #: Most connectors whose newest status is remembered (connector_faulted).
 MAX_CONNECTORS = 1_000_000
+#: Connector statuses are read from InfluxDB for the readings stamped since the previous round,
+#: less this (readings still on their way when it ran); at start, this far back.
+STATUS_MARGIN = timedelta(seconds=60)
+STATUS_FIRST_WINDOW = timedelta(minutes=15)
 #: Mirror entries read between two yields to the event loop.
 YIELD_EVERY = 10_000
 #: Alarm points per InfluxDB write.
@@ -105,6 +110,9 @@ class AlarmLoop:
         #: what still has to be published: the message, or b"" to empty the topic
         self._pending: dict[Key, bytes] = {}
         self._connectors: dict[tuple[str, int, int], str] = {}
+        #: the time of the reading each connector's status comes from (newest wins)
+        self._connector_ts: dict[tuple[str, int, int], datetime] = {}
+        self._statuses_read: datetime | None = None
         self._up_since: float | None = None
         self._adopted = False
         self.loaded = False
@@ -307,22 +315,25 @@ class AlarmLoop:
 
     async def _inputs(self) -> Inputs:
         now = self._clock.now()
+        seqgaps = await self._seqgaps(now)
+        deadletters = await self._deadletters(now)
         chargers = []
         for n, (charger_id, entry) in enumerate(self._mirror.entries(), 1):
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a big fleet: requests are served meanwhile
             snap = entry.snapshot
             chargers.append(ChargerView(charger_id, snap.gateway_id, snap.ts, entry.interval_s))
-            key = (charger_id, snap.evse_id, snap.connector_id)
-            if snap.status is not None and (
-                key in self._connectors or len(self._connectors) < MAX_CONNECTORS
-            ):
-                self._connectors[key] = snap.status
+            if snap.status is not None:
+                self._status((charger_id, snap.evse_id, snap.connector_id), snap.status, snap.ts)
+        # The live feed carries each charger's newest reading only: the other connectors of a
+        # charger (two reporting in one batch) have their statuses from InfluxDB.
+        await self._connector_statuses(now)
         # A charger gone from the mirror (retired: its live topic emptied) takes its connectors
         # along: their alarms clear, and a charger back later starts from its new statuses.
         present = {c.charger_id for c in chargers}
         for key in [key for key in self._connectors if key[0] not in present]:
             del self._connectors[key]
+            self._connector_ts.pop(key, None)
         return Inputs(
             now=now,
             chargers=chargers,
@@ -330,14 +341,41 @@ class AlarmLoop:
             gateways=self._mirror.gateway_info(),
             stateless=self._stateless,
             settled=True,
-            seqgaps=await self._seqgaps(now),
-            deadletters=await self._deadletters(now),
+            seqgaps=seqgaps,
+            deadletters=deadletters,
             silent_since={
                 subject: alarm.since
                 for (kind, subject), alarm in self.active.items()
                 if kind == "charger_silent"
             },
         )
+
+    def _status(self, key: tuple[str, int, int], status: str, ts: datetime) -> None:
+        held = self._connector_ts.get(key)
+        if held is not None and held > ts:
+            return
+        if key in self._connectors or len(self._connectors) < MAX_CONNECTORS:
+            self._connectors[key] = status
+            self._connector_ts[key] = ts
+
+    async def _connector_statuses(self, now: datetime) -> None:
+        since = (self._statuses_read or now - STATUS_FIRST_WINDOW) - STATUS_MARGIN
+        try:
+            series = await self._influx.query(influxql.connector_statuses_query(since))
+        except InfluxError as exc:
+            log.warning("alarms: connector statuses not read: %s", exc)
+            return
+        self._statuses_read = now
+        for s in series:
+            charger, evse, connector = (
+                s.tags.get(t) or "" for t in ("charger_id", "evse_id", "connector_id")
+            )
+            if not (charger and evse.isdigit() and connector.isdigit()):
+                continue
+            for row in s.rows():
+                status, t = row.get("status"), row.get("time")
+                if isinstance(status, str) and isinstance(t, int):
+                    self._status((charger, int(evse), int(connector)), status, from_epoch_ns(t))
 
     async def _seqgaps(self, now: datetime) -> dict[str, tuple[int, str]] | None:
         q = influxql.seqgaps_query(now - timedelta(seconds=SEQGAP_WINDOW_S))

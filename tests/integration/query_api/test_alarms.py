@@ -220,6 +220,49 @@ def test_connector_faulted_and_charger_silent_raise_and_clear(alarms: Alarms) ->
     a.wait_cleared("charger_silent", charger, silent["id"])
 
 
+def test_a_faulted_connector_beside_a_busy_one_of_the_same_charger_raises(
+    alarms: Alarms,
+) -> None:
+    """Two connectors of one charger report in the same batches: connector 2 Faulted, connector
+    1 Charging a millisecond later. The live feed carries only the charger's newest reading
+    (connector 1), so connector 2's status comes from InfluxDB: its alarm is raised, and cleared
+    once it reports Available."""
+    a = alarms
+    charger = f"{a.gateway}-cp2"
+    a.state(_heartbeat(None, datetime.now(UTC) + timedelta(days=365)))
+
+    def pair(status_2: str) -> None:
+        if time.monotonic() - a.sent_at < 0.3:
+            return
+        readings = []
+        for connector, status in ((2, status_2), (1, "Charging")):
+            a.seq += 1
+            ts = max(datetime.now(UTC), a.last_ts + timedelta(milliseconds=1))
+            a.last_ts = ts
+            readings.append(
+                Reading.model_validate_json(
+                    orjson.dumps(
+                        {
+                            "charger_id": charger,
+                            "evse_id": 1,
+                            "connector_id": connector,
+                            "seq": a.seq,
+                            "ts": format_ts(ts),
+                            "status": status,
+                            "values": {"power_w": 7000.0},
+                        }
+                    )
+                )
+            )
+        a.publisher.publish(encode_batch(a.gateway, readings))
+        a.sent_at = time.monotonic()
+
+    subject = f"{charger}.1.2"
+    faulted = a.wait_raised("connector_faulted", subject, tick=lambda: pair("Faulted"))
+    assert not a.get(state="active", kind="connector_faulted", subject=f"{charger}.1.1")
+    a.wait_cleared("connector_faulted", subject, faulted["id"], tick=lambda: pair("Available"))
+
+
 def test_edge_backlog_certificate_expiry_and_gateway_offline(alarms: Alarms) -> None:
     """The state heartbeat's outbox and certificate raise edge_backlog and certificate_expiry
     (a fresh heartbeat clears them); a gateway killed without a goodbye (its last will) raises
