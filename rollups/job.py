@@ -145,19 +145,27 @@ class RollupJob:
         await self._writer.write([line], rp=ROLLUP_1H_RP)
 
     # -- late readings the bridges marked ---------------------------------------------------
-    async def take_marks(self, result: PassResult) -> None:
-        """Recompute the ranges the bridges marked as holding readings stored late (older than
+    async def _marks_statement(self) -> str | None:
+        """The query of the marks of readings the bridges stored late (older than
         ``LATE_AFTER_S`` when stored, so behind LOOKBACK: a backlog drained, a dead letter
-        replayed), then move the marks' watermark past them (stored with the progress)."""
+        replayed) since the watermark; None at the very first pass, which rolls up everything
+        stored so far (the watermark starts there)."""
         since = self._marks_until
         if since is None:
             since = await self._load_marks_until()
-        if since is None:  # the first pass rolls up everything stored so far
+        if since is None:
             since = self._now() - MARKS_MARGIN
             self._marks_until = since
             await self._save_marks_until(since)
-            return
-        series = await self._client.execute(late_marks_query(since - MARKS_MARGIN, MARKS_PER_PASS))
+            return None
+        self._marks_until = since
+        return late_marks_query(since - MARKS_MARGIN, MARKS_PER_PASS)
+
+    async def _take_marks(self, series: list[Series], result: PassResult) -> None:
+        """Recompute the ranges the marks name, then move the watermark past them (stored
+        beside the progress)."""
+        since = self._marks_until
+        assert since is not None
         spans: list[tuple[datetime, datetime]] = []
         newest = since
         seen: set[tuple[int, str, str]] = set()
@@ -215,13 +223,13 @@ class RollupJob:
             done = floor(oldest, MINUTE)
             log.info("first pass: rolling up from the oldest raw reading, %s", done.isoformat())
         late_from = self._late_from(end)
-        if late_from is not None:  # with the LOOKBACK check: the steady pass stays one request
-            await self.take_marks(result)
+        # The marks are read with the LOOKBACK check (in the steady pass's one request).
+        marks = await self._marks_statement() if late_from is not None else None
         into = await self._uses_into()
         if into and self._fields is not None and done < end and end - done <= SAVE_EVERY:
             # The steady state on InfluxDB 1.x: the survey and the new minutes (and the hour
             # they complete) in one request; InfluxDB writes the buckets itself.
-            await self._survey_and_roll(late_from, done, end, result)
+            await self._survey_and_roll(late_from, done, end, result, marks)
             self._checked = end if late_from is not None else self._checked
             done = self._done = end
             if self._saved is None or end - self._saved >= SAVE_EVERY:
@@ -230,6 +238,8 @@ class RollupJob:
             result.caught_up = True
             self._finish(result, started, end)
             return result
+        if marks:
+            await self._take_marks(await self._client.execute(marks), result)
         fields, totals = await self._survey(late_from or end, min(done, end))
         if late_from is not None and totals is not None and totals[0] != totals[1]:
             await self._late(late_from, min(done, end), fields, result)
@@ -374,7 +384,12 @@ class RollupJob:
         return out
 
     async def _survey_and_roll(
-        self, late_from: datetime | None, done: datetime, end: datetime, result: PassResult
+        self,
+        late_from: datetime | None,
+        done: datetime,
+        end: datetime,
+        result: PassResult,
+        marks: str | None = None,
     ) -> None:
         """A pass of a short stretch ``[done, end)`` on the INTO path, in one request: the
         survey (value keys, the totals of ``[late_from, done)``) and the buckets, written with
@@ -383,7 +398,11 @@ class RollupJob:
         assert self._fields is not None
         survey = self._survey_statements(late_from or done, done)
         rolls = self._into_statements(self._fields, done, end)
-        answers = await self._client.execute_all([*survey, *(q for _, q in rolls)])
+        answers = await self._client.execute_all(
+            [*survey, *(q for _, q in rolls), *([marks] if marks else [])]
+        )
+        if marks:
+            await self._take_marks(answers.pop(), result)
         fields, totals = _survey_answer(answers[: len(survey)])
         if fields != self._fields:
             rolls = self._into_statements(fields, done, end)
