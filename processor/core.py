@@ -171,7 +171,16 @@ class Processor:
         """The I/O half: write, dead-letter, then update the cache, live feed and gap tracking."""
         lines = batch.lines
         refused_at: set[int] = set()
-        refused = await self.influx.write(lines)
+        # Readings older than the rollup job looks back are marked for it, in the same request
+        # (a backlog drained is all late: a request of its own would double its round trips).
+        late = late_lines(
+            ((s.gateway_id, s.nss) for s in batch.segments), time.time_ns(), bridge=self.name
+        )
+        refused = await self.influx.write(lines + late if late else lines)
+        if late and any(line in refused for line in late):
+            log.error(
+                "InfluxDB refused rollup_late lines: %s", [refused[x] for x in late if x in refused]
+            )
         if refused:
             # Only what InfluxDB holds may become the latest value or close a seq gap.
             refused_at = {k for k, line in enumerate(lines) if line in refused}
@@ -185,15 +194,6 @@ class Processor:
                 rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index, seg.epoch)
                 batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
         self.metrics.stored.inc(len(lines) - len(refused_at))
-        # Readings older than the rollup job looks back: say which ranges changed (before the
-        # acknowledgement, so a range is never stored without its mark).
-        late = late_lines(
-            ((s.gateway_id, s.nss) for s in batch.segments), time.time_ns(), bridge=self.name
-        )
-        if late:
-            late_refused = await self.influx.write(late)
-            if late_refused:
-                log.error("InfluxDB refused rollup_late lines: %s", late_refused)
         # Durable first: a dead letter's seqs are handled (acknowledged below) only once it is
         # stored whole; a gateway with one that is not is acknowledged nothing of this batch
         # (it sends the batch again: a replay is harmless, a lost reading is not).
