@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from rollups.lines import marks_line, rollup_lines, state_line
+from rollups.lines import rollup_lines, state_line
 from rollups.metrics import RollupMetrics
 from rollups.settings import RollupsSettings, to_timedelta
 from rollups.windows import HOUR, MINUTE, batches, ceil, chunks, floor, from_ns, steps, to_ns
@@ -40,7 +40,6 @@ from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.influxql import (
     float_field_keys_query,
     late_marks_query,
-    marks_state_query,
     oldest_reading_query,
     qualified,
     rollup_query,
@@ -129,19 +128,25 @@ class RollupJob:
     # -- progress ---------------------------------------------------------------------------
     async def load_progress(self) -> datetime | None:
         """The end of the 1-minute buckets rolled up so far (None: nothing yet)."""
-        q = rollup_state_query(self._db, ROLLUP_1H_RP, ROLLUP_STATE_MEASUREMENT)
-        for s in await self._client.execute(q):
-            for row in s.rows():
-                if row.get("done_until_ns") is not None:
-                    return from_ns(int(row["done_until_ns"]))
-        return None
+        return await self._load_state("done_until_ns")
 
     async def save_progress(self, done_until: datetime) -> None:
         """Store ``done_until`` (and keep it for the next pass)."""
         self._done = self._saved = done_until
-        # One point per day of progress, overwritten during the day; the newest is the last.
-        at = floor(done_until, timedelta(days=1))
-        line = state_line(ROLLUP_STATE_MEASUREMENT, to_ns(done_until), to_ns(at))
+        await self._save_state("done_until_ns", done_until)
+
+    async def _load_state(self, field: str) -> datetime | None:
+        q = rollup_state_query(self._db, ROLLUP_1H_RP, ROLLUP_STATE_MEASUREMENT, field)
+        for s in await self._client.execute(q):
+            for row in s.rows():
+                if row.get(field) is not None:
+                    return from_ns(int(row[field]))
+        return None
+
+    async def _save_state(self, field: str, value: datetime) -> None:
+        # One point per day, overwritten during the day; the newest is the last.
+        at = floor(value, timedelta(days=1))
+        line = state_line(ROLLUP_STATE_MEASUREMENT, to_ns(value), to_ns(at), field)
         await self._writer.write([line], rp=ROLLUP_1H_RP)
 
     # -- late readings the bridges marked ---------------------------------------------------
@@ -152,11 +157,11 @@ class RollupJob:
         stored so far (the watermark starts there)."""
         since = self._marks_until
         if since is None:
-            since = await self._load_marks_until()
+            since = await self._load_state("marks_until_ns")
         if since is None:
             since = self._now() - MARKS_MARGIN
             self._marks_until = since
-            await self._save_marks_until(since)
+            await self._save_state("marks_until_ns", since)
             return None
         self._marks_until = since
         return late_marks_query(since - MARKS_MARGIN, MARKS_PER_PASS)
@@ -189,20 +194,7 @@ class RollupJob:
             result.late_marked += 1
         if newest > since:
             self._marks_until = newest
-            await self._save_marks_until(newest)
-
-    async def _load_marks_until(self) -> datetime | None:
-        q = marks_state_query(self._db, ROLLUP_1H_RP, ROLLUP_STATE_MEASUREMENT)
-        for s in await self._client.execute(q):
-            for row in s.rows():
-                if row.get("marks_until_ns") is not None:
-                    return from_ns(int(row["marks_until_ns"]))
-        return None
-
-    async def _save_marks_until(self, until: datetime) -> None:
-        at = floor(until, timedelta(days=1))
-        line = marks_line(ROLLUP_STATE_MEASUREMENT, to_ns(until), to_ns(at))
-        await self._writer.write([line], rp=ROLLUP_1H_RP)
+            await self._save_state("marks_until_ns", newest)
 
     # -- a pass -----------------------------------------------------------------------------
     async def run_pass(self) -> PassResult:

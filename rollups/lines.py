@@ -73,12 +73,9 @@ def _layout(
     )
 
 
-def marks_line(measurement: str, marks_until_ns: int, at_ns: int) -> str:
-    """The watermark of the late-reading marks taken: ``marks_until_ns`` at time ``at_ns`` (a
-    point of its own: ``last(done_until_ns)`` skips it)."""
-    return f"{measurement} marks_until_ns={int(marks_until_ns)}i {int(at_ns)}"
-
-
-def state_line(measurement: str, done_until_ns: int, at_ns: int) -> str:
-    """The job's progress point: ``done_until_ns`` at time ``at_ns``."""
-    return f"{measurement} done_until_ns={int(done_until_ns)}i {int(at_ns)}"
+def state_line(
+    measurement: str, done_until_ns: int, at_ns: int, field: str = "done_until_ns"
+) -> str:
+    """One of the job's state fields (``done_until_ns`` its progress, ``marks_until_ns`` the
+    late marks taken) at time ``at_ns`` (fields of one time merge into one point)."""
+    return f"{measurement} {field}={int(done_until_ns)}i {int(at_ns)}"

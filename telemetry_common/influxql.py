@@ -690,10 +690,13 @@ def rollup_query(
     )
 
 
-def rollup_state_query(database: str, rp: str, measurement: str) -> str:
-    """The rollup job's newest progress point (field ``done_until_ns``)."""
+def rollup_state_query(
+    database: str, rp: str, measurement: str, field: str = "done_until_ns"
+) -> str:
+    """The newest value of one of the rollup job's state fields (``done_until_ns`` its
+    progress, ``marks_until_ns`` the late marks taken)."""
     return (
-        f"SELECT last({quote_ident('done_until_ns')}) AS {quote_ident('done_until_ns')} "
+        f"SELECT last({quote_ident(field)}) AS {quote_ident(field)} "
         f"FROM {qualified(database, rp, measurement)}"
     )
 
@@ -707,12 +710,4 @@ def late_marks_query(since: datetime, limit: int) -> str:
         f"SELECT {quote_ident('first')}, {quote_ident('last')}, {quote_ident('bridge')}, "
         f"{quote_ident('gateway_id')} FROM {quote_ident(ROLLUP_LATE_MEASUREMENT)} "
         f"WHERE time > {time_literal(since)} ORDER BY time ASC LIMIT {limit}"
-    )
-
-
-def marks_state_query(database: str, rp: str, measurement: str) -> str:
-    """The rollup job's newest mark watermark (field ``marks_until_ns``)."""
-    return (
-        f"SELECT last({quote_ident('marks_until_ns')}) AS {quote_ident('marks_until_ns')} "
-        f"FROM {qualified(database, rp, measurement)}"
     )
