@@ -41,6 +41,7 @@ from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.mqtt import AsyncMqttClient
 from telemetry_common.schema import READING_ROW_VALIDATOR, ReadingRow
 from telemetry_common.topics import Topics
+from telemetry_common.storage import KEEP_RP
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,9 @@ class Processor:
                 rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index, seg.epoch)
                 batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
         self.metrics.stored.inc(len(lines) - len(refused_at))
+        if batch.registry:  # what chargers said about themselves at boot, kept for good
+            for line, why in (await self.influx.write(batch.registry, rp=KEEP_RP)).items():
+                log.error("InfluxDB refused a charger registry point (%s): %s", why, line[:200])
         # Durable first: a dead letter's seqs are handled (acknowledged below) only once it is
         # stored whole; a gateway with one that is not is acknowledged nothing of this batch
         # (it sends the batch again: a replay is harmless, a lost reading is not).

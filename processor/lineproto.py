@@ -50,6 +50,22 @@ def _series(charger_id: str, connector_id: int, evse_id: int, gateway_id: str) -
     )
 
 
+def _tx_fields(r: ReadingRow) -> str:
+    """The transaction fields of a reading, each followed by a comma ("" without a transaction).
+    Ids, events and hashes are allow-listed (``[A-Za-z0-9._-]``, hex): no escaping needed."""
+    tx = r["transaction_id"]
+    if tx is None:
+        return ""
+    out = f'transaction_id="{tx}",'
+    if r["tx_event"] is not None:
+        out += f'tx_event="{r["tx_event"]}",'
+    if r["stop_reason"] is not None:
+        out += f'stop_reason="{r["stop_reason"]}",'
+    if r["id_tag_hash"] is not None:
+        out += f'id_tag_hash="{r["id_tag_hash"]}",'
+    return out
+
+
 #: ``:`` becomes ``=``; ``"``, ``[`` and ``]`` are deleted (one pass over the bytes).
 _JSON_TO_FIELDS: Final = (bytes.maketrans(b":", b"="), b'"[]')
 
@@ -99,7 +115,7 @@ def to_lines(
     ``k=v,...`` when the caller has them); a point's key (measurement, tags, time) makes a
     replayed reading overwrite itself. ``seq`` is always there, so a reading without values (a
     status change) is still a valid point; ``epoch`` (the batch's, 16 hex digits: no escaping)
-    is a string field when given."""
+    is a string field when given, and so are the transaction fields (:func:`_tx_fields`)."""
     if not rows:
         return []
     if value_fields is None:
@@ -107,8 +123,10 @@ def to_lines(
     series = _series
     status = _STATUS_FIELD
     of_epoch = f'epoch="{epoch}",' if epoch is not None else ""
+    tx = _tx_fields
     return [
         f"{series(r['charger_id'], r['connector_id'], r['evse_id'], gateway_id)}"
-        f"{vf}{',' if vf else ''}{status[r['status']]}{of_epoch}seq={r['seq']}i {ns}"
+        f"{vf}{',' if vf else ''}{status[r['status']]}{of_epoch}"
+        f"{tx(r) if r['transaction_id'] is not None else ''}seq={r['seq']}i {ns}"
         for r, vf, ns in zip(rows, value_fields, nss, strict=True)
     ]

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import orjson
 
 from processor.lineproto import to_lines, value_fields_from_json
+from processor.outputs.registry import registry_lines
 from processor.state.bindings import Bindings
 from processor.state.gaps import GapTracker
 from processor.validate import (
@@ -107,6 +108,9 @@ class PreparedBatch:
     #: Per message: (gateway, epoch, every seq it carried): once committed, each is handled
     #: (stored or dead-lettered) and acknowledged to the gateway.
     handled: list[tuple[str, str | None, list[int]]] = field(default_factory=list)
+    #: ``chargers`` registry points (retention policy ``keep``) of the readings that carry
+    #: ``charger_info``: written with the batch, before it is acknowledged.
+    registry: list[str] = field(default_factory=list)
     #: The replays among the messages: their outcome is written onto their dead letters.
     replays: list[Replay] = field(default_factory=list)
 
@@ -301,6 +305,8 @@ class Preparer:
             first = len(lines)
             fields = value_fields_from_json(msg.payload, rows) if whole else None
             lines += to_lines(gateway_id, rows, nss, fields, decoded.epoch)
+            if b'"charger_info"' in msg.payload:  # rare: a charger's boot
+                out.registry += registry_lines(gateway_id, rows, nss)
             out.segments.append(
                 Segment(
                     msg_no,

@@ -45,6 +45,15 @@ Status = Literal[
 #: The highest seq the cloud accepts (``seq_out_of_range`` above it) and the edge assigns:
 #: beyond 2^53-1 a seq is no longer exact as a JSON number read into a double.
 MAX_SEQ: Final = 2**53 - 1
+#: A transaction's start or end, as the charger reported it (OCPP StartTransaction /
+#: StopTransaction, TransactionEvent Started / Ended); the reading carries the meter register
+#: then (``energy_wh``: meterStart / meterStop).
+TxEvent = Literal["started", "ended"]
+#: A salted hash of an OCPP idTag (HMAC-SHA256 with the deployment's salt, first 128 bits in
+#: hex): the same tag gives the same hash fleet-wide, and the tag itself never leaves the gateway.
+ID_TAG_HASH_SHAPE: Final = r"^[0-9a-f]{32}$"
+#: What a charger says about itself (printable ASCII; OCPP's CiString fields are shorter).
+InfoText = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\x20-\x7e]+$")]
 #: An outbox epoch: 64 random bits in lowercase hex.
 EPOCH_SHAPE: Final = r"^[0-9a-f]{16}$"
 #: What a value key looks like; a key must also not be one of RESERVED_VALUE_KEYS.
@@ -125,6 +134,17 @@ ValueKey = Annotated[str, _ValueKeyRule()]
 Value = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
 
 
+class ChargerInfo(BaseModel):
+    """A charger's identity as it reported it (OCPP BootNotification), on the reading taken then."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    vendor: InfoText | None = None
+    model: InfoText | None = None
+    serial: InfoText | None = None
+    firmware: InfoText | None = None
+
+
 class Reading(BaseModel):
     """One meter reading of one connector at the meter's own time ``ts``."""
 
@@ -139,6 +159,12 @@ class Reading(BaseModel):
     ts: Annotated[AwareDatetime, Field(ge=TS_MIN, le=TS_MAX)]
     status: Status | None = None
     transaction_id: Id | None = None
+    #: With ``transaction_id``: this reading is the transaction's start or end.
+    tx_event: TxEvent | None = None
+    #: With ``tx_event`` "ended": why (OCPP's reason, e.g. ``EVDisconnected``, ``Local``).
+    stop_reason: Id | None = None
+    id_tag_hash: Annotated[str, Field(pattern=ID_TAG_HASH_SHAPE)] | None = None
+    charger_info: ChargerInfo | None = None
     values: dict[ValueKey, Value] = Field(max_length=MAX_VALUE_KEYS)
 
 
@@ -196,6 +222,8 @@ def format_ts(ts: datetime) -> str:
 def row_to_dict(row: ReadingRow) -> dict[str, object]:
     """A reading's JSON form (docs/design.md): fields that are None left out, ts in UTC."""
     out = {k: v for k, v in row.items() if v is not None}
+    if "charger_info" in out:
+        out["charger_info"] = {k: v for k, v in out["charger_info"].items() if v is not None}
     out["ts"] = format_ts(row["ts"])
     return out
 

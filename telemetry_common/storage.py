@@ -29,12 +29,31 @@ SEQGAP_REFRESH_S: Final = 600.0
 SEQGAP_WINDOW_S: Final = 3 * SEQGAP_REFRESH_S
 #: Bounded ids only: never a tag for transaction or message ids (unbounded cardinality).
 TAG_KEYS: Final = ("charger_id", "gateway_id", "evse_id", "connector_id")
-#: Fields stored beside the reading's values (``epoch`` only for a batch that carries one).
-META_FIELDS: Final = ("status", "seq", "epoch")
+#: Fields stored beside the reading's values (``epoch`` only for a batch that carries one; the
+#: transaction fields only when the reading carries them: docs/design.md#influxdb).
+META_FIELDS: Final = (
+    "status",
+    "seq",
+    "epoch",
+    "transaction_id",
+    "tx_event",
+    "stop_reason",
+    "id_tag_hash",
+)
 #: Value keys that would collide with a tag, a meta field or InfluxDB's own ``time`` column.
 RESERVED_VALUE_KEYS: Final = frozenset({"time", *TAG_KEYS, *META_FIELDS})
 #: The raw readings' retention policy (the database's default); the rollup job sets its duration.
 RAW_RP: Final = "autogen"
+#: What chargers say about themselves (docs/design.md#charger-registry): one point per reading
+#: that carried ``charger_info``, in retention policy ``KEEP_RP``, written by the bridge before
+#: the reading is acknowledged; tag charger_id; fields gateway_id, vendor, model, serial,
+#: firmware (strings, those given); time = the reading's ts.
+CHARGER_MEASUREMENT: Final = "chargers"
+#: Charging sessions (docs/design.md#sessions), written by the sessions job in ``KEEP_RP``: tags
+#: as the readings; time = started_at; one point per (charger, transaction).
+SESSION_MEASUREMENT: Final = "sessions"
+#: The sessions job's progress (in ``KEEP_RP``): fields ``scanned_until_ns``, ``marks_until_ns``.
+SESSION_STATE_MEASUREMENT: Final = "session_state"
 #: Rollups (docs/design.md#rollups): retention policy -> measurement. Tags as the raw readings;
 #: time = bucket start; fields ``{key}_mean _min _max _last`` and ``{key}_count`` (integer: the
 #: readings that carried the key) per value key, ``count`` (integer), ``status_last`` (string).

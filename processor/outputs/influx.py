@@ -39,33 +39,34 @@ class InfluxOutput:
         self._slots = asyncio.Semaphore(concurrency)
         self._max_backoff_s = max_backoff_s
 
-    async def write(self, lines: list[str]) -> dict[str, str]:
-        """Store ``lines``; return the lines InfluxDB refused for good, each with its reason."""
+    async def write(self, lines: list[str], *, rp: str | None = None) -> dict[str, str]:
+        """Store ``lines`` (``rp``: in that retention policy, not the default); return the lines
+        InfluxDB refused for good, each with its reason."""
         if not lines:
             return {}
         chunks = -(-len(lines) // self._max_lines)
         size = -(-len(lines) // chunks)
         results = await asyncio.gather(
-            *(self._write_in_slot(lines[i : i + size]) for i in range(0, len(lines), size))
+            *(self._write_in_slot(lines[i : i + size], rp) for i in range(0, len(lines), size))
         )
         return {line: err for result in results for line, err in result}
 
-    async def _write_in_slot(self, lines: list[str]) -> list[tuple[str, str]]:
+    async def _write_in_slot(self, lines: list[str], rp: str | None) -> list[tuple[str, str]]:
         async with self._slots:
-            return await self._write(lines)
+            return await self._write(lines, rp)
 
-    async def _write(self, lines: list[str]) -> list[tuple[str, str]]:
+    async def _write(self, lines: list[str], rp: str | None = None) -> list[tuple[str, str]]:
         delay = 0.2
         while True:
             started = time.perf_counter()
             try:
-                await self._writer.write(lines)
+                await self._writer.write(lines, rp=rp)
             except WriteRejectedError as exc:
                 self._metrics.set_influx_ok(True)
                 if len(lines) == 1:
                     return [(lines[0], exc.detail)]
                 mid = len(lines) // 2
-                return await self._write(lines[:mid]) + await self._write(lines[mid:])
+                return await self._write(lines[:mid], rp) + await self._write(lines[mid:], rp)
             except WriteUnavailableError as exc:
                 self._metrics.set_influx_ok(False)
                 self._metrics.write_retries.inc()
