@@ -17,7 +17,7 @@ import io
 import itertools
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -409,7 +409,7 @@ async def test_the_csv_export_streams_page_by_page(seeded: Seeded) -> None:
             await asyncio.Event().wait()  # the client never goes away
             raise AssertionError("unreachable")
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
             elif message["type"] == "http.response.body" and message.get("body"):
