@@ -395,20 +395,19 @@ def fleet(
     total = sum(n for *_, n, _ in plan)
     wait_until(f"{total} readings in InfluxDB", lambda: _stored(influx_db, total))
     create_keep(influx_db.url, influx_db.database)
-    common = {"gateway_id": gw1, **CONNECTOR}
     write_keep(
         influx_db.url,
         influx_db.database,
         [
             session_line(
                 session(selected, TX, f.session_start, meter_start_wh=_values(0)["energy_wh"],
-                        energy_wh=0.0, **common)
+                        energy_wh=0.0, gateway_id=gw1, evse_id=1, connector_id=1)
             ),
             session_line(
                 session(selected, "tx-prev", now - timedelta(days=2),
                         ended_at=now - timedelta(days=2, minutes=-95), energy_wh=15_000.0,
                         max_power_w=11_040.0, stop_reason="EVDisconnected", flags="seq_gap",
-                        **common)
+                        gateway_id=gw1, evse_id=1, connector_id=1)
             ),
         ],
     )  # fmt: skip
