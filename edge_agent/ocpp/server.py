@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from edge_agent.capture import Capture
+from edge_agent.ocpp.idtags import load_salt
 from edge_agent.ocpp.lib import InternalError
 from edge_agent.ocpp.session import ChargerSession, Counters, Shared
 from edge_agent.ocpp.settings import OcppSettings
@@ -81,7 +82,9 @@ class CentralSystem:
     async def __aenter__(self) -> CentralSystem:
         s = self.settings
         transactions = await asyncio.to_thread(TransactionStore, s.state_path)
-        self._shared = Shared(s, self.translator, transactions, self.counters, self._emit)
+        configured = s.id_tag_salt.get_secret_value() if s.id_tag_salt is not None else None
+        salt = await asyncio.to_thread(load_salt, configured, s.state_path)
+        self._shared = Shared(s, self.translator, transactions, self.counters, self._emit, salt)
         self._server = await serve(
             self._handle,
             s.host,
