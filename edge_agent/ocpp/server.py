@@ -50,6 +50,15 @@ def charger_id_from_path(path: str) -> str | None:
     return charger_id if is_valid_id(charger_id) else None
 
 
+class _NoFrameDumps(logging.LoggerAdapter[logging.Logger]):
+    """The ``websockets.server`` logger without its DEBUG lines: at DEBUG websockets logs the
+    start and end of every frame, which can hold an id tag (cut short, so it could not be taken
+    out); the frames are logged, with the tags taken out, by the OCPP session."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
 class StoreAborted(InternalError):
     """The source stopped before the agent stored these readings: the charger must resend."""
 
@@ -94,6 +103,7 @@ class CentralSystem:
             ssl=s.ssl_context(),
             max_size=s.max_message_bytes,
             close_timeout=2,
+            logger=_NoFrameDumps(logging.getLogger("websockets.server")),
         )
         scheme = "wss" if s.cert_file else "ws"
         log.info("ocpp 1.6J central system on %s://%s:%d/<charger_id>", scheme, s.host, self.port)
