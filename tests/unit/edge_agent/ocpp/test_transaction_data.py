@@ -16,6 +16,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from edge_agent.budget import is_energy
 from edge_agent.capture import Capture
 from edge_agent.ocpp.idtags import (
     REDACTED,
@@ -201,6 +202,16 @@ def test_boot_is_a_connector_0_reading_with_charger_info() -> None:
         "values": {}, "charger_info": {"vendor": "Voltaro", "model": "Homeline 22T",
                                        "firmware": "2.3.1"},
     }  # fmt: skip
+
+
+def test_the_budget_tells_boot_readings_from_energy_readings() -> None:
+    """A boot reading is a non-energy reading for the outbox budget even if a text it carries
+    spells the energy key; started/ended readings are energy readings."""
+    tr = Translator()
+    [boot] = tr.boot("CP-1", at(0), vendor='"energy_wh":1', model="M", serial=None, firmware=None)
+    assert not is_energy(boot.to_body())
+    [start] = tr.register("CP-1", 1, at(1), 5, 1, begin=True)
+    assert is_energy(start.to_body())
 
 
 def test_started_and_a_meter_value_at_the_same_ts_both_keep_their_identity() -> None:
