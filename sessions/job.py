@@ -1,0 +1,529 @@
+"""One pass of the sessions job, and a backfill of a range (docs/deploy.md#sessions).
+
+A pass finds the sessions to compute, recomputes each whole from its readings
+(:func:`sessions.compute.compute`) and writes the points that changed, in one write:
+
+- the transactions of the readings stamped since the previous pass (less ``OVERLAP``), and of
+  the whole ``LOOKBACK`` at the first pass and every ``LOOKBACK_EVERY`` (readings stored late,
+  but less than ``LATE_AFTER_S``);
+- those of the ranges the bridges marked as stored late (``rollup_late``, read with a watermark
+  of the job's own, as the rollup job does);
+- every session stored ``active``, so it ends by ``next`` or ``silence`` without new readings.
+
+A session's readings are read from ``lo``: its stored ``started_at`` (or the start of the
+window that named it, if earlier), or ``MAX_SESSION`` before that window for a transaction not
+stored yet. A session whose point key (tags, ``started_at``) changed is written at its new key
+and its old point written again with ``state`` ``superseded``. At most
+``MAX_SESSIONS_PER_PASS`` are computed per pass; the rest wait (in memory) for the next, and the
+progress (``session_state``: ``scanned_until_ns``, ``marks_until_ns``) is stored only once none
+waits, so a restart finds them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from sessions import queries
+from sessions.compute import Row, SeqGap, Session, compute, to_line
+from sessions.metrics import SessionMetrics
+from sessions.settings import SessionsSettings, to_timedelta
+from telemetry_common.influx_query import InfluxQLClient, Series
+from telemetry_common.influx_write import InfluxWriter
+from telemetry_common.influxql import late_marks_query
+from telemetry_common.storage import KEEP_RP, SEQGAP_WINDOW_S, SESSION_STATE_MEASUREMENT
+
+log = logging.getLogger(__name__)
+
+NS: Final = 1_000_000_000
+#: Each pass looks this far before the end of the previous one (readings a little late).
+OVERLAP: Final = timedelta(minutes=5)
+#: The bridges stamp their marks with their own clocks: marks are read back this far before the
+#: watermark (a mark taken twice costs a recompute, nothing else).
+MARKS_MARGIN: Final = timedelta(minutes=5)
+MARKS_PER_PASS: Final = 10_000
+#: Sessions whose readings are read in one request.
+BATCH: Final = 50
+#: A discovery query covers at most this much time (a long stretch is cut).
+DISCOVERY_CHUNK: Final = timedelta(days=1)
+#: Fields a rewritten point cannot lose by being written again (InfluxDB merges fields).
+_OPTIONAL: Final = (
+    "ended_at_ns",
+    "meter_start_wh",
+    "meter_stop_wh",
+    "energy_wh",
+    "max_power_w",
+    "first_seq",
+    "last_seq",
+)
+
+Key = tuple[str, str]  # (charger_id, transaction_id)
+
+
+def to_ns(ts: datetime) -> int:
+    return (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+
+
+def from_ns(ns: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+
+
+@dataclass
+class Candidate:
+    """A session to compute: ``seen_from_ns`` the start of the earliest window that named it."""
+
+    charger_id: str
+    transaction_id: str
+    seen_from_ns: int
+
+
+@dataclass
+class PassResult:
+    computed: int = 0
+    written: dict[str, int] = field(
+        default_factory=lambda: {"active": 0, "ended": 0, "superseded": 0}
+    )
+    deferred: int = 0
+    marks: int = 0
+    scanned_until: datetime | None = None
+
+
+class SessionJob:
+    """Computes sessions through an InfluxQL client and a line-protocol writer."""
+
+    def __init__(
+        self,
+        settings: SessionsSettings,
+        client: InfluxQLClient,
+        writer: InfluxWriter,
+        metrics: SessionMetrics | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._s = settings
+        self._db = settings.influx.database
+        self._client = client
+        self._writer = writer
+        self.metrics = metrics or SessionMetrics()
+        self._now = now
+        self._silence = to_ns_delta(to_timedelta(settings.silence))
+        self._lookback = to_ns_delta(to_timedelta(settings.lookback))
+        self._lookback_every = to_ns_delta(to_timedelta(settings.lookback_every))
+        self._max_session = to_ns_delta(to_timedelta(settings.max_session))
+        self._loaded = False
+        self._scanned: int | None = None  # the readings stamped before this were scanned
+        self._marks_until: int | None = None  # the newest late mark taken
+        self._marks_seen: set[tuple[int, str, str]] = set()
+        self._swept: int | None = None  # when the last LOOKBACK sweep ran
+        self._pending: dict[Key, Candidate] = {}
+        self._saved: int | None = None  # the scanned_until_ns stored last
+
+    # -- progress ---------------------------------------------------------------------------
+    async def _load_state(self) -> None:
+        answers = await self._client.execute_all(
+            [queries.state_query(self._db, f) for f in ("scanned_until_ns", "marks_until_ns")]
+        )
+        values = [_first_value(a) for a in answers]
+        self._scanned, self._marks_until = values[0], values[1]
+        self._saved = self._scanned
+        self._loaded = True
+
+    async def _save_state(self, now_ns: int) -> None:
+        assert self._scanned is not None
+        assert self._marks_until is not None
+        day = now_ns - now_ns % (86_400 * NS)  # one point per day, overwritten during the day
+        line = (
+            f"{SESSION_STATE_MEASUREMENT} scanned_until_ns={self._scanned}i,"
+            f"marks_until_ns={self._marks_until}i {day}"
+        )
+        await self._writer.write([line], rp=KEEP_RP)
+        self._saved = self._scanned
+
+    # -- a pass -----------------------------------------------------------------------------
+    async def run_pass(self) -> PassResult:
+        started = time.monotonic()
+        result = PassResult()
+        now = to_ns(self._now())
+        if not self._loaded:
+            await self._load_state()
+        sweep = self._swept is None or now - self._swept >= self._lookback_every
+        start = now - self._lookback if sweep else now
+        if self._scanned is not None:
+            start = min(start, self._scanned - to_ns_delta(OVERLAP))
+        windows = [(a, None if b == now else b, None) for a, b in _chunks(start, now)]
+        statements = [queries.discovery_query(a, b) for a, b, _ in windows]
+        statements.append(queries.active_sessions_query(self._db, now - self._max_session))
+        take_marks = self._marks_until is not None
+        if take_marks:
+            assert self._marks_until is not None
+            since = from_ns(self._marks_until) - MARKS_MARGIN
+            statements.append(late_marks_query(since, MARKS_PER_PASS))
+        answers = await self._client.execute_all(statements)
+        found: dict[Key, Candidate] = {}
+        for (a, _, _), answer in zip(windows, answers, strict=False):
+            _discovered(answer, a, found)
+        active = {(s.charger_id, s.transaction_id): s for s in _sessions(answers[len(windows)])}
+        if take_marks:
+            marked = self._marks(answers[-1])
+            result.marks = len(marked)
+            if marked:
+                mark_q = [queries.discovery_query(a, b, gw) for gw, a, b in marked]
+                for (_, a, _), answer in zip(
+                    marked, await self._client.execute_all(mark_q), strict=True
+                ):
+                    _discovered(answer, a, found)
+        else:
+            self._marks_until = now - to_ns_delta(MARKS_MARGIN)  # the first pass starts here
+        for key, s in active.items():
+            _add(found, Candidate(key[0], key[1], s.started_at_ns))
+        for c in found.values():
+            _add(self._pending, c)
+        take = list(self._pending.values())[: self._s.max_sessions_per_pass]
+        for c in take:
+            del self._pending[(c.charger_id, c.transaction_id)]
+        if self._pending:
+            log.warning(
+                "%d sessions left for the next pass (MAX_SESSIONS_PER_PASS=%d)",
+                len(self._pending),
+                self._s.max_sessions_per_pass,
+            )
+        result.deferred = len(self._pending)
+        await self._compute_and_write(take, active, now, result)
+        self._scanned = now
+        if sweep:
+            self._swept = now
+        if not self._pending:
+            await self._save_state(now)
+            result.scanned_until = from_ns(now)
+        self._finish(result, started, now)
+        return result
+
+    async def backfill(self, start: datetime, end: datetime) -> PassResult:
+        """Recompute every session with a reading stamped in ``[start, end]`` (the progress is
+        left alone)."""
+        result = PassResult()
+        now = to_ns(self._now())
+        found: dict[Key, Candidate] = {}
+        for a, b in _chunks(to_ns(start), to_ns(end)):
+            _discovered(await self._client.execute(queries.discovery_query(a, b)), a, found)
+        active_q = queries.active_sessions_query(self._db, now - self._max_session)
+        active = {
+            (s.charger_id, s.transaction_id): s
+            for s in _sessions(await self._client.execute(active_q))
+        }
+        todo = list(found.values())
+        step = max(self._s.max_sessions_per_pass, BATCH)
+        for i in range(0, len(todo), step):
+            await self._compute_and_write(todo[i : i + step], active, now, result)
+        log.info(
+            "backfill %s..%s: %d sessions computed, %s written",
+            start.isoformat(),
+            end.isoformat(),
+            result.computed,
+            result.written,
+        )
+        return result
+
+    def _finish(self, result: PassResult, started: float, now: int) -> None:
+        m = self.metrics
+        m.run_seconds.observe(time.monotonic() - started)
+        m.deferred.set(result.deferred)
+        if self._saved is not None:
+            m.lag_seconds.set((now - self._saved) / NS)
+        m.last_success.set(time.time())
+
+    # -- late marks -------------------------------------------------------------------------
+    def _marks(self, answer: Sequence[Series]) -> list[tuple[str, int, int]]:
+        """(gateway, first, last) of the marks not taken yet; moves the watermark past them."""
+        assert self._marks_until is not None
+        newest = self._marks_until
+        seen: set[tuple[int, str, str]] = set()
+        out = []
+        for s in answer:
+            for row in s.rows():
+                t = int(row["time"])
+                key = (t, str(row.get("bridge")), str(row.get("gateway_id")))
+                seen.add(key)
+                if key in self._marks_seen or row.get("first") is None or not row.get("gateway_id"):
+                    continue
+                out.append((str(row["gateway_id"]), int(row["first"]), int(row["last"])))
+                newest = max(newest, t)
+        margin = newest - to_ns_delta(MARKS_MARGIN)
+        self._marks_seen = {k for k in self._marks_seen | seen if k[0] > margin}
+        self._marks_until = newest
+        return out
+
+    # -- computing --------------------------------------------------------------------------
+    async def _compute_and_write(
+        self,
+        todo: Sequence[Candidate],
+        active: dict[Key, Session],
+        now: int,
+        result: PassResult,
+    ) -> None:
+        stored = dict(active)
+        unknown = [c for c in todo if (c.charger_id, c.transaction_id) not in stored]
+        for i in range(0, len(unknown), BATCH):
+            batch = unknown[i : i + BATCH]
+            qs = [
+                queries.stored_session_query(
+                    self._db, c.charger_id, c.transaction_id, c.seen_from_ns - self._max_session
+                )
+                for c in batch
+            ]
+            for answer in await self._client.execute_all(qs):
+                for s in _sessions(answer):
+                    held = stored.get((s.charger_id, s.transaction_id))
+                    if held is None or s.computed_at_ns > held.computed_at_ns:
+                        stored[(s.charger_id, s.transaction_id)] = s
+        lines: list[str] = []
+        deletes: list[str] = []
+        for i in range(0, len(todo), BATCH):
+            chunk = todo[i : i + BATCH]
+            computed = await self._compute_batch(chunk, stored, now)
+            result.computed += len(chunk)
+            self.metrics.computed.inc(len(chunk))
+            for c, new in zip(chunk, computed, strict=True):
+                old = stored.get((c.charger_id, c.transaction_id))
+                for s, delete in _writes(old, new, now, self._silence):
+                    lines.append(to_line(s))
+                    result.written[s.state] += 1
+                    if delete:
+                        deletes.append(_delete(s))
+        if deletes and self._s.influx.api == "v1":
+            await self._client.execute_all(deletes)
+        if lines:
+            await self._writer.write(lines, rp=KEEP_RP)
+            for state, n in result.written.items():
+                self.metrics.written.labels(state).inc(n)
+
+    async def _compute_batch(
+        self, batch: Sequence[Candidate], stored: dict[Key, Session], now: int
+    ) -> list[Session | None]:
+        """Each candidate's session from its readings (None: no reading found)."""
+        reads = []
+        for c in batch:
+            old = stored.get((c.charger_id, c.transaction_id))
+            lo = (
+                min(old.started_at_ns, c.seen_from_ns)
+                if old is not None
+                else c.seen_from_ns - self._max_session
+            )
+            reads.append(queries.session_readings_query(c.charger_id, c.transaction_id, lo))
+        rows_of = [_rows(answer) for answer in await self._client.execute_all(reads)]
+        # Round two: whether each open one's connector has a newer reading; the gateways' gaps.
+        checks: list[str] = []
+        newer_at: dict[int, int] = {}
+        gateways: dict[str, int] = {}
+        for i, (c, rows) in enumerate(zip(batch, rows_of, strict=True)):
+            if not rows:
+                continue
+            first = rows[0]
+            gw_since = rows[0].ts_ns - int(SEQGAP_WINDOW_S) * NS
+            gateways[first.gateway_id] = min(gateways.get(first.gateway_id, gw_since), gw_since)
+            if not any(r.tx_event == "ended" for r in rows):
+                newer_at[i] = len(checks)
+                checks.append(
+                    queries.newer_reading_query(
+                        c.charger_id, first.evse_id, first.connector_id, rows[-1].ts_ns
+                    )
+                )
+        gw_at = {}
+        for gw, since in gateways.items():
+            gw_at[gw] = len(checks)
+            checks.append(queries.seqgaps_of_gateway_query(gw, since))
+        answers = await self._client.execute_all(checks) if checks else []
+        out: list[Session | None] = []
+        for i, (c, rows) in enumerate(zip(batch, rows_of, strict=True)):
+            if not rows:
+                out.append(None)
+                continue
+            newer = i in newer_at and any(s.values for s in answers[newer_at[i]])
+            gaps = _gaps(answers[gw_at[rows[0].gateway_id]])
+            out.append(
+                compute(
+                    c.charger_id,
+                    c.transaction_id,
+                    rows,
+                    now_ns=now,
+                    silence_ns=self._silence,
+                    newer_on_connector=newer,
+                    gaps=gaps,
+                )
+            )
+        return out
+
+
+def to_ns_delta(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1) * 1000
+
+
+def _chunks(start: int, end: int) -> list[tuple[int, int]]:
+    step = to_ns_delta(DISCOVERY_CHUNK)
+    out = []
+    a = start
+    while True:
+        b = min(a + step, end)
+        out.append((a, b))
+        if b >= end:
+            return out
+        a = b
+
+
+def _add(into: dict[Key, Candidate], c: Candidate) -> None:
+    key = (c.charger_id, c.transaction_id)
+    held = into.get(key)
+    if held is None:
+        into[key] = c
+    elif c.seen_from_ns < held.seen_from_ns:
+        held.seen_from_ns = c.seen_from_ns
+
+
+def _discovered(answer: Iterable[Series], seen_from: int, into: dict[Key, Candidate]) -> None:
+    """The (charger, transaction) pairs of a discovery answer."""
+    for s in answer:
+        charger = s.tags.get("charger_id")
+        if not charger:
+            continue
+        for row in s.values:
+            tx = row[1]
+            if isinstance(tx, str) and tx:
+                _add(into, Candidate(charger, tx, seen_from))
+
+
+def _first_value(answer: Sequence[Series]) -> int | None:
+    for s in answer:
+        for row in s.values:
+            if row[1] is not None:
+                return int(row[1])
+    return None
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _rows(answer: Sequence[Series]) -> list[Row]:
+    out = []
+    for s in answer:
+        for r in s.rows():
+            out.append(
+                Row(
+                    ts_ns=int(r["time"]),
+                    seq=_opt_int(r.get("seq")),
+                    epoch=r.get("epoch"),
+                    energy_wh=_opt_float(r.get("energy_wh")),
+                    power_w=_opt_float(r.get("power_w")),
+                    energy_suspect=_opt_float(r.get("energy_suspect")),
+                    tx_event=r.get("tx_event"),
+                    stop_reason=r.get("stop_reason"),
+                    id_tag_hash=r.get("id_tag_hash"),
+                    gateway_id=str(r.get("gateway_id") or ""),
+                    evse_id=int(r.get("evse_id") or 0),
+                    connector_id=int(r.get("connector_id") or 0),
+                )
+            )
+    out.sort(key=lambda r: (r.ts_ns, r.seq or 0))
+    return out
+
+
+def _gaps(answer: Sequence[Series]) -> list[SeqGap]:
+    """The confirmed gaps the bridges' newest ``seqgaps`` points of a gateway still assert."""
+    out = []
+    for s in answer:
+        for r in s.rows():
+            if r.get("missing") and r.get("first") is not None and r.get("last") is not None:
+                epoch = r.get("epoch")
+                out.append(SeqGap(int(r["first"]), int(r["last"]), epoch or None))
+    return out
+
+
+def _sessions(answer: Sequence[Series]) -> list[Session]:
+    """Stored session points as records."""
+    out = []
+    for s in answer:
+        for r in s.rows():
+            flags = str(r.get("flags") or "")
+            out.append(
+                Session(
+                    charger_id=str(r["charger_id"]),
+                    gateway_id=str(r.get("gateway_id") or ""),
+                    evse_id=int(r.get("evse_id") or 0),
+                    connector_id=int(r.get("connector_id") or 0),
+                    transaction_id=str(r["transaction_id"]),
+                    state=r["state"],
+                    started_at_ns=int(r["time"]),
+                    ended_at_ns=_opt_int(r.get("ended_at")),
+                    end_cause=r.get("end_cause") or "",
+                    meter_start_wh=_opt_float(r.get("meter_start_wh")),
+                    meter_stop_wh=_opt_float(r.get("meter_stop_wh")),
+                    energy_wh=_opt_float(r.get("energy_wh")),
+                    max_power_w=_opt_float(r.get("max_power_w")),
+                    duration_s=float(r.get("duration_s") or 0.0),
+                    stop_reason=str(r.get("stop_reason") or ""),
+                    id_tag_hash=str(r.get("id_tag_hash") or ""),
+                    readings=int(r.get("readings") or 0),
+                    flags=tuple(f for f in flags.split(",") if f),
+                    first_seq=_opt_int(r.get("first_seq")),
+                    last_seq=_opt_int(r.get("last_seq")),
+                    last_reading_at_ns=int(r.get("last_reading_at") or 0),
+                    computed_at_ns=int(r.get("computed_at") or 0),
+                )
+            )
+    return out
+
+
+def _writes(
+    old: Session | None, new: Session | None, now: int, silence: int
+) -> list[tuple[Session, bool]]:
+    """The points to write for a session computed again (each with whether its key must be
+    dropped first): none when nothing changed."""
+    if new is None:
+        # No reading left (raw retention, or deleted): a stored active session ends by silence.
+        if old is not None and old.state == "active" and now - old.last_reading_at_ns >= silence:
+            ended = dataclasses.replace(
+                old,
+                state="ended",
+                end_cause="silence",
+                ended_at_ns=old.last_reading_at_ns,
+                duration_s=max(0, old.last_reading_at_ns - old.started_at_ns) / NS,
+                computed_at_ns=now,
+            )
+            return [(ended, False)]
+        return []
+    if old is None:
+        return [(new, False)]
+    if new.readings < old.readings:
+        # Readings only come (a replay overwrites itself): fewer means the raw readings were
+        # dropped (retention) or deleted: the stored session is the better record.
+        log.warning(
+            "session %s of %s: %d readings left of %d stored; kept as stored",
+            new.transaction_id,
+            new.charger_id,
+            new.readings,
+            old.readings,
+        )
+        return []
+    if new.same_as(old):
+        return []
+    if new.key != old.key:
+        return [
+            (dataclasses.replace(old, state="superseded", computed_at_ns=now), False),
+            (new, False),
+        ]
+    lost = any(getattr(old, f) is not None and getattr(new, f) is None for f in _OPTIONAL)
+    return [(new, lost)]
+
+
+def _delete(s: Session) -> str:
+    return queries.delete_session_point_query(
+        s.charger_id, s.gateway_id, s.evse_id, s.connector_id, s.started_at_ns
+    )
