@@ -7,6 +7,7 @@ has a newer reading without it, and the gateway's confirmed seq gaps.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,9 +104,12 @@ def compute(
     silence_ns: int,
     newer_on_connector: bool,
     gaps: Sequence[SeqGap] = (),
+    prior: Session | None = None,
 ) -> Session | None:
     """The session of ``rows`` (the readings InfluxDB holds of one charger and transaction, in
-    any order); None without readings.
+    any order); None without readings. With ``prior`` (an active session computed from the
+    readings before): ``rows`` are the readings newer than its newest, none of them
+    ``started``, and the result is the session of all of them (:func:`_extended`).
 
     - ``started_at``: the ``started`` reading's ts, else the oldest reading's;
       ``meter_start_wh`` that reading's ``energy_wh``, else the oldest ``energy_wh`` by ts.
@@ -118,6 +122,8 @@ def compute(
       connector; ``seq_gap`` when one of ``gaps`` (the session's gateway's) overlaps the
       session's seqs of its epoch.
     """
+    if prior is not None:
+        return _extended(prior, rows, now_ns, silence_ns, newer_on_connector, gaps)
     if not rows:
         return None
     rows = sorted(rows, key=lambda r: (r.ts_ns, r.seq or 0))
@@ -133,14 +139,7 @@ def compute(
     )
     energy = None if meter_start is None or meter_stop is None else meter_stop - meter_start
 
-    end_cause: EndCause = ""
-    ended_at: int | None = None
-    if ended is not None:
-        end_cause, ended_at = "stop", ended.ts_ns
-    elif newer_on_connector:
-        end_cause, ended_at = "next", newest.ts_ns
-    elif now_ns - newest.ts_ns >= silence_ns:
-        end_cause, ended_at = "silence", newest.ts_ns
+    end_cause, ended_at = _end(ended, newest.ts_ns, now_ns, silence_ns, newer_on_connector)
     started_at = start_row.ts_ns
     until = ended_at if ended_at is not None else newest.ts_ns
 
@@ -174,6 +173,100 @@ def compute(
         first_seq=min(seqs) if seqs else None,
         last_seq=max(seqs) if seqs else None,
         last_reading_at_ns=newest.ts_ns,
+        computed_at_ns=now_ns,
+    )
+
+
+def _end(
+    ended: Row | None, newest_ns: int, now_ns: int, silence_ns: int, newer: bool
+) -> tuple[EndCause, int | None]:
+    if ended is not None:
+        return "stop", ended.ts_ns
+    if newer:
+        return "next", newest_ns
+    if now_ns - newest_ns >= silence_ns:
+        return "silence", newest_ns
+    return "", None
+
+
+def _extended(
+    prior: Session,
+    rows: Sequence[Row],
+    now_ns: int,
+    silence_ns: int,
+    newer: bool,
+    gaps: Sequence[SeqGap],
+) -> Session:
+    """``prior`` (active) carried on with ``rows``, all newer than its newest reading and none
+    ``started``: the same session :func:`compute` gives from all the readings (its flags
+    ``seq_gap`` aside, which it keeps once set and otherwise checks against the new readings'
+    seqs and ``prior``'s seq range). An active session's ``meter_stop_wh`` is its newest
+    register, so the register falling is seen across the two."""
+    if prior.state != "active":
+        raise ValueError(f"only an active session is carried on, not a {prior.state} one")
+    rows = sorted(rows, key=lambda r: (r.ts_ns, r.seq or 0))
+    if rows and rows[0].ts_ns <= prior.last_reading_at_ns:
+        raise ValueError("the readings must all be newer than the session's newest")
+    if any(r.tx_event == "started" for r in rows):
+        raise ValueError("a started reading moves the session's start: compute it whole")
+    ended = next((r for r in reversed(rows) if r.tx_event == "ended"), None)
+    energies = [r.energy_wh for r in rows if r.energy_wh is not None]
+    meter_start = prior.meter_start_wh if prior.meter_start_wh is not None else _at(energies, 0)
+    if ended is not None and ended.energy_wh is not None:
+        meter_stop: float | None = ended.energy_wh
+    else:
+        meter_stop = _at(energies, -1) if energies else prior.meter_stop_wh
+    energy = None if meter_start is None or meter_stop is None else meter_stop - meter_start
+    newest_ns = rows[-1].ts_ns if rows else prior.last_reading_at_ns
+    end_cause, ended_at = _end(ended, newest_ns, now_ns, silence_ns, newer)
+    until = ended_at if ended_at is not None else newest_ns
+    powers = [r.power_w for r in rows if r.power_w is not None]
+    if prior.max_power_w is not None:
+        powers.append(prior.max_power_w)
+    seqs = [r.seq for r in rows if r.seq is not None]
+    seqs += [q for q in (prior.first_seq, prior.last_seq) if q is not None]
+    found = set(prior.flags) - {"no_energy"}
+    chain = ([prior.meter_stop_wh] if prior.meter_stop_wh is not None else []) + energies
+    if any(b < a for a, b in itertools.pairwise(chain)):
+        found.add("register_backwards")
+    epochs = {r.epoch for r in rows}
+    for g in gaps:
+        in_prior = (
+            prior.first_seq is not None
+            and prior.last_seq is not None
+            and g.first <= prior.last_seq
+            and prior.first_seq <= g.last
+            and (g.epoch is None or g.epoch in epochs)
+        )
+        if in_prior or _overlaps(g, rows):
+            found.add("seq_gap")
+    if any(r.energy_suspect for r in rows):
+        found.add("energy_suspect")
+    if meter_start is None and meter_stop is None:
+        found.add("no_energy")
+    if any((r.evse_id, r.connector_id) != (prior.evse_id, prior.connector_id) for r in rows):
+        found.add("connector_changed")
+    stop_reason = (ended.stop_reason if ended is not None else None) or next(
+        (r.stop_reason for r in reversed(rows) if r.stop_reason), prior.stop_reason
+    )
+    id_tag = prior.id_tag_hash or next((r.id_tag_hash for r in rows if r.id_tag_hash), "")
+    return dataclasses.replace(
+        prior,
+        state="ended" if ended_at is not None else "active",
+        ended_at_ns=ended_at,
+        end_cause=end_cause,
+        meter_start_wh=meter_start,
+        meter_stop_wh=meter_stop,
+        energy_wh=energy,
+        max_power_w=max(powers) if powers else None,
+        duration_s=max(0, until - prior.started_at_ns) / 1e9,
+        stop_reason=stop_reason,
+        id_tag_hash=id_tag,
+        readings=prior.readings + len(rows),
+        flags=tuple(f for f in FLAGS if f in found),
+        first_seq=min(seqs) if seqs else None,
+        last_seq=max(seqs) if seqs else None,
+        last_reading_at_ns=newest_ns,
         computed_at_ns=now_ns,
     )
 

@@ -80,6 +80,8 @@ class Candidate:
     charger_id: str
     transaction_id: str
     seen_from_ns: int
+    #: Computed from all its readings (a LOOKBACK sweep, a late mark), not carried on.
+    whole: bool = False
 
 
 @dataclass
@@ -121,6 +123,9 @@ class SessionJob:
         self._swept: int | None = None  # when the last LOOKBACK sweep ran
         self._pending: dict[Key, Candidate] = {}
         self._saved: int | None = None  # the scanned_until_ns stored last
+        #: The active sessions this process computed: carried on with their newer readings
+        #: between LOOKBACK sweeps.
+        self._carried: dict[Key, Session] = {}
 
     # -- progress ---------------------------------------------------------------------------
     async def _load_state(self) -> None:
@@ -165,7 +170,7 @@ class SessionJob:
         answers = await self._client.execute_all(statements)
         found: dict[Key, Candidate] = {}
         for (a, _, _), answer in zip(windows, answers, strict=False):
-            _discovered(answer, a, found)
+            _discovered(answer, a, found, whole=sweep)
         active = {(s.charger_id, s.transaction_id): s for s in _sessions(answers[len(windows)])}
         if take_marks:
             marked = self._marks(answers[-1])
@@ -175,11 +180,11 @@ class SessionJob:
                 for (_, a, _), answer in zip(
                     marked, await self._client.execute_all(mark_q), strict=True
                 ):
-                    _discovered(answer, a, found)
+                    _discovered(answer, a, found, whole=True)
         else:
             self._marks_until = now - to_ns_delta(MARKS_MARGIN)  # the first pass starts here
         for key, s in active.items():
-            _add(found, Candidate(key[0], key[1], s.started_at_ns))
+            _add(found, Candidate(key[0], key[1], s.started_at_ns, sweep))
         for c in found.values():
             _add(self._pending, c)
         take = list(self._pending.values())[: self._s.max_sessions_per_pass]
@@ -209,7 +214,8 @@ class SessionJob:
         now = to_ns(self._now())
         found: dict[Key, Candidate] = {}
         for a, b in _chunks(to_ns(start), to_ns(end)):
-            _discovered(await self._client.execute(queries.discovery_query(a, b)), a, found)
+            answer = await self._client.execute(queries.discovery_query(a, b))
+            _discovered(answer, a, found, whole=True)
         active_q = queries.active_sessions_query(self._db, now - self._max_session)
         active = {
             (s.charger_id, s.transaction_id): s
@@ -304,57 +310,88 @@ class SessionJob:
     async def _compute_batch(
         self, batch: Sequence[Candidate], stored: dict[Key, Session], now: int
     ) -> list[Session | None]:
-        """Each candidate's session from its readings (None: no reading found)."""
+        """Each candidate's session from its readings (None: no reading found): whole, or an
+        active session this process computed (and the store holds as computed) carried on
+        with its newer readings, unless the candidate must be computed whole."""
+        priors: list[Session | None] = []
         reads = []
         for c in batch:
-            old = stored.get((c.charger_id, c.transaction_id))
-            lo = (
-                min(old.started_at_ns, c.seen_from_ns)
-                if old is not None
-                else c.seen_from_ns - self._max_session
-            )
+            key = (c.charger_id, c.transaction_id)
+            old = stored.get(key)
+            prior = None if c.whole else self._carried.get(key)
+            if prior is not None and prior.same_as(old):
+                lo = prior.last_reading_at_ns + 1
+            elif old is not None:
+                prior, lo = None, min(old.started_at_ns, c.seen_from_ns)
+            else:
+                prior, lo = None, c.seen_from_ns - self._max_session
+            priors.append(prior)
             reads.append(queries.session_readings_query(c.charger_id, c.transaction_id, lo))
         rows_of = [_rows(answer) for answer in await self._client.execute_all(reads)]
+        # A start among the newer readings moves the session's start: read it whole.
+        redo = [
+            i
+            for i, (p, rows) in enumerate(zip(priors, rows_of, strict=True))
+            if p is not None and any(r.tx_event == "started" for r in rows)
+        ]
+        if redo:
+            again = [
+                queries.session_readings_query(
+                    batch[i].charger_id,
+                    batch[i].transaction_id,
+                    min(p.started_at_ns, batch[i].seen_from_ns),
+                )
+                for i in redo
+                if (p := priors[i]) is not None
+            ]
+            for i, answer in zip(redo, await self._client.execute_all(again), strict=True):
+                priors[i], rows_of[i] = None, _rows(answer)
         # Round two: whether each open one's connector has a newer reading; the gateways' gaps.
         checks: list[str] = []
         newer_at: dict[int, int] = {}
         gateways: dict[str, int] = {}
-        for i, (c, rows) in enumerate(zip(batch, rows_of, strict=True)):
-            if not rows:
+        for i, (c, rows, prior) in enumerate(zip(batch, rows_of, priors, strict=True)):
+            if not rows and prior is None:
                 continue
-            first = rows[0]
-            gw_since = rows[0].ts_ns - int(SEQGAP_WINDOW_S) * NS
-            gateways[first.gateway_id] = min(gateways.get(first.gateway_id, gw_since), gw_since)
+            where = prior if prior is not None else None
+            gw = where.gateway_id if where is not None else rows[0].gateway_id
+            evse = where.evse_id if where is not None else rows[0].evse_id
+            connector = where.connector_id if where is not None else rows[0].connector_id
+            oldest = where.started_at_ns if where is not None else rows[0].ts_ns
+            newest = rows[-1].ts_ns if rows else (where.last_reading_at_ns if where else 0)
+            since = oldest - int(SEQGAP_WINDOW_S) * NS
+            gateways[gw] = min(gateways.get(gw, since), since)
             if not any(r.tx_event == "ended" for r in rows):
                 newer_at[i] = len(checks)
-                checks.append(
-                    queries.newer_reading_query(
-                        c.charger_id, first.evse_id, first.connector_id, rows[-1].ts_ns
-                    )
-                )
+                checks.append(queries.newer_reading_query(c.charger_id, evse, connector, newest))
         gw_at = {}
         for gw, since in gateways.items():
             gw_at[gw] = len(checks)
             checks.append(queries.seqgaps_of_gateway_query(gw, since))
         answers = await self._client.execute_all(checks) if checks else []
         out: list[Session | None] = []
-        for i, (c, rows) in enumerate(zip(batch, rows_of, strict=True)):
-            if not rows:
+        for i, (c, rows, prior) in enumerate(zip(batch, rows_of, priors, strict=True)):
+            if not rows and prior is None:
                 out.append(None)
                 continue
+            gw = prior.gateway_id if prior is not None else rows[0].gateway_id
             newer = i in newer_at and any(s.values for s in answers[newer_at[i]])
-            gaps = _gaps(answers[gw_at[rows[0].gateway_id]])
-            out.append(
-                compute(
-                    c.charger_id,
-                    c.transaction_id,
-                    rows,
-                    now_ns=now,
-                    silence_ns=self._silence,
-                    newer_on_connector=newer,
-                    gaps=gaps,
-                )
+            session = compute(
+                c.charger_id,
+                c.transaction_id,
+                rows,
+                now_ns=now,
+                silence_ns=self._silence,
+                newer_on_connector=newer,
+                gaps=_gaps(answers[gw_at[gw]]),
+                prior=prior,
             )
+            key = (c.charger_id, c.transaction_id)
+            if session is not None and session.state == "active":
+                self._carried[key] = session
+            else:
+                self._carried.pop(key, None)
+            out.append(session)
         return out
 
 
@@ -379,11 +416,14 @@ def _add(into: dict[Key, Candidate], c: Candidate) -> None:
     held = into.get(key)
     if held is None:
         into[key] = c
-    elif c.seen_from_ns < held.seen_from_ns:
-        held.seen_from_ns = c.seen_from_ns
+    else:
+        held.seen_from_ns = min(held.seen_from_ns, c.seen_from_ns)
+        held.whole = held.whole or c.whole
 
 
-def _discovered(answer: Iterable[Series], seen_from: int, into: dict[Key, Candidate]) -> None:
+def _discovered(
+    answer: Iterable[Series], seen_from: int, into: dict[Key, Candidate], *, whole: bool = False
+) -> None:
     """The (charger, transaction) pairs of a discovery answer."""
     for s in answer:
         charger = s.tags.get("charger_id")
@@ -392,7 +432,7 @@ def _discovered(answer: Iterable[Series], seen_from: int, into: dict[Key, Candid
         for row in s.values:
             tx = row[1]
             if isinstance(tx, str) and tx:
-                _add(into, Candidate(charger, tx, seen_from))
+                _add(into, Candidate(charger, tx, seen_from, whole))
 
 
 def _first_value(answer: Sequence[Series]) -> int | None:

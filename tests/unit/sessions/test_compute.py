@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import pytest
 
 from sessions.compute import Row, SeqGap, Session, compute, to_line
@@ -186,3 +189,57 @@ def test_same_as_ignores_only_computed_at() -> None:
     assert a.same_as(b)
     assert not a.same_as(session([*rows, row(20, 3, 4.0)], now_s=70))
     assert not a.same_as(None)
+
+
+def _random_rows(rng: random.Random) -> list[Row]:
+    rows = []
+    energy = rng.uniform(0, 1e6)
+    for i in range(rng.randint(1, 30)):
+        energy += rng.choice([0.0, 12.5, 100.25, -3.0]) if i else 0.0
+        rows.append(
+            row(
+                i * 10 + rng.random(),
+                1000 + i * rng.choice([1, 1, 2]),
+                None if rng.random() < 0.2 else energy,
+                power=None if rng.random() < 0.3 else rng.uniform(0, 22_000),
+                event="started" if i == 0 and rng.random() < 0.5 else None,
+                reason=rng.choice([None, None, "Local"]),
+                tag=rng.choice([None, "ab" * 16, "cd" * 16]),
+                suspect=rng.choice([None, None, 0.0, 1.0]),
+                connector=rng.choice([1, 1, 1, 1, 2]),
+            )
+        )
+    if rng.random() < 0.5:
+        last = rows[-1]
+        rows[-1] = last._replace(tx_event="ended", stop_reason=rng.choice([None, "EVDisconnected"]))
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_carrying_an_active_session_on_equals_computing_it_whole(seed: int) -> None:
+    """An active session computed from its first readings, carried on with the newer ones
+    (``prior``), equals the session computed from all of them: every field, every flag."""
+    rng = random.Random(seed)
+    rows = _random_rows(rng)
+    cut = rng.randint(1, len(rows))
+    now = T0 + int(rng.choice([400, 20_000]) * S)
+    newer = rng.random() < 0.2
+    kw: dict[str, Any] = {"now_ns": now, "silence_ns": 4 * HOUR}
+    head = compute("CP-1", "tx-1", rows[:cut], newer_on_connector=False, **kw)
+    assert head is not None
+    whole = compute("CP-1", "tx-1", rows, newer_on_connector=newer, **kw)
+    if head.state != "active" or any(r.tx_event == "started" for r in rows[cut:]):
+        return
+    carried = compute("CP-1", "tx-1", rows[cut:], newer_on_connector=newer, prior=head, **kw)
+    assert carried == whole
+
+
+def test_only_newer_readings_carry_a_session_on() -> None:
+    head = session([row(0, 1, 1.0), row(10, 2, 2.0)])
+    with pytest.raises(ValueError, match="newer"):
+        compute("CP-1", "tx-1", [row(5, 3, 1.5)], now_ns=T0, silence_ns=HOUR,
+                newer_on_connector=False, prior=head)  # fmt: skip
+    ended = session([row(0, 1, 1.0), row(10, 2, 2.0, event="ended")])
+    with pytest.raises(ValueError, match="active"):
+        compute("CP-1", "tx-1", [row(20, 3, 3.0)], now_ns=T0, silence_ns=HOUR,
+                newer_on_connector=False, prior=ended)  # fmt: skip
