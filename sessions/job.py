@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 
 NS: Final = 1_000_000_000
 #: Each pass looks this far before the end of the previous one (readings a little late).
-OVERLAP: Final = timedelta(minutes=5)
+OVERLAP: Final = timedelta(minutes=1)
+#: A pass reads every reading of its stretch when it is at most this long (the steady state);
+#: a longer one (a job that was down) lists the transactions and reads each session whole.
+STEADY_MAX: Final = timedelta(minutes=15)
 #: The bridges stamp their marks with their own clocks: marks are read back this far before the
 #: watermark (a mark taken twice costs a recompute, nothing else).
 MARKS_MARGIN: Final = timedelta(minutes=5)
@@ -71,6 +74,42 @@ def to_ns(ts: datetime) -> int:
 
 def from_ns(ns: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+
+
+@dataclass
+class Window:
+    """The readings of a steady pass's stretch (from ``start_ns`` on): those of each
+    (charger, transaction), by ts, and each connector's (ts, transaction) to tell whether a
+    session's connector has a newer reading of no or another transaction."""
+
+    start_ns: int
+    sessions: dict[Key, list[Row]]
+    connectors: dict[tuple[str, int, int], list[tuple[int, str | None]]]
+
+    @classmethod
+    def of(cls, start_ns: int, answer: Sequence[Series]) -> Window:
+        sessions: dict[Key, list[Row]] = {}
+        connectors: dict[tuple[str, int, int], list[tuple[int, str | None]]] = {}
+        for s in answer:
+            charger = s.tags.get("charger_id") or ""
+            evse, connector = int(s.tags.get("evse_id") or 0), int(s.tags.get("connector_id") or 0)
+            seen = connectors.setdefault((charger, evse, connector), [])
+            for r in s.rows():
+                row = _row({**s.tags, **r})
+                tx = r.get("transaction_id")
+                seen.append((row.ts_ns, tx if isinstance(tx, str) and tx else None))
+                if isinstance(tx, str) and tx:
+                    sessions.setdefault((charger, tx), []).append(row)
+        for rows in sessions.values():
+            rows.sort(key=lambda r: (r.ts_ns, r.seq or 0))
+        return cls(start_ns, sessions, connectors)
+
+    def newer(self, charger: str, evse: int, connector: int, after_ns: int, tx: str) -> bool:
+        """Whether the connector has a reading after ``after_ns`` of no or another transaction."""
+        return any(
+            t > after_ns and other != tx
+            for t, other in self.connectors.get((charger, evse, connector), ())
+        )
 
 
 @dataclass
@@ -159,8 +198,11 @@ class SessionJob:
         start = now - self._lookback if sweep else now
         if self._scanned is not None:
             start = min(start, self._scanned - to_ns_delta(OVERLAP))
+        steady = not sweep and now - start <= to_ns_delta(STEADY_MAX)
         windows = [(a, None if b == now else b, None) for a, b in _chunks(start, now)]
         statements = [queries.discovery_query(a, b) for a, b, _ in windows]
+        if steady:
+            statements = [queries.window_readings_query(start)]
         statements.append(queries.active_sessions_query(self._db, now - self._max_session))
         take_marks = self._marks_until is not None
         if take_marks:
@@ -169,8 +211,14 @@ class SessionJob:
             statements.append(late_marks_query(since, MARKS_PER_PASS))
         answers = await self._client.execute_all(statements)
         found: dict[Key, Candidate] = {}
-        for (a, _, _), answer in zip(windows, answers, strict=False):
-            _discovered(answer, a, found, whole=sweep)
+        window: Window | None = None
+        if steady:
+            window = Window.of(start, answers[0])
+            for charger, tx in window.sessions:
+                _add(found, Candidate(charger, tx, start))
+        else:
+            for (a, _, _), answer in zip(windows, answers, strict=False):
+                _discovered(answer, a, found, whole=sweep)
         active = {(s.charger_id, s.transaction_id): s for s in _sessions(answers[len(windows)])}
         if take_marks:
             marked = self._marks(answers[-1])
@@ -197,7 +245,7 @@ class SessionJob:
                 self._s.max_sessions_per_pass,
             )
         result.deferred = len(self._pending)
-        await self._compute_and_write(take, active, now, result)
+        await self._compute_and_write(take, active, now, result, window)
         self._scanned = now
         if sweep:
             self._swept = now
@@ -270,8 +318,26 @@ class SessionJob:
         active: dict[Key, Session],
         now: int,
         result: PassResult,
+        window: Window | None = None,
     ) -> None:
         stored = dict(active)
+        carried: list[Candidate] = []
+        if window is not None:
+            # Active sessions this process computed, as stored: carried on with the window's
+            # readings (no request of their own); the others are read.
+            for c in todo:
+                key = (c.charger_id, c.transaction_id)
+                prior = self._carried.get(key)
+                if not c.whole and prior is not None and prior.same_as(stored.get(key)):
+                    new_rows = [
+                        r
+                        for r in window.sessions.get(key, ())
+                        if r.ts_ns > prior.last_reading_at_ns
+                    ]
+                    if not any(r.tx_event == "started" for r in new_rows):
+                        carried.append(c)
+            taken = {id(c) for c in carried}
+            todo = [c for c in todo if id(c) not in taken]
         unknown = [c for c in todo if (c.charger_id, c.transaction_id) not in stored]
         for i in range(0, len(unknown), BATCH):
             batch = unknown[i : i + BATCH]
@@ -288,9 +354,18 @@ class SessionJob:
                         stored[(s.charger_id, s.transaction_id)] = s
         lines: list[str] = []
         deletes: list[str] = []
-        for i in range(0, len(todo), BATCH):
-            chunk = todo[i : i + BATCH]
-            computed = await self._compute_batch(chunk, stored, now)
+        chunks: list[tuple[Sequence[Candidate], bool]] = [
+            (todo[i : i + BATCH], False) for i in range(0, len(todo), BATCH)
+        ]
+        if carried:
+            assert window is not None
+            chunks.insert(0, (carried, True))
+        for chunk, from_window in chunks:
+            if from_window:
+                assert window is not None
+                computed = await self._carry_on(chunk, window, now)
+            else:
+                computed = await self._compute_batch(chunk, stored, now)
             result.computed += len(chunk)
             self.metrics.computed.inc(len(chunk))
             for c, new in zip(chunk, computed, strict=True):
@@ -306,6 +381,69 @@ class SessionJob:
             await self._writer.write(lines, rp=KEEP_RP)
             for state, n in result.written.items():
                 self.metrics.written.labels(state).inc(n)
+
+    async def _carry_on(
+        self, batch: Sequence[Candidate], window: Window, now: int
+    ) -> list[Session | None]:
+        """The carried sessions of ``batch`` on with the window's readings newer than their
+        newest; whether the connector has a newer reading is read from the window too (asked
+        of InfluxDB only for a session whose newest reading lies before the window); one
+        request for those and the gateways' gaps."""
+        checks: list[str] = []
+        newer_at: dict[int, int] = {}
+        gateways: dict[str, int] = {}
+        news: list[list[Row]] = []
+        for i, c in enumerate(batch):
+            prior = self._carried[(c.charger_id, c.transaction_id)]
+            rows = [
+                r
+                for r in window.sessions.get((c.charger_id, c.transaction_id), ())
+                if r.ts_ns > prior.last_reading_at_ns
+            ]
+            news.append(rows)
+            since = prior.started_at_ns - int(SEQGAP_WINDOW_S) * NS
+            gateways[prior.gateway_id] = min(gateways.get(prior.gateway_id, since), since)
+            newest = rows[-1].ts_ns if rows else prior.last_reading_at_ns
+            if newest < window.start_ns and not any(r.tx_event == "ended" for r in rows):
+                newer_at[i] = len(checks)
+                checks.append(
+                    queries.newer_reading_query(
+                        c.charger_id, prior.evse_id, prior.connector_id, newest
+                    )
+                )
+        gw_at = {}
+        for gw, since in gateways.items():
+            gw_at[gw] = len(checks)
+            checks.append(queries.seqgaps_of_gateway_query(gw, since))
+        answers = await self._client.execute_all(checks) if checks else []
+        out: list[Session | None] = []
+        for i, (c, rows) in enumerate(zip(batch, news, strict=True)):
+            key = (c.charger_id, c.transaction_id)
+            prior = self._carried[key]
+            newest = rows[-1].ts_ns if rows else prior.last_reading_at_ns
+            if i in newer_at:
+                newer = any(s.values for s in answers[newer_at[i]])
+            else:
+                newer = window.newer(
+                    c.charger_id, prior.evse_id, prior.connector_id, newest, key[1]
+                )
+            session = compute(
+                c.charger_id,
+                c.transaction_id,
+                rows,
+                now_ns=now,
+                silence_ns=self._silence,
+                newer_on_connector=newer,
+                gaps=_gaps(answers[gw_at[prior.gateway_id]]),
+                prior=prior,
+            )
+            assert session is not None
+            if session.state == "active":
+                self._carried[key] = session
+            else:
+                self._carried.pop(key, None)
+            out.append(session)
+        return out
 
     async def _compute_batch(
         self, batch: Sequence[Candidate], stored: dict[Key, Session], now: int
@@ -451,26 +589,26 @@ def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
 
 
+def _row(r: dict[str, Any]) -> Row:
+    """A reading as the queries return it (tags as columns) as a :class:`Row`."""
+    return Row(
+        ts_ns=int(r["time"]),
+        seq=_opt_int(r.get("seq")),
+        epoch=r.get("epoch"),
+        energy_wh=_opt_float(r.get("energy_wh")),
+        power_w=_opt_float(r.get("power_w")),
+        energy_suspect=_opt_float(r.get("energy_suspect")),
+        tx_event=r.get("tx_event"),
+        stop_reason=r.get("stop_reason"),
+        id_tag_hash=r.get("id_tag_hash"),
+        gateway_id=str(r.get("gateway_id") or ""),
+        evse_id=int(r.get("evse_id") or 0),
+        connector_id=int(r.get("connector_id") or 0),
+    )
+
+
 def _rows(answer: Sequence[Series]) -> list[Row]:
-    out = []
-    for s in answer:
-        for r in s.rows():
-            out.append(
-                Row(
-                    ts_ns=int(r["time"]),
-                    seq=_opt_int(r.get("seq")),
-                    epoch=r.get("epoch"),
-                    energy_wh=_opt_float(r.get("energy_wh")),
-                    power_w=_opt_float(r.get("power_w")),
-                    energy_suspect=_opt_float(r.get("energy_suspect")),
-                    tx_event=r.get("tx_event"),
-                    stop_reason=r.get("stop_reason"),
-                    id_tag_hash=r.get("id_tag_hash"),
-                    gateway_id=str(r.get("gateway_id") or ""),
-                    evse_id=int(r.get("evse_id") or 0),
-                    connector_id=int(r.get("connector_id") or 0),
-                )
-            )
+    out = [_row(r) for s in answer for r in s.rows()]
     out.sort(key=lambda r: (r.ts_ns, r.seq or 0))
     return out
 

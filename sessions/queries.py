@@ -62,6 +62,17 @@ def discovery_query(start_ns: int, end_ns: int | None = None, gateway_id: str | 
     )
 
 
+def window_readings_query(start_ns: int) -> str:
+    """Every reading stamped at or after ``start`` (the steady pass's stretch): one series per
+    connector (the four tags), columns ``transaction_id`` and READING_COLUMNS."""
+    columns = ["transaction_id", *(c for c in READING_COLUMNS if c not in _GROUP)]
+    return (
+        f"SELECT {', '.join(quote_ident(c) for c in columns)} FROM {quote_ident(MEASUREMENT)} "
+        f"WHERE time >= {_ns('start', start_ns)} "
+        f"GROUP BY {', '.join(quote_ident(t) for t in _GROUP)}"
+    )
+
+
 def session_readings_query(charger_id: str, transaction_id: str, lo_ns: int) -> str:
     """The readings of one (charger, transaction) stamped at or after ``lo``: READING_COLUMNS."""
     return (

@@ -561,3 +561,35 @@ async def test_a_session_ended_by_silence_that_goes_on_is_active_again(
     again = _sessions(influx_db)[("CP-R", "r-1")]
     assert (again["state"], again["end_cause"], again["ended_at"]) == ("active", "", None)
     assert (again["readings"], again["energy_wh"], again["duration_s"]) == (3, 20.0, 2700.0)
+
+
+async def test_a_session_carried_on_pass_by_pass_equals_one_computed_whole(
+    influx_db: InfluxTarget,
+) -> None:
+    """Readings arriving live, a pass after each few (the steady passes carry the active
+    sessions on with the readings of their stretch): the stored sessions equal those a new
+    process computes whole from the same readings."""
+    _keep(influx_db)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    readings = sorted(_transactions(t0), key=lambda r: r.ts)
+    clock = Clock(t0)
+    async with _job(influx_db, clock, silence="1d") as job:
+        for minute in range(0, 14):
+            clock.now = t0 + timedelta(minutes=minute, seconds=30)
+            _store(
+                influx_db,
+                [
+                    r
+                    for r in readings
+                    if r.ts < clock.now and r.ts >= clock.now - timedelta(minutes=1)
+                ],
+            )
+            await job.run_pass()
+    live = _sessions(influx_db)
+    _q(influx_db, 'DROP MEASUREMENT "sessions"')
+    _q(influx_db, 'DROP MEASUREMENT "session_state"')
+    async with _job(influx_db, Clock(clock.now), silence="1d") as job:
+        result = await job.run_pass()
+    assert result.written["ended"] + result.written["active"] == 2
+    assert _sessions(influx_db) == live
+    assert live[("CP-1", "7001")] == _expected_ocpp(t0)
