@@ -1,6 +1,6 @@
 """One pass of the sessions job, and a backfill of a range (docs/deploy.md#sessions).
 
-A pass finds the sessions to compute, recomputes each whole from its readings
+A pass finds the sessions to compute, computes each from its readings
 (:func:`sessions.compute.compute`) and writes the points that changed, in one write:
 
 - the transactions of the readings stamped since the previous pass (less ``OVERLAP``), and of
@@ -10,13 +10,18 @@ A pass finds the sessions to compute, recomputes each whole from its readings
   of the job's own, as the rollup job does);
 - every session stored ``active``, so it ends by ``next`` or ``silence`` without new readings.
 
-A session's readings are read from ``lo``: its stored ``started_at`` (or the start of the
-window that named it, if earlier), or ``MAX_SESSION`` before that window for a transaction not
-stored yet. A session whose point key (tags, ``started_at``) changed is written at its new key
-and its old point written again with ``state`` ``superseded``. At most
-``MAX_SESSIONS_PER_PASS`` are computed per pass; the rest wait (in memory) for the next, and the
-progress (``session_state``: ``scanned_until_ns``, ``marks_until_ns``) is stored only once none
-waits, so a restart finds them again.
+The steady pass (no sweep, a stretch of at most ``STEADY_MAX`` since the previous pass) reads
+every reading of its stretch in one query (:class:`Window`): an active session this process
+computed, and the store holds as computed, is carried on with its readings newer than its newest
+(``compute(prior=...)``, equal to computing it whole), and whether its connector has a newer
+reading of another or no transaction is read there too. Every other session (new, ended,
+marked, and all of them at a sweep) is computed whole: its readings are read from ``lo``, its
+stored ``started_at`` (or the start of the window that named it, if earlier), or
+``MAX_SESSION`` before that window for a transaction not stored yet. A session whose point key
+(tags, ``started_at``) changed is written at its new key and its old point written again with
+``state`` ``superseded``. At most ``MAX_SESSIONS_PER_PASS`` are computed per pass; the rest
+wait (in memory) for the next, and the progress (``session_state``: ``scanned_until_ns``,
+``marks_until_ns``) is stored only once none waits, so a restart finds them again.
 """
 
 from __future__ import annotations

@@ -55,8 +55,10 @@ class SessionsSettings(ServiceSettings):
     this last stretch are recomputed: readings stored late but less than an hour late are not
     marked by the bridges, so at least ``1h``."""
     lookback_every: Duration = "10m"
-    """How often the LOOKBACK sweep runs (between sweeps a pass looks at the readings stamped
-    since the previous pass, less a few minutes)."""
+    """How often the LOOKBACK sweep runs, computing every session it touches whole (between
+    sweeps a pass reads the readings stamped since the previous pass, less a minute, and
+    carries the active sessions on with them: a reading stored more than a minute late joins
+    its session at the next sweep)."""
     max_session: Duration = "7d"
     """The longest session looked for: a transaction first seen (or marked late) is read from
     this far before the readings that named it."""
