@@ -593,3 +593,23 @@ async def test_a_session_carried_on_pass_by_pass_equals_one_computed_whole(
     assert result.written["ended"] + result.written["active"] == 2
     assert _sessions(influx_db) == live
     assert live[("CP-1", "7001")] == _expected_ocpp(t0)
+
+
+async def test_backfill_computes_the_sessions_of_a_range_behind_lookback(
+    influx_db: InfluxTarget,
+) -> None:
+    """Readings three days old (written straight into InfluxDB, no mark): a pass does not see
+    them; ``backfill`` over their range computes their sessions, and leaves the progress."""
+    _keep(influx_db)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    _store(influx_db, _transactions(t0))
+    clock = Clock(t0 + timedelta(days=3))
+    async with _job(influx_db, clock) as job:
+        await job.run_pass()
+        assert _sessions(influx_db) == {}
+        result = await job.backfill(t0 - timedelta(hours=1), t0 + timedelta(hours=1))
+    assert result.written == {"active": 0, "ended": 2, "superseded": 0}
+    stored = _sessions(influx_db)
+    assert stored[("CP-1", "7001")] == _expected_ocpp(t0)
+    assert stored[("CP-2", "sim-42")]["end_cause"] == "silence"
+    assert stored[("CP-2", "sim-42")]["ended_at"] == ts_ns(t0 + timedelta(seconds=570))
