@@ -38,7 +38,7 @@ from sessions import queries
 from sessions.compute import Row, SeqGap, Session, compute, to_line
 from sessions.metrics import SessionMetrics
 from sessions.settings import SessionsSettings, to_timedelta
-from telemetry_common.influx_query import InfluxQLClient, Series
+from telemetry_common.influx_query import InfluxQLClient, InfluxQueryError, Series
 from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.influxql import late_marks_query
 from telemetry_common.storage import KEEP_RP, SEQGAP_WINDOW_S, SESSION_STATE_MEASUREMENT
@@ -381,7 +381,10 @@ class SessionJob:
                     if delete:
                         deletes.append(_delete(s))
         if deletes and self._s.influx.api == "v1":
-            await self._client.execute_all(deletes)
+            try:
+                await self._client.execute_all(deletes)
+            except InfluxQueryError as exc:  # a user without the right: the field stays
+                log.warning("stale session fields not dropped (%d points): %s", len(deletes), exc)
         if lines:
             await self._writer.write(lines, rp=KEEP_RP)
             for state, n in result.written.items():

@@ -8,6 +8,7 @@ again when a reading arrives late."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,7 +27,9 @@ from telemetry_common.influx_query import InfluxQLClient
 from telemetry_common.influx_write import Writer
 from telemetry_common.schema import Reading
 from telemetry_common.settings import env_for
+from telemetry_stack.servers import free_port
 from tests.support.fixtures import InfluxTarget
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -613,3 +616,47 @@ async def test_backfill_computes_the_sessions_of_a_range_behind_lookback(
     assert stored[("CP-1", "7001")] == _expected_ocpp(t0)
     assert stored[("CP-2", "sim-42")]["end_cause"] == "silence"
     assert stored[("CP-2", "sim-42")]["ended_at"] == ts_ns(t0 + timedelta(seconds=570))
+
+
+def test_the_service_serves_health_and_metrics_and_stops_on_sigterm(
+    influx_db: InfluxTarget,
+) -> None:
+    """``telemetry-sessions`` as a service: ``/healthz`` answers, ``/metrics`` counts its
+    passes and the sessions written, SIGTERM stops it with status 0."""
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    _store(influx_db, _transactions(t0))
+    port = free_port()
+    env = env_for(
+        SessionsSettings,
+        influx={"url": influx_db.url, "database": influx_db.database},
+        http_port=port,
+        interval_s=0.5,
+        log_format="text",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sessions"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def metrics() -> str:
+            try:
+                return httpx.get(f"{base}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return ""
+
+        wait_until(
+            "two passes", lambda: 'telemetry_sessions_passes_total{outcome="ok"} 2.0' in metrics()
+        )
+        assert httpx.get(f"{base}/healthz", timeout=2).json() == {"status": "ok"}
+        text = metrics()
+        assert 'telemetry_sessions_written_total{state="ended"} 1.0' in text
+        assert 'telemetry_sessions_written_total{state="active"} 1.0' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
