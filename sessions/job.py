@@ -26,17 +26,18 @@ wait (in memory) for the next, and the progress (``session_state``: ``scanned_un
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 from sessions import queries
-from sessions.compute import Row, SeqGap, Session, compute, to_line
+from sessions.answers import Key, Window, gaps_of, rows_of, sessions_of
+from sessions.compute import Row, Session, compute, to_line
 from sessions.metrics import SessionMetrics
+from sessions.rewrite import delete_statement, points_to_write
 from sessions.settings import SessionsSettings, to_timedelta
 from telemetry_common.influx_query import InfluxQLClient, InfluxQueryError, Series
 from telemetry_common.influx_write import InfluxWriter
@@ -59,18 +60,6 @@ MARKS_PER_PASS: Final = 10_000
 BATCH: Final = 50
 #: A discovery query covers at most this much time (a long stretch is cut).
 DISCOVERY_CHUNK: Final = timedelta(days=1)
-#: Fields a rewritten point cannot lose by being written again (InfluxDB merges fields).
-_OPTIONAL: Final = (
-    "ended_at_ns",
-    "meter_start_wh",
-    "meter_stop_wh",
-    "energy_wh",
-    "max_power_w",
-    "first_seq",
-    "last_seq",
-)
-
-Key = tuple[str, str]  # (charger_id, transaction_id)
 
 
 def to_ns(ts: datetime) -> int:
@@ -79,42 +68,6 @@ def to_ns(ts: datetime) -> int:
 
 def from_ns(ns: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
-
-
-@dataclass
-class Window:
-    """The readings of a steady pass's stretch (from ``start_ns`` on): those of each
-    (charger, transaction), by ts, and each connector's (ts, transaction) to tell whether a
-    session's connector has a newer reading of no or another transaction."""
-
-    start_ns: int
-    sessions: dict[Key, list[Row]]
-    connectors: dict[tuple[str, int, int], list[tuple[int, str | None]]]
-
-    @classmethod
-    def of(cls, start_ns: int, answer: Sequence[Series]) -> Window:
-        sessions: dict[Key, list[Row]] = {}
-        connectors: dict[tuple[str, int, int], list[tuple[int, str | None]]] = {}
-        for s in answer:
-            charger = s.tags.get("charger_id") or ""
-            evse, connector = int(s.tags.get("evse_id") or 0), int(s.tags.get("connector_id") or 0)
-            seen = connectors.setdefault((charger, evse, connector), [])
-            for r in s.rows():
-                row = _row({**s.tags, **r})
-                tx = r.get("transaction_id")
-                seen.append((row.ts_ns, tx if isinstance(tx, str) and tx else None))
-                if isinstance(tx, str) and tx:
-                    sessions.setdefault((charger, tx), []).append(row)
-        for rows in sessions.values():
-            rows.sort(key=lambda r: (r.ts_ns, r.seq or 0))
-        return cls(start_ns, sessions, connectors)
-
-    def newer(self, charger: str, evse: int, connector: int, after_ns: int, tx: str) -> bool:
-        """Whether the connector has a reading after ``after_ns`` of no or another transaction."""
-        return any(
-            t > after_ns and other != tx
-            for t, other in self.connectors.get((charger, evse, connector), ())
-        )
 
 
 @dataclass
@@ -224,7 +177,7 @@ class SessionJob:
         else:
             for (a, _, _), answer in zip(windows, answers, strict=False):
                 _discovered(answer, a, found, whole=sweep)
-        active = {(s.charger_id, s.transaction_id): s for s in _sessions(answers[len(windows)])}
+        active = {(s.charger_id, s.transaction_id): s for s in sessions_of(answers[len(windows)])}
         if take_marks:
             marked = self._marks(answers[-1])
             result.marks = len(marked)
@@ -272,7 +225,7 @@ class SessionJob:
         active_q = queries.active_sessions_query(self._db, now - self._max_session)
         active = {
             (s.charger_id, s.transaction_id): s
-            for s in _sessions(await self._client.execute(active_q))
+            for s in sessions_of(await self._client.execute(active_q))
         }
         todo = list(found.values())
         step = max(self._s.max_sessions_per_pass, BATCH)
@@ -353,7 +306,7 @@ class SessionJob:
                 for c in batch
             ]
             for answer in await self._client.execute_all(qs):
-                for s in _sessions(answer):
+                for s in sessions_of(answer):
                     held = stored.get((s.charger_id, s.transaction_id))
                     if held is None or s.computed_at_ns > held.computed_at_ns:
                         stored[(s.charger_id, s.transaction_id)] = s
@@ -375,11 +328,11 @@ class SessionJob:
             self.metrics.computed.inc(len(chunk))
             for c, new in zip(chunk, computed, strict=True):
                 old = stored.get((c.charger_id, c.transaction_id))
-                for s, delete in _writes(old, new, now, self._silence):
+                for s, delete in points_to_write(old, new, now, self._silence):
                     lines.append(to_line(s))
                     result.written[s.state] += 1
                     if delete:
-                        deletes.append(_delete(s))
+                        deletes.append(delete_statement(s))
         if deletes and self._s.influx.api == "v1":
             try:
                 await self._client.execute_all(deletes)
@@ -442,7 +395,7 @@ class SessionJob:
                 now_ns=now,
                 silence_ns=self._silence,
                 newer_on_connector=newer,
-                gaps=_gaps(answers[gw_at[prior.gateway_id]]),
+                gaps=gaps_of(answers[gw_at[prior.gateway_id]]),
                 prior=prior,
             )
             assert session is not None
@@ -473,11 +426,11 @@ class SessionJob:
                 prior, lo = None, c.seen_from_ns - self._max_session
             priors.append(prior)
             reads.append(queries.session_readings_query(c.charger_id, c.transaction_id, lo))
-        rows_of = [_rows(answer) for answer in await self._client.execute_all(reads)]
+        read = [rows_of(answer) for answer in await self._client.execute_all(reads)]
         # A start among the newer readings moves the session's start: read it whole.
         redo = [
             i
-            for i, (p, rows) in enumerate(zip(priors, rows_of, strict=True))
+            for i, (p, rows) in enumerate(zip(priors, read, strict=True))
             if p is not None and any(r.tx_event == "started" for r in rows)
         ]
         if redo:
@@ -491,12 +444,12 @@ class SessionJob:
                 if (p := priors[i]) is not None
             ]
             for i, answer in zip(redo, await self._client.execute_all(again), strict=True):
-                priors[i], rows_of[i] = None, _rows(answer)
+                priors[i], read[i] = None, rows_of(answer)
         # Round two: whether each open one's connector has a newer reading; the gateways' gaps.
         checks: list[str] = []
         newer_at: dict[int, int] = {}
         gateways: dict[str, int] = {}
-        for i, (c, rows, prior) in enumerate(zip(batch, rows_of, priors, strict=True)):
+        for i, (c, rows, prior) in enumerate(zip(batch, read, priors, strict=True)):
             if not rows and prior is None:
                 continue
             where = prior if prior is not None else None
@@ -516,7 +469,7 @@ class SessionJob:
             checks.append(queries.seqgaps_of_gateway_query(gw, since))
         answers = await self._client.execute_all(checks) if checks else []
         out: list[Session | None] = []
-        for i, (c, rows, prior) in enumerate(zip(batch, rows_of, priors, strict=True)):
+        for i, (c, rows, prior) in enumerate(zip(batch, read, priors, strict=True)):
             if not rows and prior is None:
                 out.append(None)
                 continue
@@ -529,7 +482,7 @@ class SessionJob:
                 now_ns=now,
                 silence_ns=self._silence,
                 newer_on_connector=newer,
-                gaps=_gaps(answers[gw_at[gw]]),
+                gaps=gaps_of(answers[gw_at[gw]]),
                 prior=prior,
             )
             key = (c.charger_id, c.transaction_id)
@@ -587,129 +540,3 @@ def _first_value(answer: Sequence[Series]) -> int | None:
             if row[1] is not None:
                 return int(row[1])
     return None
-
-
-def _opt_float(v: Any) -> float | None:
-    return None if v is None else float(v)
-
-
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)
-
-
-def _row(r: dict[str, Any]) -> Row:
-    """A reading as the queries return it (tags as columns) as a :class:`Row`."""
-    return Row(
-        ts_ns=int(r["time"]),
-        seq=_opt_int(r.get("seq")),
-        epoch=r.get("epoch"),
-        energy_wh=_opt_float(r.get("energy_wh")),
-        power_w=_opt_float(r.get("power_w")),
-        energy_suspect=_opt_float(r.get("energy_suspect")),
-        tx_event=r.get("tx_event"),
-        stop_reason=r.get("stop_reason"),
-        id_tag_hash=r.get("id_tag_hash"),
-        gateway_id=str(r.get("gateway_id") or ""),
-        evse_id=int(r.get("evse_id") or 0),
-        connector_id=int(r.get("connector_id") or 0),
-    )
-
-
-def _rows(answer: Sequence[Series]) -> list[Row]:
-    out = [_row(r) for s in answer for r in s.rows()]
-    out.sort(key=lambda r: (r.ts_ns, r.seq or 0))
-    return out
-
-
-def _gaps(answer: Sequence[Series]) -> list[SeqGap]:
-    """The confirmed gaps the bridges' newest ``seqgaps`` points of a gateway still assert."""
-    out = []
-    for s in answer:
-        for r in s.rows():
-            if r.get("missing") and r.get("first") is not None and r.get("last") is not None:
-                epoch = r.get("epoch")
-                out.append(SeqGap(int(r["first"]), int(r["last"]), epoch or None))
-    return out
-
-
-def _sessions(answer: Sequence[Series]) -> list[Session]:
-    """Stored session points as records."""
-    out = []
-    for s in answer:
-        for r in s.rows():
-            flags = str(r.get("flags") or "")
-            out.append(
-                Session(
-                    charger_id=str(r["charger_id"]),
-                    gateway_id=str(r.get("gateway_id") or ""),
-                    evse_id=int(r.get("evse_id") or 0),
-                    connector_id=int(r.get("connector_id") or 0),
-                    transaction_id=str(r["transaction_id"]),
-                    state=r["state"],
-                    started_at_ns=int(r["time"]),
-                    ended_at_ns=_opt_int(r.get("ended_at")),
-                    end_cause=r.get("end_cause") or "",
-                    meter_start_wh=_opt_float(r.get("meter_start_wh")),
-                    meter_stop_wh=_opt_float(r.get("meter_stop_wh")),
-                    energy_wh=_opt_float(r.get("energy_wh")),
-                    max_power_w=_opt_float(r.get("max_power_w")),
-                    duration_s=float(r.get("duration_s") or 0.0),
-                    stop_reason=str(r.get("stop_reason") or ""),
-                    id_tag_hash=str(r.get("id_tag_hash") or ""),
-                    readings=int(r.get("readings") or 0),
-                    flags=tuple(f for f in flags.split(",") if f),
-                    first_seq=_opt_int(r.get("first_seq")),
-                    last_seq=_opt_int(r.get("last_seq")),
-                    last_reading_at_ns=int(r.get("last_reading_at") or 0),
-                    computed_at_ns=int(r.get("computed_at") or 0),
-                )
-            )
-    return out
-
-
-def _writes(
-    old: Session | None, new: Session | None, now: int, silence: int
-) -> list[tuple[Session, bool]]:
-    """The points to write for a session computed again (each with whether its key must be
-    dropped first): none when nothing changed."""
-    if new is None:
-        # No reading left (raw retention, or deleted): a stored active session ends by silence.
-        if old is not None and old.state == "active" and now - old.last_reading_at_ns >= silence:
-            ended = dataclasses.replace(
-                old,
-                state="ended",
-                end_cause="silence",
-                ended_at_ns=old.last_reading_at_ns,
-                duration_s=max(0, old.last_reading_at_ns - old.started_at_ns) / NS,
-                computed_at_ns=now,
-            )
-            return [(ended, False)]
-        return []
-    if old is None:
-        return [(new, False)]
-    if new.readings < old.readings:
-        # Readings only come (a replay overwrites itself): fewer means the raw readings were
-        # dropped (retention) or deleted: the stored session is the better record.
-        log.warning(
-            "session %s of %s: %d readings left of %d stored; kept as stored",
-            new.transaction_id,
-            new.charger_id,
-            new.readings,
-            old.readings,
-        )
-        return []
-    if new.same_as(old):
-        return []
-    if new.key != old.key:
-        return [
-            (dataclasses.replace(old, state="superseded", computed_at_ns=now), False),
-            (new, False),
-        ]
-    lost = any(getattr(old, f) is not None and getattr(new, f) is None for f in _OPTIONAL)
-    return [(new, lost)]
-
-
-def _delete(s: Session) -> str:
-    return queries.delete_session_point_query(
-        s.charger_id, s.gateway_id, s.evse_id, s.connector_id, s.started_at_ns
-    )
