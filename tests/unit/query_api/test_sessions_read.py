@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,9 +24,11 @@ from query_api.sessions import (
     session_of,
 )
 from query_api.timespec import Window
+from sessions.compute import Session, to_line
 from telemetry_common import influxql
 from telemetry_common.errors import InvalidIdError
 from telemetry_common.influxql import QueryBuildError
+from tests.support import sessions_data
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 NS = 1_777_636_800_000_000_000  # T0
@@ -180,3 +183,32 @@ def test_a_curve_older_than_the_raw_readings_comes_from_whole_rollup_buckets() -
     ancient = curve_resolution(now - timedelta(days=400), now - timedelta(days=399), 200,
                                now=now, rules=rules)  # fmt: skip
     assert ancient == ("1h", timedelta(hours=1))
+
+
+def _parsed(line: str) -> tuple[str, dict[str, str], int]:
+    head, fields, ts = re.fullmatch(r"(\S+) (.+) (\d+)", line).groups()  # type: ignore[union-attr]
+    pairs = re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|[^,]+)', fields)
+    return head, dict(pairs), int(ts)
+
+
+@pytest.mark.parametrize("ended", [True, False])
+def test_the_tests_session_points_are_the_sessions_jobs_own(ended: bool) -> None:
+    """tests/support/sessions_data.py writes what the sessions job writes (sessions.compute):
+    the same tags, fields, types and time, so the API's tests read real points."""
+    end = T0 + timedelta(minutes=42) if ended else None
+    mine = sessions_data.session(
+        "cp-1", "tx-1", T0, gateway_id="gw-1", evse_id=1, connector_id=2, ended_at=end,
+        meter_start_wh=100.0, energy_wh=2500.5, max_power_w=7400.0, stop_reason="Local",
+        id_tag_hash="ab" * 16, readings=7, flags="seq_gap,energy_suspect",
+    )  # fmt: skip
+    job = Session(
+        charger_id="cp-1", gateway_id="gw-1", evse_id=1, connector_id=2, transaction_id="tx-1",
+        state=mine["state"], started_at_ns=sessions_data.ns(T0),
+        ended_at_ns=sessions_data.ns(end) if end else None, end_cause=mine["end_cause"],
+        meter_start_wh=100.0, meter_stop_wh=2600.5, energy_wh=2500.5, max_power_w=7400.0,
+        duration_s=mine["duration_s"], stop_reason="Local", id_tag_hash="ab" * 16, readings=7,
+        flags=("seq_gap", "energy_suspect"), first_seq=1, last_seq=7,
+        last_reading_at_ns=sessions_data.ns(mine["last_reading_at"]),
+        computed_at_ns=sessions_data.ns(mine["computed_at"]),
+    )  # fmt: skip
+    assert _parsed(sessions_data.session_line(mine)) == _parsed(to_line(job))
