@@ -33,6 +33,7 @@ from telemetry_common.influx_query import InfluxQLClient, Series
 from telemetry_common.schema import format_ts
 from telemetry_common.settings import InfluxSettings
 from tests.support.fixtures import InfluxInfo
+from tests.support.rollups import Bucket, create_rollup_policies, write_lines
 from tests.support.sessions_data import (
     charger_line,
     create_keep,
@@ -61,6 +62,8 @@ class Seeded:
     sessions: list[dict[str, Any]]  # every non-superseded session written
     curve: dict[int, list[float]]  # connector -> power_w per minute of CP's ended session t-2
     curve_start: datetime
+    old_start: datetime  # t-60's start, older than the raw readings are kept
+    old_buckets: list[Bucket]  # its connector's 1-minute rollups
 
 
 def _influxql(url: str, statement: str) -> None:
@@ -102,6 +105,10 @@ def seeded(influxd: InfluxInfo) -> Iterator[Seeded]:
         s.append(session(CP, "t-3", now - 3 * day, connector_id=2, ended_at=now - 3 * day + M))
         active_start = now - 30 * M
         s.append(session(CP, "t-4", active_start, meter_start_wh=20_000.0, energy_wh=900.0))
+        # t-60: 60 days ago (raw readings are gone then: 1-minute rollups only), 3 hours long,
+        # starting 30 s into a minute.
+        old_start = (now - 60 * day).replace(second=30)
+        s.append(session(CP, "t-60", old_start, ended_at=old_start + 180 * M))
         # The fleet: other chargers and gateways; a formula-looking text; many ties.
         tie_at = now - 5 * day + timedelta(milliseconds=123)
         for i in range(N_TIES):
@@ -173,7 +180,25 @@ def seeded(influxd: InfluxInfo) -> Iterator[Seeded]:
             timeout=30,
         )
         assert r.status_code == 204, r.text
-        yield Seeded(url, database, now, s, curve, curve_start)
+        # t-60's minutes as the rollup job keeps them: its connector 1, and connector 2 beside.
+        create_rollup_policies(url, database)
+        first = old_start.replace(second=0)
+        old: list[Bucket] = []
+        old_lines: list[str] = []
+        for k in range(182):
+            for conn, base in ((1, 5000.0), (2, 10.0)):
+                p = base + 7 * (k % 13) + 0.25
+                b = Bucket(
+                    first + k * M,
+                    {"power_w": (p, p - 1, p + 1, p)},
+                    count=1 + k % 5,
+                    tags={"gateway_id": "gw-1", "evse_id": "1", "connector_id": str(conn)},
+                )
+                if conn == 1:
+                    old.append(b)
+                old_lines.append(b.line("readings_1m", CP))
+        write_lines(url, database, old_lines, rp="rollup_1m")
+        yield Seeded(url, database, now, s, curve, curve_start, old_start, old)
     finally:
         _influxql(url, f'DROP DATABASE "{database}"')
 
@@ -250,7 +275,7 @@ async def test_a_chargers_sessions_in_a_window_newest_first_by_state(
     ended = _ok(await api.get(f"/v1/chargers/{CP}/sessions", params={"state": "ended"}))
     assert [s["transaction_id"] for s in ended["items"]] == ["t-2", "t-3", "t-1"]
     year = _ok(await api.get(f"/v1/chargers/{CP}/sessions", params={"start": "-365d"}))
-    assert [s["transaction_id"] for s in year["items"]][-1] == "t-old"
+    assert [s["transaction_id"] for s in year["items"]][-2:] == ["t-old", "t-60"]
     narrow = _ok(
         await api.get(f"/v1/chargers/{CP}/sessions", params={"start": "-4d", "end": "-1d"})
     )
@@ -468,6 +493,28 @@ async def test_a_session_with_its_power_curve_of_its_own_connector(
         for lo in stamps
     ]
     assert [p["power_w"] for p in coarse["power"]] == pytest.approx(want)
+    # 60 days ago: from the 1-minute rollups of its connector, weighted by their counts.
+    old = _ok(await api.get("/v1/sessions/t-60", params={"charger_id": CP, "points": 200}))
+    assert (old["resolution"], old["every"]) == ("1m", "1m")
+    inside = [b for b in seeded.old_buckets if b.ts < seeded.old_start + 180 * M]
+    assert [p["ts"] for p in old["power"]] == [format_ts(b.ts) for b in inside]
+    assert [p["power_w"] for p in old["power"]] == [b.values["power_w"][0] for b in inside]
+    tens = _ok(await api.get("/v1/sessions/t-60", params={"charger_id": CP, "points": 20}))
+    assert tens["resolution"] == "1m"
+    assert len(tens["power"]) <= 20
+    step = datetime.fromisoformat(tens["power"][1]["ts"]) - datetime.fromisoformat(
+        tens["power"][0]["ts"]
+    )
+    assert step % M == timedelta(0)
+    for p in tens["power"]:
+        lo = datetime.fromisoformat(p["ts"])
+        mine = [b for b in inside if lo <= b.ts < lo + step]
+        want = sum(b.values["power_w"][0] * b.count for b in mine) / sum(b.count for b in mine)
+        assert p["power_w"] == pytest.approx(want)
+    assert sum(1 for b in inside if datetime.fromisoformat(tens["power"][0]["ts"]) <= b.ts) == len(
+        inside
+    )
+
     active = _ok(await api.get("/v1/sessions/t-4", params={"charger_id": CP}))
     assert [p["power_w"] for p in active["power"]] == [11_000.0 + k for k in range(5)]
 
