@@ -509,8 +509,8 @@ async def test_a_session_with_its_power_curve_of_its_own_connector(
     for p in tens["power"]:
         lo = datetime.fromisoformat(p["ts"])
         mine = [b for b in inside if lo <= b.ts < lo + step]
-        want = sum(b.values["power_w"][0] * b.count for b in mine) / sum(b.count for b in mine)
-        assert p["power_w"] == pytest.approx(want)
+        weighted = sum(b.values["power_w"][0] * b.count for b in mine) / sum(b.count for b in mine)
+        assert p["power_w"] == pytest.approx(weighted)
     assert sum(1 for b in inside if datetime.fromisoformat(tens["power"][0]["ts"]) <= b.ts) == len(
         inside
     )
