@@ -160,7 +160,10 @@ async def export_sessions(
         return StreamingResponse(
             csv_stream(influx, export, items, nxt, limit),
             media_type=CSV_MEDIA_TYPE,
-            headers={"Content-Disposition": 'attachment; filename="sessions.csv"'},
+            headers={
+                "Content-Disposition": 'attachment; filename="sessions.csv"',
+                "Vary": "Accept",
+            },
         )
     body = {
         "start": format_ts(from_epoch_ns(at.start_ns)),
@@ -168,7 +171,7 @@ async def export_sessions(
         "items": items,
         "next_cursor": nxt.encode(cursors, query) if nxt is not None else None,
     }
-    return Response(orjson.dumps(body), media_type="application/json")
+    return Response(orjson.dumps(body), media_type="application/json", headers={"Vary": "Accept"})
 
 
 @router.get(

@@ -395,6 +395,7 @@ async def test_the_csv_export_holds_every_session_and_no_formula(
     assert accepted.text == resp.text
     as_json = await api.get("/v1/sessions", params={"format": "json", "limit": 1})
     assert as_json.headers["content-type"] == "application/json"
+    assert as_json.headers["vary"] == accepted.headers["vary"] == "Accept"
 
 
 class CountingInflux:
