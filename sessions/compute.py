@@ -20,6 +20,17 @@ State = Literal["active", "ended", "superseded"]
 EndCause = Literal["stop", "next", "silence", ""]
 #: The flags in the order they are written (docs/design.md#sessions).
 FLAGS: Final = ("register_backwards", "seq_gap", "energy_suspect", "no_energy", "connector_changed")
+#: The statuses of a connector inside a transaction: OCPP 1.6's StatusNotification carries no
+#: transactionId, so a reading of one of these without a transaction does not end a session.
+IN_TRANSACTION: Final = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE"})
+
+
+def ends_session(transaction_id: str | None, status: str | None, own: str) -> bool:
+    """Whether a reading of the connector newer than a session's newest ends it (``next``): it
+    belongs to another transaction, or to none and its status is not one of IN_TRANSACTION."""
+    if transaction_id:
+        return transaction_id != own
+    return status not in IN_TRANSACTION
 
 
 class Row(NamedTuple):
@@ -114,8 +125,8 @@ def compute(
     - ``started_at``: the ``started`` reading's ts, else the oldest reading's;
       ``meter_start_wh`` that reading's ``energy_wh``, else the oldest ``energy_wh`` by ts.
     - ended by the ``ended`` reading (``stop``), else at the newest reading once the connector
-      has a newer reading without this transaction (``newer_on_connector``: ``next``) or once
-      the newest reading is ``silence_ns`` old at ``now_ns`` (``silence``); else active.
+      has a newer reading that ends it (:func:`ends_session`; ``newer_on_connector``: ``next``)
+      or once the newest reading is ``silence_ns`` old at ``now_ns`` (``silence``); else active.
     - ``meter_stop_wh``: the ``ended`` reading's ``energy_wh``, else the newest ``energy_wh``;
       ``energy_wh`` = ``meter_stop_wh`` - ``meter_start_wh`` (OCPP: meterStop - meterStart).
     - tags: the first reading's (by ts); ``connector_changed`` when they name more than one
