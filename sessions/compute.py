@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
 from telemetry_common.influx_write import field_str
+from telemetry_common.schema import IN_TRANSACTION
 from telemetry_common.storage import SESSION_MEASUREMENT
 
 State = Literal["active", "ended", "superseded"]
 EndCause = Literal["stop", "next", "silence", ""]
 #: The flags in the order they are written (docs/design.md#sessions).
 FLAGS: Final = ("register_backwards", "seq_gap", "energy_suspect", "no_energy", "connector_changed")
-#: The statuses of a connector inside a transaction: OCPP 1.6's StatusNotification carries no
-#: transactionId, so a reading of one of these without a transaction does not end a session.
-IN_TRANSACTION: Final = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE"})
 
 
 def ends_session(transaction_id: str | None, status: str | None, own: str) -> bool:

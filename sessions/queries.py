@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from sessions.compute import IN_TRANSACTION
 from telemetry_common.ids import check_id
 from telemetry_common.influxql import QueryBuildError, qualified, quote_ident, quote_string
+from telemetry_common.schema import IN_TRANSACTION
 from telemetry_common.storage import (
     KEEP_RP,
     MEASUREMENT,
