@@ -125,7 +125,8 @@ def sessions_of(answer: Sequence[Series]) -> list[Session]:
                     transaction_id=str(r["transaction_id"]),
                     state=r["state"],
                     started_at_ns=int(r["time"]),
-                    ended_at_ns=_opt_int(r.get("ended_at")),
+                    # An active one's is stale (InfluxDB 2.x/3.x keep it: no DELETE).
+                    ended_at_ns=_opt_int(r.get("ended_at")) if r["state"] != "active" else None,
                     end_cause=r.get("end_cause") or "",
                     meter_start_wh=_opt_float(r.get("meter_start_wh")),
                     meter_stop_wh=_opt_float(r.get("meter_stop_wh")),
