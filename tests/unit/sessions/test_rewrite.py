@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from sessions.answers import sessions_of
 from sessions.compute import Session, compute, to_line
@@ -69,7 +70,7 @@ def test_a_stored_active_sessions_stale_ended_at_is_not_read_so_not_rewritten() 
     s = _session([row(0, 1, 1.0), row(10, 2, 2.0)])
     assert s.state == "active"
     fields = dict(f.split("=", 1) for f in to_line(s).split(" ")[1].split(","))
-    row_ = {k: v.strip('"').removesuffix("i") for k, v in fields.items()}
+    row_: dict[str, Any] = {k: v.strip('"').removesuffix("i") for k, v in fields.items()}
     row_ |= {"time": s.started_at_ns, "charger_id": "CP-1", "evse_id": "1", "connector_id": "1"}
     row_ |= {"gateway_id": s.gateway_id, "ended_at": s.started_at_ns + 5 * S}
     numeric = ("readings", "first_seq", "last_seq", "last_reading_at", "computed_at")
