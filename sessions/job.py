@@ -21,7 +21,8 @@ stored ``started_at`` (or the start of the window that named it, if earlier), or
 (tags, ``started_at``) changed is written at its new key and its old point written again with
 ``state`` ``superseded``. At most ``MAX_SESSIONS_PER_PASS`` are computed per pass; the rest
 wait (in memory) for the next, and the progress (``session_state``: ``scanned_until_ns``,
-``marks_until_ns``) is stored only once none waits, so a restart finds them again.
+``marks_until_ns``) is stored only once none waits but stored active ones (found again in the
+store at every pass), so a restart finds them again.
 """
 
 from __future__ import annotations
@@ -207,7 +208,10 @@ class SessionJob:
         self._scanned = now
         if sweep:
             self._swept = now
-        if not self._pending:
+        # A deferred session stored active (and not due whole) is found again in the store at
+        # every pass: it does not hold the progress back (there may always be more of those
+        # than a pass computes).
+        if not any(c.whole or key not in active for key, c in self._pending.items()):
             await self._save_state(now)
             result.scanned_until = from_ns(now)
         self._finish(result, started, now)

@@ -729,3 +729,36 @@ async def test_an_ocpp_status_notification_inside_a_transaction_does_not_end_it(
         "next",
         ts_ns(t0 + timedelta(seconds=60)),
     )
+
+
+async def test_more_active_sessions_than_a_pass_computes_do_not_hold_the_progress_back(
+    influx_db: InfluxTarget,
+) -> None:
+    """Every stored active session is looked at each pass: with more of them than
+    MAX_SESSIONS_PER_PASS (4,000 at 10,000 chargers, 10 sessions of an hour a day), some are
+    always deferred; they are found again in the store, so the progress is still stored."""
+    _keep(influx_db)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    _store(
+        influx_db,
+        [
+            Reading(
+                charger_id=f"CP-{i}",
+                evse_id=1,
+                connector_id=1,
+                seq=1,
+                ts=t0,
+                transaction_id=f"a-{i}",
+                values={"energy_wh": 1.0},
+            )
+            for i in range(3)
+        ],
+    )
+    clock = Clock(t0 + timedelta(minutes=5))
+    async with _job(influx_db, clock, silence="2h", max_sessions_per_pass=2) as job:
+        results = []
+        for _ in range(4):
+            results.append(await job.run_pass())
+            clock.now += timedelta(seconds=30)
+    assert len(_sessions(influx_db)) == 3
+    assert results[-1].scanned_until is not None
