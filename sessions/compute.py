@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
-from telemetry_common.influx_write import field_str
+from telemetry_common.influx_write import field_str, tag_str
 from telemetry_common.schema import IN_TRANSACTION
 from telemetry_common.storage import SESSION_MEASUREMENT
 
@@ -307,16 +307,12 @@ def _overlaps(gap: SeqGap, rows: Sequence[Row]) -> bool:
     return bool(seqs) and gap.first <= max(seqs) and min(seqs) <= gap.last
 
 
-def _tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
 def to_line(s: Session) -> str:
     """The session's point (line protocol, ns): tags as the readings, time = ``started_at``;
     optional fields (``ended_at``, the meters, ``max_power_w``, the seqs) left out when None."""
     tags = (
-        f"{SESSION_MEASUREMENT},charger_id={_tag(s.charger_id)},connector_id={s.connector_id},"
-        f"evse_id={s.evse_id},gateway_id={_tag(s.gateway_id)}"
+        f"{SESSION_MEASUREMENT},charger_id={tag_str(s.charger_id)},connector_id={s.connector_id},"
+        f"evse_id={s.evse_id},gateway_id={tag_str(s.gateway_id)}"
     )
     fields = [
         f"transaction_id={field_str(s.transaction_id)}",
