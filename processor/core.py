@@ -40,8 +40,8 @@ from telemetry_common.influx_query import InfluxQL
 from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.mqtt import AsyncMqttClient
 from telemetry_common.schema import READING_ROW_VALIDATOR, ReadingRow
-from telemetry_common.topics import Topics
 from telemetry_common.storage import KEEP_RP
+from telemetry_common.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -128,3 +128,62 @@ def test_seq_gap_is_reported_until_the_missing_readings_arrive(
     _publish(client, broker.topics.readings(gw), _batch(gw, charger, 4, now + timedelta(seconds=4)))
     wait_until("the gap to close", lambda: gaps() == [], 15)
     assert "telemetry_bridge_seq_missing 0.0" in _http(bridge, "/metrics").text
+
+
+def _query(db: InfluxTarget, q: str) -> list[dict[str, object]]:
+    r = httpx.get(f"{db.url}/query", params={"db": db.database, "q": q}, timeout=5)
+    series = r.json()["results"][0].get("series", [])
+    return [dict(zip(s["columns"], row, strict=True)) for s in series for row in s["values"]]
+
+
+def test_transaction_fields_and_charger_identity_are_stored(
+    broker: BrokerInfo, influx_db: InfluxTarget, mqtt_client: MqttClientFactory, procs: Procs
+) -> None:
+    """A transaction's start and end readings keep transaction_id, tx_event, stop_reason and
+    id_tag_hash as string fields (no new series per transaction), and a boot reading's
+    charger_info lands in keep.chargers, texts with quotes and backslashes intact."""
+    tag = uuid.uuid4().hex[:6]
+    gw, charger = f"gw-{tag}", f"cp-{tag}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    h = "0123456789abcdef0123456789abcdef"
+    readings = [
+        {"charger_id": charger, "seq": 1, "ts": format_ts(now - timedelta(seconds=3)),
+         "charger_info": {"vendor": 'ACME "Power"', "model": "W\\22", "serial": "SN-1",
+                          "firmware": "1.2.3"}, "values": {}},
+        {"charger_id": charger, "evse_id": 1, "connector_id": 1, "seq": 2,
+         "ts": format_ts(now - timedelta(seconds=2)), "transaction_id": "tx-9",
+         "tx_event": "started", "id_tag_hash": h, "values": {"energy_wh": 1000.0}},
+        {"charger_id": charger, "evse_id": 1, "connector_id": 1, "seq": 3,
+         "ts": format_ts(now - timedelta(seconds=1)), "transaction_id": "tx-9",
+         "values": {"energy_wh": 1500.0, "power_w": 7000.0}},
+        {"charger_id": charger, "evse_id": 1, "connector_id": 1, "seq": 4, "ts": format_ts(now),
+         "transaction_id": "tx-9", "tx_event": "ended", "stop_reason": "EVDisconnected",
+         "id_tag_hash": h, "values": {"energy_wh": 2500.0}},
+    ]  # fmt: skip
+    payload = orjson.dumps({"gateway_id": gw, "readings": readings})
+    start_bridge(procs, broker, influx_db)
+    _publish(mqtt_client(gw), broker.topics.readings(gw), payload)
+    wait_until("stored", lambda: _stored_seqs(influx_db, charger) == [1, 2, 3, 4])
+
+    rows = _query(
+        influx_db,
+        "SELECT seq, transaction_id, tx_event, stop_reason, id_tag_hash, energy_wh "
+        f"FROM readings WHERE charger_id = '{charger}'",
+    )
+    assert [(r["seq"], r["transaction_id"], r["tx_event"], r["stop_reason"]) for r in rows] == [
+        (1, None, None, None),
+        (2, "tx-9", "started", None),
+        (3, "tx-9", None, None),
+        (4, "tx-9", "ended", "EVDisconnected"),
+    ]
+    assert [r["id_tag_hash"] for r in rows] == [None, h, None, h]
+    tags = _query(influx_db, f"SHOW TAG KEYS FROM readings WHERE charger_id = '{charger}'")
+    assert {t["tagKey"] for t in tags} == {"charger_id", "gateway_id", "evse_id", "connector_id"}
+
+    info = _query(influx_db, f"""SELECT * FROM "keep"."chargers" WHERE charger_id = '{charger}'""")
+    assert len(info) == 1
+    assert {k: info[0][k] for k in ("gateway_id", "vendor", "model", "serial", "firmware")} == {
+        "gateway_id": gw, "vendor": 'ACME "Power"', "model": "W\\22", "serial": "SN-1",
+        "firmware": "1.2.3",
+    }  # fmt: skip
+    assert info[0]["time"] == format_ts(now - timedelta(seconds=3)).replace(".000Z", "Z")

@@ -217,3 +217,32 @@ def test_value_fields_from_json_are_the_validated_values() -> None:
     )
     twice = text.replace(b'"soc_pct"', b'"power_w"')
     assert value_fields_from_json(twice, ROWS_VALIDATOR.validate_json(twice)["readings"]) is None
+
+
+def test_transaction_fields_are_string_fields_only_when_given() -> None:
+    """transaction_id, tx_event, stop_reason and id_tag_hash are quoted string fields before
+    seq; a reading without a transaction has none of them."""
+    body = {"charger_id": "CP-1", "seq": 7, "ts": "2026-05-01T12:00:00Z",
+            "transaction_id": "T.1-a", "tx_event": "ended", "stop_reason": "EVDisconnected",
+            "id_tag_hash": "ab" * 16, "values": {"energy_wh": 2.0}}  # fmt: skip
+    r = Reading.model_validate_json(orjson.dumps(body))
+    assert to_lines("gw-1", [dict(r)], [ts_ns(r.ts)])[0] == (
+        "readings,charger_id=CP-1,connector_id=0,evse_id=0,gateway_id=gw-1 energy_wh=2.0,"
+        f'transaction_id="T.1-a",tx_event="ended",stop_reason="EVDisconnected",'
+        f'id_tag_hash="{"ab" * 16}",seq=7i 1777636800000000000'
+    )
+    plain = Reading.model_validate_json(orjson.dumps(body | {"transaction_id": None}))
+    assert "transaction_id" not in to_lines("gw-1", [dict(plain)], [ts_ns(plain.ts)])[0]
+
+
+def test_charger_info_is_escaped_into_a_registry_point() -> None:
+    from processor.outputs.registry import registry_lines
+
+    body = {"charger_id": "CP-1", "seq": 1, "ts": "2026-05-01T12:00:00Z",
+            "charger_info": {"vendor": 'A "B" \\ C', "firmware": "1.0"}, "values": {}}  # fmt: skip
+    plain = {"charger_id": "CP-2", "seq": 2, "ts": "2026-05-01T12:00:00Z", "values": {}}
+    rows = [dict(Reading.model_validate_json(orjson.dumps(b))) for b in (body, plain)]
+    rows[0]["charger_info"] = dict(rows[0]["charger_info"])
+    assert registry_lines("gw-1", rows, [1, 2]) == [
+        'chargers,charger_id=CP-1 gateway_id="gw-1",vendor="A \\"B\\" \\\\ C",firmware="1.0" 1'
+    ]
