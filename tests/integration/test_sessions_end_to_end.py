@@ -313,7 +313,11 @@ def jsonl_line(capture: Capture) -> bytes:
         value = getattr(capture, f.name)
         if value is None:
             continue
-        out[f.name] = value.isoformat() if isinstance(value, datetime) else value
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif hasattr(value, "model_dump"):  # a pydantic model (charger_info)
+            value = value.model_dump(exclude_none=True)
+        out[f.name] = value
     return orjson.dumps(out) + b"\n"
 
 
