@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -121,11 +122,13 @@ async def test_ocpp_sessions_across_a_cut_link_are_exact_and_single(
     every session's energy is exactly meterStop - meterStart, each ended by its stop with the
     reason sent, B is still one session, and there are exactly three. ``hours``: the charger's
     clock is three hours back, so the whole backlog is stored more than LATE_AFTER_S late (the
-    bridges' late marks lead the job to it); ``minutes``: within the job's look-back."""
+    bridges' late marks lead the job to it); ``minutes``: three minutes back, so the job's
+    passes find the backlog among the readings stamped since the previous pass (less its
+    overlap)."""
     gateway = f"gw-tx-{uuid.uuid4().hex[:6]}"
     charger = f"CP-{uuid.uuid4().hex[:6]}"
     t0 = datetime.now(UTC).replace(microsecond=0) - (
-        timedelta(hours=3) if age == "hours" else timedelta(minutes=10)
+        timedelta(hours=3) if age == "hours" else timedelta(minutes=3)
     )
 
     def at(s: int) -> str:
@@ -135,8 +138,8 @@ async def test_ocpp_sessions_across_a_cut_link_are_exact_and_single(
     api = start_api(procs, influx_db, READ_KEY, broker=broker)
     procs.start(
         "sessions",
-        [str(BIN / "telemetry-sessions")],
-        sessions_env(influx_db.url, influx_db.database, silence_s=6 * 3600),
+        [sys.executable, "-m", "sessions"],
+        sessions_env(influx_db.url, influx_db.database, silence="6h"),
     )
     with FaultProxy(broker.host, broker.tls_port) as proxy:
         port = free_port()
@@ -286,6 +289,10 @@ async def test_ocpp_sessions_across_a_cut_link_are_exact_and_single(
 #: SILENCE of the stack's sessions job: a session without a stop ends this long after its
 #: newest reading; short, so every session of the run is ended soon after the gateways stop.
 SILENCE_S = 15
+#: The history gateway's readings end this long ago: all of them are stored more than
+#: LATE_AFTER_S late, so the bridges mark them and the job's passes take them from the marks
+#: (readings less late than that are found by its LOOKBACK sweep, every LOOKBACK_EVERY).
+HISTORY_END = timedelta(hours=2)
 HISTORY_GATEWAY = "gw-hist"
 HISTORY_CHARGERS = 6
 HISTORY_STEP_S = 5.0
@@ -343,7 +350,7 @@ def test_sessions_of_simulated_gateways_through_two_bridges_match_a_reference(
             ready={"http": f"{second}/readyz", "status": 200},
         )
         history = tmp_path / "history.jsonl"
-        end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+        end = datetime.now(UTC).replace(microsecond=0) - HISTORY_END
         history.write_bytes(b"".join(history_lines(HISTORY_GATEWAY, end, 6.0)))
         agent_env = stack.agent_env(HISTORY_GATEWAY, int(stack.state["mqtt"]["tls_port"]))
         agent = stack.start_agent(
@@ -411,4 +418,4 @@ def sessions_stack_env() -> dict[str, str]:
     """The sessions job of ``telemetry-stack up``: a pass a second, SILENCE_S."""
     from sessions.settings import SessionsSettings
 
-    return env_for(SessionsSettings, interval_s=1.0, silence_s=SILENCE_S)
+    return env_for(SessionsSettings, interval_s=1.0, silence=f"{SILENCE_S}s")
