@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -298,10 +299,9 @@ HISTORY_CHARGERS = 6
 HISTORY_STEP_S = 5.0
 
 
-def history_lines(gateway: str, end: datetime, hours: float) -> list[bytes]:
+def history_halves(gateway: str, end: datetime, hours: float) -> tuple[list[bytes], list[bytes]]:
     """``hours`` of the simulator's chargers at a simulated step of HISTORY_STEP_S, ending at
-    ``end``, as jsonl input lines; the later half first, so most readings arrive after newer
-    ones of their charger (out of order, and hours late)."""
+    ``end``, as jsonl input lines: (the later half, the earlier half)."""
     sim = Simulator(gateway, HISTORY_CHARGERS, seed=17)
     steps = int(hours * 3600 / HISTORY_STEP_S)
     start = end - timedelta(seconds=steps * HISTORY_STEP_S)
@@ -310,7 +310,30 @@ def history_lines(gateway: str, end: datetime, hours: float) -> list[bytes]:
         for capture in sim.sample(start + timedelta(seconds=k * HISTORY_STEP_S), HISTORY_STEP_S):
             lines.append(jsonl_line(capture))
     half = len(lines) // 2
-    return lines[half:] + lines[:half]
+    return lines[half:], lines[:half]
+
+
+def exited(proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: proc.poll() is not None
+
+
+def send_history(stack: SystemStack, tmp_path: Path, parts: tuple[list[bytes], ...]) -> None:
+    """Each part through an edge agent of HISTORY_GATEWAY (jsonl) with a new outbox: a new
+    epoch whose seqs start from 1 again (within an epoch, seqs follow the readings' ts, as the
+    bridges' gap tracking assumes)."""
+    env = stack.agent_env(HISTORY_GATEWAY, int(stack.state["mqtt"]["tls_port"]))
+    for n, lines in enumerate(parts):
+        for old in stack.outbox(HISTORY_GATEWAY).parent.glob(f"{HISTORY_GATEWAY}.sqlite3*"):
+            old.unlink()
+        source = tmp_path / f"history-{n}.jsonl"
+        source.write_bytes(b"".join(lines))
+        log = tmp_path / f"history-{n}.log"
+        agent = stack.start_agent(env, log, "--source", "jsonl", "--file", str(source))
+        try:
+            wait_until(f"history part {n} sent", exited(agent), 180)
+        finally:
+            stop_process(agent)
+        assert agent.returncode == 0, log.read_text()[-2000:]
 
 
 def jsonl_line(capture: Capture) -> bytes:
@@ -334,11 +357,12 @@ def test_sessions_of_simulated_gateways_through_two_bridges_match_a_reference(
 ) -> None:
     """``telemetry-stack up`` with two simulated gateways (a reading every 0.1 s from each of 4
     chargers), a second bridge added to the share group, and a third gateway (jsonl) sending six
-    hours of the simulator's chargers at a 5 s step, the later half before the earlier: many
-    whole sessions, ended by the next one (``next``), sent out of order and stored hours late,
-    spread over both bridges. After the gateways stop, everything is stored and SILENCE passed,
-    every session the job wrote (API JSON pages, CSV export, and keep.sessions) equals the
-    reference computed from the raw readings."""
+    hours of the simulator's chargers at a 5 s step, the later three hours before the earlier
+    (each from an outbox of its own): many whole sessions, stopped or ended by the next one,
+    sent out of order and stored hours late (a session across the halves gets its start after
+    its end), spread over both bridges. After the gateways stop, everything is stored and
+    SILENCE passed, every session the job wrote (API JSON pages, CSV export, and keep.sessions)
+    equals the reference computed from the raw readings."""
     env = {**FAST_GAPS_ENV, **sessions_stack_env()}
     with SystemStack(tmp_path / "stack", env).running(2, 4, 0.1) as stack:
         port = free_port()
@@ -349,18 +373,9 @@ def test_sessions_of_simulated_gateways_through_two_bridges_match_a_reference(
             env_for(BridgeSettings, client_id="telemetry-bridge-2", http_port=port),
             ready={"http": f"{second}/readyz", "status": 200},
         )
-        history = tmp_path / "history.jsonl"
         end = datetime.now(UTC).replace(microsecond=0) - HISTORY_END
-        history.write_bytes(b"".join(history_lines(HISTORY_GATEWAY, end, 6.0)))
-        agent_env = stack.agent_env(HISTORY_GATEWAY, int(stack.state["mqtt"]["tls_port"]))
-        agent = stack.start_agent(
-            agent_env, tmp_path / "hist.log", "--source", "jsonl", "--file", str(history)
-        )
-        try:
-            wait_until("the history sent", lambda: agent.poll() is not None, 180)
-        finally:
-            stop_process(agent)
-        assert agent.returncode == 0, (tmp_path / "hist.log").read_text()[-2000:]
+        later, earlier = history_halves(HISTORY_GATEWAY, end, 6.0)
+        send_history(stack, tmp_path, (later, earlier))
         time.sleep(5)  # the live gateways go on: sessions in progress, both bridges busy
         taken = [
             float(stack.http_json(f"{url}/status")["metrics"].get(
@@ -369,9 +384,16 @@ def test_sessions_of_simulated_gateways_through_two_bridges_match_a_reference(
             for url in (stack.state["bridge"]["url"], second)
         ]  # fmt: skip
         assert all(n > 0 for n in taken), f"both bridges consume: {taken}"
-        gateways = ["gw-1", "gw-2", HISTORY_GATEWAY]
-        assert_nothing_lost(settle(stack, gateways, gateway_services(2)))
+        assert_nothing_lost(settle(stack, ["gw-1", "gw-2"], gateway_services(2)))
         stopped_at = time.time()
+        q = f"SELECT count(seq) FROM readings WHERE gateway_id = '{HISTORY_GATEWAY}'"
+
+        def history_stored() -> int:
+            series = stack.influx(q)
+            return int(series[0]["values"][0][1]) if series else 0
+
+        total = len(later) + len(earlier)
+        wait_until("the whole history stored", lambda: history_stored() == total, 60)
 
         influx_url, db = stack.state["influx"]["url"], stack.state["influx"]["database"]
         api, key = stack.state["api"]["url"], stack.state["api"]["keys"]["read"]
@@ -399,7 +421,7 @@ def test_sessions_of_simulated_gateways_through_two_bridges_match_a_reference(
         )
         hist = [s for s in want.values() if s["gateway_id"] == HISTORY_GATEWAY]
         assert sum(s["end_cause"] == "next" for s in hist) >= 10, "too few whole sessions"
-        assert {s["gateway_id"] for s in want.values()} == set(gateways)
+        assert {s["gateway_id"] for s in want.values()} == {"gw-1", "gw-2", HISTORY_GATEWAY}
         assert all(s["state"] == "ended" for s in want.values())
 
         # The same sessions in the CSV export, and in keep.sessions (superseded points aside).
