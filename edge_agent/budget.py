@@ -50,8 +50,8 @@ class Budget:
 
 
 def is_energy(body: bytes) -> bool:
-    """True if a stored body carries ``energy_wh`` (ids cannot contain quotes, so only a value
-    key can match)."""
+    """True if a stored body carries ``energy_wh`` (ids cannot contain quotes and the quotes of
+    ``charger_info`` texts are escaped, so only a value key can match)."""
     return ENERGY_KEY in body
 
 

@@ -19,6 +19,15 @@ class Capture:
     evse_id: int = 1
     connector_id: int = 1
     transaction_id: str | None = None
+    #: With ``transaction_id``: ``"started"`` (the reading is the meterStart) or ``"ended"``
+    #: (the meterStop).
+    tx_event: str | None = None
+    #: With ``tx_event`` ``"ended"``: why the transaction ended (OCPP's ``reason``).
+    stop_reason: str | None = None
+    #: The salted hash of the id tag (never the tag): :mod:`edge_agent.ocpp.idtags`.
+    id_tag_hash: str | None = None
+    #: What the charger says about itself: ``{vendor, model, serial, firmware}`` (each optional).
+    charger_info: dict[str, str] | None = None
 
     def to_body(self) -> bytes:
         """Validate against the shared schema and return the JSON body stored in the outbox.
@@ -35,6 +44,10 @@ class Capture:
                 "ts": self.ts,
                 "status": self.status,
                 "transaction_id": self.transaction_id,
+                "tx_event": self.tx_event,
+                "stop_reason": self.stop_reason,
+                "id_tag_hash": self.id_tag_hash,
+                "charger_info": self.charger_info,
                 "values": self.values,
             }
         )

@@ -61,6 +61,26 @@ def run(
     except (ConfigError, OutboxBusyError) as exc:
         typer.echo(f"edge-agent: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except ExceptionGroup as group:  # raised inside the agent's tasks (a source's settings)
+        refusal = _refusal(group)
+        if refusal is None:
+            raise
+        typer.echo(f"edge-agent: {refusal}", err=True)
+        raise typer.Exit(2) from group
+
+
+def _refusal(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+    """The configuration error that ended the agent, if that is what ended it."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    refusals = [e for e in leaves if isinstance(e, ConfigError | OutboxBusyError)]
+    return refusals[0] if len(refusals) == len(leaves) else None
 
 
 async def _run(settings: EdgeSettings, source: SourceName, file: Path | None) -> None:

@@ -1,9 +1,12 @@
 """The ``jsonl`` source: one reading per line of JSON, from a file or stdin.
 
 A line is ``{"charger_id", "ts", "values", ["status", "evse_id", "connector_id",
-"transaction_id"]}``. Values given in kWh or kW (``energy_kwh``, ``power_kw``, or any ``*_kwh`` /
-``*_kw`` key) are converted to Wh and W here, at the edge. A line that is not a valid reading is
-reported with its line number and skipped; the lines around it are kept.
+"transaction_id", "tx_event", "stop_reason", "id_tag_hash", "charger_info"]}``: the optional keys
+are the reading's own (docs/design.md#readingbatch), passed through and checked by the shared
+schema (``id_tag_hash`` is already a hash: this source never sees a tag). Values given in kWh or
+kW (``energy_kwh``, ``power_kw``, or any ``*_kwh`` / ``*_kw`` key) are converted to Wh and W
+here, at the edge. A line that is not a valid reading is reported with its line number and
+skipped; the lines around it are kept.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ def parse_line(line: bytes, lineno: int) -> Capture:
             evse_id=obj.get("evse_id", 1),
             connector_id=obj.get("connector_id", 1),
             transaction_id=obj.get("transaction_id"),
+            tx_event=obj.get("tx_event"),
+            stop_reason=obj.get("stop_reason"),
+            id_tag_hash=obj.get("id_tag_hash"),
+            charger_info=obj.get("charger_info"),
         )
         capture.to_body()
     except KeyError as exc:

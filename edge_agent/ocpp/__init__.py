@@ -1,5 +1,5 @@
 """The ``ocpp`` source: a local OCPP 1.6J central system whose chargers' MeterValues and
-StatusNotifications become captures (see docs/ocpp.md).
+StatusNotifications, transactions and BootNotifications become captures (see docs/ocpp.md).
 
     settings.py      OcppSettings (host, port, TLS, limits; TELEMETRY_EDGE_OCPP__*)
     server.py        CentralSystem (WebSocket endpoint, handshake, ack-after-store), ocpp_source
@@ -10,6 +10,7 @@ StatusNotifications become captures (see docs/ocpp.md).
     mapping.py       sampled values -> value keys and units (pure)
     sanity.py        energy-register checks (flags, never corrections)
     transactions.py  transaction ids unique across restarts
+    idtags.py        id tags: salted hashes, the salt, kept out of logs
     lib.py           the typed face of the untyped ``ocpp`` library
 """
 

@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from edge_agent.capture import Capture
+from edge_agent.ocpp.idtags import load_salt
 from edge_agent.ocpp.lib import InternalError
 from edge_agent.ocpp.session import ChargerSession, Counters, Shared
 from edge_agent.ocpp.settings import OcppSettings
@@ -47,6 +48,15 @@ def charger_id_from_path(path: str) -> str | None:
     last = urlsplit(path).path.rsplit("/", 1)[-1]
     charger_id = unquote(last)
     return charger_id if is_valid_id(charger_id) else None
+
+
+class _NoFrameDumps(logging.LoggerAdapter[logging.Logger]):
+    """The ``websockets.server`` logger without its DEBUG lines: at DEBUG websockets logs the
+    start and end of every frame, which can hold an id tag (cut short, so it could not be taken
+    out); the frames are logged, with the tags taken out, by the OCPP session."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
 
 
 class StoreAborted(InternalError):
@@ -81,7 +91,9 @@ class CentralSystem:
     async def __aenter__(self) -> CentralSystem:
         s = self.settings
         transactions = await asyncio.to_thread(TransactionStore, s.state_path)
-        self._shared = Shared(s, self.translator, transactions, self.counters, self._emit)
+        configured = s.id_tag_salt.get_secret_value() if s.id_tag_salt is not None else None
+        salt = await asyncio.to_thread(load_salt, configured, s.state_path)
+        self._shared = Shared(s, self.translator, transactions, self.counters, self._emit, salt)
         self._server = await serve(
             self._handle,
             s.host,
@@ -91,6 +103,7 @@ class CentralSystem:
             ssl=s.ssl_context(),
             max_size=s.max_message_bytes,
             close_timeout=2,
+            logger=_NoFrameDumps(logging.getLogger("websockets.server")),
         )
         scheme = "wss" if s.cert_file else "ws"
         log.info("ocpp 1.6J central system on %s://%s:%d/<charger_id>", scheme, s.host, self.port)

@@ -3,6 +3,10 @@
 Every request that carries readings is answered only once the agent has stored them (``emit``
 returns when the outbox holds them): a charger drops what it queued only after our answer, so a
 gateway crash or an agent stall never loses readings the charger believes delivered.
+
+Id tags (StartTransaction, StopTransaction, Authorize) are hashed (:mod:`edge_agent.ocpp.idtags`)
+and never logged: the library's own frame and error logs go through :class:`_WireLog`, which
+takes them out, as does the warning for a refused request.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from edge_agent.capture import Capture
 from edge_agent.ocpp.frames import FrameError, Response, call_error_json, parse_frame
+from edge_agent.ocpp.idtags import hash_id_tag, scrub, tags_in
 from edge_agent.ocpp.lib import (
     ChargePoint,
     OCPPError,
@@ -51,11 +56,26 @@ class Shared:
     counters: Counters
     #: Hand captures to the agent; returns once they are stored.
     emit: Callable[[list[Capture]], Awaitable[None]]
+    #: The id-tag salt (:func:`edge_agent.ocpp.idtags.load_salt`).
+    id_tag_salt: bytes
+
+    def id_tag_hash(self, id_tag: str | None) -> str | None:
+        return None if id_tag is None else hash_id_tag(self.id_tag_salt, id_tag)
 
 
 class _WireLog(logging.LoggerAdapter[logging.Logger]):
     """The library logs every frame at INFO and every refused request with a traceback: frames
-    go to DEBUG, and an OCPP refusal is a warning without a traceback (a real fault keeps it)."""
+    go to DEBUG, and an OCPP refusal is a warning without a traceback (a real fault keeps it).
+    Whatever it logs (frames, requests' reprs) has its id tags taken out first."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            text = " ".join(map(str, (msg, *args)))
+        self.logger.log(level, "%s", scrub(text), **kwargs)
 
     def info(self, msg: object, *args: object, **kwargs: Any) -> None:
         self.debug(msg, *args, **kwargs)
@@ -102,6 +122,11 @@ class ChargerSession(ChargePoint):
         try:
             await self._handle_call(msg)
         except OCPPError as error:  # unknown action, payload refused by the 1.6 schema
+            tags = tags_in(msg.payload)
+            if tags and isinstance(error.details, dict):  # a schema error may quote the tag
+                error.details = {
+                    k: scrub(v, tags) for k, v in error.details.items() if isinstance(v, str)
+                }
             log.warning(
                 "ocpp %s: %s refused: %s %s", self.id, msg.action, error.code, error.details
             )
@@ -126,6 +151,18 @@ class ChargerSession(ChargePoint):
             charge_point_vendor,
             charge_point_model,
             extra.get("firmware_version", "?"),
+        )
+        tr = self._s.translator
+        serial = extra.get("charge_point_serial_number") or extra.get("charge_box_serial_number")
+        await self._emit(
+            tr.boot(
+                self.id,
+                _now(),
+                vendor=charge_point_vendor,
+                model=charge_point_model,
+                serial=serial,
+                firmware=extra.get("firmware_version"),
+            )
         )
         return call_result.BootNotification(
             current_time=_iso(_now()),
@@ -177,7 +214,12 @@ class ChargerSession(ChargePoint):
         tid = await self._s.transactions.start(self.id, connector_id)
         log.info("ocpp %s connector %d: transaction %d started", self.id, connector_id, tid)
         tr = self._s.translator
-        await self._emit(tr.register(self.id, connector_id, ts, meter_start, tid, begin=True))
+        tag_hash = self._s.id_tag_hash(id_tag)
+        await self._emit(
+            tr.register(
+                self.id, connector_id, ts, meter_start, tid, begin=True, id_tag_hash=tag_hash
+            )
+        )
         return call_result.StartTransaction(
             transaction_id=tid, id_tag_info=datatypes.IdTagInfo(status="Accepted")
         )
@@ -192,7 +234,16 @@ class ChargerSession(ChargePoint):
             log.warning("ocpp %s: transaction %d is not one of its open ones", self.id, tid)
         tr = self._s.translator
         captures = tr.meter_values(self.id, connector, req.transaction_data or (), tid)
-        captures += tr.register(self.id, connector, req.timestamp, req.meter_stop, tid, begin=False)
+        captures += tr.register(
+            self.id,
+            connector,
+            req.timestamp,
+            req.meter_stop,
+            tid,
+            begin=False,
+            id_tag_hash=self._s.id_tag_hash(req.id_tag),
+            reason=req.reason,
+        )
         await self._emit(captures)
         await self._s.transactions.stop(tid)
         log.info("ocpp %s connector %d: transaction %d stopped", self.id, connector, tid)

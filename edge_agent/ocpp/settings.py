@@ -6,10 +6,13 @@ import ipaddress
 import ssl
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from telemetry_common.errors import ConfigError
 from telemetry_common.settings import SettingsGroup
+
+#: The salt must stay secret: with it, every plausible tag can be tried against the hashes.
+MIN_SALT_BYTES = 16
 
 
 def is_loopback(host: str) -> bool:
@@ -44,12 +47,24 @@ class OcppSettings(SettingsGroup):
     """The Heartbeat interval handed to chargers in the BootNotification answer."""
     state_path: Path = Path("edge-ocpp-state.json")
     """Where allocated transaction ids and open transactions are kept across restarts."""
+    id_tag_salt: SecretStr | None = None
+    """Secret salt of the id-tag hashes (HMAC-SHA256; at least 16 characters): id tags leave the
+    gateway only as ``id_tag_hash``. Set the same salt on every gateway so one tag gives one hash
+    fleet-wide; unset, the gateway makes its own (kept beside ``state_path``, suffix ``.salt``)
+    and its hashes compare only with its own."""
     max_chargers: int = Field(default=100, ge=1, le=10_000)
     """Simultaneous charger connections; more are refused at the handshake (HTTP 503)."""
     max_message_bytes: int = Field(default=1024 * 1024, ge=4096, le=16 * 1024 * 1024)
     """Largest OCPP frame accepted (a bigger one closes that charger's connection, code 1009)."""
     max_pending: int = Field(default=1_000, ge=1, le=100_000)
     """OCPP requests waiting for the outbox; beyond it chargers wait for their answer."""
+
+    @field_validator("id_tag_salt")
+    @classmethod
+    def _long_salt(cls, salt: SecretStr | None) -> SecretStr | None:
+        if salt is not None and len(salt.get_secret_value().encode()) < MIN_SALT_BYTES:
+            raise ValueError(f"id_tag_salt needs at least {MIN_SALT_BYTES} characters")
+        return salt
 
     @model_validator(mode="after")
     def _secure_by_default(self) -> OcppSettings:

@@ -14,14 +14,22 @@ payloads and hands the captures to the agent. The rules (docs/ocpp.md):
   reading carrying ``error_code`` (0 = NoError), so a status change is stored even when no meter
   values follow;
 - StartTransaction's ``meterStart`` and StopTransaction's ``meterStop`` are readings too
-  (``energy_wh`` at the transaction's timestamp).
+  (``energy_wh`` at the transaction's timestamp), marked ``tx_event`` ``started`` / ``ended``,
+  with the id tag's hash and, at the end, the ``stop_reason`` (OCPP's ``reason``; ``Local`` when
+  the charger gives none, as 1.6 says; ``Other`` for one that is not an allowed id);
+- BootNotification is a reading of connector 0 with no values, carrying ``charger_info``:
+  vendor, model, serial (``chargePointSerialNumber``, else ``chargeBoxSerialNumber``) and
+  firmware, each folded to printable ASCII and cut to 64 characters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Final
 
 from pydantic import ValidationError
 
@@ -29,10 +37,47 @@ from edge_agent.capture import Capture
 from edge_agent.ocpp.mapping import ERROR_CODES, map_samples
 from edge_agent.ocpp.models import MeterValue
 from edge_agent.ocpp.sanity import ENERGY_KEY, EnergyGuard
+from telemetry_common.ids import is_valid_id
 
 log = logging.getLogger(__name__)
 
 BEGIN = "Transaction.Begin"
+#: OCPP 1.6: "when omitted, Local is assumed" (StopTransaction.req ``reason``).
+DEFAULT_STOP_REASON: Final = "Local"
+#: What a ``reason`` that is not an allowed id is stored as.
+OTHER_STOP_REASON: Final = "Other"
+MAX_INFO_CHARS: Final = 64
+
+
+def info_text(value: str | None) -> str | None:
+    """A text the charger says about itself, as the schema takes it: accents folded to ASCII,
+    control characters dropped, any other character outside printable ASCII as ``?``, no
+    surrounding spaces, at most 64 characters; None if nothing is left."""
+    if value is None:
+        return None
+    folded = unicodedata.normalize("NFKD", value)
+    chars = []
+    for ch in folded:
+        if " " <= ch <= "~":
+            chars.append(ch)
+        elif unicodedata.category(ch) in ("Cc", "Mn", "Cf"):
+            continue  # control characters, the accents NFKD split off, zero-width marks
+        else:
+            chars.append("?")
+    text = "".join(chars).strip()[:MAX_INFO_CHARS].rstrip()
+    return text or None
+
+
+def stop_reason(reason: str | None) -> str:
+    """The ``stop_reason`` stored for StopTransaction's ``reason``."""
+    if reason is None:
+        return DEFAULT_STOP_REASON
+    if is_valid_id(reason):
+        return reason
+    log.warning(
+        "ocpp: stop reason %r is not an allowed id: stored as %s", reason[:80], OTHER_STOP_REASON
+    )
+    return OTHER_STOP_REASON
 
 
 class Translator:
@@ -100,11 +145,36 @@ class Translator:
         transaction_id: int,
         *,
         begin: bool,
+        id_tag_hash: str | None = None,
+        reason: str | None = None,
     ) -> list[Capture]:
-        """The ``meterStart`` (``begin``) or ``meterStop`` of a transaction as a reading."""
+        """The ``meterStart`` (``begin``: ``tx_event`` ``started``) or ``meterStop`` (``ended``,
+        with its stop reason) of a transaction as a reading."""
         values = {ENERGY_KEY: float(wh)}
         self.guard.apply(charger_id, connector_id, ts, values, begin=begin)
-        return self._checked([self._capture(charger_id, connector_id, ts, values, transaction_id)])
+        capture = dataclasses.replace(
+            self._capture(charger_id, connector_id, ts, values, transaction_id),
+            tx_event="started" if begin else "ended",
+            stop_reason=None if begin else stop_reason(reason),
+            id_tag_hash=id_tag_hash,
+        )
+        return self._checked([capture])
+
+    def boot(
+        self,
+        charger_id: str,
+        ts: datetime,
+        *,
+        vendor: str | None,
+        model: str | None,
+        serial: str | None,
+        firmware: str | None,
+    ) -> list[Capture]:
+        """A BootNotification: a reading of connector 0 with no values, with ``charger_info``."""
+        texts = {"vendor": vendor, "model": model, "serial": serial, "firmware": firmware}
+        info = {k: t for k, v in texts.items() if (t := info_text(v)) is not None}
+        capture = dataclasses.replace(self._capture(charger_id, 0, ts, {}), charger_info=info)
+        return self._checked([capture])
 
     def _capture(
         self,

@@ -5,6 +5,7 @@ InfluxDB through Mosquitto and the real bridge, and ``latest`` shows the last on
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,7 +68,9 @@ async def test_ocpp_meter_values_reach_influxdb_and_latest(
     broker: BrokerInfo, influx_db: InfluxTarget, procs: Procs, tmp_path: Path
 ) -> None:
     """Wh and kWh meter values, per-phase current and status changes sent in OCPP 1.6J are
-    stored with the right keys, units, timestamps and statuses; latest is the last one."""
+    stored with the right keys, units, timestamps and statuses; latest is the last one; the
+    transaction's start and end are stored as such (the tag as its hash only) and the boot's
+    charger_info is in the charger registry."""
     gateway = f"gw-ocpp-{uuid.uuid4().hex[:6]}"
     charger = f"CP-{uuid.uuid4().hex[:6]}"
     start_bridge(procs, broker, influx_db)
@@ -83,7 +86,9 @@ async def test_ocpp_meter_values_reach_influxdb_and_latest(
     edge = procs.start("edge-ocpp", [str(BIN / "edge-agent"), "run", "--source", "ocpp"], env)
     edge.wait_ready(lambda: port_open("127.0.0.1", port), timeout=30)
 
-    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    # After the boot (a reading at the gateway's clock), so that the session's last status is
+    # the charger's newest reading (a few seconds ahead: well within MAX_FUTURE_S).
+    t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
     async with asyncio.timeout(60):
         await charging_session(port, charger, t0)
 
@@ -92,7 +97,7 @@ async def test_ocpp_meter_values_reach_influxdb_and_latest(
     def stored() -> int:
         return len(influxql(influx_db.url, influx_db.database, q))
 
-    await asyncio.to_thread(wait_until, "7 OCPP readings stored", lambda: stored() >= 7, 60)
+    await asyncio.to_thread(wait_until, "8 OCPP readings stored", lambda: stored() >= 8, 60)
     rows = influxql(
         influx_db.url,
         influx_db.database,
@@ -115,3 +120,25 @@ async def test_ocpp_meter_values_reach_influxdb_and_latest(
         return r.status_code == 200 and r.json()["status"] == "Finishing"
 
     await asyncio.to_thread(wait_until, "latest shows the last reading", latest_is_last, 30)
+
+    # The transaction's start and end are stored as such, with the tag only as its hash; the
+    # boot's charger_info is in the charger registry.
+    tx = influxql(
+        influx_db.url,
+        influx_db.database,
+        "SELECT tx_event, transaction_id, energy_wh, stop_reason, id_tag_hash FROM readings "
+        f"WHERE charger_id = '{charger}' AND tx_event =~ /./",
+    )
+    assert len(tx) == 2, tx
+    (_, ev0, tid0, wh0, reason0, hash0), (_, ev1, tid1, wh1, reason1, hash1) = tx
+    assert (ev0, wh0, ev1, wh1) == ("started", 1000.0, "ended", 2400.0)
+    assert tid0 == tid1
+    assert (reason0, reason1) == (None, "Local")  # the stop gave no reason: OCPP's default
+    assert re.fullmatch(r"[0-9a-f]{32}", hash0)
+    assert hash1 is None  # the stop named no tag
+    registry = influxql(
+        influx_db.url,
+        influx_db.database,
+        f'SELECT vendor, model, gateway_id FROM "keep"."chargers" WHERE charger_id = \'{charger}\'',
+    )
+    assert [r[1:] for r in registry] == [["V", "M", gateway]]

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -16,9 +20,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.typing import Subprotocol
 
+from edge_agent.agent import EdgeAgent, build_payload
 from edge_agent.capture import Capture
 from edge_agent.ocpp import CentralSystem, OcppSettings, ocpp_source
 from edge_agent.ocpp.lib import ChargePoint, InternalError, call
+from edge_agent.outbox import Outbox
+from edge_agent.settings import EdgeSettings
+from telemetry_common.mqtt import AsyncMqttClient
+from telemetry_common.schema import ReadingBatch
 from telemetry_common.tls import client_context
 from telemetry_stack.servers import free_port, port_open
 from tests.support.fixtures import TestPki
@@ -131,7 +140,9 @@ async def test_a_charging_session_becomes_captures(tmp_path: Path) -> None:
         await cp.call(call.StopTransaction(12_600, at(7), tid, transaction_data=data))
         await cp.call(call.StatusNotification(1, "NoError", "Available"))
 
-    c = got.captures
+    boot_capture, *c = got.captures
+    assert (boot_capture.connector_id, boot_capture.evse_id, boot_capture.values) == (0, 0, {})
+    assert boot_capture.charger_info == {"vendor": "V", "model": "M1"}
     assert [(x.ts - T0).total_seconds() for x in c[:9]] == [0, 1, 2, 3, 4, 5, 6, 7, 7]
     assert {(x.charger_id, x.connector_id, x.evse_id) for x in c} == {("CP-0042", 1, 1)}
     assert [x.status for x in c[:9]] == ["Preparing", "Preparing", "Charging", "Charging",
@@ -150,8 +161,10 @@ async def test_a_charging_session_becomes_captures(tmp_path: Path) -> None:
     assert c[7].values == c[8].values == {"energy_wh": 12_600.0}
     assert c[9].status == "Available"
     assert c[9].values == {"error_code": 0.0}
+    assert [x.tx_event for x in c] == [None, "started"] + [None] * 6 + ["ended", None]
+    assert c[8].stop_reason == "Local"  # none given: OCPP 1.6's default
     assert len(c) == 10
-    assert cs.counters.readings == 10
+    assert cs.counters.readings == 11
     assert cs.counters.call_errors == 0
 
 
@@ -316,6 +329,7 @@ async def test_wss_with_the_dev_pki(tmp_path: Path, pki: TestPki) -> None:
     )
     tls = client_context(pki.ca_file, None, None)
     async with asyncio.timeout(20), CentralSystem(settings) as cs:
+        collector = Collector(cs.captures())  # the boot is a reading: answered once stored
         url = f"wss://127.0.0.1:{cs.port}/ocpp/CP-TLS"
         async with connect(url, subprotocols=OCPP16, ssl=tls) as ws:
             answer = await _raw(ws, '[2, "b", "BootNotification", {"chargePointVendor": "V", '
@@ -325,6 +339,9 @@ async def test_wss_with_the_dev_pki(tmp_path: Path, pki: TestPki) -> None:
         with pytest.raises(InvalidMessage):  # plain ws:// to a TLS port: no handshake
             async with connect(f"ws://127.0.0.1:{cs.port}/ocpp/CP-1", subprotocols=OCPP16):
                 pass
+        collector.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector.task
 
 
 async def test_an_oversized_frame_closes_only_that_connection(tmp_path: Path) -> None:
@@ -340,3 +357,105 @@ async def test_an_oversized_frame_closes_only_that_connection(tmp_path: Path) ->
                 assert closed.value.rcvd is not None
                 assert closed.value.rcvd.code == 1009
             assert (await _raw(calm, '[2, "h", "Heartbeat", {}]'))[:2] == [3, "h"]
+
+
+async def test_transactions_and_the_boot_reach_the_outbox_without_the_tag(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the agent's capture into a real outbox: the boot reading with charger_info; per
+    transaction the started reading (meterStart, the tag's salted hash) and the ended one
+    (meterStop, the stop reason, the hash when the stop names the tag); a Transaction.Begin
+    MeterValues at the meterStart's ts keeps its own reading (1 ms later). The tag itself is in
+    no reading, no file of the agent and no log record of the agent, even at DEBUG."""
+    tag, salt = "04A1B2C3D4E5F6", "one-salt-for-the-whole-fleet"
+    settings = EdgeSettings(
+        gateway_id="gw-1",
+        outbox_path=tmp_path / "o.sqlite3",
+        ocpp=OcppSettings(port=0, state_path=tmp_path / "ocpp.json", id_tag_salt=salt),
+    )
+    client = cast(AsyncMqttClient, SimpleNamespace(connected=False))  # capture publishes nothing
+    digest = hmac.new(salt.encode(), tag.encode(), hashlib.sha256).hexdigest()[:32]
+    with Outbox(settings.outbox_path) as box, caplog.at_level(logging.DEBUG):
+        async with asyncio.timeout(30), CentralSystem(settings.ocpp) as cs:
+            capture = asyncio.create_task(EdgeAgent(settings, box, client).capture(cs.captures()))
+            async with charger(cs.port, "CP-77") as cp:
+                await cp.call(
+                    call.BootNotification(
+                        charge_point_model="Homeline 22T",
+                        charge_point_vendor="Voltaro",
+                        charge_point_serial_number="VLT-000123",
+                        charge_box_serial_number="BOX-9",
+                        firmware_version="2.3.1\u00e9\t",
+                    )
+                )
+                await cp.call(call.Authorize(tag))
+                tid = (await cp.call(call.StartTransaction(1, tag, 1_000, at(1)))).transaction_id
+                begin = [sv("1000", "Energy.Active.Import.Register", "Wh",
+                            context="Transaction.Begin")]  # fmt: skip
+                mid = [
+                    sv("1500", "Energy.Active.Import.Register", "Wh"),
+                    sv("7000", "Power.Active.Import", "W"),
+                ]
+                await cp.call(
+                    call.MeterValues(1, [{"timestamp": at(1), "sampledValue": begin}], tid)
+                )
+                await cp.call(call.MeterValues(1, [{"timestamp": at(3), "sampledValue": mid}], tid))
+                end = [sv("2400", "Energy.Active.Import.Register", "Wh", context="Transaction.End")]
+                await cp.call(
+                    call.StopTransaction(
+                        2_400, at(5), tid, id_tag=tag, reason="EVDisconnected",
+                        transaction_data=[{"timestamp": at(5), "sampledValue": end}],
+                    )
+                )  # fmt: skip
+                second = (await cp.call(call.StartTransaction(2, tag, 50, at(6)))).transaction_id
+                await cp.call(call.StopTransaction(80, at(8), second))
+            capture.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await capture
+        rows = box.oldest(100, 1 << 20)
+        batch = ReadingBatch.model_validate_json(build_payload("gw-1", rows, box.epoch))
+    got = [orjson.loads(r.reading_json()) for r in rows]
+    assert len(got) == len(batch.readings) == 8
+    boot, start, begin_mv, mid_mv, end_mv, stop, start2, stop2 = got
+    assert (boot["connector_id"], boot["evse_id"], boot["values"]) == (0, 0, {})
+    assert boot["charger_info"] == {
+        "vendor": "Voltaro", "model": "Homeline 22T", "serial": "VLT-000123", "firmware": "2.3.1e",
+    }  # fmt: skip
+    assert (start["tx_event"], start["transaction_id"], start["values"]) == (
+        "started",
+        str(tid),
+        {"energy_wh": 1000.0},
+    )
+    assert start["id_tag_hash"] == digest != tag.lower()
+    assert start["ts"] == "2026-05-01T12:00:01.000Z"
+    assert (begin_mv["ts"], begin_mv["values"]) == (
+        "2026-05-01T12:00:01.001Z",
+        {"energy_wh": 1000.0},
+    )
+    assert "tx_event" not in begin_mv
+    assert mid_mv["values"] == {"energy_wh": 1500.0, "power_w": 7000.0}
+    assert (end_mv["transaction_id"], end_mv["ts"]) == (str(tid), "2026-05-01T12:00:05.000Z")
+    assert "tx_event" not in end_mv
+    assert "id_tag_hash" not in end_mv
+    assert (stop["tx_event"], stop["stop_reason"], stop["id_tag_hash"]) == (
+        "ended",
+        "EVDisconnected",
+        digest,
+    )
+    assert (stop["values"], stop["ts"]) == ({"energy_wh": 2400.0}, "2026-05-01T12:00:05.001Z")
+    assert stop["values"]["energy_wh"] - start["values"]["energy_wh"] == 1400.0
+    assert (start2["connector_id"], start2["id_tag_hash"]) == (2, digest)
+    assert (stop2["tx_event"], stop2["stop_reason"], stop2["transaction_id"]) == (
+        "ended",
+        "Local",
+        str(second),
+    )
+    assert "id_tag_hash" not in stop2  # the stop named no tag
+    files = await asyncio.to_thread(lambda: {p.name: p.read_bytes() for p in tmp_path.iterdir()})
+    assert {"o.sqlite3", "ocpp.json"} <= set(files)
+    assert not [name for name, data in files.items() if tag.encode() in data]
+    charger_side = ("ocpp", "websockets.client")  # the test's ChargePoint logs its own frames
+    ours = [r for r in caplog.records if r.name not in charger_side]
+    assert any("receive message" in r.getMessage() for r in ours)  # frames logged at DEBUG ...
+    assert not [r.getMessage() for r in ours if tag in r.getMessage()]  # ... without the tag
+    assert {r.name for r in ours} >= {"edge_agent.ocpp.session", "edge_agent.ocpp.server"}

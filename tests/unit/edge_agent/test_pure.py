@@ -11,9 +11,11 @@ import pytest
 
 from edge_agent.agent import build_payload
 from edge_agent.capture import Capture
+from edge_agent.cli import _refusal
 from edge_agent.jsonl import LineError, parse_line, read_jsonl
 from edge_agent.outbox import Outbox
 from edge_agent.simulator import Simulator
+from telemetry_common.errors import ConfigError
 from telemetry_common.schema import ReadingBatch
 
 TS = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -107,3 +109,12 @@ async def test_jsonl_stream_skips_bad_lines_and_keeps_the_rest() -> None:
     data = b"\n".join([orjson.dumps(good), b"garbage", b"", orjson.dumps(good)]) + b"\n"
     got = [c async for batch in read_jsonl(io.BytesIO(data)) for c in batch]
     assert len(got) == 2
+
+
+def test_a_configuration_error_raised_inside_the_agents_tasks_is_a_refusal() -> None:
+    """A source's ConfigError comes out of the agent's TaskGroup wrapped in a group: the CLI
+    still answers it with its message (exit 2), not a traceback; any other error is not one."""
+    err = ConfigError("ocpp.id_tag_salt", "bad")
+    assert _refusal(ExceptionGroup("tasks", [ExceptionGroup("inner", [err])])) is err
+    assert _refusal(ExceptionGroup("tasks", [err, RuntimeError("bug")])) is None
+    assert _refusal(ExceptionGroup("tasks", [RuntimeError("bug")])) is None
