@@ -124,8 +124,7 @@ async def test_ocpp_sessions_across_a_cut_link_are_exact_and_single(
     reason sent, B is still one session, and there are exactly three. ``hours``: the charger's
     clock is three hours back, so the whole backlog is stored more than LATE_AFTER_S late (the
     bridges' late marks lead the job to it); ``minutes``: three minutes back, so the job's
-    passes find the backlog among the readings stamped since the previous pass (less its
-    overlap)."""
+    LOOKBACK sweep finds the backlog (LOOKBACK_EVERY 5 s here)."""
     gateway = f"gw-tx-{uuid.uuid4().hex[:6]}"
     charger = f"CP-{uuid.uuid4().hex[:6]}"
     t0 = datetime.now(UTC).replace(microsecond=0) - (
@@ -140,7 +139,14 @@ async def test_ocpp_sessions_across_a_cut_link_are_exact_and_single(
     procs.start(
         "sessions",
         [sys.executable, "-m", "sessions"],
-        sessions_env(influx_db.url, influx_db.database, silence="6h"),
+        sessions_env(
+            influx_db.url,
+            influx_db.database,
+            silence="6h",
+            # Readings stored late but less than LATE_AFTER_S late are found by the LOOKBACK
+            # sweep, every LOOKBACK_EVERY (10 min by default): every 5 s here.
+            **({"lookback_every": "5s"} if age == "minutes" else {}),
+        ),
     )
     with FaultProxy(broker.host, broker.tls_port) as proxy:
         port = free_port()
