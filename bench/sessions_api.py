@@ -81,6 +81,37 @@ def session_line(charger_id: str, gateway_id: str, n: int, started: datetime) ->
     )
 
 
+def check_session_line() -> None:
+    """Fail early if :func:`session_line` ever drifts from the sessions job's own points
+    (``sessions.compute.to_line``)."""
+    from sessions.compute import Session, to_line
+
+    started = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    ours = session_line("cp-1", "gw-1", 3, started)
+    minutes = 30 + 3 * 7 % 46
+    ended = started + timedelta(minutes=minutes)
+    start_wh, energy = 1_000_000.0 + 3 * 15_000.0, 7_000.0 + 3 * 1_531 % 15_000
+    theirs = to_line(
+        Session(
+            charger_id="cp-1", gateway_id="gw-1", evse_id=1, connector_id=1,
+            transaction_id="3", state="ended", started_at_ns=ns(started),
+            ended_at_ns=ns(ended), end_cause="stop", meter_start_wh=start_wh,
+            meter_stop_wh=start_wh + energy, energy_wh=energy, max_power_w=22_000.0,
+            duration_s=minutes * 60.0, stop_reason="EVDisconnected",
+            id_tag_hash=f"{3:032x}", readings=minutes + 1, flags=(), first_seq=300,
+            last_seq=300 + minutes, last_reading_at_ns=ns(ended),
+            computed_at_ns=ns(ended) + 60_000_000_000,
+        )
+    )  # fmt: skip
+
+    def fields(line: str) -> tuple[str, dict[str, str], str]:
+        head, body, ts = line.split(" ")
+        return head, dict(f.split("=", 1) for f in body.split(",")), ts
+
+    if fields(ours) != fields(theirs):
+        raise RuntimeError(f"bench session point differs from the job's:\n{ours}\n{theirs}")
+
+
 def fleet_day() -> datetime:
     """Yesterday, 00:00 UTC: the day the fleet's sessions are on."""
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -260,6 +291,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     with cli.workdir("bench-sessions-api-", a.keep) as work, running_stack(work) as stack:
         influx = Influx(stack.influx_url)
         try:
+            check_session_line()
             log(f"writing sessions: {a.fleet:,} fleet chargers, {a.chargers} over 30 days ...")
             fig["load"] = write_sessions(influx, a)
             log(f"  {fig['load']['points']:,} points in {fig['load']['seconds']:.1f}s")
