@@ -18,11 +18,6 @@ bridge counted all N stored; InfluxDB then must hold exactly N):
   tracking sessions costs the path a reading takes (the sessions themselves are computed by the
   sessions job, from storage, off that path).
 
-Then, beside (the figure the rollup job has in ``bench.rollups_cost``): the sessions job's
-cost per reading, ``telemetry-sessions --once`` in its own process with no saved progress over
-the readings of the ``on`` phases (its first pass: the LOOKBACK sweep finds every transaction
-and computes each session whole), its CPU seconds per reading against the bridge's.
-
 Each round has gateways of its own and alternates the order (off, on; then on, off; ...), as
 the machine's speed drifts from minute to minute. Per round: the throughput ratio on/off and
 the bridge's CPU per reading in each phase (less disturbed than a rate when the machine gives
@@ -35,19 +30,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
 from typing import Any, Final
 
 from bench.harness import cli
 from bench.harness.influx import Influx
-from bench.harness.procstat import children_cpu, cpu_seconds
 from bench.harness.report import Row, print_table, verdict
-from bench.harness.stack import DATABASE, Stack, running_stack, start_bridge, wait_exit
+from bench.harness.stack import DATABASE, running_stack, start_bridge
 from bench.pipeline_throughput import measure_pipeline, median_index
 from bridge.settings import BridgeSettings
-from telemetry_common.settings import env_for
-from telemetry_common.storage import KEEP_RP, SESSION_MEASUREMENT
 
 GOAL: Final = 0.10
 MODES: Final = ("off", "on")
@@ -89,41 +79,6 @@ def _per_reading(pipe: dict[str, Any], name: str) -> float | None:
     return None if cpu is None else 1e6 * cpu / max(1, pipe["stored"])
 
 
-def measure_job(
-    stack: Stack, influx: Influx, a: argparse.Namespace, readings: int
-) -> dict[str, Any]:
-    """``telemetry-sessions --once`` with no saved progress: its first pass computes every
-    session of the readings stored (LOOKBACK 2 h covers the publishers' clock, an hour back)."""
-    from sessions.settings import SessionsSettings
-
-    env = env_for(
-        SessionsSettings,
-        influx={"url": stack.influx_url, "database": DATABASE},
-        http_port=0,
-        log_format="json",
-        lookback="2h",
-        max_sessions_per_pass=1_000_000,
-    )
-    influxd = stack.proc("influxd")
-    before, influx_before, t0 = children_cpu(), cpu_seconds(influxd.pid), time.monotonic()
-    job = stack.start("sessions", [sys.executable, "-m", "sessions", "--once"], env)
-    wait_exit(job, a.timeout)
-    wall = time.monotonic() - t0
-    cpu = children_cpu() - before
-    influx_after = cpu_seconds(influxd.pid)
-    q = f'SELECT count(energy_wh) FROM "{KEEP_RP}"."{SESSION_MEASUREMENT}"'
-    return {
-        "readings": readings,
-        "sessions": influx.scalar(q, DATABASE),
-        "wall_s": wall,
-        "job_cpu_s": cpu,
-        "influxd_cpu_s": None
-        if influx_before is None or influx_after is None
-        else influx_after - influx_before,
-        "job_us_per_reading": 1e6 * cpu / readings,
-    }
-
-
 def run(a: argparse.Namespace) -> dict[str, Any]:
     gateways = [gateway(k, m) for k in range(1, a.rounds + 1) for m in MODES]
     rounds: list[dict[str, Any]] = []
@@ -160,26 +115,17 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     "ratio": None if on is None or off is None else on / off,
                     "cpu_ratio": None if not cpu_on or not cpu_off else cpu_on / cpu_off,
                 })  # fmt: skip
-            bridge.stop(timeout=20)
-            cli.log("sessions job: one pass over the readings of the 'on' phases ...")
-            job = measure_job(stack, influx, a, a.readings * a.rounds)
         finally:
             influx.close()
     ratios = [r["ratio"] for r in rounds]
     median = rounds[median_index(ratios)]
     cpu_ratios = [r["cpu_ratio"] for r in rounds if r["cpu_ratio"] is not None]
-    bridge_us = statistics.median(
-        x for r in rounds if (x := r["modes"]["on"]["bridge_us_per_reading"]) is not None
-    )
-    job["bridge_us_per_reading"] = bridge_us
-    job["ratio"] = job["job_us_per_reading"] / bridge_us if bridge_us else None
     return {
         "args": {k: v for k, v in vars(a).items() if k != "json"},
         "rounds": rounds,
         "ratio": median["ratio"],
         "cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None,
         "complete": all(p["complete"] for r in rounds for p in r["modes"].values()),
-        "job": job,
     }
 
 
@@ -220,18 +166,6 @@ def print_report(fig: dict[str, Any]) -> None:
             "the cost, less disturbed by the machine's drift than a rate",
         )
     )
-    j = fig["job"]
-    rows.append((
-        "sessions job, first pass: CPU per reading (us)",
-        _f(j["job_us_per_reading"]),
-        f"{j['readings']:,} readings, {j['sessions']:,} sessions in {_f(j['wall_s'])} s; "
-        f"influxd {_f(j['influxd_cpu_s'])} s CPU beside",
-    ))  # fmt: skip
-    rows.append((
-        "sessions job / bridge, CPU per reading",
-        _f(j["ratio"], "{:.1%}"),
-        "the job computes sessions off the readings' path (beside, no goal of its own)",
-    ))  # fmt: skip
     print_table(rows)
 
 
