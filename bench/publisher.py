@@ -12,7 +12,7 @@ QoS 1 with a bounded window of unacknowledged publishes:
 With ``--transactions L`` every reading of the throughput mode belongs to a charging session
 of L readings of its charger (``transaction_id``; the first one ``tx_event`` ``started`` with an
 ``id_tag_hash``, the last ``ended`` with a ``stop_reason``): a fleet whose chargers are all in
-sessions (``bench.sessions_cost`` compares it with readings without them).
+sessions (``bench.transactions_cost`` compares it with readings without them).
 
 With ``--stored`` it also behaves as the edge agent does with ``TELEMETRY_EDGE_DELETE_AFTER=
 stored`` (edge_agent/publisher.py), as far as the network sees it: before publishing it subscribes

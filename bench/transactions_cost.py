@@ -1,7 +1,7 @@
 """Session tracking's cost to the bridge: throughput with readings that carry transaction data
 vs. readings without, in the same run (issue 17's goal: at most 10% less).
 
-``.venv/bin/python -m bench.sessions_cost [--readings N] [--session-readings L] [--rounds R]``
+``.venv/bin/python -m bench.transactions_cost [--readings N] [--session-readings L] [--rounds R]``
 
 Starts its own Mosquitto and InfluxDB 1.x (``bench.harness.stack``) and one
 ``telemetry-bridge`` (its default settings, plus ``--bridge-env``), then measures R rounds, each
@@ -49,7 +49,7 @@ def gateway(k: int, mode: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = cli.parser("bench.sessions_cost", __doc__.splitlines()[0] if __doc__ else "")
+    p = cli.parser("bench.transactions_cost", __doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--readings", type=int, default=100_000, help="N readings per phase")
     p.add_argument("--batch-size", type=int, default=500, help="readings per MQTT message")
     p.add_argument("--chargers", type=int, default=1000, help="distinct chargers")
@@ -83,7 +83,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     gateways = [gateway(k, m) for k in range(1, a.rounds + 1) for m in MODES]
     rounds: list[dict[str, Any]] = []
     with (
-        cli.workdir("bench-sessions-cost-", a.keep) as work,
+        cli.workdir("bench-transactions-cost-", a.keep) as work,
         running_stack(work, gateways) as stack,
     ):
         influx = Influx(stack.influx_url)
