@@ -223,6 +223,13 @@ async def test_ocpp_sessions_across_a_cut_link_are_exact_and_single(
             during = [s for s in charger_sessions(api, charger) if s["transaction_id"] == b_tx]
             assert len(during) == 1, during
             assert during[0]["energy_wh"] == 51_000 - TX_B[2], during
+            # The charger's page: connector 2 charging in B, with its energy so far.
+            page = get(api, f"/v1/chargers/{charger}").json()
+            connectors = {c["connector_id"]: c for c in page["connectors"]}
+            active = connectors[2]["session"]
+            assert active is not None, page
+            assert (active["transaction_id"], active["energy_wh"]) == (b_tx, 1_000.0), page
+            assert connectors[1]["session"] is None, page
             proxy.reset_all()
             proxy.set(blackhole=False)
         tx_ids = {str(a.transaction_id): TX_A, b_tx: TX_B, str(c.transaction_id): TX_C}
@@ -284,8 +291,9 @@ async def test_ocpp_sessions_across_a_cut_link_are_exact_and_single(
     assert sorted(s["transaction_id"] for s in exported if s["charger_id"] == charger) == sorted(
         tx_ids
     )
-    # The registry knows what BootNotification said.
+    # The registry knows what BootNotification said; no connector has an active session.
     info = get(api, f"/v1/chargers/{charger}").json()
+    assert all(c["session"] is None for c in info["connectors"]), info
     assert (info["vendor"], info["model"], info["serial"], info["firmware"]) == (
         "Acme", "AC-22", "SN-42", "1.2.3",
     ), info  # fmt: skip
