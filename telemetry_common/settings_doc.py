@@ -31,6 +31,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("Bridge (`telemetry-bridge`)", "bridge.settings:BridgeSettings"),
     ("Query API (`telemetry-api`)", "query_api.settings:ApiSettings"),
     ("Rollup job (`telemetry-rollups`)", "rollups.settings:RollupsSettings"),
+    ("Sessions job (`telemetry-sessions`)", "sessions.settings:SessionsSettings"),
 )
 
 _HEADER = """\

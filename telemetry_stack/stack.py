@@ -1,8 +1,8 @@
 """``telemetry-stack up``: the local stack, brought up as a list of steps.
 
-Services start in order (mosquitto, influxd, bridge, api, rollups, gateway-1..N), each ready
-before the next, and ``DIR/stack.json`` (:mod:`telemetry_stack.state`) is written as each one is
-up. On any failure what was started is stopped again (:func:`telemetry_stack.supervisor.down`).
+Services start in order (mosquitto, influxd, bridge, api, rollups, sessions, gateway-1..N), each
+ready before the next, and ``DIR/stack.json`` (:mod:`telemetry_stack.state`) is written as each one
+is up. On any failure what was started is stopped again (:func:`telemetry_stack.supervisor.down`).
 Each service's environment is derived from its settings model
 (:func:`telemetry_common.settings.env_for`), never typed by hand.
 """
@@ -24,6 +24,7 @@ from provisioning import pki as pki_mod
 from provisioning.bridge_session import bridge_names
 from query_api.settings import ApiSettings
 from rollups.settings import RollupsSettings
+from sessions.settings import SessionsSettings
 from telemetry_common.settings import env_for
 from telemetry_common.topics import DEFAULT_ROOT
 from telemetry_stack import servers
@@ -56,10 +57,12 @@ class Ports:
     service: int
     #: The rollup job's /metrics and /healthz (0: off).
     rollups: int = 0
+    #: The sessions job's /metrics and /healthz (0: off).
+    sessions: int = 0
 
     @classmethod
     def pick(cls) -> Ports:
-        return cls(*_distinct_ports(7))
+        return cls(*_distinct_ports(8))
 
 
 def _distinct_ports(n: int) -> Iterator[int]:
@@ -150,6 +153,14 @@ class Startup:
             http_port=self.ports.rollups,
         )
 
+    def sessions_env(self) -> dict[str, str]:
+        """The sessions job: the stack's database over the v1 API."""
+        return env_for(
+            SessionsSettings,
+            influx={"url": self.influx_url, "database": DATABASE, "api": "v1"},
+            http_port=self.ports.sessions,
+        )
+
     def gateway_env(self, gateway: str, identity: tuple[Path, Path]) -> dict[str, str]:
         """A simulating edge agent, its outbox under ``DIR/edge``."""
         return env_for(
@@ -188,7 +199,14 @@ def up(opts: UpOptions, echo: Callable[[str], None]) -> dict[str, Any]:
     check_can_start(opts, state_dir)
     stack = provision(opts, state_dir, echo)
     try:
-        steps = (start_mosquitto, start_influxd, start_bridge, start_api, start_rollups)
+        steps = (
+            start_mosquitto,
+            start_influxd,
+            start_bridge,
+            start_api,
+            start_rollups,
+            start_sessions,
+        )
         for step in (*steps, start_gateways):
             step(stack)
     except BaseException:
@@ -244,6 +262,7 @@ def provision(opts: UpOptions, state_dir: Path, echo: Callable[[str], None]) -> 
         "api": {"url": stack.api_url, "keys": stack.keys},
         "bridge": {"url": stack.bridge_url},
         "rollups": {"url": f"http://{HOST}:{stack.ports.rollups}"},
+        "sessions": {"url": f"http://{HOST}:{stack.ports.sessions}"},
         "state_dir": str(state_dir),
         "pki_dir": str(pki.dir),
         "services": {},
@@ -291,6 +310,12 @@ def start_rollups(stack: Startup) -> None:
     """The rollup job (retention and rollups of the stack's database)."""
     ready = {"http": f"http://{HOST}:{stack.ports.rollups}/healthz", "status": 200}
     stack.launch("rollups", [program("telemetry-rollups")], stack.rollups_env(), ready)
+
+
+def start_sessions(stack: Startup) -> None:
+    """The sessions job (charging sessions from the stack's readings)."""
+    ready = {"http": f"http://{HOST}:{stack.ports.sessions}/healthz", "status": 200}
+    stack.launch("sessions", [program("telemetry-sessions")], stack.sessions_env(), ready)
 
 
 def start_gateways(stack: Startup) -> None:

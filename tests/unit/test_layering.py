@@ -31,7 +31,15 @@ def imported_packages(package: str) -> dict[str, set[str]]:
     [
         (
             "processor",
-            ("bridge", "query_api", "edge_agent", "telemetry_stack", "provisioning", "rollups"),
+            (
+                "bridge",
+                "query_api",
+                "edge_agent",
+                "telemetry_stack",
+                "provisioning",
+                "rollups",
+                "sessions",
+            ),
         ),
         (
             "telemetry_common",
@@ -43,13 +51,25 @@ def imported_packages(package: str) -> dict[str, set[str]]:
                 "telemetry_stack",
                 "provisioning",
                 "rollups",
+                "sessions",
             ),
         ),
         (
             "provisioning",
-            ("bridge", "processor", "query_api", "edge_agent", "telemetry_stack", "rollups"),
+            (
+                "bridge",
+                "processor",
+                "query_api",
+                "edge_agent",
+                "telemetry_stack",
+                "rollups",
+                "sessions",
+            ),
         ),
-        ("bridge", ("query_api", "edge_agent", "telemetry_stack", "provisioning", "rollups")),
+        (
+            "bridge",
+            ("query_api", "edge_agent", "telemetry_stack", "provisioning", "rollups", "sessions"),
+        ),
         (
             "query_api",
             ("bridge", "processor", "edge_agent", "telemetry_stack", "provisioning", "rollups"),
@@ -57,7 +77,28 @@ def imported_packages(package: str) -> dict[str, set[str]]:
         # The rollup job reads and writes InfluxDB through telemetry_common only.
         (
             "rollups",
-            ("bridge", "processor", "query_api", "edge_agent", "telemetry_stack", "provisioning"),
+            (
+                "bridge",
+                "processor",
+                "query_api",
+                "edge_agent",
+                "telemetry_stack",
+                "provisioning",
+                "sessions",
+            ),
+        ),
+        # So does the sessions job.
+        (
+            "sessions",
+            (
+                "bridge",
+                "processor",
+                "query_api",
+                "edge_agent",
+                "telemetry_stack",
+                "provisioning",
+                "rollups",
+            ),
         ),
     ],
 )

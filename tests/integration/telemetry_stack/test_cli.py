@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from telemetry_stack.servers import pid_alive
 from tests.support.waiting import wait_until
 
-SERVICES = {"mosquitto", "influxd", "bridge", "api", "rollups", "gateway-1"}
+SERVICES = {"mosquitto", "influxd", "bridge", "api", "rollups", "sessions", "gateway-1"}
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +73,7 @@ def test_up_detached_serves_live_readings_and_down_stops_everything(tmp_path: Pa
             "bridge",
             "api",
             "rollups",
+            "sessions",
             "gateway-1",
         }
         read_key = state["api"]["keys"]["read"]

@@ -30,6 +30,7 @@ from bridge.settings import BridgeSettings
 from edge_agent.settings import EdgeSettings
 from query_api.settings import ApiSettings
 from rollups.settings import RollupsSettings
+from sessions.settings import SessionsSettings
 from telemetry_common.settings import (
     InfluxSettings,
     MqttSettings,
@@ -52,13 +53,14 @@ PROVISIONING = ROOT / "grafana" / "provisioning"
 
 GATEWAYS = {"gateway-1": "gw-1", "gateway-2": "gw-2"}
 ONE_SHOT = {"preflight", "pki-init"}
-APP_SERVICES = {*ONE_SHOT, "bridge", "api", "rollups", *GATEWAYS, "alert-webhook"}
+APP_SERVICES = {*ONE_SHOT, "bridge", "api", "rollups", "sessions", *GATEWAYS, "alert-webhook"}
 LONG_RUNNING = {
     "mosquitto",
     "influxdb",
     "bridge",
     "api",
     "rollups",
+    "sessions",
     *GATEWAYS,
     "live-feed",
     "prometheus",
@@ -82,6 +84,7 @@ SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {
     "bridge": BridgeSettings,
     "api": ApiSettings,
     "rollups": RollupsSettings,
+    "sessions": SessionsSettings,
     **dict.fromkeys(GATEWAYS, EdgeSettings),
 }
 #: service -> the script (in the container) that reads its TELEMETRY_* variables that are no
@@ -191,6 +194,7 @@ def test_start_order(services: dict[str, dict[str, Any]]) -> None:
         "bridge": {"pki-init": done, "mosquitto": healthy, "influxdb": healthy},
         "api": {"pki-init": done, "mosquitto": healthy, "influxdb": healthy},
         "rollups": {"influxdb": healthy},
+        "sessions": {"influxdb": healthy},
         **dict.fromkeys(GATEWAYS, gateway),
         "live-feed": {"mosquitto": healthy},
         "prometheus": {"preflight": done},
@@ -526,12 +530,18 @@ def test_live_feed_reads_the_loopback_listener(services: dict[str, dict[str, Any
 
 
 def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) -> None:
-    """Prometheus scrapes the bridge, the API, the rollup job and every gateway on the ports
-    their settings serve metrics on (bound beyond loopback inside the compose network, never
-    published), and labels each gateway's series with its gateway id."""
+    """Prometheus scrapes the bridge, the API, the rollup and sessions jobs and every gateway on
+    the ports their settings serve metrics on (bound beyond loopback inside the compose network,
+    never published), and labels each gateway's series with its gateway id."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
     jobs = {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]}
-    assert set(jobs) == {"telemetry-bridge", "telemetry-api", "telemetry-rollups", "telemetry-edge"}
+    assert set(jobs) == {
+        "telemetry-bridge",
+        "telemetry-api",
+        "telemetry-rollups",
+        "telemetry-sessions",
+        "telemetry-edge",
+    }
 
     def targets(job: str) -> set[str]:
         return {t for sc in jobs[job] for t in sc["targets"]}
@@ -547,6 +557,11 @@ def test_prometheus_scrapes_the_services(services: dict[str, dict[str, Any]]) ->
     rollups_port = rollups[env_name(RollupsSettings, "http_port")]
     assert targets("telemetry-rollups") == {f"rollups:{rollups_port}"}
     assert "ports" not in services["rollups"]
+    sessions = compose_file.environment(services["sessions"])
+    assert sessions[env_name(SessionsSettings, "http_host")] == "0.0.0.0"
+    sessions_port = sessions[env_name(SessionsSettings, "http_port")]
+    assert targets("telemetry-sessions") == {f"sessions:{sessions_port}"}
+    assert "ports" not in services["sessions"]
     edge = {}
     for sc in jobs["telemetry-edge"]:
         (target,) = sc["targets"]

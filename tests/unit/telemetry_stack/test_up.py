@@ -12,6 +12,7 @@ from edge_agent.settings import EdgeSettings
 from provisioning.pki import Pki
 from query_api.settings import ApiSettings
 from rollups.settings import RollupsSettings
+from sessions.settings import SessionsSettings
 from telemetry_stack.stack import DATABASE, Ports, Startup, UpOptions
 
 KEYS = {"read": "r" * 32, "ingest": "i" * 32, "admin": "a" * 32}
@@ -33,6 +34,7 @@ def startup(tmp_path: Path) -> Startup:
             bridge=19464,
             service=18884,
             rollups=19465,
+            sessions=19467,
         ),
         keys=KEYS,
         echo=print,
@@ -100,6 +102,21 @@ def test_the_rollup_job_reads_the_stacks_database_and_its_ops_port(
     )
     assert s.manage_retention
     assert s.http_port == 19465
+
+
+def test_the_sessions_job_reads_the_stacks_database_and_its_ops_port(
+    startup: Startup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sessions job reads and writes the stack's database over the v1 API (so it creates
+    ``keep``) and serves /metrics and /healthz on the stack's port."""
+    _read(monkeypatch, startup.sessions_env())
+    s = SessionsSettings()
+    assert (s.influx.url, s.influx.database, s.influx.api) == (
+        "http://127.0.0.1:18086",
+        DATABASE,
+        "v1",
+    )
+    assert s.http_port == 19467
 
 
 def test_a_gateway_reads_its_identity_outbox_and_simulation(
