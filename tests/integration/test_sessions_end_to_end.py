@@ -246,6 +246,7 @@ async def test_ocpp_sessions_across_a_cut_link_are_exact_and_single(
         await asyncio.to_thread(wait_until, "the backlog drained and the job ran", settled, 120)
         await asyncio.sleep(2.5)  # two more passes: nothing may change or appear
         listed = charger_sessions(api, charger)
+        edge.stop(timeout=10)  # before its link (the proxy) goes
 
     assert sorted(s["transaction_id"] for s in listed) == sorted(tx_ids), listed
     readings = raw_readings(influx_db.url, influx_db.database, f"charger_id = '{charger}'")
