@@ -50,13 +50,13 @@ def gateway(k: int, mode: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = cli.parser("bench.transactions_cost", __doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("--readings", type=int, default=100_000, help="N readings per phase")
+    p.add_argument("--readings", type=int, default=500_000, help="N readings per phase")
     p.add_argument("--batch-size", type=int, default=500, help="readings per MQTT message")
     p.add_argument("--chargers", type=int, default=1000, help="distinct chargers")
     p.add_argument(
         "--session-readings", type=int, default=60, help="L readings per charging session"
     )
-    p.add_argument("--rounds", type=int, default=3, help=f"off/on rounds (1..{MAX_ROUNDS})")
+    p.add_argument("--rounds", type=int, default=5, help=f"off/on rounds (1..{MAX_ROUNDS})")
     p.add_argument("--window", type=int, default=100, help="publisher's unacknowledged publishes")
     p.add_argument("--timeout", type=float, default=300.0, help="bound on each phase, seconds")
     p.add_argument("--stall", type=float, default=30.0, help="give up when no progress, seconds")
