@@ -37,6 +37,7 @@ from query_api.routes import (
     history,
     ingest,
     pipeline,
+    sessions,
     stats,
     ui,
 )
@@ -216,6 +217,7 @@ def create_app(
         bindings,
         deadletters,
         alarm_routes,
+        sessions,
         ui,
     ):
         app.include_router(module.router)

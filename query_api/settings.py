@@ -104,6 +104,13 @@ class ApiSettings(ServiceSettings):
     """How long the charger index (newest point per charger, from InfluxDB) is reused."""
     chargers_max_page: int = Field(default=1000, ge=1, le=100_000)
     """Most chargers one ``/v1/chargers`` page holds."""
+    connectors_window: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
+    """``GET /v1/chargers/{id}`` lists the connectors with a reading within this window."""
+    sessions_max_range: timedelta = Field(default=timedelta(days=400), gt=timedelta(0))
+    """Longest ``end - start`` of ``/v1/chargers/{id}/sessions`` and ``/v1/sessions``."""
+    sessions_max_page: int = Field(default=10_000, ge=1, le=100_000)
+    """Most sessions one page holds (the cap on ``limit``; a CSV export reads page after page
+    of ``limit``)."""
 
     ingest_gateway: Id = "http-ingest"
     """The gateway identity under which readings sent with the ``ingest`` role key are published

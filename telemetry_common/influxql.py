@@ -22,6 +22,7 @@ from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, TS_MAX, TS_MIN, Status
 from telemetry_common.storage import (
     ALARM_MEASUREMENT,
     BINDINGS_MEASUREMENT,
+    CHARGER_MEASUREMENT,
     DEADLETTER_MEASUREMENT,
     KEEP_RP,
     MEASUREMENT,
@@ -32,6 +33,7 @@ from telemetry_common.storage import (
     ROLLUP_1M_RP,
     ROLLUP_LATE_MEASUREMENT,
     SEQGAP_MEASUREMENT,
+    SESSION_MEASUREMENT,
     TAG_KEYS,
 )
 from telemetry_common.topics import ALARM_KINDS, ALARM_SUBJECT
@@ -109,6 +111,19 @@ def _charger_filter(charger_id: str) -> str:
     return f"{quote_ident('charger_id')} = {quote_string(check_id('charger id', charger_id))}"
 
 
+def _connector_filter(connector: tuple[int, int] | None) -> str:
+    """`` AND evse_id = 'E' AND connector_id = 'C'`` for ``connector`` (evse, connector); ""
+    for None (every connector)."""
+    if connector is None:
+        return ""
+    out = ""
+    for name, value in zip(("evse_id", "connector_id"), connector, strict=True):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+            raise QueryBuildError(name, value, "must be an integer 0..255")
+        out += f" AND {quote_ident(name)} = {quote_string(str(value))}"
+    return out
+
+
 def latest_per_charger_query(charger_ids: Sequence[str]) -> str:
     """The newest point of each of ``charger_ids`` (over all its connectors), with every tag and
     field: one series per charger (tagged ``charger_id``), in one query."""
@@ -129,8 +144,11 @@ def history_query(
     limit: int,
     every: timedelta | None = None,
     agg: Aggregate | None = None,
+    *,
+    connector: tuple[int, int] | None = None,
 ) -> str:
-    """Points of one charger in ``[start, end)``, oldest first, at most ``limit`` of them.
+    """Points of one charger in ``[start, end)``, oldest first, at most ``limit`` of them; of one
+    ``connector`` (evse, connector) only when given (a session's power curve).
 
     Raw (``every`` is None): ``fields`` (or all fields) with ``seq``, ``status`` and the tags.
     Downsampled: ``agg`` of each field per ``every`` bucket over all connectors, empty buckets
@@ -144,7 +162,7 @@ def history_query(
             raise QueryBuildError("fields", fields, "give at least one field or leave it out")
         fields = list(dict.fromkeys(check_field(f) for f in fields))
     where = (
-        f"{_charger_filter(charger_id)} "
+        f"{_charger_filter(charger_id)}{_connector_filter(connector)} "
         f"AND time >= {time_literal(start)} AND time < {time_literal(end)}"
     )
     if start >= end:
@@ -401,8 +419,10 @@ def rollup_rows_query(
     *,
     rollup: Rollup,
     agg: Aggregate,
+    connector: tuple[int, int] | None = None,
 ) -> str:
-    """The rollup buckets of one charger (all its connectors) that start in ``[start, end)``,
+    """The rollup buckets of one charger (all its connectors, or one ``connector``: evse,
+    connector) that start in ``[start, end)``,
     oldest first, at most ``limit`` rows: per field the column ``agg`` reads
     (:data:`ROLLUP_COLUMN`) and, for ``mean`` and ``sum``, its weight ``{f}_count`` (the readings
     that carried the field), and ``count``. The caller combines them into its buckets (a plain
@@ -417,8 +437,8 @@ def rollup_rows_query(
     columns = ", ".join(quote_ident(n) for n in [*names, *weights, "count"])
     return (
         f"SELECT {columns} FROM {rollup_source(rollup)} "
-        f"WHERE {_charger_filter(charger_id)} AND {_window(start, end)} "
-        f"ORDER BY time ASC LIMIT {limit}"
+        f"WHERE {_charger_filter(charger_id)}{_connector_filter(connector)} "
+        f"AND {_window(start, end)} ORDER BY time ASC LIMIT {limit}"
     )
 
 
@@ -559,6 +579,105 @@ def deadletter_counts_query(since: datetime) -> str:
         f"SELECT count({quote_ident('payload_bytes')}) AS {quote_ident('count')} "
         f"FROM {quote_ident(DEADLETTER_MEASUREMENT)} WHERE time >= {time_literal(since)} "
         f"GROUP BY {quote_ident('gateway_id')}"
+    )
+
+
+# --- charger registry, connectors and sessions (docs/design.md#sessions): the API reads them --
+
+SessionState = Literal["active", "ended"]
+#: The state of a session point written again at an earlier start: every reader skips it.
+SUPERSEDED: Final = "superseded"
+#: The charger registry's fields (besides the tag charger_id), in column order.
+REGISTRY_FIELDS: Final = ("gateway_id", "vendor", "model", "serial", "firmware")
+
+
+def _keep(measurement: str) -> str:
+    return f"{quote_ident(KEEP_RP)}.{quote_ident(measurement)}"
+
+
+def registry_query(charger_ids: Sequence[str]) -> str:
+    """Per charger of ``charger_ids``: its newest registry point (``gateway_id`` with the
+    ``vendor``, ``model``, ``serial`` and ``firmware`` of the same point, null where it gave
+    none), one series per charger (tagged ``charger_id``), in one query."""
+    if not charger_ids:
+        raise QueryBuildError("charger_ids", charger_ids, "give at least one charger id")
+    match = " OR ".join(_charger_filter(c) for c in dict.fromkeys(charger_ids))
+    first, *rest = REGISTRY_FIELDS
+    columns = ", ".join([f"last({quote_ident(first)}) AS {quote_ident(first)}"] +
+                        [quote_ident(f) for f in rest])  # fmt: skip
+    return (
+        f"SELECT {columns} FROM {_keep(CHARGER_MEASUREMENT)} WHERE {match} "
+        f"GROUP BY {quote_ident('charger_id')}"
+    )
+
+
+def connector_readings_query(charger_id: str, since: datetime) -> str:
+    """Per connector (``evse_id``, ``connector_id``) of one charger with a reading stamped since
+    ``since``: its newest reading (time, ``seq``, and that reading's ``status``, ``power_w``,
+    ``energy_wh``, ``transaction_id``, ``tx_event``; null where it carried none)."""
+    names = ("status", "power_w", "energy_wh", "transaction_id", "tx_event")
+    return (
+        f"SELECT last({quote_ident('seq')}) AS {quote_ident('seq')}, "
+        f"{', '.join(quote_ident(n) for n in names)} FROM {quote_ident(MEASUREMENT)} "
+        f"WHERE {_charger_filter(charger_id)} AND time >= {time_literal(since)} "
+        f"GROUP BY {quote_ident('evse_id')}, {quote_ident('connector_id')}"
+    )
+
+
+def connector_status_query(charger_id: str, since: datetime) -> str:
+    """Per connector of one charger: its newest status stamped since ``since`` (column
+    ``status``; time = the reading that carried it)."""
+    return (
+        f"SELECT last({quote_ident('status')}) AS {quote_ident('status')} "
+        f"FROM {quote_ident(MEASUREMENT)} "
+        f"WHERE {_charger_filter(charger_id)} AND time >= {time_literal(since)} "
+        f"GROUP BY {quote_ident('evse_id')}, {quote_ident('connector_id')}"
+    )
+
+
+def _session_state(state: str | None) -> str:
+    """The state condition: never a superseded point; only ``state`` when given."""
+    if state is None:
+        return f"{quote_ident('state')} != {quote_string(SUPERSEDED)}"
+    if state not in get_args(SessionState):
+        raise QueryBuildError("state", state, f"one of {', '.join(get_args(SessionState))}")
+    return f"{quote_ident('state')} = {quote_string(state)}"
+
+
+def sessions_query(
+    start: datetime,
+    end: datetime,
+    *,
+    limit: int,
+    charger_id: str | None = None,
+    gateway_id: str | None = None,
+    state: str | None = None,
+    newest_first: bool = False,
+) -> str:
+    """Sessions that started in ``[start, end)`` (superseded points left out), oldest first (or
+    ``newest_first``), at most ``limit``; of one charger or gateway, in one ``state``, when
+    given. Every field, and the tags as columns."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise QueryBuildError("limit", limit, "must be a positive integer")
+    where = f"{_window(start, end)} AND {_session_state(state)}"
+    if charger_id is not None:
+        where += f" AND {_charger_filter(charger_id)}"
+    if gateway_id is not None:
+        gateway = quote_string(check_id("gateway id", gateway_id))
+        where += f" AND {quote_ident('gateway_id')} = {gateway}"
+    order = "DESC" if newest_first else "ASC"
+    return (
+        f"SELECT * FROM {_keep(SESSION_MEASUREMENT)} WHERE {where} "
+        f"ORDER BY time {order} LIMIT {limit}"
+    )
+
+
+def session_query(charger_id: str, transaction_id: str) -> str:
+    """The session of one charger's ``transaction_id`` (superseded points left out; any time)."""
+    tx = quote_string(check_id("transaction id", transaction_id))
+    return (
+        f"SELECT * FROM {_keep(SESSION_MEASUREMENT)} WHERE {_charger_filter(charger_id)} "
+        f"AND {quote_ident('transaction_id')} = {tx} AND {_session_state(None)}"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -11,15 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from query_api import cursor
 from query_api.auth import HEADER, SECURITY, authorize, require
+from query_api.connectors import Connector, connectors_of
 from query_api.deps import Influx, Mirror, Mono, Now, Settings, live, stored_latest_of
 from query_api.latest.document import latest_body
 from query_api.latest.index import ChargerIndex
 from query_api.latest.mirror import LiveMirror
 from query_api.latest.read import get_latest
 from query_api.latest.state import ChargerState, charger_state
-from query_api.params import UncheckedChargerId, checked_id
+from query_api.params import ChargerId, UncheckedChargerId, checked_id
 from query_api.problems import ProblemError, problem_responses
 from query_api.readings import LatestReading
+from query_api.registry import IDENTITY, identities, unknown
 from query_api.settings import ApiSettings
 from telemetry_common.ids import ID_PATTERN
 from telemetry_common.schema import format_ts
@@ -37,6 +40,63 @@ class ChargerSummary(BaseModel):
     last_seen: str = Field(description="ts of the charger's newest reading")
     age_s: float
     state: ChargerState
+    vendor: str | None = Field(default=None, description="from the charger registry")
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
+
+
+class ChargerDetail(BaseModel):
+    """A charger: its newest reading's age and state, its identity, its connectors."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "charger_id": "gw-1-cp001",
+                    "gateway_id": "gw-1",
+                    "last_seen": "2026-05-01T12:00:00.000Z",
+                    "age_s": 4.2,
+                    "state": "online",
+                    "vendor": "ACME",
+                    "model": "Wallbox 22",
+                    "serial": "SN-0001",
+                    "firmware": "1.4.2",
+                    "connectors": [
+                        {
+                            "evse_id": 1,
+                            "connector_id": 1,
+                            "status": "Charging",
+                            "status_at": "2026-05-01T11:02:00.000Z",
+                            "power_w": 11040.0,
+                            "energy_wh": 27345.0,
+                            "last_seen": "2026-05-01T12:00:00.000Z",
+                            "session": {
+                                "transaction_id": "1234",
+                                "started_at": "2026-05-01T11:02:00.000Z",
+                                "duration_s": 3484.2,
+                                "energy_wh": 10000.0,
+                                "meter_start_wh": 17345.0,
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    charger_id: str
+    gateway_id: str | None
+    last_seen: str | None = Field(description="ts of the newest reading; null if none")
+    age_s: float | None
+    state: ChargerState
+    vendor: str | None
+    model: str | None
+    serial: str | None
+    firmware: str | None
+    connectors: list[Connector] = Field(
+        description="each connector with a reading within CONNECTORS_WINDOW"
+    )
 
 
 class ChargerPage(BaseModel):
@@ -51,6 +111,10 @@ class ChargerPage(BaseModel):
                             "last_seen": "2026-05-01T12:00:00.000Z",
                             "age_s": 4.2,
                             "state": "online",
+                            "vendor": "ACME",
+                            "model": "Wallbox 22",
+                            "serial": "SN-0001",
+                            "firmware": "1.4.2",
                         }
                     ],
                     "next_cursor": None,
@@ -126,8 +190,64 @@ async def list_chargers(
                 state=st,
             )
         )
+    known = await identities(influx, [c.charger_id for c in items])
+    for item in items:
+        ident = known.get(item.charger_id)
+        if ident is not None:
+            for key in IDENTITY:
+                setattr(item, key, ident[key])
     next_cursor = cursors.encode("chargers", query, {"a": items[-1].charger_id}) if more else None
     return ChargerPage(items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/{charger_id}",
+    summary="One charger: state, identity and each connector's status and active session",
+    response_model=ChargerDetail,
+    responses=problem_responses(404),
+    dependencies=[Depends(require("read"))],
+)
+async def charger_detail(
+    request: Request,
+    charger_id: ChargerId,
+    influx: Influx,
+    mirror: Mirror,
+    settings: Settings,
+    now: Now,
+    mono: Mono,
+) -> Response:
+    found, known, connectors = await asyncio.gather(
+        get_latest(
+            charger_id, mirror=mirror, stored=stored_latest_of(request), live=live(request),
+            settings=settings, mono=mono,
+        ),
+        identities(influx, [charger_id]),
+        connectors_of(
+            influx, charger_id, now=now, window=settings.connectors_window,
+            sessions_range=settings.sessions_max_range,
+        ),
+    )  # fmt: skip
+    ident = known.get(charger_id)
+    if found is None and ident is None:
+        raise ProblemError(404, "not-found", f"nothing known of charger {charger_id!r}")
+    ident = ident or unknown()
+    body: dict[str, Any] = {"charger_id": charger_id, "gateway_id": ident["gateway_id"]}
+    if found is not None:
+        latest = latest_body(
+            found[0], found[1], now=now, gateway_state=mirror.gateway_state(found[0].gateway_id),
+            settings=settings,
+        )  # fmt: skip
+        body.update(
+            gateway_id=latest["gateway_id"] or ident["gateway_id"],
+            last_seen=latest["ts"],
+            age_s=latest["age_s"],
+            state=latest["state"],
+        )
+    else:
+        body.update(last_seen=None, age_s=None, state="offline")
+    body.update((key, ident[key]) for key in IDENTITY)
+    body["connectors"] = connectors
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 async def latest_of(

@@ -19,6 +19,8 @@
   const HISTORY_PAGES = 4;
   const DEFAULT_FIELD = "power_w";
   const MAX_ALARMS = 200; // active alarms listed
+  const MAX_SESSIONS = 200; // sessions listed for the selected charger (last 7 days)
+  const IDENTITY = ["vendor", "model", "serial", "firmware"];
 
   const $ = (id) => document.getElementById(id);
   const view = {
@@ -37,6 +39,12 @@
     caption: $("chart-caption"),
     alarmRows: $("alarm-rows"),
     alarmsCaption: $("alarms-caption"),
+    detail: $("detail"),
+    detailTitle: $("detail-title"),
+    connectorRows: $("connector-rows"),
+    connectorsCaption: $("connectors-caption"),
+    sessionRows: $("session-rows"),
+    sessionsCaption: $("sessions-caption"),
   };
 
   class AuthError extends Error {}
@@ -140,6 +148,19 @@
 
   const formatTs = (ts) => new Date(ts).toISOString().replace("T", " ").slice(0, 19);
   const clock = (seconds) => new Date(seconds * 1000).toISOString().slice(11, 19);
+
+  const dash = (v) => (v === null || v === undefined || v === "" ? "–" : String(v));
+  const formatKwh = (wh) => (typeof wh === "number" ? (wh / 1000).toFixed(2) + " kWh" : "–");
+  const formatKw = (w) => (typeof w === "number" ? (w / 1000).toFixed(1) + " kW" : "–");
+
+  function formatDuration(seconds) {
+    if (typeof seconds !== "number") return "–";
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return s + " s";
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + " min";
+    return Math.floor(m / 60) + " h " + String(m % 60).padStart(2, "0") + " min";
+  }
 
   function cell(text, className) {
     const td = document.createElement("td");
@@ -280,7 +301,82 @@
     for (const tr of view.rows.children) {
       tr.classList.toggle("selected", tr.dataset.charger === chargerId);
     }
+    view.connectorRows.replaceChildren();
+    view.sessionRows.replaceChildren();
     loadChart(null).catch(failed);
+    refreshDetail().catch(failed);
+    refreshSessions().catch(failed);
+  }
+
+  // --- the selected charger: identity, connectors (with the latest poll), sessions ---------
+
+  async function refreshDetail() {
+    const id = state.selected;
+    if (!id) return;
+    let detail = null;
+    try {
+      detail = await api("v1/chargers/" + encodeURIComponent(id));
+    } catch (err) {
+      if (err.status !== 404) throw err;
+    }
+    if (id !== state.selected) return; // another charger was picked meanwhile
+    view.detail.hidden = false;
+    view.detailTitle.textContent = id;
+    for (const key of IDENTITY) $("ident-" + key).textContent = dash(detail && detail[key]);
+    const connectors = detail ? detail.connectors : [];
+    const rows = connectors.map((c) => {
+      const tr = document.createElement("tr");
+      const name = c.evse_id + "/" + c.connector_id;
+      const session = c.session;
+      tr.dataset.connector = name;
+      tr.dataset.status = c.status || "";
+      tr.dataset.transaction = session ? session.transaction_id : "";
+      tr.append(
+        cell(name, "id"),
+        cell(dash(c.status), "status " + (c.status || "")),
+        cell(c.status_at ? formatTs(c.status_at) : "–"),
+        cell(formatKw(c.power_w), "num"),
+        cell(session ? session.transaction_id : "–", "id"),
+        cell(session ? formatKwh(session.energy_wh) : "–", "num"),
+        cell(session ? formatDuration(session.duration_s) : "–", "num"),
+      );
+      return tr;
+    });
+    view.connectorRows.replaceChildren(...rows);
+    view.connectorsCaption.textContent = rows.length
+      ? "Connectors (" + rows.length + ")"
+      : "No connector reported in the last 7 days";
+    document.body.dataset.detail = id;
+  }
+
+  async function refreshSessions() {
+    const id = state.selected;
+    if (!id) return;
+    const path = "v1/chargers/" + encodeURIComponent(id) + "/sessions";
+    const page = await api(path + "?start=-7d&limit=" + MAX_SESSIONS);
+    if (id !== state.selected) return;
+    const rows = page.items.map((s) => {
+      const tr = document.createElement("tr");
+      tr.dataset.transaction = s.transaction_id;
+      tr.dataset.state = s.state;
+      tr.append(
+        cell(formatTs(s.started_at)),
+        cell(s.ended_at ? formatTs(s.ended_at) : s.state),
+        cell(s.evse_id + "/" + s.connector_id, "id"),
+        cell(formatKwh(s.energy_wh), "num"),
+        cell(formatDuration(s.duration_s), "num"),
+        cell(formatKw(s.max_power_w), "num"),
+        cell(dash(s.stop_reason)),
+        cell(s.flags.join(", "), "flags"),
+      );
+      return tr;
+    });
+    view.sessionRows.replaceChildren(...rows);
+    const n = rows.length + (page.truncated ? "+" : "");
+    view.sessionsCaption.textContent = rows.length
+      ? "Sessions, last 7 days (" + n + ")"
+      : "No session in the last 7 days";
+    document.body.dataset.sessions = id;
   }
 
   async function loadChart(field) {
@@ -342,6 +438,10 @@
   }
 
   async function pollLatest() {
+    await Promise.all([pollChart(), refreshDetail()]);
+  }
+
+  async function pollChart() {
     if (!state.selected || !state.field) return;
     const gen = state.generation;
     let latest;
@@ -420,6 +520,7 @@
     every(FLEET_EVERY_MS, refreshFleet);
     every(FLEET_EVERY_MS, refreshAlarms);
     every(LATEST_EVERY_MS, pollLatest);
+    every(FLEET_EVERY_MS, refreshSessions);
   }
 
   view.form.addEventListener("submit", (event) => {

@@ -4,13 +4,15 @@ and the batches that carry them over MQTT."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 
 from telemetry_common.schema import SCHEMA_ID, format_ts
 from tests.support.fixtures import InfluxTarget
+from tests.support.sessions_data import session
 
 # --- the data -----------------------------------------------------------------------------------
 
@@ -37,6 +39,9 @@ class Fleet:
     readings: list[Reading]
     names: dict[str, str]
     bridge_metrics_url: str
+    #: The sessions written to ``keep.sessions`` (tests/support/sessions_data.py), superseded
+    #: points included.
+    sessions: list[dict[str, Any]] = field(default_factory=list)
 
     def of(self, *, charger: str | None = None, gateway: str | None = None) -> list[Reading]:
         return [
@@ -161,3 +166,26 @@ def batch_payload(gateway: str, readings: list[Reading]) -> bytes:
             ],
         }
     )
+
+
+def make_sessions(names: dict[str, str], t0: datetime) -> list[dict[str, Any]]:
+    """Sessions of ``on3`` and ``on1`` over the last six days (two of ``on3``'s on one UTC day,
+    one active now) and a superseded point of one of them (readers leave it out)."""
+    day, minute = timedelta(days=1), timedelta(minutes=1)
+    on3, on1, gw_a, gw_b = names["on3"], names["on1"], names["a"], names["b"]
+    d3 = (t0 - 3 * day).replace(hour=0, minute=0, second=0, microsecond=0)  # a UTC midnight
+    return [
+        session(on3, "s1", t0 - 6 * day, gateway_id=gw_a, ended_at=t0 - 6 * day + 50 * minute,
+                energy_wh=8_000.0),
+        session(on3, "s2", d3 + 60 * minute, gateway_id=gw_a, ended_at=d3 + 150 * minute,
+                energy_wh=21_500.0),
+        session(on3, "s3", d3 + 6 * 60 * minute, gateway_id=gw_a,
+                ended_at=d3 + 7 * 60 * minute, energy_wh=4_250.0),
+        session(on3, "s4", t0 - 20 * minute, gateway_id=gw_a, energy_wh=3_900.0),
+        session(on1, "s5", t0 - 2 * day, gateway_id=gw_b, ended_at=t0 - 2 * day + 30 * minute,
+                energy_wh=3_300.0),
+        session(on1, "s6", t0 - 5 * day, gateway_id=gw_b, ended_at=t0 - 5 * day + 80 * minute,
+                energy_wh=9_100.0),
+        session(on3, "s2", d3 + 70 * minute, gateway_id=gw_a, ended_at=d3 + 150 * minute,
+                energy_wh=20_000.0, state="superseded"),
+    ]  # fmt: skip

@@ -30,7 +30,13 @@ import pytest
 
 from bridge.settings import BridgeSettings
 from telemetry_common.settings import env_for
-from tests.support.dashboard_fleet import Fleet, Reading, batch_payload, make_readings
+from tests.support.dashboard_fleet import (
+    Fleet,
+    Reading,
+    batch_payload,
+    make_readings,
+    make_sessions,
+)
 from tests.support.fixtures import BrokerInfo, InfluxInfo, InfluxTarget
 from tests.support.gateway_publisher import GatewayPublisher, connect_gateway
 from tests.support.grafana import (
@@ -39,16 +45,20 @@ from tests.support.grafana import (
     STEP_S,
     influxql_queries,
     load_dashboards,
+    panels,
     prepare,
 )
 from tests.support.processes import Procs, start_bridge
 from tests.support.rollups import create_rollup_policies, rollups_of, write_rollups
+from tests.support.sessions_data import create_keep, ns, session_line, write_keep
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 RANGE = timedelta(hours=4)
 HOUR = timedelta(hours=1)
+#: The sessions panels' own range (their ``timeFrom``).
+SESSIONS_RANGE = timedelta(days=7)
 #: Readings per MQTT message.
 CHUNK = 50
 
@@ -91,9 +101,13 @@ def fleet(
         create_rollup_policies(db.url, db.database)
         rows = [(r.charger, r.gateway, r.ts, r.status, r.values) for r in readings]
         write_rollups(db.url, db.database, "1h", rollups_of(rows, HOUR))
+        # The sessions panels read keep.sessions: points as the sessions job writes them.
+        sessions = make_sessions(names, t0)
+        create_keep(db.url, db.database)
+        write_keep(db.url, db.database, [session_line(s) for s in sessions])
         (port_variable,) = env_for(BridgeSettings, http_port=0)
         port = bridge.env[port_variable]
-        yield Fleet(db, readings, names, f"http://127.0.0.1:{port}/metrics")
+        yield Fleet(db, readings, names, f"http://127.0.0.1:{port}/metrics", sessions)
     finally:
         for client in clients:
             client.disconnect()
@@ -358,6 +372,46 @@ def check_newest_per_gateway(series: Series, fleet: Fleet, sel: dict[str, str]) 
     assert got == want
 
 
+def _sessions_shown(fleet: Fleet, sel: dict[str, str]) -> list[dict[str, Any]]:
+    """The selected charger's sessions a sessions panel shows: not superseded, started within
+    the panel's own range (``timeFrom``: the last 7 days)."""
+    since = datetime.now(UTC) - SESSIONS_RANGE
+    charger = _selected_charger(fleet, sel)
+    return [
+        s
+        for s in fleet.sessions
+        if s["charger_id"] == charger and s["state"] != "superseded" and s["started_at"] >= since
+    ]
+
+
+def check_energy_per_session(series: Series, fleet: Fleet, sel: dict[str, str]) -> None:
+    want = {
+        ns(s["started_at"]) // 10**6: s["energy_wh"] / 1000 for s in _sessions_shown(fleet, sel)
+    }
+    assert len(want) >= 2
+    _approx(_column(_one(series), "energy_kwh"), want)
+
+
+def check_sessions_per_day(series: Series, fleet: Fleet, sel: dict[str, str]) -> None:
+    """Per UTC day of the 7-day range: the sessions that started and their energy; 0 on days
+    without any (fill(0)); the superseded point counts nowhere."""
+    day = 86_400_000
+    count: dict[int, int] = defaultdict(int)
+    energy: dict[int, float] = defaultdict(float)
+    for s in _sessions_shown(fleet, sel):
+        bucket = ns(s["started_at"]) // 10**6 // day * day
+        count[bucket] += 1
+        energy[bucket] += s["energy_wh"] / 1000
+    got = _one(series)
+    sessions, kwh = _column(got, "sessions"), _column(got, "energy_kwh")
+    assert 7 <= len(sessions) <= 8  # the days the range touches
+    assert sum(sessions.values()) == len(_sessions_shown(fleet, sel))
+    assert {t: v for t, v in sessions.items() if v} == dict(count)
+    _approx({t: v for t, v in kwh.items() if v}, dict(energy))
+    if sel["charger"] == "on3":
+        assert max(sessions.values()) == 2  # s2 and s3 on one day, s2's superseded point not
+
+
 #: (dashboard file, panel title or "variable NAME", refId) -> what the query must return.
 EXPECTED: dict[tuple[str, str, str], Check] = {
     ("fleet-overview.json", "Chargers by state", "A"): check_states,
@@ -384,6 +438,8 @@ EXPECTED: dict[tuple[str, str, str], Check] = {
     ("charger-detail.json", "Status timeline", "A"): check_status_timeline,
     ("charger-detail.json", "Power, hourly (rollups)", "A"): check_hourly_power,
     ("charger-detail.json", "Energy register, hourly (rollups)", "A"): check_hourly_energy,
+    ("charger-detail.json", "Energy per session", "A"): check_energy_per_session,
+    ("charger-detail.json", "Sessions per day", "A"): check_sessions_per_day,
     ("pipeline-health.json", "variable gateway", "-"): check_tag_values("gateway_id"),
     ("pipeline-health.json", "Seq span minus stored (range)", "A"): check_missing_in_range,
     ("pipeline-health.json", "Readings stored per second, by gateway", "A"): (
@@ -416,6 +472,12 @@ CASES = [
 ]
 
 
+def _relative(text: str) -> timedelta:
+    """A panel's ``timeFrom`` (``7d``, ``24h``) as a duration."""
+    n, unit = int(text[:-1]), text[-1]
+    return {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}[unit]
+
+
 def _selection_values(fleet: Fleet, selection: dict[str, str]) -> dict[str, str]:
     return {k: v if v == ALL else fleet.names[v] for k, v in selection.items()}
 
@@ -438,11 +500,15 @@ def test_dashboard_query(case: tuple[str, str, str, str, dict[str, str]], fleet:
     returns what the panel is meant to show for the stored readings."""
     name, title, ref, query, selection = case
     end = datetime.now(UTC)
+    panel = next((p for p in panels(DASHBOARDS[name]) if p["title"] == title), {})
+    # A panel with a relative time of its own (timeFrom) is queried over that range, as Grafana
+    # does; the others over the dashboard's.
+    span = _relative(panel["timeFrom"]) if "timeFrom" in panel else RANGE
     statement = prepare(
         query,
         DASHBOARDS[name],
         _selection_values(fleet, selection),
-        start=end - RANGE,
+        start=end - span,
         end=end,
     )
     assert "$" not in statement.replace("$/", ""), f"unsubstituted variable in {statement}"

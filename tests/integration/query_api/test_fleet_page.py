@@ -45,6 +45,7 @@ from tests.support.fixtures import BrokerInfo, InfluxTarget, MqttClientFactory, 
 from tests.support.gateway_publisher import GatewayPublisher
 from tests.support.influx import influxql
 from tests.support.processes import Procs, start_api, start_bridge
+from tests.support.sessions_data import create_keep, session, session_line, write_keep
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -85,6 +86,12 @@ SNAPSHOT_JS = """(() => {
     alarms: Array.from(document.querySelectorAll("#alarm-rows tr"),
                        (tr) => [tr.dataset.kind, tr.dataset.subject, tr.cells[2].textContent]),
     alarmsCaption: text("alarms-caption"),
+    detail: document.body.dataset.detail || null,
+    identity: ["vendor", "model", "serial", "firmware"].map((k) => text("ident-" + k)),
+    connectors: Array.from(document.querySelectorAll("#connector-rows tr"),
+                           (tr) => Array.from(tr.cells, (td) => td.textContent)),
+    sessions: Array.from(document.querySelectorAll("#session-rows tr"),
+                         (tr) => Array.from(tr.cells, (td) => td.textContent)),
   };
 })()"""
 
@@ -258,6 +265,7 @@ class Fleet:
     seqs: dict[str, int]
     chargers: dict[str, tuple[str, str]]  # charger -> (gateway, expected state)
     points: dict[str, int]  # charger -> readings in the last 15 minutes
+    session_start: datetime = datetime(1970, 1, 1, tzinfo=UTC)  # the selected charger's TX
 
     def publish(self, gateway: str, readings: list[dict[str, Any]]) -> None:
         batch = []
@@ -283,16 +291,27 @@ def _values(i: int) -> dict[str, float]:
     }
 
 
-def _series(charger: str, last: datetime, n: int, step_s: float) -> list[dict[str, Any]]:
+def _series(
+    charger: str, last: datetime, n: int, step_s: float, **extra: Any
+) -> list[dict[str, Any]]:
     return [
         {
             "charger_id": charger,
             "ts": format_ts(last - timedelta(seconds=step_s * (n - 1 - i))),
             "status": "Charging",
             "values": _values(i),
+            **extra,
         }
         for i in range(n)
     ]
+
+
+#: The selected charger's connector and transaction (its readings carry them), and its identity
+#: (on its first reading, as a boot): the bridge stores them; the sessions job's points are
+#: written here as it would write them.
+CONNECTOR = {"evse_id": 1, "connector_id": 1}
+TX = "tx-live"
+IDENTITY = {"vendor": "ACME", "model": "Wallbox 22", "serial": "SN-0001", "firmware": "1.4.2"}
 
 
 def _stored(db: InfluxTarget, total: int) -> bool:
@@ -359,8 +378,15 @@ def fleet(
         (gw2, f"{gw2}-cp03", "online", now - timedelta(seconds=3), 60, 5.0),
         (gw2, f"{gw2}-cp04", "offline", now - timedelta(hours=2), 10, 60.0),
     ]
+    selected = min(c for _, c, st, *_ in plan if st == "online")
     for gateway, charger, expected, last, n, step in plan:
-        f.publish(gateway, _series(charger, last, n, step))
+        if charger == selected:
+            series = _series(charger, last, n, step, transaction_id=TX, **CONNECTOR)
+            series[0]["charger_info"] = IDENTITY
+            f.publish(gateway, series)
+            f.session_start = datetime.fromisoformat(series[0]["ts"])
+        else:
+            f.publish(gateway, _series(charger, last, n, step))
         f.chargers[charger] = (gateway, expected)
         window = now - timedelta(minutes=15)
         f.points[charger] = sum(
@@ -368,6 +394,23 @@ def fleet(
         )
     total = sum(n for *_, n, _ in plan)
     wait_until(f"{total} readings in InfluxDB", lambda: _stored(influx_db, total))
+    create_keep(influx_db.url, influx_db.database)
+    write_keep(
+        influx_db.url,
+        influx_db.database,
+        [
+            session_line(
+                session(selected, TX, f.session_start, meter_start_wh=_values(0)["energy_wh"],
+                        energy_wh=0.0, gateway_id=gw1, evse_id=1, connector_id=1)
+            ),
+            session_line(
+                session(selected, "tx-prev", now - timedelta(days=2),
+                        ended_at=now - timedelta(days=2, minutes=-95), energy_wh=15_000.0,
+                        max_power_w=11_040.0, stop_reason="EVDisconnected", flags="seq_gap",
+                        gateway_id=gw1, evse_id=1, connector_id=1)
+            ),
+        ],
+    )  # fmt: skip
     return f
 
 
@@ -410,6 +453,30 @@ def test_the_page_shows_the_fleet_and_a_live_chart(
     assert READ not in snap["href"]
     assert snap["keyStored"]
 
+    # The selected charger: its identity from its boot reading, its connector charging in the
+    # active session with the energy so far, and its sessions of the last 7 days.
+    def energy_so_far(i: int) -> str:
+        return f"{(_values(i)['energy_wh'] - _values(0)['energy_wh']) / 1000:.2f} kWh"
+
+    snap = browser.wait_for(
+        "the selected charger's connectors and sessions",
+        lambda s: s["detail"] == selected and len(s["connectors"]) == 1 and len(s["sessions"]) == 2,
+    )
+    assert snap["identity"] == list(IDENTITY.values())
+    (row,) = snap["connectors"]
+    assert row[:2] == ["1/1", "Charging"]
+    assert row[3] == f"{_values(59)['power_w'] / 1000:.1f} kW"
+    assert (row[4], row[5]) == (TX, energy_so_far(59))
+    assert row[6].endswith("min")  # the session began 5 minutes ago
+    active, ended = snap["sessions"]
+    assert (active[1], active[2], active[7]) == ("active", "1/1", "")
+    ago = datetime.fromisoformat(ended[0].replace(" ", "T") + "+00:00")
+    assert abs(ago - (datetime.now(UTC) - timedelta(days=2))) < timedelta(minutes=5)
+    assert ended[1:] == [
+        format_ts(ago + timedelta(minutes=95)).replace("T", " ")[:19],
+        "1/1", "15.00 kWh", "1 h 35 min", "11.0 kW", "EVDisconnected", "seq_gap",
+    ]  # fmt: skip
+
     # Another field: the chart is rebuilt from history for it.
     browser.evaluate(PICK_FIELD % "soc_pct")
     snap = browser.wait_for("the soc_pct chart", lambda s: s["chartField"] == "soc_pct")
@@ -427,11 +494,17 @@ def test_the_page_shows_the_fleet_and_a_live_chart(
                 "ts": format_ts(datetime.now(UTC)),
                 "status": "Charging",
                 "values": _values(60),
+                "transaction_id": TX,
+                **CONNECTOR,
             }
         ],
     )
     snap = browser.wait_for("the live point", lambda s: s["points"] == 61)
     assert "61 points" in snap["caption"]
+    # ... and the same poll refreshes the connector: the session's energy so far grew.
+    browser.wait_for(
+        "the connector's energy so far", lambda s: s["connectors"][0][5] == energy_so_far(60)
+    )
 
     # The active alarms: the soon expiring certificate, and the two chargers silent for longer
     # than STATE_STALE_AFTER_S (their interval is not learned: one value each in the mirror).

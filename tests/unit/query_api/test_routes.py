@@ -166,7 +166,14 @@ async def test_charger_list_pages_and_filters(
     assert rest["next_cursor"] is None
     gw1 = (await client.get("/v1/chargers", params={"gateway": "gw-1", "state": "online"})).json()
     assert [c["charger_id"] for c in gw1["items"]] == ["cp3", "cp4"]
-    assert len(fake.queries) == 1
+    index = [q for q in fake.queries if '"readings"' in q]
+    assert len(index) == 1
+    # The identity of each page's chargers: one registry query per page, naming them.
+    registry = [q for q in fake.queries if '"keep"."chargers"' in q]
+    assert len(registry) == 3
+    assert "'cp1'" in registry[0]
+    assert "'cp2'" in registry[0]
+    assert "'cp3'" not in registry[0]
     bad = await client.get(
         "/v1/chargers", params={"gateway": "gw-1", "cursor": first["next_cursor"]}
     )
@@ -611,12 +618,16 @@ async def test_openapi_lists_every_endpoint_with_examples(client: httpx.AsyncCli
     spec = (await client.get("/openapi.json")).json()
     paths = ["/v1/chargers", "/v1/fleet/daily", "/v1/telemetry", "/telemetry/{charger_id}",
              "/healthz", "/readyz", "/metrics", "/v1/pipeline/status",
-             "/v1/gateways/{gateway_id}/gaps"]  # fmt: skip
-    paths += [f"/v1/chargers/{{charger_id}}/{p}" for p in ("latest", "history", "stats")]
+             "/v1/gateways/{gateway_id}/gaps", "/v1/chargers/{charger_id}", "/v1/sessions",
+             "/v1/sessions/{transaction_id}"]  # fmt: skip
+    paths += [
+        f"/v1/chargers/{{charger_id}}/{p}" for p in ("latest", "history", "stats", "sessions")
+    ]
     for path in paths:
         assert path in spec["paths"], path
     body = spec["paths"]["/v1/telemetry"]["post"]["requestBody"]["content"]["application/json"]
     assert set(body["examples"]) == {"batch", "single", "simple"}
     schemas = spec["components"]["schemas"]
-    for model in ("LatestReading", "HistoryPage", "Stats", "ChargerPage", "FleetDaily"):
+    for model in ("LatestReading", "HistoryPage", "Stats", "ChargerPage", "FleetDaily",
+                  "ChargerDetail", "Session"):  # fmt: skip
         assert schemas[model]["examples"], model
