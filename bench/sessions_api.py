@@ -231,13 +231,22 @@ def measure_charger(stack: Stack, a: argparse.Namespace) -> dict[str, Any]:
     return fig
 
 
-def measure_export(stack: Stack, label: str, params: dict[str, str]) -> dict[str, Any]:
-    """The CSV export read whole as a stream from a fresh API process: time to the first and
-    the last byte, rows, and the process's peak RSS before and after."""
+def _mb(kb: int | None) -> float | None:
+    return None if kb is None else kb / 1024
+
+
+def measure_export(
+    stack: Stack, label: str, params: dict[str, str], expected: int
+) -> dict[str, Any]:
+    """The CSV export (``expected`` sessions) read whole as a stream from a fresh API process:
+    time to the first and the last byte, rows, the process's peak RSS before and after, and its
+    RSS at each quarter of the rows (growing, or flat)."""
     api, url = start_api(stack, f"api-export-{label}")
     try:
         assert api.pid is not None
         hwm_before = proc_status_kb(api.pid, "VmHWM")
+        #: VmRSS after a quarter, a half, three quarters of the rows, and at the end.
+        rss_mb: list[float | None] = []
         rows = 0
         size = 0
         first_byte: float | None = None
@@ -254,12 +263,17 @@ def measure_export(stack: Stack, label: str, params: dict[str, str]) -> dict[str
             if r.status_code != 200:
                 r.read()
                 raise RuntimeError(f"export answered {r.status_code}: {r.text[:300]}")
+            quarter = 0
             for chunk in r.iter_bytes():
                 if first_byte is None:
                     first_byte = time.perf_counter() - t0
                 size += len(chunk)
                 rows += chunk.count(b"\n")
+                if rows >= (quarter + 1) * expected / 4 and quarter < 3:
+                    quarter += 1
+                    rss_mb.append(_mb(proc_status_kb(api.pid, "VmRSS")))
         seconds = time.perf_counter() - t0
+        rss_mb.append(_mb(proc_status_kb(api.pid, "VmRSS")))
         hwm_after = proc_status_kb(api.pid, "VmHWM")
     finally:
         api.stop(timeout=10)
@@ -270,8 +284,9 @@ def measure_export(stack: Stack, label: str, params: dict[str, str]) -> dict[str
         "first_byte_s": first_byte,
         "seconds": seconds,
         "sessions_per_s": (rows - 1) / seconds if seconds else None,
-        "api_hwm_before_mb": None if hwm_before is None else hwm_before / 1024,
-        "api_hwm_after_mb": None if hwm_after is None else hwm_after / 1024,
+        "api_hwm_before_mb": _mb(hwm_before),
+        "api_hwm_after_mb": _mb(hwm_after),
+        "api_rss_quarters_mb": rss_mb,
     }
 
 
@@ -300,13 +315,16 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 fig["charger"] = measure_charger(stack, a)
             day = fleet_day()
             window = {"start": day.isoformat(), "end": (day + DAY).isoformat()}
+            if a.export_limit:
+                window["limit"] = str(a.export_limit)
             fig["exports"] = []
-            for label, params in (
-                ("gateway", {**window, "gateway_id": "bench-gw-00"}),
-                ("fleet", window),
+            for label, params, expected in (
+                ("gateway", {**window, "gateway_id": "bench-gw-00"}, GATEWAY_SIZE * a.per_day),
+                ("fleet", window, a.fleet * a.per_day),
             ):
                 log(f"export: {label} ...")
-                fig["exports"].append({"label": label, **measure_export(stack, label, params)})
+                figures = measure_export(stack, label, params, expected)
+                fig["exports"].append({"label": label, **figures})
         finally:
             influx.close()
     return fig
@@ -350,7 +368,8 @@ def report(fig: dict[str, Any]) -> None:
         rows.append((
             f"  API peak RSS (VmHWM), {e['label']}",
             f"{_f(e['api_hwm_after_mb'])} MB",
-            f"{_f(e['api_hwm_before_mb'])} MB before the export (after start)",
+            f"{_f(e['api_hwm_before_mb'])} MB before the export (after start); RSS at each "
+            f"quarter of the rows: {' / '.join(_f(x) for x in e['api_rss_quarters_mb'])} MB",
         ))  # fmt: skip
     print_table(rows)
 
@@ -366,6 +385,9 @@ def main() -> None:
     p.add_argument("--wrk-threads", type=int, default=2)
     p.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--no-charger", action="store_true", help="only the exports")
+    p.add_argument(
+        "--export-limit", type=int, default=0, help="the exports' limit (page size; 0: default)"
+    )
     p.add_argument("--timeout", type=float, default=300.0)
     cli.add_output_options(p)
     a = p.parse_args()
