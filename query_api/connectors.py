@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from query_api.readings import from_epoch_ns, tag_int
 from query_api.sessions import sessions_of
 from telemetry_common import influxql
+from telemetry_common.energy import register_difference
 from telemetry_common.influx_query import InfluxQL, Series
 from telemetry_common.schema import format_ts
 
@@ -86,7 +87,7 @@ def _session(
     meter_start = stored["meter_start_wh"]
     energy_now = _number(newest.get("energy_wh"))
     if energy_now is not None and meter_start is not None:
-        energy = energy_now - meter_start
+        energy = register_difference(meter_start, energy_now)
     else:
         energy = stored["energy_wh"]
     return {

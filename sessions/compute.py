@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
+from telemetry_common.energy import register_difference
 from telemetry_common.influx_write import field_str
 from telemetry_common.storage import SESSION_MEASUREMENT
 
@@ -137,7 +138,11 @@ def compute(
     meter_stop = (
         ended.energy_wh if ended is not None and ended.energy_wh is not None else _at(energies, -1)
     )
-    energy = None if meter_start is None or meter_stop is None else meter_stop - meter_start
+    energy = (
+        None
+        if meter_start is None or meter_stop is None
+        else register_difference(meter_start, meter_stop)
+    )
 
     end_cause, ended_at = _end(ended, newest.ts_ns, now_ns, silence_ns, newer_on_connector)
     started_at = start_row.ts_ns
@@ -216,7 +221,11 @@ def _extended(
         meter_stop: float | None = ended.energy_wh
     else:
         meter_stop = _at(energies, -1) if energies else prior.meter_stop_wh
-    energy = None if meter_start is None or meter_stop is None else meter_stop - meter_start
+    energy = (
+        None
+        if meter_start is None or meter_stop is None
+        else register_difference(meter_start, meter_stop)
+    )
     newest_ns = rows[-1].ts_ns if rows else prior.last_reading_at_ns
     end_cause, ended_at = _end(ended, newest_ns, now_ns, silence_ns, newer)
     until = ended_at if ended_at is not None else newest_ns

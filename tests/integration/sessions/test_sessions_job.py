@@ -200,7 +200,7 @@ def _expected_ocpp(t0: datetime) -> dict[str, Any]:
         "ended_at": ts_ns(t0 + timedelta(seconds=600)),
         "meter_start_wh": 120_000.4,
         "meter_stop_wh": 121_101.7,
-        "energy_wh": 121_101.7 - 120_000.4,
+        "energy_wh": 1_101.3,  # 121,101.7 - 120,000.4 in decimal, not the floats' 1101.300000000003
         "max_power_w": 6609.0,
         "duration_s": 600.0,
         "stop_reason": "EVDisconnected",

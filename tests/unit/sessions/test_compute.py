@@ -243,3 +243,14 @@ def test_only_newer_readings_carry_a_session_on() -> None:
     with pytest.raises(ValueError, match="active"):
         compute("CP-1", "tx-1", [row(20, 3, 3.0)], now_ns=T0, silence_ns=HOUR,
                 newer_on_connector=False, prior=ended)  # fmt: skip
+
+
+def test_energy_is_the_decimal_difference_of_the_registers() -> None:
+    """A billing system reads 240.2 Wh for registers 1204178.9 and 1204419.1, not the binary
+    difference of the floats (240.20000000018626)."""
+    from telemetry_common.energy import register_difference
+
+    assert 1204419.1 - 1204178.9 != 240.2
+    assert register_difference(1204178.9, 1204419.1) == 240.2
+    assert register_difference(1000, 2500) == 1500.0
+    assert register_difference(5.5, 5.25) == -0.25
