@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -204,7 +205,9 @@ def reference_sessions(readings: list[dict[str, Any]], rules: Rules) -> list[dic
             "meter_start_wh": meter_start,
             "meter_stop_wh": meter_stop,
             "energy_wh": (
-                None if meter_start is None or meter_stop is None else meter_stop - meter_start
+                None
+                if meter_start is None or meter_stop is None
+                else decimal_difference(meter_start, meter_stop)
             ),
             "max_power_w": max(powers) if powers else None,
             "duration_s": (end_for_duration - started_at) / 1e9,
@@ -214,6 +217,13 @@ def reference_sessions(readings: list[dict[str, Any]], rules: Rules) -> list[dic
             "flags": sorted(flags),
         })  # fmt: skip
     return out
+
+
+def decimal_difference(start_wh: float, stop_wh: float) -> float:
+    """The energy between two registers as a billing system counts it: the difference of the
+    numbers the meter sent (their shortest decimal forms), 240.2 Wh for 1204178.9 and
+    1204419.1, not the binary 240.20000000018626 (CHANGELOG, issue 17)."""
+    return float(Decimal(repr(stop_wh)) - Decimal(repr(start_wh)))
 
 
 def comparable(session: Mapping[str, Any]) -> dict[str, Any]:
