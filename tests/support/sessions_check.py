@@ -222,7 +222,7 @@ def reference_sessions(readings: list[dict[str, Any]], rules: Rules) -> list[dic
 def decimal_difference(start_wh: float, stop_wh: float) -> float:
     """The energy between two registers as a billing system counts it: the difference of the
     numbers the meter sent (their shortest decimal forms), 240.2 Wh for 1204178.9 and
-    1204419.1, not the binary 240.20000000018626 (CHANGELOG, issue 17)."""
+    1204419.1, not the binary 240.20000000018626 (as the job computes it since accf345)."""
     return float(Decimal(repr(stop_wh)) - Decimal(repr(start_wh)))
 
 
