@@ -10,8 +10,11 @@ Per connector seen within ``CONNECTORS_WINDOW``:
   ``meter_start_wh``, with ``energy_wh`` = the newest ``energy_wh`` - ``meter_start_wh`` (the
   stored value so far when the newest reading has no register) and ``duration_s`` = now -
   ``started_at``. A transaction the sessions job has not computed yet is
-  ``{transaction_id, started_at: null, ...: null}``. Otherwise null: a newer reading without the
-  transaction ends it (docs/design.md#sessions, ``end_cause`` ``next``).
+  ``{transaction_id, started_at: null, ...: null}``. When the newest reading carries no
+  transaction but a status of a connector inside one (``Charging``, ``SuspendedEV``,
+  ``SuspendedEVSE``: OCPP's StatusNotification carries no transactionId), the connector's
+  stored active session. Otherwise null: a newer reading without the transaction ends it
+  (docs/design.md#sessions, ``end_cause`` ``next``).
 
 Three queries, run together: newest reading per connector, newest status per connector, the
 charger's active sessions (started within ``SESSIONS_MAX_RANGE``).
@@ -30,7 +33,7 @@ from query_api.sessions import sessions_of
 from telemetry_common import influxql
 from telemetry_common.energy import register_difference
 from telemetry_common.influx_query import InfluxQL, Series
-from telemetry_common.schema import format_ts
+from telemetry_common.schema import IN_TRANSACTION, format_ts
 
 #: Active sessions are looked for up to this far ahead of now (readings may be stamped ahead
 #: of the API's clock, by at most the bridge's MAX_FUTURE_S).
@@ -75,9 +78,17 @@ def _by_connector(series: list[Series]) -> dict[tuple[int, int], dict[str, Any]]
 
 
 def _session(
-    newest: dict[str, Any], active: dict[str, dict[str, Any]], now: datetime
+    newest: dict[str, Any],
+    active: dict[str, dict[str, Any]],
+    now: datetime,
+    connector: tuple[int, int],
 ) -> dict[str, Any] | None:
     tx = newest.get("transaction_id")
+    if (not isinstance(tx, str) or not tx) and newest.get("status") in IN_TRANSACTION:
+        # A status inside a transaction (OCPP's StatusNotification carries none): the
+        # connector's active session goes on.
+        own = [s for s in active.values() if (s["evse_id"], s["connector_id"]) == connector]
+        tx = max(own, key=lambda s: s["started_at"])["transaction_id"] if own else None
     if not isinstance(tx, str) or not tx or newest.get("tx_event") == "ended":
         return None
     stored = active.get(tx)
@@ -135,7 +146,7 @@ async def connectors_of(
                 "power_w": _number(newest.get("power_w")),
                 "energy_wh": _number(newest.get("energy_wh")),
                 "last_seen": format_ts(from_epoch_ns(int(newest["time"]))),
-                "session": _session(newest, active, now),
+                "session": _session(newest, active, now, (evse, conn)),
             }
         )
     return out

@@ -161,8 +161,12 @@ def session_of(row: dict[str, Any]) -> dict[str, Any]:
         "transaction_id": row.get("transaction_id"),
         "state": row.get("state"),
         "started_at": format_ts(from_epoch_ns(int(row["time"]))),
+        # Only an ended one's: on InfluxDB 2.x/3.x (no DELETE) a session that went on after it
+        # ended by silence keeps its stale ended_at field (docs/design.md#sessions).
         "ended_at": (
-            format_ts(from_epoch_ns(int(ended))) if isinstance(ended, int | float) else None
+            format_ts(from_epoch_ns(int(ended)))
+            if isinstance(ended, int | float) and row.get("state") == "ended"
+            else None
         ),
     }
     for key in _OPTIONAL_TEXT:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sessions.compute import Row, SeqGap, Session
+from sessions.compute import Row, SeqGap, Session, ends_session
 from telemetry_common.influx_query import Series
 
 Key = tuple[str, str]  # (charger_id, transaction_id)
@@ -17,17 +17,17 @@ Key = tuple[str, str]  # (charger_id, transaction_id)
 @dataclass
 class Window:
     """The readings of a steady pass's stretch (from ``start_ns`` on): those of each
-    (charger, transaction), by ts, and each connector's (ts, transaction) to tell whether a
-    session's connector has a newer reading of no or another transaction."""
+    (charger, transaction), by ts, and each connector's (ts, transaction, status) to tell
+    whether a session's connector has a newer reading that ends it."""
 
     start_ns: int
     sessions: dict[Key, list[Row]]
-    connectors: dict[tuple[str, int, int], list[tuple[int, str | None]]]
+    connectors: dict[tuple[str, int, int], list[tuple[int, str | None, str | None]]]
 
     @classmethod
     def of(cls, start_ns: int, answer: Sequence[Series]) -> Window:
         sessions: dict[Key, list[Row]] = {}
-        connectors: dict[tuple[str, int, int], list[tuple[int, str | None]]] = {}
+        connectors: dict[tuple[str, int, int], list[tuple[int, str | None, str | None]]] = {}
         for s in answer:
             charger = s.tags.get("charger_id") or ""
             evse, connector = int(s.tags.get("evse_id") or 0), int(s.tags.get("connector_id") or 0)
@@ -35,7 +35,14 @@ class Window:
             for r in s.rows():
                 row = row_of({**s.tags, **r})
                 tx = r.get("transaction_id")
-                seen.append((row.ts_ns, tx if isinstance(tx, str) and tx else None))
+                status = r.get("status")
+                seen.append(
+                    (
+                        row.ts_ns,
+                        tx if isinstance(tx, str) and tx else None,
+                        status if isinstance(status, str) else None,
+                    )
+                )
                 if isinstance(tx, str) and tx:
                     sessions.setdefault((charger, tx), []).append(row)
         for rows in sessions.values():
@@ -43,11 +50,21 @@ class Window:
         return cls(start_ns, sessions, connectors)
 
     def newer(self, charger: str, evse: int, connector: int, after_ns: int, tx: str) -> bool:
-        """Whether the connector has a reading after ``after_ns`` of no or another transaction."""
+        """Whether the connector has a reading after ``after_ns`` that ends the session of ``tx``
+        (:func:`sessions.compute.ends_session`)."""
         return any(
-            t > after_ns and other != tx
-            for t, other in self.connectors.get((charger, evse, connector), ())
+            t > after_ns and ends_session(other, status, tx)
+            for t, other, status in self.connectors.get((charger, evse, connector), ())
         )
+
+
+def ends(readings: Sequence[Series], in_transaction: Sequence[Series]) -> bool:
+    """The answers to :func:`sessions.queries.newer_reading_queries`: a newer reading ends the
+    session when one carries a transaction (another one), or when not all of them are of a
+    status of IN_TRANSACTION (a reading of no status included)."""
+    row = next((r for s in readings for r in s.rows()), {})
+    inside = next((r for s in in_transaction for r in s.rows()), {})
+    return bool(row.get("tx")) or int(row.get("n") or 0) > int(inside.get("n") or 0)
 
 
 def _opt_float(v: Any) -> float | None:
@@ -108,7 +125,8 @@ def sessions_of(answer: Sequence[Series]) -> list[Session]:
                     transaction_id=str(r["transaction_id"]),
                     state=r["state"],
                     started_at_ns=int(r["time"]),
-                    ended_at_ns=_opt_int(r.get("ended_at")),
+                    # An active one's is stale (InfluxDB 2.x/3.x keep it: no DELETE).
+                    ended_at_ns=_opt_int(r.get("ended_at")) if r["state"] != "active" else None,
                     end_cause=r.get("end_cause") or "",
                     meter_start_wh=_opt_float(r.get("meter_start_wh")),
                     meter_stop_wh=_opt_float(r.get("meter_stop_wh")),

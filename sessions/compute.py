@@ -14,13 +14,22 @@ from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
 from telemetry_common.energy import register_difference
-from telemetry_common.influx_write import field_str
+from telemetry_common.influx_write import field_str, tag_str
+from telemetry_common.schema import IN_TRANSACTION
 from telemetry_common.storage import SESSION_MEASUREMENT
 
 State = Literal["active", "ended", "superseded"]
 EndCause = Literal["stop", "next", "silence", ""]
 #: The flags in the order they are written (docs/design.md#sessions).
 FLAGS: Final = ("register_backwards", "seq_gap", "energy_suspect", "no_energy", "connector_changed")
+
+
+def ends_session(transaction_id: str | None, status: str | None, own: str) -> bool:
+    """Whether a reading of the connector newer than a session's newest ends it (``next``): it
+    belongs to another transaction, or to none and its status is not one of IN_TRANSACTION."""
+    if transaction_id:
+        return transaction_id != own
+    return status not in IN_TRANSACTION
 
 
 class Row(NamedTuple):
@@ -115,8 +124,8 @@ def compute(
     - ``started_at``: the ``started`` reading's ts, else the oldest reading's;
       ``meter_start_wh`` that reading's ``energy_wh``, else the oldest ``energy_wh`` by ts.
     - ended by the ``ended`` reading (``stop``), else at the newest reading once the connector
-      has a newer reading without this transaction (``newer_on_connector``: ``next``) or once
-      the newest reading is ``silence_ns`` old at ``now_ns`` (``silence``); else active.
+      has a newer reading that ends it (:func:`ends_session`; ``newer_on_connector``: ``next``)
+      or once the newest reading is ``silence_ns`` old at ``now_ns`` (``silence``); else active.
     - ``meter_stop_wh``: the ``ended`` reading's ``energy_wh``, else the newest ``energy_wh``;
       ``energy_wh`` = ``meter_stop_wh`` - ``meter_start_wh`` (OCPP: meterStop - meterStart).
     - tags: the first reading's (by ts); ``connector_changed`` when they name more than one
@@ -307,16 +316,12 @@ def _overlaps(gap: SeqGap, rows: Sequence[Row]) -> bool:
     return bool(seqs) and gap.first <= max(seqs) and min(seqs) <= gap.last
 
 
-def _tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
 def to_line(s: Session) -> str:
     """The session's point (line protocol, ns): tags as the readings, time = ``started_at``;
     optional fields (``ended_at``, the meters, ``max_power_w``, the seqs) left out when None."""
     tags = (
-        f"{SESSION_MEASUREMENT},charger_id={_tag(s.charger_id)},connector_id={s.connector_id},"
-        f"evse_id={s.evse_id},gateway_id={_tag(s.gateway_id)}"
+        f"{SESSION_MEASUREMENT},charger_id={tag_str(s.charger_id)},connector_id={s.connector_id},"
+        f"evse_id={s.evse_id},gateway_id={tag_str(s.gateway_id)}"
     )
     fields = [
         f"transaction_id={field_str(s.transaction_id)}",

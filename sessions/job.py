@@ -21,7 +21,8 @@ stored ``started_at`` (or the start of the window that named it, if earlier), or
 (tags, ``started_at``) changed is written at its new key and its old point written again with
 ``state`` ``superseded``. At most ``MAX_SESSIONS_PER_PASS`` are computed per pass; the rest
 wait (in memory) for the next, and the progress (``session_state``: ``scanned_until_ns``,
-``marks_until_ns``) is stored only once none waits, so a restart finds them again.
+``marks_until_ns``) is stored only once none waits but stored active ones (found again in the
+store at every pass), so a restart finds them again.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from sessions import queries
-from sessions.answers import Key, Window, gaps_of, rows_of, sessions_of
+from sessions.answers import Key, Window, ends, gaps_of, rows_of, sessions_of
 from sessions.compute import Row, Session, compute, to_line
 from sessions.metrics import SessionMetrics
 from sessions.rewrite import delete_statement, points_to_write
@@ -207,7 +208,10 @@ class SessionJob:
         self._scanned = now
         if sweep:
             self._swept = now
-        if not self._pending:
+        # A deferred session stored active (and not due whole) is found again in the store at
+        # every pass: it does not hold the progress back (there may always be more of those
+        # than a pass computes).
+        if not any(c.whole or key not in active for key, c in self._pending.items()):
             await self._save_state(now)
             result.scanned_until = from_ns(now)
         self._finish(result, started, now)
@@ -367,10 +371,8 @@ class SessionJob:
             newest = rows[-1].ts_ns if rows else prior.last_reading_at_ns
             if newest < window.start_ns and not any(r.tx_event == "ended" for r in rows):
                 newer_at[i] = len(checks)
-                checks.append(
-                    queries.newer_reading_query(
-                        c.charger_id, prior.evse_id, prior.connector_id, newest
-                    )
+                checks += queries.newer_reading_queries(
+                    c.charger_id, prior.evse_id, prior.connector_id, newest
                 )
         gw_at = {}
         for gw, since in gateways.items():
@@ -383,7 +385,7 @@ class SessionJob:
             prior = self._carried[key]
             newest = rows[-1].ts_ns if rows else prior.last_reading_at_ns
             if i in newer_at:
-                newer = any(s.values for s in answers[newer_at[i]])
+                newer = ends(answers[newer_at[i]], answers[newer_at[i] + 1])
             else:
                 newer = window.newer(
                     c.charger_id, prior.evse_id, prior.connector_id, newest, key[1]
@@ -462,7 +464,7 @@ class SessionJob:
             gateways[gw] = min(gateways.get(gw, since), since)
             if not any(r.tx_event == "ended" for r in rows):
                 newer_at[i] = len(checks)
-                checks.append(queries.newer_reading_query(c.charger_id, evse, connector, newest))
+                checks += queries.newer_reading_queries(c.charger_id, evse, connector, newest)
         gw_at = {}
         for gw, since in gateways.items():
             gw_at[gw] = len(checks)
@@ -474,7 +476,7 @@ class SessionJob:
                 out.append(None)
                 continue
             gw = prior.gateway_id if prior is not None else rows[0].gateway_id
-            newer = i in newer_at and any(s.values for s in answers[newer_at[i]])
+            newer = i in newer_at and ends(answers[newer_at[i]], answers[newer_at[i] + 1])
             session = compute(
                 c.charger_id,
                 c.transaction_id,

@@ -8,6 +8,7 @@ from typing import Final
 
 from telemetry_common.ids import check_id
 from telemetry_common.influxql import QueryBuildError, qualified, quote_ident, quote_string
+from telemetry_common.schema import IN_TRANSACTION
 from telemetry_common.storage import (
     KEEP_RP,
     MEASUREMENT,
@@ -64,8 +65,8 @@ def discovery_query(start_ns: int, end_ns: int | None = None, gateway_id: str | 
 
 def window_readings_query(start_ns: int) -> str:
     """Every reading stamped at or after ``start`` (the steady pass's stretch): one series per
-    connector (the four tags), columns ``transaction_id`` and READING_COLUMNS."""
-    columns = ["transaction_id", *(c for c in READING_COLUMNS if c not in _GROUP)]
+    connector (the four tags), columns ``transaction_id``, ``status`` and READING_COLUMNS."""
+    columns = ["transaction_id", "status", *(c for c in READING_COLUMNS if c not in _GROUP)]
     return (
         f"SELECT {', '.join(quote_ident(c) for c in columns)} FROM {quote_ident(MEASUREMENT)} "
         f"WHERE time >= {_ns('start', start_ns)} "
@@ -84,17 +85,29 @@ def session_readings_query(charger_id: str, transaction_id: str, lo_ns: int) -> 
     )
 
 
-def newer_reading_query(charger_id: str, evse_id: int, connector_id: int, after_ns: int) -> str:
-    """The connector's oldest reading stamped after ``after`` (a session's newest reading:
-    any reading after it carries another or no transaction), or no row."""
+def newer_reading_queries(
+    charger_id: str, evse_id: int, connector_id: int, after_ns: int
+) -> tuple[str, str]:
+    """Whether the connector has a reading stamped after ``after`` (a session's newest reading:
+    any reading after it carries another or no transaction) that ends the session
+    (:func:`sessions.compute.ends_session`), in two statements (InfluxQL cannot match a missing
+    field): the readings after ``after`` and those of them with a transaction (``n``, ``tx``),
+    and those with a status of IN_TRANSACTION (``n``). Read by :func:`sessions.answers.ends`."""
     for name, value in (("evse_id", evse_id), ("connector_id", connector_id)):
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
             raise QueryBuildError(name, value, "an integer 0..255")
-    return (
-        f"SELECT first({quote_ident('seq')}) FROM {quote_ident(MEASUREMENT)} "
+    where = (
         f"WHERE {_eq('charger_id', check_id('charger id', charger_id))} "
         f"AND {_eq('evse_id', str(evse_id))} AND {_eq('connector_id', str(connector_id))} "
         f"AND time > {_ns('after', after_ns)}"
+    )
+    n = f"count({quote_ident('seq')}) AS {quote_ident('n')}"
+    statuses = "|".join(sorted(IN_TRANSACTION))  # letters only: nothing to escape
+    return (
+        f"SELECT {n}, count({quote_ident('transaction_id')}) AS {quote_ident('tx')} "
+        f"FROM {quote_ident(MEASUREMENT)} {where}",
+        f"SELECT {n} FROM {quote_ident(MEASUREMENT)} {where} "
+        f"AND {quote_ident('status')} =~ /^({statuses})$/",
     )
 
 

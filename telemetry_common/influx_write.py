@@ -51,6 +51,12 @@ def field_str(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def tag_str(value: str) -> str:
+    """``value`` as a line-protocol tag value: its backslashes, commas, equals signs and spaces
+    escaped."""
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
 def _classify(status: int, detail: str) -> WriteError:
     if status in DATA_REJECTED:
         return WriteRejectedError(status, detail)

@@ -42,6 +42,10 @@ Status = Literal[
     "Faulted",
     "Occupied",
 ]
+#: The statuses of a connector inside a transaction: OCPP 1.6's StatusNotification carries no
+#: transactionId, so a reading of one of these without a transaction does not end a session
+#: (docs/design.md#sessions, ``end_cause`` ``next``).
+IN_TRANSACTION: Final = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE"})
 #: The highest seq the cloud accepts (``seq_out_of_range`` above it) and the edge assigns:
 #: beyond 2^53-1 a seq is no longer exact as a JSON number read into a double.
 MAX_SEQ: Final = 2**53 - 1

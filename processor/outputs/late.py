@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from telemetry_common.influx_write import tag_str
 from telemetry_common.storage import LATE_AFTER_S, ROLLUP_LATE_MEASUREMENT
-
-
-def _tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def late_lines(messages: Iterable[tuple[str, list[int]]], now_ns: int, *, bridge: str) -> list[str]:
@@ -31,7 +28,7 @@ def late_lines(messages: Iterable[tuple[str, list[int]]], now_ns: int, *, bridge
             (first, last) if held is None else (min(held[0], first), max(held[1], last))
         )
     return [
-        f"{ROLLUP_LATE_MEASUREMENT},bridge={_tag(bridge)},gateway_id={_tag(gw)} "
+        f"{ROLLUP_LATE_MEASUREMENT},bridge={tag_str(bridge)},gateway_id={tag_str(gw)} "
         f"first={first}i,last={last}i {now_ns + k}"
         for k, (gw, (first, last)) in enumerate(sorted(spans.items()))
     ]

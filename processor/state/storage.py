@@ -23,6 +23,7 @@ from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
 from telemetry_common.bindings import no_store_yet, store_changes
 from telemetry_common.influx_query import InfluxError, InfluxQL, InfluxUnavailable, Series
+from telemetry_common.influx_write import tag_str
 from telemetry_common.influxql import (
     bindings_query,
     count_seq_range_query,
@@ -175,10 +176,6 @@ async def _seed_gaps(state: State, client: InfluxQL, max_backoff_s: float) -> in
 WriteLines = Callable[[list[str]], Awaitable[dict[str, str]]]
 
 
-def _tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
 def seqgap_lines(
     bridge: str,
     now: dict[str, tuple[int, int, int, int, str | None]],
@@ -199,7 +196,7 @@ def seqgap_lines(
         fields = f"missing={missing}i,gaps={gaps}i,first={first}i,last={last}i"
         if epoch is not None:
             fields += f',epoch="{epoch}"'
-        series = f"{SEQGAP_MEASUREMENT},bridge={_tag(bridge)},gateway_id={_tag(gateway)}"
+        series = f"{SEQGAP_MEASUREMENT},bridge={tag_str(bridge)},gateway_id={tag_str(gateway)}"
         lines.append(f"{series} {fields} {ts_ns}")
     return lines
 

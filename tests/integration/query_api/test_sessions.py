@@ -49,6 +49,7 @@ READ, INGEST = "integration-read-key-sessions", "integration-ingest-key-sessions
 CP = "gw-1-cp001"  # sessions, readings on two connectors, registry points
 OTHER = "gw-1-cp002"  # readings only
 BOOTED = "gw-2-cp003"  # a registry point only
+SUSPENDED = "gw-1-cp010"  # an active OCPP session whose newest reading is a SuspendedEV status
 TIES = "gw-ties"  # the gateway of the many sessions that share one start
 N_TIES = MAX_KEYS + 44  # more than a cursor carries digests of
 M = timedelta(minutes=1)
@@ -122,6 +123,7 @@ def seeded(influxd: InfluxInfo) -> Iterator[Seeded]:
                 session(f"gw-2-cp{i:03d}", f"g{i}", now - 6 * day + i * 7 * M, gateway_id="gw-2",
                         ended_at=now - 6 * day + i * 7 * M + 5 * M)
             )  # fmt: skip
+        s.append(session(SUSPENDED, "t-s", now - 40 * M, meter_start_wh=1000.0, energy_wh=300.0))
         lines = [session_line(x) for x in s]
         # t-1 was first computed with a later start: that point is superseded, never read.
         lines.append(
@@ -173,6 +175,14 @@ def seeded(influxd: InfluxInfo) -> Iterator[Seeded]:
         seq += 1
         readings.append(_reading(CP, 3, now - 3 * M, seq, {"power_w": 0.0}, status="Available"))
         readings.append(_reading(OTHER, 1, now - M, 1, {"power_w": 1.0}))
+        # OCPP: MeterValues of t-s, then a StatusNotification (no transactionId) of the pause.
+        readings.append(
+            _reading(SUSPENDED, 1, now - 10 * M, 1, {"power_w": 7000.0, "energy_wh": 1300.0},
+                     transaction_id="t-s")
+        )  # fmt: skip
+        readings.append(
+            _reading(SUSPENDED, 1, now - 4 * M, 2, {"error_code": 0.0}, status="SuspendedEV")
+        )
         r = httpx.post(
             f"{url}/write",
             params={"db": database, "precision": "ns"},
@@ -336,7 +346,7 @@ async def test_the_fleet_export_pages_through_many_sessions_that_share_one_start
         assert len(set(_keys(ties))) == N_TIES
         assert {s["started_at"] for s in ties} == {ties[0]["started_at"]}
     active = await _export(api, {"state": "active", "limit": 7})
-    assert _keys(active) == [(CP, "t-4")]
+    assert _keys(active) == [(SUSPENDED, "t-s"), (CP, "t-4")]
     gw2 = await _export(api, {"gateway_id": "gw-2", "start": "-7d", "limit": 5})
     assert _keys(gw2) == [(f"gw-2-cp{i:03d}", f"g{i}") for i in range(12)]
 
@@ -585,6 +595,20 @@ async def test_a_chargers_connectors_and_active_session(
     _problem(await api.get("/v1/chargers/gw-9-nobody"), 404, "not-found")
     # The routes under a charger are still theirs.
     assert _ok(await api.get(f"/v1/chargers/{CP}/latest"))["charger_id"] == CP
+
+
+async def test_a_connector_paused_inside_its_transaction_keeps_its_active_session(
+    api: httpx.AsyncClient, seeded: Seeded
+) -> None:
+    """OCPP's StatusNotification carries no transactionId: a connector whose newest reading is
+    a SuspendedEV status still shows its active session (the sessions job's ``next`` rule),
+    with the stored energy so far (the newest reading has no register)."""
+    body = _ok(await api.get(f"/v1/chargers/{SUSPENDED}"))
+    (c,) = body["connectors"]
+    assert c["status"] == "SuspendedEV"
+    assert c["session"] is not None
+    assert (c["session"]["transaction_id"], c["session"]["energy_wh"]) == ("t-s", 300.0)
+    assert c["session"]["started_at"] == format_ts(seeded.now - 40 * M)
 
 
 @pytest.mark.parametrize(

@@ -660,3 +660,105 @@ def test_the_service_serves_health_and_metrics_and_stops_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-3000:]
+
+
+async def test_an_ocpp_status_notification_inside_a_transaction_does_not_end_it(
+    influx_db: InfluxTarget,
+) -> None:
+    """OCPP 1.6: StatusNotification carries no transactionId, so the ``Charging`` status a
+    charger sends right after StartTransaction (and ``SuspendedEV`` mid-session) is a reading of
+    the connector without the transaction: it must not end the session by ``next``."""
+    _keep(influx_db)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    started = Reading(
+        charger_id="CP-O",
+        evse_id=1,
+        connector_id=1,
+        seq=1,
+        ts=t0,
+        transaction_id="9001",
+        tx_event="started",
+        values={"energy_wh": 1000.0},
+    )
+    charging = Reading(
+        charger_id="CP-O",
+        evse_id=1,
+        connector_id=1,
+        seq=2,
+        ts=t0 + timedelta(seconds=1),
+        status="Charging",
+        values={"error_code": 0.0},
+    )
+    _store(influx_db, [started, charging])
+    clock = Clock(t0 + timedelta(seconds=30))
+    async with _job(influx_db, clock, silence="2h") as job:
+        await job.run_pass()
+        s = _sessions(influx_db)[("CP-O", "9001")]
+        assert (s["state"], s["end_cause"]) == ("active", "")
+
+        def reading(seq: int, s: float, **more: Any) -> Reading:
+            return Reading(
+                charger_id="CP-O",
+                evse_id=1,
+                connector_id=1,
+                seq=seq,
+                ts=t0 + timedelta(seconds=s),
+                **more,
+            )
+
+        # MeterValues of the transaction, then SuspendedEV (the car paused): still active.
+        _store(
+            influx_db,
+            [
+                reading(3, 60, transaction_id="9001", values={"energy_wh": 1100.0}),
+                reading(4, 61, status="SuspendedEV", values={"error_code": 0.0}),
+            ],
+        )
+        clock.now = t0 + timedelta(seconds=90)
+        await job.run_pass()
+        s = _sessions(influx_db)[("CP-O", "9001")]
+        assert (s["state"], s["end_cause"], s["energy_wh"]) == ("active", "", 100.0)
+        # A reading of no transaction and no status (not a StatusNotification): it ends it.
+        _store(influx_db, [reading(5, 120, values={"energy_wh": 1100.0})])
+    clock.now = t0 + timedelta(seconds=150)
+    async with _job(influx_db, clock, silence="2h") as job:  # computed whole: InfluxQL's check
+        await job.run_pass()
+    s = _sessions(influx_db)[("CP-O", "9001")]
+    assert (s["state"], s["end_cause"], s.get("ended_at")) == (
+        "ended",
+        "next",
+        ts_ns(t0 + timedelta(seconds=60)),
+    )
+
+
+async def test_more_active_sessions_than_a_pass_computes_do_not_hold_the_progress_back(
+    influx_db: InfluxTarget,
+) -> None:
+    """Every stored active session is looked at each pass: with more of them than
+    MAX_SESSIONS_PER_PASS (4,000 at 10,000 chargers, 10 sessions of an hour a day), some are
+    always deferred; they are found again in the store, so the progress is still stored."""
+    _keep(influx_db)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    _store(
+        influx_db,
+        [
+            Reading(
+                charger_id=f"CP-{i}",
+                evse_id=1,
+                connector_id=1,
+                seq=1,
+                ts=t0,
+                transaction_id=f"a-{i}",
+                values={"energy_wh": 1.0},
+            )
+            for i in range(3)
+        ],
+    )
+    clock = Clock(t0 + timedelta(minutes=5))
+    async with _job(influx_db, clock, silence="2h", max_sessions_per_pass=2) as job:
+        results = []
+        for _ in range(4):
+            results.append(await job.run_pass())
+            clock.now += timedelta(seconds=30)
+    assert len(_sessions(influx_db)) == 3
+    assert results[-1].scanned_until is not None

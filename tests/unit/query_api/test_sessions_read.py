@@ -96,6 +96,13 @@ def test_a_row_becomes_a_session_document_with_nulls_for_what_is_not_known() -> 
     assert ended["flags"] == ["seq_gap", "no_energy"]
 
 
+def test_an_active_sessions_stale_ended_at_is_not_read() -> None:
+    """On InfluxDB 2.x/3.x (no DELETE) a session that ended by silence and went on keeps its
+    old ``ended_at`` field: docs/design.md#sessions says to read it only when ``ended``."""
+    doc = session_of(_row(ended_at=NS + 60 * 10**9, state="active"))
+    assert (doc["state"], doc["ended_at"]) == ("active", None)
+
+
 def test_csv_cells_never_start_a_formula() -> None:
     doc = session_of(
         _row(charger_id="-cp", transaction_id="=2+3", stop_reason="@x", flags="a,b",

@@ -45,8 +45,8 @@ def test_hostile_ids_are_refused(build: object) -> None:
     "build",
     [
         lambda: queries.session_readings_query("CP-1", "t", 1.5),  # type: ignore[arg-type]
-        lambda: queries.newer_reading_query("CP-1", 256, 1, 0),
-        lambda: queries.newer_reading_query("CP-1", 1, True, 0),
+        lambda: queries.newer_reading_queries("CP-1", 256, 1, 0),
+        lambda: queries.newer_reading_queries("CP-1", 1, True, 0),
         lambda: queries.state_query("db", "done_until_ns"),
     ],
 )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from sessions.compute import Session, compute
+from sessions.answers import sessions_of
+from sessions.compute import Session, compute, to_line
 from sessions.rewrite import points_to_write
+from telemetry_common.influx_query import Series
 from tests.unit.sessions.test_compute import HOUR, T0, S, row
 
 NOW = T0 + 60 * S
@@ -59,3 +62,20 @@ def test_an_active_session_without_readings_left_ends_by_silence() -> None:
         T0 + 10 * S,
         False,
     )
+
+
+def test_a_stored_active_sessions_stale_ended_at_is_not_read_so_not_rewritten() -> None:
+    """InfluxDB 2.x/3.x (no DELETE) keep the ``ended_at`` of a session that ended by silence
+    and went on: read back, it must not make the unchanged active session differ each pass."""
+    s = _session([row(0, 1, 1.0), row(10, 2, 2.0)])
+    assert s.state == "active"
+    fields = dict(f.split("=", 1) for f in to_line(s).split(" ")[1].split(","))
+    row_: dict[str, Any] = {k: v.strip('"').removesuffix("i") for k, v in fields.items()}
+    row_ |= {"time": s.started_at_ns, "charger_id": "CP-1", "evse_id": "1", "connector_id": "1"}
+    row_ |= {"gateway_id": s.gateway_id, "ended_at": s.started_at_ns + 5 * S}
+    numeric = ("readings", "first_seq", "last_seq", "last_reading_at", "computed_at")
+    row_ |= {k: int(row_[k]) for k in numeric} | {"duration_s": s.duration_s}
+    row_ |= {k: float(row_[k]) for k in ("meter_start_wh", "meter_stop_wh", "energy_wh")}
+    (stored,) = sessions_of([Series("sessions", list(row_), [list(row_.values())])])
+    assert stored.ended_at_ns is None
+    assert points_to_write(stored, s, NOW, HOUR) == []
