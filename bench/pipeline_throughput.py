@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -321,7 +321,10 @@ def measure_pipeline(
     a: argparse.Namespace,
     gateway: str,
     mode: str = "off",
+    publisher_args: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """N readings from one publisher process through the bridge (acknowledgements ``mode``),
+    ``publisher_args`` added to its command line; the figures of the phase."""
     servers = stack.named("mosquitto", "influxd", "bridge")
     cpu_before = cpu_snapshot(servers)
     metrics_before = stack.bridge_metrics()
@@ -342,6 +345,7 @@ def measure_pipeline(
             "--timeout",
             str(a.timeout),
             *publisher_ack_args(a, mode),
+            *publisher_args,
         ],
     )
     t_stored, polls = wait_bridge_stored(

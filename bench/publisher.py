@@ -9,6 +9,11 @@ QoS 1 with a bounded window of unacknowledged publishes:
 - ``--rate R``: R readings/s for ``--duration`` seconds, each message stamped with the wall
   clock at the moment it is built and published (the latency phase).
 
+With ``--transactions L`` every reading of the throughput mode belongs to a charging session
+of L readings of its charger (``transaction_id``; the first one ``tx_event`` ``started`` with an
+``id_tag_hash``, the last ``ended`` with a ``stop_reason``): a fleet whose chargers are all in
+sessions (``bench.transactions_cost`` compares it with readings without them).
+
 With ``--stored`` it also behaves as the edge agent does with ``TELEMETRY_EDGE_DELETE_AFTER=
 stored`` (edge_agent/publisher.py), as far as the network sees it: before publishing it subscribes
 (QoS 1) to its own ``{root}/{gateway}/stored``; a reading counts as *unconfirmed* from its publish
@@ -41,7 +46,7 @@ import orjson
 import paho.mqtt.client as paho
 
 from bench.harness.mqtt import Connection, Identity
-from bench.harness.readings import batch_payload, reading
+from bench.harness.readings import batch_payload, reading, transaction
 from telemetry_common.schema import format_ts
 from telemetry_common.topics import DEFAULT_ROOT, Topics
 
@@ -177,7 +182,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(start, start + n):
                     ts = format_ts(t0 + timedelta(milliseconds=i // args.chargers))
                     cid = charger_id(args.gateway, i % args.chargers)
-                    readings.append(reading(cid, seq, ts, float(i)))
+                    tx = (
+                        transaction(i // args.chargers, args.transactions)
+                        if args.transactions
+                        else None
+                    )
+                    readings.append(reading(cid, seq, ts, float(i), tx))
                     seq += 1
                 payloads.append((n, batch_payload(args.gateway, readings)))
             build_cpu_s = time.process_time()
@@ -260,6 +270,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=0.0, help="readings/s; 0 = as fast as possible")
     p.add_argument("--duration", type=float, default=5.0, help="seconds (with --rate)")
     p.add_argument("--seq-start", type=int, default=1)
+    p.add_argument(
+        "--transactions",
+        type=int,
+        default=0,
+        metavar="L",
+        help="--rate 0: every reading in a charging session of L readings of its charger "
+        "(transaction_id; tx_event, id_tag_hash, stop_reason at its start and end); 0: none",
+    )
     p.add_argument(
         "--stored", action="store_true", help="subscribe to the stored acknowledgements, wait"
     )

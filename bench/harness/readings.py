@@ -31,17 +31,36 @@ LINE_TAIL: Final = (
 )
 
 
-def reading(charger_id: str, seq: int, ts: str, energy_wh: float) -> dict[str, object]:
-    """One reading of connector 1 of EVSE 1, charging."""
-    return {
+def reading(
+    charger_id: str, seq: int, ts: str, energy_wh: float, tx: dict[str, str] | None = None
+) -> dict[str, object]:
+    """One reading of connector 1 of EVSE 1, charging; ``tx``: its transaction keys
+    (:func:`transaction`)."""
+    out: dict[str, object] = {
         "charger_id": charger_id,
         "evse_id": 1,
         "connector_id": 1,
         "seq": seq,
         "ts": ts,
         "status": "Charging",
-        "values": dict(VALUES, energy_wh=energy_wh),
     }
+    if tx:
+        out.update(tx)
+    out["values"] = dict(VALUES, energy_wh=energy_wh)
+    return out
+
+
+def transaction(k: int, length: int) -> dict[str, str]:
+    """The transaction keys of a charger's ``k``-th reading when every ``length`` readings are
+    one session (docs/design.md#readingbatch): ``transaction_id`` on each, the first one
+    ``started`` with the id tag's hash, the last ``ended`` with a stop reason."""
+    n, i = divmod(k, length)
+    tx = {"transaction_id": f"tx{n}"}
+    if i == 0:
+        tx |= {"tx_event": "started", "id_tag_hash": f"{n % 4093:032x}"}
+    elif i == length - 1:
+        tx |= {"tx_event": "ended", "stop_reason": "EVDisconnected"}
+    return tx
 
 
 def batch_payload(gateway_id: str, readings: list[dict[str, object]]) -> bytes:
