@@ -180,6 +180,9 @@ def create_app(
     app.state.clock = clock if clock is not None else SystemClock()
     app.state.charger_index = ChargerIndex(settings.chargers_cache_s)
     app.state.history_cache = PageCache(settings.history_cache_s, settings.history_cache_max_bytes)
+    app.state.sessions_cache = PageCache(
+        settings.sessions_cache_s, settings.history_cache_max_bytes
+    )
     app.state.rollup_fields = RollupFields(ttl_s=60.0)
     cursor_secret = settings.cursor_secret
     app.state.cursors = Cursors(

@@ -20,7 +20,7 @@ import csv
 import hashlib
 import io
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -54,6 +54,8 @@ MAX_KEYS: Final = 256
 _DIGEST_HEX: Final = 8
 _EPOCH_NS_MIN: Final = int((TS_MIN - from_epoch_ns(0)).total_seconds()) * 10**9
 _EPOCH_NS_MAX: Final = int((TS_MAX - from_epoch_ns(0)).total_seconds()) * 10**9
+#: Sessions per document of the CSV export's streamed answer.
+CSV_CHUNK: Final = 5_000
 #: Most rollup rows one power curve reads.
 CURVE_ROLLUP_ROWS: Final = 100_000
 _SECOND: Final = timedelta(seconds=1)
@@ -307,6 +309,26 @@ class Export:
         return cursor.fingerprint("sessions", self.state, self.gateway_id)
 
 
+def _not_sent(at: Position) -> Callable[[dict[str, Any]], bool]:
+    """Whether a session from ``at`` on was not on an earlier page: those at ``at``'s time that
+    were are left out by digest, or beyond :data:`MAX_KEYS` the first ``n`` in InfluxDB's order."""
+    seen = set(at.keys) if at.keys is not None else None
+    skipped = 0
+
+    def keep(item: dict[str, Any]) -> bool:
+        nonlocal skipped
+        if not at.n or _started_ns(item) != at.t_ns:
+            return True
+        if seen is not None:
+            return _digest(item) not in seen
+        if skipped < at.n:
+            skipped += 1
+            return False
+        return True
+
+    return keep
+
+
 async def read_page(
     influx: InfluxQL, export: Export, at: Position, limit: int
 ) -> tuple[list[dict[str, Any]], Position | None]:
@@ -316,37 +338,32 @@ async def read_page(
         from_epoch_ns(at.t_ns), from_epoch_ns(at.end_ns), limit=limit + at.n + 1,
         gateway_id=export.gateway_id, state=export.state,
     )  # fmt: skip
-    rows = sessions_of(await influx.query(q))
-    seen = set(at.keys) if at.keys is not None else None
-    kept: list[dict[str, Any]] = []
-    skipped = 0
-    for item in rows:
-        if at.n and _started_ns(item) == at.t_ns:
-            if seen is not None and _digest(item) in seen:
-                continue
-            if seen is None and skipped < at.n:
-                skipped += 1
-                continue
-        kept.append(item)
+    kept = list(filter(_not_sent(at), sessions_of(await influx.query(q))))
     page = kept[:limit]
     if len(kept) <= limit or not page:
         return page, None
     return page, at.after(page)
 
 
-async def csv_stream(
-    influx: InfluxQL,
-    export: Export,
-    first: list[dict[str, Any]],
-    nxt: Position | None,
-    limit: int,
-) -> AsyncIterator[str]:
-    """The CSV export: its header and the ``first`` page (already read), then every following
-    page read in turn (one page in memory at a time)."""
-    yield csv_header() + csv_rows(first)
-    while nxt is not None:
-        page, nxt = await read_page(influx, export, nxt, limit)
-        yield csv_rows(page)
+async def csv_chunks(influx: InfluxQL, export: Export, at: Position) -> AsyncIterator[str]:
+    """The CSV export from ``at`` to the window's end: its header, then the sessions as
+    InfluxDB streams them, one query for the whole window (``chunked``, :data:`CSV_CHUNK`
+    sessions at a time): memory stays flat however many there are, and each session is read
+    once. (Pages of ``LIMIT`` queries would each merge every charger's series again: 100,000
+    sessions of 10,000 chargers took 44.6 s that way.) The first chunk is read when the
+    iterator is first advanced, so the caller can answer a problem if InfluxDB fails then."""
+    q = influxql.sessions_query(
+        from_epoch_ns(at.t_ns), from_epoch_ns(at.end_ns), limit=None,
+        gateway_id=export.gateway_id, state=export.state,
+    )  # fmt: skip
+    keep = _not_sent(at)
+    header = csv_header()
+    async for chunk in influx.query_stream(q, chunk_size=CSV_CHUNK):
+        items = [item for item in sessions_of(chunk) if keep(item)]
+        yield header + csv_rows(items)
+        header = ""
+    if header:
+        yield header
 
 
 # --- the power curve -------------------------------------------------------------------------

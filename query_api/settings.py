@@ -108,9 +108,13 @@ class ApiSettings(ServiceSettings):
     """``GET /v1/chargers/{id}`` lists the connectors with a reading within this window."""
     sessions_max_range: timedelta = Field(default=timedelta(days=400), gt=timedelta(0))
     """Longest ``end - start`` of ``/v1/chargers/{id}/sessions`` and ``/v1/sessions``."""
+    sessions_cache_s: float = Field(default=5.0, ge=0)
+    """How long an answer of ``/v1/chargers/{id}/sessions`` (same parameters, as given) is
+    reused (0: never); the sessions job writes every ``TELEMETRY_SESSIONS_INTERVAL_S`` anyway.
+    Bounded by ``HISTORY_CACHE_MAX_BYTES`` of its own."""
     sessions_max_page: int = Field(default=10_000, ge=1, le=100_000)
-    """Most sessions one page holds (the cap on ``limit``; a CSV export reads page after page
-    of ``limit``)."""
+    """Most sessions one JSON page holds (the cap on ``limit``; a CSV export is streamed whole,
+    whatever ``limit``)."""
 
     ingest_gateway: Id = "http-ingest"
     """The gateway identity under which readings sent with the ``ingest`` role key are published

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import enum
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self
@@ -66,6 +66,8 @@ class InfluxQL(Protocol):
     async def query(self, q: str) -> list[Series]: ...
 
     async def query_chunked(self, q: str) -> list[Series]: ...
+
+    def query_stream(self, q: str, *, chunk_size: int = ...) -> AsyncIterator[list[Series]]: ...
 
 
 class _State(enum.Enum):
@@ -182,15 +184,30 @@ class InfluxQLClient:
         one JSON document per series) and each is parsed as it comes, handing the event loop
         back every ``yield_every`` documents. One ``orjson.loads`` of the newest point of 10,000
         chargers (1.4 MB) held the loop for ~70 ms, during which no request was answered."""
-        http = self._opened()
-        params = self._params(q, chunked="true", chunk_size=str(CHUNK_POINTS))
         series: list[Series] = []
+        documents = 0
+        async for chunk in self.query_stream(q):
+            series.extend(chunk)
+            documents += 1
+            if documents % yield_every == 0:
+                await asyncio.sleep(0)
+        return series
+
+    async def query_stream(
+        self, q: str, *, chunk_size: int = CHUNK_POINTS
+    ) -> AsyncIterator[list[Series]]:
+        """The answer to ``q`` as InfluxDB streams it (``chunked=true``): the series of each
+        document (at most ``chunk_size`` points of one series) as it arrives, so an answer of
+        any size is read with one document in memory (the fleet's session export). Closing the
+        iterator early closes the HTTP stream."""
+        http = self._opened()
+        params = self._params(q, chunked="true", chunk_size=str(chunk_size))
         with self._translated():
             async with http.stream("GET", "/query", params=params) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    return _parse(response)  # raises the error it carries
-                documents = 0
+                    _parse(response)  # raises the error it carries
+                    return
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
@@ -200,11 +217,7 @@ class InfluxQLClient:
                         raise InfluxQueryError(
                             f"unexpected answer: {line[:200]!r}", status=response.status_code
                         ) from exc
-                    series.extend(_series_of(results, response.status_code))
-                    documents += 1
-                    if documents % yield_every == 0:
-                        await asyncio.sleep(0)
-        return series
+                    yield _series_of(results, response.status_code)
 
     def _opened(self) -> httpx.AsyncClient:
         if self._state is not _State.OPENED or self._http is None:

@@ -648,16 +648,16 @@ def sessions_query(
     start: datetime,
     end: datetime,
     *,
-    limit: int,
+    limit: int | None,
     charger_id: str | None = None,
     gateway_id: str | None = None,
     state: str | None = None,
     newest_first: bool = False,
 ) -> str:
     """Sessions that started in ``[start, end)`` (superseded points left out), oldest first (or
-    ``newest_first``), at most ``limit``; of one charger or gateway, in one ``state``, when
-    given. Every field, and the tags as columns."""
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+    ``newest_first``), at most ``limit`` (None: all, for a streamed answer); of one charger or
+    gateway, in one ``state``, when given. Every field, and the tags as columns."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise QueryBuildError("limit", limit, "must be a positive integer")
     where = f"{_window(start, end)} AND {_session_state(state)}"
     if charger_id is not None:
@@ -666,9 +666,8 @@ def sessions_query(
         gateway = quote_string(check_id("gateway id", gateway_id))
         where += f" AND {quote_ident('gateway_id')} = {gateway}"
     order = "DESC" if newest_first else "ASC"
-    return (
-        f"SELECT * FROM {_keep(SESSION_MEASUREMENT)} WHERE {where} "
-        f"ORDER BY time {order} LIMIT {limit}"
+    return f"SELECT * FROM {_keep(SESSION_MEASUREMENT)} WHERE {where} ORDER BY time {order}" + (
+        "" if limit is None else f" LIMIT {limit}"
     )
 
 

@@ -5,6 +5,7 @@ the sessions job writes (docs/design.md#sessions); the read path is :mod:`query_
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Annotated, Final, Literal
 
@@ -14,7 +15,8 @@ from fastapi.responses import StreamingResponse
 
 from query_api import cursor
 from query_api.auth import require
-from query_api.deps import Influx, Now, Settings
+from query_api.deps import Influx, Mono, Now, Settings
+from query_api.pagecache import PageCache
 from query_api.params import END_DOC, START_DOC, ChargerId, window
 from query_api.problems import ProblemError, problem_responses
 from query_api.readings import from_epoch_ns
@@ -24,7 +26,7 @@ from query_api.sessions import (
     Position,
     SessionDetail,
     SessionPage,
-    csv_stream,
+    csv_chunks,
     power_curve,
     read_page,
     sessions_of,
@@ -76,10 +78,12 @@ def _checked_limit(limit: int | None, settings: ApiSettings) -> int:
     response_model=ChargerSessions,
 )
 async def charger_sessions(
+    request: Request,
     charger_id: ChargerId,
     influx: Influx,
     settings: Settings,
     now: Now,
+    mono: Mono,
     start: StartParam = None,
     end: EndParam = None,
     state: StateParam = None,
@@ -89,18 +93,35 @@ async def charger_sessions(
     win = window(
         start, end, now=now, default_range=DEFAULT_RANGE, max_range=settings.sessions_max_range
     )
-    q = influxql.sessions_query(
-        win.start, win.end, limit=limit + 1, charger_id=charger_id, state=state, newest_first=True
-    )
-    items = sessions_of(await influx.query(q))
-    body = {
-        "charger_id": charger_id,
-        "start": format_ts(win.start),
-        "end": format_ts(win.end),
-        "items": items[:limit],
-        "truncated": len(items) > limit,
-    }
-    return Response(orjson.dumps(body), media_type="application/json")
+
+    async def build() -> bytes:
+        q = influxql.sessions_query(
+            win.start, win.end, limit=limit + 1, charger_id=charger_id, state=state,
+            newest_first=True,
+        )  # fmt: skip
+        items = sessions_of(await influx.query(q))
+        body = {
+            "charger_id": charger_id,
+            "start": format_ts(win.start),
+            "end": format_ts(win.end),
+            "items": items[:limit],
+            "truncated": len(items) > limit,
+        }
+        return orjson.dumps(body)
+
+    # A page asked again within SESSIONS_CACHE_S (as given: "-30d" is one key) is reused: the
+    # sessions job rewrites sessions every INTERVAL_S (30 s) anyway.
+    cache: PageCache = request.app.state.sessions_cache
+    if not cache.enabled:
+        return Response(await build(), media_type="application/json")
+    key = ("charger-sessions", charger_id, start, end, state, limit)
+    return Response(await cache.get(key, mono, build), media_type="application/json")
+
+
+async def _then(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _wants_csv(request: Request, fmt: str | None) -> bool:
@@ -154,17 +175,19 @@ async def export_sessions(
             start, end, now=now, default_range=DEFAULT_RANGE, max_range=settings.sessions_max_range
         )
         at = Position.first(win)
-    # The first page is read before the answer starts: its errors are still problems.
-    items, nxt = await read_page(influx, export, at, limit)
     if _wants_csv(request, format_):
+        # The first chunk is read before the answer starts: its errors are still problems.
+        chunks = csv_chunks(influx, export, at)
+        first = await anext(chunks)
         return StreamingResponse(
-            csv_stream(influx, export, items, nxt, limit),
+            _then(first, chunks),
             media_type=CSV_MEDIA_TYPE,
             headers={
                 "Content-Disposition": 'attachment; filename="sessions.csv"',
                 "Vary": "Accept",
             },
         )
+    items, nxt = await read_page(influx, export, at, limit)
     body = {
         "start": format_ts(from_epoch_ns(at.start_ns)),
         "end": format_ts(from_epoch_ns(at.end_ns)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +19,9 @@ class FakeInflux:
 
     async def query_chunked(self, q: str) -> list[Series]:
         return await self.query(q)
+
+    async def query_stream(self, q: str, *, chunk_size: int = 1000) -> AsyncIterator[list[Series]]:
+        yield await self.query(q)
 
     async def query(self, q: str) -> list[Series]:
         self.queries.append(q)

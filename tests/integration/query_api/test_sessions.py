@@ -26,6 +26,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from query_api import sessions as sessions_read
 from query_api.app import create_app
 from query_api.sessions import COLUMNS, MAX_KEYS
 from query_api.settings import ApiSettings
@@ -409,11 +410,13 @@ async def test_the_csv_export_holds_every_session_and_no_formula(
 
 
 class CountingInflux:
-    """The real InfluxQL client, counting the queries sent (to see when each answer part left)."""
+    """The real InfluxQL client, counting the session queries sent and the streamed documents
+    received (to see when each answer part left)."""
 
     def __init__(self, client: InfluxQLClient) -> None:
         self.client = client
         self.sessions_queries = 0
+        self.documents = 0
 
     async def query(self, q: str) -> list[Series]:
         if '"sessions"' in q:
@@ -423,11 +426,21 @@ class CountingInflux:
     async def query_chunked(self, q: str) -> list[Series]:
         return await self.client.query_chunked(q)
 
+    async def query_stream(self, q: str, *, chunk_size: int = 1000) -> AsyncIterator[list[Series]]:
+        if '"sessions"' in q:
+            self.sessions_queries += 1
+        async for chunk in self.client.query_stream(q, chunk_size=chunk_size):
+            self.documents += 1
+            yield chunk
 
-async def test_the_csv_export_streams_page_by_page(seeded: Seeded) -> None:
-    """The CSV answer leaves in parts as the pages are read: its first part is sent after one
-    query, before the next page is asked for, and every page is a part of its own (so the API
-    holds one page at a time, whatever the window holds)."""
+
+async def test_the_csv_export_streams_as_influxdb_answers(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSV answer is one query for the whole window, streamed: each document InfluxDB sends
+    (here 10 sessions) leaves as a part of its own before the next is read, so the API holds
+    one document at a time whatever the window holds."""
+    monkeypatch.setattr(sessions_read, "CSV_CHUNK", 10)
     settings = _settings(seeded)
     async with InfluxQLClient(settings.influx) as client:
         counting = CountingInflux(client)
@@ -449,7 +462,7 @@ async def test_the_csv_export_streams_page_by_page(seeded: Seeded) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
             elif message["type"] == "http.response.body" and message.get("body"):
-                parts.append((counting.sessions_queries, message["body"]))
+                parts.append((counting.documents, message["body"]))
 
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
@@ -463,8 +476,9 @@ async def test_the_csv_export_streams_page_by_page(seeded: Seeded) -> None:
     assert status == [200]
     want = len([s for s in seeded.sessions if s["started_at"] >= seeded.now - timedelta(days=30)])
     pages = math.ceil(want / 10)
+    assert counting.sessions_queries == 1
     assert len(parts) >= pages
-    assert [n for n, _ in parts[:3]] == [1, 2, 3]
+    assert [n for n, _ in parts[:pages]] == list(range(1, pages + 1))
     text = b"".join(body for _, body in parts).decode()
     assert len(text.splitlines()) == want + 1
 
@@ -629,3 +643,34 @@ async def test_the_session_endpoints_need_a_read_key(
     _problem(await api.get(path, headers={"X-API-Key": "wrong-key-000"}), 401, "unauthenticated")
     _problem(await api.get(path, headers={"X-API-Key": INGEST}), 403, "forbidden")
     assert (await api.get(path)).status_code == 200
+
+
+@pytest.mark.parametrize("cache_s", [60.0, 0.0])
+async def test_a_chargers_sessions_are_reused_for_sessions_cache_s(
+    seeded: Seeded, cache_s: float
+) -> None:
+    """The same question within SESSIONS_CACHE_S gets the same answer without InfluxDB (a
+    session written meanwhile shows after the cache's time); 0 turns the cache off."""
+    charger = f"cp-cache-{uuid.uuid4().hex[:6]}"
+    first = session(charger, "c-1", seeded.now - timedelta(hours=2))
+    write_keep(seeded.url, seeded.database, [session_line(first)])
+    app = create_app(_settings(seeded, sessions_cache_s=cache_s))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api.test",
+            headers={"X-API-Key": READ},
+        ) as client,
+    ):  # fmt: skip
+        path = f"/v1/chargers/{charger}/sessions"
+        before = _ok(await client.get(path, params={"start": "-1d"}))
+        assert [s["transaction_id"] for s in before["items"]] == ["c-1"]
+        second = session(charger, "c-2", seeded.now - timedelta(hours=1))
+        write_keep(seeded.url, seeded.database, [session_line(second)])
+        after = _ok(await client.get(path, params={"start": "-1d"}))
+        other = _ok(await client.get(path, params={"start": "-2d"}))  # another question
+    assert [s["transaction_id"] for s in other["items"]] == ["c-2", "c-1"]
+    if cache_s:
+        assert after == before
+    else:
+        assert [s["transaction_id"] for s in after["items"]] == ["c-2", "c-1"]
