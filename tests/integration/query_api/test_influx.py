@@ -193,6 +193,9 @@ class CountingInflux:
         self.queries.append(q)
         return await self.client.query(q)
 
+    async def query_stream(self, q: str, *, chunk_size: int = 1000) -> AsyncIterator[list[Series]]:
+        yield await self.query(q)
+
     async def query_chunked(self, q: str) -> list[Series]:
         self.queries.append(q)
         return await self.client.query_chunked(q)

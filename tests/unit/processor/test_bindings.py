@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,11 @@ async def test_a_change_stamped_by_a_clock_far_behind_is_applied_at_a_full_rerea
         async def query(self, q: str) -> list[Series]:
             queries.append(q)
             return [] if "WHERE time > " in q else whole  # the change is too old for a window
+
+        async def query_stream(
+            self, q: str, *, chunk_size: int = 1000
+        ) -> AsyncIterator[list[Series]]:
+            yield await self.query(q)
 
         async def query_chunked(self, q: str) -> list[Series]:
             return await self.query(q)

@@ -3,7 +3,7 @@ tracking, and gap tracking's warm-up per (gateway, epoch)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -138,6 +138,9 @@ class ScriptedInflux:
     async def query(self, q: str) -> list[Series]:
         self.queries.append(q)
         return next((a for key, a in self.answers.items() if key in q), [])
+
+    async def query_stream(self, q: str, *, chunk_size: int = 1000) -> AsyncIterator[list[Series]]:
+        yield await self.query(q)
 
     async def query_chunked(self, q: str) -> list[Series]:
         return await self.query(q)

@@ -8,7 +8,7 @@ layer's validation of whatever a client may send.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -28,6 +28,9 @@ ADMIN = "admin-key-0123456789"
 
 
 class EmptyInflux:
+    async def query_stream(self, q: str, *, chunk_size: int = 1000) -> AsyncIterator[list[Series]]:
+        yield await self.query(q)
+
     async def query_chunked(self, q: str) -> list[Series]:
         return await self.query(q)
 

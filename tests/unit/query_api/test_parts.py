@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class FakeInflux:
     def __init__(self, *answers: list[Series]) -> None:
         self.answers = list(answers)
         self.queries: list[str] = []
+
+    async def query_stream(self, q: str, *, chunk_size: int = 1000) -> AsyncIterator[list[Series]]:
+        yield await self.query(q)
 
     async def query_chunked(self, q: str) -> list[Series]:
         return await self.query(q)
@@ -599,6 +603,9 @@ class CountingInflux:
         assert m is not None, q
         n = sum(1 for s in self.stored if int(m[1]) <= s <= int(m[2]))
         return [Series("readings", ["time", "count"], [[0, n]])] if n else []
+
+    async def query_stream(self, q: str, *, chunk_size: int = 1000) -> AsyncIterator[list[Series]]:
+        yield await self.query(q)
 
     async def query_chunked(self, q: str) -> list[Series]:
         return await self.query(q)
