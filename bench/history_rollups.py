@@ -33,7 +33,15 @@ import httpx
 
 from bench.harness import cli
 from bench.harness.cli import log
-from bench.harness.http_load import WRK_INSTALL, Load, Target, run_python, run_wrk, wrk_binary
+from bench.harness.http_load import (
+    WRK_INSTALL,
+    Load,
+    Target,
+    run_python,
+    run_wrk,
+    warm_up,
+    wrk_binary,
+)
 from bench.harness.influx import Influx
 from bench.harness.procstat import CpuMeter, wait_quiet
 from bench.harness.report import Row, print_table, verdict
@@ -156,19 +164,6 @@ def check_answer(url: str, query: str, resolution: str, points: int) -> None:
         raise RuntimeError(f"{query}: {got}, expected ({resolution!r}, ~{points})")
 
 
-def warm_up(url: str, n: int, query: str) -> dict[str, float]:
-    """Each charger's page once, one after the other (its first build, cached afterwards):
-    the steady state is measured, the cold builds reported on their own."""
-    ms = []
-    with httpx.Client(base_url=url, headers={"X-API-Key": READ_KEY}, timeout=60) as http:
-        for i in range(n):
-            t0 = time.perf_counter()
-            http.get(f"/v1/chargers/{charger(i)}/{query}").raise_for_status()
-            ms.append((time.perf_counter() - t0) * 1000)
-    ms.sort()
-    return {"requests": n, "p50_ms": ms[len(ms) // 2], "max_ms": ms[-1]}
-
-
 def measure(
     stack: Stack, influx: Influx, name: str, url: str, n: int, query: str, a: argparse.Namespace
 ) -> dict[str, Any]:
@@ -211,7 +206,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         f"{label}: {query} on {n} chargers, {a.clients} clients, "
                         f"{a.duration:g}s, cache {cache_s:g}s ..."
                     )
-                    cold = warm_up(url, n, query) if cache_s > 0 else None
+                    cold = (
+                        warm_up(Target(url, PREFIX, n, WIDTH, query, READ_KEY))
+                        if cache_s > 0
+                        else None
+                    )
                     result = measure(stack, influx, f"{api.name}:{label}", url, n, query, a)
                     result["cold_build_ms"] = cold
                     fig["runs"].append(

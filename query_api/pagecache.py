@@ -5,13 +5,17 @@ each such answer from ~1,440 points per field, which bounds a whole server at a 
 answers per second. The cache holds the JSON bytes of each page, bounded in total bytes (least
 recently used evicted first). A page is fresh for ``ttl_s``; after that it is rebuilt in the
 background while the old one is still served, up to ``STALE_FACTOR * ttl_s`` (so a page lags
-InfluxDB by at most ``ttl_s`` plus one rebuild, and never more than that bound). Concurrent
-requests for a page being built wait for that one query instead of sending their own.
+InfluxDB by at most ``ttl_s`` plus one rebuild, and never more than that bound). Each page is
+fresh for a random part of ``ttl_s`` (between half and all of it: ``spread``), so pages built
+together (a dashboard's, or a load of many chargers' at start) do not expire together and their
+rebuilds do not hold the event loop in one burst every ``ttl_s``. Concurrent requests for a page
+being built wait for that one query instead of sending their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Final
@@ -21,12 +25,15 @@ STALE_FACTOR: Final = 3.0
 
 
 class PageCache:
-    def __init__(self, ttl_s: float, max_bytes: int) -> None:
+    def __init__(self, ttl_s: float, max_bytes: int, *, spread: float = 0.5) -> None:
         self.ttl_s = ttl_s
+        #: A page is fresh for ``ttl_s * (1 - U(0, spread))``.
+        self.spread = spread
         self.max_bytes = max_bytes
         self._pages: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()
         self._bytes = 0
         self._building: dict[Hashable, asyncio.Future[bytes]] = {}
+        self._jitter = random.Random()  # noqa: S311 (spreading expiries, not crypto)
         self.hits = 0
         self.misses = 0
         self.stale = 0
@@ -85,7 +92,8 @@ class PageCache:
         old = self._pages.pop(key, None)
         if old is not None:
             self._bytes -= len(old[1])
-        self._pages[key] = (mono, page)
+        # Stamped as built up to ``spread`` of a ttl earlier: it expires that much sooner.
+        self._pages[key] = (mono - self._jitter.uniform(0.0, self.ttl_s * self.spread), page)
         self._bytes += len(page)
         while self._bytes > self.max_bytes:
             _, (_, evicted) = self._pages.popitem(last=False)

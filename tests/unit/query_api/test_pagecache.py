@@ -32,7 +32,7 @@ class Builder:
 async def test_concurrent_requests_share_one_build_and_the_ttl_bounds_reuse() -> None:
     """Ten requests for a page being built cause one build; within ttl_s the page is reused;
     from ttl_s the old page is served while one rebuild runs, then the new page."""
-    cache = PageCache(ttl_s=5.0, max_bytes=1000)
+    cache = PageCache(ttl_s=5.0, max_bytes=1000, spread=0.0)
     build = Builder()
     waiting = [asyncio.ensure_future(page(cache, "k", 100.0, build)) for _ in range(10)]
     await asyncio.sleep(0)
@@ -54,7 +54,7 @@ async def test_concurrent_requests_share_one_build_and_the_ttl_bounds_reuse() ->
 
 async def test_a_page_past_the_stale_bound_is_waited_for() -> None:
     """A page older than STALE_FACTOR * ttl_s is not served: the request waits for the build."""
-    cache = PageCache(ttl_s=5.0, max_bytes=1000)
+    cache = PageCache(ttl_s=5.0, max_bytes=1000, spread=0.0)
     first = Builder(page=b"old")
     first.release.set()
     await page(cache, "k", 0.0, first)
@@ -69,7 +69,7 @@ async def test_a_page_past_the_stale_bound_is_waited_for() -> None:
 async def test_a_failed_build_reaches_every_waiter_and_is_not_cached() -> None:
     """The error of the one build is raised to each waiting request; the next request builds
     again."""
-    cache = PageCache(ttl_s=5.0, max_bytes=1000)
+    cache = PageCache(ttl_s=5.0, max_bytes=1000, spread=0.0)
     build = Builder(fail=RuntimeError("influx down"))
     waiting = [asyncio.ensure_future(page(cache, "k", 0.0, build)) for _ in range(3)]
     await asyncio.sleep(0)
@@ -84,7 +84,7 @@ async def test_a_failed_build_reaches_every_waiter_and_is_not_cached() -> None:
 
 async def test_a_client_going_away_does_not_cancel_the_build_for_the_others() -> None:
     """Cancelling the request that started a build leaves the build running for the rest."""
-    cache = PageCache(ttl_s=5.0, max_bytes=1000)
+    cache = PageCache(ttl_s=5.0, max_bytes=1000, spread=0.0)
     build = Builder()
     first = asyncio.ensure_future(page(cache, "k", 0.0, build))
     second = asyncio.ensure_future(page(cache, "k", 0.0, build))
@@ -120,3 +120,20 @@ async def test_the_byte_bound_evicts_the_least_recently_used_page() -> None:
     huge.release.set()
     assert await page(cache, "h", 2.0, huge) == b"h" * 11
     assert cache.size_bytes <= 10
+
+
+async def test_pages_built_together_expire_at_different_times_within_the_ttl() -> None:
+    """Each page is fresh for between half of ttl_s and all of it: 50 pages built at once are
+    not all rebuilt at once, and none is reused past ttl_s."""
+    cache = PageCache(ttl_s=10.0, max_bytes=100_000)
+    for k in range(50):
+        first = Builder(page=b"old")
+        first.release.set()
+        await page(cache, str(k), 0.0, first)
+    fresh_at = {}
+    for k in range(50):
+        assert await page(cache, str(k), 4.99, Builder()) == b"old"  # all fresh before ttl/2
+        held = cache._pages[str(k)][0]
+        fresh_at[k] = held + 10.0
+    assert all(5.0 <= t <= 10.0 for t in fresh_at.values())
+    assert len({round(t, 3) for t in fresh_at.values()}) > 25
