@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from telemetry_common.schema import Reading, reading_to_dict
+from telemetry_common.schema import Reading, orphan_tx_keys, reading_to_dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,5 +54,18 @@ class Capture:
             }
         )
         body = reading_to_dict(reading)
+        orphans = orphan_tx_keys(dict(reading))
+        if orphans:  # the cloud would refuse it (invalid_reading)
+            raise ValidationError.from_exception_data(
+                "Reading",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("transaction_missing", "needs a transaction_id"),
+                        loc=(key,),
+                        input=body[key],
+                    )
+                    for key in orphans
+                ],
+            )
         del body["seq"]
         return orjson.dumps(body)

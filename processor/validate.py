@@ -23,7 +23,9 @@ from telemetry_common.schema import (
     READING_ROW_VALIDATOR,
     ROWS_VALIDATOR,
     SCHEMA_ID,
+    TX_KEYS,
     ReadingRow,
+    orphan_tx_keys,
 )
 
 # Machine-readable reasons carried by every dead-letter record.
@@ -143,7 +145,26 @@ def decode_message(topic_gateway: str, payload: bytes, *, now: datetime, ts: TsW
                 reason, detail = TS_TOO_OLD, f"ts {at} is more than {ts.max_age} before {now}"
             out.rejected.append(Rejected(reason, detail, orjson.dumps(items[i]), i))
         out.keep([k for k, ns in enumerate(nss) if floor <= ns <= horizon])
+    if any(key in payload for key in _TX_KEY_BYTES):  # rare: a transaction's start or end
+        _refuse_orphan_tx_keys(payload, out)
     return out
+
+
+_TX_KEY_BYTES: Final = tuple(f'"{k}"'.encode() for k in TX_KEYS)
+
+
+def _refuse_orphan_tx_keys(payload: bytes, out: Decoded) -> None:
+    """Readings with a transaction key but no ``transaction_id`` are refused
+    (``invalid_reading``, :func:`telemetry_common.schema.orphan_tx_keys`)."""
+    orphans = {k: keys for k, r in enumerate(out.rows) if (keys := orphan_tx_keys(r))}
+    if not orphans:
+        return
+    items = raw_readings(payload)
+    for k, keys in orphans.items():
+        i = out.positions[k]
+        detail = f"{', '.join(keys)} without a transaction_id"
+        out.rejected.append(Rejected(INVALID_READING, detail, orjson.dumps(items[i]), i))
+    out.keep([k for k in range(len(out.rows)) if k not in orphans])
 
 
 def _loads(payload: bytes) -> Any:

@@ -218,6 +218,20 @@ ROWS_VALIDATOR: Final = SchemaValidator(_as_rows(ReadingBatch.__pydantic_core_sc
 READING_ROW_VALIDATOR: Final = SchemaValidator(_as_rows(Reading.__pydantic_core_schema__))
 
 
+#: The reading keys that say something about a transaction: they need its ``transaction_id``.
+TX_KEYS: Final = ("tx_event", "stop_reason", "id_tag_hash")
+
+
+def orphan_tx_keys(reading: ReadingRow) -> list[str]:
+    """The transaction keys ``reading`` gives without a ``transaction_id`` (a reading that has
+    any is refused, by the edge and by the bridge: it would not say which transaction it
+    starts or ends). A rule across keys, so checked here rather than in the schema (the
+    processor's fast validator reads the fields' rules only)."""
+    if reading["transaction_id"] is not None:
+        return []
+    return [key for key in TX_KEYS if reading[key] is not None]
+
+
 def format_ts(ts: datetime) -> str:
     """RFC 3339 in UTC with milliseconds and ``Z``, the form every payload uses."""
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -246,3 +246,21 @@ def test_charger_info_is_escaped_into_a_registry_point() -> None:
     assert registry_lines("gw-1", rows, [1, 2]) == [
         'chargers,charger_id=CP-1 gateway_id="gw-1",vendor="A \\"B\\" \\\\ C",firmware="1.0" 1'
     ]
+
+
+def test_transaction_keys_without_a_transaction_id_are_refused_alone() -> None:
+    """A reading that starts, ends or names a card for no transaction is refused
+    (invalid_reading, naming the keys); the readings beside it, a plain one and a complete
+    start, are kept."""
+    orphan = reading(2) | {"tx_event": "ended", "stop_reason": "Local"}
+    start = reading(3, ts="2026-05-01T12:00:01.000Z") | {
+        "transaction_id": "t-1", "tx_event": "started", "id_tag_hash": "ab" * 16,
+    }  # fmt: skip
+    out = decode("gw-1", payload("gw-1", [reading(1), orphan, start]))
+    assert [r["seq"] for r in out.rows] == [1, 3]
+    assert out.positions == [0, 2]
+    [rej] = out.rejected
+    assert (rej.reason, rej.index, rej.detail) == (
+        v.INVALID_READING, 1, "tx_event, stop_reason without a transaction_id",
+    )  # fmt: skip
+    assert orjson.loads(rej.raw) == orphan

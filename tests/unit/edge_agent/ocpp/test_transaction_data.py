@@ -66,7 +66,7 @@ def test_id_tag_hash_is_the_salted_hmac_of_the_tag_as_ocpp_compares_it() -> None
     assert hash_id_tag(SALT, TAG.lower()) == expected
     assert hash_id_tag(b"another-salt-entirely", TAG) != expected
     assert Reading.model_fields["id_tag_hash"] is not None
-    Capture("CP-1", T0, {}, id_tag_hash=expected).to_body()  # the schema's shape
+    Capture("CP-1", T0, {}, transaction_id="1", id_tag_hash=expected).to_body()  # its shape
 
 
 def test_a_gateway_makes_its_salt_once_and_keeps_it(tmp_path: Path) -> None:
