@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from datetime import datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,11 +16,10 @@ from rollups.metrics import RollupMetrics
 from rollups.settings import RollupsSettings
 from telemetry_common.influx_query import InfluxError, InfluxQLClient
 from telemetry_common.influx_write import WriteError, Writer
+from telemetry_common.job_command import MAX_BACKOFF_S, run_passes
 from telemetry_common.ops_http import Handler, serve
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF_S = 60.0
 
 
 def ops_routes(metrics: RollupMetrics) -> dict[str, Handler]:
@@ -64,8 +62,9 @@ async def run_service(settings: RollupsSettings, stop: asyncio.Event, *, once: b
             await _prepare_retention(client, settings, stop)
             job = RollupJob(settings, client, writer, metrics)
             raw_retention_set = not retention.managed(settings)
-            failures = 0
-            while not stop.is_set():
+
+            async def one_pass() -> bool:
+                nonlocal raw_retention_set
                 ok = await _one_pass(job, metrics)
                 if ok is not None and ok.caught_up and not raw_retention_set:
                     # Only now: a first deployment on old readings rolls them up first.
@@ -74,16 +73,9 @@ async def run_service(settings: RollupsSettings, stop: asyncio.Event, *, once: b
                         raw_retention_set = True
                     except InfluxError as exc:
                         log.warning("raw retention not set (%s); retrying next pass", exc)
-                if once:
-                    return ok is not None
-                failures = 0 if ok is not None else failures + 1
-                wait = settings.interval_s
-                if failures:
-                    wait = min(MAX_BACKOFF_S, settings.interval_s * 2 ** (failures - 1))
-                    wait *= random.uniform(0.8, 1.2)  # noqa: S311 (jitter, not crypto)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
-            return True
+                return ok is not None
+
+            return await run_passes(one_pass, interval_s=settings.interval_s, stop=stop, once=once)
     finally:
         if server is not None:
             server.close()

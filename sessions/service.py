@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 from datetime import datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,12 +14,11 @@ from sessions.metrics import SessionMetrics
 from sessions.settings import SessionsSettings
 from telemetry_common.influx_query import InfluxError, InfluxQLClient
 from telemetry_common.influx_write import WriteError, Writer, create_retention_policy
+from telemetry_common.job_command import run_passes
 from telemetry_common.ops_http import Handler, serve
 from telemetry_common.storage import KEEP_RP
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF_S = 60.0
 
 
 def ops_routes(metrics: SessionMetrics) -> dict[str, Handler]:
@@ -43,19 +40,11 @@ async def run_service(settings: SessionsSettings, stop: asyncio.Event, *, once: 
         await create_retention_policy(settings.influx, KEEP_RP)
         async with InfluxQLClient(settings.influx) as client, Writer(settings.influx) as writer:
             job = SessionJob(settings, client, writer, metrics)
-            failures = 0
-            while not stop.is_set():
-                ok = await _one_pass(job, metrics)
-                if once:
-                    return ok is not None
-                failures = 0 if ok is not None else failures + 1
-                wait = settings.interval_s
-                if failures:
-                    wait = min(MAX_BACKOFF_S, settings.interval_s * 2 ** (failures - 1))
-                    wait *= random.uniform(0.8, 1.2)  # noqa: S311 (jitter, not crypto)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
-            return True
+
+            async def one_pass() -> bool:
+                return await _one_pass(job, metrics) is not None
+
+            return await run_passes(one_pass, interval_s=settings.interval_s, stop=stop, once=once)
     finally:
         if server is not None:
             server.close()
