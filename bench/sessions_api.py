@@ -248,56 +248,69 @@ def _mb(kb: int | None) -> float | None:
 
 
 def measure_export(
-    stack: Stack, label: str, params: dict[str, str], expected: int
+    stack: Stack, label: str, params: dict[str, str], expected: int, repeat: int = 1
 ) -> dict[str, Any]:
     """The CSV export (``expected`` sessions) read whole as a stream from a fresh API process:
     time to the first and the last byte, rows, the process's peak RSS before and after, and its
-    RSS at each quarter of the rows (growing, or flat)."""
+    RSS at each quarter of the rows (growing, or flat), and after each of ``repeat - 1`` more
+    exports by the same process (memory kept from one export to the next, or not)."""
     api, url = start_api(stack, f"api-export-{label}")
     try:
         assert api.pid is not None
         hwm_before = proc_status_kb(api.pid, "VmHWM")
-        #: VmRSS after a quarter, a half, three quarters of the rows, and at the end.
-        rss_mb: list[float | None] = []
-        rows = 0
-        size = 0
-        first_byte: float | None = None
-        t0 = time.perf_counter()
-        with (
-            httpx.Client(timeout=120) as http,
-            http.stream(
-                "GET",
-                f"{url}/v1/sessions",
-                params={**params, "format": "csv"},
-                headers={"X-API-Key": READ_KEY},
-            ) as r,
-        ):
-            if r.status_code != 200:
-                r.read()
-                raise RuntimeError(f"export answered {r.status_code}: {r.text[:300]}")
-            quarter = 0
-            for chunk in r.iter_bytes():
-                if first_byte is None:
-                    first_byte = time.perf_counter() - t0
-                size += len(chunk)
-                rows += chunk.count(b"\n")
-                if rows >= (quarter + 1) * expected / 4 and quarter < 3:
-                    quarter += 1
-                    rss_mb.append(_mb(proc_status_kb(api.pid, "VmRSS")))
-        seconds = time.perf_counter() - t0
-        rss_mb.append(_mb(proc_status_kb(api.pid, "VmRSS")))
+        first = _export_once(url, api.pid, params, expected)
+        #: VmRSS after each further export of the same process (memory kept per export?).
+        again = [
+            _export_once(url, api.pid, params, expected)["api_rss_quarters_mb"][-1]
+            for _ in range(repeat - 1)
+        ]
         hwm_after = proc_status_kb(api.pid, "VmHWM")
     finally:
         api.stop(timeout=10)
-    return {
+    return first | {
         "params": params,
+        "api_hwm_before_mb": _mb(hwm_before),
+        "api_hwm_after_mb": _mb(hwm_after),
+        "api_rss_after_repeats_mb": again,
+    }
+
+
+def _export_once(url: str, pid: int, params: dict[str, str], expected: int) -> dict[str, Any]:
+    #: VmRSS after a quarter, a half, three quarters of the rows, and at the end.
+    rss_mb: list[float | None] = []
+    rows = 0
+    size = 0
+    first_byte: float | None = None
+    t0 = time.perf_counter()
+    with (
+        httpx.Client(timeout=120) as http,
+        http.stream(
+            "GET",
+            f"{url}/v1/sessions",
+            params={**params, "format": "csv"},
+            headers={"X-API-Key": READ_KEY},
+        ) as r,
+    ):
+        if r.status_code != 200:
+            r.read()
+            raise RuntimeError(f"export answered {r.status_code}: {r.text[:300]}")
+        quarter = 0
+        for chunk in r.iter_bytes():
+            if first_byte is None:
+                first_byte = time.perf_counter() - t0
+            size += len(chunk)
+            rows += chunk.count(b"\n")
+            if rows >= (quarter + 1) * expected / 4 and quarter < 3:
+                quarter += 1
+                rss_mb.append(_mb(proc_status_kb(pid, "VmRSS")))
+    seconds = time.perf_counter() - t0
+    rss_mb.append(_mb(proc_status_kb(pid, "VmRSS")))
+    return {
         "sessions": rows - 1,  # the header row
         "bytes": size,
         "first_byte_s": first_byte,
         "seconds": seconds,
         "sessions_per_s": (rows - 1) / seconds if seconds else None,
-        "api_hwm_before_mb": _mb(hwm_before),
-        "api_hwm_after_mb": _mb(hwm_after),
         "api_rss_quarters_mb": rss_mb,
     }
 
@@ -327,15 +340,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 fig["charger"] = measure_charger(stack, a)
             day = fleet_day()
             window = {"start": day.isoformat(), "end": (day + DAY).isoformat()}
-            if a.export_limit:
-                window["limit"] = str(a.export_limit)
             fig["exports"] = []
             for label, params, expected in (
                 ("gateway", {**window, "gateway_id": "bench-gw-00"}, GATEWAY_SIZE * a.per_day),
                 ("fleet", window, a.fleet * a.per_day),
             ):
                 log(f"export: {label} ...")
-                figures = measure_export(stack, label, params, expected)
+                figures = measure_export(stack, label, params, expected, a.repeat)
                 fig["exports"].append({"label": label, **figures})
         finally:
             influx.close()
@@ -389,6 +400,12 @@ def report(fig: dict[str, Any]) -> None:
             f"{_f(e['api_hwm_before_mb'])} MB before the export (after start); RSS at each "
             f"quarter of the rows: {' / '.join(_f(x) for x in e['api_rss_quarters_mb'])} MB",
         ))  # fmt: skip
+        if e["api_rss_after_repeats_mb"]:
+            rows.append((
+                f"  API RSS after each repeat, {e['label']}",
+                " / ".join(_f(x) for x in e["api_rss_after_repeats_mb"]) + " MB",
+                "the same export again from the same process (--repeat)",
+            ))  # fmt: skip
     print_table(rows)
 
 
@@ -404,7 +421,7 @@ def main() -> None:
     p.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--no-charger", action="store_true", help="only the exports")
     p.add_argument(
-        "--export-limit", type=int, default=0, help="the exports' limit (page size; 0: default)"
+        "--repeat", type=int, default=1, help="each export this many times from one API process"
     )
     p.add_argument("--timeout", type=float, default=300.0)
     cli.add_output_options(p)
