@@ -15,13 +15,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,12 +29,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from websockets.asyncio.client import connect
-from websockets.typing import Subprotocol
 
 from bridge.settings import BridgeSettings
 from edge_agent.capture import Capture
-from edge_agent.ocpp.lib import ChargePoint, call
+from edge_agent.ocpp.lib import call
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulator import Simulator
 from telemetry_common.settings import env_for
@@ -43,6 +40,7 @@ from telemetry_stack.servers import free_port, port_open
 from tests.support.delivery_checks import assert_nothing_lost, settle
 from tests.support.fault_proxy import FaultProxy
 from tests.support.fixtures import BrokerInfo, InfluxTarget
+from tests.support.ocpp_peer import charge_point
 from tests.support.processes import BIN, Procs, client_settings, start_api, start_bridge
 from tests.support.sessions_check import (
     Rules,
@@ -59,7 +57,6 @@ from tests.support.system_stack import FAST_GAPS_ENV, SystemStack, gateway_servi
 from tests.support.waiting import poll, wait_until
 
 READ_KEY = "r" * 32
-OCPP16 = [Subprotocol("ocpp1.6")]
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -78,20 +75,6 @@ def meter(ts: str, wh: int, w: int) -> list[dict[str, Any]]:
             ],
         }
     ]
-
-
-@contextlib.asynccontextmanager
-async def charge_point(port: int, charger_id: str) -> AsyncIterator[ChargePoint]:
-    url = f"ws://127.0.0.1:{port}/ocpp/{charger_id}"
-    async with connect(url, subprotocols=OCPP16) as ws:
-        cp = ChargePoint(charger_id, ws, response_timeout=20)
-        task = asyncio.create_task(cp.start())
-        try:
-            yield cp
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 def get(api: str, path: str, **params: str) -> httpx.Response:

@@ -18,7 +18,6 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
-from websockets.typing import Subprotocol
 
 from edge_agent.agent import EdgeAgent, build_payload
 from edge_agent.capture import Capture
@@ -31,11 +30,11 @@ from telemetry_common.schema import ReadingBatch
 from telemetry_common.tls import client_context
 from telemetry_stack.servers import free_port, port_open
 from tests.support.fixtures import TestPki
+from tests.support.ocpp_peer import OCPP16, charge_point
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-OCPP16 = [Subprotocol("ocpp1.6")]
 
 
 def at(seconds: int) -> str:
@@ -75,18 +74,8 @@ async def central(tmp_path: Path) -> AsyncIterator[tuple[CentralSystem, Collecto
                 await collector.task
 
 
-@contextlib.asynccontextmanager
-async def charger(port: int, charger_id: str) -> AsyncIterator[ChargePoint]:
-    url = f"ws://127.0.0.1:{port}/ocpp/{charger_id}"
-    async with connect(url, subprotocols=OCPP16) as ws:
-        cp = ChargePoint(charger_id, ws, response_timeout=10)
-        task = asyncio.create_task(cp.start())
-        try:
-            yield cp
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+def charger(port: int, charger_id: str) -> contextlib.AbstractAsyncContextManager[ChargePoint]:
+    return charge_point(port, charger_id, response_timeout=10)
 
 
 async def test_a_charging_session_becomes_captures(tmp_path: Path) -> None:
