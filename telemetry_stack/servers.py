@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -64,8 +65,41 @@ def find_binary(name: str, package: str) -> str:
     raise ServerBinaryMissing(name, package)
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
+    """A TCP port on 127.0.0.1 that is free right now and stays likely free.
+
+    Not one the OS would pick for ``bind(0)``: those come from the ephemeral
+    range, which every outgoing connection also draws its source port from,
+    so a port found free there can be taken by a client's connection before
+    the server it was meant for binds it (CI saw exactly that). Ports below
+    the ephemeral range are only ever taken by someone binding them on
+    purpose; this process never hands the same one out twice.
+    """
+    low, high = _ephemeral_range()
+    spans = [(lo, hi) for lo, hi in ((10000, low - 1), (high + 1, 65535)) if hi - lo >= 1000]
+    for _ in range(200 if spans else 0):
+        lo, hi = random.choice(spans)  # noqa: S311 (not a secret)
+        port = random.randint(lo, hi)  # noqa: S311
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
