@@ -31,7 +31,8 @@ class Gap:
     gateway_id: str
     first: int
     last: int
-    #: ts of the readings either side: the missing ones were captured in between.
+    #: ts of the readings either side (in seq order, so ``ts_lo`` is later when the gateway's
+    #: clock stepped back): the missing ones were captured in between.
     ts_lo: datetime
     ts_hi: datetime
     noticed: float
@@ -168,14 +169,12 @@ class GapTracker:
             keep: list[Gap] = []
             for gap in gw.gaps:
                 if now - gap.noticed >= grace_s and now - gap.checked >= grace_s:
+                    # The missing readings were captured between their neighbours, whose ts
+                    # are in either order: a clock stepped back stamps the later one earlier.
                     slack = timedelta(minutes=1)
+                    lo, hi = sorted((gap.ts_lo, gap.ts_hi))
                     stored = await count_stored(
-                        gap.gateway_id,
-                        gap.epoch,
-                        gap.first,
-                        gap.last,
-                        gap.ts_lo - slack,
-                        gap.ts_hi + slack,
+                        gap.gateway_id, gap.epoch, gap.first, gap.last, lo - slack, hi + slack
                     )
                     gap.checked = now
                     if stored >= gap.size:

@@ -192,3 +192,24 @@ async def test_confirmed_gaps_become_seqgaps_points_when_they_change() -> None:
     assert seqgap_lines("b", g.confirmed(), now, 9) == [
         "seqgaps,bridge=b,gateway_id=gw missing=0i,gaps=0i,first=0i,last=0i 9"
     ]
+
+
+async def test_a_gap_across_a_clock_stepped_back_is_looked_for_between_both_neighbours() -> None:
+    """The gateway's clock stepped back an hour between seq 2 and 5 (NTP after a fast clock):
+    3 and 4 were stored by another bridge, stamped between the two readings' ts whichever
+    order they are in, so the gap is not reported."""
+    g = GapTracker()
+    g.observe("gw", 1, ts(3600), now=0.0)
+    g.observe("gw", 2, ts(3601), now=0.0)
+    g.observe("gw", 5, ts(10), now=0.0)
+    stored = {3: ts(3602), 4: ts(9)}
+
+    async def count(
+        gw: str, epoch: str | None, first: int, last: int, lo: datetime, hi: datetime
+    ) -> int:
+        lo_ns, hi_ns = ts_ns(lo), ts_ns(hi)
+        return len([s for s, at in stored.items() if first <= s <= last and lo_ns <= at <= hi_ns])
+
+    await g.confirm(count, now=11.0, grace_s=10.0)
+    assert g.report() == {}
+    assert g.missing() == 0
