@@ -64,9 +64,7 @@ def test_chargers_per_gateway_caps_distinct_chargers_and_known_ones_pass() -> No
 def test_new_chargers_per_hour_is_a_sliding_window_and_bound_chargers_are_not_new() -> None:
     clock = Clock()
     bound = {"p": "gw"}
-    lim = GatewayLimits(
-        LimitSettings(new_chargers_per_hour=2), bound_to=bound.get, clock=clock
-    )
+    lim = GatewayLimits(LimitSettings(new_chargers_per_hour=2), bound_to=bound.get, clock=clock)
     assert check(lim, "gw", [row("a"), row("b"), row("c"), row("p")]) == [
         (2, NEW_CHARGERS_PER_HOUR)
     ]
@@ -81,9 +79,7 @@ def test_seeded_chargers_are_never_new() -> None:
     neither the hourly budget nor the cap refuses them (the cap counts them)."""
     lim = GatewayLimits(LimitSettings(chargers_per_gateway=3, new_chargers_per_hour=1))
     assert lim.seed([("a", "gw"), ("b", "gw"), ("x", "gw-2")]) == 3
-    assert check(lim, "gw", [row("a"), row("b"), row("c"), row("d")]) == [
-        (3, CHARGERS_PER_GATEWAY)
-    ]
+    assert check(lim, "gw", [row("a"), row("b"), row("c"), row("d")]) == [(3, CHARGERS_PER_GATEWAY)]
     assert check(lim, "gw-2", [row("x"), row("y"), row("z")]) == [(2, NEW_CHARGERS_PER_HOUR)]
 
 
@@ -144,7 +140,8 @@ async def test_the_preparer_dead_letters_over_a_limit_and_handles_every_seq() ->
         (LIMIT_EXCEEDED, 4, CHARGERS_PER_GATEWAY),
     ]
     for _, _, r in batch.dead:
-        assert r.index is not None and orjson.loads(r.raw) == sent[r.index]
+        assert r.index is not None
+        assert orjson.loads(r.raw) == sent[r.index]
     assert batch.limits == {EVSE_ID: 1, VALUE_KEYS_PER_CHARGER: 1, CHARGERS_PER_GATEWAY: 1}
     assert [s.seqs for s in batch.segments] == [[1, 6]]
     assert len(batch.lines) == 2
