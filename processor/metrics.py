@@ -18,7 +18,7 @@ class Metrics:
         )
         self.limit_exceeded = Counter(
             f"{p}limit_exceeded",
-            "Readings dead-lettered limit_exceeded, by limit (processor.limits)",
+            "Readings refused limit_exceeded (replays included), by limit (processor.limits)",
             ["limit"],
             registry=r,
         )

@@ -149,3 +149,22 @@ async def test_the_preparer_dead_letters_over_a_limit_and_handles_every_seq() ->
     assert bindings.get("a") == "gw"
     assert bindings.get("b") is None  # none of its readings accepted: not bound
     assert bindings.get("c") is None
+
+
+def test_influxdb_cardinality_refusals_are_recognised_by_their_text() -> None:
+    """The texts InfluxDB 1.6 answers (seen with low limits in its config), and others not."""
+    from processor.limits import INFLUX_MAX_SERIES_PER_DATABASE, INFLUX_MAX_VALUES_PER_TAG
+    from processor.outputs.influx import cardinality_limit
+
+    values = (
+        '{"error":"partial write: max-values-per-tag limit exceeded (9/5): '
+        'measurement=\\"readings\\" tag=\\"charger_id\\" value=\\"c99\\" dropped=1"}'
+    )
+    series = '{"error":"partial write: max-series-per-database limit exceeded: (12) dropped=10"}'
+    conflict = (
+        '{"error":"partial write: field type conflict: input field \\"power_w\\" on '
+        'measurement \\"readings\\" is type float, already exists as type string dropped=1"}'
+    )
+    assert cardinality_limit(values) == INFLUX_MAX_VALUES_PER_TAG
+    assert cardinality_limit(series) == INFLUX_MAX_SERIES_PER_DATABASE
+    assert cardinality_limit(conflict) is None
