@@ -212,14 +212,10 @@ def test_the_hourly_budget_and_a_restart_that_keeps_known_chargers(
 MAX_VALUES_PER_TAG = 20
 
 
-@pytest.fixture
-def low_cardinality_influx(tmp_path: Path) -> Iterator[InfluxTarget]:
-    """An InfluxDB 1.6 of one test with ``max-values-per-tag`` 20 and its database."""
+def _influx_with(tmp_path: Path, limits: dict[str, int]) -> Iterator[InfluxTarget]:
     port = free_port()
     try:
-        proc = start_influxd(
-            tmp_path / "influxd", port, data_limits={"max-values-per-tag": MAX_VALUES_PER_TAG}
-        )
+        proc = start_influxd(tmp_path / "influxd", port, data_limits=limits)
     except ServerBinaryMissing as exc:
         pytest.skip(str(exc))
     try:
@@ -228,6 +224,18 @@ def low_cardinality_influx(tmp_path: Path) -> Iterator[InfluxTarget]:
         yield InfluxTarget(url=url, database="telemetry")
     finally:
         proc.stop(timeout=15)
+
+
+@pytest.fixture
+def low_cardinality_influx(tmp_path: Path) -> Iterator[InfluxTarget]:
+    """An InfluxDB 1.6 of one test with ``max-values-per-tag`` 20 and its database."""
+    yield from _influx_with(tmp_path, {"max-values-per-tag": MAX_VALUES_PER_TAG})
+
+
+@pytest.fixture
+def low_series_influx(tmp_path: Path) -> Iterator[InfluxTarget]:
+    """An InfluxDB 1.6 of one test with ``max-series-per-database`` 30 and its database."""
+    yield from _influx_with(tmp_path, {"max-series-per-database": 30})
 
 
 class CountingWriter(V1Writer):
@@ -296,6 +304,47 @@ def test_a_max_values_per_tag_refusal_costs_the_message_not_a_bisection(
         timeout=10,
     ).json()["results"][0]["series"][0]["values"][0][1]
     assert count == 20 + 38 * 20
+
+
+def test_a_max_series_refusal_spares_another_gateways_new_charger(
+    low_series_influx: InfluxTarget,
+) -> None:
+    """InfluxDB at 25 of its 30 series refuses *every* new series of a request that would
+    exceed it (all or nothing per request): a batch of 10 messages, 8 of known chargers, one of
+    10 new chargers and one of another gateway's 2 new chargers. The bisection by message
+    separates them: the 10 are refused (``max-series-per-database``), the other gateway's 2
+    new chargers are stored with everything else, in a bounded number of requests."""
+    db = low_series_influx
+    settings = InfluxSettings(url=db.url, database=db.database)
+
+    async def go() -> tuple[dict[str, str], int, list[str]]:
+        writer = CountingWriter(settings)
+        out = InfluxOutput(writer, Metrics())
+        try:
+            assert await out.write([line("gw-k", f"cp-{k}", k) for k in range(25)]) == {}
+            writer.requests = 0
+            lines, groups = [], []
+            for m in range(10):
+                if m == 3:
+                    group = [line("gw-bad", f"new-{k}", 1000 + k) for k in range(10)]
+                elif m == 4:
+                    group = [line("gw-new", f"fresh-{k}", 2000 + k) for k in range(2)]
+                else:
+                    group = [line("gw-k", f"cp-{k}", 100 * (m + 1) + k) for k in range(25)]
+                lines += group
+                groups.append(len(group))
+            return await out.write(lines, groups=groups), writer.requests, lines
+        finally:
+            await writer.aclose()
+
+    refused, requests, lines = asyncio.run(go())
+    assert set(refused) == {x for x in lines if "gw-bad" in x}
+    assert all("max-series-per-database limit exceeded" in why for why in refused.values())
+    print(f"write requests for 10 messages, 1 refused for series: {requests}")
+    assert requests <= 1 + 2 * 4, requests
+    q = "SELECT count(seq) FROM readings WHERE gateway_id='gw-new' OR gateway_id='gw-k'"
+    r = httpx.get(f"{db.url}/query", params={"db": db.database, "q": q}, timeout=10)
+    assert r.json()["results"][0]["series"][0]["values"][0][1] == 25 + 8 * 25 + 2
 
 
 def test_a_cardinality_refusal_through_the_bridge_dead_letters_limit_exceeded(
