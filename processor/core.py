@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+from processor.limits import GatewayLimits
 from processor.metrics import Metrics
 from processor.outputs.acks import StoredAcks
 from processor.outputs.deadletters import (
@@ -25,7 +26,7 @@ from processor.outputs.deadletters import (
     deadletter_lines,
     replay_outcome_lines,
 )
-from processor.outputs.influx import InfluxOutput
+from processor.outputs.influx import InfluxOutput, cardinality_limit
 from processor.outputs.late import late_lines
 from processor.outputs.live import LiveFeed
 from processor.prepare import Message, PreparedBatch, Preparer
@@ -34,7 +35,7 @@ from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
 from processor.state.storage import confirm_gaps_forever, refresh_bindings_forever, warm_up
-from processor.validate import INFLUX_REJECTED, Rejected, TsWindow
+from processor.validate import INFLUX_REJECTED, LIMIT_EXCEEDED, Rejected, TsWindow
 from telemetry_common.deadletters import OUTCOME_STORED, outcome_deadlettered
 from telemetry_common.influx_query import InfluxQL
 from telemetry_common.influx_write import InfluxWriter
@@ -88,7 +89,8 @@ class Processor:
         feed); ``bindings`` from :func:`~processor.state.bindings.load_bindings` (loaded before
         any connection, so a bad file fails at once); ``busy()`` says ingestion is behind (the
         live feed then yields)."""
-        state = State(bindings=bindings)
+        limits = GatewayLimits(settings.limit_settings(), bound_to=bindings.get)
+        state = State(bindings=bindings, limits=limits)
         return cls(
             state,
             Preparer(
@@ -100,6 +102,7 @@ class Processor:
                 ),
                 state.gaps,
                 settings.max_seq_jump,
+                state.limits,
             ),
             InfluxOutput(
                 writer,
@@ -133,8 +136,11 @@ class Processor:
         )
 
     async def warm_up(self, storage: InfluxQL, max_backoff_s: float) -> None:
-        """Seed the state from what InfluxDB holds (before the first batch)."""
+        """Seed the state from what InfluxDB holds (before the first batch); the chargers whose
+        newest reading is stored are their gateways' for the limits (never "new" again)."""
         await warm_up(self.state, storage, max_backoff_s)
+        known = self.state.limits.seed(self.state.lvc.gateways())
+        log.info("limits: %d chargers known of their gateways", known)
 
     async def run(
         self, storage: InfluxQL, gap_grace_s: float, bindings_refresh_s: float | None = None
@@ -177,7 +183,10 @@ class Processor:
         late = late_lines(
             ((s.gateway_id, s.nss) for s in batch.segments), time.time_ns(), bridge=self.name
         )
-        refused = await self.influx.write(lines + late if late else lines)
+        # One group per message (and the rollup marks): a cardinality refusal costs the
+        # messages that add the refused series, not a bisection of the batch.
+        groups = [len(seg.seqs) for seg in batch.segments] + ([len(late)] if late else [])
+        refused = await self.influx.write(lines + late if late else lines, groups=groups)
         if late and any(line in refused for line in late):
             log.error(
                 "InfluxDB refused rollup_late lines: %s", [refused[x] for x in late if x in refused]
@@ -192,9 +201,18 @@ class Processor:
                     if replay is not None and replay.reason is None:
                         replay.reason = INFLUX_REJECTED
                     continue  # its dead letter is the one replayed
-                rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index, seg.epoch)
+                why = refused[lines[k]]
+                limit = cardinality_limit(why)
+                if limit is None:
+                    rejected = Rejected(INFLUX_REJECTED, why, raw, index, seg.epoch)
+                else:
+                    detail = f"{limit}: InfluxDB refused new series: {why}"
+                    rejected = Rejected(LIMIT_EXCEEDED, detail, raw, index, seg.epoch)
+                    batch.limits[limit] += 1
                 batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
         self.metrics.stored.inc(len(lines) - len(refused_at))
+        for limit, n in batch.limits.items():
+            self.metrics.limit_exceeded.labels(limit).inc(n)
         if batch.registry:  # what chargers said about themselves at boot, kept for good
             for line, why in (await self.influx.write(batch.registry, rp=KEEP_RP)).items():
                 log.error("InfluxDB refused a charger registry point (%s): %s", why, line[:200])

@@ -16,6 +16,12 @@ class Metrics:
         self.dead_lettered = Counter(
             f"{p}deadletters", "Dead-letter records published, by reason", ["reason"], registry=r
         )
+        self.limit_exceeded = Counter(
+            f"{p}limit_exceeded",
+            "Readings refused limit_exceeded (replays included), by limit (processor.limits)",
+            ["limit"],
+            registry=r,
+        )
         self.write_retries = Counter(
             f"{p}write_retries", "InfluxDB writes retried after a transient error", registry=r
         )

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import operator
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from processor.limits import GatewayLimits
 from processor.lineproto import to_lines, value_fields_from_json
 from processor.outputs.registry import registry_lines
 from processor.state.bindings import Bindings
@@ -28,6 +30,7 @@ from processor.state.gaps import GapTracker
 from processor.validate import (
     BAD_TOPIC,
     CHARGER_NOT_BOUND,
+    LIMIT_EXCEEDED,
     SEQ_OUT_OF_RANGE,
     UNKNOWN_GATEWAY,
     Decoded,
@@ -113,6 +116,8 @@ class PreparedBatch:
     registry: list[str] = field(default_factory=list)
     #: The replays among the messages: their outcome is written onto their dead letters.
     replays: list[Replay] = field(default_factory=list)
+    #: Readings refused ``limit_exceeded``, per limit (counted in the metrics once committed).
+    limits: Counter[str] = field(default_factory=Counter)
 
     def replay_of(self, msg_no: int) -> Replay | None:
         for replay in self.replays:
@@ -197,9 +202,12 @@ class Preparer:
         ts: TsWindow,
         gaps: GapTracker | None = None,
         max_seq_jump: int = 10**12,
+        limits: GatewayLimits | None = None,
     ) -> None:
         """``gaps``: the highest seq known per gateway and epoch, for the ``max_seq_jump``
-        rule (without it only seqs above ``MAX_SEQ`` are refused)."""
+        rule (without it only seqs above ``MAX_SEQ`` are refused); ``limits``: the
+        per-gateway limits (None: none)."""
+        self._limits = limits
         self._bindings = bindings
         self._topics = topics
         self._ts = ts
@@ -263,6 +271,17 @@ class Preparer:
                     seqs = [r["seq"] for r in decoded.rows]
                 chargers = [r["charger_id"] for r in decoded.rows]
                 refused = self._unbound(gateway_id, chargers)
+                if self._limits is not None and self._over_limits(
+                    gateway_id, msg, decoded, chargers, refused, out
+                ):
+                    whole = False
+                    if not decoded.rows:
+                        continue
+                    chargers = [r["charger_id"] for r in decoded.rows]
+                    seqs = [r["seq"] for r in decoded.rows]
+                    left = set(chargers)
+                    refused = {c: why for c, why in refused.items() if c in left}
+                self._claim(gateway_id, chargers, refused)
                 if refused:
                     whole = False
                     items = raw_readings(msg.payload)
@@ -392,12 +411,53 @@ class Preparer:
         decoded.keep([k for k, seq in enumerate(seqs) if seq <= ceiling])
         return True
 
+    def _over_limits(
+        self,
+        gateway_id: str,
+        msg: Message,
+        decoded: Decoded,
+        chargers: list[str],
+        unbound: dict[str, str],
+        out: PreparedBatch,
+    ) -> bool:
+        """Dead-letter the readings over a per-gateway limit (:mod:`processor.limits`; the
+        readings of chargers the gateway may not send for are left to the bindings' reason and
+        not counted); True if some were."""
+        assert self._limits is not None
+        if unbound:
+            ks = [k for k, c in enumerate(chargers) if c not in unbound]
+            over = self._limits.check(
+                gateway_id, [decoded.rows[k] for k in ks], [chargers[k] for k in ks]
+            )
+            over = [dataclasses.replace(o, row=ks[o.row]) for o in over]
+        else:
+            over = self._limits.check(gateway_id, decoded.rows, chargers)
+        if not over:
+            return False
+        items = raw_readings(msg.payload)
+        for o in over:
+            i = decoded.positions[o.row]
+            rejected = Rejected(LIMIT_EXCEEDED, o.detail, orjson.dumps(items[i]), i, decoded.epoch)
+            out.dead.append((gateway_id, msg.topic, rejected))
+            out.limits[o.limit] += 1
+        dropped = {o.row for o in over}
+        decoded.keep([k for k in range(len(chargers)) if k not in dropped])
+        return True
+
+    def _claim(self, gateway_id: str, chargers: list[str], unbound: dict[str, str]) -> None:
+        """First-come: bind the chargers of readings accepted so far to ``gateway_id`` (after
+        the limits, so a refused charger id is not remembered)."""
+        if self._bindings.first_come:
+            for charger_id in set(chargers):
+                if charger_id not in unbound:
+                    self._bindings.claim(gateway_id, charger_id)
+
     def _unbound(self, gateway_id: str, chargers: list[str]) -> dict[str, str]:
         """The chargers ``gateway_id`` may not send for, each with the reason (first-come
-        bindings are made here, once per charger of a message)."""
+        bindings are made by :meth:`_claim`, once the limits accepted a reading)."""
         refused = {}
         for charger_id in set(chargers):
-            bound = self._bindings.claim(gateway_id, charger_id)
+            bound = self._bindings.check(gateway_id, charger_id)
             if bound is not None:
                 refused[charger_id] = (
                     f"charger {charger_id!r} is bound to gateway {bound!r}"

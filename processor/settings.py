@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from processor.limits import LimitSettings
+
 
 class ProcessorSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
@@ -73,3 +75,37 @@ class ProcessorSettings(BaseModel):
     gap_grace_s: float = Field(default=30.0, gt=0)
     """A suspected seq gap is checked against InfluxDB after this long (other bridges of the share
     group may have stored the readings), and again at this interval while open."""
+    limit_chargers_per_gateway: int = Field(default=1_000, ge=0)
+    """A gateway may send for at most this many distinct chargers (0: no limit); the readings of
+    any further charger are dead-lettered ``limit_exceeded`` (docs/design.md, "Per-gateway
+    limits"). A gateway serves one site: the largest depots and garages hold a few hundred
+    charge points, while 1,000 gateways each allowed 1,000 chargers already reach InfluxDB's
+    default ``max-series-per-database`` (1,000,000) at one EVSE/connector each."""
+    limit_new_chargers_per_hour: int = Field(default=200, ge=0)
+    """A gateway may add at most this many chargers it never sent for in any hour (0: no
+    limit; sliding window); a charger bound to the gateway (bindings file or store) is never new.
+    Installing a site adds tens of chargers; a gateway inventing thousands of ids (a bug, an
+    attack) is held to this pace, so the series count grows slowly enough to be noticed."""
+    limit_value_keys_per_charger: int = Field(default=256, ge=0)
+    """A charger may use at most this many distinct value keys (0: no limit); a reading that
+    would add more is dead-lettered. A reading may carry 64 freely named keys and the OCPP
+    source turns unknown measurands into keys: a real meter reports a few dozen (each OCPP
+    measurand per phase and location), so 256 leaves room for any real one. Counted per bridge
+    since its start (InfluxDB keeps field keys per measurement, not per charger)."""
+    limit_evse_id: int = Field(default=16, ge=0, le=255)
+    """Readings with a higher ``evse_id`` are dead-lettered (each EVSE/connector pair is a series
+    of its own). Real chargers have one to a few EVSEs; 16 covers the largest dispensers."""
+    limit_connector_id: int = Field(default=16, ge=0, le=255)
+    """Readings with a higher ``connector_id`` are dead-lettered. OCPP 1.6 numbers a charger's
+    connectors 1..n (0: the charger as a whole): a handful on real chargers, up to 16 on a power
+    cabinet with satellite dispensers."""
+
+    def limit_settings(self) -> LimitSettings:
+        """The per-gateway limits of these settings (:mod:`processor.limits`)."""
+        return LimitSettings(
+            chargers_per_gateway=self.limit_chargers_per_gateway,
+            new_chargers_per_hour=self.limit_new_chargers_per_hour,
+            value_keys_per_charger=self.limit_value_keys_per_charger,
+            evse_id=self.limit_evse_id,
+            connector_id=self.limit_connector_id,
+        )

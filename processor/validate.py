@@ -40,6 +40,9 @@ INFLUX_REJECTED: Final = "influx_rejected"
 CHARGER_NOT_BOUND: Final = "charger_not_bound"
 BAD_TOPIC: Final = "bad_topic"
 SEQ_OUT_OF_RANGE: Final = "seq_out_of_range"
+#: A per-gateway limit (:mod:`processor.limits`) or InfluxDB's own cardinality limits; the
+#: detail starts with the limit's name.
+LIMIT_EXCEEDED: Final = "limit_exceeded"
 
 #: The gateway named in a dead letter whose topic names none.
 UNKNOWN_GATEWAY: Final = "_invalid"

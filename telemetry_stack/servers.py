@@ -342,7 +342,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   dir = "{data}"
   wal-dir = "{wal}"
   query-log-enabled = false
-
+{data_extra}
 [monitor]
   store-enabled = false
 
@@ -358,11 +358,19 @@ bind-address = "127.0.0.1:{rpc_port}"
 
 
 def influxd_config(
-    state_dir: Path, http_port: int, rpc_port: int, retention_check_interval: str | None = None
+    state_dir: Path,
+    http_port: int,
+    rpc_port: int,
+    retention_check_interval: str | None = None,
+    data_limits: Mapping[str, int] | None = None,
 ) -> str:
     """The configuration file; ``retention_check_interval`` (e.g. ``1s``; influxd's default
-    is 30m) is how often expired shard groups are dropped (tests of retention shorten it)."""
+    is 30m) is how often expired shard groups are dropped (tests of retention shorten it);
+    ``data_limits``: integer options of ``[data]`` such as ``max-values-per-tag`` or
+    ``max-series-per-database`` (tests of cardinality refusals lower them)."""
+    data_extra = "".join(f"  {k} = {int(v)}\n" for k, v in (data_limits or {}).items())
     conf = _INFLUXD_CONF.format(
+        data_extra=data_extra,
         rpc_port=rpc_port,
         http_port=http_port,
         meta=state_dir / "meta",
@@ -384,9 +392,10 @@ def start_influxd(
     log_file: Path | None = None,
     timeout: float = 30.0,
     retention_check_interval: str | None = None,
+    data_limits: Mapping[str, int] | None = None,
 ) -> ManagedProcess:
     """Write an influxd.conf under ``state_dir`` and start InfluxDB 1.x on 127.0.0.1:http_port;
-    returns once ``GET /ping`` answers 204."""
+    returns once ``GET /ping`` answers 204 (``data_limits``: see :func:`influxd_config`)."""
     binary = find_binary("influxd", "influxdb")
     state_dir = Path(state_dir).resolve()
     for sub in ("meta", "data", "wal"):
@@ -397,7 +406,8 @@ def start_influxd(
             rpc_port = free_port()
     conf = state_dir / "influxd.conf"
     conf.write_text(
-        influxd_config(state_dir, http_port, rpc_port, retention_check_interval), encoding="utf-8"
+        influxd_config(state_dir, http_port, rpc_port, retention_check_interval, data_limits),
+        encoding="utf-8",
     )
     # influxd reads INFLUXDB_* variables over its file; keep ours authoritative.
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}

@@ -193,6 +193,10 @@ def start_bridge(
         client_id=stack.bridge_client_id,
         share_group=stack.bridge_share_group,
         bindings="first-come",  # the load generators' chargers are provisioned nowhere
+        # ... and a load generator brings its whole fleet at once, up to 10,000 chargers behind
+        # one gateway: the per-gateway charger limits are off (the other limits apply).
+        limit_chargers_per_gateway=0,
+        limit_new_chargers_per_hour=0,
     )
     if profile is None:
         argv = [str(BIN / "telemetry-bridge")]

@@ -66,6 +66,14 @@ class Bindings:
             return None
         return None if bound == gateway_id else bound
 
+    def check(self, gateway_id: str, charger_id: str) -> str | None:
+        """As :meth:`claim`, without binding: None if ``gateway_id`` may send for
+        ``charger_id`` (first-come: also when the charger is bound nowhere yet)."""
+        bound = self._bound.get(charger_id)
+        if bound is None:
+            return None if self.first_come else ""
+        return None if bound == gateway_id else bound
+
     def seed(self, charger_id: str, gateway_id: str) -> None:
         """First-come: ``gateway_id`` sent the charger's newest stored reading (warm-up)."""
         if self.first_come:

@@ -5,6 +5,7 @@ from InfluxDB at start (:mod:`processor.state.storage`), so it survives restarts
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -29,6 +30,11 @@ class LastValueCache:
             return False
         self._latest[charger_id] = stamp
         return True
+
+    def gateways(self) -> Iterator[tuple[str, str]]:
+        """``(charger, gateway that sent its newest reading)`` for every charger held."""
+        for charger_id, stamp in self._latest.items():
+            yield charger_id, stamp.gateway_id
 
     def __len__(self) -> int:
         return len(self._latest)
