@@ -15,8 +15,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+from processor.horizon import Horizon, window_of
 from processor.metrics import Metrics
 from processor.outputs.acks import StoredAcks
 from processor.outputs.deadletters import (
@@ -34,7 +35,7 @@ from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
 from processor.state.storage import confirm_gaps_forever, refresh_bindings_forever, warm_up
-from processor.validate import INFLUX_REJECTED, Rejected, TsWindow
+from processor.validate import INFLUX_REJECTED, Rejected
 from telemetry_common.deadletters import OUTCOME_STORED, outcome_deadlettered
 from telemetry_common.influx_query import InfluxQL
 from telemetry_common.influx_write import InfluxWriter
@@ -59,10 +60,14 @@ class Processor:
         metrics: Metrics,
         acks: StoredAcks | None = None,
         name: str = "bridge",
+        horizon: Horizon | None = None,
     ) -> None:
         """``acks``: None sends no stored acknowledgements (gateways that delete on PUBACK);
-        ``name``: the bridge's public name (tag ``bridge`` of the ``seqgaps`` it stores)."""
+        ``name``: the bridge's public name (tag ``bridge`` of the ``seqgaps`` it stores);
+        ``horizon``: keeps the preparer's ``ts_too_old`` horizon at the raw retention (None:
+        the horizon stays as the preparer was given it)."""
         self.name = name
+        self.horizon = horizon
         self.state = state
         self.preparer = preparer
         self.influx = influx
@@ -83,21 +88,21 @@ class Processor:
         metrics: Metrics,
         bindings: Bindings,
         busy: Callable[[], bool] | None = None,
+        database: str = "telemetry",
     ) -> Processor:
         """The processor of ``settings``: outputs to ``writer`` and ``mqtt`` (dead letters, live
         feed); ``bindings`` from :func:`~processor.state.bindings.load_bindings` (loaded before
         any connection, so a bad file fails at once); ``busy()`` says ingestion is behind (the
-        live feed then yields)."""
+        live feed then yields); ``database``: whose raw retention is the ``ts_too_old``
+        horizon (:mod:`processor.horizon`)."""
         state = State(bindings=bindings)
+        window = window_of(settings)
         return cls(
             state,
             Preparer(
                 state.bindings,
                 topics,
-                TsWindow(
-                    max_future=timedelta(seconds=settings.max_future_s),
-                    max_age=timedelta(days=settings.max_age_days),
-                ),
+                window,
                 state.gaps,
                 settings.max_seq_jump,
             ),
@@ -130,18 +135,25 @@ class Processor:
             if settings.stored_acks
             else None,
             name=mqtt.name,
+            horizon=Horizon(window, settings, database),
         )
 
     async def warm_up(self, storage: InfluxQL, max_backoff_s: float) -> None:
-        """Seed the state from what InfluxDB holds (before the first batch)."""
+        """Seed the state from what InfluxDB holds, and read the raw retention (the
+        ``ts_too_old`` horizon), before the first batch."""
+        if self.horizon is not None:
+            await self.horizon.refresh(storage)
         await warm_up(self.state, storage, max_backoff_s)
 
     async def run(
         self, storage: InfluxQL, gap_grace_s: float, bindings_refresh_s: float | None = None
     ) -> None:
         """The processor's own tasks, until cancelled: the live feed, stored acknowledgements,
-        gap confirmation and (every ``bindings_refresh_s``) the bindings store's refresh."""
+        gap confirmation, (every ``bindings_refresh_s``) the bindings store's refresh and the
+        ``ts_too_old`` horizon's (:mod:`processor.horizon`)."""
         async with asyncio.TaskGroup() as tg:
+            if self.horizon is not None:
+                tg.create_task(self.horizon.run(storage), name="ts-horizon")
             if bindings_refresh_s is not None:
                 tg.create_task(
                     refresh_bindings_forever(self.state.bindings, storage, bindings_refresh_s),
