@@ -8,7 +8,8 @@ autogen's duration as InfluxDB reports it (``SHOW RETENTION POLICIES``), read be
 batch and every ``HORIZON_REFRESH_S`` after: the rollup job sets it to its ``RAW_RETENTION``
 (30d) after its first complete pass, and an operator may change it. While autogen keeps
 readings forever (``INF``: before that pass, or without the rollup job) or its duration cannot
-be read, ``MAX_AGE_FALLBACK_DAYS`` (366) applies. A failed read keeps the horizon it had.
+be read, ``MAX_AGE_FALLBACK_DAYS`` (366) applies. A failed read keeps the horizon it had (a
+WARNING for the first of a run of failures).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Horizon:
         self._fallback = timedelta(days=settings.max_age_fallback_days)
         self._every_s = settings.horizon_refresh_s
         self._database = database
+        self._failing = False
+        self._said = False  # the horizon was logged
         #: Where the current horizon comes from: ``setting``, ``retention`` or ``fallback``.
         self.source = "setting" if self._explicit else "fallback"
 
@@ -64,13 +67,20 @@ class Horizon:
         try:
             retention = await raw_retention(client, self._database)
         except (InfluxError, OSError) as e:
-            log.warning("raw retention not read (ts horizon stays %s): %s", self.window.max_age, e)
+            # Once per run of failures (a store that cannot answer it would repeat it forever).
+            level = logging.DEBUG if self._failing else logging.WARNING
+            log.log(
+                level, "raw retention not read (ts horizon stays %s): %s", self.window.max_age, e
+            )
+            self._failing = True
             return
+        self._failing = False
         if retention is None:
             age, source = self._fallback, "fallback"
         else:
             age, source = retention, "retention"
-        if (age, source) != (self.window.max_age, self.source):
+        if not self._said or (age, source) != (self.window.max_age, self.source):
+            self._said = True
             log.info(
                 "ts horizon: readings older than %s are dead-lettered ts_too_old (%s)",
                 age,

@@ -32,6 +32,7 @@ from provisioning.broker_config import MAX_PACKET_SIZE
 from telemetry_common.ids import is_valid_id
 from telemetry_common.schema import MAX_BATCH_BYTES, SCHEMA_ID, format_ts
 from telemetry_common.settings import env_for
+from telemetry_stack.servers import free_port
 from tests.support.fixtures import BrokerInfo, InfluxInfo, InfluxTarget, MqttClientFactory
 from tests.support.gateway_publisher import GatewayPublisher
 from tests.support.influx import influxql
@@ -126,14 +127,24 @@ def module_db(influxd: InfluxInfo) -> Iterator[InfluxTarget]:
 
 
 @pytest.fixture(scope="module")
+def bridge_port() -> int:
+    """The port of the module's bridge's operational endpoints (``/status``)."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def shared_bridge(
-    broker: BrokerInfo, module_db: InfluxTarget, tmp_path_factory: pytest.TempPathFactory
+    broker: BrokerInfo,
+    module_db: InfluxTarget,
+    bridge_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[InfluxTarget]:
     """One telemetry-bridge for every case of the module, stopped by PID at the end."""
     procs = Procs(tmp_path_factory.mktemp("bad-input-logs"))
     try:
         # No live conflation: a wrong live value is published at once, never hidden by a newer.
-        start_bridge(procs, broker, module_db, extra_env=env_for(BridgeSettings, live_interval_s=0))
+        env = env_for(BridgeSettings, live_interval_s=0, http_port=bridge_port)
+        start_bridge(procs, broker, module_db, extra_env=env)
         yield module_db
     finally:
         procs.stop_all()
@@ -376,7 +387,7 @@ def shard_starts(db: InfluxTarget) -> list[str]:
 
 
 def test_readings_dated_1970_and_2000_are_dead_lettered_and_create_no_shard(
-    case: CaseEnv, mqtt_client: MqttClientFactory
+    case: CaseEnv, mqtt_client: MqttClientFactory, bridge_port: int
 ) -> None:
     """A gateway whose clock reset sends readings dated 1970 and 2000, and one a little older
     than the raw retention (30 days here; InfluxDB would refuse or soon drop it), beside a good
@@ -410,6 +421,11 @@ def test_readings_dated_1970_and_2000_are_dead_lettered_and_create_no_shard(
     recent = format_ts(datetime.now(UTC) - timedelta(days=2))
     assert [s for s in after if s not in before and s < recent] == [], (before, after)
     assert not [start for start in after if start < "2020"], after
+    status = httpx.get(f"http://127.0.0.1:{bridge_port}/status", timeout=10).json()
+    assert status["ts_horizon"] == {
+        "max_age_s": RAW_RETENTION.total_seconds(),
+        "source": "retention",
+    }
 
 
 def test_packet_over_the_broker_limit_is_refused_by_the_broker(
