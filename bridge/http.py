@@ -26,6 +26,13 @@ def ops_routes(processor: Processor, client: AsyncMqttClient) -> dict[str, Handl
         ok, checks = ready()
         return (200 if ok else 503), "application/json", orjson.dumps(checks)
 
+    def horizon() -> dict[str, object]:
+        """The ts_too_old horizon and where it comes from (setting, retention, fallback)."""
+        h = processor.horizon
+        if h is None:
+            return {}
+        return {"ts_horizon": {"max_age_s": h.window.max_age.total_seconds(), "source": h.source}}
+
     def status() -> tuple[int, str, bytes]:
         ok, checks = ready()
         doc = {
@@ -35,6 +42,7 @@ def ops_routes(processor: Processor, client: AsyncMqttClient) -> dict[str, Handl
             "checks": checks,
             "mqtt_connect_error": client.last_connect_error,
             **processor.state.status(),
+            **horizon(),
             "metrics": metrics.snapshot(),
         }
         return 200, "application/json", orjson.dumps(doc)

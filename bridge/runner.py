@@ -82,6 +82,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             bindings=bindings,
             # Behind: messages wait beyond the batches in hand (full load or a backlog).
             busy=lambda: not client.messages.empty(),
+            database=settings.influx.database,
         )
         # The API creates it too; whoever comes first (the store is read through it).
         await create_retention_policy(settings.influx, KEEP_RP)

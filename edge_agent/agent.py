@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from edge_agent.capture import Capture
+from edge_agent.clock import ClockWatch
 from edge_agent.commands import Commands
 from edge_agent.heartbeat import GatewayState, state_payload
 from edge_agent.outbox import Outbox
@@ -68,13 +70,17 @@ async def route(
     client: AsyncMqttClient,
     publisher: Publisher,
     commands: Commands | None,
+    clock: ClockWatch | None = None,
 ) -> None:
     """Hand each received message to its owner until cancelled: stored acknowledgements to the
-    publisher (in order), commands to ``commands`` (None: not served, ignored)."""
+    publisher (in order) and to ``clock`` (the bridge's clock is in them), commands to
+    ``commands`` (None: not served, ignored)."""
     stored = settings.topics.stored(settings.gateway_id)
     while True:
         msg = await client.messages.get()
         if msg.topic == stored:
+            if clock is not None:
+                clock.observe_ack(msg.payload)
             try:
                 await publisher.confirm(msg.payload)
             except Exception:
@@ -101,6 +107,7 @@ class EdgeAgent:
         self._outbox = outbox
         self._client = client
         self.counters = Counters()
+        self.clock = ClockWatch(settings.clock_max_skew_s, timedelta(days=settings.max_age_days))
         self.publisher = Publisher(settings, outbox, client, self.counters)
         self.commands = Commands(
             settings.gateway_id,
@@ -114,6 +121,7 @@ class EdgeAgent:
         if gateway is not None:
             publisher = self.publisher
             gateway.unconfirmed = lambda: publisher.unconfirmed
+            gateway.clock = self.clock
 
     async def capture(self, source: AsyncIterator[list[Capture]]) -> None:
         """Store every capture of ``source`` durably, in the order they come, each series' ts
@@ -121,6 +129,7 @@ class EdgeAgent:
         unique = UniqueTs(await asyncio.to_thread(self._outbox.series_marks))
         async for captures in source:
             stamped, marks = unique.apply(captures)
+            self.clock.check_ages(stamped)
             bodies = [c.to_body() for c in stamped]
             seqs = await asyncio.to_thread(self._outbox.append, bodies, marks)
             self.counters.captured += len(seqs)
@@ -133,7 +142,7 @@ class EdgeAgent:
         async with asyncio.TaskGroup() as tg:
             publisher = tg.create_task(self.publisher.run(stop), name="publish")
             inbox = tg.create_task(
-                route(self._settings, self._client, self.publisher, self.commands),
+                route(self._settings, self._client, self.publisher, self.commands, self.clock),
                 name="inbox",
             )
             heartbeat = None

@@ -106,7 +106,11 @@ async def _run(settings: EdgeSettings, source: SourceName, file: Path | None) ->
             agent = EdgeAgent(settings, outbox, client, pace=pace, gateway=gateway)
             if settings.metrics_port:
                 registry = metrics.registry_for(
-                    outbox, agent.counters, client, cert_not_after=gateway.not_after
+                    outbox,
+                    agent.counters,
+                    client,
+                    cert_not_after=gateway.not_after,
+                    clock=agent.clock,
                 )
                 server = metrics.serve(settings.metrics_host, settings.metrics_port, registry)
                 stack.callback(server.shutdown)

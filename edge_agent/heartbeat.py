@@ -6,9 +6,12 @@ The birth (published by the MQTT client on every connect) and a heartbeat republ
 
     {"state": "online", "ts": ISO, "agent_version": "x.y.z",
      "outbox": {"depth": int, "oldest_unsent_ts": ISO | null, "unconfirmed": int},
-     "cert_not_after": ISO | null}
+     "cert_not_after": ISO | null,
+     "clock": {"unsynchronised": {"os": bool | null, "cloud": bool | null},
+               "offset_s": float | null}}
 
-``outbox`` is left out when the outbox statistics could not be read (not reported as empty).
+``outbox`` is left out when the outbox statistics could not be read (not reported as empty);
+``clock`` (edge_agent.clock) when the agent has no clock watch (``outbox drain``).
 The last will (and a clean stop) stays ``{"state": "offline", "ts": ISO}``. Readers accept both
 and ignore keys they do not know (docs/design.md, MQTT).
 """
@@ -26,6 +29,7 @@ from typing import Any
 import orjson
 from cryptography import x509
 
+from edge_agent.clock import ClockWatch
 from edge_agent.outbox import Outbox
 from edge_agent.records import OutboxStats
 from telemetry_common.mqtt import (
@@ -84,12 +88,14 @@ def online_payload(
     unconfirmed: int = 0,
     not_after: datetime | None = None,
     outbox_known: bool = True,
+    clock: ClockWatch | None = None,
 ) -> bytes:
     """The ``online`` document of the birth and the heartbeat: the agent version, the outbox
     (``outbox``'s depth and its oldest unsent reading's capture time; none: depth 0), the
     readings unconfirmed and the client certificate's notAfter. ``outbox_known`` False (its
     statistics could not be read): no ``outbox`` key at all, so the cloud keeps its
-    ``edge_backlog`` alarm as it is rather than read an empty outbox."""
+    ``edge_backlog`` alarm as it is rather than read an empty outbox. ``clock``: whether this
+    gateway's clock is unsynchronised, per source, and its offset from the bridges' clock."""
     now = now or datetime.now(UTC)
     oldest = None
     if outbox is not None and outbox.oldest_age_s is not None:
@@ -107,6 +113,12 @@ def online_payload(
     }
     if not outbox_known:
         del doc["outbox"]
+    if clock is not None:
+        offset = clock.offset_s()
+        doc["clock"] = {
+            "unsynchronised": clock.unsynchronised(),
+            "offset_s": None if offset is None else round(offset, 3),
+        }
     return orjson.dumps(doc)
 
 
@@ -114,7 +126,7 @@ class GatewayState:
     """What the gateway announces on its state topic, read afresh for every birth and heartbeat.
 
     The certificate is read once: the one the session presents (a renewed file takes effect at
-    the next start). ``unconfirmed`` is attached by the agent once its publisher exists.
+    the next start). ``unconfirmed`` and ``clock`` are attached by the agent once it exists.
     """
 
     def __init__(self, outbox: Outbox | None, cert_file: Path | None) -> None:
@@ -122,6 +134,7 @@ class GatewayState:
         self.not_after = cert_not_after(cert_file)
         self.version = agent_version()
         self.unconfirmed: Callable[[], int] = lambda: 0
+        self.clock: ClockWatch | None = None
 
     def online(self) -> bytes:
         """The birth / heartbeat payload. Never raises (it runs on the MQTT network thread at
@@ -140,6 +153,7 @@ class GatewayState:
             unconfirmed=self.unconfirmed(),
             not_after=self.not_after,
             outbox_known=known,
+            clock=self.clock,
         )
 
     async def heartbeat(self, client: AsyncMqttClient, topic: str, interval_s: float) -> None:

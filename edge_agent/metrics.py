@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edge_agent.budget import REASONS
+from edge_agent.clock import ClockWatch
 from edge_agent.outbox import Outbox
 from edge_agent.publisher import Counters
 
@@ -36,11 +37,13 @@ class AgentCollector(Collector):
         counters: Counters,
         client: _Connection,
         cert_not_after: datetime | None = None,
+        clock: ClockWatch | None = None,
     ) -> None:
         self._outbox = outbox
         self._counters = counters
         self._client = client
         self._cert_not_after = cert_not_after
+        self._clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         st = self._outbox.stats()
@@ -108,6 +111,36 @@ class AgentCollector(Collector):
                 "notAfter of the gateway's client certificate (Unix time; absent without one)",
                 self._cert_not_after.timestamp(),
             )
+        if self._clock is not None:
+            yield from self._clock_metrics(self._clock)
+
+    @staticmethod
+    def _clock_metrics(clock: ClockWatch) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        unsync = GaugeMetricFamily(
+            f"{P}clock_unsynchronised",
+            "1 while this gateway's clock is unsynchronised, by source: os (the kernel's NTP "
+            "status), cloud (more than CLOCK_MAX_SKEW_S off the bridges' clock); absent while "
+            "the source cannot tell",
+            labels=["source"],
+        )
+        for source, value in clock.unsynchronised().items():
+            if value is not None:
+                unsync.add_metric([source], float(value))
+        yield unsync
+        offset = clock.offset_s()
+        if offset is not None:
+            yield GaugeMetricFamily(
+                f"{P}clock_offset_seconds",
+                "This clock minus the bridges' (from the stored acknowledgements; too large by "
+                "their transit)",
+                offset,
+            )
+        yield CounterMetricFamily(
+            f"{P}readings_too_old",
+            "Readings captured stamped more than MAX_AGE_DAYS back (sent anyway; the cloud "
+            "dead-letters them ts_too_old)",
+            clock.too_old,
+        )
 
     def _reconnects(self) -> int:
         return max(0, self._client.connects - 1)
@@ -119,9 +152,10 @@ def registry_for(
     client: _Connection,
     *,
     cert_not_after: datetime | None = None,
+    clock: ClockWatch | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(outbox, counters, client, cert_not_after))
+    registry.register(AgentCollector(outbox, counters, client, cert_not_after, clock))
     return registry
 
 

@@ -93,8 +93,18 @@ class EdgeSettings(ServiceSettings):
     """Cap of the capped exponential backoff (with jitter) for reconnects and publish retries."""
     state_interval_s: float = Field(default=60.0, gt=0, le=3600)
     """While connected, the gateway's state (``online`` with its agent version, outbox depth,
-    oldest unsent reading, unconfirmed readings and certificate expiry) is republished retained
-    on ``{root}/{gateway}/state`` this often (the birth at each connect carries the same)."""
+    oldest unsent reading, unconfirmed readings, certificate expiry and clock) is republished
+    retained on ``{root}/{gateway}/state`` this often (the birth at each connect carries the
+    same)."""
+    max_age_days: float = Field(default=30.0, gt=0)
+    """Readings stamped further back than this are counted (``readings_too_old``) and logged at
+    most once a minute, and still sent: the cloud dead-letters a reading older than its raw
+    retention (30 days by default; the agent does not know the cloud's) as ``ts_too_old``,
+    replayable (edge_agent.clock)."""
+    clock_max_skew_s: float = Field(default=60.0, gt=0)
+    """This gateway's clock is reported unsynchronised (source ``cloud``) when it is more than
+    this off the bridges' clock, as the stored acknowledgements tell it (edge_agent.clock); the
+    cloud refuses readings more than its MAX_FUTURE_S (300 s) ahead."""
     metrics_host: str = "127.0.0.1"
     """Address of the Prometheus metrics (``/metrics``)."""
     metrics_port: int = Field(default=0, ge=0, le=65535)

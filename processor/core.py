@@ -15,8 +15,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+from processor.horizon import Horizon, window_of
 from processor.limits import GatewayLimits
 from processor.metrics import Metrics
 from processor.outputs.acks import StoredAcks
@@ -35,7 +36,7 @@ from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
 from processor.state.storage import confirm_gaps_forever, refresh_bindings_forever, warm_up
-from processor.validate import INFLUX_REJECTED, LIMIT_EXCEEDED, Rejected, TsWindow
+from processor.validate import INFLUX_REJECTED, LIMIT_EXCEEDED, Rejected
 from telemetry_common.deadletters import OUTCOME_STORED, outcome_deadlettered
 from telemetry_common.influx_query import InfluxQL
 from telemetry_common.influx_write import InfluxWriter
@@ -60,10 +61,14 @@ class Processor:
         metrics: Metrics,
         acks: StoredAcks | None = None,
         name: str = "bridge",
+        horizon: Horizon | None = None,
     ) -> None:
         """``acks``: None sends no stored acknowledgements (gateways that delete on PUBACK);
-        ``name``: the bridge's public name (tag ``bridge`` of the ``seqgaps`` it stores)."""
+        ``name``: the bridge's public name (tag ``bridge`` of the ``seqgaps`` it stores);
+        ``horizon``: keeps the preparer's ``ts_too_old`` horizon at the raw retention (None:
+        the horizon stays as the preparer was given it)."""
         self.name = name
+        self.horizon = horizon
         self.state = state
         self.preparer = preparer
         self.influx = influx
@@ -84,22 +89,22 @@ class Processor:
         metrics: Metrics,
         bindings: Bindings,
         busy: Callable[[], bool] | None = None,
+        database: str = "telemetry",
     ) -> Processor:
         """The processor of ``settings``: outputs to ``writer`` and ``mqtt`` (dead letters, live
         feed); ``bindings`` from :func:`~processor.state.bindings.load_bindings` (loaded before
         any connection, so a bad file fails at once); ``busy()`` says ingestion is behind (the
-        live feed then yields)."""
+        live feed then yields); ``database``: whose raw retention is the ``ts_too_old``
+        horizon (:mod:`processor.horizon`)."""
         limits = GatewayLimits(settings.limit_settings(), bound_to=bindings.get)
         state = State(bindings=bindings, limits=limits)
+        window = window_of(settings)
         return cls(
             state,
             Preparer(
                 state.bindings,
                 topics,
-                TsWindow(
-                    max_future=timedelta(seconds=settings.max_future_s),
-                    max_age=timedelta(days=settings.max_age_days),
-                ),
+                window,
                 state.gaps,
                 settings.max_seq_jump,
                 state.limits,
@@ -133,11 +138,15 @@ class Processor:
             if settings.stored_acks
             else None,
             name=mqtt.name,
+            horizon=Horizon(window, settings, database),
         )
 
     async def warm_up(self, storage: InfluxQL, max_backoff_s: float) -> None:
-        """Seed the state from what InfluxDB holds (before the first batch); the chargers whose
-        newest reading is stored are their gateways' for the limits (never "new" again)."""
+        """Seed the state from what InfluxDB holds, and read the raw retention (the
+        ``ts_too_old`` horizon), before the first batch; the chargers whose newest reading is
+        stored are their gateways' for the limits (never "new" again)."""
+        if self.horizon is not None:
+            await self.horizon.refresh(storage)
         await warm_up(self.state, storage, max_backoff_s)
         known = self.state.limits.seed(self.state.lvc.gateways())
         log.info("limits: %d chargers known of their gateways", known)
@@ -146,8 +155,11 @@ class Processor:
         self, storage: InfluxQL, gap_grace_s: float, bindings_refresh_s: float | None = None
     ) -> None:
         """The processor's own tasks, until cancelled: the live feed, stored acknowledgements,
-        gap confirmation and (every ``bindings_refresh_s``) the bindings store's refresh."""
+        gap confirmation, (every ``bindings_refresh_s``) the bindings store's refresh and the
+        ``ts_too_old`` horizon's (:mod:`processor.horizon`)."""
         async with asyncio.TaskGroup() as tg:
+            if self.horizon is not None:
+                tg.create_task(self.horizon.run(storage), name="ts-horizon")
             if bindings_refresh_s is not None:
                 tg.create_task(
                     refresh_bindings_forever(self.state.bindings, storage, bindings_refresh_s),

@@ -22,11 +22,21 @@ class ProcessorSettings(BaseModel):
     """InfluxDB write requests in flight at once (the requests of one batch go concurrently)."""
     max_future_s: float = Field(default=300.0, ge=0)
     """Readings stamped further ahead than this are dead-lettered (a clock fault at the edge)."""
-    max_age_days: float = Field(default=366.0, gt=0)
+    max_age_days: float | None = Field(default=None, gt=0)
     """Readings stamped further back than this are dead-lettered (``ts_too_old``): a gateway
     clock reset to 1970 or 2000 would otherwise be stored decades back (a new InfluxDB shard per
-    week it touches) and never become the latest value. A year by default, well beyond the
-    backlog an edge outbox holds."""
+    week it touches) and never become the latest value. Unset (the default): the raw
+    retention, the duration of retention policy ``autogen`` as InfluxDB reports it (the rollup
+    job sets it to its ``RAW_RETENTION``, 30d), read at start and every HORIZON_REFRESH_S: an
+    older reading would be refused by InfluxDB or dropped with its shard soon after. Set: this,
+    whatever the retention."""
+    max_age_fallback_days: float = Field(default=366.0, gt=0)
+    """The horizon while ``autogen`` keeps readings forever (``INF``: before the rollup job's
+    first complete pass, or without the job) or its duration cannot be read (MAX_AGE_DAYS
+    unset): a year, well beyond the backlog an edge outbox holds."""
+    horizon_refresh_s: float = Field(default=300.0, gt=0, le=86_400)
+    """How often ``autogen``'s duration is read again (MAX_AGE_DAYS unset): a retention changed
+    by the rollup job or an operator moves the horizon within this long."""
     max_backoff_s: float = Field(default=30.0, gt=0)
     """Cap of the backoff between InfluxDB retries."""
     live_interval_s: float = Field(default=1.0, ge=0)

@@ -48,12 +48,13 @@ LIMIT_EXCEEDED: Final = "limit_exceeded"
 UNKNOWN_GATEWAY: Final = "_invalid"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TsWindow:
     """How far a reading's ``ts`` may lie from the processor's clock: at most ``max_future``
     ahead (a clock running fast) and ``max_age`` behind (a clock reset to 1970 or 2000 would
     otherwise store the reading decades back, a new InfluxDB shard per week it touches, and it
-    would never become the latest value)."""
+    would never become the latest value). ``max_age`` follows the raw retention
+    (:mod:`processor.horizon` updates it in place)."""
 
     max_future: timedelta
     max_age: timedelta

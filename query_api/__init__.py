@@ -19,6 +19,7 @@ seqs.py       seq numbering of HTTP-ingested readings per gateway
 metrics.py    Prometheus registry and the request timing middleware
 routes/       one module per group of endpoints
 app.py        ``create_app(settings)``
+receive.py    header and body receive timeouts (a deadline per connection)
 __main__.py   ``main()``: uvicorn
 
 InfluxQL text is built only in ``telemetry_common/influxql.py``; the async InfluxQL client is

@@ -11,6 +11,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from query_api.app import create_app
+from query_api.receive import guarded_protocol
 from query_api.settings import ApiSettings
 from telemetry_common.errors import ConfigError
 from telemetry_common.logs import configure_logging
@@ -66,10 +67,17 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 100)
+    timeouts = app.state.metrics.receive_timeouts
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
+        # Headers and body must arrive in bounded time (slowloris; query_api.receive).
+        http=guarded_protocol(
+            settings.header_timeout_s,
+            settings.body_timeout_s,
+            lambda phase: timeouts.labels(phase).inc(),
+        ),
         log_config=None,
         server_header=False,
         access_log=settings.access_log,

@@ -30,6 +30,13 @@ class ApiMetrics:
             buckets=BUCKETS,
             registry=self.registry,
         )
+        self.receive_timeouts = Counter(
+            "telemetry_api_receive_timeouts",
+            "Connections closed because a request's headers or body did not arrive in time "
+            "(HEADER_TIMEOUT_S, BODY_TIMEOUT_S), by phase (header, body)",
+            ["phase"],
+            registry=self.registry,
+        )
         self.ingested = Counter(
             "telemetry_api_ingested_readings",
             "Readings accepted over HTTP and published (PUBACK received)",

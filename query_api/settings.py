@@ -40,6 +40,13 @@ class ApiSettings(ServiceSettings):
     """uvicorn's per-request access log. Off by default: at thousands of requests per second it
     costs more CPU than a ``latest`` answer; ``/metrics`` counts every request by route, status
     and latency."""
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """A request's headers must arrive within this long (from the connection's start, or from
+    the first byte of a request on a kept-alive connection): a client that trickles them
+    (slowloris) gets 408 and is disconnected (query_api.receive)."""
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """... and then its body within this long (an HTTP ingest of INGEST's largest body on a
+    slow link included): a body that stalls gets 408 and the connection is closed."""
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     """Where readings are read from (a read-only user or token is enough)."""
     keys: dict[Role, SecretStr] = Field(default_factory=dict)

@@ -11,33 +11,22 @@ nothing is changed: :func:`operator_instructions` says what to create.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Final, Literal
+from typing import Literal
 
 from rollups.settings import RollupsSettings, to_timedelta
 from telemetry_common.influx_query import InfluxQLClient
 from telemetry_common.influxql import retention_policy_statement, show_retention_policies_query
+from telemetry_common.retention import go_duration
 from telemetry_common.storage import RAW_RP, ROLLUP_1H_RP, ROLLUP_1M_RP
 
 log = logging.getLogger(__name__)
-
-_GO_DURATION: Final = re.compile(r"(\d+)(h|m|s)")
-_GO_UNITS: Final = {"h": 3600, "m": 60, "s": 1}
-
 
 @dataclass(frozen=True)
 class Policy:
     name: str
     duration: str
     shard: str
-
-
-def go_duration(text: str) -> timedelta | None:
-    """InfluxDB's ``720h0m0s`` as a timedelta; ``0s`` (infinite) as None."""
-    seconds = sum(int(n) * _GO_UNITS[u] for n, u in _GO_DURATION.findall(text))
-    return None if seconds == 0 else timedelta(seconds=seconds)
 
 
 def rollup_policies(s: RollupsSettings) -> tuple[Policy, Policy]:

@@ -1,11 +1,14 @@
 """The stored acknowledgement of docs/design.md ("Stored acknowledgements"), encoded and decoded
-only here: ``{"epoch": null | "<16 hex>", "seqs": [[first, last], ...]}``, inclusive ranges of
-the seqs a bridge stored (as readings or as dead letters). The bridge writes it
-(:mod:`processor.outputs.acks`); the edge agent and the API's HTTP ingest read it."""
+only here: ``{"epoch": null | "<16 hex>", "seqs": [[first, last], ...], "ts": ISO}``, inclusive
+ranges of the seqs a bridge stored (as readings or as dead letters), and the bridge's clock when
+it sent the acknowledgement (the edge agent compares its own clock with it:
+:mod:`edge_agent.clock`). The bridge writes it (:mod:`processor.outputs.acks`); the edge agent
+and the API's HTTP ingest read it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,8 +25,27 @@ def to_ranges(seqs: Iterable[int]) -> list[list[int]]:
     return ranges
 
 
-def encode(epoch: str | None, seqs: Iterable[int]) -> bytes:
-    return orjson.dumps({"epoch": epoch, "seqs": to_ranges(seqs)})
+def encode(epoch: str | None, seqs: Iterable[int], *, ts: datetime | None = None) -> bytes:
+    """The acknowledgement of ``seqs``, stamped ``ts`` (default: now)."""
+    stamp = (ts or datetime.now(UTC)).isoformat()
+    return orjson.dumps({"epoch": epoch, "seqs": to_ranges(seqs), "ts": stamp})
+
+
+def sent_at(payload: bytes) -> datetime | None:
+    """When the bridge sent the acknowledgement ``payload``, by its clock (None: not said, as
+    from a bridge older than the key, or not a time with a timezone)."""
+    try:
+        body: Any = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    ts = body.get("ts") if isinstance(body, dict) else None
+    if not isinstance(ts, str):
+        return None
+    try:
+        at = datetime.fromisoformat(ts)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
 
 
 def decode(

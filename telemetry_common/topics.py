@@ -143,6 +143,7 @@ ALARM_KINDS: tuple[str, ...] = (
     "deadletters",
     "edge_backlog",
     "certificate_expiry",
+    "gateway_clock",
 )
 #: An alarm's subject: one topic level of id characters (a connector's is
 #: ``{charger}.{evse}.{connector}``, so up to 64 + 8 characters).

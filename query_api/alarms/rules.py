@@ -173,7 +173,18 @@ def _faulted(inputs: Inputs, verdict: Verdict) -> None:
 def _edge(inputs: Inputs, t: Thresholds, verdict: Verdict) -> None:
     backlog: set[str] = set()
     certs: set[str] = set()
+    clocks: set[str] = set()
     for gw, info in inputs.gateways.items():
+        if info.clock_unsynchronised is not None:
+            clocks.add(gw)
+            if info.clock_unsynchronised:
+                offset = info.clock_offset_s
+                off = f"; {offset:+.1f} s off the bridges' clock" if offset is not None else ""
+                verdict.firing[("gateway_clock", gw)] = Firing(
+                    "warning",
+                    f"the gateway says its clock is unsynchronised "
+                    f"({', '.join(info.clock_unsynchronised)}{off})",
+                )
         if info.outbox_reported and info.ts is not None:
             backlog.add(gw)
             oldest = info.oldest_unsent
@@ -197,6 +208,7 @@ def _edge(inputs: Inputs, t: Thresholds, verdict: Verdict) -> None:
     # nothing of them (a last will, a heartbeat without outbox) keeps its alarms as they are.
     verdict.known["edge_backlog"] = _reported_or_gone(backlog, inputs)
     verdict.known["certificate_expiry"] = _reported_or_gone(certs, inputs)
+    verdict.known["gateway_clock"] = _reported_or_gone(clocks, inputs)
 
 
 def _reported_or_gone(reported: set[str], inputs: Inputs) -> Known:

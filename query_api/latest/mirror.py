@@ -13,6 +13,7 @@ is stored (``checked``): ``/latest`` decides from these whether memory is enough
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -48,13 +49,18 @@ INTERVAL_WEIGHT: Final = 0.3
 class GatewayInfo:
     """What a gateway's retained state said last (docs/design.md#gateway-state): ``state`` and
     ``ts`` of the newest message; the outbox and certificate of the newest that carried them
-    (the last will does not); ``outbox_reported``: the newest message carried an outbox."""
+    (the last will does not); ``outbox_reported``: the newest message carried an outbox;
+    ``clock_unsynchronised``: the sources by which the newest message's ``clock`` says the
+    gateway's clock is unsynchronised (None: the newest message said nothing of the clock),
+    ``clock_offset_s`` its offset from the bridges' clock."""
 
     state: str
     ts: datetime | None = None
     outbox_reported: bool = False
     oldest_unsent: datetime | None = None
     cert_not_after: datetime | None = None
+    clock_unsynchronised: tuple[str, ...] | None = None
+    clock_offset_s: float | None = None
 
 
 def _time(value: object) -> datetime | None:
@@ -66,6 +72,17 @@ def _time(value: object) -> datetime | None:
     except ValueError:
         return None
     return ts if ts.tzinfo is not None else None
+
+
+def _clock(value: object) -> tuple[tuple[str, ...] | None, float | None]:
+    """The sources a state's ``clock`` says unsynchronised (None: no ``clock``), its offset."""
+    if not isinstance(value, dict) or not isinstance(value.get("unsynchronised"), dict):
+        return None, None
+    sources = tuple(sorted(str(k) for k, v in value["unsynchronised"].items() if v is True))
+    offset = value.get("offset_s")
+    if isinstance(offset, int | float) and not isinstance(offset, bool) and math.isfinite(offset):
+        return sources, float(offset)
+    return sources, None
 
 
 class LiveMirror:
@@ -128,6 +145,7 @@ class LiveMirror:
             info.oldest_unsent = _time(outbox.get("oldest_unsent_ts"))
         if "cert_not_after" in doc:
             info.cert_not_after = _time(doc.get("cert_not_after"))
+        info.clock_unsynchronised, info.clock_offset_s = _clock(doc.get("clock"))
         self._gateway_info[gateway_id] = info
         return True
 

@@ -40,6 +40,7 @@ Kind = Literal[
     "deadletters",
     "edge_backlog",
     "certificate_expiry",
+    "gateway_clock",
 ]
 if set(get_args(Kind)) != set(ALARM_KINDS):  # one list of kinds: telemetry_common.topics
     raise AssertionError("Kind differs from telemetry_common.topics.ALARM_KINDS")

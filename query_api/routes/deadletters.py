@@ -174,6 +174,14 @@ async def list_deadletters(
             body = cursors.decode(cursor_, "deadletters", query)
             start_ns, end_ns, until_ns = int(body["a"]), int(body["b"]), int(body["t"])
             seen = frozenset(str(s) for s in body["s"])
+            # Signed, and still a window the first request could have asked (a leaked key
+            # does not lift the range limit).
+            if not start_ns <= until_ns <= end_ns:
+                raise cursor.CursorError("the cursor is damaged")  # noqa: TRY301
+            if end_ns - start_ns > MAX_RANGE // timedelta(microseconds=1) * 1000:
+                raise cursor.CursorError(  # noqa: TRY301
+                    f"the cursor's range exceeds the maximum of {MAX_RANGE.days} days"
+                )
         except (cursor.CursorError, KeyError, TypeError, ValueError) as exc:
             raise ProblemError(422, "invalid-cursor", str(exc)) from exc
     else:

@@ -32,6 +32,7 @@ from provisioning.broker_config import MAX_PACKET_SIZE
 from telemetry_common.ids import is_valid_id
 from telemetry_common.schema import MAX_BATCH_BYTES, SCHEMA_ID, format_ts
 from telemetry_common.settings import env_for
+from telemetry_stack.servers import free_port
 from tests.support.fixtures import BrokerInfo, InfluxInfo, InfluxTarget, MqttClientFactory
 from tests.support.gateway_publisher import GatewayPublisher
 from tests.support.influx import influxql
@@ -106,23 +107,44 @@ class CaseEnv:
         return self.base + timedelta(seconds=seconds)
 
 
+#: The raw retention of the module's database, as the rollup job sets it (RAW_RETENTION).
+RAW_RETENTION = timedelta(days=30)
+
+
 @pytest.fixture(scope="module")
 def module_db(influxd: InfluxInfo) -> Iterator[InfluxTarget]:
-    """A database for the whole module (the bridge creates it), dropped at the end."""
+    """A database for the whole module, its raw readings kept 30 days (autogen, as the rollup
+    job sets it: the bridge's ``ts_too_old`` horizon), dropped at the end."""
     target = InfluxTarget(url=influxd.url, database=f"bad_input_{uuid.uuid4().hex[:8]}")
+    for q in (
+        f'CREATE DATABASE "{target.database}"',
+        f'ALTER RETENTION POLICY "autogen" ON "{target.database}" '
+        f"DURATION {RAW_RETENTION.days}d SHARD DURATION 1d",
+    ):
+        httpx.post(f"{influxd.url}/query", data={"q": q}, timeout=10).raise_for_status()
     yield target
     httpx.post(f"{influxd.url}/query", data={"q": f'DROP DATABASE "{target.database}"'}, timeout=10)
 
 
 @pytest.fixture(scope="module")
+def bridge_port() -> int:
+    """The port of the module's bridge's operational endpoints (``/status``)."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def shared_bridge(
-    broker: BrokerInfo, module_db: InfluxTarget, tmp_path_factory: pytest.TempPathFactory
+    broker: BrokerInfo,
+    module_db: InfluxTarget,
+    bridge_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[InfluxTarget]:
     """One telemetry-bridge for every case of the module, stopped by PID at the end."""
     procs = Procs(tmp_path_factory.mktemp("bad-input-logs"))
     try:
         # No live conflation: a wrong live value is published at once, never hidden by a newer.
-        start_bridge(procs, broker, module_db, extra_env=env_for(BridgeSettings, live_interval_s=0))
+        env = env_for(BridgeSettings, live_interval_s=0, http_port=bridge_port)
+        start_bridge(procs, broker, module_db, extra_env=env)
         yield module_db
     finally:
         procs.stop_all()
@@ -365,23 +387,45 @@ def shard_starts(db: InfluxTarget) -> list[str]:
 
 
 def test_readings_dated_1970_and_2000_are_dead_lettered_and_create_no_shard(
-    case: CaseEnv, mqtt_client: MqttClientFactory
+    case: CaseEnv, mqtt_client: MqttClientFactory, bridge_port: int
 ) -> None:
-    """A gateway whose clock reset sends readings dated 1970 and 2000 beside a good one: both
-    are dead-lettered (ts_too_old, with their index), nothing of them is stored, and InfluxDB
-    gets no shard for those weeks (each would be one more shard, kept forever)."""
-    old = [datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC), datetime(2000, 1, 1, tzinfo=UTC)]
+    """A gateway whose clock reset sends readings dated 1970 and 2000, and one a little older
+    than the raw retention (30 days here; InfluxDB would refuse or soon drop it), beside a good
+    one: the three are dead-lettered (ts_too_old, with their index: the horizon is the raw
+    retention the bridge read from InfluxDB, not the one-year fallback), nothing of them is
+    stored, and InfluxDB gets no shard for them (SHOW SHARDS before and after: each would be
+    one more shard)."""
+    old = [
+        datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC),
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime.now(UTC) - RAW_RETENTION - timedelta(days=2),
+    ]
+    before = shard_starts(case.db)
+    assert before, "seq 1 is in a shard"
     body = [reading(case.charger, 2, case.at(-5))]
     body += [reading(case.charger, 3 + k, at) for k, at in enumerate(old)]
     pub = GatewayPublisher(mqtt_client(case.gateway), case.broker.topics.readings(case.gateway))
     pub.publish(batch(case.gateway, body))
-    wait_until("two dead letters", lambda: len(case.feed.dead_letters()) >= 2, WAIT_S)
-    finish(case, pub, [2])
+    wait_until("three dead letters", lambda: len(case.feed.dead_letters()) >= 3, WAIT_S)
+    finish(case, pub, [2])  # what is stored of the gateway: seqs 1, 2 and 10 only
     dead = case.feed.dead_letters()
-    assert sorted((d["reason"], d["index"]) for d in dead) == [("ts_too_old", 1), ("ts_too_old", 2)]
-    shards = shard_starts(case.db)
-    assert shards, "the good readings are in a shard"
-    assert not [start for start in shards if start < "2020"], shards
+    assert sorted((d["reason"], d["index"]) for d in dead) == [
+        ("ts_too_old", 1),
+        ("ts_too_old", 2),
+        ("ts_too_old", 3),
+    ], dead
+    assert all(f"{RAW_RETENTION.days} days" in d["detail"] for d in dead), dead
+    after = shard_starts(case.db)
+    # The good readings lie 30 minutes back: a shard for today's date at most (midnight UTC may
+    # fall between seq 1 and seq 10), none for an old week.
+    recent = format_ts(datetime.now(UTC) - timedelta(days=2))
+    assert [s for s in after if s not in before and s < recent] == [], (before, after)
+    assert not [start for start in after if start < "2020"], after
+    status = httpx.get(f"http://127.0.0.1:{bridge_port}/status", timeout=10).json()
+    assert status["ts_horizon"] == {
+        "max_age_s": RAW_RETENTION.total_seconds(),
+        "source": "retention",
+    }
 
 
 def test_packet_over_the_broker_limit_is_refused_by_the_broker(

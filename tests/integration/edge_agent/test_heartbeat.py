@@ -20,7 +20,9 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
+from edge_agent.clock import os_unsynchronised
 from edge_agent.outbox import Outbox
+from telemetry_common.stored_ack import encode as ack_payload
 from telemetry_stack.servers import free_port
 from tests.integration.edge_agent.test_agent import edge_env, jsonl, line, metrics, unique
 from tests.support.edge_agent_io import open_fifo_writer
@@ -185,3 +187,81 @@ def test_birth_carries_the_full_state_and_a_clean_stop_says_offline(
         os.close(fd)  # the jsonl reader's thread sees the end of its input: the agent exits
     wait_until("the agent to exit", stopped(edge), timeout=15)
     assert edge.returncode() == 0, edge.log_tail()
+
+
+def test_a_clock_off_the_bridges_and_old_readings_are_reported(
+    broker: BrokerInfo, procs: Procs, tmp_path: Path, mqtt_client: MqttClientFactory
+) -> None:
+    """A stored acknowledgement stamped by a bridge whose clock reads 400 s later than the
+    gateway's (the gateway's clock is behind): the heartbeat's ``clock`` says ``cloud``
+    unsynchronised with an offset of about -400 s, as does the gauge
+    ``clock_unsynchronised{source="cloud"}``; the ``os`` source says what the kernel says. An
+    acknowledgement from an accurate bridge afterwards does not clear it while the -400 s one
+    is in the window (the smallest offset counts: transit only ever adds to it). A reading
+    stamped 40 days back is counted in ``readings_too_old`` and logged, and still sent."""
+    gateway = unique("gw-clock")
+    topic = broker.topics.state(gateway)
+    consumer = mqtt_client("telemetry-bridge")
+    got: list[bytes] = []
+    consumer.on_message = lambda _c, _u, msg: got.append(msg.payload)
+    consumer.subscribe(broker.topics.readings(gateway), qos=1)
+    watcher = StateWatcher(mqtt_client("telemetry-bridge"), topic)
+    fifo = tmp_path / "feed.fifo"
+    os.mkfifo(fifo)
+    port = free_port()
+    env = edge_env(
+        broker,
+        gateway,
+        tmp_path / "outbox.sqlite3",
+        metrics_port=port,
+        state_interval_s=0.5,
+        stored_timeout_s=600,
+    )
+    argv = [str(BIN / "edge-agent"), "run", "--source", "jsonl", "--file", str(fifo)]
+    edge = procs.start("edge", argv, env)
+    fd = open_fifo_writer(fifo)
+    try:
+        wait_until("the birth", lambda: any(d["state"] == "online" for d in watcher.docs()))
+        birth = watcher.docs()[0]
+        kernel = os_unsynchronised()
+        assert birth["clock"] == {
+            "unsynchronised": {"os": kernel, "cloud": None},
+            "offset_s": None,
+        }
+        # A reading 40 days old: counted and logged, and sent all the same.
+        old = line(gateway, 1, datetime.now(UTC) - timedelta(days=40))
+        os.write(fd, jsonl([old, line(gateway, 2, datetime.now(UTC))]))
+        wait_until("both readings sent", lambda: len(got) >= 1 and b'"seq":2' in got[-1])
+        seen = metrics(port)
+        assert seen["telemetry_edge_readings_too_old_total"] == 1
+        assert "readings captured stamped more than 30 days" in edge.log_file.read_text()
+
+        bridge = mqtt_client("telemetry-bridge")
+        ahead = datetime.now(UTC) + timedelta(seconds=400)
+        bridge.publish(broker.topics.stored(gateway), ack_payload(None, [999], ts=ahead), qos=1)
+
+        def clock() -> dict[str, Any]:
+            doc = watcher.last()
+            return doc.get("clock", {}) if doc is not None else {}
+
+        wait_until(
+            "a heartbeat saying the clock is off",
+            lambda: clock().get("unsynchronised", {}).get("cloud") is True,
+            timeout=20,
+        )
+        assert -401 < clock()["offset_s"] < -399
+        assert clock()["unsynchronised"]["os"] == kernel
+        seen = metrics(port)
+        assert seen['telemetry_edge_clock_unsynchronised{source="cloud"}'] == 1.0
+        assert -401 < seen["telemetry_edge_clock_offset_seconds"] < -399
+        if kernel is not None:
+            assert seen['telemetry_edge_clock_unsynchronised{source="os"}'] == float(kernel)
+        # An accurate bridge: the smallest offset of the window is -400 s still (behind).
+        bridge.publish(broker.topics.stored(gateway), ack_payload(None, [998]), qos=1)
+        time.sleep(1.5)
+        assert clock()["unsynchronised"]["cloud"] is True
+        assert edge.pid is not None
+        os.kill(edge.pid, signal.SIGTERM)  # no bridge confirms: it would wait for good
+    finally:
+        os.close(fd)  # the jsonl reader's thread sees the end of its input
+    wait_until("the agent to exit", stopped(edge), timeout=15)

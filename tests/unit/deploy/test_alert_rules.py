@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import types
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ ALARM_KINDS = {
     "deadletters",
     "edge_backlog",
     "certificate_expiry",
+    "gateway_clock",
 }
 #: Metrics the rules may use that no registry on this branch defines: Prometheus's own ``up``,
 #: and the API's alarm gauge, agreed with the alarm evaluator (docs/design.md, Alarms).
@@ -123,6 +125,7 @@ def test_rules_query_only_exported_metrics(tmp_path: Path) -> None:
     """Every metric a rule queries is one the bridge, the edge agent or the API exports (with
     prometheus_client's suffixes) or an agreed one: renaming a metric breaks this test, not the
     alerting in production."""
+    from edge_agent.clock import ClockWatch
     from edge_agent.metrics import registry_for
     from edge_agent.outbox import Outbox
     from edge_agent.publisher import Counters
@@ -131,7 +134,8 @@ def test_rules_query_only_exported_metrics(tmp_path: Path) -> None:
 
     client = types.SimpleNamespace(connects=1, connected=True)
     with Outbox(tmp_path / "outbox.sqlite3") as box:
-        edge = registry_for(box, Counters(), client, cert_not_after=None)
+        clock = ClockWatch(60, timedelta(days=30), os_status=lambda: True)  # a source that tells
+        edge = registry_for(box, Counters(), client, cert_not_after=None, clock=clock)
         exported = _exported(edge)
     exported |= {"telemetry_edge_certificate_expiry_timestamp_seconds"}  # only with a cert
     exported |= _exported(Metrics().registry) | _exported(ApiMetrics().registry)

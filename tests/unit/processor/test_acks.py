@@ -12,16 +12,31 @@ from processor.prepare import Preparer, payload_seqs
 from processor.state.bindings import Bindings
 from processor.validate import TsWindow
 from telemetry_common.schema import format_ts
+from telemetry_common.stored_ack import sent_at
 from telemetry_common.topics import Topics
 
 
 def test_ranges_are_merged_sorted_and_free_of_repeats() -> None:
     assert to_ranges([5, 1, 2, 3, 3, 9, 10, 7]) == [[1, 3], [5, 5], [7, 7], [9, 10]]
     assert to_ranges([]) == []
-    assert orjson.loads(ack_payload("0123456789abcdef", [2, 1])) == {
+    at = datetime(2026, 12, 5, 18, 0, 0, 123456, tzinfo=UTC)
+    assert orjson.loads(ack_payload("0123456789abcdef", [2, 1], ts=at)) == {
         "epoch": "0123456789abcdef",
         "seqs": [[1, 2]],
+        "ts": "2026-12-05T18:00:00.123456+00:00",
     }
+
+
+def test_an_acknowledgement_says_when_the_bridge_sent_it() -> None:
+    """``ts`` is the bridge's clock (now by default); an acknowledgement without one (an older
+    bridge) or with a time without a timezone says nothing."""
+    before = datetime.now(UTC)
+    at = sent_at(ack_payload(None, [1]))
+    assert at is not None
+    assert before <= at <= datetime.now(UTC)
+    assert sent_at(b'{"epoch": null, "seqs": [[1, 1]]}') is None
+    assert sent_at(b'{"epoch": null, "seqs": [], "ts": "2026-12-05T18:00:00"}') is None
+    assert sent_at(b"not json") is None
 
 
 @pytest.mark.parametrize(

@@ -203,3 +203,35 @@ def test_a_heartbeat_without_outbox_says_nothing_of_the_backlog() -> None:
     v = evaluate(Inputs(NOW, gateways=mirror.gateway_info()), Thresholds())
     assert ("edge_backlog", "gw") not in v.firing
     assert not v.knows(("edge_backlog", "gw"))
+
+
+def test_gateway_clock_from_the_state_heartbeat() -> None:
+    """The heartbeat's ``clock``: a source saying unsynchronised raises ``gateway_clock``
+    (naming the sources and the offset); one saying none clears it; a state without ``clock``
+    (a last will, an older agent) holds it as it is."""
+    mirror = LiveMirror(Topics("chargers/v1"))
+
+    def state(gw: str, doc: dict[str, object]) -> None:
+        payload = orjson.dumps({"state": "online", "ts": "2026-12-05T12:00:00Z", **doc})
+        assert mirror.apply(f"chargers/v1/{gw}/state", payload, 0.0)
+
+    off = {"unsynchronised": {"os": False, "cloud": True}, "offset_s": -412.25}
+    state("behind", {"clock": off})
+    state("fine", {"clock": {"unsynchronised": {"os": False, "cloud": None}, "offset_s": None}})
+    state("old-agent", {})
+    info = mirror.gateway_info()
+    assert info["behind"].clock_unsynchronised == ("cloud",)
+    assert info["behind"].clock_offset_s == -412.25
+    assert info["fine"].clock_unsynchronised == ()
+    assert info["old-agent"].clock_unsynchronised is None
+    v = evaluate(Inputs(NOW, gateways=info), T)
+    clock = {s: f for (k, s), f in v.firing.items() if k == "gateway_clock"}
+    assert set(clock) == {"behind"}
+    assert clock["behind"].detail == (
+        "the gateway says its clock is unsynchronised (cloud; -412.2 s off the bridges' clock)"
+    )
+    assert v.knows(("gateway_clock", "fine"))
+    assert not v.knows(("gateway_clock", "old-agent"))
+    assert v.knows(("gateway_clock", "retired"))
+    active = [("gateway_clock", "fine"), ("gateway_clock", "old-agent")]
+    assert changes(v, active)[1] == [("gateway_clock", "fine")]

@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr, ValidationError
 
+from query_api import cursor
 from query_api.app import create_app
 from query_api.deadletters import NotReplayable, ReplayRequest, item_of, replay_payload
 from query_api.settings import ApiSettings
@@ -382,3 +383,30 @@ async def test_list_can_leave_out_the_stored_ones(
     assert resp.json()["next_cursor"] is None
     other = await client.get("/v1/deadletters", params={"limit": 1, "cursor": page["next_cursor"]})
     assert other.status_code == 422
+
+
+async def test_a_signed_cursor_may_not_span_beyond_the_range_limit(
+    app: FastAPI, client: httpx.AsyncClient, fake: FakeInflux
+) -> None:
+    """A dead-letter cursor carrying our signature (a leaked key) must still describe a window
+    the first request could have asked (at most MAX_RANGE, the resume point inside it);
+    otherwise 422 invalid-cursor, and nothing is asked of InfluxDB. (Its list of ids already
+    returned is bounded by the cursor's length, MAX_CURSOR_CHARS.)"""
+    q = cursor.fingerprint("deadletters", None, None, None, None, False)
+    day = 86_400 * 10**9
+    cursors = app.state.cursors
+    forged = [
+        {"a": NS - 20 * 366 * day, "b": NS, "t": NS, "s": []},  # twenty years
+        {"a": NS, "b": NS + day, "t": NS - day, "s": []},  # resumes before its window
+        {"a": NS, "b": NS - day, "t": NS, "s": []},  # a window upside down
+    ]
+    for body in forged:
+        resp = await client.get(
+            "/v1/deadletters", params={"cursor": cursors.encode("deadletters", q, body)}
+        )
+        assert resp.status_code == 422, (body["a"], resp.text)
+        assert resp.json()["type"].endswith("invalid-cursor")
+    assert fake.queries == []
+    fake.answers.append(_series())
+    fine = cursors.encode("deadletters", q, {"a": NS - day, "b": NS, "t": NS, "s": ["x"]})
+    assert (await client.get("/v1/deadletters", params={"cursor": fine})).status_code == 200
