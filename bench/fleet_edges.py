@@ -11,11 +11,19 @@ module adds is measurement: the wall time each seq was captured (a thin :class:`
 subclass) and the time the stored acknowledgement covering it arrived (a wrapper around the
 publisher's ``confirm``), and the first/last seq each gateway captured, for the loss check.
 
-The gateways' first samples are spread evenly over the interval. Every 10 s a status file
-(``--status``) tells the soak what was captured and confirmed so far and the delays confirmed
-since the last status. Once ``--stop-file`` exists the simulators stop and every agent sends
-what is left and returns once its outbox is empty (everything confirmed stored), or after
-``--drain-seconds``; then the records go to ``--out`` as JSON.
+The gateways connect at once and start capturing once ``--go-file`` exists (the soak writes it
+when all are connected), their first samples spread evenly over the interval. Every 10 s a
+status file (``--status``) tells the soak what was captured and confirmed so far, and a line
+appended to ``--delays`` holds the delays (ms) confirmed since the line before.
+
+File descriptors: paho's network loop uses ``select()``, which cannot watch a descriptor above
+1023, and each gateway holds about six (its TLS socket, paho's wake-up socket pair, the SQLite
+outbox with its WAL and shared memory): past ~150 gateways in one process the later ones never
+connect (the broker logs "Protocol error" for each attempt). The soak keeps to 125 a process.
+
+Once ``--stop-file`` exists the simulators stop and every agent sends what is left and returns
+once its outbox is empty (everything confirmed stored), or after ``--drain-seconds``; then the
+records go to ``--out`` as JSON.
 """
 
 from __future__ import annotations
@@ -112,13 +120,22 @@ def settings_for(a: argparse.Namespace, name: str) -> EdgeSettings:
     )
 
 
+@dataclass
+class Start:
+    """When capturing starts: once ``go`` is set, at loop time ``t0``."""
+
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    t0: float = 0.0
+
+
 async def samples(
-    gw: Gw, interval: float, stop: asyncio.Event, t0: float
+    gw: Gw, interval: float, stop: asyncio.Event, start: Start
 ) -> AsyncIterator[list[Capture]]:
     """The simulator's captures every ``interval`` s (first at ``t0 + offset``) until ``stop``."""
     sim = Simulator(gw.name, gw.settings.sim.chargers, seed=zlib.crc32(gw.name.encode()))
     loop = asyncio.get_running_loop()
-    due = t0 + gw.offset_s
+    await start.go.wait()
+    due = start.t0 + gw.offset_s
     while True:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, due - loop.time())):
@@ -130,7 +147,7 @@ async def samples(
 
 
 async def run_gateway(
-    gw: Gw, a: argparse.Namespace, stop: asyncio.Event, t0: float, delays: Delays
+    gw: Gw, a: argparse.Namespace, stop: asyncio.Event, start: Start, delays: Delays
 ) -> None:
     outbox = TimedOutbox(gw.settings.outbox_path, gw.born)
     gw.outbox = outbox
@@ -159,14 +176,12 @@ async def run_gateway(
                 await confirm(payload)
 
             agent.publisher.confirm = timed_confirm  # type: ignore[method-assign]
-            await agent.run(samples(gw, a.interval, stop, t0))
+            await agent.run(samples(gw, a.interval, stop, start))
     finally:
         gw.done = True
 
 
 def status(gws: list[Gw], delays: Delays, t_start: float) -> dict[str, Any]:
-    new = delays.delay_ms[delays.reported :]
-    delays.reported = len(delays.delay_ms)
     agents = [g.agent for g in gws if g.agent is not None]
     return {
         "t": time.time(),
@@ -178,8 +193,16 @@ def status(gws: list[Gw], delays: Delays, t_start: float) -> dict[str, Any]:
         "batches": sum(ag.counters.batches for ag in agents),
         "connected": sum(1 for g in gws if g.client is not None and g.client.connected),
         "done": sum(1 for g in gws if g.done),
-        "new_delays_ms": new,
+        "delays_recorded": len(delays.delay_ms),
     }
+
+
+def append_delays(path: Path, delays: Delays) -> None:
+    """The delays recorded since the last call, as one JSON line (the soak reads the file on)."""
+    new = delays.delay_ms[delays.reported :]
+    delays.reported += len(new)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(new) + "\n")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -199,9 +222,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
     delays = Delays()
     loop = asyncio.get_running_loop()
     t_start = time.monotonic()
-    t0 = loop.time() + 1.0
-    tasks = [asyncio.create_task(run_gateway(g, a, stop, t0, delays), name=g.name) for g in gws]
-    stop_file, status_file = a.stop_file, Path(a.status)
+    start = Start()
+    tasks = [asyncio.create_task(run_gateway(g, a, stop, start, delays), name=g.name) for g in gws]
+    stop_file, status_file, delays_file = a.stop_file, Path(a.status), Path(a.delays)
     deadline = t_start + a.max_seconds
     next_status = 0.0
     stopped_at: float | None = None
@@ -211,6 +234,9 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
         failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
         if failed:
             raise RuntimeError(f"gateway {failed[0].get_name()} failed") from failed[0].exception()
+        if not start.go.is_set() and await asyncio.to_thread(os.path.exists, a.go_file):
+            start.t0 = loop.time() + 0.5
+            start.go.set()
         if stopped_at is None and (
             now > deadline or await asyncio.to_thread(os.path.exists, stop_file)
         ):
@@ -218,6 +244,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
             stopped_at = now
         if now >= next_status:
             next_status = now + STATUS_EVERY_S
+            append_delays(delays_file, delays)
             write_json(status_file, status(gws, delays, t_start))
         if stopped_at is not None and (
             all(t.done() for t in tasks) or now - stopped_at > a.drain_seconds
@@ -270,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--topic-root", default=DEFAULT_ROOT)
     p.add_argument("--outbox-dir", required=True)
     p.add_argument("--status", required=True, help="status JSON, rewritten every 10 s")
+    p.add_argument("--delays", required=True, help="new delays (ms), a JSON line every 10 s")
+    p.add_argument("--go-file", required=True, help="start capturing once this file exists")
     p.add_argument("--stop-file", required=True, help="stop capturing once this file exists")
     p.add_argument("--drain-seconds", type=float, default=300.0)
     p.add_argument("--max-seconds", type=float, default=7200.0, help="bound on capturing")

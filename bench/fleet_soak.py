@@ -9,12 +9,16 @@ killed and the broker restarted on the way; does it lose nothing and stay flat?
    Mosquitto with TLS, client certificates, ACLs and persistence; InfluxDB 1.x; the bridge; the
    API; the rollup and sessions jobs, on free loopback ports.
 2. Starts ``--processes`` processes of ``bench.fleet_edges`` holding the ``--gateways`` between
-   them (one MQTT session each). Each gateway is the edge agent's own code (EdgeAgent, its SQLite
-   outbox, its publisher honouring stored acknowledgements, its simulator), not a model of it:
-   250 agents in one asyncio process cost little at one message per gateway every 10 s (a paho
-   network thread each; the outboxes are SQLite files in the state directory), and a twin of
-   the outbox would prove nothing about the real one. Every charger sends a reading every
-   ``--interval`` s; the gateways' first readings are spread evenly over the interval.
+   them (one MQTT session each; 8 x 125 by default). Each gateway is the edge agent's own code
+   (EdgeAgent, its SQLite outbox, its publisher honouring stored acknowledgements, its
+   simulator), not a model of it: 125 agents in one asyncio process cost little at one message
+   per gateway every 10 s (a paho network thread each; the outboxes are SQLite files in the
+   working directory), and a twin of the outbox would prove nothing about the real one. Not
+   more than 150 a process: paho's network loop uses select(), which cannot watch a descriptor
+   above 1023, and a gateway holds about six (socket, wake-up pair, SQLite file, WAL, shared
+   memory); with 250 a process a third of the gateways never connected. The clock starts once
+   every gateway is connected. Every charger sends a reading every ``--interval`` s; the
+   gateways' first readings are spread evenly over the interval.
 3. At ``--kill-bridge-at`` minutes the bridge is SIGKILLed and started again (``telemetry-stack
    restart bridge``: same MQTT session, the broker kept its queue); at ``--restart-broker-at``
    minutes Mosquitto is stopped (SIGTERM: persistence written) and started again
@@ -71,6 +75,8 @@ from bench.harness.stack import (
 from provisioning import pki as pki_mod
 
 PREFIX: Final = "soak-gw-"
+#: Gateways one edge process holds at most (~6 descriptors each, below select()'s 1024).
+MAX_PER_PROCESS: Final = 150
 SERVERS: Final = ("bridge", "api", "mosquitto", "influxd")
 #: Readings captured this long before a fault and up to this long after it are "near a fault".
 FAULT_BEFORE_S: Final = 10.0
@@ -118,6 +124,10 @@ def start_edges(a: argparse.Namespace, state: dict[str, Any], work: Path) -> lis
             str(work / "outboxes"),
             "--status",
             str(work / f"edges-{k}.status.json"),
+            "--delays",
+            str(work / f"edges-{k}.delays.jsonl"),
+            "--go-file",
+            str(work / "edges.go"),
             "--stop-file",
             str(work / "edges.stop"),
             "--drain-seconds",
@@ -133,6 +143,46 @@ def start_edges(a: argparse.Namespace, state: dict[str, Any], work: Path) -> lis
         proc.start()
         procs.append(proc)
     return procs
+
+
+class DelayReader:
+    """The delays the edge processes append (a JSON list per line), read on from where the last
+    read stopped (complete lines only)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.offsets = dict.fromkeys(paths, 0)
+
+    def new(self) -> list[int]:
+        out: list[int] = []
+        for path, off in self.offsets.items():
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(off)
+                    data = fh.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1
+            for line in data[:end].splitlines():
+                out.extend(json.loads(line))
+            self.offsets[path] = off + end
+        return out
+
+
+def wait_connected(
+    a: argparse.Namespace, work: Path, procs: list[ManagedProcess], timeout: float
+) -> float:
+    """Until every gateway is connected (the edge processes' status); seconds it took."""
+    t0 = time.monotonic()
+    while True:
+        up = sum(s.get("connected", 0) for s in read_status(work, procs))
+        if up == a.gateways:
+            return time.monotonic() - t0
+        for p in procs:
+            if not p.is_running():
+                raise RuntimeError(f"{p.name} exited ({p.returncode()}):\n{p.log_tail()}")
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"only {up} of {a.gateways} gateways connected in {timeout:.0f}s")
+        time.sleep(1.0)
 
 
 def read_status(work: Path, procs: list[ManagedProcess]) -> list[dict[str, Any]]:
@@ -358,6 +408,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         try:
             state = stack_up(state_dir, lambda line: cli.log(f"stack: {line}"))
             edges = start_edges(a, state, work)
+            fig["connect_s"] = wait_connected(a, work, edges, a.connect_timeout)
+            cli.log(f"{a.gateways:,} gateways connected in {fig['connect_s']:.0f}s")
+            delay_reader = DelayReader([work / f"{p.name}.delays.jsonl" for p in edges])
+            (work / "edges.go").write_text("go", encoding="utf-8")
             t_start = time.monotonic()
             sampler = Sampler(state_dir, edges)
             probe = LatestProbe(
@@ -387,8 +441,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     next_sample += a.sample_seconds
                 if now >= next_minute:
                     status = read_status(work, edges)
-                    for s in status:
-                        minute_delays.extend(s.get("new_delays_ms", []))
+                    minute_delays.extend(delay_reader.new())
                     progress(
                         a, (now - t_start) / 60, status, minute_delays, sampler, probe, n_latest0
                     )
@@ -626,7 +679,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gateways", type=int, default=1_000)
     p.add_argument("--chargers", type=int, default=10, help="chargers per gateway")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between readings")
-    p.add_argument("--processes", type=int, default=4, help="edge processes holding the gateways")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=8,
+        help=f"edge processes holding the gateways (at most {MAX_PER_PROCESS} each)",
+    )
+    p.add_argument(
+        "--connect-timeout", type=float, default=300.0, help="bound on the gateways connecting"
+    )
     p.add_argument(
         "--kill-bridge-at",
         type=float,
@@ -651,8 +712,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if not 1 <= a.gateways <= 99_999 or a.chargers < 1 or a.interval <= 0 or a.minutes <= 0:
         p.error("--gateways within 1..99,999; --chargers, --interval, --minutes positive")
-    if not 1 <= a.processes <= min(16, a.gateways):
-        p.error("--processes within 1..16 and at most --gateways")
+    if not 1 <= a.processes <= min(32, a.gateways):
+        p.error("--processes within 1..32 and at most --gateways")
+    if -(-a.gateways // a.processes) > MAX_PER_PROCESS:
+        p.error(
+            f"at most {MAX_PER_PROCESS} gateways per process (paho's select() cannot watch a "
+            "descriptor above 1023; bench/fleet_edges.py): raise --processes"
+        )
     for flag in ("kill_bridge_at", "restart_broker_at"):
         if getattr(a, flag) >= a.minutes:
             p.error(f"--{flag.replace('_', '-')} must be within the run (< --minutes)")
