@@ -77,7 +77,7 @@ from provisioning import pki as pki_mod
 PREFIX: Final = "soak-gw-"
 #: Gateways one edge process holds at most (~6 descriptors each, below select()'s 1024).
 MAX_PER_PROCESS: Final = 150
-SERVERS: Final = ("bridge", "api", "mosquitto", "influxd")
+SERVERS: Final = ("bridge", "api", "mosquitto", "influxd", "rollups", "sessions")
 #: Readings captured this long before a fault and up to this long after it are "near a fault".
 FAULT_BEFORE_S: Final = 10.0
 FAULT_AFTER_S: Final = 60.0
@@ -273,7 +273,7 @@ class LatestProbe(threading.Thread):
         self.url, self.key, self.chargers, self.rate = url, key, chargers, rate
         self.stop = threading.Event()
         self.latency_ms: list[tuple[float, float]] = []  # (wall time, ms)
-        self.age_s: list[float] = []
+        self.age_s: list[tuple[float, float]] = []  # (wall time, s)
         self.status: dict[str, int] = {}
 
     def run(self) -> None:
@@ -295,7 +295,8 @@ class LatestProbe(threading.Thread):
                     ts = r.json().get("ts")
                     if isinstance(ts, str):
                         at = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-                        self.age_s.append(time.time() - at.astimezone(UTC).timestamp())
+                        now = time.time()
+                        self.age_s.append((now, now - at.astimezone(UTC).timestamp()))
                 nxt += period
                 self.stop.wait(max(0.0, nxt - time.monotonic()))
 
@@ -471,12 +472,14 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             cli.log("loss check: InfluxDB's seqs per gateway against the captured ones ...")
             fig["loss"] = loss_check(state, per_gw)
             fig["stored_delay"] = delay_figures(recs, fig["faults"], t_start)
-            fig["latest"] = latest_figures(probe)
+            fig["latest"] = latest_figures(probe, fig["faults"])
             fig["rss"] = {
                 "bridge": [rss_stats(run) for run in by_pid(sampler.rss["bridge"])],
                 "api": rss_stats(sampler.rss["api"]),
                 "mosquitto": [rss_stats(run) for run in by_pid(sampler.rss["mosquitto"])],
                 "influxd": rss_stats(sampler.rss["influxd"]),
+                "rollups": rss_stats(sampler.rss["rollups"]),
+                "sessions": rss_stats(sampler.rss["sessions"]),
             }
         finally:
             if probe is not None:
@@ -528,11 +531,10 @@ def delay_figures(
 ) -> dict[str, Any]:
     all_ms: list[int] = []
     calm_ms: list[int] = []
-    windows = [(f["wall_t"] - FAULT_BEFORE_S, f["wall_t"] + FAULT_AFTER_S) for f in faults]
     for rec in recs:
         for at, ms in zip(rec["captured_at"], rec["delay_ms"], strict=True):
             all_ms.append(ms)
-            if not any(lo <= at <= hi for lo, hi in windows):
+            if not near_fault(at, faults):
                 calm_ms.append(ms)
     all_ms.sort()
     calm_ms.sort()
@@ -548,19 +550,26 @@ def delay_figures(
     }
 
 
-def latest_figures(probe: LatestProbe) -> dict[str, Any]:
-    ms = sorted(x for _, x in probe.latency_ms)
-    age = sorted(probe.age_s)
-    return {
-        "requests": sum(probe.status.values()),
-        "status": probe.status,
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
-        "max_ms": ms[-1] if ms else None,
-        "age_p50_s": percentile(age, 50),
-        "age_p99_s": percentile(age, 99),
-        "age_max_s": age[-1] if age else None,
-    }
+def near_fault(t: float, faults: list[dict[str, Any]]) -> bool:
+    """True if wall time ``t`` is within [fault - FAULT_BEFORE_S, fault + FAULT_AFTER_S]."""
+    return any(f["wall_t"] - FAULT_BEFORE_S <= t <= f["wall_t"] + FAULT_AFTER_S for f in faults)
+
+
+def latest_figures(probe: LatestProbe, faults: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"requests": sum(probe.status.values()), "status": probe.status}
+    for label, calm in (("", False), ("away_from_faults_", True)):
+        ms = sorted(x for t, x in probe.latency_ms if not (calm and near_fault(t, faults)))
+        age = sorted(x for t, x in probe.age_s if not (calm and near_fault(t, faults)))
+        out |= {
+            f"{label}answers": len(ms),
+            f"{label}p50_ms": percentile(ms, 50),
+            f"{label}p99_ms": percentile(ms, 99),
+            f"{label}max_ms": ms[-1] if ms else None,
+            f"{label}age_p50_s": percentile(age, 50),
+            f"{label}age_p99_s": percentile(age, 99),
+            f"{label}age_max_s": age[-1] if age else None,
+        }
+    return out
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -625,9 +634,21 @@ def print_report(fig: dict[str, Any]) -> None:
             f"{lt['requests']:,} requests, status {lt['status']}",
         ),
         (
+            "  away from the faults",
+            f"{lt['away_from_faults_p50_ms']:.1f} / {lt['away_from_faults_p99_ms']:.1f} / "
+            f"{lt['away_from_faults_max_ms'] or 0:.0f} ms",
+            f"{lt['away_from_faults_answers']:,} answers asked outside the same windows",
+        ),
+        (
             "latest's age p50 / p99 / max",
             f"{lt['age_p50_s']:.1f} / {lt['age_p99_s']:.1f} / {lt['age_max_s'] or 0:.0f} s",
             f"now minus the ts of the reading served (readings every {fig['interval_s']:g} s)",
+        ),
+        (
+            "  away from the faults",
+            f"{lt['away_from_faults_age_p50_s']:.1f} / {lt['away_from_faults_age_p99_s']:.1f} / "
+            f"{lt['away_from_faults_age_max_s'] or 0:.0f} s",
+            "",
         ),
     ]
     for k, s in enumerate(fig["rss"]["bridge"], start=1):
@@ -637,6 +658,14 @@ def print_report(fig: dict[str, Any]) -> None:
     )
     for k, s in enumerate(fig["rss"]["mosquitto"], start=1):
         rows.append((f"mosquitto {k} RSS first/median/last/max", f"{_mb(s)} MB", _span(s)))
+    for name in ("rollups", "sessions"):
+        rows.append(
+            (
+                f"{name} RSS first/median/last/max",
+                f"{_mb(fig['rss'][name])} MB",
+                _span(fig["rss"][name]),
+            )
+        )
     rows.append(
         (
             "influxd RSS first/median/last/max",
@@ -649,7 +678,8 @@ def print_report(fig: dict[str, Any]) -> None:
             "CPU bridge / mosquitto / influxd / api",
             f"{cpu['bridge']:.2f} / {cpu['mosquitto']:.2f} / {cpu['influxd']:.2f} / "
             f"{cpu['api']:.2f} s/s",
-            f"edge processes {cpu['edges']:.2f} s/s; machine {cpu['machine_cores_busy']:.2f} "
+            f"rollups {cpu['rollups']:.2f}, sessions {cpu['sessions']:.2f}, edge processes "
+            f"{cpu['edges']:.2f} s/s; machine {cpu['machine_cores_busy']:.2f} "
             "cores busy (every process on it, over the run and the drain)",
         )
     )
