@@ -25,8 +25,8 @@ killed and the broker restarted on the way; does it lose nothing and stay flat?
    (``telemetry-stack restart mosquitto``). Negative: not done.
 4. Meanwhile it samples every ``--sample-seconds`` the RSS and CPU of the bridge, the API,
    Mosquitto and InfluxDB, and asks the API ``GET /v1/chargers/{id}/latest`` for random chargers
-   (``--latest-rate`` a second, one client): the answer's latency and age. Every minute it
-   prints a progress line.
+   (``--latest-rate`` a second, one client, while the fleet captures): the answer's latency and
+   age. Every minute it prints a progress line.
 5. Then the gateways stop capturing and send what is left; each returns once its outbox is empty
    (every reading confirmed stored) or after ``--drain-seconds``. The loss check asks InfluxDB,
    per gateway, for the count of distinct seqs stored, their count, min and max, and compares
@@ -450,6 +450,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     n_latest0 = len(probe.latency_ms)
                     next_minute += 60
                 time.sleep(0.5)
+            probe.stop.set()  # (no new readings in the drain: their age means nothing)
             cli.log("capturing stopped; the gateways send what is left ...")
             (work / "edges.stop").write_text("stop", encoding="utf-8")
             t_drain = time.monotonic()
@@ -458,7 +459,6 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     raise RuntimeError("the edge processes did not finish draining in time")
                 sampler.sample()
                 time.sleep(min(a.sample_seconds, 2.0))
-            probe.stop.set()
             fig["drain_s"] = time.monotonic() - t_drain
             fig["cpu_s_per_s"] = sampler.cpu_figures()
             recs = []
