@@ -38,7 +38,8 @@ the capture into the outbox to the bridge's stored acknowledgement arriving at t
 includes the outbox, the broker, the bridge's batch and write and the acknowledgement's flush),
 also without the readings captured from 10 s before a fault to 60 s after it; ``latest``
 latency p50/p99 and age p99; the RSS of the bridge (each incarnation) and the API as
-first/median/last/max; CPU seconds per second of each server and the edge processes.
+first/median/last/max and its growth over the second half (median of the last quarter minus that
+of the second); CPU seconds per second of each server and the edge processes.
 
 Prints a table, then every figure as JSON (also to ``--json``). A script, not a test; bounded in
 time (``--minutes`` + ``--drain-seconds`` + start-up), and every process it starts is stopped by
@@ -240,11 +241,18 @@ class Sampler:
 
 
 def rss_stats(samples: list[tuple[float, int, int]]) -> dict[str, Any] | None:
-    """first/median/last/max RSS in MB of a list of samples, and the span they cover."""
+    """first/median/last/max RSS in MB of a list of samples, the span they cover, and the growth
+    over the second half: the median of the last quarter minus that of the second quarter (after
+    the warm-up; ~0 when flat)."""
     if not samples:
         return None
     mb = [kb / 1024 for _, _, kb in samples]
+    n = len(mb)
+    q2, q4 = mb[n // 4 : n // 2], mb[3 * n // 4 :]
     return {
+        "second_half_growth_mb": (
+            statistics.median(q4) - statistics.median(q2) if q2 and q4 else None
+        ),
         "samples": len(mb),
         "from_s": samples[0][0],
         "to_s": samples[-1][0],
@@ -373,12 +381,15 @@ def progress(
     timeouts = sum(s.get("stored_timeouts", 0) for s in status)
     d = sorted(minute_delays)
     lat = sorted(ms for _, ms in probe.latency_ms[n_latest0:])
+    t_from = probe.latency_ms[n_latest0][0] if len(probe.latency_ms) > n_latest0 else time.time()
+    age = sorted(x for t, x in probe.age_s if t >= t_from)
     rss = {n: (v[-1][2] / 1024 if v else float("nan")) for n, v in sampler.rss.items()}
     cli.log(
         f"{t_min:5.1f} min: captured {cap:,}, confirmed stored {conf:,} "
         f"(backlog {cap - conf:,}, unconfirmed {unc:,}), {conn}/{a.gateways} connected, "
         f"{timeouts} stored timeouts; last minute's confirmations p99 "
-        f"{percentile(d, 99):,.0f} ms ({len(d):,}), latest p99 {percentile(lat, 99):.0f} ms; "
+        f"{percentile(d, 99):,.0f} ms ({len(d):,}), latest p99 {percentile(lat, 99):.0f} ms "
+        f"(age p99 {percentile(age, 99):.0f} s); "
         f"RSS bridge {rss['bridge']:.0f} MB, api {rss['api']:.0f} MB, "
         f"mosquitto {rss['mosquitto']:.0f} MB, influxd {rss['influxd']:.0f} MB"
     )
@@ -584,7 +595,11 @@ def _mb(s: dict[str, Any] | None) -> str:
 def _span(s: dict[str, Any] | None) -> str:
     if s is None:
         return ""
-    return f"{s['samples']} samples, {s['from_s'] / 60:.1f}-{s['to_s'] / 60:.1f} min"
+    growth = s["second_half_growth_mb"]
+    return (
+        f"{s['samples']} samples, {s['from_s'] / 60:.1f}-{s['to_s'] / 60:.1f} min; second half "
+        + ("n/a" if growth is None else f"{growth:+.0f} MB")
+    )
 
 
 def print_report(fig: dict[str, Any]) -> None:
