@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable
@@ -51,6 +52,7 @@ from edge_agent.simulator import Simulator
 from telemetry_common.mqtt import AsyncMqttClient
 from telemetry_common.settings import MqttSettings
 from telemetry_common.stored_ack import decode as parse_ack
+from telemetry_common.stored_ack import to_ranges
 from telemetry_common.topics import DEFAULT_ROOT
 
 STATUS_EVERY_S = 10.0
@@ -205,6 +207,12 @@ def append_delays(path: Path, delays: Delays) -> None:
         fh.write(json.dumps(new) + "\n")
 
 
+def seqs_in(outbox: Outbox) -> list[int]:
+    """The seqs of the rows an outbox still holds (read-only, after the agent stopped)."""
+    with contextlib.closing(sqlite3.connect(f"file:{outbox.path}?mode=ro", uri=True)) as db:
+        return [int(seq) for (seq,) in db.execute("SELECT seq FROM outbox")]
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data), encoding="utf-8")
@@ -266,6 +274,8 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
             "last_seq": ob.last_captured,
             "captured": ob.captured,
             "pending": ob.pending(),
+            # The seqs still in the outbox (not confirmed stored: not forgotten, not lost).
+            "pending_ranges": to_ranges(seqs_in(ob)),
             "epoch": ob.epoch,
             "stored_timeouts": g.agent.counters.stored_timeouts if g.agent else None,
         }

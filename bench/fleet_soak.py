@@ -74,6 +74,7 @@ from bench.harness.stack import (
     stack_up,
 )
 from provisioning import pki as pki_mod
+from telemetry_common.influxql import quote_string
 
 PREFIX: Final = "soak-gw-"
 #: Gateways one edge process holds at most (~6 descriptors each, below select()'s 1024).
@@ -322,7 +323,22 @@ def influx_per_gateway(url: str, db: str, q: str) -> dict[str, list[Any]]:
     return {s["tags"]["gateway_id"]: s["values"][0] for s in res.get("series", [])}
 
 
+def stored_seqs(url: str, db: str, gateway: str) -> set[int]:
+    """Every seq InfluxDB holds for one gateway."""
+    q = f"SELECT seq FROM readings WHERE gateway_id = {quote_string(gateway)}"
+    r = httpx.post(f"{url}/query", data={"q": q, "db": db, "chunked": "false"}, timeout=600)
+    r.raise_for_status()
+    res = r.json()["results"][0]
+    if "error" in res:
+        raise RuntimeError(f"InfluxQL {q!r}: {res['error']}")
+    return {int(row[1]) for s in res.get("series", []) for row in s["values"]}
+
+
 def loss_check(state: dict[str, Any], per_gw: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per gateway, InfluxDB's distinct seqs against the captured ones. A captured seq neither
+    stored nor still in the gateway's outbox is lost (the edge forgot it unstored); one still in
+    the outbox is only late (the drain ended first). Gateways missing seqs are looked at seq by
+    seq."""
     url, db = state["influx"]["url"], state["influx"]["database"]
     t0 = time.monotonic()
     stats = influx_per_gateway(
@@ -331,34 +347,40 @@ def loss_check(state: dict[str, Any], per_gw: dict[str, dict[str, Any]]) -> dict
     distinct = influx_per_gateway(
         url, db, "SELECT count(distinct(seq)) FROM readings GROUP BY gateway_id"
     )
-    query_s = time.monotonic() - t0
     lost: dict[str, int] = {}
-    extra = 0
+    late: dict[str, int] = {}
+    beyond: dict[str, int] = {}
     dupes = 0
     captured = 0
-    unconfirmed = 0
     for gw, rec in per_gw.items():
         captured += rec["captured"]
-        unconfirmed += rec["pending"]
-        _, n, lo, hi = stats.get(gw, [None, 0, None, None])
+        n = stats.get(gw, [None, 0])[1]
         n_distinct = distinct.get(gw, [None, 0])[1]
         dupes += n - n_distinct
-        if rec["captured"] and (lo != rec["first_seq"] or hi != rec["last_seq"]):
-            extra += 1 if hi is not None and hi > rec["last_seq"] else 0
-        missing = rec["captured"] - n_distinct
-        if missing:
-            lost[gw] = missing
+        if n_distinct == rec["captured"]:
+            continue
+        stored = stored_seqs(url, db, gw)
+        pending = {q for a, b in rec["pending_ranges"] for q in range(a, b + 1)}
+        wanted = set(range(rec["first_seq"], rec["last_seq"] + 1)) if rec["captured"] else set()
+        missing = wanted - stored
+        if missing - pending:
+            lost[gw] = len(missing - pending)
+        if missing & pending:
+            late[gw] = len(missing & pending)
+        if stored - wanted:
+            beyond[gw] = len(stored - wanted)
     return {
         "gateways_checked": len(per_gw),
         "captured": captured,
         "stored_distinct": sum(v[1] for v in distinct.values()),
-        "lost": sum(v for v in lost.values() if v > 0),
-        "gateways_with_loss": {gw: v for gw, v in lost.items() if v > 0},
-        "gateways_with_more_stored_than_captured": {gw: -v for gw, v in lost.items() if v < 0},
+        "lost": sum(lost.values()),
+        "gateways_with_loss": lost,
+        "not_stored_still_in_outbox": sum(late.values()),
+        "gateways_with_readings_still_in_outbox": late,
         "points_with_a_repeated_seq": dupes,
-        "gateways_with_seqs_beyond_captured": extra,
-        "unconfirmed_at_end": unconfirmed,
-        "query_seconds": query_s,
+        "gateways_with_seqs_beyond_captured": beyond,
+        "unconfirmed_at_end": sum(rec["pending"] for rec in per_gw.values()),
+        "query_seconds": time.monotonic() - t0,
     }
 
 
@@ -619,16 +641,21 @@ def print_report(fig: dict[str, Any]) -> None:
         (
             "readings lost",
             f"{loss['lost']:,}",
-            f"of {loss['captured']:,} captured; {len(loss['gateways_with_loss'])} gateways "
-            f"with loss; {loss['unconfirmed_at_end']:,} still unconfirmed at the end "
-            f"(drained: {fig['drained']}, in {fig['drain_s']:.0f} s); "
+            f"of {loss['captured']:,} captured ({loss['stored_distinct']:,} stored): neither "
+            f"stored nor in their outbox; {len(loss['gateways_with_loss'])} gateways with loss; "
             f"{verdict(loss['lost'] == 0)}",
+        ),
+        (
+            "not stored yet, still in the outboxes",
+            f"{loss['not_stored_still_in_outbox']:,}",
+            f"{loss['unconfirmed_at_end']:,} rows unconfirmed at the end (drained: "
+            f"{fig['drained']}, in {fig['drain_s']:.0f} s of --drain-seconds)",
         ),
         (
             "stored more than once / beyond captured",
             f"{loss['points_with_a_repeated_seq']:,} / "
-            f"{len(loss['gateways_with_more_stored_than_captured'])}",
-            "points sharing a gateway's seq; gateways with more distinct seqs than captured",
+            f"{len(loss['gateways_with_seqs_beyond_captured'])}",
+            "points sharing a gateway's seq; gateways with seqs stored beyond those captured",
         ),
         (
             "capture to stored ack p50 / p99 / max",
