@@ -323,15 +323,20 @@ def influx_per_gateway(url: str, db: str, q: str) -> dict[str, list[Any]]:
     return {s["tags"]["gateway_id"]: s["values"][0] for s in res.get("series", [])}
 
 
-def stored_seqs(url: str, db: str, gateway: str) -> set[int]:
-    """Every seq InfluxDB holds for one gateway."""
-    q = f"SELECT seq FROM readings WHERE gateway_id = {quote_string(gateway)}"
-    r = httpx.post(f"{url}/query", data={"q": q, "db": db, "chunked": "false"}, timeout=600)
-    r.raise_for_status()
-    res = r.json()["results"][0]
-    if "error" in res:
-        raise RuntimeError(f"InfluxQL {q!r}: {res['error']}")
-    return {int(row[1]) for s in res.get("series", []) for row in s["values"]}
+def stored_seqs(url: str, db: str, gateways: list[str]) -> dict[str, set[int]]:
+    """Every seq InfluxDB holds for each of ``gateways`` (100 gateways a query)."""
+    out: dict[str, set[int]] = {gw: set() for gw in gateways}
+    for k in range(0, len(gateways), 100):
+        names = " OR ".join(f"gateway_id = {quote_string(gw)}" for gw in gateways[k : k + 100])
+        q = f"SELECT seq FROM readings WHERE {names} GROUP BY gateway_id"
+        r = httpx.post(f"{url}/query", data={"q": q, "db": db}, timeout=600)
+        r.raise_for_status()
+        res = r.json()["results"][0]
+        if "error" in res:
+            raise RuntimeError(f"InfluxQL {q[:200]!r}: {res['error']}")
+        for series in res.get("series", []):
+            out[series["tags"]["gateway_id"]].update(int(row[1]) for row in series["values"])
+    return out
 
 
 def loss_check(state: dict[str, Any], per_gw: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -352,14 +357,16 @@ def loss_check(state: dict[str, Any], per_gw: dict[str, dict[str, Any]]) -> dict
     beyond: dict[str, int] = {}
     dupes = 0
     captured = 0
+    short = []
     for gw, rec in per_gw.items():
         captured += rec["captured"]
         n = stats.get(gw, [None, 0])[1]
         n_distinct = distinct.get(gw, [None, 0])[1]
         dupes += n - n_distinct
-        if n_distinct == rec["captured"]:
-            continue
-        stored = stored_seqs(url, db, gw)
+        if n_distinct != rec["captured"]:
+            short.append(gw)
+    for gw, stored in stored_seqs(url, db, short).items():
+        rec = per_gw[gw]
         pending = {q for a, b in rec["pending_ranges"] for q in range(a, b + 1)}
         wanted = set(range(rec["first_seq"], rec["last_seq"] + 1)) if rec["captured"] else set()
         missing = wanted - stored
