@@ -754,8 +754,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "`telemetry-stack up`, a bridge killed and the broker restarted on the way; loss per "
         "seq, RSS over time, publish-to-stored and latest latency, CPU. Loopback only.",
     )
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.add_argument("--minutes", type=float, default=30.0, help="how long the fleet captures")
-    p.add_argument("--gateways", type=int, default=1_000)
+    p.add_argument("--gateways", type=int, default=1_000, help="gateways, one MQTT session each")
     p.add_argument("--chargers", type=int, default=10, help="chargers per gateway")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between readings")
     p.add_argument(
