@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import httpx
 
@@ -264,3 +264,38 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
         if time.monotonic() > end:
             raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+# --- the stack of `telemetry-stack up`, driven through its Python API ---------------------------
+
+
+def stack_up(state_dir: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    """``telemetry-stack up --gateways 0`` in ``state_dir`` (Mosquitto with TLS and client
+    certificates, InfluxDB, bridge, API, rollups, sessions; every one ready): its state. Gateway
+    certificates issued into ``state_dir/pki`` beforehand are accepted by its broker (the PKI is
+    kept when it exists). On a failure what was started is stopped again."""
+    from telemetry_stack.stack import UpOptions, up
+
+    return up(UpOptions(state_dir=state_dir, gateways=0), echo)
+
+
+def stack_pid(state_dir: Path, service: str) -> int | None:
+    """The recorded pid of one service of a stack from :func:`stack_up`."""
+    from telemetry_stack.state import load_state, records
+
+    return records(load_state(state_dir))[service].pid
+
+
+def stack_restart(state_dir: Path, service: str) -> int:
+    """``telemetry-stack restart SERVICE``: stopped by its recorded pid (SIGTERM; a killed one is
+    just started), started the same way, ready; its new pid."""
+    from telemetry_stack.supervisor import restart
+
+    return restart(state_dir, service)
+
+
+def stack_down(state_dir: Path) -> list[str]:
+    """``telemetry-stack down``: every service stopped by its recorded pid; one line each."""
+    from telemetry_stack.supervisor import down
+
+    return down(state_dir)
