@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
 import signal
 import sys
@@ -22,6 +23,8 @@ from telemetry_common.errors import TelemetryError
 from telemetry_common.logs import configure_logging
 from telemetry_common.settings import env_name, settings_errors
 
+log = logging.getLogger(__name__)
+
 #: The longest wait between two passes after failures.
 MAX_BACKOFF_S: Final = 60.0
 
@@ -29,12 +32,26 @@ MAX_BACKOFF_S: Final = 60.0
 async def run_passes(
     one_pass: Callable[[], Awaitable[bool]], *, interval_s: float, stop: asyncio.Event, once: bool
 ) -> bool:
-    """``one_pass()`` every ``interval_s`` until ``stop`` is set (``once``: one); after a failed
+    """``one_pass()`` every ``interval_s`` until ``stop`` is set (a pass in progress then is
+    cancelled; ``once``: one pass); after a failed
     pass (False) the next waits twice as long each time, up to ``MAX_BACKOFF_S``, jittered.
     True unless ``once`` and that pass failed."""
     failures = 0
     while not stop.is_set():
-        ok = await one_pass()
+        passing = asyncio.ensure_future(one_pass())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({passing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not passing.done():
+            # Stopped in the middle of a pass (it may wait minutes on a loaded InfluxDB): it is
+            # cancelled at its next await; a pass only records its progress after its writes,
+            # so the next start does the cancelled work again.
+            passing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await passing
+            log.info("stopped in the middle of a pass; the next start does it again")
+            return True
+        ok = passing.result()
         if once:
             return ok
         failures = 0 if ok else failures + 1
