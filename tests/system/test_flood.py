@@ -22,7 +22,8 @@ pytestmark = pytest.mark.system
 
 #: The issue's bound on the other gateway's ``latest`` age, and on its new charger.
 MAX_AGE_S = 5.0
-#: The whole scenario's bound (it took ~60 s here; the old per-reading dead letters took minutes).
+#: The whole scenario's bound (the test took 95 s here, 46 s of it the scenario; with the old
+#: per-reading dead letters the invalid readings alone took more than 8 minutes).
 SCENARIO_S = 300.0
 
 
@@ -32,7 +33,10 @@ def test_one_gateways_flood_leaves_another_gateway_current(tmp_path: Path) -> No
     print(figures)
     # The other gateway, while the flood's 250,000 invalid readings are dead-lettered: its
     # readings stored, `latest` never more than 5 s old (bulk dead letters, batches and live
-    # feed shared per gateway).
+    # feed shared per gateway). NOT MET on the shared 2-core machine (12 to 38 s): the bridge
+    # shares what it holds fairly, but it holds 16 MiB (Mosquitto's max_inflight_bytes, ~165
+    # of these messages); the other gateway's messages wait in the broker's queue behind the
+    # rest of the flood (bench/README.md, "Dead-letter flood benchmark").
     ages = figures["calm_latest_max_age_by_phase_s"]
     assert ages["invalid"] <= MAX_AGE_S, (ages, figures["calm_latest_worst"])
     assert figures["calm_publish_failures"] == []
