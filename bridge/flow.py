@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sized
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from telemetry_common.mqtt import Received
 
@@ -20,8 +20,18 @@ M = TypeVar("M", bound=Sized)
 B = TypeVar("B")
 
 
+class Intake(Protocol):
+    """Where batches are taken from (:class:`bridge.fair.FairQueue`, or an asyncio.Queue)."""
+
+    def empty(self) -> bool: ...
+
+    def get_nowait(self) -> Received: ...
+
+    async def get(self) -> Received: ...
+
+
 async def next_batch(
-    queue: asyncio.Queue[Received],
+    queue: Intake,
     max_messages: int,
     max_wait_s: float,
     max_bytes: int,

@@ -1,7 +1,8 @@
 """The bridge's wiring: the MQTT intake feeds the processor, and acknowledges what it committed.
 
 One reading's path: the broker's shared subscription -> ``client.messages`` (at most
-``MAX_INFLIGHT`` unacknowledged, the broker holds the rest) -> :func:`bridge.flow.next_batch`
+``MAX_INFLIGHT`` unacknowledged, the broker holds the rest) -> :class:`bridge.fair.FairQueue`
+(round-robin per gateway) -> :func:`bridge.flow.next_batch`
 -> :meth:`Processor.prepare` -> :meth:`Processor.commit` (InfluxDB, dead letters, state, live
 feed) -> ``ack()`` here. Nothing comes back from the processor but "committed".
 """
@@ -13,6 +14,7 @@ import logging
 import time
 
 from bridge import http
+from bridge.fair import FairQueue
 from bridge.flow import BatchFlow, next_batch
 from bridge.settings import DEFAULT_CLIENT_ID, BridgeSettings
 from processor.core import Processor
@@ -72,6 +74,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         ) as client,
     ):
         metrics.set_influx_ok(True)  # Writer's prepare() returned: InfluxDB answered
+        intake = FairQueue(client.messages)  # batches take a fair share of each gateway's
         metrics.mqtt_connected.set_function(lambda: 1.0 if client.connected else 0.0)
         processor = Processor.build(
             settings,
@@ -81,7 +84,7 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
             metrics=metrics,
             bindings=bindings,
             # Behind: messages wait beyond the batches in hand (full load or a backlog).
-            busy=lambda: not client.messages.empty(),
+            busy=lambda: not intake.empty(),
             database=settings.influx.database,
         )
         # The API creates it too; whoever comes first (the store is read through it).
@@ -102,11 +105,11 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         flow: BatchFlow[list[Received], PreparedBatch] = BatchFlow(
             settings.pipeline_depth, writers=settings.write_concurrency
         )
-        metrics.unacked.set_function(lambda: float(client.messages.qsize() + flow.in_hand))
+        metrics.unacked.set_function(lambda: float(intake.qsize() + flow.in_hand))
 
         async def take() -> list[Received]:
             return await next_batch(
-                client.messages,
+                intake,
                 settings.batch_max_messages,
                 settings.batch_max_wait_s,
                 settings.batch_max_bytes,

@@ -24,6 +24,7 @@ from processor.outputs.acks import StoredAcks
 from processor.outputs.deadletters import (
     STORED_MAX_RAW,
     DeadLetters,
+    bulk_of,
     deadletter_lines,
     replay_outcome_lines,
 )
@@ -206,6 +207,7 @@ class Processor:
         if refused:
             # Only what InfluxDB holds may become the latest value or close a seq gap.
             refused_at = {k for k, line in enumerate(lines) if line in refused}
+            bulk: dict[int, tuple[str, list[Rejected]]] = {}  # message -> its refused readings
             for k in sorted(refused_at):
                 seg, index, raw = batch.sent(k)
                 if seg.replay:
@@ -221,7 +223,10 @@ class Processor:
                     detail = f"{limit}: InfluxDB refused new series: {why}"
                     rejected = Rejected(LIMIT_EXCEEDED, detail, raw, index, seg.epoch)
                     batch.limits[limit] += 1
-                batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
+                bulk.setdefault(seg.msg_no, (seg.gateway_id, []))[1].append(rejected)
+            for msg_no, (gateway_id, records) in bulk.items():  # one record per message
+                topic = batch.sources[msg_no][0]
+                batch.dead += [(gateway_id, topic, r) for r in bulk_of(records)]
         self.metrics.stored.inc(len(lines) - len(refused_at))
         for limit, n in batch.limits.items():
             self.metrics.limit_exceeded.labels(limit).inc(n)

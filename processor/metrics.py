@@ -14,7 +14,10 @@ class Metrics:
         self.messages = Counter(f"{p}messages", "MQTT messages received", registry=r)
         self.stored = Counter(f"{p}readings_stored", "Readings written to InfluxDB", registry=r)
         self.dead_lettered = Counter(
-            f"{p}deadletters", "Dead-letter records published, by reason", ["reason"], registry=r
+            f"{p}deadletters",
+            "Readings (or whole messages) dead-lettered, by reason",
+            ["reason"],
+            registry=r,
         )
         self.limit_exceeded = Counter(
             f"{p}limit_exceeded",

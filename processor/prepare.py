@@ -24,6 +24,7 @@ import orjson
 
 from processor.limits import GatewayLimits
 from processor.lineproto import to_lines, value_fields_from_json
+from processor.outputs.deadletters import bulk_of
 from processor.outputs.registry import registry_lines
 from processor.state.bindings import Bindings
 from processor.state.gaps import GapTracker
@@ -46,10 +47,13 @@ from telemetry_common.deadletters import (
     decode_id,
 )
 from telemetry_common.errors import TopicError
+from telemetry_common.logthrottle import LogThrottle
 from telemetry_common.schema import EPOCH_SHAPE, MAX_SEQ, ReadingRow
 from telemetry_common.topics import Topics
 
 log = logging.getLogger(__name__)
+#: WARNING lines about a gateway's input: at most one per gateway and kind a minute.
+_warnings = LogThrottle(log, 60.0)
 
 
 class Message(Protocol):
@@ -166,10 +170,13 @@ def replay_key(msg: Message, gateway_id: str) -> DeadLetterKey | None:
         try:
             key = decode_id(value)
         except DeadLetterIdError as exc:
-            log.warning("%s on %s ignored: %s", REPLAY_PROPERTY, msg.topic, exc)
+            _warnings.warning(
+                (gateway_id, "replay-of"), "%s on %s ignored: %s", REPLAY_PROPERTY, msg.topic, exc
+            )
             return None
         if key.gateway_id != gateway_id:
-            log.warning(
+            _warnings.warning(
+                (gateway_id, "replay-of"),
                 "%s on %s names a dead letter of %s: ignored", REPLAY_PROPERTY, msg.topic,
                 key.gateway_id,
             )  # fmt: skip
@@ -309,10 +316,12 @@ class Preparer:
                     del out.dead[dead_from:]
                     reason = again[0][2].reason if again else None
                     out.replays.append(Replay(replay, msg_no, reason))
-                    for _, _, record in again:
-                        log.warning(
-                            "replay of dead letter %s refused again: %s (%s)", replay.id,
-                            record.reason, record.detail[:200],
+                    if again:
+                        _, _, record = again[0]
+                        _warnings.warning(
+                            (gateway_id, "replay"),
+                            "replay of dead letter %s refused again: %d records, %s (%s)",
+                            replay.id, len(again), record.reason, record.detail[:200],
                         )  # fmt: skip
                 elif whole:
                     if decoded.rows:
@@ -320,6 +329,9 @@ class Preparer:
                 else:  # a message refused whole still says its epoch
                     epoch = decoded.epoch or payload_epoch(msg.payload)
                     _handled(out, gateway_id, epoch, payload_seqs(msg.payload))
+                    # One record per message: its refused readings together.
+                    mine = [r for _, _, r in out.dead[dead_from:]]
+                    out.dead[dead_from:] = [(gateway_id, msg.topic, r) for r in bulk_of(mine)]
             rows, nss = decoded.rows, decoded.nss
             first = len(lines)
             fields = value_fields_from_json(msg.payload, rows) if whole else None

@@ -70,6 +70,10 @@ class Rejected:
     #: The outbox epoch of the batch a single reading came from (kept with its dead letter, so
     #: a replay sends the reading with it).
     epoch: str | None = None
+    #: A message's refused readings as one record (``index`` None; see
+    #: :func:`processor.outputs.deadletters.bulk_of`): ``(index, reason, detail)`` each, in
+    #: payload order; ``raw`` is then the JSON array of those readings as sent.
+    faults: tuple[tuple[int, str, str], ...] = ()
 
 
 @dataclass(slots=True)

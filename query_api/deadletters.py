@@ -2,11 +2,14 @@
 replay request, and the payload a replay publishes.
 
 What a dead letter keeps (processor/outputs/deadletters.py): for a whole message (``index``
-null: invalid JSON, a wrong envelope, a gateway mismatch, ...) the payload as it came; for one
-reading of a batch (``index`` set: charger_not_bound, ts_in_future, invalid_reading, ...) that
-reading's JSON alone. A replay publishes the first as it is, and wraps the second in a
-ReadingBatch of one reading of the dead letter's gateway. Only the first 32 KiB are stored: a
-dead letter cut short (``payload_bytes`` above what is stored) cannot be replayed.
+and ``indexes`` null: invalid JSON, a wrong envelope, a gateway mismatch, ...) the payload as it
+came; for the refused readings of a message (``indexes`` set: charger_not_bound, ts_in_future,
+invalid_reading, ...: one record per message) the JSON array of those readings; and, written
+before records were one per message and still in deployed databases, one reading of a batch
+(``index`` set) with that reading's JSON alone. A replay publishes the first as it is, and wraps
+the others' readings in a ReadingBatch of the dead letter's gateway. Only the first 256 KiB are
+stored (32 KiB before records were one per message): a dead letter cut short (``payload_bytes``
+above what is stored) cannot be replayed.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ UNKNOWN_GATEWAY: Final = "_invalid"
 _EPOCH: Final = re.compile(EPOCH_SHAPE)
 
 
+class Fault(BaseModel):
+    """One refused reading of a message's dead letter."""
+
+    index: int
+    reason: str
+    detail: str
+
+
 class DeadLetter(BaseModel):
     """One dead letter (docs/query-api.md#dead-letters)."""
 
@@ -42,12 +53,24 @@ class DeadLetter(BaseModel):
     received_at: str = Field(description="when the bridge refused it (RFC 3339 UTC)")
     index: int | None = Field(description="the reading's position in its batch; null: whole")
     payload_bytes: int | None
-    payload_truncated: bool = Field(description="only the first 32 KiB are stored")
+    payload_truncated: bool = Field(description="only the first 256 KiB are stored")
     payload_b64: str | None
     replayed_at: str | None = Field(description="when the last replay was committed")
     replay_outcome: str | None = Field(description="`stored` or `deadlettered:<reason>`")
     epoch: str | None = Field(
-        default=None, description="a single reading's batch epoch (a replay sends it along)"
+        default=None, description="the refused readings' batch epoch (a replay sends it along)"
+    )
+    count: int | None = Field(
+        default=None, description="how many readings of the message it holds; null: whole"
+    )
+    indexes: list[int] | None = Field(
+        default=None, description="their positions in the message's readings, ascending"
+    )
+    reasons: dict[str, int] | None = Field(
+        default=None, description="how many of them were refused for each reason"
+    )
+    faults: list[Fault] | None = Field(
+        default=None, description="index, reason and detail of the first 100 of them"
     )
 
 
@@ -80,11 +103,51 @@ def stored_bytes(payload_b64: str | None) -> bytes | None:
         return None
 
 
+def _json(value: Any) -> Any:
+    if not isinstance(value, str):
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _payload_b64(row: dict[str, Any]) -> str | None:
+    """The stored payload, its fields ``payload_b64``, ``payload_b64_1``, ... joined."""
+    first = _str(row.get("payload_b64"))
+    if first is None or _str(row.get("payload_b64_1")) is None:
+        return first
+    parts = []
+    for n in range(64):
+        chunk = stored_bytes(_str(row.get("payload_b64" if n == 0 else f"payload_b64_{n}")))
+        if chunk is None:
+            break
+        parts.append(chunk)
+    return base64.b64encode(b"".join(parts)).decode()
+
+
+def _faults(row: dict[str, Any]) -> tuple[list[int], dict[str, int], list[Fault]] | None:
+    indexes, reasons, faults = (_json(row.get(k)) for k in ("indexes", "reasons", "faults"))
+    if not isinstance(indexes, list) or not all(isinstance(i, int) for i in indexes):
+        return None
+    if not isinstance(reasons, dict):
+        reasons = {}
+    kept = [
+        Fault(index=f["index"], reason=str(f.get("reason")), detail=str(f.get("detail")))
+        for f in faults or []
+        if isinstance(f, dict) and isinstance(f.get("index"), int)
+    ]
+    return indexes, {str(k): v for k, v in reasons.items() if isinstance(v, int)}, kept
+
+
 def item_of(row: dict[str, Any]) -> DeadLetter:
-    """The dead letter of one row of ``SELECT * FROM deadletters`` (time in ns)."""
+    """The dead letter of one row of ``SELECT * FROM deadletters`` (time in ns): one of a whole
+    message, of a message's refused readings (``indexes``), or (written before records were one
+    per message) of one reading (``index``)."""
     ns = int(row["time"])
     key = DeadLetterKey(ns, str(row["reason"]), str(row["gateway_id"]))
-    payload_b64 = _str(row.get("payload_b64"))
+    payload_b64 = _payload_b64(row)
+    bulk = _faults(row)
     payload_bytes = _int(row.get("payload_bytes"))
     kept = stored_bytes(payload_b64)
     truncated = payload_bytes is not None and (kept is None or payload_bytes > len(kept))
@@ -102,6 +165,10 @@ def item_of(row: dict[str, Any]) -> DeadLetter:
         replayed_at=_str(row.get("replayed_at")),
         replay_outcome=_str(row.get("replay_outcome")),
         epoch=_epoch(row.get("epoch")),
+        count=None if bulk is None else (_int(row.get("count")) or len(bulk[0])),
+        indexes=None if bulk is None else bulk[0],
+        reasons=None if bulk is None else bulk[1],
+        faults=None if bulk is None else bulk[2],
     )
 
 
@@ -111,8 +178,8 @@ class NotReplayable(ValueError):
 
 def replay_payload(item: DeadLetter) -> bytes:
     """What a replay of ``item`` publishes on ``{root}/replay/{gateway_id}/readings``: the
-    message as it came, or a ReadingBatch around the one reading; :class:`NotReplayable` if it
-    cannot."""
+    message as it came, or a ReadingBatch around its refused readings (or the one reading of a
+    record written before records were one per message); :class:`NotReplayable` if it cannot."""
     if item.gateway_id == UNKNOWN_GATEWAY:
         raise NotReplayable("its topic named no gateway: nothing to replay it on")
     raw = stored_bytes(item.payload_b64)
@@ -122,6 +189,14 @@ def replay_payload(item: DeadLetter) -> bytes:
         raise NotReplayable(
             f"payload_truncated: {item.payload_bytes} bytes, only the first {len(raw)} are stored"
         )
+    if item.indexes is not None:  # a message's refused readings: the JSON array of them
+        try:
+            readings = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise NotReplayable(f"the stored readings are not JSON: {exc}") from exc
+        if not isinstance(readings, list) or not readings:
+            raise NotReplayable("the stored readings are not a JSON array")
+        return _batch_of(item, raw)
     if item.index is None:
         return raw
     try:
@@ -130,6 +205,11 @@ def replay_payload(item: DeadLetter) -> bytes:
         raise NotReplayable(f"the stored reading is not JSON: {exc}") from exc
     if not isinstance(reading, dict):
         raise NotReplayable("the stored reading is not a JSON object")
+    return _batch_of(item, b"[" + raw + b"]")
+
+
+def _batch_of(item: DeadLetter, readings: bytes) -> bytes:
+    """A ReadingBatch of ``item``'s gateway around ``readings`` (a JSON array as stored)."""
     # The reading's bytes as they were sent (numbers are not parsed and printed again).
     epoch = b"" if item.epoch is None else b',"epoch":' + orjson.dumps(item.epoch)
     return b"".join(
@@ -139,9 +219,9 @@ def replay_payload(item: DeadLetter) -> bytes:
             b',"gateway_id":',
             orjson.dumps(item.gateway_id),
             epoch,
-            b',"readings":[',
-            raw,
-            b"]}",
+            b',"readings":',
+            readings,
+            b"}",
         )
     )
 

@@ -22,6 +22,7 @@ from telemetry_common.storage import RAW_RP, ROLLUP_1H_RP, ROLLUP_1M_RP
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Policy:
     name: str

@@ -138,11 +138,13 @@ def up(
 
 
 def _watch(state_dir: Path) -> None:
-    """Block; report a service that exits (a `restart` from another shell is not an exit)."""
+    """Block; report a service that exits (a `restart` from another shell is not an exit), and
+    rotate the services' logs past ``supervisor.LOG_MAX_BYTES``."""
     down_before: set[str] = set()
     reported: set[str] = set()
     while True:
         time.sleep(1.0)
+        supervisor.rotate_logs(state_dir)
         services = supervisor.status(state_dir)
         down_now = {name for name, info in services.items() if not info["running"]}
         # Twice in a row: a restart from another shell briefly has no process.
@@ -175,8 +177,11 @@ def status(
     state_dir: StateDir = DEFAULT_STATE,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Each service: running or not, ready or not, pid. Exit code 3 if any is not running."""
+    """Each service: running or not, ready or not, pid. Exit code 3 if any is not running.
+    Rotates the logs past their size, like a stack in the foreground does every second (run
+    it from cron for a --detach stack)."""
     try:
+        supervisor.rotate_logs(state_dir.resolve())
         services = supervisor.status(state_dir.resolve())
     except TelemetryError as exc:
         raise fail(exc) from exc

@@ -142,12 +142,21 @@ def list_items(
 
 def _row(item: dict[str, Any]) -> str:
     outcome = item.get("replay_outcome") or "-"
-    index = "-" if item.get("index") is None else str(item["index"])
+    # readings: "-" a whole message, "#3" one reading (records written before they were one per
+    # message), "x1000" a message's refused readings (their reasons follow the detail)
+    if item.get("count") is not None:
+        index = f"x{item['count']}"
+    else:
+        index = "-" if item.get("index") is None else f"#{item['index']}"
     size = f"{item.get('payload_bytes')}B" + ("(cut)" if item.get("payload_truncated") else "")
     detail = (item.get("detail") or "")[:60]
+    reasons = item.get("reasons")
+    why = (
+        "" if not reasons else "\n    reasons " + ", ".join(f"{r} {n}" for r, n in reasons.items())
+    )
     return (
-        f"{item['received_at']}  {item['reason']:<18} {item['gateway_id']:<16} {index:>5} "
-        f"{size:>9}  {outcome:<30} {detail}\n    id {item['id']}"
+        f"{item['received_at']}  {item['reason']:<18} {item['gateway_id']:<16} {index:>6} "
+        f"{size:>9}  {outcome:<30} {detail}\n    id {item['id']}{why}"
     )
 
 

@@ -28,6 +28,9 @@ from telemetry_stack.state import (
 )
 
 READY_TIMEOUT_S: Final = 60.0
+#: A service's log (``logs/{name}.log``) is rotated past this size: its content moves to
+#: ``{name}.log.1`` (the one before is dropped), so a log takes at most about twice this.
+LOG_MAX_BYTES: Final = 20 * 1024 * 1024
 #: A service without a readiness endpoint counts as ready once it stayed up this long.
 SETTLE_S: Final = 1.5
 
@@ -161,3 +164,27 @@ def status(state_dir: Path) -> dict[str, dict[str, Any]]:
             "log_file": rec.log_file,
         }
     return out
+
+
+def rotate_logs(state_dir: Path, max_bytes: int = LOG_MAX_BYTES) -> list[str]:
+    """Rotate each recorded service's log that grew past ``max_bytes``: copied to ``.log.1``,
+    then truncated in place (the service keeps writing to its open file: each process was
+    started with it in append mode, so its next line lands at the new start). What a service
+    writes between the copy and the truncation is lost: a few lines, once per ``max_bytes``.
+    The logs rotated, by path."""
+    try:
+        state = load_state(Path(state_dir))
+    except StackError:
+        return []
+    rotated = []
+    for rec in records(state).values():
+        path = Path(rec.log_file)
+        try:
+            if path.stat().st_size <= max_bytes:
+                continue
+            shutil.copyfile(path, path.with_name(path.name + ".1"))
+            os.truncate(path, 0)
+        except FileNotFoundError:
+            continue
+        rotated.append(str(path))
+    return rotated

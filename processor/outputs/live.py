@@ -4,9 +4,11 @@ Conflated: at most one publish per charger per ``min_interval_s``; a newer readi
 sooner waits (replacing any older one waiting) and goes out when the interval has passed.
 
 Budgeted: at most ``max_rate`` publishes per second in all, so the feed's cost is bounded by the
-budget, not by the size of the fleet. When more chargers are due than the budget allows, those
-published longest ago go first; each charger's value then refreshes less often (the
-``live_waiting`` gauge shows how many wait), never out of order.
+budget, not by the size of the fleet. When more chargers are due than the budget allows, the
+budget is shared round-robin among their gateways, and within a gateway those published longest
+ago go first (a gateway flooding with new chargers cannot hold back the others' values); each
+charger's value then refreshes less often (the ``live_waiting`` gauge shows how many wait),
+never out of order.
 
 Yielding: while ``busy()`` says ingestion is behind (messages wait beyond the batches in hand),
 the budget is ``busy_rate`` instead. A live publish costs the bridge ~250 us of CPU (paho's
@@ -20,6 +22,7 @@ import asyncio
 import heapq
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 
 import orjson
@@ -97,12 +100,33 @@ class LiveFeed:
             self._refilled = now
             allowed = int(self._tokens)
             if len(due) > allowed:
-                due = heapq.nsmallest(allowed, due, key=lambda c: last.get(c, -1e9))
+                due = self._fair_share(due, allowed)
             self._tokens -= len(due)
         # Publishes go out together, a chunk at a time.
         for i in range(0, len(due), _CHUNK):
             chunk = due[i : i + _CHUNK]
             await asyncio.gather(*(self._publish_one(c, now) for c in chunk))
+
+    def _fair_share(self, due: list[str], allowed: int) -> list[str]:
+        """``allowed`` of the ``due`` chargers, shared round-robin among their gateways (each
+        gateway's published longest ago first): one gateway with 100,000 new chargers takes
+        one turn in each round like any other, instead of the whole budget for minutes."""
+        last = self._last_sent
+        by_gateway: dict[str, list[str]] = defaultdict(list)
+        for charger_id in due:
+            by_gateway[self._waiting[charger_id][0]].append(charger_id)
+        queues = [
+            heapq.nsmallest(allowed, group, key=lambda c: last.get(c, -1e9))
+            for group in by_gateway.values()
+        ]
+        picked: list[str] = []
+        for turn in range(allowed):
+            for queue in queues:
+                if turn < len(queue):
+                    picked.append(queue[turn])
+            if len(picked) >= allowed:
+                break
+        return picked[:allowed]
 
     async def _publish_one(self, charger_id: str, now: float) -> None:
         waiting = self._waiting.pop(charger_id, None)

@@ -102,7 +102,7 @@ def test_reading_travels_from_edge_to_rest_api(
 
     wait_until("the dead letter", lambda: len(dead) >= 1, timeout=15)
     assert [d["reason"] for d in dead] == ["ts_in_future"]
-    assert dead[0]["index"] == 2
+    assert dead[0]["indexes"] == [2]  # one record per message, with the offending indexes
 
     history = httpx.get(
         f"{api}/v1/chargers/{charger}/history",

@@ -367,14 +367,18 @@ def test_bad_message_is_dead_lettered_and_the_next_one_flows(
     record = dead[0]
     assert record["gateway_id"] == case.gateway
     assert record["topic"] == pub.topic
-    assert record["index"] == bad.index
+    assert record["index"] is None  # one record per message: a reading's index is in indexes
+    assert record.get("indexes") == (None if bad.index is None else [bad.index])
     raw = base64.b64decode(record["payload_b64"])
     if bad.index is None:
         assert record["payload_bytes"] == len(payload)
         assert record["payload_truncated"] == (len(payload) > len(raw))
         assert payload.startswith(raw)
     else:
-        assert str(orjson.loads(raw)["seq"]) == "3"  # the offending reading, as sent
+        assert record["count"] == 1
+        assert [f["reason"] for f in record["faults"]] == [bad.reason]
+        [sent] = orjson.loads(raw)  # the offending reading, as sent
+        assert str(sent["seq"]) == "3"
 
 
 def shard_starts(db: InfluxTarget) -> list[str]:
@@ -391,7 +395,7 @@ def test_readings_dated_1970_and_2000_are_dead_lettered_and_create_no_shard(
 ) -> None:
     """A gateway whose clock reset sends readings dated 1970 and 2000, and one a little older
     than the raw retention (30 days here; InfluxDB would refuse or soon drop it), beside a good
-    one: the three are dead-lettered (ts_too_old, with their index: the horizon is the raw
+    one: the three are dead-lettered (ts_too_old, one record with their indexes: the horizon is the raw
     retention the bridge read from InfluxDB, not the one-year fallback), nothing of them is
     stored, and InfluxDB gets no shard for them (SHOW SHARDS before and after: each would be
     one more shard)."""
@@ -406,15 +410,13 @@ def test_readings_dated_1970_and_2000_are_dead_lettered_and_create_no_shard(
     body += [reading(case.charger, 3 + k, at) for k, at in enumerate(old)]
     pub = GatewayPublisher(mqtt_client(case.gateway), case.broker.topics.readings(case.gateway))
     pub.publish(batch(case.gateway, body))
-    wait_until("three dead letters", lambda: len(case.feed.dead_letters()) >= 3, WAIT_S)
+    wait_until("the dead letter", lambda: len(case.feed.dead_letters()) >= 1, WAIT_S)
     finish(case, pub, [2])  # what is stored of the gateway: seqs 1, 2 and 10 only
     dead = case.feed.dead_letters()
-    assert sorted((d["reason"], d["index"]) for d in dead) == [
-        ("ts_too_old", 1),
-        ("ts_too_old", 2),
-        ("ts_too_old", 3),
-    ], dead
-    assert all(f"{RAW_RETENTION.days} days" in d["detail"] for d in dead), dead
+    assert [(d["reason"], d["indexes"]) for d in dead] == [("ts_too_old", [1, 2, 3])], dead
+    details = [f["detail"] for f in dead[0]["faults"]]
+    assert len(details) == 3, dead
+    assert all(f"{RAW_RETENTION.days} days" in d for d in details), dead
     after = shard_starts(case.db)
     # The good readings lie 30 minutes back: a shard for today's date at most (midnight UTC may
     # fall between seq 1 and seq 10), none for an old week.

@@ -117,9 +117,10 @@ def test_a_dead_letter_is_listed_replayed_once_the_cause_is_fixed_and_stored_onc
     wait_until("the dead letter listed", lambda: len(listed()) == 1, WAIT_S)
     [item] = listed()
     assert item["reason"] == "charger_not_bound"
-    assert item["index"] == 1
+    assert (item["index"], item["count"], item["indexes"]) == (None, 1, [1])
+    assert item["reasons"] == {"charger_not_bound": 1}
     assert item["topic"] == broker.topics.readings(gateway)
-    assert orjson.loads(base64.b64decode(item["payload_b64"])) == readings[1]
+    assert orjson.loads(base64.b64decode(item["payload_b64"])) == [readings[1]]
     assert item["payload_truncated"] is False
     assert item["replay_outcome"] is None
     assert _get(api, f"/v1/deadletters/{item['id']}") == item
@@ -207,6 +208,37 @@ def test_a_dead_letter_is_listed_replayed_once_the_cause_is_fixed_and_stored_onc
     # No replay was acknowledged to the gateway: its seqs belong to the first conversation.
     time.sleep(1.0)  # five acknowledgement intervals for a wrong one to arrive
     assert [a["seqs"] for a in acks] == [[[1, 2]]]
+
+
+def test_a_dead_letter_of_one_reading_written_before_bulk_records_is_listed_and_replayed(
+    broker: BrokerInfo, influx_db: InfluxTarget, procs: Procs
+) -> None:
+    """Deployed databases hold dead letters of one reading each (``index`` set, the reading's
+    JSON alone): the API lists them as they are and a replay stores the reading."""
+    tag = uuid.uuid4().hex[:8]
+    gateway, charger = f"gw-old-{tag}", f"cp-old-{tag}"
+    ts = datetime.now(UTC) - timedelta(minutes=5)
+    raw = orjson.dumps({"charger_id": charger, "seq": 9, "ts": format_ts(ts), "values": {}})
+    ns = time.time_ns()
+    b64 = base64.b64encode(raw).decode()
+    line = (
+        f"deadletters,gateway_id={gateway},reason=charger_not_bound "
+        f'detail="not bound",topic="chargers/v1/{gateway}/readings",index=4i,'
+        f'epoch="{EPOCH}",payload_bytes={len(raw)}i,payload_b64="{b64}" {ns}'
+    )
+    httpx.post(
+        f"{influx_db.url}/write", params={"db": influx_db.database}, content=line, timeout=10
+    ).raise_for_status()
+    start_bridge(procs, broker, influx_db)  # first-come bindings: the charger is free
+    api = start_api(procs, influx_db, READ, broker=broker, keys={"admin": ADMIN})
+    wait_until("the API's broker link", lambda: httpx.get(f"{api}/readyz").status_code == 200)
+    [item] = _get(api, "/v1/deadletters", gateway_id=gateway)["items"]
+    assert (item["index"], item["count"], item["indexes"], item["epoch"]) == (4, None, None, EPOCH)
+    answer = _replay(api, [item["id"]])
+    assert answer["accepted"] == [item["id"]]
+    wait_until("the outcome", lambda: _outcome_after(api, item["id"], answer) is not None, WAIT_S)
+    assert _outcome_after(api, item["id"], answer) == "stored"
+    assert _points(influx_db, charger) == 1
 
 
 def test_the_cli_says_what_to_do_when_it_cannot_reach_or_is_refused(

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from bridge.fair import FairQueue
 from bridge.flow import BatchFlow, next_batch
 from telemetry_common.mqtt import Received
 
@@ -214,3 +215,40 @@ async def test_the_batch_ends_at_its_byte_cap() -> None:
     batch = await next_batch(queue, 500, 0.01, 250, None)
     assert len(batch) == 3
     assert queue.qsize() == 7
+
+
+def on(gateway: str, n: int, size: int = 10) -> Received:
+    return Received(f"chargers/v1/{gateway}/readings", b"x" * size, 1, n, 1)
+
+
+async def test_a_flood_of_one_gateway_delays_the_others_by_at_most_one_batch() -> None:
+    """250 messages of one gateway arrived before one of another: taken round-robin per
+    gateway, the other's message is in the very next batch, and each gateway's messages keep
+    their order."""
+    queue: asyncio.Queue[Received] = asyncio.Queue()
+    for n in range(250):
+        queue.put_nowait(on("flood", n, 256 * 1024))
+    queue.put_nowait(on("calm", 1000))
+    queue.put_nowait(on("calm", 1001))
+    intake = FairQueue(queue)
+    first = await next_batch(intake, 500, 0.1, 2 * 1024 * 1024)
+    assert [m.mid for m in first if m.topic.endswith("/calm/readings")] == [1000, 1001]
+    assert len(first) == 10  # 8 of the flood's 256 KiB reach the byte cap, 2 of calm's
+    taken = [m.mid for m in first if "/flood/" in m.topic]
+    while not intake.empty():
+        taken += [m.mid for m in await next_batch(intake, 500, 0.1, 2 * 1024 * 1024)]
+    assert taken == list(range(250))
+    assert intake.qsize() == 0
+
+
+async def test_a_message_arriving_while_a_batch_waits_is_taken_in_its_turn() -> None:
+    """Waiting for more (writer busy), the fair intake hands out what arrives; cancelling a
+    wait loses nothing."""
+    queue: asyncio.Queue[Received] = asyncio.Queue()
+    intake = FairQueue(queue)
+    waiting = asyncio.ensure_future(intake.get())
+    await settle()
+    waiting.cancel()
+    queue.put_nowait(on("a", 1))
+    batch = await next_batch(intake, 10, 0.05, 1024 * 1024)
+    assert [m.mid for m in batch] == [1]

@@ -136,9 +136,9 @@ async def test_prepare_hands_the_loop_back_and_prepares_the_same_batch() -> None
 
 async def test_refused_chargers_are_dead_lettered_at_their_positions_and_the_rest_kept() -> None:
     """With provisioned bindings, readings for a charger of another gateway or of none are
-    dead-lettered (``charger_not_bound``, with the reading as it was sent and its position in
-    its payload); a message refused whole adds no line; the other readings become lines, and
-    each charger's newest reading is its latest."""
+    dead-lettered (``charger_not_bound``), one record per message with the readings as they
+    were sent and their positions in its payload; a message refused whole adds no line; the
+    other readings become lines, and each charger's newest reading is its latest."""
     bindings = Bindings({"cp-0": "gw-1", "cp-1": "gw-1", "cp-2": "gw-2"})
     p = make_processor(RecordingWriter(), bindings)
     mixed = message("gw-1", 1, 6)  # chargers cp-0 .. cp-5: cp-2 is gw-2's, cp-3..5 nobody's
@@ -146,11 +146,15 @@ async def test_refused_chargers_are_dead_lettered_at_their_positions_and_the_res
     again = message("gw-1", 50, 1)  # cp-0 again, stamped later
     batch = await p.prepare([mixed, refused_whole, again])
     sent = orjson.loads(mixed.payload)["readings"]
-    dead = [(gw, rej.reason, rej.index, orjson.loads(rej.raw)) for gw, _, rej in batch.dead]
+    dead = [
+        (gw, rej.reason, rej.index, [i for i, _, _ in rej.faults], orjson.loads(rej.raw))
+        for gw, _, rej in batch.dead
+    ]
+    other = orjson.loads(refused_whole.payload)["readings"]
     assert dead == [
-        ("gw-1", "charger_not_bound", i, sent[i]) for i in (2, 3, 4, 5)
-    ] + [("gw-2", "charger_not_bound", i, orjson.loads(refused_whole.payload)["readings"][i])
-         for i in (0, 1)]  # fmt: skip
+        ("gw-1", "charger_not_bound", None, [2, 3, 4, 5], [sent[i] for i in (2, 3, 4, 5)]),
+        ("gw-2", "charger_not_bound", None, [0, 1], other),
+    ]
     assert len(batch.lines) == 3
     assert [(s.msg_no, s.first, s.positions, s.seqs) for s in batch.segments] == [
         (0, 0, [0, 1], [1, 2]),
@@ -230,11 +234,14 @@ async def test_a_refused_charger_beside_a_number_too_large_for_a_double() -> Non
         {"schema": "charger-telemetry/1", "gateway_id": "gw-1", "readings": body}
     ).replace(b'"power_w":1.5', b'"power_w":1e309')  # not a "1.5" inside the ts
     batch = await p.prepare([Received("chargers/v1/gw-1/readings", payload, 1, 1, 1)])
-    assert [(r.reason, r.index) for _, _, r in batch.dead] == [
-        ("invalid_reading", 0),
-        ("charger_not_bound", 2),
+    # one record for the message: the first reason of the tie names it, each index keeps its own
+    [(_, _, record)] = batch.dead
+    assert (record.reason, record.index) == ("invalid_reading", None)
+    assert [(i, reason) for i, reason, _ in record.faults] == [
+        (0, "invalid_reading"),
+        (2, "charger_not_bound"),
     ]
-    assert orjson.loads(batch.dead[1][2].raw) == body[2]
+    assert orjson.loads(record.raw)[1] == body[2]
     assert len(batch.lines) == 1
     assert batch.lines[0].endswith(f"seq=2i {ts_ns(datetime.fromisoformat(t))}")
 

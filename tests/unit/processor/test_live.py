@@ -86,3 +86,24 @@ async def test_live_feed_budget_while_busy_is_the_smaller_rate() -> None:
     await asyncio.sleep(0.3)
     await live.flush()
     assert 1 <= len(mqtt.topics) <= 10  # at most one second's worth of the busy rate
+
+
+async def test_a_gateway_flooding_with_new_chargers_does_not_hold_back_anothers_values() -> None:
+    """1,000 never-published chargers of one gateway and 2 of another, published a moment ago,
+    are due with a budget of 10: the budget is shared round-robin per gateway, so the other
+    gateway's two values go out in this flush (oldest first would give all 10 to the flood)."""
+    mqtt = FakeMqtt()
+    live = LiveFeed(cast(AsyncMqttClient, mqtt), Topics(), Metrics(), 0.0, max_rate=10)
+    live.offer("gw-calm", reading("calm-1", 1))
+    live.offer("gw-calm", reading("calm-2", 1))
+    await live.flush()
+    await asyncio.sleep(1.0)  # the bucket full again: 10
+    for i in range(1000):
+        live.offer("gw-flood", reading(f"fl-{i:04d}", 1))
+    live.offer("gw-calm", reading("calm-1", 2))
+    live.offer("gw-calm", reading("calm-2", 2))
+    mqtt.topics.clear()
+    await live.flush()
+    assert len(mqtt.topics) == 10
+    assert {"chargers/v1/live/calm-1", "chargers/v1/live/calm-2"} <= set(mqtt.topics)
+    assert live.waiting == 992

@@ -84,10 +84,12 @@ async def test_a_seq_above_2_53_is_dead_lettered_and_the_others_kept() -> None:
     m = msg("gw-1", [1, 2**63 - 1, 2, 2**53, 3])
     batch = await p.prepare([m])
     sent = orjson.loads(m.payload)["readings"]
-    assert [(r.reason, r.index, orjson.loads(r.raw)) for _, _, r in batch.dead] == [
-        (SEQ_OUT_OF_RANGE, 1, sent[1]),
-        (SEQ_OUT_OF_RANGE, 3, sent[3]),
+    [(_, _, record)] = batch.dead  # one record per message
+    assert [(reason, i) for i, reason, _ in record.faults] == [
+        (SEQ_OUT_OF_RANGE, 1),
+        (SEQ_OUT_OF_RANGE, 3),
     ]
+    assert orjson.loads(record.raw) == [sent[1], sent[3]]
     assert "2^53-1" in batch.dead[0][2].detail
     assert [s.seqs for s in batch.segments] == [[1, 2, 3]]
     assert len(batch.lines) == 3
@@ -110,7 +112,9 @@ async def test_a_seq_far_beyond_the_known_high_of_its_epoch_is_refused() -> None
     await p.commit(first)
     assert p.state.gaps.high("gw-1", E1) == 500
     second = await p.prepare([msg("gw-1", [1500, 1501], E1), msg("gw-1", [1000], E2)])
-    assert [(r.reason, r.index) for _, _, r in second.dead] == [(SEQ_OUT_OF_RANGE, 1)]
+    assert [(reason, i) for _, _, r in second.dead for i, reason, _ in r.faults] == [
+        (SEQ_OUT_OF_RANGE, 1)
+    ]
     assert [(s.epoch, s.seqs) for s in second.segments] == [(E1, [1500]), (E2, [1000])]
 
 
