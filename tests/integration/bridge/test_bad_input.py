@@ -395,8 +395,8 @@ def test_readings_dated_1970_and_2000_are_dead_lettered_and_create_no_shard(
 ) -> None:
     """A gateway whose clock reset sends readings dated 1970 and 2000, and one a little older
     than the raw retention (30 days here; InfluxDB would refuse or soon drop it), beside a good
-    one: the three are dead-lettered (ts_too_old, one record with their indexes: the horizon is the raw
-    retention the bridge read from InfluxDB, not the one-year fallback), nothing of them is
+    one: the three are dead-lettered (ts_too_old, one record with their indexes: the horizon is
+    the raw retention the bridge read from InfluxDB, not the one-year fallback), nothing of them is
     stored, and InfluxDB gets no shard for them (SHOW SHARDS before and after: each would be
     one more shard)."""
     old = [
