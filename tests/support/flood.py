@@ -387,6 +387,19 @@ def run_flood(
         say(
             f"... committed, the calm gateway current again after {out['new_chargers_handled_s']} s"
         )
+        # Over the per-gateway limits, phase 1's readings are dead-lettered in bulk as well:
+        # counted once the dead-letter feed is quiet (it trails the bridge's commits).
+        seen = -1
+        while seen != feed.readings and time.monotonic() < deadline:
+            seen = feed.readings
+            time.sleep(1.0)
+        out["limit_exceeded"] = metric(bridge, "telemetry_bridge_limit_exceeded_total")
+        out["new_chargers_deadletter_readings"] = feed_readings = feed.readings
+        out["new_chargers_deadletter_publishes"] = feed_records = feed.records
+        out["new_chargers_stored"] = influx_count(
+            state,
+            f"SELECT count(power_w) FROM readings WHERE gateway_id = '{flood_id}' AND time > 0",
+        )
         watch.phase = "invalid"
         requests_before = metric(bridge, "telemetry_bridge_write_seconds_count")
         t1 = time.monotonic()
@@ -413,7 +426,7 @@ def run_flood(
         with httpx.Client(headers={"X-API-Key": read_key}, timeout=5) as http:
             while time.monotonic() < deadline:
                 now = time.monotonic()
-                if handled_at is None and feed.readings >= want:
+                if handled_at is None and feed.readings - feed_readings >= want:
                     handled_at = now
                 if (
                     accepted_after is None
@@ -430,15 +443,17 @@ def run_flood(
         out["new_charger_accepted_after_s"] = (
             None if accepted_after is None else round(accepted_after, 2)
         )
-        out["deadletter_readings"] = feed.readings
-        out["deadletter_publishes"] = feed.records
-        out["deadletter_publishes_per_message"] = round(feed.records / invalid_messages, 2)
+        out["deadletter_readings"] = feed.readings - feed_readings
+        out["deadletter_publishes"] = records = feed.records - feed_records
+        out["deadletter_publishes_per_message"] = round(records / invalid_messages, 2)
         out["write_requests_per_message"] = round(
             (metric(bridge, "telemetry_bridge_write_seconds_count") - requests_before)
             / invalid_messages, 2,
         )  # fmt: skip
         out["deadletter_points"] = influx_count(
-            state, f"SELECT count(payload_bytes) FROM deadletters WHERE gateway_id = '{flood_id}'"
+            state,
+            "SELECT count(payload_bytes) FROM deadletters "
+            f"WHERE gateway_id = '{flood_id}' AND reason != 'limit_exceeded'",
         )
         out["deadletter_points_per_message"] = round(out["deadletter_points"] / invalid_messages, 2)
         time.sleep(2 * calm_interval_s)  # the calm gateway's latest after the flood, too

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.system
 
 #: The issue's bound on the other gateway's ``latest`` age, and on its new charger.
 MAX_AGE_S = 5.0
-#: The whole scenario's bound (the test took 95 s here, 46 s of it the scenario; with the old
+#: The whole scenario's bound (it took 9 s on a quiet machine, 46 s under load; with the old
 #: per-reading dead letters the invalid readings alone took more than 8 minutes).
 SCENARIO_S = 300.0
 
@@ -33,10 +33,12 @@ def test_one_gateways_flood_leaves_another_gateway_current(tmp_path: Path) -> No
     print(figures)
     # The other gateway, while the flood's 250,000 invalid readings are dead-lettered: its
     # readings stored, `latest` never more than 5 s old (bulk dead letters, batches and live
-    # feed shared per gateway). NOT MET on the shared 2-core machine (12 to 38 s): the bridge
-    # shares what it holds fairly, but it holds 16 MiB (Mosquitto's max_inflight_bytes, ~165
-    # of these messages); the other gateway's messages wait in the broker's queue behind the
-    # rest of the flood (bench/README.md, "Dead-letter flood benchmark").
+    # feed shared per gateway). Measured on a quiet 2-core machine: 3.1 s at worst, the 250,000
+    # handled in 4.0 s. The bridge shares what it holds fairly, but it holds 16 MiB (Mosquitto's
+    # max_inflight_bytes, ~165 of these messages): the other gateway's messages wait in the
+    # broker's queue behind the rest of the flood, so a machine busy elsewhere (12 to 38 s seen
+    # with a load average of 15) or a longer flood exceeds the bound (bench/README.md,
+    # "Dead-letter flood benchmark").
     ages = figures["calm_latest_max_age_by_phase_s"]
     assert ages["invalid"] <= MAX_AGE_S, (ages, figures["calm_latest_worst"])
     assert figures["calm_publish_failures"] == []
@@ -45,16 +47,17 @@ def test_one_gateways_flood_leaves_another_gateway_current(tmp_path: Path) -> No
     assert figures["deadletter_publishes"] == 250
     assert figures["deadletter_points"] == 250
     assert figures["warning_lines"] <= 10  # one a minute per gateway and reason
-    # ---- LIMITS (issue 21 item 2, per-gateway limits) go here --------------------------------
-    # The flooding gateway's 100,000 new charger ids exceed its limits: assert that the readings
-    # over them were dead-lettered `limit_exceeded` (counted), and that the other gateway's new
-    # charger is accepted, and its `latest` stays current during the new-charger phase too:
-    #     accepted = figures["new_charger_accepted_after_s"]
-    #     assert accepted is not None and accepted <= MAX_AGE_S
-    #     assert ages["new_chargers"] <= MAX_AGE_S
-    #     assert figures["calm_latest_max_age_s"] <= MAX_AGE_S
-    # Without the limits neither holds (measured): the flood's 100,000 ids reach InfluxDB 1.x's
-    # max-values-per-tag (100,000), which then refuses every new charger id of the whole fleet
-    # (dead-lettered `influx_rejected`: figures["new_charger_accepted_after_s"] is None), and
-    # writing 100,000 new series holds the other gateway's readings back by ~10 s.
-    # ------------------------------------------------------------------------------------------
+    # The per-gateway limits: of the flood's 100,000 new charger ids, the hour's budget
+    # (LIMIT_NEW_CHARGERS_PER_HOUR, 200) is stored, the rest dead-lettered `limit_exceeded` in
+    # bulk (one record per message). So InfluxDB's max-values-per-tag (100,000) is never
+    # reached and the other gateway's new charger is accepted (without the limits it was not:
+    # InfluxDB then refuses every new charger id of the fleet), its `latest` current meanwhile.
+    assert figures["limit_exceeded"] == 100 * 1000 - 200
+    assert figures["new_chargers_stored"] == 200
+    assert figures["new_chargers_deadletter_readings"] == 100 * 1000 - 200
+    assert figures["new_chargers_deadletter_publishes"] == 100
+    accepted = figures["new_charger_accepted_after_s"]
+    assert accepted is not None, figures
+    assert accepted <= MAX_AGE_S, figures
+    assert ages["new_chargers"] <= MAX_AGE_S, (ages, figures["calm_latest_worst"])
+    assert figures["calm_latest_max_age_s"] <= MAX_AGE_S, figures["calm_latest_worst"]
