@@ -88,8 +88,14 @@ class AgentCollector(Collector):
             ),
             (
                 "stored_timeouts",
-                "Times unconfirmed readings were sent again (no stored acknowledgement in time)",
+                "Times unconfirmed readings were sent again (no stored acknowledgement at all "
+                "within the timeout)",
                 c.stored_timeouts,
+            ),
+            (
+                "stored_holes",
+                "Batches sent again alone (later ones were confirmed stored, they were not)",
+                c.stored_holes,
             ),
             ("batches", "Batches acknowledged by the broker", c.batches),
             ("parked", "Readings parked by this process", c.parked),

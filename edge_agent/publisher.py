@@ -26,11 +26,27 @@ store (it may crash between autosaves, drop at its queue bounds, or hand the mes
 subscriber that is not a bridge). The batch stays claimed in the outbox, *unconfirmed*, until the
 bridges' stored acknowledgements (``{root}/{gateway}/stored``, :meth:`Publisher.confirm`) cover
 every seq of it; only then are its rows deleted. At most ``max_unconfirmed`` readings are sent and
-unconfirmed at once, so during a long cloud outage the backlog waits here, not in the broker. A
-batch unconfirmed for ``stored_timeout_s`` after its PUBACK ends the session like a lost PUBACK:
-everything unconfirmed is sent again (a replay is harmless), and the timeout doubles (up to ten
-times the setting) until an acknowledgement arrives. Acknowledgements that arrive later (the
-gateway's persistent session keeps them while it is away) delete the rows they cover.
+unconfirmed at once, so during a long cloud outage the backlog waits here, not in the broker.
+
+A batch is sent again only on evidence of loss, never merely because it is queued (a bridge
+draining a backlog acknowledges in order, later than the timeout, but steadily; sending again
+then only doubles the queue, and the fleet collapses into resending):
+
+- *stall*: no acknowledgement at all (for this gateway and epoch) within the current timeout,
+  counted from the later of the oldest unconfirmed batch's PUBACK and the last acknowledgement:
+  the session ends like a lost PUBACK, everything unconfirmed is sent again (a replay is
+  harmless), and the timeout doubles, up to ten times ``stored_timeout_s``;
+- *hole*: a batch PUBACKed after batch B is fully confirmed, and B still is not
+  ``stored_timeout_s`` after that (bridges of a share group may confirm out of order by a few
+  seconds; this is their grace): B alone was dropped (a broker queue bound, a broker crash), so
+  B alone ends its claim and is sent again, first, in the same session (``stored_holes``).
+
+Acknowledgements never shorten a wait. The timeout adapts like TCP's retransmission timeout:
+from the measured PUBACK-to-confirmation time of batches sent once (SRTT + 4 RTTVAR, Karn's
+rule), floored at ``stored_timeout_s`` and capped at ten times it; after a stall it comes back
+down by halves per acknowledgement, never below that estimate. Acknowledgements that arrive
+after a batch was given up (the gateway's persistent session keeps them while it is away)
+delete the rows they cover.
 
 Memory: a batch at a time per slot, plus the seqs of the unconfirmed batches (bounded by
 ``max_unconfirmed``); nothing is proportional to the backlog.
@@ -82,9 +98,14 @@ class Unconfirmed:
     """A batch the broker acknowledged, waiting for the bridges' stored acknowledgement."""
 
     seqs: list[int]
-    deadline: float
+    #: Its place in PUBACK order (counts up through the publisher's life).
+    n: int
+    #: When the broker acknowledged it (monotonic).
+    puback_at: float
     #: Its seqs not acknowledged yet (those are the keys of the publisher's ``_awaited``).
     remaining: int = 0
+    #: Sent before (its confirmation time is no latency sample: Karn's rule).
+    resent: bool = False
 
 
 @dataclass(slots=True)
@@ -104,6 +125,8 @@ class Counters:
     #: because no acknowledgement came in time.
     confirmed: int = 0
     stored_timeouts: int = 0
+    #: Batches sent again alone because later ones were confirmed and they were not (holes).
+    stored_holes: int = 0
     #: Readings sent and not yet acknowledged as stored (a gauge, kept by the publisher).
     unconfirmed: int = 0
 
@@ -134,9 +157,25 @@ class Publisher:
         self._require_stored = settings.delete_after == "stored"
         self._epoch: str | None = outbox.epoch
         self._stored_timeout_s = settings.stored_timeout_s
+        #: The last stored acknowledgement of our epoch (monotonic; 0: none yet).
+        self._last_ack = 0.0
+        #: Smoothed PUBACK-to-confirmation time and its variation (None: no sample yet).
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        #: Seqs up to this one may have been sent in an earlier session (Karn's rule).
+        self._sent_upto = 0
+        self._karn_floor = 0
         #: Unconfirmed batches, oldest first, and each of their seqs still awaited.
         self._unconfirmed: deque[Unconfirmed] = deque()
         self._awaited: dict[int, Unconfirmed] = {}
+        self._puback_count = 0
+        #: (n, t): the batch n was fully confirmed, so every batch before it still unconfirmed
+        #: at t is a hole. Increasing in n and t (a mark before the last one adds nothing).
+        self._marks: deque[tuple[int, float]] = deque()
+        #: Holes given up and waiting to be sent again (their seqs), oldest first, and the first
+        #: seq of each hole batch on its way (Karn's rule).
+        self._resend: deque[list[int]] = deque()
+        self._resending: set[int] = set()
         self._publishing = 0  # readings awaiting their PUBACK
 
     def notify(self) -> None:
@@ -183,12 +222,8 @@ class Publisher:
                     done.append(batch)
             if covered < span:
                 late.append((first, last))
-        base = self._s.stored_timeout_s
-        if self._stored_timeout_s > base:  # the cloud is storing again: back to the base
-            self._stored_timeout_s = base  # timeout, for the batches already waiting too
-            soon = time.monotonic() + base
-            for batch in self._unconfirmed:
-                batch.deadline = min(batch.deadline, soon)
+        now = self._last_ack = time.monotonic()
+        self._progress(done, now)
         # Before any await: a session ending meanwhile gives up only the batches still awaited
         # (done ones have no seq left). Done batches leave the front of the list here; one done
         # out of order stays until those before it are done too (O(1) per batch, not O(n)).
@@ -212,6 +247,32 @@ class Publisher:
             except sqlite3.Error:
                 log.exception("confirmed readings not deleted; they will be sent again")
         self._wake.set()
+
+    def _progress(self, done: list[Unconfirmed], now: float) -> None:
+        """An acknowledgement arrived (``now``) completing ``done``: sample their latency, mark
+        the batches before each as holes-to-be, and let the timeout come down towards what the
+        cloud's latency allows. Nothing here shortens a wait."""
+        for batch in done:
+            if not batch.resent and batch.seqs[0] > self._karn_floor:
+                sample = now - batch.puback_at
+                if self._srtt is None:
+                    self._srtt, self._rttvar = sample, sample / 2
+                else:
+                    self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
+                    self._srtt = 0.875 * self._srtt + 0.125 * sample
+            # Batches before this one still unconfirmed become holes after the grace.
+            front = self._unconfirmed[0] if self._unconfirmed else None
+            later = not self._marks or self._marks[-1][0] < batch.n
+            if front is not None and front.n < batch.n and later:
+                self._marks.append((batch.n, now + self._s.stored_timeout_s))
+        self._stored_timeout_s = max(self._rto(), self._stored_timeout_s / 2)
+
+    def _rto(self) -> float:
+        """The timeout the measured latency calls for, between the setting and ten times it."""
+        base = self._s.stored_timeout_s
+        if self._srtt is None:
+            return base
+        return min(10 * base, max(base, self._srtt + 4 * self._rttvar))
 
     def flush(self) -> None:
         """Send the current backlog without pacing (the ``flush`` command)."""
@@ -239,6 +300,7 @@ class Publisher:
         # Less than a batch waiting is no backlog: it all goes as live (and lingers with what
         # is being captured right now, rather than being split at the connect).
         self.lanes.reset(last if pending >= self._s.batch_max_readings else 0)
+        self._karn_floor = self._sent_upto  # what this session sends up to there is a resend
         self._failed = False
         self._backlog_inflight = 0
         window = self._s.max_inflight_batches
@@ -249,6 +311,7 @@ class Publisher:
                 self._wake.clear()
                 if self._stored_overdue():
                     break
+                await self._give_up_holes()
                 unconfirmed = self.counters.unconfirmed = self.unconfirmed  # (the gauge)
                 if len(inflight) < window and unconfirmed < self._s.max_unconfirmed:
                     room = self._s.max_unconfirmed - unconfirmed
@@ -269,20 +332,67 @@ class Publisher:
             await self._give_up_unconfirmed()
         return False
 
+    def _stored_deadline(self) -> float | None:
+        """When the oldest unconfirmed batch is overdue: a stall (no acknowledgement within the
+        timeout since its PUBACK or the last acknowledgement) or a hole (a later batch was
+        confirmed ``stored_timeout_s`` ago). The oldest is always the first overdue."""
+        if not self._unconfirmed:
+            return None
+        front = self._unconfirmed[0]
+        stall = max(front.puback_at, self._last_ack) + self._stored_timeout_s
+        hole = self._hole_deadline(front)
+        return stall if hole is None else min(stall, hole)
+
+    def _hole_deadline(self, front: Unconfirmed) -> float | None:
+        """When ``front`` (the oldest unconfirmed batch) becomes a hole: the first mark of a
+        batch after it (marks before it concern batches gone already)."""
+        marks = self._marks
+        while marks and marks[0][0] < front.n:
+            marks.popleft()
+        return marks[0][1] if marks else None
+
     def _stored_overdue(self) -> bool:
-        """True (and the session ends) when the oldest unconfirmed batch waited too long."""
-        if not self._unconfirmed or self._unconfirmed[0].deadline > time.monotonic():
+        """True (and the session ends) when nothing was acknowledged for the timeout (a stall)."""
+        if not self._unconfirmed:
+            return False
+        front = self._unconfirmed[0]
+        if max(front.puback_at, self._last_ack) + self._stored_timeout_s > time.monotonic():
             return False
         self.counters.stored_timeouts += 1
         self._failed = True
         log.warning(
-            "%d readings acknowledged by the broker but not confirmed stored within %.0f s; "
-            "sending them again",
+            "%d readings acknowledged by the broker but not confirmed stored, and no stored "
+            "acknowledgement at all for %.0f s; sending them again",
             len(self._awaited),
             self._stored_timeout_s,
         )
         self._stored_timeout_s = min(self._stored_timeout_s * 2, 10 * self._s.stored_timeout_s)
         return True
+
+    async def _give_up_holes(self) -> None:
+        """Send again, alone, each oldest batch still unconfirmed ``stored_timeout_s`` after a
+        later one was confirmed (its claim ends now; :meth:`_pick` sends it first)."""
+        queue, now = self._unconfirmed, time.monotonic()
+        holes: list[Unconfirmed] = []
+        while queue and (hole := self._hole_deadline(queue[0])) is not None and hole <= now:
+            batch = queue.popleft()
+            if not batch.remaining:  # done meanwhile (popped by confirm otherwise)
+                continue
+            for seq in batch.seqs:
+                self._awaited.pop(seq, None)
+            batch.remaining = 0
+            holes.append(batch)
+        for batch in holes:  # (no await above: confirm sees either state, never half)
+            self.counters.stored_holes += 1
+            log.warning(
+                "readings seq %d..%d not confirmed stored %.0f s after later ones were; "
+                "sending them again",
+                batch.seqs[0],
+                batch.seqs[-1],
+                self._s.stored_timeout_s,
+            )
+            await asyncio.to_thread(self._outbox.release, batch.seqs)
+            self._resend.append(batch.seqs)
 
     async def _give_up_unconfirmed(self) -> None:
         """End the claims of the unconfirmed batches: the next session sends them again (an
@@ -290,6 +400,8 @@ class Publisher:
         batches = [b for b in self._unconfirmed if b.remaining]
         self._unconfirmed.clear()
         self._awaited.clear()
+        self._resend.clear()  # released already; the next session starts from the oldest row
+        self._marks.clear()
         for batch in batches:
             await asyncio.to_thread(self._outbox.release, batch.seqs)
 
@@ -298,8 +410,9 @@ class Publisher:
 
     async def _idle(self, inflight: set[asyncio.Task[None]]) -> None:
         timeout = IDLE_WAIT_S
-        if self._unconfirmed:
-            timeout = min(timeout, max(0.01, self._unconfirmed[0].deadline - time.monotonic()))
+        deadline = self._stored_deadline()
+        if deadline is not None:
+            timeout = min(timeout, max(0.01, deadline - time.monotonic()))
         if self._linger_left > 0:
             timeout = min(timeout, self._linger_left)
         if not self.lanes.backlog_done and not self._flush:
@@ -317,6 +430,21 @@ class Publisher:
         s, lanes = self._s, self.lanes
         max_bytes = s.batch_max_bytes - ENVELOPE_BYTES
         self._linger_left = 0.0
+        while backlog_ok and self._resend:  # holes first: the cloud is waiting for them
+            seqs = self._resend[0]
+            limit = min(s.batch_max_readings, room)
+            rows = await asyncio.to_thread(
+                self._outbox.batch_after, seqs[0] - 1, seqs[-1], limit, max_bytes
+            )
+            rest = [q for q in seqs if rows and q > rows[-1].seq]
+            if rest:
+                self._resend[0] = rest
+            else:
+                self._resend.popleft()
+            claimed = await asyncio.to_thread(self._outbox.claim, rows)
+            if claimed:  # (none: confirmed or dropped meanwhile)
+                self._resending.add(claimed[0].seq)
+                return "backlog", claimed
         for lane in lanes.order():
             if lane == "live":
                 fetch = self._outbox.batch_after
@@ -351,6 +479,9 @@ class Publisher:
     async def _send(self, lane: Lane, rows: list[OutboxRow]) -> None:
         """Publish a claimed batch and end the claim with its outcome."""
         seqs = [r.seq for r in rows]
+        resent = seqs[0] in self._resending
+        self._resending.discard(seqs[0])
+        self._sent_upto = max(self._sent_upto, seqs[-1])
         if lane == "backlog":
             self._backlog_inflight += 1
         try:
@@ -390,7 +521,8 @@ class Publisher:
             self._publishing -= len(seqs)
         if self._require_stored:
             # Stays claimed until the bridges say it is stored (or the session gives it up).
-            batch = Unconfirmed(seqs, time.monotonic() + self._stored_timeout_s, len(seqs))
+            self._puback_count += 1
+            batch = Unconfirmed(seqs, self._puback_count, time.monotonic(), len(seqs), resent)
             self._unconfirmed.append(batch)
             self._awaited.update(dict.fromkeys(seqs, batch))
         else:

@@ -75,10 +75,12 @@ class EdgeSettings(ServiceSettings):
     chain); ``puback``, once the broker acknowledged it (for a cloud that sends no stored
     acknowledgements: a broker crash, full queue or foreign subscriber can then lose it)."""
     stored_timeout_s: float = Field(default=30.0, gt=0)
-    """A batch the broker acknowledged but no bridge confirmed stored within this long is sent
-    again (with everything unconfirmed); the timeout doubles, up to ten times this, while no
-    acknowledgement arrives. Keep it above the bridges' acknowledgement delay (``ACK_INTERVAL_S``,
-    longer for a fleet beyond their ``ACK_MAX_RATE``)."""
+    """No stored acknowledgement at all for this long after a batch's PUBACK (or after the last
+    acknowledgement) sends everything unconfirmed again, and the timeout doubles, up to ten times
+    this; it adapts to the measured confirmation latency (never below this). A batch still
+    unconfirmed this long after a later one was confirmed is sent again alone. Keep it above the
+    bridges' acknowledgement delay (``ACK_INTERVAL_S``, longer for a fleet beyond their
+    ``ACK_MAX_RATE``) and their disorder."""
     max_unconfirmed: int = Field(default=50_000, ge=1)
     """Most readings sent and not yet confirmed stored: beyond it the publisher waits, so during
     a cloud outage the backlog stays in the outbox instead of piling up in the broker. It bounds

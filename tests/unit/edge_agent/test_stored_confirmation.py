@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -253,3 +253,120 @@ async def test_a_confirmed_batch_the_outbox_cannot_delete_is_sent_again(rig: Rig
     await until("PUBACKed again", lambda: rig.publisher.counters.published == 8)
     await rig.publisher.confirm(ack_payload(rig.epoch, [1, 2, 3, 4]))
     assert rig.box.pending() == 0
+
+
+async def _slow_cloud(
+    tmp_path: Path, lag: Callable[[int, list[int], int], float | None], batches: int
+) -> tuple[Publisher, list[list[int]], Outbox]:
+    """A gateway capturing a 4-reading batch every 0.1 s for ``batches`` batches, against a cloud
+    whose broker PUBACKs at once and whose bridges acknowledge the i-th batch sent (``seqs``,
+    sent for the n-th time) ``lag(i, seqs, n)`` seconds after its PUBACK (None: never). Runs
+    until the outbox is empty; returns the publisher, what was sent, and the outbox."""
+    settings = EdgeSettings(
+        gateway_id="gw-1",
+        outbox_path=tmp_path / "o.sqlite3",
+        linger_s=0,
+        batch_max_readings=4,
+        max_unconfirmed=400,
+        stored_timeout_s=1.0,
+        reconnect_max_s=1,
+        publish_timeout_s=2,
+    )
+    box = Outbox(settings.outbox_path, Budget(max_rows=1000))
+    broker = FakeBroker()
+    publisher = Publisher(settings, box, cast(AsyncMqttClient, broker), Counters())
+    task = asyncio.create_task(publisher.run())
+    acks: set[asyncio.Task[None]] = set()
+
+    async def ack_later(delay: float, seqs: list[int]) -> None:
+        await asyncio.sleep(delay)
+        await publisher.confirm(ack_payload(box.epoch, seqs))
+
+    async def cloud() -> None:
+        times: dict[tuple[int, ...], int] = {}
+        seen = 0
+        while True:
+            for i in range(seen, len(broker.sent)):
+                seqs, fut = broker.sent[i]
+                fut.set_result(None)
+                n = times[tuple(seqs)] = times.get(tuple(seqs), 0) + 1
+                delay = lag(i, seqs, n)
+                if delay is not None:
+                    t = asyncio.create_task(ack_later(delay, seqs))
+                    acks.add(t)
+                    t.add_done_callback(acks.discard)
+            seen = len(broker.sent)
+            await asyncio.sleep(0.005)
+
+    answering = asyncio.create_task(cloud())
+    try:
+        for b in range(batches):
+            box.append([energy(4 * b + k) for k in range(1, 5)])
+            publisher.notify()
+            await asyncio.sleep(0.1)
+        for _ in range(1500):  # at most 15 s
+            if box.pending() == 0:
+                break
+            await asyncio.sleep(0.01)
+        return publisher, [seqs for seqs, _ in broker.sent], box
+    finally:
+        for t in (task, answering, *acks):
+            t.cancel()
+        await asyncio.gather(task, answering, *acks, return_exceptions=True)
+
+
+async def test_a_slow_but_progressing_cloud_gets_nothing_twice(tmp_path: Path) -> None:
+    """Acknowledgements in publish order, each later than the last (a queue building up in the
+    broker: the 20th batch waits 3.1 s for it, three times STORED_TIMEOUT_S of 1 s), but one
+    arrives every 0.25 s: that is queueing, not loss; nothing is sent again."""
+    publisher, sent, box = await _slow_cloud(tmp_path, lambda i, seqs, n: 0.2 + 0.15 * i, 20)
+    try:
+        assert box.pending() == 0
+        flat = [q for seqs in sent for q in seqs]
+        assert sorted(flat) == list(range(1, 81))  # each reading sent exactly once
+        assert publisher.counters.stored_timeouts == 0
+        assert publisher.counters.stored_holes == 0
+    finally:
+        box.close()
+
+
+async def test_only_the_batch_the_cloud_skipped_is_sent_again(tmp_path: Path) -> None:
+    """The broker drops one batch (seqs 9-12); the batches after it are acknowledged within
+    0.1 s: STORED_TIMEOUT_S after a later batch was confirmed, only the missing one goes again,
+    without ending the session (no stored timeout)."""
+
+    def lag(i: int, seqs: list[int], n: int) -> float | None:
+        return None if seqs == [9, 10, 11, 12] and n == 1 else 0.1
+
+    publisher, sent, box = await _slow_cloud(tmp_path, lag, 30)
+    try:
+        assert box.pending() == 0
+        assert sent.count([9, 10, 11, 12]) == 2
+        flat = [q for seqs in sent for q in seqs]
+        assert sorted(flat) == sorted([*range(1, 121), 9, 10, 11, 12])
+        assert (publisher.counters.stored_holes, publisher.counters.stored_timeouts) == (1, 0)
+    finally:
+        box.close()
+
+
+async def test_after_an_outage_the_backlog_drain_sends_nothing_a_third_time(
+    tmp_path: Path,
+) -> None:
+    """The cloud stores nothing for 2.5 s (a bridge restarting), then drains what queued in the
+    broker in order, slowly: one stored timeout sends the unconfirmed readings again once; the
+    drain's acknowledgements (each batch waiting longer than the timeout, but one every few
+    tenths of a second) send nothing a third time."""
+    start = asyncio.get_running_loop().time()
+
+    def lag(i: int, seqs: list[int], n: int) -> float | None:
+        now = asyncio.get_running_loop().time() - start
+        return max(0.05, 2.5 - now) + 0.05 * i  # the queue drains from 2.5 s on, in order
+
+    publisher, sent, box = await _slow_cloud(tmp_path, lag, 30)
+    try:
+        assert box.pending() == 0
+        flat = [q for seqs in sent for q in seqs]
+        assert max(flat.count(q) for q in range(1, 121)) <= 2
+        assert publisher.counters.stored_timeouts == 1
+    finally:
+        box.close()
