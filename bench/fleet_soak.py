@@ -509,6 +509,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             per_gw = {gw: r for rec in recs for gw, r in rec["per_gateway"].items()}
             fig["drained"] = all(rec["drained"] for rec in recs)
             fig["stored_timeouts"] = sum(rec["stored_timeouts"] for rec in recs)
+            fig["stored_holes"] = sum(rec.get("stored_holes", 0) for rec in recs)
             cli.log("loss check: InfluxDB's seqs per gateway against the captured ones ...")
             fig["loss"] = loss_check(state, per_gw)
             fig["stored_delay"] = delay_figures(recs, fig["faults"], t_start)
@@ -667,8 +668,8 @@ def print_report(fig: dict[str, Any]) -> None:
         (
             "capture to stored ack p50 / p99 / max",
             f"{d['p50_ms']:,.0f} / {d['p99_ms']:,.0f} / {d['max_ms'] or 0:,.0f} ms",
-            f"{d['readings']:,} readings; stored timeouts at the gateways: "
-            f"{fig['stored_timeouts']:,}",
+            f"{d['readings']:,} readings; at the gateways: stored timeouts "
+            f"{fig['stored_timeouts']:,}, holes sent again {fig.get('stored_holes', 0):,}",
         ),
         (
             "  away from the faults",
