@@ -12,6 +12,7 @@ Only what InfluxDB holds may become a charger's latest value or close a seq gap.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,17 +29,24 @@ from processor.outputs.deadletters import (
 from processor.outputs.influx import InfluxOutput
 from processor.outputs.late import late_lines
 from processor.outputs.live import LiveFeed
-from processor.prepare import Message, PreparedBatch, Preparer
+from processor.prepare import Message, PreparedBatch, Preparer, Segment
 from processor.settings import ProcessorSettings
 from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
-from processor.state.storage import confirm_gaps_forever, refresh_bindings_forever, warm_up
+from processor.state.newest import NewestState
+from processor.state.storage import (
+    complete_warm_up,
+    confirm_gaps_forever,
+    refresh_bindings_forever,
+    warm_up,
+)
 from processor.validate import INFLUX_REJECTED, Rejected, TsWindow
 from telemetry_common.deadletters import OUTCOME_STORED, outcome_deadlettered
 from telemetry_common.influx_query import InfluxQL
 from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.mqtt import AsyncMqttClient
+from telemetry_common.newest_state import ChargerMark
 from telemetry_common.schema import READING_ROW_VALIDATOR, ReadingRow
 from telemetry_common.storage import KEEP_RP
 from telemetry_common.topics import Topics
@@ -70,6 +78,10 @@ class Processor:
         self.live = live
         self.metrics = metrics
         self.acks = acks
+        #: This bridge's points of the newest-stored state (written with each batch).
+        self.newest = NewestState(name)
+        #: What the warm-up left to do after consuming began (None: nothing).
+        self._rest_of_warm_up: tuple[InfluxQL, float, float, float, bool] | None = None
         state.watch(metrics)
 
     @classmethod
@@ -132,9 +144,22 @@ class Processor:
             name=mqtt.name,
         )
 
-    async def warm_up(self, storage: InfluxQL, max_backoff_s: float) -> None:
-        """Seed the state from what InfluxDB holds (before the first batch)."""
-        await warm_up(self.state, storage, max_backoff_s)
+    async def warm_up(
+        self,
+        storage: InfluxQL,
+        max_backoff_s: float,
+        budget_s: float = 30.0,
+        window_s: float = 3600.0,
+        history_s: float = 366 * 86400.0,
+    ) -> None:
+        """Seed the state from the newest-stored state and a recent window of InfluxDB (before
+        the first batch, within ``budget_s``); what is left is done by :meth:`run` (older
+        history back to ``history_s`` on a database without the state)."""
+        done = await warm_up(
+            self.state, storage, max_backoff_s, self.newest, budget_s=budget_s, window_s=window_s
+        )
+        if not done.complete:
+            self._rest_of_warm_up = (storage, window_s, history_s, max_backoff_s, done.state_found)
 
     async def run(
         self, storage: InfluxQL, gap_grace_s: float, bindings_refresh_s: float | None = None
@@ -142,6 +167,21 @@ class Processor:
         """The processor's own tasks, until cancelled: the live feed, stored acknowledgements,
         gap confirmation and (every ``bindings_refresh_s``) the bindings store's refresh."""
         async with asyncio.TaskGroup() as tg:
+            if self._rest_of_warm_up is not None:
+                client, window_s, history_s, backoff_s, state_found = self._rest_of_warm_up
+                tg.create_task(
+                    complete_warm_up(
+                        self.state,
+                        client,
+                        self.newest,
+                        functools.partial(self.influx.write, rp=KEEP_RP),
+                        window_s,
+                        state_found,
+                        history_s,
+                        backoff_s,
+                    ),
+                    name="warm-up",
+                )
             if bindings_refresh_s is not None:
                 tg.create_task(
                     refresh_bindings_forever(self.state.bindings, storage, bindings_refresh_s),
@@ -195,9 +235,15 @@ class Processor:
                 rejected = Rejected(INFLUX_REJECTED, refused[lines[k]], raw, index, seg.epoch)
                 batch.dead.append((seg.gateway_id, batch.sources[seg.msg_no][0], rejected))
         self.metrics.stored.inc(len(lines) - len(refused_at))
-        if batch.registry:  # what chargers said about themselves at boot, kept for good
-            for line, why in (await self.influx.write(batch.registry, rp=KEEP_RP)).items():
-                log.error("InfluxDB refused a charger registry point (%s): %s", why, line[:200])
+        newest = batch.newest
+        if refused_at:
+            newest = self._newest_stored(batch, refused_at)
+        # What chargers said about themselves at boot, and the newest-stored state this batch
+        # advanced: both kept for good, in one request, before the batch is acknowledged.
+        keep = batch.registry + self._state_lines(batch, newest, refused_at)
+        if keep:
+            for line, why in (await self.influx.write(keep, rp=KEEP_RP)).items():
+                log.error("InfluxDB refused a point of keep (%s): %s", why, line[:200])
         # Durable first: a dead letter's seqs are handled (acknowledged below) only once it is
         # stored whole; a gateway with one that is not is acknowledged nothing of this batch
         # (it sends the batch again: a replay is harmless, a lost reading is not).
@@ -235,13 +281,30 @@ class Processor:
             gaps.observe_all(seg.gateway_id, seqs, nss, now, seg.epoch)
         if batch.replays:
             await self._replayed(batch)
-        newest = batch.newest
-        if refused_at:
-            newest = self._newest_stored(batch, refused_at)
         lvc = self.state.lvc
         for charger_id, (ns, seq, gateway_id, row, _) in newest.items():
             if lvc.offer(charger_id, Stamp(ns, seq, gateway_id)):
                 self.live.offer(gateway_id, row)
+
+    def _state_lines(
+        self,
+        batch: PreparedBatch,
+        newest: dict[str, tuple[int, int, str, ReadingRow, int]],
+        refused_at: set[int],
+    ) -> list[str]:
+        """The newest-stored state's points that this batch's stored readings advance."""
+
+        def stored(seg: Segment) -> tuple[tuple[str, str | None], list[int], list[int]]:
+            seqs, nss = seg.seqs, seg.nss
+            if refused_at:
+                kept = [j for j in range(len(seqs)) if seg.first + j not in refused_at]
+                seqs, nss = [seqs[j] for j in kept], [nss[j] for j in kept]
+            return (seg.gateway_id, seg.epoch), seqs, nss
+
+        return self.newest.lines(
+            ((c, ChargerMark(ns, seq, gw)) for c, (ns, seq, gw, _, _) in newest.items()),
+            (stored(seg) for seg in batch.segments if not seg.replay),
+        )
 
     async def _replayed(self, batch: PreparedBatch) -> None:
         """Write each replay's outcome onto its dead letter (the message is acknowledged to
