@@ -18,8 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final
 
-from telemetry_common.influx_query import Series
+from telemetry_common import influxql
+from telemetry_common.influx_query import InfluxError, InfluxQL, Series
 from telemetry_common.influx_write import field_str, tag_str
 from telemetry_common.storage import (
     NEWEST_CHARGER_MEASUREMENT,
@@ -135,3 +138,69 @@ def gateway_line(bridge: str, key: GatewayKey, mark: GatewayMark) -> str:
         f"newest_ts={mark.newest_ts}i,high={mark.high}i,high_ts={mark.high_ts}i "
         f"{NEWEST_STATE_TS}"
     )
+
+
+#: Readers add the raw points of this last window to the state (what a bridge stored but whose
+#: state point it did not write yet: it crashed in between, and the batch is delivered again).
+RECENT_WINDOW: Final = timedelta(hours=1)
+
+
+def _absent(exc: InfluxError) -> bool:
+    """The state's retention policy does not exist yet: nothing was written (an empty state)."""
+    return "retention policy not found" in str(exc)
+
+
+def charger_rows(series: Iterable[Series]) -> dict[str, ChargerMark]:
+    """Per charger, its newest point in an answer of
+    :func:`~telemetry_common.influxql.newest_per_charger_query` (one series per charger and
+    gateway)."""
+    newest: dict[str, ChargerMark] = {}
+    for s in series:
+        charger, gateway = s.tags.get("charger_id"), s.tags.get("gateway_id")
+        if not charger or not gateway:
+            continue
+        for row in s.rows():
+            offer_charger(newest, charger, ChargerMark(int(row["time"]), int(row["seq"]), gateway))
+    return newest
+
+
+async def newest_chargers(
+    influx: InfluxQL, window: timedelta = RECENT_WINDOW
+) -> dict[str, ChargerMark]:
+    """Per charger, its newest stored reading: the state, and the raw points of the last
+    ``window`` (two queries bounded by chargers x bridges and by the window, whatever the
+    history). A charger whose newest reading is older than the window and that no bridge wrote
+    state for (a database written by a version without it, until a bridge has read the older
+    history back) is missing."""
+    try:
+        marks = charger_marks(await influx.query_chunked(influxql.newest_chargers_state_query()))
+    except InfluxError as exc:
+        if not _absent(exc):
+            raise
+        marks = {}
+    since = datetime.now(UTC) - window
+    recent = await influx.query_chunked(influxql.newest_per_charger_query(since))
+    for charger, mark in charger_rows(recent).items():
+        offer_charger(marks, charger, mark)
+    return marks
+
+
+async def gateway_highest_seq(
+    influx: InfluxQL, gateway_id: str, window: timedelta = RECENT_WINDOW
+) -> int | None:
+    """The highest seq stored of ``gateway_id`` (over its epochs): the state's and the last
+    ``window``'s; None when neither knows the gateway."""
+    highs: list[int] = []
+    try:
+        for key, mark in gateway_marks(
+            await influx.query(influxql.gateway_state_query(gateway_id))
+        ).items():
+            if key[0] == gateway_id:
+                highs.append(mark.high)
+    except InfluxError as exc:
+        if not _absent(exc):
+            raise
+    since = datetime.now(UTC) - window
+    for s in await influx.query(influxql.gateway_highest_seq_query(gateway_id, since)):
+        highs.extend(int(r["seq"]) for r in s.rows() if r.get("seq") is not None)
+    return max(highs, default=None)

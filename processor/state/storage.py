@@ -41,6 +41,7 @@ from telemetry_common.newest_state import (
     GatewayKey,
     GatewayMark,
     charger_marks,
+    charger_rows,
     current_epochs,
     gateway_marks,
     offer_charger,
@@ -121,18 +122,15 @@ async def _seed_recent(
     only_unknown: bool = False,
 ) -> bool:
     """Seed from the state and the recent window; True if the state held anything."""
-    chargers = charger_marks(
-        await _query_with_retry(client, newest_chargers_state_query(), max_backoff_s)
-    )
-    gateways = gateway_marks(
-        await _query_with_retry(client, newest_gateways_state_query(), max_backoff_s)
-    )
+    q_chargers, q_gateways = newest_chargers_state_query(), newest_gateways_state_query()
+    chargers = charger_marks(await _state_rows(client, q_chargers, max_backoff_s))
+    gateways = gateway_marks(await _state_rows(client, q_gateways, max_backoff_s))
     found = bool(chargers or gateways)
     if newest is not None:
         newest.seed(chargers, gateways)
     since = datetime.now(UTC) - timedelta(seconds=window_s)
     recent = await _query_with_retry(client, newest_per_charger_query(since), max_backoff_s)
-    for charger, seen in _charger_rows(recent).items():
+    for charger, seen in charger_rows(recent).items():
         offer_charger(chargers, charger, seen)
     for key, gw_mark in (await _gateway_window(client, max_backoff_s, since, None)).items():
         gateways[key] = gw_mark.merged(gateways.get(key))
@@ -147,16 +145,15 @@ async def _seed_recent(
     return found
 
 
-def _charger_rows(series: list[Series]) -> dict[str, ChargerMark]:
-    """Per charger, its newest point in an answer of :func:`newest_per_charger_query`."""
-    newest: dict[str, ChargerMark] = {}
-    for s in series:
-        charger, gateway = s.tags.get("charger_id"), s.tags.get("gateway_id")
-        if not charger or not gateway:
-            continue
-        for row in s.rows():
-            offer_charger(newest, charger, ChargerMark(int(row["time"]), int(row["seq"]), gateway))
-    return newest
+async def _state_rows(client: InfluxQL, q: str, max_backoff_s: float) -> list[Series]:
+    """The answer to a query of the newest-stored state; none while its retention policy does
+    not exist (nothing was written yet)."""
+    try:
+        return await _query_with_retry(client, q, max_backoff_s)
+    except InfluxError as exc:
+        if no_store_yet(exc):
+            return []
+        raise
 
 
 def _apply(
@@ -248,7 +245,7 @@ async def complete_warm_up(
     while until > oldest:
         since = max(oldest, until - BACKFILL_STEP)
         q = newest_per_charger_query(since, until)
-        chargers = _charger_rows(await _query_with_retry(client, q, max_backoff_s))
+        chargers = charger_rows(await _query_with_retry(client, q, max_backoff_s))
         gateways = {
             key: mark
             for key, mark in (await _gateway_window(client, max_backoff_s, since, until)).items()
