@@ -175,9 +175,16 @@ def _apply(
 
 
 async def _gateway_window(
-    client: InfluxQL, max_backoff_s: float, since: datetime, until: datetime | None
+    client: InfluxQL,
+    max_backoff_s: float,
+    since: datetime,
+    until: datetime | None,
+    *,
+    highest: bool = True,
 ) -> dict[GatewayKey, GatewayMark]:
-    """Per gateway epoch in ``[since, until)``: its newest point and its highest seq.
+    """Per gateway epoch in ``[since, until)``: its newest point and (``highest``) its highest
+    seq; without ``highest`` the newest point's seq stands for it (``last()`` reads the newest
+    block of each series; ``max()`` reads every point of the range).
 
     A gateway's newest point names its current epoch; its highest seq is usually of that epoch
     too; one whose outbox was created again (a new epoch numbering from 1) is asked for its
@@ -190,6 +197,8 @@ async def _gateway_window(
         for row in s.rows() if gateway else []:
             ts, seq = int(row["time"]), int(row["seq"])
             marks[(str(gateway), _epoch(row.get("epoch")))] = GatewayMark(ts, seq, ts)
+    if not highest:
+        return marks
     q = highest_seq_per_gateway_query(since, until)
     for s in await _query_with_retry(client, q, max_backoff_s):
         gateway = s.tags.get("gateway_id")
@@ -232,7 +241,9 @@ async def complete_warm_up(
     the processor): the state and window again if they were not read in time; and, on a
     database written by a version without the newest-stored state, the older history in steps
     of ``BACKFILL_STEP`` back to ``history_s`` (newest first), each step's chargers and gateways
-    seeded where nothing newer is known and written to the state by ``write`` (lines of retention
+    (a gateway: its newest point of the newest step that holds one, that point's seq standing
+    for its highest: ``max()`` over a week costs seconds per million points) seeded where
+    nothing newer is known and written to the state by ``write`` (lines of retention
     policy ``keep``, with this bridge's tag), so the next start finds them there."""
     found = await _seed_recent(state, client, max_backoff_s, newest, window_s, only_unknown=True)
     if found or state_found:
@@ -248,7 +259,9 @@ async def complete_warm_up(
         chargers = charger_rows(await _query_with_retry(client, q, max_backoff_s))
         gateways = {
             key: mark
-            for key, mark in (await _gateway_window(client, max_backoff_s, since, until)).items()
+            for key, mark in (
+                await _gateway_window(client, max_backoff_s, since, until, highest=False)
+            ).items()
             if key[0] not in known
         }
         known.update(g for g, _ in gateways)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from processor.state import State
 from processor.state.newest import NewestState
-from processor.state.storage import warm_up
+from processor.state.storage import complete_warm_up, warm_up
 from telemetry_common.influx_query import Series
 from telemetry_common.newest_state import (
     ChargerMark,
@@ -115,3 +115,36 @@ async def test_warm_up_seeds_from_the_state_and_the_window_without_scanning_hist
     assert all("time >= " in q for q in readings)
     # what the state holds is not written again by this bridge
     assert newest.lines([("cp-1", ChargerMark(900, 9, "gw-1"))], []) == []
+
+
+async def test_a_database_without_the_state_is_read_back_in_the_background() -> None:
+    """No state (an older version wrote the database): the history before the window is read
+    back one week per query (every query time-bounded), seeded where nothing is known yet (a
+    charger bound meanwhile keeps its gateway) and written to the state, so the next start
+    finds it there."""
+    older = [
+        Series(
+            "readings", ["time", "seq"], [[500, 5]], {"charger_id": "cp-9", "gateway_id": "gw-9"}
+        ),
+        Series(
+            "readings", ["time", "seq"], [[500, 6]], {"charger_id": "cp-8", "gateway_id": "gw-9"}
+        ),
+    ]
+    influx = ScriptedInflux({'GROUP BY "charger_id", "gateway_id"': older})
+    state = State()
+    state.bindings.claim("gw-1", "cp-8")  # consuming began: cp-8 came through gw-1
+    written: list[str] = []
+
+    async def write(lines: list[str]) -> dict[str, str]:
+        written.extend(lines)
+        return {}
+
+    await complete_warm_up(
+        state, influx, NewestState("b1"), write, 3600, False, history_s=3 * 7 * 86400
+    )
+    readings = [q for q in influx.queries if 'FROM "readings"' in q]
+    assert all("time >= " in q for q in readings)
+    assert sum('GROUP BY "charger_id", "gateway_id"' in q for q in readings) == 1 + 3
+    assert state.bindings.get("cp-9") == "gw-9"
+    assert state.bindings.get("cp-8") == "gw-1"
+    assert any(line.startswith("newest_chargers,bridge=b1,charger_id=cp-9 ") for line in written)
