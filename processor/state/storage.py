@@ -98,7 +98,7 @@ async def warm_up(
     found = False
     try:
         async with asyncio.timeout(budget_s):
-            found = await _seed_recent(state, client, max_backoff_s, newest, window_s)
+            found, _ = await _seed_recent(state, client, max_backoff_s, newest, window_s)
             if not await load_bindings_store(state.bindings, client, None, max_backoff_s):
                 log.error(
                     "bindings store refused: only the file's bindings hold until a refresh reads it"
@@ -120,8 +120,10 @@ async def _seed_recent(
     window_s: float,
     *,
     only_unknown: bool = False,
-) -> bool:
-    """Seed from the state and the recent window; True if the state held anything."""
+) -> tuple[bool, set[str]]:
+    """Seed from the state and the recent window; returns whether the state held anything, and
+    the gateways known from either (with ``only_unknown``, consuming began: gap tracking is not
+    seeded, see :func:`_apply`)."""
     q_chargers, q_gateways = newest_chargers_state_query(), newest_gateways_state_query()
     chargers = charger_marks(await _state_rows(client, q_chargers, max_backoff_s))
     gateways = gateway_marks(await _state_rows(client, q_gateways, max_backoff_s))
@@ -134,7 +136,7 @@ async def _seed_recent(
         offer_charger(chargers, charger, seen)
     for key, gw_mark in (await _gateway_window(client, max_backoff_s, since, None)).items():
         gateways[key] = gw_mark.merged(gateways.get(key))
-    _apply(state, chargers, gateways, only_unknown=only_unknown)
+    _apply(state, chargers, gateways, only_unknown=only_unknown, gaps=not only_unknown)
     log.info(
         "warm-up: %d chargers, %d gateways known (newest-stored state: %s; window %.0fs)",
         len(chargers),
@@ -142,7 +144,7 @@ async def _seed_recent(
         "found" if found else "empty",
         window_s,
     )
-    return found
+    return found, {g for g, _ in gateways}
 
 
 async def _state_rows(client: InfluxQL, q: str, max_backoff_s: float) -> list[Series]:
@@ -162,14 +164,22 @@ def _apply(
     gateways: dict[GatewayKey, GatewayMark],
     *,
     only_unknown: bool,
+    gaps: bool = True,
 ) -> None:
     """Seed the cache, the first-come bindings (with ``only_unknown``, of chargers not bound
-    yet: consuming began) and gap tracking (each gateway's current epoch: the epoch of its
-    newest reading, and that epoch's highest seq; a gateway tracked already keeps its track)."""
+    yet: consuming began) and, with ``gaps``, gap tracking (each gateway's current epoch: the
+    epoch of its newest reading, and that epoch's highest seq; a gateway tracked already keeps
+    its track).
+
+    Once consuming began, gap tracking is seeded only from points older than the recent window:
+    a seed read from storage while this bridge's own batches are stored but not yet observed
+    would put the gateway's high above seqs still to be observed, and hide their gaps."""
     for charger, seen in chargers.items():
         state.lvc.offer(charger, Stamp(seen.ts_ns, seen.seq, seen.gateway_id))
         if not only_unknown or state.bindings.get(charger) is None:
             state.bindings.seed(charger, seen.gateway_id)
+    if not gaps:
+        return
     for gateway, (epoch, mark) in current_epochs(gateways).items():
         state.gaps.seed(gateway, epoch, mark.high, mark.high_ts)
 
@@ -245,13 +255,15 @@ async def complete_warm_up(
     for its highest: ``max()`` over a week costs seconds per million points) seeded where
     nothing newer is known and written to the state by ``write`` (lines of retention
     policy ``keep``, with this bridge's tag), so the next start finds them there."""
-    found = await _seed_recent(state, client, max_backoff_s, newest, window_s, only_unknown=True)
+    found, recent = await _seed_recent(
+        state, client, max_backoff_s, newest, window_s, only_unknown=True
+    )
     if found or state_found:
         return
     now = datetime.now(UTC)
     until = now - timedelta(seconds=window_s)
     oldest = now - timedelta(seconds=history_s)
-    known: set[str] = set()
+    known = recent  # a gateway of the window: tracked from its readings, not seeded from history
     steps = 0
     while until > oldest:
         since = max(oldest, until - BACKFILL_STEP)
