@@ -36,6 +36,7 @@ from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
 from processor.state.newest import NewestState
 from processor.state.storage import (
+    WarmUp,
     complete_warm_up,
     confirm_gaps_forever,
     refresh_bindings_forever,
@@ -81,7 +82,7 @@ class Processor:
         #: This bridge's points of the newest-stored state (written with each batch).
         self.newest = NewestState(name)
         #: What the warm-up left to do after consuming began (None: nothing).
-        self._rest_of_warm_up: tuple[InfluxQL, float, float, float, bool] | None = None
+        self._rest_of_warm_up: tuple[InfluxQL, float, float, float, WarmUp] | None = None
         state.watch(metrics)
 
     @classmethod
@@ -159,7 +160,7 @@ class Processor:
             self.state, storage, max_backoff_s, self.newest, budget_s=budget_s, window_s=window_s
         )
         if not done.complete:
-            self._rest_of_warm_up = (storage, window_s, history_s, max_backoff_s, done.state_found)
+            self._rest_of_warm_up = (storage, window_s, history_s, max_backoff_s, done)
 
     async def run(
         self, storage: InfluxQL, gap_grace_s: float, bindings_refresh_s: float | None = None
@@ -168,7 +169,7 @@ class Processor:
         gap confirmation and (every ``bindings_refresh_s``) the bindings store's refresh."""
         async with asyncio.TaskGroup() as tg:
             if self._rest_of_warm_up is not None:
-                client, window_s, history_s, backoff_s, state_found = self._rest_of_warm_up
+                client, window_s, history_s, backoff_s, done = self._rest_of_warm_up
                 tg.create_task(
                     complete_warm_up(
                         self.state,
@@ -176,7 +177,7 @@ class Processor:
                         self.newest,
                         functools.partial(self.influx.write, rp=KEEP_RP),
                         window_s,
-                        state_found,
+                        done,
                         history_s,
                         backoff_s,
                     ),

@@ -73,12 +73,19 @@ async def _query_with_retry(client: InfluxQL, q: str, max_backoff_s: float) -> l
 
 @dataclass(frozen=True, slots=True)
 class WarmUp:
-    """How the bounded warm-up went: ``complete`` (all read within the budget) and
-    ``state_found`` (the newest-stored state held something: else the database was written by
-    a version without it, and older history is read in the background)."""
+    """How the bounded warm-up went: ``read`` (the state and the window were read within the
+    budget), ``state_found`` (the newest-stored state held something: else the database was
+    written by a version without it, and older history is read in the background) and the
+    ``gateways`` known from either."""
 
-    complete: bool
+    read: bool
     state_found: bool
+    gateways: frozenset[str] = frozenset()
+
+    @property
+    def complete(self) -> bool:
+        """Nothing is left for :func:`complete_warm_up`."""
+        return self.read and self.state_found
 
 
 async def warm_up(
@@ -95,10 +102,10 @@ async def warm_up(
     not written yet), then load the bindings store: reads bounded by chargers x bridges and by
     the window, never by history. Gives up after ``budget_s`` (InfluxDB unavailable or slow):
     the bridge consumes anyway, :func:`complete_warm_up` finishes in the background."""
-    found = False
+    found, recent = False, set[str]()
     try:
         async with asyncio.timeout(budget_s):
-            found, _ = await _seed_recent(state, client, max_backoff_s, newest, window_s)
+            found, recent = await _seed_recent(state, client, max_backoff_s, newest, window_s)
             if not await load_bindings_store(state.bindings, client, None, max_backoff_s):
                 log.error(
                     "bindings store refused: only the file's bindings hold until a refresh reads it"
@@ -107,9 +114,9 @@ async def warm_up(
         log.warning(
             "warm-up not done within %.0fs: consuming; it goes on in the background", budget_s
         )
-        return WarmUp(complete=False, state_found=found)
+        return WarmUp(read=False, state_found=found)
     log.info("bindings (%s): %s", state.bindings.mode, state.bindings.status())
-    return WarmUp(complete=found, state_found=found)
+    return WarmUp(read=True, state_found=found, gateways=frozenset(recent))
 
 
 async def _seed_recent(
@@ -243,22 +250,53 @@ async def complete_warm_up(
     newest: NewestState,
     write: WriteLines,
     window_s: float,
-    state_found: bool,
+    done: WarmUp,
+    history_s: float = 366 * 86400.0,
+    max_backoff_s: float = 30.0,
+) -> None:
+    """:func:`_complete_warm_up`, tried again after any InfluxDB error (capped backoff) until it
+    is done: a task of the processor, which must not stop the bridge (InfluxDB shutting down
+    answers "query engine shutdown", which is no ``InfluxUnavailable``)."""
+    delay = 0.5
+    while True:
+        try:
+            await _complete_warm_up(
+                state, client, newest, write, window_s, done, history_s, max_backoff_s
+            )
+        except InfluxError as exc:
+            log.warning("warm-up in the background: %s; trying again in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+        else:
+            return
+
+
+async def _complete_warm_up(
+    state: State,
+    client: InfluxQL,
+    newest: NewestState,
+    write: WriteLines,
+    window_s: float,
+    done: WarmUp,
     history_s: float = 366 * 86400.0,
     max_backoff_s: float = 30.0,
 ) -> None:
     """What the bounded warm-up left, in the background while the bridge consumes (a task of
-    the processor): the state and window again if they were not read in time; and, on a
+    the processor): the state and window again if they were not read in time (then a
+    charger's first reading stored meanwhile may be seeded before this bridge offers it, and not
+    published on the live feed: ``latest`` answers it from InfluxDB); and, on a
     database written by a version without the newest-stored state, the older history in steps
     of ``BACKFILL_STEP`` back to ``history_s`` (newest first), each step's chargers and gateways
     (a gateway: its newest point of the newest step that holds one, that point's seq standing
     for its highest: ``max()`` over a week costs seconds per million points) seeded where
     nothing newer is known and written to the state by ``write`` (lines of retention
     policy ``keep``, with this bridge's tag), so the next start finds them there."""
-    found, recent = await _seed_recent(
-        state, client, max_backoff_s, newest, window_s, only_unknown=True
-    )
-    if found or state_found:
+    found, recent = done.state_found, set(done.gateways)
+    if not done.read:
+        found, recent = await _seed_recent(
+            state, client, max_backoff_s, newest, window_s, only_unknown=True
+        )
+    if found:
         return
     now = datetime.now(UTC)
     until = now - timedelta(seconds=window_s)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from processor.state import State
 from processor.state.newest import NewestState
-from processor.state.storage import complete_warm_up, warm_up
+from processor.state.storage import WarmUp, complete_warm_up, warm_up
 from telemetry_common.influx_query import Series
 from telemetry_common.newest_state import (
     ChargerMark,
@@ -140,7 +140,7 @@ async def test_a_database_without_the_state_is_read_back_in_the_background() -> 
         return {}
 
     await complete_warm_up(
-        state, influx, NewestState("b1"), write, 3600, False, history_s=3 * 7 * 86400
+        state, influx, NewestState("b1"), write, 3600, WarmUp(False, False), history_s=3 * 7 * 86400
     )
     readings = [q for q in influx.queries if 'FROM "readings"' in q]
     assert all("time >= " in q for q in readings)
