@@ -89,7 +89,12 @@ async def run_bridge(settings: BridgeSettings, stop: asyncio.Event | None = None
         )
         # The API creates it too; whoever comes first (the store is read through it).
         await create_retention_policy(settings.influx, KEEP_RP)
-        await processor.warm_up(storage, settings.max_backoff_s)
+        await processor.warm_up(
+            storage,
+            settings.max_backoff_s,
+            budget_s=settings.warmup_budget_s,
+            window_s=settings.warmup_window_s,
+        )
         server = None
         if settings.http_port:
             routes = http.ops_routes(processor, client)

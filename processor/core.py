@@ -12,6 +12,7 @@ Only what InfluxDB holds may become a charger's latest value or close a seq gap.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,17 +32,25 @@ from processor.outputs.deadletters import (
 from processor.outputs.influx import InfluxOutput, cardinality_limit
 from processor.outputs.late import late_lines
 from processor.outputs.live import LiveFeed
-from processor.prepare import Message, PreparedBatch, Preparer
+from processor.prepare import Message, PreparedBatch, Preparer, Segment
 from processor.settings import ProcessorSettings
 from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
-from processor.state.storage import confirm_gaps_forever, refresh_bindings_forever, warm_up
+from processor.state.newest import NewestState
+from processor.state.storage import (
+    WarmUp,
+    complete_warm_up,
+    confirm_gaps_forever,
+    refresh_bindings_forever,
+    warm_up,
+)
 from processor.validate import INFLUX_REJECTED, LIMIT_EXCEEDED, Rejected
 from telemetry_common.deadletters import OUTCOME_STORED, outcome_deadlettered
 from telemetry_common.influx_query import InfluxQL
 from telemetry_common.influx_write import InfluxWriter
 from telemetry_common.mqtt import AsyncMqttClient
+from telemetry_common.newest_state import ChargerMark
 from telemetry_common.schema import READING_ROW_VALIDATOR, ReadingRow
 from telemetry_common.storage import KEEP_RP
 from telemetry_common.topics import Topics
@@ -77,6 +86,10 @@ class Processor:
         self.live = live
         self.metrics = metrics
         self.acks = acks
+        #: This bridge's points of the newest-stored state (written with each batch).
+        self.newest = NewestState(name)
+        #: What the warm-up left to do after consuming began (None: nothing).
+        self._rest_of_warm_up: tuple[InfluxQL, float, float, float, WarmUp] | None = None
         state.watch(metrics)
 
     @classmethod
@@ -142,13 +155,30 @@ class Processor:
             horizon=Horizon(window, settings, database),
         )
 
-    async def warm_up(self, storage: InfluxQL, max_backoff_s: float) -> None:
-        """Seed the state from what InfluxDB holds, and read the raw retention (the
-        ``ts_too_old`` horizon), before the first batch; the chargers whose newest reading is
-        stored are their gateways' for the limits (never "new" again)."""
+    async def warm_up(
+        self,
+        storage: InfluxQL,
+        max_backoff_s: float,
+        budget_s: float = 30.0,
+        window_s: float = 3600.0,
+        history_s: float | None = None,
+    ) -> None:
+        """Read the raw retention (the ``ts_too_old`` horizon) and seed the state from the
+        newest-stored state and a recent window of InfluxDB (before the first batch, within
+        ``budget_s``); what is left is done by :meth:`run` (older history back to ``history_s``
+        on a database without the state; default: the ``ts_too_old`` horizon). The chargers
+        whose newest reading is known then are their gateways' for the limits (never "new"
+        again)."""
         if self.horizon is not None:
             await self.horizon.refresh(storage)
-        await warm_up(self.state, storage, max_backoff_s)
+        done = await warm_up(
+            self.state, storage, max_backoff_s, self.newest, budget_s=budget_s, window_s=window_s
+        )
+        if not done.complete:
+            if history_s is None:  # back to the ts_too_old horizon: nothing older is accepted
+                window = self.horizon.window if self.horizon is not None else None
+                history_s = window.max_age.total_seconds() if window else 366 * 86400.0
+            self._rest_of_warm_up = (storage, window_s, history_s, max_backoff_s, done)
         known = self.state.limits.seed(self.state.lvc.gateways())
         log.info("limits: %d chargers known of their gateways", known)
 
@@ -161,6 +191,21 @@ class Processor:
         async with asyncio.TaskGroup() as tg:
             if self.horizon is not None:
                 tg.create_task(self.horizon.run(storage), name="ts-horizon")
+            if self._rest_of_warm_up is not None:
+                client, window_s, history_s, backoff_s, done = self._rest_of_warm_up
+                tg.create_task(
+                    complete_warm_up(
+                        self.state,
+                        client,
+                        self.newest,
+                        functools.partial(self.influx.write, rp=KEEP_RP),
+                        window_s,
+                        done,
+                        history_s,
+                        backoff_s,
+                    ),
+                    name="warm-up",
+                )
             if bindings_refresh_s is not None:
                 tg.create_task(
                     refresh_bindings_forever(self.state.bindings, storage, bindings_refresh_s),
@@ -230,9 +275,15 @@ class Processor:
         self.metrics.stored.inc(len(lines) - len(refused_at))
         for limit, n in batch.limits.items():
             self.metrics.limit_exceeded.labels(limit).inc(n)
-        if batch.registry:  # what chargers said about themselves at boot, kept for good
-            for line, why in (await self.influx.write(batch.registry, rp=KEEP_RP)).items():
-                log.error("InfluxDB refused a charger registry point (%s): %s", why, line[:200])
+        newest = batch.newest
+        if refused_at:
+            newest = self._newest_stored(batch, refused_at)
+        # What chargers said about themselves at boot, and the newest-stored state this batch
+        # advanced: both kept for good, in one request, before the batch is acknowledged.
+        keep = batch.registry + self._state_lines(batch, newest, refused_at)
+        if keep:
+            for line, why in (await self.influx.write(keep, rp=KEEP_RP)).items():
+                log.error("InfluxDB refused a point of keep (%s): %s", why, line[:200])
         # Durable first: a dead letter's seqs are handled (acknowledged below) only once it is
         # stored whole; a gateway with one that is not is acknowledged nothing of this batch
         # (it sends the batch again: a replay is harmless, a lost reading is not).
@@ -270,13 +321,30 @@ class Processor:
             gaps.observe_all(seg.gateway_id, seqs, nss, now, seg.epoch)
         if batch.replays:
             await self._replayed(batch)
-        newest = batch.newest
-        if refused_at:
-            newest = self._newest_stored(batch, refused_at)
         lvc = self.state.lvc
         for charger_id, (ns, seq, gateway_id, row, _) in newest.items():
             if lvc.offer(charger_id, Stamp(ns, seq, gateway_id)):
                 self.live.offer(gateway_id, row)
+
+    def _state_lines(
+        self,
+        batch: PreparedBatch,
+        newest: dict[str, tuple[int, int, str, ReadingRow, int]],
+        refused_at: set[int],
+    ) -> list[str]:
+        """The newest-stored state's points that this batch's stored readings advance."""
+
+        def stored(seg: Segment) -> tuple[tuple[str, str | None], list[int], list[int]]:
+            seqs, nss = seg.seqs, seg.nss
+            if refused_at:
+                kept = [j for j in range(len(seqs)) if seg.first + j not in refused_at]
+                seqs, nss = [seqs[j] for j in kept], [nss[j] for j in kept]
+            return (seg.gateway_id, seg.epoch), seqs, nss
+
+        return self.newest.lines(
+            ((c, ChargerMark(ns, seq, gw)) for c, (ns, seq, gw, _, _) in newest.items()),
+            (stored(seg) for seg in batch.segments if not seg.replay),
+        )
 
     async def _replayed(self, batch: PreparedBatch) -> None:
         """Write each replay's outcome onto its dead letter (the message is acknowledged to

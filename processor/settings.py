@@ -82,6 +82,14 @@ class ProcessorSettings(BaseModel):
     above 2^53-1): one absurd seq would otherwise blind gap tracking of that epoch for good
     (every later seq would look like a late one). 10^12 is 30 years of 1,000 readings/s, far
     beyond any outage an outbox's budget drops."""
+    warmup_budget_s: float = Field(default=20.0, gt=0)
+    """At start, the warm-up (the newest-stored state, a recent window of readings, the bindings
+    store) is given this long, InfluxDB retries included; then the bridge consumes anyway and
+    the warm-up goes on in the background (docs/bridge.md#warm-up)."""
+    warmup_window_s: float = Field(default=3600.0, gt=0)
+    """The warm-up also reads the readings of this last window (what another bridge stored but
+    whose newest-stored state point was not written yet, and every recent charger of a database
+    written by a version without that state)."""
     gap_grace_s: float = Field(default=30.0, gt=0)
     """A suspected seq gap is checked against InfluxDB after this long (other bridges of the share
     group may have stored the readings), and again at this interval while open."""

@@ -5,8 +5,10 @@ gaps, so the API numbers the readings of each ingest gateway itself (the client'
 any, is replaced):
 
 - The first ingest for a gateway after a start continues from the highest of: the seq InfluxDB
-  holds for that gateway, and the last one recorded in ``TELEMETRY_API_INGEST_SEQ_FILE``. The
-  file covers readings the broker accepted but the bridge has not stored yet.
+  holds for that gateway (the newest-stored state and the last hour's readings; all its history
+  only when neither knows the gateway nor the file does), and the last one recorded in
+  ``TELEMETRY_API_INGEST_SEQ_FILE``. The file covers readings the broker accepted but the
+  bridge has not stored yet.
 - Requests of one gateway are numbered one at a time (a lock per gateway held across the
   publish), so seqs reach the broker in order.
 - A reservation is written to the file before publishing. If the broker certainly did not take
@@ -31,6 +33,7 @@ from query_api.settings import ApiSettings
 from telemetry_common import influxql
 from telemetry_common.errors import ConfigError
 from telemetry_common.influx_query import InfluxQL
+from telemetry_common.newest_state import gateway_highest_seq
 from telemetry_common.settings import env_name
 
 
@@ -64,10 +67,14 @@ class SeqAllocator:
             await self._record(gateway_id, first - 1)
 
     async def _start(self, gateway_id: str) -> int:
-        series = await self._influx.query(influxql.gateway_highest_seq_query(gateway_id))
-        stored = max((int(r["seq"]) for s in series for r in s.rows() if r.get("seq") is not None),
-                     default=0)  # fmt: skip
-        return max(stored, self._recorded.get(gateway_id, 0)) + 1
+        stored = await gateway_highest_seq(self._influx, gateway_id)
+        if stored is None and gateway_id not in self._recorded:
+            # Neither the state nor the recent window nor the file knows it: a new gateway (the
+            # index answers at once) or one of a database written before the state.
+            series = await self._influx.query(influxql.gateway_highest_seq_query(gateway_id))
+            seqs = [r.get("seq") for s in series for r in s.rows()]
+            stored = max((int(x) for x in seqs if x is not None), default=0)
+        return max(stored or 0, self._recorded.get(gateway_id, 0)) + 1
 
     def _load(self) -> dict[str, int]:
         if self._file is None or not self._file.is_file():

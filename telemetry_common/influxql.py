@@ -26,6 +26,8 @@ from telemetry_common.storage import (
     DEADLETTER_MEASUREMENT,
     KEEP_RP,
     MEASUREMENT,
+    NEWEST_CHARGER_MEASUREMENT,
+    NEWEST_GATEWAY_MEASUREMENT,
     RESERVED_VALUE_KEYS,
     ROLLUP_1H_MEASUREMENT,
     ROLLUP_1H_RP,
@@ -189,16 +191,42 @@ def history_query(
     )
 
 
-def newest_per_charger_query() -> str:
-    """Per (charger, gateway): the time and ``seq`` of the newest stored point.
+def _time_range(since: datetime | None, until: datetime | None) -> list[str]:
+    """The conditions of ``since <= time < until`` (either bound may be absent)."""
+    where = []
+    if since is not None:
+        where.append(f"time >= {time_literal(since)}")
+    if until is not None:
+        where.append(f"time < {time_literal(until)}")
+    return where
 
-    The processor warms its last-value cache and its charger bindings from this at start.
-    """
+
+def _where(conditions: list[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def newest_per_charger_query(since: datetime | None = None, until: datetime | None = None) -> str:
+    """Per (charger, gateway): the time and ``seq`` of the newest stored point, among the points
+    in ``[since, until)`` (all time when both are None: a scan of every shard, which start-up
+    and the API's sweeps no longer do; they read :func:`newest_chargers_state_query` and a
+    recent window)."""
     return (
         f"SELECT last({quote_ident('seq')}) AS {quote_ident('seq')} "
-        f"FROM {quote_ident(MEASUREMENT)} "
+        f"FROM {quote_ident(MEASUREMENT)}{_where(_time_range(since, until))} "
         f"GROUP BY {quote_ident('charger_id')}, {quote_ident('gateway_id')}"
     )
+
+
+def newest_chargers_state_query() -> str:
+    """Every point of the newest-stored state per charger (one per charger and bridge: tags
+    bridge, charger_id; fields ts, seq, gateway_id)."""
+    return f"SELECT * FROM {quote_ident(KEEP_RP)}.{quote_ident(NEWEST_CHARGER_MEASUREMENT)}"
+
+
+def newest_gateways_state_query() -> str:
+    """Every point of the newest-stored state per gateway epoch (one per gateway, epoch and
+    bridge: tags bridge, gateway_id, epoch; fields newest_ts, high, high_ts)."""
+    return f"SELECT * FROM {quote_ident(KEEP_RP)}.{quote_ident(NEWEST_GATEWAY_MEASUREMENT)}"
 
 
 def _epoch_literal(epoch: str) -> str:
@@ -207,34 +235,47 @@ def _epoch_literal(epoch: str) -> str:
     return quote_string(epoch)
 
 
-def newest_seq_per_gateway_query() -> str:
-    """Per gateway: its newest stored point (by time) with its ``seq`` and ``epoch`` (null when
-    it has none): the epoch a gateway sends with now (warm-up of gap tracking)."""
+def newest_seq_per_gateway_query(
+    since: datetime | None = None, until: datetime | None = None
+) -> str:
+    """Per gateway: its newest stored point (by time) in ``[since, until)`` with its ``seq`` and
+    ``epoch`` (null when it has none): the epoch a gateway sends with now (warm-up of gap
+    tracking)."""
     return (
         f"SELECT last({quote_ident('seq')}) AS {quote_ident('seq')}, {quote_ident('epoch')} "
-        f"FROM {quote_ident(MEASUREMENT)} GROUP BY {quote_ident('gateway_id')}"
-    )
-
-
-def highest_seq_per_gateway_query() -> str:
-    """Per gateway: the highest stored ``seq`` up to ``MAX_SEQ``, its time and its ``epoch``
-    (seeds gap tracking at start; a larger seq stored before it was refused is ignored)."""
-    return (
-        f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')}, {quote_ident('epoch')} "
-        f"FROM {quote_ident(MEASUREMENT)} WHERE {quote_ident('seq')} <= {MAX_SEQ} "
+        f"FROM {quote_ident(MEASUREMENT)}{_where(_time_range(since, until))} "
         f"GROUP BY {quote_ident('gateway_id')}"
     )
 
 
-def highest_seq_of_epoch_query(gateway_id: str, epoch: str) -> str:
-    """The highest stored ``seq`` (up to ``MAX_SEQ``) of ``gateway_id``'s ``epoch``, and its
-    time."""
+def highest_seq_per_gateway_query(
+    since: datetime | None = None, until: datetime | None = None
+) -> str:
+    """Per gateway: the highest stored ``seq`` up to ``MAX_SEQ`` in ``[since, until)``, its time
+    and its ``epoch`` (seeds gap tracking at start; a larger seq stored before it was refused is
+    ignored)."""
+    where = [f"{quote_ident('seq')} <= {MAX_SEQ}", *_time_range(since, until)]
+    return (
+        f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')}, {quote_ident('epoch')} "
+        f"FROM {quote_ident(MEASUREMENT)}{_where(where)} "
+        f"GROUP BY {quote_ident('gateway_id')}"
+    )
+
+
+def highest_seq_of_epoch_query(
+    gateway_id: str, epoch: str, since: datetime | None = None, until: datetime | None = None
+) -> str:
+    """The highest stored ``seq`` (up to ``MAX_SEQ``) of ``gateway_id``'s ``epoch`` in
+    ``[since, until)``, and its time."""
+    where = [
+        f"{quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))}",
+        f"{quote_ident('epoch')} = {_epoch_literal(epoch)}",
+        f"{quote_ident('seq')} <= {MAX_SEQ}",
+        *_time_range(since, until),
+    ]
     return (
         f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')} "
-        f"FROM {quote_ident(MEASUREMENT)} "
-        f"WHERE {quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))} "
-        f"AND {quote_ident('epoch')} = {_epoch_literal(epoch)} "
-        f"AND {quote_ident('seq')} <= {MAX_SEQ}"
+        f"FROM {quote_ident(MEASUREMENT)}{_where(where)}"
     )
 
 
@@ -301,12 +342,24 @@ def count_readings_query(start: datetime, end: datetime, status: str | None = No
     return f"SELECT count({quote_ident('seq')}) FROM {quote_ident(MEASUREMENT)} WHERE {where}"
 
 
-def gateway_highest_seq_query(gateway_id: str) -> str:
-    """The highest stored ``seq`` of one gateway (the API numbers HTTP-ingested readings on)."""
+def gateway_highest_seq_query(gateway_id: str, since: datetime | None = None) -> str:
+    """The highest stored ``seq`` of one gateway among its points since ``since`` (all time when
+    None) (the API numbers HTTP-ingested readings on)."""
+    where = [
+        f"{quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))}",
+        *_time_range(since, None),
+    ]
     return (
         f"SELECT max({quote_ident('seq')}) AS {quote_ident('seq')} "
-        f"FROM {quote_ident(MEASUREMENT)} "
-        f"WHERE {quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))}"
+        f"FROM {quote_ident(MEASUREMENT)}{_where(where)}"
+    )
+
+
+def gateway_state_query(gateway_id: str) -> str:
+    """The newest-stored state of one gateway's epochs (every bridge's point)."""
+    return (
+        f"{newest_gateways_state_query()} WHERE "
+        f"{quote_ident('gateway_id')} = {quote_string(check_id('gateway id', gateway_id))}"
     )
 
 

@@ -16,6 +16,19 @@ BINDINGS_MEASUREMENT: Final = "bindings"
 #: The retention policy of what must outlive raw readings (duration INF; on the v2 API, the
 #: bucket ``{bucket}_keep``).
 KEEP_RP: Final = "keep"
+#: The newest-stored state (docs/design.md#newest-stored-state), in retention policy ``KEEP_RP``,
+#: written by each bridge with every batch it commits, before the batch is acknowledged, for what
+#: the batch advanced. ONE point per series, at time ``NEWEST_STATE_TS`` (a write overwrites it),
+#: so reading the whole state costs chargers (or gateway epochs) x bridges, not history. Several
+#: bridges commit the same charger's batches interleaved: each keeps its own series (tag
+#: ``bridge``, its public name as in ``seqgaps``) and readers take the newest over bridges.
+#: Per charger: tags bridge, charger_id; fields ts (ns), seq (integer), gateway_id (string).
+NEWEST_CHARGER_MEASUREMENT: Final = "newest_chargers"
+#: Per gateway epoch: tags bridge, gateway_id, epoch (absent: a gateway without epochs); fields
+#: newest_ts (ns of the newest reading by time), high (the highest seq), high_ts (its ts, ns).
+NEWEST_GATEWAY_MEASUREMENT: Final = "newest_gateways"
+#: The timestamp of every newest-state point (1970-01-01: one shard group in ``KEEP_RP``).
+NEWEST_STATE_TS: Final = 0
 #: Alarms (docs/alarms.md): one point per occurrence, time = when it was raised; tags kind,
 #: subject; fields id, severity, detail, active (bool) and, once cleared, cleared_at (ns).
 ALARM_MEASUREMENT: Final = "alarms"

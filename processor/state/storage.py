@@ -15,12 +15,14 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from processor.state import State
 from processor.state.bindings import Bindings
 from processor.state.lvc import Stamp
+from processor.state.newest import NewestState
 from telemetry_common.bindings import no_store_yet, store_changes
 from telemetry_common.influx_query import InfluxError, InfluxQL, InfluxUnavailable, Series
 from telemetry_common.influx_write import tag_str
@@ -29,8 +31,20 @@ from telemetry_common.influxql import (
     count_seq_range_query,
     highest_seq_of_epoch_query,
     highest_seq_per_gateway_query,
+    newest_chargers_state_query,
+    newest_gateways_state_query,
     newest_per_charger_query,
     newest_seq_per_gateway_query,
+)
+from telemetry_common.newest_state import (
+    ChargerMark,
+    GatewayKey,
+    GatewayMark,
+    charger_marks,
+    charger_rows,
+    current_epochs,
+    gateway_marks,
+    offer_charger,
 )
 from telemetry_common.schema import EPOCH_SHAPE
 from telemetry_common.storage import SEQGAP_MEASUREMENT, SEQGAP_REFRESH_S
@@ -57,27 +71,262 @@ async def _query_with_retry(client: InfluxQL, q: str, max_backoff_s: float) -> l
             delay = min(delay * 2, max_backoff_s)
 
 
-async def warm_up(state: State, client: InfluxQL, max_backoff_s: float) -> None:
-    """Seed the last-value cache, the bindings and gap tracking from what InfluxDB holds."""
-    series = await _query_with_retry(client, newest_per_charger_query(), max_backoff_s)
-    newest: dict[str, Stamp] = {}
-    for s in series:
-        charger, gateway = s.tags.get("charger_id"), s.tags.get("gateway_id")
-        if not charger or not gateway:
-            continue
-        for row in s.rows():
-            stamp = Stamp(int(row["time"]), int(row["seq"]), gateway)
-            held = newest.get(charger)
-            if held is None or (held.ts_ns, held.seq) < (stamp.ts_ns, stamp.seq):
-                newest[charger] = stamp
-    for charger, stamp in newest.items():
-        state.lvc.offer(charger, stamp)
-        state.bindings.seed(charger, stamp.gateway_id)
-    seeded = await _seed_gaps(state, client, max_backoff_s)
-    log.info("warm-up: %d chargers, %d gateways known from InfluxDB", len(newest), seeded)
-    if not await load_bindings_store(state.bindings, client, None, max_backoff_s):
-        log.error("bindings store refused: only the file's bindings hold until a refresh reads it")
+@dataclass(frozen=True, slots=True)
+class WarmUp:
+    """How the bounded warm-up went: ``read`` (the state and the window were read within the
+    budget), ``state_found`` (the newest-stored state held something: else the database was
+    written by a version without it, and older history is read in the background) and the
+    ``gateways`` known from either."""
+
+    read: bool
+    state_found: bool
+    gateways: frozenset[str] = frozenset()
+
+    @property
+    def complete(self) -> bool:
+        """Nothing is left for :func:`complete_warm_up`."""
+        return self.read and self.state_found
+
+
+async def warm_up(
+    state: State,
+    client: InfluxQL,
+    max_backoff_s: float,
+    newest: NewestState | None = None,
+    *,
+    budget_s: float = 30.0,
+    window_s: float = 3600.0,
+) -> WarmUp:
+    """Seed the last-value cache, the bindings and gap tracking from the newest-stored state and
+    the raw points of the last ``window_s`` (what another bridge stored but whose state point is
+    not written yet), then load the bindings store: reads bounded by chargers x bridges and by
+    the window, never by history. Gives up after ``budget_s`` (InfluxDB unavailable or slow):
+    the bridge consumes anyway, :func:`complete_warm_up` finishes in the background."""
+    found, recent = False, set[str]()
+    try:
+        async with asyncio.timeout(budget_s):
+            found, recent = await _seed_recent(state, client, max_backoff_s, newest, window_s)
+            if not await load_bindings_store(state.bindings, client, None, max_backoff_s):
+                log.error(
+                    "bindings store refused: only the file's bindings hold until a refresh reads it"
+                )
+    except TimeoutError:
+        log.warning(
+            "warm-up not done within %.0fs: consuming; it goes on in the background", budget_s
+        )
+        return WarmUp(read=False, state_found=found)
     log.info("bindings (%s): %s", state.bindings.mode, state.bindings.status())
+    return WarmUp(read=True, state_found=found, gateways=frozenset(recent))
+
+
+async def _seed_recent(
+    state: State,
+    client: InfluxQL,
+    max_backoff_s: float,
+    newest: NewestState | None,
+    window_s: float,
+    *,
+    only_unknown: bool = False,
+) -> tuple[bool, set[str]]:
+    """Seed from the state and the recent window; returns whether the state held anything, and
+    the gateways known from either (with ``only_unknown``, consuming began: gap tracking is not
+    seeded, see :func:`_apply`)."""
+    q_chargers, q_gateways = newest_chargers_state_query(), newest_gateways_state_query()
+    chargers = charger_marks(await _state_rows(client, q_chargers, max_backoff_s))
+    gateways = gateway_marks(await _state_rows(client, q_gateways, max_backoff_s))
+    found = bool(chargers or gateways)
+    if newest is not None:
+        newest.seed(chargers, gateways)
+    since = datetime.now(UTC) - timedelta(seconds=window_s)
+    recent = await _query_with_retry(client, newest_per_charger_query(since), max_backoff_s)
+    for charger, seen in charger_rows(recent).items():
+        offer_charger(chargers, charger, seen)
+    for key, gw_mark in (await _gateway_window(client, max_backoff_s, since, None)).items():
+        gateways[key] = gw_mark.merged(gateways.get(key))
+    _apply(state, chargers, gateways, only_unknown=only_unknown, gaps=not only_unknown)
+    log.info(
+        "warm-up: %d chargers, %d gateways known (newest-stored state: %s; window %.0fs)",
+        len(chargers),
+        len(current_epochs(gateways)),
+        "found" if found else "empty",
+        window_s,
+    )
+    return found, {g for g, _ in gateways}
+
+
+async def _state_rows(client: InfluxQL, q: str, max_backoff_s: float) -> list[Series]:
+    """The answer to a query of the newest-stored state; none while its retention policy does
+    not exist (nothing was written yet)."""
+    try:
+        return await _query_with_retry(client, q, max_backoff_s)
+    except InfluxError as exc:
+        if no_store_yet(exc):
+            return []
+        raise
+
+
+def _apply(
+    state: State,
+    chargers: dict[str, ChargerMark],
+    gateways: dict[GatewayKey, GatewayMark],
+    *,
+    only_unknown: bool,
+    gaps: bool = True,
+) -> None:
+    """Seed the cache, the first-come bindings (with ``only_unknown``, of chargers not bound
+    yet: consuming began) and, with ``gaps``, gap tracking (each gateway's current epoch: the
+    epoch of its newest reading, and that epoch's highest seq; a gateway tracked already keeps
+    its track).
+
+    Once consuming began, gap tracking is seeded only from points older than the recent window:
+    a seed read from storage while this bridge's own batches are stored but not yet observed
+    would put the gateway's high above seqs still to be observed, and hide their gaps."""
+    for charger, seen in chargers.items():
+        state.lvc.offer(charger, Stamp(seen.ts_ns, seen.seq, seen.gateway_id))
+        if not only_unknown or state.bindings.get(charger) is None:
+            state.bindings.seed(charger, seen.gateway_id)
+    if not gaps:
+        return
+    for gateway, (epoch, mark) in current_epochs(gateways).items():
+        state.gaps.seed(gateway, epoch, mark.high, mark.high_ts)
+
+
+async def _gateway_window(
+    client: InfluxQL,
+    max_backoff_s: float,
+    since: datetime,
+    until: datetime | None,
+    *,
+    highest: bool = True,
+) -> dict[GatewayKey, GatewayMark]:
+    """Per gateway epoch in ``[since, until)``: its newest point and (``highest``) its highest
+    seq; without ``highest`` the newest point's seq stands for it (``last()`` reads the newest
+    block of each series; ``max()`` reads every point of the range).
+
+    A gateway's newest point names its current epoch; its highest seq is usually of that epoch
+    too; one whose outbox was created again (a new epoch numbering from 1) is asked for its
+    epoch's own highest seq. A newest point without an epoch whose highest has one gives the
+    gateway's epoch-less track only (its current numbering cannot be told apart in storage)."""
+    marks: dict[GatewayKey, GatewayMark] = {}
+    q = newest_seq_per_gateway_query(since, until)
+    for s in await _query_with_retry(client, q, max_backoff_s):
+        gateway = s.tags.get("gateway_id")
+        for row in s.rows() if gateway else []:
+            ts, seq = int(row["time"]), int(row["seq"])
+            marks[(str(gateway), _epoch(row.get("epoch")))] = GatewayMark(ts, seq, ts)
+    if not highest:
+        return marks
+    q = highest_seq_per_gateway_query(since, until)
+    for s in await _query_with_retry(client, q, max_backoff_s):
+        gateway = s.tags.get("gateway_id")
+        for row in s.rows() if gateway else []:
+            gw, epoch = str(gateway), _epoch(row.get("epoch"))
+            ts, seq = int(row["time"]), int(row["seq"])
+            current = next((e for g, e in marks if g == gw), None)
+            held = marks.get((gw, current))
+            if epoch == current and held is not None:
+                marks[(gw, epoch)] = GatewayMark(held.newest_ts, seq, ts).merged(held)
+            elif current is None:
+                marks.pop((gw, None), None)  # not seeded: its tracking starts with a reading
+            elif held is not None:
+                found = await _query_with_retry(
+                    client, highest_seq_of_epoch_query(gw, current, since, until), max_backoff_s
+                )
+                rows = found[0].rows() if found else []
+                if rows:
+                    top = GatewayMark(held.newest_ts, int(rows[0]["seq"]), int(rows[0]["time"]))
+                    marks[(gw, current)] = top.merged(held)
+    return marks
+
+
+#: Older history is read back in steps of this (one shard group of a raw retention policy of
+#: more than six months, InfluxDB's default).
+BACKFILL_STEP: Final = timedelta(days=7)
+
+
+async def complete_warm_up(
+    state: State,
+    client: InfluxQL,
+    newest: NewestState,
+    write: WriteLines,
+    window_s: float,
+    done: WarmUp,
+    history_s: float = 366 * 86400.0,
+    max_backoff_s: float = 30.0,
+) -> None:
+    """:func:`_complete_warm_up`, tried again after any InfluxDB error (capped backoff) until it
+    is done: a task of the processor, which must not stop the bridge (InfluxDB shutting down
+    answers "query engine shutdown", which is no ``InfluxUnavailable``)."""
+    delay = 0.5
+    while True:
+        try:
+            await _complete_warm_up(
+                state, client, newest, write, window_s, done, history_s, max_backoff_s
+            )
+        except InfluxError as exc:
+            log.warning("warm-up in the background: %s; trying again in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+        else:
+            return
+
+
+async def _complete_warm_up(
+    state: State,
+    client: InfluxQL,
+    newest: NewestState,
+    write: WriteLines,
+    window_s: float,
+    done: WarmUp,
+    history_s: float = 366 * 86400.0,
+    max_backoff_s: float = 30.0,
+) -> None:
+    """What the bounded warm-up left, in the background while the bridge consumes (a task of
+    the processor): the state and window again if they were not read in time (then a
+    charger's first reading stored meanwhile may be seeded before this bridge offers it, and not
+    published on the live feed: ``latest`` answers it from InfluxDB); and, on a
+    database written by a version without the newest-stored state, the older history in steps
+    of ``BACKFILL_STEP`` back to ``history_s`` (newest first), each step's chargers and gateways
+    (a gateway: its newest point of the newest step that holds one, that point's seq standing
+    for its highest: ``max()`` over a week costs seconds per million points) seeded where
+    nothing newer is known and written to the state by ``write`` (lines of retention
+    policy ``keep``, with this bridge's tag), so the next start finds them there."""
+    found, recent = done.state_found, set(done.gateways)
+    if not done.read:
+        found, recent = await _seed_recent(
+            state, client, max_backoff_s, newest, window_s, only_unknown=True
+        )
+    if found:
+        return
+    now = datetime.now(UTC)
+    until = now - timedelta(seconds=window_s)
+    oldest = now - timedelta(seconds=history_s)
+    known = recent  # a gateway of the window: tracked from its readings, not seeded from history
+    steps = 0
+    while until > oldest:
+        since = max(oldest, until - BACKFILL_STEP)
+        q = newest_per_charger_query(since, until)
+        chargers = charger_rows(await _query_with_retry(client, q, max_backoff_s))
+        gateways = {
+            key: mark
+            for key, mark in (
+                await _gateway_window(client, max_backoff_s, since, until, highest=False)
+            ).items()
+            if key[0] not in known
+        }
+        known.update(g for g, _ in gateways)
+        _apply(state, chargers, gateways, only_unknown=True)
+        lines = newest.lines(
+            chargers.items(),
+            ((key, [m.high, m.high], [m.newest_ts, m.high_ts]) for key, m in gateways.items()),
+        )
+        if lines:
+            refused = await write(lines)
+            if refused:
+                log.error("InfluxDB refused newest-stored state lines: %s", list(refused)[:3])
+        until = since
+        steps += 1
+    log.info("warm-up: older history read (%d steps back to %s)", steps, oldest.isoformat())
 
 
 def store_rows(series: list[Series]) -> dict[str, str]:
@@ -135,41 +384,6 @@ async def refresh_bindings_forever(
 def _epoch(value: object) -> str | None:
     """A stored ``epoch`` field as an epoch (anything else, as a missing field: None)."""
     return value if isinstance(value, str) and _EPOCH.fullmatch(value) else None
-
-
-async def _seed_gaps(state: State, client: InfluxQL, max_backoff_s: float) -> int:
-    """Seed gap tracking with each gateway's current epoch (the epoch of its newest stored
-    point) and the highest seq stored of that epoch; returns how many gateways were seeded.
-
-    Usually the highest seq a gateway ever stored belongs to its current epoch; one whose
-    outbox was created again (a new epoch numbering from 1) is asked for its epoch's own
-    highest seq. A gateway whose newest point has no epoch but whose highest has one is not
-    seeded (its tracking starts with the next reading): its current numbering cannot be told
-    apart in storage.
-    """
-    current: dict[str, str | None] = {}
-    for s in await _query_with_retry(client, newest_seq_per_gateway_query(), max_backoff_s):
-        gateway = s.tags.get("gateway_id")
-        for row in s.rows() if gateway else []:
-            current[str(gateway)] = _epoch(row.get("epoch"))
-    seeded = 0
-    for s in await _query_with_retry(client, highest_seq_per_gateway_query(), max_backoff_s):
-        gateway = s.tags.get("gateway_id")
-        for row in s.rows() if gateway else []:
-            gw = str(gateway)
-            epoch = current.get(gw, _epoch(row.get("epoch")))
-            if _epoch(row.get("epoch")) != epoch:
-                if epoch is None:
-                    continue
-                q = highest_seq_of_epoch_query(gw, epoch)
-                found = await _query_with_retry(client, q, max_backoff_s)
-                rows = found[0].rows() if found else []
-                if not rows:
-                    continue
-                row = rows[0]
-            state.gaps.seed(gw, epoch, int(row["seq"]), int(row["time"]))
-            seeded += 1
-    return seeded
 
 
 #: Writes line protocol, returns the lines refused for good (``InfluxOutput.write``).

@@ -1,5 +1,6 @@
 """The charger index behind ``GET /v1/chargers``: the newest point per charger in InfluxDB
-(cached for ``chargers_cache_s``), merged with the live mirror (newer wins).
+(the newest-stored state and a recent window: :func:`telemetry_common.newest_state.
+newest_chargers`; cached for ``chargers_cache_s``), merged with the live mirror (newer wins).
 
 The same answer confirms the live mirror in bulk (:mod:`query_api.latest.sweep`).
 """
@@ -12,8 +13,8 @@ from datetime import datetime
 
 from query_api.latest.mirror import LiveMirror
 from query_api.readings import from_epoch_ns
-from telemetry_common import influxql
-from telemetry_common.influx_query import InfluxQL, Series
+from telemetry_common.influx_query import InfluxQL
+from telemetry_common.newest_state import ChargerMark, newest_chargers
 
 #: Mirror entries confirmed between two yields to the event loop.
 SWEEP_SLICE = 1000
@@ -32,25 +33,12 @@ class Seen:
         return self.last_seen, self.seq if self.seq is not None else -1
 
 
-async def _newest_per_charger(series: list[Series]) -> dict[str, Seen]:
+async def _seen(marks: dict[str, ChargerMark]) -> dict[str, Seen]:
     stored: dict[str, Seen] = {}
-    for i, s in enumerate(series, start=1):
+    for i, (charger, mark) in enumerate(marks.items(), start=1):
         if i % SWEEP_SLICE == 0:
             await asyncio.sleep(0)
-        charger = s.tags.get("charger_id")
-        if not charger:
-            continue
-        for row in s.rows():
-            seq = row.get("seq")
-            seen = Seen(
-                charger,
-                s.tags.get("gateway_id"),
-                from_epoch_ns(int(row["time"])),
-                int(seq) if isinstance(seq, int | float) else None,
-            )
-            held = stored.get(charger)
-            if held is None or held.order < seen.order:
-                stored[charger] = seen
+        stored[charger] = Seen(charger, mark.gateway_id, from_epoch_ns(mark.ts_ns), mark.seq)
     return stored
 
 
@@ -67,10 +55,10 @@ class ChargerIndex:
         async with self._lock:
             if self._loaded_at >= mono or (not fresh and mono - self._loaded_at <= self._ttl_s):
                 return self._stored
-            # 10,000 chargers are 10,000 series: streamed, and read in slices (a request
-            # waits a few milliseconds at most, not the ~100 ms of the whole answer).
-            series = await influx.query_chunked(influxql.newest_per_charger_query())
-            stored = await _newest_per_charger(series)
+            # The newest-stored state and a recent window, not a scan of all history; 10,000
+            # chargers are 10,000 series: streamed, and read in slices (a request waits a few
+            # milliseconds at most, not the ~100 ms of the whole answer).
+            stored = await _seen(await newest_chargers(influx))
             self._stored, self._loaded_at = stored, mono
             return stored
 

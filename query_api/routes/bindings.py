@@ -33,7 +33,8 @@ from telemetry_common.bindings import no_store_yet, store_changes
 from telemetry_common.ids import ID_PATTERN, Id
 from telemetry_common.influx_query import InfluxError, InfluxQL, Series
 from telemetry_common.influx_write import InfluxWriter, WriteError, create_retention_policy
-from telemetry_common.influxql import bindings_query, newest_per_charger_query
+from telemetry_common.influxql import bindings_query
+from telemetry_common.newest_state import newest_chargers
 from telemetry_common.schema import format_ts
 from telemetry_common.storage import BINDINGS_MEASUREMENT, KEEP_RP
 
@@ -122,15 +123,9 @@ async def _store(influx: InfluxQL, charger_id: str | None = None) -> dict[str, B
 
 async def _learned(influx: InfluxQL) -> dict[str, Binding]:
     """First-come: each charger's gateway of its newest stored reading (as the bridges warm)."""
-    newest: dict[str, tuple[int, str]] = {}
-    for s in await influx.query_chunked(newest_per_charger_query()):
-        charger, gateway = s.tags.get("charger_id"), s.tags.get("gateway_id")
-        for row in s.rows() if charger and gateway else []:
-            held = newest.get(str(charger))
-            if held is None or held[0] < int(row["time"]):
-                newest[str(charger)] = (int(row["time"]), str(gateway))
     return {
-        c: Binding(charger_id=c, gateway_id=gw, source="learned") for c, (_, gw) in newest.items()
+        c: Binding(charger_id=c, gateway_id=mark.gateway_id, source="learned")
+        for c, mark in (await newest_chargers(influx)).items()
     }
 
 

@@ -203,7 +203,7 @@ def test_a_clock_off_the_bridges_and_old_readings_are_reported(
     topic = broker.topics.state(gateway)
     consumer = mqtt_client("telemetry-bridge")
     got: list[bytes] = []
-    consumer.on_message = lambda _c, _u, msg: got.append(msg.payload)
+    consumer.on_message = lambda _c, _u, msg: got.append(bytes(msg.payload))
     consumer.subscribe(broker.topics.readings(gateway), qos=1)
     watcher = StateWatcher(mqtt_client("telemetry-bridge"), topic)
     fifo = tmp_path / "feed.fifo"

@@ -30,13 +30,18 @@ from telemetry_common.topics import Topics
 class RecordingWriter:
     def __init__(self, fail_first: int = 0) -> None:
         self.requests: list[int] = []
+        #: The lines written to retention policy keep (registry, newest-stored state).
+        self.keep: list[str] = []
         self.fail_first = fail_first
 
     async def write(self, lines: Sequence[str], *, rp: str | None = None) -> None:
         if self.fail_first:
             self.fail_first -= 1
             raise WriteUnavailableError(503, "busy")
-        self.requests.append(len(lines))
+        if rp is None:
+            self.requests.append(len(lines))
+        else:
+            self.keep.extend(lines)
 
     async def prepare(self) -> None:
         return None
@@ -93,6 +98,25 @@ async def test_a_large_backlog_is_written_in_bounded_requests() -> None:
     await p.commit(await p.prepare([message("gw-1", k * 1000 + 1, 1000) for k in range(12)]))
     assert writer.requests == [4000, 4000, 4000]
     assert len(p.state.lvc) == 50
+
+
+async def test_a_batch_writes_the_newest_stored_state_it_advanced() -> None:
+    """One point per charger and one per gateway epoch, tagged with the bridge, at the state's
+    fixed time; a batch that advances nothing (the same readings again) writes none."""
+    writer = RecordingWriter()
+    p = make_processor(writer)
+    sent = message("gw-1", 1001, 100)
+    await p.commit(await p.prepare([sent]))
+    chargers = [x for x in writer.keep if x.startswith("newest_chargers,")]
+    gateways = [x for x in writer.keep if x.startswith("newest_gateways,")]
+    assert len(chargers) == 50
+    assert all(x.endswith(" 0") and ",bridge=" in x for x in writer.keep)
+    assert len(gateways) == 1
+    assert "high=1100i" in gateways[0]
+    assert "gateway_id=gw-1" in gateways[0]
+    writer.keep.clear()
+    await p.commit(await p.prepare([sent]))
+    assert writer.keep == []
 
 
 async def test_unavailable_influx_is_retried_until_it_takes_the_write() -> None:

@@ -121,8 +121,17 @@ async def test_first_come_lists_learned_bindings_the_store_does_not_override(
     an unbind)."""
     store = _store(("cp-1", "gw-9", "gw-1"), ("cp-2", "", "gw-1"))
     readings = _readings(("cp-1", "gw-1", NS), ("cp-2", "gw-1", NS), ("cp-3", "gw-1", NS))
-    readings += _readings(("cp-3", "gw-2", NS + 1))  # the newest reading's gateway
-    fake.answers = [store, readings]
+    # The newest-stored state: two bridges' points of cp-3, the newest (over bridges) names the
+    # gateway of its newest reading; the recent window's older point of cp-3 does not win.
+    columns = ["time", "bridge", "charger_id", "gateway_id", "seq", "ts"]
+    state = [
+        Series(
+            "newest_chargers",
+            columns,
+            [[0, "b1", "cp-3", "gw-1", 1, NS], [0, "b2", "cp-3", "gw-2", 2, NS + 1]],
+        )
+    ]
+    fake.answers = [store, state, readings]
     async for app in _app(fake, writer, "first-come"):
         async with _client(app, READ) as c:
             items = (await c.get("/v1/bindings")).json()["items"]

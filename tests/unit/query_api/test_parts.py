@@ -283,26 +283,35 @@ def _newest(*rows: tuple[str, int, int]) -> list[Series]:
     ]
 
 
-async def test_sweep_confirms_settled_values_in_one_query_and_memory_then_answers() -> None:
-    """One sweep confirms every settled mirror value InfluxDB holds nothing newer for (same or
-    older, or nothing at all); afterwards latest answers those from memory without a query."""
+def _state(*rows: tuple[str, int, int]) -> list[Series]:
+    """The answer of newest_chargers_state_query: one point per (charger, bridge)."""
+    columns = ["time", "bridge", "charger_id", "gateway_id", "seq", "ts"]
+    return [
+        Series("newest_chargers", columns, [[0, "b1", c, "gw-1", seq, ns] for c, ns, seq in rows])
+    ]
+
+
+async def test_sweep_confirms_settled_values_in_two_queries_and_memory_then_answers() -> None:
+    """One sweep (the newest-stored state and the recent window: two queries) confirms every
+    settled mirror value InfluxDB holds nothing newer for (same or older, or nothing at all);
+    afterwards latest answers those from memory without a query."""
     settings = _settings(live_settle_s=2.0, latest_trust_s=30.0)
     m = LiveMirror(TOPICS)
     for c in ("cp1", "cp2", "cp3"):
         m.apply(f"chargers/v1/live/{c}", _live(c, T, 5), 100.0)
-    influx = FakeInflux(_newest(("cp1", NS, 5), ("cp2", NS - 10**9, 4)))
+    influx = FakeInflux([], _newest(("cp1", NS, 5), ("cp2", NS - 10**9, 4)))
     confirmed, behind = await confirm_mirror(
         ChargerIndex(10.0), m, influx, settle_s=2.0, mono=103.0
     )
     assert (confirmed, behind) == (3, 0)  # cp3: nothing stored, so nothing newer either
-    assert len(influx.queries) == 1
+    assert len(influx.queries) == 2
     for c in ("cp1", "cp2", "cp3"):
         found = await get_latest(
             c, mirror=m, stored=StoredLatest(influx), live=True, settings=settings, mono=120.0
         )
         assert found is not None
         assert found[1] == "mirror"
-    assert len(influx.queries) == 1
+    assert len(influx.queries) == 2
 
 
 async def test_sweep_leaves_values_behind_influx_and_young_values_unconfirmed() -> None:
@@ -312,7 +321,8 @@ async def test_sweep_leaves_values_behind_influx_and_young_values_unconfirmed() 
     m.apply("chargers/v1/live/cp1", _live("cp1", T, 5), 100.0)
     m.apply("chargers/v1/live/cp2", _live("cp2", T, 5), 100.0)
     m.apply("chargers/v1/live/cp3", _live("cp3", T, 5), 102.5)  # arrived 0.5 s before the sweep
-    influx = FakeInflux(_newest(("cp1", NS + 10**6, 6), ("cp2", NS, 6), ("cp3", NS, 5)))
+    # cp1 and cp3 in the newest-stored state, cp2 in the recent window
+    influx = FakeInflux(_state(("cp1", NS + 10**6, 6), ("cp3", NS, 5)), _newest(("cp2", NS, 6)))
     confirmed, behind = await confirm_mirror(
         ChargerIndex(10.0), m, influx, settle_s=2.0, mono=103.0
     )
@@ -489,12 +499,16 @@ def test_numbering_and_payload_split() -> None:
 
 
 async def test_seq_allocator_continues_from_influx_and_the_file(tmp_path: Path) -> None:
-    """The first seq follows the higher of InfluxDB's and the file's; a release of the last
+    """The first seq follows the higher of InfluxDB's (the newest-stored state's over every
+    bridge and epoch, and the recent window's) and the file's; a release of the last
     reservation is reused, of an earlier one (a retry's seqs) not; the file survives a new
     allocator."""
     state = tmp_path / "seq.json"
-    stored = Series("readings", ["time", "seq"], [[0, 7]])
-    seqs = SeqAllocator(FakeInflux([stored]), state)
+    columns = ["time", "bridge", "epoch", "gateway_id", "newest_ts", "high", "high_ts"]
+    marks = [[0, "b1", None, "gw", 9, 5, 9], [0, "b2", None, "gw", 10, 7, 10]]
+    known = Series("newest_gateways", columns, marks)
+    recent = Series("readings", ["time", "seq"], [[0, 6]])
+    seqs = SeqAllocator(FakeInflux([known], [recent]), state)
     async with seqs.lock("gw"):
         assert await seqs.reserve("gw", 3) == 8
         assert await seqs.reserve("gw", 2) == 11
@@ -503,10 +517,14 @@ async def test_seq_allocator_continues_from_influx_and_the_file(tmp_path: Path) 
         await seqs.release("gw", 8, 11)  # not the last reservation: those stay used
         assert await seqs.reserve("gw", 1) == 12
     assert orjson.loads(state.read_bytes()) == {"gw": 12}
-    again = SeqAllocator(FakeInflux([stored]), state)
+    again = SeqAllocator(FakeInflux([known]), state)
     assert await again.reserve("gw", 1) == 13
     fresh = SeqAllocator(FakeInflux(), None)
     assert await fresh.reserve("other", 1) == 1
+    # Neither the state nor the window knows it: all its history is asked (an older database).
+    older = FakeInflux([], [], [Series("readings", ["time", "seq"], [[0, 99]])])
+    assert await SeqAllocator(older, None).reserve("gw-old", 1) == 100
+    assert "time >= " not in older.queries[-1]
 
 
 async def test_idempotency_keys_survive_a_restart_through_their_journal(tmp_path: Path) -> None:

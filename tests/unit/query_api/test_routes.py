@@ -145,12 +145,10 @@ async def test_charger_list_pages_and_filters(
 ) -> None:
     """Chargers from InfluxDB and the mirror, sorted by id, paged by cursor, filtered by gateway
     and state; the index query runs once within the cache time."""
-    old = [[NS - 7200 * 10**9, 1]]
-    series = [
-        Series("readings", ["time", "seq"], old, {"charger_id": c, "gateway_id": g})
-        for c, g in (("cp1", "gw-1"), ("cp2", "gw-2"), ("cp3", "gw-1"))
-    ]
-    fake.answers.append(series)
+    old = NS - 7200 * 10**9  # beyond the recent window: known from the newest-stored state
+    columns = ["time", "bridge", "charger_id", "gateway_id", "seq", "ts"]
+    rows = [[0, "b1", c, g, 1, old] for c, g in (("cp1", "gw-1"), ("cp2", "gw-2"), ("cp3", "gw-1"))]
+    fake.answers.append([Series("newest_chargers", columns, rows)])
     app.state.mirror.apply("chargers/v1/live/cp3", _live("cp3", "gw-1", 5, 2), MONO)
     app.state.mirror.apply("chargers/v1/live/cp4", _live("cp4", "gw-1", 5, 2), MONO)
     first = (await client.get("/v1/chargers", params={"limit": 2})).json()
@@ -410,7 +408,8 @@ async def test_ingest_publishes_numbered_batches_under_the_key_gateway(
 ) -> None:
     """200 once stored; seqs continue from InfluxDB's highest for that gateway; each key
     publishes as its own gateway."""
-    fake.answers.append([Series("readings", ["time", "seq"], [[0, 41]])])
+    # the newest-stored state knows nothing of it, the recent window does
+    fake.answers += [[], [Series("readings", ["time", "seq"], [[0, 41]])]]
     resp = await _post(client, [READING, READING])
     assert resp.status_code == 200, resp.text
     assert (resp.json()["first_seq"], resp.json()["last_seq"]) == (42, 43)

@@ -10,7 +10,7 @@ import pytest
 
 from rollups.job import _is_v1, _survey_answer, _written
 from rollups.lines import rollup_lines, state_line
-from rollups.retention import go_duration, operator_instructions
+from rollups.retention import operator_instructions
 from rollups.settings import RollupsInfluxSettings, RollupsSettings, to_timedelta
 from rollups.windows import HOUR, MINUTE, batches, ceil, chunks, floor, from_ns, steps, to_ns
 from telemetry_common.errors import InvalidIdError
@@ -21,6 +21,7 @@ from telemetry_common.influxql import (
     rollup_query,
     series_counts_query,
 )
+from telemetry_common.retention import go_duration
 
 T0 = datetime(2026, 12, 5, 10, 30, 15, 500_000, tzinfo=UTC)
 

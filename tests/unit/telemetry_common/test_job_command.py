@@ -36,7 +36,10 @@ async def test_passes_repeat_until_stop_and_once_returns_the_result() -> None:
     results = [True, False]
 
     async def one_pass() -> bool:
-        return results.pop(0) if results else stop.set() or True
+        if results:
+            return results.pop(0)
+        stop.set()
+        return True
 
     assert await run_passes(one_pass, interval_s=0, stop=stop, once=False) is True
     assert results == []

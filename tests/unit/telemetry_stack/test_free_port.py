@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from telemetry_stack.servers import _ephemeral_range, free_port
 
 
@@ -14,7 +16,7 @@ def test_ports_are_outside_the_ephemeral_range_and_never_repeat() -> None:
     assert not [p for p in ports if low <= p <= high]
 
 
-def test_a_port_in_use_is_not_handed_out(monkeypatch) -> None:
+def test_a_port_in_use_is_not_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         busy = taken.getsockname()[1]
         # every candidate is the busy port: free_port must fall back, not return it
