@@ -5,12 +5,13 @@ is ready (``/readyz``) and the API's ``latest`` is right for sampled chargers wi
 ``START_BOUND_S`` of their start, with the newest-stored state an up-to-date bridge leaves, and
 without it (a database written by a version before it).
 
-The preload is slow by nature: measured on this project's 2-core machine, 100 million points
-in 326 s (306,324 points/s, nearly idle; the whole module 5 min 30 s), in 697 s (143,555
-points/s, load average 5-6) and in 1,603 s (62,396 points/s, load average 12-18: other test
-suites running); ``pytest -s`` prints the figure. It runs once per module on an InfluxDB of its
-own, removed afterwards. Run against the warm-up before the newest-stored state, the bridge never became ready: its
-``max(seq)`` over all history took 236 s against a 10 s timeout, retried forever.
+The preload is slow by nature: measured on this project's 2-core machine, 100 million points in
+326 s (306,324 points/s, nearly idle; the whole module 5 min 30 s), in 697 s (143,555 points/s,
+load average 5-6) and in 1,603 s (62,396 points/s, load average 12-18: other test suites
+running); ``pytest -s`` prints the figure. It runs once per module on an InfluxDB of its own,
+removed afterwards. Run against the warm-up before the newest-stored state, the bridge never
+became ready: its ``max(seq)`` over all history took 236 s against a 10 s timeout, retried
+forever.
 """
 
 from __future__ import annotations
