@@ -32,6 +32,7 @@ from provisioning.broker_config import MAX_PACKET_SIZE
 from telemetry_common.ids import is_valid_id
 from telemetry_common.schema import MAX_BATCH_BYTES, SCHEMA_ID, format_ts
 from telemetry_common.settings import env_for
+from telemetry_common.storage import RAW_RP
 from telemetry_stack.servers import free_port
 from tests.support.fixtures import BrokerInfo, InfluxInfo, InfluxTarget, MqttClientFactory
 from tests.support.gateway_publisher import GatewayPublisher
@@ -382,11 +383,19 @@ def test_bad_message_is_dead_lettered_and_the_next_one_flows(
 
 
 def shard_starts(db: InfluxTarget) -> list[str]:
-    """The start time of every shard of ``db`` (SHOW SHARDS: a series per database)."""
+    """The start time of every shard of ``db``'s raw readings (SHOW SHARDS: a series per
+    database; retention policy ``autogen``: ``keep`` holds the newest-stored state's points, all
+    at time 0 in one shard starting 1969-12-29, whatever the readings' dates)."""
     r = httpx.get(f"{db.url}/query", params={"q": "SHOW SHARDS"}, timeout=10)
     r.raise_for_status()
     series = r.json()["results"][0].get("series") or []
-    rows = [row for s in series if s["name"] == db.database for row in s["values"]]
+    rows = [
+        row
+        for s in series
+        if s["name"] == db.database
+        for row in s["values"]
+        if row[s["columns"].index("retention_policy")] == RAW_RP
+    ]
     return sorted(str(row[4]) for row in rows)
 
 
