@@ -1,4 +1,5 @@
-"""``edge-agent``: run the agent; ``edge-agent outbox ...`` is :mod:`edge_agent.outbox_cli`."""
+"""``edge-agent``: run the agent; ``edge-agent outbox ...`` is :mod:`edge_agent.outbox_cli`,
+``edge-agent ocpp ...`` :mod:`edge_agent.ocpp_cli`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from edge_agent.capture import Capture
 from edge_agent.jsonl import read_jsonl
 from edge_agent.lock import OutboxBusyError, exclusive
 from edge_agent.ocpp import ocpp_source
+from edge_agent.ocpp_cli import ocpp_app
 from edge_agent.outbox import Outbox
 from edge_agent.outbox_cli import load_settings, outbox_app
 from edge_agent.settings import EdgeSettings
@@ -32,6 +34,7 @@ log = logging.getLogger("edge_agent")
 
 app = typer.Typer(help="Charger gateway agent: capture, store durably, publish over MQTT 5/TLS.")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(ocpp_app, name="ocpp")
 
 
 class SourceName(StrEnum):

@@ -8,7 +8,9 @@ chargers' requests that produced it answered. Requests wait in a bounded queue
 
 Handshake: WebSocket subprotocol ``ocpp1.6`` (required); the charger id is the last segment of the
 URL path, allow-listed (``^[A-Za-z0-9._-]{1,64}$``), else HTTP 404; beyond ``max_chargers``
-connections, HTTP 503. A second connection with the same id replaces the first.
+connections, HTTP 503; then the charger's security profile (:mod:`edge_agent.ocpp.auth`, the
+chargers file): 401/403. A second connection for a connected id is refused (409) unless it
+authenticated (profile >= 1): then it replaces the first.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -25,15 +28,19 @@ from urllib.parse import unquote, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from edge_agent.capture import Capture
+from edge_agent.ocpp.auth import Authenticator
+from edge_agent.ocpp.chargers import ChargersConfig, load_chargers
 from edge_agent.ocpp.idtags import load_salt
 from edge_agent.ocpp.lib import InternalError
 from edge_agent.ocpp.session import ChargerSession, Counters, Shared
 from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.transactions import TransactionStore
 from edge_agent.ocpp.translate import Translator
+from telemetry_common.errors import ConfigError
 from telemetry_common.ids import is_valid_id
 
 log = logging.getLogger(__name__)
@@ -82,6 +89,8 @@ class CentralSystem:
         self._tasks: set[asyncio.Task[object]] = set()
         self._server: Server | None = None
         self._closing = False
+        #: Connections past the handshake that authenticated (may replace a live one).
+        self._authenticated: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
 
     @property
     def port(self) -> int:
@@ -90,6 +99,8 @@ class CentralSystem:
 
     async def __aenter__(self) -> CentralSystem:
         s = self.settings
+        chargers = await asyncio.to_thread(_chargers_config, s)
+        self._auth = Authenticator(chargers, self.counters)
         transactions = await asyncio.to_thread(TransactionStore, s.state_path)
         configured = s.id_tag_salt.get_secret_value() if s.id_tag_salt is not None else None
         salt = await asyncio.to_thread(load_salt, configured, s.state_path)
@@ -103,6 +114,8 @@ class CentralSystem:
             ssl=s.ssl_context(),
             max_size=s.max_message_bytes,
             close_timeout=2,
+            ping_interval=s.ping_interval_s,
+            ping_timeout=s.ping_interval_s,
             logger=_NoFrameDumps(logging.getLogger("websockets.server")),
         )
         scheme = "wss" if s.cert_file else "ws"
@@ -160,7 +173,9 @@ class CentralSystem:
             raise StoreAborted()
         await pending.stored
 
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _check_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         charger_id = charger_id_from_path(request.path)
         if charger_id is None:
             self.counters.refused += 1
@@ -174,7 +189,29 @@ class CentralSystem:
             self.counters.refused += 1
             log.warning("ocpp: refused %s: at max_chargers or closing", charger_id)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "no room for a charger\n")
+        verdict = await self._auth.check(connection, request, charger_id)
+        if verdict.refusal is not None:
+            return verdict.refusal
+        if self._connected(charger_id) and not verdict.authenticated:
+            return self._refuse_hijack(connection, charger_id)
+        if verdict.authenticated:
+            self._authenticated.add(connection)
         return None
+
+    def _connected(self, charger_id: str) -> bool:
+        """A live connection holds ``charger_id`` (a closing one does not)."""
+        old = self._sessions.get(charger_id)
+        return old is not None and old.state is State.OPEN
+
+    def _refuse_hijack(self, connection: ServerConnection, charger_id: str) -> Response:
+        self.counters.hijacks_refused += 1
+        log.warning(
+            "ocpp %s: refused a second connection from %s: the charger is connected and the "
+            "newcomer did not authenticate",
+            charger_id,
+            connection.remote_address,
+        )
+        return connection.respond(HTTPStatus.CONFLICT, "charger already connected\n")
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -184,6 +221,12 @@ class CentralSystem:
         assert task is not None
         self._tasks.add(task)
         old = self._sessions.get(charger_id)
+        if self._connected(charger_id) and ws not in self._authenticated:  # since the handshake
+            self.counters.hijacks_refused += 1
+            log.warning("ocpp %s: closed an unauthenticated second connection", charger_id)
+            self._tasks.discard(task)
+            await ws.close(code=1008, reason="charger already connected")
+            return
         self._sessions[charger_id] = ws
         self.counters.connections += 1
         try:
@@ -198,6 +241,23 @@ class CentralSystem:
             self._tasks.discard(task)
             if self._sessions.get(charger_id) is ws:
                 del self._sessions[charger_id]
+
+
+def _chargers_config(settings: OcppSettings) -> ChargersConfig:
+    """The chargers file, checked against the endpoint: profile 2/3 need TLS, 3 a client CA."""
+    if settings.chargers_file is None:
+        return ChargersConfig.open()
+    chargers = load_chargers(settings.chargers_file)
+    profiles = chargers.profiles()
+    if profiles & {2, 3} and settings.cert_file is None:
+        raise ConfigError(
+            "ocpp.cert_file", "security profile 2/3 in the chargers file needs TLS (wss://)"
+        )
+    if 3 in profiles and settings.client_ca_file is None:
+        raise ConfigError(
+            "ocpp.client_ca_file", "security profile 3 needs the CA of the chargers' certificates"
+        )
+    return chargers
 
 
 async def ocpp_source(settings: OcppSettings) -> AsyncGenerator[list[Capture], None]:

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 class Counters:
     connections: int = 0
     refused: int = 0
+    #: Handshakes refused for missing or wrong credentials (and throttled ones).
+    auth_refused: int = 0
+    #: Second connections for a connected charger id that did not authenticate.
+    hijacks_refused: int = 0
     requests: int = 0
     call_errors: int = 0
     readings: int = 0

@@ -40,6 +40,15 @@ class OcppSettings(SettingsGroup):
     """TLS certificate: with ``key_file``, chargers use ``wss://``."""
     key_file: Path | None = None
     """Private key of ``cert_file``."""
+    client_ca_file: Path | None = None
+    """CA of the chargers' client certificates (security profile 3); needs ``cert_file``.
+    Chargers of other profiles on the same port connect without a certificate."""
+    chargers_file: Path | None = None
+    """The per-charger TOML file: security profile, password hashes, upstream CSMS
+    (docs/ocpp.md, Security); unset, every charger connects with profile 0."""
+    ping_interval_s: int = Field(default=10, ge=1, le=300)
+    """WebSocket ping interval and timeout: a charger whose connection died silently frees
+    its id (a reconnect is refused while it is held) after at most twice this."""
     allow_plaintext: bool = False
     """Allow plain ``ws://`` off loopback (OCPP security profile 0, for site networks that are
     already isolated)."""
@@ -70,6 +79,8 @@ class OcppSettings(SettingsGroup):
     def _secure_by_default(self) -> OcppSettings:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("ocpp: set both cert_file and key_file, or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("ocpp: client_ca_file (profile 3) needs cert_file/key_file")
         if self.cert_file is None and not self.allow_plaintext and not is_loopback(self.host):
             raise ValueError(
                 f"ocpp: host {self.host!r} is not loopback: set cert_file/key_file (wss://) "
@@ -81,10 +92,16 @@ class OcppSettings(SettingsGroup):
         """The server context for ``wss://`` (TLS 1.2+), or None for plain ``ws://``."""
         if self.cert_file is None or self.key_file is None:
             return None
-        for name, path in (("ocpp.cert_file", self.cert_file), ("ocpp.key_file", self.key_file)):
+        files = [("ocpp.cert_file", self.cert_file), ("ocpp.key_file", self.key_file)]
+        if self.client_ca_file is not None:
+            files.append(("ocpp.client_ca_file", self.client_ca_file))
+        for name, path in files:
             if not path.is_file():
                 raise ConfigError(name, f"{path} does not exist")
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        if self.client_ca_file is not None:  # a certificate is checked if one is sent
+            ctx.load_verify_locations(cafile=str(self.client_ca_file))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx

@@ -251,15 +251,15 @@ async def test_handshake_refuses_bad_ids_and_missing_subprotocol(tmp_path: Path)
         assert cs.counters.refused == 4
 
 
-async def test_reconnect_replaces_the_old_connection_and_keeps_state(tmp_path: Path) -> None:
-    """A charger that reconnects (same id) replaces its old socket; its connector status and its
-    open transaction survive, so StopTransaction still finds the connector."""
+async def test_reconnect_keeps_state(tmp_path: Path) -> None:
+    """A charger that reconnects (same id) after its connection closed finds its connector
+    status and its open transaction, so StopTransaction still finds the connector."""
     async with asyncio.timeout(30), central(tmp_path) as (cs, got):
         async with charger(cs.port, "CP-9") as first:
             await first.call(call.StatusNotification(2, "NoError", "Charging", timestamp=at(0)))
             start = await first.call(call.StartTransaction(2, "T", 100, at(1)))
-            async with charger(cs.port, "CP-9") as second:
-                await second.call(call.StopTransaction(150, at(2), start.transaction_id))
+        async with charger(cs.port, "CP-9") as second:
+            await second.call(call.StopTransaction(150, at(2), start.transaction_id))
         stop = got.captures[-1]
         assert (stop.connector_id, stop.status, stop.values) == (
             2,
