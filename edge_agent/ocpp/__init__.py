@@ -3,6 +3,8 @@ StatusNotifications, transactions and BootNotifications become captures (see doc
 
     settings.py      OcppSettings (host, port, TLS, limits; TELEMETRY_EDGE_OCPP__*)
     server.py        CentralSystem (WebSocket endpoint, handshake, ack-after-store), ocpp_source
+    chargers.py      the per-charger TOML file (security profile, password hash, upstream CSMS)
+    auth.py          security profiles 1-3 at the handshake; password hashes
     session.py       one charger's connection: the requests it sends and their answers
     frames.py        OCPP-J framing and the CALLERROR for a malformed frame
     models.py        MeterValues / StopTransaction payloads, OCPP 1.6 error codes
