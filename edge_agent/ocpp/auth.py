@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: OCPP 1.6 security whitepaper: the Basic auth password (AuthorizationKey) is 16-40 characters.
 MIN_PASSWORD, MAX_PASSWORD = 16, 40
-#: scrypt cost: 16 MiB and about 50 ms per check on a small gateway.
+#: scrypt cost: 16 MiB and about 30 ms per check (dev machine; more on a small gateway).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 #: Failed handshakes per remote address and minute before it gets 429 unchecked.
 MAX_FAILURES = 10
