@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import logging
@@ -41,6 +42,8 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 #: Failed handshakes per remote address and minute before it gets 429 unchecked.
 MAX_FAILURES = 10
 WINDOW_S = 60.0
+#: Remote addresses remembered for throttling; beyond it the stale ones are forgotten.
+MAX_ADDRESSES = 4096
 
 
 class PasswordError(ValueError):
@@ -146,12 +149,13 @@ class Authenticator:
         elif charger is not None:
             ok = await self._password_ok(charger, request)
             reason = "missing or wrong Basic credentials"
-        else:
+        else:  # as slow as a wrong password: the timing does not tell which ids exist
+            await self._password_ok(Charger(charger_id), request)  # no hash: always False
             ok, reason = False, "not in the chargers file"
         if ok:
             return Verdict(None, authenticated=True)
         self.counters.auth_refused += 1
-        self._recent.setdefault(address, deque()).append(time.monotonic())
+        self._remember_failure(address)
         log.warning("ocpp %s: refused %s (profile %d): %s", charger_id, address, profile, reason)
         if profile == 3:
             return Verdict(connection.respond(HTTPStatus.FORBIDDEN, "forbidden\n"))
@@ -161,11 +165,22 @@ class Authenticator:
 
     async def _password_ok(self, charger: Charger, request: Request) -> bool:
         credentials = basic_credentials(request.headers)
-        if credentials is None or charger.password_hash is None:
+        if credentials is None:
             return False
         username, password = credentials
-        matches = await asyncio.to_thread(verify_password, charger.password_hash, password)
-        return matches and hmac.compare_digest(username.encode(), charger.charger_id.encode())
+        stored = charger.password_hash or _dummy_hash()
+        matches = await asyncio.to_thread(verify_password, stored, password)
+        same_user = hmac.compare_digest(username.encode(), charger.charger_id.encode())
+        return matches and same_user and charger.password_hash is not None
+
+    def _remember_failure(self, address: str) -> None:
+        if address not in self._recent and len(self._recent) >= MAX_ADDRESSES:
+            horizon = time.monotonic() - WINDOW_S
+            for stale in [a for a, times in self._recent.items() if times[-1] < horizon]:
+                del self._recent[stale]
+            if len(self._recent) >= MAX_ADDRESSES:  # all recent: forget the oldest one
+                del self._recent[min(self._recent, key=lambda a: self._recent[a][-1])]
+        self._recent.setdefault(address, deque(maxlen=MAX_FAILURES)).append(time.monotonic())
 
     def _throttled(self, address: str) -> bool:
         recent = self._recent.get(address)
@@ -178,6 +193,12 @@ class Authenticator:
             del self._recent[address]
             return False
         return len(recent) >= MAX_FAILURES
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against when there is no hash (an unknown id): that costs as much as a check."""
+    return hash_password("not a password of any charger", salt=bytes(16))
 
 
 def _host(connection: ServerConnection) -> str:

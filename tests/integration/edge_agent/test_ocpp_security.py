@@ -9,6 +9,7 @@ import base64
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from telemetry_common.settings import env_for
 from telemetry_common.tls import client_context
 from telemetry_stack.servers import free_port, port_open
 from tests.support.fixtures import BrokerInfo, TestPki
+from tests.support.forged_certs import sign_with_ca
 from tests.support.ocpp_peer import OCPP16, basic_auth, charge_point
 from tests.support.processes import BIN, Procs, client_settings, stopped
 from tests.support.waiting import wait_until
@@ -192,8 +194,8 @@ async def test_profile_3_client_certificate_must_name_the_charger(
     tmp_path: Path, pki: TestPki, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Profile 3: a certificate from the chargers' CA with CN = the id connects (and may
-    replace a live connection); one for another id and none get 403; one from another CA
-    gets no TLS session."""
+    replace a live connection), as does one naming the id in a DNS SAN; one for another id
+    and none get 403; one from another CA gets no TLS session."""
     other_dir = tmp_path_factory.mktemp("other-pki")
     pki_init(other_dir)
     other = TestPki(other_dir)
@@ -219,6 +221,13 @@ async def test_profile_3_client_certificate_must_name_the_charger(
                 with pytest.raises(ConnectionClosed):
                     await first.call(call.Heartbeat())
         assert (await refusal(cs.port, "CP-9", tls=mine)).status_code == 403  # not listed
+        now = datetime.now(UTC)
+        by_san = sign_with_ca(
+            pki.dir, tmp_path / "san", "not-the-id", now - timedelta(hours=1),
+            now + timedelta(days=1), dns_names=("CP-4",),
+        )  # fmt: skip
+        async with charge_point(cs.port, "CP-4", tls=tls_for(pki, by_san)) as by_dns_name:
+            await boot(by_dns_name)
         assert cs.counters.auth_refused == 4
 
 

@@ -10,6 +10,9 @@ import pytest
 from websockets.datastructures import Headers
 
 from edge_agent.ocpp.auth import (
+    MAX_ADDRESSES,
+    MAX_FAILURES,
+    Authenticator,
     PasswordError,
     basic_credentials,
     check_password,
@@ -17,6 +20,7 @@ from edge_agent.ocpp.auth import (
     verify_password,
 )
 from edge_agent.ocpp.chargers import ChargersConfig, load_chargers
+from edge_agent.ocpp.session import Counters
 from edge_agent.ocpp_cli import set_password_hash, with_password_hash
 from telemetry_common.errors import ConfigError
 
@@ -193,3 +197,15 @@ def test_set_password_hash_is_atomic_and_checks_the_result(tmp_path: Path) -> No
         set_password_hash(broken, "CP-1", HASH)
     assert broken.read_text() == "[defaults]\nbogus = 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chargers.toml", "new.toml"]
+
+
+def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
+    """Failures from ever new addresses do not grow the gateway's memory without bound."""
+    auth = Authenticator(ChargersConfig.open(), Counters())
+    for i in range(MAX_ADDRESSES + 100):
+        auth._remember_failure(f"10.0.{i // 256}.{i % 256}")
+    assert len(auth._recent) == MAX_ADDRESSES
+    for _ in range(MAX_FAILURES):
+        auth._remember_failure("192.0.2.1")
+    assert auth._throttled("192.0.2.1")
+    assert not auth._throttled("192.0.2.2")
