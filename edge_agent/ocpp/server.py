@@ -22,6 +22,7 @@ import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
@@ -99,6 +100,7 @@ class CentralSystem:
 
     async def __aenter__(self) -> CentralSystem:
         s = self.settings
+        self._chargers_mtime = _mtime(s.chargers_file)
         chargers = await asyncio.to_thread(_chargers_config, s)
         self._auth = Authenticator(chargers, self.counters)
         transactions = await asyncio.to_thread(TransactionStore, s.state_path)
@@ -189,6 +191,7 @@ class CentralSystem:
             self.counters.refused += 1
             log.warning("ocpp: refused %s: at max_chargers or closing", charger_id)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "no room for a charger\n")
+        await self._reload_chargers()
         verdict = await self._auth.check(connection, request, charger_id)
         if verdict.refusal is not None:
             return verdict.refusal
@@ -197,6 +200,20 @@ class CentralSystem:
         if verdict.authenticated:
             self._authenticated.add(connection)
         return None
+
+    async def _reload_chargers(self) -> None:
+        """Read the chargers file again if it changed since (checked at each handshake); a
+        file that does not load is logged and the previous one stays in force."""
+        mtime = _mtime(self.settings.chargers_file)
+        if mtime == self._chargers_mtime:
+            return
+        self._chargers_mtime = mtime
+        try:
+            self._auth.chargers = await asyncio.to_thread(_chargers_config, self.settings)
+        except ConfigError as exc:
+            log.error("ocpp: %s; the previous chargers file stays in force", exc)
+        else:
+            log.info("ocpp: chargers file %s reloaded", self.settings.chargers_file)
 
     def _connected(self, charger_id: str) -> bool:
         """A live connection holds ``charger_id`` (a closing one does not)."""
@@ -241,6 +258,15 @@ class CentralSystem:
             self._tasks.discard(task)
             if self._sessions.get(charger_id) is ws:
                 del self._sessions[charger_id]
+
+
+def _mtime(path: Path | None) -> tuple[int, int, int] | None:
+    """What tells that the file changed: its mtime, size and inode (``passwd`` replaces it)."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _chargers_config(settings: OcppSettings) -> ChargersConfig:

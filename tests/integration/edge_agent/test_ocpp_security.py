@@ -22,6 +22,7 @@ from edge_agent.ocpp import CentralSystem, OcppSettings
 from edge_agent.ocpp.auth import MAX_FAILURES, hash_password
 from edge_agent.ocpp.chargers import load_chargers
 from edge_agent.ocpp.lib import ChargePoint, call
+from edge_agent.ocpp_cli import set_password_hash
 from edge_agent.settings import EdgeSettings
 from provisioning.pki import init as pki_init
 from telemetry_common.errors import ConfigError
@@ -229,6 +230,24 @@ async def test_profile_3_client_certificate_must_name_the_charger(
         async with charge_point(cs.port, "CP-4", tls=tls_for(pki, by_san)) as by_dns_name:
             await boot(by_dns_name)
         assert cs.counters.auth_refused == 4
+
+
+async def test_a_changed_chargers_file_applies_at_the_next_handshake(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``edge-agent ocpp passwd`` for a new charger works without a restart; a file that no
+    longer loads is logged and the previous one stays in force."""
+    async with asyncio.timeout(30), central(tmp_path, chargers_toml(1, "CP-1")) as cs:
+        assert cs.settings.chargers_file is not None
+        assert_unauthorized(await refusal(cs.port, "CP-2", password=PASSWORD))
+        set_password_hash(cs.settings.chargers_file, "CP-2", HASH)
+        async with charge_point(cs.port, "CP-2", password=PASSWORD) as cp:
+            await boot(cp)
+        cs.settings.chargers_file.write_text("[defaults]\nsecurity_profile = 9\n")
+        async with charge_point(cs.port, "CP-1", password=PASSWORD) as cp:
+            await boot(cp)
+        assert_unauthorized(await refusal(cs.port, "CP-1", password=WRONG))
+    assert "the previous chargers file stays in force" in caplog.text
 
 
 async def test_failed_handshakes_are_throttled_per_address(tmp_path: Path) -> None:
