@@ -12,8 +12,9 @@
     upstream_cert_file = "..."       # client certificate towards the CSMS (profile 3 upstream)
     upstream_key_file = "..."
 
-The file is read whole at start: a syntax error (with its line), an unknown key or a wrong
-value is a :class:`ConfigError` naming the file and the key, and nothing of it is used.
+The file is read whole (at start, and again when it changed): a syntax error (with its line),
+an unknown key or a wrong value is a :class:`ConfigError` naming the file and the key, and
+nothing of it is used.
 Relative paths in it are relative to the file's directory.
 """
 

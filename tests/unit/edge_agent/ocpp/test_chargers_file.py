@@ -7,8 +7,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 from websockets.datastructures import Headers
 
+from edge_agent.cli import app
 from edge_agent.ocpp.auth import (
     MAX_ADDRESSES,
     MAX_FAILURES,
@@ -209,3 +211,24 @@ def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
         auth._remember_failure("192.0.2.1")
     assert auth._throttled("192.0.2.1")
     assert not auth._throttled("192.0.2.2")
+
+
+def test_the_passwd_command(tmp_path: Path) -> None:
+    """``edge-agent ocpp passwd`` reads one line of stdin and stores only its hash; a short
+    password or a bad id changes nothing (exit 2)."""
+    path = write(tmp_path, "# keep me\n[defaults]\nsecurity_profile = 1\n")
+    runner = CliRunner()
+    args = ["ocpp", "passwd", "CP-7", "--file", str(path)]
+    done = runner.invoke(app, args, input="a-long-enough-password\n")
+    assert done.exit_code == 0, done.output
+    charger = load_chargers(path).charger("CP-7")
+    assert charger is not None
+    assert charger.password_hash is not None
+    assert verify_password(charger.password_hash, "a-long-enough-password")
+    assert "a-long-enough-password" not in path.read_text()
+    assert path.read_text().startswith("# keep me\n")
+    before = path.read_text()
+    assert runner.invoke(app, args, input="too-short\n").exit_code == 2
+    bad_id = ["ocpp", "passwd", "CP 7", "--file", str(path)]
+    assert runner.invoke(app, bad_id, input="a-long-enough-password\n").exit_code == 2
+    assert path.read_text() == before
