@@ -21,6 +21,7 @@ Relative paths in it are relative to the file's directory.
 from __future__ import annotations
 
 import base64
+import logging
 import ssl
 import string
 import tomllib
@@ -32,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from telemetry_common.errors import ConfigError
 from telemetry_common.ids import is_valid_id
+
+log = logging.getLogger(__name__)
 
 Profile = Literal[0, 1, 2, 3]
 
@@ -222,6 +225,11 @@ def load_chargers(path: Path, *, complete: bool = True) -> ChargersConfig:
         problem = f"{path}: [{where}]: {first['msg']} ({exc.error_count()} error(s) in all)"
         raise ConfigError("ocpp.chargers_file", problem) from exc
     config = ChargersConfig(path, parsed.defaults, dict(parsed.chargers))
+    secrets = any(c.upstream_password is not None for c in config.chargers.values())
+    if secrets and path.stat().st_mode & 0o077:
+        log.warning(
+            "ocpp: %s holds upstream passwords and others may read it: chmod 600 %s", path, path
+        )
     for charger_id in config.chargers:
         assert is_valid_id(charger_id)
         _check_entry(config, charger_id, complete=complete)

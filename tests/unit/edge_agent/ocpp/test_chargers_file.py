@@ -232,3 +232,16 @@ def test_the_passwd_command(tmp_path: Path) -> None:
     bad_id = ["ocpp", "passwd", "CP 7", "--file", str(path)]
     assert runner.invoke(app, bad_id, input="a-long-enough-password\n").exit_code == 2
     assert path.read_text() == before
+
+
+def test_a_readable_file_with_upstream_passwords_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, '[chargers.CP-1]\nupstream_password = "x"\n')
+    path.chmod(0o644)
+    load_chargers(path)
+    assert "chmod 600" in caplog.text
+    caplog.clear()
+    path.chmod(0o600)
+    load_chargers(path)
+    assert "chmod 600" not in caplog.text
