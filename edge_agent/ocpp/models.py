@@ -111,7 +111,7 @@ class StopTransactionReq(_Strict):
     transaction_data: list[MeterValue] | None = None
 
 
-M = TypeVar("M", bound=_Strict)
+M = TypeVar("M", bound=BaseModel)
 
 
 def validate(model: type[M], payload: dict[str, Any]) -> M:

@@ -121,11 +121,14 @@ class Translator:
         return self._status.get((charger_id, evse, connector_id))
 
     def set_status(
-        self, charger_id: str, connector_id: int, status: str, evse_id: int | None = None
+        self, charger_id: str, connector_id: int, status: str | None, evse_id: int | None = None
     ) -> None:
-        """The connector's status from now on (what its next readings carry)."""
+        """The connector's status from now on (what its next readings carry; None: unknown)."""
         key = (charger_id, connector_id if evse_id is None else evse_id, connector_id)
-        _remember(self._status, key, status, self._max)
+        if status is None:
+            self._status.pop(key, None)
+        else:
+            _remember(self._status, key, status, self._max)
 
     def open_transaction(
         self, charger_id: str, transaction_id: str, evse_id: int, connector_id: int
@@ -151,7 +154,7 @@ class Translator:
         self,
         charger_id: str,
         connector_id: int,
-        status: str,
+        status: str | None,
         error_code: str | None,
         ts: datetime,
         *,
