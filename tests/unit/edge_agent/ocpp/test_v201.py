@@ -253,7 +253,8 @@ def test_meter_values_and_status_carry_the_open_transaction_of_their_evse() -> N
     )
     [a] = [body(c) for c in t.status_notification("CS-1", free)]
     assert (a["status"], a.get("transaction_id")) == ("Available", None)
-    assert tr.status("CS-1", 1, 2) == "Available" and tr.status("CS-1", 2, 1) == "Occupied"
+    assert tr.status("CS-1", 1, 2) == "Available"
+    assert tr.status("CS-1", 2, 1) == "Occupied"
 
 
 def test_multipliers_units_and_bad_numbers() -> None:
@@ -344,14 +345,16 @@ async def test_session_answers_after_storing(
         "BootNotification",
         {"reason": "PowerUp", "chargingStation": {"vendorName": "V", "model": "M"}},
     )
-    assert boot[2]["status"] == "Accepted" and boot[2]["interval"] > 0
+    assert boot[2]["status"] == "Accepted"
+    assert boot[2]["interval"] > 0
     assert len(h.stored) == 1
     started = event(
         "Started", 0, "TX-9", 0, evse={"id": 1, "connectorId": 1},
         idToken={"idToken": TOKEN, "type": "ISO14443"}, meterValue=[mv(0, sv(10))],
     )  # fmt: skip
     answer = await h.call("TransactionEvent", started)
-    assert answer[:2] == [3, "u1"] and answer[2] == {"idTokenInfo": {"status": "Accepted"}}
+    assert answer[:2] == [3, "u1"]
+    assert answer[2] == {"idTokenInfo": {"status": "Accepted"}}
     assert h.stored[-1].tx_event == "started"
     assert h.stored[-1].id_tag_hash == hash_id_tag(SALT, TOKEN)
     assert (await h.call("TransactionEvent", event("Updated", 1, "TX-9", 1)))[2] == {}
@@ -360,7 +363,8 @@ async def test_session_answers_after_storing(
     assert "currentTime" in (await h.call("Heartbeat", {}))[2]
     status = {"timestamp": iso(2), "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1}
     assert (await h.call("StatusNotification", status))[2] == {}
-    assert TOKEN not in caplog.text and TOKEN.lower() not in caplog.text
+    assert TOKEN not in caplog.text
+    assert TOKEN.lower() not in caplog.text
 
 
 @pytest.mark.parametrize(
