@@ -412,3 +412,34 @@ async def test_a_bad_frame_gets_format_violation(tmp_path: Path) -> None:
     h = _Harness(tmp_path)
     await h.session.route_message(b"not json")
     assert h.wire.sent[-1][:3] == [4, "-1", "FormatViolation"]
+
+
+def test_a_connector_status_2_0_1_does_not_define_is_kept_without_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A vendor connectorStatus would make the schema refuse the reading: it is stored without
+    a status (the schema's statuses are 1.6's and Occupied), with a warning naming it."""
+    t = Translator201(Translator())
+    odd = StatusNotificationReq.model_validate(
+        {"timestamp": iso(1), "connectorStatus": "Charging!", "evseId": 1, "connectorId": 1}
+    )
+    with caplog.at_level(logging.WARNING):
+        [r] = [body(c) for c in t.status_notification("CS-1", odd)]
+    assert (r.get("status"), r["values"]) == (None, {})
+    assert "Charging!" in caplog.text
+
+
+async def test_a_refused_transaction_event_does_not_log_its_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TransactionEvent refused for a bad field still names its token nowhere: not in the
+    library's error log line (which quotes the request), not in the CALLERROR."""
+    caplog.set_level(logging.DEBUG)
+    h = _Harness(tmp_path)
+    bad = {**event("Started", 0, "T", 0), "idToken": {"idToken": TOKEN, "type": "ISO14443"},
+           "offline": "yes"}  # fmt: skip
+    answer = await h.call("TransactionEvent", bad)
+    assert answer[2] == "TypeConstraintViolation"
+    assert TOKEN not in orjson.dumps(answer).decode()
+    assert "Error while handling request" in caplog.text
+    assert TOKEN not in caplog.text
