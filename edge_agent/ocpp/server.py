@@ -98,6 +98,8 @@ class CentralSystem:
     async def __aenter__(self) -> CentralSystem:
         s = self.settings
         transactions = await asyncio.to_thread(TransactionStore, s.state_path)
+        for (charger_id, tid), (evse, connector) in transactions.located.items():
+            self.translator.open_transaction(charger_id, tid, evse, connector)  # 2.0.1
         configured = s.id_tag_salt.get_secret_value() if s.id_tag_salt is not None else None
         salt = await asyncio.to_thread(load_salt, configured, s.state_path)
         self._shared = Shared(s, self.translator, transactions, self.counters, self._emit, salt)

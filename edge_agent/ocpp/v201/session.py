@@ -26,7 +26,7 @@ from edge_agent.ocpp.v201.models import (
     TransactionEventReq,
     validate,
 )
-from edge_agent.ocpp.v201.translate import Translator201
+from edge_agent.ocpp.v201.translate import Translator201, transaction_id
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,17 @@ def _iso(ts: datetime) -> str:
 def _accepted() -> Any:
     # A telemetry gateway is no authority on id tokens: it accepts them (as 1.6 local mode).
     return datatypes201.IdTokenInfoType(status="Accepted")
+
+
+async def keep_location(shared: Shared, charger_id: str, req: TransactionEventReq) -> None:
+    """After a TransactionEvent's readings are stored: keep where its transaction runs in the
+    state file (once per transaction, or when it moves) or forget it when it ended, so a
+    gateway restart does not cost the later events their EVSE. The proxy calls this too."""
+    tid = transaction_id(req.transaction_info.transaction_id)
+    if req.event_type == "Ended":
+        await shared.transactions.unlocate(charger_id, tid)
+    elif (where := shared.translator.transaction_at(charger_id, tid)) is not None:
+        await shared.transactions.locate(charger_id, tid, *where)
 
 
 class ChargerSession201(SessionBase):
@@ -97,6 +108,7 @@ class ChargerSession201(SessionBase):
         req = validate(TransactionEventReq, payload)
         tag_hash = self._s.id_tag_hash(req.tag())
         await self._emit(self._tr.transaction_event(self.id, req, tag_hash))
+        await keep_location(self._s, self.id, req)
         log.debug(
             "ocpp %s: transaction %s %s (%s, seqNo %d)",
             self.id,

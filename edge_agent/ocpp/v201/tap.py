@@ -7,6 +7,10 @@ models as in local mode (:mod:`edge_agent.ocpp.v201.models`) and translated by t
 :class:`Translator201`. A payload the models refuse gives no captures (a warning; the frame is
 still forwarded: the CSMS, not the gateway, answers it). 2.0.1 transaction ids are the
 charger's, so no CALLRESULT carries telemetry: :meth:`Tap201.on_result` returns nothing.
+
+Where each open transaction runs is kept by the shared translator (memory); to keep it across a
+gateway restart, the proxy calls :func:`edge_agent.ocpp.v201.session.keep_location` once a
+TransactionEvent's captures are stored, as the local session does.
 """
 
 from __future__ import annotations

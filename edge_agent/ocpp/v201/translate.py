@@ -6,7 +6,9 @@ validated payloads. The rules, where they differ from 1.6:
 - **EVSE and connector** are 2.0.1's own: ``evse.id`` / ``evseId`` -> ``evse_id``,
   ``evse.connectorId`` / ``connectorId`` -> ``connector_id``. A TransactionEvent names its EVSE
   only when it has to (the transaction's first event): the translator remembers where each
-  open transaction runs; one it never saw start is stored on EVSE 0, connector 0 (warning).
+  open transaction runs (the session keeps it in the state file across restarts:
+  :func:`edge_agent.ocpp.v201.session.keep_location`); one it never saw start is stored on
+  EVSE 0, connector 0 (warning).
   MeterValues name an EVSE only: the connector is the open transaction's there, else 1 (0 for
   EVSE 0, the station's main meter).
 - **Transaction ids** are strings of up to 36 characters; one our id rule

@@ -175,6 +175,37 @@ async def test_a_2_0_1_charger_gets_2_0_1_and_its_transaction_becomes_captures(
     assert avail_c.status == "Available"
 
 
+async def test_a_transaction_keeps_its_evse_across_a_gateway_restart(tmp_path: Path) -> None:
+    """Started on EVSE 2 connector 3, then the gateway (the central system) restarts: the
+    charger's Ended, which names no EVSE (2.0.1 names it only in the first event), is still
+    stored on EVSE 2 connector 3, and the session's readings all carry one connector."""
+    t0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+    def at(s: int) -> str:
+        return (t0 + timedelta(seconds=s)).isoformat().replace("+00:00", "Z")
+
+    def tx_event(kind: str, s: int, seq: int, **more: Any) -> Any:
+        return call201.TransactionEvent(
+            kind, at(s), "Trigger", seq, {"transactionId": "T-9"}, **more
+        )
+
+    async with asyncio.timeout(30):
+        async with central(tmp_path) as (cs, got):
+            async with charge_point(cs.port, "CS-R", version="2.0.1") as cp:
+                await cp.call(tx_event("Started", 0, 0, evse={"id": 2, "connectorId": 3}))
+            await asyncio.sleep(0)
+            before = list(got.captures)
+        async with central(tmp_path) as (cs, got):
+            async with charge_point(cs.port, "CS-R", version="2.0.1") as cp:
+                await cp.call(tx_event("Ended", 9, 1))
+            await asyncio.sleep(0)
+            after = list(got.captures)
+    [start], [end] = before, after
+    assert (start.tx_event, start.evse_id, start.connector_id) == ("started", 2, 3)
+    assert (end.tx_event, end.evse_id, end.connector_id) == ("ended", 2, 3)
+    assert end.transaction_id == "T-9"
+
+
 async def test_2_0_1_through_the_pipeline_to_influxdb_latest_and_its_session(
     broker: BrokerInfo, influx_db: InfluxTarget, procs: Procs, tmp_path: Path
 ) -> None:

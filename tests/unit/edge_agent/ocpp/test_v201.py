@@ -57,7 +57,7 @@ def event(kind: str, seconds: float, tx: str, seq: int, **more: Any) -> dict[str
     return {
         "eventType": kind,
         "timestamp": iso(seconds),
-        "triggerReason": more.pop("trigger", "Updated"),
+        "triggerReason": more.pop("trigger", "MeterValuePeriodic"),
         "seqNo": seq,
         "transactionInfo": {"transactionId": tx, **more.pop("info", {})},
         **more,
@@ -443,3 +443,22 @@ async def test_a_refused_transaction_event_does_not_log_its_token(
     assert TOKEN not in orjson.dumps(answer).decode()
     assert "Error while handling request" in caplog.text
     assert TOKEN not in caplog.text
+
+
+async def test_where_2_0_1_transactions_run_survives_a_restart(tmp_path: Path) -> None:
+    """The local session keeps where a 2.0.1 transaction runs in the state file once it started
+    (one write, not one per event) and forgets it at its end; a state file of an older version
+    (no ``located``) still loads, with its 1.6 state."""
+    path = tmp_path / "s.json"
+    h = _Harness(tmp_path)
+    started = event("Started", 0, "T-R", 0, evse={"id": 2, "connectorId": 3})
+    await h.call("TransactionEvent", started)
+    assert TransactionStore(path).located == {("CS-9", "T-R"): (2, 3)}
+    written = path.stat().st_mtime_ns
+    await h.call("TransactionEvent", event("Updated", 1, "T-R", 1))
+    assert path.stat().st_mtime_ns == written, "an Updated that moves nothing writes nothing"
+    await h.call("TransactionEvent", event("Ended", 2, "T-R", 2))
+    assert TransactionStore(path).located == {}
+    path.write_bytes(orjson.dumps({"last_id": 7, "open": {"7": ["CP-1", 1]}}))
+    old = TransactionStore(path)
+    assert (old.last_id, old.open, old.located) == (7, {7: ("CP-1", 1)}, {})
