@@ -1,4 +1,4 @@
-"""The ``ocpp`` source: a local OCPP 1.6J central system whose chargers' MeterValues and
+"""The ``ocpp`` source: a local OCPP 1.6J / 2.0.1 central system whose chargers' MeterValues and
 StatusNotifications, transactions and BootNotifications become captures (see docs/ocpp.md).
 
     settings.py      OcppSettings (host, port, TLS, limits; TELEMETRY_EDGE_OCPP__*)
@@ -14,6 +14,7 @@ StatusNotifications, transactions and BootNotifications become captures (see doc
     transactions.py  transaction ids unique across restarts
     idtags.py        id tags: salted hashes, the salt, kept out of logs
     lib.py           the typed face of the untyped ``ocpp`` library
+    v201/            OCPP 2.0.1: models, translation, local session, the proxy's Tap201
 """
 
 from edge_agent.ocpp.server import CentralSystem, ocpp_source

@@ -12,11 +12,13 @@ its timeout. Here every bad frame that could be a request is answered:
 Answers from the charger (CALLRESULT / CALLERROR) are never answered: the gateway sends no
 requests, so they are logged and dropped. Error codes use the OCPP 1.6 spelling
 (``FormationViolation``, ``OccurenceConstraintViolation``), which the library's schema validation
-does not (it raises the 2.0.1 ``FormatViolation``): :func:`error_code_16` translates.
+does not (it raises the 2.0.1 ``FormatViolation``): :func:`error_code_16` translates, and
+:func:`error_code_201` the other way for a 2.0.1 session.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +36,16 @@ _TO_16 = {
 }
 
 
+_TO_201 = {v: k for k, v in _TO_16.items()}
+
+
 def error_code_16(code: str) -> str:
     return _TO_16.get(code, code)
+
+
+def error_code_201(code: str) -> str:
+    """2.0.1's spelling (``FormatViolation``, ``OccurrenceConstraintViolation``)."""
+    return _TO_201.get(code, code)
 
 
 class FrameError(ValueError):
@@ -47,11 +57,10 @@ class FrameError(ValueError):
         self.cause = cause
         self.code = code
 
-    def to_json(self) -> str:
+    def to_json(self, spell: Callable[[str], str] = error_code_16) -> str:
         description = "Frame is syntactically incorrect or not conform the OCPP-J structure"
-        return str(
-            CallError(self.unique_id, self.code, description, {"cause": self.cause}).to_json()
-        )
+        code = spell(self.code)
+        return str(CallError(self.unique_id, code, description, {"cause": self.cause}).to_json())
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +71,13 @@ class Response:
     unique_id: str
 
 
-def call_error_json(unique_id: str, error: OCPPError) -> str:
-    """The CALLERROR for a failed CALL, with the 1.6 spelling of the error code."""
+def call_error_json(
+    unique_id: str, error: OCPPError, spell: Callable[[str], str] = error_code_16
+) -> str:
+    """The CALLERROR for a failed CALL, its code spelled for the version (1.6 by default)."""
     details = error.details if isinstance(error.details, dict) else {}
     safe = {k: v for k, v in details.items() if isinstance(v, str | int | float | bool)}
-    return str(CallError(unique_id, error_code_16(error.code), error.description, safe).to_json())
+    return str(CallError(unique_id, spell(error.code), error.description, safe).to_json())
 
 
 def parse_frame(raw: str | bytes) -> Call | Response:

@@ -33,15 +33,22 @@ from telemetry_common.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: Payload keys whose values are id tags (camelCase as sent, snake_case as the library passes
-#: them to handlers).
-TAG_KEYS: Final = frozenset({"idTag", "parentIdTag", "id_tag", "parent_id_tag"})
+#: them to handlers); 2.0.1's ``idToken`` is an object whose own ``idToken`` is the tag.
+TAG_KEYS: Final = frozenset(
+    {
+        "idTag", "parentIdTag", "id_tag", "parent_id_tag",
+        "idToken", "groupIdToken", "additionalIdToken",
+        "id_token", "group_id_token", "additional_id_token",
+    }
+)  # fmt: skip
 REDACTED: Final = "<idTag>"
 HASH_BYTES: Final = 16
 SALT_SUFFIX: Final = ".salt"
 _SALT_FILE_RE: Final = re.compile(r"[0-9a-f]{64}")
 #: A tag value after its key, in JSON (``"idTag": "X"``) or in a Python repr (``'idTag': 'X'``).
 _TAG_VALUE_RE: Final = re.compile(
-    r"""(['"](?:idTag|parentIdTag|id_tag|parent_id_tag)['"]\s*:\s*)"""
+    r"""(['"](?:idTag|parentIdTag|id_tag|parent_id_tag|idToken|groupIdToken|additionalIdToken"""
+    r"""|id_token|group_id_token|additional_id_token)['"]\s*:\s*)"""
     r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
 )
 

@@ -15,17 +15,23 @@ __all__ = [
     "Call",
     "CallError",
     "ChargePoint",
+    "ChargePoint201",
+    "FormatViolationError",
     "FormationViolationError",
     "InternalError",
     "NotImplementedError",
     "OCPPError",
     "OccurenceConstraintViolationError",
+    "OccurrenceConstraintViolationError",
     "PropertyConstraintViolationError",
     "ProtocolError",
     "TypeConstraintViolationError",
     "call",
+    "call201",
     "call_result",
+    "call_result201",
     "datatypes",
+    "datatypes201",
     "on",
 ]
 
@@ -49,6 +55,10 @@ if TYPE_CHECKING:
     class InternalError(OCPPError): ...
 
     class FormationViolationError(OCPPError): ...
+
+    class FormatViolationError(OCPPError): ...  # 2.0.1's spelling
+
+    class OccurrenceConstraintViolationError(OCPPError): ...  # 2.0.1's spelling
 
     class PropertyConstraintViolationError(OCPPError): ...
 
@@ -100,18 +110,27 @@ if TYPE_CHECKING:
             skip_schema_validation: bool = False,
         ) -> Any: ...
 
+    class ChargePoint201(ChargePoint):
+        """``ocpp.v201.ChargePoint``: the 2.0.1 end of a connection (the same interface)."""
+
     def on(action: str, *, skip_schema_validation: bool = False) -> Callable[[F], F]: ...
 
     #: ``ocpp.v16.call`` / ``call_result`` / ``datatypes``: dataclasses per action.
     call: Any
     call_result: Any
     datatypes: Any
+    #: ``ocpp.v201.call`` / ``call_result`` / ``datatypes``.
+    call201: Any
+    call_result201: Any
+    datatypes201: Any
 else:
     from ocpp.exceptions import (
         FormationViolationError,
+        FormatViolationError,
         InternalError,
         NotImplementedError,
         OccurenceConstraintViolationError,
+        OccurrenceConstraintViolationError,
         OCPPError,
         PropertyConstraintViolationError,
         ProtocolError,
@@ -120,3 +139,7 @@ else:
     from ocpp.messages import Call, CallError
     from ocpp.routing import on
     from ocpp.v16 import ChargePoint, call, call_result, datatypes
+    from ocpp.v201 import ChargePoint as ChargePoint201
+    from ocpp.v201 import call as call201
+    from ocpp.v201 import call_result as call_result201
+    from ocpp.v201 import datatypes as datatypes201

@@ -1,4 +1,4 @@
-"""OCPP 1.6 sampled values -> our value keys (docs/design.md): pure functions, no state.
+"""OCPP sampled values (1.6 and 2.0.1) -> our value keys (docs/design.md): pure, no state.
 
 A key is ``stem[_phase][_location]_unit``: ``Current.Import`` on ``L2`` in ``A`` is
 ``current_l2_a``. kWh and kW are converted by :func:`edge_agent.jsonl.normalise_units` (the same
@@ -9,17 +9,41 @@ sanitised key (lower case, ``[a-z0-9_]``), never dropped. See docs/ocpp.md for t
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from edge_agent.jsonl import normalise_units
-from edge_agent.ocpp.models import SampledValue
 from telemetry_common.storage import RESERVED_VALUE_KEYS
 
 Convert = Callable[[float], float]
+
+
+class Sample(Protocol):
+    """One sampled value of either OCPP version (1.6: :class:`edge_agent.ocpp.models.SampledValue`,
+    2.0.1: :class:`edge_agent.ocpp.v201.models.SampledValue`)."""
+
+    @property
+    def measurand(self) -> str | None: ...
+    @property
+    def phase(self) -> str | None: ...
+    @property
+    def location(self) -> str | None: ...
+    @property
+    def unit(self) -> str | None: ...
+    @property
+    def context(self) -> str | None: ...
+    @property
+    def signed(self) -> bool:
+        """It carries a signature instead of a number (1.6 ``SignedData``): skipped."""
+        ...
+
+    def number(self) -> float:
+        """The value as a finite number (with 2.0.1's multiplier); ValueError if it is not."""
+        ...
+
 
 DEFAULT_MEASURAND = "Energy.Active.Import.Register"  # OCPP 1.6: when measurand is omitted
 #: measurand -> (key stem, unit when the sample names none, location that needs no suffix)
@@ -83,23 +107,8 @@ PHASES = {
     "L1-L2": "l1_l2", "L2-L3": "l2_l3", "L3-L1": "l3_l1",
 }  # fmt: skip
 
-_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _NOT_KEY = re.compile(r"[^a-z0-9]+")
 MAX_KEY = 63
-
-
-def parse_decimal(text: str) -> float:
-    """An OCPP 1.6 value string, strictly: ASCII digits, optional ``-``, fraction and exponent.
-
-    Refused: ``NaN``, ``inf``, ``+1``, ``1_000``, ``0x1F``, ``" 1"``, ``"1,5"``, ``""``, non-ASCII
-    digits, and anything that overflows to infinity.
-    """
-    if not _DECIMAL.fullmatch(text):
-        raise ValueError(f"not a finite decimal number: {text[:40]!r}")
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"out of range: {text[:40]!r}")
-    return value
 
 
 def sanitise(name: str) -> str:
@@ -108,7 +117,7 @@ def sanitise(name: str) -> str:
     return _NOT_KEY.sub("_", ascii_name.lower()).strip("_")
 
 
-def value_key(sample: SampledValue) -> tuple[str, Convert]:
+def value_key(sample: Sample) -> tuple[str, Convert]:
     """The value key of one sampled value and the conversion its number needs."""
     measurand = sample.measurand or DEFAULT_MEASURAND
     stem, natural_unit, natural_location = MEASURANDS.get(measurand, (sanitise(measurand), "", ""))
@@ -140,7 +149,7 @@ class Mapped:
     signed: int = 0
 
 
-def map_samples(samples: Iterable[SampledValue]) -> Mapped:
+def map_samples(samples: Iterable[Sample]) -> Mapped:
     """Map the sampled values of one meterValue. A sample whose value is not a finite decimal is
     skipped and counted (``invalid_samples`` in the values); a signed sample (``SignedData``)
     carries no number and is skipped; a second sample with the same key is reported."""
@@ -149,12 +158,12 @@ def map_samples(samples: Iterable[SampledValue]) -> Mapped:
     for s in samples:
         if s.context:
             out.contexts.add(s.context)
-        if s.format == "SignedData":
+        if s.signed:
             out.signed += 1
             continue
         key, convert = value_key(s)
         try:
-            number = convert(parse_decimal(s.value))
+            number = convert(s.number())
         except ValueError as exc:
             out.invalid += 1
             out.problems.append(f"{s.measurand or DEFAULT_MEASURAND} ({key}): {exc}")

@@ -12,6 +12,8 @@ A payload that fails is refused with the OCPP 1.6 CALLERROR code for what is wro
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -28,6 +30,21 @@ from edge_agent.ocpp.lib import (
 )
 
 _INT32 = 2**31 - 1
+_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def parse_decimal(text: str) -> float:
+    """An OCPP 1.6 value string, strictly: ASCII digits, optional ``-``, fraction and exponent.
+
+    Refused: ``NaN``, ``inf``, ``+1``, ``1_000``, ``0x1F``, ``" 1"``, ``"1,5"``, ``""``, non-ASCII
+    digits, and anything that overflows to infinity.
+    """
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError(f"not a finite decimal number: {text[:40]!r}")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"out of range: {text[:40]!r}")
+    return value
 
 
 def parse_ts(value: object) -> datetime:
@@ -64,6 +81,15 @@ class SampledValue(_Strict):
     location: str | None = None
     unit: str | None = None
 
+    @property
+    def signed(self) -> bool:
+        """A 1.6 ``SignedData`` sample: its value is a signature, not a number."""
+        return self.format == "SignedData"
+
+    def number(self) -> float:
+        """The value (a string in 1.6) as a number; ValueError unless a strict decimal."""
+        return parse_decimal(self.value)
+
 
 class MeterValue(_Strict):
     timestamp: Timestamp
@@ -85,7 +111,7 @@ class StopTransactionReq(_Strict):
     transaction_data: list[MeterValue] | None = None
 
 
-M = TypeVar("M", bound=_Strict)
+M = TypeVar("M", bound=BaseModel)
 
 
 def validate(model: type[M], payload: dict[str, Any]) -> M:

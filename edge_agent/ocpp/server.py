@@ -1,4 +1,4 @@
-"""The OCPP 1.6J central system the site's chargers connect to, as an edge-agent source.
+"""The OCPP central system (1.6J and 2.0.1) the site's chargers connect to, as an edge-agent source.
 
 ``ocpp_source(settings)`` has the shape of every source (``AsyncIterator[list[Capture]]``) and
 serves until cancelled. A batch is yielded; when the consumer asks for the next one it has stored
@@ -6,7 +6,8 @@ this one (the agent appends to its outbox before it iterates again), and only th
 chargers' requests that produced it answered. Requests wait in a bounded queue
 (``max_pending``): a stalled agent makes chargers wait for their answers, it never drops data.
 
-Handshake: WebSocket subprotocol ``ocpp1.6`` (required); the charger id is the last segment of the
+Handshake: WebSocket subprotocol ``ocpp2.0.1`` or ``ocpp1.6`` (required; a charger that offers
+both gets 2.0.1), and the session is that version's. The charger id is the last segment of the
 URL path, allow-listed (``^[A-Za-z0-9._-]{1,64}$``), else HTTP 404; beyond ``max_chargers``
 connections, HTTP 503; then the charger's security profile (:mod:`edge_agent.ocpp.auth`, the
 chargers file): 401/403. A second connection for a connected id is refused (409) unless it
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -41,12 +43,17 @@ from edge_agent.ocpp.session import ChargerSession, Counters, Shared
 from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.transactions import TransactionStore
 from edge_agent.ocpp.translate import Translator
+from edge_agent.ocpp.v201.session import SUBPROTOCOL as V201
+from edge_agent.ocpp.v201.session import ChargerSession201
 from telemetry_common.errors import ConfigError
 from telemetry_common.ids import is_valid_id
 
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = Subprotocol("ocpp1.6")
+SUBPROTOCOL_201 = Subprotocol(V201)
+#: In the order of preference: a charger that offers both speaks 2.0.1.
+SUBPROTOCOLS: Final = (SUBPROTOCOL_201, SUBPROTOCOL)
 #: Captures handed to the agent at once (about: whole requests are taken).
 MAX_BATCH = 500
 
@@ -104,6 +111,8 @@ class CentralSystem:
         chargers = await asyncio.to_thread(_chargers_config, s)
         self._auth = Authenticator(chargers, self.counters)
         transactions = await asyncio.to_thread(TransactionStore, s.state_path)
+        for (charger_id, tid), (evse, connector) in transactions.located.items():
+            self.translator.open_transaction(charger_id, tid, evse, connector)  # 2.0.1
         configured = s.id_tag_salt.get_secret_value() if s.id_tag_salt is not None else None
         salt = await asyncio.to_thread(load_salt, configured, s.state_path)
         self._shared = Shared(s, self.translator, transactions, self.counters, self._emit, salt)
@@ -111,7 +120,7 @@ class CentralSystem:
             self._handle,
             s.host,
             s.port,
-            subprotocols=[SUBPROTOCOL],
+            subprotocols=list(SUBPROTOCOLS),
             process_request=self._check_request,
             ssl=s.ssl_context(),
             max_size=s.max_message_bytes,
@@ -121,7 +130,12 @@ class CentralSystem:
             logger=_NoFrameDumps(logging.getLogger("websockets.server")),
         )
         scheme = "wss" if s.cert_file else "ws"
-        log.info("ocpp 1.6J central system on %s://%s:%d/<charger_id>", scheme, s.host, self.port)
+        log.info(
+            "ocpp (1.6J, 2.0.1) central system on %s://%s:%d/<charger_id>",
+            scheme,
+            s.host,
+            self.port,
+        )
         return self
 
     async def __aexit__(
@@ -250,8 +264,11 @@ class CentralSystem:
             if old is not None:
                 log.info("ocpp %s: a new connection replaces the old one", charger_id)
                 await old.close(reason="replaced by a newer connection")
-            log.info("ocpp %s connected from %s", charger_id, ws.remote_address)
-            await ChargerSession(charger_id, ws, self._shared).start()
+            log.info(
+                "ocpp %s connected from %s (%s)", charger_id, ws.remote_address, ws.subprotocol
+            )
+            session = ChargerSession201 if ws.subprotocol == SUBPROTOCOL_201 else ChargerSession
+            await session(charger_id, ws, self._shared).start()
         except ConnectionClosed as exc:
             log.info("ocpp %s disconnected (%s)", charger_id, exc)
         finally:

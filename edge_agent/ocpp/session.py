@@ -1,4 +1,5 @@
-"""One charger's OCPP 1.6J connection: the requests a charger sends and their answers.
+"""One charger's OCPP 1.6J connection: the requests a charger sends and their answers (2.0.1:
+:mod:`edge_agent.ocpp.v201.session`, on the same :class:`SessionBase`).
 
 Every request that carries readings is answered only once the agent has stored them (``emit``
 returns when the outbox holds them): a charger drops what it queued only after our answer, so a
@@ -19,7 +20,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edge_agent.capture import Capture
-from edge_agent.ocpp.frames import FrameError, Response, call_error_json, parse_frame
+from edge_agent.ocpp.frames import (
+    FrameError,
+    Response,
+    call_error_json,
+    error_code_16,
+    parse_frame,
+)
 from edge_agent.ocpp.idtags import hash_id_tag, scrub, tags_in
 from edge_agent.ocpp.lib import (
     ChargePoint,
@@ -106,10 +113,19 @@ def _ts(value: str) -> datetime:
         raise PropertyConstraintViolationError(details={"cause": str(exc)}) from exc
 
 
-class ChargerSession(ChargePoint):
+class SessionBase(ChargePoint):
+    """What a charger's session does whatever its OCPP version: every malformed request gets
+    its CALLERROR (in the version's spelling), id tags never reach a log line, readings are
+    answered after they are stored (:meth:`_emit`). A subclass adds the version's handlers
+    (and, for 2.0.1, the library's 2.0.1 message classes: :mod:`edge_agent.ocpp.v201.session`)."""
+
     def __init__(self, charger_id: str, connection: Any, shared: Shared) -> None:
         super().__init__(charger_id, connection, logger=_WireLog(logging.getLogger(__name__)))
         self._s = shared
+
+    def _spell(self, code: str) -> str:
+        """An error code as this OCPP version spells it."""
+        return error_code_16(code)
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         """The library's router, but every malformed request gets its CALLERROR."""
@@ -117,7 +133,7 @@ class ChargerSession(ChargePoint):
             msg = parse_frame(raw_msg)
         except FrameError as exc:
             log.warning("ocpp %s: bad frame (%s), answered %s", self.id, exc.cause, exc.code)
-            await self._send(exc.to_json())
+            await self._send(exc.to_json(self._spell))
             return
         if isinstance(msg, Response):
             log.info("ocpp %s: ignored an answer (%s) to no request", self.id, msg.unique_id)
@@ -134,7 +150,7 @@ class ChargerSession(ChargePoint):
             log.warning(
                 "ocpp %s: %s refused: %s %s", self.id, msg.action, error.code, error.details
             )
-            await self._send(call_error_json(msg.unique_id, error))
+            await self._send(call_error_json(msg.unique_id, error, self._spell))
 
     async def _send(self, message: str) -> None:
         if message.startswith("[4,"):
@@ -144,6 +160,10 @@ class ChargerSession(ChargePoint):
     async def _emit(self, captures: list[Capture]) -> None:
         await self._s.emit(captures)
         self._s.counters.readings += len(captures)
+
+
+class ChargerSession(SessionBase):
+    """One charger's OCPP 1.6J session."""
 
     @on("BootNotification")
     async def on_boot_notification(

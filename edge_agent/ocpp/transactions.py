@@ -4,7 +4,9 @@ An id is ``max(last + 1, seconds since 2025-01-01)``: it grows by one per transa
 falls behind the clock, so even if the state file is lost, ids stay unique unless transactions
 were started faster than one per second on average. It fits OCPP 1.6's int32 until about 2093.
 The state file (JSON, replaced atomically and fsynced) also remembers open transactions, so a
-StopTransaction after a gateway restart still finds its charger and connector.
+StopTransaction after a gateway restart still finds its charger and connector; and where open
+OCPP 2.0.1 transactions (ids the chargers choose) run, so their later TransactionEvents, which
+name no EVSE, keep theirs after a restart (:attr:`TransactionStore.located`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class TransactionStore:
         self._lock = asyncio.Lock()
         self.last_id = 0
         self.open: dict[int, tuple[str, int]] = {}
+        #: (charger, 2.0.1 transaction id) -> (evse, connector) of open 2.0.1 transactions.
+        self.located: dict[tuple[str, str], tuple[int, int]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -41,16 +45,23 @@ class TransactionStore:
             state = orjson.loads(self._path.read_bytes())
             self.last_id = int(state["last_id"])
             self.open = {int(k): (str(v[0]), int(v[1])) for k, v in state["open"].items()}
+            self.located = {
+                (str(c), str(t)): (int(e), int(k)) for c, t, e, k in state.get("located", ())
+            }
         except FileNotFoundError:
             return
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
             # Ids stay unique through the clock floor; only open transactions are forgotten.
             log.error("ocpp state %s unreadable (%s): starting from the clock", self._path, exc)
-            self.last_id, self.open = 0, {}
+            self.last_id, self.open, self.located = 0, {}, {}
 
     def _save(self) -> None:
         body = orjson.dumps(
-            {"last_id": self.last_id, "open": {str(k): list(v) for k, v in self.open.items()}}
+            {
+                "last_id": self.last_id,
+                "open": {str(k): list(v) for k, v in self.open.items()},
+                "located": [[*key, *where] for key, where in self.located.items()],
+            }
         )
         tmp = self._path.with_name(self._path.name + ".tmp")
         with tmp.open("wb") as f:
@@ -85,3 +96,23 @@ class TransactionStore:
             if where is not None:
                 await asyncio.to_thread(self._save)
             return where
+
+    async def locate(
+        self, charger_id: str, transaction_id: str, evse_id: int, connector_id: int
+    ) -> None:
+        """Keep where an open 2.0.1 transaction runs (written only when it is new or moved)."""
+        key, where = (charger_id, transaction_id), (evse_id, connector_id)
+        async with self._lock:
+            if self.located.get(key) == where:
+                return
+            self.located.pop(key, None)
+            self.located[key] = where
+            while len(self.located) > self._max_open:
+                del self.located[next(iter(self.located))]
+            await asyncio.to_thread(self._save)
+
+    async def unlocate(self, charger_id: str, transaction_id: str) -> None:
+        """Forget an ended 2.0.1 transaction."""
+        async with self._lock:
+            if self.located.pop((charger_id, transaction_id), None) is not None:
+                await asyncio.to_thread(self._save)

@@ -27,15 +27,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Final
+from typing import Final, Protocol, TypeVar
 
 from pydantic import ValidationError
 
 from edge_agent.capture import Capture
-from edge_agent.ocpp.mapping import ERROR_CODES, map_samples
-from edge_agent.ocpp.models import MeterValue
+from edge_agent.ocpp.mapping import ERROR_CODES, Sample, map_samples
 from edge_agent.ocpp.sanity import ENERGY_KEY, EnergyGuard
 from telemetry_common.ids import is_valid_id
 
@@ -47,6 +46,25 @@ DEFAULT_STOP_REASON: Final = "Local"
 #: What a ``reason`` that is not an allowed id is stored as.
 OTHER_STOP_REASON: Final = "Other"
 MAX_INFO_CHARS: Final = 64
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class MeterValueLike(Protocol):
+    """One ``meterValue`` of either OCPP version (validated, snake_case)."""
+
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def sampled_value(self) -> Sequence[Sample]: ...
+
+
+def _remember(memory: dict[K, V], key: K, value: V, limit: int) -> None:
+    """``memory[key] = value`` as the newest entry; the oldest goes beyond ``limit``."""
+    memory.pop(key, None)
+    memory[key] = value
+    if len(memory) > limit:
+        del memory[next(iter(memory))]
 
 
 def info_text(value: str | None) -> str | None:
@@ -81,35 +99,87 @@ def stop_reason(reason: str | None) -> str:
 
 
 class Translator:
+    """One per central system: the connectors' statuses, the energy checks and (2.0.1) where
+    the open transactions are. ``evse_id`` defaults to ``connector_id`` (1.6: each connector
+    is its own EVSE); 2.0.1 passes both (:mod:`edge_agent.ocpp.v201.translate`)."""
+
     def __init__(self, guard: EnergyGuard | None = None, *, max_connectors: int = 100_000) -> None:
         self.guard = guard or EnergyGuard()
-        self._status: dict[tuple[str, int], str] = {}
+        self._status: dict[tuple[str, int, int], str] = {}
+        #: (charger, transaction id) -> (evse, connector) of the transactions seen open (2.0.1
+        #: names the EVSE only in a transaction's first TransactionEvent).
+        self._tx_where: dict[tuple[str, str], tuple[int, int]] = {}
+        #: (charger, evse) -> the transaction open on it (2.0.1).
+        self._tx_open: dict[tuple[str, int], str] = {}
         self._max = max_connectors
         self.invalid_samples = 0
         self.signed_samples = 0
         self.rejected = 0
 
-    def status(self, charger_id: str, connector_id: int) -> str | None:
-        return self._status.get((charger_id, connector_id))
+    def status(self, charger_id: str, connector_id: int, evse_id: int | None = None) -> str | None:
+        evse = connector_id if evse_id is None else evse_id
+        return self._status.get((charger_id, evse, connector_id))
+
+    def set_status(
+        self, charger_id: str, connector_id: int, status: str | None, evse_id: int | None = None
+    ) -> None:
+        """The connector's status from now on (what its next readings carry; None: unknown)."""
+        key = (charger_id, connector_id if evse_id is None else evse_id, connector_id)
+        if status is None:
+            self._status.pop(key, None)
+        else:
+            _remember(self._status, key, status, self._max)
+
+    def open_transaction(
+        self, charger_id: str, transaction_id: str, evse_id: int, connector_id: int
+    ) -> None:
+        """Remember where a (2.0.1) transaction runs, until :meth:`close_transaction`."""
+        _remember(self._tx_where, (charger_id, transaction_id), (evse_id, connector_id), self._max)
+        _remember(self._tx_open, (charger_id, evse_id), transaction_id, self._max)
+
+    def close_transaction(self, charger_id: str, transaction_id: str) -> None:
+        where = self._tx_where.pop((charger_id, transaction_id), None)
+        if where is not None and self._tx_open.get((charger_id, where[0])) == transaction_id:
+            del self._tx_open[(charger_id, where[0])]
+
+    def transaction_at(self, charger_id: str, transaction_id: str) -> tuple[int, int] | None:
+        """The (evse, connector) of an open transaction, if it was seen."""
+        return self._tx_where.get((charger_id, transaction_id))
+
+    def open_on(self, charger_id: str, evse_id: int) -> str | None:
+        """The transaction open on an EVSE, if one was seen starting and not ending."""
+        return self._tx_open.get((charger_id, evse_id))
 
     def status_notification(
-        self, charger_id: str, connector_id: int, status: str, error_code: str, ts: datetime
+        self,
+        charger_id: str,
+        connector_id: int,
+        status: str | None,
+        error_code: str | None,
+        ts: datetime,
+        *,
+        evse_id: int | None = None,
+        transaction_id: str | None = None,
     ) -> list[Capture]:
-        self._status.pop((charger_id, connector_id), None)
-        self._status[(charger_id, connector_id)] = status
-        if len(self._status) > self._max:
-            del self._status[next(iter(self._status))]
-        code = ERROR_CODES.get(error_code, len(ERROR_CODES))
-        return self._checked([self._capture(charger_id, connector_id, ts, {"error_code": code})])
+        """A status change as a reading; ``error_code`` (1.6 only) as its value."""
+        self.set_status(charger_id, connector_id, status, evse_id)
+        values: dict[str, float] = {}
+        if error_code is not None:
+            values["error_code"] = ERROR_CODES.get(error_code, len(ERROR_CODES))
+        capture = self.capture(charger_id, connector_id, ts, values, transaction_id, evse_id)
+        return self.checked([capture])
 
     def meter_values(
         self,
         charger_id: str,
         connector_id: int,
-        meter_values: Iterable[MeterValue],
-        transaction_id: int | None,
+        meter_values: Iterable[MeterValueLike],
+        transaction_id: int | str | None,
+        *,
+        evse_id: int | None = None,
     ) -> list[Capture]:
         captures: list[Capture] = []
+        evse = connector_id if evse_id is None else evse_id
         for mv in meter_values:
             mapped = map_samples(mv.sampled_value)
             self.invalid_samples += mapped.invalid
@@ -124,17 +194,16 @@ class Translator:
                     mv.timestamp.isoformat(),
                 )
                 continue
+            # The register is the EVSE's (in 1.6 the connector's, the same number).
             self.guard.apply(
-                charger_id,
-                connector_id,
-                mv.timestamp,
-                mapped.values,
-                begin=BEGIN in mapped.contexts,
+                charger_id, evse, mv.timestamp, mapped.values, begin=BEGIN in mapped.contexts
             )
             captures.append(
-                self._capture(charger_id, connector_id, mv.timestamp, mapped.values, transaction_id)
+                self.capture(
+                    charger_id, connector_id, mv.timestamp, mapped.values, transaction_id, evse_id
+                )
             )
-        return self._checked(captures)
+        return self.checked(captures)
 
     def register(
         self,
@@ -153,12 +222,12 @@ class Translator:
         values = {ENERGY_KEY: float(wh)}
         self.guard.apply(charger_id, connector_id, ts, values, begin=begin)
         capture = dataclasses.replace(
-            self._capture(charger_id, connector_id, ts, values, transaction_id),
+            self.capture(charger_id, connector_id, ts, values, transaction_id),
             tx_event="started" if begin else "ended",
             stop_reason=None if begin else stop_reason(reason),
             id_tag_hash=id_tag_hash,
         )
-        return self._checked([capture])
+        return self.checked([capture])
 
     def boot(
         self,
@@ -173,28 +242,29 @@ class Translator:
         """A BootNotification: a reading of connector 0 with no values, with ``charger_info``."""
         texts = {"vendor": vendor, "model": model, "serial": serial, "firmware": firmware}
         info = {k: t for k, v in texts.items() if (t := info_text(v)) is not None}
-        capture = dataclasses.replace(self._capture(charger_id, 0, ts, {}), charger_info=info)
-        return self._checked([capture])
+        capture = dataclasses.replace(self.capture(charger_id, 0, ts, {}), charger_info=info)
+        return self.checked([capture])
 
-    def _capture(
+    def capture(
         self,
         charger_id: str,
         connector_id: int,
         ts: datetime,
         values: dict[str, float],
-        transaction_id: int | None = None,
+        transaction_id: int | str | None = None,
+        evse_id: int | None = None,
     ) -> Capture:
         return Capture(
             charger_id=charger_id,
             ts=ts,
             values=values,
-            status=self.status(charger_id, connector_id),
-            evse_id=connector_id,
+            status=self.status(charger_id, connector_id, evse_id),
+            evse_id=connector_id if evse_id is None else evse_id,
             connector_id=connector_id,
             transaction_id=None if transaction_id is None else str(transaction_id),
         )
 
-    def _checked(self, captures: list[Capture]) -> list[Capture]:
+    def checked(self, captures: list[Capture]) -> list[Capture]:
         """Keep what the shared schema accepts (the agent would refuse the rest); report it."""
         kept: list[Capture] = []
         for c in captures:

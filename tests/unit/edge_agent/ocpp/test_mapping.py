@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.ocpp.mapping import map_samples, parse_decimal, value_key
-from edge_agent.ocpp.models import MeterValue, SampledValue
+from edge_agent.ocpp.mapping import map_samples, value_key
+from edge_agent.ocpp.models import MeterValue, SampledValue, parse_decimal
 from edge_agent.ocpp.sanity import BACKWARDS, ZERO_AT_BEGIN, EnergyGuard
 from edge_agent.ocpp.translate import Translator
 from telemetry_common.schema import ValueKey
