@@ -50,12 +50,12 @@ class GatewayView:
 
 def gateway_state(info: GatewayInfo | None, now: datetime) -> tuple[GatewayStateName, float | None]:
     """The state of a gateway whose newest retained message is ``info`` (None: none seen), and
-    the age in seconds of that message on the bridges' clock (None: no ``ts``)."""
+    the age in seconds of its newest birth or heartbeat on the bridges' clock (None: none)."""
     if info is None:
         return "unknown", None
     age = None
-    if info.ts is not None:
-        age = (now - info.ts).total_seconds() + (info.clock_offset_s or 0.0)
+    if info.last_online is not None:
+        age = (now - info.last_online).total_seconds() + (info.clock_offset_s or 0.0)
     if info.state != "online":
         return "offline", age
     interval = info.interval_s or DEFAULT_INTERVAL_S

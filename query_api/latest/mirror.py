@@ -53,8 +53,10 @@ class GatewayInfo:
     ``clock_unsynchronised``: the sources by which the newest message's ``clock`` says the
     gateway's clock is unsynchronised (None: the newest message said nothing of the clock),
     ``clock_offset_s`` its offset from the bridges' clock. For the fleet view
-    (``/v1/gateways``): ``since``, the ``ts`` of the first message of the current state as seen
-    by this process (after a restart: of the retained one); the agent version, the heartbeat's
+    (``/v1/gateways``): ``last_online``, the ``ts`` of the newest birth or heartbeat; ``since``,
+    when the current state began as far as this process saw: the ``ts`` of its first message,
+    but for ``offline`` no earlier than ``last_online`` (a last will carries the time of the
+    connect it was registered at, not of the death); the agent version, the heartbeat's
     ``interval_s``, and the outbox's depth, unconfirmed readings and drops by reason of the
     newest message that carried them (None: never said; an older agent sends no drops)."""
 
@@ -66,6 +68,7 @@ class GatewayInfo:
     clock_unsynchronised: tuple[str, ...] | None = None
     clock_offset_s: float | None = None
     since: datetime | None = None
+    last_online: datetime | None = None
     agent_version: str | None = None
     interval_s: float | None = None
     depth: int | None = None
@@ -164,7 +167,11 @@ class LiveMirror:
         if info is None or info.state != state:
             info = info or GatewayInfo(state)
             info.since = ts
+            if state == "offline" and info.last_online is not None:
+                info.since = max(info.last_online, ts) if ts is not None else info.last_online
         info.state, info.ts = state, ts
+        if state == "online":
+            info.last_online = ts
         outbox = doc.get("outbox")
         # Of the newest message only: a last will, or a heartbeat whose agent could not read its
         # outbox, says nothing of the backlog (its alarm is held as it is).

@@ -92,8 +92,10 @@ class Gateway(BaseModel):
         description="online, stale (no heartbeat for 3 intervals), offline (last will or clean "
         "stop), unknown (no retained state: known only from stored readings)"
     )
-    since: str | None = Field(description="ts of the first message of this state seen")
-    last_seen: str | None = Field(description="ts of the newest state message")
+    since: str | None = Field(
+        description="when this state began, as far as the API saw (offline: not before last_seen)"
+    )
+    last_seen: str | None = Field(description="ts of the newest birth or heartbeat")
     age_s: float | None = Field(description="its age on the bridges' clock")
     agent_version: str | None
     heartbeat_interval_s: float | None
@@ -145,7 +147,7 @@ def _gateway(view: GatewayView) -> Gateway:
         gateway_id=gw,
         state=view.state,
         since=_ts(info.since) if info else None,
-        last_seen=_ts(info.ts) if info else None,
+        last_seen=_ts(info.last_online) if info else None,
         age_s=round(view.age_s, 3) if view.age_s is not None else None,
         agent_version=info.agent_version if info else None,
         heartbeat_interval_s=info.interval_s if info else None,

@@ -34,8 +34,8 @@ def _stats(pending: int, dropped: dict[str, int]) -> OutboxStats:
 def test_the_mirror_keeps_what_the_heartbeat_says_and_the_last_will_keeps_it() -> None:
     """A heartbeat made by the agent's own code: version, interval, depth, unconfirmed, drops
     and certificate are kept; ``since`` is the first online message's ts and does not move with
-    later heartbeats; the last will moves the state and ``since`` but keeps the last known
-    outbox and version."""
+    later heartbeats; the last will moves the state and ``since`` (not before the last
+    heartbeat) but keeps the last known outbox and version."""
     mirror = LiveMirror(TOPICS)
     not_after = NOW + timedelta(days=30)
     beat = online_payload(
@@ -54,10 +54,16 @@ def test_the_mirror_keeps_what_the_heartbeat_says_and_the_last_will_keeps_it() -
     assert (info.depth, info.unconfirmed, info.drops) == (7, 3, {"budget_energy": 2})
     assert info.cert_not_after == not_after
 
-    bye = NOW + timedelta(minutes=1)
-    _state(mirror, "gw-1", state_payload("offline", now=bye))
+    # The last will carries the time of the connect it was registered at: since is no earlier
+    # than the last heartbeat.
+    connected = NOW - timedelta(hours=1)
+    _state(mirror, "gw-1", state_payload("offline", now=connected))
     info = mirror.gateway_info()["gw-1"]
-    assert (info.state, info.since, info.ts) == ("offline", bye, bye)
+    assert (info.state, info.since, info.ts, info.last_online) == ("offline", NOW, connected, NOW)
+    bye = NOW + timedelta(minutes=1)  # a clean stop says when
+    _state(mirror, "gw-2", online_payload(now=NOW))
+    _state(mirror, "gw-2", state_payload("offline", now=bye))
+    assert mirror.gateway_info()["gw-2"].since == bye
     assert (info.agent_version, info.depth, info.drops) == ("1.2.3", 7, {"budget_energy": 2})
     assert not info.outbox_reported
 
@@ -86,15 +92,20 @@ def test_online_turns_stale_after_three_announced_intervals_on_the_bridges_clock
     """Online while the newest heartbeat is at most 3 intervals old (the announced one, else
     60 s); the gateway's reported clock offset corrects the age; offline stays offline
     whatever the age; no retained state: unknown."""
-    info = GatewayInfo("online", NOW - timedelta(seconds=44), interval_s=15.0)
+
+    def online(age_s: float, **kw: Any) -> GatewayInfo:
+        ts = NOW - timedelta(seconds=age_s)
+        return GatewayInfo("online", ts, last_online=ts, **kw)
+
+    info = online(44, interval_s=15.0)
     assert gateway_state(info, NOW) == ("online", 44.0)
-    info.ts = NOW - timedelta(seconds=46)
+    info = online(46, interval_s=15.0)
     assert gateway_state(info, NOW) == ("stale", 46.0)
     info.clock_offset_s = -5.0  # the gateway's clock is 5 s behind: its ts looks 5 s older
     assert gateway_state(info, NOW) == ("online", 41.0)
-    assert gateway_state(GatewayInfo("online", NOW - timedelta(seconds=170)), NOW)[0] == "online"
-    assert gateway_state(GatewayInfo("online", NOW - timedelta(seconds=190)), NOW)[0] == "stale"
-    assert gateway_state(GatewayInfo("offline", NOW - timedelta(days=9)), NOW)[0] == "offline"
+    assert gateway_state(online(170), NOW)[0] == "online"
+    assert gateway_state(online(190), NOW)[0] == "stale"
+    assert gateway_state(GatewayInfo("offline", NOW - timedelta(days=9)), NOW) == ("offline", None)
     assert gateway_state(None, NOW) == ("unknown", None)
 
 
