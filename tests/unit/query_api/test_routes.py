@@ -640,7 +640,7 @@ async def test_gateways_list_pages_filters_and_shows_one(
     (``unknown``), sorted, paged by a signed cursor, filtered by state; the heartbeat's
     fields are served; /v1/gateways/{id} adds the charger ids; an unknown id is a 404."""
     mirror = app.state.mirror
-    beat = {
+    beat: dict[str, Any] = {
         "state": "online", "ts": "2026-05-01T12:00:00Z", "agent_version": "1.2.3",
         "interval_s": 3.0, "cert_not_after": "2026-05-04T12:00:10Z",
         "outbox": {"depth": 9, "oldest_unsent_ts": "2026-05-01T11:59:00Z", "unconfirmed": 4,
