@@ -161,12 +161,23 @@ def _gateway(view: GatewayView) -> Gateway:
 
 
 async def _fleet(
-    request: Request, influx: Influx, mirror: Mirror, settings: ApiSettings, now: Now, mono: Mono
+    request: Request,
+    influx: Influx,
+    mirror: Mirror,
+    settings: ApiSettings,
+    now: Now,
+    mono: Mono,
+    only: str | None = None,
 ) -> list[GatewayView]:
+    """Every gateway (``only``: that one, if known)."""
     index: ChargerIndex = request.app.state.charger_index
     seen = await index.chargers(influx, mirror, mono)
+    infos = mirror.gateway_info()
+    if only is not None:
+        infos = {only: infos[only]} if only in infos else {}
+        seen = [c for c in seen if c.gateway_id == only]
     return fleet(
-        mirror.gateway_info(),
+        infos,
         ((c.charger_id, c.gateway_id) for c in seen),
         now,
         warn_days=settings.alarm_cert_days,
@@ -230,10 +241,7 @@ async def gateway_detail(
     mono: Mono,
     gateway_id: Annotated[str, Path(pattern=ID_PATTERN, examples=["gw-1"])],
 ) -> GatewayDetail:
-    found = [
-        v for v in await _fleet(request, influx, mirror, settings, now, mono)
-        if v.gateway_id == gateway_id
-    ]  # fmt: skip
+    found = await _fleet(request, influx, mirror, settings, now, mono, only=gateway_id)
     if not found:
         raise ProblemError(404, "not-found", f"nothing known of gateway {gateway_id!r}")
     alarms = await read_alarms(
