@@ -44,7 +44,7 @@ EXAMPLE: Final[dict[str, Any]] = {
     "since": "2026-12-05T08:00:00.000Z",
     "last_seen": "2026-12-06T04:00:00.000Z",
     "age_s": 12.5,
-    "agent_version": "0.9.0",
+    "agent_version": "0.1.0",
     "heartbeat_interval_s": 60.0,
     "outbox": {
         "depth": 25,
@@ -66,7 +66,7 @@ class Outbox(BaseModel):
     unconfirmed: int | None = Field(description="sent, not yet acknowledged as stored")
     drops: dict[str, int] | None = Field(
         description="readings dropped without a PUBACK, by reason, since the outbox was made; "
-        "null: the agent does not report them (older than 0.9)"
+        "null: the agent does not report them (an older agent)"
     )
 
 
