@@ -104,7 +104,9 @@ async def _run(settings: EdgeSettings, source: SourceName, file: Path | None) ->
         else:
             stream = stack.enter_context(file.open("rb")) if file else sys.stdin.buffer
             captures = read_jsonl(stream)
-        gateway = GatewayState(outbox, settings.mqtt.cert_file)
+        gateway = GatewayState(
+            outbox, settings.mqtt.cert_file, interval_s=settings.state_interval_s
+        )
         async with mqtt_client(settings, gateway=gateway) as client:
             agent = EdgeAgent(settings, outbox, client, pace=pace, gateway=gateway)
             if settings.metrics_port:

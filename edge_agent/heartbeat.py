@@ -4,14 +4,18 @@ The birth (published by the MQTT client on every connect) and a heartbeat republ
 ``STATE_INTERVAL_S`` while connected carry the gateway's health, so the cloud can raise
 ``gateway_offline``, ``edge_backlog`` and ``certificate_expiry`` without reaching the gateway::
 
-    {"state": "online", "ts": ISO, "agent_version": "x.y.z",
-     "outbox": {"depth": int, "oldest_unsent_ts": ISO | null, "unconfirmed": int},
+    {"state": "online", "ts": ISO, "agent_version": "x.y.z", "interval_s": float,
+     "outbox": {"depth": int, "oldest_unsent_ts": ISO | null, "unconfirmed": int,
+                "drops": {reason: int}},
      "cert_not_after": ISO | null,
      "clock": {"unsynchronised": {"os": bool | null, "cloud": bool | null},
                "offset_s": float | null}}
 
 ``outbox`` is left out when the outbox statistics could not be read (not reported as empty);
 ``clock`` (edge_agent.clock) when the agent has no clock watch (``outbox drain``).
+``outbox.drops`` are the outbox's counters of readings dropped without a PUBACK, by reason
+(:mod:`edge_agent.drops`; they never go down); ``interval_s`` is how often the heartbeat comes, so
+a reader can tell a heartbeat that stopped (``stale``) from one that is merely not due yet.
 The last will (and a clean stop) stays ``{"state": "offline", "ts": ISO}``. Readers accept both
 and ignore keys they do not know (docs/design.md, MQTT).
 """
@@ -89,13 +93,15 @@ def online_payload(
     not_after: datetime | None = None,
     outbox_known: bool = True,
     clock: ClockWatch | None = None,
+    interval_s: float | None = None,
 ) -> bytes:
     """The ``online`` document of the birth and the heartbeat: the agent version, the outbox
     (``outbox``'s depth and its oldest unsent reading's capture time; none: depth 0), the
     readings unconfirmed and the client certificate's notAfter. ``outbox_known`` False (its
     statistics could not be read): no ``outbox`` key at all, so the cloud keeps its
     ``edge_backlog`` alarm as it is rather than read an empty outbox. ``clock``: whether this
-    gateway's clock is unsynchronised, per source, and its offset from the bridges' clock."""
+    gateway's clock is unsynchronised, per source, and its offset from the bridges' clock.
+    ``interval_s``: the heartbeat's period (left out when None)."""
     now = now or datetime.now(UTC)
     oldest = None
     if outbox is not None and outbox.oldest_age_s is not None:
@@ -108,9 +114,12 @@ def online_payload(
             "depth": outbox.pending if outbox is not None else 0,
             "oldest_unsent_ts": _iso(oldest),
             "unconfirmed": unconfirmed,
+            "drops": dict(sorted(outbox.dropped.items())) if outbox is not None else {},
         },
         "cert_not_after": _iso(not_after),
     }
+    if interval_s is not None:
+        doc["interval_s"] = interval_s
     if not outbox_known:
         del doc["outbox"]
     if clock is not None:
@@ -129,12 +138,16 @@ class GatewayState:
     the next start). ``unconfirmed`` and ``clock`` are attached by the agent once it exists.
     """
 
-    def __init__(self, outbox: Outbox | None, cert_file: Path | None) -> None:
+    def __init__(
+        self, outbox: Outbox | None, cert_file: Path | None, *, interval_s: float | None = None
+    ) -> None:
         self._outbox = outbox
         self.not_after = cert_not_after(cert_file)
         self.version = agent_version()
         self.unconfirmed: Callable[[], int] = lambda: 0
         self.clock: ClockWatch | None = None
+        #: the heartbeat's period (``STATE_INTERVAL_S``), announced in the document
+        self.interval_s = interval_s
 
     def online(self) -> bytes:
         """The birth / heartbeat payload. Never raises (it runs on the MQTT network thread at
@@ -154,6 +167,7 @@ class GatewayState:
             not_after=self.not_after,
             outbox_known=known,
             clock=self.clock,
+            interval_s=self.interval_s,
         )
 
     async def heartbeat(self, client: AsyncMqttClient, topic: str, interval_s: float) -> None:

@@ -52,7 +52,13 @@ class GatewayInfo:
     (the last will does not); ``outbox_reported``: the newest message carried an outbox;
     ``clock_unsynchronised``: the sources by which the newest message's ``clock`` says the
     gateway's clock is unsynchronised (None: the newest message said nothing of the clock),
-    ``clock_offset_s`` its offset from the bridges' clock."""
+    ``clock_offset_s`` its offset from the bridges' clock. For the fleet view
+    (``/v1/gateways``): ``last_online``, the ``ts`` of the newest birth or heartbeat; ``since``,
+    when the current state began as far as this process saw: the ``ts`` of its first message,
+    but for ``offline`` no earlier than ``last_online`` (a last will carries the time of the
+    connect it was registered at, not of the death); the agent version, the heartbeat's
+    ``interval_s``, and the outbox's depth, unconfirmed readings and drops by reason of the
+    newest message that carried them (None: never said; an older agent sends no drops)."""
 
     state: str
     ts: datetime | None = None
@@ -61,6 +67,13 @@ class GatewayInfo:
     cert_not_after: datetime | None = None
     clock_unsynchronised: tuple[str, ...] | None = None
     clock_offset_s: float | None = None
+    since: datetime | None = None
+    last_online: datetime | None = None
+    agent_version: str | None = None
+    interval_s: float | None = None
+    depth: int | None = None
+    unconfirmed: int | None = None
+    drops: dict[str, int] | None = None
 
 
 def _time(value: object) -> datetime | None:
@@ -72,6 +85,20 @@ def _time(value: object) -> datetime | None:
     except ValueError:
         return None
     return ts if ts.tzinfo is not None else None
+
+
+def _count(value: object) -> int | None:
+    """A non-negative integer, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _drops(value: object) -> dict[str, int] | None:
+    """An outbox's ``drops`` object (reason -> count); None if absent or not an object."""
+    if not isinstance(value, dict):
+        return None
+    return {str(k): n for k, v in value.items() if (n := _count(v)) is not None}
 
 
 def _clock(value: object) -> tuple[tuple[str, ...] | None, float | None]:
@@ -135,16 +162,32 @@ class LiveMirror:
             self.refused += 1
             return False
         self._gateways[gateway_id] = state
-        info = self._gateway_info.get(gateway_id) or GatewayInfo(state)
-        info.state, info.ts = state, _time(doc.get("ts"))
+        info = self._gateway_info.get(gateway_id)
+        ts = _time(doc.get("ts"))
+        if info is None or info.state != state:
+            info = info or GatewayInfo(state)
+            info.since = ts
+            if state == "offline" and info.last_online is not None:
+                info.since = max(info.last_online, ts) if ts is not None else info.last_online
+        info.state, info.ts = state, ts
+        if state == "online":
+            info.last_online = ts
         outbox = doc.get("outbox")
         # Of the newest message only: a last will, or a heartbeat whose agent could not read its
         # outbox, says nothing of the backlog (its alarm is held as it is).
         info.outbox_reported = isinstance(outbox, dict)
         if isinstance(outbox, dict):
             info.oldest_unsent = _time(outbox.get("oldest_unsent_ts"))
+            info.depth = _count(outbox.get("depth"))
+            info.unconfirmed = _count(outbox.get("unconfirmed"))
+            info.drops = _drops(outbox.get("drops"))
         if "cert_not_after" in doc:
             info.cert_not_after = _time(doc.get("cert_not_after"))
+        if isinstance(version := doc.get("agent_version"), str):
+            info.agent_version = version[:100]
+        interval = doc.get("interval_s")
+        if isinstance(interval, int | float) and not isinstance(interval, bool):
+            info.interval_s = float(interval) if 0 < interval < math.inf else None
         info.clock_unsynchronised, info.clock_offset_s = _clock(doc.get("clock"))
         self._gateway_info[gateway_id] = info
         return True

@@ -20,6 +20,7 @@
   const DEFAULT_FIELD = "power_w";
   const MAX_ALARMS = 200; // active alarms listed
   const MAX_SESSIONS = 200; // sessions listed for the selected charger (last 7 days)
+  const GATEWAY_PAGES = 5; // at most 5,000 gateways listed
   const IDENTITY = ["vendor", "model", "serial", "firmware"];
 
   const $ = (id) => document.getElementById(id);
@@ -45,6 +46,8 @@
     connectorsCaption: $("connectors-caption"),
     sessionRows: $("session-rows"),
     sessionsCaption: $("sessions-caption"),
+    gatewayRows: $("gateway-rows"),
+    gatewaysCaption: $("gateways-caption"),
   };
 
   class AuthError extends Error {}
@@ -58,7 +61,7 @@
     lastTs: null, // ms of the newest point charted
     plot: null,
     generation: 0, // bumped on every selection change: late answers of older ones are dropped
-    limits: { chargers: PAGE_LIMIT, history: HISTORY_LIMIT }, // lowered to the API's caps
+    limits: { chargers: PAGE_LIMIT, history: HISTORY_LIMIT, gateways: PAGE_LIMIT }, // lowered to the API's caps
   };
 
   // --- the key ------------------------------------------------------------------------------
@@ -250,6 +253,53 @@
     const n = page.items.length + (page.truncated ? "+" : "");
     view.alarmsCaption.textContent = page.items.length ? "Active alarms (" + n + ")" : "No active alarms";
     document.body.dataset.alarms = String(page.items.length);
+  }
+
+  // --- the gateways -------------------------------------------------------------------------
+
+  // "in 84 d" / "in 20 h" / "expired 2 d ago", from the API's days left.
+  function formatExpiry(days) {
+    if (typeof days !== "number") return "–";
+    const s = Math.abs(days) * 86400;
+    return days > 0 ? "in " + formatAge(s) : "expired " + formatAge(s) + " ago";
+  }
+
+  function drops(outbox) {
+    if (!outbox || !outbox.drops) return "–";
+    return String(Object.values(outbox.drops).reduce((a, b) => a + b, 0));
+  }
+
+  async function refreshGateways() {
+    const items = [];
+    const complete = await paged("v1/gateways", {}, "gateways", GATEWAY_PAGES, (page) => {
+      items.push(...page.items);
+    });
+    const now = Date.now();
+    const rows = items.slice(0, MAX_ROWS).map((g) => {
+      const tr = document.createElement("tr");
+      tr.dataset.gateway = g.gateway_id;
+      tr.dataset.state = g.state;
+      const outbox = g.outbox || {};
+      const oldest = outbox.oldest_unsent_ts ? formatAge((now - Date.parse(outbox.oldest_unsent_ts)) / 1000) : "–";
+      const cert = cell(formatExpiry(g.cert_days_left), "num cert " + (g.cert_status || "unknown"));
+      if (g.cert_not_after) cert.title = "notAfter " + formatTs(g.cert_not_after) + " UTC";
+      tr.append(
+        cell(g.gateway_id, "id"),
+        cell(g.state, "state " + g.state),
+        cell(dash(g.agent_version)),
+        cell(dash(outbox.depth), "num"),
+        cell(oldest, "num"),
+        cell(drops(g.outbox), "num"),
+        cert,
+        cell(String(g.chargers.count), "num"),
+      );
+      return tr;
+    });
+    view.gatewayRows.replaceChildren(...rows);
+    const n = items.length + (complete ? "" : "+");
+    view.gatewaysCaption.textContent =
+      items.length > MAX_ROWS ? "Gateways (first " + MAX_ROWS + " of " + n + ")" : "Gateways (" + n + ")";
+    document.body.dataset.gateways = String(items.length);
   }
 
   function drawTable(items) {
@@ -517,8 +567,10 @@
     setStatus("Loading…");
     refreshFleet().catch(failed);
     refreshAlarms().catch(failed);
+    refreshGateways().catch(failed);
     every(FLEET_EVERY_MS, refreshFleet);
     every(FLEET_EVERY_MS, refreshAlarms);
+    every(FLEET_EVERY_MS, refreshGateways);
     every(LATEST_EVERY_MS, pollLatest);
     every(FLEET_EVERY_MS, refreshSessions);
   }

@@ -36,6 +36,8 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from bridge.settings import BridgeSettings
+from edge_agent.heartbeat import online_payload
+from edge_agent.records import OutboxStats
 from query_api.settings import ApiSettings
 from telemetry_common.schema import Reading, encode_batch, format_ts
 from telemetry_common.settings import env_for
@@ -92,6 +94,11 @@ SNAPSHOT_JS = """(() => {
                            (tr) => Array.from(tr.cells, (td) => td.textContent)),
     sessions: Array.from(document.querySelectorAll("#session-rows tr"),
                          (tr) => Array.from(tr.cells, (td) => td.textContent)),
+    gateways: Array.from(document.querySelectorAll("#gateway-rows tr"),
+                         (tr) => Array.from(tr.cells, (td) => td.textContent)),
+    certClasses: Array.from(document.querySelectorAll("#gateway-rows td.cert"),
+                            (td) => td.className),
+    gatewaysCaption: text("gateways-caption"),
   };
 })()"""
 
@@ -334,7 +341,7 @@ def fleet(
     """Bridge + API (access log on, small page caps, alarms evaluated every second) on the test
     database; four chargers on two gateways, stored: two online with 60 readings in the last 5
     minutes, one stale, one offline; both gateways announce themselves online, the first with a
-    certificate that expires in 3 days."""
+    backlog, drops and a certificate that expires in 3 days."""
     start_bridge(procs, broker, influx_db, extra_env=env_for(BridgeSettings, live_interval_s=0.2))
     api = start_api(
         procs,
@@ -359,18 +366,22 @@ def fleet(
     }
     f = Fleet(api, publishers, {gw1: 0, gw2: 0}, {}, {})
     now = datetime.now(UTC).replace(microsecond=0)
-    # Both gateways online (their retained state heartbeat); gw1's certificate expires soon.
-    for gw, cert_days in ((gw1, 3), (gw2, 300)):
-        state = {
-            "state": "online",
-            "ts": format_ts(now),
-            "agent_version": "1.0.0",
-            "outbox": {"depth": 0, "oldest_unsent_ts": None, "unconfirmed": 0},
-            "cert_not_after": format_ts(now + timedelta(days=cert_days)),
-        }
-        info = publishers[gw].client.publish(
-            broker.topics.state(gw), orjson.dumps(state), qos=1, retain=True
-        )
+    # Both gateways online: their retained heartbeat, made by the agent's own code (hourly, so
+    # it stays fresh through the test); gw1 has a backlog of 25 (the oldest unsent 5 minutes
+    # old), 5 drops, and a certificate that expires in 3 days.
+    for gw, cert_days, depth, dropped in (
+        (gw1, 3, 25, {"budget_non_energy": 4, "budget_energy": 1}),
+        (gw2, 300, 0, {}),
+    ):
+        stats = OutboxStats(
+            pending=depth, pending_bytes=0, parked=0, oldest_seq=None, newest_seq=None,
+            oldest_age_s=300.0 if depth else None, last_seq_assigned=depth, dropped=dropped,
+        )  # fmt: skip
+        state = online_payload(
+            now=now, version="1.0.0", outbox=stats, unconfirmed=0, interval_s=3600.0,
+            not_after=now + timedelta(days=cert_days),
+        )  # fmt: skip
+        info = publishers[gw].client.publish(broker.topics.state(gw), state, qos=1, retain=True)
         info.wait_for_publish(10)
     plan = [
         (gw1, f"{gw1}-cp01", "online", now - timedelta(seconds=2), 60, 5.0),
@@ -432,8 +443,10 @@ def test_the_page_shows_the_fleet_and_a_live_chart(
     stored reading of the last 15 minutes; another field can be picked; a reading published
     while the page is open is added by the latest polling. The API's page caps (3 chargers, 40
     points) are below the page's page sizes: it lowers them and follows the cursors. The key
-    leaves the address bar and never reaches the server in a URL (access log). No JavaScript
-    error or CSP violation."""
+    leaves the address bar and never reaches the server in a URL (access log). The gateways
+    table shows each gateway's heartbeat: state, version, backlog, oldest unsent, drops,
+    certificate expiry (warning colour within 14 days), chargers. No JavaScript error or CSP
+    violation."""
     browser.open(f"{fleet.api}/#key={READ}")
     snap = browser.wait_for(
         "the fleet and the chart",
@@ -477,6 +490,17 @@ def test_the_page_shows_the_fleet_and_a_live_chart(
         "1/1", "15.00 kWh", "1 h 35 min", "11.0 kW", "EVDisconnected", "seq_gap",
     ]  # fmt: skip
 
+    # The gateways: state, agent version, backlog, oldest unsent, drops, certificate expiry
+    # (gw1's in 3 days: the warning colour), chargers.
+    gw1, gw2 = sorted(fleet.publishers)
+    snap = browser.wait_for("the gateways", lambda s: len(s["gateways"]) == 2)
+    assert snap["gateways"] == [
+        [gw1, "online", "1.0.0", "25", "5 min", "5", "in 3 d", "2"],
+        [gw2, "online", "1.0.0", "0", "\u2013", "0", "in 300 d", "2"],
+    ]
+    assert snap["certClasses"] == ["num cert warning", "num cert ok"]
+    assert snap["gatewaysCaption"] == "Gateways (2)"
+
     # Another field: the chart is rebuilt from history for it.
     browser.evaluate(PICK_FIELD % "soc_pct")
     snap = browser.wait_for("the soc_pct chart", lambda s: s["chartField"] == "soc_pct")
@@ -508,7 +532,6 @@ def test_the_page_shows_the_fleet_and_a_live_chart(
 
     # The active alarms: the soon expiring certificate, and the two chargers silent for longer
     # than STATE_STALE_AFTER_S (their interval is not learned: one value each in the mirror).
-    gw1 = min(fleet.publishers)
     quiet = sorted(c for c, (_, st) in fleet.chargers.items() if st in ("stale", "offline"))
     expected = [["certificate_expiry", gw1, "warning"]] + [
         ["charger_silent", c, "warning"] for c in quiet

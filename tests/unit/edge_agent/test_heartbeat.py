@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from edge_agent.budget import Budget
 from edge_agent.capture import Capture
 from edge_agent.heartbeat import (
     GatewayState,
@@ -64,7 +65,7 @@ def test_online_payload_without_outbox_or_certificate_has_every_key() -> None:
         "state": "online",
         "ts": "2026-12-05T18:00:00+00:00",
         "agent_version": "1.2.3",
-        "outbox": {"depth": 0, "oldest_unsent_ts": None, "unconfirmed": 0},
+        "outbox": {"depth": 0, "oldest_unsent_ts": None, "unconfirmed": 0, "drops": {}},
         "cert_not_after": None,
     }
 
@@ -92,7 +93,23 @@ def test_gateway_state_reports_outbox_unconfirmed_and_cert(
         assert before - 1 <= oldest <= after + 1
         box.delete(seqs)
         doc = orjson.loads(gw.online())
-        assert doc["outbox"] == {"depth": 0, "oldest_unsent_ts": None, "unconfirmed": 2}
+        assert doc["outbox"] == {
+            "depth": 0, "oldest_unsent_ts": None, "unconfirmed": 2, "drops": {}
+        }  # fmt: skip
+
+
+def test_heartbeat_carries_the_outbox_drops_by_reason_and_its_interval(tmp_path: Path) -> None:
+    """An outbox of 2 rows given 5 readings drops the 3 oldest: the heartbeat's
+    ``outbox.drops`` counts them by reason, as ``outbox stats`` does, and ``interval_s`` is the
+    heartbeat's period, so the cloud can tell a stopped heartbeat from one not due yet."""
+    with Outbox(tmp_path / "o.sqlite3", Budget(max_rows=2)) as box:
+        box.append([cap(1), cap(2), cap(3), cap(4), cap(5)])
+        gw = GatewayState(box, None, interval_s=15.0)
+        doc = orjson.loads(gw.online())
+        assert doc["outbox"]["drops"] == box.stats().dropped == {"budget_energy": 3}
+        assert doc["outbox"]["depth"] == 2
+        assert doc["interval_s"] == 15.0
+        assert "interval_s" not in orjson.loads(GatewayState(box, None).online())
 
 
 def test_cert_not_after_is_none_for_a_missing_or_foreign_file(tmp_path: Path) -> None:

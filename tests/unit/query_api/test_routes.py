@@ -618,7 +618,8 @@ async def test_openapi_lists_every_endpoint_with_examples(client: httpx.AsyncCli
     paths = ["/v1/chargers", "/v1/fleet/daily", "/v1/telemetry", "/telemetry/{charger_id}",
              "/healthz", "/readyz", "/metrics", "/v1/pipeline/status",
              "/v1/gateways/{gateway_id}/gaps", "/v1/chargers/{charger_id}", "/v1/sessions",
-             "/v1/sessions/{transaction_id}"]  # fmt: skip
+             "/v1/sessions/{transaction_id}", "/v1/gateways",
+             "/v1/gateways/{gateway_id}"]  # fmt: skip
     paths += [
         f"/v1/chargers/{{charger_id}}/{p}" for p in ("latest", "history", "stats", "sessions")
     ]
@@ -628,5 +629,50 @@ async def test_openapi_lists_every_endpoint_with_examples(client: httpx.AsyncCli
     assert set(body["examples"]) == {"batch", "single", "simple"}
     schemas = spec["components"]["schemas"]
     for model in ("LatestReading", "HistoryPage", "Stats", "ChargerPage", "FleetDaily",
-                  "ChargerDetail", "Session"):  # fmt: skip
+                  "ChargerDetail", "Session", "GatewayPage", "Gateway"):  # fmt: skip
         assert schemas[model]["examples"], model
+
+
+async def test_gateways_list_pages_filters_and_shows_one(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """/v1/gateways: the gateways with a retained state and the one only a charger names
+    (``unknown``), sorted, paged by a signed cursor, filtered by state; the heartbeat's
+    fields are served; /v1/gateways/{id} adds the charger ids; an unknown id is a 404."""
+    mirror = app.state.mirror
+    beat: dict[str, Any] = {
+        "state": "online", "ts": "2026-05-01T12:00:00Z", "agent_version": "1.2.3",
+        "interval_s": 3.0, "cert_not_after": "2026-05-04T12:00:10Z",
+        "outbox": {"depth": 9, "oldest_unsent_ts": "2026-05-01T11:59:00Z", "unconfirmed": 4,
+                   "drops": {"budget_energy": 2}},
+    }  # fmt: skip
+    mirror.apply("chargers/v1/gw-a/state", orjson.dumps(beat), MONO)
+    mirror.apply(
+        "chargers/v1/gw-b/state", b'{"state": "offline", "ts": "2026-05-01T11:00:00Z"}', MONO
+    )
+    mirror.apply("chargers/v1/live/cp1", _live("cp1", "gw-a", 0, 7), MONO)
+    mirror.apply("chargers/v1/live/cp2", _live("cp2", "gw-c", 0, 7), MONO)
+    r = await client.get("/v1/gateways", params={"limit": 2})
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert [(g["gateway_id"], g["state"]) for g in page["items"]] == [
+        ("gw-a", "stale"), ("gw-b", "offline"),
+    ]  # fmt: skip  # gw-a's heartbeat is 10 s old: more than 3 x 3 s
+    a = page["items"][0]
+    assert a["agent_version"] == "1.2.3"
+    assert a["outbox"] == {**beat["outbox"], "oldest_unsent_ts": "2026-05-01T11:59:00.000Z"}
+    assert (a["cert_days_left"], a["cert_status"]) == (3.0, "warning")
+    assert a["chargers"] == {"count": 1, "href": "v1/chargers?gateway=gw-a"}
+    r = await client.get("/v1/gateways", params={"limit": 2, "cursor": page["next_cursor"]})
+    assert [(g["gateway_id"], g["state"]) for g in r.json()["items"]] == [("gw-c", "unknown")]
+    assert r.json()["next_cursor"] is None
+    r = await client.get("/v1/gateways", params={"state": "offline"})
+    assert [g["gateway_id"] for g in r.json()["items"]] == ["gw-b"]
+    r = await client.get("/v1/gateways", params={"state": "offline", "cursor": page["next_cursor"]})
+    assert _problem(r, 422)["type"].endswith(":invalid-cursor")
+
+    r = await client.get("/v1/gateways/gw-a")
+    assert r.status_code == 200, r.text
+    assert r.json()["chargers"]["ids"] == ["cp1"]
+    assert r.json()["alarms"] == []
+    assert _problem(await client.get("/v1/gateways/gw-zz"), 404)["type"].endswith(":not-found")
