@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from edge_agent.budget import Budget
+from edge_agent.enroll import EnrollError, check_url
 from edge_agent.ocpp.settings import OcppSettings
 from telemetry_common.ids import Id
 from telemetry_common.schema import MAX_BATCH_BYTES, MAX_BATCH_READINGS
@@ -123,3 +124,13 @@ class EdgeSettings(ServiceSettings):
     """Address of the Prometheus metrics (``/metrics``)."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Their port (0 = off)."""
+
+    @field_validator("enrollment_url")
+    @classmethod
+    def _secure_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        try:
+            return check_url(url)
+        except EnrollError as exc:
+            raise ValueError(str(exc)) from exc

@@ -204,11 +204,24 @@ class Tokens:
         if not pki_mod.Pki(Path(self.pki_dir)).ca_file.is_file():
             raise RefusedError(f"no CA in {self.pki_dir} (run `telemetry-stack pki init` first)")
         self.dir.mkdir(mode=0o700, exist_ok=True)
+        self._prune()
         token = secrets.token_urlsafe(32)
         expires = dt.datetime.now(dt.UTC) + ttl
         record = {"gateway_id": gateway_id, "expires": expires.isoformat()}
         pki_mod.write_private(self.dir / f"{_digest(token)}.json", json.dumps(record).encode())
         return token
+
+    def _prune(self) -> None:
+        """Forget tokens that expired (a used one is kept as ``.used`` for its message for as
+        long as it would have been valid)."""
+        now = dt.datetime.now(dt.UTC)
+        for path in [*self.dir.glob("*.json"), *self.dir.glob("*.used")]:
+            try:
+                expires = dt.datetime.fromisoformat(json.loads(path.read_bytes())["expires"])
+            except (OSError, ValueError, KeyError):
+                continue
+            if expires <= now:
+                path.unlink(missing_ok=True)
 
     def redeem(self, token: str, csr_pem: bytes, *, days: float) -> Signed:
         """Sign ``csr_pem`` if ``token`` is valid and names the CSR's CN; the token is used up
@@ -227,6 +240,7 @@ class Tokens:
             raise TokenError("this token has expired: ask the operator for a new one")
         csr = load_csr(csr_pem)
         check_csr(csr, record["gateway_id"])
+        pki_mod.load_ca(pki_mod.Pki(Path(self.pki_dir)))  # a CA that cannot sign burns no token
         try:
             os.rename(path, used)  # the one atomic step that decides who redeems it
         except FileNotFoundError:

@@ -29,6 +29,7 @@ import orjson
 from provisioning import enrollment
 from query_api.metrics import ApiMetrics
 from query_api.problems import ProblemError
+from telemetry_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ async def handle(
             signed = await asyncio.to_thread(tokens.redeem, token, csr, days=days)
         else:
             signed = await asyncio.to_thread(_renew, pki_dir, body, days)
+    except ConfigError as exc:  # the PKI directory lacks its CA: the operator's to fix
+        metrics.enrollments.labels(kind, "unavailable").inc()
+        log.error("enrollment (%s) impossible: %s", kind, exc)
+        raise ProblemError(503, "enrollment-unavailable", f"the CA is not usable: {exc}") from exc
     except enrollment.EnrollmentError as exc:
         status, slug, outcome = _STATUS[type(exc)]
         metrics.enrollments.labels(kind, outcome).inc()

@@ -85,3 +85,18 @@ def test_a_lone_next_key_is_dropped_and_the_old_pair_kept(tmp_path: Path) -> Non
     assert not enroll.finish_install(crt, key_file)
     assert key_file.read_bytes() == b"old key"
     assert not (tmp_path / "gw.key.next").exists()
+
+
+def test_the_agent_refuses_a_plain_http_enrollment_url_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from edge_agent.settings import EdgeSettings
+
+    monkeypatch.setenv("TELEMETRY_EDGE_GATEWAY_ID", "gw-1")
+    monkeypatch.setenv("TELEMETRY_EDGE_ENROLLMENT_URL", "http://api.example.com/")
+    with pytest.raises(ValidationError, match="must be https"):
+        EdgeSettings()
+    monkeypatch.setenv("TELEMETRY_EDGE_ENROLLMENT_URL", "https://api.example.com/")
+    assert EdgeSettings().enrollment_url == "https://api.example.com"

@@ -108,6 +108,14 @@ def test_a_refused_csr_does_not_use_up_the_token(made: pki.Pki) -> None:
     assert tokens.redeem(token, csr("gw-7"), days=90).gateway_id == "gw-7"
 
 
+def test_expired_tokens_are_pruned_when_a_new_one_is_made(made: pki.Pki) -> None:
+    tokens = enrollment.Tokens(made.dir)
+    tokens.create("gw-7", dt.timedelta(seconds=-1))
+    tokens.create("gw-8", dt.timedelta(seconds=-1))
+    tokens.create("gw-9")
+    assert len(list(tokens.dir.iterdir())) == 1
+
+
 def test_expired_and_unknown_tokens_are_refused(made: pki.Pki) -> None:
     tokens = enrollment.Tokens(made.dir)
     token = tokens.create("gw-7", dt.timedelta(seconds=-1))
