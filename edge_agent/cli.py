@@ -75,7 +75,12 @@ def run(
 def enroll(
     url: Annotated[str, typer.Option(help="The enrollment API, https://HOST[:PORT].")],
     token: Annotated[
-        str, typer.Option(help="The one-time token (`telemetry-stack pki token GATEWAY_ID`).")
+        str,
+        typer.Option(
+            envvar="TELEMETRY_EDGE_ENROLL_TOKEN",
+            help="The one-time token (`telemetry-stack pki token GATEWAY_ID`); or from the "
+            "environment, out of the process list.",
+        ),
     ],
     ca_file: Annotated[
         Path | None,

@@ -63,8 +63,15 @@ def _env(broker: BrokerInfo, gateway: str, tmp: Path, **extra: object) -> dict[s
     )
 
 
-def _enroll(api: str, token: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    argv = [str(BIN / "edge-agent"), "enroll", "--url", api, "--token", token]
+def _enroll(
+    api: str, token: str, env: dict[str, str], *, via_env: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``edge-agent enroll``, the token on the command line or in TELEMETRY_EDGE_ENROLL_TOKEN."""
+    argv = [str(BIN / "edge-agent"), "enroll", "--url", api]
+    if via_env:
+        env = env | {"TELEMETRY_EDGE_ENROLL_TOKEN": token}
+    else:
+        argv += ["--token", token]
     return subprocess.run(
         argv, env=env | _inherited(), capture_output=True, text=True, timeout=60, check=False
     )
@@ -104,7 +111,7 @@ def test_enrolled_agent_publishes_over_tls(
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == gateway
     assert not (broker.pki.dir / f"{gateway}.key").exists()  # the key stayed on the gateway
 
-    again = _enroll(api, token, _env(broker, gateway, tmp_path / "again"))
+    again = _enroll(api, token, _env(broker, gateway, tmp_path / "again"), via_env=True)
     assert again.returncode == 1
     assert "already used" in again.stderr
     assert not (tmp_path / "again" / "gw.key").exists()
