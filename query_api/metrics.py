@@ -45,7 +45,7 @@ class ApiMetrics:
         self.enrollments = Counter(
             "telemetry_api_enrollments",
             "Enrollment requests, by kind (token, renew) and outcome (signed, bad_csr, "
-            "bad_token, refused)",
+            "bad_token, refused, unavailable)",
             ["kind", "outcome"],
             registry=self.registry,
         )

@@ -22,7 +22,7 @@ _PEM: dict[int | str, dict[str, Any]] = {
     "",
     summary="Enrol a gateway: sign its CSR against a one-time token",
     response_class=Response,
-    responses={**_PEM, **problem_responses(400, 401, 403, 404)},
+    responses={**_PEM, **problem_responses(400, 401, 403, 404, 503)},
 )
 async def enrol(
     request: Request,
@@ -46,7 +46,7 @@ async def enrol(
     "/renew",
     summary="Renew a gateway's certificate: sign a new CSR for the holder of the current key",
     response_class=Response,
-    responses={**_PEM, **problem_responses(400, 403, 404)},
+    responses={**_PEM, **problem_responses(400, 403, 404, 503)},
 )
 async def renew(request: Request, settings: Settings) -> Response:
     """Body ``{"csr", "certificate", "signature"}``: ``signature`` (base64) is the current

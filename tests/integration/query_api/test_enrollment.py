@@ -134,3 +134,21 @@ def test_enrollment_endpoint_signs_once_and_refuses_with_reasons(
 def test_enrollment_is_off_without_a_pki_dir(influx_db: InfluxTarget, procs: Procs) -> None:
     api = start_api(procs, influx_db, secrets.token_urlsafe(24))
     _problem(_enrol(api, "t", csr("gw-a")), 404, "enrollment is off")
+
+
+def test_a_pki_without_its_ca_key_answers_503_and_spends_no_token(
+    influx_db: InfluxTarget, procs: Procs, tmp_path: Path
+) -> None:
+    made = pki.init(tmp_path / "pki")
+    tokens = enrollment.Tokens(made.dir)
+    token = tokens.create("gw-a")
+    made.ca_key_file.rename(tmp_path / "ca.key.offline")  # e.g. the CA key kept offline
+    api = start_api(
+        procs,
+        influx_db,
+        secrets.token_urlsafe(24),
+        extra_env={"TELEMETRY_API_PKI_DIR": str(made.dir)},
+    )
+    _problem(_enrol(api, token, csr("gw-a")), 503, "the CA is not usable")
+    (tmp_path / "ca.key.offline").rename(made.ca_key_file)
+    assert _enrol(api, token, csr("gw-a")).status_code == 200
