@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from edge_agent import enroll as enroll_mod
 from edge_agent import metrics
 from edge_agent.agent import EdgeAgent, GatewayState, mqtt_client
 from edge_agent.capture import Capture
@@ -25,6 +26,7 @@ from edge_agent.ocpp import ocpp_source
 from edge_agent.ocpp_cli import ocpp_app
 from edge_agent.outbox import Outbox
 from edge_agent.outbox_cli import load_settings, outbox_app
+from edge_agent.renewal import Renewal
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulator import Pace, Simulator, run_simulator
 from telemetry_common.errors import ConfigError
@@ -72,6 +74,46 @@ def run(
         raise typer.Exit(2) from group
 
 
+@app.command()
+def enroll(
+    url: Annotated[str, typer.Option(help="The enrollment API, https://HOST[:PORT].")],
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="TELEMETRY_EDGE_ENROLL_TOKEN",
+            help="The one-time token (`telemetry-stack pki token GATEWAY_ID`); or from the "
+            "environment, out of the process list.",
+        ),
+    ],
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(help="CA certificate to verify the API's TLS with (default: the system's)."),
+    ] = None,
+) -> None:
+    """Make this gateway's key (EC P-256, never sent) and a CSR with CN = TELEMETRY_EDGE_GATEWAY_ID,
+    have it signed with a one-time token, and install the certificate at
+    TELEMETRY_EDGE_MQTT__CERT_FILE (the key at __KEY_FILE, 0600; the CA at __CA_FILE if missing)."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        done = enroll_mod.enroll(
+            url,
+            token,
+            settings.gateway_id,
+            settings.mqtt.cert_file,
+            settings.mqtt.key_file,
+            ca_file=ca_file,
+            mqtt_ca_file=settings.mqtt.ca_file,
+        )
+    except (enroll_mod.EnrollError, OSError) as exc:
+        typer.echo(f"edge-agent: enrollment failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"enrolled {settings.gateway_id}: certificate {done.cert_file} (serial {done.serial:#x}, "
+        f"valid until {done.not_after}), key {done.key_file}"
+    )
+
+
 def _refusal(group: BaseExceptionGroup[BaseException]) -> Exception | None:
     """The configuration error that ended the agent, if that is what ended it."""
     leaves: list[BaseException] = []
@@ -104,18 +146,22 @@ async def _run(settings: EdgeSettings, source: SourceName, file: Path | None) ->
         else:
             stream = stack.enter_context(file.open("rb")) if file else sys.stdin.buffer
             captures = read_jsonl(stream)
+        if enroll_mod.finish_install(settings.mqtt.cert_file, settings.mqtt.key_file):
+            log.warning("completed a certificate install a stop had interrupted")
         gateway = GatewayState(
             outbox, settings.mqtt.cert_file, interval_s=settings.state_interval_s
         )
         async with mqtt_client(settings, gateway=gateway) as client:
             agent = EdgeAgent(settings, outbox, client, pace=pace, gateway=gateway)
+            renewal = Renewal(settings, client, gateway) if settings.enrollment_url else None
             if settings.metrics_port:
                 registry = metrics.registry_for(
                     outbox,
                     agent.counters,
                     client,
-                    cert_not_after=gateway.not_after,
+                    cert_not_after=lambda: gateway.not_after,
                     clock=agent.clock,
+                    renewal=renewal.stats if renewal is not None else None,
                 )
                 server = metrics.serve(settings.metrics_host, settings.metrics_port, registry)
                 stack.callback(server.shutdown)
@@ -128,9 +174,16 @@ async def _run(settings: EdgeSettings, source: SourceName, file: Path | None) ->
                 source.value,
                 settings.outbox_path,
             )
+            renewing = None
+            if renewal is not None:
+                renewing = asyncio.create_task(renewal.run(), name="renewal")
             try:
                 await agent.run(captures)
             finally:
+                if renewing is not None:
+                    renewing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await renewing
                 await agent.say_offline()
                 log.info("edge agent stopping: %s", dataclasses.asdict(agent.counters))
 

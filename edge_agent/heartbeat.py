@@ -134,20 +134,26 @@ def online_payload(
 class GatewayState:
     """What the gateway announces on its state topic, read afresh for every birth and heartbeat.
 
-    The certificate is read once: the one the session presents (a renewed file takes effect at
-    the next start). ``unconfirmed`` and ``clock`` are attached by the agent once it exists.
+    The certificate is read at start and again by :meth:`reload_certificate` (a renewal calls
+    it before the session reconnects with the new one), so it is the one the session presents.
+    ``unconfirmed`` and ``clock`` are attached by the agent once it exists.
     """
 
     def __init__(
         self, outbox: Outbox | None, cert_file: Path | None, *, interval_s: float | None = None
     ) -> None:
         self._outbox = outbox
+        self._cert_file = cert_file
         self.not_after = cert_not_after(cert_file)
         self.version = agent_version()
         self.unconfirmed: Callable[[], int] = lambda: 0
         self.clock: ClockWatch | None = None
         #: the heartbeat's period (``STATE_INTERVAL_S``), announced in the document
         self.interval_s = interval_s
+
+    def reload_certificate(self) -> None:
+        """Read the certificate file's notAfter again (after a renewal)."""
+        self.not_after = cert_not_after(self._cert_file)
 
     def online(self) -> bytes:
         """The birth / heartbeat payload. Never raises (it runs on the MQTT network thread at

@@ -6,7 +6,7 @@ Served by prometheus-client's own HTTP server thread on ``METRICS_HOST:METRICS_P
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
@@ -19,6 +19,7 @@ from edge_agent.budget import REASONS
 from edge_agent.clock import ClockWatch
 from edge_agent.outbox import Outbox
 from edge_agent.publisher import Counters
+from edge_agent.renewal import RenewalStats
 
 P = "telemetry_edge_"
 
@@ -36,14 +37,19 @@ class AgentCollector(Collector):
         outbox: Outbox,
         counters: Counters,
         client: _Connection,
-        cert_not_after: datetime | None = None,
+        cert_not_after: datetime | Callable[[], datetime | None] | None = None,
         clock: ClockWatch | None = None,
+        renewal: RenewalStats | None = None,
     ) -> None:
         self._outbox = outbox
         self._counters = counters
         self._client = client
-        self._cert_not_after = cert_not_after
+        # A callable is read at every scrape (a renewal moves it).
+        self._cert_not_after = (
+            cert_not_after if callable(cert_not_after) else lambda: cert_not_after
+        )
         self._clock = clock
+        self._renewal = renewal
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         st = self._outbox.stats()
@@ -111,11 +117,23 @@ class AgentCollector(Collector):
             c.unconfirmed,
         )
         yield GaugeMetricFamily(f"{P}mqtt_connected", "1 while connected", self._client.connected)
-        if self._cert_not_after is not None:
+        not_after = self._cert_not_after()
+        if not_after is not None:
             yield GaugeMetricFamily(
                 f"{P}certificate_expiry_timestamp_seconds",
                 "notAfter of the gateway's client certificate (Unix time; absent without one)",
-                self._cert_not_after.timestamp(),
+                not_after.timestamp(),
+            )
+        if self._renewal is not None:
+            yield CounterMetricFamily(
+                f"{P}certificate_renewals",
+                "Client certificates renewed by this process",
+                self._renewal.renewals,
+            )
+            yield CounterMetricFamily(
+                f"{P}certificate_renewal_failures",
+                "Failed renewal attempts (retried with backoff; see the WARNING log)",
+                self._renewal.failures,
             )
         if self._clock is not None:
             yield from self._clock_metrics(self._clock)
@@ -157,11 +175,12 @@ def registry_for(
     counters: Counters,
     client: _Connection,
     *,
-    cert_not_after: datetime | None = None,
+    cert_not_after: datetime | Callable[[], datetime | None] | None = None,
     clock: ClockWatch | None = None,
+    renewal: RenewalStats | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(outbox, counters, client, cert_not_after, clock))
+    registry.register(AgentCollector(outbox, counters, client, cert_not_after, clock, renewal))
     return registry
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from edge_agent.budget import Budget
+from edge_agent.enroll import EnrollError, check_url
 from edge_agent.ocpp.settings import OcppSettings
 from telemetry_common.ids import Id
 from telemetry_common.schema import MAX_BATCH_BYTES, MAX_BATCH_READINGS
@@ -107,7 +108,29 @@ class EdgeSettings(ServiceSettings):
     """This gateway's clock is reported unsynchronised (source ``cloud``) when it is more than
     this off the bridges' clock, as the stored acknowledgements tell it (edge_agent.clock); the
     cloud refuses readings more than its MAX_FUTURE_S (300 s) ahead."""
+    enrollment_url: str | None = None
+    """The API that signs this gateway's certificates, ``https://HOST[:PORT]``: the running agent
+    renews its certificate there (``POST /v1/enrollment/renew``) ``RENEW_BEFORE_DAYS`` before
+    it expires; unset, no renewal (docs/edge-agent.md#certificate-renewal)."""
+    enrollment_ca_file: Path | None = None
+    """CA certificate the enrollment URL's TLS certificate is checked against (unset: the
+    system's CAs)."""
+    renew_before_days: float = Field(default=30.0, gt=0)
+    """Renew the certificate when it expires within this many days (fractions allowed)."""
+    renew_check_s: float = Field(default=3600.0, gt=0)
+    """How often the certificate's expiry is looked at; a failed renewal is retried after 10 s,
+    doubling (with jitter), at most this."""
     metrics_host: str = "127.0.0.1"
     """Address of the Prometheus metrics (``/metrics``)."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Their port (0 = off)."""
+
+    @field_validator("enrollment_url")
+    @classmethod
+    def _secure_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        try:
+            return check_url(url)
+        except EnrollError as exc:
+            raise ValueError(str(exc)) from exc

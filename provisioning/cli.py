@@ -1,5 +1,6 @@
-"""The provisioning commands of ``telemetry-stack``: ``pki init|gateway|operator|revoke`` and
-``broker-config`` (what docker compose's pki-init runs). :mod:`telemetry_stack.cli` mounts them."""
+"""The provisioning commands of ``telemetry-stack``: ``pki init|gateway|operator|revoke|sign|
+token`` and ``broker-config`` (what docker compose's pki-init runs). :mod:`telemetry_stack.cli`
+mounts them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from provisioning import broker_config
+from provisioning import broker_config, enrollment
 from provisioning import pki as pki_mod
 from telemetry_common.errors import TelemetryError
 from telemetry_common.topics import DEFAULT_ROOT
@@ -87,6 +88,46 @@ def pki_revoke(
         "restart the broker to apply it and drop the client's open connection: "
         "telemetry-stack restart mosquitto"
     )
+
+
+@pki_app.command("sign")
+def pki_sign(
+    csr: Annotated[Path, typer.Argument(help="The gateway's CSR (PEM), made by the gateway.")],
+    gateway: Annotated[str, typer.Option("--gateway", help="The gateway id the CSR must name.")],
+    directory: PkiDir = Path(".stack/pki"),
+    days: Annotated[
+        float, typer.Option(help="Lifetime of the certificate (the agent renews it).")
+    ] = enrollment.ENROLLED_DAYS,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the certificate + CA chain here.")
+    ] = None,
+) -> None:
+    """Check a gateway's CSR (CN = --gateway, no SANs or extensions, EC P-256+ / RSA >= 2048)
+    and sign it offline: clientAuth only, not a CA. Prints the certificate's path."""
+    try:
+        signed = enrollment.sign_csr(directory, csr.read_bytes(), gateway, days=days)
+        if out is not None:
+            out.write_bytes(signed.chain_pem)
+    except (TelemetryError, ValueError, OSError) as exc:
+        raise fail(exc) from exc
+    typer.echo(f"{out or signed.cert_file}")
+
+
+@pki_app.command("token")
+def pki_token(
+    gateway: Annotated[str, typer.Argument(help="The gateway id the token may enrol.")],
+    directory: PkiDir = Path(".stack/pki"),
+    ttl: Annotated[
+        str, typer.Option(help="How long the token is valid (90s, 30m, 24h, 7d).")
+    ] = "24h",
+) -> None:
+    """Make a one-time enrollment token for gateway ID (for `edge-agent enroll --token`).
+    It is printed once; only its hash is kept, in the PKI directory."""
+    try:
+        token = enrollment.Tokens(directory).create(gateway, enrollment.parse_ttl(ttl))
+    except (TelemetryError, ValueError, OSError) as exc:
+        raise fail(exc) from exc
+    typer.echo(token)
 
 
 def broker_config_cmd(

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +33,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from telemetry_common.errors import ConfigError, InvalidIdError
+from telemetry_common.files import write_atomic
 from telemetry_common.ids import check_id
 from telemetry_common.topics import RESERVED_GATEWAY_IDS
 
@@ -137,26 +137,12 @@ class Pki:
 # --- file helpers ---------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a file that has ``mode`` from its creation (a key is never readable by
-    others, not even for a moment), replacing ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def write_private(path: Path, data: bytes) -> None:
+    write_atomic(path, data, 0o600)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    _write_atomic(path, data, 0o600)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    _write_atomic(path, data, 0o644)
+def write_public(path: Path, data: bytes) -> None:
+    write_atomic(path, data, 0o644)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -171,15 +157,15 @@ def _save(
     cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, crt: Path, key_path: Path
 ) -> None:
     # Key first: a certificate on disk always has its key next to it.
-    _write_private(key_path, _key_pem(key))
-    _write_public(crt, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(key_path, _key_pem(key))
+    write_public(crt, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def load_cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(Path(path).read_bytes())
 
 
-def _load_ca(
+def load_ca(
     pki: Pki, *, services: bool = False
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     crt, key_file = (
@@ -217,12 +203,10 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
+def _validity(builder: x509.CertificateBuilder, lifetime: dt.timedelta) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
     # Backdated a little so a clock that is slightly behind still accepts a fresh certificate.
-    return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(
-        now + dt.timedelta(days=days)
-    )
+    return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + lifetime)
 
 
 def _make_ca(
@@ -257,7 +241,7 @@ def _make_ca(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
         )
     )
-    return _validity(builder, CA_DAYS).sign(key, hashes.SHA256()), key
+    return _validity(builder, dt.timedelta(days=CA_DAYS)).sign(key, hashes.SHA256()), key
 
 
 def _make_leaf(
@@ -268,12 +252,28 @@ def _make_leaf(
     sans: list[x509.GeneralName],
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = sign_leaf(ca_cert, ca_key, cn, key.public_key(), eku, sans, dt.timedelta(days=LEAF_DAYS))
+    return cert, key
+
+
+def sign_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    cn: str,
+    public_key: CertificatePublicKeyTypes,
+    eku: x509.ObjectIdentifier,
+    sans: list[x509.GeneralName],
+    lifetime: dt.timedelta,
+) -> x509.Certificate:
+    """A leaf certificate for ``public_key``: subject CN ``cn``, not a CA, digitalSignature and
+    ``eku`` only, valid for ``lifetime``; every extension is the CA's choice (none is copied
+    from a request)."""
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -291,14 +291,14 @@ def _make_leaf(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
         )
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return _validity(builder, LEAF_DAYS).sign(ca_key, hashes.SHA256()), key
+    return _validity(builder, lifetime).sign(ca_key, hashes.SHA256())
 
 
 def _general_name(host: str) -> x509.GeneralName:
@@ -386,7 +386,7 @@ def load_crl(
 
 
 def _write_crl(crl_file: Path, crl: x509.CertificateRevocationList) -> None:
-    _write_public(crl_file, crl.public_bytes(serialization.Encoding.PEM))
+    write_public(crl_file, crl.public_bytes(serialization.Encoding.PEM))
 
 
 def _ensure_crl(
@@ -448,7 +448,7 @@ def revoke(directory: Path, name: str) -> Revoked:
     crt, _key = pki.client_paths(name)
     if not crt.is_file():
         raise ConfigError("pki", f"no certificate {crt} to revoke")
-    ca_cert, ca_key = _load_ca(pki, services=name in SERVICE_IDENTITIES)
+    ca_cert, ca_key = load_ca(pki, services=name in SERVICE_IDENTITIES)
     crl_file = pki.crl_of(name)
     cert = load_cert(crt)
     try:
@@ -492,7 +492,7 @@ def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = Fals
         ca_cert, ca_key = _make_ca()
         _save(ca_cert, ca_key, pki.ca_file, pki.ca_key_file)
     else:
-        ca_cert, ca_key = _load_ca(pki)
+        ca_cert, ca_key = load_ca(pki)
     _ensure_crl(pki, ca_cert, ca_key, fresh=force or not has_ca)
 
     sans = _server_sans(extra_hosts)
@@ -507,7 +507,7 @@ def init(directory: Path, *, extra_hosts: Iterable[str] = (), force: bool = Fals
         svc_cert, svc_key = _make_ca("charger-telemetry dev services CA")
         _save(svc_cert, svc_key, pki.services_ca_file, pki.services_ca_key_file)
     else:
-        svc_cert, svc_key = _load_ca(pki, services=True)
+        svc_cert, svc_key = load_ca(pki, services=True)
     _ensure_crl(
         pki,
         svc_cert,
@@ -560,18 +560,24 @@ def issue_client(directory: Path, name: str, *, reissue: bool = False) -> tuple[
     if name in _NOT_CLIENTS:
         raise ReservedNameError(name, "the CAs' and the broker's files")
     crt, key_path = pki.client_paths(name)
-    ca_cert, ca_key = _load_ca(pki, services=name in SERVICE_IDENTITIES)
+    ca_cert, ca_key = load_ca(pki, services=name in SERVICE_IDENTITIES)
     current = crt.is_file() and key_path.is_file() and _issued_by(crt, ca_cert)
     if not reissue and current and not is_revoked(pki, crt):
         return crt, key_path
     return _issue(pki, name, ca_cert, ca_key)
 
 
-def issue_gateway(directory: Path, name: str, *, reissue: bool = False) -> tuple[Path, Path]:
-    """Issue a gateway's certificate; the gateway id must be allowed and not reserved."""
+def check_gateway_name(name: str) -> None:
+    """Raise :class:`InvalidIdError` / :class:`ReservedNameError` unless ``name`` may be a
+    gateway's id (and so its certificate's CN)."""
     check_id("gateway id", name)
     if name == BRIDGE_IDENTITY:
         raise ReservedNameError(name, "the bridge's identity, whose ACL reads every gateway")
     if name in RESERVED_GATEWAY_NAMES:
         raise ReservedNameError(name, "a PKI file name or a topic level the ACL reserves")
+
+
+def issue_gateway(directory: Path, name: str, *, reissue: bool = False) -> tuple[Path, Path]:
+    """Issue a gateway's certificate; the gateway id must be allowed and not reserved."""
+    check_gateway_name(name)
     return issue_client(directory, name, reissue=reissue)

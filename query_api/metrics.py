@@ -42,6 +42,13 @@ class ApiMetrics:
             "Readings accepted over HTTP and published (PUBACK received)",
             registry=self.registry,
         )
+        self.enrollments = Counter(
+            "telemetry_api_enrollments",
+            "Enrollment requests, by kind (token, renew) and outcome (signed, bad_csr, "
+            "bad_token, refused, unavailable)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self.mirror_chargers = Gauge(
             "telemetry_api_mirror_chargers",
             "Chargers held in the live mirror",

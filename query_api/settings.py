@@ -184,6 +184,13 @@ class ApiSettings(ServiceSettings):
     alarm_lookback: timedelta = Field(default=timedelta(days=365), gt=timedelta(0))
     """How far back active alarms are loaded at start and ``/v1/alarms?state=active`` looks, and
     the longest window of ``/v1/alarms``."""
+    pki_dir: Path | None = None
+    """The PKI directory (``telemetry-stack pki init``) whose CA signs gateways' CSRs: set, it
+    enables ``POST /v1/enrollment`` (one-time tokens of ``telemetry-stack pki token``) and
+    ``POST /v1/enrollment/renew``; unset, both answer 404 (docs/deploy.md)."""
+    enrollment_cert_days: float = Field(default=90.0, gt=0, le=825)
+    """Lifetime of a certificate issued through the enrollment endpoints (the agents renew it
+    ``TELEMETRY_EDGE_RENEW_BEFORE_DAYS`` before it expires); fractions of a day are allowed."""
 
     @field_validator("keys")
     @classmethod

@@ -167,7 +167,8 @@ class AsyncMqttClient:
             manual_ack=self._manual_ack,
         )
         s = self._settings
-        c.tls_set_context(client_context(s.ca_file, s.cert_file, s.key_file))
+        self._tls = client_context(s.ca_file, s.cert_file, s.key_file)
+        c.tls_set_context(self._tls)
         if self._will is not None:
             c.will_set(self._will.topic, self._will.payload, qos=1, retain=self._will.retain)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -195,6 +196,10 @@ class AsyncMqttClient:
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> AsyncMqttClient:
         self._loop = asyncio.get_running_loop()
+        self._start()
+        return self
+
+    def _start(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._settings.session_expiry_s
         props.ReceiveMaximum = self._receive_maximum
@@ -206,12 +211,29 @@ class AsyncMqttClient:
             properties=props,
         )
         self._client.loop_start()
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self._client.disconnect)
         await asyncio.to_thread(self._client.loop_stop)
         self._fail_pending()
+
+    async def reload_certificate(self) -> None:
+        """Reconnect presenting the certificate and key now in the settings' files (a renewed
+        pair): they are checked first (a broken pair raises ConfigError / ssl.SSLError and the
+        session goes on with the old one); then a clean DISCONNECT (no last will), the network
+        thread stopped, the TLS context given the new chain, and the same connect as at start.
+        Publishes awaiting their PUBACK fail as lost; their owners send them again."""
+        s = self._settings
+        await asyncio.to_thread(client_context, s.ca_file, s.cert_file, s.key_file)
+        log.info("reconnecting with a new client certificate", extra={"client": self.name})
+        self._connected.clear()  # a planned disconnect: not reported as a lost connection
+        await asyncio.to_thread(self._client.disconnect)
+        await asyncio.to_thread(self._client.loop_stop)
+        self._fail_pending()
+        # paho wraps every new connection with this context: only the network thread, now
+        # stopped, reads it, so replacing its chain here is safe.
+        self._tls.load_cert_chain(str(s.cert_file), str(s.key_file) if s.key_file else None)
+        self._start()
 
     @property
     def connected(self) -> bool:

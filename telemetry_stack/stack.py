@@ -141,6 +141,7 @@ class Startup:
             topic_root=self.opts.topic_root,
             mqtt=self.mqtt(self.pki.client_paths(pki_mod.API_IDENTITY), service=True),
             ingest_seq_file=self.dir / "api" / "ingest-seq.json",
+            pki_dir=self.pki.dir,  # POST /v1/enrollment signs gateways' CSRs with the stack's CA
             bridge_urls=[self.bridge_url],
             bindings="first-come",
         )

@@ -86,6 +86,7 @@ def test_the_api_reads_its_keys_storage_feed_and_bridge(
     assert s.ingest_seq_file == startup.dir / "api" / "ingest-seq.json"
     assert [str(u).rstrip("/") for u in s.bridge_urls] == ["http://127.0.0.1:19464"]
     assert s.topic_root == "fleet/v9"
+    assert s.pki_dir == startup.pki.dir  # POST /v1/enrollment signs with the stack's CA
 
 
 def test_the_rollup_job_reads_the_stacks_database_and_its_ops_port(
