@@ -66,11 +66,13 @@ class Renewal:
                 continue
             try:
                 await self.renew_once()
-            except (enroll.EnrollError, ConfigError, OSError) as exc:
+            except Exception as exc:  # renewal must outlive any fault: logged, retried
                 failures += 1
                 self.stats.failures += 1
                 delay = min(check, FIRST_RETRY_S * 2 ** min(failures - 1, 20))
                 delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not a secret
+                if not isinstance(exc, enroll.EnrollError | ConfigError | OSError):
+                    log.error("certificate renewal failed unexpectedly", exc_info=exc)
                 log.warning(
                     "certificate renewal failed (%s); retrying in %.0f s. The certificate "
                     "expires at %s: if this persists, check TELEMETRY_EDGE_ENROLLMENT_URL, or "

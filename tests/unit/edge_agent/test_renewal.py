@@ -5,6 +5,7 @@ certificate in place is kept."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -83,3 +84,40 @@ def test_a_failed_renewal_is_retried_counted_logged_and_keeps_the_certificate(
     assert "TELEMETRY_EDGE_ENROLLMENT_URL" in warning.getMessage()
     assert mqtt.cert_file.read_bytes() == before
     assert not list(tmp_path.glob("*.next"))
+
+
+def test_an_unexpected_error_does_not_end_renewal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault of a kind renewal does not expect (a bug, an answer it cannot parse) is logged
+    with its traceback and retried like any failure: the task must not end quietly, leaving the
+    gateway to go dark on the day the certificate expires."""
+    mqtt = _enrolled(tmp_path, days=1)
+    gateway = GatewayState(None, mqtt.cert_file)
+    renewal = Renewal(
+        _settings(mqtt, "https://api.example", 30), cast(AsyncMqttClient, None), gateway
+    )
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise KeyError("certificate")  # not EnrollError, ConfigError or OSError
+
+    monkeypatch.setattr(enroll, "renew", broken)
+    monkeypatch.setattr("edge_agent.renewal.FIRST_RETRY_S", 0.01)
+
+    async def run_a_while() -> bool:
+        task = asyncio.create_task(renewal.run())
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if renewal.stats.failures >= 2 or task.done():
+                break
+        ended = task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, KeyError):
+            await task
+        return ended
+
+    with caplog.at_level(logging.WARNING, logger="edge_agent.renewal"):
+        ended = asyncio.run(run_a_while())
+    assert not ended
+    assert renewal.stats.failures >= 2
+    assert any(r.exc_info for r in caplog.records if r.levelno >= logging.ERROR)
