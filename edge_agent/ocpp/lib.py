@@ -25,6 +25,7 @@ __all__ = [
     "TypeConstraintViolationError",
     "call",
     "call_result",
+    "camel_to_snake_case",
     "datatypes",
     "on",
 ]
@@ -102,11 +103,14 @@ if TYPE_CHECKING:
 
     def on(action: str, *, skip_schema_validation: bool = False) -> Callable[[F], F]: ...
 
+    def camel_to_snake_case(data: Any) -> Any: ...
+
     #: ``ocpp.v16.call`` / ``call_result`` / ``datatypes``: dataclasses per action.
     call: Any
     call_result: Any
     datatypes: Any
 else:
+    from ocpp.charge_point import camel_to_snake_case
     from ocpp.exceptions import (
         FormationViolationError,
         InternalError,

@@ -9,6 +9,12 @@ chargers' requests that produced it answered. Requests wait in a bounded queue
 Handshake: WebSocket subprotocol ``ocpp1.6`` (required); the charger id is the last segment of the
 URL path, allow-listed (``^[A-Za-z0-9._-]{1,64}$``), else HTTP 404; beyond ``max_chargers``
 connections, HTTP 503. A second connection with the same id replaces the first.
+
+``mode=proxy`` (:mod:`edge_agent.ocpp.proxy`): the handshake first opens the charger's
+connection to the CSMS, offering the charger's subprotocols; the charger gets the one the CSMS
+picked. A CSMS that refuses the charger (HTTP 4xx) has the charger refused with the same status;
+an unreachable one does not stop the charger (it gets its first subprotocol the gateway can
+speak offline, and the relay keeps trying the CSMS).
 """
 
 from __future__ import annotations
@@ -16,20 +22,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    NegotiationError,
+)
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from edge_agent.capture import Capture
 from edge_agent.ocpp.idtags import load_salt
 from edge_agent.ocpp.lib import InternalError
+from edge_agent.ocpp.offline import OfflineStore, store_path
+from edge_agent.ocpp.proxy import OFFLINE_SUBPROTOCOLS, Relay, open_upstream
 from edge_agent.ocpp.session import ChargerSession, Counters, Shared
 from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.transactions import TransactionStore
@@ -82,6 +96,13 @@ class CentralSystem:
         self._tasks: set[asyncio.Task[object]] = set()
         self._server: Server | None = None
         self._closing = False
+        self._store: OfflineStore | None = None
+        #: Proxy mode: the CSMS connection opened at a charger's handshake (None: unreachable).
+        self._upstreams: dict[ServerConnection, ClientConnection | None] = {}
+
+    @property
+    def proxy(self) -> bool:
+        return self.settings.mode == "proxy"
 
     @property
     def port(self) -> int:
@@ -94,11 +115,14 @@ class CentralSystem:
         configured = s.id_tag_salt.get_secret_value() if s.id_tag_salt is not None else None
         salt = await asyncio.to_thread(load_salt, configured, s.state_path)
         self._shared = Shared(s, self.translator, transactions, self.counters, self._emit, salt)
+        if self.proxy:
+            self._store = await asyncio.to_thread(OfflineStore, store_path(s.state_path))
         self._server = await serve(
             self._handle,
             s.host,
             s.port,
-            subprotocols=[SUBPROTOCOL],
+            subprotocols=None if self.proxy else [SUBPROTOCOL],
+            select_subprotocol=self._select_subprotocol if self.proxy else None,
             process_request=self._check_request,
             ssl=s.ssl_context(),
             max_size=s.max_message_bytes,
@@ -106,7 +130,8 @@ class CentralSystem:
             logger=_NoFrameDumps(logging.getLogger("websockets.server")),
         )
         scheme = "wss" if s.cert_file else "ws"
-        log.info("ocpp 1.6J central system on %s://%s:%d/<charger_id>", scheme, s.host, self.port)
+        what = f"proxy to {s.upstream_url}" if self.proxy else "1.6J central system"
+        log.info("ocpp %s on %s://%s:%d/<charger_id>", what, scheme, s.host, self.port)
         return self
 
     async def __aexit__(
@@ -131,6 +156,11 @@ class CentralSystem:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2):
                         await self._server.wait_closed()
+        for upstream in self._upstreams.values():  # handshakes that never finished
+            if upstream is not None:
+                await upstream.close()
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
         log.info("ocpp central system closed: %s", self.counters)
 
     async def captures(self) -> AsyncGenerator[list[Capture], None]:
@@ -160,7 +190,9 @@ class CentralSystem:
             raise StoreAborted()
         await pending.stored
 
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _check_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         charger_id = charger_id_from_path(request.path)
         if charger_id is None:
             self.counters.refused += 1
@@ -174,7 +206,61 @@ class CentralSystem:
             self.counters.refused += 1
             log.warning("ocpp: refused %s: at max_chargers or closing", charger_id)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "no room for a charger\n")
+        if self.proxy:
+            return await self._open_upstream(connection, request, charger_id)
         return None
+
+    async def _open_upstream(
+        self, connection: ServerConnection, request: Request, charger_id: str
+    ) -> Response | None:
+        offered = [
+            Subprotocol(p.strip())
+            for header in request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in header.split(",")
+            if p.strip()
+        ]
+        try:
+            upstream: ClientConnection | None = await open_upstream(
+                self.settings, charger_id, offered
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if 400 <= status < 500:
+                self.counters.refused += 1
+                log.warning("ocpp: refused %s: the CSMS answered HTTP %d", charger_id, status)
+                return connection.respond(HTTPStatus(status), "refused by the CSMS\n")
+            upstream = None
+            log.warning(
+                "ocpp %s: CSMS answered HTTP %d: offline until it is back", charger_id, status
+            )
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            upstream = None
+            log.warning("ocpp %s: CSMS unreachable (%s): offline until it is back", charger_id, exc)
+        self._upstreams[connection] = upstream
+        return None
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        """Proxy mode: the CSMS's pick; without a CSMS, the first offered that the gateway can
+        speak offline."""
+        upstream = self._upstreams.get(connection)
+        if upstream is not None:
+            if upstream.subprotocol is not None and upstream.subprotocol in offered:
+                return upstream.subprotocol
+            self._drop_upstream(connection)
+        for subprotocol in offered:
+            if subprotocol in OFFLINE_SUBPROTOCOLS:
+                return subprotocol
+        self._drop_upstream(connection)
+        raise NegotiationError(f"no supported subprotocol among {list(offered)}")
+
+    def _drop_upstream(self, connection: ServerConnection) -> None:
+        upstream = self._upstreams.pop(connection, None)
+        if upstream is not None:
+            task = asyncio.get_running_loop().create_task(upstream.close())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -191,7 +277,11 @@ class CentralSystem:
                 log.info("ocpp %s: a new connection replaces the old one", charger_id)
                 await old.close(reason="replaced by a newer connection")
             log.info("ocpp %s connected from %s", charger_id, ws.remote_address)
-            await ChargerSession(charger_id, ws, self._shared).start()
+            if self._store is not None:
+                upstream = self._upstreams.pop(ws, None)
+                await Relay(charger_id, ws, upstream, self._shared, self._store).run()
+            else:
+                await ChargerSession(charger_id, ws, self._shared).start()
         except ConnectionClosed as exc:
             log.info("ocpp %s disconnected (%s)", charger_id, exc)
         finally:

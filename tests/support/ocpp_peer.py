@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, TypeVar
 
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
@@ -14,17 +14,28 @@ from websockets.typing import Subprotocol
 from edge_agent.ocpp.lib import ChargePoint
 
 OCPP16: Final = [Subprotocol("ocpp1.6")]
+CP = TypeVar("CP", bound=ChargePoint)
+
+
+def _as_is(ws: Any) -> Any:
+    return ws
 
 
 @contextlib.asynccontextmanager
 async def charge_point(
-    port: int, charger_id: str, *, response_timeout: int = 20
-) -> AsyncIterator[ChargePoint]:
+    port: int,
+    charger_id: str,
+    *,
+    response_timeout: int = 20,
+    cls: type[CP] = ChargePoint,  # type: ignore[assignment]
+    wrap: Callable[[Any], Any] = _as_is,
+) -> AsyncIterator[CP]:
     """``charger_id`` connected to ``ws://127.0.0.1:{port}/ocpp/{charger_id}``, its receive
-    loop running until the block ends."""
+    loop running until the block ends. ``cls``: a ChargePoint subclass (with ``@on`` handlers
+    for the CSMS's calls); ``wrap``: what the library gets as the connection (e.g. a recorder)."""
     url = f"ws://127.0.0.1:{port}/ocpp/{charger_id}"
     async with connect(url, subprotocols=OCPP16) as ws:
-        cp = ChargePoint(charger_id, ws, response_timeout=response_timeout)
+        cp = cls(charger_id, wrap(ws), response_timeout=response_timeout)
         task = asyncio.create_task(cp.start())
         try:
             yield cp
