@@ -9,10 +9,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Request, Response
 
 from edge_agent.capture import Capture
 from edge_agent.ocpp import CentralSystem, OcppSettings
@@ -179,3 +183,22 @@ async def test_csms_down_for_a_whole_transaction_then_replayed_once(tmp_path: Pa
     tx = [(c.tx_event, c.transaction_id) for c in got.captures if c.transaction_id]
     assert tx == [("started", str(tid)), (None, str(tid)), ("ended", str(tid)), (None, str(tid))]
     assert got.captures[0].charger_info == {"vendor": "V", "model": "M"}  # tapped though refused
+
+
+async def test_a_charger_the_csms_refuses_is_refused_with_its_status(tmp_path: Path) -> None:
+    """A CSMS that answers the handshake with HTTP 404 (an unknown charger) has the charger
+    refused with 404 too, not accepted into offline mode."""
+    port = free_port()
+
+    def unknown(connection: ServerConnection, request: Request) -> Response:
+        return connection.respond(HTTPStatus.NOT_FOUND, "unknown charger\n")
+
+    async with (
+        asyncio.timeout(30),
+        serve(lambda ws: ws.wait_closed(), "127.0.0.1", port, process_request=unknown),
+        gateway(tmp_path, port) as (cs, _),
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            async with charge_point(cs.port, "CP-P3"):
+                pass
+    assert refused.value.response.status_code == HTTPStatus.NOT_FOUND
