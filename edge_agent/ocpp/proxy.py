@@ -34,8 +34,15 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
 from edge_agent.capture import Capture
-from edge_agent.ocpp.frames import CALL, CALLERROR, CALLRESULT, FrameError, parse_frame
-from edge_agent.ocpp.lib import CallError
+from edge_agent.ocpp.frames import (
+    CALL,
+    CALLERROR,
+    CALLRESULT,
+    FrameError,
+    call_error_json,
+    parse_frame,
+)
+from edge_agent.ocpp.lib import InternalError, OCPPError
 from edge_agent.ocpp.offline import OfflineStore, is_queued, offline_answer
 from edge_agent.ocpp.session import Shared
 from edge_agent.ocpp.settings import OcppSettings
@@ -110,6 +117,8 @@ class Relay:
         self._tap = tap_for(self.subprotocol, charger_id, shared, connector_of=store.connector_of)
         #: The CSMS connection, once its queue is replayed; None while the CSMS is unreachable.
         self._up: ClientConnection | None = None
+        #: The CSMS connection while the queue is replayed (the charger's answers may go).
+        self._replaying: ClientConnection | None = None
         #: Held while a charger CALL is forwarded or queued, and during a replay: keeps order.
         self._turn = asyncio.Lock()
         self._in_flight: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
@@ -140,7 +149,7 @@ class Relay:
             0
         ] in (CALL, CALLRESULT, CALLERROR)
         if well_formed and msg[0] != CALL:  # the charger's answer to a CSMS call
-            if not await self._send_up(raw):
+            if not await self._send_up(raw, self._replaying):
                 log.info("ocpp %s: answer %s dropped: CSMS unreachable", self.charger_id, msg[1])
             return
         call_ok = well_formed and len(msg) == 4 and isinstance(msg[2], str)
@@ -151,7 +160,11 @@ class Relay:
             return
         unique_id, action, payload = msg[1], msg[2], msg[3]
         self._s.counters.requests += 1
-        await self._emit(self._tap.on_call(unique_id, action, payload))
+        try:
+            await self._emit(self._tap.on_call(unique_id, action, payload))
+        except OCPPError as error:  # the agent stopped before storing: the charger resends
+            await self._refuse(unique_id, error)
+            return
         async with self._turn:
             mapped = _map_tid(payload, lambda t: self._store.csms_tid(self.charger_id, t))
             out = (
@@ -165,8 +178,8 @@ class Relay:
             self._in_flight.pop(unique_id, None)
             await self._offline_call(unique_id, action, payload)
 
-    async def _send_up(self, frame: str) -> bool:
-        up = self._up
+    async def _send_up(self, frame: str, replaying: ClientConnection | None = None) -> bool:
+        up = self._up or replaying
         if up is None:
             return False
         try:
@@ -199,11 +212,13 @@ class Relay:
             await self._charger.send(orjson.dumps([CALLRESULT, unique_id, result]).decode())
             return
         log.info("ocpp %s: CSMS unreachable: %s refused (InternalError)", self.charger_id, action)
-        error = CallError(
-            unique_id, "InternalError", "CSMS unreachable", {"cause": "the CSMS is unreachable"}
+        await self._refuse(
+            unique_id, InternalError("CSMS unreachable", {"cause": "the CSMS is unreachable"})
         )
+
+    async def _refuse(self, unique_id: str, error: OCPPError) -> None:
         self._s.counters.call_errors += 1
-        await self._charger.send(error.to_json())
+        await self._charger.send(call_error_json(unique_id, error))
 
     async def _answer_bad_frame(self, raw: str) -> None:
         try:
@@ -241,7 +256,11 @@ class Relay:
                     continue
             try:
                 async with self._turn:
-                    await self._replay(up)
+                    self._replaying = up
+                    try:
+                        await self._replay(up)
+                    finally:
+                        self._replaying = None
                     self._up = up
                 delay = FIRST_RETRY_S
                 log.info("ocpp %s: relaying to the CSMS", self.charger_id)
@@ -268,7 +287,11 @@ class Relay:
             if msg[0] == CALLRESULT and msg[1] in self._in_flight:
                 action, request = self._in_flight.pop(msg[1])
                 if isinstance(msg[2], dict):
-                    await self._tap_result(msg[1], action, request, msg[2])
+                    try:
+                        await self._tap_result(msg[1], action, request, msg[2])
+                    except OCPPError as error:  # not stored: not acknowledged either
+                        await self._refuse(msg[1], error)
+                        return
             elif msg[0] == CALLERROR:
                 self._in_flight.pop(msg[1], None)
             elif msg[0] == CALL and len(msg) == 4 and isinstance(msg[3], dict):

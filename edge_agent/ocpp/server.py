@@ -130,7 +130,8 @@ class CentralSystem:
             logger=_NoFrameDumps(logging.getLogger("websockets.server")),
         )
         scheme = "wss" if s.cert_file else "ws"
-        what = f"proxy to {s.upstream_url}" if self.proxy else "1.6J central system"
+        upstream = urlsplit(s.upstream_url or "")  # no userinfo in the log
+        what = f"proxy to {upstream.hostname}" if self.proxy else "1.6J central system"
         log.info("ocpp %s on %s://%s:%d/<charger_id>", what, scheme, s.host, self.port)
         return self
 
