@@ -127,6 +127,8 @@ class CentralSystem:
             ssl=s.ssl_context(),
             max_size=s.max_message_bytes,
             close_timeout=2,
+            # proxy mode: the handshake waits for the CSMS's (UPSTREAM_OPEN_TIMEOUT_S)
+            open_timeout=10 + (s.upstream_open_timeout_s if self.proxy else 0),
             logger=_NoFrameDumps(logging.getLogger("websockets.server")),
         )
         scheme = "wss" if s.cert_file else "ws"
