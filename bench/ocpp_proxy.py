@@ -42,11 +42,18 @@ from websockets.typing import Subprotocol
 from bench.harness import cli
 from bench.harness.procstat import cpu_seconds, proc_status_kb
 from bench.harness.report import Row, percentile, print_table, verdict
-from bench.harness.stack import BIN, TOPIC_ROOT, Stack, running_stack, unique_ports, wait_for
+from bench.harness.stack import (
+    BIN,
+    TOPIC_ROOT,
+    Stack,
+    listening,
+    running_stack,
+    unique_ports,
+    wait_for,
+)
 from edge_agent.ocpp.lib import ChargePoint, call, call_result, on
 from edge_agent.settings import EdgeSettings
 from telemetry_common.settings import env_for
-from telemetry_stack.servers import port_open
 
 GATEWAY: Final = "bench-ocpp-gw"
 OCPP16: Final = [Subprotocol("ocpp1.6")]
@@ -242,7 +249,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 
         gw = stack.start("edge-agent", [str(BIN / "edge-agent"), "run", "--source", "ocpp"],
                          gateway_env(stack, work, gw_port, csms_port))  # fmt: skip
-        wait_for("the gateway's OCPP port", lambda: port_open("127.0.0.1", gw_port), 30)
+        wait_for("the gateway's OCPP port", lambda: listening(gw_port), 30)
 
         def cpu() -> float | None:
             return cpu_seconds(gw.pid)

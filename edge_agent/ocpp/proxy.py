@@ -81,15 +81,15 @@ async def open_upstream(
 
 def _map_tid(payload: dict[str, Any], tid_map: Any) -> dict[str, Any] | None:
     """``payload`` with ``transactionId`` (top level, or in ``csChargingProfiles``) replaced
-    by ``tid_map(tid)``; None when nothing changes."""
+    by ``tid_map(tid)``; None when nothing changes (the frame then goes as it came)."""
     changed = None
     tid = payload.get("transactionId")
-    if isinstance(tid, int) and (new := tid_map(tid)) is not None:
+    if isinstance(tid, int) and (new := tid_map(tid)) not in (None, tid):
         changed = {**payload, "transactionId": new}
     profile = payload.get("csChargingProfiles")
     if isinstance(profile, dict):
         tid = profile.get("transactionId")
-        if isinstance(tid, int) and (new := tid_map(tid)) is not None:
+        if isinstance(tid, int) and (new := tid_map(tid)) not in (None, tid):
             changed = {
                 **(changed or payload),
                 "csChargingProfiles": {**profile, "transactionId": new},

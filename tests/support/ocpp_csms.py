@@ -25,14 +25,19 @@ class Recorded:
         self.ws = ws
         self.sent: list[Any] = []
         self.received: list[Any] = []
+        #: The frames as strings, to check the relay changed no byte.
+        self.raw_sent: list[str] = []
+        self.raw_received: list[str] = []
 
     async def recv(self) -> str:
-        frame = await self.ws.recv()
+        frame = str(await self.ws.recv())
         self.received.append(orjson.loads(frame))
-        return str(frame)
+        self.raw_received.append(frame)
+        return frame
 
     async def send(self, frame: str) -> None:
         self.sent.append(orjson.loads(frame))
+        self.raw_sent.append(frame)
         await self.ws.send(frame)
 
     def calls_received(self) -> list[tuple[str, dict[str, Any]]]:
@@ -92,6 +97,8 @@ class Csms:
         for peer in self.peers.get(charger_id, []):
             joined.sent += peer.recorded.sent
             joined.received += peer.recorded.received
+            joined.raw_sent += peer.recorded.raw_sent
+            joined.raw_received += peer.recorded.raw_received
         return joined
 
 

@@ -92,7 +92,8 @@ async def test_every_frame_is_relayed_unchanged_in_order_both_ways(tmp_path: Pat
     """Boot, heartbeat, status, a transaction with meter values, a CSMS-initiated
     RemoteStartTransaction and its answer: what one peer sent, the other received, equal as
     parsed JSON and in the same order, both ways; the telemetry is captured on the way with the
-    CSMS's transaction id, and the gateway answered nothing itself."""
+    CSMS's transaction id, and the gateway answered nothing itself. The frames are even the
+    same strings (no transaction id needed mapping)."""
     port = free_port()
     recorders: list[Recorded] = []
 
@@ -123,6 +124,8 @@ async def test_every_frame_is_relayed_unchanged_in_order_both_ways(tmp_path: Pat
     seen = upstream.frames("CP-P1")
     assert charger.sent == seen.received
     assert seen.sent == charger.received
+    assert charger.raw_sent == seen.raw_received  # the same strings, byte for byte
+    assert seen.raw_sent == charger.raw_received
     actions = [f[2] for f in charger.sent if f[0] == 2]
     assert actions == ["BootNotification", "Heartbeat", "StatusNotification",
         "StartTransaction", "MeterValues", "StopTransaction"]  # fmt: skip
