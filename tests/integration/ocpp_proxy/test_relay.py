@@ -205,3 +205,34 @@ async def test_a_charger_the_csms_refuses_is_refused_with_its_status(tmp_path: P
             async with charge_point(cs.port, "CP-P3"):
                 pass
     assert refused.value.response.status_code == HTTPStatus.NOT_FOUND
+
+
+async def test_csms_lost_mid_session_then_back(tmp_path: Path) -> None:
+    """The CSMS goes away while the charger is connected: the charger stays connected, its
+    StartTransaction is answered by the gateway; the CSMS comes back (the gateway reconnects on
+    its own) and gets the queued StartTransaction before the next live frame."""
+    port = free_port()
+    async with (
+        asyncio.timeout(60),
+        gateway(tmp_path, port) as (cs, got),
+        contextlib.AsyncExitStack() as charger_side,
+    ):
+        first_csms = contextlib.AsyncExitStack()
+        first = await first_csms.enter_async_context(csms(port, first_tid=900))
+        cp = await charger_side.enter_async_context(charge_point(cs.port, "CP-P4", cls=Charger))
+        await cp.call(call.Heartbeat())
+        assert first.frames("CP-P4").calls_received() == [("Heartbeat", {})]
+        await first_csms.aclose()  # the CSMS is gone; the charger stays connected
+        start = await cp.call(call.StartTransaction(1, "TAG-4", 10, at(1)))
+        tid = start.transaction_id
+        assert tid < 0
+        async with csms(port, first_tid=950) as second:
+            await until("replayed", lambda: len(second.frames("CP-P4").received) >= 1)
+            await cp.call(call.MeterValues(1, energy("20"), transaction_id=tid))
+            await until("live", lambda: len(second.frames("CP-P4").received) >= 2)
+            calls = second.frames("CP-P4").calls_received()
+    assert [(a, p.get("transactionId")) for a, p in calls] == [
+        ("StartTransaction", None),
+        ("MeterValues", 950),
+    ]
+    assert [c.transaction_id for c in got.captures] == [str(tid)] * 2
