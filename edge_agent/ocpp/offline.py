@@ -22,10 +22,12 @@ a gateway restart. Blocking calls: run them with ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -105,9 +107,22 @@ class OfflineStore:
             )
         }
 
+        self._replays: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def replay_lock(self, charger_id: str) -> asyncio.Lock:
+        """Held while a charger's queue is replayed: a connection that replaces another one of
+        the same charger waits for the old one's replay instead of sending the queue twice.
+        (Event-loop side only; kept while a relay holds it.)"""
+        lock = self._replays.get(charger_id)
+        if lock is None:
+            lock = self._replays[charger_id] = asyncio.Lock()
+        return lock
 
     # -- what the relay reads (memory only: no I/O) ------------------------------------------
 

@@ -121,6 +121,7 @@ class Relay:
         self._replaying: ClientConnection | None = None
         #: Held while a charger CALL is forwarded or queued, and during a replay: keeps order.
         self._turn = asyncio.Lock()
+        self._replay_lock = store.replay_lock(charger_id)
         self._in_flight: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
 
     async def run(self) -> None:
@@ -255,7 +256,7 @@ class Relay:
                     delay = min(delay * 2, cap)
                     continue
             try:
-                async with self._turn:
+                async with self._turn, self._replay_lock:
                     self._replaying = up
                     try:
                         await self._replay(up)
