@@ -54,7 +54,8 @@ def run(
 ) -> None:
     """Run the agent until SIGTERM / Ctrl-C (or, for a finite jsonl input, until all is sent).
 
-    Sources: ``sim`` (simulated chargers), ``ocpp`` (a local OCPP 1.6J central system on
+    Sources: ``sim`` (simulated chargers), ``ocpp`` (a local OCPP 1.6J central system, or with
+    TELEMETRY_EDGE_OCPP__MODE=proxy a relay to the operator's CSMS, on
     TELEMETRY_EDGE_OCPP__HOST:__PORT; chargers connect to ws://HOST:PORT/.../<charger_id>),
     ``jsonl`` (one reading per line from --file or stdin)."""
     settings = load_settings()

@@ -29,7 +29,13 @@ from provisioning import pki as pki_mod
 from query_api.settings import ApiSettings
 from telemetry_common.settings import env_for
 from telemetry_common.topics import DEFAULT_ROOT
-from telemetry_stack.servers import ManagedProcess, free_port, start_influxd, start_mosquitto
+from telemetry_stack.servers import (
+    ManagedProcess,
+    free_port,
+    port_open,
+    start_influxd,
+    start_mosquitto,
+)
 
 __all__ = ["ManagedProcess", "Stack", "free_port", "running_stack"]
 
@@ -243,6 +249,11 @@ def start_api(
 
     api.wait_ready(ready, timeout=60)
     return api, url
+
+
+def listening(port: int) -> bool:
+    """Something accepts TCP connections on loopback ``port``."""
+    return port_open("127.0.0.1", port)
 
 
 def wait_exit(proc: ManagedProcess, timeout: float) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "call201",
     "call_result",
     "call_result201",
+    "camel_to_snake_case",
     "datatypes",
     "datatypes201",
     "on",
@@ -115,6 +116,8 @@ if TYPE_CHECKING:
 
     def on(action: str, *, skip_schema_validation: bool = False) -> Callable[[F], F]: ...
 
+    def camel_to_snake_case(data: Any) -> Any: ...
+
     #: ``ocpp.v16.call`` / ``call_result`` / ``datatypes``: dataclasses per action.
     call: Any
     call_result: Any
@@ -124,6 +127,7 @@ if TYPE_CHECKING:
     call_result201: Any
     datatypes201: Any
 else:
+    from ocpp.charge_point import camel_to_snake_case
     from ocpp.exceptions import (
         FormationViolationError,
         FormatViolationError,

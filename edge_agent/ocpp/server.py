@@ -12,6 +12,12 @@ URL path, allow-listed (``^[A-Za-z0-9._-]{1,64}$``), else HTTP 404; beyond ``max
 connections, HTTP 503; then the charger's security profile (:mod:`edge_agent.ocpp.auth`, the
 chargers file): 401/403. A second connection for a connected id is refused (409) unless it
 authenticated (profile >= 1): then it replaces the first.
+
+``mode=proxy`` (:mod:`edge_agent.ocpp.proxy`): the handshake first opens the charger's
+connection to the CSMS, offering the charger's subprotocols; the charger gets the one the CSMS
+picked. A CSMS that refuses the charger (HTTP 4xx) has the charger refused with the same status;
+an unreachable one does not stop the charger (it gets its first subprotocol the gateway can
+speak offline, and the relay keeps trying the CSMS).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -28,8 +34,14 @@ from types import TracebackType
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    NegotiationError,
+)
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
@@ -39,6 +51,8 @@ from edge_agent.ocpp.auth import Authenticator
 from edge_agent.ocpp.chargers import ChargersConfig, load_chargers
 from edge_agent.ocpp.idtags import load_salt
 from edge_agent.ocpp.lib import InternalError
+from edge_agent.ocpp.offline import OfflineStore, store_path
+from edge_agent.ocpp.proxy import OFFLINE_SUBPROTOCOLS, Relay, open_upstream
 from edge_agent.ocpp.session import ChargerSession, Counters, Shared
 from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.transactions import TransactionStore
@@ -99,6 +113,13 @@ class CentralSystem:
         self._closing = False
         #: Connections past the handshake that authenticated (may replace a live one).
         self._authenticated: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+        self._store: OfflineStore | None = None
+        #: Proxy mode: the CSMS connection opened at a charger's handshake (None: unreachable).
+        self._upstreams: dict[ServerConnection, ClientConnection | None] = {}
+
+    @property
+    def proxy(self) -> bool:
+        return self.settings.mode == "proxy"
 
     @property
     def port(self) -> int:
@@ -116,26 +137,28 @@ class CentralSystem:
         configured = s.id_tag_salt.get_secret_value() if s.id_tag_salt is not None else None
         salt = await asyncio.to_thread(load_salt, configured, s.state_path)
         self._shared = Shared(s, self.translator, transactions, self.counters, self._emit, salt)
+        if self.proxy:
+            self._store = await asyncio.to_thread(OfflineStore, store_path(s.state_path))
         self._server = await serve(
             self._handle,
             s.host,
             s.port,
-            subprotocols=list(SUBPROTOCOLS),
+            subprotocols=None if self.proxy else list(SUBPROTOCOLS),
+            select_subprotocol=self._select_subprotocol if self.proxy else None,
             process_request=self._check_request,
             ssl=s.ssl_context(),
             max_size=s.max_message_bytes,
             close_timeout=2,
             ping_interval=s.ping_interval_s,
             ping_timeout=s.ping_interval_s,
+            # proxy mode: the handshake waits for the CSMS's (UPSTREAM_OPEN_TIMEOUT_S)
+            open_timeout=10 + (s.upstream_open_timeout_s if self.proxy else 0),
             logger=_NoFrameDumps(logging.getLogger("websockets.server")),
         )
         scheme = "wss" if s.cert_file else "ws"
-        log.info(
-            "ocpp (1.6J, 2.0.1) central system on %s://%s:%d/<charger_id>",
-            scheme,
-            s.host,
-            self.port,
-        )
+        upstream = urlsplit(s.upstream_url or "")  # no userinfo in the log
+        what = f"proxy to {upstream.hostname}" if self.proxy else "(1.6J, 2.0.1) central system"
+        log.info("ocpp %s on %s://%s:%d/<charger_id>", what, scheme, s.host, self.port)
         return self
 
     async def __aexit__(
@@ -160,6 +183,11 @@ class CentralSystem:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2):
                         await self._server.wait_closed()
+        for upstream in self._upstreams.values():  # handshakes that never finished
+            if upstream is not None:
+                await upstream.close()
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
         log.info("ocpp central system closed: %s", self.counters)
 
     async def captures(self) -> AsyncGenerator[list[Capture], None]:
@@ -213,6 +241,8 @@ class CentralSystem:
             return self._refuse_hijack(connection, charger_id)
         if verdict.authenticated:
             self._authenticated.add(connection)
+        if self.proxy:
+            return await self._open_upstream(connection, request, charger_id)
         return None
 
     async def _reload_chargers(self) -> None:
@@ -244,6 +274,58 @@ class CentralSystem:
         )
         return connection.respond(HTTPStatus.CONFLICT, "charger already connected\n")
 
+    async def _open_upstream(
+        self, connection: ServerConnection, request: Request, charger_id: str
+    ) -> Response | None:
+        offered = [
+            Subprotocol(p.strip())
+            for header in request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in header.split(",")
+            if p.strip()
+        ]
+        try:
+            upstream: ClientConnection | None = await open_upstream(
+                self.settings, charger_id, offered
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if 400 <= status < 500:
+                self.counters.refused += 1
+                log.warning("ocpp: refused %s: the CSMS answered HTTP %d", charger_id, status)
+                return connection.respond(HTTPStatus(status), "refused by the CSMS\n")
+            upstream = None
+            log.warning(
+                "ocpp %s: CSMS answered HTTP %d: offline until it is back", charger_id, status
+            )
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            upstream = None
+            log.warning("ocpp %s: CSMS unreachable (%s): offline until it is back", charger_id, exc)
+        self._upstreams[connection] = upstream
+        return None
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        """Proxy mode: the CSMS's pick; without a CSMS, the first offered that the gateway can
+        speak offline."""
+        upstream = self._upstreams.get(connection)
+        if upstream is not None:
+            if upstream.subprotocol is not None and upstream.subprotocol in offered:
+                return upstream.subprotocol
+            self._drop_upstream(connection)
+        for subprotocol in offered:
+            if subprotocol in OFFLINE_SUBPROTOCOLS:
+                return subprotocol
+        self._drop_upstream(connection)
+        raise NegotiationError(f"no supported subprotocol among {list(offered)}")
+
+    def _drop_upstream(self, connection: ServerConnection) -> None:
+        upstream = self._upstreams.pop(connection, None)
+        if upstream is not None:
+            task = asyncio.get_running_loop().create_task(upstream.close())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         charger_id = charger_id_from_path(ws.request.path)
@@ -267,8 +349,12 @@ class CentralSystem:
             log.info(
                 "ocpp %s connected from %s (%s)", charger_id, ws.remote_address, ws.subprotocol
             )
-            session = ChargerSession201 if ws.subprotocol == SUBPROTOCOL_201 else ChargerSession
-            await session(charger_id, ws, self._shared).start()
+            if self._store is not None:
+                upstream = self._upstreams.pop(ws, None)
+                await Relay(charger_id, ws, upstream, self._shared, self._store).run()
+            else:
+                session = ChargerSession201 if ws.subprotocol == SUBPROTOCOL_201 else ChargerSession
+                await session(charger_id, ws, self._shared).start()
         except ConnectionClosed as exc:
             log.info("ocpp %s disconnected (%s)", charger_id, exc)
         finally:

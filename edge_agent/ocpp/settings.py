@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -25,13 +27,30 @@ def is_loopback(host: str) -> bool:
 
 
 class OcppSettings(SettingsGroup):
-    """The local OCPP 1.6J central system that the site's chargers connect to.
+    """The OCPP endpoint that the site's chargers connect to: a local 1.6J central system
+    (``MODE=local``) or a proxy to the operator's CSMS (``MODE=proxy``, docs/ocpp.md).
 
     Chargers use ``ws://HOST:PORT/<anything>/<charger_id>``. Off loopback the endpoint needs TLS
     (``CERT_FILE``/``KEY_FILE``: ``wss://``) or the explicit ``ALLOW_PLAINTEXT=true`` (OCPP
     security profile 0, for site networks that are already isolated).
     """
 
+    mode: Literal["local", "proxy"] = "local"
+    """``local``: the gateway is the chargers' central system (it answers everything itself).
+    ``proxy``: every frame is relayed to the operator's CSMS at ``upstream_url`` and back, the
+    telemetry tapped on the way; while the CSMS is unreachable transaction messages are queued
+    on disk and replayed (docs/ocpp.md#proxy-mode)."""
+    upstream_url: str | None = None
+    """Proxy mode: the CSMS URL for a charger, ``{charger_id}`` replaced by its id, e.g.
+    ``wss://csms.example.com/ocpp/{charger_id}``."""
+    upstream_open_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Proxy mode: how long a connection attempt to the CSMS may take."""
+    upstream_response_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """Proxy mode: how long a replayed message waits for the CSMS's answer before the
+    connection is taken as lost (and the message replayed again later)."""
+    upstream_retry_max_s: float = Field(default=60.0, ge=0.1, le=3600)
+    """Proxy mode: the cap of the backoff between attempts to reach the CSMS (doubling from
+    0.5 s, with jitter)."""
     host: str = "127.0.0.1"
     """Address chargers connect to."""
     port: int = Field(default=9000, ge=0, le=65535)
@@ -86,7 +105,22 @@ class OcppSettings(SettingsGroup):
                 f"ocpp: host {self.host!r} is not loopback: set cert_file/key_file (wss://) "
                 "or allow_plaintext=true"
             )
+        if self.mode == "proxy":
+            self.upstream_url_for("CP-1")  # raises ValueError when unset or malformed
         return self
+
+    def upstream_url_for(self, charger_id: str) -> str:
+        """The CSMS URL for ``charger_id`` (proxy mode)."""
+        if not self.upstream_url:
+            raise ValueError(
+                "ocpp: mode=proxy needs upstream_url (e.g. wss://csms/ocpp/{charger_id})"
+            )
+        if "{charger_id}" not in self.upstream_url:
+            raise ValueError("ocpp: upstream_url must contain {charger_id}")
+        url = self.upstream_url.replace("{charger_id}", charger_id)
+        if urlsplit(url).scheme not in ("ws", "wss"):
+            raise ValueError(f"ocpp: upstream_url {self.upstream_url!r} is not ws:// or wss://")
+        return url
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server context for ``wss://`` (TLS 1.2+), or None for plain ``ws://``."""
