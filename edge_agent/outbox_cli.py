@@ -31,7 +31,8 @@ from edge_agent.budget import Budget
 from edge_agent.lock import OutboxBusyError, exclusive
 from edge_agent.outbox import Outbox, OutboxStats
 from edge_agent.publisher import Counters, Publisher
-from edge_agent.settings import EdgeSettings
+from edge_agent.settings import EdgeSettings, load_edge_settings
+from telemetry_common.errors import ConfigError
 from telemetry_common.logs import configure_logging
 from telemetry_common.settings import env_name, settings_errors
 
@@ -47,7 +48,10 @@ DEFAULT_PATH = Path("edge-outbox.sqlite3")
 
 def load_settings() -> EdgeSettings:
     try:
-        return EdgeSettings()  # gateway_id comes from the environment
+        return load_edge_settings()  # gateway_id comes from the environment or edge.env
+    except ConfigError as exc:
+        typer.echo(f"edge-agent: {exc}", err=True)
+        raise typer.Exit(2) from exc
     except ValidationError as exc:
         for line in settings_errors(EdgeSettings, exc):
             typer.echo(f"edge-agent: {line}", err=True)
@@ -57,8 +61,8 @@ def load_settings() -> EdgeSettings:
 def _budget() -> Budget:
     """The configured budget if the environment has the agent's settings, else the default."""
     try:
-        return EdgeSettings().outbox.budget()
-    except ValidationError:
+        return load_edge_settings().outbox.budget()
+    except (ConfigError, ValidationError):
         return Budget()
 
 
