@@ -57,7 +57,7 @@ PLATFORMS = {
     "amd64": "x86_64",
     "arm64": "aarch64",
 }
-GLIBC_MINOR = 35  # Ubuntu 22.04 has glibc 2.35, Debian 12 2.36: wheels up to manylinux_2_35
+GLIBC_MINOR = 36  # Debian 12 / Raspberry Pi OS 12 have glibc 2.36: wheels up to manylinux_2_36
 
 
 class BuildError(Exception):

@@ -24,7 +24,7 @@ def tool(name: str) -> str:
     return path
 
 
-def build_deb(out: Path, version: str | None = None) -> Path:
+def build_deb(out: Path, version: str | None = None, arch: str | None = None) -> Path:
     """Run the build script; the path of the .deb it made."""
     argv = [
         sys.executable,
@@ -36,6 +36,8 @@ def build_deb(out: Path, version: str | None = None) -> Path:
     ]
     if version is not None:
         argv += ["--version", version]
+    if arch is not None:
+        argv += ["--arch", arch]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     deb = Path(result.stdout.strip().splitlines()[-1])
