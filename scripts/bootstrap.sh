@@ -95,12 +95,14 @@ if [ ${#need_alerting[@]} -gt 0 ]; then
   fi
 fi
 
-# debootstrap and systemd-analyze for the Debian package's tests (tests/integration/package/:
-# `systemd-analyze verify` on its unit, an install into a clean debootstrap'd root); without
+# debootstrap, systemd-analyze and lintian for the Debian package's tests
+# (tests/integration/package/: lintian, `systemd-analyze verify` on its unit, an install into a
+# clean debootstrap'd root); without
 # them those tests are skipped with the reason. The systemd package is not started here.
 need_packaging=()
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need_packaging+=(debootstrap)
 command -v systemd-analyze >/dev/null 2>&1 || need_packaging+=(systemd)
+command -v lintian >/dev/null 2>&1 || need_packaging+=(lintian)
 if [ ${#need_packaging[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
@@ -111,7 +113,7 @@ if [ ${#need_packaging[@]} -gt 0 ]; then
       "${need_packaging[@]}" >/dev/null
   else
     echo "bootstrap: ${need_packaging[*]} missing and apt-get is not available: the Debian" >&2
-    echo "  package's tests will be skipped (install debootstrap and systemd to run them)." >&2
+    echo "  package's tests will be skipped (install debootstrap, systemd and lintian)." >&2
   fi
 fi
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import email.utils
+import gzip
 import hashlib
 import shutil
 import subprocess
@@ -29,12 +31,14 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBIAN = ROOT / "packaging" / "debian"
 PACKAGE = "charger-telemetry-edge"
 PACKAGE_UNIT = f"{PACKAGE}.service"
+MAINTAINER = "charger-telemetry maintainers <maintainers@charger-telemetry.invalid>"
 LIB = Path("usr/lib/charger-telemetry-edge")
 #: The agent's own packages: what it imports of the repository is followed from these.
 AGENT_PACKAGES = ("edge_agent",)
@@ -197,6 +201,19 @@ def _normalise(tree: Path) -> None:
     tree.chmod(0o755)
 
 
+def _changelog(path: Path, version: str) -> None:
+    """The Debian changelog every package carries; the project's history is CHANGELOG.md."""
+    stamp = email.utils.format_datetime(datetime.now(UTC))
+    text = (
+        f"{PACKAGE} ({version}) unstable; urgency=medium\n\n"
+        "  * Built from the charger-telemetry repository (make deb):\n"
+        "    its CHANGELOG.md says what changed.\n\n"
+        f" -- {MAINTAINER}  {stamp}\n"
+    )
+    path.write_bytes(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+    path.chmod(0o644)
+
+
 def _installed_size_kib(root: Path) -> int:
     return sum(-(-p.stat().st_size // 1024) for p in root.rglob("*") if p.is_file()) or 1
 
@@ -210,6 +227,24 @@ def _dist_info(lib: Path, version: str) -> None:
         f"Metadata-Version: 2.1\nName: charger-telemetry\nVersion: {python_version}\n"
     )
     (info / "INSTALLER").write_text("charger-telemetry-edge.deb\n")
+
+
+def glibc_needed(lib: Path) -> tuple[int, int]:
+    """The newest glibc a shipped wheel needs: for each wheel the oldest its manylinux tags
+    accept (``manylinux2014`` is 2.17), the newest of those; (2, 17) when none is binary."""
+    needed = (2, 17)
+    for wheel in lib.glob("*.dist-info/WHEEL"):
+        accepted: list[tuple[int, int]] = []
+        for line in wheel.read_text().splitlines():
+            platform = line.removeprefix("Tag: ").split("-")[-1] if line.startswith("Tag:") else ""
+            if platform.startswith("manylinux2014_"):
+                accepted.append((2, 17))
+            elif platform.startswith("manylinux_"):
+                major, minor = platform.split("_")[1:3]
+                accepted.append((int(major), int(minor)))
+        if accepted:
+            needed = max(needed, min(accepted))
+    return needed
 
 
 def python_depends(python_version: str) -> str:
@@ -228,11 +263,15 @@ def build(*, arch: str, python_version: str, version: str, out: Path, wheel_cach
         install_dependencies(lib, cache, requirements, platform)
         for source in agent_sources():
             _copy(ROOT / source, lib / source, 0o644)
+        glibc = glibc_needed(lib)
         _dist_info(lib, version)
         _copy(DEBIAN / PACKAGE_UNIT, root / "lib/systemd/system" / PACKAGE_UNIT, 0o644)
         _copy(DEBIAN / "edge.env", root / "etc/charger-telemetry/edge.env", 0o644)
         doc = root / "usr/share/doc" / PACKAGE
         _copy(DEBIAN / "copyright", doc / "copyright", 0o644)
+        _changelog(doc / "changelog.gz", version)
+        overrides = root / "usr/share/lintian/overrides" / PACKAGE
+        _copy(DEBIAN / "lintian-overrides", overrides, 0o644)
         _copy(ROOT / "docs/edge-agent.md", doc / "edge-agent.md", 0o644)
         _normalise(root)
         _copy(DEBIAN / "edge-agent", root / "usr/bin/edge-agent", 0o755)
@@ -247,8 +286,9 @@ def build(*, arch: str, python_version: str, version: str, out: Path, wheel_cach
             .format(
                 version=version,
                 arch=arch,
+                maintainer=MAINTAINER,
                 installed_size=_installed_size_kib(root),
-                python_depends=python_depends(python_version),
+                depends=f"{python_depends(python_version)}, libc6 (>= {glibc[0]}.{glibc[1]})",
             )
         )
         out.mkdir(parents=True, exist_ok=True)

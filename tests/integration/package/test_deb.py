@@ -65,7 +65,10 @@ def test_control_fields(deb: Path) -> None:
     assert control["Package"] == "charger-telemetry-edge"
     assert deb.name == f"charger-telemetry-edge_{control['Version']}_{host_arch}.deb"
     assert control["Architecture"] == host_arch
-    assert control["Depends"] == "python3 (>= 3.11), python3 (<< 3.12), passwd"
+    assert re.fullmatch(
+        r"python3 \(>= 3\.11\), python3 \(<< 3\.12\), libc6 \(>= 2\.\d+\), passwd",
+        control["Depends"],
+    ), control["Depends"]
     assert int(control["Installed-Size"]) > 1000
 
 
@@ -89,6 +92,7 @@ def test_files_modes_and_nothing_else(deb: Path) -> None:
     assert files[f"/{UNIT}"][0] == "-rw-r--r--"
     assert files["/etc/charger-telemetry/edge.env"][0] == "-rw-r--r--"
     assert files["/usr/share/doc/charger-telemetry-edge/copyright"][0] == "-rw-r--r--"
+    assert files["/usr/share/doc/charger-telemetry-edge/changelog.gz"][0] == "-rw-r--r--"
     assert {owner for _, owner in files.values()} == {"root/root"}
     assert not [p for p in files if p.endswith((".pyc", ".pyo")) or "__pycache__" in p]
     assert not [p for p in files if re.search(r"/tests?(/|$)", p)]
@@ -234,3 +238,19 @@ def test_arm64_is_built_from_any_machine(tmp_path: Path) -> None:
     objects = list((tree / LIB).rglob("*.so"))
     assert len(objects) >= 4  # pydantic-core, orjson, rpds, cryptography, websockets, cffi
     assert {_elf_machine(p) for p in objects} == {183}
+
+
+def test_lintian_is_clean(deb: Path) -> None:
+    """Debian's package checker finds no error or warning (beyond the overrides the package
+    ships with their reasons: packaging/debian/lintian-overrides)."""
+    lintian = tool("lintian")
+    result = subprocess.run(
+        [lintian, "--fail-on", "error,warning", str(deb)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    findings = [line for line in result.stdout.splitlines() if line[:2] in {"E:", "W:"}]
+    assert findings == []
+    assert result.returncode == 0, result.stdout + result.stderr
