@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from telemetry_stack.servers import ManagedProcess
@@ -89,7 +90,7 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _chroot(root: Path, *argv: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
-    spec = [f"--userspec={user}"] if user else []
+    spec = [f"--userspec={user}", "--groups="] if user else []
     return subprocess.run(
         [tool("chroot"), *spec, str(root), *argv],
         capture_output=True,
@@ -205,7 +206,7 @@ def test_install_run_upgrade_remove_purge(
     assert "charger-telemetry:" in user
     assert ":/var/lib/charger-telemetry:/usr/sbin/nologin" in user
     state = root / STATE
-    uid, _ = _ids(root, "charger-telemetry")
+    uid, gid = _ids(root, "charger-telemetry")
     assert state.stat().st_uid == uid
     assert state.stat().st_mode & 0o777 == 0o700
     assert (root / "lib/systemd/system/charger-telemetry-edge.service").is_file()
@@ -230,6 +231,10 @@ def test_install_run_upgrade_remove_purge(
     assert first >= 5
     outbox = state / "outbox.sqlite3"
     assert outbox.stat().st_uid == uid
+    # The operator's check, by hand: the outbox path comes from edge.env.
+    stats = _chroot(root, "edge-agent", "outbox", "stats", "--json", user=f"{uid}:{gid}")
+    assert stats.returncode == 0, stats.stderr
+    assert orjson.loads(stats.stdout)["last_seq_assigned"] >= first
     kept = {p: _sha256(p) for p in (outbox, state / "gateway.key", root / ENV_FILE)}
 
     newer = build_deb(tmp_path / "upgrade", version="0.1.0+upgrade1")

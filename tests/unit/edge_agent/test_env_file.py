@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
+from typer.testing import CliRunner
 
 from edge_agent import settings as edge_settings
+from edge_agent.budget import Budget
+from edge_agent.cli import app
+from edge_agent.outbox import Outbox
 from edge_agent.settings import ENV_FILE_VAR, env_file, load_edge_settings
 from telemetry_common.errors import ConfigError
 from telemetry_common.settings import env_name
+from tests.support.outbox_readings import energy
 
 
 def _write(path: Path, **lines: str) -> Path:
@@ -54,3 +60,29 @@ def test_the_default_file_is_used_when_present(
     assert env_file({ENV_FILE_VAR: ""}) is None
     monkeypatch.setattr(edge_settings, "DEFAULT_ENV_FILE", tmp_path / "absent.env")
     assert env_file({}) is None
+
+
+def test_outbox_commands_find_the_configured_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``edge-agent outbox stats`` without --path opens the outbox the configuration file names
+    (an installed gateway's), and says where it looked when there is none."""
+    outbox = tmp_path / "state" / "outbox.sqlite3"
+    outbox.parent.mkdir()
+    env = _write(
+        tmp_path / "edge.env",
+        TELEMETRY_EDGE_GATEWAY_ID="gw-cli",
+        TELEMETRY_EDGE_OUTBOX_PATH=str(outbox),
+    )
+    for name in ("TELEMETRY_EDGE_GATEWAY_ID", "TELEMETRY_EDGE_OUTBOX_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(ENV_FILE_VAR, str(env))
+    runner = CliRunner()
+    missing = runner.invoke(app, ["outbox", "stats", "--json"])
+    assert missing.exit_code == 1
+    assert str(outbox) in missing.output
+    with Outbox(outbox, Budget()) as box:
+        box.append([energy(1)])
+    done = runner.invoke(app, ["outbox", "stats", "--json"])
+    assert done.exit_code == 0, done.output
+    assert orjson.loads(done.output)["pending"] == 1
