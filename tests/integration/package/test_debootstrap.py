@@ -213,6 +213,7 @@ def test_install_run_upgrade_remove_purge(
     wants = root / "etc/systemd/system/multi-user.target.wants/charger-telemetry-edge.service"
     assert wants.is_symlink()  # enabled; starts once enrolled (ConditionPathExists)
     assert os.access(root / "usr/bin/edge-agent", os.X_OK)
+    assert (root / "usr/lib/charger-telemetry-edge/edge_agent/__pycache__").is_dir()  # postinst
 
     gateway = f"gw-deb-{uuid.uuid4().hex[:6]}"
     _configure(root, broker, gateway)
