@@ -95,14 +95,15 @@ if [ ${#need_alerting[@]} -gt 0 ]; then
   fi
 fi
 
-# debootstrap, systemd-analyze and lintian for the Debian package's tests
+# debootstrap, systemd-analyze, systemd-nspawn and lintian for the Debian package's tests
 # (tests/integration/package/: lintian, `systemd-analyze verify` on its unit, an install into a
-# clean debootstrap'd root); without
+# clean debootstrap'd root, the unit booted under systemd in a container); without
 # them those tests are skipped with the reason. The systemd package is not started here.
 need_packaging=()
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need_packaging+=(debootstrap)
 command -v systemd-analyze >/dev/null 2>&1 || need_packaging+=(systemd)
 command -v lintian >/dev/null 2>&1 || need_packaging+=(lintian)
+command -v systemd-nspawn >/dev/null 2>&1 || need_packaging+=(systemd-container)
 if [ ${#need_packaging[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
@@ -113,7 +114,7 @@ if [ ${#need_packaging[@]} -gt 0 ]; then
       "${need_packaging[@]}" >/dev/null
   else
     echo "bootstrap: ${need_packaging[*]} missing and apt-get is not available: the Debian" >&2
-    echo "  package's tests will be skipped (install debootstrap, systemd and lintian)." >&2
+    echo "  package's tests will be skipped (install debootstrap, systemd, systemd-container, lintian)." >&2
   fi
 fi
 

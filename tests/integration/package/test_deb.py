@@ -205,7 +205,7 @@ def test_unit_passes_systemd_analyze_verify(deb_tree: Path, tmp_path: Path) -> N
 
 def test_unit_exposure_is_low(deb_tree: Path, tmp_path: Path) -> None:
     """``systemd-analyze security --offline=yes``: the unit's exposure level stays "OK" (<= 2.0;
-    1.3 when written; docs/edge-agent.md quotes it)."""
+    1.2 when written; docs/edge-agent.md quotes it)."""
     analyze = _analyze()
     unit = _unit_copy(deb_tree, tmp_path, deb_tree / "usr/bin/edge-agent")
     result = subprocess.run(

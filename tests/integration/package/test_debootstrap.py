@@ -37,7 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("TELEMETRY_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-TARBALL = CACHE / "debootstrap" / f"{SUITE}-minbase-python3.tgz"
 STATE = "var/lib/charger-telemetry"
 ENV_FILE = "etc/charger-telemetry/edge.env"
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -48,19 +47,20 @@ def _mounted_under(root: Path) -> list[str]:
         return [line.split()[1] for line in mounts if line.split()[1].startswith(str(root))]
 
 
-@pytest.fixture(scope="module")
-def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh minbase Debian root with python3, unpacked from the cached tarball."""
+def debootstrap(tmp_path_factory: pytest.TempPathFactory, include: tuple[str, ...]) -> Path:
+    """A fresh minbase Debian root with ``include``, unpacked from its cached tarball (made on
+    the first call); skips the test, with the reason, without root, debootstrap or a mirror."""
     if os.geteuid() != 0:
         pytest.skip("debootstrap and chroot need root: run this test as root (CI does)")
     debootstrap = tool("debootstrap")  # scripts/bootstrap.sh installs it
     base = tmp_path_factory.mktemp("debian")
     root = base / "root"
-    options = ["--variant=minbase", "--include=python3"]
+    options = ["--variant=minbase", f"--include={','.join(include)}"]
+    tarball = CACHE / "debootstrap" / f"{SUITE}-minbase-{'-'.join(include)}.tgz"
     started = time.monotonic()
-    if not TARBALL.is_file():
-        TARBALL.parent.mkdir(parents=True, exist_ok=True)
-        partial = TARBALL.with_name(TARBALL.name + ".partial")
+    if not tarball.is_file():
+        tarball.parent.mkdir(parents=True, exist_ok=True)
+        partial = tarball.with_name(tarball.name + ".partial")
         made = subprocess.run(
             [debootstrap, *options, f"--make-tarball={partial}", SUITE, str(base / "w"), MIRROR],
             capture_output=True,
@@ -71,11 +71,11 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.rmtree(base / "w", ignore_errors=True)
         if made.returncode:
             pytest.skip(f"debootstrap --make-tarball from {MIRROR} failed: {made.stderr[-800:]}")
-        partial.rename(TARBALL)
+        partial.rename(tarball)
         print(f"debootstrap --make-tarball: {time.monotonic() - started:.0f} s", file=sys.stderr)
         started = time.monotonic()
     unpacked = subprocess.run(
-        [debootstrap, *options, f"--unpack-tarball={TARBALL}", SUITE, str(root), MIRROR],
+        [debootstrap, *options, f"--unpack-tarball={tarball}", SUITE, str(root), MIRROR],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -84,9 +84,20 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if unpacked.returncode:
         pytest.skip(f"debootstrap --unpack-tarball failed: {unpacked.stderr[-800:]}")
     print(f"debootstrap --unpack-tarball: {time.monotonic() - started:.0f} s", file=sys.stderr)
-    yield root
+    return root
+
+
+def remove_root(root: Path) -> None:
     assert _mounted_under(root) == [], "something is still mounted in the Debian root"
     shutil.rmtree(root)
+
+
+@pytest.fixture(scope="module")
+def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh minbase Debian root with python3."""
+    root = debootstrap(tmp_path_factory, ("python3",))
+    yield root
+    remove_root(root)
 
 
 def _chroot(root: Path, *argv: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
