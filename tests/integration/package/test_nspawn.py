@@ -2,11 +2,12 @@
 ``systemd-nspawn`` (sharing the host's network, so its loopback reaches the test stack).
 
 Boot 1, before enrolment: systemd skips the unit (``ConditionPathExists=`` the certificate).
-Boot 2, with the gateway's credentials and an operator's drop-in (``--source sim``): the unit
-starts (``Type=notify``: systemd reports it started only after the agent's ``READY=1``), runs
-with all of its hardening (seccomp filter, ``ProtectSystem=strict``, no capabilities, ...) as
-``charger-telemetry``, publishes over TLS until its readings are in InfluxDB, and stops cleanly
-when the container shuts down. What happened is read from the container's journal.
+Boot 2, with the gateway's credentials and an operator's drop-in (``--source sim``, a 2 s
+watchdog): the unit starts (``Type=notify``: systemd reports it started only after the agent's
+``READY=1``), keeps the watchdog fed, runs with all of its hardening (seccomp filter,
+``ProtectSystem=strict``, no capabilities, ...) as ``charger-telemetry``, publishes over TLS
+until its readings are in InfluxDB, and stops cleanly when the container shuts down. What
+happened is read from the container's journal.
 
 Needs root and ``systemd-nspawn`` (the systemd-container package); the root is cached like
 test_debootstrap's. Skipped, with the reason, where the container cannot boot.
@@ -85,8 +86,8 @@ def _boot(procs: Procs, root: Path, name: str) -> ManagedProcess:
 def test_the_unit_under_systemd(
     systemd_root: Path, deb: Path, broker: BrokerInfo, influx_db: InfluxTarget, procs: Procs
 ) -> None:
-    """Skipped until enrolled; once enrolled it starts (READY), publishes from its sandbox as
-    charger-telemetry, and stops cleanly with the container."""
+    """Skipped until enrolled; once enrolled it starts (READY), keeps the watchdog fed,
+    publishes from its sandbox as charger-telemetry, and stops cleanly with the container."""
     root = systemd_root
     _install(root, deb)
 
@@ -107,22 +108,26 @@ def test_the_unit_under_systemd(
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "source.conf").write_text(
         "[Service]\nExecStart=\nExecStart=/usr/bin/edge-agent run --source sim\n"
+        # A short watchdog: the run below lasts several intervals, so missing pings would
+        # show as "Watchdog timeout" and a restart.
+        "WatchdogSec=2\n"
     )
     start_bridge(procs, broker, influx_db)
 
     container = _boot(procs, root, "nspawn-2")
     wait_until(
-        "the service's readings in InfluxDB",
-        lambda: _stored(influx_db, gateway) >= 5 or not container.is_running(),
+        "the service's readings in InfluxDB (5 a second: >= 6 s of running)",
+        lambda: _stored(influx_db, gateway) >= 30 or not container.is_running(),
         timeout=120,
     )
-    assert _stored(influx_db, gateway) >= 5, container.log_tail()
+    assert _stored(influx_db, gateway) >= 30, container.log_tail()
     assert container.stop(timeout=60) == 0, container.log_tail()
 
     messages = _messages(root)
     assert any(m.startswith("Started charger-telemetry-edge.service") for m in messages)
     assert any("Deactivated successfully" in m for m in messages)
     assert not [m for m in messages if "Watchdog timeout" in m or "Failed with result" in m]
+    assert sum(m.startswith("Started charger-telemetry-edge.service") for m in messages) == 1
     uid, _ = _ids(root, "charger-telemetry")
     agent = [e for e in _journal(root) if e.get("SYSLOG_IDENTIFIER") == "edge-agent"]
     assert agent
