@@ -29,6 +29,7 @@ from edge_agent.outbox_cli import load_settings, outbox_app
 from edge_agent.renewal import Renewal
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulator import Pace, Simulator, run_simulator
+from edge_agent.systemd import Notifier
 from telemetry_common.errors import ConfigError
 from telemetry_common.logs import configure_logging
 
@@ -136,6 +137,11 @@ async def _run(settings: EdgeSettings, source: SourceName, file: Path | None) ->
     with contextlib.ExitStack() as stack:
         stack.enter_context(exclusive(settings.outbox_path))
         outbox = stack.enter_context(Outbox(settings.outbox_path, settings.outbox.budget()))
+        systemd = Notifier()
+        systemd.ready()  # the outbox takes readings from here on, connected or not
+        watchdog = asyncio.create_task(systemd.watchdog(), name="watchdog")
+        stack.callback(watchdog.cancel)
+        stack.callback(systemd.stopping)
         captures: AsyncIterator[list[Capture]]
         pace: Pace | None = None
         if source is SourceName.sim:

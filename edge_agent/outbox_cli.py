@@ -31,15 +31,21 @@ from edge_agent.budget import Budget
 from edge_agent.lock import OutboxBusyError, exclusive
 from edge_agent.outbox import Outbox, OutboxStats
 from edge_agent.publisher import Counters, Publisher
-from edge_agent.settings import EdgeSettings
+from edge_agent.settings import EdgeSettings, load_edge_settings
+from telemetry_common.errors import ConfigError
 from telemetry_common.logs import configure_logging
 from telemetry_common.settings import env_name, settings_errors
 
 outbox_app = typer.Typer(help="Inspect and manage the local outbox.")
 
 OutboxPath = Annotated[
-    Path,
-    typer.Option("--path", envvar=env_name(EdgeSettings, "outbox_path"), help="The outbox file."),
+    Path | None,
+    typer.Option(
+        "--path",
+        envvar=env_name(EdgeSettings, "outbox_path"),
+        help="The outbox file [default: the configured one (edge.env), else edge-outbox.sqlite3].",
+        show_default=False,
+    ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 DEFAULT_PATH = Path("edge-outbox.sqlite3")
@@ -47,7 +53,10 @@ DEFAULT_PATH = Path("edge-outbox.sqlite3")
 
 def load_settings() -> EdgeSettings:
     try:
-        return EdgeSettings()  # gateway_id comes from the environment
+        return load_edge_settings()  # gateway_id comes from the environment or edge.env
+    except ConfigError as exc:
+        typer.echo(f"edge-agent: {exc}", err=True)
+        raise typer.Exit(2) from exc
     except ValidationError as exc:
         for line in settings_errors(EdgeSettings, exc):
             typer.echo(f"edge-agent: {line}", err=True)
@@ -57,12 +66,22 @@ def load_settings() -> EdgeSettings:
 def _budget() -> Budget:
     """The configured budget if the environment has the agent's settings, else the default."""
     try:
-        return EdgeSettings().outbox.budget()
-    except ValidationError:
+        return load_edge_settings().outbox.budget()
+    except (ConfigError, ValidationError):
         return Budget()
 
 
-def _open(path: Path) -> Outbox:
+def _configured_path() -> Path:
+    """The agent's configured outbox (its configuration file's, on an installed gateway) if the
+    settings are complete, else the default file name."""
+    try:
+        return load_edge_settings().outbox_path
+    except (ConfigError, ValidationError):
+        return DEFAULT_PATH
+
+
+def _open(given: Path | None) -> Outbox:
+    path = given if given is not None else _configured_path()
     if not path.exists():
         typer.echo(f"edge-agent: no outbox at {path}", err=True)
         raise typer.Exit(1)
@@ -116,7 +135,7 @@ def render_stats(st: OutboxStats) -> str:
 
 
 @outbox_app.command()
-def stats(path: OutboxPath = DEFAULT_PATH, json: JsonFlag = False) -> None:
+def stats(path: OutboxPath = None, json: JsonFlag = False) -> None:
     """Depth, bytes, oldest unsent age, parked and dropped (by reason)."""
     with _open(path) as box:
         st = box.stats()
@@ -125,7 +144,7 @@ def stats(path: OutboxPath = DEFAULT_PATH, json: JsonFlag = False) -> None:
 
 @outbox_app.command()
 def peek(
-    path: OutboxPath = DEFAULT_PATH,
+    path: OutboxPath = None,
     n: Annotated[int, typer.Option("-n", min=1, help="How many, oldest first.")] = 10,
     parked: Annotated[bool, typer.Option("--parked", help="Show parked readings.")] = False,
     json: JsonFlag = False,
@@ -148,7 +167,7 @@ def peek(
 
 @outbox_app.command()
 def dropped(
-    path: OutboxPath = DEFAULT_PATH,
+    path: OutboxPath = None,
     n: Annotated[int, typer.Option("-n", min=1, help="How many runs, newest first.")] = 20,
     json: JsonFlag = False,
 ) -> None:
@@ -166,7 +185,7 @@ def dropped(
 
 @outbox_app.command()
 def purge(
-    path: OutboxPath = DEFAULT_PATH,
+    path: OutboxPath = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really delete unsent readings.")] = False,
     json: JsonFlag = False,
 ) -> None:

@@ -1,7 +1,11 @@
-"""Edge agent settings: environment variables prefixed ``TELEMETRY_EDGE_``."""
+"""Edge agent settings: environment variables prefixed ``TELEMETRY_EDGE_``, and the same
+``KEY=VALUE`` lines in a configuration file (:func:`env_file`; the Debian package installs
+``/etc/charger-telemetry/edge.env``). Variables in the environment win over the file."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +15,7 @@ from pydantic_settings import SettingsConfigDict
 from edge_agent.budget import Budget
 from edge_agent.enroll import EnrollError, check_url
 from edge_agent.ocpp.settings import OcppSettings
+from telemetry_common.errors import ConfigError
 from telemetry_common.ids import Id
 from telemetry_common.schema import MAX_BATCH_BYTES, MAX_BATCH_READINGS
 from telemetry_common.settings import MqttSettings, ServiceSettings, SettingsGroup
@@ -134,3 +139,33 @@ class EdgeSettings(ServiceSettings):
             return check_url(url)
         except EnrollError as exc:
             raise ValueError(str(exc)) from exc
+
+
+ENV_FILE_VAR = "TELEMETRY_EDGE_ENV_FILE"
+"""Names the configuration file; set but empty: no file."""
+DEFAULT_ENV_FILE = Path("/etc/charger-telemetry/edge.env")
+"""Read when ``TELEMETRY_EDGE_ENV_FILE`` is unset, if it exists and is readable."""
+
+
+def env_file(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The configuration file to read: ``$TELEMETRY_EDGE_ENV_FILE`` (which must then be a
+    readable file; empty: none), else ``/etc/charger-telemetry/edge.env`` if this user can read
+    it (an installed gateway's), else none."""
+    env = os.environ if environ is None else environ
+    named = env.get(ENV_FILE_VAR)
+    if named is not None:
+        if not named:
+            return None
+        path = Path(named)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(ENV_FILE_VAR, f"{named} is not a readable file")
+        return path
+    if DEFAULT_ENV_FILE.is_file() and os.access(DEFAULT_ENV_FILE, os.R_OK):
+        return DEFAULT_ENV_FILE
+    return None
+
+
+def load_edge_settings(environ: Mapping[str, str] | None = None) -> EdgeSettings:
+    """The agent's settings from the environment and its configuration file (:func:`env_file`).
+    Raises ``ConfigError`` for an unreadable named file, ``ValidationError`` for bad values."""
+    return EdgeSettings(_env_file=env_file(environ))

@@ -95,6 +95,29 @@ if [ ${#need_alerting[@]} -gt 0 ]; then
   fi
 fi
 
+# debootstrap, systemd-analyze, systemd-nspawn and lintian for the Debian package's tests
+# (tests/integration/package/: lintian, `systemd-analyze verify` on its unit, an install into a
+# clean debootstrap'd root, the unit booted under systemd in a container); without
+# them those tests are skipped with the reason. The systemd package is not started here.
+need_packaging=()
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need_packaging+=(debootstrap)
+command -v systemd-analyze >/dev/null 2>&1 || need_packaging+=(systemd)
+command -v lintian >/dev/null 2>&1 || need_packaging+=(lintian)
+command -v systemd-nspawn >/dev/null 2>&1 || need_packaging+=(systemd-container)
+if [ ${#need_packaging[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "bootstrap: installing Debian packages: ${need_packaging[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      "${need_packaging[@]}" >/dev/null
+  else
+    echo "bootstrap: ${need_packaging[*]} missing and apt-get is not available: the Debian" >&2
+    echo "  package's tests will be skipped (install debootstrap, systemd, systemd-container, lintian)." >&2
+  fi
+fi
+
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "bootstrap: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
   exit 1

@@ -102,13 +102,26 @@ def _load(path: str) -> type[BaseSettings]:
     return cls
 
 
+#: What a service reads besides its environment, shown under its prefix.
+NOTES: dict[str, str] = {
+    "edge_agent.settings:EdgeSettings": (
+        "The same variables are also read from a configuration file, `KEY=VALUE` a line:"
+        " `TELEMETRY_EDGE_ENV_FILE` names it (set but empty: none), else"
+        " `/etc/charger-telemetry/edge.env` when it is readable (the Debian package's);"
+        " a variable in the environment wins"
+        " ([edge-agent.md](edge-agent.md#install-on-debianubunturaspberry-pi-os))."
+    ),
+}
+
+
 def render() -> str:
     """The whole of docs/settings.md."""
     parts = [_HEADER]
     for title, path in SERVICES:
         cls = _load(path)
         prefix = cls.model_config.get("env_prefix", "")
-        parts.append(f"\n## {title}\n\nPrefix `{prefix}`.\n\n{table(cls)}")
+        note = f" {NOTES[path]}" if path in NOTES else ""
+        parts.append(f"\n## {title}\n\nPrefix `{prefix}`.{note}\n\n{table(cls)}")
     return "".join(parts)
 
 
