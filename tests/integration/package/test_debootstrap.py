@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from telemetry_stack.servers import ManagedProcess
 from tests.integration.package.conftest import CACHE, build_deb, tool
 from tests.support.fixtures import BrokerInfo, InfluxTarget
 from tests.support.influx import influxql
-from tests.support.processes import BIN, Procs, start_bridge
+from tests.support.processes import BIN, Procs, start_api, start_bridge
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -132,30 +133,30 @@ def _ids(root: Path, user: str) -> tuple[int, int]:
     raise AssertionError(f"no user {user} in the Debian root")
 
 
-def _credentials(root: Path, gateway: str, broker: BrokerInfo) -> None:
-    """Put the gateway's key, certificate and the CA where edge.env points
-    (/var/lib/charger-telemetry), owned by the agent's user, the key 0600.
-
-    Until ``edge-agent enroll`` exists, the key is made on the host with ``telemetry-stack pki
-    gateway`` and copied in; with it, this becomes ``edge-agent enroll`` run in the chroot."""
+def _credentials(root: Path, gateway: str, broker: BrokerInfo, api: str) -> None:
+    """Enrol the installed agent as an operator and a gateway owner would: a one-time token from
+    ``telemetry-stack pki token`` on the CA's host, then the installed ``edge-agent enroll`` run
+    in the root as ``charger-telemetry``: the key is made there (0600) and never leaves it, and
+    the certificate and the CA land where edge.env points (/var/lib/charger-telemetry)."""
     done = subprocess.run(
-        [str(BIN / "telemetry-stack"), "pki", "gateway", gateway, "--dir", str(broker.pki.dir)],
+        [str(BIN / "telemetry-stack"), "pki", "token", gateway, "--dir", str(broker.pki.dir)],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    cert, key = (Path(line) for line in done.stdout.split())
+    token = done.stdout.split()[-1]
     uid, gid = _ids(root, "charger-telemetry")
-    for source, name, mode in (
-        (cert, "gateway.crt", 0o644),
-        (key, "gateway.key", 0o600),
-        (broker.ca_file, "ca.crt", 0o644),
-    ):
-        target = root / STATE / name
-        shutil.copyfile(source, target)
-        os.chown(target, uid, gid)
-        target.chmod(mode)
+    enrolled = _chroot(
+        root, "edge-agent", "enroll", "--url", api, "--token", token, user=f"{uid}:{gid}"
+    )
+    assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
+    key = root / STATE / "gateway.key"
+    assert key.stat().st_uid == uid
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert (root / STATE / "gateway.crt").is_file()
+    assert (root / STATE / "ca.crt").is_file()
+    assert not (broker.pki.dir / f"{gateway}.key").exists()  # made in the root, not on the CA
 
 
 def _configure(root: Path, broker: BrokerInfo, gateway: str) -> None:
@@ -228,7 +229,13 @@ def test_install_run_upgrade_remove_purge(
 
     gateway = f"gw-deb-{uuid.uuid4().hex[:6]}"
     _configure(root, broker, gateway)
-    _credentials(root, gateway, broker)
+    api = start_api(
+        procs,
+        influx_db,
+        secrets.token_urlsafe(24),
+        extra_env={"TELEMETRY_API_PKI_DIR": str(broker.pki.dir)},
+    )
+    _credentials(root, gateway, broker, api)
     start_bridge(procs, broker, influx_db)
 
     agent = _run_agent(procs, root, "edge-chroot")
