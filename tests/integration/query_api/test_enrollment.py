@@ -5,7 +5,9 @@ concurrently signs once, the outcomes are counted and no token is logged."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
+import socket
 import threading
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioning import enrollment, pki
+from query_api import enrollment as enrollment_api
 from tests.support.csrs import bad_signature_csr, csr, custom_csr, weak_rsa_csr
 from tests.support.fixtures import InfluxTarget
 from tests.support.processes import Procs, start_api
@@ -152,3 +155,35 @@ def test_a_pki_without_its_ca_key_answers_503_and_spends_no_token(
     _problem(_enrol(api, token, csr("gw-a")), 503, "the CA is not usable")
     (tmp_path / "ca.key.offline").rename(made.ca_key_file)
     assert _enrol(api, token, csr("gw-a")).status_code == 200
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(
+    influx_db: InfluxTarget, procs: Procs, tmp_path: Path
+) -> None:
+    """The enrollment endpoints take no API key: a client announcing (or streaming) a body
+    beyond MAX_BODY gets 413 at once, without the API holding the body in memory first."""
+    made = pki.init(tmp_path / "pki")
+    api = start_api(
+        procs,
+        influx_db,
+        secrets.token_urlsafe(24),
+        extra_env={"TELEMETRY_API_PKI_DIR": str(made.dir)},
+    )
+    host, port = httpx.URL(api).host, httpx.URL(api).port
+    assert port is not None
+    for path, framing in [
+        ("/v1/enrollment", b"Content-Length: 1000000000\r\n"),
+        ("/v1/enrollment/renew", b"Transfer-Encoding: chunked\r\n"),
+    ]:
+        with socket.create_connection((host, port), timeout=15) as sock:
+            sock.sendall(
+                b"POST " + path.encode() + b" HTTP/1.1\r\nHost: api\r\n" + framing
+                + b"Content-Type: application/json\r\n\r\n"
+            )  # fmt: skip
+            chunk = b"x" * 16384
+            for _ in range(enrollment_api.MAX_BODY // len(chunk) + 2):  # never the whole body
+                with contextlib.suppress(OSError):  # the API may answer and close meanwhile
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if b"chunked" in framing
+                                 else chunk)  # fmt: skip
+            head = sock.recv(4096)  # blocks (then times out) if the API waits for the rest
+        assert head.startswith(b"HTTP/1.1 413"), head[:200]
