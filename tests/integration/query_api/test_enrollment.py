@@ -8,6 +8,7 @@ import base64
 import contextlib
 import secrets
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -187,3 +188,35 @@ def test_an_oversized_body_is_refused_before_it_is_read(
                                  else chunk)  # fmt: skip
             head = sock.recv(4096)  # blocks (then times out) if the API waits for the rest
         assert head.startswith(b"HTTP/1.1 413"), head[:200]
+
+
+def test_a_renewal_whose_answer_was_lost_is_retried_with_the_same_key(
+    influx_db: InfluxTarget, procs: Procs, tmp_path: Path
+) -> None:
+    """The CA signed, but the agent could not install the answer (here: its ``.next`` path is
+    in the way; in the field: the answer lost on the way back). The retry sends the same key's
+    CSR with the same (now superseded) certificate and gets the certificate already issued,
+    instead of a 403 that would leave re-enrolling with a token as the only way out."""
+    from edge_agent import enroll
+
+    made = pki.init(tmp_path / "pki")
+    api = start_api(
+        procs,
+        influx_db,
+        secrets.token_urlsafe(24),
+        extra_env={"TELEMETRY_API_PKI_DIR": str(made.dir)},
+    )
+    crt, key_file = tmp_path / "gw" / "gw.crt", tmp_path / "gw" / "gw.key"
+    first = enroll.enroll(api, enrollment.Tokens(made.dir).create("gw-a"), "gw-a", crt, key_file)
+    (tmp_path / "gw" / "gw.crt.next").mkdir()  # the install fails after the CA signed
+    with pytest.raises(IsADirectoryError):
+        enroll.renew(api, "gw-a", crt, key_file)
+    issued = pki.load_cert(made.client_paths("gw-a")[0])
+    assert issued.serial_number != first.serial
+    (tmp_path / "gw" / "gw.crt.next").rmdir()
+    renewed = enroll.renew(api, "gw-a", crt, key_file)
+    assert renewed.serial == issued.serial_number
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    assert key.public_key() == pki.load_cert(crt).public_key()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert sorted(p.name for p in crt.parent.iterdir()) == ["gw.crt", "gw.key"]

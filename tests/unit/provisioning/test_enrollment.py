@@ -205,3 +205,51 @@ def test_renewal_refusals(made: pki.Pki, tmp_path: Path) -> None:
     pki.revoke(made.dir, "gw-7")
     with pytest.raises(enrollment.RefusedError, match="revoked"):
         enrollment.renew(made.dir, request, cert, _proof(key, request), days=3)
+
+
+def test_a_superseded_certificate_cannot_renew_again(made: pki.Pki) -> None:
+    """A renewal's proof (current certificate + CSR + signature) works once: replayed after the
+    renewal, or from an older certificate the CA has since replaced (renewed or revoked: only
+    the latest one is on the CRL), it is refused. A retry of the same CSR (the answer was lost)
+    gets the certificate already issued, not a new one."""
+    key, cert = _enrolled(made, "gw-7")
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    request = custom_csr("gw-7", key=new_key)
+    proof = _proof(key, request)
+    first = enrollment.renew(made.dir, request, cert, proof, days=3)
+    again = enrollment.renew(made.dir, request, cert, proof, days=3)  # same CSR: idempotent
+    assert again.cert.serial_number == first.cert.serial_number
+    other = csr("gw-7")  # the old key, a new CSR: the old certificate was superseded
+    with pytest.raises(enrollment.RefusedError, match="superseded"):
+        enrollment.renew(made.dir, other, cert, _proof(key, other), days=3)
+    pki.revoke(made.dir, "gw-7")  # revokes the latest; the older one must not bring it back
+    with pytest.raises(enrollment.RefusedError, match="revoked"):
+        enrollment.renew(made.dir, request, cert, proof, days=3)
+    with pytest.raises(enrollment.RefusedError, match="superseded"):
+        enrollment.renew(made.dir, other, cert, _proof(key, other), days=3)
+
+
+def test_concurrent_renewals_from_one_certificate_sign_once(made: pki.Pki) -> None:
+    """Eight threads renew with the same current certificate and eight new keys at once: one
+    certificate is signed, the others are refused as superseded."""
+    key, cert = _enrolled(made, "gw-7")
+    requests = [csr("gw-7") for _ in range(8)]
+    start = threading.Barrier(len(requests))
+    outcomes: list[str] = []
+
+    def renew(request: bytes) -> None:
+        start.wait()
+        try:
+            enrollment.renew(made.dir, request, cert, _proof(key, request), days=3)
+            outcomes.append("signed")
+        except enrollment.RefusedError as exc:
+            outcomes.append(exc.reason)
+
+    threads = [threading.Thread(target=renew, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(outcomes) == 8
+    assert outcomes.count("signed") == 1, outcomes
+    assert all("superseded" in o for o in outcomes if o != "signed")
