@@ -146,6 +146,7 @@ class CentralSystem:
             subprotocols=None if self.proxy else list(SUBPROTOCOLS),
             select_subprotocol=self._select_subprotocol if self.proxy else None,
             process_request=self._check_request,
+            process_response=self._after_handshake if self.proxy else None,
             ssl=s.ssl_context(),
             max_size=s.max_message_bytes,
             close_timeout=2,
@@ -318,6 +319,17 @@ class CentralSystem:
                 return subprotocol
         self._drop_upstream(connection)
         raise NegotiationError(f"no supported subprotocol among {list(offered)}")
+
+    def _after_handshake(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        """Proxy mode: a handshake that will not reach :meth:`_handle` (refused after the CSMS
+        was opened, e.g. a bad WebSocket version, or the charger gone meanwhile) closes the
+        CSMS connection opened for it: the CSMS must not see a charger that is not there."""
+        if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS or connection.state is not (
+            State.CONNECTING
+        ):
+            self._drop_upstream(connection)
 
     def _drop_upstream(self, connection: ServerConnection) -> None:
         upstream = self._upstreams.pop(connection, None)

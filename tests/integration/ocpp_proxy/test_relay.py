@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request, Response
@@ -23,7 +24,7 @@ from edge_agent.ocpp import CentralSystem, OcppSettings
 from edge_agent.ocpp.lib import ChargePoint, call, call_result, on
 from telemetry_stack.servers import free_port
 from tests.support.ocpp_csms import Recorded, csms
-from tests.support.ocpp_peer import charge_point
+from tests.support.ocpp_peer import OCPP16, charge_point
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -236,3 +237,58 @@ async def test_csms_lost_mid_session_then_back(tmp_path: Path) -> None:
         ("MeterValues", 950),
     ]
     assert [c.transaction_id for c in got.captures] == [str(tid)] * 2
+
+
+async def test_a_handshake_that_fails_after_the_csms_opened_closes_the_csms_connection(
+    tmp_path: Path,
+) -> None:
+    """The gateway opens the CSMS connection before it answers the charger. A handshake that
+    then fails (here: a WebSocket version the gateway refuses with 400) never reaches the
+    relay; the CSMS connection opened for it is closed, not left holding the charger's id at
+    the CSMS while no charger is there."""
+    port = free_port()
+    async with asyncio.timeout(60), csms(port) as upstream, gateway(tmp_path, port) as (cs, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", cs.port)
+        writer.write(
+            b"GET /ocpp/CP-GHOST HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 12\r\nSec-WebSocket-Protocol: ocpp1.6\r\n\r\n"
+        )
+        await writer.drain()
+        status = await reader.readline()
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 400"), status
+        await until("the CSMS saw the charger", lambda: "CP-GHOST" in upstream.peers)
+        ghost = upstream.peers["CP-GHOST"][0].recorded.ws
+        await until("the CSMS connection closed", lambda: ghost.state.name == "CLOSED")
+        assert not cs._upstreams
+
+
+async def test_a_charger_that_gives_up_while_the_csms_answers_slowly_leaves_no_csms_connection(
+    tmp_path: Path,
+) -> None:
+    """The CSMS takes a second to accept; the charger gives up its handshake before that. The
+    CSMS connection the gateway then gets is closed at once, not kept for nobody."""
+    port = free_port()
+    opened: list[ServerConnection] = []
+
+    async def slow(connection: ServerConnection, request: Request) -> None:
+        await asyncio.sleep(1)
+
+    async def handler(ws: ServerConnection) -> None:
+        opened.append(ws)
+        await ws.wait_closed()
+
+    async with (
+        asyncio.timeout(60),
+        serve(handler, "127.0.0.1", port, subprotocols=OCPP16, process_request=slow),
+        gateway(tmp_path, port) as (cs, _),
+    ):
+        with pytest.raises(TimeoutError):
+            async with connect(
+                f"ws://127.0.0.1:{cs.port}/ocpp/CP-GONE", subprotocols=OCPP16, open_timeout=0.3
+            ):
+                pass
+        await until("the CSMS accepted", lambda: bool(opened))
+        await until("the CSMS connection closed", lambda: opened[0].state.name == "CLOSED")
+        assert not cs._upstreams
