@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from telemetry_common.errors import TelemetryError
-from telemetry_common.files import write_atomic
+from telemetry_common.files import replace_durably, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +168,8 @@ def finish_install(cert_file: Path, key_file: Path) -> bool:
         key_next.unlink(missing_ok=True)  # the certificate never arrived: keep the old pair
         return False
     if key_next.exists():
-        os.replace(key_next, key_file)
-    os.replace(cert_next, cert_file)
+        replace_durably(key_next, key_file)  # on disk before the certificate's move
+    replace_durably(cert_next, cert_file)
     return True
 
 
