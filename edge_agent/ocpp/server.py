@@ -350,6 +350,7 @@ class CentralSystem:
             self.counters.hijacks_refused += 1
             log.warning("ocpp %s: closed an unauthenticated second connection", charger_id)
             self._tasks.discard(task)
+            self._drop_upstream(ws)  # proxy: its CSMS connection must not stay as a second one
             await ws.close(code=1008, reason="charger already connected")
             return
         self._sessions[charger_id] = ws

@@ -292,3 +292,43 @@ async def test_a_charger_that_gives_up_while_the_csms_answers_slowly_leaves_no_c
         await until("the CSMS accepted", lambda: bool(opened))
         await until("the CSMS connection closed", lambda: opened[0].state.name == "CLOSED")
         assert not cs._upstreams
+
+
+async def test_a_second_connection_refused_after_its_handshake_leaves_no_csms_connection(
+    tmp_path: Path,
+) -> None:
+    """Two unauthenticated connections for one charger id at the same moment both pass the
+    handshake (neither is connected yet), so the gateway opens the CSMS twice; the one that
+    comes second is then closed as a hijack. Its CSMS connection is closed with it: the CSMS
+    keeps exactly one connection for the charger, the one that relays."""
+    port = free_port()
+    opened: list[ServerConnection] = []
+
+    async def slow(connection: ServerConnection, request: Request) -> None:
+        await asyncio.sleep(0.5)  # both handshakes are past the gateway's check meanwhile
+
+    async def handler(ws: ServerConnection) -> None:
+        opened.append(ws)
+        await ws.wait_closed()
+
+    async with (
+        asyncio.timeout(60),
+        serve(handler, "127.0.0.1", port, subprotocols=OCPP16, process_request=slow),
+        gateway(tmp_path, port) as (cs, _),
+    ):
+        url = f"ws://127.0.0.1:{cs.port}/ocpp/CP-DUP"
+        chargers = await asyncio.gather(*(connect(url, subprotocols=OCPP16) for _ in range(2)))
+        try:
+            await until("both CSMS connections", lambda: len(opened) == 2)
+            await until(
+                "one charger connection closed",
+                lambda: [c.state.name for c in chargers].count("CLOSED") == 1,
+            )
+            await until(
+                "one CSMS connection left",
+                lambda: [ws.state.name for ws in opened].count("OPEN") == 1,
+            )
+            assert cs.counters.hijacks_refused == 1
+        finally:
+            for charger in chargers:
+                await charger.close()
