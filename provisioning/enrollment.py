@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioning import pki as pki_mod
-from telemetry_common.errors import InvalidIdError, TelemetryError
+from telemetry_common.errors import ConfigError, InvalidIdError, TelemetryError
 
 #: Lifetime of an enrolled (renewable) certificate unless the caller says otherwise.
 ENROLLED_DAYS: Final = 90.0
@@ -299,7 +299,13 @@ def renew(
             "enrol again with a token (`telemetry-stack pki token ID`)"
         )
     crl = pki_mod.load_crl(pki, ca_cert)
-    if crl is not None and crl.get_revoked_certificate_by_serial_number(current.serial_number):
+    if crl is None:  # fail closed: no CRL is not "nothing revoked"
+        raise ConfigError(
+            "pki",
+            f"{pki.crl_file} is missing, unreadable or not signed by the CA: renewal cannot "
+            "tell what is revoked (restore the crl from a backup)",
+        )
+    if crl.get_revoked_certificate_by_serial_number(current.serial_number):
         raise RefusedError(
             f"the current certificate (serial {current.serial_number:#x}) is revoked"
         )
@@ -320,9 +326,7 @@ def renew(
             return _sign(directory, csr_pem, gateway_id, days=days)
         if latest is not None and latest.public_key() == csr.public_key():
             # The same renewal again (its answer was lost): the certificate already issued.
-            if crl is not None and crl.get_revoked_certificate_by_serial_number(
-                latest.serial_number
-            ):
+            if crl.get_revoked_certificate_by_serial_number(latest.serial_number):
                 raise RefusedError(f"the certificate (serial {latest.serial_number:#x}) is revoked")
             cert_pem = latest.public_bytes(serialization.Encoding.PEM)
             return Signed(gateway_id, latest, cert_pem + pki.ca_file.read_bytes(), latest_file)

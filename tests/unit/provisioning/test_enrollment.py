@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioning import enrollment, pki
+from telemetry_common.errors import ConfigError
 from tests.support.csrs import bad_signature_csr, csr, custom_csr, weak_rsa_csr
 from tests.support.forged_certs import sign_with_ca
 
@@ -253,3 +254,19 @@ def test_concurrent_renewals_from_one_certificate_sign_once(made: pki.Pki) -> No
     assert len(outcomes) == 8
     assert outcomes.count("signed") == 1, outcomes
     assert all("superseded" in o for o in outcomes if o != "signed")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_renewal_fails_closed_without_a_readable_crl(made: pki.Pki, damage: str) -> None:
+    """A revoked certificate must not renew because the CRL could not be read: an unreadable
+    or missing crl.pem stops renewal (the CA is not usable) instead of counting as no
+    revocations."""
+    key, cert = _enrolled(made, "gw-7")
+    pki.revoke(made.dir, "gw-7")
+    if damage == "garbage":
+        made.crl_file.write_bytes(b"not a CRL")
+    else:
+        made.crl_file.unlink()
+    request = csr("gw-7")
+    with pytest.raises(ConfigError, match="crl"):
+        enrollment.renew(made.dir, request, cert, _proof(key, request), days=3)
