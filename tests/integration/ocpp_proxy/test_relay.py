@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -22,6 +23,7 @@ from websockets.http11 import Request, Response
 from edge_agent.capture import Capture
 from edge_agent.ocpp import CentralSystem, OcppSettings
 from edge_agent.ocpp.lib import ChargePoint, call, call_result, on
+from edge_agent.ocpp.offline import OfflineStore
 from telemetry_stack.servers import free_port
 from tests.support.ocpp_csms import Recorded, csms
 from tests.support.ocpp_peer import OCPP16, charge_point
@@ -332,3 +334,39 @@ async def test_a_second_connection_refused_after_its_handshake_leaves_no_csms_co
         finally:
             for charger in chargers:
                 await charger.close()
+
+
+async def test_an_unexpected_fault_in_the_csms_link_is_logged_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault of an unexpected kind while the queue is replayed (here the queue's disk fails
+    once as the CSMS's transaction id is stored) is logged with its traceback and the CSMS link
+    is retried: before, it ended the relay's CSMS task quietly, and the charger was answered
+    offline (queued or CALLERROR) for as long as it stayed connected, the CSMS up or not."""
+    faults = [sqlite3.OperationalError("disk I/O error")]
+    store_map = OfflineStore.map_transaction
+
+    def failing_once(self: OfflineStore, *args: Any) -> None:
+        if faults:
+            raise faults.pop()
+        store_map(self, *args)
+
+    monkeypatch.setattr(OfflineStore, "map_transaction", failing_once)
+    port = free_port()  # nothing listens there yet
+    async with (
+        asyncio.timeout(60),
+        gateway(tmp_path, port) as (cs, _),
+        charge_point(cs.port, "CP-P9", cls=Charger) as cp,
+    ):
+        start = await cp.call(call.StartTransaction(1, "TAG-1", 1_000, at(1)))
+        assert start.transaction_id < 0
+        async with csms(port, first_tid=77):
+            await until("the fault", lambda: not faults)
+            answer = None
+            for _ in range(100):  # bounded: the link is retried within upstream_retry_max_s
+                answer = await cp.call(call.Heartbeat())
+                if answer is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert answer is not None, "the CSMS link never came back"
+    assert "disk I/O error" in caplog.text
