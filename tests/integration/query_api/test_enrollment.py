@@ -41,9 +41,8 @@ def _problem(response: httpx.Response, status: int, text: str) -> None:
     assert text in response.json()["detail"]
 
 
-def test_enrollment_endpoint_signs_once_and_refuses_with_reasons(
-    influx_db: InfluxTarget, procs: Procs, tmp_path: Path
-) -> None:
+def _api_with_pki(influx_db: InfluxTarget, procs: Procs, tmp_path: Path) -> tuple[pki.Pki, str]:
+    """A new PKI and an API process that enrols with it."""
     made = pki.init(tmp_path / "pki")
     api = start_api(
         procs,
@@ -51,6 +50,13 @@ def test_enrollment_endpoint_signs_once_and_refuses_with_reasons(
         secrets.token_urlsafe(24),
         extra_env={"TELEMETRY_API_PKI_DIR": str(made.dir)},
     )
+    return made, api
+
+
+def test_enrollment_endpoint_signs_once_and_refuses_with_reasons(
+    influx_db: InfluxTarget, procs: Procs, tmp_path: Path
+) -> None:
+    made, api = _api_with_pki(influx_db, procs, tmp_path)
     tokens = enrollment.Tokens(made.dir)
     token = tokens.create("gw-a")
 
@@ -163,13 +169,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(
 ) -> None:
     """The enrollment endpoints take no API key: a client announcing (or streaming) a body
     beyond MAX_BODY gets 413 at once, without the API holding the body in memory first."""
-    made = pki.init(tmp_path / "pki")
-    api = start_api(
-        procs,
-        influx_db,
-        secrets.token_urlsafe(24),
-        extra_env={"TELEMETRY_API_PKI_DIR": str(made.dir)},
-    )
+    _made, api = _api_with_pki(influx_db, procs, tmp_path)
     host, port = httpx.URL(api).host, httpx.URL(api).port
     assert port is not None
     for path, framing in [
@@ -199,13 +199,7 @@ def test_a_renewal_whose_answer_was_lost_is_retried_with_the_same_key(
     instead of a 403 that would leave re-enrolling with a token as the only way out."""
     from edge_agent import enroll
 
-    made = pki.init(tmp_path / "pki")
-    api = start_api(
-        procs,
-        influx_db,
-        secrets.token_urlsafe(24),
-        extra_env={"TELEMETRY_API_PKI_DIR": str(made.dir)},
-    )
+    made, api = _api_with_pki(influx_db, procs, tmp_path)
     crt, key_file = tmp_path / "gw" / "gw.crt", tmp_path / "gw" / "gw.key"
     first = enroll.enroll(api, enrollment.Tokens(made.dir).create("gw-a"), "gw-a", crt, key_file)
     (tmp_path / "gw" / "gw.crt.next").mkdir()  # the install fails after the CA signed
