@@ -266,24 +266,32 @@ async def test_a_handshake_that_fails_after_the_csms_opened_closes_the_csms_conn
         assert not cs._upstreams
 
 
+@contextlib.asynccontextmanager
+async def slow_csms(port: int, delay_s: float) -> AsyncIterator[list[ServerConnection]]:
+    """A CSMS that takes ``delay_s`` to accept a connection, then holds it; yields the
+    connections it accepted."""
+    opened: list[ServerConnection] = []
+
+    async def slow(connection: ServerConnection, request: Request) -> None:
+        await asyncio.sleep(delay_s)
+
+    async def handler(ws: ServerConnection) -> None:
+        opened.append(ws)
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", port, subprotocols=OCPP16, process_request=slow):
+        yield opened
+
+
 async def test_a_charger_that_gives_up_while_the_csms_answers_slowly_leaves_no_csms_connection(
     tmp_path: Path,
 ) -> None:
     """The CSMS takes a second to accept; the charger gives up its handshake before that. The
     CSMS connection the gateway then gets is closed at once, not kept for nobody."""
     port = free_port()
-    opened: list[ServerConnection] = []
-
-    async def slow(connection: ServerConnection, request: Request) -> None:
-        await asyncio.sleep(1)
-
-    async def handler(ws: ServerConnection) -> None:
-        opened.append(ws)
-        await ws.wait_closed()
-
     async with (
         asyncio.timeout(60),
-        serve(handler, "127.0.0.1", port, subprotocols=OCPP16, process_request=slow),
+        slow_csms(port, 1.0) as opened,
         gateway(tmp_path, port) as (cs, _),
     ):
         with pytest.raises(TimeoutError):
@@ -304,18 +312,9 @@ async def test_a_second_connection_refused_after_its_handshake_leaves_no_csms_co
     comes second is then closed as a hijack. Its CSMS connection is closed with it: the CSMS
     keeps exactly one connection for the charger, the one that relays."""
     port = free_port()
-    opened: list[ServerConnection] = []
-
-    async def slow(connection: ServerConnection, request: Request) -> None:
-        await asyncio.sleep(0.5)  # both handshakes are past the gateway's check meanwhile
-
-    async def handler(ws: ServerConnection) -> None:
-        opened.append(ws)
-        await ws.wait_closed()
-
     async with (
         asyncio.timeout(60),
-        serve(handler, "127.0.0.1", port, subprotocols=OCPP16, process_request=slow),
+        slow_csms(port, 0.5) as opened,  # both handshakes pass the gateway's check meanwhile
         gateway(tmp_path, port) as (cs, _),
     ):
         url = f"ws://127.0.0.1:{cs.port}/ocpp/CP-DUP"
