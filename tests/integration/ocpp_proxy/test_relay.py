@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request, Response
@@ -68,8 +68,11 @@ class Collector:
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp_path: Path, csms_port: int) -> AsyncIterator[tuple[CentralSystem, Collector]]:
+async def gateway(
+    tmp_path: Path, csms_port: int, **more: Any
+) -> AsyncIterator[tuple[CentralSystem, Collector]]:
     settings = OcppSettings(
+        **more,
         port=0,
         state_path=tmp_path / "ocpp-state.json",
         mode="proxy",
@@ -369,3 +372,31 @@ async def test_an_unexpected_fault_in_the_csms_link_is_logged_and_retried(
                 await asyncio.sleep(0.1)
             assert answer is not None, "the CSMS link never came back"
     assert "disk I/O error" in caplog.text
+
+
+async def test_max_chargers_holds_for_handshakes_at_the_same_moment(tmp_path: Path) -> None:
+    """max_chargers bounds the chargers (and CSMS connections) the gateway holds: handshakes
+    that arrive together, while earlier ones still wait for the CSMS, count as well. Six at
+    once with room for two: two connect, four get 503, the CSMS sees two."""
+    port = free_port()
+    async with (
+        asyncio.timeout(60),
+        slow_csms(port, 0.5) as opened,
+        gateway(tmp_path, port, max_chargers=2) as (cs, _),
+    ):
+
+        async def attempt(i: int) -> ClientConnection | int:
+            try:
+                return await connect(f"ws://127.0.0.1:{cs.port}/ocpp/CP-M{i}", subprotocols=OCPP16)
+            except InvalidStatus as exc:
+                return exc.response.status_code
+
+        outcomes = await asyncio.gather(*(attempt(i) for i in range(6)))
+        chargers = [o for o in outcomes if not isinstance(o, int)]
+        try:
+            assert sorted(o for o in outcomes if isinstance(o, int)) == [503] * 4
+            assert len(chargers) == 2
+            assert len(opened) == 2
+        finally:
+            for charger in chargers:
+                await charger.close()
