@@ -5,6 +5,9 @@ whose CN is the gateway id, posts the CSR to the API's ``POST /v1/enrollment`` w
 token, and installs the certificate it gets back. :func:`renew` does the same against
 ``POST /v1/enrollment/renew``, proving possession of the current key by signing the new CSR's
 DER with it (docs/query-api.md#enrollment); :mod:`edge_agent.renewal` runs it before expiry.
+The new key is kept in ``KEY_FILE.pending`` (0600) until its certificate is installed: the CA
+renews from a certificate once, so a renewal whose answer was lost is retried with the same key,
+for which the CA hands back the certificate it already issued.
 
 Installing a pair (:func:`install_pair`): the new key and certificate are first written whole
 next to the old ones (``KEY_FILE.next``, ``CERT_FILE.next``), then moved over the key, then
@@ -20,7 +23,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from telemetry_common.errors import TelemetryError
-from telemetry_common.files import write_atomic
+from telemetry_common.files import replace_durably, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ ENROLL_PATH: Final = "/v1/enrollment"
 RENEW_PATH: Final = "/v1/enrollment/renew"
 TIMEOUT_S: Final = 30.0
 _NEXT: Final = ".next"
+_PENDING: Final = ".pending"
 
 
 class EnrollError(TelemetryError):
@@ -165,8 +168,8 @@ def finish_install(cert_file: Path, key_file: Path) -> bool:
         key_next.unlink(missing_ok=True)  # the certificate never arrived: keep the old pair
         return False
     if key_next.exists():
-        os.replace(key_next, key_file)
-    os.replace(cert_next, cert_file)
+        replace_durably(key_next, key_file)  # on disk before the certificate's move
+    replace_durably(cert_next, cert_file)
     return True
 
 
@@ -210,7 +213,7 @@ def renew(
         raise EnrollError(f"cannot read the current certificate and key: {exc}") from exc
     if not isinstance(current_key, ec.EllipticCurvePrivateKey):
         raise EnrollError(f"{key_file} is not an EC key: enrol again with a token")
-    key = make_key()
+    key = _pending_key(Path(key_file))
     csr = make_csr(key, gateway_id)
     der = x509.load_pem_x509_csr(csr).public_bytes(serialization.Encoding.DER)
     proof = current_key.sign(der, ec.ECDSA(hashes.SHA256()))
@@ -224,4 +227,28 @@ def renew(
         },
     )
     leaf, _cas = _leaf_and_ca(chain, key, gateway_id)
-    return install_pair(key, leaf, cert_file, key_file)
+    installed = install_pair(key, leaf, cert_file, key_file)
+    _pending(Path(key_file)).unlink(missing_ok=True)
+    return installed
+
+
+def _pending(key_file: Path) -> Path:
+    return key_file.with_name(key_file.name + _PENDING)
+
+
+def _pending_key(key_file: Path) -> ec.EllipticCurvePrivateKey:
+    """The key of a renewal not installed yet (``KEY_FILE.pending``), else a new one kept there
+    first: a retry asks for the same key's certificate."""
+    pending = _pending(key_file)
+    try:
+        key = serialization.load_pem_private_key(pending.read_bytes(), None)
+    except FileNotFoundError:
+        key = None
+    except ValueError:  # unreadable: a new one replaces it
+        log.warning("%s is not a key: making a new one", pending)
+        key = None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key
+    key = make_key()
+    write_atomic(pending, _key_pem(key), 0o600)
+    return key

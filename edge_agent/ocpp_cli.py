@@ -109,10 +109,12 @@ def with_password_hash(text: str, charger_id: str, hashed: str) -> str:
 
 
 def set_password_hash(path: Path, charger_id: str, hashed: str) -> None:
-    """Write ``charger_id``'s hash into ``path`` (created 0600 if missing), atomically; the
-    edited file must load (:func:`load_chargers`) and hold the new hash, else nothing changes."""
+    """Write ``charger_id``'s hash into ``path`` (created 0600 if missing; an existing file's
+    mode and owner are kept), atomically; the edited file must load (:func:`load_chargers`)
+    and hold the new hash, else nothing changes."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    st = path.stat() if path.exists() else None
+    mode = st.st_mode & 0o777 if st is not None else 0o600
     edited = with_password_hash(text, charger_id, hashed)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
     tmp = Path(tmp_name)
@@ -122,6 +124,8 @@ def set_password_hash(path: Path, charger_id: str, hashed: str) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, mode)
+        if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+            os.chown(tmp, st.st_uid, st.st_gid)  # sudo: the agent's user must still read it
         try:
             config = load_chargers(tmp, complete=False)
         except ConfigError as exc:  # name the real file, not the temporary one

@@ -6,8 +6,11 @@ Three ways in, one set of checks (:func:`check_csr`) and one signer (:func:`sign
 - a one-time token (:class:`Tokens`) made by ``telemetry-stack pki token ID`` and redeemed once
   through the API's ``POST /v1/enrollment`` (:meth:`Tokens.redeem`);
 - a renewal (:func:`renew`): the gateway proves possession of the key of its current
-  certificate, which this CA issued, that is neither revoked nor expired and whose CN is the
-  CSR's.
+  certificate, which this CA issued, that is neither revoked nor expired, whose CN is the
+  CSR's, and that is still the gateway's latest (``{pki}/{id}.crt``): a proof works once, an
+  older certificate (renewed since, or left behind by a revocation of the latest) renews
+  nothing. Signing holds a lock file (``{pki}/.sign.lock``), so of two renewals from one
+  certificate exactly one signs.
 
 Errors (all :class:`EnrollmentError`, each naming its reason)::
 
@@ -25,12 +28,15 @@ which exactly one of two concurrent redeemers can do.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -42,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioning import pki as pki_mod
-from telemetry_common.errors import InvalidIdError, TelemetryError
+from telemetry_common.errors import ConfigError, InvalidIdError, TelemetryError
 
 #: Lifetime of an enrolled (renewable) certificate unless the caller says otherwise.
 ENROLLED_DAYS: Final = 90.0
@@ -52,6 +58,7 @@ TOKEN_TTL: Final = dt.timedelta(hours=24)
 _CURVES: Final = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 _MIN_RSA_BITS: Final = 2048
 _TOKEN_DIR: Final = "enrollment"  # noqa: S105 - a directory name, not a secret
+_SIGN_LOCK: Final = ".sign.lock"
 
 
 class EnrollmentError(TelemetryError):
@@ -142,11 +149,28 @@ class Signed:
     cert_file: Path
 
 
+@contextlib.contextmanager
+def _signing(directory: Path) -> Iterator[None]:
+    """Held while a gateway's latest certificate is read and replaced (threads and processes:
+    the API's workers, ``pki sign``)."""
+    fd = os.open(Path(directory) / _SIGN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def sign_csr(directory: Path, csr_pem: bytes, gateway_id: str, *, days: float) -> Signed:
     """Check ``csr_pem`` for ``gateway_id`` and sign it for ``days``; the certificate is also
     written to ``{pki}/{gateway_id}.crt`` (what ``pki revoke`` revokes). A gateway key the
     operator's side still holds from ``pki gateway`` is deleted: the gateway's own key replaces
     it, and it must not pair with the new certificate."""
+    with _signing(directory):
+        return _sign(directory, csr_pem, gateway_id, days=days)
+
+
+def _sign(directory: Path, csr_pem: bytes, gateway_id: str, *, days: float) -> Signed:
     if days <= 0:
         raise RefusedError(f"certificate lifetime must be positive, not {days} days")
     csr = load_csr(csr_pem)
@@ -256,7 +280,9 @@ def renew(
 ) -> Signed:
     """Sign ``csr_pem`` (a new key) for the holder of ``cert_pem``'s key: ``signature`` is that
     key's signature over the CSR's DER (ECDSA / RSA PKCS#1 v1.5 with SHA-256). The current
-    certificate must be this CA's, not revoked, not expired, with the CSR's CN."""
+    certificate must be this CA's, not revoked, not expired, with the CSR's CN, and the
+    gateway's latest; the same CSR again after that (a retry) gets the certificate issued for
+    it, unless it is revoked."""
     pki = pki_mod.Pki(Path(directory))
     try:
         current = x509.load_pem_x509_certificate(cert_pem)
@@ -273,7 +299,13 @@ def renew(
             "enrol again with a token (`telemetry-stack pki token ID`)"
         )
     crl = pki_mod.load_crl(pki, ca_cert)
-    if crl is not None and crl.get_revoked_certificate_by_serial_number(current.serial_number):
+    if crl is None:  # fail closed: no CRL is not "nothing revoked"
+        raise ConfigError(
+            "pki",
+            f"{pki.crl_file} is missing, unreadable or not signed by the CA: renewal cannot "
+            "tell what is revoked (restore the crl from a backup)",
+        )
+    if crl.get_revoked_certificate_by_serial_number(current.serial_number):
         raise RefusedError(
             f"the current certificate (serial {current.serial_number:#x}) is revoked"
         )
@@ -284,7 +316,25 @@ def renew(
     csr = load_csr(csr_pem)
     check_csr(csr, gateway_id)
     _verify_possession(current, csr.public_bytes(serialization.Encoding.DER), signature)
-    return sign_csr(directory, csr_pem, gateway_id, days=days)
+    with _signing(directory):
+        latest_file = pki.client_paths(gateway_id)[0]
+        try:
+            latest = pki_mod.load_cert(latest_file)
+        except (OSError, ValueError):
+            latest = None
+        if latest is not None and latest.serial_number == current.serial_number:
+            return _sign(directory, csr_pem, gateway_id, days=days)
+        if latest is not None and latest.public_key() == csr.public_key():
+            # The same renewal again (its answer was lost): the certificate already issued.
+            if crl.get_revoked_certificate_by_serial_number(latest.serial_number):
+                raise RefusedError(f"the certificate (serial {latest.serial_number:#x}) is revoked")
+            cert_pem = latest.public_bytes(serialization.Encoding.PEM)
+            return Signed(gateway_id, latest, cert_pem + pki.ca_file.read_bytes(), latest_file)
+        raise RefusedError(
+            f"the current certificate (serial {current.serial_number:#x}) was superseded by a "
+            "newer one for this gateway: renew with the newest, or enrol again with a token "
+            "(`telemetry-stack pki token ID`)"
+        )
 
 
 def _verify_possession(current: x509.Certificate, data: bytes, signature: bytes) -> None:

@@ -456,6 +456,12 @@ def revoke(directory: Path, name: str) -> Revoked:
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise ConfigError("pki", f"{crt} was not issued by its CA in {pki.dir}") from exc
     crl = load_crl(pki, ca_cert, crl_file)
+    if crl is None and crl_file.exists():  # a new CRL would drop every earlier revocation
+        raise ConfigError(
+            "pki",
+            f"{crl_file} does not load or is not signed by its CA: restore it from a backup "
+            "(or delete it to start an empty one, which un-revokes what it listed)",
+        )
     entries = list(crl) if crl is not None else []
     if crl is not None and crl.get_revoked_certificate_by_serial_number(cert.serial_number):
         return Revoked(name, cert.serial_number, crl_file, already=True)

@@ -34,7 +34,8 @@ from telemetry_common.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PEM_MEDIA_TYPE: Final = "application/x-pem-file"
-#: The largest body accepted: a CSR, a certificate and a signature are a few KiB.
+#: The largest body accepted (413 beyond, unread): a CSR, a certificate and a signature are a
+#: few KiB.
 MAX_BODY: Final = 64 * 1024
 
 _STATUS: Final = {
@@ -91,8 +92,6 @@ async def handle(
             404, "enrollment-off", "enrollment is off: the API was started without a PKI_DIR"
         )
     try:
-        if len(body) > MAX_BODY:
-            raise enrollment.BadCsrError(f"the body exceeds {MAX_BODY} bytes")
         if kind == "token":
             token = bearer(authorization)
             csr = _field(body, "csr", raw_ok=True)

@@ -27,6 +27,20 @@ MEDIA_TYPE: Final = "application/problem+json"
 TYPE_PREFIX: Final = "urn:charger-telemetry:problem:"
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, or a 413 problem as soon as it is known to exceed ``limit`` bytes
+    (from its Content-Length, or while it streams in): the rest is never read into memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProblemError(413, "too-large", f"the body exceeds {limit} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise ProblemError(413, "too-large", f"the body exceeds {limit} bytes")
+    return bytes(raw)
+
+
 class Problem(BaseModel):
     """The body of every error answer."""
 

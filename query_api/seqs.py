@@ -23,8 +23,6 @@ any, is replaced):
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from pathlib import Path
 
 import orjson
@@ -32,6 +30,7 @@ import orjson
 from query_api.settings import ApiSettings
 from telemetry_common import influxql
 from telemetry_common.errors import ConfigError
+from telemetry_common.files import write_atomic
 from telemetry_common.influx_query import InfluxQL
 from telemetry_common.newest_state import gateway_highest_seq
 from telemetry_common.settings import env_name
@@ -92,21 +91,7 @@ class SeqAllocator:
 
 
 def write_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with ``data`` on disk (fsync of the file and the folder)."""
+    """Replace ``path`` atomically with ``data`` on disk (0600; fsync of the file and the
+    folder), making its folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data, 0o600)

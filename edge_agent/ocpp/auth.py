@@ -8,7 +8,10 @@
 
 A refusal says nothing about which part was wrong (401 + ``WWW-Authenticate: Basic`` for 1/2, 403
 for 3), is counted and logged without the password. An address with
-:data:`MAX_FAILURES` failures in the last minute gets 429 without a check (no scrypt work).
+:data:`MAX_FAILURES` failures in the last minute, checks in progress included, gets 429 without
+a check (no scrypt work); at most :data:`MAX_CHECKS` password checks run at once in all, so a
+flood of handshakes neither holds scrypt's memory many times over nor takes the worker threads
+the agent's other blocking work needs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import hmac
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -44,6 +47,8 @@ MAX_FAILURES = 10
 WINDOW_S = 60.0
 #: Remote addresses remembered for throttling; beyond it the stale ones are forgotten.
 MAX_ADDRESSES = 4096
+#: Password checks (scrypt, 16 MiB each) running at once, all addresses together.
+MAX_CHECKS = 2
 
 
 class PasswordError(ValueError):
@@ -130,6 +135,9 @@ class Authenticator:
         self.chargers = chargers
         self.counters = counters
         self._recent: dict[str, deque[float]] = {}
+        #: Checks in progress per address: they count against it like failures.
+        self._checking: Counter[str] = Counter()
+        self._checks = asyncio.Semaphore(MAX_CHECKS)
 
     async def check(
         self, connection: ServerConnection, request: Request, charger_id: str
@@ -139,6 +147,17 @@ class Authenticator:
             self.counters.auth_refused += 1
             log.warning("ocpp %s: refused %s: too many failed handshakes", charger_id, address)
             return Verdict(connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "try later\n"))
+        self._checking[address] += 1
+        try:
+            return await self._check(connection, request, charger_id, address)
+        finally:
+            self._checking[address] -= 1
+            if not self._checking[address]:
+                del self._checking[address]
+
+    async def _check(
+        self, connection: ServerConnection, request: Request, charger_id: str, address: str
+    ) -> Verdict:
         charger = self.chargers.charger(charger_id)
         profile = charger.security_profile if charger else self.chargers.default_profile
         if charger is not None and profile == 0:
@@ -169,7 +188,8 @@ class Authenticator:
             return False
         username, password = credentials
         stored = charger.password_hash or _dummy_hash()
-        matches = await asyncio.to_thread(verify_password, stored, password)
+        async with self._checks:
+            matches = await asyncio.to_thread(verify_password, stored, password)
         same_user = hmac.compare_digest(username.encode(), charger.charger_id.encode())
         return matches and same_user and charger.password_hash is not None
 
@@ -183,16 +203,17 @@ class Authenticator:
         self._recent.setdefault(address, deque(maxlen=MAX_FAILURES)).append(time.monotonic())
 
     def _throttled(self, address: str) -> bool:
+        checking = self._checking[address]
         recent = self._recent.get(address)
         if recent is None:
-            return False
+            return checking >= MAX_FAILURES
         horizon = time.monotonic() - WINDOW_S
         while recent and recent[0] < horizon:
             recent.popleft()
         if not recent:
             del self._recent[address]
-            return False
-        return len(recent) >= MAX_FAILURES
+            return checking >= MAX_FAILURES
+        return len(recent) + checking >= MAX_FAILURES
 
 
 @functools.cache

@@ -245,16 +245,20 @@ class Relay:
                     up = await open_upstream(
                         self._s.settings, self.charger_id, [Subprotocol(self.subprotocol or "")]
                     )
-                except (OSError, TimeoutError, InvalidHandshake) as exc:
-                    log.info(
+                except Exception as exc:  # the link must outlive any fault: logged, retried
+                    expected = isinstance(exc, OSError | TimeoutError | InvalidHandshake)
+                    log.log(
+                        logging.INFO if expected else logging.ERROR,
                         "ocpp %s: CSMS unreachable (%s); next try within %.1f s",
                         self.charger_id,
                         type(exc).__name__,
                         delay,
+                        exc_info=None if expected else exc,
                     )
                     await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter
                     delay = min(delay * 2, cap)
                     continue
+            failed = False
             try:
                 async with self._turn, self._replay_lock:
                     self._replaying = up
@@ -270,11 +274,17 @@ class Relay:
                         await self._from_csms(raw)
             except (ConnectionClosed, TimeoutError) as exc:
                 log.warning("ocpp %s: CSMS connection lost (%s)", self.charger_id, exc)
+            except Exception as exc:  # e.g. the queue's disk: logged, the link retried
+                log.error("ocpp %s: CSMS link failed; retrying", self.charger_id, exc_info=exc)
+                failed = True
             finally:
                 self._up = None
                 await up.close()
             if self._charger.state.name == "CLOSED":
                 return
+            if failed:
+                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter
+                delay = min(delay * 2, cap)
             up = None
             log.warning("ocpp %s: CSMS connection closed; reconnecting", self.charger_id)
 

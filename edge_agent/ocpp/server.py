@@ -113,6 +113,9 @@ class CentralSystem:
         self._closing = False
         #: Connections past the handshake that authenticated (may replace a live one).
         self._authenticated: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+        #: Handshakes admitted (or being checked) that have not reached _handle: they count
+        #: against max_chargers (weak: a connection dropped before _handle leaves by itself).
+        self._admitting: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._store: OfflineStore | None = None
         #: Proxy mode: the CSMS connection opened at a charger's handshake (None: unreachable).
         self._upstreams: dict[ServerConnection, ClientConnection | None] = {}
@@ -146,6 +149,7 @@ class CentralSystem:
             subprotocols=None if self.proxy else list(SUBPROTOCOLS),
             select_subprotocol=self._select_subprotocol if self.proxy else None,
             process_request=self._check_request,
+            process_response=self._after_handshake,
             ssl=s.ssl_context(),
             max_size=s.max_message_bytes,
             close_timeout=2,
@@ -227,12 +231,26 @@ class CentralSystem:
                 "ocpp: refused %r: the last path segment is not an allowed id", request.path
             )
             return connection.respond(HTTPStatus.NOT_FOUND, "unknown charger path\n")
+        held = len(self._sessions) + len(self._admitting)
         if self._closing or (
-            len(self._sessions) >= self.settings.max_chargers and charger_id not in self._sessions
+            held >= self.settings.max_chargers and charger_id not in self._sessions
         ):
             self.counters.refused += 1
             log.warning("ocpp: refused %s: at max_chargers or closing", charger_id)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "no room for a charger\n")
+        self._admitting.add(connection)
+        try:
+            response = await self._admit(connection, request, charger_id)
+        except BaseException:
+            self._admitting.discard(connection)
+            raise
+        if response is not None:
+            self._admitting.discard(connection)
+        return response
+
+    async def _admit(
+        self, connection: ServerConnection, request: Request, charger_id: str
+    ) -> Response | None:
         await self._reload_chargers()
         verdict = await self._auth.check(connection, request, charger_id)
         if verdict.refusal is not None:
@@ -319,6 +337,19 @@ class CentralSystem:
         self._drop_upstream(connection)
         raise NegotiationError(f"no supported subprotocol among {list(offered)}")
 
+    def _after_handshake(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        """A handshake that will not reach :meth:`_handle` (refused after it was admitted,
+        e.g. a bad WebSocket version, or the charger gone meanwhile) frees its place and, in
+        proxy mode, closes the CSMS connection opened for it: the CSMS must not see a charger
+        that is not there."""
+        if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS or connection.state is not (
+            State.CONNECTING
+        ):
+            self._admitting.discard(connection)
+            self._drop_upstream(connection)
+
     def _drop_upstream(self, connection: ServerConnection) -> None:
         upstream = self._upstreams.pop(connection, None)
         if upstream is not None:
@@ -333,11 +364,13 @@ class CentralSystem:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._admitting.discard(ws)
         old = self._sessions.get(charger_id)
         if self._connected(charger_id) and ws not in self._authenticated:  # since the handshake
             self.counters.hijacks_refused += 1
             log.warning("ocpp %s: closed an unauthenticated second connection", charger_id)
             self._tasks.discard(task)
+            self._drop_upstream(ws)  # proxy: its CSMS connection must not stay as a second one
             await ws.close(code=1008, reason="charger already connected")
             return
         self._sessions[charger_id] = ws

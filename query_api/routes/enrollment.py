@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from query_api.deps import Settings
-from query_api.enrollment import PEM_MEDIA_TYPE, handle
-from query_api.problems import problem_responses
+from query_api.enrollment import MAX_BODY, PEM_MEDIA_TYPE, handle
+from query_api.problems import problem_responses, read_body
 
 router = APIRouter(prefix="/v1/enrollment", tags=["enrollment"])
 
@@ -22,7 +22,7 @@ _PEM: dict[int | str, dict[str, Any]] = {
     "",
     summary="Enrol a gateway: sign its CSR against a one-time token",
     response_class=Response,
-    responses={**_PEM, **problem_responses(400, 401, 403, 404, 503)},
+    responses={**_PEM, **problem_responses(400, 401, 403, 404, 413, 503)},
 )
 async def enrol(
     request: Request,
@@ -34,7 +34,7 @@ async def enrol(
     chain = await handle(
         "token",
         settings.pki_dir,
-        await request.body(),
+        await read_body(request, MAX_BODY),
         authorization,
         settings.enrollment_cert_days,
         request.app.state.metrics,
@@ -46,7 +46,7 @@ async def enrol(
     "/renew",
     summary="Renew a gateway's certificate: sign a new CSR for the holder of the current key",
     response_class=Response,
-    responses={**_PEM, **problem_responses(400, 403, 404, 503)},
+    responses={**_PEM, **problem_responses(400, 403, 404, 413, 503)},
 )
 async def renew(request: Request, settings: Settings) -> Response:
     """Body ``{"csr", "certificate", "signature"}``: ``signature`` (base64) is the current
@@ -54,7 +54,7 @@ async def renew(request: Request, settings: Settings) -> Response:
     chain = await handle(
         "renew",
         settings.pki_dir,
-        await request.body(),
+        await read_body(request, MAX_BODY),
         None,
         settings.enrollment_cert_days,
         request.app.state.metrics,

@@ -33,7 +33,7 @@ from query_api.handled import handled
 from query_api.idempotency import IdempotencyKeys, KeyEntry, digest, parse_key
 from query_api.ingest import numbered, parse_body, payloads
 from query_api.params import ChargerId
-from query_api.problems import ProblemError, problem_responses
+from query_api.problems import ProblemError, problem_responses, read_body
 from query_api.routes.chargers import latest_of
 from query_api.seqs import SeqAllocator
 from telemetry_common.mqtt import MqttError, PublishLostError
@@ -101,18 +101,6 @@ class CompatReading(BaseModel):
     chargerId: str  # the older API's field names
     timestamp: str
     payload: dict[str, float | str] = Field(description="values, and status when known")
-
-
-async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
-        raise ProblemError(413, "too-large", f"the body exceeds {MAX_BATCH_BYTES} bytes")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BATCH_BYTES:
-            raise ProblemError(413, "too-large", f"the body exceeds {MAX_BATCH_BYTES} bytes")
-    return bytes(raw)
 
 
 async def _accepted(request: Request, gateway_id: str, readings: list[Reading]) -> Accepted:
@@ -189,7 +177,7 @@ async def ingest(
             errors=[{"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "value_error"}],
         ) from exc
     parsed = parse_body(
-        await _body(request),
+        await read_body(request, MAX_BATCH_BYTES),
         gateway_id,
         now=now,
         max_future=timedelta(seconds=settings.ingest_max_future_s),

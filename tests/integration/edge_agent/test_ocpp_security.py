@@ -259,6 +259,19 @@ async def test_failed_handshakes_are_throttled_per_address(tmp_path: Path) -> No
         assert (await refusal(cs.port, "CP-1", password=PASSWORD)).status_code == 429
 
 
+async def test_concurrent_guesses_are_throttled_too(tmp_path: Path) -> None:
+    """Forty wrong passwords sent at once from one address: at most MAX_FAILURES are checked
+    (each check costs scrypt's CPU and memory), the rest get 429. Checks in progress count
+    against the address, not only the finished ones."""
+    async with asyncio.timeout(60), central(tmp_path, chargers_toml(1, "CP-1")) as cs:
+        answers = await asyncio.gather(
+            *(refusal(cs.port, "CP-1", password=WRONG) for _ in range(4 * MAX_FAILURES))
+        )
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(401) <= MAX_FAILURES, statuses
+    assert statuses.count(429) >= 3 * MAX_FAILURES, statuses
+
+
 @pytest.mark.parametrize(
     ("toml", "settings", "expected"),
     [

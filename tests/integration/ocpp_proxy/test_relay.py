@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request, Response
@@ -21,9 +23,10 @@ from websockets.http11 import Request, Response
 from edge_agent.capture import Capture
 from edge_agent.ocpp import CentralSystem, OcppSettings
 from edge_agent.ocpp.lib import ChargePoint, call, call_result, on
+from edge_agent.ocpp.offline import OfflineStore
 from telemetry_stack.servers import free_port
 from tests.support.ocpp_csms import Recorded, csms
-from tests.support.ocpp_peer import charge_point
+from tests.support.ocpp_peer import OCPP16, charge_point
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -65,8 +68,11 @@ class Collector:
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp_path: Path, csms_port: int) -> AsyncIterator[tuple[CentralSystem, Collector]]:
+async def gateway(
+    tmp_path: Path, csms_port: int, **more: Any
+) -> AsyncIterator[tuple[CentralSystem, Collector]]:
     settings = OcppSettings(
+        **more,
         port=0,
         state_path=tmp_path / "ocpp-state.json",
         mode="proxy",
@@ -236,3 +242,161 @@ async def test_csms_lost_mid_session_then_back(tmp_path: Path) -> None:
         ("MeterValues", 950),
     ]
     assert [c.transaction_id for c in got.captures] == [str(tid)] * 2
+
+
+async def test_a_handshake_that_fails_after_the_csms_opened_closes_the_csms_connection(
+    tmp_path: Path,
+) -> None:
+    """The gateway opens the CSMS connection before it answers the charger. A handshake that
+    then fails (here: a WebSocket version the gateway refuses with 400) never reaches the
+    relay; the CSMS connection opened for it is closed, not left holding the charger's id at
+    the CSMS while no charger is there."""
+    port = free_port()
+    async with asyncio.timeout(60), csms(port) as upstream, gateway(tmp_path, port) as (cs, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", cs.port)
+        writer.write(
+            b"GET /ocpp/CP-GHOST HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 12\r\nSec-WebSocket-Protocol: ocpp1.6\r\n\r\n"
+        )
+        await writer.drain()
+        status = await reader.readline()
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 400"), status
+        await until("the CSMS saw the charger", lambda: "CP-GHOST" in upstream.peers)
+        ghost = upstream.peers["CP-GHOST"][0].recorded.ws
+        await until("the CSMS connection closed", lambda: ghost.state.name == "CLOSED")
+        assert not cs._upstreams
+
+
+@contextlib.asynccontextmanager
+async def slow_csms(port: int, delay_s: float) -> AsyncIterator[list[ServerConnection]]:
+    """A CSMS that takes ``delay_s`` to accept a connection, then holds it; yields the
+    connections it accepted."""
+    opened: list[ServerConnection] = []
+
+    async def slow(connection: ServerConnection, request: Request) -> None:
+        await asyncio.sleep(delay_s)
+
+    async def handler(ws: ServerConnection) -> None:
+        opened.append(ws)
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", port, subprotocols=OCPP16, process_request=slow):
+        yield opened
+
+
+async def test_a_charger_that_gives_up_while_the_csms_answers_slowly_leaves_no_csms_connection(
+    tmp_path: Path,
+) -> None:
+    """The CSMS takes a second to accept; the charger gives up its handshake before that. The
+    CSMS connection the gateway then gets is closed at once, not kept for nobody."""
+    port = free_port()
+    async with (
+        asyncio.timeout(60),
+        slow_csms(port, 1.0) as opened,
+        gateway(tmp_path, port) as (cs, _),
+    ):
+        with pytest.raises(TimeoutError):
+            async with connect(
+                f"ws://127.0.0.1:{cs.port}/ocpp/CP-GONE", subprotocols=OCPP16, open_timeout=0.3
+            ):
+                pass
+        await until("the CSMS accepted", lambda: bool(opened))
+        await until("the CSMS connection closed", lambda: opened[0].state.name == "CLOSED")
+        assert not cs._upstreams
+
+
+async def test_a_second_connection_refused_after_its_handshake_leaves_no_csms_connection(
+    tmp_path: Path,
+) -> None:
+    """Two unauthenticated connections for one charger id at the same moment both pass the
+    handshake (neither is connected yet), so the gateway opens the CSMS twice; the one that
+    comes second is then closed as a hijack. Its CSMS connection is closed with it: the CSMS
+    keeps exactly one connection for the charger, the one that relays."""
+    port = free_port()
+    async with (
+        asyncio.timeout(60),
+        slow_csms(port, 0.5) as opened,  # both handshakes pass the gateway's check meanwhile
+        gateway(tmp_path, port) as (cs, _),
+    ):
+        url = f"ws://127.0.0.1:{cs.port}/ocpp/CP-DUP"
+        chargers = await asyncio.gather(*(connect(url, subprotocols=OCPP16) for _ in range(2)))
+        try:
+            await until("both CSMS connections", lambda: len(opened) == 2)
+            await until(
+                "one charger connection closed",
+                lambda: [c.state.name for c in chargers].count("CLOSED") == 1,
+            )
+            await until(
+                "one CSMS connection left",
+                lambda: [ws.state.name for ws in opened].count("OPEN") == 1,
+            )
+            assert cs.counters.hijacks_refused == 1
+        finally:
+            for charger in chargers:
+                await charger.close()
+
+
+async def test_an_unexpected_fault_in_the_csms_link_is_logged_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault of an unexpected kind while the queue is replayed (here the queue's disk fails
+    once as the CSMS's transaction id is stored) is logged with its traceback and the CSMS link
+    is retried: before, it ended the relay's CSMS task quietly, and the charger was answered
+    offline (queued or CALLERROR) for as long as it stayed connected, the CSMS up or not."""
+    faults = [sqlite3.OperationalError("disk I/O error")]
+    store_map = OfflineStore.map_transaction
+
+    def failing_once(self: OfflineStore, *args: Any) -> None:
+        if faults:
+            raise faults.pop()
+        store_map(self, *args)
+
+    monkeypatch.setattr(OfflineStore, "map_transaction", failing_once)
+    port = free_port()  # nothing listens there yet
+    async with (
+        asyncio.timeout(60),
+        gateway(tmp_path, port) as (cs, _),
+        charge_point(cs.port, "CP-P9", cls=Charger) as cp,
+    ):
+        start = await cp.call(call.StartTransaction(1, "TAG-1", 1_000, at(1)))
+        assert start.transaction_id < 0
+        async with csms(port, first_tid=77):
+            await until("the fault", lambda: not faults)
+            answer = None
+            for _ in range(100):  # bounded: the link is retried within upstream_retry_max_s
+                answer = await cp.call(call.Heartbeat())
+                if answer is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert answer is not None, "the CSMS link never came back"
+    assert "disk I/O error" in caplog.text
+
+
+async def test_max_chargers_holds_for_handshakes_at_the_same_moment(tmp_path: Path) -> None:
+    """max_chargers bounds the chargers (and CSMS connections) the gateway holds: handshakes
+    that arrive together, while earlier ones still wait for the CSMS, count as well. Six at
+    once with room for two: two connect, four get 503, the CSMS sees two."""
+    port = free_port()
+    async with (
+        asyncio.timeout(60),
+        slow_csms(port, 0.5) as opened,
+        gateway(tmp_path, port, max_chargers=2) as (cs, _),
+    ):
+
+        async def attempt(i: int) -> ClientConnection | int:
+            try:
+                return await connect(f"ws://127.0.0.1:{cs.port}/ocpp/CP-M{i}", subprotocols=OCPP16)
+            except InvalidStatus as exc:
+                return exc.response.status_code
+
+        outcomes = await asyncio.gather(*(attempt(i) for i in range(6)))
+        chargers = [o for o in outcomes if not isinstance(o, int)]
+        try:
+            assert sorted(o for o in outcomes if isinstance(o, int)) == [503] * 4
+            assert len(chargers) == 2
+            assert len(opened) == 2
+        finally:
+            for charger in chargers:
+                await charger.close()

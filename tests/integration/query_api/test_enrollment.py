@@ -5,7 +5,10 @@ concurrently signs once, the outcomes are counted and no token is logged."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
+import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioning import enrollment, pki
+from query_api import enrollment as enrollment_api
 from tests.support.csrs import bad_signature_csr, csr, custom_csr, weak_rsa_csr
 from tests.support.fixtures import InfluxTarget
 from tests.support.processes import Procs, start_api
@@ -37,9 +41,8 @@ def _problem(response: httpx.Response, status: int, text: str) -> None:
     assert text in response.json()["detail"]
 
 
-def test_enrollment_endpoint_signs_once_and_refuses_with_reasons(
-    influx_db: InfluxTarget, procs: Procs, tmp_path: Path
-) -> None:
+def _api_with_pki(influx_db: InfluxTarget, procs: Procs, tmp_path: Path) -> tuple[pki.Pki, str]:
+    """A new PKI and an API process that enrols with it."""
     made = pki.init(tmp_path / "pki")
     api = start_api(
         procs,
@@ -47,6 +50,13 @@ def test_enrollment_endpoint_signs_once_and_refuses_with_reasons(
         secrets.token_urlsafe(24),
         extra_env={"TELEMETRY_API_PKI_DIR": str(made.dir)},
     )
+    return made, api
+
+
+def test_enrollment_endpoint_signs_once_and_refuses_with_reasons(
+    influx_db: InfluxTarget, procs: Procs, tmp_path: Path
+) -> None:
+    made, api = _api_with_pki(influx_db, procs, tmp_path)
     tokens = enrollment.Tokens(made.dir)
     token = tokens.create("gw-a")
 
@@ -152,3 +162,55 @@ def test_a_pki_without_its_ca_key_answers_503_and_spends_no_token(
     _problem(_enrol(api, token, csr("gw-a")), 503, "the CA is not usable")
     (tmp_path / "ca.key.offline").rename(made.ca_key_file)
     assert _enrol(api, token, csr("gw-a")).status_code == 200
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(
+    influx_db: InfluxTarget, procs: Procs, tmp_path: Path
+) -> None:
+    """The enrollment endpoints take no API key: a client announcing (or streaming) a body
+    beyond MAX_BODY gets 413 at once, without the API holding the body in memory first."""
+    _made, api = _api_with_pki(influx_db, procs, tmp_path)
+    host, port = httpx.URL(api).host, httpx.URL(api).port
+    assert port is not None
+    for path, framing in [
+        ("/v1/enrollment", b"Content-Length: 1000000000\r\n"),
+        ("/v1/enrollment/renew", b"Transfer-Encoding: chunked\r\n"),
+    ]:
+        with socket.create_connection((host, port), timeout=15) as sock:
+            sock.sendall(
+                b"POST " + path.encode() + b" HTTP/1.1\r\nHost: api\r\n" + framing
+                + b"Content-Type: application/json\r\n\r\n"
+            )  # fmt: skip
+            chunk = b"x" * 16384
+            for _ in range(enrollment_api.MAX_BODY // len(chunk) + 2):  # never the whole body
+                with contextlib.suppress(OSError):  # the API may answer and close meanwhile
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if b"chunked" in framing
+                                 else chunk)  # fmt: skip
+            head = sock.recv(4096)  # blocks (then times out) if the API waits for the rest
+        assert head.startswith(b"HTTP/1.1 413"), head[:200]
+
+
+def test_a_renewal_whose_answer_was_lost_is_retried_with_the_same_key(
+    influx_db: InfluxTarget, procs: Procs, tmp_path: Path
+) -> None:
+    """The CA signed, but the agent could not install the answer (here: its ``.next`` path is
+    in the way; in the field: the answer lost on the way back). The retry sends the same key's
+    CSR with the same (now superseded) certificate and gets the certificate already issued,
+    instead of a 403 that would leave re-enrolling with a token as the only way out."""
+    from edge_agent import enroll
+
+    made, api = _api_with_pki(influx_db, procs, tmp_path)
+    crt, key_file = tmp_path / "gw" / "gw.crt", tmp_path / "gw" / "gw.key"
+    first = enroll.enroll(api, enrollment.Tokens(made.dir).create("gw-a"), "gw-a", crt, key_file)
+    (tmp_path / "gw" / "gw.crt.next").mkdir()  # the install fails after the CA signed
+    with pytest.raises(IsADirectoryError):
+        enroll.renew(api, "gw-a", crt, key_file)
+    issued = pki.load_cert(made.client_paths("gw-a")[0])
+    assert issued.serial_number != first.serial
+    (tmp_path / "gw" / "gw.crt.next").rmdir()
+    renewed = enroll.renew(api, "gw-a", crt, key_file)
+    assert renewed.serial == issued.serial_number
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    assert key.public_key() == pki.load_cert(crt).public_key()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert sorted(p.name for p in crt.parent.iterdir()) == ["gw.crt", "gw.key"]

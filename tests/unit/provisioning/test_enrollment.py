@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioning import enrollment, pki
+from telemetry_common.errors import ConfigError
 from tests.support.csrs import bad_signature_csr, csr, custom_csr, weak_rsa_csr
 from tests.support.forged_certs import sign_with_ca
 
@@ -125,30 +127,38 @@ def test_expired_and_unknown_tokens_are_refused(made: pki.Pki) -> None:
         tokens.redeem("made-up", csr("gw-7"), days=90)
 
 
-def test_one_token_used_concurrently_signs_exactly_once(made: pki.Pki) -> None:
-    """Eight threads redeem one token at the same moment: one certificate, seven refusals."""
-    tokens = enrollment.Tokens(made.dir)
-    token = tokens.create("gw-7")
-    requests = [csr("gw-7") for _ in range(8)]
+def _race(sign: Callable[[bytes], object], requests: list[bytes]) -> list[str]:
+    """``sign`` each request in its own thread, all released at once: "signed" or the reason
+    of each refusal."""
     start = threading.Barrier(len(requests))
     outcomes: list[str] = []
 
-    def redeem(request: bytes) -> None:
+    def attempt(request: bytes) -> None:
         start.wait()
         try:
-            tokens.redeem(token, request, days=90)
+            sign(request)
             outcomes.append("signed")
-        except enrollment.TokenError as exc:
+        except enrollment.EnrollmentError as exc:
             outcomes.append(exc.reason)
 
-    threads = [threading.Thread(target=redeem, args=(r,)) for r in requests]
+    threads = [threading.Thread(target=attempt, args=(r,)) for r in requests]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert sorted(outcomes).count("signed") == 1
+    assert len(outcomes) == len(requests)
+    return outcomes
+
+
+def test_one_token_used_concurrently_signs_exactly_once(made: pki.Pki) -> None:
+    """Eight threads redeem one token at the same moment: one certificate, seven refusals."""
+    tokens = enrollment.Tokens(made.dir)
+    token = tokens.create("gw-7")
+    outcomes = _race(
+        lambda request: tokens.redeem(token, request, days=90), [csr("gw-7") for _ in range(8)]
+    )
+    assert outcomes.count("signed") == 1
     assert all("already used" in o for o in outcomes if o != "signed")
-    assert len(outcomes) == 8
 
 
 def test_parse_ttl() -> None:
@@ -204,4 +214,54 @@ def test_renewal_refusals(made: pki.Pki, tmp_path: Path) -> None:
         enrollment.renew(made.dir, request, crt.read_bytes(), _proof(old_key, request), days=3)
     pki.revoke(made.dir, "gw-7")
     with pytest.raises(enrollment.RefusedError, match="revoked"):
+        enrollment.renew(made.dir, request, cert, _proof(key, request), days=3)
+
+
+def test_a_superseded_certificate_cannot_renew_again(made: pki.Pki) -> None:
+    """A renewal's proof (current certificate + CSR + signature) works once: replayed after the
+    renewal, or from an older certificate the CA has since replaced (renewed or revoked: only
+    the latest one is on the CRL), it is refused. A retry of the same CSR (the answer was lost)
+    gets the certificate already issued, not a new one."""
+    key, cert = _enrolled(made, "gw-7")
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    request = custom_csr("gw-7", key=new_key)
+    proof = _proof(key, request)
+    first = enrollment.renew(made.dir, request, cert, proof, days=3)
+    again = enrollment.renew(made.dir, request, cert, proof, days=3)  # same CSR: idempotent
+    assert again.cert.serial_number == first.cert.serial_number
+    other = csr("gw-7")  # the old key, a new CSR: the old certificate was superseded
+    with pytest.raises(enrollment.RefusedError, match="superseded"):
+        enrollment.renew(made.dir, other, cert, _proof(key, other), days=3)
+    pki.revoke(made.dir, "gw-7")  # revokes the latest; the older one must not bring it back
+    with pytest.raises(enrollment.RefusedError, match="revoked"):
+        enrollment.renew(made.dir, request, cert, proof, days=3)
+    with pytest.raises(enrollment.RefusedError, match="superseded"):
+        enrollment.renew(made.dir, other, cert, _proof(key, other), days=3)
+
+
+def test_concurrent_renewals_from_one_certificate_sign_once(made: pki.Pki) -> None:
+    """Eight threads renew with the same current certificate and eight new keys at once: one
+    certificate is signed, the others are refused as superseded."""
+    key, cert = _enrolled(made, "gw-7")
+    outcomes = _race(
+        lambda request: enrollment.renew(made.dir, request, cert, _proof(key, request), days=3),
+        [csr("gw-7") for _ in range(8)],
+    )
+    assert outcomes.count("signed") == 1, outcomes
+    assert all("superseded" in o for o in outcomes if o != "signed")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_renewal_fails_closed_without_a_readable_crl(made: pki.Pki, damage: str) -> None:
+    """A revoked certificate must not renew because the CRL could not be read: an unreadable
+    or missing crl.pem stops renewal (the CA is not usable) instead of counting as no
+    revocations."""
+    key, cert = _enrolled(made, "gw-7")
+    pki.revoke(made.dir, "gw-7")
+    if damage == "garbage":
+        made.crl_file.write_bytes(b"not a CRL")
+    else:
+        made.crl_file.unlink()
+    request = csr("gw-7")
+    with pytest.raises(ConfigError, match="crl"):
         enrollment.renew(made.dir, request, cert, _proof(key, request), days=3)

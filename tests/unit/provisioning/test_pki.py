@@ -410,3 +410,16 @@ def test_a_crl_close_to_lapsing_is_resigned_with_its_entries(made: pki.Pki) -> N
     assert crl.next_update_utc - now > pki.CRL_REFRESH
     assert [r.serial_number for r in crl] == [r.serial_number for r in entries]
     assert _crl_number(crl) == 8
+
+
+def test_revoke_refuses_to_replace_a_damaged_crl(made: pki.Pki) -> None:
+    """A crl.pem that does not load (damaged, or another CA's) is not replaced by a CRL with
+    only the new entry, which would quietly un-revoke everything revoked before."""
+    pki.issue_gateway(made.dir, "gw-1")
+    pki.issue_gateway(made.dir, "gw-2")
+    pki.revoke(made.dir, "gw-1")
+    made.crl_file.write_bytes(made.crl_file.read_bytes()[:-40] + b"-----END X509 CRL-----\n")
+    damaged = made.crl_file.read_bytes()
+    with pytest.raises(ConfigError, match="crl"):
+        pki.revoke(made.dir, "gw-2")
+    assert made.crl_file.read_bytes() == damaged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import tomllib
 from pathlib import Path
 
@@ -199,6 +200,18 @@ def test_set_password_hash_is_atomic_and_checks_the_result(tmp_path: Path) -> No
         set_password_hash(broken, "CP-1", HASH)
     assert broken.read_text() == "[defaults]\nbogus = 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chargers.toml", "new.toml"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_set_password_hash_keeps_the_files_owner(tmp_path: Path) -> None:
+    """``sudo edge-agent ocpp passwd`` on the file of the agent's own user: the new file keeps
+    that owner (and mode), or the agent could no longer read its chargers file."""
+    path = write(tmp_path, "[defaults]\nsecurity_profile = 1\n")
+    os.chown(path, 65534, 65534)
+    path.chmod(0o640)
+    set_password_hash(path, "CP-1", HASH)
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o640)
 
 
 def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
