@@ -579,7 +579,7 @@ def check_gateway_name(name: str) -> None:
     check_id("gateway id", name)
     if name == BRIDGE_IDENTITY:
         raise ReservedNameError(name, "the bridge's identity, whose ACL reads every gateway")
-    if name in RESERVED_GATEWAY_NAMES:
+    if name.lower() in RESERVED_GATEWAY_NAMES:  # ``CA`` is ``ca.crt`` on a case-insensitive disk
         raise ReservedNameError(name, "a PKI file name or a topic level the ACL reserves")
 
 

@@ -147,6 +147,10 @@ def test_force_replaces_the_ca_and_reissues_clients(made: pki.Pki) -> None:
         "telemetry-operator",
         "ca",
         "server",
+        # the CA's and server's files on a case-insensitive filesystem (macOS, Windows shares)
+        "CA",
+        "Services-CA",
+        "Server",
         "live",
         "deadletter",
         "alarms",
