@@ -25,6 +25,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
@@ -34,6 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
 from edge_agent.capture import Capture
+from edge_agent.ocpp.chargers import ChargersConfig
 from edge_agent.ocpp.frames import (
     CALL,
     CALLERROR,
@@ -47,6 +49,7 @@ from edge_agent.ocpp.offline import OfflineStore, is_queued, offline_answer
 from edge_agent.ocpp.session import Shared
 from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.tap import tap_for
+from telemetry_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +60,44 @@ MAX_IN_FLIGHT: Final = 1_000
 FIRST_RETRY_S: Final = 0.5
 
 
-def _upstream_options(charger_id: str) -> dict[str, Any]:
-    """``websockets.connect`` keyword arguments for this charger's CSMS connection
-    (credentials, client certificate): the per-charger configuration fills them in."""
-    return {}
+class NoUpstream(LookupError):
+    """No CSMS URL is known for this charger (neither the chargers file nor the settings)."""
+
+
+def upstream_url(settings: OcppSettings, chargers: ChargersConfig, charger_id: str) -> str:
+    """The CSMS URL for ``charger_id``: the chargers file's (the charger's own, else its
+    ``[defaults]``), else ``OcppSettings.upstream_url``; :class:`NoUpstream` without either."""
+    url = chargers.upstream_url(charger_id) or settings.upstream_url_for(charger_id)
+    if url is None:
+        raise NoUpstream(charger_id)
+    return url
 
 
 async def open_upstream(
-    settings: OcppSettings, charger_id: str, subprotocols: list[Subprotocol]
+    settings: OcppSettings,
+    chargers: ChargersConfig,
+    charger_id: str,
+    subprotocols: list[Subprotocol],
 ) -> ClientConnection:
-    """Connect to the CSMS for ``charger_id`` offering ``subprotocols``; raises what
-    ``websockets.connect`` raises (OSError, TimeoutError, InvalidHandshake)."""
+    """Connect to the CSMS for ``charger_id`` offering ``subprotocols``, with the charger's
+    credentials towards it (Basic auth, TLS trust, client certificate: the chargers file).
+    Raises :class:`NoUpstream`, :class:`ConfigError` (a certificate file that does not load)
+    and what ``websockets.connect`` raises (OSError, TimeoutError, InvalidHandshake)."""
+    url = upstream_url(settings, chargers, charger_id)
     return await connect(
-        settings.upstream_url_for(charger_id),
+        url,
         subprotocols=subprotocols,
         open_timeout=settings.upstream_open_timeout_s,
         max_size=settings.max_message_bytes,
         close_timeout=2,
         logger=logging.getLogger("websockets.client.ocpp"),
-        **_upstream_options(charger_id),
+        **chargers.upstream_connect_kwargs(charger_id, url),
     )
+
+
+#: Opens this charger's CSMS connection offering these subprotocols (the server binds
+#: :func:`open_upstream` to the charger and the chargers file in force at each attempt).
+ConnectUpstream = Callable[[list[Subprotocol]], Awaitable[ClientConnection]]
 
 
 def _map_tid(payload: dict[str, Any], tid_map: Any) -> dict[str, Any] | None:
@@ -107,10 +128,12 @@ class Relay:
         upstream: ClientConnection | None,
         shared: Shared,
         store: OfflineStore,
+        connect_upstream: ConnectUpstream,
     ) -> None:
         self.charger_id = charger_id
         self._charger = charger
         self._first_upstream = upstream
+        self._connect_upstream = connect_upstream
         self._s = shared
         self._store = store
         self.subprotocol = charger.subprotocol
@@ -242,14 +265,12 @@ class Relay:
         while True:
             if up is None:
                 try:
-                    up = await open_upstream(
-                        self._s.settings, self.charger_id, [Subprotocol(self.subprotocol or "")]
-                    )
-                except (OSError, TimeoutError, InvalidHandshake) as exc:
+                    up = await self._connect_upstream([Subprotocol(self.subprotocol or "")])
+                except (OSError, TimeoutError, InvalidHandshake, NoUpstream, ConfigError) as exc:
                     log.info(
                         "ocpp %s: CSMS unreachable (%s); next try within %.1f s",
                         self.charger_id,
-                        type(exc).__name__,
+                        exc if isinstance(exc, ConfigError) else type(exc).__name__,
                         delay,
                     )
                     await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter

@@ -5,7 +5,6 @@ from the dev PKI); the upstream credentials against a real ``websockets.serve``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
 from edge_agent.ocpp import CentralSystem, OcppSettings
 from edge_agent.ocpp.auth import MAX_FAILURES, hash_password
@@ -31,6 +30,7 @@ from telemetry_common.tls import client_context
 from telemetry_stack.servers import free_port, port_open
 from tests.support.fixtures import BrokerInfo, TestPki
 from tests.support.forged_certs import sign_with_ca
+from tests.support.ocpp_csms import csms_tls, requires_basic_auth
 from tests.support.ocpp_peer import OCPP16, basic_auth, charge_point
 from tests.support.processes import BIN, Procs, client_settings, stopped
 from tests.support.waiting import wait_until
@@ -281,29 +281,19 @@ async def test_a_config_that_cannot_work_stops_the_start(
 async def test_upstream_credentials_against_a_real_server(tmp_path: Path, pki: TestPki) -> None:
     """``upstream_connect_kwargs`` towards a CSMS that checks Basic auth over TLS, and one
     that requires a client certificate: accepted with them; refused without."""
-    expected = "Basic " + base64.b64encode(f"CP-U:{PASSWORD}".encode()).decode()
     seen: list[str] = []
-
-    def check_basic(connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Authorization") != expected:
-            return connection.respond(401, "no\n")
-        return None
 
     async def handler(ws: ServerConnection) -> None:
         peer = ws.transport.get_extra_info("peercert")
         seen.append(str(peer.get("subject") if peer else None))
         await ws.send("hello")
 
-    basic_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    basic_tls.load_cert_chain(pki.pki.server_cert, pki.pki.server_key)
-    mtls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_file))
-    mtls.load_cert_chain(pki.pki.server_cert, pki.pki.server_key)
-    mtls.verify_mode = ssl.CERT_REQUIRED
+    check_basic = requires_basic_auth({"CP-U": PASSWORD})
     cert, key = pki.client("CP-M")
     async with (
         asyncio.timeout(30),
-        serve(handler, "127.0.0.1", 0, process_request=check_basic, ssl=basic_tls) as basic,
-        serve(handler, "127.0.0.1", 0, ssl=mtls) as mutual,
+        serve(handler, "127.0.0.1", 0, process_request=check_basic, ssl=csms_tls(pki)) as basic,
+        serve(handler, "127.0.0.1", 0, ssl=csms_tls(pki, client_certs=True)) as mutual,
     ):
         basic_port = basic.sockets[0].getsockname()[1]
         mutual_port = mutual.sockets[0].getsockname()[1]

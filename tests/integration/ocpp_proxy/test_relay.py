@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
@@ -18,11 +18,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request, Response
 
-from edge_agent.capture import Capture
-from edge_agent.ocpp import CentralSystem, OcppSettings
 from edge_agent.ocpp.lib import ChargePoint, call, call_result, on
 from telemetry_stack.servers import free_port
-from tests.support.ocpp_csms import Recorded, csms
+from tests.support.ocpp_csms import Recorded, csms, proxy_gateway
 from tests.support.ocpp_peer import charge_point
 from tests.support.waiting import wait_until
 
@@ -53,37 +51,6 @@ class Charger(ChargePoint):
         return call_result.RemoteStopTransaction(status="Accepted")
 
 
-class Collector:
-    def __init__(self, cs: CentralSystem) -> None:
-        self.captures: list[Capture] = []
-        self._batches = cs.captures()
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for batch in self._batches:
-            self.captures.extend(batch)
-
-
-@contextlib.asynccontextmanager
-async def gateway(tmp_path: Path, csms_port: int) -> AsyncIterator[tuple[CentralSystem, Collector]]:
-    settings = OcppSettings(
-        port=0,
-        state_path=tmp_path / "ocpp-state.json",
-        mode="proxy",
-        upstream_url=f"ws://127.0.0.1:{csms_port}/ocpp/{{charger_id}}",
-        upstream_open_timeout_s=2,
-        upstream_retry_max_s=0.3,
-    )
-    async with CentralSystem(settings) as cs:
-        got = Collector(cs)
-        try:
-            yield cs, got
-        finally:
-            got.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await got.task
-
-
 async def until(what: str, check: Callable[[], bool]) -> None:
     await asyncio.to_thread(wait_until, what, check, 15)
 
@@ -104,7 +71,7 @@ async def test_every_frame_is_relayed_unchanged_in_order_both_ways(tmp_path: Pat
     async with (
         asyncio.timeout(60),
         csms(port, first_tid=4242) as upstream,
-        gateway(tmp_path, port) as (cs, got),
+        proxy_gateway(tmp_path, port) as (cs, got),
         charge_point(cs.port, "CP-P1", cls=Charger, wrap=record) as cp,
     ):
         boot = await cp.call(call.BootNotification(charge_point_model="M", charge_point_vendor="V"))
@@ -150,7 +117,7 @@ async def test_csms_down_for_a_whole_transaction_then_replayed_once(tmp_path: Pa
     port = free_port()  # nothing listens there yet
     async with (
         asyncio.timeout(60),
-        gateway(tmp_path, port) as (cs, got),
+        proxy_gateway(tmp_path, port) as (cs, got),
         charge_point(cs.port, "CP-P2", cls=Charger) as cp,
     ):
         boot = await cp.call(call.BootNotification(charge_point_model="M", charge_point_vendor="V"))
@@ -199,7 +166,7 @@ async def test_a_charger_the_csms_refuses_is_refused_with_its_status(tmp_path: P
     async with (
         asyncio.timeout(30),
         serve(lambda ws: ws.wait_closed(), "127.0.0.1", port, process_request=unknown),
-        gateway(tmp_path, port) as (cs, _),
+        proxy_gateway(tmp_path, port) as (cs, _),
     ):
         with pytest.raises(InvalidStatus) as refused:
             async with charge_point(cs.port, "CP-P3"):
@@ -214,7 +181,7 @@ async def test_csms_lost_mid_session_then_back(tmp_path: Path) -> None:
     port = free_port()
     async with (
         asyncio.timeout(60),
-        gateway(tmp_path, port) as (cs, got),
+        proxy_gateway(tmp_path, port) as (cs, got),
         contextlib.AsyncExitStack() as charger_side,
     ):
         first_csms = contextlib.AsyncExitStack()

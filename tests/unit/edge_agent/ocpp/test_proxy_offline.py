@@ -22,6 +22,9 @@ def test_proxy_mode_needs_an_upstream_url_template() -> None:
             OcppSettings(mode="proxy", upstream_url=bad)
     ok = OcppSettings(mode="proxy", upstream_url="wss://csms/ocpp/{charger_id}")
     assert ok.upstream_url_for("CP-1") == "wss://csms/ocpp/CP-1"
+    # the URLs may come from the chargers file instead (checked when it is read)
+    by_file = OcppSettings(mode="proxy", chargers_file=Path("chargers.toml"))
+    assert by_file.upstream_url_for("CP-1") is None
 
 
 def test_only_transaction_related_messages_are_queued() -> None:
