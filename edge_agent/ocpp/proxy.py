@@ -146,10 +146,16 @@ class Relay:
         self._turn = asyncio.Lock()
         self._replay_lock = store.replay_lock(charger_id)
         self._in_flight: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
+        #: Set once the CSMS connection of the handshake is relaying (its queue replayed) or
+        #: lost: the charger's first frames wait for it, so they are not taken as offline.
+        self._settled = asyncio.Event()
+        if upstream is None:
+            self._settled.set()
 
     async def run(self) -> None:
         upstream = asyncio.create_task(self._upstream_loop(), name=f"ocpp-up-{self.charger_id}")
         try:
+            await self._settled.wait()
             async for raw in self._charger:
                 if isinstance(raw, bytes):
                     log.warning("ocpp %s: binary frame dropped (OCPP-J is text)", self.charger_id)
@@ -284,6 +290,7 @@ class Relay:
                     finally:
                         self._replaying = None
                     self._up = up
+                self._settled.set()
                 delay = FIRST_RETRY_S
                 log.info("ocpp %s: relaying to the CSMS", self.charger_id)
                 async for raw in up:
@@ -293,6 +300,7 @@ class Relay:
                 log.warning("ocpp %s: CSMS connection lost (%s)", self.charger_id, exc)
             finally:
                 self._up = None
+                self._settled.set()
                 await up.close()
             if self._charger.state.name == "CLOSED":
                 return

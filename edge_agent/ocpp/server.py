@@ -116,6 +116,10 @@ class CentralSystem:
         self._store: OfflineStore | None = None
         #: Proxy mode: the CSMS connection opened at a charger's handshake (None: unreachable).
         self._upstreams: dict[ServerConnection, ClientConnection | None] = {}
+        #: The task serving each connection (a replaced relay is awaited until it is closed).
+        self._handlers: weakref.WeakKeyDictionary[ServerConnection, asyncio.Task[object]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def proxy(self) -> bool:
@@ -244,8 +248,22 @@ class CentralSystem:
         if verdict.authenticated:
             self._authenticated.add(connection)
         if self.proxy:
+            await self._retire(charger_id)
             return await self._open_upstream(connection, request, charger_id)
         return None
+
+    async def _retire(self, charger_id: str) -> None:
+        """Proxy mode, an authenticated connection replaces a live one: close the old relay
+        and wait until its CSMS connection is closed too, before the new one is opened (the
+        CSMS sees one connection per charger at a time, as it would without the gateway)."""
+        old = self._sessions.get(charger_id)
+        if old is None:
+            return
+        log.info("ocpp %s: a new connection replaces the old one", charger_id)
+        await old.close(reason="replaced by a newer connection")
+        handler = self._handlers.get(old)
+        if handler is not None:
+            await asyncio.wait([handler], timeout=5)
 
     async def _reload_chargers(self) -> None:
         """Read the chargers file again if it changed since (checked at each handshake); a
@@ -347,6 +365,7 @@ class CentralSystem:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._handlers[ws] = task
         old = self._sessions.get(charger_id)
         if self._connected(charger_id) and ws not in self._authenticated:  # since the handshake
             self.counters.hijacks_refused += 1

@@ -1,5 +1,6 @@
-"""The CSMS side of OCPP proxy tests: the ``ocpp`` library's own v16 ChargePoint in the central
-system role (``@on`` handlers behind ``websockets.serve``, the library's CSMS pattern), and a
+"""The CSMS side of OCPP proxy tests: the ``ocpp`` library's own ChargePoint (v16, or v201 for a
+charger that speaks 2.0.1) in the central system role (``@on`` handlers behind
+``websockets.serve``, the library's CSMS pattern), and a
 connection wrapper that records every frame a peer sends and receives. A CSMS may require
 credentials (:func:`requires_basic_auth`, :func:`csms_tls`), as an operator's does."""
 
@@ -24,9 +25,9 @@ from websockets.protocol import State
 
 from edge_agent.capture import Capture
 from edge_agent.ocpp import CentralSystem, OcppSettings
-from edge_agent.ocpp.lib import ChargePoint, call_result, on
+from edge_agent.ocpp.lib import ChargePoint, ChargePoint201, call_result, call_result201, on
 from tests.support.fixtures import TestPki
-from tests.support.ocpp_peer import OCPP16
+from tests.support.ocpp_peer import OCPP16, OCPP201
 
 ProcessRequest = Callable[[ServerConnection, Request], Response | None]
 
@@ -126,12 +127,43 @@ class CsmsPeer(ChargePoint):
         return call_result.StopTransaction()
 
 
+class CsmsPeer201(ChargePoint201):
+    """One 2.0.1 charger's connection at the CSMS: accepts everything (transaction ids are the
+    charger's in 2.0.1)."""
+
+    def __init__(self, charger_id: str, connection: Recorded, ids: itertools.count[int]) -> None:
+        super().__init__(charger_id, connection, response_timeout=10)
+        self.recorded = connection
+
+    @on("BootNotification")
+    async def boot(self, **_: Any) -> object:
+        return call_result201.BootNotification(current_time=_now(), interval=60, status="Accepted")
+
+    @on("Heartbeat")
+    async def heartbeat(self) -> object:
+        return call_result201.Heartbeat(current_time=_now())
+
+    @on("StatusNotification")
+    async def status(self, **_: Any) -> object:
+        return call_result201.StatusNotification()
+
+    @on("MeterValues")
+    async def meter_values(self, **_: Any) -> object:
+        return call_result201.MeterValues()
+
+    @on("TransactionEvent")
+    async def transaction_event(self, id_token: Any = None, **_: Any) -> object:
+        if id_token is None:
+            return call_result201.TransactionEvent()
+        return call_result201.TransactionEvent(id_token_info={"status": "Accepted"})
+
+
 class Csms:
     """What a test's CSMS saw: per charger id, its peers (one per connection), in order."""
 
     def __init__(self, first_tid: int) -> None:
         self.ids = itertools.count(first_tid)
-        self.peers: dict[str, list[CsmsPeer]] = {}
+        self.peers: dict[str, list[Any]] = {}  # CsmsPeer or CsmsPeer201
         #: Every handshake attempt's charger id, accepted or not, in order.
         self.handshakes: list[str] = []
         #: Handshakes that came while a connection of the same charger was still open.
@@ -172,13 +204,19 @@ async def csms(
     async def handler(ws: ServerConnection) -> None:
         assert ws.request is not None
         charger_id = charger_of(ws.request.path)
-        peer = CsmsPeer(charger_id, Recorded(ws), seen.ids)
+        cls = CsmsPeer201 if ws.subprotocol == OCPP201[0] else CsmsPeer
+        peer = cls(charger_id, Recorded(ws), seen.ids)
         seen.peers.setdefault(charger_id, []).append(peer)
         with contextlib.suppress(ConnectionClosed):
             await peer.start()
 
     async with serve(
-        handler, "127.0.0.1", port, subprotocols=OCPP16, process_request=record, ssl=tls
+        handler,
+        "127.0.0.1",
+        port,
+        subprotocols=OCPP201 + OCPP16,
+        process_request=record,
+        ssl=tls,
     ):
         yield seen
 

@@ -31,7 +31,7 @@ from telemetry_stack.servers import free_port, port_open
 from tests.support.fixtures import BrokerInfo, TestPki
 from tests.support.forged_certs import sign_with_ca
 from tests.support.ocpp_csms import csms_tls, requires_basic_auth
-from tests.support.ocpp_peer import OCPP16, basic_auth, charge_point
+from tests.support.ocpp_peer import OCPP16, basic_auth, charge_point, refusal
 from tests.support.processes import BIN, Procs, client_settings, stopped
 from tests.support.waiting import wait_until
 
@@ -72,18 +72,6 @@ async def central(
 async def _consume(cs: CentralSystem) -> None:
     async for _ in cs.captures():
         pass
-
-
-async def refusal(
-    port: int, charger_id: str, *, password: str | None = None, tls: ssl.SSLContext | None = None
-) -> Response:
-    """The HTTP response that refused this handshake (fails if it was accepted)."""
-    url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/ocpp/{charger_id}"
-    headers = basic_auth(charger_id, password) if password is not None else None
-    with pytest.raises(InvalidStatus) as refused:
-        async with connect(url, subprotocols=OCPP16, additional_headers=headers, ssl=tls):
-            pass
-    return refused.value.response
 
 
 def assert_unauthorized(response: Response) -> None:
