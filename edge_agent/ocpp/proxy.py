@@ -42,6 +42,8 @@ from edge_agent.ocpp.frames import (
     CALLRESULT,
     FrameError,
     call_error_json,
+    error_code_16,
+    error_code_201,
     parse_frame,
 )
 from edge_agent.ocpp.lib import InternalError, OCPPError
@@ -49,12 +51,14 @@ from edge_agent.ocpp.offline import OfflineStore, is_queued, offline_answer
 from edge_agent.ocpp.session import Shared
 from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.tap import tap_for
+from edge_agent.ocpp.v201.session import keep_location
+from edge_agent.ocpp.v201.tap import Tap201
 from telemetry_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Subprotocols the gateway can speak with a charger while the CSMS is unreachable.
-OFFLINE_SUBPROTOCOLS: Final = (Subprotocol("ocpp1.6"),)
+OFFLINE_SUBPROTOCOLS: Final = (Subprotocol("ocpp2.0.1"), Subprotocol("ocpp1.6"))
 #: Charger CALLs awaiting the CSMS's answer, per charger; the oldest are forgotten beyond it.
 MAX_IN_FLIGHT: Final = 1_000
 FIRST_RETRY_S: Final = 0.5
@@ -138,6 +142,8 @@ class Relay:
         self._store = store
         self.subprotocol = charger.subprotocol
         self._tap = tap_for(self.subprotocol, charger_id, shared, connector_of=store.connector_of)
+        #: CALLERROR codes as the charger's version spells them.
+        self._spell = error_code_201 if self.subprotocol == "ocpp2.0.1" else error_code_16
         #: The CSMS connection, once its queue is replayed; None while the CSMS is unreachable.
         self._up: ClientConnection | None = None
         #: The CSMS connection while the queue is replayed (the charger's answers may go).
@@ -192,6 +198,8 @@ class Relay:
         self._s.counters.requests += 1
         try:
             await self._emit(self._tap.on_call(unique_id, action, payload))
+            if isinstance(self._tap, Tap201) and self._tap.event is not None:
+                await keep_location(self._s, self.charger_id, self._tap.event)
         except OCPPError as error:  # the agent stopped before storing: the charger resends
             await self._refuse(unique_id, error)
             return
@@ -219,7 +227,7 @@ class Relay:
         return True
 
     async def _offline_call(self, unique_id: str, action: str, payload: dict[str, Any]) -> None:
-        if self.subprotocol == "ocpp1.6" and is_queued(action, payload):
+        if is_queued(action, payload, self.subprotocol):
             connector = payload.get("connectorId") if action == "StartTransaction" else None
             gateway_tid = await asyncio.to_thread(
                 self._store.enqueue,
@@ -248,14 +256,14 @@ class Relay:
 
     async def _refuse(self, unique_id: str, error: OCPPError) -> None:
         self._s.counters.call_errors += 1
-        await self._charger.send(call_error_json(unique_id, error))
+        await self._charger.send(call_error_json(unique_id, error, self._spell))
 
     async def _answer_bad_frame(self, raw: str) -> None:
         try:
             parse_frame(raw)
         except FrameError as exc:
             self._s.counters.call_errors += 1
-            await self._charger.send(exc.to_json())
+            await self._charger.send(exc.to_json(self._spell))
 
     async def _emit(self, captures: list[Capture]) -> None:
         if captures:
