@@ -27,7 +27,7 @@ def is_loopback(host: str) -> bool:
 
 
 class OcppSettings(SettingsGroup):
-    """The OCPP endpoint that the site's chargers connect to: a local 1.6J central system
+    """The OCPP endpoint that the site's chargers connect to: a local 1.6J/2.0.1 central system
     (``MODE=local``) or a proxy to the operator's CSMS (``MODE=proxy``, docs/ocpp.md).
 
     Chargers use ``ws://HOST:PORT/<anything>/<charger_id>``. Off loopback the endpoint needs TLS
