@@ -163,7 +163,7 @@ class Csms:
 
     def __init__(self, first_tid: int) -> None:
         self.ids = itertools.count(first_tid)
-        self.peers: dict[str, list[Any]] = {}  # CsmsPeer or CsmsPeer201
+        self.peers: dict[str, list[CsmsPeer | CsmsPeer201]] = {}
         #: Every handshake attempt's charger id, accepted or not, in order.
         self.handshakes: list[str] = []
         #: Handshakes that came while a connection of the same charger was still open.
