@@ -80,7 +80,7 @@ async def test_no_upstream_url_for_a_charger(
 ) -> None:
     """Only CP-A has an upstream URL: another charger is refused at the handshake (404) with a
     log line that says what to set; a chargers file that gives nobody a URL (and no
-    ``UPSTREAM_URL`` setting) stops the start."""
+    ``UPSTREAM_URL`` setting), or a client certificate that does not load, stops the start."""
     port = free_port()
     chargers = tmp_path / "chargers.toml"
     chargers.write_text(f'[chargers.CP-A]\nupstream_url = "ws://127.0.0.1:{port}/x/CP-A"\n')
@@ -99,6 +99,14 @@ async def test_no_upstream_url_for_a_charger(
     assert "refused CP-Z: no upstream CSMS URL for it" in caplog.text
     chargers.write_text("[defaults]\nsecurity_profile = 0\n")
     with pytest.raises(ConfigError, match=r"ocpp\.upstream_url"):
+        async with proxy_gateway(tmp_path, None, chargers_file=chargers):
+            pass
+    missing = tmp_path / "missing.pem"
+    chargers.write_text(
+        f'[defaults]\nupstream_url = "wss://127.0.0.1:{port}/x/{{charger_id}}"\n'
+        f'[chargers.CP-C]\nupstream_cert_file = "{missing}"\nupstream_key_file = "{missing}"\n'
+    )
+    with pytest.raises(ConfigError, match=r"chargers\.CP-C\.upstream"):
         async with proxy_gateway(tmp_path, None, chargers_file=chargers):
             pass
 
