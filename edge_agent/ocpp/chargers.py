@@ -172,11 +172,18 @@ class ChargersConfig:
             return None
         return charger.upstream_url.format(charger_id=charger_id)
 
-    def upstream_connect_kwargs(self, charger_id: str) -> dict[str, Any]:
+    def sets_upstream_urls(self) -> bool:
+        """Does the file give any charger an ``upstream_url`` (``[defaults]`` or its own)?"""
+        return self.defaults.upstream_url is not None or any(
+            c.upstream_url is not None for c in self.chargers.values()
+        )
+
+    def upstream_connect_kwargs(self, charger_id: str, url: str | None = None) -> dict[str, Any]:
         """``websockets.connect`` keyword arguments towards the CSMS for ``charger_id``: the
         Basic auth header (``charger_id:upstream_password``) and, for ``wss://``, a TLS context
         trusting ``upstream_ca_file`` (the system's CAs without one) with the client
-        certificate ``upstream_cert_file``/``upstream_key_file`` if set."""
+        certificate ``upstream_cert_file``/``upstream_key_file`` if set. ``url``: the URL
+        connected to when it does not come from this file (``OcppSettings.upstream_url``)."""
         charger = self.charger(charger_id)
         if charger is None:
             return {}
@@ -184,7 +191,7 @@ class ChargersConfig:
         if charger.upstream_password is not None:
             token = base64.b64encode(f"{charger_id}:{charger.upstream_password}".encode())
             kwargs["additional_headers"] = [("Authorization", "Basic " + token.decode())]
-        url = self.upstream_url(charger_id) or ""
+        url = self.upstream_url(charger_id) or url or ""
         if url.startswith("wss://") or charger.upstream_cert_file is not None:
             kwargs["ssl"] = _client_context(charger)
         return kwargs

@@ -16,6 +16,13 @@ never offline (its WebSocket to the gateway stays up), so the gateway does the q
   of that charger, the CSMS's ``transactionId`` from the replayed StartTransaction.conf is
   remembered (:meth:`OfflineStore.map_transaction`) and put into the queued and later frames.
 
+OCPP 2.0.1 (Part 2, functional block E "Transactions", transaction-related messages and the
+offline use cases E04/E12): the only transaction-related message is TransactionEvent (meter
+values of a transaction travel in it; MeterValuesRequest is not transaction-related, unlike
+1.6). It is queued and answered by the gateway (``idTokenInfo`` ``Accepted`` when it carries an
+``idToken``); its ``transactionId`` is the charger's own, so nothing is mapped. Every other CALL
+gets CALLERROR ``InternalError`` (OCPP-J 2.0.1, Part 4: the same definition as 1.6's).
+
 Queue, gateway ids and the mapping live in one SQLite file beside ``state_path``, so they survive
 a gateway restart. Blocking calls: run them with ``asyncio.to_thread``.
 """
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: OCPP 1.6 actions that are queued while the CSMS is down (MeterValues: with a transactionId).
 QUEUED_16: Final = frozenset({"StartTransaction", "StopTransaction", "MeterValues"})
+#: OCPP 2.0.1's transaction-related message.
+QUEUED_201: Final = frozenset({"TransactionEvent"})
 EPOCH_S: Final = 1_735_689_600  # 2025-01-01T00:00:00Z, as edge_agent.ocpp.transactions
 INT32_MIN: Final = -(2**31)
 #: Transactions remembered per gateway (their connector and CSMS id); the oldest go first.
@@ -71,8 +80,13 @@ def store_path(state_path: Path) -> Path:
     return state_path.with_name(state_path.stem + ".proxy.sqlite3")
 
 
-def is_queued(action: str, payload: dict[str, Any]) -> bool:
-    """Is this 1.6 CALL transaction-related (§3.7), so queued while the CSMS is down?"""
+def is_queued(action: str, payload: dict[str, Any], subprotocol: str | None = "ocpp1.6") -> bool:
+    """Is this CALL transaction-related (1.6 §3.7; 2.0.1: TransactionEvent), so queued while
+    the CSMS is down?"""
+    if subprotocol == "ocpp2.0.1":
+        return action in QUEUED_201
+    if subprotocol != "ocpp1.6":
+        return False
     if action == "MeterValues":
         return payload.get("transactionId") is not None
     return action in QUEUED_16
@@ -233,7 +247,10 @@ class OfflineStore:
 
 
 def offline_answer(action: str, payload: dict[str, Any], gateway_tid: int | None) -> Any:
-    """The payload of the gateway's CALLRESULT to a queued 1.6 CALL."""
+    """The payload of the gateway's CALLRESULT to a queued CALL (1.6, or 2.0.1's
+    TransactionEvent: ``idTokenInfo`` when it carries an ``idToken``, as 2.0.1 requires)."""
+    if action == "TransactionEvent":
+        return {"idTokenInfo": {"status": "Accepted"}} if payload.get("idToken") else {}
     if action == "StartTransaction":
         return {"transactionId": gateway_tid, "idTagInfo": {"status": "Accepted"}}
     if action == "StopTransaction" and payload.get("idTag") is not None:

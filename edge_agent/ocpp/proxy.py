@@ -25,6 +25,7 @@ import contextlib
 import logging
 import random
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
@@ -34,12 +35,15 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
 from edge_agent.capture import Capture
+from edge_agent.ocpp.chargers import ChargersConfig
 from edge_agent.ocpp.frames import (
     CALL,
     CALLERROR,
     CALLRESULT,
     FrameError,
     call_error_json,
+    error_code_16,
+    error_code_201,
     parse_frame,
 )
 from edge_agent.ocpp.lib import InternalError, OCPPError
@@ -47,36 +51,57 @@ from edge_agent.ocpp.offline import OfflineStore, is_queued, offline_answer
 from edge_agent.ocpp.session import Shared
 from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.tap import tap_for
+from edge_agent.ocpp.v201.session import keep_location
+from edge_agent.ocpp.v201.tap import Tap201
+from telemetry_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Subprotocols the gateway can speak with a charger while the CSMS is unreachable.
-OFFLINE_SUBPROTOCOLS: Final = (Subprotocol("ocpp1.6"),)
+OFFLINE_SUBPROTOCOLS: Final = (Subprotocol("ocpp2.0.1"), Subprotocol("ocpp1.6"))
 #: Charger CALLs awaiting the CSMS's answer, per charger; the oldest are forgotten beyond it.
 MAX_IN_FLIGHT: Final = 1_000
 FIRST_RETRY_S: Final = 0.5
 
 
-def _upstream_options(charger_id: str) -> dict[str, Any]:
-    """``websockets.connect`` keyword arguments for this charger's CSMS connection
-    (credentials, client certificate): the per-charger configuration fills them in."""
-    return {}
+class NoUpstream(LookupError):
+    """No CSMS URL is known for this charger (neither the chargers file nor the settings)."""
+
+
+def upstream_url(settings: OcppSettings, chargers: ChargersConfig, charger_id: str) -> str:
+    """The CSMS URL for ``charger_id``: the chargers file's (the charger's own, else its
+    ``[defaults]``), else ``OcppSettings.upstream_url``; :class:`NoUpstream` without either."""
+    url = chargers.upstream_url(charger_id) or settings.upstream_url_for(charger_id)
+    if url is None:
+        raise NoUpstream(charger_id)
+    return url
 
 
 async def open_upstream(
-    settings: OcppSettings, charger_id: str, subprotocols: list[Subprotocol]
+    settings: OcppSettings,
+    chargers: ChargersConfig,
+    charger_id: str,
+    subprotocols: list[Subprotocol],
 ) -> ClientConnection:
-    """Connect to the CSMS for ``charger_id`` offering ``subprotocols``; raises what
-    ``websockets.connect`` raises (OSError, TimeoutError, InvalidHandshake)."""
+    """Connect to the CSMS for ``charger_id`` offering ``subprotocols``, with the charger's
+    credentials towards it (Basic auth, TLS trust, client certificate: the chargers file).
+    Raises :class:`NoUpstream`, :class:`ConfigError` (a certificate file that does not load)
+    and what ``websockets.connect`` raises (OSError, TimeoutError, InvalidHandshake)."""
+    url = upstream_url(settings, chargers, charger_id)
     return await connect(
-        settings.upstream_url_for(charger_id),
+        url,
         subprotocols=subprotocols,
         open_timeout=settings.upstream_open_timeout_s,
         max_size=settings.max_message_bytes,
         close_timeout=2,
         logger=logging.getLogger("websockets.client.ocpp"),
-        **_upstream_options(charger_id),
+        **chargers.upstream_connect_kwargs(charger_id, url),
     )
+
+
+#: Opens this charger's CSMS connection offering these subprotocols (the server binds
+#: :func:`open_upstream` to the charger and the chargers file in force at each attempt).
+ConnectUpstream = Callable[[list[Subprotocol]], Awaitable[ClientConnection]]
 
 
 def _map_tid(payload: dict[str, Any], tid_map: Any) -> dict[str, Any] | None:
@@ -107,14 +132,18 @@ class Relay:
         upstream: ClientConnection | None,
         shared: Shared,
         store: OfflineStore,
+        connect_upstream: ConnectUpstream,
     ) -> None:
         self.charger_id = charger_id
         self._charger = charger
         self._first_upstream = upstream
+        self._connect_upstream = connect_upstream
         self._s = shared
         self._store = store
         self.subprotocol = charger.subprotocol
         self._tap = tap_for(self.subprotocol, charger_id, shared, connector_of=store.connector_of)
+        #: CALLERROR codes as the charger's version spells them.
+        self._spell = error_code_201 if self.subprotocol == "ocpp2.0.1" else error_code_16
         #: The CSMS connection, once its queue is replayed; None while the CSMS is unreachable.
         self._up: ClientConnection | None = None
         #: The CSMS connection while the queue is replayed (the charger's answers may go).
@@ -123,10 +152,16 @@ class Relay:
         self._turn = asyncio.Lock()
         self._replay_lock = store.replay_lock(charger_id)
         self._in_flight: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
+        #: Set once the CSMS connection of the handshake is relaying (its queue replayed) or
+        #: lost: the charger's first frames wait for it, so they are not taken as offline.
+        self._settled = asyncio.Event()
+        if upstream is None:
+            self._settled.set()
 
     async def run(self) -> None:
         upstream = asyncio.create_task(self._upstream_loop(), name=f"ocpp-up-{self.charger_id}")
         try:
+            await self._settled.wait()
             async for raw in self._charger:
                 if isinstance(raw, bytes):
                     log.warning("ocpp %s: binary frame dropped (OCPP-J is text)", self.charger_id)
@@ -163,6 +198,8 @@ class Relay:
         self._s.counters.requests += 1
         try:
             await self._emit(self._tap.on_call(unique_id, action, payload))
+            if isinstance(self._tap, Tap201) and self._tap.event is not None:
+                await keep_location(self._s, self.charger_id, self._tap.event)
         except OCPPError as error:  # the agent stopped before storing: the charger resends
             await self._refuse(unique_id, error)
             return
@@ -190,7 +227,7 @@ class Relay:
         return True
 
     async def _offline_call(self, unique_id: str, action: str, payload: dict[str, Any]) -> None:
-        if self.subprotocol == "ocpp1.6" and is_queued(action, payload):
+        if is_queued(action, payload, self.subprotocol):
             connector = payload.get("connectorId") if action == "StartTransaction" else None
             gateway_tid = await asyncio.to_thread(
                 self._store.enqueue,
@@ -219,14 +256,14 @@ class Relay:
 
     async def _refuse(self, unique_id: str, error: OCPPError) -> None:
         self._s.counters.call_errors += 1
-        await self._charger.send(call_error_json(unique_id, error))
+        await self._charger.send(call_error_json(unique_id, error, self._spell))
 
     async def _answer_bad_frame(self, raw: str) -> None:
         try:
             parse_frame(raw)
         except FrameError as exc:
             self._s.counters.call_errors += 1
-            await self._charger.send(exc.to_json())
+            await self._charger.send(exc.to_json(self._spell))
 
     async def _emit(self, captures: list[Capture]) -> None:
         if captures:
@@ -242,16 +279,16 @@ class Relay:
         while True:
             if up is None:
                 try:
-                    up = await open_upstream(
-                        self._s.settings, self.charger_id, [Subprotocol(self.subprotocol or "")]
-                    )
+                    up = await self._connect_upstream([Subprotocol(self.subprotocol or "")])
                 except Exception as exc:  # the link must outlive any fault: logged, retried
-                    expected = isinstance(exc, OSError | TimeoutError | InvalidHandshake)
+                    expected = isinstance(
+                        exc, OSError | TimeoutError | InvalidHandshake | NoUpstream | ConfigError
+                    )
                     log.log(
                         logging.INFO if expected else logging.ERROR,
                         "ocpp %s: CSMS unreachable (%s); next try within %.1f s",
                         self.charger_id,
-                        type(exc).__name__,
+                        exc if isinstance(exc, ConfigError) else type(exc).__name__,
                         delay,
                         exc_info=None if expected else exc,
                     )
@@ -267,6 +304,7 @@ class Relay:
                     finally:
                         self._replaying = None
                     self._up = up
+                self._settled.set()
                 delay = FIRST_RETRY_S
                 log.info("ocpp %s: relaying to the CSMS", self.charger_id)
                 async for raw in up:
@@ -279,6 +317,7 @@ class Relay:
                 failed = True
             finally:
                 self._up = None
+                self._settled.set()
                 await up.close()
             if self._charger.state.name == "CLOSED":
                 return

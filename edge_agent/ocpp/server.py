@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -52,7 +52,7 @@ from edge_agent.ocpp.chargers import ChargersConfig, load_chargers
 from edge_agent.ocpp.idtags import load_salt
 from edge_agent.ocpp.lib import InternalError
 from edge_agent.ocpp.offline import OfflineStore, store_path
-from edge_agent.ocpp.proxy import OFFLINE_SUBPROTOCOLS, Relay, open_upstream
+from edge_agent.ocpp.proxy import OFFLINE_SUBPROTOCOLS, NoUpstream, Relay, open_upstream
 from edge_agent.ocpp.session import ChargerSession, Counters, Shared
 from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.transactions import TransactionStore
@@ -119,6 +119,10 @@ class CentralSystem:
         self._store: OfflineStore | None = None
         #: Proxy mode: the CSMS connection opened at a charger's handshake (None: unreachable).
         self._upstreams: dict[ServerConnection, ClientConnection | None] = {}
+        #: The task serving each connection (a replaced relay is awaited until it is closed).
+        self._handlers: weakref.WeakKeyDictionary[ServerConnection, asyncio.Task[object]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def proxy(self) -> bool:
@@ -141,6 +145,7 @@ class CentralSystem:
         salt = await asyncio.to_thread(load_salt, configured, s.state_path)
         self._shared = Shared(s, self.translator, transactions, self.counters, self._emit, salt)
         if self.proxy:
+            _check_upstreams(s, chargers)
             self._store = await asyncio.to_thread(OfflineStore, store_path(s.state_path))
         self._server = await serve(
             self._handle,
@@ -161,7 +166,8 @@ class CentralSystem:
         )
         scheme = "wss" if s.cert_file else "ws"
         upstream = urlsplit(s.upstream_url or "")  # no userinfo in the log
-        what = f"proxy to {upstream.hostname}" if self.proxy else "(1.6J, 2.0.1) central system"
+        to = upstream.hostname or "the chargers file's upstream_url"
+        what = f"proxy to {to}" if self.proxy else "(1.6J, 2.0.1) central system"
         log.info("ocpp %s on %s://%s:%d/<charger_id>", what, scheme, s.host, self.port)
         return self
 
@@ -260,8 +266,22 @@ class CentralSystem:
         if verdict.authenticated:
             self._authenticated.add(connection)
         if self.proxy:
+            await self._retire(charger_id)
             return await self._open_upstream(connection, request, charger_id)
         return None
+
+    async def _retire(self, charger_id: str) -> None:
+        """Proxy mode, an authenticated connection replaces a live one: close the old relay
+        and wait until its CSMS connection is closed too, before the new one is opened (the
+        CSMS sees one connection per charger at a time, as it would without the gateway)."""
+        old = self._sessions.get(charger_id)
+        if old is None:
+            return
+        log.info("ocpp %s: a new connection replaces the old one", charger_id)
+        await old.close(reason="replaced by a newer connection")
+        handler = self._handlers.get(old)
+        if handler is not None:
+            await asyncio.wait([handler], timeout=5)
 
     async def _reload_chargers(self) -> None:
         """Read the chargers file again if it changed since (checked at each handshake); a
@@ -303,8 +323,20 @@ class CentralSystem:
         ]
         try:
             upstream: ClientConnection | None = await open_upstream(
-                self.settings, charger_id, offered
+                self.settings, self._auth.chargers, charger_id, offered
             )
+        except NoUpstream:
+            self.counters.refused += 1
+            log.warning(
+                "ocpp: refused %s: no upstream CSMS URL for it (set upstream_url in the chargers "
+                "file, for it or in [defaults], or TELEMETRY_EDGE_OCPP__UPSTREAM_URL)",
+                charger_id,
+            )
+            return connection.respond(HTTPStatus.NOT_FOUND, "no CSMS for this charger\n")
+        except ConfigError as exc:  # e.g. its client certificate no longer loads
+            self.counters.refused += 1
+            log.error("ocpp: refused %s: %s", charger_id, exc)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "gateway misconfigured\n")
         except InvalidStatus as exc:
             status = exc.response.status_code
             if 400 <= status < 500:
@@ -365,6 +397,7 @@ class CentralSystem:
         assert task is not None
         self._tasks.add(task)
         self._admitting.discard(ws)
+        self._handlers[ws] = task
         old = self._sessions.get(charger_id)
         if self._connected(charger_id) and ws not in self._authenticated:  # since the handshake
             self.counters.hijacks_refused += 1
@@ -384,7 +417,13 @@ class CentralSystem:
             )
             if self._store is not None:
                 upstream = self._upstreams.pop(ws, None)
-                await Relay(charger_id, ws, upstream, self._shared, self._store).run()
+
+                def connect(offered: list[Subprotocol]) -> Awaitable[ClientConnection]:
+                    chargers = self._auth.chargers  # the file in force at each attempt
+                    return open_upstream(self.settings, chargers, charger_id, offered)
+
+                relay = Relay(charger_id, ws, upstream, self._shared, self._store, connect)
+                await relay.run()
             else:
                 session = ChargerSession201 if ws.subprotocol == SUBPROTOCOL_201 else ChargerSession
                 await session(charger_id, ws, self._shared).start()
@@ -403,6 +442,19 @@ def _mtime(path: Path | None) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return None if st is None else (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _check_upstreams(settings: OcppSettings, chargers: ChargersConfig) -> None:
+    """Proxy mode: some upstream URL is configured, and every listed charger's credentials
+    towards the CSMS load (certificate files); else :class:`ConfigError` at start."""
+    if settings.upstream_url is None and not chargers.sets_upstream_urls():
+        raise ConfigError(
+            "ocpp.upstream_url",
+            "mode=proxy needs the CSMS URL: TELEMETRY_EDGE_OCPP__UPSTREAM_URL or upstream_url "
+            "in the chargers file ([defaults] or per charger)",
+        )
+    for charger_id in chargers.chargers:
+        chargers.upstream_connect_kwargs(charger_id, settings.upstream_url_for(charger_id))
 
 
 def _chargers_config(settings: OcppSettings) -> ChargersConfig:

@@ -27,7 +27,7 @@ def is_loopback(host: str) -> bool:
 
 
 class OcppSettings(SettingsGroup):
-    """The OCPP endpoint that the site's chargers connect to: a local 1.6J central system
+    """The OCPP endpoint that the site's chargers connect to: a local 1.6J/2.0.1 central system
     (``MODE=local``) or a proxy to the operator's CSMS (``MODE=proxy``, docs/ocpp.md).
 
     Chargers use ``ws://HOST:PORT/<anything>/<charger_id>``. Off loopback the endpoint needs TLS
@@ -42,7 +42,8 @@ class OcppSettings(SettingsGroup):
     on disk and replayed (docs/ocpp.md#proxy-mode)."""
     upstream_url: str | None = None
     """Proxy mode: the CSMS URL for a charger, ``{charger_id}`` replaced by its id, e.g.
-    ``wss://csms.example.com/ocpp/{charger_id}``."""
+    ``wss://csms.example.com/ocpp/{charger_id}``. The chargers file's ``upstream_url``
+    (``[defaults]`` or the charger's own) takes precedence; proxy mode needs one of them."""
     upstream_open_timeout_s: float = Field(default=10.0, gt=0, le=120)
     """Proxy mode: how long a connection attempt to the CSMS may take."""
     upstream_response_timeout_s: float = Field(default=30.0, gt=0, le=600)
@@ -105,16 +106,18 @@ class OcppSettings(SettingsGroup):
                 f"ocpp: host {self.host!r} is not loopback: set cert_file/key_file (wss://) "
                 "or allow_plaintext=true"
             )
-        if self.mode == "proxy":
-            self.upstream_url_for("CP-1")  # raises ValueError when unset or malformed
+        if self.mode == "proxy" and self.upstream_url is None and self.chargers_file is None:
+            raise ValueError(
+                "ocpp: mode=proxy needs upstream_url (e.g. wss://csms/ocpp/{charger_id}) "
+                "or a chargers_file with upstream_url"
+            )
+        self.upstream_url_for("CP-1")  # raises ValueError when malformed
         return self
 
-    def upstream_url_for(self, charger_id: str) -> str:
-        """The CSMS URL for ``charger_id`` (proxy mode)."""
+    def upstream_url_for(self, charger_id: str) -> str | None:
+        """The CSMS URL for ``charger_id`` from ``upstream_url`` (None: unset)."""
         if not self.upstream_url:
-            raise ValueError(
-                "ocpp: mode=proxy needs upstream_url (e.g. wss://csms/ocpp/{charger_id})"
-            )
+            return None
         if "{charger_id}" not in self.upstream_url:
             raise ValueError("ocpp: upstream_url must contain {charger_id}")
         url = self.upstream_url.replace("{charger_id}", charger_id)

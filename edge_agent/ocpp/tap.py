@@ -1,5 +1,8 @@
 """Telemetry out of the raw OCPP frames that the proxy relays (docs/ocpp.md#what-is-tapped).
 
+The :class:`FrameTap` protocol is defined here, once; :class:`Tap16` is 1.6J's,
+:class:`edge_agent.ocpp.v201.tap.Tap201` 2.0.1's.
+
 A :class:`FrameTap` sees one charger connection's CALLs (before they are forwarded) and the
 CALLRESULTs to them (before they go back to the charger) and turns them into the same captures
 as the local central system (:class:`edge_agent.ocpp.translate.Translator`). It never changes a
@@ -166,10 +169,14 @@ def tap_for(
     *,
     connector_of: ConnectorOf = _unknown,
 ) -> FrameTap:
-    """The tap for a negotiated subprotocol (``ocpp1.6``); a :class:`NullTap` for others.
-    ``connector_of`` finds the connector of a transaction started earlier (StopTransaction
-    does not name it)."""
+    """The tap for a negotiated subprotocol (``ocpp1.6``, ``ocpp2.0.1``); a :class:`NullTap`
+    for others. ``connector_of`` finds the connector of a 1.6 transaction started earlier
+    (StopTransaction does not name it; 2.0.1's translator keeps its own)."""
     if subprotocol == "ocpp1.6":
         return Tap16(charger_id, shared, connector_of)
+    if subprotocol == "ocpp2.0.1":
+        from edge_agent.ocpp.v201.tap import Tap201  # here: v201.tap imports this module
+
+        return Tap201(charger_id, shared)
     log.warning("ocpp %s: no tap for subprotocol %r: relayed only", charger_id, subprotocol)
     return NullTap()

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Literal, TypeVar, overload
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Response
 from websockets.typing import Subprotocol
 
 from edge_agent.ocpp.lib import ChargePoint, ChargePoint201
@@ -104,3 +106,23 @@ async def _charge_point(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def refusal(
+    port: int,
+    charger_id: str,
+    *,
+    password: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    version: Version = "1.6",
+) -> Response:
+    """The HTTP response that refused this charger's handshake (fails if it was accepted)."""
+    url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/ocpp/{charger_id}"
+    headers = basic_auth(charger_id, password) if password is not None else None
+    protocols = OCPP201 if version == "2.0.1" else OCPP16
+    try:
+        async with connect(url, subprotocols=protocols, additional_headers=headers, ssl=tls):
+            pass
+    except InvalidStatus as refused:
+        return refused.response
+    raise AssertionError(f"{charger_id}'s handshake was accepted")

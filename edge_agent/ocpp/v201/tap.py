@@ -9,8 +9,8 @@ still forwarded: the CSMS, not the gateway, answers it). 2.0.1 transaction ids a
 charger's, so no CALLRESULT carries telemetry: :meth:`Tap201.on_result` returns nothing.
 
 Where each open transaction runs is kept by the shared translator (memory); to keep it across a
-gateway restart, the proxy calls :func:`edge_agent.ocpp.v201.session.keep_location` once a
-TransactionEvent's captures are stored, as the local session does.
+gateway restart, the proxy calls :func:`edge_agent.ocpp.v201.session.keep_location` with
+:attr:`Tap201.event` once a TransactionEvent's captures are stored, as the local session does.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from edge_agent.capture import Capture
 from edge_agent.ocpp.idtags import scrub, tags_in
 from edge_agent.ocpp.session import Shared
+from edge_agent.ocpp.tap import FrameTap
 from edge_agent.ocpp.v201.models import (
     BootNotificationReq,
     MeterValuesReq,
@@ -33,23 +34,10 @@ from edge_agent.ocpp.v201.models import (
 )
 from edge_agent.ocpp.v201.translate import Translator201
 
+__all__ = ["FrameTap", "Tap201"]
+
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
-
-
-class FrameTap(Protocol):
-    """Telemetry out of one charger's raw OCPP frames; pure (no I/O), one per charger connection."""
-
-    def on_call(self, unique_id: str, action: str, payload: dict[str, Any]) -> list[Capture]:
-        """A CALL from the charger (before it is forwarded)."""
-        ...
-
-    def on_result(
-        self, unique_id: str, action: str, request: dict[str, Any], result: dict[str, Any]
-    ) -> list[Capture]:
-        """The CALLRESULT to a charger's CALL (before it is forwarded to the charger);
-        e.g. StartTransaction.conf's transactionId."""
-        ...
 
 
 def _now() -> datetime:
@@ -68,13 +56,18 @@ class Tap201:
         self._clock = clock
         #: Payloads the models refused (their frames were forwarded, no readings taken).
         self.refused = 0
+        #: The TransactionEvent of the last :meth:`on_call`, validated (None: another action,
+        #: or one the models refused): the proxy keeps its location once it is stored.
+        self.event: TransactionEventReq | None = None
 
     def on_call(self, unique_id: str, action: str, payload: dict[str, Any]) -> list[Capture]:
         cid, tr = self.charger_id, self._tr
+        self.event = None
         match action:
             case "TransactionEvent":
                 if (te := self._valid(TransactionEventReq, action, payload)) is None:
                     return []
+                self.event = te
                 return tr.transaction_event(cid, te, self._s.id_tag_hash(te.tag()))
             case "MeterValues":
                 mv = self._valid(MeterValuesReq, action, payload)

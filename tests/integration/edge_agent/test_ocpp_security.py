@@ -5,23 +5,23 @@ from the dev PKI); the upstream credentials against a real ``websockets.serve``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
 from edge_agent.ocpp import CentralSystem, OcppSettings
 from edge_agent.ocpp.auth import MAX_FAILURES, hash_password
 from edge_agent.ocpp.chargers import load_chargers
-from edge_agent.ocpp.lib import ChargePoint, call
+from edge_agent.ocpp.lib import ChargePoint, call, call201
 from edge_agent.ocpp_cli import set_password_hash
 from edge_agent.settings import EdgeSettings
 from provisioning.pki import init as pki_init
@@ -31,7 +31,8 @@ from telemetry_common.tls import client_context
 from telemetry_stack.servers import free_port, port_open
 from tests.support.fixtures import BrokerInfo, TestPki
 from tests.support.forged_certs import sign_with_ca
-from tests.support.ocpp_peer import OCPP16, basic_auth, charge_point
+from tests.support.ocpp_csms import csms_tls, requires_basic_auth
+from tests.support.ocpp_peer import OCPP16, OCPP201, Version, basic_auth, charge_point, refusal
 from tests.support.processes import BIN, Procs, client_settings, stopped
 from tests.support.waiting import wait_until
 
@@ -74,18 +75,6 @@ async def _consume(cs: CentralSystem) -> None:
         pass
 
 
-async def refusal(
-    port: int, charger_id: str, *, password: str | None = None, tls: ssl.SSLContext | None = None
-) -> Response:
-    """The HTTP response that refused this handshake (fails if it was accepted)."""
-    url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/ocpp/{charger_id}"
-    headers = basic_auth(charger_id, password) if password is not None else None
-    with pytest.raises(InvalidStatus) as refused:
-        async with connect(url, subprotocols=OCPP16, additional_headers=headers, ssl=tls):
-            pass
-    return refused.value.response
-
-
 def assert_unauthorized(response: Response) -> None:
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Basic ")
@@ -93,9 +82,19 @@ def assert_unauthorized(response: Response) -> None:
     assert WRONG.encode() not in response.body
 
 
-async def boot(cp: ChargePoint) -> None:
-    answer = await cp.call(call.BootNotification(charge_point_model="M", charge_point_vendor="V"))
+async def boot(cp: ChargePoint, version: Version = "1.6") -> None:
+    if version == "2.0.1":
+        station = {"vendorName": "V", "model": "M"}
+        answer = await cp.call(call201.BootNotification(station, "PowerUp"))
+    else:
+        answer = await cp.call(
+            call.BootNotification(charge_point_model="M", charge_point_vendor="V")
+        )
     assert answer.status == "Accepted"
+
+
+def heartbeat(version: Version) -> Any:
+    return call201.Heartbeat() if version == "2.0.1" else call.Heartbeat()
 
 
 def tls_for(pki: TestPki, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
@@ -106,11 +105,13 @@ def tls_settings(pki: TestPki) -> dict[str, object]:
     return {"cert_file": pki.pki.server_cert, "key_file": pki.pki.server_key}
 
 
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 @pytest.mark.parametrize("profile", [1, 2])
 async def test_basic_auth_right_password_only(
-    tmp_path: Path, pki: TestPki, profile: int, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, pki: TestPki, profile: int, version: Version, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Profile 1 (ws:// on loopback) and 2 (wss://): the right password connects; a wrong one,
+    """Profile 1 (ws:// on loopback) and 2 (wss://), OCPP 1.6 and 2.0.1: the right password
+    connects; a wrong one,
     none, another charger's username and an unlisted charger get 401 + a Basic challenge,
     counted, logged without the password."""
     tls = tls_for(pki) if profile == 2 else None
@@ -119,15 +120,22 @@ async def test_basic_auth_right_password_only(
         asyncio.timeout(30),
         central(tmp_path, chargers_toml(profile, "CP-1"), **extra) as cs,
     ):
-        async with charge_point(cs.port, "CP-1", password=PASSWORD, tls=tls) as cp:
-            await boot(cp)
-        assert_unauthorized(await refusal(cs.port, "CP-1", password=WRONG, tls=tls))
-        assert_unauthorized(await refusal(cs.port, "CP-1", tls=tls))
-        assert_unauthorized(await refusal(cs.port, "CP-2", password=PASSWORD, tls=tls))
+        async with charge_point(cs.port, "CP-1", password=PASSWORD, tls=tls, version=version) as cp:
+            await boot(cp, version)
+        assert_unauthorized(
+            await refusal(cs.port, "CP-1", password=WRONG, tls=tls, version=version)
+        )
+        assert_unauthorized(await refusal(cs.port, "CP-1", tls=tls, version=version))
+        assert_unauthorized(
+            await refusal(cs.port, "CP-2", password=PASSWORD, tls=tls, version=version)
+        )
         url = f"{'wss' if tls else 'ws'}://127.0.0.1:{cs.port}/ocpp/CP-1"
         with pytest.raises(InvalidStatus) as other_user:
             async with connect(
-                url, subprotocols=OCPP16, additional_headers=basic_auth("CP-2", PASSWORD), ssl=tls
+                url,
+                subprotocols=OCPP201 if version == "2.0.1" else OCPP16,
+                additional_headers=basic_auth("CP-2", PASSWORD),
+                ssl=tls,
             ):
                 pass
         assert_unauthorized(other_user.value.response)
@@ -148,9 +156,10 @@ async def test_profile_2_refuses_plain_ws(tmp_path: Path, pki: TestPki) -> None:
                 pass
 
 
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
 @pytest.mark.parametrize("profile", [1, 2])
 async def test_hijack_fails_and_the_right_password_replaces(
-    tmp_path: Path, pki: TestPki, profile: int
+    tmp_path: Path, pki: TestPki, profile: int, version: Version
 ) -> None:
     """On a connected charger id, a newcomer without or with a wrong password is refused and the
     first connection keeps working; the same id with the right password replaces the first
@@ -161,16 +170,22 @@ async def test_hijack_fails_and_the_right_password_replaces(
         asyncio.timeout(30),
         central(tmp_path, chargers_toml(profile, "CP-1"), **extra) as cs,
     ):
-        async with charge_point(cs.port, "CP-1", password=PASSWORD, tls=tls) as first:
-            await boot(first)
-            assert_unauthorized(await refusal(cs.port, "CP-1", tls=tls))
-            assert_unauthorized(await refusal(cs.port, "CP-1", password=WRONG, tls=tls))
-            assert (await first.call(call.Heartbeat())).current_time
-            async with charge_point(cs.port, "CP-1", password=PASSWORD, tls=tls) as second:
-                assert (await second.call(call.Heartbeat())).current_time
+        async with charge_point(
+            cs.port, "CP-1", password=PASSWORD, tls=tls, version=version
+        ) as first:
+            await boot(first, version)
+            assert_unauthorized(await refusal(cs.port, "CP-1", tls=tls, version=version))
+            assert_unauthorized(
+                await refusal(cs.port, "CP-1", password=WRONG, tls=tls, version=version)
+            )
+            assert (await first.call(heartbeat(version))).current_time
+            async with charge_point(
+                cs.port, "CP-1", password=PASSWORD, tls=tls, version=version
+            ) as second:
+                assert (await second.call(heartbeat(version))).current_time
                 with pytest.raises(ConnectionClosed):
-                    await first.call(call.Heartbeat())
-                await boot(second)
+                    await first.call(heartbeat(version))
+                await boot(second, version)
         assert cs.counters.auth_refused == 2
         assert cs.counters.connections == 2
 
@@ -294,29 +309,19 @@ async def test_a_config_that_cannot_work_stops_the_start(
 async def test_upstream_credentials_against_a_real_server(tmp_path: Path, pki: TestPki) -> None:
     """``upstream_connect_kwargs`` towards a CSMS that checks Basic auth over TLS, and one
     that requires a client certificate: accepted with them; refused without."""
-    expected = "Basic " + base64.b64encode(f"CP-U:{PASSWORD}".encode()).decode()
     seen: list[str] = []
-
-    def check_basic(connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Authorization") != expected:
-            return connection.respond(401, "no\n")
-        return None
 
     async def handler(ws: ServerConnection) -> None:
         peer = ws.transport.get_extra_info("peercert")
         seen.append(str(peer.get("subject") if peer else None))
         await ws.send("hello")
 
-    basic_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    basic_tls.load_cert_chain(pki.pki.server_cert, pki.pki.server_key)
-    mtls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_file))
-    mtls.load_cert_chain(pki.pki.server_cert, pki.pki.server_key)
-    mtls.verify_mode = ssl.CERT_REQUIRED
+    check_basic = requires_basic_auth({"CP-U": PASSWORD})
     cert, key = pki.client("CP-M")
     async with (
         asyncio.timeout(30),
-        serve(handler, "127.0.0.1", 0, process_request=check_basic, ssl=basic_tls) as basic,
-        serve(handler, "127.0.0.1", 0, ssl=mtls) as mutual,
+        serve(handler, "127.0.0.1", 0, process_request=check_basic, ssl=csms_tls(pki)) as basic,
+        serve(handler, "127.0.0.1", 0, ssl=csms_tls(pki, client_certs=True)) as mutual,
     ):
         basic_port = basic.sockets[0].getsockname()[1]
         mutual_port = mutual.sockets[0].getsockname()[1]

@@ -20,12 +20,18 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request, Response
 
-from edge_agent.capture import Capture
-from edge_agent.ocpp import CentralSystem, OcppSettings
-from edge_agent.ocpp.lib import ChargePoint, call, call_result, on
+from edge_agent.ocpp.lib import (
+    ChargePoint,
+    ChargePoint201,
+    call,
+    call201,
+    call_result,
+    call_result201,
+    on,
+)
 from edge_agent.ocpp.offline import OfflineStore
 from telemetry_stack.servers import free_port
-from tests.support.ocpp_csms import Recorded, csms
+from tests.support.ocpp_csms import Recorded, csms, proxy_gateway
 from tests.support.ocpp_peer import OCPP16, charge_point
 from tests.support.waiting import wait_until
 
@@ -56,40 +62,6 @@ class Charger(ChargePoint):
         return call_result.RemoteStopTransaction(status="Accepted")
 
 
-class Collector:
-    def __init__(self, cs: CentralSystem) -> None:
-        self.captures: list[Capture] = []
-        self._batches = cs.captures()
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for batch in self._batches:
-            self.captures.extend(batch)
-
-
-@contextlib.asynccontextmanager
-async def gateway(
-    tmp_path: Path, csms_port: int, **more: Any
-) -> AsyncIterator[tuple[CentralSystem, Collector]]:
-    settings = OcppSettings(
-        **more,
-        port=0,
-        state_path=tmp_path / "ocpp-state.json",
-        mode="proxy",
-        upstream_url=f"ws://127.0.0.1:{csms_port}/ocpp/{{charger_id}}",
-        upstream_open_timeout_s=2,
-        upstream_retry_max_s=0.3,
-    )
-    async with CentralSystem(settings) as cs:
-        got = Collector(cs)
-        try:
-            yield cs, got
-        finally:
-            got.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await got.task
-
-
 async def until(what: str, check: Callable[[], bool]) -> None:
     await asyncio.to_thread(wait_until, what, check, 15)
 
@@ -110,7 +82,7 @@ async def test_every_frame_is_relayed_unchanged_in_order_both_ways(tmp_path: Pat
     async with (
         asyncio.timeout(60),
         csms(port, first_tid=4242) as upstream,
-        gateway(tmp_path, port) as (cs, got),
+        proxy_gateway(tmp_path, port) as (cs, got),
         charge_point(cs.port, "CP-P1", cls=Charger, wrap=record) as cp,
     ):
         boot = await cp.call(call.BootNotification(charge_point_model="M", charge_point_vendor="V"))
@@ -156,7 +128,7 @@ async def test_csms_down_for_a_whole_transaction_then_replayed_once(tmp_path: Pa
     port = free_port()  # nothing listens there yet
     async with (
         asyncio.timeout(60),
-        gateway(tmp_path, port) as (cs, got),
+        proxy_gateway(tmp_path, port) as (cs, got),
         charge_point(cs.port, "CP-P2", cls=Charger) as cp,
     ):
         boot = await cp.call(call.BootNotification(charge_point_model="M", charge_point_vendor="V"))
@@ -205,7 +177,7 @@ async def test_a_charger_the_csms_refuses_is_refused_with_its_status(tmp_path: P
     async with (
         asyncio.timeout(30),
         serve(lambda ws: ws.wait_closed(), "127.0.0.1", port, process_request=unknown),
-        gateway(tmp_path, port) as (cs, _),
+        proxy_gateway(tmp_path, port) as (cs, _),
     ):
         with pytest.raises(InvalidStatus) as refused:
             async with charge_point(cs.port, "CP-P3"):
@@ -220,7 +192,7 @@ async def test_csms_lost_mid_session_then_back(tmp_path: Path) -> None:
     port = free_port()
     async with (
         asyncio.timeout(60),
-        gateway(tmp_path, port) as (cs, got),
+        proxy_gateway(tmp_path, port) as (cs, got),
         contextlib.AsyncExitStack() as charger_side,
     ):
         first_csms = contextlib.AsyncExitStack()
@@ -252,7 +224,11 @@ async def test_a_handshake_that_fails_after_the_csms_opened_closes_the_csms_conn
     relay; the CSMS connection opened for it is closed, not left holding the charger's id at
     the CSMS while no charger is there."""
     port = free_port()
-    async with asyncio.timeout(60), csms(port) as upstream, gateway(tmp_path, port) as (cs, _):
+    async with (
+        asyncio.timeout(60),
+        csms(port) as upstream,
+        proxy_gateway(tmp_path, port) as (cs, _),
+    ):
         reader, writer = await asyncio.open_connection("127.0.0.1", cs.port)
         writer.write(
             b"GET /ocpp/CP-GHOST HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n"
@@ -295,7 +271,7 @@ async def test_a_charger_that_gives_up_while_the_csms_answers_slowly_leaves_no_c
     async with (
         asyncio.timeout(60),
         slow_csms(port, 1.0) as opened,
-        gateway(tmp_path, port) as (cs, _),
+        proxy_gateway(tmp_path, port) as (cs, _),
     ):
         with pytest.raises(TimeoutError):
             async with connect(
@@ -318,7 +294,7 @@ async def test_a_second_connection_refused_after_its_handshake_leaves_no_csms_co
     async with (
         asyncio.timeout(60),
         slow_csms(port, 0.5) as opened,  # both handshakes pass the gateway's check meanwhile
-        gateway(tmp_path, port) as (cs, _),
+        proxy_gateway(tmp_path, port) as (cs, _),
     ):
         url = f"ws://127.0.0.1:{cs.port}/ocpp/CP-DUP"
         chargers = await asyncio.gather(*(connect(url, subprotocols=OCPP16) for _ in range(2)))
@@ -357,7 +333,7 @@ async def test_an_unexpected_fault_in_the_csms_link_is_logged_and_retried(
     port = free_port()  # nothing listens there yet
     async with (
         asyncio.timeout(60),
-        gateway(tmp_path, port) as (cs, _),
+        proxy_gateway(tmp_path, port) as (cs, _),
         charge_point(cs.port, "CP-P9", cls=Charger) as cp,
     ):
         start = await cp.call(call.StartTransaction(1, "TAG-1", 1_000, at(1)))
@@ -382,7 +358,7 @@ async def test_max_chargers_holds_for_handshakes_at_the_same_moment(tmp_path: Pa
     async with (
         asyncio.timeout(60),
         slow_csms(port, 0.5) as opened,
-        gateway(tmp_path, port, max_chargers=2) as (cs, _),
+        proxy_gateway(tmp_path, port, max_chargers=2) as (cs, _),
     ):
 
         async def attempt(i: int) -> ClientConnection | int:
@@ -400,3 +376,139 @@ async def test_max_chargers_holds_for_handshakes_at_the_same_moment(tmp_path: Pa
         finally:
             for charger in chargers:
                 await charger.close()
+
+
+# -- the same scenarios in OCPP 2.0.1 -------------------------------------------------------------
+
+TOKEN = {"idToken": "04C0FFEE", "type": "ISO14443"}
+
+
+def energy201(wh: float, at_s: int, context: str = "Sample.Periodic") -> list[dict[str, Any]]:
+    sample = {
+        "value": wh,
+        "measurand": "Energy.Active.Import.Register",
+        "unitOfMeasure": {"unit": "Wh"},
+        "context": context,
+    }
+    return [{"timestamp": at(at_s), "sampledValue": [sample]}]
+
+
+def tx_event(kind: str, seq: int, tx: str, **more: Any) -> Any:
+    """A TransactionEvent of transaction ``tx``: Started (1000 Wh, on EVSE 1, with a token),
+    Updated (1500 Wh), Ended (2000 Wh)."""
+    wh, context, reason = {
+        "Started": (1000, "Transaction.Begin", "CablePluggedIn"),
+        "Updated": (1500, "Sample.Periodic", "MeterValuePeriodic"),
+        "Ended": (2000, "Transaction.End", "EVCommunicationLost"),
+    }[kind]
+    info: dict[str, Any] = {"transactionId": tx}
+    if kind == "Started":
+        more |= {"evse": {"id": 1, "connectorId": 1}, "id_token": TOKEN}
+    if kind == "Ended":
+        info["stoppedReason"] = "EVDisconnected"
+    return call201.TransactionEvent(
+        kind, at(seq + 1), reason, seq, info, meter_value=energy201(wh, seq + 1, context), **more
+    )
+
+
+class Charger201(ChargePoint201):
+    """A 2.0.1 charger: accepts the CSMS's remote start."""
+
+    @on("RequestStartTransaction")
+    async def remote_start(self, id_token: dict[str, Any], remote_start_id: int, **_: Any) -> Any:
+        self.remote_start_id = remote_start_id
+        return call_result201.RequestStartTransaction(status="Accepted")
+
+
+async def test_2_0_1_every_frame_is_relayed_unchanged_in_order_both_ways(tmp_path: Path) -> None:
+    """2.0.1 through the proxy: boot, heartbeat, status, a transaction (Started, Updated,
+    Ended), a MeterValues, and a CSMS-initiated RequestStartTransaction and its answer: the
+    same strings in the same order both ways; the telemetry captured on the way (the
+    transaction's start, meter values and end on EVSE 1)."""
+    port = free_port()
+    recorders: list[Recorded] = []
+
+    def record(ws: Any) -> Recorded:
+        recorders.append(Recorded(ws))
+        return recorders[-1]
+
+    async with (
+        asyncio.timeout(60),
+        csms(port) as upstream,
+        proxy_gateway(tmp_path, port) as (cs, got),
+        charge_point(cs.port, "CS-P1", version="2.0.1", cls=Charger201, wrap=record) as cp,
+    ):
+        station = {"vendorName": "Acme", "model": "AC-201"}
+        boot = await cp.call(call201.BootNotification(station, "PowerUp"))
+        assert (boot.status, boot.interval) == ("Accepted", 60)  # the CSMS's answer
+        await cp.call(call201.Heartbeat())
+        await cp.call(call201.StatusNotification(at(0), "Occupied", 1, 1))
+        started = await cp.call(tx_event("Started", 0, "tx-1"))
+        assert started.id_token_info == {"status": "Accepted"}
+        await cp.call(tx_event("Updated", 1, "tx-1"))
+        await cp.call(tx_event("Ended", 2, "tx-1"))
+        await cp.call(call201.MeterValues(1, energy201(2000, 4, "Sample.Clock")))
+        peer = upstream.peers["CS-P1"][0]
+        remote = await peer.call(call201.RequestStartTransaction(TOKEN, remote_start_id=7))
+        assert remote.status == "Accepted"  # reached the charger, its answer came back
+        assert cp.remote_start_id == 7
+        await until("the CSMS saw everything", lambda: len(peer.recorded.received) >= 8)
+
+    charger = recorders[0]
+    seen = upstream.frames("CS-P1")
+    assert charger.raw_sent == seen.raw_received  # the same strings, in order
+    assert seen.raw_sent == charger.raw_received
+    assert charger.sent == seen.received
+    assert [f[2] for f in charger.sent if f[0] == 2] == [
+        "BootNotification", "Heartbeat", "StatusNotification", "TransactionEvent",
+        "TransactionEvent", "TransactionEvent", "MeterValues",
+    ]  # fmt: skip
+    assert [f[2] for f in seen.sent if f[0] == 2] == ["RequestStartTransaction"]
+    tx = [
+        (c.tx_event, c.transaction_id, c.evse_id, c.values.get("energy_wh")) for c in got.captures
+    ]
+    assert [t for t in tx if t[1]] == [
+        ("started", "tx-1", 1, 1000.0),
+        (None, "tx-1", 1, 1500.0),
+        ("ended", "tx-1", 1, 2000.0),
+    ]
+    assert got.captures[0].charger_info == {"vendor": "Acme", "model": "AC-201"}
+    assert all(
+        c.id_tag_hash not in (None, TOKEN["idToken"])
+        for c in got.captures
+        if c.tx_event == "started"
+    )
+
+
+async def test_2_0_1_csms_down_for_a_whole_transaction_then_replayed_once(tmp_path: Path) -> None:
+    """2.0.1, the CSMS unreachable for a transaction's whole life: the gateway answers the
+    TransactionEvents (Started with ``idTokenInfo``), refuses the rest with InternalError;
+    when the CSMS comes up it receives Started, Updated and Ended once, in order, exactly as
+    the charger sent them (no id mapping in 2.0.1), then the live frames."""
+    port = free_port()
+    async with (
+        asyncio.timeout(60),
+        proxy_gateway(tmp_path, port) as (cs, got),
+        charge_point(cs.port, "CS-P2", version="2.0.1") as cp,
+    ):
+        station = {"vendorName": "Acme", "model": "AC-201"}
+        assert await cp.call(call201.BootNotification(station, "PowerUp")) is None  # CALLERROR
+        sent = [tx_event("Started", 0, "tx-2"), tx_event("Updated", 1, "tx-2")]
+        sent.append(tx_event("Ended", 2, "tx-2"))
+        answers = [await cp.call(event) for event in sent]
+        assert answers[0].id_token_info == {"status": "Accepted"}
+        assert all(a is not None for a in answers)
+        assert await cp.call(call201.MeterValues(1, energy201(2000, 4))) is None  # CALLERROR
+        async with csms(port) as upstream:
+            await until("replayed", lambda: len(upstream.frames("CS-P2").received) >= 3)
+            await cp.call(call201.StatusNotification(at(5), "Available", 1, 1))
+            await until("live", lambda: len(upstream.frames("CS-P2").received) >= 4)
+            await asyncio.sleep(0.3)  # anything replayed twice would be in by now
+            calls = upstream.frames("CS-P2").calls_received()
+    assert [a for a, _ in calls] == ["TransactionEvent"] * 3 + ["StatusNotification"]
+    assert [p["eventType"] for _, p in calls[:3]] == ["Started", "Updated", "Ended"]
+    assert [p["seqNo"] for _, p in calls[:3]] == [0, 1, 2]
+    assert calls[0][1]["idToken"] == TOKEN  # as the charger sent it
+    assert {p["transactionInfo"]["transactionId"] for _, p in calls[:3]} == {"tx-2"}
+    tx = [(c.tx_event, c.transaction_id, c.evse_id) for c in got.captures if c.transaction_id]
+    assert tx == [("started", "tx-2", 1), (None, "tx-2", 1), ("ended", "tx-2", 1)]

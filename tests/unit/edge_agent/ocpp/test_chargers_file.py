@@ -132,6 +132,18 @@ upstream_url = "ws://csms.example/CP-2"
     assert "s3cret" not in repr(config.charger("CP-1"))
 
 
+def test_a_wss_url_from_the_settings_gets_the_files_tls(tmp_path: Path) -> None:
+    """No ``upstream_url`` in the file (it comes from ``OcppSettings``): given the URL, a
+    ``wss://`` one still gets the TLS context (the file's ``upstream_ca_file`` applies), a
+    ``ws://`` one none."""
+    path = write(tmp_path, "[defaults]\nsecurity_profile = 0\n[chargers.CP-1]\n")
+    config = load_chargers(path)
+    assert config.upstream_url("CP-1") is None
+    tls = config.upstream_connect_kwargs("CP-1", "wss://csms.example/CP-1")["ssl"]
+    assert tls.check_hostname
+    assert config.upstream_connect_kwargs("CP-1", "ws://csms.example/CP-1") == {}
+
+
 def test_password_hashes_verify_only_the_password() -> None:
     """scrypt with a per-entry salt: the same password hashes differently twice, verifies;
     another password or a damaged hash does not."""

@@ -11,6 +11,9 @@ from pydantic import ValidationError
 from edge_agent.ocpp.offline import OfflineStore, is_queued, offline_answer, store_path
 from edge_agent.ocpp.proxy import _map_tid
 from edge_agent.ocpp.settings import OcppSettings
+from edge_agent.ocpp.tap import FrameTap, Tap16, tap_for
+from edge_agent.ocpp.v201 import tap as v201_tap
+from edge_agent.ocpp.v201.tap import Tap201
 
 
 def test_proxy_mode_needs_an_upstream_url_template() -> None:
@@ -22,6 +25,9 @@ def test_proxy_mode_needs_an_upstream_url_template() -> None:
             OcppSettings(mode="proxy", upstream_url=bad)
     ok = OcppSettings(mode="proxy", upstream_url="wss://csms/ocpp/{charger_id}")
     assert ok.upstream_url_for("CP-1") == "wss://csms/ocpp/CP-1"
+    # the URLs may come from the chargers file instead (checked when it is read)
+    by_file = OcppSettings(mode="proxy", chargers_file=Path("chargers.toml"))
+    assert by_file.upstream_url_for("CP-1") is None
 
 
 def test_only_transaction_related_messages_are_queued() -> None:
@@ -36,6 +42,32 @@ def test_only_transaction_related_messages_are_queued() -> None:
         "idTagInfo": {"status": "Accepted"}
     }
     assert offline_answer("StopTransaction", {}, None) == {}
+
+
+def test_in_2_0_1_only_transaction_events_are_queued() -> None:
+    """OCPP 2.0.1 (block E): TransactionEvent is the transaction-related message; MeterValues
+    (not transaction-related in 2.0.1) and 1.6's actions are not queued; the answer carries
+    ``idTokenInfo`` only when the event carries an ``idToken``; an unknown subprotocol queues
+    nothing."""
+    v201 = "ocpp2.0.1"
+    assert is_queued("TransactionEvent", {}, v201)
+    for action in ("MeterValues", "StartTransaction", "StatusNotification", "BootNotification"):
+        assert not is_queued(action, {"transactionId": "t"}, v201)
+    assert not is_queued("StartTransaction", {}, "ocpp2.1")
+    token = {"idToken": {"idToken": "04AA", "type": "ISO14443"}}
+    assert offline_answer("TransactionEvent", token, None) == {
+        "idTokenInfo": {"status": "Accepted"}
+    }
+    assert offline_answer("TransactionEvent", {}, None) == {}
+
+
+def test_tap_for_2_0_1_is_tap201(tmp_path: Path) -> None:
+    """One FrameTap protocol: 2.0.1's tap comes from the same ``tap_for`` as 1.6's."""
+    from tests.unit.edge_agent.ocpp.test_v201_tap import shared
+
+    assert isinstance(tap_for("ocpp2.0.1", "CS-1", shared(tmp_path)), Tap201)
+    assert isinstance(tap_for("ocpp1.6", "CS-1", shared(tmp_path)), Tap16)
+    assert v201_tap.FrameTap is FrameTap
 
 
 def test_queue_ids_and_mapping_survive_a_reopen(tmp_path: Path) -> None:
