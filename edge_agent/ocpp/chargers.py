@@ -253,6 +253,15 @@ def _check_entry(config: ChargersConfig, charger_id: str, *, complete: bool) -> 
             f"{where}: security_profile {charger.security_profile} needs password_hash "
             f"(edge-agent ocpp passwd {charger_id})",
         )
+    credentials = charger.upstream_password is not None or charger.upstream_cert_file is not None
+    if complete and credentials and charger.security_profile == 0:
+        log.warning(
+            "ocpp: %s: the charger connects with security_profile 0 but its CSMS connection "
+            "carries credentials: anyone on the site network who connects as %s while it is "
+            "away gets that CSMS session; set security_profile = 1 or more if the charger can",
+            where,
+            charger_id,
+        )
     if (charger.upstream_cert_file is None) != (charger.upstream_key_file is None):
         raise ConfigError(
             "ocpp.chargers_file", f"{where}: set upstream_cert_file and upstream_key_file together"

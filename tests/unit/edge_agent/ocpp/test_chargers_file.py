@@ -270,3 +270,25 @@ def test_a_readable_file_with_upstream_passwords_is_warned_about(
     path.chmod(0o600)
     load_chargers(path)
     assert "chmod 600" not in caplog.text
+
+
+def test_upstream_credentials_for_an_unauthenticated_charger_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A charger that connects with profile 0 but whose CSMS connection carries credentials
+    (a password or a client certificate): anyone on the site network who connects as that id
+    while the charger is away gets the CSMS session the credentials open. Allowed (old chargers
+    speak only profile 0), but said at start, naming the charger and the fix."""
+    path = write(
+        tmp_path,
+        '[chargers.CP-1]\nupstream_password = "x"\n'
+        '[chargers.CP-2]\nsecurity_profile = 1\npassword_hash = "'
+        + hash_password("a-long-enough-password")
+        + '"\nupstream_password = "y"\n',
+    )
+    path.chmod(0o600)
+    load_chargers(path)
+    warned = [r.getMessage() for r in caplog.records if "profile 0" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert "CP-1" in warned[0]
+    assert "security_profile" in warned[0]
