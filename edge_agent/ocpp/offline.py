@@ -102,6 +102,10 @@ class Queued:
     gateway_tid: int | None
 
 
+class QueueFull(Exception):
+    """The charger's offline queue holds its maximum (``OFFLINE_MAX_QUEUED``)."""
+
+
 class OfflineStore:
     """One per gateway (every charger's queue). Thread-safe; each write is committed and
     fsynced (``synchronous=FULL``) before it returns."""
@@ -173,11 +177,19 @@ class OfflineStore:
         payload: dict[str, Any],
         *,
         connector: int | None = None,
+        limit: int | None = None,
     ) -> int | None:
         """Queue a CALL; for a StartTransaction allocate (and return) the gateway's transaction
-        id, in the same commit."""
+        id, in the same commit. :class:`QueueFull` (nothing written) when the charger already
+        has ``limit`` queued."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            if limit is not None:
+                (queued,) = self._db.execute(
+                    "SELECT count(*) FROM queue WHERE charger_id = ?", (charger_id,)
+                ).fetchone()
+                if queued >= limit:
+                    raise QueueFull(f"{queued} messages queued for {charger_id}")
             gateway_tid = None
             if action == "StartTransaction":
                 gateway_tid = self._next_tid()

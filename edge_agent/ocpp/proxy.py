@@ -47,7 +47,7 @@ from edge_agent.ocpp.frames import (
     parse_frame,
 )
 from edge_agent.ocpp.lib import InternalError, OCPPError
-from edge_agent.ocpp.offline import OfflineStore, is_queued, offline_answer
+from edge_agent.ocpp.offline import OfflineStore, QueueFull, is_queued, offline_answer
 from edge_agent.ocpp.session import Shared
 from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.tap import tap_for
@@ -229,14 +229,29 @@ class Relay:
     async def _offline_call(self, unique_id: str, action: str, payload: dict[str, Any]) -> None:
         if is_queued(action, payload, self.subprotocol):
             connector = payload.get("connectorId") if action == "StartTransaction" else None
-            gateway_tid = await asyncio.to_thread(
-                self._store.enqueue,
-                self.charger_id,
-                unique_id,
-                action,
-                payload,
-                connector=connector if isinstance(connector, int) else None,
-            )
+            try:
+                gateway_tid = await asyncio.to_thread(
+                    self._store.enqueue,
+                    self.charger_id,
+                    unique_id,
+                    action,
+                    payload,
+                    connector=connector if isinstance(connector, int) else None,
+                    limit=self._s.settings.offline_max_queued,
+                )
+            except QueueFull as exc:
+                log.warning(
+                    "ocpp %s: CSMS unreachable and the offline queue is full (%s, "
+                    "OFFLINE_MAX_QUEUED): %s refused (InternalError); the charger keeps it",
+                    self.charger_id,
+                    exc,
+                    action,
+                )
+                await self._refuse(
+                    unique_id,
+                    InternalError("offline queue full", {"cause": "the CSMS is unreachable"}),
+                )
+                return
             result = offline_answer(action, payload, gateway_tid)
             if action == "StartTransaction":
                 log.info(

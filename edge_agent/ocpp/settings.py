@@ -52,6 +52,11 @@ class OcppSettings(SettingsGroup):
     upstream_retry_max_s: float = Field(default=60.0, ge=0.1, le=3600)
     """Proxy mode: the cap of the backoff between attempts to reach the CSMS (doubling from
     0.5 s, with jitter)."""
+    offline_max_queued: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Proxy mode: transaction messages queued per charger while the CSMS is unreachable (on the
+    disk the outbox shares; 10,000 is a day of MeterValues every 10 s); beyond it a message gets
+    CALLERROR InternalError, so the charger keeps it and sends it again (its readings are still
+    tapped)."""
     host: str = "127.0.0.1"
     """Address chargers connect to."""
     port: int = Field(default=9000, ge=0, le=65535)

@@ -166,6 +166,33 @@ async def test_csms_down_for_a_whole_transaction_then_replayed_once(tmp_path: Pa
     assert got.captures[0].charger_info == {"vendor": "V", "model": "M"}  # tapped though refused
 
 
+async def test_a_full_offline_queue_refuses_and_the_charger_keeps_the_message(
+    tmp_path: Path,
+) -> None:
+    """The gateway's offline queue holds at most OFFLINE_MAX_QUEUED messages per charger (the
+    disk is shared with the outbox): beyond it a transaction message gets CALLERROR, so the
+    charger keeps it in its own queue and sends it again later, and nothing the gateway
+    answered is lost. Its readings are still tapped into the outbox."""
+    port = free_port()  # the CSMS is down throughout
+    async with (
+        asyncio.timeout(60),
+        proxy_gateway(tmp_path, port, offline_max_queued=2) as (cs, got),
+        charge_point(cs.port, "CP-FULL", cls=Charger) as cp,
+    ):
+        start = await cp.call(call.StartTransaction(1, "TAG-1", 1_000, at(1)))
+        tid = start.transaction_id
+        assert await cp.call(call.MeterValues(1, energy("1500"), transaction_id=tid)) is not None
+        refused = await cp.call(call.MeterValues(1, energy("1600"), transaction_id=tid))
+        assert refused is None  # CALLERROR (the library logs it and returns None)
+        assert cs.counters.call_errors >= 1
+        await until("the refused reading tapped", lambda: len(got.captures) >= 3)
+    store = OfflineStore(tmp_path / "ocpp-state.proxy.sqlite3")
+    try:
+        assert [q.action for q in store.pending("CP-FULL")] == ["StartTransaction", "MeterValues"]
+    finally:
+        store.close()
+
+
 async def test_a_charger_the_csms_refuses_is_refused_with_its_status(tmp_path: Path) -> None:
     """A CSMS that answers the handshake with HTTP 404 (an unknown charger) has the charger
     refused with 404 too, not accepted into offline mode."""
