@@ -257,18 +257,9 @@ class ChargerSession(SessionBase):
         if where is None or where[0] != self.id:
             log.warning("ocpp %s: transaction %d is not one of its open ones", self.id, tid)
         tr = self._s.translator
-        captures = tr.meter_values(self.id, connector, req.transaction_data or (), tid)
-        captures += tr.register(
-            self.id,
-            connector,
-            req.timestamp,
-            req.meter_stop,
-            tid,
-            begin=False,
-            id_tag_hash=self._s.id_tag_hash(req.id_tag),
-            reason=req.reason,
+        await self._emit(
+            tr.stop_transaction(self.id, connector, req, self._s.id_tag_hash(req.id_tag))
         )
-        await self._emit(captures)
         await self._s.transactions.stop(tid)
         log.info("ocpp %s connector %d: transaction %d stopped", self.id, connector, tid)
         if req.id_tag is None:

@@ -144,17 +144,7 @@ class Tap16:
             if connector is None:
                 log.warning("ocpp %s: transaction %d is not one it started here", cid, tid)
                 connector = 0
-            captures = tr.meter_values(cid, connector, req.transaction_data or (), tid)
-            return captures + tr.register(
-                cid,
-                connector,
-                req.timestamp,
-                req.meter_stop,
-                tid,
-                begin=False,
-                id_tag_hash=self._s.id_tag_hash(req.id_tag),
-                reason=req.reason,
-            )
+            return tr.stop_transaction(cid, connector, req, self._s.id_tag_hash(req.id_tag))
         return []
 
 

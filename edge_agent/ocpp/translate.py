@@ -29,7 +29,7 @@ import logging
 import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -37,6 +37,9 @@ from edge_agent.capture import Capture
 from edge_agent.ocpp.mapping import ERROR_CODES, Sample, map_samples
 from edge_agent.ocpp.sanity import ENERGY_KEY, EnergyGuard
 from telemetry_common.ids import is_valid_id
+
+if TYPE_CHECKING:
+    from edge_agent.ocpp.models import StopTransactionReq
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +231,24 @@ class Translator:
             id_tag_hash=id_tag_hash,
         )
         return self.checked([capture])
+
+    def stop_transaction(
+        self, charger_id: str, connector_id: int, req: StopTransactionReq, id_tag_hash: str | None
+    ) -> list[Capture]:
+        """A 1.6 StopTransaction's readings: its ``transactionData``, then the ``meterStop``
+        (the local central system and the proxy's tap both take them from here)."""
+        tid = req.transaction_id
+        captures = self.meter_values(charger_id, connector_id, req.transaction_data or (), tid)
+        return captures + self.register(
+            charger_id,
+            connector_id,
+            req.timestamp,
+            req.meter_stop,
+            tid,
+            begin=False,
+            id_tag_hash=id_tag_hash,
+            reason=req.reason,
+        )
 
     def boot(
         self,

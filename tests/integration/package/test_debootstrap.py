@@ -133,6 +133,12 @@ def _ids(root: Path, user: str) -> tuple[int, int]:
     raise AssertionError(f"no user {user} in the Debian root")
 
 
+def _enrollment_api(procs: Procs, db: InfluxTarget, broker: BrokerInfo) -> str:
+    """A ``telemetry-api`` that signs the gateways' CSRs with the test broker's CA (its URL)."""
+    pki = {"TELEMETRY_API_PKI_DIR": str(broker.pki.dir)}
+    return start_api(procs, db, secrets.token_urlsafe(24), extra_env=pki)
+
+
 def _credentials(root: Path, gateway: str, broker: BrokerInfo, api: str) -> None:
     """Enrol the installed agent as an operator and a gateway owner would: a one-time token from
     ``telemetry-stack pki token`` on the CA's host, then the installed ``edge-agent enroll`` run
@@ -229,13 +235,7 @@ def test_install_run_upgrade_remove_purge(
 
     gateway = f"gw-deb-{uuid.uuid4().hex[:6]}"
     _configure(root, broker, gateway)
-    api = start_api(
-        procs,
-        influx_db,
-        secrets.token_urlsafe(24),
-        extra_env={"TELEMETRY_API_PKI_DIR": str(broker.pki.dir)},
-    )
-    _credentials(root, gateway, broker, api)
+    _credentials(root, gateway, broker, _enrollment_api(procs, influx_db, broker))
     start_bridge(procs, broker, influx_db)
 
     agent = _run_agent(procs, root, "edge-chroot")

@@ -16,7 +16,6 @@ test_debootstrap's. Skipped, with the reason, where the container cannot boot.
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from tests.integration.package.conftest import tool
 from tests.integration.package.test_debootstrap import (
     _configure,
     _credentials,
+    _enrollment_api,
     _ids,
     _install,
     _stored,
@@ -36,7 +36,7 @@ from tests.integration.package.test_debootstrap import (
     remove_root,
 )
 from tests.support.fixtures import BrokerInfo, InfluxTarget
-from tests.support.processes import Procs, start_api, start_bridge
+from tests.support.processes import Procs, start_bridge
 from tests.support.waiting import poll, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -104,13 +104,7 @@ def test_the_unit_under_systemd(
 
     gateway = f"gw-nspawn-{uuid.uuid4().hex[:6]}"
     _configure(root, broker, gateway)
-    api = start_api(
-        procs,
-        influx_db,
-        secrets.token_urlsafe(24),
-        extra_env={"TELEMETRY_API_PKI_DIR": str(broker.pki.dir)},
-    )
-    _credentials(root, gateway, broker, api)
+    _credentials(root, gateway, broker, _enrollment_api(procs, influx_db, broker))
     dropin = root / "etc/systemd/system" / f"{UNIT}.d"
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "source.conf").write_text(
