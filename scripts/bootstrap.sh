@@ -7,18 +7,22 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# apt_install [apt-get install options] PACKAGE...: quietly, without recommends.
+apt_install() {
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 
 need_servers=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_servers+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || need_servers+=(influxdb)
 if [ ${#need_servers[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     echo "bootstrap: installing Debian packages: ${need_servers[*]} mosquitto-clients" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-      "${need_servers[@]}" mosquitto-clients >/dev/null
+    apt_install "${need_servers[@]}" mosquitto-clients
   else
     echo "bootstrap: ${need_servers[*]} missing and apt-get is not available." >&2
     echo "  Install Mosquitto 2.x and InfluxDB (1.x or 2.x) yourself, or run the stack with" >&2
@@ -36,8 +40,6 @@ if [ -n "$mosquitto_version" ] &&
   [ "$(printf '%s\n2.0.13\n' "$mosquitto_version" | sort -V | head -n 1)" != "2.0.13" ]; then
   codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
   if [ "$codename" = "bookworm" ] && command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     echo "bootstrap: mosquitto $mosquitto_version < 2.0.13: installing it from bookworm-backports" >&2
     backports=/etc/apt/sources.list.d/bookworm-backports.sources
     if [ ! -f "$backports" ]; then
@@ -45,9 +47,7 @@ if [ -n "$mosquitto_version" ] &&
         "Suites: bookworm-backports" "Components: main" \
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" | $SUDO tee "$backports" >/dev/null
     fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-      -t bookworm-backports mosquitto mosquitto-clients >/dev/null
+    apt_install -t bookworm-backports mosquitto mosquitto-clients
   else
     echo "bootstrap: mosquitto $mosquitto_version < 2.0.13 does not enforce a client's Receive" >&2
     echo "  Maximum; install 2.0.13 or newer (the test that checks it is marked xfail meanwhile)." >&2
@@ -58,12 +58,8 @@ fi
 # without it that test is skipped with the reason.
 if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     echo "bootstrap: installing Debian package: chromium" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-      chromium >/dev/null
+    apt_install chromium
   else
     echo "bootstrap: chromium missing and apt-get is not available: the browser test of" >&2
     echo "  the fleet page will be skipped (install Chromium to run it)." >&2
@@ -79,12 +75,8 @@ command -v promtool >/dev/null 2>&1 || need_alerting+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need_alerting+=(prometheus-alertmanager)
 if [ ${#need_alerting[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     echo "bootstrap: installing Debian packages: ${need_alerting[*]}" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-      "${need_alerting[@]}" >/dev/null
+    apt_install "${need_alerting[@]}"
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
       $SUDO systemctl disable --now prometheus prometheus-alertmanager \
         prometheus-node-exporter >/dev/null 2>&1 || true
@@ -106,12 +98,8 @@ command -v lintian >/dev/null 2>&1 || need_packaging+=(lintian)
 command -v systemd-nspawn >/dev/null 2>&1 || need_packaging+=(systemd-container)
 if [ ${#need_packaging[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     echo "bootstrap: installing Debian packages: ${need_packaging[*]}" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-      "${need_packaging[@]}" >/dev/null
+    apt_install "${need_packaging[@]}"
   else
     echo "bootstrap: ${need_packaging[*]} missing and apt-get is not available: the Debian" >&2
     echo "  package's tests will be skipped (install debootstrap, systemd, systemd-container, lintian)." >&2

@@ -28,13 +28,12 @@ from edge_agent.ocpp.idtags import (
     tags_in,
 )
 from edge_agent.ocpp.models import MeterValue, SampledValue
-from edge_agent.ocpp.session import ChargerSession, Counters, Shared
 from edge_agent.ocpp.settings import OcppSettings
-from edge_agent.ocpp.transactions import TransactionStore
 from edge_agent.ocpp.translate import Translator, info_text, stop_reason
 from edge_agent.series import UniqueTs
 from telemetry_common.errors import ConfigError
 from telemetry_common.schema import Reading
+from tests.support.ocpp_session import SessionHarness
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SALT = b"a-fleet-wide-salt-of-some-length"
@@ -238,47 +237,15 @@ def test_started_and_a_meter_value_at_the_same_ts_both_keep_their_identity() -> 
 # --- the session (the library's router, without a socket) ------------------------------------
 
 
-class _Wire:
-    """Stands in for the WebSocket: records what the session sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    async def send(self, message: str) -> None:
-        self.sent.append(orjson.loads(message))
-
-
-class _Harness:
-    def __init__(self, tmp_path: Path) -> None:
-        self.stored: list[Capture] = []
-        self.wire = _Wire()
-        shared = Shared(
-            OcppSettings(state_path=tmp_path / "s.json"),
-            Translator(),
-            TransactionStore(tmp_path / "s.json"),
-            Counters(),
-            self._emit,
-            SALT,
-        )
-        self.session = ChargerSession("CP-9", self.wire, shared)
-
-    async def _emit(self, captures: list[Capture]) -> None:
-        for c in captures:
-            c.to_body()
-        self.stored += captures
-
-    async def call(self, action: str, payload: dict[str, Any]) -> Any:
-        n = len(self.wire.sent)
-        await self.session.route_message(orjson.dumps([2, f"u{n}", action, payload]))
-        [answer] = self.wire.sent[n:]
-        return answer
+def _harness(tmp_path: Path) -> SessionHarness:
+    return SessionHarness(tmp_path, SALT)
 
 
 async def test_session_start_stop_and_boot_become_readings(tmp_path: Path) -> None:
     """Boot -> charger_info reading (serial from chargeBoxSerialNumber when the charge point's is
     absent); StartTransaction -> started with the tag's hash; StopTransaction with transaction
     data -> the data's reading (no event) then the ended one with the reason and hash."""
-    h = _Harness(tmp_path)
+    h = _harness(tmp_path)
     boot = await h.call(
         "BootNotification",
         {"chargePointVendor": "V", "chargePointModel": "M", "chargeBoxSerialNumber": "CB-1",
@@ -315,7 +282,7 @@ async def test_session_start_stop_and_boot_become_readings(tmp_path: Path) -> No
 async def test_no_raw_id_tag_in_any_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """At DEBUG (the library logs every frame) and for refused requests (a schema error quotes
     the tag), the tag never appears in a log record or in the CALLERROR sent back."""
-    h = _Harness(tmp_path)
+    h = _harness(tmp_path)
     secret, too_long = "CARD-7F3A9", "CARD-" + "Z" * 30
     with caplog.at_level(logging.DEBUG):
         await h.session.route_message(

@@ -16,8 +16,6 @@ import pytest
 
 from edge_agent.capture import Capture
 from edge_agent.ocpp.idtags import hash_id_tag
-from edge_agent.ocpp.session import Counters, Shared
-from edge_agent.ocpp.settings import OcppSettings
 from edge_agent.ocpp.transactions import TransactionStore
 from edge_agent.ocpp.translate import Translator
 from edge_agent.ocpp.v201.models import (
@@ -28,6 +26,7 @@ from edge_agent.ocpp.v201.models import (
 )
 from edge_agent.ocpp.v201.session import ChargerSession201
 from edge_agent.ocpp.v201.translate import Translator201, transaction_id
+from tests.support.ocpp_session import SessionHarness
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SALT = b"a-fleet-wide-salt-of-some-length"
@@ -299,38 +298,8 @@ def test_boot_notification_feeds_the_charger_registry_fields() -> None:
 # --- the local-mode session ----------------------------------------------------------------
 
 
-class _Wire:
-    """Stands in for the WebSocket: records what the session sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    async def send(self, message: str) -> None:
-        self.sent.append(orjson.loads(message))
-
-
-class _Harness:
-    def __init__(self, tmp_path: Path) -> None:
-        self.stored: list[Capture] = []
-        self.wire = _Wire()
-        shared = Shared(
-            OcppSettings(state_path=tmp_path / "s.json"),
-            Translator(),
-            TransactionStore(tmp_path / "s.json"),
-            Counters(),
-            self._emit,
-            SALT,
-        )
-        self.session = ChargerSession201("CS-9", self.wire, shared)
-
-    async def _emit(self, captures: list[Capture]) -> None:
-        self.stored += captures
-
-    async def call(self, action: str, payload: dict[str, Any]) -> Any:
-        n = len(self.wire.sent)
-        await self.session.route_message(orjson.dumps([2, f"u{n}", action, payload]))
-        [answer] = self.wire.sent[n:]
-        return answer
+def _harness(tmp_path: Path) -> SessionHarness:
+    return SessionHarness(tmp_path, SALT, session=ChargerSession201, charger_id="CS-9")
 
 
 async def test_session_answers_after_storing(
@@ -340,7 +309,7 @@ async def test_session_answers_after_storing(
     Accepted, its readings stored first (with the token's hash); Authorize Accepted; Heartbeat a
     time; the token is in no log line, even at DEBUG."""
     caplog.set_level(logging.DEBUG)
-    h = _Harness(tmp_path)
+    h = _harness(tmp_path)
     boot = await h.call(
         "BootNotification",
         {"reason": "PowerUp", "chargingStation": {"vendorName": "V", "model": "M"}},
@@ -401,7 +370,7 @@ async def test_session_refuses_with_2_0_1_codes(
     """Malformed requests get the CALLERROR 2.0.1 prescribes, in 2.0.1's spelling; an action
     2.0.1 defines but the gateway does not handle is NotImplemented, a 1.6-only one
     NotSupported; nothing is stored."""
-    h = _Harness(tmp_path)
+    h = _harness(tmp_path)
     answer = await h.call(action, payload)
     assert answer[:3] == [4, "u0", code], answer
     assert h.stored == []
@@ -409,7 +378,7 @@ async def test_session_refuses_with_2_0_1_codes(
 
 async def test_a_bad_frame_gets_format_violation(tmp_path: Path) -> None:
     """A frame that is not OCPP-J at all: FormatViolation with MessageId "-1" (2.0.1's rule)."""
-    h = _Harness(tmp_path)
+    h = _harness(tmp_path)
     await h.session.route_message(b"not json")
     assert h.wire.sent[-1][:3] == [4, "-1", "FormatViolation"]
 
@@ -435,7 +404,7 @@ async def test_a_refused_transaction_event_does_not_log_its_token(
     """A TransactionEvent refused for a bad field still names its token nowhere: not in the
     library's error log line (which quotes the request), not in the CALLERROR."""
     caplog.set_level(logging.DEBUG)
-    h = _Harness(tmp_path)
+    h = _harness(tmp_path)
     bad = {**event("Started", 0, "T", 0), "idToken": {"idToken": TOKEN, "type": "ISO14443"},
            "offline": "yes"}  # fmt: skip
     answer = await h.call("TransactionEvent", bad)
@@ -450,7 +419,7 @@ async def test_where_2_0_1_transactions_run_survives_a_restart(tmp_path: Path) -
     (one write, not one per event) and forgets it at its end; a state file of an older version
     (no ``located``) still loads, with its 1.6 state."""
     path = tmp_path / "s.json"
-    h = _Harness(tmp_path)
+    h = _harness(tmp_path)
     started = event("Started", 0, "T-R", 0, evse={"id": 2, "connectorId": 3})
     await h.call("TransactionEvent", started)
     assert TransactionStore(path).located == {("CS-9", "T-R"): (2, 3)}
