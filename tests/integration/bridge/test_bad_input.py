@@ -468,6 +468,9 @@ def test_packet_over_the_broker_limit_is_refused_by_the_broker(
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
+    # No reconnect after the broker throws it out: the broker gives a gateway's connection the
+    # gateway's id, so a reconnect racing the publisher below would take its session over.
+    client.reconnect_delay_set(min_delay=120, max_delay=120)
     client.connect(case.broker.host, case.broker.tls_port)
     client.loop_start()
     assert connected.wait(10)
